@@ -1,0 +1,80 @@
+//! What the server wants a device to run. Travels signed (see [`crate::sign`]) and retained on
+//! `fleet/v1/{id}/desired`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{DeviceId, ReleaseId};
+use crate::release::ReleaseSpec;
+use crate::time::UnixMillis;
+
+/// The complete desired state of one device.
+///
+/// The agent accepts a desired state only if it is addressed to its own id, correctly signed,
+/// and its `generation` is greater than the last one it accepted (so a replayed old state is
+/// refused).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct DesiredState {
+    /// The device this state is for.
+    pub device: DeviceId,
+    /// Monotonically increasing per device; the server never reuses one.
+    pub generation: u64,
+    /// The release to run; `None` means run no application at all.
+    pub release: Option<ReleaseSpec>,
+    /// Set when an operator pinned this device, so the agent can show why it is where it is.
+    pub pin: Option<Pin>,
+    /// When the server issued this state.
+    pub issued_at: UnixMillis,
+    /// Credentials for private registries the release pulls from.
+    pub registry_credentials: Vec<RegistryCredential>,
+}
+
+/// Why a device is held on a release (rollouts never move a pinned device).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct Pin {
+    /// The release the device is pinned to.
+    pub release: ReleaseId,
+    /// The operator's reason, e.g. "bench debugging of lidar driver".
+    pub reason: String,
+    /// Who pinned it.
+    pub pinned_by: String,
+    /// When the pin lapses by itself, if ever.
+    pub until: Option<UnixMillis>,
+}
+
+/// A login for one registry. Only sent inside signed desired state over mutual TLS.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct RegistryCredential {
+    /// Registry host and port, e.g. `registry.example.com:5000`.
+    pub registry: String,
+    /// User name.
+    pub username: String,
+    /// Password or token.
+    pub password: String,
+}
+
+// Never print a password, not even in debug logs.
+impl std::fmt::Debug for RegistryCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryCredential")
+            .field("registry", &self.registry)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn debug_output_never_shows_registry_passwords() {
+        let cred = super::RegistryCredential {
+            registry: "r".into(),
+            username: "u".into(),
+            password: "hunter2".into(),
+        };
+        assert!(!format!("{cred:?}").contains("hunter2"));
+    }
+}

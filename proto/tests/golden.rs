@@ -1,0 +1,95 @@
+//! Golden bytes: messages written by earlier builds must keep decoding.
+//!
+//! Each file under `golden/v1/` is a message encoded by the build that introduced it. The test
+//! decodes every file and compares it with the sample it was made from, and checks that this
+//! build still encodes the sample to the same bytes.
+//!
+//! Adding a message or a sample: run `FLEET_BLESS=1 cargo test -p fleet-proto --test golden`,
+//! which writes fixtures that do not exist yet (it never overwrites one), and commit them.
+//! Appending a field: the encode check of the affected fixtures fails by design. Keep those files
+//! (they are now "bytes from an older build"), move their names to `DECODE_ONLY`, bless new
+//! fixtures under new names, and make sure the old ones still decode to the sample with the new
+//! field absent.
+
+use std::path::PathBuf;
+
+use fleet_proto::{samples, Command, DesiredState, Message, TrustedKeys};
+
+/// Fixtures kept only to prove old bytes decode (their encoding has since grown).
+const DECODE_ONLY: &[&str] = &[];
+
+fn cases() -> Vec<(&'static str, Message)> {
+    vec![
+        ("desired", Message::Desired(samples::signed_desired())),
+        ("report", Message::Report(samples::report())),
+        ("telemetry", Message::Telemetry(samples::telemetry())),
+        ("telemetry-ack", Message::TelemetryAck(samples::telemetry_ack())),
+        ("event", Message::Event(samples::event())),
+        ("status", Message::Status(samples::status())),
+        ("command", Message::Command(samples::signed_command())),
+        ("command-result", Message::CommandResult(samples::command_result())),
+    ]
+}
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/v1").join(format!("{name}.bin"))
+}
+
+#[test]
+fn golden_fixtures_still_decode_to_their_samples() {
+    let bless = std::env::var_os("FLEET_BLESS").is_some();
+    let mut missing = Vec::new();
+    for (name, msg) in cases() {
+        let path = fixture(name);
+        let Ok(bytes) = std::fs::read(&path) else {
+            if bless {
+                std::fs::write(&path, msg.encode()).unwrap();
+                eprintln!("blessed new fixture {}", path.display());
+            } else {
+                missing.push(name);
+            }
+            continue;
+        };
+        let decoded = Message::decode(&bytes)
+            .unwrap_or_else(|e| panic!("fixture {name} no longer decodes: {e} ({e:?})"));
+        assert_eq!(decoded, msg, "fixture {name} decodes to something else");
+        if !DECODE_ONLY.contains(&name) {
+            assert_eq!(
+                msg.encode(),
+                bytes,
+                "sample {name} no longer encodes to its fixture's bytes; see the module docs"
+            );
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "fixtures missing: {missing:?}; run with FLEET_BLESS=1 to create them"
+    );
+}
+
+#[test]
+fn golden_signed_payloads_still_verify() {
+    let trusted = TrustedKeys::new([samples::server_key().public()]);
+    let Message::Desired(desired) =
+        Message::decode(&std::fs::read(fixture("desired")).unwrap()).unwrap()
+    else {
+        panic!("desired fixture holds another kind");
+    };
+    assert_eq!(desired.open::<DesiredState>(&trusted).unwrap(), samples::desired());
+    let Message::Command(cmd) =
+        Message::decode(&std::fs::read(fixture("command")).unwrap()).unwrap()
+    else {
+        panic!("command fixture holds another kind");
+    };
+    assert_eq!(cmd.open::<Command>(&trusted).unwrap(), samples::command());
+}
+
+#[test]
+fn golden_fixture_header_layout_is_stable() {
+    // version 1, kind number, then the body length: the first bytes a decoder reads.
+    for (name, msg) in cases() {
+        let bytes = std::fs::read(fixture(name)).unwrap();
+        assert_eq!(bytes[0], 1, "{name}: protocol version");
+        assert_eq!(bytes[1], msg.kind() as u8, "{name}: kind");
+    }
+}
