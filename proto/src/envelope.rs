@@ -7,7 +7,7 @@
 //! ```
 //!
 //! The version and kind come first so a decoder can refuse what it does not understand with a
-//! precise error before touching the body. [`decode`] never panics and never allocates more than
+//! precise error before touching the body. [`Message::decode`] never panics and never allocates more than
 //! a small multiple of its input, whatever the bytes.
 
 use std::fmt;

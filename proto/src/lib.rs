@@ -11,7 +11,7 @@
 //!   [`MIN_PROTOCOL_VERSION`]`..=`[`PROTOCOL_VERSION`] is refused with a clear error, never
 //!   guessed at.
 //! * Within a version, fields are only ever **appended** at the end of a message (or of a value
-//!   encoded as extensible, see [`codec`](crate::codec)), and enum variants only appended. Old
+//!   encoded as extensible, see `codec.rs`), and enum variants only appended. Old
 //!   bytes then decode with the new field absent, and new bytes decode in old builds with the
 //!   field ignored. Nothing is reordered, removed or retyped.
 //! * The golden fixtures in `proto/tests/golden/` are bytes written by earlier builds; they must

@@ -11,6 +11,8 @@
 //! fixtures under new names, and make sure the old ones still decode to the sample with the new
 //! field absent.
 
+#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+
 use std::path::PathBuf;
 
 use fleet_proto::{samples, Command, DesiredState, Message, TrustedKeys};

@@ -45,3 +45,6 @@ for v in "${versions[@]}"; do
     "$docker" push "$tag"
   done
 done
+
+# Drop the untagged leftovers of earlier builds (every image here carries the label org.fleet.test).
+"$docker" image prune -f --filter label=org.fleet.test >/dev/null
