@@ -1,0 +1,111 @@
+//! The shipped binaries as a user runs them: `fleet-server` on embedded defaults, `fleetctl`
+//! against it, exit codes scripts rely on, graceful shutdown on SIGTERM.
+
+#![allow(clippy::unwrap_used)]
+
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use fleet_e2e::{bin, eventually, free_port};
+use fleet_proto::{samples, topic, Message, TopicKind};
+use rumqttc::{AsyncClient, MqttOptions, QoS};
+
+struct Server {
+    child: Child,
+    api: String,
+    mqtt_port: u16,
+    _data: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_server() -> Server {
+    let data = tempfile::tempdir().unwrap();
+    let (api_port, mqtt_port) = (free_port(), free_port());
+    let child = Command::new(bin("fleet-server"))
+        .arg("--data")
+        .arg(data.path())
+        .args(["--api-listen", &format!("127.0.0.1:{api_port}")])
+        .args(["--mqtt-listen", &format!("127.0.0.1:{mqtt_port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let api = format!("http://127.0.0.1:{api_port}");
+    let health = format!("{api}/healthz");
+    eventually("fleet-server to answer /healthz", Duration::from_secs(30), || {
+        let health = health.clone();
+        async move { tokio::task::spawn_blocking(move || ureq::get(&health).call().ok()).await.unwrap().map(|_| ()) }
+    })
+    .await;
+    Server { child, api, mqtt_port, _data: data }
+}
+
+fn fleetctl(server: &str, args: &[&str]) -> Output {
+    Command::new(bin("fleetctl")).args(["--server", server]).args(args).output().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleetctl_lists_a_device_that_reported_its_status() {
+    let server = start_server().await;
+    let (client, mut events) = AsyncClient::new(MqttOptions::new("robot-7", "127.0.0.1", server.mqtt_port), 10);
+    tokio::spawn(async move { while events.poll().await.is_ok() {} });
+    client
+        .publish(topic(&samples::device(), TopicKind::Status), QoS::AtLeastOnce, true, Message::Status(samples::status()).encode())
+        .await
+        .unwrap();
+
+    let api = server.api.clone();
+    let devices: serde_json::Value = eventually("robot-7 in `fleetctl device ls --json`", Duration::from_secs(20), || {
+        let api = api.clone();
+        async move {
+            let out = fleetctl(&api, &["device", "ls", "--json"]);
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json prints only JSON");
+            (v.as_array()?.len() == 1).then_some(v)
+        }
+    })
+    .await;
+    assert_eq!(devices[0]["id"], "robot-7");
+    assert_eq!(devices[0]["online"], true);
+
+    let table = fleetctl(&server.api, &["device", "ls"]);
+    let text = String::from_utf8(table.stdout).unwrap();
+    assert!(text.starts_with("DEVICE"), "{text}");
+    assert!(text.contains("robot-7") && text.contains("yes"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleetctl_exit_codes_tell_refusal_from_unreachable() {
+    let server = start_server().await;
+    let missing = fleetctl(&server.api, &["device", "show", "no-such-robot"]);
+    assert_eq!(missing.status.code(), Some(2), "refused by the server");
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no device no-such-robot"));
+
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let unreachable = fleetctl(&dead, &["device", "ls"]);
+    assert_eq!(unreachable.status.code(), Some(5), "server unreachable");
+    assert!(String::from_utf8_lossy(&unreachable.stderr).contains("cannot reach the fleet server"));
+
+    let usage = Command::new(bin("fleetctl")).args(["device", "frobnicate"]).output().unwrap();
+    assert_ne!(usage.status.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_server_stops_gracefully_on_sigterm_and_keeps_its_data() {
+    let mut server = start_server().await;
+    let pid = server.child.id();
+    assert!(Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success());
+    let status = eventually("fleet-server to exit", Duration::from_secs(20), || {
+        let exited = server.child.try_wait().unwrap();
+        async move { exited }
+    })
+    .await;
+    assert!(status.success(), "exit status {status:?}");
+    assert!(server._data.path().join("store").exists());
+}
