@@ -13,6 +13,9 @@
 //!   types are frozen apart from appended enum variants. Changing anything else is a new
 //!   protocol version.
 //!
+//! Human-readable formats (the server's JSON API, config files) see extensible values as plain
+//! nested values; the length prefix exists only in postcard.
+//!
 //! Truncation is still caught: the envelope carries the body's length, so a cut-off message
 //! fails to decode instead of reading as zeros. Zero-filling is bounded so that hostile bytes
 //! cannot make the decoder spin.
@@ -103,11 +106,14 @@ pub(crate) fn from_bytes_tolerant<T: DeserializeOwned>(bytes: &[u8]) -> postcard
 pub(crate) mod extensible_vec {
     use serde::de::{DeserializeOwned, Deserializer, SeqAccess, Visitor};
     use serde::ser::{SerializeSeq, Serializer};
-    use serde::Serialize;
+    use serde::{Deserialize, Serialize};
 
     use super::Blob;
 
     pub(crate) fn serialize<S: Serializer, T: Serialize>(v: &[T], s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            return v.serialize(s);
+        }
         let mut seq = s.serialize_seq(Some(v.len()))?;
         for item in v {
             seq.serialize_element(&Blob::encode(item))?;
@@ -118,6 +124,9 @@ pub(crate) mod extensible_vec {
     pub(crate) fn deserialize<'de, D: Deserializer<'de>, T: DeserializeOwned>(
         d: D,
     ) -> Result<Vec<T>, D::Error> {
+        if d.is_human_readable() {
+            return Vec::<T>::deserialize(d);
+        }
         struct V<T>(std::marker::PhantomData<T>);
         impl<'de, T: DeserializeOwned> Visitor<'de> for V<T> {
             type Value = Vec<T>;
@@ -150,12 +159,18 @@ pub(crate) mod extensible_opt {
         v: &Option<T>,
         s: S,
     ) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            return v.serialize(s);
+        }
         v.as_ref().map(Blob::encode).serialize(s)
     }
 
     pub(crate) fn deserialize<'de, D: Deserializer<'de>, T: DeserializeOwned>(
         d: D,
     ) -> Result<Option<T>, D::Error> {
+        if d.is_human_readable() {
+            return Option::<T>::deserialize(d);
+        }
         Option::<Blob>::deserialize(d)?.map(|b| b.decode()).transpose()
     }
 }
@@ -239,6 +254,19 @@ mod tests {
     fn a_value_cut_in_the_middle_is_an_error_not_zeros() {
         let bytes = to_bytes(&Old { a: 7, name: "hello".into() });
         assert!(from_bytes_tolerant::<Old>(&bytes[..bytes.len() - 2]).is_err());
+    }
+
+    #[test]
+    fn json_sees_extensible_values_as_plain_values() {
+        let release = crate::samples::release();
+        let json = serde_json::to_value(&release).unwrap();
+        assert_eq!(json["services"][0]["name"], "web");
+        let back: crate::ReleaseSpec = serde_json::from_value(json).unwrap();
+        assert_eq!(back, release);
+        let report = crate::samples::report();
+        let json = serde_json::to_string(&report).unwrap();
+        assert!(json.contains("\"arch\":\"aarch64\""), "inventory is plain JSON: {json}");
+        assert_eq!(serde_json::from_str::<crate::StateReport>(&json).unwrap(), report);
     }
 
     #[test]

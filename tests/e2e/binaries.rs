@@ -40,7 +40,12 @@ async fn start_server() -> Server {
     let health = format!("{api}/healthz");
     eventually("fleet-server to answer /healthz", Duration::from_secs(30), || {
         let health = health.clone();
-        async move { tokio::task::spawn_blocking(move || ureq::get(&health).call().ok()).await.unwrap().map(|_| ()) }
+        async move {
+            tokio::task::spawn_blocking(move || ureq::get(&health).call().ok())
+                .await
+                .unwrap()
+                .map(|_| ())
+        }
     })
     .await;
     Server { child, api, mqtt_port, _data: data }
@@ -53,24 +58,32 @@ fn fleetctl(server: &str, args: &[&str]) -> Output {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fleetctl_lists_a_device_that_reported_its_status() {
     let server = start_server().await;
-    let (client, mut events) = AsyncClient::new(MqttOptions::new("robot-7", "127.0.0.1", server.mqtt_port), 10);
+    let (client, mut events) =
+        AsyncClient::new(MqttOptions::new("robot-7", "127.0.0.1", server.mqtt_port), 10);
     tokio::spawn(async move { while events.poll().await.is_ok() {} });
     client
-        .publish(topic(&samples::device(), TopicKind::Status), QoS::AtLeastOnce, true, Message::Status(samples::status()).encode())
+        .publish(
+            topic(&samples::device(), TopicKind::Status),
+            QoS::AtLeastOnce,
+            true,
+            Message::Status(samples::status()).encode(),
+        )
         .await
         .unwrap();
 
     let api = server.api.clone();
-    let devices: serde_json::Value = eventually("robot-7 in `fleetctl device ls --json`", Duration::from_secs(20), || {
-        let api = api.clone();
-        async move {
-            let out = fleetctl(&api, &["device", "ls", "--json"]);
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json prints only JSON");
-            (v.as_array()?.len() == 1).then_some(v)
-        }
-    })
-    .await;
+    let devices: serde_json::Value =
+        eventually("robot-7 in `fleetctl device ls --json`", Duration::from_secs(20), || {
+            let api = api.clone();
+            async move {
+                let out = fleetctl(&api, &["device", "ls", "--json"]);
+                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                let v: serde_json::Value =
+                    serde_json::from_slice(&out.stdout).expect("--json prints only JSON");
+                (v.as_array()?.len() == 1).then_some(v)
+            }
+        })
+        .await;
     assert_eq!(devices[0]["id"], "robot-7");
     assert_eq!(devices[0]["online"], true);
 

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use bollard::models::{ContainerCreateBody, HealthStatusEnum, HostConfig};
 use bollard::query_parameters::{
-    CreateImageOptionsBuilder, InspectContainerOptions, RemoveContainerOptionsBuilder, StartContainerOptions,
+    CreateImageOptionsBuilder, InspectContainerOptions, RemoveContainerOptionsBuilder,
+    StartContainerOptions,
 };
 use bollard::Docker;
 use fleet_e2e::{eventually, TestEnv};
@@ -18,28 +19,38 @@ const LABEL: &str = "io.fleet.e2e";
 
 async fn pull(docker: &Docker, reference: &str) {
     docker
-        .create_image(Some(CreateImageOptionsBuilder::default().from_image(reference).build()), None, None)
+        .create_image(
+            Some(CreateImageOptionsBuilder::default().from_image(reference).build()),
+            None,
+            None,
+        )
         .try_collect::<Vec<_>>()
         .await
         .unwrap_or_else(|e| panic!("pull {reference}: {e}"));
 }
 
 async fn run(docker: &Docker, name: &str, reference: &str, host: HostConfig) -> String {
-    let _ = docker.remove_container(name, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await;
+    let _ = docker
+        .remove_container(name, Some(RemoveContainerOptionsBuilder::default().force(true).build()))
+        .await;
     let body = ContainerCreateBody {
         image: Some(reference.to_owned()),
         labels: Some(HashMap::from([(LABEL.to_owned(), "environment".to_owned())])),
         host_config: Some(host),
         ..Default::default()
     };
-    let opts = bollard::query_parameters::CreateContainerOptionsBuilder::default().name(name).build();
+    let opts =
+        bollard::query_parameters::CreateContainerOptionsBuilder::default().name(name).build();
     let id = docker.create_container(Some(opts), body).await.unwrap().id;
     docker.start_container(&id, None::<StartContainerOptions>).await.unwrap();
     id
 }
 
 async fn remove(docker: &Docker, id: &str) {
-    docker.remove_container(id, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await.unwrap();
+    docker
+        .remove_container(id, Some(RemoveContainerOptionsBuilder::default().force(true).build()))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -86,20 +97,27 @@ async fn the_test_images_behave_as_named() {
     }
     for (key, id) in &started {
         let docker = &docker;
-        let state = eventually(&format!("{key} to settle"), Duration::from_secs(30), || async move {
-            let state = docker.inspect_container(id, None::<InspectContainerOptions>).await.ok()?.state?;
-            let health = state.health.as_ref().and_then(|h| h.status);
-            let settled = match *key {
-                "web:1" | "web:2" => health == Some(HealthStatusEnum::HEALTHY),
-                "unhealthy:1" => health == Some(HealthStatusEnum::UNHEALTHY),
-                _ => state.running == Some(false) && state.exit_code.is_some(),
-            };
-            settled.then_some(state)
-        })
-        .await;
+        let state =
+            eventually(&format!("{key} to settle"), Duration::from_secs(30), || async move {
+                let state = docker
+                    .inspect_container(id, None::<InspectContainerOptions>)
+                    .await
+                    .ok()?
+                    .state?;
+                let health = state.health.as_ref().and_then(|h| h.status);
+                let settled = match *key {
+                    "web:1" | "web:2" => health == Some(HealthStatusEnum::HEALTHY),
+                    "unhealthy:1" => health == Some(HealthStatusEnum::UNHEALTHY),
+                    _ => state.running == Some(false) && state.exit_code.is_some(),
+                };
+                settled.then_some(state)
+            })
+            .await;
         match *key {
             "crash:1" => assert_eq!(state.exit_code, Some(1), "crash exits 1"),
-            "memhog:1" => assert_eq!(state.oom_killed, Some(true), "memhog is OOM-killed under 32 MiB"),
+            "memhog:1" => {
+                assert_eq!(state.oom_killed, Some(true), "memhog is OOM-killed under 32 MiB")
+            }
             _ => assert_eq!(state.running, Some(true), "{key} keeps running"),
         }
     }

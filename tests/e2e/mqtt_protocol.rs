@@ -12,16 +12,25 @@ use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 fn client(env: &TestEnv, id: &str) -> (AsyncClient, EventLoop) {
     let mut opts = MqttOptions::new(id, env.mqtt_host.clone(), env.mqtt_port);
     opts.set_keep_alive(Duration::from_secs(5));
-    opts.set_max_packet_size(fleet_proto::MAX_MESSAGE_BYTES + 1024, fleet_proto::MAX_MESSAGE_BYTES + 1024);
+    opts.set_max_packet_size(
+        fleet_proto::MAX_MESSAGE_BYTES + 1024,
+        fleet_proto::MAX_MESSAGE_BYTES + 1024,
+    );
     AsyncClient::new(opts, 10)
 }
 
 /// Drives `events` until a publish arrives (subscribing after the ConnAck) and returns it.
-async fn next_publish(client: &AsyncClient, events: &mut EventLoop, filter: &str) -> (String, Vec<u8>) {
+async fn next_publish(
+    client: &AsyncClient,
+    events: &mut EventLoop,
+    filter: &str,
+) -> (String, Vec<u8>) {
     tokio::time::timeout(Duration::from_secs(20), async {
         loop {
             match events.poll().await.unwrap() {
-                Event::Incoming(Packet::ConnAck(_)) => client.subscribe(filter, QoS::AtLeastOnce).await.unwrap(),
+                Event::Incoming(Packet::ConnAck(_)) => {
+                    client.subscribe(filter, QoS::AtLeastOnce).await.unwrap()
+                }
                 Event::Incoming(Packet::Publish(p)) => return (p.topic, p.payload.to_vec()),
                 _ => {}
             }
@@ -35,7 +44,9 @@ async fn next_publish(client: &AsyncClient, events: &mut EventLoop, filter: &str
 async fn subscribed(client: &AsyncClient, events: &mut EventLoop, filter: &str) {
     loop {
         match events.poll().await.unwrap() {
-            Event::Incoming(Packet::ConnAck(_)) => client.subscribe(filter, QoS::AtLeastOnce).await.unwrap(),
+            Event::Incoming(Packet::ConnAck(_)) => {
+                client.subscribe(filter, QoS::AtLeastOnce).await.unwrap()
+            }
             Event::Incoming(Packet::SubAck(_)) => return,
             _ => {}
         }
@@ -53,9 +64,14 @@ async fn a_report_crosses_mosquitto_and_matches_its_topic() {
     let (dev, mut dev_events) = client(&env, device.as_str());
     tokio::spawn(async move { while dev_events.poll().await.is_ok() {} });
     let report = fleet_proto::StateReport { device: device.clone(), ..samples::report() };
-    dev.publish(topic(&device, TopicKind::Report), QoS::AtLeastOnce, false, Message::Report(report.clone()).encode())
-        .await
-        .unwrap();
+    dev.publish(
+        topic(&device, TopicKind::Report),
+        QoS::AtLeastOnce,
+        false,
+        Message::Report(report.clone()).encode(),
+    )
+    .await
+    .unwrap();
 
     let (t, payload) = next_publish(&server, &mut server_events, "unused").await;
     let topic = Topic::parse(&t).unwrap();
@@ -86,7 +102,9 @@ async fn retained_signed_desired_state_reaches_a_device_that_connects_later() {
     let (dev, mut dev_events) = client(&env, device.as_str());
     let (t, bytes) = next_publish(&dev, &mut dev_events, &desired_topic).await;
     assert_eq!(t, desired_topic);
-    let Message::Desired(signed) = Message::decode(&bytes).unwrap() else { panic!("not a desired state") };
+    let Message::Desired(signed) = Message::decode(&bytes).unwrap() else {
+        panic!("not a desired state")
+    };
     let trusted = TrustedKeys::new([key.public()]);
     assert_eq!(signed.open::<DesiredState>(&trusted).unwrap(), desired);
 

@@ -47,18 +47,23 @@ impl TestEnv {
     /// Reads `$FLEET_TEST_ENV`, else `${FLEET_TEST_ENV_DIR:-/tmp/fleet-test-env}/env.json`.
     pub fn load() -> TestEnv {
         let path = std::env::var_os("FLEET_TEST_ENV").map(PathBuf::from).unwrap_or_else(|| {
-            let dir = std::env::var_os("FLEET_TEST_ENV_DIR").map_or_else(|| PathBuf::from("/tmp/fleet-test-env"), PathBuf::from);
+            let dir = std::env::var_os("FLEET_TEST_ENV_DIR")
+                .map_or_else(|| PathBuf::from("/tmp/fleet-test-env"), PathBuf::from);
             dir.join("env.json")
         });
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
             panic!("cannot read the test environment {}: {e}\nrun `tests/env/up` (or the whole suite with `tests/run`) first", path.display())
         });
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not a valid env.json: {e}; re-run tests/env/up", path.display()))
+        serde_json::from_str(&text).unwrap_or_else(|e| {
+            panic!("{} is not a valid env.json: {e}; re-run tests/env/up", path.display())
+        })
     }
 
     /// The image `name:version`, e.g. `image("web:1")`.
     pub fn image(&self, key: &str) -> &TestImage {
-        self.images.get(key).unwrap_or_else(|| panic!("env.json has no image {key}; re-run tests/env/up"))
+        self.images
+            .get(key)
+            .unwrap_or_else(|| panic!("env.json has no image {key}; re-run tests/env/up"))
     }
 
     /// A Docker client for the environment's engine, API version negotiated.
@@ -68,7 +73,12 @@ impl TestEnv {
             .unwrap()
             .negotiate_version()
             .await
-            .unwrap_or_else(|e| panic!("Docker engine at {} does not answer: {e}; run tests/env/up", self.docker_host))
+            .unwrap_or_else(|e| {
+                panic!(
+                    "Docker engine at {} does not answer: {e}; run tests/env/up",
+                    self.docker_host
+                )
+            })
     }
 }
 
@@ -78,7 +88,11 @@ pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().and_then(|d| d.parent()).unwrap();
     let path = dir.join(name);
-    assert!(path.exists(), "{} does not exist; run `cargo build --workspace --bins` first (tests/run does)", path.display());
+    assert!(
+        path.exists(),
+        "{} does not exist; run `cargo build --workspace --bins` first (tests/run does)",
+        path.display()
+    );
     path
 }
 
