@@ -1,13 +1,25 @@
 //! # fleet-agent — keeps a device's containers equal to the release the server wants
 //!
-//! This crate grows module by module (reconciler, runtime, hardware, telemetry, link); the
-//! binary in `main.rs` stays a thin shell over it. It speaks to the server only through
-//! [`fleet_proto`].
+//! Layout, decisions first:
+//! * [`plan`] — pure: what steps take the observed containers to the target release;
+//! * [`reconcile`] — carries plans out with health gates, retries and rollback;
+//! * [`runtime`] — the container engine behind a trait (Docker, and a simulation);
+//! * [`state`] — durable state in sled (accepted desired state, proven release, journal);
+//! * [`report`] — the device's state report;
+//! * [`config`], [`daemon`], [`cli`], [`sd_notify`] — the process around it.
+//!
+//! The binary in `main.rs` only calls [`cli::main`]. The agent speaks to the server only
+//! through [`fleet_proto`].
+
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod plan;
+pub mod reconcile;
+pub mod report;
+pub mod runtime;
+pub mod sd_notify;
+pub mod state;
 
 /// The agent's version, reported in its status message.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
-
-/// The protocol version this agent writes (shown by `fleet-agent --version`).
-pub fn version_line() -> String {
-    format!("fleet-agent {AGENT_VERSION} (protocol v{})", fleet_proto::PROTOCOL_VERSION)
-}

@@ -1,18 +1,5 @@
-//! `fleet-agent`: thin shell over the `fleet_agent` library.
+//! `fleet-agent`: thin shell over the `fleet_agent` library (see `cli.rs`).
 
-use clap::Parser;
-
-/// The Fleet device agent: keeps this device's containers equal to the release the fleet
-/// server wants.
-#[derive(Debug, Parser)]
-#[command(version, about, long_about)]
-struct Cli {}
-
-fn main() {
-    let _cli = Cli::parse();
-    eprintln!(
-        "{}: the daemon is not part of this build yet; see `fleet-agent --help`",
-        fleet_agent::version_line()
-    );
-    std::process::exit(1);
+fn main() -> std::process::ExitCode {
+    fleet_agent::cli::main()
 }

@@ -31,11 +31,13 @@ pub async fn run(
     let (client, mut events) = AsyncClient::new(options, 64);
     let mut backoff = Duration::from_millis(100);
     let mut pending_acks = SUBSCRIBED.len();
+    let mut ever_connected = false;
     loop {
         match events.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 backoff = Duration::from_millis(100);
                 pending_acks = SUBSCRIBED.len();
+                ever_connected = true;
                 // Re-subscribe on every connection: a clean session forgets subscriptions.
                 for kind in SUBSCRIBED {
                     if let Err(e) =
@@ -58,7 +60,12 @@ pub async fn run(
             Ok(Event::Incoming(Packet::Publish(p))) => handle(&*store, &p.topic, &p.payload),
             Ok(_) => {}
             Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "MQTT connection lost");
+                // Before the first connection the embedded broker may still be starting up.
+                if ever_connected {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "MQTT connection lost");
+                } else {
+                    tracing::debug!(error = %e, retry_in = ?backoff, "MQTT broker not reachable yet");
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }

@@ -17,7 +17,7 @@ use tracing_subscriber::EnvFilter;
 /// Example:
 ///   fleet-server --data /var/lib/fleet --api-listen 127.0.0.1:9090
 #[derive(Debug, Parser)]
-#[command(version, about, long_about)]
+#[command(version, about, long_about, verbatim_doc_comment)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

@@ -1,0 +1,275 @@
+//! The `fleet-agent` command line: the daemon, local mode for the bench, status.
+//!
+//! Exit codes (shared with fleetctl): 0 ok, 1 usage or input error, 3 the update ended
+//! unhealthy (rolled back or failed), 5 the container engine is unreachable.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use fleet_proto::report::{StateReport, UpdateResult};
+use fleet_proto::ReleaseSpec;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{Config, DEFAULT_CONFIG, DEFAULT_PATH};
+use crate::daemon;
+use crate::reconcile::{check_release, Reconciler};
+use crate::report;
+use crate::runtime::docker::DockerRuntime;
+use crate::runtime::{ContainerRuntime, RuntimeError};
+use crate::state::Origin;
+
+/// The Fleet device agent: keeps this device's containers equal to the release the fleet
+/// server wants, with health-gated rollback.
+///
+/// Examples:
+///   fleet-agent                                   run the daemon (what systemd starts)
+///   fleet-agent apply release.json                try a release on this device, no server
+///   fleet-agent status --json                     what runs, its health, the last update
+///   fleet-agent --print-default-config > /etc/fleet-agent/config.toml
+#[derive(Debug, Parser)]
+#[command(name = "fleet-agent", version, about, long_about, verbatim_doc_comment)]
+struct Cli {
+    /// Configuration file; `config.d/*.toml` next to it is merged on top.
+    #[arg(long, global = true, env = "FLEET_AGENT_CONFIG", default_value = DEFAULT_PATH)]
+    config: PathBuf,
+    /// Print the documented default configuration and exit.
+    #[arg(long)]
+    print_default_config: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the agent daemon (the default).
+    Run,
+    /// Apply a release on this device without a server (local mode): same planner, health
+    /// gates and rollback. Example: fleet-agent apply release.json
+    Apply {
+        /// The release in its canonical JSON form.
+        file: PathBuf,
+        /// Print the outcome as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what runs, its health, the release in force and the last update's outcome.
+    /// Example: fleet-agent status --json
+    Status {
+        /// Print the complete state report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A failure with its exit code.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    fn input(message: impl Into<String>) -> Failure {
+        Failure { code: 1, message: message.into() }
+    }
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(&format!("\n  caused by: {s}"));
+        source = s.source();
+    }
+    msg
+}
+
+impl From<RuntimeError> for Failure {
+    fn from(e: RuntimeError) -> Failure {
+        let code = if matches!(e, RuntimeError::Unreachable { .. }) { 5 } else { 1 };
+        Failure { code, message: chain(&e) }
+    }
+}
+
+/// Entry point of the `fleet-agent` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if cli.print_default_config {
+        print!("{DEFAULT_CONFIG}");
+        return ExitCode::SUCCESS;
+    }
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(f) => {
+            eprintln!("fleet-agent: error: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn load_config(path: &Path, explicit: bool) -> Result<Config, Failure> {
+    Config::load(path, explicit).map_err(|e| Failure::input(chain(&e)))
+}
+
+fn init_logging(config: &Config, daemon: bool) {
+    // One-shot commands print their own results; their logs only matter when something is off.
+    let default = if daemon { config.log_level.as_str() } else { "warn" };
+    let filter = EnvFilter::try_from_env("FLEET_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if config.log_json {
+        builder.json().init();
+    } else {
+        builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init();
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    // Two workers are plenty for one device's containers and keep the agent's memory small.
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::input(format!("cannot start the async runtime: {e}")))
+}
+
+fn run(cli: Cli) -> Result<u8, Failure> {
+    let explicit =
+        std::env::var_os("FLEET_AGENT_CONFIG").is_some() || cli.config != Path::new(DEFAULT_PATH);
+    let config = load_config(&cli.config, explicit)?;
+    let command = cli.command.unwrap_or(Command::Run);
+    init_logging(&config, matches!(command, Command::Run));
+    match command {
+        Command::Run => {
+            if config.device_id.as_str() == "CHANGE-ME" {
+                return Err(Failure::input(format!(
+                    "set device_id in {} (see --print-default-config)",
+                    cli.config.display()
+                )));
+            }
+            runtime()?.block_on(daemon::run(config, shutdown_signal())).map_err(|e| match e {
+                daemon::DaemonError::Runtime(r) => Failure::from(r),
+                other => Failure::input(chain(&other)),
+            })?;
+            Ok(0)
+        }
+        Command::Apply { file, json } => runtime()?.block_on(apply(&config, &file, json)),
+        Command::Status { json } => runtime()?.block_on(status(&config, json)),
+    }
+}
+
+async fn apply(config: &Config, file: &Path, json: bool) -> Result<u8, Failure> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| Failure::input(format!("cannot read {}: {e}", file.display())))?;
+    let mut de = serde_json::Deserializer::from_str(&text);
+    let release: ReleaseSpec = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        Failure::input(format!("{}: field `{}`: {}", file.display(), e.path(), e.inner()))
+    })?;
+    check_release(&release)
+        .map_err(|r| Failure::input(format!("{}: {}", file.display(), r.problems.join("\n  "))))?;
+    let state = daemon::open_state(config).map_err(|e| {
+        Failure::input(format!("{}\n  hint: while the fleet-agent daemon runs it owns the state; stop it (systemctl stop fleet-agent) to apply locally", chain(&e)))
+    })?;
+    let rt = Arc::new(DockerRuntime::connect(&config.engine_socket, config.engine_timeout).await?);
+    let seq = state.next_local_seq().map_err(|e| Failure::input(chain(&e)))?;
+    let reconciler =
+        Reconciler::new(rt, config.device_id.clone(), state, daemon::exec_options(config));
+    eprintln!(
+        "applying {} ({} services) on {}…",
+        release.id,
+        release.services.len(),
+        config.device_id
+    );
+    let outcome = reconciler
+        .apply(Origin::Local { seq }, Some(release.clone()))
+        .await
+        .map_err(|e| Failure { code: 3, message: chain(&e) })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&outcome).unwrap_or_default());
+    }
+    match &outcome.result {
+        UpdateResult::Applied => {
+            eprintln!("applied: {} is running and healthy", release.id);
+            Ok(0)
+        }
+        UpdateResult::RolledBack { reason, service, log_tail } => {
+            eprintln!("rolled back: {reason}");
+            if let Some(s) = service {
+                eprintln!("last log lines of {s}:");
+                for line in log_tail {
+                    eprintln!("  | {line}");
+                }
+            }
+            Ok(3)
+        }
+        UpdateResult::Failed { reason } | UpdateResult::Rejected { reason } => {
+            eprintln!("failed, nothing changed: {reason}");
+            Ok(3)
+        }
+    }
+}
+
+async fn status(config: &Config, json: bool) -> Result<u8, Failure> {
+    let report: StateReport = match daemon::open_state(config) {
+        Ok(state) => {
+            let rt = DockerRuntime::connect(&config.engine_socket, config.engine_timeout).await?;
+            let observed = rt.list(&config.device_id).await?;
+            report::build(&config.device_id, &state, &observed)
+                .map_err(|e| Failure::input(chain(&e)))?
+        }
+        Err(_) => {
+            // The daemon holds the database: read the status it last wrote.
+            let path = config.data_dir.join("status.json");
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                Failure::input(format!("cannot read the agent's state nor {}: {e}", path.display()))
+            })?;
+            serde_json::from_str(&text).map_err(|e| {
+                Failure::input(format!("{} is not a status report: {e}", path.display()))
+            })?
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        return Ok(0);
+    }
+    println!("device       {}", report.device);
+    match &report.in_force {
+        Some(f) => println!("release      {} ({:?})", f.release, f.source),
+        None => println!("release      none"),
+    }
+    if let Some(o) = &report.update.last_outcome {
+        println!("last update  {:?}", o.result);
+    }
+    println!(
+        "\n{:<16} {:<28} {:<10} {:<10} {:>8}",
+        "SERVICE", "RELEASE", "STATE", "HEALTH", "RESTARTS"
+    );
+    for s in &report.services {
+        println!(
+            "{:<16} {:<28} {:<10} {:<10} {:>8}",
+            s.name.as_str(),
+            s.release.as_str(),
+            format!("{:?}", s.state).to_lowercase(),
+            format!("{:?}", s.health).to_lowercase(),
+            s.restarts
+        );
+    }
+    Ok(0)
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGTERM; stop with Ctrl-C");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

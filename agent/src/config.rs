@@ -1,0 +1,312 @@
+//! The agent's configuration: `/etc/fleet-agent/config.toml` plus `config.d/*.toml` beside it,
+//! merged in name order (later files win, tables merge key by key), then checked once into a
+//! [`Config`]. Unknown keys are refused with their path, so a typo never silently does nothing.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fleet_proto::DeviceId;
+use serde::Deserialize;
+
+/// Default location of the main file.
+pub const DEFAULT_PATH: &str = "/etc/fleet-agent/config.toml";
+
+/// The configuration format version this build reads.
+pub const CONFIG_VERSION: u32 = 1;
+
+/// The documented default configuration (`fleet-agent --print-default-config`).
+pub const DEFAULT_CONFIG: &str = r#"# fleet-agent configuration. Files in config.d/*.toml next to this one are merged on top,
+# in name order. Unknown keys are refused.
+version = 1
+
+# This device's id: its MQTT client id and certificate common name. 1-64 of [A-Za-z0-9._-].
+device_id = "CHANGE-ME"
+
+# Where the agent keeps its state (accepted desired state, proven release, update journal).
+data_dir = "/var/lib/fleet-agent"
+
+[engine]
+# The Docker Engine API socket.
+socket = "/var/run/docker.sock"
+# Longest single engine request; image pulls on slow links take long.
+request_timeout_secs = 3600
+
+[update]
+# Grace period before a stopped container is killed.
+stop_grace_secs = 10
+# A service without a health check counts as healthy after running this long without a restart.
+stable_for_secs = 2
+# Restarts during an update's health wait that count as a crash loop.
+max_restarts = 2
+# How often the agent re-checks that the device matches its release even without engine events.
+resync_secs = 60
+
+[log]
+# "plain" (journald-friendly) or "json".
+format = "plain"
+# Filter in tracing syntax, e.g. "info" or "info,fleet_agent=debug". FLEET_LOG overrides it.
+level = "info"
+"#;
+
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A file cannot be read.
+    #[error("cannot read {path}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file is not valid TOML.
+    #[error("{path} is not valid TOML: {message}")]
+    Syntax {
+        /// The file.
+        path: String,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A key is unknown, missing or of the wrong type.
+    #[error("configuration key `{key}`: {message} (files: {files})")]
+    Invalid {
+        /// Dotted path of the key, e.g. `update.resync_secs`.
+        key: String,
+        /// What is wrong.
+        message: String,
+        /// The files that were merged.
+        files: String,
+    },
+    /// The `version` key names another format.
+    #[error("configuration version {found} is not supported (this agent reads version {CONFIG_VERSION})")]
+    Version {
+        /// The version found.
+        found: u32,
+    },
+    /// The device id is invalid.
+    #[error("configuration key `device_id`: {0}")]
+    DeviceId(#[from] fleet_proto::IdError),
+}
+
+/// The checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This device's id.
+    pub device_id: DeviceId,
+    /// State directory.
+    pub data_dir: PathBuf,
+    /// Docker socket path.
+    pub engine_socket: String,
+    /// Longest engine request.
+    pub engine_timeout: Duration,
+    /// Stop grace period.
+    pub stop_grace: Duration,
+    /// Health stability window for services without a health check.
+    pub stable_for: Duration,
+    /// Crash-loop threshold during health waits.
+    pub max_restarts: u32,
+    /// Resync period.
+    pub resync: Duration,
+    /// Log format.
+    pub log_json: bool,
+    /// Log filter.
+    pub log_level: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    version: u32,
+    device_id: String,
+    data_dir: PathBuf,
+    engine: RawEngine,
+    update: RawUpdate,
+    log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEngine {
+    socket: String,
+    request_timeout_secs: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpdate {
+    stop_grace_secs: u64,
+    stable_for_secs: u64,
+    max_restarts: u32,
+    resync_secs: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: LogFormat,
+    level: String,
+}
+
+#[derive(Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum LogFormat {
+    Plain,
+    Json,
+}
+
+fn parse(path: &str, text: &str) -> Result<toml::Table, ConfigError> {
+    text.parse::<toml::Table>()
+        .map_err(|e| ConfigError::Syntax { path: path.to_owned(), message: e.to_string() })
+}
+
+/// Merges `over` into `base`: tables merge key by key, anything else is replaced.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+impl Config {
+    /// Loads the defaults, then `path` (if it exists or was named explicitly), then
+    /// `config.d/*.toml` next to it.
+    pub fn load(path: &Path, must_exist: bool) -> Result<Config, ConfigError> {
+        let mut table = parse("built-in defaults", DEFAULT_CONFIG)?;
+        let mut files = vec![];
+        let mut read = |p: &Path, table: &mut toml::Table| -> Result<(), ConfigError> {
+            let text = std::fs::read_to_string(p)
+                .map_err(|source| ConfigError::Read { path: p.display().to_string(), source })?;
+            merge(table, parse(&p.display().to_string(), &text)?);
+            files.push(p.display().to_string());
+            Ok(())
+        };
+        if must_exist || path.exists() {
+            read(path, &mut table)?;
+        }
+        let dropins = path.parent().unwrap_or(Path::new(".")).join("config.d");
+        if let Ok(entries) = std::fs::read_dir(&dropins) {
+            let mut names: Vec<PathBuf> = entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+                .collect();
+            names.sort();
+            for p in names {
+                read(&p, &mut table)?;
+            }
+        }
+        Config::check(table, &files.join(", "))
+    }
+
+    /// Parses one TOML document on top of the defaults (for tests and `--print-default-config`).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let mut table = parse("built-in defaults", DEFAULT_CONFIG)?;
+        merge(&mut table, parse("<string>", text)?);
+        Config::check(table, "<string>")
+    }
+
+    fn check(table: toml::Table, files: &str) -> Result<Config, ConfigError> {
+        let raw: Raw =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                ConfigError::Invalid {
+                    key: e.path().to_string(),
+                    message: e.inner().message().to_owned(),
+                    files: if files.is_empty() {
+                        "built-in defaults only".to_owned()
+                    } else {
+                        files.to_owned()
+                    },
+                }
+            })?;
+        if raw.version != CONFIG_VERSION {
+            return Err(ConfigError::Version { found: raw.version });
+        }
+        Ok(Config {
+            device_id: DeviceId::new(raw.device_id)?,
+            data_dir: raw.data_dir,
+            engine_socket: raw.engine.socket,
+            engine_timeout: Duration::from_secs(raw.engine.request_timeout_secs),
+            stop_grace: Duration::from_secs(raw.update.stop_grace_secs),
+            stable_for: Duration::from_secs(raw.update.stable_for_secs),
+            max_restarts: raw.update.max_restarts,
+            resync: Duration::from_secs(raw.update.resync_secs.max(1)),
+            log_json: raw.log.format == LogFormat::Json,
+            log_level: raw.log.level,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse_once_a_device_id_is_set() {
+        let c = Config::from_toml("device_id = \"robot-7\"").unwrap();
+        assert_eq!(c.device_id.as_str(), "robot-7");
+        assert_eq!(c.engine_socket, "/var/run/docker.sock");
+        assert_eq!(c.resync, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn the_placeholder_device_id_passes_validation_but_says_change_me() {
+        assert_eq!(Config::from_toml("").unwrap().device_id.as_str(), "CHANGE-ME");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_path() {
+        let err = Config::from_toml("device_id = \"d\"\n[update]\nresync_sec = 5").unwrap_err();
+        assert!(err.to_string().contains("`update.resync_sec`"), "{err}");
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn wrong_types_name_the_key() {
+        let err = Config::from_toml("device_id = \"d\"\n[engine]\nrequest_timeout_secs = \"long\"")
+            .unwrap_err();
+        assert!(err.to_string().contains("`engine.request_timeout_secs`"), "{err}");
+    }
+
+    #[test]
+    fn other_versions_and_bad_ids_are_refused() {
+        assert!(matches!(
+            Config::from_toml("version = 2\ndevice_id = \"d\""),
+            Err(ConfigError::Version { found: 2 })
+        ));
+        assert!(matches!(Config::from_toml("device_id = \"a/b\""), Err(ConfigError::DeviceId(_))));
+    }
+
+    #[test]
+    fn drop_ins_merge_over_the_main_file_in_name_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("config.toml");
+        std::fs::write(
+            &main,
+            "device_id = \"robot-7\"\n[update]\nresync_secs = 30\nstop_grace_secs = 4\n",
+        )
+        .unwrap();
+        std::fs::create_dir(dir.path().join("config.d")).unwrap();
+        std::fs::write(dir.path().join("config.d/10-site.toml"), "[update]\nresync_secs = 20\n")
+            .unwrap();
+        std::fs::write(dir.path().join("config.d/20-bench.toml"), "[update]\nresync_secs = 10\n")
+            .unwrap();
+        std::fs::write(dir.path().join("config.d/README"), "ignored").unwrap();
+        let c = Config::load(&main, true).unwrap();
+        assert_eq!(c.resync, Duration::from_secs(10));
+        assert_eq!(c.stop_grace, Duration::from_secs(4), "keys not overridden survive the merge");
+    }
+
+    #[test]
+    fn syntax_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("config.toml");
+        std::fs::write(&main, "device_id = ").unwrap();
+        let err = Config::load(&main, true).unwrap_err();
+        assert!(err.to_string().contains("config.toml is not valid TOML"), "{err}");
+    }
+}

@@ -1,0 +1,175 @@
+//! The agent daemon: one loop. Each branch calls one named method.
+//!
+//! * start: open state, connect to the engine, converge to the accepted desired state (after a
+//!   reboot with no network this is what brings the device's software back);
+//! * engine events for this device's containers → converge shortly after (debounced), which
+//!   restarts or recreates what went missing — watching events instead of polling keeps the
+//!   idle agent near 0 % CPU;
+//! * a resync tick (default 60 s, no bursts after a stall) → converge, in case an event was lost;
+//! * the systemd watchdog tick → `WATCHDOG=1`;
+//! * SIGTERM/SIGINT → stop, leaving every application container running.
+//!
+//! After each converge the daemon writes `status.json` into the data directory so
+//! `fleet-agent status` can answer while the daemon holds the state database.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::config::Config;
+use crate::reconcile::{ExecOptions, Reconciler};
+use crate::report;
+use crate::runtime::docker::DockerRuntime;
+use crate::runtime::{ContainerRuntime, RuntimeError};
+use crate::sd_notify;
+use crate::state::{AgentState, StateError};
+
+/// Why the daemon stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The state database cannot be opened.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The engine is unreachable at start.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// The data directory cannot be created.
+    #[error("cannot create data directory {path}")]
+    DataDir {
+        /// The directory.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Quiet period after an engine event before converging, so a burst of events (die, stop,
+/// destroy) causes one converge.
+const EVENT_DEBOUNCE: Duration = Duration::from_millis(500);
+
+/// Executor options from the configuration.
+pub fn exec_options(config: &Config) -> ExecOptions {
+    ExecOptions {
+        stop_grace: config.stop_grace,
+        stable_for: config.stable_for,
+        max_restarts: config.max_restarts,
+        ..ExecOptions::default()
+    }
+}
+
+/// Opens the state database under the configured data directory.
+pub fn open_state(config: &Config) -> Result<AgentState, DaemonError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| DaemonError::DataDir {
+        path: config.data_dir.display().to_string(),
+        source,
+    })?;
+    Ok(AgentState::open(&config.data_dir.join("state"))?)
+}
+
+/// Runs the daemon until `shutdown` completes.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    let state = open_state(&config)?;
+    let runtime =
+        Arc::new(DockerRuntime::connect(&config.engine_socket, config.engine_timeout).await?);
+    let reconciler =
+        Reconciler::new(runtime, config.device_id.clone(), state, exec_options(&config));
+    Daemon { config, reconciler }.run(shutdown).await
+}
+
+struct Daemon<R> {
+    config: Config,
+    reconciler: Reconciler<R>,
+}
+
+impl<R: ContainerRuntime> Daemon<R> {
+    async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+        tokio::pin!(shutdown);
+        let device = self.config.device_id.clone();
+        tracing::info!(%device, "fleet-agent {} started", crate::AGENT_VERSION);
+        sd_notify::notify("READY=1");
+
+        let mut events = self.reconciler.runtime().events(&device);
+        let mut resync = tokio::time::interval(self.config.resync);
+        resync.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut watchdog = tokio::time::interval(
+            sd_notify::watchdog_interval().unwrap_or(Duration::from_secs(3600)),
+        );
+        watchdog.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let debounce = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(debounce);
+        let mut pending = false;
+
+        // The first resync tick fires at once: that is the converge at start.
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                _ = resync.tick() => {
+                    tokio::select! {
+                        () = &mut shutdown => break,
+                        () = self.converge() => {}
+                    }
+                }
+                event = events.recv() => match event {
+                    Some(e) => {
+                        tracing::debug!(container = %e.id, action = %e.action, "engine event");
+                        pending = true;
+                        debounce.as_mut().reset(Instant::now() + EVENT_DEBOUNCE);
+                    }
+                    None => {
+                        tracing::warn!("engine event stream ended; resubscribing");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        events = self.reconciler.runtime().events(&device);
+                        pending = true;
+                    }
+                },
+                () = &mut debounce, if pending => {
+                    pending = false;
+                    tokio::select! {
+                        () = &mut shutdown => break,
+                        () = self.converge() => {}
+                    }
+                }
+                _ = watchdog.tick() => sd_notify::notify("WATCHDOG=1"),
+            }
+        }
+        sd_notify::notify("STOPPING=1");
+        tracing::info!("fleet-agent stopping; application containers keep running");
+        Ok(())
+    }
+
+    /// Converges and records the outcome; errors are logged, never fatal.
+    async fn converge(&self) {
+        match self.reconciler.converge().await {
+            Ok(Some(outcome)) => tracing::info!(result = ?outcome.result, "update finished"),
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "converge failed; retrying on the next resync"),
+        }
+        self.write_status().await;
+    }
+
+    /// Writes `status.json` atomically for `fleet-agent status`.
+    async fn write_status(&self) {
+        let observed =
+            self.reconciler.runtime().list(&self.config.device_id).await.unwrap_or_default();
+        let Ok(report) = report::build(&self.config.device_id, self.reconciler.state(), &observed)
+        else {
+            return;
+        };
+        if let Err(e) = write_atomic(
+            &self.config.data_dir.join("status.json"),
+            &serde_json::to_vec_pretty(&report).unwrap_or_default(),
+        ) {
+            tracing::warn!(error = %e, "cannot write status.json");
+        }
+    }
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(tmp, path)
+}

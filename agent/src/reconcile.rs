@@ -1,0 +1,496 @@
+//! The executor: carries out plans from [`crate::plan`] through a [`ContainerRuntime`], with
+//! health gates, retries and automatic rollback.
+//!
+//! Invariants:
+//! * The accepted desired state is on disk before any container changes, and every step is
+//!   journalled before and after it runs; after a crash, [`Reconciler::converge`] re-plans from
+//!   what the engine shows and ends in either the old or the new release, never neither
+//!   (the planner removes old containers only after every new one is healthy).
+//! * A release that fails its health gate is rolled back to the last release proven healthy and
+//!   its origin is marked failed: it is not retried until a newer desired state arrives.
+//! * A pull failure changes nothing (pulls come first); the device stays on its release.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fleet_proto::release::HardwareRequest;
+use fleet_proto::report::{ContainerState, Health, UpdateOutcome, UpdateResult};
+use fleet_proto::{DeviceId, ImageRef, RegistryCredential, ReleaseSpec, ServiceName, UnixMillis};
+
+use crate::plan::{self, Step};
+use crate::runtime::{labels, ContainerRuntime, CreateRequest, DeviceMapping, RuntimeError};
+use crate::state::{Accepted, AgentState, JournalEntry, Origin, Proven, StateError};
+
+/// Tunables of the executor.
+#[derive(Debug, Clone)]
+pub struct ExecOptions {
+    /// Attempts for a step that fails with a transient engine error.
+    pub attempts: u32,
+    /// First retry delay; doubles per attempt.
+    pub retry_delay: Duration,
+    /// How often a health wait re-inspects the container.
+    pub health_poll: Duration,
+    /// A container without a health check must run this long without restarting to count as
+    /// healthy (catches crash loops).
+    pub stable_for: Duration,
+    /// Restarts during a health wait that count as a crash loop.
+    pub max_restarts: u32,
+    /// Grace period when stopping a container.
+    pub stop_grace: Duration,
+    /// Test-only fault hook: abort the process when about to run the step whose kind (or
+    /// `kind:n`, the n-th such step, 1-based) matches. From `FLEET_AGENT_FAULT`.
+    pub fault: Option<String>,
+}
+
+impl Default for ExecOptions {
+    fn default() -> Self {
+        ExecOptions {
+            attempts: 3,
+            retry_delay: Duration::from_millis(500),
+            health_poll: Duration::from_millis(250),
+            stable_for: Duration::from_secs(2),
+            max_restarts: 2,
+            stop_grace: Duration::from_secs(10),
+            fault: std::env::var("FLEET_AGENT_FAULT").ok().filter(|f| !f.is_empty()),
+        }
+    }
+}
+
+/// Why an update step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// The engine failed.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// The service did not become healthy.
+    #[error("service {service} {reason}")]
+    Unhealthy {
+        /// The service.
+        service: ServiceName,
+        /// What happened, e.g. "not healthy within 30s".
+        reason: String,
+        /// Its last log lines.
+        log_tail: Vec<String>,
+    },
+    /// The agent's state could not be written.
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// Why a release is refused before anything runs.
+#[derive(Debug, thiserror::Error)]
+#[error("release refused: {}", .problems.join("; "))]
+pub struct Refused {
+    /// Every problem, each naming its field.
+    pub problems: Vec<String>,
+}
+
+/// Checks a release for what this agent can run: the protocol's own validation plus what the
+/// agent does not support yet.
+pub fn check_release(release: &ReleaseSpec) -> Result<(), Refused> {
+    let mut problems: Vec<String> = match release.validate() {
+        Ok(()) => vec![],
+        Err(errors) => errors.iter().map(ToString::to_string).collect(),
+    };
+    for (i, svc) in release.services.iter().enumerate() {
+        for (h, hw) in svc.hardware.iter().enumerate() {
+            if !matches!(hw, HardwareRequest::Device { .. }) {
+                problems.push(format!(
+                    "services[{i}].hardware[{h}]: {hw:?} needs hardware mapping by stable identity, which this agent version does not do yet; map the device node with a Device request"
+                ));
+            }
+        }
+        for (v, vol) in svc.volumes.iter().enumerate() {
+            if let fleet_proto::release::VolumeSource::HostPath(p) = &vol.source {
+                problems.push(format!("services[{i}].volumes[{v}]: bind mount of host path {p:?} is not allowed by this agent's configuration"));
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Refused { problems })
+    }
+}
+
+/// Drives one device's containers toward its accepted desired state.
+#[derive(Debug)]
+pub struct Reconciler<R> {
+    runtime: Arc<R>,
+    device: DeviceId,
+    state: AgentState,
+    opts: ExecOptions,
+    credentials: Vec<RegistryCredential>,
+    fault_count: std::sync::atomic::AtomicU32,
+}
+
+impl<R: ContainerRuntime> Reconciler<R> {
+    /// A reconciler for `device`.
+    pub fn new(runtime: Arc<R>, device: DeviceId, state: AgentState, opts: ExecOptions) -> Self {
+        Reconciler {
+            runtime,
+            device,
+            state,
+            opts,
+            credentials: vec![],
+            fault_count: Default::default(),
+        }
+    }
+
+    /// Registry credentials to use for pulls (from config and desired state).
+    pub fn set_credentials(&mut self, credentials: Vec<RegistryCredential>) {
+        self.credentials = credentials;
+    }
+
+    /// The state store.
+    pub fn state(&self) -> &AgentState {
+        &self.state
+    }
+
+    /// The runtime.
+    pub fn runtime(&self) -> &Arc<R> {
+        &self.runtime
+    }
+
+    /// Accepts a new desired release (persisted first), then converges to it.
+    pub async fn apply(
+        &self,
+        origin: Origin,
+        release: Option<ReleaseSpec>,
+    ) -> Result<UpdateOutcome, StepError> {
+        self.state.set_desired(&Accepted { origin, release, accepted_at: UnixMillis::now() })?;
+        Ok(self.converge().await?.unwrap_or_else(|| outcome(origin, UpdateResult::Applied)))
+    }
+
+    /// Converges to the accepted desired state (or, if that one was rolled back, to the proven
+    /// release). Returns `None` when there was nothing to do.
+    pub async fn converge(&self) -> Result<Option<UpdateOutcome>, StepError> {
+        let Some(desired) = self.state.desired()? else { return Ok(None) };
+        let proven = self.state.proven()?;
+        if self.state.failed()? == Some(desired.origin) {
+            // Stay on the rollback target; repair it if a container vanished.
+            let target = proven.as_ref().and_then(|p| p.release.clone());
+            if self
+                .run_plan(&format!("{:?} (rolled back)", desired.origin), target.as_ref())
+                .await
+                .is_err()
+            {
+                tracing::warn!("could not restore every container of the rollback release; retrying on the next resync");
+            }
+            return Ok(None);
+        }
+        let update = format!("{:?}", desired.origin);
+        if proven.as_ref().is_some_and(|p| p.origin == desired.origin) {
+            // Steady state: recreate or restart what is missing or stopped, but a service that
+            // is unhealthy or crash-looping after a proven update is reported, not rolled back.
+            if let Err(e) = self
+                .run_plan_with(&format!("{update} repair"), desired.release.as_ref(), true)
+                .await
+            {
+                tracing::warn!(update, error = %e, "could not repair the release in force; retrying on the next resync");
+            }
+            return Ok(None);
+        }
+        match self.run_plan(&update, desired.release.as_ref()).await {
+            Ok(_) => {
+                self.state.set_proven(&Proven {
+                    origin: desired.origin,
+                    release: desired.release.clone(),
+                    proven_at: UnixMillis::now(),
+                })?;
+                self.prune_images().await;
+                let done = outcome(desired.origin, UpdateResult::Applied);
+                self.state.set_last_outcome(&done)?;
+                tracing::info!(update, "update applied");
+                Ok(Some(done))
+            }
+            Err(StepError::Runtime(RuntimeError::Pull { image, reason })) => {
+                // Nothing changed yet: pulls come first. Retried on the next resync.
+                let done = outcome(
+                    desired.origin,
+                    UpdateResult::Failed { reason: format!("pull of {image} failed: {reason}") },
+                );
+                self.state.set_last_outcome(&done)?;
+                tracing::warn!(update, %image, %reason, "update failed before changing anything");
+                Ok(Some(done))
+            }
+            Err(StepError::State(e)) => Err(StepError::State(e)),
+            Err(e) => {
+                let (service, log_tail) = match &e {
+                    StepError::Unhealthy { service, log_tail, .. } => {
+                        (Some(service.clone()), log_tail.clone())
+                    }
+                    _ => (None, vec![]),
+                };
+                let reason = e.to_string();
+                tracing::warn!(update, %reason, "update failed; rolling back to the last proven release");
+                self.state.set_failed(Some(desired.origin))?;
+                let target = proven.as_ref().and_then(|p| p.release.clone());
+                let result =
+                    match self.run_plan(&format!("{update} rollback"), target.as_ref()).await {
+                        Ok(_) => UpdateResult::RolledBack { reason, service, log_tail },
+                        Err(rb) => UpdateResult::Failed {
+                            reason: format!("{reason}; rollback also failed: {rb}"),
+                        },
+                    };
+                let done = outcome(desired.origin, result);
+                self.state.set_last_outcome(&done)?;
+                Ok(Some(done))
+            }
+        }
+    }
+
+    /// Plans toward `target` and runs every step; returns how many steps ran.
+    async fn run_plan(
+        &self,
+        update: &str,
+        target: Option<&ReleaseSpec>,
+    ) -> Result<usize, StepError> {
+        self.run_plan_with(update, target, false).await
+    }
+
+    /// [`Self::run_plan`]; with `repair`, health waits are skipped (steady state).
+    async fn run_plan_with(
+        &self,
+        update: &str,
+        target: Option<&ReleaseSpec>,
+        repair: bool,
+    ) -> Result<usize, StepError> {
+        let observed = self.runtime.list(&self.device).await?;
+        let mut present = BTreeMap::new();
+        for spec in target.map(|t| t.services.iter()).into_iter().flatten() {
+            present.insert(spec.image.pull_ref(), self.runtime.has_image(&spec.image).await?);
+        }
+        let mut steps = plan::plan(&self.device, target, &observed, &|i: &ImageRef| {
+            present.get(&i.pull_ref()).copied().unwrap_or(false)
+        });
+        if repair {
+            steps.retain(|s| !matches!(s, Step::WaitHealthy { .. }));
+        }
+        for step in &steps {
+            self.journal(update, step, "begin")?;
+            self.fault_hook(step);
+            match self.run_step(target, step).await {
+                Ok(()) => self.journal(update, step, "done")?,
+                Err(e) => {
+                    self.journal(update, step, &format!("failed: {e}"))?;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(steps.len())
+    }
+
+    fn journal(&self, update: &str, step: &Step, phase: &str) -> Result<(), StateError> {
+        self.state.journal(&JournalEntry {
+            at: UnixMillis::now(),
+            update: update.to_owned(),
+            step: step.to_string(),
+            phase: phase.to_owned(),
+        })
+    }
+
+    /// Aborts the process at the configured step (crash-safety tests kill the agent this way).
+    fn fault_hook(&self, step: &Step) {
+        let Some(fault) = &self.opts.fault else { return };
+        let (kind, nth) = match fault.split_once(':') {
+            Some((k, n)) => (k, n.parse::<u32>().unwrap_or(1)),
+            None => (fault.as_str(), 1),
+        };
+        if kind == step.kind() || kind == "any" {
+            let seen = self.fault_count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            if seen == nth {
+                eprintln!("fleet-agent: FLEET_AGENT_FAULT={fault}: aborting before {step}");
+                std::process::abort();
+            }
+        }
+    }
+
+    async fn run_step(&self, target: Option<&ReleaseSpec>, step: &Step) -> Result<(), StepError> {
+        let spec_of = |service: &ServiceName| {
+            target.and_then(|t| t.services.iter().find(|s| s.name == *service))
+        };
+        match step {
+            Step::Pull { image } => {
+                let credential = image
+                    .registry()
+                    .and_then(|r| self.credentials.iter().find(|c| c.registry == r));
+                let progress = |done: u64, total: Option<u64>| tracing::debug!(image = %image, done, ?total, "pull progress");
+                self.retry(|| self.runtime.pull(image, credential, &progress)).await?;
+                self.state.remember_image(&image.pull_ref())?;
+            }
+            Step::Create { service, name } => {
+                let Some(spec) = spec_of(service) else { return Ok(()) };
+                let release = target.map(|t| t.id.to_string()).unwrap_or_default();
+                let mut labels = spec.labels.clone();
+                labels.insert(labels::MANAGED_BY.to_owned(), labels::MANAGED_BY_VALUE.to_owned());
+                labels.insert(labels::DEVICE.to_owned(), self.device.to_string());
+                labels.insert(labels::RELEASE.to_owned(), release);
+                labels.insert(labels::SERVICE.to_owned(), spec.name.to_string());
+                labels.insert(labels::CONFIG_HASH.to_owned(), plan::config_hash(spec));
+                let devices = spec
+                    .hardware
+                    .iter()
+                    .filter_map(|h| match h {
+                        HardwareRequest::Device { host_path, container_path, permissions } => {
+                            Some(DeviceMapping {
+                                host_path: host_path.clone(),
+                                container_path: if container_path.is_empty() {
+                                    host_path.clone()
+                                } else {
+                                    container_path.clone()
+                                },
+                                permissions: if permissions.is_empty() {
+                                    "rwm".to_owned()
+                                } else {
+                                    permissions.clone()
+                                },
+                            })
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                let req = CreateRequest {
+                    name: name.clone(),
+                    labels,
+                    spec: spec.clone(),
+                    port_override: None,
+                    devices,
+                };
+                self.state.remember_image(&spec.image.pull_ref())?;
+                // An image lost by the engine (unclean shutdown) is pulled again, not fatal.
+                match self.runtime.create(&req).await {
+                    Err(RuntimeError::NotFound { .. }) => {
+                        let credential = spec
+                            .image
+                            .registry()
+                            .and_then(|r| self.credentials.iter().find(|c| c.registry == r));
+                        self.runtime.pull(&spec.image, credential, &|_, _| {}).await?;
+                        self.retry(|| self.runtime.create(&req)).await?;
+                    }
+                    Err(RuntimeError::Engine { status: Some(409), .. }) => {
+                        // Created by an interrupted earlier attempt: same name, same config.
+                    }
+                    other => {
+                        other?;
+                    }
+                }
+            }
+            Step::Start { name, .. } => self.retry(|| self.runtime.start(name)).await?,
+            Step::Stop { name, .. } => {
+                self.retry(|| self.runtime.stop(name, self.opts.stop_grace)).await?
+            }
+            Step::Remove { name, .. } => self.retry(|| self.runtime.remove(name)).await?,
+            Step::WaitHealthy { service, name, deadline } => {
+                self.wait_healthy(service, name, *deadline).await?
+            }
+        }
+        Ok(())
+    }
+
+    /// Retries transient engine failures with exponential backoff. "Not found" and pull
+    /// failures are not transient here: they are answered by the caller.
+    async fn retry<T, F, Fut>(&self, mut op: F) -> Result<T, RuntimeError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, RuntimeError>>,
+    {
+        let mut delay = self.opts.retry_delay;
+        let mut attempt = 1;
+        loop {
+            match op().await {
+                Err(e @ (RuntimeError::Engine { .. } | RuntimeError::Unreachable { .. }))
+                    if attempt < self.opts.attempts =>
+                {
+                    tracing::warn!(error = %e, attempt, retry_in = ?delay, "engine call failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn wait_healthy(
+        &self,
+        service: &ServiceName,
+        name: &str,
+        deadline: Duration,
+    ) -> Result<(), StepError> {
+        let started = Instant::now();
+        let mut first_restarts = None;
+        let mut stable_since: Option<Instant> = None;
+        loop {
+            let c = self.runtime.inspect(name).await?;
+            let restarts =
+                c.restart_count.saturating_sub(*first_restarts.get_or_insert(c.restart_count));
+            let fail = |reason: String| async move {
+                let log_tail = self.runtime.logs(name, 20).await.unwrap_or_default();
+                Err(StepError::Unhealthy { service: service.clone(), reason, log_tail })
+            };
+            if restarts > self.opts.max_restarts {
+                let code = c.exit_code.map_or_else(|| "unknown".to_owned(), |c| c.to_string());
+                return fail(format!(
+                    "is crash-looping ({restarts} restarts, last exit code {code})"
+                ))
+                .await;
+            }
+            match (c.state, c.health) {
+                (ContainerState::Running, Health::Healthy) => return Ok(()),
+                (ContainerState::Running, Health::NoCheck) => {
+                    let since = *stable_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= self.opts.stable_for {
+                        return Ok(());
+                    }
+                }
+                (ContainerState::Running, Health::Unhealthy) => {
+                    return fail("failed its health check".to_owned()).await;
+                }
+                (ContainerState::Exited | ContainerState::Dead, _) if c.oom_killed => {
+                    return fail("was killed for exceeding its memory limit".to_owned()).await;
+                }
+                (ContainerState::Exited | ContainerState::Dead, _) => {
+                    return fail(format!("exited with code {}", c.exit_code.unwrap_or(-1))).await;
+                }
+                _ => stable_since = None,
+            }
+            if started.elapsed() >= deadline {
+                return fail(format!("not healthy within {}s", deadline.as_secs())).await;
+            }
+            tokio::time::sleep(self.opts.health_poll).await;
+        }
+    }
+
+    /// Removes images this device no longer needs: neither the proven nor the previous release
+    /// uses them. Only images of releases this agent ran are candidates; others on a shared
+    /// engine are left alone.
+    async fn prune_images(&self) {
+        let releases = [self.state.proven(), self.state.previous()];
+        let keep: Vec<String> = releases
+            .iter()
+            .filter_map(|r| r.as_ref().ok().and_then(Option::as_ref))
+            .filter_map(|p| p.release.as_ref())
+            .flat_map(|r| r.services.iter().map(|s| s.image.pull_ref()))
+            .collect();
+        let Ok(known) = self.state.known_images() else { return };
+        for image in known.into_iter().filter(|i| !keep.contains(i)) {
+            match self.runtime.remove_image(&image).await {
+                Ok(()) => {
+                    let _ = self.state.forget_image(&image);
+                    tracing::info!(%image, "removed image no release on this device needs");
+                }
+                Err(e) => tracing::debug!(%image, error = %e, "image not removed"),
+            }
+        }
+    }
+}
+
+fn outcome(origin: Origin, result: UpdateResult) -> UpdateOutcome {
+    let generation = match origin {
+        Origin::Server { generation } => generation,
+        Origin::Local { .. } => 0,
+    };
+    UpdateOutcome { generation, finished_at: UnixMillis::now(), result }
+}

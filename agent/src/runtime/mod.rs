@@ -1,0 +1,216 @@
+//! The container engine, behind [`ContainerRuntime`].
+//!
+//! The agent only ever sees containers through this trait: the Docker implementation
+//! ([`docker::DockerRuntime`], over bollard) for devices, and an in-memory simulation
+//! ([`sim::SimRuntime`]) for the fleet simulator and fast tests.
+//!
+//! Invariants every implementation keeps:
+//! * Every container the agent creates carries the labels in [`labels`]; `list` returns only
+//!   containers labelled with the given device id, so several agents can share one engine and
+//!   the agent never touches a container it does not own.
+//! * Images are referenced by digest (`repo@sha256:…`) only.
+//! * Errors keep their structure: "not found" is [`RuntimeError::NotFound`], never a string.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use fleet_proto::report::{ContainerState, Health};
+use fleet_proto::{DeviceId, ImageRef, RegistryCredential, ServiceSpec};
+
+pub mod docker;
+pub mod sim;
+
+/// Label keys the agent puts on every container it creates.
+pub mod labels {
+    /// Always `fleet-agent`.
+    pub const MANAGED_BY: &str = "io.fleet.managed-by";
+    /// The owning device's id.
+    pub const DEVICE: &str = "io.fleet.device";
+    /// The release the container belongs to.
+    pub const RELEASE: &str = "io.fleet.release";
+    /// The service name within the release.
+    pub const SERVICE: &str = "io.fleet.service";
+    /// Hash of the service's full configuration: equal hash, equal container.
+    pub const CONFIG_HASH: &str = "io.fleet.config-hash";
+    /// The value of [`MANAGED_BY`].
+    pub const MANAGED_BY_VALUE: &str = "fleet-agent";
+}
+
+/// What to create: the service as the release describes it, plus the agent's decisions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreateRequest {
+    /// Container name, unique per device, service and configuration.
+    pub name: String,
+    /// All labels, the agent's `io.fleet.*` ones included.
+    pub labels: BTreeMap<String, String>,
+    /// The service.
+    pub spec: ServiceSpec,
+    /// Host ports to publish, overriding `spec.ports` host ports (the agent's blue/green proxy
+    /// publishes containers on ephemeral loopback ports and owns the real host port itself).
+    /// `None`: publish as the spec says.
+    pub port_override: Option<Vec<PortBinding>>,
+    /// Host device nodes to map in, already resolved from the service's hardware requests.
+    pub devices: Vec<DeviceMapping>,
+}
+
+/// One host device node mapped into a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceMapping {
+    /// Path on the host, e.g. `/dev/serial/by-id/usb-FTDI…` resolved to `/dev/ttyUSB0`.
+    pub host_path: String,
+    /// Path inside the container.
+    pub container_path: String,
+    /// cgroup permissions, e.g. `rwm`.
+    pub permissions: String,
+}
+
+/// One published port as the engine bound it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortBinding {
+    /// Port inside the container.
+    pub container_port: u16,
+    /// Host IP it is bound to.
+    pub host_ip: std::net::IpAddr,
+    /// Host port (0 in a request: the engine picks one).
+    pub host_port: u16,
+}
+
+/// A container as the engine reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObservedContainer {
+    /// Engine id.
+    pub id: String,
+    /// Name without the leading `/`.
+    pub name: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// The image reference it was created from.
+    pub image: String,
+    /// Lifecycle state.
+    pub state: ContainerState,
+    /// Health as the engine judges it (`NoCheck` if the image/spec has no HEALTHCHECK).
+    pub health: Health,
+    /// Exit code of the last exit.
+    pub exit_code: Option<i32>,
+    /// Restarts by the engine's restart policy.
+    pub restart_count: u32,
+    /// Whether the kernel OOM-killed it.
+    pub oom_killed: bool,
+    /// Published ports as bound.
+    pub ports: Vec<PortBinding>,
+}
+
+impl ObservedContainer {
+    /// A label's value.
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.labels.get(key).map(String::as_str)
+    }
+}
+
+/// Something changed for a container of this device: re-inspect it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeEvent {
+    /// Container id.
+    pub id: String,
+    /// Engine action, e.g. `start`, `die`, `health_status: healthy`.
+    pub action: String,
+}
+
+/// Pull progress callback: bytes done, bytes total if known.
+pub type ProgressFn<'a> = &'a (dyn Fn(u64, Option<u64>) + Send + Sync);
+
+/// Why a runtime call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The container or image does not exist.
+    #[error("{what} not found")]
+    NotFound {
+        /// What was looked for.
+        what: String,
+    },
+    /// The engine cannot be reached.
+    #[error("container engine unreachable at {endpoint}")]
+    Unreachable {
+        /// Socket or URL.
+        endpoint: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Pulling an image failed (registry unreachable, wrong credentials, unknown digest).
+    #[error("pull of {image} failed: {reason}")]
+    Pull {
+        /// The image.
+        image: String,
+        /// Why, as the registry or engine said.
+        reason: String,
+    },
+    /// The engine refused or failed an operation.
+    #[error("engine failed to {op}: {message}")]
+    Engine {
+        /// The operation, e.g. `create container web`.
+        op: String,
+        /// HTTP status from the engine, if any.
+        status: Option<u16>,
+        /// The engine's message.
+        message: String,
+    },
+}
+
+/// A container engine. All methods are cancel-safe in the sense that dropping the future
+/// leaves the engine in a state `list` reports truthfully.
+pub trait ContainerRuntime: Send + Sync + 'static {
+    /// Containers labelled with this device id, running or not.
+    fn list(
+        &self,
+        device: &DeviceId,
+    ) -> impl Future<Output = Result<Vec<ObservedContainer>, RuntimeError>> + Send;
+    /// One container by id or name.
+    fn inspect(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<ObservedContainer, RuntimeError>> + Send;
+    /// Whether the image is present locally.
+    fn has_image(
+        &self,
+        image: &ImageRef,
+    ) -> impl Future<Output = Result<bool, RuntimeError>> + Send;
+    /// Pulls the image by digest, reporting progress.
+    fn pull(
+        &self,
+        image: &ImageRef,
+        credential: Option<&RegistryCredential>,
+        progress: ProgressFn<'_>,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Removes a local image (ignores "not found"; refuses if a container uses it).
+    fn remove_image(&self, image: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Image references present locally that were pulled by digest (`repo@sha256:…`).
+    fn images(&self) -> impl Future<Output = Result<Vec<String>, RuntimeError>> + Send;
+    /// Creates a container; returns its id.
+    fn create(
+        &self,
+        req: &CreateRequest,
+    ) -> impl Future<Output = Result<String, RuntimeError>> + Send;
+    /// Starts a container (no-op if running).
+    fn start(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Stops a container, killing it after `grace` (no-op if stopped).
+    fn stop(
+        &self,
+        id: &str,
+        grace: Duration,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Removes a container, stopping it first if needed (ignores "not found").
+    fn remove(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// The last `tail` lines of a container's output.
+    fn logs(
+        &self,
+        id: &str,
+        tail: usize,
+    ) -> impl Future<Output = Result<Vec<String>, RuntimeError>> + Send;
+    /// Container events of this device (start, die, health changes, ...), forwarded by a task
+    /// the implementation spawns on the current tokio runtime. The channel closes when the
+    /// engine's event stream ends; the caller then resyncs with `list` and subscribes again.
+    /// Watching events is how the agent stays idle without polling the engine.
+    fn events(&self, device: &DeviceId) -> tokio::sync::mpsc::Receiver<RuntimeEvent>;
+}

@@ -1,0 +1,251 @@
+//! An in-memory container engine for the fleet simulator and fast tests.
+//!
+//! It behaves like the real engine where the agent's decisions depend on it: containers have
+//! ids and names, names are unique, images must be pulled before `create`, a container's health
+//! follows its image's scripted [`ImageBehavior`], and events are sent for this device's
+//! containers. It also records every mutating call in order, so tests can check orderings such
+//! as stop-first ("the old container stopped before the new one started").
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use fleet_proto::report::{ContainerState, Health};
+use fleet_proto::{DeviceId, ImageRef, RegistryCredential};
+use tokio::sync::mpsc;
+
+use super::{
+    labels, ContainerRuntime, CreateRequest, ObservedContainer, ProgressFn, RuntimeError,
+    RuntimeEvent,
+};
+
+/// How containers of an image behave once started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageBehavior {
+    /// Running and healthy.
+    Healthy,
+    /// Running, never passes its health check.
+    NeverHealthy,
+    /// Exits with code 1 right after starting.
+    CrashAtStart,
+}
+
+#[derive(Debug, Clone)]
+struct SimContainer {
+    observed: ObservedContainer,
+    behavior: ImageBehavior,
+}
+
+#[derive(Debug, Default)]
+struct SimState {
+    containers: BTreeMap<String, SimContainer>,
+    local_images: BTreeSet<String>,
+    registry: BTreeMap<String, (ImageBehavior, u64)>,
+    next_id: u64,
+    subscribers: Vec<(String, mpsc::Sender<RuntimeEvent>)>,
+    calls: Vec<String>,
+}
+
+/// The simulated engine.
+#[derive(Debug, Default)]
+pub struct SimRuntime {
+    state: Mutex<SimState>,
+}
+
+impl SimRuntime {
+    /// An empty engine with an empty registry.
+    pub fn new() -> SimRuntime {
+        SimRuntime::default()
+    }
+
+    /// Makes `image` pullable, `size` bytes large, behaving as `behavior` when run.
+    pub fn publish_image(&self, image: &ImageRef, behavior: ImageBehavior, size: u64) {
+        self.lock().registry.insert(image.pull_ref(), (behavior, size));
+    }
+
+    /// Every mutating call so far, e.g. `create fleet-d-web-…`, `stop fleet-d-web-…`.
+    pub fn calls(&self) -> Vec<String> {
+        self.lock().calls.clone()
+    }
+
+    /// Simulates an engine that lost a container (e.g. after an unclean shutdown).
+    pub fn forget_container(&self, name: &str) {
+        self.lock().containers.retain(|_, c| c.observed.name != name);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SimState> {
+        // A panic while holding the lock only happens in a failing test; keep going with the
+        // state as it is.
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl SimState {
+    fn find(&mut self, id_or_name: &str) -> Result<&mut SimContainer, RuntimeError> {
+        self.containers
+            .values_mut()
+            .find(|c| c.observed.id == id_or_name || c.observed.name == id_or_name)
+            .ok_or_else(|| RuntimeError::NotFound { what: format!("container {id_or_name}") })
+    }
+
+    fn emit(&mut self, c: &ObservedContainer, action: &str) {
+        let device = c.label(labels::DEVICE).unwrap_or_default().to_owned();
+        let event = RuntimeEvent { id: c.id.clone(), action: action.to_owned() };
+        self.subscribers.retain(|(d, tx)| {
+            *d != device || tx.try_send(event.clone()).is_ok() || !tx.is_closed()
+        });
+    }
+}
+
+impl ContainerRuntime for SimRuntime {
+    async fn list(&self, device: &DeviceId) -> Result<Vec<ObservedContainer>, RuntimeError> {
+        Ok(self
+            .lock()
+            .containers
+            .values()
+            .filter(|c| c.observed.label(labels::DEVICE) == Some(device.as_str()))
+            .map(|c| c.observed.clone())
+            .collect())
+    }
+
+    async fn inspect(&self, id: &str) -> Result<ObservedContainer, RuntimeError> {
+        Ok(self.lock().find(id)?.observed.clone())
+    }
+
+    async fn has_image(&self, image: &ImageRef) -> Result<bool, RuntimeError> {
+        Ok(self.lock().local_images.contains(&image.pull_ref()))
+    }
+
+    async fn pull(
+        &self,
+        image: &ImageRef,
+        _credential: Option<&RegistryCredential>,
+        progress: ProgressFn<'_>,
+    ) -> Result<(), RuntimeError> {
+        let mut s = self.lock();
+        let Some(&(_, size)) = s.registry.get(&image.pull_ref()) else {
+            return Err(RuntimeError::Pull {
+                image: image.pull_ref(),
+                reason: "manifest unknown: no such digest in the registry".to_owned(),
+            });
+        };
+        progress(size / 2, Some(size));
+        progress(size, Some(size));
+        s.local_images.insert(image.pull_ref());
+        s.calls.push(format!("pull {}", image.pull_ref()));
+        Ok(())
+    }
+
+    async fn remove_image(&self, image: &str) -> Result<(), RuntimeError> {
+        let mut s = self.lock();
+        if s.containers.values().any(|c| c.observed.image == image) {
+            return Err(RuntimeError::Engine {
+                op: format!("remove image {image}"),
+                status: Some(409),
+                message: "image is in use by a container".to_owned(),
+            });
+        }
+        s.local_images.remove(image);
+        s.calls.push(format!("remove-image {image}"));
+        Ok(())
+    }
+
+    async fn images(&self) -> Result<Vec<String>, RuntimeError> {
+        Ok(self.lock().local_images.iter().cloned().collect())
+    }
+
+    async fn create(&self, req: &CreateRequest) -> Result<String, RuntimeError> {
+        let mut s = self.lock();
+        let image = req.spec.image.pull_ref();
+        if !s.local_images.contains(&image) {
+            return Err(RuntimeError::NotFound { what: format!("image {image}") });
+        }
+        if s.containers.values().any(|c| c.observed.name == req.name) {
+            return Err(RuntimeError::Engine {
+                op: format!("create container {}", req.name),
+                status: Some(409),
+                message: "name already in use".to_owned(),
+            });
+        }
+        let behavior = s.registry.get(&image).map_or(ImageBehavior::Healthy, |(b, _)| *b);
+        s.next_id += 1;
+        let id = format!("sim{:012x}", s.next_id);
+        let observed = ObservedContainer {
+            id: id.clone(),
+            name: req.name.clone(),
+            labels: req.labels.clone(),
+            image,
+            state: ContainerState::Created,
+            health: Health::NoCheck,
+            exit_code: None,
+            restart_count: 0,
+            oom_killed: false,
+            ports: req.port_override.clone().unwrap_or_default(),
+        };
+        s.calls.push(format!("create {}", req.name));
+        s.containers.insert(id.clone(), SimContainer { observed, behavior });
+        Ok(id)
+    }
+
+    async fn start(&self, id: &str) -> Result<(), RuntimeError> {
+        let mut s = self.lock();
+        let c = s.find(id)?;
+        if c.observed.state == ContainerState::Running {
+            return Ok(());
+        }
+        let (state, health, exit) = match c.behavior {
+            ImageBehavior::Healthy => (ContainerState::Running, Health::Healthy, None),
+            ImageBehavior::NeverHealthy => (ContainerState::Running, Health::Unhealthy, None),
+            ImageBehavior::CrashAtStart => (ContainerState::Exited, Health::Unhealthy, Some(1)),
+        };
+        c.observed.state = state;
+        c.observed.health = health;
+        c.observed.exit_code = exit;
+        let (name, observed) = (c.observed.name.clone(), c.observed.clone());
+        s.calls.push(format!("start {name}"));
+        s.emit(&observed, "start");
+        Ok(())
+    }
+
+    async fn stop(&self, id: &str, _grace: Duration) -> Result<(), RuntimeError> {
+        let mut s = self.lock();
+        let c = s.find(id)?;
+        if c.observed.state != ContainerState::Running {
+            return Ok(());
+        }
+        c.observed.state = ContainerState::Exited;
+        c.observed.exit_code = Some(0);
+        let (name, observed) = (c.observed.name.clone(), c.observed.clone());
+        s.calls.push(format!("stop {name}"));
+        s.emit(&observed, "die");
+        Ok(())
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        let mut s = self.lock();
+        let Ok(c) = s.find(id) else { return Ok(()) };
+        let (cid, name, observed) =
+            (c.observed.id.clone(), c.observed.name.clone(), c.observed.clone());
+        s.containers.remove(&cid);
+        s.calls.push(format!("remove {name}"));
+        s.emit(&observed, "destroy");
+        Ok(())
+    }
+
+    async fn logs(&self, id: &str, tail: usize) -> Result<Vec<String>, RuntimeError> {
+        let mut s = self.lock();
+        let c = s.find(id)?;
+        let lines = match c.behavior {
+            ImageBehavior::CrashAtStart => vec!["fatal: simulated crash at start".to_owned()],
+            ImageBehavior::NeverHealthy => vec!["health endpoint failing (simulated)".to_owned()],
+            ImageBehavior::Healthy => vec!["serving (simulated)".to_owned()],
+        };
+        Ok(lines.into_iter().rev().take(tail).rev().collect())
+    }
+
+    fn events(&self, device: &DeviceId) -> mpsc::Receiver<RuntimeEvent> {
+        let (tx, rx) = mpsc::channel(256);
+        self.lock().subscribers.push((device.as_str().to_owned(), tx));
+        rx
+    }
+}

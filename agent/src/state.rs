@@ -1,0 +1,315 @@
+//! The agent's durable state, in sled under the data directory.
+//!
+//! What is kept and why:
+//! * `desired` — the last accepted desired state (server generation or local release): after a
+//!   reboot with no network the agent converges to it.
+//! * `proven` — the release last proven healthy on this device, and `previous` — the one
+//!   before it. Rollback targets `proven`; image pruning keeps both.
+//! * `failed_generation` — a generation that was rolled back is not retried until the server
+//!   sends a newer one.
+//! * `journal` — every update step, written before and after it runs.
+//!
+//! Durability: sled fsyncs on a timer (500 ms); every write here that a crash must not lose is
+//! followed by an explicit `flush`, so "persisted" means "on disk".
+
+use std::path::Path;
+
+use fleet_proto::report::UpdateOutcome;
+use fleet_proto::{ReleaseSpec, UnixMillis};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// Where a desired release came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Origin {
+    /// The fleet server, with its desired-state generation.
+    Server {
+        /// Generation.
+        generation: u64,
+    },
+    /// `fleet-agent apply` on the device; `seq` counts local applies.
+    Local {
+        /// Local apply counter.
+        seq: u64,
+    },
+}
+
+/// A desired state the agent accepted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Accepted {
+    /// Where it came from.
+    pub origin: Origin,
+    /// What should run (`None`: no application).
+    pub release: Option<ReleaseSpec>,
+    /// When it was accepted.
+    pub accepted_at: UnixMillis,
+}
+
+/// A release proven healthy on this device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Proven {
+    /// Where it came from.
+    pub origin: Origin,
+    /// The release (`None`: no application).
+    pub release: Option<ReleaseSpec>,
+    /// When it was proven.
+    pub proven_at: UnixMillis,
+}
+
+/// One journal record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalEntry {
+    /// When.
+    pub at: UnixMillis,
+    /// Which update (desired origin, as text).
+    pub update: String,
+    /// The step, e.g. `create fleet-d1-web-1a2b3c`.
+    pub step: String,
+    /// `begin`, `done`, or `failed: <reason>`.
+    pub phase: String,
+}
+
+/// Why the state store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// sled failed (another agent holding the database shows up here too).
+    #[error("agent state at {path}: {source} (is another fleet-agent running with the same data directory?)")]
+    Sled {
+        /// Data directory.
+        path: String,
+        /// What sled said.
+        #[source]
+        source: sled::Error,
+    },
+    /// A record does not decode.
+    #[error("agent state record {key} is corrupt")]
+    Corrupt {
+        /// Which record.
+        key: String,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Journal entries kept; older ones are trimmed.
+const JOURNAL_KEEP: u64 = 2000;
+
+/// The agent's sled database.
+#[derive(Debug, Clone)]
+pub struct AgentState {
+    path: String,
+    db: sled::Db,
+    journal: sled::Tree,
+}
+
+impl AgentState {
+    /// Opens (or creates) the state under `dir`.
+    pub fn open(dir: &Path) -> Result<AgentState, StateError> {
+        let path = dir.display().to_string();
+        let err = |source| StateError::Sled { path: path.clone(), source };
+        // The agent's state is a few records: a small cache keeps the agent's memory small.
+        let db = sled::Config::new().path(dir).cache_capacity(1 << 20).open().map_err(err)?;
+        let journal = db.open_tree("journal").map_err(err)?;
+        Ok(AgentState { path, db, journal })
+    }
+
+    fn err(&self) -> impl Fn(sled::Error) -> StateError + '_ {
+        |source| StateError::Sled { path: self.path.clone(), source }
+    }
+
+    fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StateError> {
+        match self.db.get(key).map_err(self.err())? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|source| StateError::Corrupt { key: key.to_owned(), source }),
+        }
+    }
+
+    fn put<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StateError> {
+        // Plain data structs: JSON encoding cannot fail.
+        let bytes = serde_json::to_vec(value).expect("agent state records always encode");
+        self.db.insert(key, bytes).map_err(self.err())?;
+        self.db.flush().map_err(self.err())?;
+        Ok(())
+    }
+
+    /// The accepted desired state.
+    pub fn desired(&self) -> Result<Option<Accepted>, StateError> {
+        self.get("desired")
+    }
+
+    /// Records a newly accepted desired state (flushed to disk before returning).
+    pub fn set_desired(&self, accepted: &Accepted) -> Result<(), StateError> {
+        self.put("desired", accepted)
+    }
+
+    /// The release proven healthy.
+    pub fn proven(&self) -> Result<Option<Proven>, StateError> {
+        self.get("proven")
+    }
+
+    /// The release proven before the current one.
+    pub fn previous(&self) -> Result<Option<Proven>, StateError> {
+        self.get("previous")
+    }
+
+    /// Records `proven` as proven healthy; the old proven release becomes `previous`.
+    pub fn set_proven(&self, proven: &Proven) -> Result<(), StateError> {
+        if let Some(old) = self.proven()? {
+            if old.release.as_ref().map(|r| &r.id) != proven.release.as_ref().map(|r| &r.id) {
+                self.put("previous", &old)?;
+            }
+        }
+        self.put("proven", proven)
+    }
+
+    /// The origin whose update was rolled back (not retried until a newer one arrives).
+    pub fn failed(&self) -> Result<Option<Origin>, StateError> {
+        self.get("failed")
+    }
+
+    /// Marks `origin` as failed.
+    pub fn set_failed(&self, origin: Option<Origin>) -> Result<(), StateError> {
+        self.put("failed", &origin)
+    }
+
+    /// How the last update ended.
+    pub fn last_outcome(&self) -> Result<Option<UpdateOutcome>, StateError> {
+        self.get("last_outcome")
+    }
+
+    /// Records how the last update ended.
+    pub fn set_last_outcome(&self, outcome: &UpdateOutcome) -> Result<(), StateError> {
+        self.put("last_outcome", outcome)
+    }
+
+    /// Counter for local applies (so each `fleet-agent apply` is a new update).
+    pub fn next_local_seq(&self) -> Result<u64, StateError> {
+        let next = self.get::<u64>("local_seq")?.unwrap_or(0) + 1;
+        self.put("local_seq", &next)?;
+        Ok(next)
+    }
+
+    /// Remembers that this agent uses `image` (only such images are ever pruned).
+    pub fn remember_image(&self, image: &str) -> Result<(), StateError> {
+        let images = self.db.open_tree("images").map_err(self.err())?;
+        images.insert(image, &[]).map_err(self.err())?;
+        images.flush().map_err(self.err())?;
+        Ok(())
+    }
+
+    /// Forgets a pruned image.
+    pub fn forget_image(&self, image: &str) -> Result<(), StateError> {
+        let images = self.db.open_tree("images").map_err(self.err())?;
+        images.remove(image).map_err(self.err())?;
+        Ok(())
+    }
+
+    /// Images this agent has used.
+    pub fn known_images(&self) -> Result<Vec<String>, StateError> {
+        let images = self.db.open_tree("images").map_err(self.err())?;
+        Ok(images
+            .iter()
+            .keys()
+            .flatten()
+            .map(|k| String::from_utf8_lossy(&k).into_owned())
+            .collect())
+    }
+
+    /// Appends a journal record and flushes it to disk.
+    pub fn journal(&self, entry: &JournalEntry) -> Result<(), StateError> {
+        let seq = self.db.generate_id().map_err(self.err())?;
+        let bytes = serde_json::to_vec(entry).expect("journal entries always encode");
+        self.journal.insert(seq.to_be_bytes(), bytes).map_err(self.err())?;
+        if seq % 256 == 0 {
+            let cutoff = seq.saturating_sub(JOURNAL_KEEP).to_be_bytes();
+            for key in self.journal.range(..cutoff).keys().flatten() {
+                self.journal.remove(key).map_err(self.err())?;
+            }
+        }
+        self.journal.flush().map_err(self.err())?;
+        Ok(())
+    }
+
+    /// The last `n` journal records, oldest first.
+    pub fn journal_tail(&self, n: usize) -> Result<Vec<JournalEntry>, StateError> {
+        let mut out: Vec<JournalEntry> = self
+            .journal
+            .iter()
+            .rev()
+            .take(n)
+            .map(|kv| {
+                let (k, v) = kv.map_err(self.err())?;
+                serde_json::from_slice(&v).map_err(|source| StateError::Corrupt {
+                    key: format!(
+                        "journal/{}",
+                        u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]))
+                    ),
+                    source,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        out.reverse();
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fleet_proto::samples;
+
+    use super::*;
+
+    #[test]
+    fn desired_and_proven_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let accepted = Accepted {
+            origin: Origin::Server { generation: 4 },
+            release: Some(samples::release()),
+            accepted_at: UnixMillis(1),
+        };
+        {
+            let s = AgentState::open(dir.path()).unwrap();
+            s.set_desired(&accepted).unwrap();
+            s.set_proven(&Proven {
+                origin: Origin::Local { seq: 1 },
+                release: None,
+                proven_at: UnixMillis(1),
+            })
+            .unwrap();
+            s.set_proven(&Proven {
+                origin: accepted.origin,
+                release: accepted.release.clone(),
+                proven_at: UnixMillis(2),
+            })
+            .unwrap();
+        }
+        let s = AgentState::open(dir.path()).unwrap();
+        assert_eq!(s.desired().unwrap(), Some(accepted.clone()));
+        assert_eq!(s.proven().unwrap().unwrap().release, accepted.release);
+        assert_eq!(
+            s.previous().unwrap().unwrap().release,
+            None,
+            "the old proven release became previous"
+        );
+    }
+
+    #[test]
+    fn journal_keeps_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = AgentState::open(dir.path()).unwrap();
+        for i in 0..5 {
+            s.journal(&JournalEntry {
+                at: UnixMillis(i),
+                update: "u".into(),
+                step: format!("s{i}"),
+                phase: "begin".into(),
+            })
+            .unwrap();
+        }
+        let tail: Vec<String> = s.journal_tail(3).unwrap().into_iter().map(|e| e.step).collect();
+        assert_eq!(tail, ["s2", "s3", "s4"]);
+    }
+}

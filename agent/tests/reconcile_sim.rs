@@ -1,0 +1,226 @@
+//! The executor against the simulated engine: updates, health-gated rollback, stop-first
+//! ordering, adoption and recovery — the behaviours, in milliseconds.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_agent::plan::container_name;
+use fleet_agent::reconcile::{ExecOptions, Reconciler};
+use fleet_agent::runtime::sim::{ImageBehavior, SimRuntime};
+use fleet_agent::runtime::ContainerRuntime;
+use fleet_agent::state::{AgentState, Origin};
+use fleet_proto::release::{Probe, UpdateStrategy};
+use fleet_proto::report::{ContainerState, UpdateResult};
+use fleet_proto::{samples, DeviceId, ImageRef, ReleaseId, ReleaseSpec};
+
+fn device() -> DeviceId {
+    DeviceId::new("sim-1").unwrap()
+}
+
+fn image(name: &str, n: u8) -> ImageRef {
+    ImageRef::parse(&format!("127.0.0.1:5000/t/{name}@sha256:{}", format!("{n:02x}").repeat(32)))
+        .unwrap()
+}
+
+/// Two start-first services on the given images.
+fn release(version: &str, web: &ImageRef, worker: &ImageRef) -> ReleaseSpec {
+    let mut r = samples::release();
+    r.id = ReleaseId::new(format!("app@{version}")).unwrap();
+    r.version = version.into();
+    for s in &mut r.services {
+        s.hardware.clear();
+        s.ports.clear();
+        s.depends_on.clear();
+        s.update = UpdateStrategy::StartFirst;
+        s.health_deadline = Duration::from_secs(5);
+        if let Some(h) = &mut s.healthcheck {
+            h.probe = Probe::Image;
+        }
+    }
+    r.services[0].image = web.clone();
+    r.services[1].image = worker.clone();
+    r
+}
+
+struct Fixture {
+    rt: Arc<SimRuntime>,
+    rec: Reconciler<SimRuntime>,
+    _dir: tempfile::TempDir,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Arc::new(SimRuntime::new());
+    for (name, n, b) in [
+        ("web", 1, ImageBehavior::Healthy),
+        ("web", 2, ImageBehavior::Healthy),
+        ("worker", 1, ImageBehavior::Healthy),
+        ("worker", 2, ImageBehavior::Healthy),
+        ("bad", 3, ImageBehavior::NeverHealthy),
+        ("crash", 4, ImageBehavior::CrashAtStart),
+    ] {
+        rt.publish_image(&image(name, n), b, 1000);
+    }
+    let opts = ExecOptions {
+        retry_delay: Duration::from_millis(1),
+        health_poll: Duration::from_millis(1),
+        stable_for: Duration::ZERO,
+        fault: None,
+        ..ExecOptions::default()
+    };
+    let rec = Reconciler::new(rt.clone(), device(), AgentState::open(dir.path()).unwrap(), opts);
+    Fixture { rt, rec, _dir: dir }
+}
+
+async fn running_names(rt: &SimRuntime) -> Vec<String> {
+    let mut names: Vec<String> = rt
+        .list(&device())
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.state == ContainerState::Running)
+        .map(|c| c.name)
+        .collect();
+    names.sort();
+    names
+}
+
+fn names_of(r: &ReleaseSpec) -> Vec<String> {
+    let mut names: Vec<String> = r.services.iter().map(|s| container_name(&device(), s)).collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn fresh_device_runs_the_release() {
+    let f = fixture();
+    let v1 = release("1", &image("web", 1), &image("worker", 1));
+    let out = f.rec.apply(Origin::Server { generation: 1 }, Some(v1.clone())).await.unwrap();
+    assert_eq!(out.result, UpdateResult::Applied);
+    assert_eq!(running_names(&f.rt).await, names_of(&v1));
+    assert_eq!(f.rec.state().proven().unwrap().unwrap().release, Some(v1));
+}
+
+#[tokio::test]
+async fn update_replaces_containers_and_removes_the_old_ones() {
+    let f = fixture();
+    let v1 = release("1", &image("web", 1), &image("worker", 1));
+    let v2 = release("2", &image("web", 2), &image("worker", 2));
+    f.rec.apply(Origin::Server { generation: 1 }, Some(v1)).await.unwrap();
+    let out = f.rec.apply(Origin::Server { generation: 2 }, Some(v2.clone())).await.unwrap();
+    assert_eq!(out.result, UpdateResult::Applied);
+    let all = f.rt.list(&device()).await.unwrap();
+    assert_eq!(all.len(), 2, "old containers removed: {all:?}");
+    assert_eq!(running_names(&f.rt).await, names_of(&v2));
+}
+
+#[tokio::test]
+async fn rollback_when_new_release_never_healthy() {
+    let f = fixture();
+    let v1 = release("1", &image("web", 1), &image("worker", 1));
+    let bad = release("2", &image("web", 2), &image("bad", 3));
+    f.rec.apply(Origin::Server { generation: 1 }, Some(v1.clone())).await.unwrap();
+    let out = f.rec.apply(Origin::Server { generation: 2 }, Some(bad)).await.unwrap();
+    let UpdateResult::RolledBack { reason, service, log_tail } = out.result else {
+        panic!("{out:?}")
+    };
+    assert!(reason.contains("failed its health check"), "{reason}");
+    assert_eq!(service.unwrap().as_str(), "lidar");
+    assert!(!log_tail.is_empty());
+    assert_eq!(running_names(&f.rt).await, names_of(&v1));
+    assert_eq!(f.rt.list(&device()).await.unwrap().len(), 2, "failed containers removed");
+    // The failed generation is not retried.
+    let calls = f.rt.calls().len();
+    assert_eq!(f.rec.converge().await.unwrap(), None);
+    assert_eq!(f.rt.calls().len(), calls, "no engine call for a rolled-back generation");
+}
+
+#[tokio::test]
+async fn rollback_when_new_release_crashes_at_start() {
+    let f = fixture();
+    let v1 = release("1", &image("web", 1), &image("worker", 1));
+    let crash = release("2", &image("crash", 4), &image("worker", 1));
+    f.rec.apply(Origin::Server { generation: 1 }, Some(v1.clone())).await.unwrap();
+    let out = f.rec.apply(Origin::Server { generation: 2 }, Some(crash)).await.unwrap();
+    let UpdateResult::RolledBack { reason, log_tail, .. } = out.result else { panic!("{out:?}") };
+    assert!(reason.contains("exited with code 1"), "{reason}");
+    assert!(log_tail.iter().any(|l| l.contains("simulated crash")));
+    assert_eq!(running_names(&f.rt).await, names_of(&v1));
+}
+
+#[tokio::test]
+async fn missing_digest_fails_without_touching_the_running_release() {
+    let f = fixture();
+    let v1 = release("1", &image("web", 1), &image("worker", 1));
+    let missing = release("2", &image("web", 9), &image("worker", 1));
+    f.rec.apply(Origin::Server { generation: 1 }, Some(v1.clone())).await.unwrap();
+    let before = f.rt.calls().len();
+    let out = f.rec.apply(Origin::Server { generation: 2 }, Some(missing)).await.unwrap();
+    let UpdateResult::Failed { reason } = out.result else { panic!("{out:?}") };
+    assert!(reason.contains("manifest unknown"), "{reason}");
+    assert_eq!(f.rt.calls().len(), before, "no container was touched");
+    assert_eq!(running_names(&f.rt).await, names_of(&v1));
+}
+
+#[tokio::test]
+async fn stop_first_stops_the_old_container_before_the_new_one_starts() {
+    let f = fixture();
+    let mut v1 = release("1", &image("web", 1), &image("worker", 1));
+    let mut v2 = release("2", &image("web", 1), &image("worker", 2));
+    v1.services[1].update = UpdateStrategy::StopFirst;
+    v2.services[1].update = UpdateStrategy::StopFirst;
+    f.rec.apply(Origin::Server { generation: 1 }, Some(v1.clone())).await.unwrap();
+    f.rec.apply(Origin::Server { generation: 2 }, Some(v2.clone())).await.unwrap();
+    let (old, new) =
+        (container_name(&device(), &v1.services[1]), container_name(&device(), &v2.services[1]));
+    let calls = f.rt.calls();
+    let stop_old = calls.iter().position(|c| *c == format!("stop {old}")).unwrap();
+    let start_new = calls.iter().position(|c| *c == format!("start {new}")).unwrap();
+    assert!(stop_old < start_new, "{calls:?}");
+}
+
+#[tokio::test]
+async fn restart_with_unchanged_release_adopts_containers() {
+    let f = fixture();
+    let v1 = release("1", &image("web", 1), &image("worker", 1));
+    f.rec.apply(Origin::Server { generation: 1 }, Some(v1)).await.unwrap();
+    let ids: Vec<String> = f.rt.list(&device()).await.unwrap().into_iter().map(|c| c.id).collect();
+    let calls = f.rt.calls().len();
+    assert_eq!(f.rec.converge().await.unwrap(), None);
+    assert_eq!(f.rt.calls().len(), calls, "nothing recreated");
+    let after: Vec<String> =
+        f.rt.list(&device()).await.unwrap().into_iter().map(|c| c.id).collect();
+    assert_eq!(ids, after);
+}
+
+#[tokio::test]
+async fn a_container_lost_by_the_engine_is_recreated_on_converge() {
+    let f = fixture();
+    let v1 = release("1", &image("web", 1), &image("worker", 1));
+    f.rec.apply(Origin::Server { generation: 1 }, Some(v1.clone())).await.unwrap();
+    f.rt.forget_container(&container_name(&device(), &v1.services[0]));
+    f.rec.converge().await.unwrap();
+    assert_eq!(running_names(&f.rt).await, names_of(&v1));
+}
+
+#[tokio::test]
+async fn other_devices_containers_are_never_touched() {
+    let f = fixture();
+    let other = Reconciler::new(
+        f.rt.clone(),
+        DeviceId::new("sim-2").unwrap(),
+        AgentState::open(tempfile::tempdir().unwrap().path()).unwrap(),
+        ExecOptions {
+            health_poll: Duration::from_millis(1),
+            stable_for: Duration::ZERO,
+            fault: None,
+            ..ExecOptions::default()
+        },
+    );
+    let v1 = release("1", &image("web", 1), &image("worker", 1));
+    other.apply(Origin::Server { generation: 1 }, Some(v1.clone())).await.unwrap();
+    f.rec.apply(Origin::Server { generation: 1 }, None).await.unwrap();
+    assert_eq!(f.rt.list(&DeviceId::new("sim-2").unwrap()).await.unwrap().len(), 2);
+}
