@@ -11,6 +11,7 @@
 //! The binary in `main.rs` only calls [`cli::main`]. The agent speaks to the server only
 //! through [`fleet_proto`].
 
+pub mod accept;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -448,8 +448,11 @@ impl<R: ContainerRuntime> Reconciler<R> {
                 (ContainerState::Running, Health::Unhealthy) => {
                     return fail("failed its health check".to_owned()).await;
                 }
-                (ContainerState::Exited | ContainerState::Dead, _) if c.oom_killed => {
-                    return fail("was killed for exceeding its memory limit".to_owned()).await;
+                // Docker 20.10 can lose the OOMKilled flag under load; exit 137 is SIGKILL either way.
+                (ContainerState::Exited | ContainerState::Dead, _)
+                    if c.oom_killed || c.exit_code == Some(137) =>
+                {
+                    return fail("was killed (out of memory or SIGKILL, exit code 137); check its memory limit".to_owned()).await;
                 }
                 (ContainerState::Exited | ContainerState::Dead, _) => {
                     return fail(format!("exited with code {}", c.exit_code.unwrap_or(-1))).await;
