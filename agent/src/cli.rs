@@ -1,7 +1,8 @@
 //! The `fleet-agent` command line: the daemon, local mode for the bench, status.
 //!
 //! Exit codes (shared with fleetctl): 0 ok, 1 usage or input error, 3 the update ended
-//! unhealthy (rolled back or failed), 5 the container engine is unreachable.
+//! unhealthy (rolled back or failed), 4 the update is deferred by an update lock (not done
+//! yet), 5 the container engine is unreachable.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -14,7 +15,8 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{Config, DEFAULT_CONFIG, DEFAULT_PATH};
 use crate::daemon;
-use crate::reconcile::{check_release, Reconciler};
+use crate::lock::UpdateLocks;
+use crate::reconcile::{check_release, Reconciler, StepError};
 use crate::report;
 use crate::runtime::docker::DockerRuntime;
 use crate::runtime::{ContainerRuntime, RuntimeError};
@@ -53,11 +55,41 @@ enum Command {
         /// Print the outcome as JSON.
         #[arg(long)]
         json: bool,
+        /// Switch even while an application holds an update lock.
+        #[arg(long)]
+        force: bool,
     },
+    /// Update locks from a shell (applications use the lock directory or socket).
+    /// Example: fleet-agent lock acquire mission --ttl 600
+    #[command(subcommand)]
+    Lock(LockCommand),
     /// Show what runs, its health, the release in force and the last update's outcome.
     /// Example: fleet-agent status --json
     Status {
         /// Print the complete state report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LockCommand {
+    /// Take or renew a lease.
+    Acquire {
+        /// Who holds it, e.g. the service name.
+        holder: String,
+        /// Lease length in seconds (default: the configured default).
+        #[arg(long)]
+        ttl: Option<u64>,
+    },
+    /// Release a lease.
+    Release {
+        /// The holder.
+        holder: String,
+    },
+    /// List leases in force.
+    Ls {
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
@@ -153,12 +185,45 @@ fn run(cli: Cli) -> Result<u8, Failure> {
             })?;
             Ok(0)
         }
-        Command::Apply { file, json } => runtime()?.block_on(apply(&config, &file, json)),
+        Command::Apply { file, json, force } => {
+            runtime()?.block_on(apply(&config, &file, json, force))
+        }
+        Command::Lock(cmd) => lock(&config, cmd),
         Command::Status { json } => runtime()?.block_on(status(&config, json)),
     }
 }
 
-async fn apply(config: &Config, file: &Path, json: bool) -> Result<u8, Failure> {
+fn lock(config: &Config, cmd: LockCommand) -> Result<u8, Failure> {
+    let locks = UpdateLocks::new(&config.locks_dir, config.locks_default_ttl);
+    let now = fleet_proto::UnixMillis::now();
+    let fail = |e: crate::lock::LockError| Failure::input(chain(&e));
+    match cmd {
+        LockCommand::Acquire { holder, ttl } => {
+            let lease = locks
+                .acquire(&holder, ttl.map(std::time::Duration::from_secs), now)
+                .map_err(fail)?;
+            eprintln!(
+                "locked by {} for {} s",
+                lease.holder,
+                (lease.until.0.saturating_sub(now.0)) / 1000
+            );
+        }
+        LockCommand::Release { holder } => locks.release(&holder).map_err(fail)?,
+        LockCommand::Ls { json } => {
+            let leases = locks.active(now).map_err(fail)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&leases).unwrap_or_default());
+            } else {
+                for l in leases {
+                    println!("{:<24} {} s left", l.holder, l.until.0.saturating_sub(now.0) / 1000);
+                }
+            }
+        }
+    }
+    Ok(0)
+}
+
+async fn apply(config: &Config, file: &Path, json: bool, force: bool) -> Result<u8, Failure> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| Failure::input(format!("cannot read {}: {e}", file.display())))?;
     let mut de = serde_json::Deserializer::from_str(&text);
@@ -173,17 +238,28 @@ async fn apply(config: &Config, file: &Path, json: bool) -> Result<u8, Failure> 
     let rt = Arc::new(DockerRuntime::connect(&config.engine_socket, config.engine_timeout).await?);
     let seq = state.next_local_seq().map_err(|e| Failure::input(chain(&e)))?;
     let reconciler =
-        Reconciler::new(rt, config.device_id.clone(), state, daemon::exec_options(config));
+        Reconciler::new(rt, config.device_id.clone(), state, daemon::exec_options(config))
+            .with_locks(UpdateLocks::new(&config.locks_dir, config.locks_default_ttl));
     eprintln!(
         "applying {} ({} services) on {}…",
         release.id,
         release.services.len(),
         config.device_id
     );
-    let outcome = reconciler
-        .apply(Origin::Local { seq }, Some(release.clone()))
+    let outcome = match reconciler
+        .apply_forced(Origin::Local { seq }, Some(release.clone()), force)
         .await
-        .map_err(|e| Failure { code: 3, message: chain(&e) })?;
+    {
+        Ok(o) => o,
+        Err(e @ StepError::Deferred { .. }) => {
+            // The daemon finishes a deferred update when the lease ends; here the user decides.
+            eprintln!(
+                "{e}\n  images are downloaded; run again when the lock is released, or add --force"
+            );
+            return Ok(4);
+        }
+        Err(e) => return Err(Failure { code: 3, message: chain(&e) }),
+    };
     if json {
         println!("{}", serde_json::to_string_pretty(&outcome).unwrap_or_default());
     }

@@ -41,6 +41,15 @@ max_restarts = 2
 # How often the agent re-checks that the device matches its release even without engine events.
 resync_secs = 60
 
+[locks]
+# Applications hold update locks as files in this directory (mount it into opted-in services)
+# or through the socket below; while any lease is in force the agent downloads an update but
+# does not switch to it. An app-written file without a JSON lease lasts default_ttl_secs from
+# its last modification.
+dir = "/run/fleet-agent/locks"
+socket = "/run/fleet-agent/locks.sock"
+default_ttl_secs = 300
+
 [log]
 # "plain" (journald-friendly) or "json".
 format = "plain"
@@ -108,6 +117,12 @@ pub struct Config {
     pub max_restarts: u32,
     /// Resync period.
     pub resync: Duration,
+    /// Update lock directory.
+    pub locks_dir: PathBuf,
+    /// Update lock socket.
+    pub locks_socket: PathBuf,
+    /// Lease of an app-written lock file without an explicit end.
+    pub locks_default_ttl: Duration,
     /// Log format.
     pub log_json: bool,
     /// Log filter.
@@ -122,7 +137,16 @@ struct Raw {
     data_dir: PathBuf,
     engine: RawEngine,
     update: RawUpdate,
+    locks: RawLocks,
     log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLocks {
+    dir: PathBuf,
+    socket: PathBuf,
+    default_ttl_secs: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -226,6 +250,14 @@ impl Config {
         if raw.version != CONFIG_VERSION {
             return Err(ConfigError::Version { found: raw.version });
         }
+        let ttl = Duration::from_secs(raw.locks.default_ttl_secs);
+        if !(crate::lock::MIN_TTL..=crate::lock::MAX_TTL).contains(&ttl) {
+            return Err(ConfigError::Invalid {
+                key: "locks.default_ttl_secs".to_owned(),
+                message: format!("{} is outside 1..=86400 seconds", raw.locks.default_ttl_secs),
+                files: files.to_owned(),
+            });
+        }
         Ok(Config {
             device_id: DeviceId::new(raw.device_id)?,
             data_dir: raw.data_dir,
@@ -235,6 +267,9 @@ impl Config {
             stable_for: Duration::from_secs(raw.update.stable_for_secs),
             max_restarts: raw.update.max_restarts,
             resync: Duration::from_secs(raw.update.resync_secs.max(1)),
+            locks_dir: raw.locks.dir,
+            locks_socket: raw.locks.socket,
+            locks_default_ttl: Duration::from_secs(raw.locks.default_ttl_secs),
             log_json: raw.log.format == LogFormat::Json,
             log_level: raw.log.level,
         })

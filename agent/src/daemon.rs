@@ -20,7 +20,8 @@ use std::time::Duration;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::config::Config;
-use crate::reconcile::{ExecOptions, Reconciler};
+use crate::lock::UpdateLocks;
+use crate::reconcile::{ExecOptions, Reconciler, StepError};
 use crate::report;
 use crate::runtime::docker::DockerRuntime;
 use crate::runtime::{ContainerRuntime, RuntimeError};
@@ -75,9 +76,26 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let state = open_state(&config)?;
     let runtime =
         Arc::new(DockerRuntime::connect(&config.engine_socket, config.engine_timeout).await?);
+    let locks = UpdateLocks::new(&config.locks_dir, config.locks_default_ttl);
     let reconciler =
-        Reconciler::new(runtime, config.device_id.clone(), state, exec_options(&config));
-    Daemon { config, reconciler }.run(shutdown).await
+        Reconciler::new(runtime, config.device_id.clone(), state, exec_options(&config))
+            .with_locks(locks.clone());
+    // Applications that prefer an API to a lock file use the socket; it lives as long as the
+    // daemon. A failure to serve it is logged, not fatal: lock files keep working.
+    let (stop_locks, locks_stopped) = tokio::sync::oneshot::channel::<()>();
+    let socket = config.locks_socket.clone();
+    let lock_server = tokio::spawn(async move {
+        let stopped = async {
+            let _ = locks_stopped.await;
+        };
+        if let Err(e) = locks.serve(socket.clone(), stopped).await {
+            tracing::warn!(error = %e, socket = %socket.display(), "update lock socket not served; lock files still work");
+        }
+    });
+    let result = Daemon { config, reconciler }.run(shutdown).await;
+    let _ = stop_locks.send(());
+    let _ = lock_server.await;
+    result
 }
 
 struct Daemon<R> {
@@ -110,7 +128,10 @@ impl<R: ContainerRuntime> Daemon<R> {
                 _ = resync.tick() => {
                     tokio::select! {
                         () = &mut shutdown => break,
-                        () = self.converge() => {}
+                        retry = self.converge() => if let Some(at) = retry {
+                            pending = true;
+                            debounce.as_mut().reset(at);
+                        },
                     }
                 }
                 event = events.recv() => match event {
@@ -130,7 +151,10 @@ impl<R: ContainerRuntime> Daemon<R> {
                     pending = false;
                     tokio::select! {
                         () = &mut shutdown => break,
-                        () = self.converge() => {}
+                        retry = self.converge() => if let Some(at) = retry {
+                            pending = true;
+                            debounce.as_mut().reset(at);
+                        },
                     }
                 }
                 _ = watchdog.tick() => sd_notify::notify("WATCHDOG=1"),
@@ -141,14 +165,29 @@ impl<R: ContainerRuntime> Daemon<R> {
         Ok(())
     }
 
-    /// Converges and records the outcome; errors are logged, never fatal.
-    async fn converge(&self) {
-        match self.reconciler.converge().await {
-            Ok(Some(outcome)) => tracing::info!(result = ?outcome.result, "update finished"),
-            Ok(None) => {}
-            Err(e) => tracing::error!(error = %e, "converge failed; retrying on the next resync"),
-        }
+    /// Converges and records the outcome; errors are logged, never fatal. Returns when to try
+    /// again if the update is deferred by a lock (right after the lease ends).
+    async fn converge(&self) -> Option<Instant> {
+        let retry = match self.reconciler.converge().await {
+            Ok(Some(outcome)) => {
+                tracing::info!(result = ?outcome.result, "update finished");
+                None
+            }
+            Ok(None) => None,
+            Err(StepError::Deferred { holder, until }) => {
+                tracing::info!(%holder, until = until.0, "update deferred by an update lock");
+                let wait = Duration::from_millis(
+                    until.0.saturating_sub(fleet_proto::UnixMillis::now().0) + 100,
+                );
+                Some(Instant::now() + wait)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "converge failed; retrying on the next resync");
+                None
+            }
+        };
         self.write_status().await;
+        retry
     }
 
     /// Writes `status.json` atomically for `fleet-agent status`.

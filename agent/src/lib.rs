@@ -5,6 +5,8 @@
 //! * [`reconcile`] — carries plans out with health gates, retries and rollback;
 //! * [`runtime`] — the container engine behind a trait (Docker, and a simulation);
 //! * [`state`] — durable state in sled (accepted desired state, proven release, journal);
+//! * [`lock`] — update locks: leases applications hold while they must not be interrupted;
+//! * [`accept`] — whether a desired state from the server may be applied (pure);
 //! * [`report`] — the device's state report;
 //! * [`config`], [`daemon`], [`cli`], [`sd_notify`] — the process around it.
 //!
@@ -15,6 +17,7 @@ pub mod accept;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod lock;
 pub mod plan;
 pub mod reconcile;
 pub mod report;

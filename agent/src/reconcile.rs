@@ -18,6 +18,7 @@ use fleet_proto::release::HardwareRequest;
 use fleet_proto::report::{ContainerState, Health, UpdateOutcome, UpdateResult};
 use fleet_proto::{DeviceId, ImageRef, RegistryCredential, ReleaseSpec, ServiceName, UnixMillis};
 
+use crate::lock::UpdateLocks;
 use crate::plan::{self, Step};
 use crate::runtime::{labels, ContainerRuntime, CreateRequest, DeviceMapping, RuntimeError};
 use crate::state::{Accepted, AgentState, JournalEntry, Origin, Proven, StateError};
@@ -48,7 +49,7 @@ impl Default for ExecOptions {
         ExecOptions {
             attempts: 3,
             retry_delay: Duration::from_millis(500),
-            health_poll: Duration::from_millis(250),
+            health_poll: Duration::from_millis(50),
             stable_for: Duration::from_secs(2),
             max_restarts: 2,
             stop_grace: Duration::from_secs(10),
@@ -76,6 +77,14 @@ pub enum StepError {
     /// The agent's state could not be written.
     #[error(transparent)]
     State(#[from] StateError),
+    /// An update lock is held: the images are downloaded, the switch waits.
+    #[error("deferred: locked by {holder} until {} (ms since epoch)", until.0)]
+    Deferred {
+        /// The lock holder whose lease ends last.
+        holder: String,
+        /// When that lease ends.
+        until: UnixMillis,
+    },
 }
 
 /// Why a release is refused before anything runs.
@@ -123,6 +132,8 @@ pub struct Reconciler<R> {
     opts: ExecOptions,
     credentials: Vec<RegistryCredential>,
     fault_count: std::sync::atomic::AtomicU32,
+    locks: Option<UpdateLocks>,
+    force: std::sync::atomic::AtomicBool,
 }
 
 impl<R: ContainerRuntime> Reconciler<R> {
@@ -135,6 +146,50 @@ impl<R: ContainerRuntime> Reconciler<R> {
             opts,
             credentials: vec![],
             fault_count: Default::default(),
+            locks: None,
+            force: Default::default(),
+        }
+    }
+
+    /// Honour update locks in this directory (see [`crate::lock`]).
+    pub fn with_locks(mut self, locks: UpdateLocks) -> Self {
+        self.locks = Some(locks);
+        self
+    }
+
+    /// Like [`Self::apply`], but `force` switches even while update locks are held.
+    pub async fn apply_forced(
+        &self,
+        origin: Origin,
+        release: Option<ReleaseSpec>,
+        force: bool,
+    ) -> Result<UpdateOutcome, StepError> {
+        self.force.store(force, std::sync::atomic::Ordering::SeqCst);
+        let result = self.apply(origin, release).await;
+        self.force.store(false, std::sync::atomic::Ordering::SeqCst);
+        result
+    }
+
+    /// Defers the switch while a lease is in force, unless forced. A lock directory that
+    /// cannot be read counts as locked: deferring is the safe side for a robot mid-mission.
+    fn lock_gate(&self) -> Result<(), StepError> {
+        let Some(locks) = &self.locks else { return Ok(()) };
+        if self.force.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
+        let now = UnixMillis::now();
+        match locks.active(now) {
+            Ok(leases) => match leases.first() {
+                None => Ok(()),
+                Some(l) => Err(StepError::Deferred { holder: l.holder.clone(), until: l.until }),
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read update locks; deferring as if locked");
+                Err(StepError::Deferred {
+                    holder: format!("unreadable lock directory ({e})"),
+                    until: now.saturating_add(Duration::from_secs(30)),
+                })
+            }
         }
     }
 
@@ -215,7 +270,7 @@ impl<R: ContainerRuntime> Reconciler<R> {
                 tracing::warn!(update, %image, %reason, "update failed before changing anything");
                 Ok(Some(done))
             }
-            Err(StepError::State(e)) => Err(StepError::State(e)),
+            Err(e @ (StepError::State(_) | StepError::Deferred { .. })) => Err(e),
             Err(e) => {
                 let (service, log_tail) = match &e {
                     StepError::Unhealthy { service, log_tail, .. } => {
@@ -268,7 +323,15 @@ impl<R: ContainerRuntime> Reconciler<R> {
         if repair {
             steps.retain(|s| !matches!(s, Step::WaitHealthy { .. }));
         }
+        let mut gated = repair;
         for step in &steps {
+            if !gated && step.kind() != "pull" {
+                gated = true;
+                if let Err(e) = self.lock_gate() {
+                    self.journal(update, step, &e.to_string())?;
+                    return Err(e);
+                }
+            }
             self.journal(update, step, "begin")?;
             self.fault_hook(step);
             match self.run_step(target, step).await {

@@ -224,3 +224,54 @@ async fn other_devices_containers_are_never_touched() {
     f.rec.apply(Origin::Server { generation: 1 }, None).await.unwrap();
     assert_eq!(f.rt.list(&DeviceId::new("sim-2").unwrap()).await.unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn a_held_lock_defers_the_switch_but_not_the_download_and_force_overrides_it() {
+    use fleet_agent::lock::UpdateLocks;
+    use fleet_agent::reconcile::StepError;
+    use fleet_proto::UnixMillis;
+
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Arc::new(SimRuntime::new());
+    for (name, n) in [("web", 1), ("web", 2), ("worker", 1), ("worker", 2)] {
+        rt.publish_image(&image(name, n), ImageBehavior::Healthy, 1000);
+    }
+    let locks = UpdateLocks::new(dir.path().join("locks"), Duration::from_secs(60));
+    let opts = ExecOptions {
+        health_poll: Duration::from_millis(1),
+        stable_for: Duration::ZERO,
+        fault: None,
+        ..ExecOptions::default()
+    };
+    let rec = Reconciler::new(
+        rt.clone(),
+        device(),
+        AgentState::open(&dir.path().join("state")).unwrap(),
+        opts,
+    )
+    .with_locks(locks.clone());
+    let v1 = release("1", &image("web", 1), &image("worker", 1));
+    let v2 = release("2", &image("web", 2), &image("worker", 2));
+    rec.apply(Origin::Server { generation: 1 }, Some(v1.clone())).await.unwrap();
+
+    locks.acquire("mission", Some(Duration::from_secs(60)), UnixMillis::now()).unwrap();
+    let err = rec.apply(Origin::Server { generation: 2 }, Some(v2.clone())).await.unwrap_err();
+    assert!(matches!(&err, StepError::Deferred { holder, .. } if holder == "mission"), "{err}");
+    assert!(
+        rt.calls().iter().any(|c| c.starts_with("pull") && c.contains(&image("web", 2).pull_ref())),
+        "downloaded while locked"
+    );
+    assert_eq!(running_names(&rt).await, names_of(&v1), "nothing switched");
+
+    // An expired lease no longer defers.
+    locks
+        .acquire("mission", Some(Duration::from_secs(1)), UnixMillis(UnixMillis::now().0 - 5_000))
+        .unwrap();
+    rec.converge().await.unwrap();
+    assert_eq!(running_names(&rt).await, names_of(&v2));
+
+    // Force goes past a held lock.
+    locks.acquire("mission", Some(Duration::from_secs(60)), UnixMillis::now()).unwrap();
+    rec.apply_forced(Origin::Server { generation: 3 }, Some(v1.clone()), true).await.unwrap();
+    assert_eq!(running_names(&rt).await, names_of(&v1));
+}

@@ -30,8 +30,8 @@ impl Agent {
         std::fs::write(
             &config,
             format!(
-                "device_id = \"{device}\"\ndata_dir = \"{}\"\n[update]\nstop_grace_secs = 1\nstable_for_secs = 1\nresync_secs = 2\n",
-                dir.path().join("data").display()
+                "device_id = \"{device}\"\ndata_dir = \"{data}\"\n[update]\nstop_grace_secs = 1\nstable_for_secs = 1\nresync_secs = 2\n[locks]\ndir = \"{data}/locks\"\nsocket = \"{data}/locks.sock\"\n",
+                data = dir.path().join("data").display()
             ),
         )
         .unwrap();
@@ -333,4 +333,55 @@ async fn killed_at_any_step_the_agent_restarts_into_the_complete_new_release() {
             break; // past the last step: the update simply completed
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_lock_defers_the_switch_until_its_lease_ends_or_force() {
+    let env = TestEnv::load();
+    let agent = Agent::new("locks");
+    let v1 = release("1", &env.image("web:1").reference, &env.image("web:1").reference);
+    let v2 = release("2", &env.image("web:2").reference, &env.image("web:2").reference);
+    let v3 = release("3", &env.image("web:1").reference, &env.image("web:2").reference);
+    assert!(agent.apply(&v1).status.success());
+
+    // Held lock: deferred (exit 4), images downloaded, v1 still running untouched.
+    let lock = agent.cmd().args(["lock", "acquire", "mission", "--ttl", "3"]).output().unwrap();
+    assert!(lock.status.success(), "{}", String::from_utf8_lossy(&lock.stderr));
+    let before = agent.containers(&env).await;
+    let out = agent.apply(&v2);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("locked by mission"));
+    assert_eq!(agent.containers(&env).await, before, "nothing switched while locked");
+    let docker = env.docker().await;
+    assert!(
+        docker.inspect_image(&env.image("web:2").reference).await.is_ok(),
+        "the new image was downloaded"
+    );
+
+    // The daemon finishes the deferred update by itself once the lease lapses.
+    let mut daemon = agent.cmd().arg("run").stderr(Stdio::null()).spawn().unwrap();
+    let n2 = expected_names(&agent, &v2);
+    eventually("the deferred update after the lease", Duration::from_secs(30), || {
+        let (agent, env, n2) = (&agent, &env, n2.clone());
+        async move {
+            (running(agent, env).await == n2 && agent.containers(env).await.len() == 2)
+                .then_some(())
+        }
+    })
+    .await;
+    let _ = Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status();
+    assert!(daemon.wait().unwrap().success());
+
+    // Force goes past a held lock.
+    assert!(agent
+        .cmd()
+        .args(["lock", "acquire", "mission", "--ttl", "600"])
+        .status()
+        .unwrap()
+        .success());
+    let out =
+        agent.cmd().arg("apply").arg(agent.release_file(&v3)).arg("--force").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(running(&agent, &env).await, expected_names(&agent, &v3));
+    agent.cleanup(&env).await;
 }

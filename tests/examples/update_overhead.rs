@@ -1,0 +1,173 @@
+//! How much time the agent adds to an update beyond the engine calls it makes.
+//!
+//!     cargo run --release -p fleet-e2e --example update_overhead   (after tests/env/up)
+//!
+//! Wraps the real Docker runtime in a stopwatch that sums the time spent inside engine calls,
+//! runs v1 -> v2 updates of 5 start-first services with cached images, and reports per update:
+//! total time, time inside engine calls, the rest (the agent's own overhead, including health
+//! polling granularity), and the time from accepting the desired state to the first create call.
+//! Median of 5 updates.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fleet_agent::reconcile::{ExecOptions, Reconciler};
+use fleet_agent::runtime::docker::DockerRuntime;
+use fleet_agent::runtime::{
+    ContainerRuntime, CreateRequest, ObservedContainer, ProgressFn, RuntimeError, RuntimeEvent,
+};
+use fleet_agent::state::{AgentState, Origin};
+use fleet_e2e::TestEnv;
+use fleet_proto::release::*;
+use fleet_proto::{
+    DeviceId, ImageRef, RegistryCredential, ReleaseId, ReleaseSpec, ServiceName, ServiceSpec,
+};
+
+#[derive(Debug)]
+struct Stopwatch {
+    inner: DockerRuntime,
+    engine: Mutex<Duration>,
+    first_create: Mutex<Option<Instant>>,
+}
+
+impl Stopwatch {
+    async fn time<T>(&self, f: impl std::future::Future<Output = T>) -> T {
+        let t = Instant::now();
+        let out = f.await;
+        *self.engine.lock().unwrap() += t.elapsed();
+        out
+    }
+}
+
+impl ContainerRuntime for Stopwatch {
+    async fn list(&self, d: &DeviceId) -> Result<Vec<ObservedContainer>, RuntimeError> {
+        self.time(self.inner.list(d)).await
+    }
+    async fn inspect(&self, id: &str) -> Result<ObservedContainer, RuntimeError> {
+        self.time(self.inner.inspect(id)).await
+    }
+    async fn has_image(&self, i: &ImageRef) -> Result<bool, RuntimeError> {
+        self.time(self.inner.has_image(i)).await
+    }
+    async fn pull(
+        &self,
+        i: &ImageRef,
+        c: Option<&RegistryCredential>,
+        p: ProgressFn<'_>,
+    ) -> Result<(), RuntimeError> {
+        self.time(self.inner.pull(i, c, p)).await
+    }
+    async fn remove_image(&self, i: &str) -> Result<(), RuntimeError> {
+        self.time(self.inner.remove_image(i)).await
+    }
+    async fn images(&self) -> Result<Vec<String>, RuntimeError> {
+        self.time(self.inner.images()).await
+    }
+    async fn create(&self, r: &CreateRequest) -> Result<String, RuntimeError> {
+        self.first_create.lock().unwrap().get_or_insert_with(Instant::now);
+        self.time(self.inner.create(r)).await
+    }
+    async fn start(&self, id: &str) -> Result<(), RuntimeError> {
+        self.time(self.inner.start(id)).await
+    }
+    async fn stop(&self, id: &str, g: Duration) -> Result<(), RuntimeError> {
+        self.time(self.inner.stop(id, g)).await
+    }
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        self.time(self.inner.remove(id)).await
+    }
+    async fn logs(&self, id: &str, t: usize) -> Result<Vec<String>, RuntimeError> {
+        self.time(self.inner.logs(id, t)).await
+    }
+    fn events(&self, d: &DeviceId) -> tokio::sync::mpsc::Receiver<RuntimeEvent> {
+        self.inner.events(d)
+    }
+}
+
+fn release(version: &str, image: &str) -> ReleaseSpec {
+    let services = (1..=5)
+        .map(|i| ServiceSpec {
+            name: ServiceName::new(format!("svc{i}")).unwrap(),
+            image: ImageRef::parse(image).unwrap(),
+            entrypoint: None,
+            command: vec![],
+            env: BTreeMap::new(),
+            working_dir: None,
+            labels: BTreeMap::new(),
+            volumes: vec![],
+            ports: vec![],
+            network_mode: NetworkMode::Release,
+            healthcheck: None,
+            restart: RestartPolicy::UnlessStopped,
+            update: UpdateStrategy::StartFirst,
+            health_deadline: Duration::from_secs(30),
+            hardware: vec![],
+            resources: ResourceLimits::default(),
+            security: SecurityOptions::default(),
+            depends_on: vec![],
+        })
+        .collect();
+    ReleaseSpec {
+        id: ReleaseId::new(format!("bench@{version}")).unwrap(),
+        app: "bench".into(),
+        version: version.into(),
+        services,
+    }
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+#[tokio::main]
+async fn main() {
+    let env = TestEnv::load();
+    let device = DeviceId::new(format!("bench-overhead-{}", std::process::id())).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = env.docker_host.trim_start_matches("unix://").to_owned();
+    let rt = Arc::new(Stopwatch {
+        inner: DockerRuntime::connect(&socket, Duration::from_secs(600)).await.unwrap(),
+        engine: Mutex::new(Duration::ZERO),
+        first_create: Mutex::new(None),
+    });
+    // Services without a health check count as healthy once running for `stable_for`; set it
+    // to zero so the figure is the agent's overhead, not a configured wait.
+    let opts = ExecOptions {
+        stable_for: Duration::ZERO,
+        stop_grace: Duration::from_secs(1),
+        fault: None,
+        ..ExecOptions::default()
+    };
+    let rec =
+        Reconciler::new(rt.clone(), device.clone(), AgentState::open(dir.path()).unwrap(), opts);
+    let (v1, v2) =
+        (release("1", &env.image("web:1").reference), release("2", &env.image("web:2").reference));
+    rec.apply(Origin::Local { seq: 1 }, Some(v1.clone())).await.unwrap();
+
+    let (mut totals, mut engines, mut overheads, mut to_create) = (vec![], vec![], vec![], vec![]);
+    for round in 0..5u64 {
+        let target = if round % 2 == 0 { &v2 } else { &v1 };
+        *rt.engine.lock().unwrap() = Duration::ZERO;
+        *rt.first_create.lock().unwrap() = None;
+        let start = Instant::now();
+        let out = rec.apply(Origin::Local { seq: 2 + round }, Some(target.clone())).await.unwrap();
+        let total = start.elapsed();
+        assert_eq!(out.result, fleet_proto::report::UpdateResult::Applied);
+        let engine = *rt.engine.lock().unwrap();
+        totals.push(total);
+        engines.push(engine);
+        overheads.push(total.saturating_sub(engine));
+        to_create.push(rt.first_create.lock().unwrap().unwrap() - start);
+    }
+    rec.apply(Origin::Local { seq: 99 }, None).await.unwrap();
+    println!("| figure (median of 5 updates, 5 start-first services, images cached) | ms |");
+    println!("| --- | ---: |");
+    println!("| whole update | {} |", median(totals).as_millis());
+    println!("| inside engine calls | {} |", median(engines).as_millis());
+    println!("| agent overhead beyond engine calls | {} |", median(overheads).as_millis());
+    println!("| desired state accepted -> first create call | {} |", median(to_create).as_millis());
+}
