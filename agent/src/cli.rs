@@ -157,9 +157,9 @@ fn init_logging(config: &Config, daemon: bool) {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
-    // Two workers are plenty for one device's containers and keep the agent's memory small.
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: the agent waits on sockets almost all the time, and every worker thread
+    // costs a device memory. Blocking work (file locks) goes to tokio's blocking pool.
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Failure::input(format!("cannot start the async runtime: {e}")))
@@ -246,20 +246,18 @@ async fn apply(config: &Config, file: &Path, json: bool, force: bool) -> Result<
         release.services.len(),
         config.device_id
     );
-    let outcome = match reconciler
-        .apply_forced(Origin::Local { seq }, Some(release.clone()), force)
-        .await
-    {
-        Ok(o) => o,
-        Err(e @ StepError::Deferred { .. }) => {
-            // The daemon finishes a deferred update when the lease ends; here the user decides.
-            eprintln!(
+    let outcome =
+        match reconciler.apply_forced(Origin::Local { seq }, Some(release.clone()), force).await {
+            Ok(o) => o,
+            Err(e @ StepError::Deferred { .. }) => {
+                // The daemon finishes a deferred update when the lease ends; here the user decides.
+                eprintln!(
                 "{e}\n  images are downloaded; run again when the lock is released, or add --force"
             );
-            return Ok(4);
-        }
-        Err(e) => return Err(Failure { code: 3, message: chain(&e) }),
-    };
+                return Ok(4);
+            }
+            Err(e) => return Err(Failure { code: 3, message: chain(&e) }),
+        };
     if json {
         println!("{}", serde_json::to_string_pretty(&outcome).unwrap_or_default());
     }

@@ -6,8 +6,9 @@
 //! * A container of the release being left is never removed before every new container is
 //!   healthy: removals come last, so a failed update can always roll back by starting what is
 //!   still there.
-//! * Start-first services start their new container before the old one stops; stop-first
-//!   services (exclusive hardware) stop the old one first.
+//! * Start-first services start their new container before the old one stops, and the old
+//!   ones stop only after every new container is healthy (so a rollback finds them running);
+//!   stop-first services (exclusive hardware) stop the old one first.
 //! * Services start in dependency order (`depends_on`), ties in release order.
 //! * A container whose configuration hash matches the desired one is kept (adopted), never
 //!   recreated.
@@ -183,7 +184,7 @@ pub fn plan(
             Some(c) if c.state == ContainerState::Running => {
                 // Started but not yet judged healthy (e.g. the agent restarted mid-update).
                 main.push(wait);
-                stop_olds(&mut main);
+                stop_olds(&mut stops_late);
             }
             Some(_) => {
                 if spec.update == UpdateStrategy::StopFirst {
@@ -192,7 +193,7 @@ pub fn plan(
                 main.push(Step::Start { service: svc.clone(), name: name.clone() });
                 main.push(wait);
                 if spec.update == UpdateStrategy::StartFirst {
-                    stop_olds(&mut main);
+                    stop_olds(&mut stops_late);
                 }
             }
             None => {
@@ -210,7 +211,7 @@ pub fn plan(
                 main.push(Step::Start { service: svc.clone(), name: name.clone() });
                 main.push(wait);
                 if spec.update == UpdateStrategy::StartFirst {
-                    stop_olds(&mut main);
+                    stop_olds(&mut stops_late);
                 }
             }
         }
@@ -347,7 +348,7 @@ mod tests {
     }
 
     #[test]
-    fn start_first_starts_new_before_stopping_old_and_removes_old_last() {
+    fn start_first_keeps_old_containers_running_until_every_new_one_is_healthy() {
         let (v1, v2) = (release("1"), release("2"));
         let steps = plan(&device(), Some(&v2), &running(&v1), &all_present);
         assert_eq!(
@@ -356,10 +357,10 @@ mod tests {
                 "create web",
                 "start web",
                 "wait-healthy web",
-                "stop web",
                 "create lidar",
                 "start lidar",
                 "wait-healthy lidar",
+                "stop web",
                 "stop lidar",
                 "remove lidar",
                 "remove web",
@@ -478,7 +479,19 @@ mod tests {
         new[0].health = Health::Starting;
         observed.push(new[0].clone());
         let steps = plan(&device(), Some(&v2), &observed, &all_present);
-        assert_eq!(kinds(&steps)[..2], ["wait-healthy web", "stop web"]);
+        assert_eq!(
+            kinds(&steps),
+            [
+                "wait-healthy web",
+                "create lidar",
+                "start lidar",
+                "wait-healthy lidar",
+                "stop web",
+                "stop lidar",
+                "remove lidar",
+                "remove web",
+            ]
+        );
         assert!(!steps
             .iter()
             .any(|s| matches!(s, Step::Create { service, .. } if service.as_str() == "web")));

@@ -324,7 +324,9 @@ impl<R: ContainerRuntime> Reconciler<R> {
             steps.retain(|s| !matches!(s, Step::WaitHealthy { .. }));
         }
         let mut gated = repair;
-        for step in &steps {
+        let mut i = 0;
+        while i < steps.len() {
+            let step = &steps[i];
             if !gated && step.kind() != "pull" {
                 gated = true;
                 if let Err(e) = self.lock_gate() {
@@ -332,15 +334,36 @@ impl<R: ContainerRuntime> Reconciler<R> {
                     return Err(e);
                 }
             }
-            self.journal(update, step, "begin")?;
-            self.fault_hook(step);
-            match self.run_step(target, step).await {
-                Ok(()) => self.journal(update, step, "done")?,
-                Err(e) => {
-                    self.journal(update, step, &format!("failed: {e}"))?;
-                    return Err(e);
+            // Consecutive stops run together: each may wait out its grace period, and nothing
+            // depends on the order in which old containers go down.
+            let batch = if step.kind() == "stop" {
+                steps[i..].iter().take_while(|s| s.kind() == "stop").count()
+            } else {
+                1
+            };
+            let batch = &steps[i..i + batch];
+            for step in batch {
+                self.journal(update, step, "begin")?;
+                self.fault_hook(step);
+            }
+            let results = futures_util::future::join_all(
+                batch.iter().map(|step| self.run_step(target, step)),
+            )
+            .await;
+            let mut first_error = None;
+            for (step, result) in batch.iter().zip(results) {
+                match result {
+                    Ok(()) => self.journal(update, step, "done")?,
+                    Err(e) => {
+                        self.journal(update, step, &format!("failed: {e}"))?;
+                        first_error.get_or_insert(e);
+                    }
                 }
             }
+            if let Some(e) = first_error {
+                return Err(e);
+            }
+            i += batch.len();
         }
         Ok(steps.len())
     }

@@ -22,6 +22,20 @@ struct Agent {
     config: PathBuf,
 }
 
+// Containers of a failed test must not linger: their health checks would load the engine for
+// every later test and benchmark on this machine.
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let filter = format!("label=io.fleet.device={}", self.device);
+        let _ = Command::new("sh")
+            .args([
+                "-c",
+                &format!("docker ps -aq --filter {filter} | xargs -r docker rm -f >/dev/null 2>&1"),
+            ])
+            .status();
+    }
+}
+
 impl Agent {
     fn new(name: &str) -> Agent {
         let device = format!("e2e-agent-{}-{name}", std::process::id());
