@@ -40,6 +40,9 @@ stable_for_secs = 2
 max_restarts = 2
 # How often the agent re-checks that the device matches its release even without engine events.
 resync_secs = 60
+# Free disk (MB) the engine's filesystem must keep; an update that would start downloading
+# below it fails with the numbers and the device stays on its release.
+disk_reserve_mb = 500
 
 [locks]
 # Applications hold update locks as files in this directory (mount it into opted-in services)
@@ -117,6 +120,8 @@ pub struct Config {
     pub max_restarts: u32,
     /// Resync period.
     pub resync: Duration,
+    /// Disk reserve in bytes.
+    pub disk_reserve: u64,
     /// Update lock directory.
     pub locks_dir: PathBuf,
     /// Update lock socket.
@@ -163,6 +168,7 @@ struct RawUpdate {
     stable_for_secs: u64,
     max_restarts: u32,
     resync_secs: u64,
+    disk_reserve_mb: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -267,6 +273,7 @@ impl Config {
             stable_for: Duration::from_secs(raw.update.stable_for_secs),
             max_restarts: raw.update.max_restarts,
             resync: Duration::from_secs(raw.update.resync_secs.max(1)),
+            disk_reserve: raw.update.disk_reserve_mb.saturating_mul(1_000_000),
             locks_dir: raw.locks.dir,
             locks_socket: raw.locks.socket,
             locks_default_ttl: Duration::from_secs(raw.locks.default_ttl_secs),

@@ -58,6 +58,7 @@ pub fn exec_options(config: &Config) -> ExecOptions {
         stop_grace: config.stop_grace,
         stable_for: config.stable_for,
         max_restarts: config.max_restarts,
+        disk_reserve: config.disk_reserve,
         ..ExecOptions::default()
     }
 }

@@ -39,6 +39,9 @@ pub struct ExecOptions {
     pub max_restarts: u32,
     /// Grace period when stopping a container.
     pub stop_grace: Duration,
+    /// Free disk the engine must keep after an update's downloads; an update that would go
+    /// below it fails before pulling, and the device stays on its release.
+    pub disk_reserve: u64,
     /// Test-only fault hook: abort the process when about to run the step whose kind (or
     /// `kind:n`, the n-th such step, 1-based) matches. From `FLEET_AGENT_FAULT`.
     pub fault: Option<String>,
@@ -53,6 +56,7 @@ impl Default for ExecOptions {
             stable_for: Duration::from_secs(2),
             max_restarts: 2,
             stop_grace: Duration::from_secs(10),
+            disk_reserve: 500_000_000,
             fault: std::env::var("FLEET_AGENT_FAULT").ok().filter(|f| !f.is_empty()),
         }
     }
@@ -77,6 +81,16 @@ pub enum StepError {
     /// The agent's state could not be written.
     #[error(transparent)]
     State(#[from] StateError),
+    /// Not enough free disk to download the release and keep the reserve.
+    #[error("not enough disk to download the release: needs {} MB free (reserve {} MB), {} MB free", .needed / 1_000_000, .reserve / 1_000_000, .free / 1_000_000)]
+    Disk {
+        /// Bytes needed (reserve plus what is known of the downloads).
+        needed: u64,
+        /// The configured reserve.
+        reserve: u64,
+        /// Bytes free.
+        free: u64,
+    },
     /// An update lock is held: the images are downloaded, the switch waits.
     #[error("deferred: locked by {holder} until {} (ms since epoch)", until.0)]
     Deferred {
@@ -260,6 +274,13 @@ impl<R: ContainerRuntime> Reconciler<R> {
                 tracing::info!(update, "update applied");
                 Ok(Some(done))
             }
+            Err(e @ StepError::Disk { .. }) => {
+                // Nothing changed: checked before the first download. Retried on the next resync.
+                let done = outcome(desired.origin, UpdateResult::Failed { reason: e.to_string() });
+                self.state.set_last_outcome(&done)?;
+                tracing::warn!(update, reason = %e, "update failed before changing anything");
+                Ok(Some(done))
+            }
             Err(StepError::Runtime(RuntimeError::Pull { image, reason })) => {
                 // Nothing changed yet: pulls come first. Retried on the next resync.
                 let done = outcome(
@@ -323,6 +344,9 @@ impl<R: ContainerRuntime> Reconciler<R> {
         if repair {
             steps.retain(|s| !matches!(s, Step::WaitHealthy { .. }));
         }
+        if steps.iter().any(|s| s.kind() == "pull") {
+            self.check_disk().await?;
+        }
         let mut gated = repair;
         let mut i = 0;
         while i < steps.len() {
@@ -366,6 +390,17 @@ impl<R: ContainerRuntime> Reconciler<R> {
             i += batch.len();
         }
         Ok(steps.len())
+    }
+
+    /// Refuses to start downloading when the engine's disk is below the reserve. Registries do
+    /// not tell the engine an image's size before the pull, so what is checked is the reserve
+    /// itself; a pull that would eat into it is caught by the next update's check.
+    async fn check_disk(&self) -> Result<(), StepError> {
+        let reserve = self.opts.disk_reserve;
+        match self.runtime.free_disk().await? {
+            Some(free) if free < reserve => Err(StepError::Disk { needed: reserve, reserve, free }),
+            _ => Ok(()),
+        }
     }
 
     fn journal(&self, update: &str, step: &Step, phase: &str) -> Result<(), StateError> {

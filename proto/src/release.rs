@@ -78,6 +78,35 @@ pub struct ServiceSpec {
     pub depends_on: Vec<Dependency>,
 }
 
+impl ServiceSpec {
+    /// A service with its name and image and every other field at its neutral default: the
+    /// image's own entrypoint, command and health check, the release network, no ports,
+    /// volumes, hardware or limits, restart always, start-first with a 60 s health deadline.
+    /// Override fields with struct update syntax.
+    pub fn new(name: ServiceName, image: ImageRef) -> ServiceSpec {
+        ServiceSpec {
+            name,
+            image,
+            entrypoint: None,
+            command: vec![],
+            env: BTreeMap::new(),
+            working_dir: None,
+            labels: BTreeMap::new(),
+            volumes: vec![],
+            ports: vec![],
+            network_mode: NetworkMode::Release,
+            healthcheck: None,
+            restart: RestartPolicy::Always,
+            update: UpdateStrategy::StartFirst,
+            health_deadline: Duration::from_secs(60),
+            hardware: vec![],
+            resources: ResourceLimits::default(),
+            security: SecurityOptions::default(),
+            depends_on: vec![],
+        }
+    }
+}
+
 /// A container image pinned to a content digest: `repository@sha256:<64 hex>`.
 ///
 /// Devices never run floating tags: the same release is the same bytes on every device.

@@ -44,8 +44,9 @@ impl Agent {
         std::fs::write(
             &config,
             format!(
-                "device_id = \"{device}\"\ndata_dir = \"{data}\"\n[update]\nstop_grace_secs = 1\nstable_for_secs = 1\nresync_secs = 2\n[locks]\ndir = \"{data}/locks\"\nsocket = \"{data}/locks.sock\"\n",
-                data = dir.path().join("data").display()
+                "device_id = \"{device}\"\ndata_dir = \"{data}\"\n[update]\nstop_grace_secs = 1\nstable_for_secs = 1\nresync_secs = 2\ndisk_reserve_mb = {reserve}\n[locks]\ndir = \"{data}/locks\"\nsocket = \"{data}/locks.sock\"\n",
+                data = dir.path().join("data").display(),
+                reserve = if name.starts_with("disk") { 100_000_000_000u64 } else { 1 }
             ),
         )
         .unwrap();
@@ -114,16 +115,6 @@ impl Agent {
 
 fn service(name: &str, image: &str, strategy: UpdateStrategy) -> ServiceSpec {
     ServiceSpec {
-        name: ServiceName::new(name).unwrap(),
-        image: ImageRef::parse(image).unwrap(),
-        entrypoint: None,
-        command: vec![],
-        env: BTreeMap::new(),
-        working_dir: None,
-        labels: BTreeMap::new(),
-        volumes: vec![],
-        ports: vec![],
-        network_mode: NetworkMode::Release,
         healthcheck: Some(HealthCheck {
             probe: Probe::Image,
             interval: Duration::from_secs(1),
@@ -134,10 +125,8 @@ fn service(name: &str, image: &str, strategy: UpdateStrategy) -> ServiceSpec {
         restart: RestartPolicy::UnlessStopped,
         update: strategy,
         health_deadline: Duration::from_secs(20),
-        hardware: vec![],
         resources: ResourceLimits { memory_bytes: Some(64 << 20), ..ResourceLimits::default() },
-        security: SecurityOptions::default(),
-        depends_on: vec![],
+        ..ServiceSpec::new(ServiceName::new(name).unwrap(), ImageRef::parse(image).unwrap())
     }
 }
 
@@ -397,5 +386,39 @@ async fn an_update_lock_defers_the_switch_until_its_lease_ends_or_force() {
         agent.cmd().arg("apply").arg(agent.release_file(&v3)).arg("--force").output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(running(&agent, &env).await, expected_names(&agent, &v3));
+    agent.cleanup(&env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_below_the_disk_reserve_is_refused_with_the_numbers_and_v1_untouched() {
+    let env = TestEnv::load();
+    // This agent's reserve is 100 PB: no disk has that much free.
+    let agent = Agent::new("disk");
+    // v1 is applied with images present, so no download and no disk check.
+    let v1 = release("1", &env.image("web:1").reference, &env.image("web:1").reference);
+    let docker = env.docker().await;
+    let pull = Command::new("docker")
+        .args(["pull", "-q", &env.image("web:1").reference])
+        .output()
+        .unwrap();
+    assert!(pull.status.success());
+    assert!(agent.apply(&v1).status.success());
+    let before = agent.containers(&env).await;
+    // v2 needs a download: refused before it starts.
+    let probe = format!("{}/fleet-test/memhog@{}", env.registry, env.image("memhog:2").digest);
+    let _ = docker
+        .remove_image(&probe, None::<bollard::query_parameters::RemoveImageOptions>, None)
+        .await;
+    let v2 = release("2", &probe, &env.image("web:1").reference);
+    let out = agent.apply(&v2);
+    assert_eq!(out.status.code(), Some(3));
+    let outcome: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let reason = outcome["result"]["Failed"]["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("not enough disk to download the release: needs 100000000000 MB free"),
+        "{reason}"
+    );
+    assert_eq!(agent.containers(&env).await, before, "v1 untouched");
+    assert!(docker.inspect_image(&probe).await.is_err(), "nothing downloaded");
     agent.cleanup(&env).await;
 }

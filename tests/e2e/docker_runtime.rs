@@ -23,10 +23,7 @@ use fleet_agent::runtime::{
     RuntimeEvent,
 };
 use fleet_e2e::{eventually, free_port, TestEnv};
-use fleet_proto::release::{
-    NetworkMode, ResourceLimits, RestartPolicy, SecurityOptions, Ulimit, UpdateStrategy,
-    VolumeMount, VolumeSource,
-};
+use fleet_proto::release::{ResourceLimits, RestartPolicy, Ulimit, VolumeMount, VolumeSource};
 use fleet_proto::report::{ContainerState, Health};
 use fleet_proto::{DeviceId, ImageRef, RegistryCredential, ServiceName, ServiceSpec};
 use futures_util::TryStreamExt;
@@ -62,24 +59,9 @@ impl Device {
     /// A service of `image` with nothing set beyond what the test sets.
     fn spec(&self, image: &str) -> ServiceSpec {
         ServiceSpec {
-            name: ServiceName::new("svc").unwrap(),
-            image: self.image(image),
-            entrypoint: None,
-            command: vec![],
-            env: BTreeMap::new(),
-            working_dir: None,
-            labels: BTreeMap::new(),
-            volumes: vec![],
-            ports: vec![],
-            network_mode: NetworkMode::Release,
-            healthcheck: None,
             restart: RestartPolicy::No,
-            update: UpdateStrategy::StartFirst,
             health_deadline: Duration::from_secs(30),
-            hardware: vec![],
-            resources: ResourceLimits::default(),
-            security: SecurityOptions::default(),
-            depends_on: vec![],
+            ..ServiceSpec::new(ServiceName::new("svc").unwrap(), self.image(image))
         }
     }
 

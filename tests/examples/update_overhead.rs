@@ -10,7 +10,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -66,6 +65,9 @@ impl ContainerRuntime for Stopwatch {
     async fn images(&self) -> Result<Vec<String>, RuntimeError> {
         self.time(self.inner.images()).await
     }
+    async fn free_disk(&self) -> Result<Option<u64>, RuntimeError> {
+        self.time(self.inner.free_disk()).await
+    }
     async fn create(&self, r: &CreateRequest) -> Result<String, RuntimeError> {
         self.first_create.lock().unwrap().get_or_insert_with(Instant::now);
         self.time(self.inner.create(r)).await
@@ -90,24 +92,12 @@ impl ContainerRuntime for Stopwatch {
 fn release(version: &str, image: &str) -> ReleaseSpec {
     let services = (1..=5)
         .map(|i| ServiceSpec {
-            name: ServiceName::new(format!("svc{i}")).unwrap(),
-            image: ImageRef::parse(image).unwrap(),
-            entrypoint: None,
-            command: vec![],
-            env: BTreeMap::new(),
-            working_dir: None,
-            labels: BTreeMap::new(),
-            volumes: vec![],
-            ports: vec![],
-            network_mode: NetworkMode::Release,
-            healthcheck: None,
             restart: RestartPolicy::UnlessStopped,
-            update: UpdateStrategy::StartFirst,
             health_deadline: Duration::from_secs(30),
-            hardware: vec![],
-            resources: ResourceLimits::default(),
-            security: SecurityOptions::default(),
-            depends_on: vec![],
+            ..ServiceSpec::new(
+                ServiceName::new(format!("svc{i}")).unwrap(),
+                ImageRef::parse(image).unwrap(),
+            )
         })
         .collect();
     ReleaseSpec {

@@ -262,6 +262,23 @@ impl ContainerRuntime for DockerRuntime {
         }
     }
 
+    async fn free_disk(&self) -> Result<Option<u64>, RuntimeError> {
+        let info =
+            self.docker.info().await.map_err(|e| self.fail("read the info of", "engine", e))?;
+        let Some(root) = info.docker_root_dir else { return Ok(None) };
+        // The engine may run in another mount namespace (a remote socket): then the path is not
+        // ours to measure, and the check is skipped rather than guessed.
+        match nix::sys::statvfs::statvfs(root.as_str()) {
+            Ok(st) => Ok(Some(
+                u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size())),
+            )),
+            Err(e) => {
+                tracing::debug!(%root, error = %e, "cannot measure the engine's free disk");
+                Ok(None)
+            }
+        }
+    }
+
     async fn images(&self) -> Result<Vec<String>, RuntimeError> {
         let opts = ListImagesOptionsBuilder::default().build();
         let images = self

@@ -187,6 +187,8 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     fn remove_image(&self, image: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
     /// Image references present locally that were pulled by digest (`repo@sha256:…`).
     fn images(&self) -> impl Future<Output = Result<Vec<String>, RuntimeError>> + Send;
+    /// Bytes available on the filesystem that holds the engine's images, if known.
+    fn free_disk(&self) -> impl Future<Output = Result<Option<u64>, RuntimeError>> + Send;
     /// Creates a container; returns its id.
     fn create(
         &self,

@@ -44,6 +44,7 @@ struct SimState {
     next_id: u64,
     subscribers: Vec<(String, mpsc::Sender<RuntimeEvent>)>,
     calls: Vec<String>,
+    free_disk: Option<u64>,
 }
 
 /// The simulated engine.
@@ -66,6 +67,11 @@ impl SimRuntime {
     /// Every mutating call so far, e.g. `create fleet-d-web-…`, `stop fleet-d-web-…`.
     pub fn calls(&self) -> Vec<String> {
         self.lock().calls.clone()
+    }
+
+    /// Sets the free disk space the engine reports (`None`: unknown).
+    pub fn set_free_disk(&self, bytes: Option<u64>) {
+        self.lock().free_disk = bytes;
     }
 
     /// Simulates an engine that lost a container (e.g. after an unclean shutdown).
@@ -148,6 +154,10 @@ impl ContainerRuntime for SimRuntime {
         s.local_images.remove(image);
         s.calls.push(format!("remove-image {image}"));
         Ok(())
+    }
+
+    async fn free_disk(&self) -> Result<Option<u64>, RuntimeError> {
+        Ok(self.lock().free_disk)
     }
 
     async fn images(&self) -> Result<Vec<String>, RuntimeError> {
