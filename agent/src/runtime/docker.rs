@@ -268,6 +268,8 @@ impl ContainerRuntime for DockerRuntime {
         let Some(root) = info.docker_root_dir else { return Ok(None) };
         // The engine may run in another mount namespace (a remote socket): then the path is not
         // ours to measure, and the check is skipped rather than guessed.
+        // Block counts are 32-bit on armv7, 64-bit elsewhere.
+        #[allow(clippy::useless_conversion)]
         match nix::sys::statvfs::statvfs(root.as_str()) {
             Ok(st) => Ok(Some(
                 u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size())),
