@@ -67,6 +67,9 @@ mod tests {
         let mut d = samples::desired();
         for s in d.release.as_mut().unwrap().services.iter_mut() {
             s.hardware.clear();
+            if let Some(h) = &mut s.healthcheck {
+                h.probe = fleet_proto::release::Probe::Image;
+            }
         }
         d
     }
@@ -113,6 +116,16 @@ mod tests {
             accept(&signed, &trusted(), &other, None),
             Err(Rejection::WrongDevice { .. })
         ));
+    }
+
+    #[test]
+    fn releases_needing_unsupported_agent_probes_are_refused_not_run_ungated() {
+        let mut d = desired();
+        d.release.as_mut().unwrap().services[0].healthcheck.as_mut().unwrap().probe =
+            fleet_proto::release::Probe::Http { port: 8080, path: "/health".into() };
+        let err = accept(&samples::server_key().sign(&d), &trusted(), &samples::device(), None)
+            .unwrap_err();
+        assert!(err.to_string().contains("services[0].healthcheck.probe"), "{err}");
     }
 
     #[test]

@@ -124,6 +124,18 @@ pub fn check_release(release: &ReleaseSpec) -> Result<(), Refused> {
                 ));
             }
         }
+        if let Some(hc) = &svc.healthcheck {
+            if matches!(
+                hc.probe,
+                fleet_proto::release::Probe::Http { .. } | fleet_proto::release::Probe::Tcp { .. }
+            ) {
+                // Refused rather than run ungated: without the probe the update would pass its
+                // health gate on "running" alone.
+                problems.push(format!(
+                    "services[{i}].healthcheck.probe: agent-side HTTP/TCP probes are not supported by this agent version yet; use a Docker health check (Cmd or CmdShell) or the image's own"
+                ));
+            }
+        }
         for (v, vol) in svc.volumes.iter().enumerate() {
             if let fleet_proto::release::VolumeSource::HostPath(p) = &vol.source {
                 problems.push(format!("services[{i}].volumes[{v}]: bind mount of host path {p:?} is not allowed by this agent's configuration"));
