@@ -303,7 +303,14 @@ impl<R: ContainerRuntime> Reconciler<R> {
                 tracing::warn!(update, %image, %reason, "update failed before changing anything");
                 Ok(Some(done))
             }
-            Err(e @ (StepError::State(_) | StepError::Deferred { .. })) => Err(e),
+            // The engine went away mid-update (e.g. dockerd restarting): not the release's fault.
+            // Nothing is rolled back or marked failed; the idempotent plan resumes on the next
+            // resync from whatever the engine then shows.
+            Err(
+                e @ (StepError::State(_)
+                | StepError::Deferred { .. }
+                | StepError::Runtime(RuntimeError::Unreachable { .. })),
+            ) => Err(e),
             Err(e) => {
                 let (service, log_tail) = match &e {
                     StepError::Unhealthy { service, log_tail, .. } => {

@@ -297,3 +297,18 @@ async fn an_update_that_would_go_below_the_disk_reserve_fails_before_downloading
     f.rec.converge().await.unwrap();
     assert_eq!(running_names(&f.rt).await, names_of(&v2));
 }
+
+#[tokio::test]
+async fn an_engine_outage_mid_update_is_retried_not_rolled_back() {
+    let f = fixture();
+    let v1 = release("1", &image("web", 1), &image("worker", 1));
+    let v2 = release("2", &image("web", 2), &image("worker", 2));
+    f.rec.apply(Origin::Server { generation: 1 }, Some(v1)).await.unwrap();
+    f.rt.set_unreachable(true);
+    let err = f.rec.apply(Origin::Server { generation: 2 }, Some(v2.clone())).await.unwrap_err();
+    assert!(err.to_string().contains("unreachable"), "{err}");
+    assert_eq!(f.rec.state().failed().unwrap(), None, "an outage does not condemn the release");
+    f.rt.set_unreachable(false);
+    f.rec.converge().await.unwrap();
+    assert_eq!(running_names(&f.rt).await, names_of(&v2));
+}

@@ -45,6 +45,7 @@ struct SimState {
     subscribers: Vec<(String, mpsc::Sender<RuntimeEvent>)>,
     calls: Vec<String>,
     free_disk: Option<u64>,
+    unreachable: bool,
 }
 
 /// The simulated engine.
@@ -67,6 +68,21 @@ impl SimRuntime {
     /// Every mutating call so far, e.g. `create fleet-d-web-…`, `stop fleet-d-web-…`.
     pub fn calls(&self) -> Vec<String> {
         self.lock().calls.clone()
+    }
+
+    /// Makes every engine call fail as if the engine were down (`true`) or answer again.
+    pub fn set_unreachable(&self, down: bool) {
+        self.lock().unreachable = down;
+    }
+
+    fn reachable(&self) -> Result<(), RuntimeError> {
+        if self.lock().unreachable {
+            return Err(RuntimeError::Unreachable {
+                endpoint: "sim".to_owned(),
+                source: "simulated engine outage".into(),
+            });
+        }
+        Ok(())
     }
 
     /// Sets the free disk space the engine reports (`None`: unknown).
@@ -105,6 +121,7 @@ impl SimState {
 
 impl ContainerRuntime for SimRuntime {
     async fn list(&self, device: &DeviceId) -> Result<Vec<ObservedContainer>, RuntimeError> {
+        self.reachable()?;
         Ok(self
             .lock()
             .containers
@@ -115,10 +132,12 @@ impl ContainerRuntime for SimRuntime {
     }
 
     async fn inspect(&self, id: &str) -> Result<ObservedContainer, RuntimeError> {
+        self.reachable()?;
         Ok(self.lock().find(id)?.observed.clone())
     }
 
     async fn has_image(&self, image: &ImageRef) -> Result<bool, RuntimeError> {
+        self.reachable()?;
         Ok(self.lock().local_images.contains(&image.pull_ref()))
     }
 
@@ -165,6 +184,7 @@ impl ContainerRuntime for SimRuntime {
     }
 
     async fn create(&self, req: &CreateRequest) -> Result<String, RuntimeError> {
+        self.reachable()?;
         let mut s = self.lock();
         let image = req.spec.image.pull_ref();
         if !s.local_images.contains(&image) {
@@ -198,6 +218,7 @@ impl ContainerRuntime for SimRuntime {
     }
 
     async fn start(&self, id: &str) -> Result<(), RuntimeError> {
+        self.reachable()?;
         let mut s = self.lock();
         let c = s.find(id)?;
         if c.observed.state == ContainerState::Running {
@@ -218,6 +239,7 @@ impl ContainerRuntime for SimRuntime {
     }
 
     async fn stop(&self, id: &str, _grace: Duration) -> Result<(), RuntimeError> {
+        self.reachable()?;
         let mut s = self.lock();
         let c = s.find(id)?;
         if c.observed.state != ContainerState::Running {
