@@ -240,6 +240,8 @@ async fn apply(config: &Config, file: &Path, json: bool, force: bool) -> Result<
     let reconciler =
         Reconciler::new(rt, config.device_id.clone(), state, daemon::exec_options(config))
             .with_locks(UpdateLocks::new(&config.locks_dir, config.locks_default_ttl));
+    let mut reconciler = reconciler;
+    reconciler.set_credentials(config.registries.clone());
     eprintln!(
         "applying {} ({} services) on {}…",
         release.id,

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fleet_proto::DeviceId;
+use fleet_proto::{DeviceId, RegistryCredential};
 use serde::Deserialize;
 
 /// Default location of the main file.
@@ -24,6 +24,15 @@ device_id = "CHANGE-ME"
 
 # Where the agent keeps its state (accepted desired state, proven release, update journal).
 data_dir = "/var/lib/fleet-agent"
+
+# Logins for private registries the agent pulls from.
+# The password is read from a file so it never sits in a config file or an environment
+# variable. Example:
+#   [[registries]]
+#   host = "registry.example.com:5000"
+#   username = "robot-7"
+#   password_file = "/etc/fleet-agent/registry.password"
+registries = []
 
 [engine]
 # The Docker Engine API socket.
@@ -122,6 +131,8 @@ pub struct Config {
     pub resync: Duration,
     /// Disk reserve in bytes.
     pub disk_reserve: u64,
+    /// Registry logins (passwords read from their files).
+    pub registries: Vec<RegistryCredential>,
     /// Update lock directory.
     pub locks_dir: PathBuf,
     /// Update lock socket.
@@ -142,8 +153,17 @@ struct Raw {
     data_dir: PathBuf,
     engine: RawEngine,
     update: RawUpdate,
+    registries: Vec<RawRegistry>,
     locks: RawLocks,
     log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegistry {
+    host: String,
+    username: String,
+    password_file: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]
@@ -264,7 +284,22 @@ impl Config {
                 files: files.to_owned(),
             });
         }
+        let mut registries = Vec::with_capacity(raw.registries.len());
+        for (i, r) in raw.registries.into_iter().enumerate() {
+            let password =
+                std::fs::read_to_string(&r.password_file).map_err(|source| ConfigError::Read {
+                    path: format!("{} (registries[{i}].password_file)", r.password_file.display()),
+                    source,
+                })?;
+            registries.push(RegistryCredential {
+                registry: r.host,
+                username: r.username,
+                // A trailing newline from `echo secret > file` is not part of the password.
+                password: password.trim_end_matches(['\n', '\r']).to_owned(),
+            });
+        }
         Ok(Config {
+            registries,
             device_id: DeviceId::new(raw.device_id)?,
             data_dir: raw.data_dir,
             engine_socket: raw.engine.socket,
@@ -341,6 +376,24 @@ mod tests {
         let c = Config::load(&main, true).unwrap();
         assert_eq!(c.resync, Duration::from_secs(10));
         assert_eq!(c.stop_grace, Duration::from_secs(4), "keys not overridden survive the merge");
+    }
+
+    #[test]
+    fn registry_passwords_come_from_files_and_never_show_in_debug_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("pw");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        let c = Config::from_toml(&format!(
+            "device_id = \"d\"\n[[registries]]\nhost = \"r.example:5000\"\nusername = \"robot\"\npassword_file = \"{}\"\n",
+            secret.display()
+        ))
+        .unwrap();
+        assert_eq!(c.registries.len(), 1);
+        assert_eq!(c.registries[0].password, "s3cret");
+        assert!(!format!("{c:?}").contains("s3cret"));
+        let missing = Config::from_toml("device_id = \"d\"\n[[registries]]\nhost = \"r\"\nusername = \"u\"\npassword_file = \"/nonexistent/pw\"\n");
+        let err = missing.unwrap_err().to_string();
+        assert!(err.contains("registries[0].password_file"), "{err}");
     }
 
     #[test]

@@ -81,6 +81,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let reconciler =
         Reconciler::new(runtime, config.device_id.clone(), state, exec_options(&config))
             .with_locks(locks.clone());
+    let mut reconciler = reconciler;
+    reconciler.set_credentials(config.registries.clone());
     // Applications that prefer an API to a lock file use the socket; it lives as long as the
     // daemon. A failure to serve it is logged, not fatal: lock files keep working.
     let (stop_locks, locks_stopped) = tokio::sync::oneshot::channel::<()>();
