@@ -253,7 +253,11 @@ impl<R: ContainerRuntime> Reconciler<R> {
             // Stay on the rollback target; repair it if a container vanished.
             let target = proven.as_ref().and_then(|p| p.release.clone());
             if self
-                .run_plan(&format!("{:?} (rolled back)", desired.origin), target.as_ref())
+                .run_plan_with(
+                    &format!("{:?} (rolled back)", desired.origin),
+                    target.as_ref(),
+                    true,
+                )
                 .await
                 .is_err()
             {
