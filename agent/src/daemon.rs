@@ -128,14 +128,11 @@ impl<R: ContainerRuntime> Daemon<R> {
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
+                // Every converge goes through the debounce timer below, so there is one place
+                // that converges and a burst of events right after a tick causes one converge.
                 _ = resync.tick() => {
-                    tokio::select! {
-                        () = &mut shutdown => break,
-                        retry = self.converge() => if let Some(at) = retry {
-                            pending = true;
-                            debounce.as_mut().reset(at);
-                        },
-                    }
+                    pending = true;
+                    debounce.as_mut().reset(Instant::now());
                 }
                 event = events.recv() => match event {
                     Some(e) => {

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use fleet_proto::release::HardwareRequest;
 use fleet_proto::report::{ContainerState, Health, UpdateOutcome, UpdateResult};
-use fleet_proto::{DeviceId, ImageRef, RegistryCredential, ReleaseSpec, ServiceName, UnixMillis};
+use fleet_proto::{
+    DeviceId, ImageRef, RegistryCredential, ReleaseSpec, ServiceName, ServiceSpec, UnixMillis,
+};
 
 use crate::lock::UpdateLocks;
 use crate::plan::{self, Step};
@@ -457,60 +459,21 @@ impl<R: ContainerRuntime> Reconciler<R> {
         };
         match step {
             Step::Pull { image } => {
-                let credential = image
-                    .registry()
-                    .and_then(|r| self.credentials.iter().find(|c| c.registry == r));
+                let credential = self.credential_for(image);
                 let progress = |done: u64, total: Option<u64>| tracing::debug!(image = %image, done, ?total, "pull progress");
                 self.retry(|| self.runtime.pull(image, credential, &progress)).await?;
                 self.state.remember_image(&image.pull_ref())?;
             }
             Step::Create { service, name } => {
                 let Some(spec) = spec_of(service) else { return Ok(()) };
-                let release = target.map(|t| t.id.to_string()).unwrap_or_default();
-                let mut labels = spec.labels.clone();
-                labels.insert(labels::MANAGED_BY.to_owned(), labels::MANAGED_BY_VALUE.to_owned());
-                labels.insert(labels::DEVICE.to_owned(), self.device.to_string());
-                labels.insert(labels::RELEASE.to_owned(), release);
-                labels.insert(labels::SERVICE.to_owned(), spec.name.to_string());
-                labels.insert(labels::CONFIG_HASH.to_owned(), plan::config_hash(spec));
-                let devices = spec
-                    .hardware
-                    .iter()
-                    .filter_map(|h| match h {
-                        HardwareRequest::Device { host_path, container_path, permissions } => {
-                            Some(DeviceMapping {
-                                host_path: host_path.clone(),
-                                container_path: if container_path.is_empty() {
-                                    host_path.clone()
-                                } else {
-                                    container_path.clone()
-                                },
-                                permissions: if permissions.is_empty() {
-                                    "rwm".to_owned()
-                                } else {
-                                    permissions.clone()
-                                },
-                            })
-                        }
-                        _ => None,
-                    })
-                    .collect();
-                let req = CreateRequest {
-                    name: name.clone(),
-                    labels,
-                    spec: spec.clone(),
-                    port_override: None,
-                    devices,
-                };
+                let req = self.create_request(target, spec, name);
                 self.state.remember_image(&spec.image.pull_ref())?;
                 // An image lost by the engine (unclean shutdown) is pulled again, not fatal.
                 match self.runtime.create(&req).await {
                     Err(RuntimeError::NotFound { .. }) => {
-                        let credential = spec
-                            .image
-                            .registry()
-                            .and_then(|r| self.credentials.iter().find(|c| c.registry == r));
-                        self.runtime.pull(&spec.image, credential, &|_, _| {}).await?;
+                        self.runtime
+                            .pull(&spec.image, self.credential_for(&spec.image), &|_, _| {})
+                            .await?;
                         self.retry(|| self.runtime.create(&req)).await?;
                     }
                     Err(RuntimeError::Engine { status: Some(409), .. }) => {
@@ -531,6 +494,57 @@ impl<R: ContainerRuntime> Reconciler<R> {
             }
         }
         Ok(())
+    }
+
+    /// The engine request for a service of `target`: its spec, the agent's labels and the
+    /// device nodes its `Device` hardware requests name.
+    fn create_request(
+        &self,
+        target: Option<&ReleaseSpec>,
+        spec: &ServiceSpec,
+        name: &str,
+    ) -> CreateRequest {
+        let release = target.map(|t| t.id.to_string()).unwrap_or_default();
+        let mut labels = spec.labels.clone();
+        labels.insert(labels::MANAGED_BY.to_owned(), labels::MANAGED_BY_VALUE.to_owned());
+        labels.insert(labels::DEVICE.to_owned(), self.device.to_string());
+        labels.insert(labels::RELEASE.to_owned(), release);
+        labels.insert(labels::SERVICE.to_owned(), spec.name.to_string());
+        labels.insert(labels::CONFIG_HASH.to_owned(), plan::config_hash(spec));
+        let devices = spec
+            .hardware
+            .iter()
+            .filter_map(|h| match h {
+                HardwareRequest::Device { host_path, container_path, permissions } => {
+                    Some(DeviceMapping {
+                        host_path: host_path.clone(),
+                        container_path: if container_path.is_empty() {
+                            host_path.clone()
+                        } else {
+                            container_path.clone()
+                        },
+                        permissions: if permissions.is_empty() {
+                            "rwm".to_owned()
+                        } else {
+                            permissions.clone()
+                        },
+                    })
+                }
+                _ => None,
+            })
+            .collect();
+        CreateRequest {
+            name: name.to_owned(),
+            labels,
+            spec: spec.clone(),
+            port_override: None,
+            devices,
+        }
+    }
+
+    /// The configured login for the registry `image` comes from, if any.
+    fn credential_for(&self, image: &ImageRef) -> Option<&RegistryCredential> {
+        image.registry().and_then(|r| self.credentials.iter().find(|c| c.registry == r))
     }
 
     /// Retries transient engine failures with exponential backoff. "Not found" and pull
