@@ -119,13 +119,13 @@ mod tests {
     }
 
     #[test]
-    fn releases_needing_unsupported_agent_probes_are_refused_not_run_ungated() {
+    fn releases_needing_hardware_this_agent_cannot_map_are_refused_not_run_without_it() {
         let mut d = desired();
-        d.release.as_mut().unwrap().services[0].healthcheck.as_mut().unwrap().probe =
-            fleet_proto::release::Probe::Http { port: 8080, path: "/health".into() };
+        d.release.as_mut().unwrap().services[0].hardware =
+            vec![fleet_proto::release::HardwareRequest::Gpio { chip: "gpiochip0".into() }];
         let err = accept(&samples::server_key().sign(&d), &trusted(), &samples::device(), None)
             .unwrap_err();
-        assert!(err.to_string().contains("services[0].healthcheck.probe"), "{err}");
+        assert!(err.to_string().contains("services[0].hardware[0]"), "{err}");
     }
 
     #[test]

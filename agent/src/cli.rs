@@ -13,9 +13,11 @@ use fleet_proto::report::{StateReport, UpdateResult};
 use fleet_proto::ReleaseSpec;
 use tracing_subscriber::EnvFilter;
 
+use crate::admin;
 use crate::config::{Config, DEFAULT_CONFIG, DEFAULT_PATH};
 use crate::daemon;
 use crate::lock::UpdateLocks;
+use crate::plan;
 use crate::reconcile::{check_release, Reconciler, StepError};
 use crate::report;
 use crate::runtime::docker::DockerRuntime;
@@ -232,34 +234,47 @@ async fn apply(config: &Config, file: &Path, json: bool, force: bool) -> Result<
     })?;
     check_release(&release)
         .map_err(|r| Failure::input(format!("{}: {}", file.display(), r.problems.join("\n  "))))?;
-    let state = daemon::open_state(config).map_err(|e| {
-        Failure::input(format!("{}\n  hint: while the fleet-agent daemon runs it owns the state; stop it (systemctl stop fleet-agent) to apply locally", chain(&e)))
-    })?;
-    let rt = Arc::new(DockerRuntime::connect(&config.engine_socket, config.engine_timeout).await?);
-    let seq = state.next_local_seq().map_err(|e| Failure::input(chain(&e)))?;
-    let reconciler =
-        Reconciler::new(rt, config.device_id.clone(), state, daemon::exec_options(config))
-            .with_locks(UpdateLocks::new(&config.locks_dir, config.locks_default_ttl));
-    let mut reconciler = reconciler;
-    reconciler.set_credentials(config.registries.clone());
     eprintln!(
         "applying {} ({} services) on {}…",
         release.id,
         release.services.len(),
         config.device_id
     );
-    let outcome =
-        match reconciler.apply_forced(Origin::Local { seq }, Some(release.clone()), force).await {
-            Ok(o) => o,
-            Err(e @ StepError::Deferred { .. }) => {
-                // The daemon finishes a deferred update when the lease ends; here the user decides.
-                eprintln!(
-                "{e}\n  images are downloaded; run again when the lock is released, or add --force"
-            );
-                return Ok(4);
-            }
-            Err(e) => return Err(Failure { code: 3, message: chain(&e) }),
-        };
+    // A running daemon owns the state and the port proxy: hand the release over to it.
+    let socket = admin::socket_path(&config.data_dir);
+    let request = admin::Request::Apply { release: release.clone(), force };
+    let mut via_daemon = true;
+    let answer = match admin::call(&socket, &request).await {
+        Ok(answer) => answer,
+        Err(e)
+            if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) =>
+        {
+            via_daemon = false;
+            apply_here(config, &release, force).await?
+        }
+        Err(e) => {
+            return Err(Failure::input(format!(
+                "cannot reach the fleet-agent daemon on {}: {e}\n  hint: apply needs root while the daemon runs",
+                socket.display()
+            )))
+        }
+    };
+    let outcome = match answer {
+        admin::Answer::Outcome(outcome) => outcome,
+        admin::Answer::Deferred { holder, until } => {
+            let next = if via_daemon {
+                "the daemon switches when the lock is released; --force switches now"
+            } else {
+                "run again when the lock is released, or add --force"
+            };
+            eprintln!("{}\n  images are downloaded; {next}", StepError::Deferred { holder, until });
+            return Ok(4);
+        }
+        admin::Answer::Refused { problems } => {
+            return Err(Failure::input(format!("{}: {}", file.display(), problems.join("\n  "))))
+        }
+        admin::Answer::Error { message } => return Err(Failure { code: 3, message }),
+    };
     if json {
         println!("{}", serde_json::to_string_pretty(&outcome).unwrap_or_default());
     }
@@ -282,6 +297,34 @@ async fn apply(config: &Config, file: &Path, json: bool, force: bool) -> Result<
             eprintln!("failed, nothing changed: {reason}");
             Ok(3)
         }
+    }
+}
+
+/// Applies in this process when no daemon runs. There is no port proxy then, so start-first
+/// services with host ports update stop-first (two containers cannot share a host port).
+async fn apply_here(
+    config: &Config,
+    release: &ReleaseSpec,
+    force: bool,
+) -> Result<admin::Answer, Failure> {
+    let state = daemon::open_state(config).map_err(|e| Failure::input(chain(&e)))?;
+    let rt = Arc::new(DockerRuntime::connect(&config.engine_socket, config.engine_timeout).await?);
+    let seq = state.next_local_seq().map_err(|e| Failure::input(chain(&e)))?;
+    let mut reconciler =
+        Reconciler::new(rt, config.device_id.clone(), state, daemon::exec_options(config))
+            .with_locks(UpdateLocks::new(&config.locks_dir, config.locks_default_ttl));
+    reconciler.set_credentials(config.registries.clone());
+    let proxied_ports = release
+        .services
+        .iter()
+        .any(|s| plan::effective_strategy(s, false) != plan::effective_strategy(s, true));
+    if proxied_ports {
+        eprintln!("note: no fleet-agent daemon runs, so services publishing host ports update stop-first (the daemon switches them blue/green)");
+    }
+    match reconciler.apply_forced(Origin::Local { seq }, Some(release.clone()), force).await {
+        Ok(outcome) => Ok(admin::Answer::Outcome(outcome)),
+        Err(StepError::Deferred { holder, until }) => Ok(admin::Answer::Deferred { holder, until }),
+        Err(e) => Err(Failure { code: 3, message: chain(&e) }),
     }
 }
 

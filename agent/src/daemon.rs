@@ -6,8 +6,13 @@
 //!   restarts or recreates what went missing — watching events instead of polling keeps the
 //!   idle agent near 0 % CPU;
 //! * a resync tick (default 60 s, no bursts after a stall) → converge, in case an event was lost;
+//! * a release handed over on the admin socket (`fleet-agent apply` while the daemon runs) →
+//!   apply it, answer with the outcome;
 //! * the systemd watchdog tick → `WATCHDOG=1`;
 //! * SIGTERM/SIGINT → stop, leaving every application container running.
+//!
+//! The daemon owns the port proxy (see [`crate::proxy`]): host ports of start-first services
+//! are the agent's, so updates of those services switch without refusing a connection.
 //!
 //! After each converge the daemon writes `status.json` into the data directory so
 //! `fleet-agent status` can answer while the daemon holds the state database.
@@ -19,14 +24,16 @@ use std::time::Duration;
 
 use tokio::time::{Instant, MissedTickBehavior};
 
+use crate::admin::{self, Answer, Call, Request};
 use crate::config::Config;
 use crate::lock::UpdateLocks;
-use crate::reconcile::{ExecOptions, Reconciler, StepError};
+use crate::proxy::PortProxy;
+use crate::reconcile::{check_release, ExecOptions, Reconciler, StepError};
 use crate::report;
 use crate::runtime::docker::DockerRuntime;
 use crate::runtime::{ContainerRuntime, RuntimeError};
 use crate::sd_notify;
-use crate::state::{AgentState, StateError};
+use crate::state::{AgentState, Origin, StateError};
 
 /// Why the daemon stopped.
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +87,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let locks = UpdateLocks::new(&config.locks_dir, config.locks_default_ttl);
     let reconciler =
         Reconciler::new(runtime, config.device_id.clone(), state, exec_options(&config))
-            .with_locks(locks.clone());
+            .with_locks(locks.clone())
+            .with_proxy(PortProxy::new());
     let mut reconciler = reconciler;
     reconciler.set_credentials(config.registries.clone());
     // Applications that prefer an API to a lock file use the socket; it lives as long as the
@@ -95,9 +103,23 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             tracing::warn!(error = %e, socket = %socket.display(), "update lock socket not served; lock files still work");
         }
     });
-    let result = Daemon { config, reconciler }.run(shutdown).await;
+    // `fleet-agent apply` hands local releases to the daemon here.
+    let (calls, admin_calls) = tokio::sync::mpsc::channel::<Call>(4);
+    let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let admin_socket = admin::socket_path(&config.data_dir);
+    let admin_server = tokio::spawn(async move {
+        let stopped = async {
+            let _ = admin_stopped.await;
+        };
+        if let Err(e) = admin::serve(admin_socket.clone(), calls, stopped).await {
+            tracing::warn!(error = %e, socket = %admin_socket.display(), "admin socket not served; `fleet-agent apply` cannot reach the daemon");
+        }
+    });
+    let result = Daemon { config, reconciler }.run(shutdown, admin_calls).await;
     let _ = stop_locks.send(());
+    let _ = stop_admin.send(());
     let _ = lock_server.await;
+    let _ = admin_server.await;
     result
 }
 
@@ -107,7 +129,11 @@ struct Daemon<R> {
 }
 
 impl<R: ContainerRuntime> Daemon<R> {
-    async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    async fn run(
+        self,
+        shutdown: impl Future<Output = ()>,
+        mut admin_calls: tokio::sync::mpsc::Receiver<Call>,
+    ) -> Result<(), DaemonError> {
         tokio::pin!(shutdown);
         let device = self.config.device_id.clone();
         tracing::info!(%device, "fleet-agent {} started", crate::AGENT_VERSION);
@@ -157,6 +183,15 @@ impl<R: ContainerRuntime> Daemon<R> {
                         },
                     }
                 }
+                Some(call) = admin_calls.recv() => {
+                    tokio::select! {
+                        () = &mut shutdown => break,
+                        retry = self.admin(call) => if let Some(at) = retry {
+                            pending = true;
+                            debounce.as_mut().reset(at);
+                        },
+                    }
+                }
                 _ = watchdog.tick() => sd_notify::notify("WATCHDOG=1"),
             }
         }
@@ -176,10 +211,7 @@ impl<R: ContainerRuntime> Daemon<R> {
             Ok(None) => None,
             Err(StepError::Deferred { holder, until }) => {
                 tracing::info!(%holder, until = until.0, "update deferred by an update lock");
-                let wait = Duration::from_millis(
-                    until.0.saturating_sub(fleet_proto::UnixMillis::now().0) + 100,
-                );
-                Some(Instant::now() + wait)
+                Some(lease_end(until))
             }
             Err(e) => {
                 tracing::error!(error = %e, "converge failed; retrying on the next resync");
@@ -187,6 +219,37 @@ impl<R: ContainerRuntime> Daemon<R> {
             }
         };
         self.write_status().await;
+        retry
+    }
+
+    /// Carries out a request from the admin socket and answers it. Returns when to converge
+    /// again if an update lock defers the switch.
+    async fn admin(&self, call: Call) -> Option<Instant> {
+        let Request::Apply { release, force } = call.request;
+        let mut retry = None;
+        let answer = match check_release(&release) {
+            Err(refused) => Answer::Refused { problems: refused.problems },
+            Ok(()) => match self.reconciler.state().next_local_seq() {
+                Err(e) => Answer::Error { message: e.to_string() },
+                Ok(seq) => {
+                    tracing::info!(release = %release.id, force, "local release handed over by fleet-agent apply");
+                    match self
+                        .reconciler
+                        .apply_forced(Origin::Local { seq }, Some(release), force)
+                        .await
+                    {
+                        Ok(outcome) => Answer::Outcome(outcome),
+                        Err(StepError::Deferred { holder, until }) => {
+                            retry = Some(lease_end(until));
+                            Answer::Deferred { holder, until }
+                        }
+                        Err(e) => Answer::Error { message: e.to_string() },
+                    }
+                }
+            },
+        };
+        self.write_status().await;
+        let _ = call.reply.send(answer);
         retry
     }
 
@@ -211,4 +274,10 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("json.tmp");
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(tmp, path)
+}
+
+/// When to try again after a lease that ends at `until`: just after it.
+fn lease_end(until: fleet_proto::UnixMillis) -> Instant {
+    let left = until.0.saturating_sub(fleet_proto::UnixMillis::now().0);
+    Instant::now() + Duration::from_millis(left + 100)
 }

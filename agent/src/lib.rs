@@ -14,11 +14,14 @@
 //! through [`fleet_proto`].
 
 pub mod accept;
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod lock;
 pub mod plan;
+pub mod probe;
+pub mod proxy;
 pub mod reconcile;
 pub mod report;
 pub mod runtime;

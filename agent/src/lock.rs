@@ -323,7 +323,7 @@ impl UpdateLocks {
         shutdown: impl Future<Output = ()>,
         request_timeout: Duration,
     ) -> Result<(), LockError> {
-        let listener = bind(&path).await?;
+        let listener = bind(&path, 0o660).await?;
         tracing::info!(
             socket = %path.display(), dir = %self.dir.display(),
             "update lock API listening"
@@ -404,8 +404,9 @@ fn unix_millis(t: SystemTime) -> UnixMillis {
     UnixMillis(u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// Binds the listening socket, replacing a stale one, and opens it to the socket's group.
-async fn bind(path: &Path) -> Result<UnixListener, LockError> {
+/// Binds a listening Unix socket with permissions `mode`, replacing a stale one (a socket
+/// nothing answers on). The agent's admin socket is bound the same way.
+pub(crate) async fn bind(path: &Path, mode: u32) -> Result<UnixListener, LockError> {
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
             if UnixStream::connect(path).await.is_ok() {
@@ -422,8 +423,8 @@ async fn bind(path: &Path) -> Result<UnixListener, LockError> {
             .map_err(LockError::io("create socket directory", parent))?;
     }
     let listener = UnixListener::bind(path).map_err(LockError::io("listen on", path))?;
-    // Connecting needs write permission: 0660 lets the socket's group in and nobody else.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+    // Connecting needs write permission: 0660 lets the socket's group in, 0600 only the owner.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(LockError::io("set permissions of", path))?;
     Ok(listener)
 }

@@ -13,11 +13,17 @@
 //! * A container whose configuration hash matches the desired one is kept (adopted), never
 //!   recreated.
 //! * Planning an already converged device yields no steps.
+//! * Host ports of start-first services go through the agent's port proxy when the agent runs
+//!   one (the daemon does): the containers publish on ephemeral loopback ports, the proxy owns
+//!   the host port, and a `Switch` after every new container is healthy points it at the new
+//!   ones — a blue/green switch. Without a proxy (a one-shot `fleet-agent apply` with no daemon)
+//!   two containers cannot share a host port, so such services update stop-first.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use fleet_proto::release::UpdateStrategy;
+use fleet_proto::release::{NetworkMode, Protocol, UpdateStrategy};
 use fleet_proto::report::{ContainerState, Health};
 use fleet_proto::{DeviceId, ImageRef, ReleaseSpec, ServiceName, ServiceSpec};
 use sha2::{Digest, Sha256};
@@ -56,7 +62,22 @@ pub enum Step {
         /// How long it may take.
         deadline: Duration,
     },
-    /// Stop a container (kept for rollback until the update is proven).
+    /// Stop routing a service's host ports through the proxy (the service leaves, or now
+    /// publishes its ports itself).
+    Unroute {
+        /// The service.
+        service: String,
+    },
+    /// Point the proxy's host ports of a service at this (healthy) container. Connections
+    /// already open to the previous container continue until they close.
+    Switch {
+        /// The service.
+        service: ServiceName,
+        /// Container name.
+        name: String,
+    },
+    /// Stop a container (kept for rollback until the update is proven). Connections the proxy
+    /// still forwards to it are drained first.
     Stop {
         /// The service the container belonged to.
         service: String,
@@ -80,6 +101,8 @@ impl Step {
             Step::Create { .. } => "create",
             Step::Start { .. } => "start",
             Step::WaitHealthy { .. } => "wait-healthy",
+            Step::Unroute { .. } => "unroute",
+            Step::Switch { .. } => "switch",
             Step::Stop { .. } => "stop",
             Step::Remove { .. } => "remove",
         }
@@ -90,26 +113,101 @@ impl std::fmt::Display for Step {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Step::Pull { image } => write!(f, "pull {image}"),
+            Step::Unroute { service } => write!(f, "unroute {service}"),
             Step::Create { name, .. }
             | Step::Start { name, .. }
             | Step::WaitHealthy { name, .. }
+            | Step::Switch { name, .. }
             | Step::Stop { name, .. }
             | Step::Remove { name, .. } => write!(f, "{} {name}", self.kind()),
         }
     }
 }
 
-/// Hash of a service's full configuration: equal hash means an existing container can be kept.
-pub fn config_hash(spec: &ServiceSpec) -> String {
+/// Hash of a service's full configuration, and of how its ports are published: equal hash
+/// means an existing container can be kept.
+pub fn config_hash(spec: &ServiceSpec, proxied: bool) -> String {
     // JSON of the spec is deterministic: maps are BTreeMaps and fields keep declaration order.
-    let json = serde_json::to_vec(spec).unwrap_or_default();
+    let mut json = serde_json::to_vec(spec).unwrap_or_default();
+    if proxied {
+        // A proxied container publishes on loopback ephemeral ports instead of the host ports:
+        // a different container, so a different name.
+        json.extend_from_slice(b"|proxied");
+    }
     let digest = Sha256::digest(&json);
     digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
 }
 
 /// The container name for a service of this device with this configuration.
-pub fn container_name(device: &DeviceId, spec: &ServiceSpec) -> String {
-    format!("fleet-{device}-{}-{}", spec.name, config_hash(spec))
+pub fn container_name(device: &DeviceId, spec: &ServiceSpec, proxied: bool) -> String {
+    format!("fleet-{device}-{}-{}", spec.name, config_hash(spec, proxied))
+}
+
+/// Whether the service's host ports go through the agent's proxy: it updates start-first,
+/// publishes host ports, all of them TCP (the proxy forwards TCP), on the release network (a
+/// host-network container binds its ports itself), and the agent runs a proxy.
+pub fn proxied(spec: &ServiceSpec, proxy_available: bool) -> bool {
+    proxy_available
+        && spec.update == UpdateStrategy::StartFirst
+        && spec.network_mode != NetworkMode::Host
+        && spec.ports.iter().any(|p| p.host_port != 0)
+        && spec.ports.iter().all(|p| p.protocol == Protocol::Tcp)
+}
+
+/// The strategy the update really uses: start-first needs two containers at once, which host
+/// ports bound directly (published, or bound on the host network) do not allow, so such
+/// services update stop-first.
+pub fn effective_strategy(spec: &ServiceSpec, proxy_available: bool) -> UpdateStrategy {
+    let binds_host_ports = !proxied(spec, proxy_available)
+        && spec.ports.iter().any(|p| p.host_port != 0 || spec.network_mode == NetworkMode::Host);
+    if binds_host_ports {
+        UpdateStrategy::StopFirst
+    } else {
+        spec.update
+    }
+}
+
+/// One host port the proxy forwards: where it listens and the container's loopback port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Forward {
+    /// Host address the proxy listens on.
+    pub listen: SocketAddr,
+    /// The container's published loopback port.
+    pub backend: SocketAddr,
+}
+
+/// Where the proxy sends a service's host ports now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The container receiving new connections.
+    pub container: String,
+    /// Its forwards.
+    pub forwards: BTreeSet<Forward>,
+}
+
+/// The proxy's routes by service.
+pub type Routes = BTreeMap<String, Route>;
+
+/// The forwards for `spec`'s host ports to container `c`, or `None` while one of its ports is
+/// not published (not started yet).
+pub fn forwards(spec: &ServiceSpec, c: &ObservedContainer) -> Option<BTreeSet<Forward>> {
+    spec.ports
+        .iter()
+        .filter(|p| p.host_port != 0)
+        .map(|p| {
+            let ip = if p.loopback_only { Ipv4Addr::LOCALHOST } else { Ipv4Addr::UNSPECIFIED };
+            let backend = c.ports.iter().find(|b| b.container_port == p.container_port)?;
+            let backend_ip = if backend.host_ip.is_unspecified() {
+                IpAddr::V4(Ipv4Addr::LOCALHOST)
+            } else {
+                backend.host_ip
+            };
+            Some(Forward {
+                listen: SocketAddr::new(IpAddr::V4(ip), p.host_port),
+                backend: SocketAddr::new(backend_ip, backend.host_port),
+            })
+        })
+        .collect()
 }
 
 /// Services in start order: dependencies first, otherwise release order. Unknown dependencies
@@ -140,21 +238,31 @@ pub fn is_up(c: &ObservedContainer) -> bool {
 }
 
 /// Plans the steps from `observed` (this device's containers) to `target` (`None`: run no
-/// application). `has_image` says whether an image is present locally.
+/// application). `has_image` says whether an image is present locally; `routes` are the port
+/// proxy's routes, `None` when the agent runs no proxy.
 pub fn plan(
     device: &DeviceId,
     target: Option<&ReleaseSpec>,
     observed: &[ObservedContainer],
     has_image: &dyn Fn(&ImageRef) -> bool,
+    routes: Option<&Routes>,
 ) -> Vec<Step> {
+    let proxy = routes.is_some();
     let mut pulls = Vec::new();
+    let mut unroutes = Vec::new();
     let mut main = Vec::new();
+    // Old containers holding a host port the proxy is about to take (they published it
+    // directly): stopped after every new container is healthy, right before the switch.
+    let mut stops_before_switch = Vec::new();
+    let mut switches = Vec::new();
     let mut stops_late = Vec::new();
     let mut removes = Vec::new();
-    let keep = target_names(device, target);
+    let keep = target_names(device, target, proxy);
 
     for spec in target.map(start_order).unwrap_or_default() {
-        let name = container_name(device, spec);
+        let proxied = proxied(spec, proxy);
+        let strategy = effective_strategy(spec, proxy);
+        let name = container_name(device, spec, proxied);
         let existing = observed.iter().find(|c| c.name == name);
         let olds: Vec<&ObservedContainer> = observed
             .iter()
@@ -164,9 +272,17 @@ pub fn plan(
             .iter()
             .filter(|c| matches!(c.state, ContainerState::Running | ContainerState::Restarting))
             .collect();
-        let stop_olds = |steps: &mut Vec<Step>| {
+        let holds_host_port = |c: &ObservedContainer| {
+            c.ports.iter().any(|b| spec.ports.iter().any(|p| p.host_port == b.host_port))
+        };
+        let stop_olds = |steps: &mut Vec<Step>, before_switch: &mut Vec<Step>| {
             for c in &running_olds {
-                steps.push(Step::Stop { service: spec.name.to_string(), name: c.name.clone() });
+                let stop = Step::Stop { service: spec.name.to_string(), name: c.name.clone() };
+                if proxied && holds_host_port(c) {
+                    before_switch.push(stop);
+                } else {
+                    steps.push(stop);
+                }
             }
         };
         let svc = spec.name.clone();
@@ -175,25 +291,26 @@ pub fn plan(
             name: name.clone(),
             deadline: spec.health_deadline,
         };
+        let stop_first = strategy == UpdateStrategy::StopFirst;
 
         match existing {
             Some(c) if is_up(c) => {
                 // Adopted as is; an interrupted update may have left the old one running.
-                stop_olds(&mut stops_late);
+                stop_olds(&mut stops_late, &mut stops_before_switch);
             }
             Some(c) if c.state == ContainerState::Running => {
                 // Started but not yet judged healthy (e.g. the agent restarted mid-update).
                 main.push(wait);
-                stop_olds(&mut stops_late);
+                stop_olds(&mut stops_late, &mut stops_before_switch);
             }
             Some(_) => {
-                if spec.update == UpdateStrategy::StopFirst {
-                    stop_olds(&mut main);
+                if stop_first {
+                    stop_olds(&mut main, &mut stops_before_switch);
                 }
                 main.push(Step::Start { service: svc.clone(), name: name.clone() });
                 main.push(wait);
-                if spec.update == UpdateStrategy::StartFirst {
-                    stop_olds(&mut stops_late);
+                if !stop_first {
+                    stop_olds(&mut stops_late, &mut stops_before_switch);
                 }
             }
             None => {
@@ -204,15 +321,44 @@ pub fn plan(
                 {
                     pulls.push(Step::Pull { image: spec.image.clone() });
                 }
-                if spec.update == UpdateStrategy::StopFirst {
-                    stop_olds(&mut main);
+                if stop_first {
+                    stop_olds(&mut main, &mut stops_before_switch);
                 }
                 main.push(Step::Create { service: svc.clone(), name: name.clone() });
                 main.push(Step::Start { service: svc.clone(), name: name.clone() });
                 main.push(wait);
-                if spec.update == UpdateStrategy::StartFirst {
-                    stop_olds(&mut stops_late);
+                if !stop_first {
+                    stop_olds(&mut stops_late, &mut stops_before_switch);
                 }
+            }
+        }
+
+        if let Some(routes) = routes {
+            let route = routes.get(spec.name.as_str());
+            if proxied {
+                // Switch unless the route already sends every port to this container as it is
+                // published now (a restarted container may have new ephemeral ports).
+                let current = existing.filter(|c| is_up(c)).and_then(|c| forwards(spec, c));
+                let in_place = match (route, current) {
+                    (Some(r), Some(f)) => r.container == name && r.forwards == f,
+                    _ => false,
+                };
+                if !in_place {
+                    switches.push(Step::Switch { service: svc.clone(), name: name.clone() });
+                }
+            } else if route.is_some() {
+                unroutes.push(Step::Unroute { service: svc.to_string() });
+            }
+        }
+    }
+
+    // Routes of services the target no longer has go first: nothing of theirs stays.
+    if let Some(routes) = routes {
+        for service in routes.keys() {
+            let in_target = target
+                .is_some_and(|t| t.services.iter().any(|s| s.name.as_str() == service.as_str()));
+            if !in_target {
+                unroutes.push(Step::Unroute { service: service.clone() });
             }
         }
     }
@@ -228,6 +374,7 @@ pub fn plan(
         let service = c.label(labels::SERVICE).unwrap_or("?").to_owned();
         let stop_planned = main
             .iter()
+            .chain(&stops_before_switch)
             .chain(&stops_late)
             .any(|s| matches!(s, Step::Stop { name, .. } if *name == c.name));
         if !target_services.contains(service.as_str())
@@ -240,7 +387,10 @@ pub fn plan(
     }
 
     let mut steps = pulls;
+    steps.extend(unroutes);
     steps.extend(main);
+    steps.extend(stops_before_switch);
+    steps.extend(switches);
     steps.extend(stops_late);
     steps.extend(removes);
     steps
@@ -250,9 +400,15 @@ pub fn plan(
 pub fn target_names(
     device: &DeviceId,
     target: Option<&ReleaseSpec>,
+    proxy_available: bool,
 ) -> BTreeMap<String, ServiceName> {
     target
-        .map(|t| t.services.iter().map(|s| (container_name(device, s), s.name.clone())).collect())
+        .map(|t| {
+            t.services
+                .iter()
+                .map(|s| (container_name(device, s, proxied(s, proxy_available)), s.name.clone()))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -275,6 +431,7 @@ mod tests {
             s.depends_on.clear();
             s.update = UpdateStrategy::StartFirst;
             s.env.insert("VERSION".into(), version.into());
+            s.ports.clear();
         }
         r
     }
@@ -287,7 +444,7 @@ mod tests {
             .enumerate()
             .map(|(i, s)| ObservedContainer {
                 id: format!("id-{}-{i}", release.id),
-                name: container_name(&device(), s),
+                name: container_name(&device(), s, false),
                 labels: BTreeMap::from([
                     (labels::DEVICE.to_owned(), "d1".to_owned()),
                     (labels::SERVICE.to_owned(), s.name.to_string()),
@@ -300,6 +457,7 @@ mod tests {
                 restart_count: 0,
                 oom_killed: false,
                 ports: vec![],
+                ip: None,
             })
             .collect()
     }
@@ -318,14 +476,17 @@ mod tests {
             Step::Create { service, .. }
             | Step::Start { service, .. }
             | Step::WaitHealthy { service, .. } => service.to_string(),
-            Step::Stop { service, .. } | Step::Remove { service, .. } => service.clone(),
+            Step::Switch { service, .. } => service.to_string(),
+            Step::Stop { service, .. }
+            | Step::Remove { service, .. }
+            | Step::Unroute { service } => service.clone(),
         }
     }
 
     #[test]
     fn fresh_device_pulls_creates_starts_and_waits_for_every_service() {
         let r = release("1");
-        let steps = plan(&device(), Some(&r), &[], &|_| false);
+        let steps = plan(&device(), Some(&r), &[], &|_| false, None);
         assert_eq!(
             kinds(&steps),
             [
@@ -344,13 +505,13 @@ mod tests {
     #[test]
     fn converged_device_plans_nothing() {
         let r = release("1");
-        assert_eq!(plan(&device(), Some(&r), &running(&r), &all_present), []);
+        assert_eq!(plan(&device(), Some(&r), &running(&r), &all_present, None), []);
     }
 
     #[test]
     fn start_first_keeps_old_containers_running_until_every_new_one_is_healthy() {
         let (v1, v2) = (release("1"), release("2"));
-        let steps = plan(&device(), Some(&v2), &running(&v1), &all_present);
+        let steps = plan(&device(), Some(&v2), &running(&v1), &all_present, None);
         assert_eq!(
             kinds(&steps),
             [
@@ -368,12 +529,141 @@ mod tests {
         );
     }
 
+    /// `release(version)` whose web service publishes host port 8080 (start-first).
+    fn with_port(version: &str) -> ReleaseSpec {
+        let mut r = release(version);
+        r.services[0].ports = vec![fleet_proto::release::PortMapping {
+            host_port: 8080,
+            container_port: 80,
+            protocol: Protocol::Tcp,
+            loopback_only: false,
+        }];
+        r
+    }
+
+    /// What the engine shows after `r` was applied by an agent with (or without) a proxy:
+    /// proxied containers publish on an ephemeral loopback port.
+    fn running_published(r: &ReleaseSpec, proxy: bool, ephemeral: u16) -> Vec<ObservedContainer> {
+        let mut cs = running(r);
+        for (c, s) in cs.iter_mut().zip(&r.services) {
+            let proxied = proxied(s, proxy);
+            c.name = container_name(&device(), s, proxied);
+            c.ports = s
+                .ports
+                .iter()
+                .map(|p| crate::runtime::PortBinding {
+                    container_port: p.container_port,
+                    host_ip: if proxied {
+                        IpAddr::V4(Ipv4Addr::LOCALHOST)
+                    } else {
+                        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+                    },
+                    host_port: if proxied { ephemeral } else { p.host_port },
+                })
+                .collect();
+        }
+        cs
+    }
+
+    fn route_to(r: &ReleaseSpec, observed: &[ObservedContainer]) -> Routes {
+        let web = &r.services[0];
+        let c = observed.iter().find(|c| c.name == container_name(&device(), web, true)).unwrap();
+        Routes::from([(
+            "web".to_owned(),
+            Route { container: c.name.clone(), forwards: forwards(web, c).unwrap() },
+        )])
+    }
+
+    #[test]
+    fn with_a_proxy_a_host_port_service_switches_after_every_new_container_is_healthy() {
+        let (v1, v2) = (with_port("1"), with_port("2"));
+        let observed = running_published(&v1, true, 40001);
+        let routes = route_to(&v1, &observed);
+        assert_eq!(plan(&device(), Some(&v1), &observed, &all_present, Some(&routes)), []);
+        let steps = plan(&device(), Some(&v2), &observed, &all_present, Some(&routes));
+        assert_eq!(
+            kinds(&steps),
+            [
+                "create web",
+                "start web",
+                "wait-healthy web",
+                "create lidar",
+                "start lidar",
+                "wait-healthy lidar",
+                "switch web",
+                "stop web",
+                "stop lidar",
+                "remove lidar",
+                "remove web",
+            ]
+        );
+    }
+
+    #[test]
+    fn without_a_proxy_a_start_first_service_with_a_host_port_updates_stop_first() {
+        let (v1, v2) = (with_port("1"), with_port("2"));
+        let steps =
+            plan(&device(), Some(&v2), &running_published(&v1, false, 0), &all_present, None);
+        let web: Vec<String> = kinds(&steps).into_iter().filter(|k| k.ends_with("web")).collect();
+        assert_eq!(web, ["stop web", "create web", "start web", "wait-healthy web", "remove web"]);
+        assert_eq!(effective_strategy(&v2.services[0], false), UpdateStrategy::StopFirst);
+        assert_eq!(effective_strategy(&v2.services[0], true), UpdateStrategy::StartFirst);
+        let mut udp = v2.services[0].clone();
+        udp.ports[0].protocol = Protocol::Udp;
+        assert!(!proxied(&udp, true), "the proxy forwards TCP only");
+        assert_eq!(effective_strategy(&udp, true), UpdateStrategy::StopFirst);
+    }
+
+    #[test]
+    fn after_an_agent_restart_adopted_containers_are_routed_again_not_recreated() {
+        let v1 = with_port("1");
+        let observed = running_published(&v1, true, 40001);
+        let steps = plan(&device(), Some(&v1), &observed, &all_present, Some(&Routes::new()));
+        assert_eq!(kinds(&steps), ["switch web"]);
+    }
+
+    #[test]
+    fn a_container_restarted_on_a_new_ephemeral_port_is_switched_to_it() {
+        let v1 = with_port("1");
+        let routes = route_to(&v1, &running_published(&v1, true, 40001));
+        let moved = running_published(&v1, true, 40002);
+        assert_eq!(
+            kinds(&plan(&device(), Some(&v1), &moved, &all_present, Some(&routes))),
+            ["switch web"]
+        );
+    }
+
+    #[test]
+    fn a_directly_published_old_container_stops_right_before_the_proxy_takes_its_port() {
+        // Applied once without the daemon, then the daemon (with its proxy) takes over.
+        let v1 = with_port("1");
+        let observed = running_published(&v1, false, 0);
+        let steps = plan(&device(), Some(&v1), &observed, &all_present, Some(&Routes::new()));
+        assert_eq!(
+            kinds(&steps),
+            ["create web", "start web", "wait-healthy web", "stop web", "switch web", "remove web"]
+        );
+    }
+
+    #[test]
+    fn routes_of_services_leaving_are_closed_first() {
+        let v1 = with_port("1");
+        let observed = running_published(&v1, true, 40001);
+        let routes = route_to(&v1, &observed);
+        let steps = plan(&device(), None, &observed, &all_present, Some(&routes));
+        assert_eq!(kinds(&steps)[0], "unroute web");
+        let mut v2 = v1.clone();
+        v2.services[0].update = UpdateStrategy::StopFirst;
+        let steps = plan(&device(), Some(&v2), &observed, &all_present, Some(&routes));
+        assert_eq!(kinds(&steps)[..2], ["unroute web", "stop web"]);
+    }
+
     #[test]
     fn stop_first_stops_the_old_container_before_creating_the_new() {
         let v1 = release("1");
         let mut v2 = release("2");
         v2.services[1].update = UpdateStrategy::StopFirst;
-        let steps = plan(&device(), Some(&v2), &running(&v1), &all_present);
+        let steps = plan(&device(), Some(&v2), &running(&v1), &all_present, None);
         let lidar: Vec<String> =
             kinds(&steps).into_iter().filter(|k| k.ends_with("lidar")).collect();
         assert_eq!(
@@ -388,7 +678,7 @@ mod tests {
         let mut v2 = v1.clone();
         v2.id = ReleaseId::new("app@2").unwrap();
         v2.services[0].env.insert("NEW".into(), "x".into());
-        let steps = plan(&device(), Some(&v2), &running(&v1), &all_present);
+        let steps = plan(&device(), Some(&v2), &running(&v1), &all_present, None);
         assert!(steps.iter().all(|s| step_service(s) == "web"), "lidar untouched: {steps:?}");
     }
 
@@ -396,9 +686,9 @@ mod tests {
     fn images_present_are_not_pulled_and_shared_images_are_pulled_once() {
         let mut r = release("1");
         r.services[1].image = r.services[0].image.clone();
-        let steps = plan(&device(), Some(&r), &[], &|_| false);
+        let steps = plan(&device(), Some(&r), &[], &|_| false, None);
         assert_eq!(steps.iter().filter(|s| s.kind() == "pull").count(), 1);
-        let steps = plan(&device(), Some(&r), &[], &all_present);
+        let steps = plan(&device(), Some(&r), &[], &all_present, None);
         assert_eq!(steps.iter().filter(|s| s.kind() == "pull").count(), 0);
     }
 
@@ -436,7 +726,7 @@ mod tests {
         let mut new = running(&v2);
         new[1].health = Health::Unhealthy;
         observed.extend(new);
-        let steps = plan(&device(), Some(&v1), &observed, &all_present);
+        let steps = plan(&device(), Some(&v1), &observed, &all_present, None);
         assert_eq!(
             kinds(&steps),
             [
@@ -457,8 +747,8 @@ mod tests {
             .collect();
         for name in removed {
             assert!(
-                name.ends_with(&config_hash(&v2.services[0]))
-                    || name.ends_with(&config_hash(&v2.services[1])),
+                name.ends_with(&config_hash(&v2.services[0], false))
+                    || name.ends_with(&config_hash(&v2.services[1], false)),
                 "only v2 containers removed: {name}"
             );
         }
@@ -467,7 +757,7 @@ mod tests {
     #[test]
     fn no_target_stops_and_removes_everything() {
         let v1 = release("1");
-        let steps = plan(&device(), None, &running(&v1), &all_present);
+        let steps = plan(&device(), None, &running(&v1), &all_present, None);
         assert_eq!(kinds(&steps), ["stop lidar", "stop web", "remove lidar", "remove web"]);
     }
 
@@ -478,7 +768,7 @@ mod tests {
         let mut new = running(&v2);
         new[0].health = Health::Starting;
         observed.push(new[0].clone());
-        let steps = plan(&device(), Some(&v2), &observed, &all_present);
+        let steps = plan(&device(), Some(&v2), &observed, &all_present, None);
         assert_eq!(
             kinds(&steps),
             [
@@ -502,7 +792,7 @@ mod tests {
         let (v1, v2) = (release("1"), release("2"));
         for observed in [vec![], running(&v1), running(&v2)] {
             for target in [Some(&v1), Some(&v2), None] {
-                let steps = plan(&device(), target, &observed, &all_present);
+                let steps = plan(&device(), target, &observed, &all_present, None);
                 let last_wait = steps.iter().rposition(|s| s.kind() == "wait-healthy");
                 let first_remove = steps.iter().position(|s| s.kind() == "remove");
                 if let (Some(w), Some(r)) = (last_wait, first_remove) {
@@ -514,35 +804,58 @@ mod tests {
 
     #[test]
     fn applying_a_plan_converges() {
-        // Simulate the engine applying every step, then plan again: nothing left to do.
-        let (v1, v2) = (release("1"), release("2"));
-        let mut observed = running(&v1);
-        let steps = plan(&device(), Some(&v2), &observed, &all_present);
-        for step in steps {
-            match step {
-                Step::Create { service, name } => {
-                    let spec = v2.services.iter().find(|s| s.name == service).unwrap();
-                    let mut c = running(&v2)
-                        .into_iter()
-                        .find(|c| c.name == container_name(&device(), spec))
-                        .unwrap();
-                    c.state = ContainerState::Created;
-                    assert_eq!(c.name, name);
-                    observed.push(c);
+        // Simulate the engine (and the proxy) applying every step, then plan again: nothing
+        // left to do. With and without a proxy, from a release with a host port.
+        for proxy in [false, true] {
+            let (v1, v2) = (with_port("1"), with_port("2"));
+            let mut observed = running_published(&v1, proxy, 40001);
+            let mut routes = if proxy { route_to(&v1, &observed) } else { Routes::new() };
+            let routes_in = |r: &Routes| proxy.then(|| r.clone());
+            let steps =
+                plan(&device(), Some(&v2), &observed, &all_present, routes_in(&routes).as_ref());
+            for step in steps {
+                match step {
+                    Step::Create { service, name } => {
+                        let spec = v2.services.iter().find(|s| s.name == service).unwrap();
+                        let mut c = running_published(&v2, proxy, 40002)
+                            .into_iter()
+                            .find(|c| {
+                                c.name == container_name(&device(), spec, proxied(spec, proxy))
+                            })
+                            .unwrap();
+                        c.state = ContainerState::Created;
+                        assert_eq!(c.name, name);
+                        observed.push(c);
+                    }
+                    Step::Start { name, .. } => observed
+                        .iter_mut()
+                        .filter(|c| c.name == name)
+                        .for_each(|c| c.state = ContainerState::Running),
+                    Step::Stop { name, .. } => observed
+                        .iter_mut()
+                        .filter(|c| c.name == name)
+                        .for_each(|c| c.state = ContainerState::Exited),
+                    Step::Remove { name, .. } => observed.retain(|c| c.name != name),
+                    Step::Switch { service, name } => {
+                        let spec = v2.services.iter().find(|s| s.name == service).unwrap();
+                        let c = observed.iter().find(|c| c.name == name).unwrap();
+                        let route =
+                            Route { container: name.clone(), forwards: forwards(spec, c).unwrap() };
+                        routes.insert(service.to_string(), route);
+                    }
+                    Step::Unroute { service } => {
+                        routes.remove(&service);
+                    }
+                    Step::Pull { .. } | Step::WaitHealthy { .. } => {}
                 }
-                Step::Start { name, .. } => observed
-                    .iter_mut()
-                    .filter(|c| c.name == name)
-                    .for_each(|c| c.state = ContainerState::Running),
-                Step::Stop { name, .. } => observed
-                    .iter_mut()
-                    .filter(|c| c.name == name)
-                    .for_each(|c| c.state = ContainerState::Exited),
-                Step::Remove { name, .. } => observed.retain(|c| c.name != name),
-                Step::Pull { .. } | Step::WaitHealthy { .. } => {}
             }
+            assert_eq!(
+                plan(&device(), Some(&v2), &observed, &all_present, routes_in(&routes).as_ref()),
+                [],
+                "proxy: {proxy}"
+            );
+            assert_eq!(observed.len(), 2);
+            assert_eq!(routes.len(), usize::from(proxy));
         }
-        assert_eq!(plan(&device(), Some(&v2), &observed, &all_present), []);
-        assert_eq!(observed.len(), 2);
     }
 }

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleet_proto::release::HardwareRequest;
+use fleet_proto::release::{HardwareRequest, HealthCheck, Probe};
 use fleet_proto::report::{ContainerState, Health, UpdateOutcome, UpdateResult};
 use fleet_proto::{
     DeviceId, ImageRef, RegistryCredential, ReleaseSpec, ServiceName, ServiceSpec, UnixMillis,
@@ -22,7 +22,11 @@ use fleet_proto::{
 
 use crate::lock::UpdateLocks;
 use crate::plan::{self, Step};
-use crate::runtime::{labels, ContainerRuntime, CreateRequest, DeviceMapping, RuntimeError};
+use crate::probe;
+use crate::proxy::{PortProxy, SwitchError};
+use crate::runtime::{
+    labels, ContainerRuntime, CreateRequest, DeviceMapping, PortBinding, RuntimeError,
+};
 use crate::state::{Accepted, AgentState, JournalEntry, Origin, Proven, StateError};
 
 /// Tunables of the executor.
@@ -93,6 +97,17 @@ pub enum StepError {
         /// Bytes free.
         free: u64,
     },
+    /// The port proxy cannot take a service's host port.
+    #[error(transparent)]
+    Proxy(#[from] SwitchError),
+    /// A container to switch to does not publish a port the service needs.
+    #[error("service {service}: container {name} does not publish every port of the service; it may have stopped")]
+    NotPublished {
+        /// The service.
+        service: ServiceName,
+        /// The container.
+        name: String,
+    },
     /// An update lock is held: the images are downloaded, the switch waits.
     #[error("deferred: locked by {holder} until {} (ms since epoch)", until.0)]
     Deferred {
@@ -126,18 +141,6 @@ pub fn check_release(release: &ReleaseSpec) -> Result<(), Refused> {
                 ));
             }
         }
-        if let Some(hc) = &svc.healthcheck {
-            if matches!(
-                hc.probe,
-                fleet_proto::release::Probe::Http { .. } | fleet_proto::release::Probe::Tcp { .. }
-            ) {
-                // Refused rather than run ungated: without the probe the update would pass its
-                // health gate on "running" alone.
-                problems.push(format!(
-                    "services[{i}].healthcheck.probe: agent-side HTTP/TCP probes are not supported by this agent version yet; use a Docker health check (Cmd or CmdShell) or the image's own"
-                ));
-            }
-        }
         for (v, vol) in svc.volumes.iter().enumerate() {
             if let fleet_proto::release::VolumeSource::HostPath(p) = &vol.source {
                 problems.push(format!("services[{i}].volumes[{v}]: bind mount of host path {p:?} is not allowed by this agent's configuration"));
@@ -161,6 +164,7 @@ pub struct Reconciler<R> {
     credentials: Vec<RegistryCredential>,
     fault_count: std::sync::atomic::AtomicU32,
     locks: Option<UpdateLocks>,
+    proxy: Option<PortProxy>,
     force: std::sync::atomic::AtomicBool,
 }
 
@@ -175,6 +179,7 @@ impl<R: ContainerRuntime> Reconciler<R> {
             credentials: vec![],
             fault_count: Default::default(),
             locks: None,
+            proxy: None,
             force: Default::default(),
         }
     }
@@ -182,6 +187,13 @@ impl<R: ContainerRuntime> Reconciler<R> {
     /// Honour update locks in this directory (see [`crate::lock`]).
     pub fn with_locks(mut self, locks: UpdateLocks) -> Self {
         self.locks = Some(locks);
+        self
+    }
+
+    /// Publish the host ports of start-first services through this port proxy (blue/green
+    /// switch). Without one, such services update stop-first.
+    pub fn with_proxy(mut self, proxy: PortProxy) -> Self {
+        self.proxy = Some(proxy);
         self
     }
 
@@ -363,9 +375,14 @@ impl<R: ContainerRuntime> Reconciler<R> {
         for spec in target.map(|t| t.services.iter()).into_iter().flatten() {
             present.insert(spec.image.pull_ref(), self.runtime.has_image(&spec.image).await?);
         }
-        let mut steps = plan::plan(&self.device, target, &observed, &|i: &ImageRef| {
-            present.get(&i.pull_ref()).copied().unwrap_or(false)
-        });
+        let routes = self.proxy.as_ref().map(PortProxy::routes);
+        let mut steps = plan::plan(
+            &self.device,
+            target,
+            &observed,
+            &|i: &ImageRef| present.get(&i.pull_ref()).copied().unwrap_or(false),
+            routes.as_ref(),
+        );
         if repair {
             steps.retain(|s| !matches!(s, Step::WaitHealthy { .. }));
         }
@@ -486,11 +503,32 @@ impl<R: ContainerRuntime> Reconciler<R> {
             }
             Step::Start { name, .. } => self.retry(|| self.runtime.start(name)).await?,
             Step::Stop { name, .. } => {
+                if let Some(proxy) = &self.proxy {
+                    // Already switched away: let its open connections finish first.
+                    proxy.drain(name, self.opts.stop_grace).await;
+                }
                 self.retry(|| self.runtime.stop(name, self.opts.stop_grace)).await?
+            }
+            Step::Switch { service, name } => {
+                let (Some(proxy), Some(spec)) = (&self.proxy, spec_of(service)) else {
+                    return Ok(());
+                };
+                let c = self.retry(|| self.runtime.inspect(name)).await?;
+                let forwards = plan::forwards(spec, &c).ok_or_else(|| StepError::NotPublished {
+                    service: service.clone(),
+                    name: name.clone(),
+                })?;
+                proxy.switch(service.as_str(), name, &forwards)?;
+            }
+            Step::Unroute { service } => {
+                if let Some(proxy) = &self.proxy {
+                    proxy.unroute(service);
+                }
             }
             Step::Remove { name, .. } => self.retry(|| self.runtime.remove(name)).await?,
             Step::WaitHealthy { service, name, deadline } => {
-                self.wait_healthy(service, name, *deadline).await?
+                let probe = spec_of(service).and_then(|s| s.healthcheck.as_ref());
+                self.wait_healthy(service, name, *deadline, probe).await?
             }
         }
         Ok(())
@@ -510,7 +548,8 @@ impl<R: ContainerRuntime> Reconciler<R> {
         labels.insert(labels::DEVICE.to_owned(), self.device.to_string());
         labels.insert(labels::RELEASE.to_owned(), release);
         labels.insert(labels::SERVICE.to_owned(), spec.name.to_string());
-        labels.insert(labels::CONFIG_HASH.to_owned(), plan::config_hash(spec));
+        let proxied = plan::proxied(spec, self.proxy.is_some());
+        labels.insert(labels::CONFIG_HASH.to_owned(), plan::config_hash(spec, proxied));
         let devices = spec
             .hardware
             .iter()
@@ -537,7 +576,17 @@ impl<R: ContainerRuntime> Reconciler<R> {
             name: name.to_owned(),
             labels,
             spec: spec.clone(),
-            port_override: None,
+            // Proxied: every port on an ephemeral loopback port; the proxy owns the host ports.
+            port_override: proxied.then(|| {
+                spec.ports
+                    .iter()
+                    .map(|p| PortBinding {
+                        container_port: p.container_port,
+                        host_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+                        host_port: 0,
+                    })
+                    .collect()
+            }),
             devices,
         }
     }
@@ -576,10 +625,17 @@ impl<R: ContainerRuntime> Reconciler<R> {
         service: &ServiceName,
         name: &str,
         deadline: Duration,
+        check: Option<&HealthCheck>,
     ) -> Result<(), StepError> {
         let started = Instant::now();
         let mut first_restarts = None;
         let mut stable_since: Option<Instant> = None;
+        // Agent-side probes (HTTP, TCP): run every `interval`; `retries` consecutive failures
+        // after the start period fail the update, the first success passes it.
+        let agent_probe =
+            check.filter(|h| matches!(h.probe, Probe::Http { .. } | Probe::Tcp { .. }));
+        let mut next_probe = Instant::now();
+        let mut probe_failures = 0u32;
         loop {
             let c = self.runtime.inspect(name).await?;
             let restarts =
@@ -596,6 +652,27 @@ impl<R: ContainerRuntime> Reconciler<R> {
                 .await;
             }
             match (c.state, c.health) {
+                (ContainerState::Running, _) if agent_probe.is_some() => {
+                    if let Some(h) = agent_probe.filter(|_| Instant::now() >= next_probe) {
+                        next_probe = Instant::now() + h.interval.max(self.opts.health_poll);
+                        match probe::check(&h.probe, &c, h.timeout).await {
+                            Ok(()) => return Ok(()),
+                            Err(why) if started.elapsed() >= h.start_period => {
+                                probe_failures += 1;
+                                tracing::debug!(%service, %why, probe_failures, "probe failed");
+                                if probe_failures >= h.retries.max(1) {
+                                    return fail(format!(
+                                        "failed its health probe {probe_failures} times: {why}"
+                                    ))
+                                    .await;
+                                }
+                            }
+                            Err(why) => {
+                                tracing::debug!(%service, %why, "probe failed in the start period")
+                            }
+                        }
+                    }
+                }
                 (ContainerState::Running, Health::Healthy) => return Ok(()),
                 (ContainerState::Running, Health::NoCheck) => {
                     let since = *stable_since.get_or_insert_with(Instant::now);

@@ -88,7 +88,8 @@ async fn running_names(rt: &SimRuntime) -> Vec<String> {
 }
 
 fn names_of(r: &ReleaseSpec) -> Vec<String> {
-    let mut names: Vec<String> = r.services.iter().map(|s| container_name(&device(), s)).collect();
+    let mut names: Vec<String> =
+        r.services.iter().map(|s| container_name(&device(), s, false)).collect();
     names.sort();
     names
 }
@@ -173,8 +174,10 @@ async fn stop_first_stops_the_old_container_before_the_new_one_starts() {
     v2.services[1].update = UpdateStrategy::StopFirst;
     f.rec.apply(Origin::Server { generation: 1 }, Some(v1.clone())).await.unwrap();
     f.rec.apply(Origin::Server { generation: 2 }, Some(v2.clone())).await.unwrap();
-    let (old, new) =
-        (container_name(&device(), &v1.services[1]), container_name(&device(), &v2.services[1]));
+    let (old, new) = (
+        container_name(&device(), &v1.services[1], false),
+        container_name(&device(), &v2.services[1], false),
+    );
     let calls = f.rt.calls();
     let stop_old = calls.iter().position(|c| *c == format!("stop {old}")).unwrap();
     let start_new = calls.iter().position(|c| *c == format!("start {new}")).unwrap();
@@ -200,7 +203,7 @@ async fn a_container_lost_by_the_engine_is_recreated_on_converge() {
     let f = fixture();
     let v1 = release("1", &image("web", 1), &image("worker", 1));
     f.rec.apply(Origin::Server { generation: 1 }, Some(v1.clone())).await.unwrap();
-    f.rt.forget_container(&container_name(&device(), &v1.services[0]));
+    f.rt.forget_container(&container_name(&device(), &v1.services[0], false));
     f.rec.converge().await.unwrap();
     assert_eq!(running_names(&f.rt).await, names_of(&v1));
 }

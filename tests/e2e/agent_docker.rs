@@ -146,7 +146,7 @@ fn release(version: &str, web: &str, api: &str) -> ReleaseSpec {
 fn expected_names(agent: &Agent, r: &ReleaseSpec) -> Vec<String> {
     let device = fleet_proto::DeviceId::new(&agent.device).unwrap();
     let mut names: Vec<String> =
-        r.services.iter().map(|s| fleet_agent::plan::container_name(&device, s)).collect();
+        r.services.iter().map(|s| fleet_agent::plan::container_name(&device, s, false)).collect();
     names.sort();
     names
 }
@@ -234,12 +234,12 @@ async fn stop_first_stops_the_old_container_before_the_new_one_starts() {
     assert!(agent.apply(&v1).status.success());
     let docker = env.docker().await;
     let device = fleet_proto::DeviceId::new(&agent.device).unwrap();
-    let old = fleet_agent::plan::container_name(&device, &v1.services[1]);
+    let old = fleet_agent::plan::container_name(&device, &v1.services[1], false);
     let old_id = agent.containers(&env).await[&old].0.clone();
     assert!(agent.apply(&v2).status.success());
     // The old container is gone now; its stop time is in the engine's event log. Compare the
     // new container's start with the journal instead: the agent journals every step.
-    let new = fleet_agent::plan::container_name(&device, &v2.services[1]);
+    let new = fleet_agent::plan::container_name(&device, &v2.services[1], false);
     let new_state = docker
         .inspect_container(&new, None::<InspectContainerOptions>)
         .await
@@ -420,5 +420,125 @@ async fn an_update_below_the_disk_reserve_is_refused_with_the_numbers_and_v1_unt
     );
     assert_eq!(agent.containers(&env).await, before, "v1 untouched");
     assert!(docker.inspect_image(&probe).await.is_err(), "nothing downloaded");
+    agent.cleanup(&env).await;
+}
+
+/// One HTTP/1.0 request on a new connection: the body, or why it failed.
+fn get_version(port: u16) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let mut s =
+        std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /version HTTP/1.0\r\n\r\n").map_err(|e| format!("send: {e}"))?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).map_err(|e| format!("read: {e}"))?;
+    match answer.split_once("\r\n\r\n") {
+        Some((head, body))
+            if head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200") =>
+        {
+            Ok(body.trim().to_owned())
+        }
+        _ => Err(format!("answer: {answer:?}")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_first_update_behind_the_port_proxy_fails_no_request() {
+    let env = TestEnv::load();
+    let agent = Agent::new("bluegreen");
+    let port = fleet_e2e::free_port();
+    let web = |version: &str| {
+        let mut r = release(
+            version,
+            &env.image(&format!("web:{version}")).reference,
+            &env.image("web:1").reference,
+        );
+        r.services.truncate(1);
+        let s = &mut r.services[0];
+        s.ports = vec![PortMapping {
+            host_port: port,
+            container_port: 8080,
+            protocol: Protocol::Tcp,
+            loopback_only: true,
+        }];
+        // Judged by the agent's own HTTP probe (the image's HEALTHCHECK is switched off).
+        s.healthcheck = Some(HealthCheck {
+            probe: Probe::Http { port: 8080, path: "/health".into() },
+            interval: Duration::from_millis(200),
+            timeout: Duration::from_secs(1),
+            retries: 3,
+            start_period: Duration::from_secs(2),
+        });
+        r
+    };
+    let (v1, v2) = (web("1"), web("2"));
+    let mut daemon = agent.cmd().arg("run").stderr(Stdio::null()).spawn().unwrap();
+    // `apply` hands the release to the daemon (which owns the port proxy) once its socket is up.
+    let socket = agent.dir.path().join("data/agent.sock");
+    eventually("the daemon's admin socket", Duration::from_secs(10), || {
+        let ready = socket.exists();
+        async move { ready.then_some(()) }
+    })
+    .await;
+    let out = agent.apply(&v1);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(get_version(port).as_deref(), Ok("1"), "the proxy serves v1 on the host port");
+
+    // A client loop through the whole update: each request on a new connection.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = std::thread::spawn({
+        let stop = stop.clone();
+        move || {
+            let (mut ok, mut failed, mut versions, mut max_latency) =
+                (0u32, Vec::new(), Vec::<String>::new(), Duration::ZERO);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let t = std::time::Instant::now();
+                match get_version(port) {
+                    Ok(v) => {
+                        ok += 1;
+                        if versions.last() != Some(&v) {
+                            versions.push(v);
+                        }
+                    }
+                    Err(e) => failed.push(e),
+                }
+                max_latency = max_latency.max(t.elapsed());
+            }
+            (ok, failed, versions, max_latency)
+        }
+    });
+    let started = std::time::Instant::now();
+    let out = agent.apply(&v2);
+    let update = started.elapsed();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failed, versions, max_latency) = client.join().unwrap();
+    eprintln!(
+        "blue/green: {ok} requests ok, {} failed, versions seen {versions:?}, max latency {max_latency:?}, update {update:?}",
+        failed.len()
+    );
+    assert!(failed.is_empty(), "failed requests during the update: {failed:?}");
+    assert_eq!(versions, ["1", "2"], "traffic moved from v1 to v2 once, never back");
+    assert!(ok > 10, "the client loop ran through the update ({ok} requests)");
+
+    // The old container is gone; only v2 runs, published on loopback for the proxy alone.
+    let device = fleet_proto::DeviceId::new(&agent.device).unwrap();
+    let v2_name = fleet_agent::plan::container_name(&device, &v2.services[0], true);
+    let all = agent.containers(&env).await;
+    assert_eq!(all.keys().collect::<Vec<_>>(), [&v2_name], "{all:?}");
+
+    // The daemon restarting re-routes the adopted container without recreating it.
+    let id_before = all[&v2_name].0.clone();
+    let _ = Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status();
+    assert!(daemon.wait().unwrap().success());
+    daemon = agent.cmd().arg("run").stderr(Stdio::null()).spawn().unwrap();
+    eventually("v2 served again after the agent restart", Duration::from_secs(20), || async {
+        (get_version(port).as_deref() == Ok("2")).then_some(())
+    })
+    .await;
+    assert_eq!(agent.containers(&env).await[&v2_name].0, id_before, "adopted, not recreated");
+    let _ = Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status();
+    assert!(daemon.wait().unwrap().success());
     agent.cleanup(&env).await;
 }

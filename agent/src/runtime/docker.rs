@@ -599,6 +599,13 @@ fn observed_from(resp: ContainerInspectResponse) -> ObservedContainer {
         _ => None,
     };
     let config = resp.config.unwrap_or_default();
+    // The first network's address: the release network, or the default bridge.
+    let ip = resp.network_settings.as_ref().and_then(|n| n.networks.as_ref()).and_then(|nets| {
+        nets.values()
+            .filter_map(|e| e.ip_address.as_deref())
+            .find(|ip| !ip.is_empty())
+            .and_then(|ip| ip.parse::<IpAddr>().ok())
+    });
     let mut ports: Vec<PortBinding> = resp
         .network_settings
         .and_then(|n| n.ports)
@@ -636,6 +643,7 @@ fn observed_from(resp: ContainerInspectResponse) -> ObservedContainer {
             .map_or(0, |n| u32::try_from(n.max(0)).unwrap_or(u32::MAX)),
         oom_killed: state.oom_killed.unwrap_or(false),
         ports,
+        ip,
     }
 }
 

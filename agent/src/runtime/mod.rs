@@ -99,6 +99,8 @@ pub struct ObservedContainer {
     pub oom_killed: bool,
     /// Published ports as bound.
     pub ports: Vec<PortBinding>,
+    /// The container's address on its network (none on the host network or when stopped).
+    pub ip: Option<std::net::IpAddr>,
 }
 
 impl ObservedContainer {

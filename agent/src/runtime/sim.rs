@@ -211,6 +211,7 @@ impl ContainerRuntime for SimRuntime {
             restart_count: 0,
             oom_killed: false,
             ports: req.port_override.clone().unwrap_or_default(),
+            ip: None,
         };
         s.calls.push(format!("create {}", req.name));
         s.containers.insert(id.clone(), SimContainer { observed, behavior });
