@@ -329,14 +329,19 @@ async fn apply_here(
 }
 
 async fn status(config: &Config, json: bool) -> Result<u8, Failure> {
-    let report: StateReport = match daemon::open_state(config) {
-        Ok(state) => {
+    // While the daemon runs, it owns the state and keeps status.json current (live during
+    // updates); reading the database here would also block the daemon for a moment.
+    let daemon_runs =
+        std::os::unix::net::UnixStream::connect(admin::socket_path(&config.data_dir)).is_ok();
+    let opened = if daemon_runs { None } else { daemon::open_state(config).ok() };
+    let report: StateReport = match opened {
+        Some(state) => {
             let rt = DockerRuntime::connect(&config.engine_socket, config.engine_timeout).await?;
             let observed = rt.list(&config.device_id).await?;
-            report::build(&config.device_id, &state, &observed)
+            report::build(&config.device_id, &state, &observed, Default::default())
                 .map_err(|e| Failure::input(chain(&e)))?
         }
-        Err(_) => {
+        None => {
             // The daemon holds the database: read the status it last wrote.
             let path = config.data_dir.join("status.json");
             let text = std::fs::read_to_string(&path).map_err(|e| {
@@ -356,21 +361,38 @@ async fn status(config: &Config, json: bool) -> Result<u8, Failure> {
         Some(f) => println!("release      {} ({:?})", f.release, f.source),
         None => println!("release      none"),
     }
-    if let Some(o) = &report.update.last_outcome {
+    let u = &report.update;
+    if u.phase != fleet_proto::report::UpdatePhase::Idle {
+        let mut line = format!("{:?}", u.phase).to_lowercase();
+        if let Some(p) = u.pull {
+            let mb = |b: u64| b as f64 / 1e6;
+            match p.bytes_total {
+                Some(t) => line += &format!(", pulled {:.1} of {:.1} MB", mb(p.bytes_done), mb(t)),
+                None => line += &format!(", pulled {:.1} MB", mb(p.bytes_done)),
+            }
+        }
+        if let Some(d) = &u.deferred {
+            let left = d.until.0.saturating_sub(fleet_proto::UnixMillis::now().0) / 1000;
+            line += &format!(": locked by {} for {left} s more", d.holder);
+        }
+        println!("updating     {line}");
+    }
+    if let Some(o) = &u.last_outcome {
         println!("last update  {:?}", o.result);
     }
     println!(
-        "\n{:<16} {:<28} {:<10} {:<10} {:>8}",
+        "\n{:<16} {:<28} {:<10} {:<10} {:>8}  PROBLEM",
         "SERVICE", "RELEASE", "STATE", "HEALTH", "RESTARTS"
     );
     for s in &report.services {
         println!(
-            "{:<16} {:<28} {:<10} {:<10} {:>8}",
+            "{:<16} {:<28} {:<10} {:<10} {:>8}  {}",
             s.name.as_str(),
             s.release.as_str(),
             format!("{:?}", s.state).to_lowercase(),
             format!("{:?}", s.health).to_lowercase(),
-            s.restarts
+            s.restarts,
+            s.last_error.as_deref().unwrap_or("")
         );
     }
     Ok(0)

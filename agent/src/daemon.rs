@@ -79,9 +79,24 @@ pub fn open_state(config: &Config) -> Result<AgentState, DaemonError> {
     Ok(AgentState::open(&config.data_dir.join("state"))?)
 }
 
+/// Opens the state database, waiting up to 10 s while another process holds it: a one-shot
+/// `fleet-agent status` or `apply` started just before the daemon holds it for a moment.
+async fn open_state_waiting(config: &Config) -> Result<AgentState, DaemonError> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match open_state(config) {
+            Err(DaemonError::State(e)) if Instant::now() < deadline => {
+                tracing::debug!(error = %e, "state database busy; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Runs the daemon until `shutdown` completes.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
-    let state = open_state(&config)?;
+    let state = open_state_waiting(&config).await?;
     let runtime =
         Arc::new(DockerRuntime::connect(&config.engine_socket, config.engine_timeout).await?);
     let locks = UpdateLocks::new(&config.locks_dir, config.locks_default_ttl);
@@ -203,7 +218,8 @@ impl<R: ContainerRuntime> Daemon<R> {
     /// Converges and records the outcome; errors are logged, never fatal. Returns when to try
     /// again if the update is deferred by a lock (right after the lease ends).
     async fn converge(&self) -> Option<Instant> {
-        let retry = match self.reconciler.converge().await {
+        let result = self.with_live_status(self.reconciler.converge()).await;
+        let retry = match result {
             Ok(Some(outcome)) => {
                 tracing::info!(result = ?outcome.result, "update finished");
                 None
@@ -233,11 +249,9 @@ impl<R: ContainerRuntime> Daemon<R> {
                 Err(e) => Answer::Error { message: e.to_string() },
                 Ok(seq) => {
                     tracing::info!(release = %release.id, force, "local release handed over by fleet-agent apply");
-                    match self
-                        .reconciler
-                        .apply_forced(Origin::Local { seq }, Some(release), force)
-                        .await
-                    {
+                    let apply =
+                        self.reconciler.apply_forced(Origin::Local { seq }, Some(release), force);
+                    match self.with_live_status(apply).await {
                         Ok(outcome) => Answer::Outcome(outcome),
                         Err(StepError::Deferred { holder, until }) => {
                             retry = Some(lease_end(until));
@@ -253,12 +267,35 @@ impl<R: ContainerRuntime> Daemon<R> {
         retry
     }
 
+    /// Runs `work` (an update) while keeping `status.json` current with its phase and pull
+    /// progress, at most twice a second.
+    async fn with_live_status<T>(&self, work: impl Future<Output = T>) -> T {
+        tokio::pin!(work);
+        let mut updates = self.reconciler.status_updates();
+        let mut last_write: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                done = &mut work => return done,
+                Ok(()) = updates.changed() => {
+                    if last_write.is_none_or(|t| t.elapsed() >= Duration::from_millis(500)) {
+                        last_write = Some(Instant::now());
+                        self.write_status().await;
+                    }
+                }
+            }
+        }
+    }
+
     /// Writes `status.json` atomically for `fleet-agent status`.
     async fn write_status(&self) {
         let observed =
             self.reconciler.runtime().list(&self.config.device_id).await.unwrap_or_default();
-        let Ok(report) = report::build(&self.config.device_id, self.reconciler.state(), &observed)
-        else {
+        let Ok(report) = report::build(
+            &self.config.device_id,
+            self.reconciler.state(),
+            &observed,
+            self.reconciler.status(),
+        ) else {
             return;
         };
         if let Err(e) = write_atomic(

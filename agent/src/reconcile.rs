@@ -15,7 +15,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fleet_proto::release::{HardwareRequest, HealthCheck, Probe};
-use fleet_proto::report::{ContainerState, Health, UpdateOutcome, UpdateResult};
+use fleet_proto::report::{
+    ContainerState, Deferred, Health, PullProgress, UpdateOutcome, UpdatePhase, UpdateResult,
+    UpdateStatus,
+};
 use fleet_proto::{
     DeviceId, ImageRef, RegistryCredential, ReleaseSpec, ServiceName, ServiceSpec, UnixMillis,
 };
@@ -166,6 +169,8 @@ pub struct Reconciler<R> {
     locks: Option<UpdateLocks>,
     proxy: Option<PortProxy>,
     force: std::sync::atomic::AtomicBool,
+    /// What the update machinery is doing now (phase, pull progress, deferral), for reports.
+    status: tokio::sync::watch::Sender<UpdateStatus>,
 }
 
 impl<R: ContainerRuntime> Reconciler<R> {
@@ -181,6 +186,7 @@ impl<R: ContainerRuntime> Reconciler<R> {
             locks: None,
             proxy: None,
             force: Default::default(),
+            status: tokio::sync::watch::Sender::new(UpdateStatus::default()),
         }
     }
 
@@ -233,6 +239,30 @@ impl<R: ContainerRuntime> Reconciler<R> {
         }
     }
 
+    /// What the update machinery is doing now; `last_outcome` is left to the state store.
+    pub fn status(&self) -> UpdateStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Notified whenever [`Self::status`] changes (phase, pull progress).
+    pub fn status_updates(&self) -> tokio::sync::watch::Receiver<UpdateStatus> {
+        self.status.subscribe()
+    }
+
+    fn set_phase(&self, phase: UpdatePhase) {
+        self.status.send_if_modified(|s| {
+            let changed = s.phase != phase;
+            s.phase = phase;
+            if phase != UpdatePhase::Pulling {
+                s.pull = None;
+            }
+            if phase != UpdatePhase::Deferred {
+                s.deferred = None;
+            }
+            changed
+        });
+    }
+
     /// Registry credentials to use for pulls (from config and desired state).
     pub fn set_credentials(&mut self, credentials: Vec<RegistryCredential>) {
         self.credentials = credentials;
@@ -261,6 +291,25 @@ impl<R: ContainerRuntime> Reconciler<R> {
     /// Converges to the accepted desired state (or, if that one was rolled back, to the proven
     /// release). Returns `None` when there was nothing to do.
     pub async fn converge(&self) -> Result<Option<UpdateOutcome>, StepError> {
+        let result = self.converge_inner().await;
+        self.status.send_modify(|s| {
+            s.target_generation = None;
+            s.pull = None;
+            match &result {
+                Err(StepError::Deferred { holder, until }) => {
+                    s.phase = UpdatePhase::Deferred;
+                    s.deferred = Some(Deferred { holder: holder.clone(), until: *until });
+                }
+                _ => {
+                    s.phase = UpdatePhase::Idle;
+                    s.deferred = None;
+                }
+            }
+        });
+        result
+    }
+
+    async fn converge_inner(&self) -> Result<Option<UpdateOutcome>, StepError> {
         let Some(desired) = self.state.desired()? else { return Ok(None) };
         let proven = self.state.proven()?;
         if self.state.failed()? == Some(desired.origin) {
@@ -290,6 +339,9 @@ impl<R: ContainerRuntime> Reconciler<R> {
                 tracing::warn!(update, error = %e, "could not repair the release in force; retrying on the next resync");
             }
             return Ok(None);
+        }
+        if let Origin::Server { generation } = desired.origin {
+            self.status.send_modify(|s| s.target_generation = Some(generation));
         }
         match self.run_plan(&update, desired.release.as_ref()).await {
             Ok(_) => {
@@ -339,6 +391,7 @@ impl<R: ContainerRuntime> Reconciler<R> {
                 let reason = e.to_string();
                 tracing::warn!(update, %reason, "update failed; rolling back to the last proven release");
                 self.state.set_failed(Some(desired.origin))?;
+                self.set_phase(UpdatePhase::RollingBack);
                 let target = proven.as_ref().and_then(|p| p.release.clone());
                 let result =
                     match self.run_plan(&format!("{update} rollback"), target.as_ref()).await {
@@ -391,6 +444,10 @@ impl<R: ContainerRuntime> Reconciler<R> {
         }
         let mut gated = repair;
         let mut i = 0;
+        // Pull progress over all the plan's downloads: bytes of finished pulls plus the current
+        // one; the total is known once the last pull knows its own.
+        let pulls = steps.iter().filter(|s| s.kind() == "pull").count();
+        let mut pulled = (0usize, 0u64);
         while i < steps.len() {
             let step = &steps[i];
             if !gated && step.kind() != "pull" {
@@ -408,14 +465,29 @@ impl<R: ContainerRuntime> Reconciler<R> {
                 1
             };
             let batch = &steps[i..i + batch];
+            if !repair && !update.ends_with("rollback") {
+                self.set_phase(match step {
+                    Step::Pull { .. } => UpdatePhase::Pulling,
+                    Step::Create { .. } | Step::Start { .. } => UpdatePhase::Starting,
+                    Step::WaitHealthy { .. } => UpdatePhase::WaitingHealthy,
+                    Step::Unroute { .. }
+                    | Step::Switch { .. }
+                    | Step::Stop { .. }
+                    | Step::Remove { .. } => UpdatePhase::Switching,
+                });
+            }
             for step in batch {
                 self.journal(update, step, "begin")?;
                 self.fault_hook(step);
             }
             let results = futures_util::future::join_all(
-                batch.iter().map(|step| self.run_step(target, step)),
+                batch.iter().map(|step| self.run_step(target, step, (pulls, pulled))),
             )
             .await;
+            if step.kind() == "pull" {
+                pulled.0 += 1;
+                pulled.1 = self.status.borrow().pull.map_or(pulled.1, |p| p.bytes_done);
+            }
             let mut first_error = None;
             for (step, result) in batch.iter().zip(results) {
                 match result {
@@ -470,14 +542,26 @@ impl<R: ContainerRuntime> Reconciler<R> {
         }
     }
 
-    async fn run_step(&self, target: Option<&ReleaseSpec>, step: &Step) -> Result<(), StepError> {
+    /// Runs one step. `pulls` is (pulls in the plan, (pulls done, their bytes)).
+    async fn run_step(
+        &self,
+        target: Option<&ReleaseSpec>,
+        step: &Step,
+        pulls: (usize, (usize, u64)),
+    ) -> Result<(), StepError> {
         let spec_of = |service: &ServiceName| {
             target.and_then(|t| t.services.iter().find(|s| s.name == *service))
         };
         match step {
             Step::Pull { image } => {
                 let credential = self.credential_for(image);
-                let progress = |done: u64, total: Option<u64>| tracing::debug!(image = %image, done, ?total, "pull progress");
+                let (count, (done_before, bytes_before)) = pulls;
+                let last = done_before + 1 == count;
+                let progress = |done: u64, total: Option<u64>| {
+                    tracing::debug!(image = %image, done, ?total, "pull progress");
+                    let p = pull_progress(bytes_before, last, done, total);
+                    self.status.send_modify(|s| s.pull = Some(p));
+                };
                 self.retry(|| self.runtime.pull(image, credential, &progress)).await?;
                 self.state.remember_image(&image.pull_ref())?;
             }
@@ -725,10 +809,33 @@ impl<R: ContainerRuntime> Reconciler<R> {
     }
 }
 
+/// Progress over all of a plan's downloads: bytes of the pulls already done plus the current
+/// one's. The total is known only during the last pull (earlier, later images' sizes are not).
+fn pull_progress(bytes_before: u64, last: bool, done: u64, total: Option<u64>) -> PullProgress {
+    PullProgress {
+        bytes_done: bytes_before + done,
+        bytes_total: total.filter(|_| last).map(|t| bytes_before + t),
+    }
+}
+
 fn outcome(origin: Origin, result: UpdateResult) -> UpdateOutcome {
     let generation = match origin {
         Origin::Server { generation } => generation,
         Origin::Local { .. } => 0,
     };
     UpdateOutcome { generation, finished_at: UnixMillis::now(), result }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pull_progress_adds_earlier_pulls_and_knows_the_total_only_on_the_last() {
+        let first = pull_progress(0, false, 500, Some(1000));
+        assert_eq!(first, PullProgress { bytes_done: 500, bytes_total: None });
+        let last = pull_progress(1000, true, 250, Some(3000));
+        assert_eq!(last, PullProgress { bytes_done: 1250, bytes_total: Some(4000) });
+        assert_eq!(pull_progress(1000, true, 250, None).bytes_total, None);
+    }
 }

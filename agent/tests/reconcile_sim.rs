@@ -12,7 +12,7 @@ use fleet_agent::runtime::sim::{ImageBehavior, SimRuntime};
 use fleet_agent::runtime::ContainerRuntime;
 use fleet_agent::state::{AgentState, Origin};
 use fleet_proto::release::{Probe, UpdateStrategy};
-use fleet_proto::report::{ContainerState, UpdateResult};
+use fleet_proto::report::{ContainerState, UpdatePhase, UpdateResult};
 use fleet_proto::{samples, DeviceId, ImageRef, ReleaseId, ReleaseSpec};
 
 fn device() -> DeviceId {
@@ -60,6 +60,7 @@ fn fixture() -> Fixture {
         ("worker", 2, ImageBehavior::Healthy),
         ("bad", 3, ImageBehavior::NeverHealthy),
         ("crash", 4, ImageBehavior::CrashAtStart),
+        ("slow", 5, ImageBehavior::StaysStarting),
     ] {
         rt.publish_image(&image(name, n), b, 1000);
     }
@@ -265,6 +266,10 @@ async fn a_held_lock_defers_the_switch_but_not_the_download_and_force_overrides_
         "downloaded while locked"
     );
     assert_eq!(running_names(&rt).await, names_of(&v1), "nothing switched");
+    // The report says why: deferred, by whom, until when.
+    let status = rec.status();
+    assert_eq!(status.phase, UpdatePhase::Deferred);
+    assert_eq!(status.deferred.as_ref().map(|d| d.holder.as_str()), Some("mission"));
 
     // An expired lease no longer defers.
     locks
@@ -272,6 +277,8 @@ async fn a_held_lock_defers_the_switch_but_not_the_download_and_force_overrides_
         .unwrap();
     rec.converge().await.unwrap();
     assert_eq!(running_names(&rt).await, names_of(&v2));
+    assert_eq!(rec.status().phase, UpdatePhase::Idle);
+    assert_eq!(rec.status().deferred, None);
 
     // Force goes past a held lock.
     locks.acquire("mission", Some(Duration::from_secs(60)), UnixMillis::now()).unwrap();
@@ -314,4 +321,33 @@ async fn an_engine_outage_mid_update_is_retried_not_rolled_back() {
     f.rt.set_unreachable(false);
     f.rec.converge().await.unwrap();
     assert_eq!(running_names(&f.rt).await, names_of(&v2));
+}
+
+#[tokio::test]
+async fn the_update_status_says_what_the_update_is_doing_while_it_runs() {
+    let f = fixture();
+    let rec = Arc::new(f.rec);
+    let mut bad = release("2", &image("slow", 5), &image("worker", 1));
+    bad.services[0].health_deadline = Duration::from_millis(500);
+    let update = tokio::spawn({
+        let rec = rec.clone();
+        async move { rec.apply(Origin::Server { generation: 7 }, Some(bad)).await }
+    });
+    // The slow image keeps the update in its health wait until its deadline.
+    let mut during = None;
+    for _ in 0..200 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let s = rec.status();
+        if s.phase == UpdatePhase::WaitingHealthy {
+            during = Some(s);
+            break;
+        }
+    }
+    let during = during.expect("the status showed the health wait");
+    assert_eq!(during.target_generation, Some(7));
+    assert_eq!(during.pull, None, "pull progress is cleared once the downloads are done");
+    let outcome = update.await.unwrap().unwrap();
+    assert!(matches!(outcome.result, UpdateResult::RolledBack { .. }));
+    let after = rec.status();
+    assert_eq!((after.phase, after.target_generation), (UpdatePhase::Idle, None));
 }

@@ -36,7 +36,31 @@ impl Drop for Agent {
     }
 }
 
+/// A running `fleet-agent run`; killed if a failing test leaves it behind (a panicking test
+/// must not leave a daemon holding the test harness's output pipe open).
+struct Daemon(std::process::Child);
+
+impl Daemon {
+    /// SIGTERM, then asserts a clean exit.
+    fn stop(mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let status = self.0.wait().unwrap();
+        assert!(status.success(), "daemon stops cleanly on SIGTERM: {status:?}");
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 impl Agent {
+    fn daemon(&self) -> Daemon {
+        Daemon(self.cmd().arg("run").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap())
+    }
+
     fn new(name: &str) -> Agent {
         let device = format!("e2e-agent-{}-{name}", std::process::id());
         let dir = tempfile::tempdir().unwrap();
@@ -309,7 +333,7 @@ async fn killed_at_any_step_the_agent_restarts_into_the_complete_new_release() {
             "fault {n}: web has no running container: {now:?}"
         );
         // Restart the agent as systemd would: the daemon converges to the accepted state.
-        let mut daemon = agent.cmd().arg("run").stderr(Stdio::null()).spawn().unwrap();
+        let daemon = agent.daemon();
         // After the restart the agent finishes the accepted update: v2, and nothing else.
         eventually(&format!("fault {n}: v2 alone after restart"), Duration::from_secs(60), || {
             let agent = &agent;
@@ -323,9 +347,7 @@ async fn killed_at_any_step_the_agent_restarts_into_the_complete_new_release() {
             }
         })
         .await;
-        let _ = Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status();
-        let status = daemon.wait().unwrap();
-        assert!(status.success(), "daemon stops cleanly on SIGTERM: {status:?}");
+        daemon.stop();
         assert_eq!(
             running(&agent, &env).await,
             n2,
@@ -348,7 +370,7 @@ async fn an_update_lock_defers_the_switch_until_its_lease_ends_or_force() {
     assert!(agent.apply(&v1).status.success());
 
     // Held lock: deferred (exit 4), images downloaded, v1 still running untouched.
-    let lock = agent.cmd().args(["lock", "acquire", "mission", "--ttl", "3"]).output().unwrap();
+    let lock = agent.cmd().args(["lock", "acquire", "mission", "--ttl", "600"]).output().unwrap();
     assert!(lock.status.success(), "{}", String::from_utf8_lossy(&lock.stderr));
     let before = agent.containers(&env).await;
     let out = agent.apply(&v2);
@@ -361,8 +383,29 @@ async fn an_update_lock_defers_the_switch_until_its_lease_ends_or_force() {
         "the new image was downloaded"
     );
 
-    // The daemon finishes the deferred update by itself once the lease lapses.
-    let mut daemon = agent.cmd().arg("run").stderr(Stdio::null()).spawn().unwrap();
+    // The daemon keeps the update deferred, and its status says why and for whom.
+    let daemon = agent.daemon();
+    eventually("status reports the deferral", Duration::from_secs(10), || {
+        // Until the daemon wrote its first status.json, `status` has nothing to read.
+        let out = agent.cmd().args(["status", "--json"]).output().unwrap();
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        async move {
+            (status["update"]["phase"] == "Deferred"
+                && status["update"]["deferred"]["holder"] == "mission")
+                .then_some(())
+        }
+    })
+    .await;
+    assert_eq!(agent.containers(&env).await, before, "nothing switched while locked");
+
+    // The holder renews with a short lease and then stops renewing (as a crashed app would):
+    // the daemon finishes the deferred update by itself once the lease lapses.
+    assert!(agent
+        .cmd()
+        .args(["lock", "acquire", "mission", "--ttl", "1"])
+        .status()
+        .unwrap()
+        .success());
     let n2 = expected_names(&agent, &v2);
     eventually("the deferred update after the lease", Duration::from_secs(30), || {
         let (agent, env, n2) = (&agent, &env, n2.clone());
@@ -372,8 +415,7 @@ async fn an_update_lock_defers_the_switch_until_its_lease_ends_or_force() {
         }
     })
     .await;
-    let _ = Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status();
-    assert!(daemon.wait().unwrap().success());
+    daemon.stop();
 
     // Force goes past a held lock.
     assert!(agent
@@ -472,7 +514,7 @@ async fn a_start_first_update_behind_the_port_proxy_fails_no_request() {
         r
     };
     let (v1, v2) = (web("1"), web("2"));
-    let mut daemon = agent.cmd().arg("run").stderr(Stdio::null()).spawn().unwrap();
+    let daemon = agent.daemon();
     // `apply` hands the release to the daemon (which owns the port proxy) once its socket is up.
     let socket = agent.dir.path().join("data/agent.sock");
     eventually("the daemon's admin socket", Duration::from_secs(10), || {
@@ -530,15 +572,13 @@ async fn a_start_first_update_behind_the_port_proxy_fails_no_request() {
 
     // The daemon restarting re-routes the adopted container without recreating it.
     let id_before = all[&v2_name].0.clone();
-    let _ = Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status();
-    assert!(daemon.wait().unwrap().success());
-    daemon = agent.cmd().arg("run").stderr(Stdio::null()).spawn().unwrap();
+    daemon.stop();
+    let daemon = agent.daemon();
     eventually("v2 served again after the agent restart", Duration::from_secs(20), || async {
         (get_version(port).as_deref() == Ok("2")).then_some(())
     })
     .await;
     assert_eq!(agent.containers(&env).await[&v2_name].0, id_before, "adopted, not recreated");
-    let _ = Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status();
-    assert!(daemon.wait().unwrap().success());
+    daemon.stop();
     agent.cleanup(&env).await;
 }

@@ -28,6 +28,8 @@ pub enum ImageBehavior {
     NeverHealthy,
     /// Exits with code 1 right after starting.
     CrashAtStart,
+    /// Runs, its health check never leaves "starting": the update fails at its deadline.
+    StaysStarting,
 }
 
 #[derive(Debug, Clone)]
@@ -229,6 +231,7 @@ impl ContainerRuntime for SimRuntime {
             ImageBehavior::Healthy => (ContainerState::Running, Health::Healthy, None),
             ImageBehavior::NeverHealthy => (ContainerState::Running, Health::Unhealthy, None),
             ImageBehavior::CrashAtStart => (ContainerState::Exited, Health::Unhealthy, Some(1)),
+            ImageBehavior::StaysStarting => (ContainerState::Running, Health::Starting, None),
         };
         c.observed.state = state;
         c.observed.health = health;
@@ -271,7 +274,9 @@ impl ContainerRuntime for SimRuntime {
         let lines = match c.behavior {
             ImageBehavior::CrashAtStart => vec!["fatal: simulated crash at start".to_owned()],
             ImageBehavior::NeverHealthy => vec!["health endpoint failing (simulated)".to_owned()],
-            ImageBehavior::Healthy => vec!["serving (simulated)".to_owned()],
+            ImageBehavior::Healthy | ImageBehavior::StaysStarting => {
+                vec!["serving (simulated)".to_owned()]
+            }
         };
         Ok(lines.into_iter().rev().take(tail).rev().collect())
     }
