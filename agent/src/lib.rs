@@ -23,6 +23,7 @@ pub mod plan;
 pub mod probe;
 pub mod proxy;
 pub mod reconcile;
+pub mod registry;
 pub mod report;
 pub mod runtime;
 pub mod sd_notify;

@@ -91,10 +91,12 @@ pub enum StepError {
     #[error(transparent)]
     State(#[from] StateError),
     /// Not enough free disk to download the release and keep the reserve.
-    #[error("not enough disk to download the release: needs {} MB free (reserve {} MB), {} MB free", .needed / 1_000_000, .reserve / 1_000_000, .free / 1_000_000)]
+    #[error("not enough disk to download the release: needs {} MB free ({} MB of images + {} MB reserve), {} MB free", .needed / 1_000_000, .download / 1_000_000, .reserve / 1_000_000, .free / 1_000_000)]
     Disk {
         /// Bytes needed (reserve plus what is known of the downloads).
         needed: u64,
+        /// Bytes the pulls download, as far as the registries tell.
+        download: u64,
         /// The configured reserve.
         reserve: u64,
         /// Bytes free.
@@ -439,8 +441,15 @@ impl<R: ContainerRuntime> Reconciler<R> {
         if repair {
             steps.retain(|s| !matches!(s, Step::WaitHealthy { .. }));
         }
-        if steps.iter().any(|s| s.kind() == "pull") {
-            self.check_disk().await?;
+        let pulls: Vec<&ImageRef> = steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Pull { image } => Some(image),
+                _ => None,
+            })
+            .collect();
+        if !pulls.is_empty() {
+            self.check_disk(&pulls).await?;
         }
         let mut gated = repair;
         let mut i = 0;
@@ -506,15 +515,24 @@ impl<R: ContainerRuntime> Reconciler<R> {
         Ok(steps.len())
     }
 
-    /// Refuses to start downloading when the engine's disk is below the reserve. Registries do
-    /// not tell the engine an image's size before the pull, so what is checked is the reserve
-    /// itself; a pull that would eat into it is caught by the next update's check.
-    async fn check_disk(&self) -> Result<(), StepError> {
+    /// Refuses to start downloading when the images (compressed, as the registries' manifests
+    /// say) plus the reserve do not fit on the engine's disk. Sizes a registry does not tell
+    /// count as zero: the reserve is still kept. Layers the engine already has are counted
+    /// too, which errs on the side of the disk.
+    async fn check_disk(&self, images: &[&ImageRef]) -> Result<(), StepError> {
         let reserve = self.opts.disk_reserve;
-        match self.runtime.free_disk().await? {
-            Some(free) if free < reserve => Err(StepError::Disk { needed: reserve, reserve, free }),
-            _ => Ok(()),
+        let Some(free) = self.runtime.free_disk().await? else { return Ok(()) };
+        let mut download = 0u64;
+        for image in images {
+            let size = self.runtime.download_size(image, self.credential_for(image)).await;
+            download = download.saturating_add(size.unwrap_or(0));
         }
+        let needed = download.saturating_add(reserve);
+        if free < needed {
+            return Err(StepError::Disk { needed, download, reserve, free });
+        }
+        tracing::debug!(download, free, reserve, "disk check passed");
+        Ok(())
     }
 
     fn journal(&self, update: &str, step: &Step, phase: &str) -> Result<(), StateError> {

@@ -287,23 +287,27 @@ async fn a_held_lock_defers_the_switch_but_not_the_download_and_force_overrides_
 }
 
 #[tokio::test]
-async fn an_update_that_would_go_below_the_disk_reserve_fails_before_downloading() {
+async fn an_update_whose_images_would_go_below_the_disk_reserve_fails_before_downloading() {
     let f = fixture();
     let v1 = release("1", &image("web", 1), &image("worker", 1));
-    let v2 = release("2", &image("web", 2), &image("worker", 2));
+    // Two 400 MB images (as their manifests say) and the default 500 MB reserve: 1300 MB.
+    let (big_web, big_worker) = (image("web", 6), image("worker", 6));
+    f.rt.publish_image(&big_web, ImageBehavior::Healthy, 400_000_000);
+    f.rt.publish_image(&big_worker, ImageBehavior::Healthy, 400_000_000);
+    let v2 = release("2", &big_web, &big_worker);
     f.rec.apply(Origin::Server { generation: 1 }, Some(v1.clone())).await.unwrap();
-    f.rt.set_free_disk(Some(300_000_000));
+    f.rt.set_free_disk(Some(1_000_000_000));
     let before = f.rt.calls().len();
     let out = f.rec.apply(Origin::Server { generation: 2 }, Some(v2.clone())).await.unwrap();
     let UpdateResult::Failed { reason } = out.result else { panic!("{out:?}") };
     assert_eq!(
         reason,
-        "not enough disk to download the release: needs 500 MB free (reserve 500 MB), 300 MB free"
+        "not enough disk to download the release: needs 1300 MB free (800 MB of images + 500 MB reserve), 1000 MB free"
     );
     assert_eq!(f.rt.calls().len(), before, "nothing pulled, nothing touched");
     assert_eq!(running_names(&f.rt).await, names_of(&v1));
     // Space freed: the next converge (resync) proceeds.
-    f.rt.set_free_disk(Some(10_000_000_000));
+    f.rt.set_free_disk(Some(1_400_000_000));
     f.rec.converge().await.unwrap();
     assert_eq!(running_names(&f.rt).await, names_of(&v2));
 }

@@ -456,10 +456,14 @@ async fn an_update_below_the_disk_reserve_is_refused_with_the_numbers_and_v1_unt
     assert_eq!(out.status.code(), Some(3));
     let outcome: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let reason = outcome["result"]["Failed"]["reason"].as_str().unwrap();
-    assert!(
-        reason.starts_with("not enough disk to download the release: needs 100000000000 MB free"),
-        "{reason}"
+    // The download is what the registry's manifest says memhog:2 weighs, checked blob by blob.
+    let download_mb =
+        registry_blob_bytes(&env, "fleet-test/memhog", &env.image("memhog:2").digest) / 1_000_000;
+    let expected = format!(
+        "not enough disk to download the release: needs {} MB free ({download_mb} MB of images + 100000000000 MB reserve)",
+        100_000_000_000 + download_mb
     );
+    assert!(reason.starts_with(&expected), "{reason}\nexpected: {expected}");
     assert_eq!(agent.containers(&env).await, before, "v1 untouched");
     assert!(docker.inspect_image(&probe).await.is_err(), "nothing downloaded");
     agent.cleanup(&env).await;
@@ -581,4 +585,51 @@ async fn a_start_first_update_behind_the_port_proxy_fails_no_request() {
     assert_eq!(agent.containers(&env).await[&v2_name].0, id_before, "adopted, not recreated");
     daemon.stop();
     agent.cleanup(&env).await;
+}
+
+/// What pulling `repo@digest` downloads, measured independently of the agent: the manifest's
+/// blobs' Content-Length as the registry serves them.
+fn registry_blob_bytes(env: &TestEnv, repo: &str, digest: &str) -> u64 {
+    let base = format!("http://{}/v2/{repo}", env.registry);
+    let manifest: serde_json::Value = ureq::get(&format!("{base}/manifests/{digest}"))
+        .header("Accept", "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json")
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_json()
+        .unwrap();
+    let mut blobs = vec![manifest["config"]["digest"].as_str().unwrap().to_owned()];
+    blobs.extend(
+        manifest["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["digest"].as_str().unwrap().to_owned()),
+    );
+    blobs
+        .iter()
+        .map(|b| {
+            let head = ureq::head(&format!("{base}/blobs/{b}")).call().unwrap();
+            head.headers()["content-length"].to_str().unwrap().parse::<u64>().unwrap()
+        })
+        .sum()
+}
+
+#[test]
+fn the_registry_client_reads_an_images_download_size_from_the_real_registry() {
+    let env = TestEnv::load();
+    let client = fleet_agent::registry::RegistryClient::new(
+        fleet_agent::registry::Platform::current(),
+        Duration::from_secs(10),
+    );
+    for name in ["web:1", "memhog:2"] {
+        let image = ImageRef::parse(&env.image(name).reference).unwrap();
+        let repo = format!("fleet-test/{}", name.split(':').next().unwrap());
+        let size = client.download_size(&image, None).unwrap();
+        assert_eq!(size, registry_blob_bytes(&env, &repo, &env.image(name).digest), "{name}");
+    }
+    // A digest the registry does not have is named as such.
+    let missing = format!("{}/fleet-test/web@sha256:{}", env.registry, "0".repeat(64));
+    let err = client.download_size(&ImageRef::parse(&missing).unwrap(), None).unwrap_err();
+    assert!(err.to_string().contains("manifest unknown"), "{err}");
 }

@@ -96,6 +96,15 @@ impl ContainerRuntime for Stopwatch {
     async fn images(&self) -> Result<Vec<String>, RuntimeError> {
         self.time(self.inner.images()).await
     }
+    // The manifest lookup for the disk check is registry I/O, timed like an engine call (and
+    // reported separately in BENCHMARKS.md: it is a round-trip `docker pull` alone would not add).
+    async fn download_size(
+        &self,
+        image: &ImageRef,
+        credential: Option<&RegistryCredential>,
+    ) -> Option<u64> {
+        self.time(self.inner.download_size(image, credential)).await
+    }
     async fn free_disk(&self) -> Result<Option<u64>, RuntimeError> {
         self.time(self.inner.free_disk()).await
     }

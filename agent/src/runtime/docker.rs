@@ -22,6 +22,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::registry::{Platform, RegistryClient};
 use bollard::auth::DockerCredentials;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
@@ -65,6 +66,9 @@ pub struct DockerRuntime {
     endpoint: String,
     request_timeout: Duration,
 }
+
+/// How long one registry request for a manifest may take.
+const REGISTRY_TIMEOUT: Duration = Duration::from_secs(15);
 
 impl DockerRuntime {
     /// Connects to the engine at `endpoint` (a socket path or `unix://` URL) and negotiates the
@@ -259,6 +263,34 @@ impl ContainerRuntime for DockerRuntime {
                 RuntimeError::NotFound { .. } => Ok(()),
                 e => Err(e),
             },
+        }
+    }
+
+    async fn download_size(
+        &self,
+        image: &ImageRef,
+        credential: Option<&RegistryCredential>,
+    ) -> Option<u64> {
+        let (image_owned, credential) = (image.clone(), credential.cloned());
+        // A client per lookup: updates are rare, and an idle agent should not keep the
+        // system's CA bundle in memory.
+        let size = tokio::task::spawn_blocking(move || {
+            let client = RegistryClient::new(Platform::current(), REGISTRY_TIMEOUT);
+            client.download_size(&image_owned, credential.as_ref())
+        })
+        .await;
+        match size {
+            Ok(Ok(bytes)) => Some(bytes),
+            Ok(Err(e)) => {
+                // The pull itself reports a real problem with its own reason; the disk check
+                // then falls back to the reserve alone.
+                tracing::warn!(image = %image, error = %e, "download size unknown");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(image = %image, error = %e, "download size lookup failed");
+                None
+            }
         }
     }
 

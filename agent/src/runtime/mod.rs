@@ -189,6 +189,13 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     fn remove_image(&self, image: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
     /// Image references present locally that were pulled by digest (`repo@sha256:…`).
     fn images(&self) -> impl Future<Output = Result<Vec<String>, RuntimeError>> + Send;
+    /// Bytes a pull of `image` downloads (config and compressed layers), read from the
+    /// registry's manifest before pulling; `None` if the registry does not tell.
+    fn download_size(
+        &self,
+        image: &ImageRef,
+        credential: Option<&RegistryCredential>,
+    ) -> impl Future<Output = Option<u64>> + Send;
     /// Bytes available on the filesystem that holds the engine's images, if known.
     fn free_disk(&self) -> impl Future<Output = Result<Option<u64>, RuntimeError>> + Send;
     /// Creates a container; returns its id.

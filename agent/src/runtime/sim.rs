@@ -177,6 +177,14 @@ impl ContainerRuntime for SimRuntime {
         Ok(())
     }
 
+    async fn download_size(
+        &self,
+        image: &ImageRef,
+        _credential: Option<&RegistryCredential>,
+    ) -> Option<u64> {
+        self.lock().registry.get(&image.pull_ref()).map(|&(_, size)| size)
+    }
+
     async fn free_disk(&self) -> Result<Option<u64>, RuntimeError> {
         Ok(self.lock().free_disk)
     }
