@@ -244,7 +244,12 @@ async fn apply(config: &Config, file: &Path, json: bool, force: bool) -> Result<
     let socket = admin::socket_path(&config.data_dir);
     let request = admin::Request::Apply { release: release.clone(), force };
     let mut via_daemon = true;
-    let answer = match admin::call(&socket, &request).await {
+    let status_file = config.data_dir.join("status.json");
+    let from_daemon = || {
+        let text = std::fs::read(&status_file).ok()?;
+        serde_json::from_slice::<StateReport>(&text).ok().map(|r| r.update)
+    };
+    let answer = match with_progress(admin::call(&socket, &request), from_daemon).await {
         Ok(answer) => answer,
         Err(e)
             if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) =>
@@ -321,11 +326,76 @@ async fn apply_here(
     if proxied_ports {
         eprintln!("note: no fleet-agent daemon runs, so services publishing host ports update stop-first (the daemon switches them blue/green)");
     }
-    match reconciler.apply_forced(Origin::Local { seq }, Some(release.clone()), force).await {
+    let apply = reconciler.apply_forced(Origin::Local { seq }, Some(release.clone()), force);
+    match with_progress(apply, || Some(reconciler.status())).await {
         Ok(outcome) => Ok(admin::Answer::Outcome(outcome)),
         Err(StepError::Deferred { holder, until }) => Ok(admin::Answer::Deferred { holder, until }),
         Err(e) => Err(Failure { code: 3, message: chain(&e) }),
     }
+}
+
+/// Runs `work` (an update) and, on a terminal, keeps one line on stderr up to date with what
+/// the update is doing (`status` tells the phase and download progress).
+async fn with_progress<T>(
+    work: impl std::future::Future<Output = T>,
+    status: impl Fn() -> Option<fleet_proto::report::UpdateStatus>,
+) -> T {
+    use std::io::Write;
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return work.await;
+    }
+    tokio::pin!(work);
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+    let mut shown = false;
+    loop {
+        tokio::select! {
+            done = &mut work => {
+                if shown {
+                    eprint!("\r\x1b[K");
+                }
+                return done;
+            }
+            _ = tick.tick() => {
+                if let Some(line) = status().and_then(|s| progress_line(&s)) {
+                    eprint!("\r\x1b[K{line}");
+                    let _ = std::io::stderr().flush();
+                    shown = true;
+                }
+            }
+        }
+    }
+}
+
+/// One line for a progress display: the phase, with a bar while downloading.
+fn progress_line(s: &fleet_proto::report::UpdateStatus) -> Option<String> {
+    use fleet_proto::report::UpdatePhase;
+    let mb = |b: u64| b as f64 / 1e6;
+    let line = match s.phase {
+        UpdatePhase::Idle => return None,
+        UpdatePhase::Pulling => match s.pull {
+            Some(p) => match p.bytes_total.filter(|t| *t > 0) {
+                Some(total) => {
+                    let filled =
+                        usize::try_from(p.bytes_done.min(total) * 30 / total).unwrap_or(30);
+                    format!(
+                        "downloading [{}{}] {:.1}/{:.1} MB",
+                        "#".repeat(filled),
+                        ".".repeat(30 - filled),
+                        mb(p.bytes_done),
+                        mb(total)
+                    )
+                }
+                None => format!("downloading {:.1} MB", mb(p.bytes_done)),
+            },
+            None => "downloading".to_owned(),
+        },
+        UpdatePhase::Starting => "starting new containers".to_owned(),
+        UpdatePhase::WaitingHealthy => "waiting for the new containers to be healthy".to_owned(),
+        UpdatePhase::Switching => "switching over and stopping the old containers".to_owned(),
+        UpdatePhase::RollingBack => "rolling back to the previous release".to_owned(),
+        UpdatePhase::Deferred => "deferred by an update lock".to_owned(),
+    };
+    Some(line)
 }
 
 async fn status(config: &Config, json: bool) -> Result<u8, Failure> {
@@ -412,5 +482,26 @@ async fn shutdown_signal() {
             tracing::error!(error = %e, "cannot watch SIGTERM; stop with Ctrl-C");
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fleet_proto::report::{PullProgress, UpdatePhase, UpdateStatus};
+
+    use super::*;
+
+    #[test]
+    fn the_progress_line_draws_a_bar_once_the_total_is_known() {
+        let mut s = UpdateStatus { phase: UpdatePhase::Pulling, ..UpdateStatus::default() };
+        s.pull = Some(PullProgress { bytes_done: 5_000_000, bytes_total: Some(20_000_000) });
+        assert_eq!(
+            progress_line(&s).unwrap(),
+            format!("downloading [{}{}] 5.0/20.0 MB", "#".repeat(7), ".".repeat(23))
+        );
+        s.pull = Some(PullProgress { bytes_done: 1_500_000, bytes_total: None });
+        assert_eq!(progress_line(&s).unwrap(), "downloading 1.5 MB");
+        s.phase = UpdatePhase::Idle;
+        assert_eq!(progress_line(&s), None);
     }
 }
