@@ -181,10 +181,15 @@ fn run(cli: Cli) -> Result<u8, Failure> {
                     cli.config.display()
                 )));
             }
-            runtime()?.block_on(daemon::run(config, shutdown_signal())).map_err(|e| match e {
-                daemon::DaemonError::Runtime(r) => Failure::from(r),
-                other => Failure::input(chain(&other)),
-            })?;
+            // `shutdown_signal()` runs inside the runtime (it needs one) and before the daemon
+            // starts, so the handlers exist before READY=1.
+            let rt = runtime()?;
+            rt.block_on(async { daemon::run(config, shutdown_signal()).await }).map_err(
+                |e| match e {
+                    daemon::DaemonError::Runtime(r) => Failure::from(r),
+                    other => Failure::input(chain(&other)),
+                },
+            )?;
             Ok(0)
         }
         Command::Apply { file, json, force } => {
@@ -469,18 +474,26 @@ async fn status(config: &Config, json: bool) -> Result<u8, Failure> {
 }
 
 /// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or SIGINT. The handlers are registered when this is called, not when it
+/// is first polled: `systemctl restart` may send SIGTERM the moment READY=1 is out, and a
+/// signal arriving before registration would kill the process with its default action.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
             }
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "cannot watch SIGTERM; stop with Ctrl-C");
-            let _ = tokio::signal::ctrl_c().await;
+            (term, int) => {
+                let e = term.err().or(int.err()).map(|e| e.to_string()).unwrap_or_default();
+                tracing::error!(error = %e, "cannot watch SIGTERM/SIGINT; the daemon cannot stop gracefully");
+                std::future::pending::<()>().await;
+            }
         }
     }
 }

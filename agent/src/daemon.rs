@@ -8,8 +8,11 @@
 //! * a resync tick (default 60 s, no bursts after a stall) → converge, in case an event was lost;
 //! * a release handed over on the admin socket (`fleet-agent apply` while the daemon runs) →
 //!   apply it, answer with the outcome;
-//! * the systemd watchdog tick → `WATCHDOG=1`;
 //! * SIGTERM/SIGINT → stop, leaving every application container running.
+//!
+//! The systemd watchdog is pinged (`WATCHDOG=1`) from a task of its own, so an update that waits
+//! minutes on a pull keeps pinging; what it proves is that the runtime's one thread is not
+//! stuck, and every engine call is bounded by the engine timeout.
 //!
 //! The daemon owns the port proxy (see [`crate::proxy`]): host ports of start-first services
 //! are the agent's, so updates of those services switch without refusing a connection.
@@ -157,10 +160,16 @@ impl<R: ContainerRuntime> Daemon<R> {
         let mut events = self.reconciler.runtime().events(&device);
         let mut resync = tokio::time::interval(self.config.resync);
         resync.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut watchdog = tokio::time::interval(
-            sd_notify::watchdog_interval().unwrap_or(Duration::from_secs(3600)),
-        );
-        watchdog.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let watchdog = sd_notify::watchdog_interval().map(|every| {
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    sd_notify::notify("WATCHDOG=1");
+                }
+            })
+        });
         let debounce = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(debounce);
         let mut pending = false;
@@ -207,8 +216,10 @@ impl<R: ContainerRuntime> Daemon<R> {
                         },
                     }
                 }
-                _ = watchdog.tick() => sd_notify::notify("WATCHDOG=1"),
             }
+        }
+        if let Some(watchdog) = watchdog {
+            watchdog.abort();
         }
         sd_notify::notify("STOPPING=1");
         tracing::info!("fleet-agent stopping; application containers keep running");
