@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 ///   fleetctl device ls
 ///   fleetctl device show robot-7 --json
 #[derive(Debug, Parser)]
-#[command(version, about, long_about, verbatim_doc_comment)]
+#[command(name = "fleetctl", version, about, long_about, verbatim_doc_comment)]
 struct Cli {
     /// Fleet server URL.
     #[arg(long, global = true, env = "FLEET_SERVER", default_value = "http://127.0.0.1:8080")]
