@@ -193,8 +193,7 @@ fn agent_restarts_on_its_own_state_reach_ready_every_time() {
         let mut child = agent.start(&notify, 200_000);
         let (ready_at, _) = notify.wait_for("READY=1", Duration::from_secs(30));
         times.push(ready_at - started);
-        // Two pings 100 ms apart: the daemon loop has been idle in between, so its SIGTERM
-        // handler is installed (see the ignored test below for why that matters).
+        // Running, not only started: two pings 100 ms apart.
         notify.wait_for("WATCHDOG=1", Duration::from_secs(5));
         notify.wait_for("WATCHDOG=1", Duration::from_secs(5));
         terminate(&child);
@@ -221,7 +220,8 @@ fn sigterm_right_after_ready_still_stops_cleanly() {
     let env = TestEnv::load();
     let agent = Agent::new("early-term", &engine_socket(&env));
     let notify = NotifySocket::bind(agent.dir.path());
-    // 20 starts: the window is short, but it is hit in most runs of five.
+    // 20 starts: the window between READY=1 and an installed handler is short, but when the
+    // handler was installed late, most runs of five hit it.
     for run in 0..20 {
         let mut child = agent.start(&notify, 10_000_000);
         notify.wait_for("READY=1", Duration::from_secs(30));
