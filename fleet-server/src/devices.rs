@@ -1,7 +1,27 @@
 //! The device registry's records and how messages from a device update them (pure).
 
+use std::collections::BTreeMap;
+
 use fleet_proto::{DeviceId, Message, Presence, UnixMillis};
 use serde::{Deserialize, Serialize};
+
+/// A device's client certificate, as the registry remembers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateInfo {
+    /// Serial number (hex).
+    pub serial: String,
+    /// End of validity.
+    pub not_after: UnixMillis,
+}
+
+/// A revoked certificate of this device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokedCertificate {
+    /// Serial number (hex).
+    pub serial: String,
+    /// When it was revoked.
+    pub at: UnixMillis,
+}
 
 /// What the server knows about one device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -18,9 +38,67 @@ pub struct DeviceRecord {
     pub accepted_generation: u64,
     /// The release in force on the device.
     pub release: Option<String>,
+    /// When it was enrolled; `None` for a record the server never enrolled.
+    #[serde(default)]
+    pub enrolled_at: Option<UnixMillis>,
+    /// Labels given at enrollment (`--label k=v`); groups select on them.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Its current client certificate.
+    #[serde(default)]
+    pub certificate: Option<CertificateInfo>,
+    /// When it was revoked; a revoked device's messages are dropped.
+    #[serde(default)]
+    pub revoked_at: Option<UnixMillis>,
+    /// Every certificate of this device ever revoked (the revocation list is built from them).
+    #[serde(default)]
+    pub revoked_certificates: Vec<RevokedCertificate>,
 }
 
 impl DeviceRecord {
+    /// A freshly enrolled device.
+    pub fn enrolled(
+        id: DeviceId,
+        labels: BTreeMap<String, String>,
+        certificate: CertificateInfo,
+        now: UnixMillis,
+    ) -> DeviceRecord {
+        DeviceRecord {
+            id,
+            online: false,
+            agent_version: None,
+            last_seen: now,
+            accepted_generation: 0,
+            release: None,
+            enrolled_at: Some(now),
+            labels,
+            certificate: Some(certificate),
+            revoked_at: None,
+            revoked_certificates: Vec::new(),
+        }
+    }
+
+    /// Why the server does not accept messages from this device, if it does not.
+    pub fn refusal(&self) -> Option<&'static str> {
+        if self.revoked_at.is_some() {
+            Some("the device is revoked")
+        } else if self.enrolled_at.is_none() {
+            Some("the device is not enrolled")
+        } else {
+            None
+        }
+    }
+
+    /// The record after revoking the device at `now`: its certificate joins the revoked ones.
+    pub fn revoke(mut self, now: UnixMillis) -> DeviceRecord {
+        if let Some(cert) = self.certificate.take() {
+            self.revoked_certificates.push(RevokedCertificate { serial: cert.serial, at: now });
+        }
+        self.revoked_at = Some(now);
+        self.online = false;
+        self
+    }
+
     /// The record after `msg` from the device arrived at `now`, or `None` if the message does
     /// not concern the registry (telemetry, events, ...) or names no device.
     pub fn observe_at(
@@ -36,6 +114,11 @@ impl DeviceRecord {
             last_seen: now,
             accepted_generation: 0,
             release: None,
+            enrolled_at: None,
+            labels: BTreeMap::new(),
+            certificate: None,
+            revoked_at: None,
+            revoked_certificates: Vec::new(),
         });
         match msg {
             Message::Status(s) => {
@@ -88,6 +171,24 @@ mod tests {
         let will = Status { presence: Presence::Offline, ..samples::status() };
         let rec = DeviceRecord::observe_at(online, &Message::Status(will), UnixMillis(2)).unwrap();
         assert!(!rec.online);
+    }
+
+    #[test]
+    fn only_enrolled_unrevoked_devices_are_accepted_and_revocation_keeps_the_serial() {
+        let id = DeviceId::new("robot-7").unwrap();
+        let cert = CertificateInfo { serial: "0a0b".into(), not_after: UnixMillis(99) };
+        let rec = DeviceRecord::enrolled(id, BTreeMap::new(), cert, UnixMillis(1));
+        assert_eq!(rec.refusal(), None);
+        let unknown =
+            DeviceRecord::observe_at(None, &Message::Status(samples::status()), UnixMillis(1));
+        assert_eq!(unknown.unwrap().refusal(), Some("the device is not enrolled"));
+        let revoked = rec.revoke(UnixMillis(5));
+        assert_eq!(revoked.refusal(), Some("the device is revoked"));
+        assert_eq!(revoked.certificate, None);
+        assert_eq!(
+            revoked.revoked_certificates,
+            vec![RevokedCertificate { serial: "0a0b".into(), at: UnixMillis(5) }]
+        );
     }
 
     #[test]

@@ -90,6 +90,12 @@ fn handle(store: &dyn Store, topic: &str, payload: &[u8]) {
         Ok(p) => p,
         Err(e) => return tracing::error!(%topic, error = %e, "cannot read device record"),
     };
+    // Only enrolled, unrevoked devices are heard: on a broker without per-device
+    // authentication this is what keeps an unknown or revoked client out of the registry.
+    let refusal = previous.as_ref().map_or(Some("the device is not enrolled"), DeviceRecord::refusal);
+    if let Some(reason) = refusal {
+        return tracing::warn!(%topic, device = %topic.device, reason, "dropping message: {reason}");
+    }
     if let Some(record) = DeviceRecord::observe(previous, &msg) {
         if let Err(e) = store.put_device(&record) {
             tracing::error!(%topic, error = %e, "cannot store device record");

@@ -16,6 +16,7 @@ pub mod api;
 pub mod broker;
 pub mod devices;
 pub mod ingest;
+pub mod pki;
 pub mod store;
 
 /// How to run the server.
@@ -27,6 +28,12 @@ pub struct ServeOptions {
     pub api_listen: SocketAddr,
     /// Address of the embedded MQTT broker.
     pub mqtt_listen: SocketAddr,
+    /// The broker URL written into enrollment bundles; default: the embedded broker
+    /// (`mqtt://<mqtt_listen>`).
+    pub device_broker: Option<String>,
+    /// A directory the server keeps the revocation list current in (`crl.pem`), for an
+    /// external broker's `crlfile` (see `fleet-server broker-files`).
+    pub broker_files: Option<PathBuf>,
 }
 
 impl Default for ServeOptions {
@@ -35,6 +42,8 @@ impl Default for ServeOptions {
             data_dir: PathBuf::from("fleet-data"),
             api_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             mqtt_listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            device_broker: None,
+            broker_files: None,
         }
     }
 }
@@ -54,6 +63,18 @@ pub enum ServeError {
     /// The store failed to open.
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    /// The fleet CA, signing key or admin token cannot be loaded or created.
+    #[error("fleet keys in {path}")]
+    Pki {
+        /// The data directory.
+        path: String,
+        /// Why.
+        #[source]
+        source: pki::PkiError,
+    },
+    /// The revocation list cannot be written.
+    #[error("cannot write the certificate revocation list: {0}")]
+    Crl(String),
     /// The broker failed to start.
     #[error(transparent)]
     Broker(#[from] broker::BrokerError),
@@ -90,6 +111,12 @@ pub async fn serve(
     })?;
     let store: Arc<dyn store::Store> =
         Arc::new(store::SledStore::open(&opts.data_dir.join("store"))?);
+    let keys = open_keys(&opts.data_dir)?;
+    // Rewritten at every start: a CRL expires, and an expired one makes the broker refuse
+    // every device.
+    api::write_crl(&*store, &keys.pki).map_err(|e| ServeError::Crl(e.to_string()))?;
+    let crl_changed = crl_publisher(keys.pki.crl_path(), opts.broker_files.clone());
+    crl_changed();
     broker::start(opts.mqtt_listen, fleet_proto::MAX_MESSAGE_BYTES + 1024)?;
     let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
     let ingest = tokio::spawn(ingest::run(
@@ -107,7 +134,65 @@ pub async fn serve(
         .map_err(|source| ServeError::ApiBind { addr: opts.api_listen, source })?;
     let api_addr = listener.local_addr().map_err(ServeError::Api)?;
     ready(api_addr);
-    let result = axum::serve(listener, api::router(store)).with_graceful_shutdown(shutdown).await;
+    let api = api::Api {
+        store,
+        pki: Arc::new(keys.pki),
+        token: keys.admin_token.into(),
+        device_broker: opts
+            .device_broker
+            .unwrap_or_else(|| format!("mqtt://{}", opts.mqtt_listen))
+            .into(),
+        crl_changed: Arc::new(crl_changed),
+    };
+    let result = axum::serve(listener, api::router(api)).with_graceful_shutdown(shutdown).await;
     ingest.abort();
     result.map_err(ServeError::Api)
+}
+
+/// The server's secrets, from the data directory.
+#[derive(Debug)]
+pub struct Keys {
+    /// Fleet CA and signing key.
+    pub pki: pki::Pki,
+    /// The admin token for the API.
+    pub admin_token: String,
+}
+
+/// Loads (on first start: creates) the fleet CA, the signing key and the admin token under
+/// `data_dir`. A new admin token is announced on stderr with where to read it, never printed
+/// into logs itself.
+pub fn open_keys(data_dir: &std::path::Path) -> Result<Keys, ServeError> {
+    let err = |source| ServeError::Pki { path: data_dir.display().to_string(), source };
+    let (pki, created) = pki::Pki::open_or_create(&data_dir.join("pki")).map_err(err)?;
+    if created {
+        tracing::info!(ca = %data_dir.join("pki/ca.pem").display(), signing_key = %pki.signing_key().id(), "created the fleet CA and desired-state signing key");
+    }
+    let token_path = data_dir.join("admin-token");
+    if !token_path.exists() {
+        let token = pki::hex(&pki::random::<24>().map_err(err)?);
+        pki::write_file(&token_path, format!("{token}\n").as_bytes(), 0o600).map_err(err)?;
+        eprintln!(
+            "fleet-server: created the admin token in {} (mode 0600); fleetctl reads it from there when run in this directory, or pass it with FLEET_TOKEN=$(cat {})",
+            token_path.display(),
+            token_path.display()
+        );
+    }
+    let admin_token = pki::read_secret(&token_path).map_err(err)?.trim().to_owned();
+    Ok(Keys { pki, admin_token })
+}
+
+/// What runs after the revocation list changed: copies it into the broker's directory, if one
+/// is configured, and says how to make the broker read it.
+fn crl_publisher(crl: PathBuf, broker_files: Option<PathBuf>) -> impl Fn() + Send + Sync + 'static {
+    move || {
+        let Some(dir) = &broker_files else { return };
+        let target = dir.join("crl.pem");
+        let copied = std::fs::read(&crl)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| pki::write_file(&target, &bytes, 0o644).map_err(|e| e.to_string()));
+        match copied {
+            Ok(()) => tracing::info!(crl = %target.display(), "revocation list updated; reload the broker (systemctl reload mosquitto) so it applies to new connections"),
+            Err(e) => tracing::error!(crl = %target.display(), error = %e, "cannot update the broker's revocation list"),
+        }
+    }
 }

@@ -21,6 +21,8 @@ async fn start_server(data: &std::path::Path) -> (SocketAddr, SocketAddr) {
         data_dir: data.to_owned(),
         api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         mqtt_listen: mqtt,
+        device_broker: None,
+        broker_files: None,
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
@@ -33,9 +35,14 @@ async fn start_server(data: &std::path::Path) -> (SocketAddr, SocketAddr) {
     (rx.await.unwrap(), mqtt)
 }
 
-async fn devices(api: SocketAddr) -> Vec<DeviceRecord> {
+fn token(data: &std::path::Path) -> String {
+    std::fs::read_to_string(data.join("admin-token")).unwrap().trim().to_owned()
+}
+
+async fn devices(api: SocketAddr, token: String) -> Vec<DeviceRecord> {
     tokio::task::spawn_blocking(move || {
         ureq::get(&format!("http://{api}/api/v1/devices"))
+            .header("authorization", &format!("Bearer {token}"))
             .call()
             .unwrap()
             .body_mut()
@@ -46,10 +53,42 @@ async fn devices(api: SocketAddr) -> Vec<DeviceRecord> {
     .unwrap()
 }
 
+/// POSTs to the API; returns the status code and the JSON body.
+async fn post(
+    api: SocketAddr,
+    token: String,
+    path: String,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    tokio::task::spawn_blocking(move || {
+        let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
+        let mut response = agent
+            .post(&format!("http://{api}{path}"))
+            .header("authorization", &format!("Bearer {token}"))
+            .send_json(body)
+            .unwrap();
+        (response.status().as_u16(), response.body_mut().read_json().unwrap_or_default())
+    })
+    .await
+    .unwrap()
+}
+
+fn enroll_request(id: &str) -> serde_json::Value {
+    let device = fleet_proto::DeviceId::new(id).unwrap();
+    let (_key, public_key, proof) = fleet_server::pki::new_device_key(&device).unwrap();
+    serde_json::json!({ "public_key": public_key, "proof": proof, "labels": { "site": "depot" } })
+}
+
+async fn enroll(api: SocketAddr, token: &str, id: &str) -> (u16, serde_json::Value) {
+    post(api, token.to_owned(), format!("/api/v1/devices/{id}/enroll"), enroll_request(id)).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_status_published_to_the_embedded_broker_shows_up_in_the_api() {
     let data = tempfile::tempdir().unwrap();
     let (api, mqtt) = start_server(data.path()).await;
+    let token = token(data.path());
+    assert_eq!(enroll(api, &token, "robot-7").await.0, 201);
 
     let mut opts = MqttOptions::new("robot-7", mqtt.ip().to_string(), mqtt.port());
     opts.set_keep_alive(Duration::from_secs(5));
@@ -68,9 +107,8 @@ async fn a_device_status_published_to_the_embedded_broker_shows_up_in_the_api() 
 
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let list = devices(api).await;
-        if let Some(d) = list.iter().find(|d| d.id == samples::device()) {
-            assert!(d.online);
+        let list = devices(api, token.clone()).await;
+        if let Some(d) = list.iter().find(|d| d.id == samples::device() && d.online) {
             assert_eq!(d.agent_version.as_deref(), Some("0.1.0"));
             break;
         }
@@ -83,6 +121,10 @@ async fn a_device_status_published_to_the_embedded_broker_shows_up_in_the_api() 
 async fn messages_that_lie_about_their_device_are_dropped() {
     let data = tempfile::tempdir().unwrap();
     let (api, mqtt) = start_server(data.path()).await;
+    let token = token(data.path());
+    for id in ["victim", "honest"] {
+        assert_eq!(enroll(api, &token, id).await.0, 201);
+    }
     let (client, mut events) =
         AsyncClient::new(MqttOptions::new("intruder", mqtt.ip().to_string(), mqtt.port()), 10);
     tokio::spawn(async move { while events.poll().await.is_ok() {} });
@@ -112,9 +154,10 @@ async fn messages_that_lie_about_their_device_are_dropped() {
 
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let list = devices(api).await;
-        if list.iter().any(|d| d.id == honest) {
-            assert!(list.iter().all(|d| d.id == honest), "forged message was recorded: {list:?}");
+        let list = devices(api, token.clone()).await;
+        if list.iter().any(|d| d.id == honest && d.online) {
+            let victim = list.iter().find(|d| d.id == other).unwrap();
+            assert!(!victim.online && victim.agent_version.is_none(), "forged message was recorded: {list:?}");
             break;
         }
         assert!(Instant::now() < deadline, "honest device never appeared");
@@ -129,7 +172,94 @@ async fn the_embedded_broker_refuses_to_listen_beyond_loopback() {
         data_dir: data.path().to_owned(),
         api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         mqtt_listen: SocketAddr::from(([0, 0, 0, 0], free_port())),
+        device_broker: None,
+        broker_files: None,
     };
     let err = fleet_server::serve(opts, std::future::pending(), |_| {}).await.unwrap_err();
     assert!(err.to_string().contains("only listens on loopback"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unenrolled_and_revoked_devices_are_not_heard() {
+    let data = tempfile::tempdir().unwrap();
+    let (api, mqtt) = start_server(data.path()).await;
+    let token = token(data.path());
+    assert_eq!(enroll(api, &token, "revoked-1").await.0, 201);
+    let (code, revoked) =
+        post(api, token.clone(), "/api/v1/devices/revoked-1/revoke".into(), serde_json::json!({}))
+            .await;
+    assert_eq!(code, 200, "{revoked}");
+    assert!(revoked["revoked_at"].is_u64(), "{revoked}");
+    let crl = std::fs::read_to_string(data.path().join("pki/crl.pem")).unwrap();
+    assert!(crl.contains("BEGIN X509 CRL"));
+
+    let (client, mut events) =
+        AsyncClient::new(MqttOptions::new("anyone", mqtt.ip().to_string(), mqtt.port()), 10);
+    tokio::spawn(async move { while events.poll().await.is_ok() {} });
+    for id in ["stranger", "revoked-1"] {
+        let device = fleet_proto::DeviceId::new(id).unwrap();
+        let status = Message::Status(Status { device: device.clone(), ..samples::status() });
+        client
+            .publish(topic(&device, TopicKind::Status), QoS::AtLeastOnce, false, status.encode())
+            .await
+            .unwrap();
+    }
+    // An enrolled device published last proves the earlier messages were processed.
+    assert_eq!(enroll(api, &token, "honest").await.0, 201);
+    let honest = fleet_proto::DeviceId::new("honest").unwrap();
+    let status = Message::Status(Status { device: honest.clone(), ..samples::status() });
+    client
+        .publish(topic(&honest, TopicKind::Status), QoS::AtLeastOnce, false, status.encode())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let list = devices(api, token.clone()).await;
+        if list.iter().any(|d| d.id == honest && d.online) {
+            assert!(list.iter().all(|d| d.id.as_str() != "stranger"), "{list:?}");
+            let revoked = list.iter().find(|d| d.id.as_str() == "revoked-1").unwrap();
+            assert!(!revoked.online, "a revoked device was heard: {revoked:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "honest device never appeared");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrollment_refusals_name_the_problem() {
+    let data = tempfile::tempdir().unwrap();
+    let (api, _mqtt) = start_server(data.path()).await;
+    let token = token(data.path());
+
+    let (code, body) = enroll(api, "wrong-token", "robot-1").await;
+    assert_eq!(code, 401, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("FLEET_TOKEN"), "{body}");
+
+    assert_eq!(enroll(api, &token, "robot-1").await.0, 201);
+    let (code, body) = enroll(api, &token, "robot-1").await;
+    assert_eq!(code, 409, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("revoke it first"), "{body}");
+
+    let (code, body) = enroll(api, &token, "fleet-server").await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("reserved"), "{body}");
+
+    // A proof made for another id (someone replaying robot-2's request as robot-3).
+    let (code, body) =
+        post(api, token.clone(), "/api/v1/devices/robot-3/enroll".into(), enroll_request("robot-2"))
+            .await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("proof does not verify"), "{body}");
+
+    // After a revocation the id can be enrolled again, and the old serial stays revoked.
+    let (code, _) =
+        post(api, token.clone(), "/api/v1/devices/robot-1/revoke".into(), serde_json::json!({})).await;
+    assert_eq!(code, 200);
+    let (code, body) = enroll(api, &token, "robot-1").await;
+    assert_eq!(code, 201, "{body}");
+    assert_eq!(body["device"]["revoked_certificates"].as_array().unwrap().len(), 1, "{body}");
+    assert!(body["certificate_pem"].as_str().unwrap().contains("BEGIN CERTIFICATE"));
+    assert_eq!(body["server_keys"].as_array().unwrap().len(), 1);
+    assert!(body["broker"].as_str().unwrap().starts_with("mqtt://127.0.0.1:"));
 }

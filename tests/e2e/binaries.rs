@@ -55,9 +55,46 @@ fn fleetctl(server: &str, args: &[&str]) -> Output {
     Command::new(bin("fleetctl")).args(["--server", server]).args(args).output().unwrap()
 }
 
+impl Server {
+    /// `fleetctl` against this server with its admin token.
+    fn fleetctl(&self, args: &[&str]) -> Output {
+        let token = std::fs::read_to_string(self._data.path().join("admin-token")).unwrap();
+        Command::new(bin("fleetctl"))
+            .args(["--server", &self.api])
+            .env("FLEET_TOKEN", token.trim())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fleetctl_lists_a_device_that_reported_its_status() {
+async fn fleetctl_enrolls_a_device_and_lists_it_once_it_reports() {
     let server = start_server().await;
+    let bundle = tempfile::tempdir().unwrap();
+    let out = bundle.path().join("robot-7");
+    let enrolled = server.fleetctl(&[
+        "device", "enroll", "robot-7", "--label", "site=depot", "--out", out.to_str().unwrap(),
+    ]);
+    assert!(enrolled.status.success(), "{}", String::from_utf8_lossy(&enrolled.stderr));
+    for file in ["config.toml", "ca.pem", "device.pem", "device.key"] {
+        assert!(out.join(file).exists(), "bundle lacks {file}");
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(out.join("device.key")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the device key is private");
+    let config = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    assert!(config.contains("device_id = \"robot-7\""), "{config}");
+    assert!(config.contains(&format!("broker = \"mqtt://127.0.0.1:{}\"", server.mqtt_port)), "{config}");
+    // The same id again is a conflict (exit 2), and the bundle directory is never overwritten.
+    let again = server.fleetctl(&["device", "enroll", "robot-7", "--out", out.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(1), "{}", String::from_utf8_lossy(&again.stderr));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
+    let conflict = server.fleetctl(&[
+        "device", "enroll", "robot-7", "--out", bundle.path().join("second").to_str().unwrap(),
+    ]);
+    assert_eq!(conflict.status.code(), Some(2), "{}", String::from_utf8_lossy(&conflict.stderr));
+
     let (client, mut events) =
         AsyncClient::new(MqttOptions::new("robot-7", "127.0.0.1", server.mqtt_port), 10);
     tokio::spawn(async move { while events.poll().await.is_ok() {} });
@@ -71,23 +108,22 @@ async fn fleetctl_lists_a_device_that_reported_its_status() {
         .await
         .unwrap();
 
-    let api = server.api.clone();
+    let srv = &server;
     let devices: serde_json::Value =
         eventually("robot-7 in `fleetctl device ls --json`", Duration::from_secs(20), || {
-            let api = api.clone();
             async move {
-                let out = fleetctl(&api, &["device", "ls", "--json"]);
+                let out = srv.fleetctl(&["device", "ls", "--json"]);
                 assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
                 let v: serde_json::Value =
                     serde_json::from_slice(&out.stdout).expect("--json prints only JSON");
-                (v.as_array()?.len() == 1).then_some(v)
+                (v.as_array()?.len() == 1 && v[0]["online"] == true).then_some(v)
             }
         })
         .await;
     assert_eq!(devices[0]["id"], "robot-7");
-    assert_eq!(devices[0]["online"], true);
+    assert_eq!(devices[0]["labels"]["site"], "depot");
 
-    let table = fleetctl(&server.api, &["device", "ls"]);
+    let table = server.fleetctl(&["device", "ls"]);
     let text = String::from_utf8(table.stdout).unwrap();
     assert!(text.starts_with("DEVICE"), "{text}");
     assert!(text.contains("robot-7") && text.contains("yes"), "{text}");
@@ -96,9 +132,12 @@ async fn fleetctl_lists_a_device_that_reported_its_status() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fleetctl_exit_codes_tell_refusal_from_unreachable() {
     let server = start_server().await;
-    let missing = fleetctl(&server.api, &["device", "show", "no-such-robot"]);
+    let missing = server.fleetctl(&["device", "show", "no-such-robot"]);
     assert_eq!(missing.status.code(), Some(2), "refused by the server");
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no device no-such-robot"));
+    let no_token = fleetctl(&server.api, &["device", "ls"]);
+    assert_eq!(no_token.status.code(), Some(2), "no token: refused by the server");
+    assert!(String::from_utf8_lossy(&no_token.stderr).contains("FLEET_TOKEN"));
 
     let dead = format!("http://127.0.0.1:{}", free_port());
     let unreachable = fleetctl(&dead, &["device", "ls"]);

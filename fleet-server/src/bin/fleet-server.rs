@@ -14,8 +14,12 @@ use tracing_subscriber::EnvFilter;
 /// With no arguments it runs on embedded defaults: the REST API on 127.0.0.1:8080, an
 /// in-process MQTT broker on 127.0.0.1:1883 and its store in ./fleet-data.
 ///
-/// Example:
+/// On first start it creates the fleet CA, the desired-state signing key and the admin
+/// token in the data directory.
+///
+/// Examples:
 ///   fleet-server --data /var/lib/fleet --api-listen 127.0.0.1:9090
+///   fleet-server broker-files --name mqtt.example.com --out /etc/mosquitto/fleet
 #[derive(Debug, Parser)]
 #[command(version, about, long_about, verbatim_doc_comment)]
 struct Cli {
@@ -29,6 +33,24 @@ struct Cli {
 enum Command {
     /// Run the server (the default).
     Serve(ServeArgs),
+    /// Write the TLS files an external Mosquitto needs (packaging/mosquitto/): the fleet CA,
+    /// a broker certificate for the given names, the revocation list and the server's own
+    /// MQTT identity (server.pem, server.key).
+    ///
+    /// Example:
+    ///   fleet-server broker-files --name mqtt.example.com --name 10.0.0.5 --out /etc/mosquitto/fleet
+    #[command(verbatim_doc_comment)]
+    BrokerFiles {
+        /// Data directory (where the fleet CA lives).
+        #[arg(long, env = "FLEET_DATA", default_value = "fleet-data")]
+        data: PathBuf,
+        /// Host name or IP address devices use to reach the broker (repeatable).
+        #[arg(long = "name", required = true)]
+        names: Vec<String>,
+        /// Directory to write into.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -42,6 +64,13 @@ struct ServeArgs {
     /// Address of the embedded MQTT broker (loopback only).
     #[arg(long, env = "FLEET_MQTT_LISTEN", default_value = "127.0.0.1:1883")]
     mqtt_listen: SocketAddr,
+    /// Broker URL written into enrollment bundles (default: the embedded broker), e.g.
+    /// mqtts://mqtt.example.com:8883 for a Mosquitto set up with `broker-files`.
+    #[arg(long, env = "FLEET_DEVICE_BROKER")]
+    device_broker: Option<String>,
+    /// Keep the revocation list current in this directory (the one given to `broker-files`).
+    #[arg(long, env = "FLEET_BROKER_FILES")]
+    broker_files: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -49,6 +78,7 @@ fn main() -> ExitCode {
     let args = match cli.command {
         Some(Command::Serve(a)) => a,
         None => cli.serve,
+        Some(Command::BrokerFiles { data, names, out }) => return broker_files(&data, &names, &out),
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -63,6 +93,8 @@ fn main() -> ExitCode {
         data_dir: args.data,
         api_listen: args.api_listen,
         mqtt_listen: args.mqtt_listen,
+        device_broker: args.device_broker,
+        broker_files: args.broker_files,
     };
     let runtime =
         match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
@@ -80,6 +112,31 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => fail(&e),
+    }
+}
+
+/// `fleet-server broker-files`: the TLS files for an external Mosquitto.
+fn broker_files(data: &std::path::Path, names: &[String], out: &std::path::Path) -> ExitCode {
+    let result = (|| -> Result<(), Box<dyn std::error::Error>> {
+        std::fs::create_dir_all(data)?;
+        let keys = fleet_server::open_keys(data)?;
+        let store = fleet_server::store::SledStore::open(&data.join("store"))?;
+        fleet_server::api::write_crl(&store, &keys.pki)?;
+        keys.pki.write_broker_files(out, names)?;
+        let crl = std::fs::read(keys.pki.crl_path())?;
+        fleet_server::pki::write_file(&out.join("crl.pem"), &crl, 0o644)?;
+        Ok(())
+    })();
+    match result {
+        Ok(()) => {
+            eprintln!(
+                "wrote ca.pem, broker.pem, broker.key, crl.pem, server.pem, server.key to {}\n  use them with packaging/mosquitto/fleet.conf, and run the server with --broker-files {} so revocations reach the broker",
+                out.display(),
+                out.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&*e),
     }
 }
 

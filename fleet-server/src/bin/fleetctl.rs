@@ -3,23 +3,33 @@
 //! Conventions (shared/CLI.md): `fleetctl NOUN VERB`, `--json` prints only the complete objects
 //! on stdout, exit codes 0 ok / 1 usage or input / 2 refused by the server / 5 unreachable.
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use fleet_proto::DeviceId;
+use fleet_server::api::{EnrollRequest, EnrollResponse};
 use fleet_server::devices::DeviceRecord;
+use fleet_server::pki;
 use serde::de::DeserializeOwned;
 
 /// Manage a Fleet: devices, groups, releases and rollouts.
 ///
 /// Examples:
+///   fleetctl device enroll robot-7 --label site=depot --out ./robot-7
 ///   fleetctl device ls
 ///   fleetctl device show robot-7 --json
+///   fleetctl device revoke robot-7
 #[derive(Debug, Parser)]
 #[command(name = "fleetctl", version, about, long_about, verbatim_doc_comment)]
 struct Cli {
     /// Fleet server URL.
     #[arg(long, global = true, env = "FLEET_SERVER", default_value = "http://127.0.0.1:8080")]
     server: String,
+    /// API token (default: ./fleet-data/admin-token when it exists, as on the server's host).
+    #[arg(long, global = true, env = "FLEET_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Print complete objects as JSON (for scripts), nothing else on stdout.
     #[arg(long, global = true)]
     json: bool,
@@ -40,6 +50,36 @@ enum DeviceVerb {
     Ls,
     /// Show one device (example: fleetctl device show robot-7).
     Show {
+        /// Device id.
+        id: String,
+    },
+    /// Enroll a device and write its bundle: the agent's config.toml, its certificate and key
+    /// (generated here; the key never leaves this machine), the fleet CA and the server's
+    /// signing key. Copy the directory to the device and run
+    /// `fleet-agent --config DIR/config.toml`.
+    ///
+    /// Example:
+    ///   fleetctl device enroll robot-7 --label site=depot --label model=r2 --out ./robot-7
+    #[command(verbatim_doc_comment)]
+    Enroll {
+        /// Device id (1-64 of A-Z a-z 0-9 . _ -): its MQTT client id and certificate name.
+        id: String,
+        /// A label, k=v (repeatable); groups select devices by label.
+        #[arg(long = "label", value_name = "K=V")]
+        labels: Vec<String>,
+        /// Directory to write the bundle into (created; must not exist or be empty).
+        #[arg(long)]
+        out: PathBuf,
+        /// Certificate validity in days.
+        #[arg(long, default_value_t = pki::DEFAULT_DEVICE_VALIDITY_DAYS)]
+        valid_days: u32,
+        /// The agent's data directory, written into the bundle's config.toml.
+        #[arg(long, default_value = "/var/lib/fleet-agent")]
+        agent_data_dir: String,
+    },
+    /// Revoke a device: the server drops its messages and its certificate joins the revocation
+    /// list the broker checks (example: fleetctl device revoke robot-7).
+    Revoke {
         /// Device id.
         id: String,
     },
@@ -88,6 +128,19 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                 }
             }
         }
+        Noun::Device(DeviceVerb::Enroll { id, labels, out, valid_days, agent_data_dir }) => {
+            enroll(cli, id, labels, out, *valid_days, agent_data_dir)?;
+        }
+        Noun::Device(DeviceVerb::Revoke { id }) => {
+            let device: DeviceRecord =
+                send::<(), _>(cli, "POST", &format!("/api/v1/devices/{id}/revoke"), None)?;
+            if cli.json {
+                print_json(&device);
+            } else {
+                println!("revoked {id}");
+                eprintln!("its messages are dropped now; an external broker refuses it after `systemctl reload mosquitto` (the server keeps crl.pem current with --broker-files)");
+            }
+        }
         Noun::Device(DeviceVerb::Show { id }) => {
             let device: DeviceRecord = get(cli, &format!("/api/v1/devices/{id}"))?;
             if cli.json {
@@ -105,6 +158,85 @@ fn run(cli: &Cli) -> Result<(), Failure> {
     Ok(())
 }
 
+/// `fleetctl device enroll`.
+fn enroll(
+    cli: &Cli,
+    id: &str,
+    labels: &[String],
+    out: &Path,
+    valid_days: u32,
+    agent_data_dir: &str,
+) -> Result<(), Failure> {
+    let usage = |message: String| Failure { code: 1, message };
+    let device = DeviceId::new(id).map_err(|e| usage(format!("device id: {e}")))?;
+    let labels = labels
+        .iter()
+        .map(|l| match l.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+            _ => Err(usage(format!("--label {l}: expected key=value"))),
+        })
+        .collect::<Result<BTreeMap<_, _>, _>>()?;
+    // Never overwrite a bundle: its key may be the only copy of a working device's identity.
+    if std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_some()) {
+        return Err(usage(format!(
+            "{} exists and is not empty; pick a new --out directory",
+            out.display()
+        )));
+    }
+    let (key, public_key, proof) =
+        pki::new_device_key(&device).map_err(|e| usage(format!("cannot create a key: {e}")))?;
+    let request = EnrollRequest { public_key, proof, labels, valid_days: Some(valid_days) };
+    let enrolled: EnrollResponse =
+        send(cli, "POST", &format!("/api/v1/devices/{device}/enroll"), Some(&request))?;
+    write_bundle(out, &device, &enrolled, &key.serialize_pem(), agent_data_dir)
+        .map_err(|e| usage(format!("cannot write the bundle to {}: {e}", out.display())))?;
+    if cli.json {
+        print_json(&enrolled.device);
+    } else {
+        println!("enrolled {device}; bundle in {}", out.display());
+        eprintln!(
+            "next: copy {dir} to the device (e.g. /etc/fleet-agent) and run `fleet-agent --config {dir}/config.toml`",
+            dir = out.display()
+        );
+    }
+    Ok(())
+}
+
+/// The bundle directory: what the agent reads, relative paths resolved against it.
+fn write_bundle(
+    out: &Path,
+    device: &DeviceId,
+    enrolled: &EnrollResponse,
+    key_pem: &str,
+    agent_data_dir: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
+    std::fs::create_dir_all(out)?;
+    let keys =
+        enrolled.server_keys.iter().map(|k| format!("\"{k}\"")).collect::<Vec<_>>().join(", ");
+    let config = format!(
+        r#"# fleet-agent configuration for {device}, written by `fleetctl device enroll`.
+# Relative paths are resolved against this file's directory.
+version = 1
+device_id = "{device}"
+data_dir = "{agent_data_dir}"
+
+[link]
+broker = "{broker}"
+ca_file = "ca.pem"
+cert_file = "device.pem"
+key_file = "device.key"
+# The server's desired-state signing keys; add the new one here before the server rotates.
+server_keys = [{keys}]
+"#,
+        broker = enrolled.broker,
+    );
+    pki::write_file(&out.join("device.key"), key_pem.as_bytes(), 0o600)?;
+    pki::write_file(&out.join("device.pem"), enrolled.certificate_pem.as_bytes(), 0o644)?;
+    pki::write_file(&out.join("ca.pem"), enrolled.ca_pem.as_bytes(), 0o644)?;
+    pki::write_file(&out.join("config.toml"), config.as_bytes(), 0o644)?;
+    Ok(())
+}
+
 fn print_json<T: serde::Serialize>(value: &T) {
     match serde_json::to_string_pretty(value) {
         Ok(s) => println!("{s}"),
@@ -113,9 +245,31 @@ fn print_json<T: serde::Serialize>(value: &T) {
 }
 
 fn get<T: DeserializeOwned>(cli: &Cli, path: &str) -> Result<T, Failure> {
+    send::<(), T>(cli, "GET", path, None)
+}
+
+/// The token: --token / FLEET_TOKEN, else the server's file when run where the server runs.
+fn token(cli: &Cli) -> Option<String> {
+    cli.token.clone().or_else(|| {
+        std::fs::read_to_string("fleet-data/admin-token").ok().map(|t| t.trim().to_owned())
+    })
+}
+
+fn send<B: serde::Serialize, T: DeserializeOwned>(
+    cli: &Cli,
+    method: &str,
+    path: &str,
+    body: Option<&B>,
+) -> Result<T, Failure> {
     let url = format!("{}{path}", cli.server.trim_end_matches('/'));
     let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
-    let mut response = agent.get(&url).call().map_err(|e| Failure {
+    let auth = token(cli).map(|t| format!("Bearer {t}")).unwrap_or_default();
+    let sent = match (method, body) {
+        ("GET", _) => agent.get(&url).header("authorization", &auth).call(),
+        (_, Some(body)) => agent.post(&url).header("authorization", &auth).send_json(body),
+        (_, None) => agent.post(&url).header("authorization", &auth).send_empty(),
+    };
+    let mut response = sent.map_err(|e| Failure {
         code: 5,
         message: format!("cannot reach the fleet server at {}: {e}\n  is it running? start one with `fleet-server`, or point --server / FLEET_SERVER at yours", cli.server),
     })?;

@@ -1,0 +1,490 @@
+//! The fleet's keys and certificates, created on the server's first start in `<data>/pki/`:
+//!
+//! * the **fleet CA** (`ca.pem`, `ca.key`): issues every device's client certificate (common
+//!   name = device id), the broker's server certificate and the server's own MQTT identity;
+//!   devices pin it, so a broker certificate from any other CA is refused;
+//! * the **desired-state signing key** (`signing.key`, ed25519): devices trust its public half
+//!   from their enrollment bundle and refuse desired state and commands it did not sign;
+//! * the **revocation list** (`crl.pem`), rewritten on every revocation for the broker's
+//!   `crlfile` (see `packaging/mosquitto/`).
+//!
+//! Private keys are written 0600 and never leave this module except into those files. A
+//! device's private key never reaches the server at all: `fleetctl device enroll` generates it
+//! where the bundle is written and sends the public key with a proof of possession (a signature
+//! over the device id), which [`EnrollKey::verify`] checks before anything is issued.
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use fleet_proto::{DeviceId, ServerKey, UnixMillis};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    PublicKeyData, RevocationReason, RevokedCertParams, SerialNumber, SignatureAlgorithm,
+};
+use time::{Duration, OffsetDateTime};
+
+/// Common name of the server's own MQTT identity. Reserved: no device may use it, because the
+/// shipped broker ACL gives this identity every device's topics.
+pub const SERVER_IDENTITY: &str = "fleet-server";
+
+/// Context of the enrollment proof of possession (domain separation from anything else the
+/// device key might sign).
+pub const ENROLL_PROOF_CONTEXT: &[u8] = b"fleet/v1 enroll\0";
+
+/// How long a device certificate is valid by default: devices stay in the field for years and
+/// cannot always be reached to renew; revocation handles a lost device.
+pub const DEFAULT_DEVICE_VALIDITY_DAYS: u32 = 5 * 365;
+
+/// Why a PKI operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    /// A file cannot be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A key or certificate file does not parse.
+    #[error("{path} is not a valid {what}; restore it from a backup (deleting it would make every enrolled device distrust the server)")]
+    Corrupt {
+        /// The file.
+        path: String,
+        /// What it should hold.
+        what: &'static str,
+    },
+    /// A private key file is readable by others.
+    #[error("{path} is readable by group or others (mode {mode:o}); run: chmod 600 {path}")]
+    Permissions {
+        /// The file.
+        path: String,
+        /// Its mode.
+        mode: u32,
+    },
+    /// Certificate generation failed.
+    #[error("certificate generation failed: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    /// The OS random source failed.
+    #[error("the system random source failed")]
+    Random,
+}
+
+/// Why an enrollment key was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EnrollKeyError {
+    /// Not hex, or not an uncompressed P-256 point.
+    #[error("public_key must be an uncompressed P-256 point in hex (130 hex digits starting 04)")]
+    BadKey,
+    /// The proof does not verify: the requester does not hold the private key, or signed
+    /// another device id.
+    #[error("proof does not verify: it must be the device key's ECDSA P-256 SHA-256 signature over the enrollment context and the device id")]
+    BadProof,
+}
+
+/// A device's public key as sent for enrollment (an uncompressed P-256 point).
+#[derive(Debug, Clone)]
+pub struct EnrollKey {
+    point: Vec<u8>,
+}
+
+impl EnrollKey {
+    /// Parses the hex point and checks the proof of possession for `device`.
+    pub fn verify(device: &DeviceId, public_hex: &str, proof_hex: &str) -> Result<EnrollKey, EnrollKeyError> {
+        let point = hex_decode(public_hex).ok_or(EnrollKeyError::BadKey)?;
+        if point.len() != 65 || point[0] != 4 {
+            return Err(EnrollKeyError::BadKey);
+        }
+        let proof = hex_decode(proof_hex).ok_or(EnrollKeyError::BadProof)?;
+        // ring checks that the point is on the curve while verifying.
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_ASN1, &point)
+            .verify(&proof_message(device), &proof)
+            .map_err(|_| EnrollKeyError::BadProof)?;
+        Ok(EnrollKey { point })
+    }
+}
+
+impl PublicKeyData for EnrollKey {
+    fn der_bytes(&self) -> &[u8] {
+        &self.point
+    }
+    fn algorithm(&self) -> &'static SignatureAlgorithm {
+        &rcgen::PKCS_ECDSA_P256_SHA256
+    }
+}
+
+/// The bytes a device key signs to prove possession at enrollment.
+pub fn proof_message(device: &DeviceId) -> Vec<u8> {
+    [ENROLL_PROOF_CONTEXT, device.as_str().as_bytes()].concat()
+}
+
+/// A new device key and its proof for `device` (what `fleetctl device enroll` sends): returns
+/// (the key pair, public key hex, proof hex).
+pub fn new_device_key(device: &DeviceId) -> Result<(KeyPair, String, String), PkiError> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let proof = rcgen::SigningKey::sign(&key, &proof_message(device))?;
+    let public = hex(key.public_key_raw());
+    Ok((key, public, hex(&proof)))
+}
+
+/// A certificate the CA issued.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// The certificate (PEM).
+    pub cert_pem: String,
+    /// Its serial number (hex), which a revocation names.
+    pub serial: String,
+    /// End of validity.
+    pub not_after: UnixMillis,
+}
+
+/// A revoked certificate for the CRL.
+#[derive(Debug, Clone)]
+pub struct Revoked {
+    /// Serial number (hex).
+    pub serial: String,
+    /// When it was revoked.
+    pub at: UnixMillis,
+}
+
+/// The fleet's CA and signing key, loaded from (or created in) a directory.
+pub struct Pki {
+    dir: PathBuf,
+    ca_pem: String,
+    ca_name: String,
+    ca_key: KeyPair,
+    signing: ServerKey,
+}
+
+impl std::fmt::Debug for Pki {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pki")
+            .field("dir", &self.dir)
+            .field("ca", &self.ca_name)
+            .field("signing_key", &self.signing.id())
+            .finish()
+    }
+}
+
+impl Pki {
+    /// Loads the PKI from `dir`, creating the CA and signing key on first use. Returns whether
+    /// it was created.
+    pub fn open_or_create(dir: &Path) -> Result<(Pki, bool), PkiError> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let ca_key_path = dir.join("ca.key");
+        let created = !ca_key_path.exists();
+        if created {
+            create(dir)?;
+        }
+        let ca_key = KeyPair::from_pem(&read_secret(&ca_key_path)?)
+            .map_err(|_| corrupt(&ca_key_path, "PEM private key"))?;
+        let ca_pem = read(&dir.join("ca.pem"))?;
+        let name_path = dir.join("ca-name");
+        let ca_name = read(&name_path)?.trim().to_owned();
+        if ca_name.is_empty() {
+            return Err(corrupt(&name_path, "CA name"));
+        }
+        let seed_path = dir.join("signing.key");
+        let seed: [u8; 32] = hex_decode(read_secret(&seed_path)?.trim())
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| corrupt(&seed_path, "hex ed25519 seed"))?;
+        let signing = ServerKey::from_seed(&seed);
+        Ok((Pki { dir: dir.to_owned(), ca_pem, ca_name, ca_key, signing }, created))
+    }
+
+    /// The CA certificate (PEM) that devices and the broker pin.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// The desired-state signing key.
+    pub fn signing_key(&self) -> &ServerKey {
+        &self.signing
+    }
+
+    /// Where the revocation list lives.
+    pub fn crl_path(&self) -> PathBuf {
+        self.dir.join("crl.pem")
+    }
+
+    fn issuer(&self) -> Issuer<'_, &KeyPair> {
+        Issuer::new(ca_params(&self.ca_name, OffsetDateTime::now_utc()), &self.ca_key)
+    }
+
+    /// Issues a device's client certificate (common name = device id, client auth only).
+    pub fn issue_device(&self, device: &DeviceId, key: &EnrollKey, valid_days: u32) -> Result<Issued, PkiError> {
+        let mut params = leaf_params(device.as_str(), valid_days)?;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.sign(params, key)
+    }
+
+    /// Issues a key and client certificate for an MQTT identity such as [`SERVER_IDENTITY`];
+    /// returns (certificate PEM, key PEM).
+    pub fn issue_client(&self, common_name: &str, valid_days: u32) -> Result<(Issued, String), PkiError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut params = leaf_params(common_name, valid_days)?;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        Ok((self.sign(params, &key)?, key.serialize_pem()))
+    }
+
+    /// Issues a broker's TLS server certificate for `names` (DNS names or IP addresses);
+    /// returns (certificate PEM, key PEM).
+    pub fn issue_broker(&self, names: &[String], valid_days: u32) -> Result<(Issued, String), PkiError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::new(names.to_vec())?;
+        let leaf = leaf_params(names.first().map_or("fleet-broker", String::as_str), valid_days)?;
+        params.distinguished_name = leaf.distinguished_name;
+        params.not_before = leaf.not_before;
+        params.not_after = leaf.not_after;
+        params.serial_number = leaf.serial_number;
+        params.key_usages = leaf.key_usages;
+        params.use_authority_key_identifier_extension = true;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        Ok((self.sign(params, &key)?, key.serialize_pem()))
+    }
+
+    fn sign(&self, params: CertificateParams, key: &impl PublicKeyData) -> Result<Issued, PkiError> {
+        let serial = params.serial_number.as_ref().map(|s| hex(&s.to_bytes())).unwrap_or_default();
+        let not_after = UnixMillis((params.not_after.unix_timestamp().max(0) as u64) * 1000);
+        let cert = params.signed_by(key, &self.issuer())?;
+        Ok(Issued { cert_pem: cert.pem(), serial, not_after })
+    }
+
+    /// Writes the revocation list for `revoked` to [`Pki::crl_path`] (atomically) and returns
+    /// it. `number` must grow with every list. The list is valid for a year: an expired CRL
+    /// makes OpenSSL (Mosquitto) refuse every device, so the server rewrites it at every start.
+    pub fn write_crl(&self, revoked: &[Revoked], number: u64) -> Result<String, PkiError> {
+        let now = OffsetDateTime::now_utc();
+        let params = CertificateRevocationListParams {
+            this_update: now - Duration::minutes(5),
+            next_update: now + Duration::days(365),
+            crl_number: SerialNumber::from_slice(&number.to_be_bytes()),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .filter_map(|r| {
+                    Some(RevokedCertParams {
+                        serial_number: SerialNumber::from_slice(&hex_decode(&r.serial)?),
+                        revocation_time: OffsetDateTime::from_unix_timestamp((r.at.0 / 1000) as i64)
+                            .unwrap_or(now),
+                        reason_code: Some(RevocationReason::CessationOfOperation),
+                        invalidity_date: None,
+                    })
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        let pem = params.signed_by(&self.issuer())?.pem()?;
+        write_file(&self.crl_path(), pem.as_bytes(), 0o644)?;
+        Ok(pem)
+    }
+
+    /// Writes what a Mosquitto broker needs into `dir` (`ca.pem`, `broker.pem`, `broker.key`)
+    /// and the server's own MQTT identity (`server.pem`, `server.key`), for the configuration
+    /// in `packaging/mosquitto/`. `names` are the broker's host names or IPs. The revocation
+    /// list (`crl.pem`) is the caller's: it comes from the registry.
+    pub fn write_broker_files(&self, dir: &Path, names: &[String]) -> Result<(), PkiError> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let (broker, broker_key) = self.issue_broker(names, 825)?;
+        let (server, server_key) = self.issue_client(SERVER_IDENTITY, 825)?;
+        write_file(&dir.join("ca.pem"), self.ca_pem.as_bytes(), 0o644)?;
+        write_file(&dir.join("broker.pem"), broker.cert_pem.as_bytes(), 0o644)?;
+        write_file(&dir.join("broker.key"), broker_key.as_bytes(), 0o600)?;
+        write_file(&dir.join("server.pem"), server.cert_pem.as_bytes(), 0o644)?;
+        write_file(&dir.join("server.key"), server_key.as_bytes(), 0o600)
+    }
+}
+
+/// The CA's parameters. The issuer of every certificate is rebuilt from these (name, key
+/// usages, key id method), so they must never change for an existing CA.
+fn ca_params(name: &str, now: OffsetDateTime) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(DnType::OrganizationName, "Fleet");
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params.not_before = now - Duration::hours(1);
+    params.not_after = now + Duration::days(20 * 365);
+    params
+}
+
+fn leaf_params(common_name: &str, valid_days: u32) -> Result<CertificateParams, PkiError> {
+    let now = OffsetDateTime::now_utc();
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, common_name);
+    // An hour of slack for devices whose clock runs behind the server's.
+    params.not_before = now - Duration::hours(1);
+    params.not_after = now + Duration::days(i64::from(valid_days.max(1)));
+    params.serial_number = Some(SerialNumber::from_slice(&random::<16>()?));
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.use_authority_key_identifier_extension = true;
+    Ok(params)
+}
+
+fn create(dir: &Path) -> Result<(), PkiError> {
+    let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    // A unique name per fleet, so two fleets' CAs are never confused in a trust store.
+    let name = format!("Fleet CA {}", hex(&random::<4>()?));
+    let ca = ca_params(&name, OffsetDateTime::now_utc()).self_signed(&ca_key)?;
+    write_file(&dir.join("ca.key"), ca_key.serialize_pem().as_bytes(), 0o600)?;
+    write_file(&dir.join("signing.key"), format!("{}\n", hex(&random::<32>()?)).as_bytes(), 0o600)?;
+    write_file(&dir.join("ca-name"), format!("{name}\n").as_bytes(), 0o644)?;
+    // Last: its presence marks a complete PKI (open_or_create checks ca.key first, so write
+    // ca.pem before ca.key would be nicer, but a missing ca.pem is reported as such).
+    write_file(&dir.join("ca.pem"), ca.pem().as_bytes(), 0o644)
+}
+
+/// `N` bytes from the OS random source.
+pub fn random<const N: usize>() -> Result<[u8; N], PkiError> {
+    let mut bytes = [0u8; N];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .map_err(|_| PkiError::Random)?;
+    Ok(bytes)
+}
+
+/// Writes `bytes` to `path` atomically with `mode`.
+pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(io(&tmp))?;
+    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
+}
+
+fn read(path: &Path) -> Result<String, PkiError> {
+    std::fs::read_to_string(path).map_err(io(path))
+}
+
+/// Reads a private key file, refusing one that others can read.
+pub fn read_secret(path: &Path) -> Result<String, PkiError> {
+    let mode = std::fs::metadata(path).map_err(io(path))?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(PkiError::Permissions { path: path.display().to_string(), mode });
+    }
+    read(path)
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> PkiError + '_ {
+    move |source| PkiError::Io { path: path.display().to_string(), source }
+}
+
+fn corrupt(path: &Path, what: &'static str) -> PkiError {
+    PkiError::Corrupt { path: path.display().to_string(), what }
+}
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Parses hex; `None` if it is not an even number of hex digits.
+pub fn hex_decode(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 || !s.is_ascii() {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
+
+    use super::*;
+
+    fn device(id: &str) -> DeviceId {
+        DeviceId::new(id).expect("valid id")
+    }
+
+    fn verify_client(pki: &Pki, cert_pem: &str, crls: Vec<CertificateRevocationListDer<'static>>) -> Result<(), rustls::Error> {
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from_pem_slice(pki.ca_pem().as_bytes()).expect("ca pem")).expect("ca");
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+            .with_crls(crls)
+            .build()
+            .expect("verifier");
+        let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes()).expect("cert pem");
+        verifier.verify_client_cert(&cert, &[], UnixTime::now()).map(|_| ())
+    }
+
+    #[test]
+    fn the_ca_and_signing_key_are_created_once_and_reloaded_unchanged() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (first, created) = Pki::open_or_create(dir.path()).expect("create");
+        assert!(created);
+        let (second, created) = Pki::open_or_create(dir.path()).expect("reload");
+        assert!(!created);
+        assert_eq!(first.ca_pem(), second.ca_pem());
+        assert_eq!(first.signing_key().id(), second.signing_key().id());
+        for secret in ["ca.key", "signing.key"] {
+            let mode = std::fs::metadata(dir.path().join(secret)).expect("meta").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{secret}");
+        }
+    }
+
+    #[test]
+    fn a_device_certificate_from_a_reloaded_ca_verifies_and_a_revoked_one_does_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (pki, _) = Pki::open_or_create(dir.path()).expect("create");
+        let (pki, _) = { drop(pki); Pki::open_or_create(dir.path()).expect("reload") };
+        let id = device("robot-7");
+        let (_key, public, proof) = new_device_key(&id).expect("key");
+        let key = EnrollKey::verify(&id, &public, &proof).expect("proof");
+        let issued = pki.issue_device(&id, &key, 30).expect("issue");
+        verify_client(&pki, &issued.cert_pem, vec![]).expect("a fresh device certificate verifies");
+
+        let crl = pki.write_crl(&[Revoked { serial: issued.serial.clone(), at: UnixMillis::now() }], 1).expect("crl");
+        let crl = CertificateRevocationListDer::from_pem_slice(crl.as_bytes()).expect("crl pem");
+        let err = verify_client(&pki, &issued.cert_pem, vec![crl]).expect_err("revoked");
+        assert!(format!("{err:?}").contains("Revoked"), "{err:?}");
+    }
+
+    #[test]
+    fn a_certificate_from_another_fleet_is_refused() {
+        let (ours, theirs) = (tempfile::tempdir().expect("t"), tempfile::tempdir().expect("t"));
+        let (ours, _) = Pki::open_or_create(ours.path()).expect("ours");
+        let (theirs, _) = Pki::open_or_create(theirs.path()).expect("theirs");
+        let (issued, _) = theirs.issue_client("robot-7", 30).expect("issue");
+        assert!(verify_client(&ours, &issued.cert_pem, vec![]).is_err());
+    }
+
+    #[test]
+    fn enrollment_proofs_bind_the_key_to_the_device_id() {
+        let id = device("robot-7");
+        let (_key, public, proof) = new_device_key(&id).expect("key");
+        assert!(EnrollKey::verify(&id, &public, &proof).is_ok());
+        assert_eq!(EnrollKey::verify(&device("robot-8"), &public, &proof).unwrap_err(), EnrollKeyError::BadProof);
+        let (_other, other_public, _) = new_device_key(&id).expect("key");
+        assert_eq!(EnrollKey::verify(&id, &other_public, &proof).unwrap_err(), EnrollKeyError::BadProof);
+        assert_eq!(EnrollKey::verify(&id, "04zz", &proof).unwrap_err(), EnrollKeyError::BadKey);
+        assert_eq!(EnrollKey::verify(&id, &public[2..], &proof).unwrap_err(), EnrollKeyError::BadKey);
+    }
+
+    #[test]
+    fn a_private_key_readable_by_others_is_refused_with_the_fix() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        drop(Pki::open_or_create(dir.path()).expect("create"));
+        let key = dir.path().join("ca.key");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let err = Pki::open_or_create(dir.path()).expect_err("refused");
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+    }
+
+    #[test]
+    fn hex_round_trips_and_refuses_odd_input() {
+        assert_eq!(hex_decode(&hex(&[0, 1, 0xab, 0xff])), Some(vec![0, 1, 0xab, 0xff]));
+        assert_eq!(hex_decode("abc"), None);
+        assert_eq!(hex_decode("zz"), None);
+    }
+}
