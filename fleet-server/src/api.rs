@@ -1,4 +1,5 @@
-//! The REST API: health, the device registry, enrollment and revocation.
+//! The REST API: health, the device registry, enrollment and revocation, a device's desired
+//! state, commands and events.
 //!
 //! Everything under `/api/v1` needs the admin token (`Authorization: Bearer <token>`); only
 //! `/healthz` is open, for load balancers and container health checks.
@@ -12,10 +13,15 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use fleet_proto::{DeviceId, UnixMillis};
+use fleet_proto::{
+    topic, Command, CommandAction, CommandResult, DesiredState, DeviceId, Message,
+    RegistryCredential, ReleaseSpec, TopicKind, UnixMillis,
+};
+use rumqttc::{AsyncClient, QoS};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::commands::Waiters;
 use crate::devices::{CertificateInfo, DeviceRecord};
 use crate::pki::{EnrollKey, Pki, Revoked, DEFAULT_DEVICE_VALIDITY_DAYS, SERVER_IDENTITY};
 use crate::store::Store;
@@ -34,6 +40,12 @@ pub struct Api {
     /// Called after the revocation list changed (the server republishes it to the broker's
     /// files); the path of the new list is in [`Pki::crl_path`].
     pub crl_changed: Arc<dyn Fn() + Send + Sync>,
+    /// The server's MQTT client (desired state and commands go out through it).
+    pub mqtt: AsyncClient,
+    /// Requests waiting for command results.
+    pub waiters: Waiters,
+    /// Serialises desired-state publication, so generations are never reused.
+    pub desired_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for Api {
@@ -74,6 +86,36 @@ pub struct EnrollResponse {
     pub broker: String,
 }
 
+/// A device's new desired state (`PUT /api/v1/devices/{id}/desired`): the primitive releases,
+/// pins and rollouts publish through.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DesiredRequest {
+    /// The release to run; `null` runs no application.
+    pub release: Option<ReleaseSpec>,
+    /// Logins for private registries the release pulls from.
+    #[serde(default)]
+    pub registry_credentials: Vec<RegistryCredential>,
+}
+
+/// What publishing a desired state returns.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DesiredResponse {
+    /// The generation it was published under.
+    pub generation: u64,
+    /// The device's record after publication.
+    pub device: DeviceRecord,
+}
+
+/// A command for a device (`POST /api/v1/devices/{id}/commands`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CommandRequest {
+    /// What to do.
+    pub action: CommandAction,
+    /// How long to wait for the answer, and the command's deadline on the device (default 30 s).
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+}
+
 /// The API's routes.
 pub fn router(api: Api) -> Router {
     let v1 = Router::new()
@@ -81,6 +123,9 @@ pub fn router(api: Api) -> Router {
         .route("/api/v1/devices/{id}", get(show_device))
         .route("/api/v1/devices/{id}/enroll", post(enroll))
         .route("/api/v1/devices/{id}/revoke", post(revoke))
+        .route("/api/v1/devices/{id}/desired", axum::routing::put(put_desired))
+        .route("/api/v1/devices/{id}/commands", post(command))
+        .route("/api/v1/devices/{id}/events", get(events))
         .route_layer(axum::middleware::from_fn_with_state(api.clone(), authorize));
     Router::new().route("/healthz", get(healthz)).merge(v1).with_state(api)
 }
@@ -219,6 +264,127 @@ async fn revoke(State(api): State<Api>, Path(id): Path<String>) -> Response {
     Json(record).into_response()
 }
 
+/// Looks up an enrolled, unrevoked device, or answers why not.
+#[allow(clippy::result_large_err)] // the error is the finished response
+fn active_device(api: &Api, id: String) -> Result<DeviceRecord, Response> {
+    let id = device_id(id)?;
+    match api.store.device(&id) {
+        Ok(Some(d)) if d.refusal().is_none() => Ok(d),
+        Ok(Some(d)) => Err(error(
+            StatusCode::CONFLICT,
+            format!("device {id}: {}", d.refusal().unwrap_or("not active")),
+        )),
+        Ok(None) => Err(not_found(&id)),
+        Err(e) => Err(internal(e)),
+    }
+}
+
+async fn put_desired(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    Json(request): Json<DesiredRequest>,
+) -> Response {
+    if let Some(release) = &request.release {
+        if let Err(problems) = release.validate() {
+            let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("release {} is invalid: {}", release.id, problems.join("; ")),
+            );
+        }
+    }
+    let _serial = api.desired_lock.lock().await;
+    let mut record = match active_device(&api, id) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let desired = DesiredState {
+        device: record.id.clone(),
+        // Never reused: the agent refuses anything not newer than what it accepted.
+        generation: record.desired_generation.max(record.accepted_generation) + 1,
+        release: request.release,
+        pin: None,
+        issued_at: UnixMillis::now(),
+        registry_credentials: request.registry_credentials,
+    };
+    let signed = api.pki.signing_key().sign(&desired);
+    record.desired_generation = desired.generation;
+    record.desired_release = desired.release.as_ref().map(|r| r.id.to_string());
+    // Recorded before publishing: if publishing fails, the next attempt uses a newer
+    // generation rather than reusing this one.
+    if let Err(e) = api.store.put_device(&record) {
+        return internal(e);
+    }
+    let payload = Message::Desired(signed).encode();
+    if let Err(e) =
+        api.mqtt.try_publish(topic(&record.id, TopicKind::Desired), QoS::AtLeastOnce, true, payload)
+    {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot publish to the MQTT broker right now ({e}); try again"),
+        );
+    }
+    tracing::info!(device = %record.id, generation = desired.generation, release = ?record.desired_release, "desired state published");
+    Json(DesiredResponse { generation: desired.generation, device: record }).into_response()
+}
+
+async fn command(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    Json(request): Json<CommandRequest>,
+) -> Response {
+    let record = match active_device(&api, id) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let timeout = std::time::Duration::from_secs(request.timeout_secs.unwrap_or(30).clamp(1, 3600));
+    let now = UnixMillis::now();
+    let id = match crate::pki::random::<8>() {
+        Ok(bytes) => u64::from_be_bytes(bytes),
+        Err(e) => return internal(e),
+    };
+    let command = Command {
+        id,
+        device: record.id.clone(),
+        issued_at: now,
+        deadline: UnixMillis(now.0 + timeout.as_millis() as u64),
+        action: request.action,
+    };
+    let answer = api.waiters.wait_for(id);
+    let payload = Message::Command(api.pki.signing_key().sign(&command)).encode();
+    if let Err(e) =
+        api.mqtt.try_publish(topic(&record.id, TopicKind::Cmd), QoS::AtLeastOnce, false, payload)
+    {
+        api.waiters.forget(id);
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot publish to the MQTT broker right now ({e}); try again"),
+        );
+    }
+    tracing::info!(device = %record.id, command = id, action = ?command.action, "command sent");
+    match tokio::time::timeout(timeout, answer).await {
+        Ok(Ok(result)) => Json::<CommandResult>(result).into_response(),
+        _ => {
+            api.waiters.forget(id);
+            error(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("device {} did not answer command {id} within {} s (is it online? `fleetctl device show {}`); it will not run it after that", record.id, timeout.as_secs(), record.id),
+            )
+        }
+    }
+}
+
+async fn events(State(api): State<Api>, Path(id): Path<String>) -> Response {
+    let id = match device_id(id) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    match api.store.events(&id, 100) {
+        Ok(events) => Json(events).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
 /// Writes the revocation list from every revoked certificate in the registry.
 pub fn write_crl(store: &dyn Store, pki: &Pki) -> Result<(), Box<dyn std::error::Error>> {
     let revoked: Vec<Revoked> = store
@@ -233,7 +399,10 @@ pub fn write_crl(store: &dyn Store, pki: &Pki) -> Result<(), Box<dyn std::error:
 }
 
 fn not_found(id: &DeviceId) -> Response {
-    error(StatusCode::NOT_FOUND, format!("no device {id}; `fleetctl device ls` lists known devices"))
+    error(
+        StatusCode::NOT_FOUND,
+        format!("no device {id}; `fleetctl device ls` lists known devices"),
+    )
 }
 
 fn error(status: StatusCode, message: String) -> Response {

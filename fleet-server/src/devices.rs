@@ -53,6 +53,12 @@ pub struct DeviceRecord {
     /// Every certificate of this device ever revoked (the revocation list is built from them).
     #[serde(default)]
     pub revoked_certificates: Vec<RevokedCertificate>,
+    /// The generation of the last desired state the server published to it (0: none yet).
+    #[serde(default)]
+    pub desired_generation: u64,
+    /// The release in that desired state.
+    #[serde(default)]
+    pub desired_release: Option<String>,
 }
 
 impl DeviceRecord {
@@ -75,6 +81,8 @@ impl DeviceRecord {
             certificate: Some(certificate),
             revoked_at: None,
             revoked_certificates: Vec::new(),
+            desired_generation: 0,
+            desired_release: None,
         }
     }
 
@@ -119,6 +127,8 @@ impl DeviceRecord {
             certificate: None,
             revoked_at: None,
             revoked_certificates: Vec::new(),
+            desired_generation: 0,
+            desired_release: None,
         });
         match msg {
             Message::Status(s) => {

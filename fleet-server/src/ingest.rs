@@ -1,34 +1,32 @@
 //! Receives what devices publish and records it. One loop: poll the MQTT connection, decode,
-//! check the message against its topic, update the store.
+//! check the message against its topic, update the store (status, reports, events) or hand a
+//! command result to whoever waits for it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_proto::{Message, Topic, TopicKind, MAX_MESSAGE_BYTES};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use fleet_proto::{Message, Topic, TopicKind};
+use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
 
+use crate::commands::Waiters;
 use crate::devices::DeviceRecord;
 use crate::store::Store;
 
-/// The kinds of device message the registry listens to.
-const SUBSCRIBED: [TopicKind; 2] = [TopicKind::Status, TopicKind::Report];
+/// The kinds of device message the server listens to.
+const SUBSCRIBED: [TopicKind; 4] =
+    [TopicKind::Status, TopicKind::Report, TopicKind::Events, TopicKind::CmdResult];
 
-/// Connects to the broker and records device status and reports until the task is dropped.
+/// Polls the server's MQTT connection and records what devices send until the task is dropped.
 /// `subscribed` fires once the first subscriptions are acknowledged, so callers can report
 /// ready only when no device message can be missed.
 pub async fn run(
-    broker_host: String,
-    broker_port: u16,
+    client: AsyncClient,
+    mut events: EventLoop,
     store: Arc<dyn Store>,
+    waiters: Waiters,
     subscribed: tokio::sync::oneshot::Sender<()>,
 ) {
     let mut subscribed = Some(subscribed);
-    // Each server replica needs its own client id, or replicas disconnect each other.
-    let client_id = format!("fleet-server-{}", std::process::id());
-    let mut options = MqttOptions::new(client_id, broker_host, broker_port);
-    options.set_keep_alive(Duration::from_secs(30));
-    options.set_max_packet_size(MAX_MESSAGE_BYTES + 1024, MAX_MESSAGE_BYTES + 1024);
-    let (client, mut events) = AsyncClient::new(options, 64);
     let mut backoff = Duration::from_millis(100);
     let mut pending_acks = SUBSCRIBED.len();
     let mut ever_connected = false;
@@ -57,7 +55,9 @@ pub async fn run(
                     }
                 }
             }
-            Ok(Event::Incoming(Packet::Publish(p))) => handle(&*store, &p.topic, &p.payload),
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                handle(&*store, &waiters, &p.topic, &p.payload)
+            }
             Ok(_) => {}
             Err(e) => {
                 // Before the first connection the embedded broker may still be starting up.
@@ -74,7 +74,7 @@ pub async fn run(
 }
 
 /// Handles one publish. Bad input is logged with the topic and dropped; it never stops the loop.
-fn handle(store: &dyn Store, topic: &str, payload: &[u8]) {
+fn handle(store: &dyn Store, waiters: &Waiters, topic: &str, payload: &[u8]) {
     let topic = match Topic::parse(topic) {
         Ok(t) => t,
         Err(e) => return tracing::warn!(error = %e, "dropping message on a foreign topic"),
@@ -92,9 +92,20 @@ fn handle(store: &dyn Store, topic: &str, payload: &[u8]) {
     };
     // Only enrolled, unrevoked devices are heard: on a broker without per-device
     // authentication this is what keeps an unknown or revoked client out of the registry.
-    let refusal = previous.as_ref().map_or(Some("the device is not enrolled"), DeviceRecord::refusal);
+    let refusal =
+        previous.as_ref().map_or(Some("the device is not enrolled"), DeviceRecord::refusal);
     if let Some(reason) = refusal {
         return tracing::warn!(%topic, device = %topic.device, reason, "dropping message: {reason}");
+    }
+    match &msg {
+        Message::Event(event) => {
+            tracing::info!(device = %event.device, kind = ?event.kind, severity = ?event.severity, fields = ?event.fields, "device event: {}", event.message);
+            if let Err(e) = store.add_event(event) {
+                tracing::error!(%topic, error = %e, "cannot store device event");
+            }
+        }
+        Message::CommandResult(result) => waiters.deliver(result.clone()),
+        _ => {}
     }
     if let Some(record) = DeviceRecord::observe(previous, &msg) {
         if let Err(e) = store.put_device(&record) {

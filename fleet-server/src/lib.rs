@@ -14,8 +14,10 @@ use std::sync::Arc;
 
 pub mod api;
 pub mod broker;
+pub mod commands;
 pub mod devices;
 pub mod ingest;
+pub mod mqtt;
 pub mod pki;
 pub mod store;
 
@@ -34,6 +36,9 @@ pub struct ServeOptions {
     /// A directory the server keeps the revocation list current in (`crl.pem`), for an
     /// external broker's `crlfile` (see `fleet-server broker-files`).
     pub broker_files: Option<PathBuf>,
+    /// An external broker to use instead of the embedded one (`mqtts://host:port`); the
+    /// server connects with its identity from `broker_files`.
+    pub external_broker: Option<String>,
 }
 
 impl Default for ServeOptions {
@@ -44,6 +49,7 @@ impl Default for ServeOptions {
             mqtt_listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
             device_broker: None,
             broker_files: None,
+            external_broker: None,
         }
     }
 }
@@ -78,11 +84,17 @@ pub enum ServeError {
     /// The broker failed to start.
     #[error(transparent)]
     Broker(#[from] broker::BrokerError),
+    /// The connection to the broker is misconfigured.
+    #[error(transparent)]
+    Mqtt(#[from] mqtt::MqttConfigError),
+    /// An external broker needs the server's identity.
+    #[error("an external broker needs the server's MQTT identity: pass --broker-files DIR (written by `fleet-server broker-files`)")]
+    NoIdentity,
     /// The registry could not subscribe to device topics.
-    #[error("could not subscribe to device topics on the MQTT broker at {addr} within 10 s")]
+    #[error("could not subscribe to device topics on the MQTT broker at {broker} within 10 s (is it running, and does it accept the server's certificate?)")]
     Ingest {
-        /// The broker address.
-        addr: SocketAddr,
+        /// The broker.
+        broker: String,
     },
     /// The API cannot listen.
     #[error("cannot listen for the API on {addr} (pick another with --api-listen)")]
@@ -117,17 +129,34 @@ pub async fn serve(
     api::write_crl(&*store, &keys.pki).map_err(|e| ServeError::Crl(e.to_string()))?;
     let crl_changed = crl_publisher(keys.pki.crl_path(), opts.broker_files.clone());
     crl_changed();
-    broker::start(opts.mqtt_listen, fleet_proto::MAX_MESSAGE_BYTES + 1024)?;
+    let choice = match (&opts.external_broker, &opts.broker_files) {
+        (Some(url), Some(files)) => {
+            mqtt::BrokerChoice::External { url: url.clone(), files: files.clone() }
+        }
+        (Some(_), None) => return Err(ServeError::NoIdentity),
+        (None, _) => {
+            broker::start(opts.mqtt_listen, fleet_proto::MAX_MESSAGE_BYTES + 1024)?;
+            mqtt::BrokerChoice::Embedded(opts.mqtt_listen)
+        }
+    };
+    let broker_name = match &choice {
+        mqtt::BrokerChoice::Embedded(addr) => format!("mqtt://{addr}"),
+        mqtt::BrokerChoice::External { url, .. } => url.clone(),
+    };
+    // Room for a burst of desired states and commands while the connection is re-made.
+    let (mqtt_client, mqtt_events) = rumqttc::AsyncClient::new(mqtt::options(&choice)?, 1024);
+    let waiters = commands::Waiters::default();
     let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
     let ingest = tokio::spawn(ingest::run(
-        opts.mqtt_listen.ip().to_string(),
-        opts.mqtt_listen.port(),
+        mqtt_client.clone(),
+        mqtt_events,
         store.clone(),
+        waiters.clone(),
         subscribed_tx,
     ));
     if tokio::time::timeout(std::time::Duration::from_secs(10), subscribed).await.is_err() {
         ingest.abort();
-        return Err(ServeError::Ingest { addr: opts.mqtt_listen });
+        return Err(ServeError::Ingest { broker: broker_name });
     }
     let listener = tokio::net::TcpListener::bind(opts.api_listen)
         .await
@@ -138,11 +167,11 @@ pub async fn serve(
         store,
         pki: Arc::new(keys.pki),
         token: keys.admin_token.into(),
-        device_broker: opts
-            .device_broker
-            .unwrap_or_else(|| format!("mqtt://{}", opts.mqtt_listen))
-            .into(),
+        device_broker: opts.device_broker.or(opts.external_broker).unwrap_or(broker_name).into(),
         crl_changed: Arc::new(crl_changed),
+        mqtt: mqtt_client,
+        waiters,
+        desired_lock: Arc::default(),
     };
     let result = axum::serve(listener, api::router(api)).with_graceful_shutdown(shutdown).await;
     ingest.abort();
@@ -191,8 +220,12 @@ fn crl_publisher(crl: PathBuf, broker_files: Option<PathBuf>) -> impl Fn() + Sen
             .map_err(|e| e.to_string())
             .and_then(|bytes| pki::write_file(&target, &bytes, 0o644).map_err(|e| e.to_string()));
         match copied {
-            Ok(()) => tracing::info!(crl = %target.display(), "revocation list updated; reload the broker (systemctl reload mosquitto) so it applies to new connections"),
-            Err(e) => tracing::error!(crl = %target.display(), error = %e, "cannot update the broker's revocation list"),
+            Ok(()) => {
+                tracing::info!(crl = %target.display(), "revocation list updated; reload the broker (systemctl reload mosquitto) so it applies to new connections")
+            }
+            Err(e) => {
+                tracing::error!(crl = %target.display(), error = %e, "cannot update the broker's revocation list")
+            }
         }
     }
 }

@@ -93,7 +93,11 @@ pub struct EnrollKey {
 
 impl EnrollKey {
     /// Parses the hex point and checks the proof of possession for `device`.
-    pub fn verify(device: &DeviceId, public_hex: &str, proof_hex: &str) -> Result<EnrollKey, EnrollKeyError> {
+    pub fn verify(
+        device: &DeviceId,
+        public_hex: &str,
+        proof_hex: &str,
+    ) -> Result<EnrollKey, EnrollKeyError> {
         let point = hex_decode(public_hex).ok_or(EnrollKeyError::BadKey)?;
         if point.len() != 65 || point[0] != 4 {
             return Err(EnrollKeyError::BadKey);
@@ -215,7 +219,12 @@ impl Pki {
     }
 
     /// Issues a device's client certificate (common name = device id, client auth only).
-    pub fn issue_device(&self, device: &DeviceId, key: &EnrollKey, valid_days: u32) -> Result<Issued, PkiError> {
+    pub fn issue_device(
+        &self,
+        device: &DeviceId,
+        key: &EnrollKey,
+        valid_days: u32,
+    ) -> Result<Issued, PkiError> {
         let mut params = leaf_params(device.as_str(), valid_days)?;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         self.sign(params, key)
@@ -223,7 +232,11 @@ impl Pki {
 
     /// Issues a key and client certificate for an MQTT identity such as [`SERVER_IDENTITY`];
     /// returns (certificate PEM, key PEM).
-    pub fn issue_client(&self, common_name: &str, valid_days: u32) -> Result<(Issued, String), PkiError> {
+    pub fn issue_client(
+        &self,
+        common_name: &str,
+        valid_days: u32,
+    ) -> Result<(Issued, String), PkiError> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let mut params = leaf_params(common_name, valid_days)?;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
@@ -232,7 +245,11 @@ impl Pki {
 
     /// Issues a broker's TLS server certificate for `names` (DNS names or IP addresses);
     /// returns (certificate PEM, key PEM).
-    pub fn issue_broker(&self, names: &[String], valid_days: u32) -> Result<(Issued, String), PkiError> {
+    pub fn issue_broker(
+        &self,
+        names: &[String],
+        valid_days: u32,
+    ) -> Result<(Issued, String), PkiError> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::new(names.to_vec())?;
         let leaf = leaf_params(names.first().map_or("fleet-broker", String::as_str), valid_days)?;
@@ -246,7 +263,11 @@ impl Pki {
         Ok((self.sign(params, &key)?, key.serialize_pem()))
     }
 
-    fn sign(&self, params: CertificateParams, key: &impl PublicKeyData) -> Result<Issued, PkiError> {
+    fn sign(
+        &self,
+        params: CertificateParams,
+        key: &impl PublicKeyData,
+    ) -> Result<Issued, PkiError> {
         let serial = params.serial_number.as_ref().map(|s| hex(&s.to_bytes())).unwrap_or_default();
         let not_after = UnixMillis((params.not_after.unix_timestamp().max(0) as u64) * 1000);
         let cert = params.signed_by(key, &self.issuer())?;
@@ -268,8 +289,10 @@ impl Pki {
                 .filter_map(|r| {
                     Some(RevokedCertParams {
                         serial_number: SerialNumber::from_slice(&hex_decode(&r.serial)?),
-                        revocation_time: OffsetDateTime::from_unix_timestamp((r.at.0 / 1000) as i64)
-                            .unwrap_or(now),
+                        revocation_time: OffsetDateTime::from_unix_timestamp(
+                            (r.at.0 / 1000) as i64,
+                        )
+                        .unwrap_or(now),
                         reason_code: Some(RevocationReason::CessationOfOperation),
                         invalidity_date: None,
                     })
@@ -306,7 +329,11 @@ fn ca_params(name: &str, now: OffsetDateTime) -> CertificateParams {
     params.distinguished_name.push(DnType::OrganizationName, "Fleet");
     params.distinguished_name.push(DnType::CommonName, name);
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     params.not_before = now - Duration::hours(1);
     params.not_after = now + Duration::days(20 * 365);
     params
@@ -406,14 +433,21 @@ mod tests {
         DeviceId::new(id).expect("valid id")
     }
 
-    fn verify_client(pki: &Pki, cert_pem: &str, crls: Vec<CertificateRevocationListDer<'static>>) -> Result<(), rustls::Error> {
+    fn verify_client(
+        pki: &Pki,
+        cert_pem: &str,
+        crls: Vec<CertificateRevocationListDer<'static>>,
+    ) -> Result<(), rustls::Error> {
         let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(CertificateDer::from_pem_slice(pki.ca_pem().as_bytes()).expect("ca pem")).expect("ca");
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
-            .with_crls(crls)
-            .build()
-            .expect("verifier");
+        roots
+            .add(CertificateDer::from_pem_slice(pki.ca_pem().as_bytes()).expect("ca pem"))
+            .expect("ca");
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                .with_crls(crls)
+                .build()
+                .expect("verifier");
         let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes()).expect("cert pem");
         verifier.verify_client_cert(&cert, &[], UnixTime::now()).map(|_| ())
     }
@@ -428,7 +462,8 @@ mod tests {
         assert_eq!(first.ca_pem(), second.ca_pem());
         assert_eq!(first.signing_key().id(), second.signing_key().id());
         for secret in ["ca.key", "signing.key"] {
-            let mode = std::fs::metadata(dir.path().join(secret)).expect("meta").permissions().mode();
+            let mode =
+                std::fs::metadata(dir.path().join(secret)).expect("meta").permissions().mode();
             assert_eq!(mode & 0o777, 0o600, "{secret}");
         }
     }
@@ -437,14 +472,19 @@ mod tests {
     fn a_device_certificate_from_a_reloaded_ca_verifies_and_a_revoked_one_does_not() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (pki, _) = Pki::open_or_create(dir.path()).expect("create");
-        let (pki, _) = { drop(pki); Pki::open_or_create(dir.path()).expect("reload") };
+        let (pki, _) = {
+            drop(pki);
+            Pki::open_or_create(dir.path()).expect("reload")
+        };
         let id = device("robot-7");
         let (_key, public, proof) = new_device_key(&id).expect("key");
         let key = EnrollKey::verify(&id, &public, &proof).expect("proof");
         let issued = pki.issue_device(&id, &key, 30).expect("issue");
         verify_client(&pki, &issued.cert_pem, vec![]).expect("a fresh device certificate verifies");
 
-        let crl = pki.write_crl(&[Revoked { serial: issued.serial.clone(), at: UnixMillis::now() }], 1).expect("crl");
+        let crl = pki
+            .write_crl(&[Revoked { serial: issued.serial.clone(), at: UnixMillis::now() }], 1)
+            .expect("crl");
         let crl = CertificateRevocationListDer::from_pem_slice(crl.as_bytes()).expect("crl pem");
         let err = verify_client(&pki, &issued.cert_pem, vec![crl]).expect_err("revoked");
         assert!(format!("{err:?}").contains("Revoked"), "{err:?}");
@@ -464,11 +504,20 @@ mod tests {
         let id = device("robot-7");
         let (_key, public, proof) = new_device_key(&id).expect("key");
         assert!(EnrollKey::verify(&id, &public, &proof).is_ok());
-        assert_eq!(EnrollKey::verify(&device("robot-8"), &public, &proof).unwrap_err(), EnrollKeyError::BadProof);
+        assert_eq!(
+            EnrollKey::verify(&device("robot-8"), &public, &proof).unwrap_err(),
+            EnrollKeyError::BadProof
+        );
         let (_other, other_public, _) = new_device_key(&id).expect("key");
-        assert_eq!(EnrollKey::verify(&id, &other_public, &proof).unwrap_err(), EnrollKeyError::BadProof);
+        assert_eq!(
+            EnrollKey::verify(&id, &other_public, &proof).unwrap_err(),
+            EnrollKeyError::BadProof
+        );
         assert_eq!(EnrollKey::verify(&id, "04zz", &proof).unwrap_err(), EnrollKeyError::BadKey);
-        assert_eq!(EnrollKey::verify(&id, &public[2..], &proof).unwrap_err(), EnrollKeyError::BadKey);
+        assert_eq!(
+            EnrollKey::verify(&id, &public[2..], &proof).unwrap_err(),
+            EnrollKeyError::BadKey
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use fleet_proto::DeviceId;
+use fleet_proto::{DeviceId, Event};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -56,13 +56,25 @@ pub trait Store: Send + Sync + 'static {
     fn put_device(&self, record: &DeviceRecord) -> Result<(), StoreError>;
     /// Every device, ordered by id.
     fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError>;
+    /// Records an event a device reported; only the newest [`EVENTS_KEPT`] per device stay.
+    fn add_event(&self, event: &Event) -> Result<(), StoreError>;
+    /// A device's newest events, oldest first, at most `limit`.
+    fn events(&self, id: &DeviceId, limit: usize) -> Result<Vec<Event>, StoreError>;
 }
+
+/// Events kept per device (a bounded history for `fleetctl device events`; telemetry is where
+/// long histories go).
+pub const EVENTS_KEPT: usize = 200;
 
 /// The embedded store: sled trees in the data directory.
 #[derive(Debug)]
 pub struct SledStore {
     path: String,
     devices: sled::Tree,
+    /// Key: device id, 0x00, arrival counter (u64 BE): one device's events are contiguous and
+    /// in arrival order.
+    events: sled::Tree,
+    db: sled::Db,
 }
 
 impl SledStore {
@@ -85,7 +97,8 @@ impl SledStore {
             }
         }
         let devices = db.open_tree("devices").map_err(err)?;
-        Ok(SledStore { path, devices })
+        let events = db.open_tree("events").map_err(err)?;
+        Ok(SledStore { path, devices, events, db })
     }
 
     fn err(&self) -> impl Fn(sled::Error) -> StoreError + '_ {
@@ -125,6 +138,38 @@ impl Store for SledStore {
             })
             .collect()
     }
+
+    fn add_event(&self, event: &Event) -> Result<(), StoreError> {
+        let prefix = event_prefix(&event.device);
+        let n = self.db.generate_id().map_err(self.err())?;
+        let key = [prefix.as_slice(), &n.to_be_bytes()].concat();
+        self.events.insert(key, encode(event)).map_err(self.err())?;
+        // Trim the oldest beyond the bound.
+        let count = self.events.scan_prefix(&prefix).count();
+        for old in self.events.scan_prefix(&prefix).keys().take(count.saturating_sub(EVENTS_KEPT)) {
+            self.events.remove(old.map_err(self.err())?).map_err(self.err())?;
+        }
+        Ok(())
+    }
+
+    fn events(&self, id: &DeviceId, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let mut newest: Vec<Event> = self
+            .events
+            .scan_prefix(event_prefix(id))
+            .rev()
+            .take(limit)
+            .map(|kv| {
+                let (k, v) = kv.map_err(self.err())?;
+                decode(&k, &v)
+            })
+            .collect::<Result<_, _>>()?;
+        newest.reverse();
+        Ok(newest)
+    }
+}
+
+fn event_prefix(id: &DeviceId) -> Vec<u8> {
+    [id.as_str().as_bytes(), &[0]].concat()
 }
 
 #[cfg(test)]
@@ -146,6 +191,28 @@ mod tests {
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].id, samples::device());
         assert_eq!(store.device(&samples::device()).unwrap().unwrap(), all[0]);
+    }
+
+    #[test]
+    fn events_are_kept_per_device_in_order_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let other = DeviceId::new("robot-70").unwrap();
+        for i in 0..(EVENTS_KEPT + 5) {
+            let mut e = samples::event();
+            e.message = format!("event {i}");
+            store.add_event(&e).unwrap();
+            store.add_event(&Event { device: other.clone(), ..e }).unwrap();
+        }
+        let events = store.events(&samples::device(), 3).unwrap();
+        let messages: Vec<_> = events.iter().map(|e| e.message.as_str()).collect();
+        assert_eq!(messages, ["event 202", "event 203", "event 204"]);
+        assert_eq!(store.events(&samples::device(), 1000).unwrap().len(), EVENTS_KEPT);
+        assert!(store
+            .events(&samples::device(), 1000)
+            .unwrap()
+            .iter()
+            .all(|e| e.device == samples::device()));
     }
 
     #[test]

@@ -23,6 +23,7 @@ async fn start_server(data: &std::path::Path) -> (SocketAddr, SocketAddr) {
         mqtt_listen: mqtt,
         device_broker: None,
         broker_files: None,
+        external_broker: None,
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
@@ -157,7 +158,10 @@ async fn messages_that_lie_about_their_device_are_dropped() {
         let list = devices(api, token.clone()).await;
         if list.iter().any(|d| d.id == honest && d.online) {
             let victim = list.iter().find(|d| d.id == other).unwrap();
-            assert!(!victim.online && victim.agent_version.is_none(), "forged message was recorded: {list:?}");
+            assert!(
+                !victim.online && victim.agent_version.is_none(),
+                "forged message was recorded: {list:?}"
+            );
             break;
         }
         assert!(Instant::now() < deadline, "honest device never appeared");
@@ -174,6 +178,7 @@ async fn the_embedded_broker_refuses_to_listen_beyond_loopback() {
         mqtt_listen: SocketAddr::from(([0, 0, 0, 0], free_port())),
         device_broker: None,
         broker_files: None,
+        external_broker: None,
     };
     let err = fleet_server::serve(opts, std::future::pending(), |_| {}).await.unwrap_err();
     assert!(err.to_string().contains("only listens on loopback"), "{err}");
@@ -246,15 +251,20 @@ async fn enrollment_refusals_name_the_problem() {
     assert!(body["error"].as_str().unwrap().contains("reserved"), "{body}");
 
     // A proof made for another id (someone replaying robot-2's request as robot-3).
-    let (code, body) =
-        post(api, token.clone(), "/api/v1/devices/robot-3/enroll".into(), enroll_request("robot-2"))
-            .await;
+    let (code, body) = post(
+        api,
+        token.clone(),
+        "/api/v1/devices/robot-3/enroll".into(),
+        enroll_request("robot-2"),
+    )
+    .await;
     assert_eq!(code, 400, "{body}");
     assert!(body["error"].as_str().unwrap().contains("proof does not verify"), "{body}");
 
     // After a revocation the id can be enrolled again, and the old serial stays revoked.
     let (code, _) =
-        post(api, token.clone(), "/api/v1/devices/robot-1/revoke".into(), serde_json::json!({})).await;
+        post(api, token.clone(), "/api/v1/devices/robot-1/revoke".into(), serde_json::json!({}))
+            .await;
     assert_eq!(code, 200);
     let (code, body) = enroll(api, &token, "robot-1").await;
     assert_eq!(code, 201, "{body}");

@@ -68,9 +68,14 @@ struct ServeArgs {
     /// mqtts://mqtt.example.com:8883 for a Mosquitto set up with `broker-files`.
     #[arg(long, env = "FLEET_DEVICE_BROKER")]
     device_broker: Option<String>,
-    /// Keep the revocation list current in this directory (the one given to `broker-files`).
+    /// Keep the revocation list current in this directory (the one given to `broker-files`);
+    /// with --broker, the server's MQTT identity is read from here too.
     #[arg(long, env = "FLEET_BROKER_FILES")]
     broker_files: Option<PathBuf>,
+    /// Use this external broker (mqtts://host:port, e.g. Mosquitto with
+    /// packaging/mosquitto/) instead of the embedded one.
+    #[arg(long, env = "FLEET_BROKER", requires = "broker_files")]
+    broker: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -78,7 +83,9 @@ fn main() -> ExitCode {
     let args = match cli.command {
         Some(Command::Serve(a)) => a,
         None => cli.serve,
-        Some(Command::BrokerFiles { data, names, out }) => return broker_files(&data, &names, &out),
+        Some(Command::BrokerFiles { data, names, out }) => {
+            return broker_files(&data, &names, &out)
+        }
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -95,6 +102,7 @@ fn main() -> ExitCode {
         mqtt_listen: args.mqtt_listen,
         device_broker: args.device_broker,
         broker_files: args.broker_files,
+        external_broker: args.broker,
     };
     let runtime =
         match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {

@@ -9,7 +9,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use fleet_proto::DeviceId;
-use fleet_server::api::{EnrollRequest, EnrollResponse};
+use fleet_proto::{CommandAction, CommandOutcome, CommandResult};
+use fleet_server::api::{CommandRequest, EnrollRequest, EnrollResponse};
 use fleet_server::devices::DeviceRecord;
 use fleet_server::pki;
 use serde::de::DeserializeOwned;
@@ -77,6 +78,34 @@ enum DeviceVerb {
         #[arg(long, default_value = "/var/lib/fleet-agent")]
         agent_data_dir: String,
     },
+    /// Restart one service's container on a device (example: fleetctl device restart robot-7 lidar).
+    Restart {
+        /// Device id.
+        id: String,
+        /// Service name.
+        service: String,
+    },
+    /// Print the last lines of a service's log (example: fleetctl device logs robot-7 lidar --tail 50).
+    Logs {
+        /// Device id.
+        id: String,
+        /// Service name.
+        service: String,
+        /// How many lines (at most 1000).
+        #[arg(long, default_value_t = 100)]
+        tail: u32,
+    },
+    /// Reboot a device through its init system; the agent refuses unless its config sets
+    /// commands.allow_reboot (example: fleetctl device reboot robot-7).
+    Reboot {
+        /// Device id.
+        id: String,
+    },
+    /// Events a device reported, oldest first (example: fleetctl device events robot-7).
+    Events {
+        /// Device id.
+        id: String,
+    },
     /// Revoke a device: the server drops its messages and its certificate joins the revocation
     /// list the broker checks (example: fleetctl device revoke robot-7).
     Revoke {
@@ -131,6 +160,37 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Noun::Device(DeviceVerb::Enroll { id, labels, out, valid_days, agent_data_dir }) => {
             enroll(cli, id, labels, out, *valid_days, agent_data_dir)?;
         }
+        Noun::Device(DeviceVerb::Restart { id, service }) => {
+            let service = service_name(service)?;
+            command(cli, id, CommandAction::RestartService { service })?;
+        }
+        Noun::Device(DeviceVerb::Logs { id, service, tail }) => {
+            let service = service_name(service)?;
+            command(cli, id, CommandAction::FetchLogs { service, tail: *tail })?;
+        }
+        Noun::Device(DeviceVerb::Reboot { id }) => command(cli, id, CommandAction::Reboot)?,
+        Noun::Device(DeviceVerb::Events { id }) => {
+            let events: Vec<fleet_proto::Event> =
+                get(cli, &format!("/api/v1/devices/{id}/events"))?;
+            if cli.json {
+                print_json(&events);
+            } else if events.is_empty() {
+                eprintln!("no events from {id} yet");
+            } else {
+                for e in &events {
+                    let fields: Vec<String> =
+                        e.fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    println!(
+                        "{:>13}  {:<8} {:<16} {}  {}",
+                        e.at.0,
+                        format!("{:?}", e.severity),
+                        format!("{:?}", e.kind),
+                        e.message,
+                        fields.join(" ")
+                    );
+                }
+            }
+        }
         Noun::Device(DeviceVerb::Revoke { id }) => {
             let device: DeviceRecord =
                 send::<(), _>(cli, "POST", &format!("/api/v1/devices/{id}/revoke"), None)?;
@@ -156,6 +216,39 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+fn service_name(s: &str) -> Result<fleet_proto::ServiceName, Failure> {
+    fleet_proto::ServiceName::new(s)
+        .map_err(|e| Failure { code: 1, message: format!("service name: {e}") })
+}
+
+/// Sends a command and prints its one result; a refused or failed command exits 2.
+fn command(cli: &Cli, id: &str, action: CommandAction) -> Result<(), Failure> {
+    let request = CommandRequest { action, timeout_secs: None };
+    let result: CommandResult =
+        send(cli, "POST", &format!("/api/v1/devices/{id}/commands"), Some(&request))?;
+    if cli.json {
+        print_json(&result);
+        return match result.outcome {
+            CommandOutcome::Done { .. } => Ok(()),
+            _ => Err(Failure { code: 2, message: format!("{id} did not carry out the command") }),
+        };
+    }
+    match result.outcome {
+        CommandOutcome::Done { output } => {
+            for line in output {
+                println!("{line}");
+            }
+            Ok(())
+        }
+        CommandOutcome::Failed { reason } => {
+            Err(Failure { code: 2, message: format!("{id}: the command failed: {reason}") })
+        }
+        CommandOutcome::Refused { reason } => {
+            Err(Failure { code: 2, message: format!("{id} refused the command: {reason}") })
+        }
+    }
 }
 
 /// `fleetctl device enroll`.
