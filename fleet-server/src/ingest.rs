@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_proto::{Message, Topic, TopicKind};
+use fleet_proto::{EventKind, Message, Severity, Topic, TopicKind, UnixMillis};
 use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
 
 use crate::commands::Waiters;
@@ -84,7 +84,23 @@ fn handle(store: &dyn Store, waiters: &Waiters, topic: &str, payload: &[u8]) {
         Err(e) => return tracing::warn!(%topic, error = %e, "dropping undecodable message"),
     };
     if let Err(e) = msg.check_topic(&topic) {
-        return tracing::warn!(%topic, error = %e, "dropping message that does not match its topic");
+        tracing::warn!(%topic, error = %e, "dropping message that does not match its topic");
+        // Recorded against the topic's device (an enrolled one only: unknown ids must not
+        // grow the store), so its operator sees that something publishes under its name.
+        if store.device(&topic.device).ok().flatten().is_some_and(|d| d.refusal().is_none()) {
+            let event = fleet_proto::Event {
+                device: topic.device.clone(),
+                at: UnixMillis::now(),
+                severity: Severity::Warning,
+                kind: EventKind::Rejected,
+                message: format!("the server dropped a message on {topic}: {e}"),
+                fields: [("source".to_owned(), "server".to_owned())].into(),
+            };
+            if let Err(e) = store.add_event(&event) {
+                tracing::error!(%topic, error = %e, "cannot store event");
+            }
+        }
+        return;
     }
     let previous = match store.device(&topic.device) {
         Ok(p) => p,
