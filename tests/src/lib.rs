@@ -12,6 +12,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
+
+pub mod fleet;
 use serde::Deserialize;
 
 /// What `tests/env/up` wrote to `env.json`.

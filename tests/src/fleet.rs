@@ -1,0 +1,237 @@
+//! A whole fleet for end-to-end tests: `fleet-server` (its binary) using a real Mosquitto
+//! configured with the shipped `packaging/mosquitto/` files, TLS files from `fleet-server
+//! broker-files`, devices enrolled with `fleetctl device enroll`, and MQTT clients that
+//! connect with those certificates.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, TlsConfiguration, Transport};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::sync::mpsc;
+
+use crate::{bin, eventually, free_port};
+
+/// A child process killed when dropped.
+#[derive(Debug)]
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A fleet server plus a Mosquitto configured from packaging/mosquitto/.
+#[derive(Debug)]
+pub struct Fleet {
+    /// Holds everything: data, broker files, bundles, logs.
+    pub dir: tempfile::TempDir,
+    /// The API's base URL.
+    pub api: String,
+    /// Mosquitto's TLS port.
+    pub mqtt_port: u16,
+    /// Held so the server is killed with the fleet.
+    _server: Option<Killed>,
+    mosquitto: Option<Killed>,
+}
+
+impl Fleet {
+    /// The server's data directory.
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+    /// What `broker-files` wrote.
+    pub fn broker_dir(&self) -> PathBuf {
+        self.dir.path().join("broker")
+    }
+
+    /// Runs `fleetctl` against this server with its admin token.
+    pub fn fleetctl(&self, args: &[&str]) -> std::process::Output {
+        let token = std::fs::read_to_string(self.data().join("admin-token")).unwrap();
+        Command::new(bin("fleetctl"))
+            .args(["--server", &self.api])
+            .env("FLEET_TOKEN", token.trim())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// Enrolls `id`; returns its bundle directory.
+    pub fn enroll(&self, id: &str) -> PathBuf {
+        let out = self.dir.path().join(id);
+        let done = self.fleetctl(&["device", "enroll", id, "--out", out.to_str().unwrap()]);
+        assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+        out
+    }
+
+    /// (Re)starts Mosquitto with the shipped configuration, pointed at this test's files.
+    pub async fn start_mosquitto(&mut self) {
+        self.mosquitto = None;
+        let conf = std::fs::read_to_string(repo().join("packaging/mosquitto/fleet.conf"))
+            .unwrap()
+            .replace("/etc/mosquitto/fleet", self.broker_dir().to_str().unwrap())
+            .replace("listener 8883", &format!("listener {} 127.0.0.1", self.mqtt_port))
+            + &format!("persistence_location {}/\n", self.dir.path().display())
+            // Started as root, Mosquitto would drop to user mosquitto, which cannot read this
+            // test's 0600 keys; production chowns the directory to mosquitto instead.
+            + "user root\n";
+        std::fs::copy(repo().join("packaging/mosquitto/acl"), self.broker_dir().join("acl"))
+            .unwrap();
+        let path = self.dir.path().join("mosquitto.conf");
+        std::fs::write(&path, conf).unwrap();
+        let log = std::fs::File::create(self.dir.path().join("mosquitto.log")).unwrap();
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.mosquitto = Some(Killed(child));
+        let port = self.mqtt_port;
+        eventually("mosquitto to listen", Duration::from_secs(10), || async move {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+        })
+        .await;
+    }
+}
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+}
+
+/// Starts a fleet: broker files, the server using Mosquitto, Mosquitto.
+pub async fn start_fleet() -> Fleet {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let broker = dir.path().join("broker");
+    // The production order: broker files first (this creates the fleet CA), then the server.
+    let files = Command::new(bin("fleet-server"))
+        .arg("broker-files")
+        .arg("--data")
+        .arg(&data)
+        .args(["--name", "127.0.0.1", "--name", "localhost", "--out"])
+        .arg(&broker)
+        .output()
+        .unwrap();
+    assert!(files.status.success(), "{}", String::from_utf8_lossy(&files.stderr));
+    let (api_port, mqtt_port) = (free_port(), free_port());
+    let api = format!("http://127.0.0.1:{api_port}");
+    let mut fleet = Fleet { dir, api, mqtt_port, _server: None, mosquitto: None };
+    // The broker first: the server reports ready only once its subscriptions stand.
+    fleet.start_mosquitto().await;
+    let server = Command::new(bin("fleet-server"))
+        .arg("--data")
+        .arg(&data)
+        .args(["--api-listen", &format!("127.0.0.1:{api_port}")])
+        .args(["--broker", &format!("mqtts://127.0.0.1:{mqtt_port}")])
+        .arg("--broker-files")
+        .arg(&broker)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    fleet._server = Some(Killed(server));
+    let health = format!("{}/healthz", fleet.api);
+    eventually("fleet-server to answer", Duration::from_secs(30), || {
+        let health = health.clone();
+        async move {
+            tokio::task::spawn_blocking(move || ureq::get(&health).call().ok().map(|_| ()))
+                .await
+                .unwrap()
+        }
+    })
+    .await;
+    fleet
+}
+
+/// An MQTT client with a certificate, key and the fleet CA from `dir`.
+pub fn client(id: &str, port: u16, ca: &Path, cert: &Path, key: &Path) -> (AsyncClient, EventLoop) {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let certs: Vec<_> = CertificateDer::pem_file_iter(cert).unwrap().map(Result::unwrap).collect();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(certs, key)
+    .unwrap();
+    let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(5));
+    opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(config))));
+    AsyncClient::new(opts, 32)
+}
+
+/// A client with a device's bundle.
+pub fn device_client(bundle: &Path, id: &str, port: u16) -> (AsyncClient, EventLoop) {
+    client(id, port, &bundle.join("ca.pem"), &bundle.join("device.pem"), &bundle.join("device.key"))
+}
+
+/// What a connection saw: publishes (topic, payload) and whether it connected or failed.
+#[derive(Debug)]
+pub enum Seen {
+    /// A ConnAck.
+    Connected,
+    /// A publish: topic and payload.
+    Publish(String, Vec<u8>),
+    /// The connection failed (the first error ends the watch).
+    Failed(String),
+}
+
+/// Polls the event loop in a task until it fails once; forwards what it sees.
+pub fn watch(mut events: EventLoop) -> mpsc::UnboundedReceiver<Seen> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    let _ = tx.send(Seen::Connected);
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let _ = tx.send(Seen::Publish(p.topic.clone(), p.payload.to_vec()));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = tx.send(Seen::Failed(e.to_string()));
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// The next thing seen, within 10 s.
+pub async fn next(rx: &mut mpsc::UnboundedReceiver<Seen>, what: &str) -> Seen {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+        .unwrap_or_else(|| panic!("connection ended waiting for {what}"))
+}
+
+/// Asserts the next thing seen is a successful connection.
+pub async fn connected(rx: &mut mpsc::UnboundedReceiver<Seen>, who: &str) {
+    match next(rx, &format!("{who} to connect")).await {
+        Seen::Connected => {}
+        other => panic!("{who} did not connect: {other:?}"),
+    }
+}
+
+/// Waits for a publish on `topic`; fails on anything else arriving first.
+pub async fn receive(rx: &mut mpsc::UnboundedReceiver<Seen>, topic: &str) -> Vec<u8> {
+    match next(rx, topic).await {
+        Seen::Publish(t, payload) if t == topic => payload,
+        other => panic!("expected a message on {topic}, got {other:?}"),
+    }
+}
