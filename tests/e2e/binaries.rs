@@ -74,7 +74,13 @@ async fn fleetctl_enrolls_a_device_and_lists_it_once_it_reports() {
     let bundle = tempfile::tempdir().unwrap();
     let out = bundle.path().join("robot-7");
     let enrolled = server.fleetctl(&[
-        "device", "enroll", "robot-7", "--label", "site=depot", "--out", out.to_str().unwrap(),
+        "device",
+        "enroll",
+        "robot-7",
+        "--label",
+        "site=depot",
+        "--out",
+        out.to_str().unwrap(),
     ]);
     assert!(enrolled.status.success(), "{}", String::from_utf8_lossy(&enrolled.stderr));
     for file in ["config.toml", "ca.pem", "device.pem", "device.key"] {
@@ -85,13 +91,20 @@ async fn fleetctl_enrolls_a_device_and_lists_it_once_it_reports() {
     assert_eq!(mode & 0o777, 0o600, "the device key is private");
     let config = std::fs::read_to_string(out.join("config.toml")).unwrap();
     assert!(config.contains("device_id = \"robot-7\""), "{config}");
-    assert!(config.contains(&format!("broker = \"mqtt://127.0.0.1:{}\"", server.mqtt_port)), "{config}");
+    assert!(
+        config.contains(&format!("broker = \"mqtt://127.0.0.1:{}\"", server.mqtt_port)),
+        "{config}"
+    );
     // The same id again is a conflict (exit 2), and the bundle directory is never overwritten.
     let again = server.fleetctl(&["device", "enroll", "robot-7", "--out", out.to_str().unwrap()]);
     assert_eq!(again.status.code(), Some(1), "{}", String::from_utf8_lossy(&again.stderr));
     assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
     let conflict = server.fleetctl(&[
-        "device", "enroll", "robot-7", "--out", bundle.path().join("second").to_str().unwrap(),
+        "device",
+        "enroll",
+        "robot-7",
+        "--out",
+        bundle.path().join("second").to_str().unwrap(),
     ]);
     assert_eq!(conflict.status.code(), Some(2), "{}", String::from_utf8_lossy(&conflict.stderr));
 
@@ -109,17 +122,18 @@ async fn fleetctl_enrolls_a_device_and_lists_it_once_it_reports() {
         .unwrap();
 
     let srv = &server;
-    let devices: serde_json::Value =
-        eventually("robot-7 in `fleetctl device ls --json`", Duration::from_secs(20), || {
-            async move {
-                let out = srv.fleetctl(&["device", "ls", "--json"]);
-                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-                let v: serde_json::Value =
-                    serde_json::from_slice(&out.stdout).expect("--json prints only JSON");
-                (v.as_array()?.len() == 1 && v[0]["online"] == true).then_some(v)
-            }
-        })
-        .await;
+    let devices: serde_json::Value = eventually(
+        "robot-7 in `fleetctl device ls --json`",
+        Duration::from_secs(20),
+        || async move {
+            let out = srv.fleetctl(&["device", "ls", "--json"]);
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            let v: serde_json::Value =
+                serde_json::from_slice(&out.stdout).expect("--json prints only JSON");
+            (v.as_array()?.len() == 1 && v[0]["online"] == true).then_some(v)
+        },
+    )
+    .await;
     assert_eq!(devices[0]["id"], "robot-7");
     assert_eq!(devices[0]["labels"]["site"], "depot");
 
