@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fleet_proto::{DeviceId, RegistryCredential};
+use fleet_proto::{DeviceId, RegistryCredential, TrustedKey, TrustedKeys};
 use serde::Deserialize;
 
 /// Default location of the main file.
@@ -61,6 +61,30 @@ disk_reserve_mb = 500
 dir = "/run/fleet-agent/locks"
 socket = "/run/fleet-agent/locks.sock"
 default_ttl_secs = 300
+
+[link]
+# Broker URL. mqtts://host:port (mutual TLS) for any broker; mqtt://host:port (plain) is allowed
+# only for loopback hosts (the fleet server's embedded broker). Empty: no link (local mode only).
+broker = ""
+# Relative paths below resolve against the directory of this file (an enrollment bundle
+# directory works as is: fleet-agent --config <bundle>/config.toml run).
+# The fleet CA (PEM): the broker's server certificate must chain to it, and only to it.
+ca_file = "ca.pem"
+# This device's client certificate (PEM, CN = device_id).
+cert_file = "device.pem"
+# Its private key (PEM, PKCS#8); must be mode 0600.
+key_file = "device.key"
+# Hex Ed25519 public keys trusted for desired state and commands (several during a rotation).
+server_keys = []
+keep_alive_secs = 30
+# Reconnect backoff: a random delay in [0, min(max, initial * 2^attempt)] (full jitter), so a
+# fleet does not reconnect in lock-step after a broker restart.
+backoff_initial_ms = 500
+backoff_max_secs = 60
+
+[commands]
+# The reboot command runs `systemctl reboot` only when true.
+allow_reboot = false
 
 [log]
 # "plain" (journald-friendly) or "json".
@@ -143,6 +167,94 @@ pub struct Config {
     pub log_json: bool,
     /// Log filter.
     pub log_level: String,
+    /// The link to the fleet server; `None`: local mode only.
+    pub link: Option<LinkConfig>,
+    /// Whether the reboot command may reboot the device.
+    pub allow_reboot: bool,
+}
+
+/// Where the broker is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Broker {
+    /// Host name or IP address (without brackets).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Mutual TLS (`mqtts://`); plain MQTT only to a loopback host.
+    pub tls: bool,
+}
+
+impl std::fmt::Display for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
+        if self.host.contains(':') {
+            write!(f, "{scheme}://[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{scheme}://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl Broker {
+    /// Parses `mqtts://host[:port]` or `mqtt://host[:port]` (IPv6 hosts in brackets).
+    pub fn parse(url: &str) -> Result<Broker, String> {
+        let (tls, rest) = if let Some(r) = url.strip_prefix("mqtts://") {
+            (true, r)
+        } else if let Some(r) = url.strip_prefix("mqtt://") {
+            (false, r)
+        } else {
+            return Err(format!("{url:?} is not an mqtts:// or mqtt:// URL"));
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        let default_port = if tls { 8883 } else { 1883 };
+        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+            let (host, after) =
+                v6.split_once(']').ok_or_else(|| format!("{url:?}: unclosed [ in the host"))?;
+            (host, after.strip_prefix(':'))
+        } else {
+            match rest.split_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (rest, None),
+            }
+        };
+        if host.is_empty() || host.contains(['/', '@', '?', '#']) {
+            return Err(format!("{url:?}: expected scheme://host:port"));
+        }
+        let port = match port {
+            None => default_port,
+            Some(p) => p.parse::<u16>().map_err(|_| format!("{url:?}: bad port {p:?}"))?,
+        };
+        Ok(Broker { host: host.to_owned(), port, tls })
+    }
+
+    /// Whether the host is this machine (`localhost`, `127.0.0.0/8`, `::1`).
+    pub fn is_loopback(&self) -> bool {
+        self.host.eq_ignore_ascii_case("localhost")
+            || self.host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    }
+}
+
+/// The checked `[link]` table.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// This device's id (client id).
+    pub device: DeviceId,
+    /// The broker.
+    pub broker: Broker,
+    /// Fleet CA file (absolute).
+    pub ca_file: PathBuf,
+    /// Client certificate file (absolute).
+    pub cert_file: PathBuf,
+    /// Client key file (absolute, mode 0600).
+    pub key_file: PathBuf,
+    /// Keys trusted for desired state and commands.
+    pub server_keys: TrustedKeys,
+    /// MQTT keep-alive.
+    pub keep_alive: Duration,
+    /// First reconnect backoff window.
+    pub backoff_initial: Duration,
+    /// Largest reconnect backoff window.
+    pub backoff_max: Duration,
 }
 
 #[derive(Debug, Deserialize)]
@@ -155,7 +267,28 @@ struct Raw {
     update: RawUpdate,
     registries: Vec<RawRegistry>,
     locks: RawLocks,
+    link: RawLink,
+    commands: RawCommands,
     log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLink {
+    broker: String,
+    ca_file: PathBuf,
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    server_keys: Vec<String>,
+    keep_alive_secs: u64,
+    backoff_initial_ms: u64,
+    backoff_max_secs: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCommands {
+    allow_reboot: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -250,17 +383,29 @@ impl Config {
                 read(&p, &mut table)?;
             }
         }
-        Config::check(table, &files.join(", "))
+        // Relative link file paths resolve against the main file's directory.
+        let base = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        Config::check(table, &files.join(", "), &base)
     }
 
     /// Parses one TOML document on top of the defaults (for tests and `--print-default-config`).
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
         let mut table = parse("built-in defaults", DEFAULT_CONFIG)?;
         merge(&mut table, parse("<string>", text)?);
-        Config::check(table, "<string>")
+        Config::check(table, "<string>", Path::new("."))
     }
 
-    fn check(table: toml::Table, files: &str) -> Result<Config, ConfigError> {
+    /// Like [`Self::from_toml`], with relative link file paths resolved against `base`.
+    pub fn from_toml_in(text: &str, base: &Path) -> Result<Config, ConfigError> {
+        let mut table = parse("built-in defaults", DEFAULT_CONFIG)?;
+        merge(&mut table, parse("<string>", text)?);
+        Config::check(table, "<string>", base)
+    }
+
+    fn check(table: toml::Table, files: &str, base: &Path) -> Result<Config, ConfigError> {
         let raw: Raw =
             serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
                 ConfigError::Invalid {
@@ -298,9 +443,13 @@ impl Config {
                 password: password.trim_end_matches(['\n', '\r']).to_owned(),
             });
         }
+        let device_id = DeviceId::new(raw.device_id)?;
+        let link = check_link(raw.link, &device_id, base, files)?;
         Ok(Config {
             registries,
-            device_id: DeviceId::new(raw.device_id)?,
+            link,
+            allow_reboot: raw.commands.allow_reboot,
+            device_id,
             data_dir: raw.data_dir,
             engine_socket: raw.engine.socket,
             engine_timeout: Duration::from_secs(raw.engine.request_timeout_secs),
@@ -316,6 +465,95 @@ impl Config {
             log_level: raw.log.level,
         })
     }
+}
+
+fn check_link(
+    raw: RawLink,
+    device: &DeviceId,
+    base: &Path,
+    files: &str,
+) -> Result<Option<LinkConfig>, ConfigError> {
+    let invalid = |key: &str, message: String| ConfigError::Invalid {
+        key: format!("link.{key}"),
+        message,
+        files: files.to_owned(),
+    };
+    if raw.broker.trim().is_empty() {
+        return Ok(None);
+    }
+    let broker = Broker::parse(raw.broker.trim()).map_err(|m| invalid("broker", m))?;
+    if !broker.tls && !broker.is_loopback() {
+        return Err(invalid(
+            "broker",
+            format!(
+                "plain mqtt:// is allowed only to a loopback host, not {}; use mqtts:// (mutual TLS)",
+                broker.host
+            ),
+        ));
+    }
+    let mut keys = Vec::with_capacity(raw.server_keys.len());
+    for (i, k) in raw.server_keys.iter().enumerate() {
+        keys.push(
+            TrustedKey::from_hex(k)
+                .map_err(|e| invalid(&format!("server_keys[{i}]"), e.to_string()))?,
+        );
+    }
+    if keys.is_empty() {
+        return Err(invalid(
+            "server_keys",
+            "no server key is trusted, so no desired state could ever be accepted; add the fleet server's public key (hex)".to_owned(),
+        ));
+    }
+    let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+    let (ca_file, cert_file, key_file) =
+        (resolve(raw.ca_file), resolve(raw.cert_file), resolve(raw.key_file));
+    if broker.tls {
+        for (key, path) in
+            [("ca_file", &ca_file), ("cert_file", &cert_file), ("key_file", &key_file)]
+        {
+            std::fs::File::open(path)
+                .map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))?;
+        }
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&key_file)
+                .map_err(|e| {
+                    invalid("key_file", format!("cannot read {}: {e}", key_file.display()))
+                })?
+                .permissions(),
+        );
+        if mode & 0o077 != 0 {
+            return Err(invalid(
+                "key_file",
+                format!(
+                    "{} is readable by group or others (mode {:o}); chmod 600 {}",
+                    key_file.display(),
+                    mode & 0o777,
+                    key_file.display()
+                ),
+            ));
+        }
+    }
+    if raw.keep_alive_secs < 5 {
+        return Err(invalid(
+            "keep_alive_secs",
+            format!("{} is below 5 seconds", raw.keep_alive_secs),
+        ));
+    }
+    if raw.backoff_initial_ms == 0 || raw.backoff_max_secs == 0 {
+        return Err(invalid("backoff_initial_ms", "backoff values must be positive".to_owned()));
+    }
+    Ok(Some(LinkConfig {
+        device: device.clone(),
+        broker,
+        ca_file,
+        cert_file,
+        key_file,
+        server_keys: TrustedKeys::new(keys),
+        keep_alive: Duration::from_secs(raw.keep_alive_secs),
+        backoff_initial: Duration::from_millis(raw.backoff_initial_ms),
+        backoff_max: Duration::from_secs(raw.backoff_max_secs)
+            .max(Duration::from_millis(raw.backoff_initial_ms)),
+    }))
 }
 
 #[cfg(test)]
@@ -403,5 +641,98 @@ mod tests {
         std::fs::write(&main, "device_id = ").unwrap();
         let err = Config::load(&main, true).unwrap_err();
         assert!(err.to_string().contains("config.toml is not valid TOML"), "{err}");
+    }
+
+    const KEY: &str = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
+
+    /// A bundle directory with the three files, the key at `key_mode`.
+    fn bundle(key_mode: u32) -> tempfile::TempDir {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["ca.pem", "device.pem", "device.key"] {
+            std::fs::write(dir.path().join(f), "-----BEGIN X-----\n").unwrap();
+        }
+        std::fs::set_permissions(
+            dir.path().join("device.key"),
+            std::fs::Permissions::from_mode(key_mode),
+        )
+        .unwrap();
+        dir
+    }
+
+    fn link_toml(broker: &str, keys: &str) -> String {
+        format!("device_id = \"robot-7\"\n[link]\nbroker = \"{broker}\"\nserver_keys = [{keys}]\n")
+    }
+
+    #[test]
+    fn no_broker_means_no_link() {
+        let c = Config::from_toml("device_id = \"d\"").unwrap();
+        assert!(c.link.is_none());
+        assert!(!c.allow_reboot);
+    }
+
+    #[test]
+    fn relative_link_files_resolve_against_the_config_files_directory() {
+        let dir = bundle(0o600);
+        let main = dir.path().join("config.toml");
+        std::fs::write(&main, link_toml("mqtts://fleet.example:8883", &format!("\"{KEY}\"")))
+            .unwrap();
+        let c = Config::load(&main, true).unwrap();
+        let link = c.link.unwrap();
+        assert_eq!(link.ca_file, dir.path().join("ca.pem"));
+        assert_eq!(link.key_file, dir.path().join("device.key"));
+        assert_eq!(link.broker, Broker { host: "fleet.example".into(), port: 8883, tls: true });
+        assert_eq!(link.keep_alive, Duration::from_secs(30));
+        assert_eq!(link.backoff_initial, Duration::from_millis(500));
+        assert_eq!(link.device.as_str(), "robot-7");
+    }
+
+    #[test]
+    fn plain_mqtt_is_refused_to_other_hosts_but_allowed_to_loopback() {
+        let dir = bundle(0o600);
+        let keys = format!("\"{KEY}\"");
+        let err = Config::from_toml_in(&link_toml("mqtt://fleet.example:1883", &keys), dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`link.broker`") && err.contains("mqtts://"), "{err}");
+        for ok in ["mqtt://127.0.0.1:1883", "mqtt://localhost", "mqtt://[::1]:1883"] {
+            let c = Config::from_toml_in(&link_toml(ok, &keys), dir.path()).unwrap();
+            assert!(!c.link.unwrap().broker.tls, "{ok}");
+        }
+        let err = Config::from_toml_in(&link_toml("http://x", &keys), dir.path()).unwrap_err();
+        assert!(err.to_string().contains("`link.broker`"), "{err}");
+    }
+
+    #[test]
+    fn missing_files_are_named_with_their_path() {
+        let dir = bundle(0o600);
+        std::fs::remove_file(dir.path().join("device.pem")).unwrap();
+        let err =
+            Config::from_toml_in(&link_toml("mqtts://h:8883", &format!("\"{KEY}\"")), dir.path())
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("`link.cert_file`"), "{err}");
+        assert!(err.contains(&dir.path().join("device.pem").display().to_string()), "{err}");
+    }
+
+    #[test]
+    fn a_key_readable_by_others_is_refused_with_the_fix() {
+        let dir = bundle(0o644);
+        let err =
+            Config::from_toml_in(&link_toml("mqtts://h:8883", &format!("\"{KEY}\"")), dir.path())
+                .unwrap_err()
+                .to_string();
+        let key = dir.path().join("device.key");
+        assert!(err.contains(&format!("chmod 600 {}", key.display())), "{err}");
+        assert!(!err.contains("BEGIN"), "file contents never appear: {err}");
+    }
+
+    #[test]
+    fn bad_and_missing_server_keys_are_refused() {
+        let dir = bundle(0o600);
+        let err = Config::from_toml_in(&link_toml("mqtts://h", "\"zz\""), dir.path()).unwrap_err();
+        assert!(err.to_string().contains("`link.server_keys[0]`"), "{err}");
+        let err = Config::from_toml_in(&link_toml("mqtts://h", ""), dir.path()).unwrap_err();
+        assert!(err.to_string().contains("`link.server_keys`"), "{err}");
     }
 }

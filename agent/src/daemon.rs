@@ -8,7 +8,14 @@
 //! * a resync tick (default 60 s, no bursts after a stall) → converge, in case an event was lost;
 //! * a release handed over on the admin socket (`fleet-agent apply` while the daemon runs) →
 //!   apply it, answer with the outcome;
+//! * with `[link].broker` set, a desired state from the server → verified and checked by
+//!   [`crate::accept`], then applied like a local release (a refusal is logged and reported as
+//!   a `Rejected` event; the running release stays); a signed command → run once, answered
+//!   with exactly one result;
 //! * SIGTERM/SIGINT → stop, leaving every application container running.
+//!
+//! With the link on, every state report written to `status.json` also goes to the link, which
+//! publishes the latest one (see [`crate::link`]); the daemon never waits on the network.
 //!
 //! The systemd watchdog is pinged (`WATCHDOG=1`) from a task of its own, so an update that waits
 //! minutes on a pull keeps pinging; what it proves is that the runtime's one thread is not
@@ -25,10 +32,18 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use fleet_proto::report::UpdateResult;
+use fleet_proto::{
+    Command, CommandAction, CommandOutcome, CommandResult, Event, EventKind, Severity, Signed,
+    TrustedKeys, UnixMillis, VerifyError,
+};
+use sha2::{Digest, Sha256};
 use tokio::time::{Instant, MissedTickBehavior};
 
+use crate::accept::{accept, Rejection};
 use crate::admin::{self, Answer, Call, Request};
 use crate::config::Config;
+use crate::link::{Inbound, Inbox, Link, LinkError, LinkHandle, Outgoing};
 use crate::lock::UpdateLocks;
 use crate::proxy::PortProxy;
 use crate::reconcile::{check_release, ExecOptions, Reconciler, StepError};
@@ -47,6 +62,9 @@ pub enum DaemonError {
     /// The engine is unreachable at start.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    /// The link to the server cannot be set up (unreadable certificate or key).
+    #[error(transparent)]
+    Link(#[from] LinkError),
     /// The data directory cannot be created.
     #[error("cannot create data directory {path}")]
     DataDir {
@@ -97,11 +115,34 @@ async fn open_state_waiting(config: &Config) -> Result<AgentState, DaemonError> 
     }
 }
 
-/// Runs the daemon until `shutdown` completes.
+/// Runs the daemon on the Docker engine until `shutdown` completes.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
-    let state = open_state_waiting(&config).await?;
     let runtime =
         Arc::new(DockerRuntime::connect(&config.engine_socket, config.engine_timeout).await?);
+    run_with(config, runtime, shutdown).await
+}
+
+/// Longest command log output sent back, in bytes: a result must fit an MQTT message.
+const MAX_LOG_BYTES: usize = fleet_proto::MAX_MESSAGE_BYTES / 2;
+/// Most log lines a `FetchLogs` command returns.
+const MAX_LOG_LINES: u32 = 1000;
+
+/// Runs the daemon on `runtime` (the simulated engine in tests) until `shutdown` completes.
+pub async fn run_with<R: ContainerRuntime>(
+    config: Config,
+    runtime: Arc<R>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    // Certificate problems are reported before anything else starts.
+    let link = match &config.link {
+        Some(cfg) => {
+            let (handle, inbox) = Link::start(cfg)?;
+            tracing::info!(broker = %cfg.broker, "link to the fleet server starting");
+            Some((handle, inbox, cfg.server_keys.clone()))
+        }
+        None => None,
+    };
+    let state = open_state_waiting(&config).await?;
     let locks = UpdateLocks::new(&config.locks_dir, config.locks_default_ttl);
     let reconciler =
         Reconciler::new(runtime, config.device_id.clone(), state, exec_options(&config))
@@ -133,7 +174,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             tracing::warn!(error = %e, socket = %admin_socket.display(), "admin socket not served; `fleet-agent apply` cannot reach the daemon");
         }
     });
-    let result = Daemon { config, reconciler }.run(shutdown, admin_calls).await;
+    let (link, inbox, trusted) = match link {
+        Some((h, i, t)) => (Some(h), Some(i), t),
+        None => (None, None, TrustedKeys::default()),
+    };
+    let mut daemon = Daemon { config, reconciler, link, trusted };
+    let result = daemon.run(shutdown, admin_calls, inbox).await;
+    if let Some(link) = daemon.link.take() {
+        if link.dropped() > 0 {
+            tracing::warn!(
+                dropped = link.dropped(),
+                "messages to the server dropped while the link was busy or down"
+            );
+        }
+        link.shutdown(Duration::from_secs(3)).await;
+    }
     let _ = stop_locks.send(());
     let _ = stop_admin.send(());
     let _ = lock_server.await;
@@ -144,13 +199,24 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 struct Daemon<R> {
     config: Config,
     reconciler: Reconciler<R>,
+    link: Option<LinkHandle>,
+    trusted: TrustedKeys,
+}
+
+/// The next message from the server, or never without a link.
+async fn next_inbound(inbox: &mut Option<Inbox>) -> Option<Inbound> {
+    match inbox {
+        Some(inbox) => inbox.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl<R: ContainerRuntime> Daemon<R> {
     async fn run(
-        self,
+        &mut self,
         shutdown: impl Future<Output = ()>,
         mut admin_calls: tokio::sync::mpsc::Receiver<Call>,
+        mut inbox: Option<Inbox>,
     ) -> Result<(), DaemonError> {
         tokio::pin!(shutdown);
         let device = self.config.device_id.clone();
@@ -216,6 +282,21 @@ impl<R: ContainerRuntime> Daemon<R> {
                         },
                     }
                 }
+                inbound = next_inbound(&mut inbox) => match inbound {
+                    Some(message) => {
+                        tokio::select! {
+                            () = &mut shutdown => break,
+                            retry = self.inbound(message) => if let Some(at) = retry {
+                                pending = true;
+                                debounce.as_mut().reset(at);
+                            },
+                        }
+                    }
+                    None => {
+                        tracing::error!("link task ended; running on without the server");
+                        inbox = None;
+                    }
+                },
             }
         }
         if let Some(watchdog) = watchdog {
@@ -315,6 +396,343 @@ impl<R: ContainerRuntime> Daemon<R> {
         ) {
             tracing::warn!(error = %e, "cannot write status.json");
         }
+        if let Some(link) = &self.link {
+            link.report(report);
+        }
+    }
+
+    /// Hands an event to the link (dropped and counted if its queue is full).
+    fn event(
+        &self,
+        severity: Severity,
+        kind: EventKind,
+        message: String,
+        fields: &[(&str, String)],
+    ) {
+        if let Some(link) = &self.link {
+            link.send(Outgoing::Event(Event {
+                device: self.config.device_id.clone(),
+                at: UnixMillis::now(),
+                severity,
+                kind,
+                message,
+                fields: fields.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect(),
+            }));
+        }
+    }
+
+    async fn inbound(&mut self, message: Inbound) -> Option<Instant> {
+        match message {
+            Inbound::Desired(signed) => self.desired(signed).await,
+            Inbound::Command(signed) => {
+                self.command(signed).await;
+                None
+            }
+        }
+    }
+
+    /// A desired state from the server: verified and checked, then applied; refused states
+    /// change nothing. Returns when to converge again if an update lock defers the switch.
+    async fn desired(&mut self, signed: Signed) -> Option<Instant> {
+        let state = self.reconciler.state();
+        let digest = digest(&signed);
+        let accepted = match (state.server_desired(), state.desired()) {
+            (Ok(server), Ok(desired)) => {
+                if server.as_ref().is_some_and(|s| s.digest == digest) {
+                    // The broker's retained copy of what is already accepted (every reconnect).
+                    tracing::debug!("desired state unchanged");
+                    return None;
+                }
+                let from_desired = match desired.map(|d| d.origin) {
+                    Some(Origin::Server { generation }) => Some(generation),
+                    _ => None,
+                };
+                server.map(|s| s.generation).max(from_desired)
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(error = %e, "cannot read the accepted generation; desired state ignored until the next delivery");
+                return None;
+            }
+        };
+        let desired = match accept(&signed, &self.trusted, &self.config.device_id, accepted) {
+            Ok(d) => d,
+            Err(rejection) => {
+                let reason = rejection_reason(&rejection);
+                tracing::warn!(reason, error = %rejection, "desired state from the server refused; the running release stays");
+                let mut fields = vec![("reason", reason.to_owned())];
+                if let Some(a) = accepted {
+                    fields.push(("accepted_generation", a.to_string()));
+                }
+                self.event(Severity::Warning, EventKind::Rejected, rejection.to_string(), &fields);
+                self.write_status().await;
+                return None;
+            }
+        };
+        let generation = desired.generation;
+        // Persisted before anything runs: after a crash mid-update, this state is not new.
+        if let Err(e) =
+            state.set_server_desired(&crate::state::ServerDesired { generation, digest })
+        {
+            tracing::error!(error = %e, "cannot record the accepted desired state; not applying it");
+            return None;
+        }
+        let mut credentials = self.config.registries.clone();
+        credentials.extend(desired.registry_credentials.iter().cloned());
+        self.reconciler.set_credentials(credentials);
+        let release =
+            desired.release.as_ref().map(|r| r.id.to_string()).unwrap_or_else(|| "none".into());
+        tracing::info!(generation, %release, "desired state from the server accepted");
+        self.event(
+            Severity::Info,
+            EventKind::UpdateStarted,
+            format!("applying generation {generation} (release {release})"),
+            &[("generation", generation.to_string()), ("release", release.clone())],
+        );
+        let apply = self.reconciler.apply(Origin::Server { generation }, desired.release);
+        let mut retry = None;
+        let gen_field = ("generation", generation.to_string());
+        match self.with_live_status(apply).await {
+            Ok(outcome) => {
+                let (severity, kind, message) = match &outcome.result {
+                    UpdateResult::Applied => (
+                        Severity::Info,
+                        EventKind::UpdateApplied,
+                        format!("release {release} applied"),
+                    ),
+                    UpdateResult::RolledBack { reason, .. } => (
+                        Severity::Error,
+                        EventKind::UpdateRolledBack,
+                        format!("release {release} rolled back: {reason}"),
+                    ),
+                    UpdateResult::Failed { reason } => (
+                        Severity::Error,
+                        EventKind::UpdateFailed,
+                        format!("release {release} failed: {reason}"),
+                    ),
+                    other => (
+                        Severity::Warning,
+                        EventKind::Other,
+                        format!("release {release}: {other:?}"),
+                    ),
+                };
+                tracing::info!(generation, result = ?outcome.result, "update finished");
+                self.event(severity, kind, message, &[gen_field]);
+            }
+            Err(StepError::Deferred { holder, until }) => {
+                tracing::info!(%holder, until = until.0, "update deferred by an update lock");
+                self.event(
+                    Severity::Info,
+                    EventKind::UpdateDeferred,
+                    format!("update deferred by {holder}"),
+                    &[gen_field, ("holder", holder.clone())],
+                );
+                retry = Some(lease_end(until));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "update failed; retrying on the next resync");
+                self.event(Severity::Error, EventKind::UpdateFailed, e.to_string(), &[gen_field]);
+            }
+        }
+        self.write_status().await;
+        retry
+    }
+
+    /// A command from the server: verified, run at most once, answered with one result.
+    /// Commands that cannot be verified get no result (their id cannot be trusted), only a
+    /// `Rejected` event.
+    async fn command(&self, signed: Signed) {
+        let command: Command = match signed.open(&self.trusted) {
+            Ok(c) => c,
+            Err(e) => {
+                let reason = verify_reason(&e);
+                tracing::warn!(reason, error = %e, "command from the server refused");
+                self.event(
+                    Severity::Warning,
+                    EventKind::Rejected,
+                    format!("command refused: {e}"),
+                    &[("reason", reason.to_owned())],
+                );
+                return;
+            }
+        };
+        let id = command.id;
+        let outcome = if command.device != self.config.device_id {
+            refused(format!(
+                "command is for device {}, this is {}",
+                command.device, self.config.device_id
+            ))
+        } else if UnixMillis::now() > command.deadline {
+            refused(format!("deadline {} passed", command.deadline.0))
+        } else {
+            match self.reconciler.state().remember_command(id) {
+                Ok(false) => {
+                    tracing::info!(id, "command already run; ignoring the redelivery");
+                    return;
+                }
+                Err(e) => {
+                    CommandOutcome::Failed { reason: format!("cannot record the command: {e}") }
+                }
+                Ok(true) => {
+                    tracing::info!(id, action = ?command.action, "running command from the server");
+                    self.run_command(&command.action).await
+                }
+            }
+        };
+        tracing::info!(id, outcome = outcome_name(&outcome), "command finished");
+        let reboot = matches!(command.action, CommandAction::Reboot)
+            && matches!(outcome, CommandOutcome::Done { .. });
+        if let Some(link) = &self.link {
+            link.send(Outgoing::CommandResult(CommandResult {
+                id,
+                device: self.config.device_id.clone(),
+                finished_at: UnixMillis::now(),
+                outcome,
+            }));
+        }
+        if reboot {
+            // Give the link a moment to publish the result before the system goes down.
+            tokio::spawn(async {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                tracing::warn!("rebooting the device as commanded");
+                let status = tokio::task::spawn_blocking(|| {
+                    std::process::Command::new("systemctl").arg("reboot").status()
+                })
+                .await;
+                match status {
+                    Ok(Ok(s)) if s.success() => {}
+                    Ok(Ok(s)) => tracing::error!(status = %s, "systemctl reboot failed"),
+                    Ok(Err(e)) => tracing::error!(error = %e, "cannot run systemctl reboot"),
+                    Err(e) => tracing::error!(error = %e, "reboot task failed"),
+                }
+            });
+        }
+    }
+
+    async fn run_command(&self, action: &CommandAction) -> CommandOutcome {
+        match action {
+            CommandAction::Reboot if !self.config.allow_reboot => refused(
+                "reboot is not allowed on this device (commands.allow_reboot = false)".to_owned(),
+            ),
+            CommandAction::Reboot => CommandOutcome::Done { output: vec!["rebooting".to_owned()] },
+            CommandAction::RefreshInventory => refused("inventory is not built yet".to_owned()),
+            CommandAction::RestartService { service } => {
+                match self.service_container(service).await {
+                    Err(outcome) => outcome,
+                    Ok(id) => {
+                        match self.reconciler.runtime().restart(&id, self.config.stop_grace).await {
+                            Ok(()) => CommandOutcome::Done {
+                                output: vec![format!("restarted {service}")],
+                            },
+                            Err(e) => CommandOutcome::Failed { reason: e.to_string() },
+                        }
+                    }
+                }
+            }
+            CommandAction::FetchLogs { service, tail } => {
+                match self.service_container(service).await {
+                    Err(outcome) => outcome,
+                    Ok(id) => {
+                        let tail = (*tail).min(MAX_LOG_LINES) as usize;
+                        match self.reconciler.runtime().logs(&id, tail).await {
+                            Ok(lines) => {
+                                CommandOutcome::Done { output: cap_lines(lines, MAX_LOG_BYTES) }
+                            }
+                            Err(e) => CommandOutcome::Failed { reason: e.to_string() },
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The container of `service` in the release in force (a running one preferred).
+    async fn service_container(
+        &self,
+        service: &fleet_proto::ServiceName,
+    ) -> Result<String, CommandOutcome> {
+        let observed = self
+            .reconciler
+            .runtime()
+            .list(&self.config.device_id)
+            .await
+            .map_err(|e| CommandOutcome::Failed { reason: e.to_string() })?;
+        let proven = self
+            .reconciler
+            .state()
+            .proven()
+            .ok()
+            .flatten()
+            .and_then(|p| p.release)
+            .map(|r| r.id.to_string());
+        let mut candidates: Vec<_> = observed
+            .iter()
+            .filter(|c| c.label(crate::runtime::labels::SERVICE) == Some(service.as_str()))
+            .collect();
+        candidates.sort_by_key(|c| {
+            (
+                c.label(crate::runtime::labels::RELEASE).map(str::to_owned) != proven,
+                c.state != fleet_proto::report::ContainerState::Running,
+            )
+        });
+        candidates
+            .first()
+            .map(|c| c.id.clone())
+            .ok_or_else(|| refused(format!("no container for service {service} on this device")))
+    }
+}
+
+fn refused(reason: String) -> CommandOutcome {
+    CommandOutcome::Refused { reason }
+}
+
+fn outcome_name(o: &CommandOutcome) -> &'static str {
+    match o {
+        CommandOutcome::Done { .. } => "done",
+        CommandOutcome::Failed { .. } => "failed",
+        CommandOutcome::Refused { .. } => "refused",
+    }
+}
+
+/// Keeps the last lines that fit in `max` bytes.
+fn cap_lines(lines: Vec<String>, max: usize) -> Vec<String> {
+    let mut total = 0;
+    let mut keep = lines.len();
+    for (i, l) in lines.iter().enumerate().rev() {
+        total += l.len() + 8;
+        if total > max {
+            break;
+        }
+        keep = i;
+    }
+    lines.into_iter().skip(keep).collect()
+}
+
+/// SHA-256 of the signed bytes and signature, hex.
+fn digest(signed: &Signed) -> String {
+    let mut h = Sha256::new();
+    h.update(&signed.payload);
+    h.update(&signed.signature);
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A stable machine-readable reason for a refused signed payload (the event's `reason`).
+fn verify_reason(e: &VerifyError) -> &'static str {
+    match e {
+        VerifyError::Unsigned => "unsigned",
+        VerifyError::UnknownKey { .. } => "unknown-key",
+        VerifyError::MalformedSignature { .. } => "malformed-signature",
+        VerifyError::BadSignature { .. } => "bad-signature",
+        VerifyError::Payload(_) => "undecodable-payload",
+    }
+}
+
+/// A stable machine-readable reason for a refused desired state.
+pub fn rejection_reason(r: &Rejection) -> &'static str {
+    match r {
+        Rejection::Signature(e) => verify_reason(e),
+        Rejection::WrongDevice { .. } => "wrong-device",
+        Rejection::Replay { .. } => "replay",
+        Rejection::Invalid(_) => "invalid-release",
     }
 }
 
@@ -325,7 +743,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// When to try again after a lease that ends at `until`: just after it.
-fn lease_end(until: fleet_proto::UnixMillis) -> Instant {
-    let left = until.0.saturating_sub(fleet_proto::UnixMillis::now().0);
+fn lease_end(until: UnixMillis) -> Instant {
+    let left = until.0.saturating_sub(UnixMillis::now().0);
     Instant::now() + Duration::from_millis(left + 100)
 }

@@ -8,6 +8,7 @@
 //! * [`lock`] — update locks: leases applications hold while they must not be interrupted;
 //! * [`accept`] — whether a desired state from the server may be applied (pure);
 //! * [`report`] — the device's state report;
+//! * [`link`] — the MQTT link to the fleet server (mutual TLS, backoff, presence);
 //! * [`config`], [`daemon`], [`cli`], [`sd_notify`] — the process around it.
 //!
 //! The binary in `main.rs` only calls [`cli::main`]. The agent speaks to the server only
@@ -18,6 +19,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod link;
 pub mod lock;
 pub mod plan;
 pub mod probe;

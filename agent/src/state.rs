@@ -8,6 +8,10 @@
 //! * `failed_generation` — a generation that was rolled back is not retried until the server
 //!   sends a newer one.
 //! * `journal` — every update step, written before and after it runs.
+//! * `server_desired` — the generation and digest of the last desired state accepted from the
+//!   server (kept apart from `desired`, which a local apply replaces), so a replayed or older
+//!   state is refused after a restart too.
+//! * `commands` — ids of recently run commands, so a redelivered command never runs twice.
 //!
 //! Durability: sled fsyncs on a timer (500 ms); every write here that a crash must not lose is
 //! followed by an explicit `flush`, so "persisted" means "on disk".
@@ -44,6 +48,19 @@ pub struct Accepted {
     /// When it was accepted.
     pub accepted_at: UnixMillis,
 }
+
+/// The last desired state accepted from the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerDesired {
+    /// Its generation.
+    pub generation: u64,
+    /// SHA-256 of its signed payload, hex: the broker's retained copy of the same state is
+    /// recognised and ignored rather than refused as a replay.
+    pub digest: String,
+}
+
+/// Command ids remembered (the server issues ids in increasing order; a redelivery comes soon).
+const COMMANDS_KEEP: usize = 256;
 
 /// A release proven healthy on this device.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -185,6 +202,31 @@ impl AgentState {
         self.put("last_outcome", outcome)
     }
 
+    /// The last desired state accepted from the server.
+    pub fn server_desired(&self) -> Result<Option<ServerDesired>, StateError> {
+        self.get("server_desired")
+    }
+
+    /// Records a desired state accepted from the server (flushed before returning).
+    pub fn set_server_desired(&self, accepted: &ServerDesired) -> Result<(), StateError> {
+        self.put("server_desired", accepted)
+    }
+
+    /// Records command `id` as run. Returns `false` if it was already recorded (then it must
+    /// not run again). Flushed before returning, so a reboot command does not repeat itself.
+    pub fn remember_command(&self, id: u64) -> Result<bool, StateError> {
+        let mut ids: Vec<u64> = self.get("commands")?.unwrap_or_default();
+        if ids.contains(&id) {
+            return Ok(false);
+        }
+        ids.push(id);
+        if ids.len() > COMMANDS_KEEP {
+            ids.drain(..ids.len() - COMMANDS_KEEP);
+        }
+        self.put("commands", &ids)?;
+        Ok(true)
+    }
+
     /// Counter for local applies (so each `fleet-agent apply` is a new update).
     pub fn next_local_seq(&self) -> Result<u64, StateError> {
         let next = self.get::<u64>("local_seq")?.unwrap_or(0) + 1;
@@ -294,6 +336,25 @@ mod tests {
             None,
             "the old proven release became previous"
         );
+    }
+
+    #[test]
+    fn commands_are_remembered_across_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = AgentState::open(dir.path()).unwrap();
+            assert!(s.remember_command(7).unwrap());
+            assert!(!s.remember_command(7).unwrap());
+            s.set_server_desired(&ServerDesired { generation: 3, digest: "ab".into() }).unwrap();
+        }
+        let s = AgentState::open(dir.path()).unwrap();
+        assert!(!s.remember_command(7).unwrap(), "a restart does not forget");
+        assert!(s.remember_command(8).unwrap());
+        assert_eq!(s.server_desired().unwrap().unwrap().generation, 3);
+        for id in 100..100 + COMMANDS_KEEP as u64 {
+            s.remember_command(id).unwrap();
+        }
+        assert!(s.remember_command(7).unwrap(), "only the recent ids are kept");
     }
 
     #[test]

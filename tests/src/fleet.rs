@@ -61,12 +61,50 @@ impl Fleet {
             .unwrap()
     }
 
-    /// Enrolls `id`; returns its bundle directory.
+    /// Enrolls `id`; returns its bundle directory. The agent's data directory is `data/`
+    /// inside the bundle.
     pub fn enroll(&self, id: &str) -> PathBuf {
         let out = self.dir.path().join(id);
-        let done = self.fleetctl(&["device", "enroll", id, "--out", out.to_str().unwrap()]);
+        let data = out.join("data");
+        let done = self.fleetctl(&[
+            "device",
+            "enroll",
+            id,
+            "--out",
+            out.to_str().unwrap(),
+            "--agent-data-dir",
+            data.to_str().unwrap(),
+        ]);
         assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
         out
+    }
+
+    /// The server's API with its admin token: (status, JSON body).
+    pub async fn api(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let token =
+            std::fs::read_to_string(self.data().join("admin-token")).unwrap().trim().to_owned();
+        let url = format!("{}{path}", self.api);
+        let method = method.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let agent =
+                ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
+            let auth = format!("Bearer {token}");
+            let mut response = match (method.as_str(), body) {
+                ("GET", _) => agent.get(&url).header("authorization", &auth).call(),
+                ("PUT", Some(b)) => agent.put(&url).header("authorization", &auth).send_json(b),
+                (_, Some(b)) => agent.post(&url).header("authorization", &auth).send_json(b),
+                (_, None) => agent.post(&url).header("authorization", &auth).send_empty(),
+            }
+            .unwrap();
+            (response.status().as_u16(), response.body_mut().read_json().unwrap_or_default())
+        })
+        .await
+        .unwrap()
     }
 
     /// (Re)starts Mosquitto with the shipped configuration, pointed at this test's files.

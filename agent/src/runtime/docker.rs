@@ -34,8 +34,8 @@ use bollard::models::{
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder,
     InspectContainerOptions, ListContainersOptionsBuilder, ListImagesOptionsBuilder,
-    LogsOptionsBuilder, RemoveContainerOptionsBuilder, RemoveImageOptions, StartContainerOptions,
-    StopContainerOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, RemoveImageOptions,
+    RestartContainerOptionsBuilder, StartContainerOptions, StopContainerOptionsBuilder,
 };
 use bollard::Docker;
 use fleet_proto::release::{
@@ -374,6 +374,23 @@ impl ContainerRuntime for DockerRuntime {
             .stop_container(id, Some(opts))
             .await
             .map_err(|e| self.fail("stop", &format!("container {id}"), e))
+    }
+
+    async fn restart(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        let opts = RestartContainerOptionsBuilder::default()
+            .t(i32::try_from(whole_seconds(grace)).unwrap_or(i32::MAX))
+            .build();
+        // Like stop: the engine answers once the container has stopped and started again.
+        let needed = grace.saturating_add(STOP_SLACK);
+        let docker = if needed > self.request_timeout {
+            self.docker.clone().with_timeout(needed)
+        } else {
+            self.docker.clone()
+        };
+        docker
+            .restart_container(id, Some(opts))
+            .await
+            .map_err(|e| self.fail("restart", &format!("container {id}"), e))
     }
 
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {

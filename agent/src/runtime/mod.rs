@@ -211,6 +211,18 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         id: &str,
         grace: Duration,
     ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Restarts a container: stops it (killing it after `grace`), then starts it. The default
+    /// does exactly that with [`Self::stop`] and [`Self::start`].
+    fn restart(
+        &self,
+        id: &str,
+        grace: Duration,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send {
+        async move {
+            self.stop(id, grace).await?;
+            self.start(id).await
+        }
+    }
     /// Removes a container, stopping it first if needed (ignores "not found").
     fn remove(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
     /// The last `tail` lines of a container's output.

@@ -265,6 +265,17 @@ impl ContainerRuntime for SimRuntime {
         Ok(())
     }
 
+    async fn restart(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        self.stop(id, grace).await?;
+        self.start(id).await?;
+        let mut s = self.lock();
+        let c = s.find(id)?;
+        c.observed.restart_count += 1;
+        let name = c.observed.name.clone();
+        s.calls.push(format!("restart {name}"));
+        Ok(())
+    }
+
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
         let mut s = self.lock();
         let Ok(c) = s.find(id) else { return Ok(()) };

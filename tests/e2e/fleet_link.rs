@@ -1,0 +1,179 @@
+//! The whole path, as an operator sets it up: `fleet-server` on a Mosquitto configured with
+//! `packaging/mosquitto/`, a device enrolled with `fleetctl device enroll`, and the real
+//! `fleet-agent` started on that bundle as is, on the real Docker engine. The server publishes
+//! a signed desired state; the agent runs it and reports; commands go there and back; a
+//! desired state signed by anyone else is refused, reported as an event, and changes nothing.
+
+#![allow(clippy::unwrap_used)]
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use fleet_e2e::fleet::{client, connected, start_fleet, watch, Fleet, Killed};
+use fleet_e2e::{bin, eventually, TestEnv};
+use fleet_proto::release::{HealthCheck, Probe, ResourceLimits, RestartPolicy, UpdateStrategy};
+use fleet_proto::{
+    topic, DesiredState, DeviceId, ImageRef, Message, ReleaseId, ReleaseSpec, ServerKey,
+    ServiceName, ServiceSpec, TopicKind, UnixMillis,
+};
+use rumqttc::QoS;
+
+fn release(version: &str, image: &str) -> ReleaseSpec {
+    let web = ServiceSpec {
+        healthcheck: Some(HealthCheck {
+            probe: Probe::Image,
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            retries: 3,
+            start_period: Duration::ZERO,
+        }),
+        restart: RestartPolicy::UnlessStopped,
+        update: UpdateStrategy::StopFirst,
+        health_deadline: Duration::from_secs(20),
+        resources: ResourceLimits { memory_bytes: Some(64 << 20), ..ResourceLimits::default() },
+        ..ServiceSpec::new(ServiceName::new("web").unwrap(), ImageRef::parse(image).unwrap())
+    };
+    ReleaseSpec {
+        id: ReleaseId::new(format!("linked@{version}")).unwrap(),
+        app: "linked".into(),
+        version: version.into(),
+        services: vec![web],
+    }
+}
+
+async fn device(fleet: &Fleet, id: &str) -> serde_json::Value {
+    let (code, body) = fleet.api("GET", &format!("/api/v1/devices/{id}"), None).await;
+    assert_eq!(code, 200, "{body}");
+    body
+}
+
+/// Removes the device's containers whatever the test's outcome.
+struct Containers(String);
+
+impl Drop for Containers {
+    fn drop(&mut self) {
+        let filter = format!("label=io.fleet.device={}", self.0);
+        let _ = Command::new("sh")
+            .args([
+                "-c",
+                &format!("docker ps -aq --filter {filter} | xargs -r docker rm -f >/dev/null 2>&1"),
+            ])
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enrolled_agent_runs_what_the_server_publishes_and_refuses_forgeries() {
+    let env = TestEnv::load();
+    let fleet = start_fleet().await;
+    let id = format!("linked-{}", std::process::id());
+    let _containers = Containers(id.clone());
+    let bundle = fleet.enroll(&id);
+    // Test pacing only; everything else is the bundle as enrolled.
+    std::fs::create_dir_all(bundle.join("config.d")).unwrap();
+    std::fs::write(
+        bundle.join("config.d/10-test.toml"),
+        format!(
+            "[update]\nstop_grace_secs = 1\nstable_for_secs = 1\nresync_secs = 5\ndisk_reserve_mb = 1\n[locks]\ndir = \"{d}/locks\"\nsocket = \"{d}/locks.sock\"\n",
+            d = bundle.join("data").display()
+        ),
+    )
+    .unwrap();
+    let agent = Killed(
+        Command::new(bin("fleet-agent"))
+            .arg("--config")
+            .arg(bundle.join("config.toml"))
+            .arg("run")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+
+    // Online through its retained status over mutual TLS.
+    let fleet_ref = &fleet;
+    let id_ref = id.as_str();
+    eventually("the agent to be online", Duration::from_secs(30), || async move {
+        (device(fleet_ref, id_ref).await["online"] == true).then_some(())
+    })
+    .await;
+
+    // The server publishes a signed desired state; the agent runs it and reports it.
+    let v1 = release("1", &env.image("web:1").reference);
+    let (code, published) = fleet
+        .api(
+            "PUT",
+            &format!("/api/v1/devices/{id}/desired"),
+            Some(serde_json::json!({ "release": v1 })),
+        )
+        .await;
+    assert_eq!(code, 200, "{published}");
+    let generation = published["generation"].as_u64().unwrap();
+    eventually("the release to be in force and reported", Duration::from_secs(60), || async move {
+        let d = device(fleet_ref, id_ref).await;
+        (d["release"] == "linked@1" && d["accepted_generation"] == generation).then_some(())
+    })
+    .await;
+
+    // Commands: restart the service, fetch its log; each answered once.
+    let restart = fleet.fleetctl(&["device", "restart", &id, "web"]);
+    assert!(restart.status.success(), "{}", String::from_utf8_lossy(&restart.stderr));
+    let logs = fleet.fleetctl(&["device", "logs", &id, "web", "--tail", "5", "--json"]);
+    assert!(logs.status.success(), "{}", String::from_utf8_lossy(&logs.stderr));
+    let result: serde_json::Value = serde_json::from_slice(&logs.stdout).unwrap();
+    assert!(result["outcome"]["Done"].is_object(), "{result}");
+    let reboot = fleet.fleetctl(&["device", "reboot", &id]);
+    assert_eq!(reboot.status.code(), Some(2), "reboot is off by default");
+    assert!(
+        String::from_utf8_lossy(&reboot.stderr).contains("refused"),
+        "{}",
+        String::from_utf8_lossy(&reboot.stderr)
+    );
+
+    // A forgery through the broker (as a compromised server identity would send it): a newer
+    // generation, signed by a key the device does not trust.
+    let broker = fleet.broker_dir();
+    let (intruder, events) = client(
+        "intruder",
+        fleet.mqtt_port,
+        &broker.join("ca.pem"),
+        &broker.join("server.pem"),
+        &broker.join("server.key"),
+    );
+    let mut seen = watch(events);
+    connected(&mut seen, "the intruder").await;
+    let forged = DesiredState {
+        device: DeviceId::new(&id).unwrap(),
+        generation: generation + 10,
+        release: Some(release("666", &env.image("web:2").reference)),
+        pin: None,
+        issued_at: UnixMillis::now(),
+        registry_credentials: vec![],
+    };
+    let signed = ServerKey::from_seed(&[7; 32]).sign(&forged);
+    let device_id = DeviceId::new(&id).unwrap();
+    intruder
+        .publish(
+            topic(&device_id, TopicKind::Desired),
+            QoS::AtLeastOnce,
+            true,
+            Message::Desired(signed).encode(),
+        )
+        .await
+        .unwrap();
+    let rejected = eventually(
+        "the forgery to be reported as an event",
+        Duration::from_secs(30),
+        || async move {
+            let (_, events) =
+                fleet_ref.api("GET", &format!("/api/v1/devices/{id_ref}/events"), None).await;
+            events.as_array()?.iter().find(|e| e["kind"] == "Rejected").cloned()
+        },
+    )
+    .await;
+    assert!(rejected["message"].as_str().unwrap().contains("key"), "{rejected}");
+    let d = device(&fleet, &id).await;
+    assert_eq!(d["release"], "linked@1", "the forgery changed nothing: {d}");
+    assert_eq!(d["accepted_generation"], generation);
+    drop(agent);
+}

@@ -1,0 +1,974 @@
+//! The device side of the MQTT link against a real Mosquitto with mutual TLS: each test starts
+//! its own broker on free ports (an mTLS listener for devices, a plain loopback listener for
+//! the test's "server" client) with a CA and certificates made here with rcgen.
+//!
+//! Agents run in-process on the simulated engine (`daemon::run_with`), except where the
+//! process itself matters (logs on stderr, last will after `kill -9`): those run the built
+//! `fleet-agent` binary against the real engine from `tests/env/up`, with no release.
+//!
+//! Measurements (`-- --ignored --nocapture`): connect time mTLS vs plain, idle RSS with the
+//! link on (`FLEET_AGENT_BIN=target/release/fleet-agent` to measure the release build).
+//! `LINK_TEST_SHOW_LOGS=1` prints the agents' logs of the TLS refusal test.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fleet_agent::config::{Broker, Config, LinkConfig};
+use fleet_agent::link::{Inbound, Link, LinkHandle};
+use fleet_agent::runtime::sim::{ImageBehavior, SimRuntime};
+use fleet_e2e::{bin, eventually, free_port};
+use fleet_proto::release::{Probe, UpdateStrategy};
+use fleet_proto::{
+    samples, topic, DesiredState, DeviceId, EventKind, Message, Presence, ReleaseId, ReleaseSpec,
+    ServerKey, Signed, StateReport, TopicKind, TrustedKeys,
+};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use rumqttc::{AsyncClient, MqttOptions, Packet, QoS};
+
+// ---------------------------------------------------------------------------------------------
+// Certificates
+
+/// A certificate authority made for one test.
+struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    pem: String,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = KeyPair::generate().unwrap();
+        let pem = params.self_signed(&key).unwrap().pem();
+        Ca { issuer: Issuer::new(params, key), pem }
+    }
+
+    /// A leaf certificate and its PKCS#8 key, both PEM.
+    fn leaf(&self, cn: &str, server: bool, expired: bool) -> (String, String) {
+        let mut params = if server {
+            let mut p = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+            p.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+            p
+        } else {
+            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            p
+        };
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let now = time::OffsetDateTime::now_utc();
+        if expired {
+            params.not_before = now - time::Duration::days(30);
+            params.not_after = now - time::Duration::days(1);
+        } else {
+            params.not_before = now - time::Duration::days(1);
+            params.not_after = now + time::Duration::days(30);
+        }
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// An enrollment-bundle-like directory for `device`: ca.pem, device.pem, device.key (0600).
+    fn bundle(&self, dir: &Path, device: &str, broker_ca: &Ca, expired: bool) -> PathBuf {
+        std::fs::create_dir_all(dir).unwrap();
+        let (cert, key) = self.leaf(device, false, expired);
+        std::fs::write(dir.join("ca.pem"), &broker_ca.pem).unwrap();
+        std::fs::write(dir.join("device.pem"), cert).unwrap();
+        let key_path = dir.join("device.key");
+        std::fs::write(&key_path, key).unwrap();
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        dir.to_path_buf()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mosquitto
+
+/// A Mosquitto of this test: `tls_port` requires a client certificate from the fleet CA,
+/// `plain_port` (loopback) is the test's server-side client.
+struct Mosquitto {
+    child: Option<Child>,
+    conf: PathBuf,
+    log: PathBuf,
+    tls_port: u16,
+    plain_port: u16,
+}
+
+impl Mosquitto {
+    fn start(ca: &Ca, dir: &Path, persistent: bool) -> Mosquitto {
+        std::fs::create_dir_all(dir).unwrap();
+        let (cert, key) = ca.leaf("mosquitto", true, false);
+        std::fs::write(dir.join("ca.pem"), &ca.pem).unwrap();
+        std::fs::write(dir.join("server.pem"), cert).unwrap();
+        std::fs::write(dir.join("server.key"), key).unwrap();
+        let (tls_port, plain_port) = (free_port(), free_port());
+        let persistence = if persistent {
+            format!(
+                "persistence true\npersistence_location {}/\nautosave_interval 1\n",
+                dir.display()
+            )
+        } else {
+            "persistence false\n".to_owned()
+        };
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "user root\nper_listener_settings true\nset_tcp_nodelay true\n{persistence}\
+                 listener {tls_port} 127.0.0.1\nallow_anonymous false\n\
+                 cafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n\
+                 require_certificate true\nuse_identity_as_username true\n\
+                 listener {plain_port} 127.0.0.1\nallow_anonymous true\n",
+                d = dir.display()
+            ),
+        )
+        .unwrap();
+        let mut m =
+            Mosquitto { child: None, conf, log: dir.join("mosquitto.log"), tls_port, plain_port };
+        m.spawn();
+        m
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new("/usr/sbin/mosquitto")
+            .arg("-c")
+            .arg(&self.conf)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.tls_port)).is_err()
+            || TcpStream::connect(("127.0.0.1", self.plain_port)).is_err()
+        {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "mosquitto exited with {status}: {}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+            assert!(Instant::now() < deadline, "mosquitto did not listen within 10 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: no clean shutdown, connections drop.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn tls_url(&self) -> String {
+        format!("mqtts://127.0.0.1:{}", self.tls_port)
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The test's "server": a plain client on loopback that publishes desired states and records
+// everything devices publish.
+
+#[derive(Debug, Clone)]
+struct Seen {
+    topic: String,
+    retain: bool,
+    message: Message,
+}
+
+struct Server {
+    client: AsyncClient,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Server {
+    async fn connect(broker: &Mosquitto, name: &str) -> Server {
+        let mut opts = MqttOptions::new(
+            format!("test-server-{name}-{}", fastrand_id()),
+            "127.0.0.1",
+            broker.plain_port,
+        );
+        opts.set_max_packet_size(2 << 20, 2 << 20);
+        opts.set_keep_alive(Duration::from_secs(5));
+        let (client, mut eventloop) = AsyncClient::new(opts, 100);
+        client.subscribe("fleet/v1/#", QoS::AtLeastOnce).await.unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
+        let mut subscribed_tx = Some(subscribed_tx);
+        let task = tokio::spawn({
+            let seen = seen.clone();
+            async move {
+                loop {
+                    match eventloop.poll().await {
+                        Ok(rumqttc::Event::Incoming(Packet::SubAck(_))) => {
+                            if let Some(tx) = subscribed_tx.take() {
+                                let _ = tx.send(());
+                            }
+                        }
+                        Ok(rumqttc::Event::Incoming(Packet::Publish(p))) => {
+                            if let Ok(message) = Message::decode(&p.payload) {
+                                seen.lock().unwrap().push(Seen {
+                                    topic: p.topic.clone(),
+                                    retain: p.retain,
+                                    message,
+                                });
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                    }
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), subscribed).await.unwrap().unwrap();
+        Server { client, seen, task }
+    }
+
+    async fn publish_desired(&self, device: &DeviceId, signed: Signed) {
+        self.client
+            .publish(
+                topic(device, TopicKind::Desired),
+                QoS::AtLeastOnce,
+                true,
+                Message::Desired(signed).encode(),
+            )
+            .await
+            .unwrap();
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    fn latest_report(&self, device: &DeviceId) -> Option<StateReport> {
+        self.seen().into_iter().rev().find_map(|s| match s.message {
+            Message::Report(r) if r.device == *device => Some(r),
+            _ => None,
+        })
+    }
+
+    /// `reason` fields of `Rejected` events from `device`, in order.
+    fn rejections(&self, device: &DeviceId) -> Vec<String> {
+        self.seen()
+            .into_iter()
+            .filter_map(|s| match s.message {
+                Message::Event(e) if e.device == *device && e.kind == EventKind::Rejected => {
+                    Some(e.fields.get("reason").cloned().unwrap_or_default())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Presence messages from `device` as (retained flag, presence).
+    fn presence(&self, device: &DeviceId) -> Vec<(bool, Presence)> {
+        self.seen()
+            .into_iter()
+            .filter_map(|s| match s.message {
+                Message::Status(st) if st.device == *device => {
+                    assert_eq!(s.topic, topic(device, TopicKind::Status));
+                    Some((s.retain, st.presence))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn fastrand_id() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(Instant::now())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Agents
+
+fn server_key() -> ServerKey {
+    ServerKey::from_seed(&[42; 32])
+}
+
+fn unique(name: &str) -> String {
+    format!("link-{}-{name}", std::process::id())
+}
+
+/// A release the simulated engine can run (images published in `rt`).
+fn release(version: &str, rt: &SimRuntime) -> ReleaseSpec {
+    let mut r = samples::release();
+    r.id = ReleaseId::new(format!("app@{version}")).unwrap();
+    r.version = version.into();
+    for s in &mut r.services {
+        s.hardware.clear();
+        s.ports.clear();
+        s.depends_on.clear();
+        s.update = UpdateStrategy::StartFirst;
+        s.health_deadline = Duration::from_secs(5);
+        if let Some(h) = &mut s.healthcheck {
+            h.probe = Probe::Image;
+        }
+        rt.publish_image(&s.image, ImageBehavior::Healthy, 1000);
+    }
+    r
+}
+
+fn desired(device: &DeviceId, generation: u64, release: ReleaseSpec) -> DesiredState {
+    DesiredState {
+        device: device.clone(),
+        generation,
+        release: Some(release),
+        pin: None,
+        issued_at: fleet_proto::UnixMillis::now(),
+        registry_credentials: vec![],
+    }
+}
+
+/// Writes `<bundle>/config.toml` with relative certificate paths, as an enrollment bundle has.
+fn write_config(bundle: &Path, device: &str, broker_url: &str, data: &Path) -> PathBuf {
+    let config = bundle.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "device_id = \"{device}\"\ndata_dir = \"{data}\"\n\
+             [update]\nstop_grace_secs = 1\nstable_for_secs = 1\nresync_secs = 30\ndisk_reserve_mb = 1\n\
+             [locks]\ndir = \"{data}/locks\"\nsocket = \"{data}/locks.sock\"\n\
+             [link]\nbroker = \"{broker_url}\"\nserver_keys = [\"{key}\"]\nkeep_alive_secs = 5\n\
+             backoff_initial_ms = 200\nbackoff_max_secs = 2\n",
+            data = data.display(),
+            key = server_key().public().to_hex(),
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// `fleet-agent run` in this process on the simulated engine.
+struct InProcessAgent {
+    rt: Arc<SimRuntime>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl InProcessAgent {
+    fn start(config: &Path) -> InProcessAgent {
+        let config = Config::load(config, true).unwrap();
+        let rt = Arc::new(SimRuntime::new());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn({
+            let rt = rt.clone();
+            async move {
+                fleet_agent::daemon::run_with(config, rt, async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+            }
+        });
+        InProcessAgent { rt, stop: Some(stop), task }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(Duration::from_secs(10), &mut self.task).await.unwrap().unwrap();
+    }
+}
+
+/// The built binary, stderr to a file; killed on drop.
+struct AgentProcess {
+    child: Child,
+    stderr: PathBuf,
+}
+
+impl AgentProcess {
+    fn start(config: &Path, dir: &Path) -> AgentProcess {
+        let stderr = dir.join("agent.stderr");
+        // FLEET_AGENT_BIN picks another build, e.g. the release one for the RSS measurement.
+        let agent =
+            std::env::var_os("FLEET_AGENT_BIN").map_or_else(|| bin("fleet-agent"), PathBuf::from);
+        let child = Command::new(agent)
+            .arg("--config")
+            .arg(config)
+            .arg("run")
+            .env("FLEET_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        AgentProcess { child, stderr }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn link_config(device: &str, bundle: &Path, broker: &str) -> LinkConfig {
+    LinkConfig {
+        device: DeviceId::new(device).unwrap(),
+        broker: Broker::parse(broker).unwrap(),
+        ca_file: bundle.join("ca.pem"),
+        cert_file: bundle.join("device.pem"),
+        key_file: bundle.join("device.key"),
+        server_keys: TrustedKeys::new([server_key().public()]),
+        keep_alive: Duration::from_secs(5),
+        backoff_initial: Duration::from_millis(200),
+        backoff_max: Duration::from_secs(2),
+    }
+}
+
+async fn wait_connects(link: &LinkHandle, n: u64, timeout: Duration) {
+    let mut state = link.state();
+    tokio::time::timeout(timeout, state.wait_for(|s| s.connects >= n && s.connected))
+        .await
+        .unwrap_or_else(|_| {
+            panic!("link not connected {n} times within {timeout:?}: {:?}", *link.state().borrow())
+        })
+        .unwrap();
+}
+
+const WAIT: Duration = Duration::from_secs(20);
+
+// ---------------------------------------------------------------------------------------------
+// (a) + (b)
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_desired_state_is_applied_and_every_bad_one_is_refused_with_its_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("fleet test CA");
+    let broker = Mosquitto::start(&ca, &dir.path().join("broker"), false);
+    let server = Server::connect(&broker, "a").await;
+    let name = unique("apply");
+    let device = DeviceId::new(&name).unwrap();
+    let bundle = ca.bundle(&dir.path().join("bundle"), &name, &ca, false);
+    let config = write_config(&bundle, &name, &broker.tls_url(), &dir.path().join("data"));
+    let agent = InProcessAgent::start(&config);
+
+    // (a) mTLS connect, retained online presence (a late subscriber gets it with retain set).
+    eventually("online status", WAIT, || async {
+        server.presence(&device).contains(&(false, Presence::Online)).then_some(())
+    })
+    .await;
+    let late = Server::connect(&broker, "late").await;
+    eventually("retained online status for a late subscriber", WAIT, || async {
+        (late.presence(&device) == [(true, Presence::Online)]).then_some(())
+    })
+    .await;
+
+    let v1 = release("1.0.0", &agent.rt);
+    server.publish_desired(&device, server_key().sign(&desired(&device, 5, v1.clone()))).await;
+    let report = eventually("report with release 1.0.0 in force", WAIT, || async {
+        server.latest_report(&device).filter(|r| {
+            r.in_force.as_ref().is_some_and(|f| f.release == v1.id) && r.accepted_generation == 5
+        })
+    })
+    .await;
+    assert_eq!(report.services.len(), v1.services.len(), "{report:?}");
+    let applied = server.seen().iter().any(|s| {
+        matches!(&s.message, Message::Event(e) if e.kind == EventKind::UpdateApplied && e.device == device)
+    });
+    assert!(applied, "an UpdateApplied event is published");
+    let calls_after_apply = agent.rt.calls().len();
+
+    // (b) Each bad state is refused with its own reason; the release stays.
+    let v2 = release("2.0.0", &agent.rt);
+    let stranger = ServerKey::from_seed(&[7; 32]);
+    let mut forged = server_key().sign(&desired(&device, 6, v2.clone()));
+    forged.signature[10] ^= 0x40;
+    let mut unsigned = server_key().sign(&desired(&device, 6, v2.clone()));
+    unsigned.signature.clear();
+    let other = DeviceId::new("someone-else").unwrap();
+    let cases: Vec<(&str, Signed)> = vec![
+        ("bad-signature", forged),
+        ("unsigned", unsigned),
+        ("unknown-key", stranger.sign(&desired(&device, 6, v2.clone()))),
+        ("wrong-device", server_key().sign(&desired(&other, 6, v2.clone()))),
+        ("replay", server_key().sign(&desired(&device, 4, v2.clone()))),
+        ("replay", server_key().sign(&desired(&device, 5, v2.clone()))),
+    ];
+    for (i, (reason, signed)) in cases.into_iter().enumerate() {
+        server.publish_desired(&device, signed).await;
+        eventually(&format!("rejection #{i} ({reason})"), WAIT, || async {
+            let r = server.rejections(&device);
+            (r.len() == i + 1).then_some(r)
+        })
+        .await
+        .last()
+        .filter(|r| *r == reason)
+        .unwrap_or_else(|| {
+            panic!("case {i}: expected reason {reason}: {:?}", server.rejections(&device))
+        });
+        let report = server.latest_report(&device).unwrap();
+        assert_eq!(
+            report.in_force.as_ref().unwrap().release,
+            v1.id,
+            "case {reason}: release unchanged"
+        );
+        assert_eq!(report.accepted_generation, 5, "case {reason}");
+    }
+    assert_eq!(agent.rt.calls().len(), calls_after_apply, "no engine change for refused states");
+
+    // A correct newer state still goes through after all that.
+    server.publish_desired(&device, server_key().sign(&desired(&device, 7, v2.clone()))).await;
+    eventually("report with release 2.0.0 in force", WAIT, || async {
+        server.latest_report(&device).filter(|r| {
+            r.in_force.as_ref().is_some_and(|f| f.release == v2.id) && r.accepted_generation == 7
+        })
+    })
+    .await;
+
+    // A clean stop says offline itself (a clean DISCONNECT does not fire the will).
+    agent.stop().await;
+    eventually("offline after a clean stop", WAIT, || async {
+        server.presence(&device).last().is_some_and(|p| p.1 == Presence::Offline).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_is_refused_after_a_restart_and_the_retained_state_is_not_reapplied() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("fleet test CA");
+    let broker = Mosquitto::start(&ca, &dir.path().join("broker"), false);
+    let server = Server::connect(&broker, "r").await;
+    let name = unique("restart");
+    let device = DeviceId::new(&name).unwrap();
+    let bundle = ca.bundle(&dir.path().join("bundle"), &name, &ca, false);
+    let config = write_config(&bundle, &name, &broker.tls_url(), &dir.path().join("data"));
+
+    let agent = InProcessAgent::start(&config);
+    let v1 = release("1.0.0", &agent.rt);
+    server.publish_desired(&device, server_key().sign(&desired(&device, 3, v1.clone()))).await;
+    eventually("v1 applied", WAIT, || async {
+        server.latest_report(&device).filter(|r| r.accepted_generation == 3 && r.in_force.is_some())
+    })
+    .await;
+    agent.stop().await;
+
+    // Restart: the broker delivers the retained generation 3 again; it is not a new state,
+    // not a rejection either.
+    let agent = InProcessAgent::start(&config);
+    release("1.0.0", &agent.rt);
+    eventually("second online", WAIT, || async {
+        let n = server.presence(&device).iter().filter(|p| p.1 == Presence::Online).count();
+        (n >= 2).then_some(())
+    })
+    .await;
+    // Give the retained copy time to arrive and be judged, then check nothing was refused.
+    eventually("a report after the restart", WAIT, || async {
+        let reports = server
+            .seen()
+            .into_iter()
+            .filter(|s| matches!(&s.message, Message::Report(r) if r.device == device))
+            .count();
+        (reports >= 2).then_some(())
+    })
+    .await;
+    assert!(server.rejections(&device).is_empty(), "the retained state is not a rejection");
+    // The same generation with other content, and an older one, are replays.
+    server.publish_desired(&device, server_key().sign(&desired(&device, 2, v1.clone()))).await;
+    eventually("replay refused after restart", WAIT, || async {
+        (server.rejections(&device) == ["replay"]).then_some(())
+    })
+    .await;
+    let report = server.latest_report(&device).unwrap();
+    assert_eq!(report.accepted_generation, 3);
+    assert_eq!(report.in_force.unwrap().release, v1.id);
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_run_once_each_and_get_exactly_one_result() {
+    use fleet_proto::{Command, CommandAction, CommandOutcome, ServiceName, UnixMillis};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("fleet test CA");
+    let broker = Mosquitto::start(&ca, &dir.path().join("broker"), false);
+    let server = Server::connect(&broker, "cmd").await;
+    let name = unique("cmd");
+    let device = DeviceId::new(&name).unwrap();
+    let bundle = ca.bundle(&dir.path().join("bundle"), &name, &ca, false);
+    let config = write_config(&bundle, &name, &broker.tls_url(), &dir.path().join("data"));
+    let agent = InProcessAgent::start(&config);
+    let v1 = release("1.0.0", &agent.rt);
+    let service = v1.services[0].name.clone();
+    server.publish_desired(&device, server_key().sign(&desired(&device, 1, v1.clone()))).await;
+    eventually("v1 applied", WAIT, || async {
+        server.latest_report(&device).filter(|r| r.in_force.is_some())
+    })
+    .await;
+
+    let now = UnixMillis::now();
+    let cmd = |id: u64, action: CommandAction| Command {
+        id,
+        device: device.clone(),
+        issued_at: now,
+        deadline: UnixMillis(now.0 + 60_000),
+        action,
+    };
+    let send = |c: Command| {
+        let client = server.client.clone();
+        let device = device.clone();
+        async move {
+            client
+                .publish(
+                    topic(&device, TopicKind::Cmd),
+                    QoS::AtLeastOnce,
+                    false,
+                    Message::Command(server_key().sign(&c)).encode(),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    let results = || {
+        server
+            .seen()
+            .into_iter()
+            .filter_map(|s| match s.message {
+                Message::CommandResult(r) if r.device == device => Some((r.id, r.outcome)),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    send(cmd(1, CommandAction::FetchLogs { service: service.clone(), tail: 50_000 })).await;
+    send(cmd(2, CommandAction::RestartService { service: service.clone() })).await;
+    send(cmd(2, CommandAction::RestartService { service: service.clone() })).await; // again
+    send(cmd(3, CommandAction::Reboot)).await;
+    send(cmd(4, CommandAction::RefreshInventory)).await;
+    let mut late = cmd(5, CommandAction::Reboot);
+    late.deadline = UnixMillis(now.0 - 1);
+    send(late).await;
+    send(cmd(6, CommandAction::RestartService { service: ServiceName::new("nope").unwrap() }))
+        .await;
+    let mut unsigned = server_key().sign(&cmd(7, CommandAction::Reboot));
+    unsigned.signature.clear();
+    server
+        .client
+        .publish(
+            topic(&device, TopicKind::Cmd),
+            QoS::AtLeastOnce,
+            false,
+            Message::Command(unsigned).encode(),
+        )
+        .await
+        .unwrap();
+    eventually("the unsigned command refused", WAIT, || async {
+        server.rejections(&device).contains(&"unsigned".to_owned()).then_some(())
+    })
+    .await;
+    let got = eventually("six results", WAIT, || async {
+        let r = results();
+        (r.len() >= 6).then_some(r)
+    })
+    .await;
+    let ids: Vec<u64> = got.iter().map(|r| r.0).collect();
+    assert_eq!(ids, [1, 2, 3, 4, 5, 6], "one result per command, none for the repeat: {got:?}");
+    assert!(
+        matches!(&got[0].1, CommandOutcome::Done { output } if output == &["serving (simulated)"]),
+        "{got:?}"
+    );
+    assert!(matches!(&got[1].1, CommandOutcome::Done { .. }), "{got:?}");
+    let refused = |i: usize, needle: &str| {
+        assert!(
+            matches!(&got[i].1, CommandOutcome::Refused { reason } if reason.contains(needle)),
+            "result {i} refused with {needle:?}: {got:?}"
+        );
+    };
+    refused(2, "allow_reboot");
+    refused(3, "inventory is not built yet");
+    refused(4, "deadline");
+    refused(5, "no container for service nope");
+    let restarts = agent.rt.calls().iter().filter(|c| c.starts_with("restart ")).count();
+    assert_eq!(restarts, 1, "the repeated id ran once: {:?}", agent.rt.calls());
+    agent.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// (c)
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_ca_and_expired_client_certificates_are_refused_and_the_agent_keeps_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("fleet test CA");
+    let rogue = Ca::new("rogue CA");
+    let broker = Mosquitto::start(&ca, &dir.path().join("broker"), false);
+    let server = Server::connect(&broker, "c").await;
+
+    // In-process links: they never get a ConnAck, and keep retrying (with backoff).
+    let cases = [
+        ("wrong-ca", rogue.bundle(&dir.path().join("wrong-ca"), "wrong-ca", &ca, false)),
+        ("expired", ca.bundle(&dir.path().join("expired"), "expired", &ca, true)),
+        ("server-from-other-ca", ca.bundle(&dir.path().join("other"), "other", &rogue, false)),
+    ];
+    let mut links = vec![];
+    for (name, bundle) in &cases {
+        let (link, inbox) = Link::start(&link_config(name, bundle, &broker.tls_url())).unwrap();
+        links.push((name, link, inbox));
+    }
+    for (name, link, _) in &links {
+        let mut state = link.state();
+        tokio::time::timeout(WAIT, state.wait_for(|s| s.failures >= 3))
+            .await
+            .unwrap_or_else(|_| panic!("{name}: no repeated failures"))
+            .unwrap();
+        assert_eq!(state.borrow().connects, 0, "{name}: never connected");
+    }
+
+    // The binary logs why and keeps running.
+    let mut agents = vec![];
+    for (name, device_ca, broker_ca, expired, expect) in [
+        ("bin-expired", &ca, &ca, true, &["CertificateExpired", "certificate expired"][..]),
+        ("bin-rogue", &rogue, &ca, false, &["UnknownCA", "unknown ca", "UnknownIssuer"][..]),
+        ("bin-badserver", &ca, &rogue, false, &["UnknownIssuer"][..]),
+    ] {
+        let id = unique(name);
+        let d = dir.path().join(name);
+        let bundle = device_ca.bundle(&d, &id, broker_ca, expired);
+        let config = write_config(&bundle, &id, &broker.tls_url(), &d.join("data"));
+        agents.push((id, expect, AgentProcess::start(&config, &d)));
+    }
+    for (id, expect, agent) in &mut agents {
+        let log = eventually(&format!("{id}: TLS failure logged"), WAIT, || async {
+            let log = agent.log();
+            (log.matches("link cannot connect").count() >= 2).then_some(log)
+        })
+        .await;
+        assert!(
+            expect.iter().any(|e| log.contains(e)),
+            "{id}: the reason ({expect:?}) is in the log:\n{log}"
+        );
+        assert!(!log.contains("PRIVATE KEY") && !log.contains("BEGIN"), "{log}");
+        assert!(agent.alive(), "{id}: the agent keeps running:\n{log}");
+        if std::env::var_os("LINK_TEST_SHOW_LOGS").is_some() {
+            eprintln!("--- {id}\n{log}");
+        }
+        let device = DeviceId::new(id.as_str()).unwrap();
+        assert!(server.presence(&device).is_empty(), "{id} never appeared online");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// (d)
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_broker_restart_every_link_reconnects_spread_out_and_gets_its_retained_state() {
+    const N: usize = 12;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("fleet test CA");
+    let mut broker = Mosquitto::start(&ca, &dir.path().join("broker"), true);
+    let server = Server::connect(&broker, "d").await;
+    let rt = SimRuntime::new();
+    let mut links = vec![];
+    for i in 0..N {
+        let name = unique(&format!("fleet-{i}"));
+        let bundle = ca.bundle(&dir.path().join(&name), &name, &ca, false);
+        let mut cfg = link_config(&name, &bundle, &broker.tls_url());
+        cfg.backoff_initial = Duration::from_millis(1000);
+        cfg.backoff_max = Duration::from_secs(2);
+        let (link, inbox) = Link::start(&cfg).unwrap();
+        links.push((cfg.device.clone(), link, inbox));
+    }
+    for (_, link, _) in &links {
+        wait_connects(link, 1, WAIT).await;
+    }
+    // Each device gets its own retained desired state and sees it.
+    let mut expected = BTreeMap::new();
+    for (i, (device, _, inbox)) in links.iter_mut().enumerate() {
+        let signed = server_key().sign(&desired(device, 10 + i as u64, release("1.0.0", &rt)));
+        server.publish_desired(device, signed.clone()).await;
+        match tokio::time::timeout(WAIT, inbox.recv()).await.unwrap().unwrap() {
+            Inbound::Desired(got) => assert_eq!(got, signed),
+            other => panic!("{other:?}"),
+        }
+        expected.insert(device.clone(), signed);
+    }
+    // Autosave runs every second: let the retained messages reach the database, then kill.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    broker.kill();
+    eventually("every link noticed", WAIT, || async {
+        links.iter().all(|(_, l, _)| !l.state().borrow().connected).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let restarted = Instant::now();
+    broker.spawn();
+
+    for (_, link, _) in &links {
+        wait_connects(link, 2, WAIT).await;
+    }
+    let mut after: Vec<Duration> = links
+        .iter()
+        .map(|(_, l, _)| {
+            let s = *l.state().borrow();
+            assert_eq!(s.connects, 2, "exactly one reconnect each: {s:?}");
+            s.connected_at.unwrap().saturating_duration_since(restarted)
+        })
+        .collect();
+    after.sort();
+    let spread = after[N - 1] - after[0];
+    eprintln!("first reconnects after the broker restart: {after:?} (spread {spread:?})");
+    // Full jitter over a 2 s window: lock-step reconnects would all land within a few ms.
+    assert!(
+        spread > Duration::from_millis(600),
+        "reconnects spread over more than 30% of the 2 s window: {after:?}"
+    );
+
+    for (device, _, inbox) in &mut links {
+        match tokio::time::timeout(WAIT, inbox.recv()).await {
+            Ok(Some(Inbound::Desired(got))) => {
+                assert_eq!(&got, &expected[device], "{device}: the retained state after restart")
+            }
+            other => panic!("{device}: no retained desired state after the restart: {other:?}"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// (e)
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_agent_leaves_a_retained_offline_status_by_last_will() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("fleet test CA");
+    let broker = Mosquitto::start(&ca, &dir.path().join("broker"), false);
+    let server = Server::connect(&broker, "e").await;
+    let id = unique("will");
+    let device = DeviceId::new(&id).unwrap();
+    let bundle = ca.bundle(&dir.path().join("bundle"), &id, &ca, false);
+    let config = write_config(&bundle, &id, &broker.tls_url(), &dir.path().join("data"));
+    let mut agent = AgentProcess::start(&config, dir.path());
+    eventually("online", WAIT, || async {
+        server.presence(&device).contains(&(false, Presence::Online)).then_some(())
+    })
+    .await;
+    assert!(agent.alive());
+    agent.child.kill().unwrap(); // SIGKILL: no clean disconnect
+    agent.child.wait().unwrap();
+    eventually("offline by last will", WAIT, || async {
+        (server.presence(&device).last() == Some(&(false, Presence::Offline))).then_some(())
+    })
+    .await;
+    let late = Server::connect(&broker, "e-late").await;
+    eventually("retained offline for a late subscriber", WAIT, || async {
+        (late.presence(&device) == [(true, Presence::Offline)]).then_some(())
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measurements
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement; run with --ignored --nocapture"]
+async fn measure_connect_time_mtls_vs_plain() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("fleet test CA");
+    let broker = Mosquitto::start(&ca, &dir.path().join("broker"), false);
+    let bundle = ca.bundle(&dir.path().join("bundle"), "measure", &ca, false);
+    for (label, url) in
+        [("mTLS", broker.tls_url()), ("plain", format!("mqtt://127.0.0.1:{}", broker.plain_port))]
+    {
+        let mut times = vec![];
+        for i in 0..21 {
+            let started = Instant::now();
+            let (link, _inbox) = Link::start(&link_config("measure", &bundle, &url)).unwrap();
+            wait_connects(&link, 1, WAIT).await;
+            if i > 0 {
+                times.push(started.elapsed()); // the first one warms up caches
+            }
+            link.shutdown(Duration::from_secs(2)).await;
+        }
+        eprintln!(
+            "{label}: median Link::start → ConnAck {:?} (min {:?}, max {:?})",
+            median(times.clone()),
+            times.iter().min().unwrap(),
+            times.iter().max().unwrap()
+        );
+    }
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement; run with --ignored --nocapture"]
+async fn measure_idle_rss_with_and_without_the_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("fleet test CA");
+    let broker = Mosquitto::start(&ca, &dir.path().join("broker"), false);
+    let server = Server::connect(&broker, "rss").await;
+    let mut results = vec![];
+    for with_link in [false, true] {
+        let id = unique(if with_link { "rss-link" } else { "rss-local" });
+        let d = dir.path().join(&id);
+        let bundle = ca.bundle(&d, &id, &ca, false);
+        let url = if with_link { broker.tls_url() } else { String::new() };
+        let config = write_config(&bundle, &id, &url, &d.join("data"));
+        let mut agent = AgentProcess::start(&config, &d);
+        if with_link {
+            let device = DeviceId::new(&id).unwrap();
+            eventually("online", WAIT, || async {
+                server.presence(&device).contains(&(false, Presence::Online)).then_some(())
+            })
+            .await;
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(agent.alive(), "{}", agent.log());
+        let rss = rss_kb(agent.child.id());
+        eprintln!("idle VmRSS with link {with_link}: {rss} kB");
+        results.push(rss);
+    }
+    eprintln!("link adds {} kB idle RSS", results[1] as i64 - results[0] as i64);
+}
