@@ -972,3 +972,151 @@ async fn measure_idle_rss_with_and_without_the_link() {
     }
     eprintln!("link adds {} kB idle RSS", results[1] as i64 - results[0] as i64);
 }
+
+/// What one mode of the reconnect storm measured.
+struct Storm {
+    all_back: Duration,
+    peak_per_100ms: usize,
+    attempts: u64,
+}
+
+/// Connect times (after `restarted`) to a peak count per 100 ms and the time all were back.
+fn storm_figures(mut back: Vec<Duration>, attempts: u64) -> Storm {
+    back.sort();
+    let mut peak = 0;
+    for (i, t) in back.iter().enumerate() {
+        let window_end = *t + Duration::from_millis(100);
+        peak = peak.max(back[i..].iter().take_while(|u| **u < window_end).count());
+    }
+    Storm { all_back: *back.last().unwrap(), peak_per_100ms: peak, attempts }
+}
+
+/// Reconnect storm (BENCHMARKS.md): `FLEET_STORM_DEVICES` (default 1000) devices on one
+/// Mosquitto with mutual TLS; the broker is killed, stays down 5 s and restarts. Side by side:
+/// the agent's links (full-jitter backoff, the shipped 500 ms initial / 60 s cap) and naive
+/// clients that retry every 100 ms in lock-step (rumqttc does not back off on its own).
+/// Reported: time until every device is back, the peak number of connections completed in
+/// any 100 ms (client-side ConnAck times: what the broker admitted), and connection attempts
+/// after the restart, failed ones included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement; run with --ignored --nocapture"]
+async fn measure_reconnect_storm() {
+    let n: usize =
+        std::env::var("FLEET_STORM_DEVICES").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("fleet test CA");
+    let mut broker = Mosquitto::start(&ca, &dir.path().join("broker"), false);
+    // One bundle: the broker does not care that the certificates are alike, client ids differ.
+    let bundle = ca.bundle(&dir.path().join("bundle"), "storm", &ca, false);
+    let down = Duration::from_secs(5);
+
+    // --- the agent's links ---------------------------------------------------------------
+    let mut links = vec![];
+    for i in 0..n {
+        let mut cfg = link_config(&format!("storm-{i}"), &bundle, &broker.tls_url());
+        cfg.backoff_initial = Duration::from_millis(500);
+        cfg.backoff_max = Duration::from_secs(60);
+        cfg.keep_alive = Duration::from_secs(60);
+        links.push(Link::start(&cfg).unwrap());
+    }
+    let started = Instant::now();
+    for (link, _) in &links {
+        wait_connects(link, 1, Duration::from_secs(120)).await;
+    }
+    eprintln!("{n} links connected in {:?}", started.elapsed());
+    broker.kill();
+    tokio::time::sleep(down).await;
+    let failures_before: u64 = links.iter().map(|(l, _)| l.state().borrow().failures).sum();
+    let restarted = Instant::now();
+    broker.spawn();
+    for (link, _) in &links {
+        wait_connects(link, 2, Duration::from_secs(180)).await;
+    }
+    let back: Vec<Duration> = links
+        .iter()
+        .map(|(l, _)| l.state().borrow().connected_at.unwrap().saturating_duration_since(restarted))
+        .collect();
+    let failures_after: u64 = links.iter().map(|(l, _)| l.state().borrow().failures).sum();
+    let jittered = storm_figures(back, n as u64 + failures_after - failures_before);
+    for (link, _) in links {
+        drop(link);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // --- naive lock-step clients -----------------------------------------------------------
+    let tls = Arc::new(
+        fleet_agent::link::tls_config(&link_config("storm", &bundle, &broker.tls_url())).unwrap(),
+    );
+    let epoch = Arc::new(Mutex::new(None::<Instant>));
+    let results = Arc::new(Mutex::new(Vec::<(u32, Instant)>::new()));
+    let attempts_after = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = vec![];
+    for i in 0..n {
+        let mut opts = MqttOptions::new(format!("naive-{i}"), "127.0.0.1", broker.tls_port);
+        opts.set_keep_alive(Duration::from_secs(60));
+        opts.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(
+            tls.clone(),
+        )));
+        let (_client, mut events) = AsyncClient::new(opts, 10);
+        let (epoch, results, attempts) = (epoch.clone(), results.clone(), attempts_after.clone());
+        tasks.push(tokio::spawn(async move {
+            let _client = _client;
+            let mut connects = 0u32;
+            loop {
+                match events.poll().await {
+                    Ok(rumqttc::Event::Incoming(Packet::ConnAck(_))) => {
+                        connects += 1;
+                        if epoch.lock().unwrap().is_some() {
+                            attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        results.lock().unwrap().push((connects, Instant::now()));
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        if epoch.lock().unwrap().is_some() {
+                            attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        }));
+    }
+    eventually("naive clients connected", Duration::from_secs(120), || async {
+        (results.lock().unwrap().len() >= n).then_some(())
+    })
+    .await;
+    broker.kill();
+    tokio::time::sleep(down).await;
+    let restarted = Instant::now();
+    *epoch.lock().unwrap() = Some(restarted);
+    broker.spawn();
+    eventually("naive clients back", Duration::from_secs(180), || async {
+        (results.lock().unwrap().iter().filter(|(c, _)| *c == 2).count() >= n).then_some(())
+    })
+    .await;
+    let back: Vec<Duration> = results
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(c, _)| *c == 2)
+        .map(|(_, t)| t.saturating_duration_since(restarted))
+        .collect();
+    let naive = storm_figures(back, attempts_after.load(std::sync::atomic::Ordering::Relaxed));
+    for t in tasks {
+        t.abort();
+    }
+    eprintln!("reconnect storm, {n} devices, broker down {down:?}:");
+    for (label, s) in [("full-jitter links ", &jittered), ("naive 100 ms retry", &naive)] {
+        eprintln!(
+            "  {label}: all back after {:.2} s, peak {} connects per 100 ms, {} attempts",
+            s.all_back.as_secs_f64(),
+            s.peak_per_100ms,
+            s.attempts
+        );
+    }
+    eprintln!(
+        "  peak rate ratio naive/jitter: {:.1}",
+        naive.peak_per_100ms as f64 / jittered.peak_per_100ms.max(1) as f64
+    );
+}
