@@ -438,16 +438,31 @@ impl<R: ContainerRuntime> Daemon<R> {
         let digest = digest(&signed);
         let accepted = match (state.server_desired(), state.desired()) {
             (Ok(server), Ok(desired)) => {
-                if server.as_ref().is_some_and(|s| s.digest == digest) {
-                    // The broker's retained copy of what is already accepted (every reconnect).
-                    tracing::debug!("desired state unchanged");
-                    return None;
-                }
-                let from_desired = match desired.map(|d| d.origin) {
+                let from_desired = match desired.as_ref().map(|d| d.origin) {
                     Some(Origin::Server { generation }) => Some(generation),
                     _ => None,
                 };
-                server.map(|s| s.generation).max(from_desired)
+                match server {
+                    Some(s) if s.digest == digest => {
+                        let recorded_but_not_applied = match &desired {
+                            None => true,
+                            Some(d) => {
+                                matches!(d.origin, Origin::Server { generation } if generation < s.generation)
+                            }
+                        };
+                        if !recorded_but_not_applied {
+                            // The broker's retained copy of what is already accepted (every
+                            // reconnect), or a local release applied since, which stands until
+                            // the server sends a newer generation.
+                            tracing::debug!("desired state unchanged");
+                            return None;
+                        }
+                        // The same bytes, recorded but never handed to the reconciler: the
+                        // agent stopped in between (power loss). Accept them again.
+                        from_desired
+                    }
+                    server => server.map(|s| s.generation).max(from_desired),
+                }
             }
             (Err(e), _) | (_, Err(e)) => {
                 tracing::error!(error = %e, "cannot read the accepted generation; desired state ignored until the next delivery");
@@ -707,8 +722,9 @@ fn cap_lines(lines: Vec<String>, max: usize) -> Vec<String> {
     lines.into_iter().skip(keep).collect()
 }
 
-/// SHA-256 of the signed bytes and signature, hex.
-fn digest(signed: &Signed) -> String {
+/// SHA-256 of the signed bytes and signature, hex: how the agent recognises the broker's
+/// retained copy of a desired state it already recorded.
+pub fn digest(signed: &Signed) -> String {
     let mut h = Sha256::new();
     h.update(&signed.payload);
     h.update(&signed.signature);

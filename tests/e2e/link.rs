@@ -619,6 +619,56 @@ async fn a_replay_is_refused_after_a_restart_and_the_retained_state_is_not_reapp
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_recorded_but_not_applied_before_a_power_loss_is_applied_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("fleet test CA");
+    let broker = Mosquitto::start(&ca, &dir.path().join("broker"), false);
+    let server = Server::connect(&broker, "p").await;
+    let name = unique("powerloss");
+    let device = DeviceId::new(&name).unwrap();
+    let bundle = ca.bundle(&dir.path().join("bundle"), &name, &ca, false);
+    let config = write_config(&bundle, &name, &broker.tls_url(), &dir.path().join("data"));
+
+    let agent = InProcessAgent::start(&config);
+    let v1 = release("1.0.0", &agent.rt);
+    server.publish_desired(&device, server_key().sign(&desired(&device, 3, v1.clone()))).await;
+    eventually("v1 applied", WAIT, || async {
+        server.latest_report(&device).filter(|r| r.accepted_generation == 3 && r.in_force.is_some())
+    })
+    .await;
+    agent.stop().await;
+
+    // Generation 4 arrived and its generation was recorded, then the power went before the
+    // reconciler recorded the release (the daemon's order: record, then apply).
+    let agent_rt = SimRuntime::new();
+    let v2 = release("2.0.0", &agent_rt);
+    let signed = server_key().sign(&desired(&device, 4, v2.clone()));
+    {
+        let state = fleet_agent::state::AgentState::open(&dir.path().join("data/state")).unwrap();
+        state
+            .set_server_desired(&fleet_agent::state::ServerDesired {
+                generation: 4,
+                digest: fleet_agent::daemon::digest(&signed),
+            })
+            .unwrap();
+    }
+    server.publish_desired(&device, signed).await;
+
+    // After the restart the broker's retained copy is the same bytes: applied, not ignored.
+    let agent = InProcessAgent::start(&config);
+    release("2.0.0", &agent.rt);
+    let report = eventually("v2 applied after the restart", WAIT, || async {
+        server.latest_report(&device).filter(|r| {
+            r.accepted_generation == 4 && r.in_force.as_ref().is_some_and(|f| f.release == v2.id)
+        })
+    })
+    .await;
+    assert_eq!(report.in_force.unwrap().release, v2.id);
+    assert!(server.rejections(&device).is_empty(), "{:?}", server.rejections(&device));
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_run_once_each_and_get_exactly_one_result() {
     use fleet_proto::{Command, CommandAction, CommandOutcome, ServiceName, UnixMillis};
     let dir = tempfile::tempdir().unwrap();
