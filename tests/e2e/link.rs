@@ -61,6 +61,22 @@ impl Ca {
 
     /// A leaf certificate and its PKCS#8 key, both PEM.
     fn leaf(&self, cn: &str, server: bool, expired: bool) -> (String, String) {
+        let now = time::OffsetDateTime::now_utc();
+        let validity = if expired {
+            (now - time::Duration::days(30), now - time::Duration::days(1))
+        } else {
+            (now - time::Duration::days(1), now + time::Duration::days(30))
+        };
+        self.leaf_valid(cn, server, validity)
+    }
+
+    /// A leaf certificate valid from `validity.0` to `validity.1`.
+    fn leaf_valid(
+        &self,
+        cn: &str,
+        server: bool,
+        validity: (time::OffsetDateTime, time::OffsetDateTime),
+    ) -> (String, String) {
         let mut params = if server {
             let mut p = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
             p.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
@@ -73,14 +89,7 @@ impl Ca {
         };
         params.distinguished_name.push(DnType::CommonName, cn);
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        let now = time::OffsetDateTime::now_utc();
-        if expired {
-            params.not_before = now - time::Duration::days(30);
-            params.not_after = now - time::Duration::days(1);
-        } else {
-            params.not_before = now - time::Duration::days(1);
-            params.not_after = now + time::Duration::days(30);
-        }
+        (params.not_before, params.not_after) = validity;
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         (cert.pem(), key.serialize_pem())
@@ -88,8 +97,24 @@ impl Ca {
 
     /// An enrollment-bundle-like directory for `device`: ca.pem, device.pem, device.key (0600).
     fn bundle(&self, dir: &Path, device: &str, broker_ca: &Ca, expired: bool) -> PathBuf {
+        self.bundle_with(dir, broker_ca, self.leaf(device, false, expired))
+    }
+
+    /// A bundle holding a certificate that only becomes valid tomorrow (a device whose
+    /// certificate was issued by a server with its clock ahead).
+    fn bundle_not_yet_valid(&self, dir: &Path, device: &str, broker_ca: &Ca) -> PathBuf {
+        let now = time::OffsetDateTime::now_utc();
+        let leaf = self.leaf_valid(
+            device,
+            false,
+            (now + time::Duration::days(1), now + time::Duration::days(30)),
+        );
+        self.bundle_with(dir, broker_ca, leaf)
+    }
+
+    fn bundle_with(&self, dir: &Path, broker_ca: &Ca, leaf: (String, String)) -> PathBuf {
         std::fs::create_dir_all(dir).unwrap();
-        let (cert, key) = self.leaf(device, false, expired);
+        let (cert, key) = leaf;
         std::fs::write(dir.join("ca.pem"), &broker_ca.pem).unwrap();
         std::fs::write(dir.join("device.pem"), cert).unwrap();
         let key_path = dir.join("device.key");
@@ -789,6 +814,10 @@ async fn wrong_ca_and_expired_client_certificates_are_refused_and_the_agent_keep
     let cases = [
         ("wrong-ca", rogue.bundle(&dir.path().join("wrong-ca"), "wrong-ca", &ca, false)),
         ("expired", ca.bundle(&dir.path().join("expired"), "expired", &ca, true)),
+        (
+            "not-yet-valid",
+            ca.bundle_not_yet_valid(&dir.path().join("future"), "not-yet-valid", &ca),
+        ),
         ("server-from-other-ca", ca.bundle(&dir.path().join("other"), "other", &rogue, false)),
     ];
     let mut links = vec![];
