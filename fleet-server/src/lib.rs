@@ -19,6 +19,7 @@ pub mod devices;
 pub mod ingest;
 pub mod mqtt;
 pub mod pki;
+pub mod rollout;
 pub mod store;
 
 /// How to run the server.
