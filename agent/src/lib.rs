@@ -3,7 +3,8 @@
 //! Layout, decisions first:
 //! * [`plan`] — pure: what steps take the observed containers to the target release;
 //! * [`reconcile`] — carries plans out with health gates, retries and rollback;
-//! * [`runtime`] — the container engine behind a trait (Docker, and a simulation);
+//! * [`runtime`] — the container engine behind a trait (Docker, and a simulation); image
+//!   download sizes for its disk check come from the registry through [`fleet_oci`];
 //! * [`state`] — durable state in sled (accepted desired state, proven release, journal);
 //! * [`lock`] — update locks: leases applications hold while they must not be interrupted;
 //! * [`accept`] — whether a desired state from the server may be applied (pure);
@@ -25,7 +26,6 @@ pub mod plan;
 pub mod probe;
 pub mod proxy;
 pub mod reconcile;
-pub mod registry;
 pub mod report;
 pub mod runtime;
 pub mod sd_notify;

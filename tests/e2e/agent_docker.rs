@@ -614,22 +614,3 @@ fn registry_blob_bytes(env: &TestEnv, repo: &str, digest: &str) -> u64 {
         })
         .sum()
 }
-
-#[test]
-fn the_registry_client_reads_an_images_download_size_from_the_real_registry() {
-    let env = TestEnv::load();
-    let client = fleet_agent::registry::RegistryClient::new(
-        fleet_agent::registry::Platform::current(),
-        Duration::from_secs(10),
-    );
-    for name in ["web:1", "memhog:2"] {
-        let image = ImageRef::parse(&env.image(name).reference).unwrap();
-        let repo = format!("fleet-test/{}", name.split(':').next().unwrap());
-        let size = client.download_size(&image, None).unwrap();
-        assert_eq!(size, registry_blob_bytes(&env, &repo, &env.image(name).digest), "{name}");
-    }
-    // A digest the registry does not have is named as such.
-    let missing = format!("{}/fleet-test/web@sha256:{}", env.registry, "0".repeat(64));
-    let err = client.download_size(&ImageRef::parse(&missing).unwrap(), None).unwrap_err();
-    assert!(err.to_string().contains("manifest unknown"), "{err}");
-}

@@ -22,7 +22,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::registry::{Platform, RegistryClient};
 use bollard::auth::DockerCredentials;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
@@ -38,6 +37,7 @@ use bollard::query_parameters::{
     RestartContainerOptionsBuilder, StartContainerOptions, StopContainerOptionsBuilder,
 };
 use bollard::Docker;
+use fleet_oci::{Platform, RegistryClient};
 use fleet_proto::release::{
     NetworkMode, Probe, Protocol, RestartPolicy, VolumeMount, VolumeSource,
 };
