@@ -754,7 +754,7 @@ fn error_response(error: &LockError) -> Response {
 }
 
 /// `error: cause: cause`, for an answer that has to stand on its own.
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut message = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

@@ -1,12 +1,10 @@
-//! A minimal OCI distribution client: how many bytes an image download takes, read from its
-//! manifest before pulling, so an update that would fill the disk is refused up front ("needs
-//! 1.2 GB, 300 MB free") instead of failing half-way through with the disk full.
+//! The registry conversation: requests, authentication, and the two questions Fleet asks.
 //!
-//! Only manifests are fetched (a few KiB). Multi-platform indexes are resolved to this
-//! device's platform. Authentication follows the distribution spec: anonymous first, then on
-//! `401` either HTTP Basic or a bearer token from the realm named in `WWW-Authenticate`.
-//! Registries on loopback are spoken to over plain HTTP (as the Docker engine does); every
-//! other registry over TLS, verified against the system's CA bundle.
+//! Authentication follows the distribution spec: anonymous first, then on `401` either HTTP
+//! Basic or a bearer token from the realm named in `WWW-Authenticate`; what worked is kept for
+//! the rest of the conversation about one image. Registries on loopback are spoken to over
+//! plain HTTP (as the Docker engine does); every other registry over TLS, verified against the
+//! system's CA bundle. Every body is read with a size limit, every request under a timeout.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,11 +13,19 @@ use fleet_proto::{ImageRef, RegistryCredential};
 use serde::Deserialize;
 use ureq::tls::{RootCerts, TlsConfig};
 
-/// Every manifest kind the engine can pull.
-const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
+use crate::error::RegistryError;
+use crate::manifest::{self, IndexEntry, Kind, Manifest, ACCEPT};
+use crate::platform::{best_fit, Platform, PlatformImage, ResolvedImage};
+use crate::reference::{is_sha256_digest, split_port, Reference, DOCKER_HUB};
 
 /// Manifests are small; anything bigger is not one.
 const MAX_MANIFEST_BYTES: u64 = 4 << 20;
+
+/// Image configurations are a few KiB; a bigger one is not read.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// An error body is read only for its error code.
+const MAX_ERROR_BYTES: u64 = 64 << 10;
 
 /// Where the system keeps its CA bundle, by distribution family.
 const CA_BUNDLES: [&str; 4] = [
@@ -29,76 +35,22 @@ const CA_BUNDLES: [&str; 4] = [
     "/etc/ssl/ca-bundle.pem",             // openSUSE
 ];
 
-/// Why a size lookup failed. The update then goes on with the reserve check alone.
-#[derive(Debug, thiserror::Error)]
-pub enum RegistryError {
-    /// The registry could not be reached or answered outside the protocol.
-    #[error("registry {registry}: {reason}")]
-    Request {
-        /// Registry host.
-        registry: String,
-        /// What went wrong.
-        reason: String,
-    },
-    /// The registry refused the credentials (or needs some and none are configured).
-    #[error("registry {registry} refused access to {repository}: {reason}")]
-    Unauthorized {
-        /// Registry host.
-        registry: String,
-        /// Repository.
-        repository: String,
-        /// What it said.
-        reason: String,
-    },
-    /// The manifest is not one this client understands, or names no image for this platform.
-    #[error("manifest of {image}: {reason}")]
-    Manifest {
-        /// The image.
-        image: String,
-        /// What is wrong.
-        reason: String,
-    },
-}
-
-/// The OCI platform of this device, e.g. `linux/arm64`, `linux/arm/v7`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Platform {
-    /// `architecture` as OCI spells it.
-    pub architecture: String,
-    /// `variant`, for ARM.
-    pub variant: Option<String>,
-}
-
-impl Platform {
-    /// The platform this binary was built for (which is the device's).
-    pub fn current() -> Platform {
-        let (architecture, variant) = match std::env::consts::ARCH {
-            "x86_64" => ("amd64", None),
-            "aarch64" => ("arm64", None),
-            "arm" => ("arm", Some("v7")),
-            "x86" => ("386", None),
-            other => (other, None),
-        };
-        Platform { architecture: architecture.to_owned(), variant: variant.map(str::to_owned) }
-    }
-}
-
-/// Talks to registries. One per agent; cheap to clone.
+/// Talks to registries. Blocking: call from a blocking thread. Cheap to clone.
 #[derive(Clone)]
 pub struct RegistryClient {
     agent: ureq::Agent,
-    platform: Platform,
 }
 
 impl std::fmt::Debug for RegistryClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RegistryClient").field("platform", &self.platform).finish()
+        f.debug_struct("RegistryClient").finish_non_exhaustive()
     }
 }
 
 impl RegistryClient {
-    /// A client for `platform`, trusting the system's CA bundle; `timeout` bounds each request.
-    pub fn new(platform: Platform, timeout: Duration) -> RegistryClient {
+    /// A client trusting the system's CA bundle; `timeout` bounds each request, `user_agent`
+    /// names the caller to registries (e.g. `fleet-agent/0.1.0`).
+    pub fn new(user_agent: &str, timeout: Duration) -> RegistryClient {
         let tls = TlsConfig::builder()
             .root_certs(RootCerts::Specific(Arc::new(system_roots())))
             .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
@@ -107,53 +59,123 @@ impl RegistryClient {
             .timeout_global(Some(timeout))
             .http_status_as_error(false)
             .tls_config(tls)
-            .user_agent(concat!("fleet-agent/", env!("CARGO_PKG_VERSION")))
+            .user_agent(user_agent)
             .build()
             .into();
-        RegistryClient { agent, platform }
+        RegistryClient { agent }
     }
 
-    /// Bytes the engine downloads to pull `image` (its config and compressed layers), for this
-    /// device's platform. Blocking: call from a blocking thread.
+    /// Bytes the engine downloads to pull `image` (its config and compressed layers) on
+    /// `platform`, read from the manifests before pulling.
     pub fn download_size(
         &self,
         image: &ImageRef,
+        platform: &Platform,
         credential: Option<&RegistryCredential>,
     ) -> Result<u64, RegistryError> {
         let target = Target::of(image);
-        let mut session = Session { client: self, target: &target, credential, token: None };
+        let mut session = Session::new(self, &target, credential)?;
         let manifest = session.manifest(image.digest())?;
         let manifest = match manifest.manifests {
             Some(entries) => {
-                let digest = pick_platform(&entries, &self.platform).ok_or_else(|| {
-                    RegistryError::Manifest {
+                let digest =
+                    pick_platform(&entries, platform).ok_or_else(|| RegistryError::NoPlatform {
                         image: image.pull_ref(),
-                        reason: format!(
-                            "no image for linux/{}{} among its {} platforms",
-                            self.platform.architecture,
-                            self.platform
+                        platform: format!(
+                            "linux/{}{}",
+                            platform.architecture,
+                            platform
                                 .variant
                                 .as_deref()
                                 .map(|v| format!("/{v}"))
-                                .unwrap_or_default(),
-                            entries.len()
+                                .unwrap_or_default()
                         ),
-                    }
-                })?;
+                        count: entries.len(),
+                    })?;
                 session.manifest(&digest)?
             }
             None => manifest,
         };
         match (manifest.config, manifest.layers) {
-            (Some(config), Some(layers)) => {
-                Ok(config.size + layers.iter().map(|l| l.size).sum::<u64>())
-            }
-            _ => Err(RegistryError::Manifest {
+            (Some(config), Some(layers)) => Ok(manifest::download_bytes(&config, &layers)),
+            _ => Err(RegistryError::NotAManifest {
                 image: image.pull_ref(),
                 reason: "neither an image manifest nor an index".to_owned(),
             }),
         }
     }
+
+    /// Resolves `reference` to the digest of the manifest it names, verified, with the
+    /// platforms it offers and what each downloads.
+    ///
+    /// An index keeps the index's digest (every device then pulls its own platform) and lists
+    /// its real platform images, attestations left out; a single image manifest reports the
+    /// one platform its configuration declares.
+    pub fn resolve(
+        &self,
+        reference: &Reference,
+        credential: Option<&RegistryCredential>,
+    ) -> Result<ResolvedImage, RegistryError> {
+        let target = Target::new(reference.registry(), reference.repository());
+        let mut session = Session::new(self, &target, credential)?;
+        let name = reference.to_string();
+        let top = session.manifest_bytes(reference.manifest_reference())?;
+        let digest = manifest::sha256_digest(&top.body);
+        verify(
+            &name,
+            &digest,
+            top.content_digest.as_deref(),
+            reference.digest().map(|d| (d, "the reference")),
+        )?;
+        let parsed = manifest::parse(&top.body, top.content_type.as_deref())
+            .map_err(|reason| RegistryError::NotAManifest { image: name.clone(), reason })?;
+        let platforms = match parsed.kind {
+            Kind::Index(entries) => session.index_platforms(&name, &entries)?,
+            Kind::Image { config, layers } => {
+                let (os, architecture, variant) = session.config_platform(&name, &config)?;
+                let download_bytes = manifest::download_bytes(&config, &layers);
+                vec![PlatformImage {
+                    os,
+                    architecture,
+                    variant,
+                    digest: digest.clone(),
+                    download_bytes,
+                }]
+            }
+        };
+        let tag = reference.tag().map(|t| format!(":{t}")).unwrap_or_default();
+        let image =
+            ImageRef::parse(&format!("{}{tag}@{digest}", reference.familiar_name())).map_err(
+                |e| RegistryError::NotAManifest { image: name.clone(), reason: e.to_string() },
+            )?;
+        tracing::debug!(reference = %name, %digest, media_type = %parsed.media_type, platforms = platforms.len(), "resolved");
+        Ok(ResolvedImage { image, media_type: parsed.media_type, platforms })
+    }
+}
+
+/// Refuses content whose digest is not what the registry or the asker said.
+fn verify(
+    image: &str,
+    actual: &str,
+    header: Option<&str>,
+    asked: Option<(&str, &'static str)>,
+) -> Result<(), RegistryError> {
+    manifest::check_digest(actual, header, asked).map_err(|m| RegistryError::DigestMismatch {
+        image: image.to_owned(),
+        expected: m.expected,
+        actual: actual.to_owned(),
+        expected_by: m.expected_by,
+    })
+}
+
+/// The digest of the index entry for `platform`.
+fn pick_platform(entries: &[IndexEntry], platform: &Platform) -> Option<String> {
+    best_fit(entries, platform, |e| {
+        e.platform.as_ref().map_or(("", "", None), |p| {
+            (p.os.as_str(), p.architecture.as_str(), p.variant.as_deref())
+        })
+    })
+    .map(|e| e.digest.clone())
 }
 
 /// Where an image lives: base URL and repository path on the registry.
@@ -168,73 +190,43 @@ struct Target {
 }
 
 impl Target {
+    fn new(registry: &str, repository: &str) -> Target {
+        let base = if registry == DOCKER_HUB {
+            "https://registry-1.docker.io".to_owned()
+        } else {
+            let (host, _) = split_port(registry);
+            let loopback = host == "localhost"
+                || host == "[::1]"
+                || host.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| ip.is_loopback());
+            let scheme = if loopback { "http" } else { "https" };
+            format!("{scheme}://{registry}")
+        };
+        Target { registry: registry.to_owned(), base, repository: repository.to_owned() }
+    }
+
     fn of(image: &ImageRef) -> Target {
         let repo = image.repository();
         match image.registry() {
-            Some(host) => {
-                let path = repo[host.len()..].trim_start_matches('/').to_owned();
-                let hostname = host.rsplit_once(':').map_or(host, |(h, _)| h);
-                let loopback = hostname == "localhost"
-                    || hostname == "[::1]"
-                    || hostname.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| ip.is_loopback());
-                let scheme = if loopback { "http" } else { "https" };
-                Target {
-                    registry: host.to_owned(),
-                    base: format!("{scheme}://{host}"),
-                    repository: path,
-                }
-            }
+            Some(host) => Target::new(host, repo[host.len()..].trim_start_matches('/')),
             // Docker Hub, with its implicit `library/` for official images.
-            None => Target {
-                registry: "docker.io".to_owned(),
-                base: "https://registry-1.docker.io".to_owned(),
-                repository: if repo.contains('/') {
-                    repo.to_owned()
-                } else {
-                    format!("library/{repo}")
-                },
-            },
+            None if repo.contains('/') => Target::new(DOCKER_HUB, repo),
+            None => Target::new(DOCKER_HUB, &format!("library/{repo}")),
         }
     }
 }
 
-/// The fields of manifests and indexes this client reads.
-#[derive(Debug, Deserialize)]
-struct Manifest {
-    config: Option<Descriptor>,
-    layers: Option<Vec<Descriptor>>,
-    manifests: Option<Vec<IndexEntry>>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Descriptor {
-    size: u64,
-}
-
-#[derive(Debug, Deserialize)]
-struct IndexEntry {
-    digest: String,
-    platform: Option<EntryPlatform>,
-}
-
-#[derive(Debug, Deserialize)]
-struct EntryPlatform {
-    os: String,
-    architecture: String,
-    variant: Option<String>,
-}
-
-/// The index entry for `platform`: exact variant first, then any variant of the architecture.
-fn pick_platform(entries: &[IndexEntry], platform: &Platform) -> Option<String> {
-    let linux = |e: &&IndexEntry| {
-        e.platform
-            .as_ref()
-            .is_some_and(|p| p.os == "linux" && p.architecture == platform.architecture)
+/// Whether a credential stored for `credential` applies to `registry` (Docker Hub has aliases,
+/// and Docker's own config keys it as `https://index.docker.io/v1/`).
+fn same_registry(credential: &str, registry: &str) -> bool {
+    let normal = |r: &str| {
+        let r = r.trim_start_matches("https://").trim_start_matches("http://");
+        let host = r.split('/').next().unwrap_or(r).to_ascii_lowercase();
+        match host.as_str() {
+            "index.docker.io" | "registry-1.docker.io" => DOCKER_HUB.to_owned(),
+            _ => host,
+        }
     };
-    let exact = entries.iter().filter(linux).find(|e| {
-        e.platform.as_ref().and_then(|p| p.variant.as_deref()) == platform.variant.as_deref()
-    });
-    exact.or_else(|| entries.iter().find(linux)).map(|e| e.digest.clone())
+    normal(credential) == normal(registry)
 }
 
 /// A challenge from `WWW-Authenticate`.
@@ -278,19 +270,69 @@ fn parse_challenge(header: &str) -> Option<Challenge> {
     Some(Challenge::Bearer { realm: realm?, service, scope })
 }
 
-/// One image's conversation with its registry, keeping the bearer token once obtained.
+/// How requests of a session authenticate, once the registry has said.
+#[derive(Debug)]
+enum Auth {
+    Anonymous,
+    Basic,
+    Bearer(String),
+}
+
+/// A successful answer.
+#[derive(Debug)]
+struct Fetched {
+    body: Vec<u8>,
+    content_type: Option<String>,
+    /// `Docker-Content-Digest`, if sent.
+    content_digest: Option<String>,
+}
+
+/// The answer to a GET: the content, or a 404 with the distribution error codes it carried.
+#[derive(Debug)]
+enum Answer {
+    Found(Fetched),
+    NotFound(Vec<String>),
+}
+
+/// One image's conversation with its registry, keeping what authentication worked.
 struct Session<'a> {
     client: &'a RegistryClient,
     target: &'a Target,
     credential: Option<&'a RegistryCredential>,
-    token: Option<String>,
+    auth: Auth,
 }
 
-impl Session<'_> {
-    fn fail(&self, reason: impl std::fmt::Display) -> RegistryError {
-        RegistryError::Request {
-            registry: self.target.registry.clone(),
-            reason: reason.to_string(),
+impl<'a> Session<'a> {
+    fn new(
+        client: &'a RegistryClient,
+        target: &'a Target,
+        credential: Option<&'a RegistryCredential>,
+    ) -> Result<Session<'a>, RegistryError> {
+        if let Some(c) = credential.filter(|c| !same_registry(&c.registry, &target.registry)) {
+            return Err(RegistryError::WrongCredential {
+                registry: target.registry.clone(),
+                credential_registry: c.registry.clone(),
+            });
+        }
+        Ok(Session { client, target, credential, auth: Auth::Anonymous })
+    }
+
+    fn protocol(&self, reason: impl Into<String>) -> RegistryError {
+        RegistryError::Protocol { registry: self.target.registry.clone(), reason: reason.into() }
+    }
+
+    /// A transport error: no answer (unreachable), or an answer outside HTTP's rules.
+    fn transport(&self, error: ureq::Error, registry: String) -> RegistryError {
+        match error {
+            ureq::Error::TooManyRedirects
+            | ureq::Error::RedirectFailed
+            | ureq::Error::BadUri(_)
+            | ureq::Error::Http(_)
+            | ureq::Error::Protocol(_)
+            | ureq::Error::LargeResponseHeader(..) => {
+                RegistryError::Protocol { registry, reason: error.to_string() }
+            }
+            e => RegistryError::Unreachable { registry, source: Box::new(e) },
         }
     }
 
@@ -307,32 +349,54 @@ impl Session<'_> {
             .map(|c| format!("Basic {}", base64(&format!("{}:{}", c.username, c.password))))
     }
 
-    fn manifest(&mut self, reference: &str) -> Result<Manifest, RegistryError> {
-        let url =
-            format!("{}/v2/{}/manifests/{reference}", self.target.base, self.target.repository);
+    /// `GET {base}/v2/{repository}/{path}`, authenticating as the registry asks; the body is
+    /// read up to `limit` bytes (`what` names it in errors).
+    fn get(
+        &mut self,
+        path: &str,
+        accept: Option<&str>,
+        limit: u64,
+        what: &str,
+    ) -> Result<Answer, RegistryError> {
+        let url = format!("{}/v2/{}/{path}", self.target.base, self.target.repository);
         for attempt in 0..2 {
-            let auth = match &self.token {
-                Some(token) => Some(format!("Bearer {token}")),
-                None if attempt > 0 => self.basic(),
-                None => None,
+            let auth = match &self.auth {
+                Auth::Anonymous => None,
+                Auth::Basic => self.basic(),
+                Auth::Bearer(token) => Some(format!("Bearer {token}")),
             };
-            let mut request = self.client.agent.get(&url).header("Accept", ACCEPT);
+            let mut request = self.client.agent.get(&url);
+            if let Some(accept) = accept {
+                request = request.header("Accept", accept);
+            }
             if let Some(auth) = &auth {
                 request = request.header("Authorization", auth);
             }
-            let mut response = request.call().map_err(|e| self.fail(e))?;
-            match response.status().as_u16() {
+            let mut response =
+                request.call().map_err(|e| self.transport(e, self.target.registry.clone()))?;
+            let status = response.status().as_u16();
+            tracing::trace!(%url, status, "registry answered");
+            match status {
                 200 => {
-                    let body = response
-                        .body_mut()
-                        .with_config()
-                        .limit(MAX_MANIFEST_BYTES)
-                        .read_to_vec()
-                        .map_err(|e| self.fail(format!("reading manifest {reference}: {e}")))?;
-                    return serde_json::from_slice(&body).map_err(|e| RegistryError::Manifest {
-                        image: format!("{}@{reference}", self.target.repository),
-                        reason: format!("not a manifest: {e}"),
-                    });
+                    let header = |name: &str| {
+                        response
+                            .headers()
+                            .get(name)
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned)
+                    };
+                    let (content_type, content_digest) =
+                        (header("content-type"), header("docker-content-digest"));
+                    let body = match response.body_mut().with_config().limit(limit).read_to_vec() {
+                        Ok(body) => body,
+                        Err(ureq::Error::BodyExceedsLimit(_)) => {
+                            return Err(self.protocol(format!(
+                                "the {what} at {url} is larger than {limit} bytes; refusing it"
+                            )))
+                        }
+                        Err(e) => return Err(self.transport(e, self.target.registry.clone())),
+                    };
+                    return Ok(Answer::Found(Fetched { body, content_type, content_digest }));
                 }
                 401 if attempt == 0 => {
                     let header = response
@@ -342,14 +406,16 @@ impl Session<'_> {
                         .unwrap_or_default()
                         .to_owned();
                     match parse_challenge(&header) {
-                        Some(Challenge::Basic) if self.credential.is_some() => {}
+                        Some(Challenge::Basic) if self.credential.is_some() => {
+                            self.auth = Auth::Basic;
+                        }
                         Some(Challenge::Basic) => {
                             return Err(self.unauthorized(
                                 "it needs a login and none is configured for this registry",
                             ))
                         }
                         Some(Challenge::Bearer { realm, service, scope }) => {
-                            self.token = Some(self.fetch_token(&realm, service, scope)?);
+                            self.auth = Auth::Bearer(self.fetch_token(&realm, service, scope)?);
                         }
                         None => {
                             return Err(
@@ -360,15 +426,152 @@ impl Session<'_> {
                 }
                 401 | 403 => return Err(self.unauthorized("the credentials were refused")),
                 404 => {
-                    return Err(RegistryError::Manifest {
-                        image: format!("{}@{reference}", self.target.repository),
-                        reason: "manifest unknown: no such digest in the registry".to_owned(),
-                    })
+                    let body = response
+                        .body_mut()
+                        .with_config()
+                        .limit(MAX_ERROR_BYTES)
+                        .read_to_vec()
+                        .unwrap_or_default();
+                    return Ok(Answer::NotFound(manifest::error_codes(&body)));
                 }
-                status => return Err(self.fail(format!("GET {url} answered {status}"))),
+                status => return Err(self.protocol(format!("GET {url} answered {status}"))),
             }
         }
         Err(self.unauthorized("the credentials were refused"))
+    }
+
+    /// The manifest `reference` (a tag or a digest) names, as the registry sent it.
+    fn manifest_bytes(&mut self, reference: &str) -> Result<Fetched, RegistryError> {
+        let path = format!("manifests/{reference}");
+        match self.get(&path, Some(ACCEPT), MAX_MANIFEST_BYTES, "manifest")? {
+            Answer::Found(fetched) => Ok(fetched),
+            Answer::NotFound(codes) => Err(self.not_found(reference, &codes)),
+        }
+    }
+
+    /// The manifest `reference` names, read for its sizes.
+    fn manifest(&mut self, reference: &str) -> Result<Manifest, RegistryError> {
+        let fetched = self.manifest_bytes(reference)?;
+        serde_json::from_slice(&fetched.body).map_err(|e| RegistryError::NotAManifest {
+            image: format!("{}@{reference}", self.target.repository),
+            reason: format!("not a manifest: {e}"),
+        })
+    }
+
+    /// Which of repository, tag or digest is missing. Many registries answer an unknown
+    /// repository's manifest with `MANIFEST_UNKNOWN` too, so a missing tag is told apart by
+    /// asking for the repository's tag list, which says `NAME_UNKNOWN`.
+    fn not_found(&mut self, reference: &str, codes: &[String]) -> RegistryError {
+        let registry = self.target.registry.clone();
+        let repository = self.target.repository.clone();
+        let name_unknown = |codes: &[String]| codes.iter().any(|c| c == "NAME_UNKNOWN");
+        let repository_unknown = name_unknown(codes)
+            || matches!(
+                self.get("tags/list?n=1", None, MAX_ERROR_BYTES, "tag list"),
+                Ok(Answer::NotFound(codes)) if name_unknown(&codes)
+            );
+        if repository_unknown {
+            RegistryError::UnknownRepository { registry, repository }
+        } else if is_sha256_digest(reference) || reference.contains(':') {
+            RegistryError::UnknownDigest { registry, repository, digest: reference.to_owned() }
+        } else {
+            RegistryError::UnknownTag { registry, repository, tag: reference.to_owned() }
+        }
+    }
+
+    /// The real platform images an index lists, each with its download size.
+    fn index_platforms(
+        &mut self,
+        image: &str,
+        entries: &[IndexEntry],
+    ) -> Result<Vec<PlatformImage>, RegistryError> {
+        let not_usable =
+            |reason: String| RegistryError::NotAManifest { image: image.to_owned(), reason };
+        let images: Vec<&IndexEntry> =
+            entries.iter().filter(|e| manifest::is_platform_image(e)).collect();
+        if images.is_empty() {
+            return Err(not_usable(format!(
+                "an index of {} entries, none an image for a platform (only attestations or artifacts)",
+                entries.len()
+            )));
+        }
+        let mut platforms = Vec::with_capacity(images.len());
+        for entry in images {
+            let Some(platform) = &entry.platform else { continue };
+            if !is_sha256_digest(&entry.digest) {
+                return Err(not_usable(format!(
+                    "its index lists the digest {:?}, not a sha256 digest",
+                    entry.digest
+                )));
+            }
+            let fetched = self.manifest_bytes(&entry.digest)?;
+            let entry_name =
+                format!("{}/{}@{}", self.target.registry, self.target.repository, entry.digest);
+            let actual = manifest::sha256_digest(&fetched.body);
+            verify(
+                &entry_name,
+                &actual,
+                fetched.content_digest.as_deref(),
+                Some((&entry.digest, "the index")),
+            )?;
+            let parsed = manifest::parse(&fetched.body, fetched.content_type.as_deref()).map_err(
+                |reason| RegistryError::NotAManifest { image: entry_name.clone(), reason },
+            )?;
+            let Kind::Image { config, layers } = parsed.kind else {
+                return Err(RegistryError::NotAManifest {
+                    image: entry_name,
+                    reason: "an index inside an index, which the engine does not pull".to_owned(),
+                });
+            };
+            platforms.push(PlatformImage {
+                os: platform.os.clone(),
+                architecture: platform.architecture.clone(),
+                variant: platform.variant.clone(),
+                digest: entry.digest.clone(),
+                download_bytes: manifest::download_bytes(&config, &layers),
+            });
+        }
+        Ok(platforms)
+    }
+
+    /// The platform an image's configuration declares, read from its (verified) config blob.
+    fn config_platform(
+        &mut self,
+        image: &str,
+        config: &manifest::Descriptor,
+    ) -> Result<(String, String, Option<String>), RegistryError> {
+        let not_usable =
+            |reason: String| RegistryError::NotAManifest { image: image.to_owned(), reason };
+        if !is_sha256_digest(&config.digest) {
+            return Err(not_usable(format!(
+                "its config digest {:?} is not a sha256 digest",
+                config.digest
+            )));
+        }
+        if config.size > MAX_CONFIG_BYTES {
+            return Err(not_usable(format!(
+                "its config is {} bytes, more than the {MAX_CONFIG_BYTES} an image config may have",
+                config.size
+            )));
+        }
+        let path = format!("blobs/{}", config.digest);
+        let body = match self.get(&path, None, MAX_CONFIG_BYTES, "image config")? {
+            Answer::Found(fetched) => fetched.body,
+            Answer::NotFound(_) => {
+                return Err(not_usable(format!(
+                    "its config {} is missing from the registry",
+                    config.digest
+                )))
+            }
+        };
+        let actual = manifest::sha256_digest(&body);
+        verify(
+            &format!("the config of {image}"),
+            &actual,
+            None,
+            Some((&config.digest, "the manifest")),
+        )?;
+        manifest::config_platform(&body).map_err(not_usable)
     }
 
     fn fetch_token(
@@ -390,8 +593,8 @@ impl Session<'_> {
         if let Some(basic) = self.basic() {
             request = request.header("Authorization", &basic);
         }
-        let mut response =
-            request.call().map_err(|e| self.fail(format!("token from {realm}: {e}")))?;
+        let token_service = || format!("{} (its token service {realm})", self.target.registry);
+        let mut response = request.call().map_err(|e| self.transport(e, token_service()))?;
         match response.status().as_u16() {
             200 => {}
             401 | 403 => {
@@ -399,18 +602,20 @@ impl Session<'_> {
                     self.unauthorized(format!("the token service {realm} refused the credentials"))
                 )
             }
-            status => return Err(self.fail(format!("token service {realm} answered {status}"))),
+            status => return Err(self.protocol(format!("token service {realm} answered {status}"))),
         }
-        let answer: TokenAnswer = response
+        let body = response
             .body_mut()
             .with_config()
             .limit(MAX_MANIFEST_BYTES)
-            .read_json()
-            .map_err(|e| self.fail(format!("token from {realm}: {e}")))?;
+            .read_to_vec()
+            .map_err(|e| self.transport(e, token_service()))?;
+        let answer: TokenAnswer = serde_json::from_slice(&body)
+            .map_err(|e| self.protocol(format!("token from {realm}: {e}")))?;
         answer
             .token
             .or(answer.access_token)
-            .ok_or_else(|| self.fail(format!("token service {realm} sent no token")))
+            .ok_or_else(|| self.protocol(format!("token service {realm} sent no token")))
     }
 }
 
@@ -456,6 +661,7 @@ fn base64(input: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manifest::EntryPlatform;
 
     #[test]
     fn bearer_and_basic_challenges_are_parsed_with_commas_inside_quotes() {
@@ -496,17 +702,43 @@ mod tests {
             ("https://registry-1.docker.io", "library/busybox")
         );
         assert_eq!(t("localhost:5000/x").base, "http://localhost:5000");
+        // Spelled out, Docker Hub is still served by registry-1.
+        assert_eq!(t("docker.io/library/busybox").base, "https://registry-1.docker.io");
+        assert_eq!(Target::new("[::1]", "x").base, "http://[::1]");
+        assert_eq!(Target::new("127.8.0.1:80", "x").base, "http://127.8.0.1:80");
+    }
+
+    #[test]
+    fn references_and_image_refs_reach_the_same_target() {
+        for s in ["busybox", "robots/lidar", "127.0.0.1:5000/demo/app", "localhost/x"] {
+            let r = Reference::parse(s).unwrap();
+            let image =
+                ImageRef::parse(&format!("{}@sha256:{}", r.familiar_name(), "a".repeat(64)))
+                    .unwrap();
+            assert_eq!(Target::new(r.registry(), r.repository()), Target::of(&image), "{s}");
+        }
+    }
+
+    #[test]
+    fn credentials_apply_only_to_their_own_registry() {
+        assert!(same_registry("127.0.0.1:5000", "127.0.0.1:5000"));
+        assert!(same_registry("https://index.docker.io/v1/", DOCKER_HUB));
+        assert!(same_registry("Registry.Example.com", "registry.example.com"));
+        assert!(!same_registry("127.0.0.1:5000", "127.0.0.1:5001"));
+        assert!(!same_registry("evil.example.com", "registry.example.com"));
     }
 
     #[test]
     fn index_entries_are_picked_by_architecture_then_variant() {
         let entry = |digest: &str, arch: &str, variant: Option<&str>| IndexEntry {
+            media_type: None,
             digest: digest.into(),
             platform: Some(EntryPlatform {
                 os: "linux".into(),
                 architecture: arch.into(),
                 variant: variant.map(Into::into),
             }),
+            annotations: Default::default(),
         };
         let entries = vec![
             entry("amd", "amd64", None),

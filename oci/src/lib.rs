@@ -1,13 +1,38 @@
 //! # fleet-oci — Fleet's OCI distribution client
 //!
-//! The registry protocol in one place, so the agent and the server speak it the same way
-//! without depending on each other. Today it answers the agent's question, how many bytes
-//! pulling an image downloads on this device ([`RegistryClient::download_size`]); see
-//! [`client`] for the protocol and its invariants. [`reference`] parses the Docker-style image
-//! references people write (pure). Blocking, no async runtime: callers use `spawn_blocking`.
+//! One client for the two questions Fleet asks registries, so agent and server speak the
+//! protocol the same way without depending on each other:
+//! * the agent: how many bytes pulling an image downloads on this device
+//!   ([`RegistryClient::download_size`]), so an update that would fill the disk is refused up
+//!   front ("needs 1.2 GB, 300 MB free") instead of failing half-way with the disk full;
+//! * the server: which digest a tag names and what each platform of it downloads
+//!   ([`RegistryClient::resolve`]), so releases pin images by digest (no floating tags on
+//!   devices) and can be checked against a device's architecture and disk.
+//!
+//! Layout: [`reference`] parses Docker-style references; [`manifest`] reads manifest formats
+//! and checks digests; [`platform`] matches platforms; those three are pure and unit-tested
+//! without a network. [`client`] does the HTTP.
+//!
+//! Invariants:
+//! * a resolved digest is the sha256 of the exact manifest bytes received, and content that
+//!   disagrees with the registry's `Docker-Content-Digest`, the digest asked for, or the
+//!   index or manifest pointing at it is refused ([`RegistryError::DigestMismatch`]);
+//! * the digest of a multi-platform image is the index's, never one platform's;
+//! * every body is read with a bound (manifests 4 MiB, image configs 1 MiB) and every request
+//!   under the client's timeout;
+//! * a credential is only ever sent to the registry it is for;
+//! * blocking I/O and no async runtime: callers use `spawn_blocking`. TLS is rustls with the
+//!   ring provider (it cross-compiles with plain gcc) against the system's CA bundle; registries
+//!   on loopback are spoken to over plain HTTP, as the Docker engine does.
 
 pub mod client;
+pub mod error;
+pub mod manifest;
+pub mod platform;
 pub mod reference;
 
-pub use client::{Platform, RegistryClient, RegistryError};
+pub use client::RegistryClient;
+pub use error::RegistryError;
+pub use manifest::{DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST};
+pub use platform::{Platform, PlatformImage, ResolvedImage};
 pub use reference::{Reference, ReferenceError};

@@ -191,6 +191,11 @@ impl Reference {
         self.digest.as_deref()
     }
 
+    /// What to ask the registry for: the digest if pinned, else the tag.
+    pub(crate) fn manifest_reference(&self) -> &str {
+        self.digest.as_deref().or(self.tag.as_deref()).unwrap_or(DEFAULT_TAG)
+    }
+
     /// The name as Docker shows it, e.g. `busybox`, `robots/lidar`, `127.0.0.1:5000/demo/app`.
     ///
     /// This is the repository Docker lists in an image's `RepoDigests`, so an image pulled by
@@ -286,7 +291,7 @@ fn is_tag(tag: &str) -> bool {
 }
 
 /// `sha256:` and 64 lowercase hex digits.
-fn is_sha256_digest(digest: &str) -> bool {
+pub(crate) fn is_sha256_digest(digest: &str) -> bool {
     digest.strip_prefix("sha256:").is_some_and(|hex| {
         hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     })
@@ -314,7 +319,7 @@ fn is_registry(registry: &str) -> bool {
 }
 
 /// Splits `host:port`, `[v6]:port`, `host` or `[v6]` into host and optional port.
-fn split_port(registry: &str) -> (&str, Option<&str>) {
+pub(crate) fn split_port(registry: &str) -> (&str, Option<&str>) {
     if registry.starts_with('[') {
         return match registry.find(']') {
             Some(end) => match registry[end + 1..].strip_prefix(':') {
@@ -479,7 +484,8 @@ mod tests {
             "docker.io/library/busybox:latest"
         );
         let pinned: Reference = format!("x.io/a@{D}").parse().unwrap();
-        assert_eq!((pinned.tag(), pinned.digest()), (None, Some(D)), "no implicit tag when pinned");
+        assert_eq!(pinned.manifest_reference(), D, "a digest wins over the tag");
+        assert_eq!(Reference::parse("x.io/a:7").unwrap().manifest_reference(), "7");
     }
 
     #[test]

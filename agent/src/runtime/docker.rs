@@ -46,6 +46,8 @@ use fleet_proto::{DeviceId, ImageRef, RegistryCredential};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
+use crate::lock::error_chain;
+
 use super::{
     labels, ContainerRuntime, CreateRequest, ObservedContainer, PortBinding, ProgressFn,
     RuntimeError, RuntimeEvent,
@@ -69,6 +71,9 @@ pub struct DockerRuntime {
 
 /// How long one registry request for a manifest may take.
 const REGISTRY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How the agent names itself to registries.
+const USER_AGENT: &str = concat!("fleet-agent/", env!("CARGO_PKG_VERSION"));
 
 impl DockerRuntime {
     /// Connects to the engine at `endpoint` (a socket path or `unix://` URL) and negotiates the
@@ -275,8 +280,8 @@ impl ContainerRuntime for DockerRuntime {
         // A client per lookup: updates are rare, and an idle agent should not keep the
         // system's CA bundle in memory.
         let size = tokio::task::spawn_blocking(move || {
-            let client = RegistryClient::new(Platform::current(), REGISTRY_TIMEOUT);
-            client.download_size(&image_owned, credential.as_ref())
+            let client = RegistryClient::new(USER_AGENT, REGISTRY_TIMEOUT);
+            client.download_size(&image_owned, &Platform::current(), credential.as_ref())
         })
         .await;
         match size {
@@ -284,7 +289,7 @@ impl ContainerRuntime for DockerRuntime {
             Ok(Err(e)) => {
                 // The pull itself reports a real problem with its own reason; the disk check
                 // then falls back to the reserve alone.
-                tracing::warn!(image = %image, error = %e, "download size unknown");
+                tracing::warn!(image = %image, error = %error_chain(&e), "download size unknown");
                 None
             }
             Err(e) => {
