@@ -149,6 +149,7 @@ fn hardware(p: &mut Problems, path: &str, node: &Node) -> Option<HardwareRequest
     let mut kind: Option<(&str, &Node)> = None;
     let mut container_path: Option<(String, &Node)> = None;
     let mut permissions: Option<String> = None;
+    let mut unknown = false;
     for (key, value) in entries {
         let at = child(path, key);
         match key.as_str() {
@@ -186,15 +187,21 @@ fn hardware(p: &mut Problems, path: &str, node: &Node) -> Option<HardwareRequest
                     ok
                 })
             }
-            other => p.add(
-                &at,
-                Some(value),
-                format!("unknown key {other:?}; a hardware request is one of {KINDS}"),
-            ),
+            other => {
+                unknown = true;
+                p.add(
+                    &at,
+                    Some(value),
+                    format!("unknown key {other:?}; a hardware request is one of {KINDS}"),
+                );
+            }
         }
     }
     let Some((kind, value)) = kind else {
-        p.add(path, Some(node), format!("no hardware kind; use one of {KINDS}"));
+        // An unknown key was most likely meant as the kind: it is reported already.
+        if !unknown {
+            p.add(path, Some(node), format!("no hardware kind; use one of {KINDS}"));
+        }
         return None;
     };
     let at = child(path, kind);
