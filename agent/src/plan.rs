@@ -129,6 +129,14 @@ impl std::fmt::Display for Step {
 pub fn config_hash(spec: &ServiceSpec, proxied: bool) -> String {
     // JSON of the spec is deterministic: maps are BTreeMaps and fields keep declaration order.
     let mut json = serde_json::to_vec(spec).unwrap_or_default();
+    // Fields appended to ServiceSpec (always last in the JSON) are left out while empty, so a
+    // spec that does not use them hashes as it did before they existed: upgrading the agent
+    // keeps its containers instead of re-creating every one of them.
+    const UNUSED_APPENDED: &[u8] = br#","group_add":[],"optional_hardware":[]}"#;
+    if json.ends_with(UNUSED_APPENDED) {
+        json.truncate(json.len() - UNUSED_APPENDED.len());
+        json.push(b'}');
+    }
     if proxied {
         // A proxied container publishes on loopback ephemeral ports instead of the host ports:
         // a different container, so a different name.
@@ -752,6 +760,20 @@ mod tests {
                 "only v2 containers removed: {name}"
             );
         }
+    }
+
+    #[test]
+    fn fields_appended_to_the_spec_do_not_change_the_hash_while_unused() {
+        let spec = release("1").services[0].clone();
+        // The hash of this spec as computed before group_add and optional_hardware existed.
+        let json = serde_json::to_string(&spec).unwrap();
+        let before = json.replace(r#","group_add":[],"optional_hardware":[]"#, "");
+        assert!(before.ends_with(r#""depends_on":[]}"#), "{before}");
+        let digest = Sha256::digest(before.as_bytes());
+        let old: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+        assert_eq!(config_hash(&spec, false), old);
+        let grouped = ServiceSpec { group_add: vec!["dialout".to_owned()], ..spec };
+        assert_ne!(config_hash(&grouped, false), old, "a used field changes the container");
     }
 
     #[test]

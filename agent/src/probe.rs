@@ -36,7 +36,7 @@ pub async fn check(probe: &Probe, c: &ObservedContainer, timeout: Duration) -> R
                     .map_err(|e| format!("TCP connect to {addr} (port {port}) failed: {e}"))
             }
             Probe::Http { port, path } => http_get(address(c, *port), *port, path).await,
-            Probe::Image | Probe::Cmd(_) | Probe::CmdShell(_) => Ok(()),
+            Probe::Image | Probe::Cmd(_) | Probe::CmdShell(_) | Probe::Disabled => Ok(()),
         }
     };
     match tokio::time::timeout(timeout, run).await {

@@ -146,6 +146,14 @@ pub fn check_release(release: &ReleaseSpec) -> Result<(), Refused> {
                 ));
             }
         }
+        if !svc.optional_hardware.is_empty() {
+            // Mapping "when present" needs the inventory at create time and a re-create when
+            // the device appears later; until the agent does both, refuse rather than run a
+            // service that silently never gets its hardware.
+            problems.push(format!(
+                "services[{i}].optional_hardware: optional hardware is not supported by this agent version yet; list the device under hardware (required) or drop it"
+            ));
+        }
         for (v, vol) in svc.volumes.iter().enumerate() {
             if let fleet_proto::release::VolumeSource::HostPath(p) = &vol.source {
                 problems.push(format!("services[{i}].volumes[{v}]: bind mount of host path {p:?} is not allowed by this agent's configuration"));

@@ -5,7 +5,8 @@
 //! status and reports; the server records them; `fleetctl` reads them through the API.
 //!
 //! Layout: [`broker`] (embedded MQTT), [`ingest`] (MQTT → registry), [`devices`] (pure record
-//! updates), [`store`] (persistence behind a trait), [`api`] (HTTP).
+//! updates), [`store`] (persistence behind a trait), [`api`] (HTTP), [`compose`] (Compose
+//! files → releases, see `COMPOSE.md`).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use std::sync::Arc;
 pub mod api;
 pub mod broker;
 pub mod commands;
+pub mod compose;
 pub mod devices;
 pub mod ingest;
 pub mod mqtt;

@@ -76,6 +76,15 @@ pub struct ServiceSpec {
     pub security: SecurityOptions,
     /// Services that must be started (or healthy) before this one.
     pub depends_on: Vec<Dependency>,
+    /// Extra groups (names or numeric ids) the container's user joins, e.g. `dialout` for a
+    /// serial port or `video` for a camera. Appended: empty in bytes from older builds.
+    #[serde(default)]
+    pub group_add: Vec<String>,
+    /// Hardware mapped when the device has it; the service runs without it otherwise (a
+    /// diagnostics port, an optional camera). Same forms as [`ServiceSpec::hardware`].
+    /// Appended: empty in bytes from older builds.
+    #[serde(default)]
+    pub optional_hardware: Vec<HardwareRequest>,
 }
 
 impl ServiceSpec {
@@ -103,6 +112,8 @@ impl ServiceSpec {
             resources: ResourceLimits::default(),
             security: SecurityOptions::default(),
             depends_on: vec![],
+            group_add: vec![],
+            optional_hardware: vec![],
         }
     }
 }
@@ -352,6 +363,9 @@ pub enum Probe {
         /// Container port.
         port: u16,
     },
+    /// No health check at all: the image's own HEALTHCHECK is switched off (Docker's
+    /// `["NONE"]`) and a running container counts as healthy. Appended variant.
+    Disabled,
 }
 
 /// What the engine does when the container exits.

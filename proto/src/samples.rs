@@ -89,6 +89,8 @@ pub fn release() -> ReleaseSpec {
         },
         security: SecurityOptions::default(),
         depends_on: vec![],
+        group_add: vec![],
+        optional_hardware: vec![],
     };
     let lidar = ServiceSpec {
         name: service("lidar"),
@@ -135,6 +137,8 @@ pub fn release() -> ReleaseSpec {
             user: Some(s("1000:20")),
         },
         depends_on: vec![Dependency { service: service("web"), condition: DependencyCondition::Healthy }],
+        group_add: vec![],
+        optional_hardware: vec![],
     };
     ReleaseSpec {
         id: release_id(),

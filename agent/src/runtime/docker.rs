@@ -809,7 +809,8 @@ fn container_body(req: &CreateRequest) -> ContainerCreateBody {
             Probe::CmdShell(line) => vec!["CMD-SHELL".to_owned(), line.clone()],
             // The agent probes these itself; the image's own check is switched off so that one
             // judge, not two, decides the service's health.
-            Probe::Http { .. } | Probe::Tcp { .. } => {
+            // Disabled: the image's check is off too, and running counts as healthy.
+            Probe::Http { .. } | Probe::Tcp { .. } | Probe::Disabled => {
                 return Some(HealthConfig {
                     test: Some(vec!["NONE".to_owned()]),
                     ..Default::default()
@@ -897,6 +898,7 @@ fn container_body(req: &CreateRequest) -> ContainerCreateBody {
         cap_drop: (!sec.cap_drop.is_empty()).then(|| sec.cap_drop.clone()),
         readonly_rootfs: Some(sec.read_only_rootfs),
         devices: (!devices.is_empty()).then_some(devices),
+        group_add: (!spec.group_add.is_empty()).then(|| spec.group_add.clone()),
         ..Default::default()
     };
 
@@ -1045,6 +1047,24 @@ mod tests {
             container_body(&req).healthcheck.unwrap().test,
             Some(vec!["NONE".to_owned()]),
             "the agent probes TCP itself"
+        );
+
+        req.spec.healthcheck = Some(check(Probe::Disabled));
+        assert_eq!(
+            container_body(&req).healthcheck.unwrap().test,
+            Some(vec!["NONE".to_owned()]),
+            "a disabled check switches the image's HEALTHCHECK off"
+        );
+    }
+
+    #[test]
+    fn extra_groups_join_the_container_user() {
+        let mut req = request();
+        assert_eq!(container_body(&req).host_config.unwrap().group_add, None);
+        req.spec.group_add = vec!["dialout".to_owned(), "44".to_owned()];
+        assert_eq!(
+            container_body(&req).host_config.unwrap().group_add,
+            Some(vec!["dialout".to_owned(), "44".to_owned()])
         );
     }
 

@@ -1,0 +1,428 @@
+//! Compose file → canonical [`ReleaseSpec`]: the documented subset of the Compose
+//! Specification plus Fleet's `x-fleet` extensions. The user-facing reference is
+//! `fleet-server/COMPOSE.md`.
+//!
+//! Two phases, no I/O in either:
+//! 1. [`Compose::parse`] reads the bytes, interpolates variables and checks everything that can
+//!    be checked without the registry, returning every problem found with its Compose path.
+//! 2. The server resolves [`Compose::images`] to digests (concurrently, through the registry),
+//!    then [`Compose::into_release`] builds the release and runs [`ReleaseSpec::validate`],
+//!    reporting its problems with Compose paths too.
+//!
+//! Invariants: anything outside the subset is refused with its path and why, never silently
+//! dropped (only `x-*` extension blocks, `name` and `version` are ignored, on purpose); hostile
+//! input is refused within bounded time and memory (see [`yaml`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::time::Duration;
+
+use fleet_proto::release::{
+    Dependency, HardwareRequest, HealthCheck, NetworkMode, PortMapping, ResourceLimits,
+    RestartPolicy, SecurityOptions, UpdateStrategy, VolumeMount,
+};
+use fleet_proto::{ImageRef, ReleaseId, ReleaseSpec, ServiceName, ServiceSpec, SpecError};
+
+mod fleet;
+mod interpolate;
+mod read;
+mod service;
+mod units;
+mod yaml;
+
+use read::{child, Problems};
+use yaml::{Node, Value};
+
+/// Compose files larger than this are refused before parsing (real ones are a few KiB).
+pub const MAX_COMPOSE_BYTES: usize = 1 << 20;
+
+/// One problem with its path in the Compose file, e.g.
+/// `services.web.deploy.resources.limits.memory`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComposeProblem {
+    /// Where: a Compose path (`services.web.ports[1]`), or `line L, column C` for a YAML
+    /// syntax error, or `app` / `version` for the release's own name.
+    pub path: String,
+    /// What is wrong and, where it helps, what to write instead.
+    pub reason: String,
+    /// The line in the file, when known (1-based).
+    pub line: Option<u64>,
+}
+
+impl fmt::Display for ComposeProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.reason)
+    }
+}
+
+impl std::error::Error for ComposeProblem {}
+
+/// One image reference as written (after interpolation) and where it is used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageUse {
+    /// The service using it.
+    pub service: ServiceName,
+    /// Its Compose path, `services.web.image`.
+    pub path: String,
+    /// The reference, e.g. `eclipse-mosquitto:2.0` or `ghcr.io/acme/app@sha256:...`.
+    pub reference: String,
+}
+
+/// A parsed, checked Compose file whose images are not resolved yet.
+#[derive(Debug, Clone)]
+pub struct Compose {
+    services: Vec<Draft>,
+}
+
+/// A service with everything but its resolved image.
+#[derive(Debug, Clone)]
+struct Draft {
+    image: ImageUse,
+    parts: Parts,
+    sources: Sources,
+}
+
+/// [`ServiceSpec`] without its name and image.
+#[derive(Debug, Clone)]
+struct Parts {
+    entrypoint: Option<Vec<String>>,
+    command: Vec<String>,
+    env: BTreeMap<String, String>,
+    working_dir: Option<String>,
+    labels: BTreeMap<String, String>,
+    volumes: Vec<VolumeMount>,
+    ports: Vec<PortMapping>,
+    network_mode: NetworkMode,
+    healthcheck: Option<HealthCheck>,
+    restart: RestartPolicy,
+    update: UpdateStrategy,
+    health_deadline: Duration,
+    hardware: Vec<HardwareRequest>,
+    resources: ResourceLimits,
+    security: SecurityOptions,
+    depends_on: Vec<Dependency>,
+    group_add: Vec<String>,
+    optional_hardware: Vec<HardwareRequest>,
+}
+
+/// The Compose path each converted element came from, to translate
+/// [`ReleaseSpec::validate`]'s `services[i]...` paths back into the file's terms.
+#[derive(Debug, Clone, Default)]
+struct Sources {
+    service: String,
+    ports: Vec<String>,
+    volumes: Vec<String>,
+    depends_on: Vec<String>,
+    /// Spec field (`resources.cpu_millis`) → Compose path it was set from.
+    fields: BTreeMap<&'static str, String>,
+}
+
+impl Compose {
+    /// Parses and checks everything that can be checked without the registry. `vars` are the
+    /// variables for `${VAR}` interpolation. Returns every problem found, not just the first.
+    pub fn parse(
+        bytes: &[u8],
+        vars: &BTreeMap<String, String>,
+    ) -> Result<Compose, Vec<ComposeProblem>> {
+        if bytes.len() > MAX_COMPOSE_BYTES {
+            return Err(vec![ComposeProblem {
+                path: "(file)".to_owned(),
+                reason: format!(
+                    "the file is {} bytes; at most {MAX_COMPOSE_BYTES} are accepted",
+                    bytes.len()
+                ),
+                line: None,
+            }]);
+        }
+        let mut root = yaml::parse(bytes).map_err(|e| {
+            let path = match (e.line, e.column) {
+                (Some(l), Some(c)) => format!("line {l}, column {c}"),
+                _ => "(file)".to_owned(),
+            };
+            vec![ComposeProblem { path, reason: e.message, line: e.line }]
+        })?;
+        let mut p = Problems::default();
+        interpolate_tree(&mut p, "", &mut root, vars, true);
+        let services = top_level(&mut p, &root);
+        if p.is_empty() {
+            Ok(Compose { services })
+        } else {
+            Err(p.list)
+        }
+    }
+
+    /// The image references as written (after interpolation), with where they are used, in
+    /// file order, one per service.
+    pub fn images(&self) -> Vec<ImageUse> {
+        self.services.iter().map(|d| d.image.clone()).collect()
+    }
+
+    /// Builds the canonical release `{app}@{version}`, given each reference's resolved
+    /// [`ImageRef`] (keyed by [`ImageUse::reference`]), and validates it. Problems carry
+    /// Compose paths.
+    pub fn into_release(
+        self,
+        app: &str,
+        version: &str,
+        images: &BTreeMap<String, ImageRef>,
+    ) -> Result<ReleaseSpec, Vec<ComposeProblem>> {
+        let mut problems = Vec::new();
+        let mut problem = |path: &str, reason: String| {
+            problems.push(ComposeProblem { path: path.to_owned(), reason, line: None })
+        };
+        for (what, value) in [("app", app), ("version", version)] {
+            if value.is_empty() {
+                problem(what, format!("the release's {what} is empty"));
+            } else if value.contains('@') {
+                problem(
+                    what,
+                    format!(
+                        "{value:?} contains '@', which separates app and version in the release id"
+                    ),
+                );
+            }
+        }
+        let id = ReleaseId::new(format!("{app}@{version}"));
+        if let Err(e) = &id {
+            problem("version", format!("{e}: app and version make the release id {app}@{version}"));
+        }
+        let mut services = Vec::with_capacity(self.services.len());
+        let mut sources = Vec::with_capacity(self.services.len());
+        for draft in self.services {
+            match images.get(&draft.image.reference) {
+                Some(image) => {
+                    services
+                        .push(draft.parts.into_spec(draft.image.service.clone(), image.clone()));
+                    sources.push(draft.sources);
+                }
+                None => problem(
+                    &draft.image.path,
+                    format!("image {:?} was not resolved to a digest", draft.image.reference),
+                ),
+            }
+        }
+        let Ok(id) = id else { return Err(problems) };
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let release =
+            ReleaseSpec { id, app: app.to_owned(), version: version.to_owned(), services };
+        match release.validate() {
+            Ok(()) => Ok(release),
+            Err(errors) => Err(errors.iter().map(|e| translate(e, &sources)).collect()),
+        }
+    }
+}
+
+impl Parts {
+    fn into_spec(self, name: ServiceName, image: ImageRef) -> ServiceSpec {
+        ServiceSpec {
+            name,
+            image,
+            entrypoint: self.entrypoint,
+            command: self.command,
+            env: self.env,
+            working_dir: self.working_dir,
+            labels: self.labels,
+            volumes: self.volumes,
+            ports: self.ports,
+            network_mode: self.network_mode,
+            healthcheck: self.healthcheck,
+            restart: self.restart,
+            update: self.update,
+            health_deadline: self.health_deadline,
+            hardware: self.hardware,
+            resources: self.resources,
+            security: self.security,
+            depends_on: self.depends_on,
+            group_add: self.group_add,
+            optional_hardware: self.optional_hardware,
+        }
+    }
+}
+
+/// `services[1].ports[0].host_port` → the Compose path that port came from.
+fn translate(e: &SpecError, sources: &[Sources]) -> ComposeProblem {
+    let fallback = || ComposeProblem { path: e.path.clone(), reason: e.reason.clone(), line: None };
+    let Some(rest) = e.path.strip_prefix("services[") else { return fallback() };
+    let Some((index, rest)) = rest.split_once(']') else { return fallback() };
+    let Some(src) = index.parse::<usize>().ok().and_then(|i| sources.get(i)) else {
+        return fallback();
+    };
+    let rest = rest.strip_prefix('.').unwrap_or(rest);
+    let indexed = |list: &[String], field: &str| -> Option<String> {
+        let tail = rest.strip_prefix(field)?.strip_prefix('[')?;
+        let i: usize = tail.split_once(']')?.0.parse().ok()?;
+        list.get(i).cloned()
+    };
+    let path = indexed(&src.ports, "ports")
+        .or_else(|| indexed(&src.volumes, "volumes"))
+        .or_else(|| indexed(&src.depends_on, "depends_on"))
+        .or_else(|| {
+            src.fields
+                .iter()
+                .filter(|(field, _)| rest.starts_with(*field))
+                .max_by_key(|(field, _)| field.len())
+                .map(|(_, path)| path.clone())
+        })
+        .unwrap_or_else(|| src.service.clone());
+    ComposeProblem { path, reason: e.reason.clone(), line: None }
+}
+
+/// Interpolates every string value in place. Extension blocks (`x-*` other than `x-fleet`)
+/// are skipped: they are ignored anyway, and their anchors are interpolated where merged.
+fn interpolate_tree(
+    p: &mut Problems,
+    path: &str,
+    node: &mut Node,
+    vars: &BTreeMap<String, String>,
+    extension_level: bool,
+) {
+    let line = node.line;
+    match &mut node.value {
+        Value::Str(s) => match interpolate::interpolate(s, vars) {
+            Ok(done) => *s = done,
+            Err(e) => {
+                p.list.push(ComposeProblem {
+                    path: path.to_owned(),
+                    reason: e.0,
+                    line: Some(line),
+                });
+                p.poisoned.push(path.to_owned());
+            }
+        },
+        Value::Seq(items) => {
+            for (i, it) in items.iter_mut().enumerate() {
+                interpolate_tree(p, &read::item(path, i), it, vars, false);
+            }
+        }
+        Value::Map(entries) => {
+            // Extension keys are ignored at the top level and in a service's own mapping.
+            let services_level =
+                path.strip_prefix("services.").is_some_and(|r| !r.contains(['.', '[']));
+            for (key, value) in entries.iter_mut() {
+                if (extension_level || services_level) && key.starts_with("x-") && key != "x-fleet"
+                {
+                    continue;
+                }
+                let at = child(path, key);
+                interpolate_tree(p, &at, value, vars, false);
+            }
+        }
+        Value::Null | Value::Bool(_) | Value::Int(_) | Value::Float(_) => {}
+    }
+}
+
+/// Refusals of top-level keys, with why.
+fn top_level_refusal(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "networks" => "per-release networks are not supported yet: every service joins the release's own network and reaches the others by service name; remove networks",
+        "secrets" => "secrets as files are not supported yet; pass configuration through environment for now",
+        "configs" => "configs as files are not supported yet; bake the file into the image or use environment",
+        "include" => "include is not supported: a release is one self-contained file (use YAML anchors to share blocks)",
+        "models" => "models are not supported",
+        _ => return None,
+    })
+}
+
+fn top_level(p: &mut Problems, root: &Node) -> Vec<Draft> {
+    let Some(entries) = root.as_map() else {
+        p.add(
+            "(file)",
+            Some(root),
+            format!(
+                "a Compose file is a mapping with a services key at the top; this one is {}",
+                root.kind()
+            ),
+        );
+        return vec![];
+    };
+    let mut services_node = None;
+    let mut volumes = BTreeMap::new();
+    let mut defaults = fleet::FleetKeys::default();
+    for (key, value) in entries {
+        match key.as_str() {
+            "services" => services_node = Some(value),
+            // Obsolete (version) and informational (name, the project name): the release's
+            // app and version come from `fleetctl release create <app> <version>`.
+            "name" | "version" => {}
+            "volumes" => volumes = declared_volumes(p, value),
+            "x-fleet" => defaults = fleet::fleet_keys(p, key, value, true),
+            k if k.starts_with("x-") => {}
+            k => match top_level_refusal(k) {
+                Some(why) => p.add(k, Some(value), why),
+                None => p.add(&child("", k), Some(value), format!("unknown top-level key {k:?}; a Compose file for Fleet has services, volumes, x-fleet and x-* blocks (see COMPOSE.md)")),
+            },
+        }
+    }
+    let Some(services_node) = services_node else {
+        p.add("services", Some(root), "no services: a release needs at least one service");
+        return vec![];
+    };
+    let Some(services) = services_node.as_map() else {
+        p.add(
+            "services",
+            Some(services_node),
+            format!(
+                "expected a mapping of service names to services, found {}",
+                services_node.kind()
+            ),
+        );
+        return vec![];
+    };
+    if services.is_empty() {
+        p.add("services", Some(services_node), "no services: a release needs at least one service");
+    }
+    let names: BTreeSet<&str> = services.iter().map(|(k, _)| k.as_str()).collect();
+    let top = service::TopLevel { volumes: &volumes, services: &names, defaults: &defaults };
+    services.iter().filter_map(|(name, node)| service::service(p, name, node, &top)).collect()
+}
+
+/// Top-level `volumes`: named volume declarations, name → the volume's name on the device.
+fn declared_volumes(p: &mut Problems, node: &Node) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    if node.is_null() {
+        return out;
+    }
+    let Some(entries) = read::map(p, "volumes", node) else { return out };
+    for (name, decl) in entries {
+        let at = child("volumes", name);
+        if !service::is_volume_name(name) {
+            p.add(&at, Some(decl), format!("{name:?} is not a volume name (letters, digits, _, . and -, starting with a letter or digit)"));
+            continue;
+        }
+        let mut engine_name = name.clone();
+        if let Some(fields) = decl.as_map() {
+            for (key, value) in fields {
+                let field_at = child(&at, key);
+                match key.as_str() {
+                    "name" => {
+                        if let Some(n) = read::string(p, &field_at, value) {
+                            if service::is_volume_name(&n) {
+                                engine_name = n;
+                            } else {
+                                p.add(&field_at, Some(value), format!("{n:?} is not a volume name"));
+                            }
+                        }
+                    }
+                    "driver" if value.as_str() == Some("local") => {}
+                    "driver" | "driver_opts" => p.add(&field_at, Some(value), "volume drivers and driver options (NFS, bind-backed volumes) are not supported yet: the agent creates local volumes; bind-mount a host path in the service instead"),
+                    "external" => p.add(&field_at, Some(value), "external volumes are not supported: the agent creates and owns the volumes of a release on each device"),
+                    "labels" => p.add(&field_at, Some(value), "volume labels are not supported yet: the agent labels the volumes it creates itself"),
+                    other => p.add(&field_at, Some(value), format!("unknown volume key {other:?}; a volume declaration may have name only")),
+                }
+            }
+        } else if !decl.is_null() {
+            p.add(
+                &at,
+                Some(decl),
+                format!("expected {{}} or a mapping with name, found {}", decl.kind()),
+            );
+        }
+        out.insert(name.clone(), engine_name);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;
