@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use fleet_proto::{DeviceId, Message, Presence, UnixMillis};
+use fleet_proto::{DeviceId, Message, Presence, ReleaseId, StateReport, UnixMillis};
 use serde::{Deserialize, Serialize};
 
 /// A device's client certificate, as the registry remembers it.
@@ -24,7 +24,7 @@ pub struct RevokedCertificate {
 }
 
 /// What the server knows about one device.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeviceRecord {
     /// The device id.
     pub id: DeviceId,
@@ -59,6 +59,42 @@ pub struct DeviceRecord {
     /// The release in that desired state.
     #[serde(default)]
     pub desired_release: Option<String>,
+    /// Free-text notes (`fleetctl device note`): who has it, what is special about it.
+    #[serde(default)]
+    pub notes: String,
+    /// The pin holding the device on a release, if any. A rollout never moves a pinned device.
+    #[serde(default)]
+    pub pin: Option<PinRecord>,
+    /// The release the fleet wants on this device when it is not pinned: set by rollouts and by
+    /// direct assignment; unpinning returns the device to it.
+    #[serde(default)]
+    pub assigned_release: Option<String>,
+    /// The device's latest state report, without its inventory (kept apart, it changes
+    /// rarely).
+    #[serde(default)]
+    pub last_report: Option<StateReport>,
+}
+
+/// A pin: an operator holds this device on one release, with a reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinRecord {
+    /// The release it is held on.
+    pub release: ReleaseId,
+    /// Why, in the operator's words.
+    pub reason: String,
+    /// Which token pinned it.
+    pub pinned_by: String,
+    /// When.
+    pub pinned_at: UnixMillis,
+    /// When the pin lapses by itself, if ever.
+    pub until: Option<UnixMillis>,
+}
+
+impl PinRecord {
+    /// Whether the pin still holds at `now`.
+    pub fn holds(&self, now: UnixMillis) -> bool {
+        self.until.is_none_or(|until| now < until)
+    }
 }
 
 impl DeviceRecord {
@@ -83,6 +119,24 @@ impl DeviceRecord {
             revoked_certificates: Vec::new(),
             desired_generation: 0,
             desired_release: None,
+            notes: String::new(),
+            pin: None,
+            assigned_release: None,
+            last_report: None,
+        }
+    }
+
+    /// The pin, if it holds at `now`.
+    pub fn pin_at(&self, now: UnixMillis) -> Option<&PinRecord> {
+        self.pin.as_ref().filter(|p| p.holds(now))
+    }
+
+    /// The release the server wants on the device at `now`: its pin's if pinned, otherwise
+    /// the assigned one.
+    pub fn wanted_release(&self, now: UnixMillis) -> Option<&str> {
+        match self.pin_at(now) {
+            Some(pin) => Some(pin.release.as_str()),
+            None => self.assigned_release.as_deref(),
         }
     }
 
@@ -129,6 +183,10 @@ impl DeviceRecord {
             revoked_certificates: Vec::new(),
             desired_generation: 0,
             desired_release: None,
+            notes: String::new(),
+            pin: None,
+            assigned_release: None,
+            last_report: None,
         });
         match msg {
             Message::Status(s) => {
@@ -139,6 +197,7 @@ impl DeviceRecord {
                 rec.online = true;
                 rec.accepted_generation = r.accepted_generation;
                 rec.release = r.in_force.as_ref().map(|f| f.release.to_string());
+                rec.last_report = Some(StateReport { inventory: None, ..r.clone() });
             }
             _ => return None,
         }

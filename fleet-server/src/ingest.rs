@@ -10,7 +10,7 @@ use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
 
 use crate::commands::Waiters;
 use crate::devices::DeviceRecord;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// The kinds of device message the server listens to.
 const SUBSCRIBED: [TopicKind; 4] =
@@ -22,9 +22,10 @@ const SUBSCRIBED: [TopicKind; 4] =
 pub async fn run(
     client: AsyncClient,
     mut events: EventLoop,
-    store: Arc<dyn Store>,
+    store: Arc<Store>,
     waiters: Waiters,
     subscribed: tokio::sync::oneshot::Sender<()>,
+    reported: impl Fn() + Send + 'static,
 ) {
     let mut subscribed = Some(subscribed);
     let mut backoff = Duration::from_millis(100);
@@ -56,7 +57,9 @@ pub async fn run(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                handle(&*store, &waiters, &p.topic, &p.payload)
+                if handle(&store, &waiters, &p.topic, &p.payload) == Heard::Report {
+                    reported();
+                }
             }
             Ok(_) => {}
             Err(e) => {
@@ -73,59 +76,88 @@ pub async fn run(
     }
 }
 
+/// What a publish was, for the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Heard {
+    /// A state report (rollouts may move).
+    Report,
+    /// Anything else, or dropped.
+    Other,
+}
+
 /// Handles one publish. Bad input is logged with the topic and dropped; it never stops the loop.
-fn handle(store: &dyn Store, waiters: &Waiters, topic: &str, payload: &[u8]) {
+fn handle(store: &Store, waiters: &Waiters, topic: &str, payload: &[u8]) -> Heard {
     let topic = match Topic::parse(topic) {
         Ok(t) => t,
-        Err(e) => return tracing::warn!(error = %e, "dropping message on a foreign topic"),
+        Err(e) => {
+            tracing::warn!(error = %e, "dropping message on a foreign topic");
+            return Heard::Other;
+        }
     };
     let msg = match Message::decode(payload) {
         Ok(m) => m,
-        Err(e) => return tracing::warn!(%topic, error = %e, "dropping undecodable message"),
+        Err(e) => {
+            tracing::warn!(%topic, error = %e, "dropping undecodable message");
+            return Heard::Other;
+        }
     };
     if let Err(e) = msg.check_topic(&topic) {
         tracing::warn!(%topic, error = %e, "dropping message that does not match its topic");
         // Recorded against the topic's device (an enrolled one only: unknown ids must not
         // grow the store), so its operator sees that something publishes under its name.
-        if store.device(&topic.device).ok().flatten().is_some_and(|d| d.refusal().is_none()) {
-            let event = fleet_proto::Event {
-                device: topic.device.clone(),
-                at: UnixMillis::now(),
-                severity: Severity::Warning,
-                kind: EventKind::Rejected,
-                message: format!("the server dropped a message on {topic}: {e}"),
-                fields: [("source".to_owned(), "server".to_owned())].into(),
-            };
-            if let Err(e) = store.add_event(&event) {
-                tracing::error!(%topic, error = %e, "cannot store event");
+        let event = fleet_proto::Event {
+            device: topic.device.clone(),
+            at: UnixMillis::now(),
+            severity: Severity::Warning,
+            kind: EventKind::Rejected,
+            message: format!("the server dropped a message on {topic}: {e}"),
+            fields: [("source".to_owned(), "server".to_owned())].into(),
+        };
+        let recorded = store.update(|tx| {
+            if tx.device(&topic.device)?.is_some_and(|d| d.refusal().is_none()) {
+                tx.add_event(&event)?;
             }
+            Ok::<_, StoreError>(())
+        });
+        if let Err(e) = recorded {
+            tracing::error!(%topic, error = %e, "cannot store event");
         }
-        return;
+        return Heard::Other;
     }
-    let previous = match store.device(&topic.device) {
-        Ok(p) => p,
-        Err(e) => return tracing::error!(%topic, error = %e, "cannot read device record"),
-    };
-    // Only enrolled, unrevoked devices are heard: on a broker without per-device
-    // authentication this is what keeps an unknown or revoked client out of the registry.
-    let refusal =
-        previous.as_ref().map_or(Some("the device is not enrolled"), DeviceRecord::refusal);
-    if let Some(reason) = refusal {
-        return tracing::warn!(%topic, device = %topic.device, reason, "dropping message: {reason}");
+    if let Message::CommandResult(result) = &msg {
+        waiters.deliver(result.clone());
     }
-    match &msg {
-        Message::Event(event) => {
-            tracing::info!(device = %event.device, kind = ?event.kind, severity = ?event.severity, fields = ?event.fields, "device event: {}", event.message);
-            if let Err(e) = store.add_event(event) {
-                tracing::error!(%topic, error = %e, "cannot store device event");
+    let now = UnixMillis::now();
+    let recorded = store.update(|tx| {
+        let previous = tx.device(&topic.device)?;
+        // Only enrolled, unrevoked devices are heard: on a broker without per-device
+        // authentication this is what keeps an unknown or revoked client out of the registry.
+        let refusal =
+            previous.as_ref().map_or(Some("the device is not enrolled"), DeviceRecord::refusal);
+        if let Some(reason) = refusal {
+            tracing::warn!(%topic, device = %topic.device, reason, "dropping message: {reason}");
+            return Ok(Heard::Other);
+        }
+        match &msg {
+            Message::Event(event) => {
+                tracing::info!(device = %event.device, kind = ?event.kind, severity = ?event.severity, fields = ?event.fields, "device event: {}", event.message);
+                tx.add_event(event)?;
             }
+            Message::Report(report) => {
+                if let Some(inventory) = &report.inventory {
+                    tx.put_inventory(&topic.device, inventory);
+                }
+            }
+            _ => {}
         }
-        Message::CommandResult(result) => waiters.deliver(result.clone()),
-        _ => {}
-    }
-    if let Some(record) = DeviceRecord::observe(previous, &msg) {
-        if let Err(e) = store.put_device(&record) {
-            tracing::error!(%topic, error = %e, "cannot store device record");
+        let heard = if matches!(msg, Message::Report(_)) { Heard::Report } else { Heard::Other };
+        if let Some(record) = DeviceRecord::observe_at(previous, &msg, now) {
+            tx.put_device(&record);
         }
-    }
+        Ok::<_, StoreError>(heard)
+    });
+    recorded.unwrap_or_else(|e| {
+        tracing::error!(%topic, error = %e, "cannot store what the device sent");
+        Heard::Other
+    })
 }

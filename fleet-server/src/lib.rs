@@ -4,9 +4,15 @@
 //! embedded store in a data directory, and the REST API on 127.0.0.1:8080. Devices publish
 //! status and reports; the server records them; `fleetctl` reads them through the API.
 //!
-//! Layout: [`broker`] (embedded MQTT), [`ingest`] (MQTT → registry), [`devices`] (pure record
-//! updates), [`store`] (persistence behind a trait), [`api`] (HTTP), [`compose`] (Compose
-//! files → releases, see `COMPOSE.md`).
+//! Layout, decisions first:
+//! * pure: [`rollout`] (the staged-rollout state machine), [`preflight`] (can a device run a
+//!   release), [`compose`] (Compose file → release), [`groups`] (label selectors), [`auth`]
+//!   (tokens and roles), [`devices`] (registry records and how messages update them),
+//!   [`releases`] (signed release records), [`units`];
+//! * I/O: [`store`] (typed records over a key-value backend), [`desired`] (deciding and
+//!   publishing desired state), [`rollouts`] (the driver that steps rollouts), [`ingest`]
+//!   (MQTT → registry), [`registry`] (image tags → digests), [`broker`] (embedded MQTT),
+//!   [`api`] (HTTP), [`backup`], [`pki`], [`commands`].
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,15 +20,26 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub mod api;
+pub mod audit;
+pub mod auth;
+pub mod backup;
 pub mod broker;
 pub mod commands;
 pub mod compose;
+pub mod config;
+pub mod desired;
 pub mod devices;
+pub mod groups;
 pub mod ingest;
 pub mod mqtt;
 pub mod pki;
+pub mod preflight;
+pub mod registry;
+pub mod releases;
 pub mod rollout;
+pub mod rollouts;
 pub mod store;
+pub mod units;
 
 /// How to run the server.
 #[derive(Debug, Clone)]
@@ -42,6 +59,9 @@ pub struct ServeOptions {
     /// An external broker to use instead of the embedded one (`mqtts://host:port`); the
     /// server connects with its identity from `broker_files`.
     pub external_broker: Option<String>,
+    /// Logins for private registries: used to resolve image tags, and sent to devices (inside
+    /// signed desired state, over mutual TLS) so they can pull.
+    pub registries: Vec<fleet_proto::RegistryCredential>,
 }
 
 impl Default for ServeOptions {
@@ -53,6 +73,7 @@ impl Default for ServeOptions {
             device_broker: None,
             broker_files: None,
             external_broker: None,
+            registries: Vec::new(),
         }
     }
 }
@@ -124,13 +145,13 @@ pub async fn serve(
         path: opts.data_dir.display().to_string(),
         source,
     })?;
-    let store: Arc<dyn store::Store> =
-        Arc::new(store::SledStore::open(&opts.data_dir.join("store"))?);
+    let store = Arc::new(store::Store::open(&opts.data_dir.join("store"))?);
     let keys = open_keys(&opts.data_dir)?;
+    let pki = Arc::new(keys.pki);
     // Rewritten at every start: a CRL expires, and an expired one makes the broker refuse
     // every device.
-    api::write_crl(&*store, &keys.pki).map_err(|e| ServeError::Crl(e.to_string()))?;
-    let crl_changed = crl_publisher(keys.pki.crl_path(), opts.broker_files.clone());
+    api::write_crl(&store, &pki).map_err(|e| ServeError::Crl(e.to_string()))?;
+    let crl_changed = crl_publisher(pki.crl_path(), opts.broker_files.clone());
     crl_changed();
     let choice = match (&opts.external_broker, &opts.broker_files) {
         (Some(url), Some(files)) => {
@@ -149,13 +170,18 @@ pub async fn serve(
     // Room for a burst of desired states and commands while the connection is re-made.
     let (mqtt_client, mqtt_events) = rumqttc::AsyncClient::new(mqtt::options(&choice)?, 1024);
     let waiters = commands::Waiters::default();
+    let publisher =
+        desired::Publisher::new(mqtt_client.clone(), pki.clone(), opts.registries.clone());
+    let driver = rollouts::Driver::new(store.clone(), pki.clone(), publisher.clone());
     let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
+    let wake = driver.clone();
     let ingest = tokio::spawn(ingest::run(
         mqtt_client.clone(),
         mqtt_events,
         store.clone(),
         waiters.clone(),
         subscribed_tx,
+        move || wake.wake(),
     ));
     if tokio::time::timeout(std::time::Duration::from_secs(10), subscribed).await.is_err() {
         ingest.abort();
@@ -165,18 +191,23 @@ pub async fn serve(
         .await
         .map_err(|source| ServeError::ApiBind { addr: opts.api_listen, source })?;
     let api_addr = listener.local_addr().map_err(ServeError::Api)?;
+    let rollouts = tokio::spawn(driver.clone().run());
     ready(api_addr);
     let api = api::Api {
         store,
-        pki: Arc::new(keys.pki),
-        token: keys.admin_token.into(),
+        pki,
+        bootstrap: Arc::new(auth::bootstrap(&keys.admin_token)),
         device_broker: opts.device_broker.or(opts.external_broker).unwrap_or(broker_name).into(),
         crl_changed: Arc::new(crl_changed),
         mqtt: mqtt_client,
+        publisher,
         waiters,
-        desired_lock: Arc::default(),
+        driver,
+        resolver: Arc::new(registry::RegistryResolver::new(opts.registries.clone())),
+        data_dir: opts.data_dir.clone(),
     };
     let result = axum::serve(listener, api::router(api)).with_graceful_shutdown(shutdown).await;
+    rollouts.abort();
     ingest.abort();
     result.map_err(ServeError::Api)
 }

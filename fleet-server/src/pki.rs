@@ -209,6 +209,12 @@ impl Pki {
         &self.signing
     }
 
+    /// The keys the server's own signatures verify against (stored releases are checked with
+    /// them before they go out).
+    pub fn trusted_keys(&self) -> fleet_proto::TrustedKeys {
+        fleet_proto::TrustedKeys::new([self.signing.public()])
+    }
+
     /// Where the revocation list lives.
     pub fn crl_path(&self) -> PathBuf {
         self.dir.join("crl.pem")

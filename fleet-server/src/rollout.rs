@@ -67,7 +67,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use fleet_proto::report::{StateReport, UpdatePhase, UpdateResult};
+use fleet_proto::report::{UpdatePhase, UpdateResult};
 use fleet_proto::{DeviceId, ReleaseId, UnixMillis};
 use serde::{Deserialize, Serialize};
 
@@ -673,15 +673,12 @@ pub struct DeviceObservation {
 }
 
 impl DeviceObservation {
-    /// The observation from the registry's record, the device's latest state report and
-    /// whether it is pinned. An update outcome counts only if it is for the desired state the
-    /// server last published (`record.desired_generation`), so the outcome of an earlier update
-    /// is never taken for the rollout's.
-    pub fn from_record(
-        record: &DeviceRecord,
-        report: Option<&StateReport>,
-        pinned: bool,
-    ) -> DeviceObservation {
+    /// The observation from the registry's record at `now`: its latest state report and its
+    /// pin. An update outcome counts only if it is for the desired state the server last
+    /// published (`record.desired_generation`), so the outcome of an earlier update is never
+    /// taken for the rollout's.
+    pub fn from_record(record: &DeviceRecord, now: UnixMillis) -> DeviceObservation {
+        let report = record.last_report.as_ref();
         let update = report.map(|r| &r.update);
         DeviceObservation {
             online: record.online,
@@ -694,9 +691,23 @@ impl DeviceObservation {
                 .map(|o| Outcome::from(&o.result)),
             deferred: update
                 .is_some_and(|u| u.phase == UpdatePhase::Deferred || u.deferred.is_some()),
-            pinned,
+            pinned: record.pin_at(now).is_some(),
             last_seen: record.last_seen,
         }
+    }
+}
+
+/// Where the engine looks up a device's observed state: a map in tests, the store in the
+/// server. Only the devices a step needs are looked up (those updating, due, or re-checked), so
+/// a step's cost does not grow with the fleet.
+pub trait Observe {
+    /// The device's state now; `None` if it is not known.
+    fn observe(&self, device: &DeviceId) -> Option<DeviceObservation>;
+}
+
+impl Observe for BTreeMap<DeviceId, DeviceObservation> {
+    fn observe(&self, device: &DeviceId) -> Option<DeviceObservation> {
+        self.get(device).cloned()
     }
 }
 
@@ -1332,11 +1343,7 @@ impl Rollout {
     }
 
     /// Advances the rollout to `now` given every target device's observed state.
-    pub fn step(
-        &mut self,
-        now: UnixMillis,
-        observed: &BTreeMap<DeviceId, DeviceObservation>,
-    ) -> Vec<Action> {
+    pub fn step(&mut self, now: UnixMillis, observed: &dyn Observe) -> Vec<Action> {
         let mut out = Vec::new();
         if self.state != RunState::Running {
             return out;
@@ -1405,7 +1412,7 @@ impl Rollout {
     pub fn rollback(
         &mut self,
         now: UnixMillis,
-        observed: &BTreeMap<DeviceId, DeviceObservation>,
+        observed: &dyn Observe,
     ) -> Result<Vec<Action>, CommandError> {
         if matches!(self.state, RunState::RolledBack { .. }) {
             return Err(self.refuse("roll back"));
@@ -1464,12 +1471,7 @@ impl Rollout {
     }
 
     /// Gives every updating device its verdict, or moves its clock.
-    fn judge_updating(
-        &mut self,
-        now: UnixMillis,
-        observed: &BTreeMap<DeviceId, DeviceObservation>,
-        out: &mut Vec<Action>,
-    ) {
+    fn judge_updating(&mut self, now: UnixMillis, observed: &dyn Observe, out: &mut Vec<Action>) {
         let deadline = millis(self.spec.update_deadline);
         let timeout = millis(self.spec.device_timeout);
         let in_flight: Vec<usize> = self.updating.iter().copied().collect();
@@ -1477,8 +1479,8 @@ impl Rollout {
             let DeviceState::Updating { targeted_at, progress } = self.devices[i].state else {
                 continue;
             };
-            let obs = observed.get(&self.devices[i].id);
-            if let Some(o) = obs {
+            let obs = observed.observe(&self.devices[i].id);
+            if let Some(o) = &obs {
                 self.devices[i].pinned = o.pinned;
                 if o.pinned {
                     self.skip(i, SkipReason::Pinned, out);
@@ -1508,8 +1510,9 @@ impl Rollout {
                 }
             }
             // No observation: the device is gone from view, which is as good as offline.
-            let (online, deferred, last_seen) =
-                obs.map_or((false, false, UnixMillis(0)), |o| (o.online, o.deferred, o.last_seen));
+            let (online, deferred, last_seen) = obs
+                .as_ref()
+                .map_or((false, false, UnixMillis(0)), |o| (o.online, o.deferred, o.last_seen));
             let cause = match (online, deferred) {
                 (false, _) => Some(WaitCause::Offline),
                 (true, true) => Some(WaitCause::Deferred),
@@ -1554,7 +1557,7 @@ impl Rollout {
     fn watch_healthy(
         &mut self,
         now: UnixMillis,
-        observed: &BTreeMap<DeviceId, DeviceObservation>,
+        observed: &dyn Observe,
         limit: usize,
         out: &mut Vec<Action>,
     ) {
@@ -1567,7 +1570,7 @@ impl Rollout {
             if !matches!(self.devices[i].state, DeviceState::Healthy { .. }) {
                 continue;
             }
-            let Some(o) = observed.get(&self.devices[i].id) else { continue };
+            let Some(o) = observed.observe(&self.devices[i].id) else { continue };
             self.devices[i].pinned = o.pinned;
             if o.pinned {
                 // The operator holds it now; what it does next is not the release's doing.
@@ -1599,7 +1602,7 @@ impl Rollout {
     fn react_to_threshold(
         &mut self,
         now: UnixMillis,
-        observed: &BTreeMap<DeviceId, DeviceObservation>,
+        observed: &dyn Observe,
         out: &mut Vec<Action>,
     ) -> bool {
         let allowed = self.allowed_failures().saturating_add(self.accepted_failures);
@@ -1623,7 +1626,7 @@ impl Rollout {
     fn roll_back(
         &mut self,
         now: UnixMillis,
-        observed: &BTreeMap<DeviceId, DeviceObservation>,
+        observed: &dyn Observe,
         reason: RollbackReason,
         out: &mut Vec<Action>,
     ) {
@@ -1638,7 +1641,7 @@ impl Rollout {
             if !targeted {
                 continue;
             }
-            if let Some(o) = observed.get(&self.devices[i].id) {
+            if let Some(o) = observed.observe(&self.devices[i].id) {
                 self.devices[i].pinned = o.pinned;
             }
             if self.devices[i].pinned {
@@ -1652,12 +1655,7 @@ impl Rollout {
     }
 
     /// Starts, targets, completes and bakes waves as far as `now` allows.
-    fn advance(
-        &mut self,
-        now: UnixMillis,
-        observed: &BTreeMap<DeviceId, DeviceObservation>,
-        out: &mut Vec<Action>,
-    ) {
+    fn advance(&mut self, now: UnixMillis, observed: &dyn Observe, out: &mut Vec<Action>) {
         while let Some(wave) = self.waves.get(self.current) {
             let w = self.current;
             match wave.phase {
@@ -1706,12 +1704,7 @@ impl Rollout {
 
     /// Targets the current wave's devices that are due, while the window is open and slots
     /// are free.
-    fn target_due(
-        &mut self,
-        now: UnixMillis,
-        observed: &BTreeMap<DeviceId, DeviceObservation>,
-        out: &mut Vec<Action>,
-    ) {
+    fn target_due(&mut self, now: UnixMillis, observed: &dyn Observe, out: &mut Vec<Action>) {
         let w = self.current;
         let open = self.window_open(now);
         let WavePhase::Active { stagger_base, .. } = &mut self.waves[w].phase else {
@@ -1730,7 +1723,7 @@ impl Rollout {
             if now.0 < base.0.saturating_add(entry.offset_ms) {
                 break;
             }
-            match observed.get(&entry.id) {
+            match observed.observe(&entry.id) {
                 None => self.skip(i, SkipReason::Unknown, out),
                 Some(o) if o.pinned => {
                     self.devices[i].pinned = true;
@@ -1762,21 +1755,9 @@ fn elapsed(now: UnixMillis, since: UnixMillis) -> u64 {
     now.0.saturating_sub(since.0)
 }
 
-/// A duration for people: `45s`, `10m`, `1h 30m`, `2d 3h`.
+/// A duration in milliseconds for people: `45s`, `10m`, `1h 30m`.
 fn human(ms: u64) -> String {
-    let s = ms / 1000;
-    let (big, small, units) = match s {
-        0 => return format!("{ms}ms"),
-        1..=59 => return format!("{s}s"),
-        60..=3599 => (s / 60, s % 60, ("m", "s")),
-        3600..=86_399 => (s / 3600, s % 3600 / 60, ("h", "m")),
-        _ => (s / 86_400, s % 86_400 / 3600, ("d", "h")),
-    };
-    if small == 0 {
-        format!("{big}{}", units.0)
-    } else {
-        format!("{big}{} {small}{}", units.0, units.1)
-    }
+    crate::units::human_duration(Duration::from_millis(ms))
 }
 
 /// The splitmix64 finaliser: a good 64-bit mix, stable across platforms and Rust versions
@@ -2600,19 +2581,29 @@ mod tests {
             DeviceRecord::enrolled(report.device.clone(), BTreeMap::new(), cert, at(0));
         record.online = true;
         record.desired_generation = 3;
-        let obs = DeviceObservation::from_record(&record, Some(&report), false);
+        let silent = DeviceObservation::from_record(&record, at(0));
+        assert_eq!((silent.release, silent.outcome), (None, None));
+        record.last_report = Some(report.clone());
+        let obs = DeviceObservation::from_record(&record, at(0));
         assert_eq!(obs.outcome, None, "generation 2 is not the rollout's update");
         assert_eq!(obs.release, report.in_force.as_ref().map(|f| f.release.clone()));
         assert!(obs.online && !obs.deferred && !obs.pinned);
         record.desired_generation = 2;
-        let obs = DeviceObservation::from_record(&record, Some(&report), true);
+        record.pin = Some(crate::devices::PinRecord {
+            release: rel("app@1"),
+            reason: "bench".into(),
+            pinned_by: "alice".into(),
+            pinned_at: at(0),
+            until: Some(at(10)),
+        });
+        let obs = DeviceObservation::from_record(&record, at(5));
         assert!(matches!(obs.outcome, Some(Outcome::RolledBack { .. })));
         assert!(obs.pinned);
+        assert!(!DeviceObservation::from_record(&record, at(10)).pinned, "the pin lapsed");
         let mut deferred = report.clone();
         deferred.update.phase = UpdatePhase::Deferred;
-        assert!(DeviceObservation::from_record(&record, Some(&deferred), false).deferred);
-        let silent = DeviceObservation::from_record(&record, None, false);
-        assert_eq!((silent.release, silent.outcome), (None, None));
+        record.last_report = Some(deferred);
+        assert!(DeviceObservation::from_record(&record, at(0)).deferred);
     }
 
     #[test]

@@ -24,6 +24,7 @@ async fn start_server(data: &std::path::Path) -> (SocketAddr, SocketAddr) {
         device_broker: None,
         broker_files: None,
         external_broker: None,
+        registries: Vec::new(),
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
@@ -42,13 +43,15 @@ fn token(data: &std::path::Path) -> String {
 
 async fn devices(api: SocketAddr, token: String) -> Vec<DeviceRecord> {
     tokio::task::spawn_blocking(move || {
-        ureq::get(&format!("http://{api}/api/v1/devices"))
-            .header("authorization", &format!("Bearer {token}"))
-            .call()
-            .unwrap()
-            .body_mut()
-            .read_json()
-            .unwrap()
+        let page: fleet_server::store::Page<DeviceRecord> =
+            ureq::get(&format!("http://{api}/api/v1/devices"))
+                .header("authorization", &format!("Bearer {token}"))
+                .call()
+                .unwrap()
+                .body_mut()
+                .read_json()
+                .unwrap();
+        page.items
     })
     .await
     .unwrap()
@@ -179,6 +182,7 @@ async fn the_embedded_broker_refuses_to_listen_beyond_loopback() {
         device_broker: None,
         broker_files: None,
         external_broker: None,
+        registries: Vec::new(),
     };
     let err = fleet_server::serve(opts, std::future::pending(), |_| {}).await.unwrap_err();
     assert!(err.to_string().contains("only listens on loopback"), "{err}");
@@ -239,16 +243,16 @@ async fn enrollment_refusals_name_the_problem() {
 
     let (code, body) = enroll(api, "wrong-token", "robot-1").await;
     assert_eq!(code, 401, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("FLEET_TOKEN"), "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("FLEET_TOKEN"), "{body}");
 
     assert_eq!(enroll(api, &token, "robot-1").await.0, 201);
     let (code, body) = enroll(api, &token, "robot-1").await;
     assert_eq!(code, 409, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("revoke it first"), "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("revoke it first"), "{body}");
 
     let (code, body) = enroll(api, &token, "fleet-server").await;
     assert_eq!(code, 400, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("reserved"), "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("reserved"), "{body}");
 
     // A proof made for another id (someone replaying robot-2's request as robot-3).
     let (code, body) = post(
@@ -259,7 +263,7 @@ async fn enrollment_refusals_name_the_problem() {
     )
     .await;
     assert_eq!(code, 400, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("proof does not verify"), "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("proof does not verify"), "{body}");
 
     // After a revocation the id can be enrolled again, and the old serial stays revoked.
     let (code, _) =

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::release::GpuKind;
+use crate::release::{GpuKind, GpuSelect, HardwareRequest, SerialSelector};
 
 /// Everything the agent knows about its host: what robotics engineers look at first on a new
 /// robot, and what the server uses to check that a release's hardware requests can be met.
@@ -39,6 +39,95 @@ pub struct Inventory {
     pub gpus: Vec<Gpu>,
     /// AI accelerators recognised by their device nodes (e.g. Hailo, Coral, NPU).
     pub accelerators: Vec<Accelerator>,
+}
+
+impl Inventory {
+    /// Why `request` cannot be met on this host, in words an operator can act on
+    /// (`serial usb 0403:6001 not present`), or `None` if the hardware is there. Both the server
+    /// (pre-flight checks) and the agent judge by this one rule.
+    pub fn unmet(&self, request: &HardwareRequest) -> Option<String> {
+        let present = match request {
+            HardwareRequest::Serial { port, .. } => match port {
+                SerialSelector::ById(name) => {
+                    let name = name.trim_start_matches("/dev/serial/by-id/");
+                    self.serial.iter().any(|p| p.by_id.iter().any(|n| n == name))
+                }
+                SerialSelector::ByPath(name) => {
+                    let name = name.trim_start_matches("/dev/serial/by-path/");
+                    self.serial.iter().any(|p| p.by_path.iter().any(|n| n == name))
+                }
+                SerialSelector::Usb { vendor, product, serial } => self.serial.iter().any(|p| {
+                    p.usb.as_ref().is_some_and(|u| {
+                        u.vendor.eq_ignore_ascii_case(vendor)
+                            && u.product.eq_ignore_ascii_case(product)
+                            && serial.as_ref().is_none_or(|s| u.serial.as_ref() == Some(s))
+                    })
+                }),
+            },
+            HardwareRequest::Gpio { chip } => {
+                self.gpio.iter().any(|c| &c.name == chip || &c.label == chip)
+            }
+            HardwareRequest::I2c { bus } => self.i2c.iter().any(|b| b.bus == *bus),
+            HardwareRequest::Spi { bus, chip_select } => {
+                self.spi.iter().any(|d| d.bus == *bus && d.chip_select == *chip_select)
+            }
+            HardwareRequest::Video { device } => self.video.iter().any(|v| {
+                &v.name == device
+                    || &v.dev_path == device
+                    || v.by_id.iter().chain(&v.by_path).any(|n| device.ends_with(n.as_str()))
+            }),
+            HardwareRequest::Gpu { kind, select } => {
+                let of_kind: Vec<&Gpu> = self.gpus.iter().filter(|g| g.kind == *kind).collect();
+                match select {
+                    GpuSelect::All => !of_kind.is_empty(),
+                    GpuSelect::Count(n) => {
+                        of_kind.len() >= usize::try_from(*n).unwrap_or(usize::MAX)
+                    }
+                    GpuSelect::Ids(ids) => ids.iter().all(|id| of_kind.iter().any(|g| &g.id == id)),
+                }
+            }
+            HardwareRequest::Can { interface } => self.can.iter().any(|c| c == interface),
+            // Plain device nodes are not inventoried; the agent checks the path itself.
+            HardwareRequest::Device { .. } => true,
+        };
+        (!present).then(|| describe(request) + " not present")
+    }
+}
+
+/// A hardware request in a few words, for reasons: `serial usb 0403:6001`, `gpu nvidia x2`.
+pub fn describe(request: &HardwareRequest) -> String {
+    match request {
+        HardwareRequest::Serial { port: SerialSelector::ById(n), .. } => {
+            format!("serial by-id {n}")
+        }
+        HardwareRequest::Serial { port: SerialSelector::ByPath(n), .. } => {
+            format!("serial by-path {n}")
+        }
+        HardwareRequest::Serial {
+            port: SerialSelector::Usb { vendor, product, serial }, ..
+        } => match serial {
+            Some(s) => format!("serial usb {vendor}:{product}:{s}"),
+            None => format!("serial usb {vendor}:{product}"),
+        },
+        HardwareRequest::Gpio { chip } => format!("gpio {chip}"),
+        HardwareRequest::I2c { bus } => format!("i2c bus {bus}"),
+        HardwareRequest::Spi { bus, chip_select } => format!("spi {bus}.{chip_select}"),
+        HardwareRequest::Video { device } => format!("video {device}"),
+        HardwareRequest::Gpu { kind, select } => {
+            let kind = match kind {
+                GpuKind::Nvidia => "nvidia",
+                GpuKind::Jetson => "jetson",
+                GpuKind::Dri => "dri",
+            };
+            match select {
+                GpuSelect::All => format!("gpu {kind}"),
+                GpuSelect::Count(n) => format!("gpu {kind} x{n}"),
+                GpuSelect::Ids(ids) => format!("gpu {kind} {}", ids.join(",")),
+            }
+        }
+        HardwareRequest::Can { interface } => format!("can {interface}"),
+        HardwareRequest::Device { host_path, .. } => format!("device {host_path}"),
+    }
 }
 
 /// Operating system identity from `/etc/os-release`.
@@ -191,4 +280,81 @@ pub struct Accelerator {
     pub kind: String,
     /// Its device node.
     pub dev_path: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn robot() -> Inventory {
+        Inventory {
+            serial: vec![SerialPort {
+                dev_path: "/dev/ttyUSB3".into(),
+                by_id: vec!["usb-FTDI_FT232R_A50285BI-if00-port0".into()],
+                by_path: vec!["platform-xhci-usb-0:1.2:1.0-port0".into()],
+                usb: Some(UsbIds {
+                    vendor: "0403".into(),
+                    product: "6001".into(),
+                    serial: Some("A50285BI".into()),
+                    manufacturer: None,
+                    product_name: None,
+                }),
+            }],
+            gpio: vec![GpioChip {
+                name: "gpiochip0".into(),
+                label: "pinctrl-bcm2711".into(),
+                lines: 58,
+            }],
+            i2c: vec![I2cBus { bus: 1, name: "bcm2835 (i2c@7e804000)".into() }],
+            gpus: vec![Gpu {
+                kind: GpuKind::Nvidia,
+                id: "0".into(),
+                model: "RTX A2000".into(),
+                dev_paths: vec!["/dev/nvidia0".into()],
+                driver_version: Some("535.104".into()),
+            }],
+            ..Inventory::default()
+        }
+    }
+
+    #[test]
+    fn present_hardware_is_met_by_stable_identity() {
+        let inv = robot();
+        let serial = |port| HardwareRequest::Serial { port, container_path: "/dev/ttyUSB0".into() };
+        for req in [
+            serial(SerialSelector::ById("usb-FTDI_FT232R_A50285BI-if00-port0".into())),
+            serial(SerialSelector::Usb {
+                vendor: "0403".into(),
+                product: "6001".into(),
+                serial: None,
+            }),
+            serial(SerialSelector::Usb {
+                vendor: "0403".into(),
+                product: "6001".into(),
+                serial: Some("A50285BI".into()),
+            }),
+            HardwareRequest::Gpio { chip: "pinctrl-bcm2711".into() },
+            HardwareRequest::I2c { bus: 1 },
+            HardwareRequest::Gpu { kind: GpuKind::Nvidia, select: GpuSelect::Count(1) },
+        ] {
+            assert_eq!(inv.unmet(&req), None, "{req:?}");
+        }
+    }
+
+    #[test]
+    fn missing_hardware_is_named_precisely() {
+        let inv = robot();
+        let usb = HardwareRequest::Serial {
+            port: SerialSelector::Usb {
+                vendor: "10c4".into(),
+                product: "ea60".into(),
+                serial: None,
+            },
+            container_path: "/dev/ttyUSB0".into(),
+        };
+        assert_eq!(inv.unmet(&usb).as_deref(), Some("serial usb 10c4:ea60 not present"));
+        let two = HardwareRequest::Gpu { kind: GpuKind::Nvidia, select: GpuSelect::Count(2) };
+        assert_eq!(inv.unmet(&two).as_deref(), Some("gpu nvidia x2 not present"));
+        assert!(inv.unmet(&HardwareRequest::Can { interface: "can0".into() }).is_some());
+    }
 }

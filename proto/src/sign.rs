@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use crate::codec;
 use crate::command::Command;
 use crate::desired::DesiredState;
+use crate::release::ReleaseSpec;
 
 /// Fingerprint of a public key: the first 8 bytes of its SHA-256, shown as 16 hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -57,6 +58,12 @@ impl Signable for DesiredState {
 
 impl Signable for Command {
     const CONTEXT: &'static [u8] = b"fleet/v1 command";
+}
+
+/// The server signs every release it stores, so a release altered in the store (or a backup)
+/// is detected before it reaches a device.
+impl Signable for ReleaseSpec {
+    const CONTEXT: &'static [u8] = b"fleet/v1 release";
 }
 
 /// A signed payload as it travels: the key's id, the signature and the payload bytes.

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use fleet_server::ServeOptions;
 use tracing_subscriber::EnvFilter;
 
 /// Fleet's control plane: device registry, releases and rollouts.
@@ -19,7 +18,10 @@ use tracing_subscriber::EnvFilter;
 ///
 /// Examples:
 ///   fleet-server --data /var/lib/fleet --api-listen 127.0.0.1:9090
+///   fleet-server --config /etc/fleet-server/config.toml
 ///   fleet-server broker-files --name mqtt.example.com --out /etc/mosquitto/fleet
+///   fleet-server backup fleet-backup.json
+///   fleet-server restore fleet-backup.json --data /var/lib/fleet-new
 #[derive(Debug, Parser)]
 #[command(version, about, long_about, verbatim_doc_comment)]
 struct Cli {
@@ -27,6 +29,9 @@ struct Cli {
     command: Option<Command>,
     #[command(flatten)]
     serve: ServeArgs,
+    /// Print the documented default configuration file and exit.
+    #[arg(long)]
+    print_default_config: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -51,19 +56,56 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Write a backup of the whole store and the fleet's keys to FILE (mode 0600: it holds the
+    /// CA and signing keys). Works on a stopped server's data directory, or asks the running
+    /// server (with the admin token from the data directory) when it holds the store.
+    ///
+    /// Example:
+    ///   fleet-server backup /var/backups/fleet-$(date +%F).json --data /var/lib/fleet-server
+    #[command(verbatim_doc_comment)]
+    Backup {
+        /// Where to write the backup.
+        file: PathBuf,
+        /// Data directory.
+        #[arg(long, env = "FLEET_DATA", default_value = "fleet-data")]
+        data: PathBuf,
+        /// The running server's API, asked when the store is in use.
+        #[arg(long, env = "FLEET_SERVER", default_value = "http://127.0.0.1:8080")]
+        server: String,
+    },
+    /// Restore a backup into a data directory that has no store yet (then start the server on
+    /// it).
+    ///
+    /// Example:
+    ///   fleet-server restore fleet-backup.json --data /var/lib/fleet-server
+    #[command(verbatim_doc_comment)]
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+        /// Data directory to restore into.
+        #[arg(long, env = "FLEET_DATA", default_value = "fleet-data")]
+        data: PathBuf,
+        /// Write over an existing store (stop the server first).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
-    /// Data directory (store, keys).
-    #[arg(long, env = "FLEET_DATA", default_value = "fleet-data")]
-    data: PathBuf,
-    /// Address of the REST API.
-    #[arg(long, env = "FLEET_API_LISTEN", default_value = "127.0.0.1:8080")]
-    api_listen: SocketAddr,
-    /// Address of the embedded MQTT broker (loopback only).
-    #[arg(long, env = "FLEET_MQTT_LISTEN", default_value = "127.0.0.1:1883")]
-    mqtt_listen: SocketAddr,
+    /// Configuration file (default: /etc/fleet-server/config.toml if it exists); flags and
+    /// environment variables override it.
+    #[arg(long, env = "FLEET_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (store, keys) [default: fleet-data].
+    #[arg(long, env = "FLEET_DATA")]
+    data: Option<PathBuf>,
+    /// Address of the REST API [default: 127.0.0.1:8080].
+    #[arg(long, env = "FLEET_API_LISTEN")]
+    api_listen: Option<SocketAddr>,
+    /// Address of the embedded MQTT broker, loopback only [default: 127.0.0.1:1883].
+    #[arg(long, env = "FLEET_MQTT_LISTEN")]
+    mqtt_listen: Option<SocketAddr>,
     /// Broker URL written into enrollment bundles (default: the embedded broker), e.g.
     /// mqtts://mqtt.example.com:8883 for a Mosquitto set up with `broker-files`.
     #[arg(long, env = "FLEET_DEVICE_BROKER")]
@@ -73,19 +115,25 @@ struct ServeArgs {
     #[arg(long, env = "FLEET_BROKER_FILES")]
     broker_files: Option<PathBuf>,
     /// Use this external broker (mqtts://host:port, e.g. Mosquitto with
-    /// packaging/mosquitto/) instead of the embedded one.
-    #[arg(long, env = "FLEET_BROKER", requires = "broker_files")]
+    /// packaging/mosquitto/) instead of the embedded one; needs --broker-files.
+    #[arg(long, env = "FLEET_BROKER")]
     broker: Option<String>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.print_default_config {
+        print!("{}", fleet_server::config::DEFAULT_CONFIG);
+        return ExitCode::SUCCESS;
+    }
     let args = match cli.command {
         Some(Command::Serve(a)) => a,
         None => cli.serve,
         Some(Command::BrokerFiles { data, names, out }) => {
             return broker_files(&data, &names, &out)
         }
+        Some(Command::Backup { file, data, server }) => return backup(&file, &data, &server),
+        Some(Command::Restore { file, data, force }) => return restore(&file, &data, force),
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -96,13 +144,17 @@ fn main() -> ExitCode {
         // Colours only for a person at a terminal; journald and log files get plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let opts = ServeOptions {
-        data_dir: args.data,
+    let overrides = fleet_server::config::Overrides {
+        data: args.data,
         api_listen: args.api_listen,
         mqtt_listen: args.mqtt_listen,
-        device_broker: args.device_broker,
+        broker: args.broker,
         broker_files: args.broker_files,
-        external_broker: args.broker,
+        device_broker: args.device_broker,
+    };
+    let opts = match fleet_server::config::load(args.config.as_deref(), overrides) {
+        Ok(o) => o,
+        Err(e) => return fail(&e),
     };
     let runtime =
         match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
@@ -123,6 +175,54 @@ fn main() -> ExitCode {
     }
 }
 
+/// `fleet-server backup`: from the store directly when it is free, else from the running
+/// server.
+fn backup(file: &std::path::Path, data: &std::path::Path, server: &str) -> ExitCode {
+    let result = (|| -> Result<usize, Box<dyn std::error::Error>> {
+        let backup = match fleet_server::store::Store::open(&data.join("store")) {
+            Ok(store) => fleet_server::backup::Backup::take(&store, data)?,
+            Err(fleet_server::store::StoreError::Busy { .. }) => {
+                let token = fleet_server::pki::read_secret(&data.join("admin-token"))?;
+                let mut answer = ureq::get(&format!("{}/api/v1/backup", server.trim_end_matches('/')))
+                    .header("authorization", &format!("Bearer {}", token.trim()))
+                    .call()
+                    .map_err(|e| format!("the store is in use and the server at {server} did not give a backup: {e} (pass --server)"))?;
+                answer.body_mut().with_config().limit(1 << 34).read_json()?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let text = serde_json::to_vec_pretty(&backup)?;
+        fleet_server::pki::write_file(file, &text, 0o600)?;
+        Ok(backup.collections.values().map(Vec::len).sum())
+    })();
+    match result {
+        Ok(n) => {
+            eprintln!("wrote {n} records and the fleet's keys to {} (mode 0600; it holds the CA and signing keys: keep it safe)", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&*e),
+    }
+}
+
+/// `fleet-server restore`.
+fn restore(file: &std::path::Path, data: &std::path::Path, force: bool) -> ExitCode {
+    let result = (|| -> Result<usize, Box<dyn std::error::Error>> {
+        let text =
+            std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        let backup: fleet_server::backup::Backup = serde_json::from_slice(&text)
+            .map_err(|e| format!("{} is not a Fleet backup: {e}", file.display()))?;
+        std::fs::create_dir_all(data)?;
+        Ok(backup.restore(data, force)?)
+    })();
+    match result {
+        Ok(n) => {
+            eprintln!("restored {n} records and the fleet's keys into {}; start the server with --data {}", data.display(), data.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&*e),
+    }
+}
+
 /// `fleet-server broker-files`: the TLS files for an external Mosquitto.
 fn broker_files(data: &std::path::Path, names: &[String], out: &std::path::Path) -> ExitCode {
     let result = (|| -> Result<(), Box<dyn std::error::Error>> {
@@ -130,7 +230,7 @@ fn broker_files(data: &std::path::Path, names: &[String], out: &std::path::Path)
         let keys = fleet_server::open_keys(data)?;
         // The registry's revocations; while the server runs it holds the store, and the list
         // it wrote at its start (and after every revocation) is current anyway.
-        match fleet_server::store::SledStore::open(&data.join("store")) {
+        match fleet_server::store::Store::open(&data.join("store")) {
             Ok(store) => fleet_server::api::write_crl(&store, &keys.pki)?,
             Err(_) if keys.pki.crl_path().exists() => {}
             Err(e) => return Err(e.into()),

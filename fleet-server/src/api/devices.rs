@@ -1,0 +1,591 @@
+//! Device routes: the registry, enrollment and revocation, labels and notes, pins, direct
+//! assignment, commands and events.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use fleet_proto::{
+    topic, Command, CommandAction, CommandResult, DeviceId, Inventory, Message, ReleaseId,
+    ReleaseSpec, TopicKind, UnixMillis,
+};
+use rumqttc::QoS;
+use serde::{Deserialize, Serialize};
+
+use super::problem::{Body, Query};
+use super::{Api, Paging, Problem};
+use crate::audit::AuditEntry;
+use crate::auth::Caller;
+use crate::desired::{self, DesiredError, Releases};
+use crate::devices::{CertificateInfo, DeviceRecord, PinRecord};
+use crate::groups::{self, Selector};
+use crate::pki::{EnrollKey, DEFAULT_DEVICE_VALIDITY_DAYS, SERVER_IDENTITY};
+use crate::preflight;
+use crate::releases::ReleaseRecord;
+use crate::rollouts::busy_devices;
+use crate::store::Page;
+
+/// An enrollment request (`POST /api/v1/devices/{id}/enroll`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnrollRequest {
+    /// The device's public key: an uncompressed P-256 point, hex.
+    pub public_key: String,
+    /// Proof of possession: the device key's signature over the enrollment context and the
+    /// device id (see [`crate::pki::proof_message`]), hex (ASN.1 DER ECDSA).
+    pub proof: String,
+    /// Labels for the new device.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Certificate validity in days (default five years).
+    #[serde(default)]
+    pub valid_days: Option<u32>,
+}
+
+/// What enrollment returns: everything the bundle needs except the private key, which never
+/// left the enrolling machine.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnrollResponse {
+    /// The device.
+    pub device: DeviceRecord,
+    /// Its client certificate (PEM).
+    pub certificate_pem: String,
+    /// The fleet CA (PEM).
+    pub ca_pem: String,
+    /// The server's desired-state signing keys the device trusts (hex ed25519).
+    pub server_keys: Vec<String>,
+    /// The broker URL the device connects to.
+    pub broker: String,
+}
+
+/// A release given as JSON for one device (`PUT /api/v1/devices/{id}/desired`): stored as a
+/// release if the server does not have it yet, then assigned to the device.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DesiredRequest {
+    /// The release to run; `null` runs no application.
+    pub release: Option<ReleaseSpec>,
+}
+
+/// What assigning a release returns.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DesiredResponse {
+    /// The generation it was published under (unchanged if the device already had it).
+    pub generation: u64,
+    /// The device's record after publication.
+    pub device: DeviceRecord,
+}
+
+/// A command for a device (`POST /api/v1/devices/{id}/commands`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CommandRequest {
+    /// What to do.
+    pub action: CommandAction,
+    /// How long to wait for the answer, and the command's deadline on the device (default 30 s).
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+}
+
+/// Changes to a device's labels and notes (`PATCH /api/v1/devices/{id}`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DeviceChange {
+    /// Labels to set; `null` removes the label.
+    #[serde(default)]
+    pub labels: BTreeMap<String, Option<String>>,
+    /// New notes, replacing the old ones.
+    #[serde(default)]
+    pub notes: Option<String>,
+}
+
+/// A pin (`PUT /api/v1/devices/{id}/pin`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PinRequest {
+    /// The release to hold the device on.
+    pub release: String,
+    /// Why (required: the next engineer needs to know).
+    pub reason: String,
+    /// When the pin lapses by itself (ms since epoch), if ever.
+    #[serde(default)]
+    pub until: Option<u64>,
+    /// Pin even though pre-flight says the device cannot run the release.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// One device as `device show` presents it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceView {
+    /// The record (its fields at the top level, as in the device list).
+    #[serde(flatten)]
+    pub device: DeviceRecord,
+    /// Its last reported inventory.
+    pub inventory: Option<Inventory>,
+    /// Groups whose selector matches it.
+    pub groups: Vec<String>,
+    /// The active rollout holding it, if any.
+    pub rollout: Option<u64>,
+}
+
+/// `?selector=&group=` of the device list, with paging.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct DeviceFilter {
+    /// Only devices whose labels match.
+    pub selector: Option<String>,
+    /// Only devices of this group.
+    pub group: Option<String>,
+    /// Page size.
+    pub limit: Option<usize>,
+    /// Cursor.
+    pub after: Option<String>,
+}
+
+// The error is the finished response; handlers return it as is.
+pub(super) fn device_id(id: &str) -> Result<DeviceId, Problem> {
+    DeviceId::new(id).map_err(|e| Problem::bad_request(format!("device id: {e}")))
+}
+
+pub(super) fn not_found(id: &DeviceId) -> Problem {
+    Problem::not_found(format!("no device {id}; `fleetctl device ls` lists known devices"))
+}
+
+pub(super) async fn list(
+    State(api): State<Api>,
+    Query(filter): Query<DeviceFilter>,
+) -> Result<Json<Page<DeviceRecord>>, Problem> {
+    let paging = Paging { limit: filter.limit, after: filter.after.clone() };
+    let selector = match (&filter.selector, &filter.group) {
+        (Some(_), Some(_)) => {
+            return Err(Problem::bad_request("give either selector or group, not both"))
+        }
+        (Some(s), None) => Some(Selector::parse(s).map_err(Problem::bad_request)?),
+        (None, Some(g)) => Some(
+            api.store
+                .group(g)?
+                .ok_or_else(|| {
+                    Problem::not_found(format!("no group {g} (`fleetctl group ls` lists them)"))
+                })?
+                .selector,
+        ),
+        (None, None) => None,
+    };
+    let Some(selector) = selector else {
+        return Ok(Json(api.store.devices_page(paging.after.as_deref(), paging.limit())?));
+    };
+    // Filtered lists walk the registry in id order and page over the matches.
+    let after = paging.after.clone().unwrap_or_default();
+    let mut items: Vec<DeviceRecord> = api
+        .store
+        .devices()?
+        .into_iter()
+        .filter(|d| d.id.as_str() > after.as_str() && selector.matches(&d.labels))
+        .take(paging.limit() + 1)
+        .collect();
+    let next = (items.len() > paging.limit()).then(|| {
+        items.truncate(paging.limit());
+        items.last().map(|d| d.id.to_string()).unwrap_or_default()
+    });
+    Ok(Json(Page { items, next }))
+}
+
+pub(super) async fn show(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> Result<Json<DeviceView>, Problem> {
+    let id = device_id(&id)?;
+    let device = api.store.device(&id)?.ok_or_else(|| not_found(&id))?;
+    let groups = api
+        .store
+        .groups()?
+        .into_iter()
+        .filter(|g| g.selector.matches(&device.labels))
+        .map(|g| g.name)
+        .collect();
+    let rollout = busy_devices(&api.store.rollouts()?).get(&id).map(|r| r.0);
+    Ok(Json(DeviceView { inventory: api.store.inventory(&id)?, device, groups, rollout }))
+}
+
+pub(super) async fn change(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Body(change): Body<DeviceChange>,
+) -> Result<Json<DeviceRecord>, Problem> {
+    let id = device_id(&id)?;
+    let mut errors = Vec::new();
+    for (k, v) in &change.labels {
+        if let Err(why) = groups::check_label_key(k) {
+            errors.push(super::FieldProblem { path: format!("labels.{k}"), reason: why });
+        }
+        if let Some(Err(why)) = v.as_deref().map(groups::check_label_value) {
+            errors.push(super::FieldProblem { path: format!("labels.{k}"), reason: why });
+        }
+    }
+    if change.notes.as_ref().is_some_and(|n| n.len() > 4096) {
+        errors.push(super::FieldProblem {
+            path: "notes".into(),
+            reason: "at most 4096 bytes".into(),
+        });
+    }
+    if !errors.is_empty() {
+        return Err(Problem::invalid("the change was refused; nothing was changed", errors));
+    }
+    let now = UnixMillis::now();
+    let record = api.store.update(|tx| {
+        let mut record = tx.device(&id)?.ok_or_else(|| not_found(&id))?;
+        let mut said = Vec::new();
+        for (k, v) in &change.labels {
+            match v {
+                Some(v) => {
+                    record.labels.insert(k.clone(), v.clone());
+                    said.push(format!("{k}={v}"));
+                }
+                None => {
+                    record.labels.remove(k);
+                    said.push(format!("{k}-"));
+                }
+            }
+        }
+        if let Some(notes) = &change.notes {
+            record.notes.clone_from(notes);
+            said.push("notes changed".to_owned());
+        }
+        tx.put_device(&record);
+        tx.audit(AuditEntry::new(
+            now,
+            &caller.name,
+            "device.change",
+            id.to_string(),
+            said.join(" "),
+        ));
+        Ok::<_, Problem>(record)
+    })?;
+    Ok(Json(record))
+}
+
+pub(super) async fn enroll(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Body(request): Body<EnrollRequest>,
+) -> Result<Response, Problem> {
+    let id = device_id(&id)?;
+    if id.as_str() == SERVER_IDENTITY {
+        return Err(Problem::bad_request(format!(
+            "device id: `{SERVER_IDENTITY}` is reserved for the server's own broker identity; pick another id"
+        )));
+    }
+    for (k, v) in &request.labels {
+        if let Err(why) = groups::check_label_key(k).and_then(|()| groups::check_label_value(v)) {
+            return Err(Problem::bad_request(format!("label {k}: {why}")));
+        }
+    }
+    let key = EnrollKey::verify(&id, &request.public_key, &request.proof)
+        .map_err(|e| Problem::bad_request(e.to_string()))?;
+    let now = UnixMillis::now();
+    let issued = api.store.update(|tx| {
+        let previous = tx.device(&id)?;
+        if previous.as_ref().is_some_and(|d| d.enrolled_at.is_some() && d.revoked_at.is_none()) {
+            return Err(Problem::conflict(format!(
+                "device {id} is already enrolled; revoke it first (`fleetctl device revoke {id}`) to issue a new bundle"
+            )));
+        }
+        let issued = api
+            .pki
+            .issue_device(&id, &key, request.valid_days.unwrap_or(DEFAULT_DEVICE_VALIDITY_DAYS))
+            .map_err(Problem::internal)?;
+        let certificate =
+            CertificateInfo { serial: issued.serial.clone(), not_after: issued.not_after };
+        let mut record =
+            DeviceRecord::enrolled(id.clone(), request.labels.clone(), certificate, now);
+        // A re-enrolled device keeps the history of its revoked certificates.
+        if let Some(previous) = previous {
+            record.revoked_certificates = previous.revoked_certificates;
+        }
+        tx.put_device(&record);
+        tx.audit(AuditEntry::new(
+            now,
+            &caller.name,
+            "device.enroll",
+            id.to_string(),
+            format!("certificate serial {}", issued.serial),
+        ));
+        Ok((record, issued.cert_pem))
+    })?;
+    let (record, certificate_pem) = issued;
+    tracing::info!(device = %id, "device enrolled");
+    Ok((
+        StatusCode::CREATED,
+        Json(EnrollResponse {
+            device: record,
+            certificate_pem,
+            ca_pem: api.pki.ca_pem().to_owned(),
+            server_keys: vec![api.pki.signing_key().public().to_hex()],
+            broker: api.device_broker.to_string(),
+        }),
+    )
+        .into_response())
+}
+
+pub(super) async fn revoke(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<DeviceRecord>, Problem> {
+    let id = device_id(&id)?;
+    let now = UnixMillis::now();
+    let (record, changed) = api.store.update_durable(|tx| {
+        let record = tx.device(&id)?.ok_or_else(|| not_found(&id))?;
+        if record.revoked_at.is_some() {
+            return Ok::<_, Problem>((record, false));
+        }
+        let record = record.revoke(now);
+        tx.put_device(&record);
+        tx.audit(AuditEntry::new(now, &caller.name, "device.revoke", id.to_string(), ""));
+        Ok((record, true))
+    })?;
+    if changed {
+        super::write_crl(&api.store, &api.pki).map_err(Problem::internal)?;
+        (api.crl_changed)();
+        tracing::warn!(device = %id, "device revoked; its messages are dropped and the revocation list is updated");
+    }
+    Ok(Json(record))
+}
+
+/// Looks up an enrolled, unrevoked device, or answers why not.
+pub(super) fn active(record: Option<DeviceRecord>, id: &DeviceId) -> Result<DeviceRecord, Problem> {
+    match record {
+        Some(d) if d.refusal().is_none() => Ok(d),
+        Some(d) => {
+            Err(Problem::conflict(format!("device {id}: {}", d.refusal().unwrap_or("not active"))))
+        }
+        None => Err(not_found(id)),
+    }
+}
+
+fn desired_problem(e: DesiredError) -> Problem {
+    match e {
+        DesiredError::UnknownRelease { .. } => Problem::not_found(e.to_string()),
+        DesiredError::Store(e) => Problem::from(e),
+        DesiredError::Integrity(e) => Problem::internal(e),
+    }
+}
+
+pub(super) async fn put_desired(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Body(request): Body<DesiredRequest>,
+) -> Result<Json<DesiredResponse>, Problem> {
+    let id = device_id(&id)?;
+    if let Some(release) = &request.release {
+        if let Err(problems) = release.validate() {
+            let errors = problems
+                .iter()
+                .map(|p| super::FieldProblem { path: p.path.clone(), reason: p.reason.clone() })
+                .collect();
+            return Err(Problem::invalid(format!("release {} is invalid", release.id), errors));
+        }
+    }
+    let now = UnixMillis::now();
+    let (record, outgoing) = api.store.update_durable(|tx| {
+        let mut record = active(tx.device(&id)?, &id)?;
+        if let Some(release) = &request.release {
+            match tx.release(release.id.as_str())? {
+                Some(stored) if stored.spec != *release => {
+                    return Err(Problem::conflict(format!(
+                        "release {} already exists with other content; releases are immutable: give this one a new version",
+                        release.id
+                    )))
+                }
+                Some(_) => {}
+                None => {
+                    let stored = ReleaseRecord::new(
+                        release.clone(),
+                        api.pki.signing_key(),
+                        None,
+                        Vec::new(),
+                        now,
+                        &caller.name,
+                    );
+                    tx.put_release(&stored);
+                    tx.audit(AuditEntry::new(now, &caller.name, "release.create", release.id.to_string(), "given as JSON"));
+                }
+            }
+        }
+        record.assigned_release = request.release.as_ref().map(|r| r.id.to_string());
+        let outgoing = desired::retarget(tx, &api.pki, &mut Releases::default(), &mut record, now, false)
+            .map_err(desired_problem)?;
+        tx.put_device(&record);
+        tx.audit(AuditEntry::new(
+            now,
+            &caller.name,
+            "device.assign",
+            id.to_string(),
+            format!("release {}", record.assigned_release.as_deref().unwrap_or("none")),
+        ));
+        Ok((record, outgoing))
+    })?;
+    if let Some(out) = outgoing {
+        api.publisher
+            .send_now(out, now)
+            .map_err(|e| Problem::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        tracing::info!(device = %record.id, generation = record.desired_generation, release = ?record.desired_release, "desired state published");
+    }
+    Ok(Json(DesiredResponse { generation: record.desired_generation, device: record }))
+}
+
+pub(super) async fn pin(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Body(request): Body<PinRequest>,
+) -> Result<Json<DeviceRecord>, Problem> {
+    let id = device_id(&id)?;
+    let release = ReleaseId::new(request.release.clone())
+        .map_err(|e| Problem::bad_request(format!("release: {e}")))?;
+    let reason = request.reason.trim().to_owned();
+    if reason.is_empty() {
+        return Err(Problem::bad_request(
+            "a pin needs a reason (--reason \"bench debugging of the lidar driver\"): the next engineer must know why the robot is held",
+        ));
+    }
+    let now = UnixMillis::now();
+    if request.until.is_some_and(|u| u <= now.0) {
+        return Err(Problem::bad_request("until: the expiry is in the past"));
+    }
+    let (record, outgoing) = api.store.update_durable(|tx| {
+        let mut record = active(tx.device(&id)?, &id)?;
+        let stored = tx.release(release.as_str())?.ok_or_else(|| {
+            Problem::not_found(format!("release {release} is not known (`fleetctl release ls`)"))
+        })?;
+        if !request.force {
+            let check = preflight::check(&record, api.store.inventory(&id)?.as_ref(), &stored, now);
+            if !check.satisfiable() {
+                return Err(Problem::conflict(format!(
+                    "{id} cannot run {release}: {}; nothing was sent (pin anyway with --force)",
+                    check.unsatisfiable.join("; ")
+                )));
+            }
+        }
+        record.pin = Some(PinRecord {
+            release: release.clone(),
+            reason: reason.clone(),
+            pinned_by: caller.name.clone(),
+            pinned_at: now,
+            until: request.until.map(UnixMillis),
+        });
+        let outgoing =
+            desired::retarget(tx, &api.pki, &mut Releases::default(), &mut record, now, false)
+                .map_err(desired_problem)?;
+        tx.put_device(&record);
+        let until = request.until.map_or(String::new(), |u| format!(" until {u}"));
+        tx.audit(AuditEntry::new(
+            now,
+            &caller.name,
+            "device.pin",
+            id.to_string(),
+            format!("pinned to {release}{until}: {reason}"),
+        ));
+        Ok((record, outgoing))
+    })?;
+    if let Some(out) = outgoing {
+        api.publisher
+            .send_now(out, now)
+            .map_err(|e| Problem::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    }
+    Ok(Json(record))
+}
+
+pub(super) async fn unpin(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<DeviceRecord>, Problem> {
+    let id = device_id(&id)?;
+    let now = UnixMillis::now();
+    let (record, outgoing) = api.store.update_durable(|tx| {
+        let mut record = active(tx.device(&id)?, &id)?;
+        let Some(pin) = record.pin.take() else {
+            return Ok((record, None));
+        };
+        let outgoing =
+            desired::retarget(tx, &api.pki, &mut Releases::default(), &mut record, now, false)
+                .map_err(desired_problem)?;
+        tx.put_device(&record);
+        tx.audit(AuditEntry::new(
+            now,
+            &caller.name,
+            "device.unpin",
+            id.to_string(),
+            format!("was pinned to {} by {}: {}", pin.release, pin.pinned_by, pin.reason),
+        ));
+        Ok::<_, Problem>((record, outgoing))
+    })?;
+    if let Some(out) = outgoing {
+        api.publisher
+            .send_now(out, now)
+            .map_err(|e| Problem::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    }
+    api.driver.wake();
+    Ok(Json(record))
+}
+
+pub(super) async fn command(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Body(request): Body<CommandRequest>,
+) -> Result<Json<CommandResult>, Problem> {
+    let id = device_id(&id)?;
+    let record = active(api.store.device(&id)?, &id)?;
+    let timeout = std::time::Duration::from_secs(request.timeout_secs.unwrap_or(30).clamp(1, 3600));
+    let now = UnixMillis::now();
+    let command_id = u64::from_be_bytes(crate::pki::random::<8>().map_err(Problem::internal)?);
+    let command = Command {
+        id: command_id,
+        device: record.id.clone(),
+        issued_at: now,
+        deadline: UnixMillis(now.0 + u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)),
+        action: request.action,
+    };
+    api.store.update(|tx| {
+        tx.audit(AuditEntry::new(
+            now,
+            &caller.name,
+            "device.command",
+            id.to_string(),
+            format!("{:?} (command {command_id})", command.action),
+        ));
+        Ok::<_, Problem>(())
+    })?;
+    let answer = api.waiters.wait_for(command_id);
+    let payload = Message::Command(api.pki.signing_key().sign(&command)).encode();
+    if let Err(e) =
+        api.mqtt.try_publish(topic(&record.id, TopicKind::Cmd), QoS::AtLeastOnce, false, payload)
+    {
+        api.waiters.forget(command_id);
+        return Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot publish to the MQTT broker right now ({e}); try again"),
+        ));
+    }
+    tracing::info!(device = %record.id, command = command_id, action = ?command.action, "command sent");
+    match tokio::time::timeout(timeout, answer).await {
+        Ok(Ok(result)) => Ok(Json(result)),
+        _ => {
+            api.waiters.forget(command_id);
+            Err(Problem::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("device {} did not answer command {command_id} within {} s (is it online? `fleetctl device show {}`); it will not run it after that", record.id, timeout.as_secs(), record.id),
+            ))
+        }
+    }
+}
+
+pub(super) async fn events(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<fleet_proto::Event>>, Problem> {
+    let id = device_id(&id)?;
+    Ok(Json(api.store.events(&id, 100)?))
+}

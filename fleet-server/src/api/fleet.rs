@@ -1,0 +1,354 @@
+//! Group and release routes.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use fleet_proto::{ReleaseId, ReleaseSpec, UnixMillis};
+use serde::{Deserialize, Serialize};
+
+use super::problem::{Body, Query};
+use super::{Api, FieldProblem, Problem};
+use crate::audit::AuditEntry;
+use crate::auth::Caller;
+use crate::devices::DeviceRecord;
+use crate::groups::{check_group_name, Group, Selector};
+use crate::releases::{ImageInfo, ReleaseRecord};
+use crate::store::Page;
+
+/// A group to create or replace (`POST /api/v1/groups`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupRequest {
+    /// Its name.
+    pub name: String,
+    /// Its label selector, e.g. `site=depot,model=r2`.
+    pub selector: String,
+    /// What it is for.
+    #[serde(default)]
+    pub description: String,
+}
+
+/// A group with how many devices it holds now.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupSummary {
+    /// The group.
+    #[serde(flatten)]
+    pub group: Group,
+    /// Devices matching it now.
+    pub devices: usize,
+}
+
+/// A group and its devices.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupView {
+    /// The group.
+    #[serde(flatten)]
+    pub group: Group,
+    /// Its devices now, by id.
+    pub devices: Vec<DeviceRecord>,
+}
+
+pub(super) async fn list_groups(
+    State(api): State<Api>,
+) -> Result<Json<Vec<GroupSummary>>, Problem> {
+    let devices = api.store.devices()?;
+    let groups = api
+        .store
+        .groups()?
+        .into_iter()
+        .map(|group| GroupSummary {
+            devices: devices.iter().filter(|d| group.selector.matches(&d.labels)).count(),
+            group,
+        })
+        .collect();
+    Ok(Json(groups))
+}
+
+pub(super) async fn put_group(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    Body(request): Body<GroupRequest>,
+) -> Result<Response, Problem> {
+    let mut errors = Vec::new();
+    if let Err(reason) = check_group_name(&request.name) {
+        errors.push(FieldProblem { path: "name".into(), reason });
+    }
+    let selector = Selector::parse(&request.selector).unwrap_or_else(|reason| {
+        errors.push(FieldProblem { path: "selector".into(), reason });
+        Selector::default()
+    });
+    if selector.0.is_empty() && errors.is_empty() {
+        errors.push(FieldProblem {
+            path: "selector".into(),
+            reason: "an empty selector would match every device; give at least one label, e.g. site=depot".into(),
+        });
+    }
+    if !errors.is_empty() {
+        return Err(Problem::invalid("the group was refused; nothing was changed", errors));
+    }
+    let now = UnixMillis::now();
+    let (group, created) = api.store.update(|tx| {
+        let previous = tx.group(&request.name)?;
+        let group = Group {
+            name: request.name.clone(),
+            selector: selector.clone(),
+            description: request.description.clone(),
+            created_at: previous.as_ref().map_or(now, |p| p.created_at),
+            created_by: previous
+                .as_ref()
+                .map_or_else(|| caller.name.clone(), |p| p.created_by.clone()),
+        };
+        tx.put_group(&group);
+        let verb = if previous.is_some() { "group.update" } else { "group.create" };
+        tx.audit(AuditEntry::new(
+            now,
+            &caller.name,
+            verb,
+            group.name.clone(),
+            format!("selector {selector}"),
+        ));
+        Ok::<_, Problem>((group, previous.is_none()))
+    })?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(group)).into_response())
+}
+
+fn no_group(name: &str) -> Problem {
+    Problem::not_found(format!("no group {name} (`fleetctl group ls` lists them)"))
+}
+
+pub(super) async fn show_group(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> Result<Json<GroupView>, Problem> {
+    let group = api.store.group(&name)?.ok_or_else(|| no_group(&name))?;
+    let devices =
+        api.store.devices()?.into_iter().filter(|d| group.selector.matches(&d.labels)).collect();
+    Ok(Json(GroupView { group, devices }))
+}
+
+pub(super) async fn remove_group(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<Json<Group>, Problem> {
+    let now = UnixMillis::now();
+    let group = api.store.update(|tx| {
+        let group = tx.group(&name)?.ok_or_else(|| no_group(&name))?;
+        tx.remove_group(&name);
+        tx.audit(AuditEntry::new(
+            now,
+            &caller.name,
+            "group.remove",
+            name.clone(),
+            format!("selector was {}", group.selector),
+        ));
+        Ok::<_, Problem>(group)
+    })?;
+    Ok(Json(group))
+}
+
+/// A release to create (`POST /api/v1/releases`): from a Compose file, or as the canonical
+/// JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReleaseRequest {
+    /// The application.
+    pub app: String,
+    /// Its version; the release id is `app@version`.
+    pub version: String,
+    /// The Compose file's text.
+    #[serde(default)]
+    pub compose: Option<String>,
+    /// The canonical release (images by digest), instead of a Compose file.
+    #[serde(default)]
+    pub spec: Option<ReleaseSpec>,
+}
+
+/// `?app=` of the release list, with paging.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ReleaseFilter {
+    /// Only this application's releases.
+    pub app: Option<String>,
+    /// Page size.
+    pub limit: Option<usize>,
+    /// Cursor.
+    pub after: Option<String>,
+}
+
+pub(super) async fn list_releases(
+    State(api): State<Api>,
+    Query(filter): Query<ReleaseFilter>,
+) -> Result<Json<Page<ReleaseRecord>>, Problem> {
+    let limit = filter.limit.unwrap_or(100).clamp(1, 1000);
+    match &filter.app {
+        // Ids start with `app@`, so one app's releases are a contiguous range.
+        Some(app) => {
+            let after = filter.after.clone().unwrap_or_else(|| format!("{app}@"));
+            let mut page = api.store.releases_page(Some(&after), limit)?;
+            let prefix = format!("{app}@");
+            let before = page.items.len();
+            page.items.retain(|r| r.id().as_str().starts_with(&prefix));
+            if page.items.len() < before {
+                page.next = None;
+            }
+            Ok(Json(page))
+        }
+        None => Ok(Json(api.store.releases_page(filter.after.as_deref(), limit)?)),
+    }
+}
+
+pub(super) async fn show_release(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> Result<Json<ReleaseRecord>, Problem> {
+    api.store.release(&id)?.map(Json).ok_or_else(|| {
+        Problem::not_found(format!("no release {id} (`fleetctl release ls` lists them)"))
+    })
+}
+
+pub(super) async fn create_release(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    Body(request): Body<ReleaseRequest>,
+) -> Result<Response, Problem> {
+    let id = ReleaseId::new(format!("{}@{}", request.app, request.version)).map_err(|e| {
+        Problem::invalid(
+            "the release was refused",
+            vec![FieldProblem { path: "app, version".into(), reason: e.to_string() }],
+        )
+    })?;
+    let (spec, images) = match (&request.compose, &request.spec) {
+        (Some(compose), None) => from_compose(&api, &request.app, &request.version, compose).await?,
+        (None, Some(spec)) => {
+            if spec.id != id || spec.app != request.app || spec.version != request.version {
+                return Err(Problem::invalid(
+                    "the release was refused",
+                    vec![FieldProblem {
+                        path: "spec.id".into(),
+                        reason: format!("the spec says {}, the request {id}", spec.id),
+                    }],
+                ));
+            }
+            (spec.clone(), Vec::new())
+        }
+        _ => {
+            return Err(Problem::bad_request(
+                "give the release as either `compose` (the Compose file's text) or `spec` (canonical JSON)",
+            ))
+        }
+    };
+    if let Err(problems) = spec.validate() {
+        let errors =
+            problems.into_iter().map(|p| FieldProblem { path: p.path, reason: p.reason }).collect();
+        return Err(Problem::invalid(format!("release {id} is invalid"), errors));
+    }
+    let now = UnixMillis::now();
+    let record = api.store.update_durable(|tx| {
+        if tx.release(id.as_str())?.is_some() {
+            return Err(Problem::conflict(format!(
+                "release {id} already exists; releases are immutable: give this one a new version"
+            )));
+        }
+        let record = ReleaseRecord::new(
+            spec.clone(),
+            api.pki.signing_key(),
+            request.compose.clone(),
+            images.clone(),
+            now,
+            &caller.name,
+        );
+        tx.put_release(&record);
+        let services: Vec<String> =
+            spec.services.iter().map(|s| format!("{} {}", s.name, s.image)).collect();
+        tx.audit(AuditEntry::new(
+            now,
+            &caller.name,
+            "release.create",
+            id.to_string(),
+            services.join(", "),
+        ));
+        Ok::<_, Problem>(record)
+    })?;
+    Ok((StatusCode::CREATED, Json(record)).into_response())
+}
+
+/// Converts a Compose file, resolving every image through the registry (concurrently).
+async fn from_compose(
+    api: &Api,
+    app: &str,
+    version: &str,
+    compose: &str,
+) -> Result<(ReleaseSpec, Vec<ImageInfo>), Problem> {
+    let to_problems = |problems: Vec<crate::compose::ComposeProblem>| {
+        problems.into_iter().map(|p| FieldProblem { path: p.path, reason: p.reason }).collect()
+    };
+    if compose.len() > crate::compose::MAX_COMPOSE_BYTES {
+        return Err(Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the Compose file is {} bytes; at most {} are accepted",
+                compose.len(),
+                crate::compose::MAX_COMPOSE_BYTES
+            ),
+        ));
+    }
+    let parsed =
+        crate::compose::Compose::parse(compose.as_bytes(), &BTreeMap::new()).map_err(|p| {
+            Problem::invalid("the Compose file was refused; nothing was stored", to_problems(p))
+        })?;
+    let uses = parsed.images();
+    let mut lookups = tokio::task::JoinSet::new();
+    let distinct: std::collections::BTreeSet<String> =
+        uses.iter().map(|u| u.reference.clone()).collect();
+    for reference in distinct {
+        let resolver = api.resolver.clone();
+        lookups.spawn_blocking(move || {
+            let found = resolver.resolve(&reference);
+            (reference, found)
+        });
+    }
+    let mut resolved = BTreeMap::new();
+    let mut failed = BTreeMap::new();
+    while let Some(joined) = lookups.join_next().await {
+        let (reference, found) = joined.map_err(Problem::internal)?;
+        match found {
+            Ok(r) => {
+                resolved.insert(reference, r);
+            }
+            Err(why) => {
+                failed.insert(reference, why);
+            }
+        }
+    }
+    if !failed.is_empty() {
+        let errors = uses
+            .iter()
+            .filter_map(|u| {
+                failed
+                    .get(&u.reference)
+                    .map(|why| FieldProblem { path: u.path.clone(), reason: why.clone() })
+            })
+            .collect();
+        return Err(Problem::invalid(
+            "images of the Compose file do not resolve in their registries; nothing was stored",
+            errors,
+        ));
+    }
+    let digests = resolved.iter().map(|(k, v)| (k.clone(), v.image.clone())).collect();
+    let spec = parsed.into_release(app, version, &digests).map_err(|p| {
+        Problem::invalid("the Compose file was refused; nothing was stored", to_problems(p))
+    })?;
+    let images = uses
+        .into_iter()
+        .filter_map(|u| {
+            resolved.get(&u.reference).map(|r| ImageInfo {
+                service: u.service.to_string(),
+                reference: u.reference.clone(),
+                resolved: r.clone(),
+            })
+        })
+        .collect();
+    Ok((spec, images))
+}

@@ -1,0 +1,153 @@
+//! Talking to the server: where it is, which token, and errors with the exit codes scripts
+//! rely on (shared/CLI.md): 1 usage or input, 2 refused by the server, 3 the thing watched
+//! ended unhealthy, 4 timed out, 5 server unreachable.
+
+use std::path::PathBuf;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// A failure with the exit code scripts rely on.
+#[derive(Debug)]
+pub struct Failure {
+    /// Exit code.
+    pub code: u8,
+    /// What to print.
+    pub message: String,
+}
+
+impl Failure {
+    /// Exit 1: the command line or a local input is wrong.
+    pub fn usage(message: impl Into<String>) -> Failure {
+        Failure { code: 1, message: message.into() }
+    }
+}
+
+/// `~/.config/fleet/config.toml`, written by `fleetctl login`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Profile {
+    /// The server URL.
+    pub server: Option<String>,
+    /// The token.
+    pub token: Option<String>,
+}
+
+/// Where `fleetctl login` keeps the server and token.
+pub fn profile_path() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+    Some(base.join("fleet").join("config.toml"))
+}
+
+/// Reads the profile, if there is one.
+pub fn read_profile() -> Profile {
+    profile_path()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|text| toml::from_str(&text).ok())
+        .unwrap_or_default()
+}
+
+/// The server and token to use: flags and environment first, then the profile, then the
+/// server's own files when run where the server runs.
+#[derive(Debug, Clone)]
+pub struct Client {
+    /// Base URL.
+    pub server: String,
+    token: Option<String>,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    /// A client for `server` (flag/env) and `token` (flag/env), falling back to the profile.
+    pub fn new(server: Option<String>, token: Option<String>) -> Client {
+        let profile = read_profile();
+        let server = server
+            .or(profile.server)
+            .unwrap_or_else(|| "http://127.0.0.1:8080".to_owned())
+            .trim_end_matches('/')
+            .to_owned();
+        let token = token.or(profile.token).or_else(|| {
+            std::fs::read_to_string("fleet-data/admin-token").ok().map(|t| t.trim().to_owned())
+        });
+        let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
+        Client { server, token, agent }
+    }
+
+    /// GET `path`.
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, Failure> {
+        self.send::<(), T>("GET", path, None)
+    }
+
+    /// POST `body` to `path`.
+    pub fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, Failure> {
+        self.send("POST", path, Some(body))
+    }
+
+    /// Sends a request; answers that are not 2xx become failures with the server's reason.
+    pub fn send<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, Failure> {
+        let url = format!("{}{path}", self.server);
+        let auth = self.token.as_ref().map(|t| format!("Bearer {t}")).unwrap_or_default();
+        let sent = match (method, body) {
+            ("GET", _) => self.agent.get(&url).header("authorization", &auth).call(),
+            ("DELETE", _) => self.agent.delete(&url).header("authorization", &auth).call(),
+            ("PUT", Some(body)) => {
+                self.agent.put(&url).header("authorization", &auth).send_json(body)
+            }
+            ("PATCH", Some(body)) => {
+                self.agent.patch(&url).header("authorization", &auth).send_json(body)
+            }
+            (_, Some(body)) => self.agent.post(&url).header("authorization", &auth).send_json(body),
+            (_, None) => self.agent.post(&url).header("authorization", &auth).send_empty(),
+        };
+        let mut response = sent.map_err(|e| Failure {
+            code: 5,
+            message: format!(
+                "cannot reach the fleet server at {}: {e}\n  is it running? start one with `fleet-server`, or point --server / FLEET_SERVER at yours (`fleetctl login --server URL` remembers it)",
+                self.server
+            ),
+        })?;
+        let status = response.status();
+        if !status.is_success() {
+            let body: serde_json::Value = response.body_mut().read_json().unwrap_or_default();
+            let detail = body
+                .get("detail")
+                .or_else(|| body.get("error"))
+                .and_then(|e| e.as_str())
+                .unwrap_or("no reason given");
+            let mut message = format!("{detail} ({status})");
+            if let Some(errors) = body.get("errors").and_then(|e| e.as_array()) {
+                for e in errors {
+                    let path = e.get("path").and_then(|p| p.as_str()).unwrap_or("");
+                    let reason = e.get("reason").and_then(|p| p.as_str()).unwrap_or("");
+                    message.push_str(&format!("\n  {path}: {reason}"));
+                }
+            }
+            let code = if status.is_client_error() { 2 } else { 5 };
+            return Err(Failure { code, message });
+        }
+        response.body_mut().with_config().limit(1 << 30).read_json().map_err(|e| Failure {
+            code: 5,
+            message: format!(
+                "unexpected answer from {url}: {e} (is --server a Fleet server of the same version?)"
+            ),
+        })
+    }
+}
+
+/// Prints complete objects as JSON for scripts: nothing else goes to stdout.
+pub fn print_json<T: Serialize>(value: &T) {
+    match serde_json::to_string_pretty(value) {
+        Ok(s) => println!("{s}"),
+        Err(e) => eprintln!("fleetctl: cannot print JSON: {e}"),
+    }
+}

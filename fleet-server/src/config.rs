@@ -1,0 +1,214 @@
+//! The server's configuration file, merged under its flags and environment variables.
+//!
+//! Precedence, highest first: command-line flags, `FLEET_*` environment variables, the file
+//! given with `--config` (default `/etc/fleet-server/config.toml` when it exists), the
+//! built-in defaults ([`DEFAULT_CONFIG`] documents them). Unknown keys are refused with their
+//! path, and secrets (registry passwords) are read from files, never written inline.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use fleet_proto::RegistryCredential;
+use serde::Deserialize;
+
+use crate::ServeOptions;
+
+/// The default configuration, documented; `fleet-server --print-default-config` prints it.
+pub const DEFAULT_CONFIG: &str = r#"# fleet-server configuration. Flags and FLEET_* environment variables override these.
+version = 1
+
+# Where the store, the fleet CA, the signing key and the admin token live.
+data = "fleet-data"
+
+# The REST API. Keep it on loopback behind a TLS-terminating proxy when it must be reachable.
+api_listen = "127.0.0.1:8080"
+
+# The embedded MQTT broker (loopback only: it cannot keep devices out of each other's topics).
+mqtt_listen = "127.0.0.1:1883"
+
+# An external broker instead of the embedded one, e.g. Mosquitto set up with
+# packaging/mosquitto/ and `fleet-server broker-files`:
+# broker = "mqtts://mqtt.example.com:8883"
+# broker_files = "/etc/mosquitto/fleet"
+
+# The broker URL written into enrollment bundles (default: the broker above).
+# device_broker = "mqtts://mqtt.example.com:8883"
+
+# Private registries: used to resolve image tags when releases are created, and sent to
+# devices inside their signed desired state so they can pull.
+# [[registries]]
+# registry = "registry.example.com"
+# username = "fleet"
+# password_file = "/etc/fleet-server/registry-password"
+"#;
+
+/// The file's shape.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    version: Option<u32>,
+    data: Option<PathBuf>,
+    api_listen: Option<SocketAddr>,
+    mqtt_listen: Option<SocketAddr>,
+    broker: Option<String>,
+    broker_files: Option<PathBuf>,
+    device_broker: Option<String>,
+    #[serde(default)]
+    registries: Vec<RegistryLogin>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegistryLogin {
+    registry: String,
+    username: String,
+    password_file: PathBuf,
+}
+
+/// What flags and environment variables gave (clap fills these; `None`: not given).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--data` / `FLEET_DATA`.
+    pub data: Option<PathBuf>,
+    /// `--api-listen` / `FLEET_API_LISTEN`.
+    pub api_listen: Option<SocketAddr>,
+    /// `--mqtt-listen` / `FLEET_MQTT_LISTEN`.
+    pub mqtt_listen: Option<SocketAddr>,
+    /// `--broker` / `FLEET_BROKER`.
+    pub broker: Option<String>,
+    /// `--broker-files` / `FLEET_BROKER_FILES`.
+    pub broker_files: Option<PathBuf>,
+    /// `--device-broker` / `FLEET_DEVICE_BROKER`.
+    pub device_broker: Option<String>,
+}
+
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read {path}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid.
+    #[error("{path}: {reason}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// What is wrong, with the key's path.
+        reason: String,
+    },
+}
+
+/// The options to serve with: `overrides` over the file at `path` (if given, or if the default
+/// path exists) over the defaults.
+pub fn load(path: Option<&Path>, overrides: Overrides) -> Result<ServeOptions, ConfigError> {
+    const DEFAULT_PATH: &str = "/etc/fleet-server/config.toml";
+    let path = path.map(Path::to_path_buf).or_else(|| {
+        let default = PathBuf::from(DEFAULT_PATH);
+        default.exists().then_some(default)
+    });
+    let (file, base) = match &path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|source| ConfigError::Read { path: p.display().to_string(), source })?;
+            (parse(&text, p)?, p.parent().map(Path::to_path_buf).unwrap_or_default())
+        }
+        None => (File::default(), PathBuf::new()),
+    };
+    let defaults = ServeOptions::default();
+    let mut registries = Vec::new();
+    for login in file.registries {
+        let file_path = base.join(&login.password_file);
+        let password = crate::pki::read_secret(&file_path).map_err(|e| ConfigError::Invalid {
+            path: path.as_deref().map(|p| p.display().to_string()).unwrap_or_default(),
+            reason: format!(
+                "registries ({}): password_file {}: {e}",
+                login.registry,
+                file_path.display()
+            ),
+        })?;
+        registries.push(RegistryCredential {
+            registry: login.registry,
+            username: login.username,
+            password: password.trim().to_owned(),
+        });
+    }
+    let relative = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
+    Ok(ServeOptions {
+        data_dir: overrides.data.or(file.data.map(relative)).unwrap_or(defaults.data_dir),
+        api_listen: overrides.api_listen.or(file.api_listen).unwrap_or(defaults.api_listen),
+        mqtt_listen: overrides.mqtt_listen.or(file.mqtt_listen).unwrap_or(defaults.mqtt_listen),
+        device_broker: overrides.device_broker.or(file.device_broker),
+        broker_files: overrides.broker_files.or(file.broker_files.map(relative)),
+        external_broker: overrides.broker.or(file.broker),
+        registries,
+    })
+}
+
+fn parse(text: &str, path: &Path) -> Result<File, ConfigError> {
+    let invalid =
+        |reason: String| ConfigError::Invalid { path: path.display().to_string(), reason };
+    let deserializer = toml::Deserializer::parse(text).map_err(|e| invalid(e.to_string()))?;
+    let file: File = serde_path_to_error::deserialize(deserializer)
+        .map_err(|e| invalid(format!("{}: {}", e.path(), e.inner())))?;
+    match file.version {
+        Some(1) => Ok(file),
+        Some(v) => Err(invalid(format!("version {v} is not one this fleet-server reads (1)"))),
+        None => Err(invalid("version: missing; the first line should be `version = 1`".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_default_parses_to_the_built_in_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, DEFAULT_CONFIG).unwrap();
+        let opts = load(Some(&path), Overrides::default()).unwrap();
+        let defaults = ServeOptions::default();
+        assert_eq!(opts.api_listen, defaults.api_listen);
+        assert_eq!(opts.mqtt_listen, defaults.mqtt_listen);
+        assert_eq!(opts.data_dir, dir.path().join("fleet-data"), "relative to the file");
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_secrets_come_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::pki::write_file(&dir.path().join("pw"), b"s3cret\n", 0o600).unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(
+            &path,
+            "version = 1\napi_listen = \"127.0.0.1:9000\"\n[[registries]]\nregistry = \"r.example\"\nusername = \"u\"\npassword_file = \"pw\"\n",
+        )
+        .unwrap();
+        let overrides = Overrides {
+            api_listen: Some("127.0.0.1:9999".parse().unwrap()),
+            ..Overrides::default()
+        };
+        let opts = load(Some(&path), overrides).unwrap();
+        assert_eq!(opts.api_listen.port(), 9999);
+        assert_eq!(opts.registries[0].password, "s3cret");
+    }
+
+    #[test]
+    fn unknown_keys_and_versions_are_refused_with_their_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, "version = 1\n[[registries]]\nregistry = \"r\"\nusername = \"u\"\npassword = \"inline\"\n").unwrap();
+        let err = load(Some(&path), Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains("registries[0]") && err.contains("password"), "{err}");
+        std::fs::write(&path, "version = 2\n").unwrap();
+        assert!(load(Some(&path), Overrides::default())
+            .unwrap_err()
+            .to_string()
+            .contains("version 2"));
+    }
+}

@@ -1,0 +1,235 @@
+//! Pre-flight checks (pure): can this device run this release? Run before a rollout or a pin
+//! sends anything, so a fleet manager fixes the plan instead of discovering failures in wave 3.
+//!
+//! A device *cannot satisfy* a release when its architecture has no image, its inventory lacks
+//! hardware a service requests, the services' memory limits add up to more than it has, or the
+//! images do not fit its engine's disk. Without an inventory (an agent that has not reported
+//! one) only what is known is checked, and the gap is said.
+
+use fleet_proto::{Inventory, UnixMillis};
+use serde::{Deserialize, Serialize};
+
+use crate::devices::DeviceRecord;
+use crate::releases::ReleaseRecord;
+
+/// What pre-flight found for one device.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct DeviceCheck {
+    /// Why the device cannot run the release; empty if it can (as far as is known).
+    pub unsatisfiable: Vec<String>,
+    /// What could not be checked.
+    pub unchecked: Vec<String>,
+}
+
+impl DeviceCheck {
+    /// Whether nothing known stands in the way.
+    pub fn satisfiable(&self) -> bool {
+        self.unsatisfiable.is_empty()
+    }
+}
+
+/// Where the engine keeps images, to find the disk they land on.
+const ENGINE_ROOT: &str = "/var/lib/docker";
+
+/// Checks `release` against what the server knows of the device.
+pub fn check(
+    record: &DeviceRecord,
+    inventory: Option<&Inventory>,
+    release: &ReleaseRecord,
+    _now: UnixMillis,
+) -> DeviceCheck {
+    let mut out = DeviceCheck::default();
+    let Some(inv) = inventory else {
+        out.unchecked.push(format!(
+            "{} has not reported its inventory yet: architecture, hardware, memory and disk are not checked",
+            record.id
+        ));
+        return out;
+    };
+    let wanted = fleet_oci::Platform::for_rust_arch(&inv.arch);
+    let platform = match &wanted.variant {
+        Some(v) => format!("linux/{}/{v}", wanted.architecture),
+        None => format!("linux/{}", wanted.architecture),
+    };
+    if release.images.is_empty() && !release.spec.services.is_empty() {
+        out.unchecked.push(
+            "the release was given as JSON, so its images' platforms and sizes are unknown"
+                .to_owned(),
+        );
+    }
+    for image in &release.images {
+        if image.resolved.platform_for(&inv.arch).is_none() {
+            let offered: Vec<String> = image
+                .resolved
+                .platforms
+                .iter()
+                .map(|p| match &p.variant {
+                    Some(v) => format!("{}/{}/{v}", p.os, p.architecture),
+                    None => format!("{}/{}", p.os, p.architecture),
+                })
+                .collect();
+            out.unsatisfiable.push(format!(
+                "service {}: image {} has no {platform} variant (it has {})",
+                image.service,
+                image.reference,
+                offered.join(", ")
+            ));
+        }
+    }
+    for service in &release.spec.services {
+        for request in &service.hardware {
+            if let Some(why) = inv.unmet(request) {
+                out.unsatisfiable.push(format!("service {}: {why}", service.name));
+            }
+        }
+    }
+    let memory: u64 = release.spec.services.iter().filter_map(|s| s.resources.memory_bytes).sum();
+    if inv.memory_bytes > 0 && memory > inv.memory_bytes {
+        out.unsatisfiable.push(format!(
+            "memory limits add up to {}, the device has {}",
+            bytes(memory),
+            bytes(inv.memory_bytes)
+        ));
+    }
+    if let Some(needed) = release.download_bytes(&inv.arch) {
+        let disk = inv
+            .disks
+            .iter()
+            .filter(|d| ENGINE_ROOT.starts_with(d.mount.trim_end_matches('/')) || d.mount == "/")
+            .max_by_key(|d| d.mount.len());
+        match disk {
+            Some(d) if needed > d.available_bytes => out.unsatisfiable.push(format!(
+                "images need {} to download, {} is free on {}",
+                bytes(needed),
+                bytes(d.available_bytes),
+                d.mount
+            )),
+            Some(_) => {}
+            None => out.unchecked.push("no disk of the engine in the inventory".to_owned()),
+        }
+    }
+    out
+}
+
+/// Bytes for people: `1.5 GB`, `300 MB`, `12 KB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [(&str, u64); 3] = [("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)];
+    for (unit, size) in UNITS {
+        if n >= size {
+            let tenths = n * 10 / size;
+            return if tenths.is_multiple_of(10) || tenths >= 100 {
+                format!("{} {unit}", n / size)
+            } else {
+                format!("{}.{} {unit}", tenths / 10, tenths % 10)
+            };
+        }
+    }
+    format!("{n} B")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use fleet_proto::inventory::Disk;
+    use fleet_proto::release::{GpuKind, GpuSelect, HardwareRequest};
+    use fleet_proto::{samples, DeviceId, ServerKey};
+
+    use super::*;
+    use crate::devices::CertificateInfo;
+    use crate::releases::{ImageInfo, PlatformImage, ResolvedImage};
+
+    fn device() -> DeviceRecord {
+        DeviceRecord::enrolled(
+            DeviceId::new("robot-7").unwrap(),
+            BTreeMap::new(),
+            CertificateInfo { serial: "01".into(), not_after: UnixMillis(0) },
+            UnixMillis(0),
+        )
+    }
+
+    fn release(arches: &[&str], bytes_each: u64) -> ReleaseRecord {
+        let mut spec = samples::release();
+        spec.services.truncate(1);
+        spec.services[0].resources.memory_bytes = Some(512 << 20);
+        spec.services[0].hardware =
+            vec![HardwareRequest::Gpu { kind: GpuKind::Nvidia, select: GpuSelect::Count(1) }];
+        let images = vec![ImageInfo {
+            service: spec.services[0].name.to_string(),
+            reference: "registry/app:1".into(),
+            resolved: ResolvedImage {
+                image: spec.services[0].image.clone(),
+                media_type: "application/vnd.oci.image.index.v1+json".into(),
+                platforms: arches
+                    .iter()
+                    .map(|a| PlatformImage {
+                        os: "linux".into(),
+                        architecture: (*a).into(),
+                        variant: None,
+                        digest: format!("sha256:{}", "1".repeat(64)),
+                        download_bytes: bytes_each,
+                    })
+                    .collect(),
+            },
+        }];
+        ReleaseRecord::new(spec, &ServerKey::from_seed(&[1; 32]), None, images, UnixMillis(0), "t")
+    }
+
+    fn inventory(arch: &str, memory: u64, free: u64) -> Inventory {
+        Inventory {
+            arch: arch.into(),
+            memory_bytes: memory,
+            disks: vec![
+                Disk { mount: "/".into(), total_bytes: free * 2, available_bytes: free },
+                Disk { mount: "/boot".into(), total_bytes: 1 << 30, available_bytes: 1 << 30 },
+            ],
+            ..Inventory::default()
+        }
+    }
+
+    #[test]
+    fn every_reason_a_device_cannot_run_a_release_is_named() {
+        let check = check(
+            &device(),
+            Some(&inventory("aarch64", 256 << 20, 10 << 20)),
+            &release(&["amd64"], 100 << 20),
+            UnixMillis(0),
+        );
+        assert_eq!(check.unsatisfiable.len(), 3, "{check:?}");
+        assert!(check.unsatisfiable[0].contains("has no linux/arm64 variant (it has linux/amd64)"));
+        assert!(check.unsatisfiable[1].contains("gpu nvidia x1 not present"));
+        assert_eq!(check.unsatisfiable[2], "memory limits add up to 512 MB, the device has 256 MB");
+        assert!(check.unchecked.is_empty(), "no size for arm64: the disk is not judged");
+    }
+
+    #[test]
+    fn a_device_that_has_it_all_is_satisfiable_and_disk_is_judged_on_the_engines_mount() {
+        let mut inv = inventory("aarch64", 8 << 30, 50 << 20);
+        inv.gpus.push(fleet_proto::inventory::Gpu {
+            kind: GpuKind::Nvidia,
+            id: "0".into(),
+            model: "x".into(),
+            dev_paths: vec![],
+            driver_version: None,
+        });
+        let ok = check(&device(), Some(&inv), &release(&["arm64"], 40 << 20), UnixMillis(0));
+        assert!(ok.satisfiable(), "{ok:?}");
+        let full = check(&device(), Some(&inv), &release(&["arm64"], 60 << 20), UnixMillis(0));
+        assert_eq!(full.unsatisfiable, ["images need 60 MB to download, 50 MB is free on /"]);
+    }
+
+    #[test]
+    fn without_an_inventory_nothing_is_refused_and_the_gap_is_said() {
+        let check = check(&device(), None, &release(&["amd64"], 1), UnixMillis(0));
+        assert!(check.satisfiable());
+        assert!(check.unchecked[0].contains("has not reported its inventory"));
+    }
+
+    #[test]
+    fn byte_counts_read_like_a_person_wrote_them() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(1536), "1.5 KB");
+        assert_eq!(bytes(300 << 20), "300 MB");
+        assert_eq!(bytes(3 << 30), "3 GB");
+    }
+}

@@ -1,0 +1,161 @@
+//! Releases as the server keeps them: immutable, signed, with what the registry said about
+//! their images (platforms and download sizes, for pre-flight checks).
+//!
+//! Invariants: a release id (`app@version`) is written once and never replaced; the stored
+//! [`ReleaseSpec`] is exactly the one inside the server's signature ([`ReleaseRecord::verify`]
+//! checks both), so a record edited in the store or a backup is refused before it reaches a
+//! device; every image is pinned by digest (the spec's own validation).
+
+pub use fleet_oci::{PlatformImage, ResolvedImage};
+use fleet_proto::{ReleaseId, ReleaseSpec, ServerKey, Signed, TrustedKeys, UnixMillis};
+use serde::{Deserialize, Serialize};
+
+/// What the server learned about one image of the release when it resolved it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageInfo {
+    /// The service using it.
+    pub service: String,
+    /// The reference as the author wrote it (`registry/app:1.4`).
+    pub reference: String,
+    /// What the registry said: the digest (an index keeps its own) and every platform's
+    /// download size.
+    pub resolved: ResolvedImage,
+}
+
+/// Turns image references as written (`registry/app:1.4`) into digests: the registry's HTTP
+/// API in the server ([`crate::registry`]), a table in tests. Blocking: called from a blocking
+/// thread.
+pub trait ImageResolver: Send + Sync + 'static {
+    /// Resolves `reference`; the error says what is wrong and what to do.
+    fn resolve(&self, reference: &str) -> Result<ResolvedImage, String>;
+}
+
+/// A stored release.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseRecord {
+    /// The canonical release, readable.
+    pub spec: ReleaseSpec,
+    /// The server's signature over it (postcard payload inside).
+    pub signed: Signed,
+    /// The Compose file it was made from, as uploaded; `None` for a release given as JSON.
+    pub compose: Option<String>,
+    /// Per image: what it resolved to and its platforms.
+    pub images: Vec<ImageInfo>,
+    /// When it was created.
+    pub created_at: UnixMillis,
+    /// Which token created it.
+    pub created_by: String,
+}
+
+/// Why a stored release cannot be trusted.
+#[derive(Debug, thiserror::Error)]
+pub enum ReleaseIntegrityError {
+    /// The signature does not verify.
+    #[error("release {id}: the server's signature does not verify ({source}); the store or backup was altered")]
+    Signature {
+        /// The release.
+        id: String,
+        /// Why.
+        #[source]
+        source: fleet_proto::VerifyError,
+    },
+    /// The readable spec differs from the signed one.
+    #[error("release {id}: the stored release differs from the one the server signed; the store or backup was altered")]
+    Mismatch {
+        /// The release.
+        id: String,
+    },
+}
+
+impl ReleaseRecord {
+    /// A new record for `spec`, signed with `key`.
+    pub fn new(
+        spec: ReleaseSpec,
+        key: &ServerKey,
+        compose: Option<String>,
+        images: Vec<ImageInfo>,
+        created_at: UnixMillis,
+        created_by: &str,
+    ) -> ReleaseRecord {
+        let signed = key.sign(&spec);
+        ReleaseRecord { spec, signed, compose, images, created_at, created_by: created_by.into() }
+    }
+
+    /// The release's id.
+    pub fn id(&self) -> &ReleaseId {
+        &self.spec.id
+    }
+
+    /// The release as signed, after checking the signature and that the readable copy agrees.
+    pub fn verify(&self, trusted: &TrustedKeys) -> Result<&ReleaseSpec, ReleaseIntegrityError> {
+        let id = self.spec.id.to_string();
+        let signed: ReleaseSpec = self
+            .signed
+            .open(trusted)
+            .map_err(|source| ReleaseIntegrityError::Signature { id: id.clone(), source })?;
+        if signed != self.spec {
+            return Err(ReleaseIntegrityError::Mismatch { id });
+        }
+        Ok(&self.spec)
+    }
+
+    /// Total download for a device of `arch`, if every image's size is known for it.
+    pub fn download_bytes(&self, arch: &str) -> Option<u64> {
+        self.images.iter().map(|i| i.resolved.platform_for(arch).map(|p| p.download_bytes)).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fleet_proto::samples;
+
+    use super::*;
+
+    #[test]
+    fn a_release_verifies_and_an_edited_one_does_not() {
+        let key = ServerKey::from_seed(&[3; 32]);
+        let trusted = TrustedKeys::new([key.public()]);
+        let record =
+            ReleaseRecord::new(samples::release(), &key, None, vec![], UnixMillis(1), "admin");
+        assert_eq!(record.verify(&trusted).unwrap(), &samples::release());
+        let mut edited = record.clone();
+        edited.spec.version = "9.9.9".into();
+        assert!(matches!(edited.verify(&trusted), Err(ReleaseIntegrityError::Mismatch { .. })));
+        let other = TrustedKeys::new([ServerKey::from_seed(&[4; 32]).public()]);
+        assert!(matches!(record.verify(&other), Err(ReleaseIntegrityError::Signature { .. })));
+    }
+
+    #[test]
+    fn the_download_is_known_only_when_every_image_has_the_devices_platform() {
+        let platform = |arch: &str, bytes| PlatformImage {
+            os: "linux".into(),
+            architecture: arch.into(),
+            variant: None,
+            digest: format!("sha256:{}", "0".repeat(64)),
+            download_bytes: bytes,
+        };
+        let info = ImageInfo {
+            service: "web".into(),
+            reference: "r/web:1".into(),
+            resolved: ResolvedImage {
+                image: samples::release().services[0].image.clone(),
+                media_type: "application/vnd.oci.image.index.v1+json".into(),
+                platforms: vec![platform("amd64", 10), platform("arm64", 40)],
+            },
+        };
+        let record = ReleaseRecord {
+            images: vec![info.clone(), info],
+            ..ReleaseRecord::new(
+                samples::release(),
+                &ServerKey::from_seed(&[1; 32]),
+                None,
+                vec![],
+                UnixMillis(0),
+                "t",
+            )
+        };
+        assert_eq!(record.download_bytes("aarch64"), Some(80));
+        assert_eq!(record.download_bytes("x86_64"), Some(20));
+        assert_eq!(record.download_bytes("riscv64"), None);
+    }
+}

@@ -1,0 +1,94 @@
+//! Durations as people write them on a command line or in a Compose file (pure).
+
+use std::time::Duration;
+
+/// Parses `90s`, `10m`, `1h30m`, `2d`, `500ms`, `1m30s` (units ms, s, m, h, d; a bare number
+/// is seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let bad = || {
+        format!(
+            "duration {text:?}: expected a number with a unit, like 500ms, 90s, 10m, 1h30m or 2d"
+        )
+    };
+    if text.is_empty() {
+        return Err(bad());
+    }
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(seconds));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit() && c != '.').ok_or_else(bad)?;
+        if digits == 0 {
+            return Err(bad());
+        }
+        let number: f64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_ms = match &rest[..unit_len] {
+            "ms" => 1.0,
+            "s" => 1_000.0,
+            "m" => 60_000.0,
+            "h" => 3_600_000.0,
+            "d" => 86_400_000.0,
+            _ => return Err(bad()),
+        };
+        rest = &rest[unit_len..];
+        let ms = number * unit_ms;
+        if !ms.is_finite() || ms > 1e15 {
+            return Err(bad());
+        }
+        total += Duration::from_millis(ms.round() as u64);
+    }
+    Ok(total)
+}
+
+/// A duration for people: `45s`, `10m`, `1h 30m`, `2d 3h`.
+pub fn human_duration(d: Duration) -> String {
+    let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let s = ms / 1000;
+    let (big, small, units) = match s {
+        0 => return format!("{ms}ms"),
+        1..=59 => return format!("{s}s"),
+        60..=3599 => (s / 60, s % 60, ("m", "s")),
+        3600..=86_399 => (s / 3600, s % 3600 / 60, ("h", "m")),
+        _ => (s / 86_400, s % 86_400 / 3600, ("d", "h")),
+    };
+    if small == 0 {
+        format!("{big}{}", units.0)
+    } else {
+        format!("{big}{} {small}{}", units.0, units.1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_in_every_usual_form() {
+        let ms = |t: &str| parse_duration(t).unwrap().as_millis();
+        assert_eq!(ms("500ms"), 500);
+        assert_eq!(ms("90"), 90_000);
+        assert_eq!(ms("90s"), 90_000);
+        assert_eq!(ms("10m"), 600_000);
+        assert_eq!(ms("1h30m"), 5_400_000);
+        assert_eq!(ms("1.5h"), 5_400_000);
+        assert_eq!(ms("2d"), 172_800_000);
+        assert_eq!(ms("1m30s"), 90_000);
+        for bad in ["", "m", "10x", "-5s", "1h30", "s10"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn durations_print_for_people() {
+        assert_eq!(human_duration(Duration::from_millis(250)), "250ms");
+        assert_eq!(human_duration(Duration::from_secs(45)), "45s");
+        assert_eq!(human_duration(Duration::from_secs(600)), "10m");
+        assert_eq!(human_duration(Duration::from_secs(5400)), "1h 30m");
+        assert_eq!(human_duration(Duration::from_secs(86_400 * 2 + 3600 * 3)), "2d 3h");
+    }
+}
