@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use bollard::Docker;
 
 pub mod fleet;
+pub mod simfleet;
 use serde::Deserialize;
 
 /// What `tests/env/up` wrote to `env.json`.

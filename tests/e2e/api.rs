@@ -1,0 +1,385 @@
+//! The server's API as clients meet it: roles, refusals with their reasons, the OpenAPI
+//! document, releases from Compose files resolved through the real registry, pins, rollouts
+//! that overlap, backups. The server runs in-process on embedded defaults
+//! (`fleet_e2e::simfleet`); the registry is the one `tests/env/up` started.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use fleet_e2e::simfleet::{api_call, SimFleet};
+use fleet_e2e::TestEnv;
+use fleet_server::api::ROUTES;
+use serde_json::{json, Value};
+
+async fn token(fleet: &SimFleet, name: &str, role: &str, expires_at: Option<u64>) -> String {
+    let (code, body) = fleet
+        .api(
+            "POST",
+            "/api/v1/tokens",
+            Some(json!({ "name": name, "role": role, "expires_at": expires_at })),
+        )
+        .await;
+    assert_eq!(code, 201, "{body}");
+    body["token"].as_str().unwrap().to_owned()
+}
+
+fn detail(body: &Value) -> &str {
+    body["detail"].as_str().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_role_may_do_what_it_should_and_is_told_why_not_otherwise() {
+    let fleet = SimFleet::start().await;
+    let viewer = token(&fleet, "dash", "viewer", None).await;
+    let operator = token(&fleet, "ci", "operator", None).await;
+    let call = |t: &str, m: &str, p: &str, b: Option<Value>| {
+        let (api, t, m, p) = (fleet.api.clone(), t.to_owned(), m.to_owned(), p.to_owned());
+        async move { api_call(&api, &t, &m, &p, b).await }
+    };
+    let group = json!({ "name": "depot", "selector": "site=depot" });
+
+    // Viewer: reads, never writes.
+    let (code, _) = call(&viewer, "GET", "/api/v1/devices", None).await;
+    assert_eq!(code, 200);
+    let (code, body) = call(&viewer, "POST", "/api/v1/groups", Some(group.clone())).await;
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        detail(&body).contains("token \"dash\" is a viewer")
+            && detail(&body).contains("operator role"),
+        "{body}"
+    );
+    // Operator: changes the fleet, but neither tokens, identities nor backups.
+    let (code, body) = call(&operator, "POST", "/api/v1/groups", Some(group)).await;
+    assert_eq!(code, 201, "{body}");
+    let (code, _) =
+        call(&operator, "POST", "/api/v1/tokens", Some(json!({ "name": "x", "role": "admin" })))
+            .await;
+    assert_eq!(code, 403, "an operator cannot mint an admin");
+    let (code, _) = call(&operator, "GET", "/api/v1/backup", None).await;
+    assert_eq!(code, 403);
+    let (code, _) = call(&operator, "POST", "/api/v1/devices/r1/revoke", None).await;
+    assert_eq!(code, 403);
+    // Who did what is audited under the token's name.
+    let (_, audit) = fleet.api("GET", "/api/v1/audit", None).await;
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["actor"] == "ci" && e["action"] == "group.create"),
+        "{audit}"
+    );
+
+    // Missing, wrong, expired and revoked tokens: 401 with a reason that never echoes a secret.
+    let (code, body) = call("", "GET", "/api/v1/devices", None).await;
+    assert_eq!(code, 401);
+    assert!(detail(&body).contains("FLEET_TOKEN"), "{body}");
+    let (code, _) = call("ci.0000", "GET", "/api/v1/devices", None).await;
+    assert_eq!(code, 401);
+    let soon = fleet_proto::UnixMillis::now().0 + 1500;
+    let expiring = token(&fleet, "temp", "viewer", Some(soon)).await;
+    assert_eq!(call(&expiring, "GET", "/api/v1/whoami", None).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let (code, body) = call(&expiring, "GET", "/api/v1/whoami", None).await;
+    assert_eq!(code, 401);
+    assert!(detail(&body).contains("expired"), "{body}");
+    assert!(
+        !body.to_string().contains(expiring.split('.').nth(1).unwrap()),
+        "no secret in answers"
+    );
+    let (code, _) = fleet.api("DELETE", "/api/v1/tokens/ci", None).await;
+    assert_eq!(code, 200);
+    let (code, body) = call(&operator, "GET", "/api/v1/devices", None).await;
+    assert_eq!(code, 401);
+    assert!(detail(&body).contains("revoked"), "{body}");
+    let (_, tokens) = fleet.api("GET", "/api/v1/tokens", None).await;
+    assert!(
+        !tokens.to_string().contains(operator.split('.').nth(1).unwrap()),
+        "tokens are kept hashed"
+    );
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_route_in_the_table_is_served_and_documented() {
+    let fleet = SimFleet::start().await;
+    for route in ROUTES {
+        let path = route.path.replace("{id}", "robot-1").replace("{name}", "depot");
+        let (code, body) = api_call(&fleet.api, "", route.method, &path, Some(json!({}))).await;
+        match route.role {
+            Some(_) => {
+                assert_eq!(code, 401, "{} {path} must ask for a token: {body}", route.method)
+            }
+            None => assert_eq!(code, 200, "{} {path} is open: {body}", route.method),
+        }
+    }
+    let (code, body) = fleet.api("GET", "/api/v1/nothing-here", None).await;
+    assert_eq!(code, 404);
+    assert!(detail(&body).contains("openapi.json"), "{body}");
+    let (_, doc) = fleet.api("GET", "/api/openapi.json", None).await;
+    assert_eq!(doc["openapi"], "3.1.0");
+    for route in ROUTES {
+        let op = &doc["paths"][route.path][route.method.to_ascii_lowercase()];
+        assert!(
+            op["summary"].is_string(),
+            "{} {} missing from the OpenAPI document",
+            route.method,
+            route.path
+        );
+        assert_eq!(op["x-fleet-role"].as_str(), route.role.map(|r| r.as_str()));
+    }
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn releases_from_compose_resolve_through_the_real_registry_and_bad_ones_store_nothing() {
+    let env = TestEnv::load();
+    let fleet = SimFleet::start().await;
+    let web = env.image("web:1");
+    let compose = format!(
+        "services:\n  web:\n    image: {tag}\n    ports: [\"8080:80\"]\n    deploy:\n      resources:\n        limits: {{ memory: 64M, cpus: \"0.5\" }}\n",
+        tag = web.tag
+    );
+    let (code, body) = fleet
+        .api(
+            "POST",
+            "/api/v1/releases",
+            Some(json!({ "app": "site", "version": "1", "compose": compose })),
+        )
+        .await;
+    assert_eq!(code, 201, "{body}");
+    let service = &body["spec"]["services"][0];
+    assert_eq!(
+        service["image"]["digest"],
+        web.digest.as_str(),
+        "the tag became the registry's digest"
+    );
+    assert_eq!(service["resources"]["memory_bytes"], 64 << 20);
+    assert_eq!(body["images"][0]["resolved"]["platforms"][0]["architecture"], "amd64");
+    assert!(body["images"][0]["resolved"]["platforms"][0]["download_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(body["compose"], compose.as_str(), "the source is kept");
+
+    // Immutable: the same id again is a conflict.
+    let (code, body) = fleet
+        .api(
+            "POST",
+            "/api/v1/releases",
+            Some(json!({ "app": "site", "version": "1", "compose": compose })),
+        )
+        .await;
+    assert_eq!(code, 409, "{body}");
+
+    // A tag the registry does not have, an unknown key, a build section: every problem with
+    // its path, nothing stored.
+    let bad = format!(
+        "services:\n  web:\n    image: {}/fleet-test/web:no-such-tag\n  api:\n    image: {}\n    build: .\n    flavour: x\n",
+        env.registry, web.tag
+    );
+    let (code, body) = fleet
+        .api(
+            "POST",
+            "/api/v1/releases",
+            Some(json!({ "app": "site", "version": "2", "compose": bad })),
+        )
+        .await;
+    assert_eq!(code, 422, "{body}");
+    let paths: Vec<&str> =
+        body["errors"].as_array().unwrap().iter().map(|e| e["path"].as_str().unwrap()).collect();
+    assert!(paths.iter().any(|p| p.starts_with("services.api.build")), "{body}");
+    assert!(paths.iter().any(|p| p.starts_with("services.api.flavour")), "{body}");
+    let unresolved = fleet
+        .api(
+            "POST",
+            "/api/v1/releases",
+            Some(json!({ "app": "site", "version": "3", "compose": format!("services:\n  web:\n    image: {}/fleet-test/web:no-such-tag\n", env.registry) })),
+        )
+        .await;
+    assert_eq!(unresolved.0, 422, "{}", unresolved.1);
+    assert_eq!(unresolved.1["errors"][0]["path"], "services.web.image", "{}", unresolved.1);
+    assert!(
+        unresolved.1["errors"][0]["reason"].as_str().unwrap().contains("no-such-tag"),
+        "{}",
+        unresolved.1
+    );
+    let (_, list) = fleet.api("GET", "/api/v1/releases", None).await;
+    assert_eq!(
+        list["items"].as_array().unwrap().len(),
+        1,
+        "only the good release is stored: {list}"
+    );
+
+    // A hostile file: an alias bomb is refused, not expanded.
+    let bomb = "a: &a [x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]\ng: [*f,*f,*f,*f,*f,*f,*f,*f,*f]\nservices: {}\n";
+    let (code, body) = fleet
+        .api(
+            "POST",
+            "/api/v1/releases",
+            Some(json!({ "app": "bomb", "version": "1", "compose": bomb })),
+        )
+        .await;
+    assert!(code == 422 || code == 400, "{code} {body}");
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pins_and_rollouts_refuse_what_makes_no_sense_and_change_nothing() {
+    let mut fleet = SimFleet::start().await;
+    for id in ["r1", "r2", "r3"] {
+        fleet.enroll(id, &[("site", "depot")]).await;
+    }
+    let spec = |v: &str| {
+        json!({
+            "id": format!("app@{v}"), "app": "app", "version": v,
+            "services": [serde_json::to_value(fleet_proto::ServiceSpec::new(
+                fleet_proto::ServiceName::new("web").unwrap(),
+                fleet_proto::ImageRef::parse(&format!("r.example/app@sha256:{}", "a".repeat(64))).unwrap(),
+            )).unwrap()]
+        })
+    };
+    for v in ["1", "2"] {
+        let (code, body) = fleet
+            .api(
+                "POST",
+                "/api/v1/releases",
+                Some(json!({ "app": "app", "version": v, "spec": spec(v) })),
+            )
+            .await;
+        assert_eq!(code, 201, "{body}");
+    }
+    // Pins need a known release and a reason.
+    let (code, body) = fleet
+        .api("PUT", "/api/v1/devices/r1/pin", Some(json!({ "release": "app@9", "reason": "x" })))
+        .await;
+    assert_eq!(code, 404, "{body}");
+    let (code, body) = fleet
+        .api("PUT", "/api/v1/devices/r1/pin", Some(json!({ "release": "app@1", "reason": " " })))
+        .await;
+    assert_eq!(code, 400, "{body}");
+    assert!(detail(&body).contains("reason"), "{body}");
+    let (code, body) = fleet
+        .api("PUT", "/api/v1/devices/ghost/pin", Some(json!({ "release": "app@1", "reason": "x" })))
+        .await;
+    assert_eq!(code, 404, "{body}");
+    let (code, body) = fleet
+        .api(
+            "PUT",
+            "/api/v1/devices/r1/pin",
+            Some(json!({ "release": "app@1", "reason": "bench" })),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["pin"]["pinned_by"], "admin");
+
+    // Targets that match nothing, unknown groups and devices, bad fields.
+    for (request, status, says) in [
+        (
+            json!({ "release": "app@2", "target": "site=nowhere" }),
+            409,
+            "matches no enrolled device",
+        ),
+        (
+            json!({ "release": "app@2", "target": "group:ghosts" }),
+            404,
+            "group ghosts does not exist",
+        ),
+        (json!({ "release": "app@2", "target": "devices:r1,zz" }), 404, "zz"),
+        (json!({ "release": "app@7", "target": "site=depot" }), 404, "release app@7"),
+        (
+            json!({ "release": "app@2", "target": "site=depot", "waves": "10%,5%" }),
+            422,
+            "must grow",
+        ),
+        (json!({ "release": "app@2", "target": "devices:r1" }), 422, "pinned"),
+    ] {
+        let (code, body) = fleet.api("POST", "/api/v1/rollouts", Some(request.clone())).await;
+        assert_eq!(code, status, "{request}: {body}");
+        assert!(body.to_string().contains(says), "{request}: {body}");
+    }
+    let (_, list) = fleet.api("GET", "/api/v1/rollouts", None).await;
+    assert_eq!(list.as_array().unwrap().len(), 0, "no refused rollout was stored");
+
+    // One active rollout per device: the agents are offline, so this one stays active.
+    let (code, first) = fleet
+        .api(
+            "POST",
+            "/api/v1/rollouts",
+            Some(json!({ "release": "app@2", "target": "site=depot", "waves": "100%" })),
+        )
+        .await;
+    assert_eq!(code, 201, "{first}");
+    assert_eq!(first["status"]["skipped_pinned"][0], "r1");
+    let (code, body) = fleet
+        .api(
+            "POST",
+            "/api/v1/rollouts",
+            Some(json!({ "release": "app@1", "target": "devices:r2" })),
+        )
+        .await;
+    assert_eq!(code, 409, "{body}");
+    assert!(detail(&body).contains("already in active rollouts"), "{body}");
+    // Commands that do not fit the state are refused with it.
+    let id = first["id"].as_u64().unwrap();
+    let (code, _) = fleet.api("POST", &format!("/api/v1/rollouts/{id}/resume"), None).await;
+    assert_eq!(code, 409);
+    let (code, body) = fleet
+        .api(
+            "POST",
+            &format!("/api/v1/rollouts/{id}/pause"),
+            Some(json!({ "reason": "site network work" })),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = fleet.api("POST", &format!("/api/v1/rollouts/{id}/abort"), None).await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = fleet
+        .api(
+            "POST",
+            "/api/v1/rollouts",
+            Some(json!({ "release": "app@1", "target": "devices:r2" })),
+        )
+        .await;
+    assert_eq!(code, 201, "an aborted rollout frees its devices: {body}");
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backup_through_the_api_restores_into_a_new_server() {
+    let mut fleet = SimFleet::start().await;
+    fleet.enroll("r1", &[("site", "depot")]).await;
+    let (code, backup) = fleet.api("GET", "/api/v1/backup", None).await;
+    assert_eq!(code, 200);
+    let restored = tempfile::tempdir().unwrap();
+    let file = restored.path().join("backup.json");
+    std::fs::write(&file, backup.to_string()).unwrap();
+    let out = std::process::Command::new(fleet_e2e::bin("fleet-server"))
+        .args([
+            "restore",
+            file.to_str().unwrap(),
+            "--data",
+            restored.path().join("data").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let store = fleet_server::store::Store::open(&restored.path().join("data/store")).unwrap();
+    assert_eq!(store.devices().unwrap()[0].id.as_str(), "r1");
+    assert_eq!(
+        std::fs::read(restored.path().join("data/pki/ca.key")).unwrap(),
+        std::fs::read(fleet.server_data().join("pki/ca.key")).unwrap(),
+        "the fleet CA comes along, so enrolled devices stay trusted"
+    );
+    drop(store);
+    let again = std::process::Command::new(fleet_e2e::bin("fleet-server"))
+        .args([
+            "restore",
+            file.to_str().unwrap(),
+            "--data",
+            restored.path().join("data").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds a store"));
+    fleet.stop().await;
+}
