@@ -252,12 +252,13 @@ const MINUTE_MS: i64 = 60_000;
 const DAY_MS: i64 = 86_400_000;
 
 /// When updates may happen: some weekdays, from a start to an end time in a fixed UTC offset,
-/// e.g. `Mon-Fri 22:00-05:00 +01:00`. A window that crosses midnight belongs to the day it
-/// starts on (that one runs from Monday 22:00 to Saturday 05:00, with breaks in the daytime).
+/// e.g. `Mon-Fri 22:00-05:00 Europe/Berlin` or `daily 01:00-04:00 +05:30`. A window that
+/// crosses midnight belongs to the day it starts on (the first one runs from Monday 22:00 to
+/// Saturday 05:00, with breaks in the daytime).
 ///
-/// Fixed offsets only: named zones (`Europe/Berlin`) need the tz database, and a fixed offset
-/// does not follow daylight saving time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// A named zone follows daylight saving time (the local clock decides, whatever the offset that
+/// day); a fixed offset does not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct MaintenanceWindow {
     /// Bit 0 is Monday, bit 6 Sunday.
@@ -266,8 +267,32 @@ pub struct MaintenanceWindow {
     start: u16,
     /// Minute of the day the window closes (0..=1440); at or before `start`: the next day.
     end: u16,
-    /// The local time's offset from UTC, in minutes.
-    offset: i16,
+    /// Whose clock.
+    zone: Zone,
+}
+
+/// The clock a maintenance window is read on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Zone {
+    /// A fixed offset from UTC, in minutes.
+    Fixed(i16),
+    /// An IANA zone, e.g. `Europe/Berlin` (checked to exist when parsed).
+    Named(String),
+}
+
+impl Zone {
+    /// The offset from UTC in minutes at `at`.
+    fn offset_at(&self, at: UnixMillis) -> i64 {
+        match self {
+            Zone::Fixed(minutes) => i64::from(*minutes),
+            Zone::Named(name) => {
+                let tz = jiff::tz::TimeZone::get(name).unwrap_or(jiff::tz::TimeZone::UTC);
+                let ts = jiff::Timestamp::from_millisecond(i64::try_from(at.0).unwrap_or(i64::MAX))
+                    .unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+                i64::from(tz.to_offset(ts).seconds()) / 60
+            }
+        }
+    }
 }
 
 impl MaintenanceWindow {
@@ -300,8 +325,8 @@ impl MaintenanceWindow {
                 "times {times:?} make an empty window; for whole days write 00:00-24:00"
             )));
         }
-        let offset = parse_offset(zone).map_err(bad)?;
-        Ok(MaintenanceWindow { days, start, end, offset })
+        let zone = parse_zone(zone).map_err(bad)?;
+        Ok(MaintenanceWindow { days, start, end, zone })
     }
 
     fn on(&self, weekday: i64) -> bool {
@@ -309,7 +334,7 @@ impl MaintenanceWindow {
     }
 
     fn local(&self, at: UnixMillis) -> i64 {
-        i64::try_from(at.0).unwrap_or(i64::MAX) + i64::from(self.offset) * MINUTE_MS
+        i64::try_from(at.0).unwrap_or(i64::MAX) + self.zone.offset_at(at) * MINUTE_MS
     }
 
     /// Whether updates may happen at `at`.
@@ -337,7 +362,11 @@ impl MaintenanceWindow {
         for day in today..today + 8 {
             let opens = day * DAY_MS + i64::from(self.start) * MINUTE_MS;
             if self.on(day + 3) && opens > local {
-                let utc = opens - i64::from(self.offset) * MINUTE_MS;
+                // The offset at the opening, not now: daylight saving time may start between.
+                let guess = UnixMillis(
+                    u64::try_from(opens - self.zone.offset_at(at) * MINUTE_MS).unwrap_or(0),
+                );
+                let utc = opens - self.zone.offset_at(guess) * MINUTE_MS;
                 return UnixMillis(u64::try_from(utc).unwrap_or(0));
             }
         }
@@ -389,22 +418,21 @@ fn parse_hhmm(text: &str, allow_24: bool) -> Result<u16, String> {
     }
 }
 
-fn parse_offset(text: &str) -> Result<i16, String> {
+fn parse_zone(text: &str) -> Result<Zone, String> {
     if text.eq_ignore_ascii_case("utc") || text == "Z" {
-        return Ok(0);
+        return Ok(Zone::Fixed(0));
     }
-    let named = || {
-        format!(
-            "time zone {text:?}: named zones need the tz database, which this build does not have yet; \
-             give a fixed UTC offset such as +01:00 (it does not follow daylight saving time)"
-        )
-    };
     let bad = || format!("UTC offset {text:?}: expected +HH:MM or -HH:MM, e.g. +01:00");
     let (sign, rest) = match text.as_bytes().first() {
         Some(b'+') => (1, &text[1..]),
         Some(b'-') => (-1, &text[1..]),
-        _ if text.contains('/') || text.chars().any(|c| c.is_ascii_alphabetic()) => {
-            return Err(named())
+        _ if text.chars().any(|c| c.is_ascii_alphabetic()) => {
+            return match jiff::tz::TimeZone::get(text) {
+                Ok(_) => Ok(Zone::Named(text.to_owned())),
+                Err(_) => Err(format!(
+                    "time zone {text:?} is not in the tz database; give an IANA name such as Europe/Berlin or America/New_York, or a UTC offset such as +01:00"
+                )),
+            };
         }
         _ => return Err(bad()),
     };
@@ -416,7 +444,7 @@ fn parse_offset(text: &str) -> Result<i16, String> {
     if h > 14 || m > 59 || (h == 14 && m > 0) {
         return Err(bad());
     }
-    Ok(sign * (h * 60 + m))
+    Ok(Zone::Fixed(sign * (h * 60 + m)))
 }
 
 impl FromStr for MaintenanceWindow {
@@ -464,18 +492,22 @@ impl fmt::Display for MaintenanceWindow {
             }
             f.write_str(&runs.join(","))?;
         }
-        let sign = if self.offset < 0 { '-' } else { '+' };
-        let offset = self.offset.unsigned_abs();
         write!(
             f,
-            " {:02}:{:02}-{:02}:{:02} {sign}{:02}:{:02}",
+            " {:02}:{:02}-{:02}:{:02} ",
             self.start / 60,
             self.start % 60,
             self.end / 60,
             self.end % 60,
-            offset / 60,
-            offset % 60
-        )
+        )?;
+        match &self.zone {
+            Zone::Named(name) => f.write_str(name),
+            Zone::Fixed(offset) => {
+                let sign = if *offset < 0 { '-' } else { '+' };
+                let offset = offset.unsigned_abs();
+                write!(f, "{sign}{:02}:{:02}", offset / 60, offset % 60)
+            }
+        }
     }
 }
 
@@ -1435,7 +1467,7 @@ impl Rollout {
     }
 
     fn window_open(&self, now: UnixMillis) -> bool {
-        self.spec.window.is_none_or(|w| w.is_open(now))
+        self.spec.window.as_ref().is_none_or(|w| w.is_open(now))
     }
 
     /// Moves device `i` to `new`, keeping the counters in step.
@@ -1942,11 +1974,11 @@ mod tests {
     }
 
     #[test]
-    fn windows_refuse_named_zones_and_bad_input() {
+    fn windows_refuse_unknown_zones_and_bad_input() {
         let refused = |text: &str| MaintenanceWindow::parse(text).unwrap_err().to_string();
-        let named = refused("Mon-Fri 22:00-05:00 Europe/Berlin");
-        assert!(named.contains("named zones need the tz database"), "{named}");
-        assert!(named.contains("fixed UTC offset such as +01:00"), "{named}");
+        let named = refused("Mon-Fri 22:00-05:00 Europe/Atlantis");
+        assert!(named.contains("not in the tz database"), "{named}");
+        assert!(named.contains("such as Europe/Berlin"), "{named}");
         assert!(refused("Mon-Fri 22:00-05:00").contains("missing the UTC offset"));
         assert!(refused("Mon-Fry 22:00-05:00 +01:00").contains("day \"Fry\""));
         assert!(refused("Mon 25:00-05:00 +01:00").contains("time \"25:00\""));
@@ -1956,6 +1988,29 @@ mod tests {
         assert!(refused("Mon 10:00-11:00 +15:00").contains("UTC offset \"+15:00\""));
         assert!(refused("").contains("expected days, times and a UTC offset"));
         assert!(serde_json::from_str::<MaintenanceWindow>("\"Mon 10:00-10:00 Z\"").is_err());
+    }
+
+    #[test]
+    fn a_named_zone_follows_daylight_saving_time() {
+        let w = MaintenanceWindow::parse("Mon-Fri 22:00-05:00 Europe/Berlin").unwrap();
+        assert_eq!(w.to_string(), "Mon-Fri 22:00-05:00 Europe/Berlin");
+        let utc = |y: i16, mo: i8, d: i8, h: i8, mi: i8| {
+            let ts = jiff::civil::datetime(y, mo, d, h, mi, 0, 0)
+                .to_zoned(jiff::tz::TimeZone::UTC)
+                .unwrap();
+            UnixMillis(u64::try_from(ts.timestamp().as_millisecond()).unwrap())
+        };
+        // Winter (UTC+1): Monday 2026-01-05 22:00 in Berlin is 21:00 UTC.
+        assert!(!w.is_open(utc(2026, 1, 5, 20, 59)));
+        assert!(w.is_open(utc(2026, 1, 5, 21, 0)));
+        // Summer (UTC+2): Monday 2026-07-06 22:00 in Berlin is 20:00 UTC.
+        assert!(w.is_open(utc(2026, 7, 6, 20, 0)));
+        assert!(!w.is_open(utc(2026, 7, 6, 19, 59)));
+        assert!(!w.is_open(utc(2026, 7, 7, 3, 0)), "Tuesday 05:00 summer time");
+        assert_eq!(w.next_open(utc(2026, 7, 6, 12, 0)), utc(2026, 7, 6, 20, 0));
+        let back: MaintenanceWindow =
+            serde_json::from_str(&serde_json::to_string(&w).unwrap()).unwrap();
+        assert_eq!(back, w);
     }
 
     #[test]

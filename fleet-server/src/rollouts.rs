@@ -120,7 +120,7 @@ pub struct RolloutRequest {
     /// `pause` (default) or `rollback`.
     #[serde(default)]
     pub on_failure: Option<String>,
-    /// Maintenance window, e.g. `Mon-Fri 22:00-05:00 +01:00` (default: always).
+    /// Maintenance window, e.g. `Mon-Fri 22:00-05:00 Europe/Berlin` (default: always).
     #[serde(default)]
     pub window: Option<String>,
     /// An offline or deferred device fails after this long (default `6h`).

@@ -294,7 +294,7 @@ struct RolloutArgs {
     /// pause, or rollback (re-target the rollout's devices to their previous release).
     #[arg(long, default_value = "pause")]
     on_failure: String,
-    /// When devices may be targeted, e.g. "Mon-Fri 22:00-05:00 +01:00".
+    /// When devices may be targeted, e.g. "Mon-Fri 22:00-05:00 Europe/Berlin" (or a UTC offset like +01:00).
     #[arg(long)]
     window: Option<String>,
     /// An offline or deferred (locked) device counts as failed after this long.
