@@ -204,12 +204,13 @@ impl Publisher {
 
     /// Sends the desired state of every device that has not accepted its latest generation
     /// yet, as its record says. Used at start (a state may have been recorded but not sent
-    /// before the server stopped) and for devices whose send failed.
+    /// before the server stopped) and for devices whose send failed. Returns the devices whose
+    /// state the broker still did not take.
     pub async fn republish_unconfirmed(
         &self,
         store: &Store,
         only: Option<&[DeviceId]>,
-    ) -> Result<usize, DesiredError> {
+    ) -> Result<Vec<DeviceId>, DesiredError> {
         let now = UnixMillis::now();
         let records = match only {
             Some(ids) => ids
@@ -239,8 +240,6 @@ impl Publisher {
                 pin,
             });
         }
-        let n = outgoing.len();
-        let unsent = self.send_all(outgoing, now, Duration::from_secs(5)).await;
-        Ok(n - unsent.len())
+        Ok(self.send_all(outgoing, now, Duration::from_secs(5)).await)
     }
 }

@@ -576,6 +576,8 @@ pub struct Driver {
     pki: Arc<Pki>,
     publisher: Publisher,
     wake: Arc<Notify>,
+    /// Devices whose desired state the broker did not take; sent again on the next tick.
+    resend: Arc<std::sync::Mutex<BTreeSet<DeviceId>>>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -596,7 +598,18 @@ const SEND_PATIENCE: Duration = Duration::from_secs(10);
 impl Driver {
     /// A driver over the store, publishing through `publisher`.
     pub fn new(store: Arc<Store>, pki: Arc<Pki>, publisher: Publisher) -> Driver {
-        Driver { store, pki, publisher, wake: Arc::new(Notify::new()) }
+        Driver { store, pki, publisher, wake: Arc::new(Notify::new()), resend: Arc::default() }
+    }
+
+    /// Sends `device`'s recorded desired state again on the next tick (the broker did not take
+    /// it).
+    pub fn resend_later(&self, device: DeviceId) {
+        self.queue_resend([device]);
+        self.wake();
+    }
+
+    fn queue_resend(&self, devices: impl IntoIterator<Item = DeviceId>) {
+        self.resend.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(devices);
     }
 
     /// Makes the driver step now (after a rollout was created or resumed, or a device
@@ -607,14 +620,14 @@ impl Driver {
 
     /// Steps rollouts until the task is dropped.
     pub async fn run(self) {
-        if let Err(e) = self.publisher.republish_unconfirmed(&self.store, None).await {
-            tracing::error!(error = %e, "cannot resend unconfirmed desired states");
+        match self.publisher.republish_unconfirmed(&self.store, None).await {
+            Ok(unsent) => self.queue_resend(unsent),
+            Err(e) => tracing::error!(error = %e, "cannot resend unconfirmed desired states"),
         }
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut sweep = tokio::time::interval(PIN_SWEEP);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut retry: Vec<DeviceId> = Vec::new();
         let mut last_step = tokio::time::Instant::now();
         loop {
             tokio::select! {
@@ -629,14 +642,20 @@ impl Driver {
             // back to back, so steps are at least this far apart.
             tokio::time::sleep_until(last_step + MIN_STEP_GAP).await;
             last_step = tokio::time::Instant::now();
-            if !retry.is_empty() {
-                let ids = std::mem::take(&mut retry);
-                if let Err(e) = self.publisher.republish_unconfirmed(&self.store, Some(&ids)).await
-                {
-                    tracing::warn!(error = %e, "cannot resend desired states");
+            let ids: Vec<DeviceId> = std::mem::take(
+                &mut *self.resend.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+            )
+            .into_iter()
+            .collect();
+            if !ids.is_empty() {
+                // Not woken again for these: the next tick retries them, at most once a second.
+                match self.publisher.republish_unconfirmed(&self.store, Some(&ids)).await {
+                    Ok(unsent) => self.queue_resend(unsent),
+                    Err(e) => tracing::warn!(error = %e, "cannot resend desired states"),
                 }
             }
-            retry.extend(self.step_all(UnixMillis::now()).await);
+            let unsent = self.step_all(UnixMillis::now()).await;
+            self.queue_resend(unsent);
         }
     }
 

@@ -381,21 +381,13 @@ fn desired(device: &DeviceId, generation: u64, release: ReleaseSpec) -> DesiredS
 
 /// Writes `<bundle>/config.toml` with relative certificate paths, as an enrollment bundle has.
 fn write_config(bundle: &Path, device: &str, broker_url: &str, data: &Path) -> PathBuf {
-    let config = bundle.join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "device_id = \"{device}\"\ndata_dir = \"{data}\"\n\
-             [update]\nstop_grace_secs = 1\nstable_for_secs = 1\nresync_secs = 30\ndisk_reserve_mb = 1\n\
-             [locks]\ndir = \"{data}/locks\"\nsocket = \"{data}/locks.sock\"\n\
-             [link]\nbroker = \"{broker_url}\"\nserver_keys = [\"{key}\"]\nkeep_alive_secs = 5\n\
-             backoff_initial_ms = 200\nbackoff_max_secs = 2\n",
-            data = data.display(),
-            key = server_key().public().to_hex(),
-        ),
+    fleet_e2e::simfleet::write_agent_config(
+        bundle,
+        device,
+        broker_url,
+        &server_key().public().to_hex(),
+        data,
     )
-    .unwrap();
-    config
 }
 
 /// `fleet-agent run` in this process on the simulated engine.

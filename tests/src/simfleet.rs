@@ -121,7 +121,13 @@ impl SimFleet {
     pub fn start_agent(&mut self, id: &str, images: &[(ImageRef, ImageBehavior)]) {
         let data = self.dir.path().join("agents").join(id);
         std::fs::create_dir_all(&data).unwrap();
-        let config = write_config(&data, id, &format!("mqtt://{}", self.mqtt), &self.server_key);
+        let config = write_agent_config(
+            &data,
+            id,
+            &format!("mqtt://{}", self.mqtt),
+            &self.server_key,
+            &data,
+        );
         let config = Config::load(&config, true).unwrap();
         let runtime = Arc::new(SimRuntime::new());
         for (image, behavior) in images {
@@ -194,9 +200,17 @@ pub async fn api_call(
     .unwrap()
 }
 
-/// An agent configuration for the embedded broker (plain MQTT on loopback), quick timings.
-fn write_config(data: &Path, device: &str, broker: &str, key: &str) -> PathBuf {
-    let config = data.join("config.toml");
+/// Writes `<dir>/config.toml` for an agent of `device` on `broker`, trusting the server key
+/// `key` (hex), its state in `data`, with test timings (short grace, stability and backoff).
+/// Certificate paths stay relative to `dir`, as in an enrollment bundle.
+pub fn write_agent_config(
+    dir: &Path,
+    device: &str,
+    broker: &str,
+    key: &str,
+    data: &Path,
+) -> PathBuf {
+    let config = dir.join("config.toml");
     std::fs::write(
         &config,
         format!(

@@ -362,6 +362,18 @@ pub(super) fn active(record: Option<DeviceRecord>, id: &DeviceId) -> Result<Devi
     }
 }
 
+/// Publishes a desired state decided (and stored) by this request. If the broker cannot take
+/// it now, the rollout driver sends it again on its next tick: the change is recorded either
+/// way, so the request succeeded.
+fn send_now(api: &Api, out: desired::Outgoing, now: UnixMillis) -> Result<(), Problem> {
+    let device = out.device.clone();
+    if let Err(e) = api.publisher.send_now(out, now) {
+        tracing::warn!(%device, error = %e, "desired state queued for resending");
+        api.driver.resend_later(device);
+    }
+    Ok(())
+}
+
 fn desired_problem(e: DesiredError) -> Problem {
     match e {
         DesiredError::UnknownRelease { .. } => Problem::not_found(e.to_string()),
@@ -426,9 +438,7 @@ pub(super) async fn put_desired(
         Ok((record, outgoing))
     })?;
     if let Some(out) = outgoing {
-        api.publisher
-            .send_now(out, now)
-            .map_err(|e| Problem::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        send_now(&api, out, now)?;
         tracing::info!(device = %record.id, generation = record.desired_generation, release = ?record.desired_release, "desired state published");
     }
     Ok(Json(DesiredResponse { generation: record.desired_generation, device: record }))
@@ -489,9 +499,7 @@ pub(super) async fn pin(
         Ok((record, outgoing))
     })?;
     if let Some(out) = outgoing {
-        api.publisher
-            .send_now(out, now)
-            .map_err(|e| Problem::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        send_now(&api, out, now)?;
     }
     Ok(Json(record))
 }
@@ -522,9 +530,7 @@ pub(super) async fn unpin(
         Ok::<_, Problem>((record, outgoing))
     })?;
     if let Some(out) = outgoing {
-        api.publisher
-            .send_now(out, now)
-            .map_err(|e| Problem::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        send_now(&api, out, now)?;
     }
     api.driver.wake();
     Ok(Json(record))

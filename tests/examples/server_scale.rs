@@ -1,0 +1,401 @@
+//! The fleet server under N connected devices: its RSS and CPU idle and during a rollout, how
+//! fast it pushes a wave to every device, and how fast it takes state reports.
+//!
+//!     cargo build --release --bins
+//!     cargo run --release -p fleet-e2e --example server_scale -- 1000
+//!     cargo run --release -p fleet-e2e --example server_scale -- 10000
+//!
+//! The server is the real `fleet-server` binary (FLEET_SERVER_BIN, default
+//! target/release/fleet-server) on its embedded broker, measured from /proc. The devices are
+//! protocol-level simulations in this process, one MQTT session each: they publish their
+//! retained status, verify each signed desired state against the server's key exactly as the
+//! agent does, and report it applied. (The fleet simulator of the demo issue runs the real agent
+//! logic; here the server is what is measured, so the devices are as cheap as they can be.)
+//!
+//! "Pushed" is the rollout's wave 1 (all N devices) from the API call to the last device
+//! receiving its desired state; "healthy" until the server has judged every device healthy.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fleet_e2e::free_port;
+use fleet_e2e::simfleet::api_call;
+use fleet_proto::report::{InForce, ReleaseSource, UpdateOutcome, UpdateResult, UpdateStatus};
+use fleet_proto::{
+    topic, DesiredState, DeviceId, Message, Presence, StateReport, Status, TopicKind, TrustedKey,
+    TrustedKeys, UnixMillis,
+};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::json;
+
+struct Server {
+    child: Child,
+    api: String,
+    token: String,
+    mqtt: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// (RSS in KiB, CPU ticks) of a process.
+fn usage(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let ticks = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    (rss, ticks)
+}
+
+/// CPU of `pid` over `window`, in percent of one core (100 ticks a second on Linux).
+async fn cpu_over(pid: u32, window: Duration) -> f64 {
+    let (_, a) = usage(pid);
+    tokio::time::sleep(window).await;
+    let (_, b) = usage(pid);
+    (b - a) as f64 / window.as_secs_f64()
+}
+
+async fn start_server() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = std::env::var_os("FLEET_SERVER_BIN")
+        .map_or_else(|| repo().join("target/release/fleet-server"), PathBuf::from);
+    let (api_port, mqtt_port) = (free_port(), free_port());
+    let child = Command::new(&bin)
+        .arg("--data")
+        .arg(dir.path().join("data"))
+        .args(["--api-listen", &format!("127.0.0.1:{api_port}")])
+        .args(["--mqtt-listen", &format!("127.0.0.1:{mqtt_port}")])
+        .env("FLEET_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e} (cargo build --release --bins)", bin.display()));
+    let api = format!("http://127.0.0.1:{api_port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ureq::get(&format!("{api}/healthz")).call().is_err() {
+        assert!(Instant::now() < deadline, "fleet-server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let token =
+        std::fs::read_to_string(dir.path().join("data/admin-token")).unwrap().trim().to_owned();
+    Server { child, api, token, mqtt: SocketAddr::from(([127, 0, 0, 1], mqtt_port)), _dir: dir }
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+}
+
+/// Enrolls `n` devices, 8 requests at a time; returns the server's signing key.
+fn enroll_all(server: &Server, n: usize) -> TrustedKey {
+    let next = Arc::new(AtomicUsize::new(0));
+    let key = Arc::new(std::sync::Mutex::new(None));
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            let (next, key) = (next.clone(), key.clone());
+            s.spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return;
+                }
+                let id = DeviceId::new(format!("sim-{i:05}")).unwrap();
+                let (_, public_key, proof) = fleet_server::pki::new_device_key(&id).unwrap();
+                let body = json!({ "public_key": public_key, "proof": proof, "labels": { "fleet": "scale" } });
+                let mut answer = ureq::post(&format!("{}/api/v1/devices/{id}/enroll", server.api))
+                    .header("authorization", &format!("Bearer {}", server.token))
+                    .send_json(body)
+                    .unwrap();
+                let v: serde_json::Value = answer.body_mut().read_json().unwrap();
+                let mut key = key.lock().unwrap();
+                if key.is_none() {
+                    *key = Some(TrustedKey::from_hex(v["server_keys"][0].as_str().unwrap()).unwrap());
+                }
+            });
+        }
+    });
+    let key = key.lock().unwrap().take().unwrap();
+    key
+}
+
+/// One simulated device: online status, then a report for every desired state it verifies.
+fn spawn_device(
+    id: DeviceId,
+    broker: SocketAddr,
+    trusted: TrustedKeys,
+    received: Arc<AtomicUsize>,
+    connected: Arc<AtomicUsize>,
+) -> AsyncClient {
+    let mut opts = MqttOptions::new(id.as_str(), broker.ip().to_string(), broker.port());
+    opts.set_keep_alive(Duration::from_secs(60));
+    opts.set_max_packet_size(256 << 10, 256 << 10);
+    opts.set_clean_session(false);
+    let (client, mut events) = AsyncClient::new(opts, 16);
+    let c = client.clone();
+    tokio::spawn(async move {
+        let mut accepted = 0;
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    connected.fetch_add(1, Ordering::Relaxed);
+                    let _ = c.subscribe(topic(&id, TopicKind::Desired), QoS::AtLeastOnce).await;
+                    let status = Status {
+                        device: id.clone(),
+                        presence: Presence::Online,
+                        agent_version: "sim".into(),
+                        since: UnixMillis::now(),
+                    };
+                    let _ = c
+                        .publish(
+                            topic(&id, TopicKind::Status),
+                            QoS::AtLeastOnce,
+                            true,
+                            Message::Status(status).encode(),
+                        )
+                        .await;
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let Ok(Message::Desired(signed)) = Message::decode(&p.payload) else {
+                        continue;
+                    };
+                    let Ok(desired) = signed.open::<DesiredState>(&trusted) else { continue };
+                    if desired.device != id || desired.generation <= accepted {
+                        continue;
+                    }
+                    accepted = desired.generation;
+                    received.fetch_add(1, Ordering::Relaxed);
+                    let report = applied(&id, &desired);
+                    let _ = c
+                        .publish(
+                            topic(&id, TopicKind::Report),
+                            QoS::AtLeastOnce,
+                            false,
+                            Message::Report(report).encode(),
+                        )
+                        .await;
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+            }
+        }
+    });
+    client
+}
+
+fn applied(id: &DeviceId, desired: &DesiredState) -> StateReport {
+    StateReport {
+        device: id.clone(),
+        reported_at: UnixMillis::now(),
+        accepted_generation: desired.generation,
+        in_force: desired.release.as_ref().map(|r| InForce {
+            release: r.id.clone(),
+            source: ReleaseSource::Server { generation: desired.generation },
+        }),
+        services: Vec::new(),
+        update: UpdateStatus {
+            last_outcome: Some(UpdateOutcome {
+                generation: desired.generation,
+                finished_at: UnixMillis::now(),
+                result: UpdateResult::Applied,
+            }),
+            ..UpdateStatus::default()
+        },
+        inventory: None,
+    }
+}
+
+async fn online(server: &Server) -> usize {
+    let mut n = 0;
+    let mut after: Option<String> = None;
+    loop {
+        let path = match &after {
+            Some(a) => format!("/api/v1/devices?limit=1000&after={a}"),
+            None => "/api/v1/devices?limit=1000".to_owned(),
+        };
+        let (_, page) = api_call(&server.api, &server.token, "GET", &path, None).await;
+        n += page["items"].as_array().unwrap().iter().filter(|d| d["online"] == true).count();
+        match page["next"].as_str() {
+            Some(next) => after = Some(next.to_owned()),
+            None => return n,
+        }
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1000);
+    let server = start_server().await;
+    let pid = server.child.id();
+    let (rss0, _) = usage(pid);
+    let t = Instant::now();
+    let key = tokio::task::block_in_place(|| enroll_all(&server, n));
+    let enroll_s = t.elapsed().as_secs_f64();
+    let trusted = TrustedKeys::new([key]);
+    let received = Arc::new(AtomicUsize::new(0));
+    let connected = Arc::new(AtomicUsize::new(0));
+    let t = Instant::now();
+    let clients: Vec<AsyncClient> = (0..n)
+        .map(|i| {
+            spawn_device(
+                DeviceId::new(format!("sim-{i:05}")).unwrap(),
+                server.mqtt,
+                trusted.clone(),
+                received.clone(),
+                connected.clone(),
+            )
+        })
+        .collect();
+    while online(&server).await < n {
+        assert!(t.elapsed() < Duration::from_secs(600), "devices did not all come online");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let connect_s = t.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let idle_cpu = cpu_over(pid, Duration::from_secs(20)).await;
+    let (idle_rss, _) = usage(pid);
+
+    // A release and one wave to every device.
+    let spec = json!({
+        "id": "scale@1", "app": "scale", "version": "1",
+        "services": [serde_json::to_value(fleet_proto::ServiceSpec::new(
+            fleet_proto::ServiceName::new("web").unwrap(),
+            fleet_proto::ImageRef::parse(&format!("registry.example/scale@sha256:{}", "a".repeat(64))).unwrap(),
+        )).unwrap()]
+    });
+    let (code, body) = api_call(
+        &server.api,
+        &server.token,
+        "POST",
+        "/api/v1/releases",
+        Some(json!({ "app": "scale", "version": "1", "spec": spec })),
+    )
+    .await;
+    assert_eq!(code, 201, "{body}");
+    let (_, t0_ticks) = usage(pid);
+    let t0 = Instant::now();
+    let (code, body) = api_call(
+        &server.api,
+        &server.token,
+        "POST",
+        "/api/v1/rollouts",
+        Some(
+            json!({ "release": "scale@1", "target": "fleet=scale", "waves": "100%", "bake": "0s" }),
+        ),
+    )
+    .await;
+    assert_eq!(code, 201, "{body}");
+    let created_s = t0.elapsed().as_secs_f64();
+    let id = body["id"].as_u64().unwrap();
+    let mut peak_rss = 0;
+    let mut pushed_s = None;
+    let healthy_s = loop {
+        peak_rss = peak_rss.max(usage(pid).0);
+        if pushed_s.is_none() && received.load(Ordering::Relaxed) >= n {
+            pushed_s = Some(t0.elapsed().as_secs_f64());
+        }
+        let (_, view) =
+            api_call(&server.api, &server.token, "GET", &format!("/api/v1/rollouts/{id}"), None)
+                .await;
+        if view["status"]["waves"][0]["counts"]["healthy"].as_u64() == Some(n as u64) {
+            break t0.elapsed().as_secs_f64();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(600),
+            "rollout did not finish: {}",
+            view["status"]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let pushed_s = pushed_s.unwrap_or(healthy_s);
+    let (_, t1_ticks) = usage(pid);
+    let wave_cpu_s = (t1_ticks - t0_ticks) as f64 / 100.0;
+
+    // State reports: every device sends 5 more, as fast as it can.
+    let reports = 5;
+    let (_, r0) = usage(pid);
+    let t = Instant::now();
+    for (i, c) in clients.iter().enumerate() {
+        let id = DeviceId::new(format!("sim-{i:05}")).unwrap();
+        for _ in 0..reports {
+            let mut r = applied(
+                &id,
+                &DesiredState {
+                    device: id.clone(),
+                    generation: 1,
+                    release: None,
+                    pin: None,
+                    issued_at: UnixMillis::now(),
+                    registry_credentials: vec![],
+                },
+            );
+            r.accepted_generation = 0;
+            let _ = c
+                .publish(
+                    topic(&id, TopicKind::Report),
+                    QoS::AtLeastOnce,
+                    false,
+                    Message::Report(r).encode(),
+                )
+                .await;
+        }
+    }
+    // Done when the last device's record shows its last report (reports of one device arrive
+    // in order).
+    let last = DeviceId::new(format!("sim-{:05}", n - 1)).unwrap();
+    loop {
+        let (_, d) =
+            api_call(&server.api, &server.token, "GET", &format!("/api/v1/devices/{last}"), None)
+                .await;
+        if d["accepted_generation"] == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let report_s = t.elapsed().as_secs_f64();
+    let (_, r1) = usage(pid);
+
+    let mut table = BTreeMap::new();
+    table.insert("devices", format!("{n}"));
+    table.insert("enroll", format!("{enroll_s:.1} s ({:.0}/s)", n as f64 / enroll_s));
+    table.insert("all online after connect", format!("{connect_s:.1} s"));
+    table.insert("server RSS before devices", format!("{:.1} MiB", rss0 as f64 / 1024.0));
+    table.insert("server RSS idle", format!("{:.1} MiB", idle_rss as f64 / 1024.0));
+    table.insert("server CPU idle", format!("{idle_cpu:.2} % of a core"));
+    table.insert("rollout created (API answer, wave 1 targeted)", format!("{created_s:.2} s"));
+    table.insert(
+        "wave 1 pushed to every device",
+        format!("{pushed_s:.2} s = {:.0} devices/min", n as f64 / pushed_s * 60.0),
+    );
+    table.insert("wave 1 healthy (server judged every device)", format!("{healthy_s:.2} s"));
+    table.insert("server CPU during the wave", format!("{wave_cpu_s:.2} s"));
+    table.insert("server RSS peak during the wave", format!("{:.1} MiB", peak_rss as f64 / 1024.0));
+    table.insert(
+        "state reports processed",
+        format!(
+            "{} in {report_s:.2} s = {:.0}/s, {:.0} µs CPU each",
+            n * reports,
+            (n * reports) as f64 / report_s,
+            (r1 - r0) as f64 * 10_000.0 / (n * reports) as f64
+        ),
+    );
+    for (k, v) in &table {
+        println!("{k:<48} {v}");
+    }
+    drop(clients);
+}
