@@ -68,7 +68,8 @@ impl Backup {
             let records = entries
                 .into_iter()
                 .map(|(k, v)| {
-                    // Meta holds raw bytes, everything else JSON.
+                    // Every value is JSON (counters in Meta too); anything else would be a
+                    // corrupt record, kept as hex so the backup still holds it.
                     let value = serde_json::from_slice(&v)
                         .unwrap_or_else(|_| serde_json::Value::String(pki::hex(&v)));
                     (pki::hex(&k), value)
@@ -130,9 +131,6 @@ impl Backup {
         }
         let mut records = Vec::new();
         for (c, entries) in &self.collections {
-            if *c == Collection::Meta {
-                continue;
-            }
             for (k, v) in entries {
                 let key = pki::hex_decode(k).ok_or_else(|| {
                     BackupError::Refused(format!("record key {k:?} in {c:?} is not hex"))
@@ -182,6 +180,7 @@ mod tests {
         store
             .update(|tx| {
                 tx.put_device(&rec);
+                assert_eq!(tx.next_rollout_id()?, 1);
                 tx.add_event(&samples::event())
             })
             .unwrap();
@@ -191,11 +190,13 @@ mod tests {
         let backup: Backup = serde_json::from_str(&text).unwrap();
 
         let to = tempfile::tempdir().unwrap();
-        assert_eq!(backup.restore(to.path(), false).unwrap(), 2);
+        assert_eq!(backup.restore(to.path(), false).unwrap(), 3);
         let restored = Store::open(&to.path().join("store")).unwrap();
         assert_eq!(restored.devices().unwrap(), vec![rec.clone()]);
         assert_eq!(restored.events(&rec.id, 10).unwrap(), vec![samples::event()]);
         assert_eq!(std::fs::read_to_string(to.path().join("admin-token")).unwrap(), "secret\n");
+        let next = restored.update(|tx| tx.next_rollout_id()).unwrap();
+        assert_eq!(next, 2, "rollout ids go on where they were, never reused");
         drop(restored);
         let again = backup.restore(to.path(), false).unwrap_err().to_string();
         assert!(again.contains("already holds a store"), "{again}");

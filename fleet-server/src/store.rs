@@ -665,6 +665,13 @@ impl Tx<'_> {
         self.store.backend.next_id()
     }
 
+    /// The next rollout id: 1, 2, 3, ... (people type them), kept in the store's meta data.
+    pub fn next_rollout_id(&mut self) -> Result<u64, StoreError> {
+        let last: u64 = self.get(Collection::Meta, b"last_rollout_id")?.unwrap_or(0);
+        self.put(Collection::Meta, b"last_rollout_id", &(last + 1));
+        Ok(last + 1)
+    }
+
     /// A token, as this change sees it.
     pub fn token(&self, name: &str) -> Result<Option<TokenRecord>, StoreError> {
         self.get(Collection::Tokens, name.as_bytes())

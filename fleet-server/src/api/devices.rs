@@ -488,7 +488,9 @@ pub(super) async fn pin(
             desired::retarget(tx, &api.pki, &mut Releases::default(), &mut record, now, false)
                 .map_err(desired_problem)?;
         tx.put_device(&record);
-        let until = request.until.map_or(String::new(), |u| format!(" until {u}"));
+        let until = request
+            .until
+            .map_or(String::new(), |u| format!(" until {}", crate::units::utc(UnixMillis(u))));
         tx.audit(AuditEntry::new(
             now,
             &caller.name,

@@ -160,7 +160,7 @@ pub(super) async fn create(
     let (record, outgoing) = api
         .store
         .update_durable(|tx| {
-            let id = RolloutId(tx.next_id()?);
+            let id = RolloutId(tx.next_rollout_id()?);
             let (mut rollout, plan) = plan_in(&api, tx, &request, id, seed, now)?;
             if !plan.busy.is_empty() {
                 return Err(PlanError::Busy { devices: plan.busy });

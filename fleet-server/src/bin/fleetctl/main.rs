@@ -1070,7 +1070,7 @@ fn print_plan(plan: &Plan) {
         let shown: Vec<String> = wave.iter().take(8).map(ToString::to_string).collect();
         let more = wave.len().saturating_sub(8);
         let more = if more > 0 { format!(" and {more} more") } else { String::new() };
-        println!("  wave {} ({} devices): {}{more}", i + 1, wave.len(), shown.join(" "));
+        println!("  wave {} ({}): {}{more}", i + 1, count(wave.len(), "device"), shown.join(" "));
     }
     for (d, release, reason) in &plan.pinned {
         println!("  pinned, left out: {d} on {release} ({reason})");
@@ -1157,6 +1157,15 @@ fn token(cli: &Cli, client: &Client, verb: &TokenVerb) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// `1 device`, `3 devices`.
+fn count(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
 }
 
 /// Every page of a list route.

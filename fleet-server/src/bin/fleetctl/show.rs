@@ -1,7 +1,8 @@
 //! Output for people: aligned tables and times.
 
 use fleet_proto::UnixMillis;
-use fleet_server::units::{human_duration, parse_duration};
+pub use fleet_server::units::utc;
+use fleet_server::units::{days_from_civil, human_duration, parse_duration};
 
 /// Prints rows under a header, each column as wide as its widest cell.
 pub fn table(header: &[&str], rows: &[Vec<String>]) {
@@ -44,14 +45,6 @@ pub fn ago(at: UnixMillis) -> String {
     }
 }
 
-/// A UTC time: `2026-12-01 14:05:09Z`.
-pub fn utc(at: UnixMillis) -> String {
-    let secs = i64::try_from(at.0 / 1000).unwrap_or(0);
-    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (y, m, d) = civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z", rest / 3600, rest % 3600 / 60, rest % 60)
-}
-
 /// A point in time from the command line: a duration from now (`2h`, `3d`), or a UTC time
 /// `YYYY-MM-DDTHH:MM[:SS]Z` (also with a space instead of `T`).
 pub fn parse_time(text: &str, past: bool) -> Result<UnixMillis, String> {
@@ -85,28 +78,6 @@ pub fn parse_time(text: &str, past: bool) -> Result<UnixMillis, String> {
     }
     let secs = days_from_civil(y, m, d) * 86_400 + h * 3600 + min * 60 + s;
     Ok(UnixMillis(u64::try_from(secs).map_err(|_| bad())? * 1000))
-}
-
-// Howard Hinnant's civil-calendar algorithms (public domain).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 #[cfg(test)]

@@ -33,7 +33,9 @@ pub fn wave_line(w: &WaveStatus) -> String {
             parts.push(format!("{n} {what}"));
         }
     }
-    format!("wave {} ({} devices) {phase}: {}", w.wave, w.devices, parts.join(", "))
+    let devices =
+        if w.devices == 1 { "1 device".to_owned() } else { format!("{} devices", w.devices) };
+    format!("wave {} ({devices}) {phase}: {}", w.wave, parts.join(", "))
 }
 
 /// The rollout's state in words.
