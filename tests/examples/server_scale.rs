@@ -2,11 +2,13 @@
 //! fast it pushes a wave to every device, and how fast it takes state reports.
 //!
 //!     cargo build --release --bins
-//!     cargo run --release -p fleet-e2e --example server_scale -- 1000
-//!     cargo run --release -p fleet-e2e --example server_scale -- 10000
+//!     cargo run --release -p fleet-e2e --example server_scale -- 1000 [embedded|mosquitto]
+//!     cargo run --release -p fleet-e2e --example server_scale -- 10000 mosquitto
 //!
-//! The server is the real `fleet-server` binary (FLEET_SERVER_BIN, default
-//! target/release/fleet-server) on its embedded broker, measured from /proc. The devices are
+//! The server is the real `fleet-server` binary (target/release/fleet-server), measured from
+//! /proc, either on its embedded broker (plain MQTT on loopback, the broker's memory inside the
+//! server's) or on Mosquitto with the shipped mutual-TLS configuration (the production path:
+//! every device connects with its own certificate; Mosquitto measured apart). The devices are
 //! protocol-level simulations in this process, one MQTT session each: they publish their
 //! retained status, verify each signed desired state against the server's key exactly as the
 //! agent does, and report it applied. (The fleet simulator of the demo issue runs the real agent
@@ -35,18 +37,39 @@ use fleet_proto::{
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::json;
 
+/// The server under test, and how devices reach its broker.
 struct Server {
-    child: Child,
     api: String,
     token: String,
-    mqtt: SocketAddr,
-    _dir: tempfile::TempDir,
+    pid: u32,
+    /// Mosquitto's pid, when it is the broker.
+    broker_pid: Option<u32>,
+    broker: Broker,
+    /// Where device certificates are written (Mosquitto mode).
+    dir: PathBuf,
+    _hold: Hold,
+}
+
+enum Broker {
+    /// The embedded broker: plain MQTT on loopback.
+    Embedded(SocketAddr),
+    /// Mosquitto with the shipped configuration: mutual TLS on this port.
+    Mosquitto(u16),
+}
+
+/// What keeps the server (and its files) alive until the measurement ends.
+#[allow(dead_code)] // held, never read
+enum Hold {
+    Child(Child, tempfile::TempDir),
+    Fleet(Box<fleet_e2e::fleet::Fleet>),
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Hold::Child(child, _) = &mut self._hold {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -73,10 +96,9 @@ async fn cpu_over(pid: u32, window: Duration) -> f64 {
     (b - a) as f64 / window.as_secs_f64()
 }
 
-async fn start_server() -> Server {
+async fn start_embedded() -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let bin = std::env::var_os("FLEET_SERVER_BIN")
-        .map_or_else(|| repo().join("target/release/fleet-server"), PathBuf::from);
+    let bin = fleet_e2e::bin("fleet-server");
     let (api_port, mqtt_port) = (free_port(), free_port());
     let child = Command::new(&bin)
         .arg("--data")
@@ -96,11 +118,30 @@ async fn start_server() -> Server {
     }
     let token =
         std::fs::read_to_string(dir.path().join("data/admin-token")).unwrap().trim().to_owned();
-    Server { child, api, token, mqtt: SocketAddr::from(([127, 0, 0, 1], mqtt_port)), _dir: dir }
+    Server {
+        api,
+        token,
+        pid: child.id(),
+        broker_pid: None,
+        broker: Broker::Embedded(SocketAddr::from(([127, 0, 0, 1], mqtt_port))),
+        dir: dir.path().to_owned(),
+        _hold: Hold::Child(child, dir),
+    }
 }
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+async fn start_mosquitto() -> Server {
+    let fleet = fleet_e2e::fleet::start_fleet().await;
+    let token =
+        std::fs::read_to_string(fleet.data().join("admin-token")).unwrap().trim().to_owned();
+    Server {
+        api: fleet.api.clone(),
+        token,
+        pid: fleet.server_pid().unwrap(),
+        broker_pid: fleet.mosquitto_pid(),
+        broker: Broker::Mosquitto(fleet.mqtt_port),
+        dir: fleet.dir.path().to_owned(),
+        _hold: Hold::Fleet(Box::new(fleet)),
+    }
 }
 
 /// Enrolls `n` devices, 8 requests at a time; returns the server's signing key.
@@ -116,13 +157,20 @@ fn enroll_all(server: &Server, n: usize) -> TrustedKey {
                     return;
                 }
                 let id = DeviceId::new(format!("sim-{i:05}")).unwrap();
-                let (_, public_key, proof) = fleet_server::pki::new_device_key(&id).unwrap();
+                let (device_key, public_key, proof) = fleet_server::pki::new_device_key(&id).unwrap();
                 let body = json!({ "public_key": public_key, "proof": proof, "labels": { "fleet": "scale" } });
                 let mut answer = ureq::post(&format!("{}/api/v1/devices/{id}/enroll", server.api))
                     .header("authorization", &format!("Bearer {}", server.token))
                     .send_json(body)
                     .unwrap();
                 let v: serde_json::Value = answer.body_mut().read_json().unwrap();
+                if matches!(server.broker, Broker::Mosquitto(_)) {
+                    let dir = server.dir.join("devices").join(id.as_str());
+                    std::fs::create_dir_all(&dir).unwrap();
+                    std::fs::write(dir.join("device.pem"), v["certificate_pem"].as_str().unwrap()).unwrap();
+                    std::fs::write(dir.join("device.key"), device_key.serialize_pem()).unwrap();
+                    std::fs::write(dir.join("ca.pem"), v["ca_pem"].as_str().unwrap()).unwrap();
+                }
                 let mut key = key.lock().unwrap();
                 if key.is_none() {
                     *key = Some(TrustedKey::from_hex(v["server_keys"][0].as_str().unwrap()).unwrap());
@@ -137,16 +185,31 @@ fn enroll_all(server: &Server, n: usize) -> TrustedKey {
 /// One simulated device: online status, then a report for every desired state it verifies.
 fn spawn_device(
     id: DeviceId,
-    broker: SocketAddr,
+    server: &Server,
     trusted: TrustedKeys,
     received: Arc<AtomicUsize>,
     connected: Arc<AtomicUsize>,
 ) -> AsyncClient {
-    let mut opts = MqttOptions::new(id.as_str(), broker.ip().to_string(), broker.port());
-    opts.set_keep_alive(Duration::from_secs(60));
-    opts.set_max_packet_size(256 << 10, 256 << 10);
-    opts.set_clean_session(false);
-    let (client, mut events) = AsyncClient::new(opts, 16);
+    let (client, mut events) = match &server.broker {
+        Broker::Embedded(addr) => {
+            let mut opts = MqttOptions::new(id.as_str(), addr.ip().to_string(), addr.port());
+            opts.set_keep_alive(Duration::from_secs(60));
+            opts.set_max_packet_size(256 << 10, 256 << 10);
+            opts.set_clean_session(false);
+            AsyncClient::new(opts, 16)
+        }
+        Broker::Mosquitto(port) => {
+            let dir = server.dir.join("devices").join(id.as_str());
+            fleet_e2e::fleet::client_with(
+                id.as_str(),
+                *port,
+                &dir.join("ca.pem"),
+                &dir.join("device.pem"),
+                &dir.join("device.key"),
+                Duration::from_secs(60),
+            )
+        }
+    };
     let c = client.clone();
     tokio::spawn(async move {
         let mut accepted = 0;
@@ -191,7 +254,12 @@ fn spawn_device(
                         .await;
                 }
                 Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+                Err(e) => {
+                    if std::env::var_os("SCALE_DEBUG").is_some() {
+                        eprintln!("{id}: {e}");
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
             }
         }
     });
@@ -240,8 +308,13 @@ async fn online(server: &Server) -> usize {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1000);
-    let server = start_server().await;
-    let pid = server.child.id();
+    let mode = std::env::args().nth(2).unwrap_or_else(|| "embedded".to_owned());
+    let server = match mode.as_str() {
+        "embedded" => start_embedded().await,
+        "mosquitto" => start_mosquitto().await,
+        other => panic!("broker {other:?}: expected embedded or mosquitto"),
+    };
+    let pid = server.pid;
     let (rss0, _) = usage(pid);
     let t = Instant::now();
     let key = tokio::task::block_in_place(|| enroll_all(&server, n));
@@ -254,21 +327,42 @@ async fn main() {
         .map(|i| {
             spawn_device(
                 DeviceId::new(format!("sim-{i:05}")).unwrap(),
-                server.mqtt,
+                &server,
                 trusted.clone(),
                 received.clone(),
                 connected.clone(),
             )
         })
         .collect();
-    while online(&server).await < n {
-        assert!(t.elapsed() < Duration::from_secs(600), "devices did not all come online");
+    loop {
+        let up = online(&server).await;
+        if up >= n {
+            break;
+        }
+        if std::env::var_os("SCALE_DEBUG").is_some() && t.elapsed() > Duration::from_secs(60) {
+            let log = std::fs::read_to_string(server.dir.join("mosquitto.log")).unwrap_or_default();
+            let log = &log[log.len().saturating_sub(3000)..];
+            panic!(
+                "{up} online, {} connected; mosquitto log:\n{log}",
+                connected.load(Ordering::Relaxed)
+            );
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(600),
+            "devices did not all come online: {up} online, {} connected",
+            connected.load(Ordering::Relaxed)
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let connect_s = t.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(5)).await;
+    let broker_idle = server.broker_pid.map(usage);
     let idle_cpu = cpu_over(pid, Duration::from_secs(20)).await;
     let (idle_rss, _) = usage(pid);
+    let broker_idle_cpu = server.broker_pid.map(|b| {
+        let (rss, ticks) = usage(b);
+        (rss, (ticks - broker_idle.map_or(0, |u| u.1)) as f64 / 20.0)
+    });
 
     // A release and one wave to every device.
     let spec = json!({
@@ -371,7 +465,13 @@ async fn main() {
     let (_, r1) = usage(pid);
 
     let mut table = BTreeMap::new();
-    table.insert("devices", format!("{n}"));
+    table.insert("devices", format!("{n} on {mode}"));
+    if let Some((rss, cpu)) = broker_idle_cpu {
+        table.insert(
+            "mosquitto idle (RSS, CPU)",
+            format!("{:.1} MiB, {cpu:.2} % of a core", rss as f64 / 1024.0),
+        );
+    }
     table.insert("enroll", format!("{enroll_s:.1} s ({:.0}/s)", n as f64 / enroll_s));
     table.insert("all online after connect", format!("{connect_s:.1} s"));
     table.insert("server RSS before devices", format!("{:.1} MiB", rss0 as f64 / 1024.0));

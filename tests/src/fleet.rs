@@ -40,7 +40,26 @@ pub struct Fleet {
     mosquitto: Option<Killed>,
 }
 
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        // The processes go before their directory does (fields drop in declaration order, and
+        // `dir` comes first): a server still writing into a deleted store logs errors.
+        self._server.take();
+        self.mosquitto.take();
+    }
+}
+
 impl Fleet {
+    /// The server's process id.
+    pub fn server_pid(&self) -> Option<u32> {
+        self._server.as_ref().map(|k| k.0.id())
+    }
+
+    /// Mosquitto's process id.
+    pub fn mosquitto_pid(&self) -> Option<u32> {
+        self.mosquitto.as_ref().map(|k| k.0.id())
+    }
+
     /// The server's data directory.
     pub fn data(&self) -> PathBuf {
         self.dir.path().join("data")
@@ -189,8 +208,20 @@ pub async fn start_fleet() -> Fleet {
     fleet
 }
 
-/// An MQTT client with a certificate, key and the fleet CA from `dir`.
+/// An MQTT client with a certificate, key and the fleet CA from `dir`, 5 s keep-alive.
 pub fn client(id: &str, port: u16, ca: &Path, cert: &Path, key: &Path) -> (AsyncClient, EventLoop) {
+    client_with(id, port, ca, cert, key, Duration::from_secs(5))
+}
+
+/// [`client`] with another keep-alive and a persistent session, as agents use.
+pub fn client_with(
+    id: &str,
+    port: u16,
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+    keep_alive: Duration,
+) -> (AsyncClient, EventLoop) {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_file_iter(ca).unwrap() {
         roots.add(c.unwrap()).unwrap();
@@ -206,7 +237,8 @@ pub fn client(id: &str, port: u16, ca: &Path, cert: &Path, key: &Path) -> (Async
     .with_client_auth_cert(certs, key)
     .unwrap();
     let mut opts = MqttOptions::new(id, "127.0.0.1", port);
-    opts.set_keep_alive(Duration::from_secs(5));
+    opts.set_keep_alive(keep_alive);
+    opts.set_max_packet_size(1 << 20, 1 << 20);
     opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(config))));
     AsyncClient::new(opts, 32)
 }

@@ -203,14 +203,22 @@ pub(super) async fn create(
             Ok((record, outgoing))
         })
         .map_err(plan_problem)?;
-    let unsent = api.publisher.send_all(outgoing, now, std::time::Duration::from_secs(10)).await;
-    if !unsent.is_empty() {
-        tracing::warn!(
-            rollout = record.id(),
-            unsent = unsent.len(),
-            "desired states wait for the broker; they are sent again"
-        );
-    }
+    // Wave 1 is recorded; the answer need not wait for thousands of publishes to drain into the
+    // broker. What the broker does not take is sent again by the driver.
+    let (publisher, driver, rollout) = (api.publisher.clone(), api.driver.clone(), record.id());
+    tokio::spawn(async move {
+        let unsent = publisher.send_all(outgoing, now, std::time::Duration::from_secs(10)).await;
+        if !unsent.is_empty() {
+            tracing::warn!(
+                rollout,
+                unsent = unsent.len(),
+                "desired states wait for the broker; they are sent again"
+            );
+        }
+        for device in unsent {
+            driver.resend_later(device);
+        }
+    });
     api.driver.wake();
     Ok((StatusCode::CREATED, Json(RolloutView::from(&record))).into_response())
 }
