@@ -9,6 +9,7 @@
 //! * [`lock`] — update locks: leases applications hold while they must not be interrupted;
 //! * [`accept`] — whether a desired state from the server may be applied (pure);
 //! * [`report`] — the device's state report;
+//! * [`telemetry`] — host metrics buffered on disk (sled) and delivered at least once;
 //! * [`link`] — the MQTT link to the fleet server (mutual TLS, backoff, presence);
 //! * [`config`], [`daemon`], [`cli`], [`sd_notify`] — the process around it.
 //!
@@ -30,6 +31,7 @@ pub mod report;
 pub mod runtime;
 pub mod sd_notify;
 pub mod state;
+pub mod telemetry;
 
 /// The agent's version, reported in its status message.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");

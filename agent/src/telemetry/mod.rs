@@ -1,0 +1,265 @@
+//! Telemetry: what the device measures, buffered on disk until the server has stored it.
+//!
+//! * [`store`] — the buffer ([`store::TelemetryStore`]: sled on devices, memory in simulations),
+//!   its invariants, budget and durability window;
+//! * [`delivery`] — pure: which points go out next, pacing, acks, resends;
+//! * [`host`] — host metrics from `/proc` and `/sys`;
+//! * this module — the task that ties them together: one loop that samples, appends, sends
+//!   batches through the link and deletes what the server acknowledged.
+//!
+//! Delivery is at least once end to end: a batch leaves the buffer only when the server's
+//! `telemetry-ack` covers it (not the broker's PUBACK); the server removes duplicates by
+//! (device, sequence).
+
+pub mod delivery;
+pub mod host;
+pub mod store;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use fleet_proto::telemetry::{Point, TelemetryAck, TelemetryBatch};
+use fleet_proto::{DeviceId, UnixMillis};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::link::LinkState;
+use delivery::{Delivery, DeliveryConfig};
+use store::{StoreError, TelemetryStore};
+
+/// The checked `[telemetry]` configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetryConfig {
+    /// Collect and send telemetry at all.
+    pub enabled: bool,
+    /// Most bytes the buffer holds before it drops the oldest points.
+    pub budget_bytes: u64,
+    /// Host metrics period; zero: no host metrics.
+    pub host_interval: Duration,
+    /// Root of `/proc` and `/sys` (tests use fixture trees).
+    pub root: PathBuf,
+    /// Mounts whose free space is reported.
+    pub mounts: Vec<PathBuf>,
+    /// Batching, pacing and resends.
+    pub delivery: DeliveryConfig,
+}
+
+/// Where the telemetry task sends batches: the link's outbox in the daemon, a channel in
+/// tests. Returns `false` if the batch could not be queued (it is sent again later).
+pub trait Sink: Send + 'static {
+    /// Queues one batch.
+    fn send(&mut self, batch: TelemetryBatch) -> bool;
+}
+
+impl<F: FnMut(TelemetryBatch) -> bool + Send + 'static> Sink for F {
+    fn send(&mut self, batch: TelemetryBatch) -> bool {
+        self(batch)
+    }
+}
+
+/// The daemon's handle on the telemetry task.
+#[derive(Debug, Clone)]
+pub struct TelemetryHandle {
+    points: mpsc::Sender<Vec<Point>>,
+    acks: mpsc::Sender<TelemetryAck>,
+}
+
+impl TelemetryHandle {
+    /// Hands points to the buffer; `false` if the task is gone or its queue is full.
+    pub fn record(&self, points: Vec<Point>) -> bool {
+        self.points.try_send(points).is_ok()
+    }
+
+    /// The server stored a range.
+    pub fn ack(&self, ack: TelemetryAck) {
+        let _ = self.acks.try_send(ack);
+    }
+}
+
+/// Status of the buffer, shared with `fleet-agent status` and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TelemetryStatus {
+    /// What the buffer holds.
+    pub stats: store::Stats,
+    /// Batches sent again after an ack timeout or reconnect.
+    pub resends: u64,
+    /// Appends the buffer refused (too large, database errors).
+    pub refused: u64,
+}
+
+/// Starts the telemetry task on the current runtime.
+pub fn spawn(
+    device: DeviceId,
+    cfg: TelemetryConfig,
+    store: Box<dyn TelemetryStore>,
+    link: watch::Receiver<LinkState>,
+    sink: impl Sink,
+) -> (TelemetryHandle, watch::Receiver<TelemetryStatus>, tokio::task::JoinHandle<()>) {
+    let (points_tx, points) = mpsc::channel(64);
+    let (acks_tx, acks) = mpsc::channel(64);
+    let (status_tx, status) =
+        watch::channel(TelemetryStatus { stats: store.stats(), ..Default::default() });
+    let task = Task { device, cfg, store, link, sink, points, acks, status: status_tx, refused: 0 };
+    let join = tokio::spawn(task.run());
+    (TelemetryHandle { points: points_tx, acks: acks_tx }, status, join)
+}
+
+struct Task<S> {
+    device: DeviceId,
+    cfg: TelemetryConfig,
+    store: Box<dyn TelemetryStore>,
+    link: watch::Receiver<LinkState>,
+    sink: S,
+    points: mpsc::Receiver<Vec<Point>>,
+    acks: mpsc::Receiver<TelemetryAck>,
+    status: watch::Sender<TelemetryStatus>,
+    refused: u64,
+}
+
+impl<S: Sink> Task<S> {
+    async fn run(mut self) {
+        let now = Instant::now().into_std();
+        let mut delivery = Delivery::new(self.cfg.delivery, &self.store.stats(), now);
+        let mut sampler = host::HostSampler::new(&self.cfg.root, self.cfg.mounts.clone());
+        let host_on = !self.cfg.host_interval.is_zero();
+        let mut host_tick =
+            tokio::time::interval(self.cfg.host_interval.max(Duration::from_secs(1)));
+        host_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut online = self.link.borrow().connected;
+        let wake = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(wake);
+        loop {
+            let wake_at = self.send_what_we_can(&mut delivery, online);
+            wake.as_mut().reset(wake_at.unwrap_or_else(far_future));
+            tokio::select! {
+                batch = self.points.recv() => match batch {
+                    Some(points) => self.append(&points),
+                    None => break,
+                },
+                Some(ack) = self.acks.recv() => {
+                    if let Some(below) = delivery.on_ack(ack) {
+                        if let Err(e) = self.store.ack_through(below - 1) {
+                            tracing::warn!(error = %e, "telemetry buffer cannot delete acknowledged points");
+                        }
+                    }
+                }
+                changed = self.link.changed() => {
+                    if changed.is_err() {
+                        // No link any more: keep buffering until the daemon stops.
+                        online = false;
+                        continue;
+                    }
+                    let now_online = self.link.borrow_and_update().connected;
+                    if online && !now_online {
+                        delivery.on_disconnect();
+                    }
+                    online = now_online;
+                }
+                _ = host_tick.tick(), if host_on => {
+                    let points = sampler.sample(UnixMillis::now());
+                    self.append(&points);
+                }
+                () = &mut wake => {
+                    delivery.on_tick(Instant::now().into_std());
+                }
+            }
+            self.status.send_replace(TelemetryStatus {
+                stats: self.store.stats(),
+                resends: delivery.resends,
+                refused: self.refused,
+            });
+        }
+        if let Err(e) = self.store.flush() {
+            tracing::warn!(error = %e, "telemetry buffer flush at shutdown failed");
+        }
+    }
+
+    fn append(&mut self, points: &[Point]) {
+        let before = self.store.stats().dropped_total;
+        match self.store.append(points) {
+            Ok(_) => {
+                let dropped = self.store.stats().dropped_total;
+                if dropped > before && (before == 0 || dropped.ilog2() > before.ilog2()) {
+                    tracing::warn!(
+                        dropped_total = dropped,
+                        budget = self.cfg.budget_bytes,
+                        "telemetry buffer full; oldest points dropped"
+                    );
+                }
+            }
+            Err(e) => {
+                self.refused += 1;
+                tracing::warn!(error = %e, "telemetry points not buffered");
+            }
+        }
+    }
+
+    /// Sends every batch delivery allows now; returns when to look again.
+    fn send_what_we_can(&mut self, delivery: &mut Delivery, online: bool) -> Option<Instant> {
+        loop {
+            let now = Instant::now();
+            let stats = self.store.stats();
+            let Some(send) = delivery.next_send(now.into_std(), &stats, online) else {
+                if !online {
+                    return None;
+                }
+                if delivery.in_flight() > 0 {
+                    // Ack timeouts are checked a second at a time.
+                    let backlog = stats.next_seq > stats.oldest;
+                    let pace = if backlog {
+                        delivery.tokens_ready_in(self.cfg.delivery.max_points)
+                    } else {
+                        Duration::MAX
+                    };
+                    return Some(
+                        now + pace.min(Duration::from_secs(1)).max(Duration::from_millis(5)),
+                    );
+                }
+                if stats.next_seq > stats.oldest {
+                    let pace = delivery.tokens_ready_in(self.cfg.delivery.max_points);
+                    return Some(now + pace.max(Duration::from_millis(5)));
+                }
+                return None;
+            };
+            let run = match self.store.read(send.first, send.max_points) {
+                Ok(run) => run,
+                Err(e) => {
+                    tracing::warn!(error = %e, "telemetry buffer read failed; retrying in 1 s");
+                    return Some(now + Duration::from_secs(1));
+                }
+            };
+            let Some(last) = run.last_seq() else { return None };
+            let batch = TelemetryBatch {
+                device: self.device.clone(),
+                first_seq: run.first_seq,
+                dropped_total: stats.dropped_total,
+                points: run.points,
+            };
+            if !self.sink.send(batch) {
+                return Some(now + Duration::from_secs(1));
+            }
+            delivery.sent(run.first_seq, last, now.into_std());
+        }
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
+}
+
+/// Opens the sled buffer under `data_dir/telemetry`; a damaged one is moved aside (the event
+/// returned says where).
+pub fn open_store(
+    data_dir: &std::path::Path,
+    budget: u64,
+) -> Result<(store::SledStore, Option<String>), StoreError> {
+    let (s, opened) = store::SledStore::open(&data_dir.join("telemetry"), budget)?;
+    let note = match opened {
+        store::Opened::Intact => None,
+        store::Opened::Replaced { moved_to, reason } => Some(format!(
+            "telemetry buffer could not be opened ({reason}); moved to {} and started empty",
+            moved_to.display()
+        )),
+    };
+    Ok((s, note))
+}

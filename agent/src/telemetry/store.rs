@@ -1,0 +1,791 @@
+//! The telemetry buffer: points waiting on the device until the server has stored them.
+//!
+//! # Invariants (every [`TelemetryStore`] keeps them; `tests` checks sled against [`MemStore`])
+//!
+//! 1. **Sequence numbers** are assigned by the store, one per point, consecutive in append
+//!    order, and never reused: not after an acknowledgement, a drop, or a restart.
+//! 2. **Contiguity**: the store holds exactly the points `oldest..next_seq` (empty when they are
+//!    equal). Acknowledgements and drops only ever remove a prefix.
+//! 3. **Reads** return points in sequence order, exactly as appended.
+//! 4. **Acknowledgement**: `ack_through(s)` removes every point `<= s` and nothing else.
+//! 5. **Budget**: after `append` returns, [`Stats::bytes`] (the cost of the stored chunks, see
+//!    [`chunk_cost`]) is at most the budget. To make room the oldest whole chunks are dropped,
+//!    and [`Stats::dropped_total`] grows by their number of points. An append larger than the
+//!    whole budget is refused ([`StoreError::TooLarge`]) and changes nothing.
+//! 6. **Durability window**: an append is on disk once [`TelemetryStore::flush`] returns;
+//!    without it, within sled's flush interval ([`FLUSH_EVERY_MS`]). After a crash the store
+//!    holds every flushed append and possibly some later ones, always a prefix of what was
+//!    appended (sled recovers a prefix of its log), never a point twice under two numbers.
+//! 7. `dropped_total` and the sequence counter survive restarts (they are in the same atomic
+//!    batch as the chunk writes and deletes that change them).
+//!
+//! Layout on disk (sled, one tree, so every change is one atomic batch): key `c` + first
+//! sequence number (u64 big-endian, so key order is sequence order), value = point count (u32
+//! big-endian) + postcard `Vec<Point>`; one chunk per append. Keys `m` + `next_seq`,
+//! `acked_through`, `dropped_total`: u64 big-endian counters.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use fleet_proto::telemetry::Point;
+
+/// sled writes its log to disk at least this often (milliseconds).
+pub const FLUSH_EVERY_MS: u64 = 500;
+/// Bytes a chunk costs beyond its encoded points: key, count, and sled's per-entry overhead
+/// (an estimate that makes many tiny chunks cost what they really take on disk).
+pub const CHUNK_OVERHEAD: u64 = 64;
+/// sled's page cache for the buffer: reads are sequential and rare (a drain), so a small cache
+/// keeps the agent's memory flat however much is buffered.
+const CACHE_BYTES: u64 = 1 << 20;
+
+/// What is in the buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stats {
+    /// Sequence number of the oldest point held (`== next_seq` when empty).
+    pub oldest: u64,
+    /// Sequence number the next point will get.
+    pub next_seq: u64,
+    /// Points held.
+    pub points: u64,
+    /// Cost of the held chunks (see [`chunk_cost`]), what the budget limits.
+    pub bytes: u64,
+    /// Points dropped to stay within the budget, since the buffer was created.
+    pub dropped_total: u64,
+}
+
+/// Why the buffer refused an operation. Nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// One append is bigger than the whole budget.
+    #[error("telemetry append of {points} points costs {bytes} bytes, more than the whole buffer budget of {budget} bytes")]
+    TooLarge {
+        /// Points in the append.
+        points: usize,
+        /// Their cost.
+        bytes: u64,
+        /// The budget.
+        budget: u64,
+    },
+    /// The database failed.
+    #[error("telemetry buffer {path}: {message}")]
+    Db {
+        /// The database directory.
+        path: String,
+        /// sled's message.
+        message: String,
+    },
+    /// A stored chunk cannot be decoded (the file was damaged behind sled's back).
+    #[error("telemetry buffer {path}: chunk {first_seq} is damaged: {message}")]
+    Damaged {
+        /// The database directory.
+        path: String,
+        /// The chunk's first sequence number.
+        first_seq: u64,
+        /// The decoder's message.
+        message: String,
+    },
+}
+
+/// Consecutive points read from the buffer.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Run {
+    /// Sequence number of `points[0]`.
+    pub first_seq: u64,
+    /// The points.
+    pub points: Vec<Point>,
+}
+
+impl Run {
+    /// Sequence number of the last point, `None` if empty.
+    pub fn last_seq(&self) -> Option<u64> {
+        (!self.points.is_empty()).then(|| self.first_seq + self.points.len() as u64 - 1)
+    }
+}
+
+/// A disk buffer of telemetry points. See the module documentation for what every
+/// implementation guarantees.
+pub trait TelemetryStore: Send {
+    /// Appends `points` as one chunk; returns the sequence number of the first (the others
+    /// follow consecutively). Drops the oldest chunks if the budget requires it.
+    fn append(&mut self, points: &[Point]) -> Result<u64, StoreError>;
+    /// Up to `max_points` consecutive points starting at `from` (or at the oldest held point if
+    /// `from` was already dropped or acknowledged).
+    fn read(&self, from: u64, max_points: usize) -> Result<Run, StoreError>;
+    /// Removes every point with a sequence number `<= seq`.
+    fn ack_through(&mut self, seq: u64) -> Result<(), StoreError>;
+    /// What is held.
+    fn stats(&self) -> Stats;
+    /// Waits until everything appended so far is on disk.
+    fn flush(&self) -> Result<(), StoreError>;
+}
+
+/// Encodes a chunk's value: point count, then the postcard points.
+pub fn encode_chunk(points: &[Point]) -> Vec<u8> {
+    let body = postcard::to_allocvec(points).expect("points always encode");
+    let mut v = Vec::with_capacity(4 + body.len());
+    v.extend_from_slice(&u32::try_from(points.len()).unwrap_or(u32::MAX).to_be_bytes());
+    v.extend_from_slice(&body);
+    v
+}
+
+/// What a chunk of `encoded_len` value bytes costs against the budget.
+pub fn chunk_cost(encoded_len: usize) -> u64 {
+    encoded_len as u64 + CHUNK_OVERHEAD
+}
+
+/// Which of the oldest chunks must go so that `incoming` more bytes fit in `budget`:
+/// returns how many from the front of `chunks` (each `(cost, points)`), oldest first. Pure; both
+/// stores call it, so they drop exactly the same chunks.
+pub fn chunks_to_drop(
+    chunks: impl Iterator<Item = u64>,
+    held: u64,
+    incoming: u64,
+    budget: u64,
+) -> usize {
+    let mut held = held;
+    let mut n = 0;
+    for cost in chunks {
+        if held + incoming <= budget {
+            break;
+        }
+        held -= cost;
+        n += 1;
+    }
+    n
+}
+
+/// The reference implementation, in memory: the model the sled store is tested against, and
+/// the buffer of agents that run without a disk (simulated fleets).
+#[derive(Debug, Clone)]
+pub struct MemStore {
+    budget: u64,
+    /// first seq → (cost, points)
+    chunks: BTreeMap<u64, (u64, Vec<Point>)>,
+    acked_through: Option<u64>,
+    stats: Stats,
+}
+
+impl MemStore {
+    /// An empty buffer limited to `budget` bytes.
+    pub fn new(budget: u64) -> MemStore {
+        MemStore { budget, chunks: BTreeMap::new(), acked_through: None, stats: Stats::default() }
+    }
+}
+
+impl TelemetryStore for MemStore {
+    fn append(&mut self, points: &[Point]) -> Result<u64, StoreError> {
+        let cost = chunk_cost(encode_chunk(points).len());
+        if cost > self.budget {
+            return Err(StoreError::TooLarge {
+                points: points.len(),
+                bytes: cost,
+                budget: self.budget,
+            });
+        }
+        let first = self.stats.next_seq;
+        if points.is_empty() {
+            return Ok(first);
+        }
+        let drop =
+            chunks_to_drop(self.chunks.values().map(|c| c.0), self.stats.bytes, cost, self.budget);
+        for _ in 0..drop {
+            let (k, (c, p)) = self.chunks.pop_first().expect("counted");
+            self.stats.bytes -= c;
+            self.stats.dropped_total += unacked_in(k, p.len() as u64, self.stats.oldest);
+        }
+        self.chunks.insert(first, (cost, points.to_vec()));
+        self.stats.next_seq += points.len() as u64;
+        self.stats.bytes += cost;
+        self.refresh();
+        Ok(first)
+    }
+
+    fn read(&self, from: u64, max_points: usize) -> Result<Run, StoreError> {
+        let from = from.max(self.stats.oldest);
+        let mut run = Run { first_seq: from, points: vec![] };
+        for (first, (_, points)) in &self.chunks {
+            for (i, p) in points.iter().enumerate() {
+                if first + i as u64 >= from && run.points.len() < max_points {
+                    run.points.push(p.clone());
+                }
+            }
+        }
+        Ok(run)
+    }
+
+    fn ack_through(&mut self, seq: u64) -> Result<(), StoreError> {
+        if self.stats.next_seq == 0 {
+            return Ok(());
+        }
+        let seq = seq.min(self.stats.next_seq - 1);
+        if self.acked_through.is_some_and(|a| a >= seq) {
+            return Ok(());
+        }
+        while let Some((first, (cost, points))) = self.chunks.first_key_value() {
+            if first + points.len() as u64 - 1 > seq {
+                break;
+            }
+            self.stats.bytes -= cost;
+            self.chunks.pop_first();
+        }
+        self.acked_through = Some(seq);
+        self.refresh();
+        Ok(())
+    }
+
+    fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+impl MemStore {
+    fn refresh(&mut self) {
+        let first_held = self.chunks.keys().next().copied().unwrap_or(self.stats.next_seq);
+        self.stats.oldest = oldest_held(first_held, self.acked_through, self.stats.next_seq);
+        self.stats.points = self.stats.next_seq - self.stats.oldest;
+    }
+}
+
+/// The oldest point still held: the first chunk's first point, unless acknowledged.
+fn oldest_held(first_chunk: u64, acked_through: Option<u64>, next_seq: u64) -> u64 {
+    match acked_through {
+        Some(a) => first_chunk.max(a.saturating_add(1)).min(next_seq),
+        None => first_chunk,
+    }
+}
+
+/// Points of the chunk `first..first + n` that are not yet acknowledged (`oldest` is the oldest
+/// unacknowledged point): what dropping the chunk loses.
+fn unacked_in(first: u64, n: u64, oldest: u64) -> u64 {
+    (first + n).saturating_sub(first.max(oldest))
+}
+
+/// The buffer on disk, in sled.
+pub struct SledStore {
+    path: PathBuf,
+    db: sled::Db,
+    budget: u64,
+    /// first seq → (cost, points), mirrored in memory: 16 bytes per chunk (a day of host
+    /// metrics every 10 s is ~8,640 chunks), so budget decisions never read the disk.
+    index: BTreeMap<u64, (u64, u32)>,
+    acked_through: Option<u64>,
+    stats: Stats,
+}
+
+impl std::fmt::Debug for SledStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledStore").field("path", &self.path).field("stats", &self.stats).finish()
+    }
+}
+
+/// What [`SledStore::open`] had to do to the directory it was given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Opened {
+    /// The buffer opened as it was.
+    Intact,
+    /// The database could not be opened; it was moved to `moved_to` and a new, empty one was
+    /// created. `reason` is why.
+    Replaced {
+        /// Where the damaged database is now.
+        moved_to: PathBuf,
+        /// Why it could not be used.
+        reason: String,
+    },
+}
+
+/// sled reports a held lock as an `Other` I/O error whose message names it (the
+/// `WouldBlock` is only in the text). sled releases the lock of a dropped database only when
+/// its flusher thread next wakes up, so a quick reopen in the same process meets it too.
+fn is_locked(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("could not acquire lock")
+}
+
+/// Why a database did not open: I/O (locked, permissions: leave it alone) or damage (move
+/// it aside).
+enum Failure {
+    Io(std::io::Error),
+    Damaged(StoreError),
+}
+
+const CHUNK: &[u8] = b"c";
+const NEXT_SEQ: &[u8] = b"mnext_seq";
+const ACKED: &[u8] = b"macked_through";
+const DROPPED: &[u8] = b"mdropped_total";
+
+fn chunk_key(first: u64) -> [u8; 9] {
+    let mut k = [b'c'; 9];
+    k[1..].copy_from_slice(&first.to_be_bytes());
+    k
+}
+
+impl SledStore {
+    /// Opens (or creates) the buffer in `dir`. A database that cannot be opened, or whose
+    /// chunks cannot be read, is moved aside (`<dir>.damaged-<unix seconds>`) and replaced by an
+    /// empty one: telemetry must never keep the agent from running its release.
+    pub fn open(dir: &Path, budget: u64) -> Result<(SledStore, Opened), StoreError> {
+        // Another handle on the same directory (a previous one whose flusher thread has not
+        // let go yet) is not damage: wait a little for it, and never move a locked database.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let e = loop {
+            match Self::open_intact(dir, budget) {
+                Ok(s) => return Ok((s, Opened::Intact)),
+                Err(Failure::Io(e)) if is_locked(&e) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(Failure::Io(e)) => {
+                    return Err(StoreError::Db {
+                        path: dir.display().to_string(),
+                        message: e.to_string(),
+                    })
+                }
+                Err(Failure::Damaged(e)) => break e,
+            }
+        };
+        let reason = e.to_string();
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut moved_to = dir.as_os_str().to_owned();
+        moved_to.push(format!(".damaged-{secs}"));
+        let moved_to = PathBuf::from(moved_to);
+        std::fs::rename(dir, &moved_to).map_err(|io| StoreError::Db {
+            path: dir.display().to_string(),
+            message: format!("{reason}; moving it aside to {} failed: {io}", moved_to.display()),
+        })?;
+        let s = Self::open_intact(dir, budget).map_err(|f| match f {
+            Failure::Io(e) => {
+                StoreError::Db { path: dir.display().to_string(), message: e.to_string() }
+            }
+            Failure::Damaged(e) => e,
+        })?;
+        Ok((s, Opened::Replaced { moved_to, reason }))
+    }
+
+    fn open_intact(dir: &Path, budget: u64) -> Result<SledStore, Failure> {
+        let damaged = |e: sled::Error| match e {
+            sled::Error::Io(io) => Failure::Io(io),
+            other => Failure::Damaged(StoreError::Db {
+                path: dir.display().to_string(),
+                message: other.to_string(),
+            }),
+        };
+        // sled can panic on some damaged files instead of returning an error.
+        let db = std::panic::catch_unwind(|| {
+            sled::Config::new()
+                .path(dir)
+                .cache_capacity(CACHE_BYTES)
+                .mode(sled::Mode::LowSpace)
+                .flush_every_ms(Some(FLUSH_EVERY_MS))
+                .open()
+        })
+        .map_err(|_| {
+            Failure::Damaged(StoreError::Db {
+                path: dir.display().to_string(),
+                message: "sled panicked while opening it".into(),
+            })
+        })?
+        .map_err(damaged)?;
+        let err = damaged;
+        let read_u64 = |k: &[u8]| -> Result<Option<u64>, Failure> {
+            Ok(db
+                .get(k)
+                .map_err(err)?
+                .and_then(|v| v.as_ref().try_into().ok())
+                .map(u64::from_be_bytes))
+        };
+        let acked_through = read_u64(ACKED)?;
+        let dropped_total = read_u64(DROPPED)?.unwrap_or(0);
+        let mut next_seq = read_u64(NEXT_SEQ)?.unwrap_or(0);
+        let mut s = SledStore {
+            path: dir.to_path_buf(),
+            budget,
+            index: BTreeMap::new(),
+            acked_through,
+            stats: Stats { dropped_total, ..Stats::default() },
+            db,
+        };
+        for entry in s.db.scan_prefix(CHUNK) {
+            let (k, v) = entry.map_err(err)?;
+            let first = u64::from_be_bytes(
+                k[1..]
+                    .try_into()
+                    .map_err(|_| Failure::Damaged(s.damaged(0, "key is not 8 bytes")))?,
+            );
+            let count =
+                v.get(..4).map(|c| u32::from_be_bytes(c.try_into().expect("4 bytes"))).ok_or_else(
+                    || Failure::Damaged(s.damaged(first, "value shorter than its count")),
+                )?;
+            s.index.insert(first, (chunk_cost(v.len()), count));
+            s.stats.bytes += chunk_cost(v.len());
+            // The counter is written with the chunk, but never trust it below what is held.
+            next_seq = next_seq.max(first + u64::from(count));
+        }
+        s.stats.next_seq = next_seq;
+        s.refresh();
+        // Decode the newest chunk now: a torn write shows here, not in the middle of a drain.
+        if let Some((&first, _)) = s.index.last_key_value() {
+            s.read_chunk(first).map_err(Failure::Damaged)?;
+        }
+        Ok(s)
+    }
+
+    fn damaged(&self, first_seq: u64, message: &str) -> StoreError {
+        StoreError::Damaged {
+            path: self.path.display().to_string(),
+            first_seq,
+            message: message.into(),
+        }
+    }
+
+    fn db_err(&self, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Db { path: self.path.display().to_string(), message: e.to_string() }
+    }
+
+    fn refresh(&mut self) {
+        let first_held = self.index.keys().next().copied().unwrap_or(self.stats.next_seq);
+        self.stats.oldest = oldest_held(first_held, self.acked_through, self.stats.next_seq);
+        self.stats.points = self.stats.next_seq - self.stats.oldest;
+    }
+
+    fn read_chunk(&self, first: u64) -> Result<Vec<Point>, StoreError> {
+        let v = self
+            .db
+            .get(chunk_key(first))
+            .map_err(|e| self.db_err(e))?
+            .ok_or_else(|| self.damaged(first, "indexed chunk is missing"))?;
+        postcard::from_bytes(&v[4..]).map_err(|e| self.damaged(first, &e.to_string()))
+    }
+
+    /// The database directory's size on disk (for the budget's slack, tests and benchmarks).
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+impl TelemetryStore for SledStore {
+    fn append(&mut self, points: &[Point]) -> Result<u64, StoreError> {
+        let value = encode_chunk(points);
+        let cost = chunk_cost(value.len());
+        if cost > self.budget {
+            return Err(StoreError::TooLarge {
+                points: points.len(),
+                bytes: cost,
+                budget: self.budget,
+            });
+        }
+        let first = self.stats.next_seq;
+        if points.is_empty() {
+            return Ok(first);
+        }
+        let drop =
+            chunks_to_drop(self.index.values().map(|c| c.0), self.stats.bytes, cost, self.budget);
+        let dropped: Vec<(u64, (u64, u32))> =
+            self.index.iter().take(drop).map(|(k, v)| (*k, *v)).collect();
+        let dropped_points: u64 = dropped
+            .iter()
+            .map(|(k, (_, n))| unacked_in(*k, u64::from(*n), self.stats.oldest))
+            .sum();
+        let next = first + points.len() as u64;
+        let dropped_total = self.stats.dropped_total + dropped_points;
+        // One atomic batch: the chunk, the drops and the counters together.
+        let mut batch = sled::Batch::default();
+        for (k, _) in &dropped {
+            batch.remove(&chunk_key(*k));
+        }
+        batch.insert(&chunk_key(first), value);
+        batch.insert(NEXT_SEQ, &next.to_be_bytes());
+        if dropped_points > 0 {
+            batch.insert(DROPPED, &dropped_total.to_be_bytes());
+        }
+        self.db.apply_batch(batch).map_err(|e| self.db_err(e))?;
+        for (k, (c, _)) in &dropped {
+            self.index.remove(k);
+            self.stats.bytes -= c;
+        }
+        self.stats.dropped_total = dropped_total;
+        self.index.insert(first, (cost, points.len() as u32));
+        self.stats.bytes += cost;
+        self.stats.next_seq = next;
+        self.refresh();
+        Ok(first)
+    }
+
+    fn read(&self, from: u64, max_points: usize) -> Result<Run, StoreError> {
+        let from = from.max(self.stats.oldest);
+        let mut run = Run { first_seq: from, points: vec![] };
+        let start = self.index.range(..=from).next_back().map_or(from, |(k, _)| *k);
+        for (&first, _) in self.index.range(start..) {
+            if run.points.len() >= max_points {
+                break;
+            }
+            let points = self.read_chunk(first)?;
+            let skip = from.saturating_sub(first) as usize;
+            let room = max_points - run.points.len();
+            run.points.extend(points.into_iter().skip(skip).take(room));
+        }
+        Ok(run)
+    }
+
+    fn ack_through(&mut self, seq: u64) -> Result<(), StoreError> {
+        if self.stats.next_seq == 0 {
+            return Ok(());
+        }
+        let seq = seq.min(self.stats.next_seq - 1);
+        if self.acked_through.is_some_and(|a| a >= seq) {
+            return Ok(());
+        }
+        let gone: Vec<(u64, u64)> = self
+            .index
+            .iter()
+            .take_while(|(first, (_, n))| *first + u64::from(*n) - 1 <= seq)
+            .map(|(k, (c, _))| (*k, *c))
+            .collect();
+        let mut batch = sled::Batch::default();
+        for (k, _) in &gone {
+            batch.remove(&chunk_key(*k));
+        }
+        batch.insert(ACKED, &seq.to_be_bytes());
+        self.db.apply_batch(batch).map_err(|e| self.db_err(e))?;
+        for (k, c) in gone {
+            self.index.remove(&k);
+            self.stats.bytes -= c;
+        }
+        self.acked_through = Some(seq);
+        self.refresh();
+        Ok(())
+    }
+
+    fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map(|_| ()).map_err(|e| self.db_err(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleet_proto::telemetry::Value;
+    use fleet_proto::UnixMillis;
+    use proptest::prelude::*;
+
+    fn point(i: u64, metric_len: usize) -> Point {
+        Point {
+            at: UnixMillis(1_700_000_000_000 + i),
+            metric: format!("m{}", "x".repeat(metric_len)),
+            value: Value::I64(i as i64),
+            labels: BTreeMap::from([("service".to_owned(), "planner".to_owned())]),
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Append(usize, usize),
+        Read(u64, usize),
+        Ack(u64),
+        Reopen,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0usize..12, 0usize..40).prop_map(|(n, l)| Op::Append(n, l)),
+            2 => (0u64..40, 1usize..30).prop_map(|(o, m)| Op::Read(o, m)),
+            2 => (0u64..30).prop_map(Op::Ack),
+            1 => Just(Op::Reopen),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        /// sled and the in-memory model agree on every read and every statistic, across
+        /// appends that overflow the budget, acknowledgements and reopenings.
+        #[test]
+        fn sled_store_behaves_like_the_model(ops in proptest::collection::vec(op(), 1..60)) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("t");
+            let budget = 3_000;
+            let mut model = MemStore::new(budget);
+            let mut sled = Some(SledStore::open(&path, budget).unwrap().0);
+            let mut counter = 0u64;
+            for op in ops {
+                let s = sled.as_mut().unwrap();
+                match op {
+                    Op::Append(n, l) => {
+                        let points: Vec<Point> = (0..n).map(|i| point(counter + i as u64, l)).collect();
+                        counter += n as u64;
+                        let a = model.append(&points).map_err(|e| e.to_string());
+                        let b = s.append(&points).map_err(|e| e.to_string());
+                        prop_assert_eq!(a, b);
+                    }
+                    Op::Read(offset, max) => {
+                        let from = model.stats().oldest.saturating_sub(5) + offset;
+                        prop_assert_eq!(model.read(from, max).unwrap(), s.read(from, max).unwrap());
+                    }
+                    Op::Ack(offset) => {
+                        let seq = model.stats().oldest.saturating_sub(3) + offset;
+                        model.ack_through(seq).unwrap();
+                        s.ack_through(seq).unwrap();
+                    }
+                    Op::Reopen => {
+                        s.flush().unwrap();
+                        drop(sled.take());
+                        let (reopened, how) = SledStore::open(&path, budget).unwrap();
+                        prop_assert_eq!(how, Opened::Intact);
+                        sled = Some(reopened);
+                    }
+                }
+                let s = sled.as_ref().unwrap();
+                let (m, d) = (model.stats(), s.stats());
+                prop_assert_eq!(m, d);
+                prop_assert!(d.bytes <= budget);
+                prop_assert_eq!(d.points, d.next_seq - d.oldest);
+                // Contiguity: everything held reads back in one run.
+                let all = s.read(0, usize::MAX).unwrap();
+                prop_assert_eq!(all.first_seq, d.oldest);
+                prop_assert_eq!(all.points.len() as u64, d.points);
+            }
+        }
+    }
+
+    #[test]
+    fn an_append_larger_than_the_budget_is_refused_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = SledStore::open(dir.path(), 500).unwrap();
+        s.append(&[point(0, 1)]).unwrap();
+        let before = s.stats();
+        let big: Vec<Point> = (0..100).map(|i| point(i, 10)).collect();
+        let err = s.append(&big).unwrap_err().to_string();
+        assert!(err.contains("100 points") && err.contains("budget of 500 bytes"), "{err}");
+        assert_eq!(s.stats(), before);
+    }
+
+    #[test]
+    fn budget_drops_oldest_first_counts_them_and_bounds_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let budget = 1 << 20;
+        let (mut s, _) = SledStore::open(dir.path(), budget).unwrap();
+        let mut appended = 0u64;
+        // About 8 budgets' worth of points, 50 per append.
+        while appended < 8 * budget / 60 {
+            let points: Vec<Point> = (0..50).map(|i| point(appended + i, 20)).collect();
+            s.append(&points).unwrap();
+            appended += 50;
+        }
+        s.flush().unwrap();
+        let st = s.stats();
+        assert!(st.bytes <= budget);
+        assert_eq!(
+            st.dropped_total + st.points,
+            appended,
+            "every point is held or counted as dropped"
+        );
+        assert_eq!(st.next_seq, appended);
+        // The oldest held point is the one after the last dropped: oldest went first.
+        assert_eq!(st.oldest, st.dropped_total);
+        assert_eq!(s.read(0, 1).unwrap().points[0].value, Value::I64(st.oldest as i64));
+        // dropped_total survives a restart.
+        drop(s);
+        let (s, _) = SledStore::open(dir.path(), budget).unwrap();
+        assert_eq!(s.stats(), st);
+        let on_disk = dir_size(dir.path());
+        // sled keeps a log of segments: the stated slack is 4x the budget plus 8 MiB.
+        assert!(
+            on_disk <= 4 * budget + (8 << 20),
+            "disk footprint {on_disk} bytes for a budget of {budget}"
+        );
+    }
+
+    fn dir_size(p: &Path) -> u64 {
+        let mut n = 0;
+        for e in std::fs::read_dir(p).unwrap().flatten() {
+            let m = e.metadata().unwrap();
+            n += if m.is_dir() { dir_size(&e.path()) } else { m.len() };
+        }
+        n
+    }
+
+    #[test]
+    fn a_damaged_database_is_moved_aside_and_the_buffer_starts_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("telemetry");
+        {
+            let (mut s, _) = SledStore::open(&path, 1 << 20).unwrap();
+            s.append(&[point(0, 1)]).unwrap();
+            s.flush().unwrap();
+        }
+        // Garbage over sled's configuration and log.
+        for e in std::fs::read_dir(&path).unwrap().flatten() {
+            if e.metadata().unwrap().is_file() {
+                std::fs::write(e.path(), vec![0xA5; 4096]).unwrap();
+            }
+        }
+        let (mut s, how) = SledStore::open(&path, 1 << 20).unwrap();
+        let Opened::Replaced { moved_to, reason } = how else { panic!("{how:?}") };
+        assert!(moved_to.exists(), "the damaged files are kept for a post-mortem");
+        assert!(!reason.is_empty());
+        assert_eq!(s.stats().points, 0);
+        assert_eq!(s.append(&[point(1, 1)]).unwrap(), 0);
+    }
+
+    /// The crash case: a child process appends and flushes, printing each flushed sequence
+    /// number, and is SIGKILLed mid-stream; every flushed point must be there after reopening,
+    /// and what is there is a contiguous prefix of what was appended, unchanged.
+    #[test]
+    fn flushed_points_survive_sigkill() {
+        if let Ok(dir) = std::env::var("FLEET_TELEMETRY_CRASH_CHILD") {
+            let (mut s, _) = SledStore::open(Path::new(&dir), 64 << 20).unwrap();
+            let mut i = s.stats().next_seq;
+            loop {
+                let points: Vec<Point> = (0..10).map(|k| point(i + k, 5)).collect();
+                let first = s.append(&points).unwrap();
+                if first % 30 == 0 {
+                    s.flush().unwrap();
+                    println!("flushed {}", first + 9);
+                }
+                i += 10;
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t");
+        let mut flushed_max = 0;
+        for round in 0..5 {
+            let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "telemetry::store::tests::flushed_points_survive_sigkill",
+                    "--nocapture",
+                ])
+                .env("FLEET_TELEMETRY_CRASH_CHILD", &path)
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(300 + 100 * round));
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            if let Some(last) = text.lines().filter_map(|l| l.strip_prefix("flushed ")).last() {
+                flushed_max = flushed_max.max(last.parse::<u64>().unwrap());
+            }
+            let (s, how) = SledStore::open(&path, 64 << 20).unwrap();
+            assert_eq!(how, Opened::Intact, "round {round}");
+            let st = s.stats();
+            assert!(
+                st.next_seq > flushed_max,
+                "round {round}: flushed {flushed_max}, held up to {}",
+                st.next_seq
+            );
+            let all = s.read(0, usize::MAX).unwrap();
+            assert_eq!(all.first_seq, 0);
+            for (k, p) in all.points.iter().enumerate() {
+                assert_eq!(*p, point(k as u64, 5), "round {round}: point {k}");
+            }
+        }
+        assert!(flushed_max > 0, "the child flushed something");
+    }
+}
