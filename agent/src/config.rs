@@ -82,6 +82,40 @@ keep_alive_secs = 30
 backoff_initial_ms = 500
 backoff_max_secs = 60
 
+[telemetry]
+# Host metrics, buffered on disk through offline days and delivered at least once: a point
+# leaves the buffer only when the server has stored it. Needs the [link].
+enabled = true
+# Disk budget of the buffer in MB; beyond it the oldest points are dropped (and counted, and
+# the count reported). sled's files take up to about 4x this plus 8 MB on disk.
+budget_mb = 64
+# Host metrics period in seconds (CPU, load, memory, disk, temperatures, network, uptime);
+# 0 turns them off.
+host_interval_secs = 30
+# Mounts whose free and total space are reported.
+mounts = ["/"]
+# Where /proc and /sys are read (a container running the agent may mount the host's here).
+root = "/"
+# Points per batch and batches sent but not yet acknowledged.
+batch_points = 500
+max_in_flight = 4
+# A batch without the server's acknowledgement after this long is sent again.
+ack_timeout_secs = 30
+# Pace of a backlog after a reconnect, so a day of buffered data does not saturate a
+# cellular link: points per second, and how many may go at once.
+drain_points_per_sec = 1000
+drain_burst_points = 2000
+# Applications post points to a socket in this directory; services with
+# `x-fleet: { telemetry: true }` get the directory mounted at /run/fleet (socket
+# /run/fleet/telemetry.sock). Empty: no ingestion endpoint.
+socket_dir = "/run/fleet-agent/telemetry"
+# Per request: largest body and most points.
+max_body_kb = 1024
+max_points_per_request = 10000
+# Per service: sustained points per second and burst; beyond them requests get 429.
+service_points_per_sec = 1000
+service_burst_points = 10000
+
 [commands]
 # The reboot command runs `systemctl reboot` only when true.
 allow_reboot = false
@@ -171,6 +205,8 @@ pub struct Config {
     pub link: Option<LinkConfig>,
     /// Whether the reboot command may reboot the device.
     pub allow_reboot: bool,
+    /// Telemetry collection, buffer and delivery.
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 /// Where the broker is.
@@ -269,7 +305,28 @@ struct Raw {
     locks: RawLocks,
     link: RawLink,
     commands: RawCommands,
+    telemetry: RawTelemetry,
     log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTelemetry {
+    enabled: bool,
+    budget_mb: u64,
+    host_interval_secs: u64,
+    mounts: Vec<PathBuf>,
+    root: PathBuf,
+    batch_points: usize,
+    max_in_flight: usize,
+    ack_timeout_secs: u64,
+    drain_points_per_sec: u64,
+    drain_burst_points: u64,
+    socket_dir: PathBuf,
+    max_body_kb: usize,
+    max_points_per_request: usize,
+    service_points_per_sec: u64,
+    service_burst_points: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -445,10 +502,12 @@ impl Config {
         }
         let device_id = DeviceId::new(raw.device_id)?;
         let link = check_link(raw.link, &device_id, base, files)?;
+        let telemetry = check_telemetry(raw.telemetry, files)?;
         Ok(Config {
             registries,
             link,
             allow_reboot: raw.commands.allow_reboot,
+            telemetry,
             device_id,
             data_dir: raw.data_dir,
             engine_socket: raw.engine.socket,
@@ -465,6 +524,80 @@ impl Config {
             log_level: raw.log.level,
         })
     }
+}
+
+fn check_telemetry(
+    raw: RawTelemetry,
+    files: &str,
+) -> Result<crate::telemetry::TelemetryConfig, ConfigError> {
+    let invalid = |key: &str, message: String| ConfigError::Invalid {
+        key: format!("telemetry.{key}"),
+        message,
+        files: files.to_owned(),
+    };
+    if !(1..=1_000_000).contains(&raw.budget_mb) {
+        return Err(invalid("budget_mb", format!("{} is outside 1..=1000000 MB", raw.budget_mb)));
+    }
+    if !(1..=10_000).contains(&raw.batch_points) {
+        return Err(invalid("batch_points", format!("{} is outside 1..=10000", raw.batch_points)));
+    }
+    if !(1..=64).contains(&raw.max_in_flight) {
+        return Err(invalid("max_in_flight", format!("{} is outside 1..=64", raw.max_in_flight)));
+    }
+    if raw.ack_timeout_secs == 0 {
+        return Err(invalid("ack_timeout_secs", "must be at least 1 second".into()));
+    }
+    if raw.drain_points_per_sec == 0 {
+        return Err(invalid(
+            "drain_points_per_sec",
+            "must be at least 1 (0 would never send)".into(),
+        ));
+    }
+    if raw.drain_burst_points < raw.batch_points as u64 {
+        return Err(invalid(
+            "drain_burst_points",
+            format!(
+                "{} is below batch_points ({}): no full batch could ever go",
+                raw.drain_burst_points, raw.batch_points
+            ),
+        ));
+    }
+    if raw.max_body_kb == 0 || raw.max_body_kb > 65_536 {
+        return Err(invalid("max_body_kb", format!("{} is outside 1..=65536 KB", raw.max_body_kb)));
+    }
+    if raw.max_points_per_request == 0 {
+        return Err(invalid("max_points_per_request", "must be at least 1".into()));
+    }
+    if raw.service_points_per_sec == 0 || raw.service_burst_points == 0 {
+        return Err(invalid(
+            "service_points_per_sec",
+            "the rate and burst must be at least 1".into(),
+        ));
+    }
+    let ingest =
+        (!raw.socket_dir.as_os_str().is_empty()).then(|| crate::telemetry::ingest::IngestConfig {
+            socket_dir: raw.socket_dir,
+            max_body: raw.max_body_kb * 1024,
+            max_points: raw.max_points_per_request,
+            rate: raw.service_points_per_sec as f64,
+            burst: raw.service_burst_points as f64,
+            max_connections: 64,
+        });
+    Ok(crate::telemetry::TelemetryConfig {
+        ingest,
+        enabled: raw.enabled,
+        budget_bytes: raw.budget_mb * 1_000_000,
+        host_interval: Duration::from_secs(raw.host_interval_secs),
+        root: raw.root,
+        mounts: raw.mounts,
+        delivery: crate::telemetry::delivery::DeliveryConfig {
+            max_points: raw.batch_points,
+            max_in_flight: raw.max_in_flight,
+            ack_timeout: Duration::from_secs(raw.ack_timeout_secs),
+            rate: raw.drain_points_per_sec as f64,
+            burst: raw.drain_burst_points as f64,
+        },
+    })
 }
 
 fn check_link(

@@ -52,6 +52,7 @@ use crate::runtime::docker::DockerRuntime;
 use crate::runtime::{ContainerRuntime, RuntimeError};
 use crate::sd_notify;
 use crate::state::{AgentState, Origin, StateError};
+use crate::telemetry::{self, TelemetryHandle};
 
 /// Why the daemon stopped.
 #[derive(Debug, thiserror::Error)]
@@ -82,7 +83,15 @@ const EVENT_DEBOUNCE: Duration = Duration::from_millis(500);
 
 /// Executor options from the configuration.
 pub fn exec_options(config: &Config) -> ExecOptions {
+    let telemetry = &config.telemetry;
+    let telemetry_dir = match &telemetry.ingest {
+        Some(ingest) if telemetry.enabled && config.link.is_some() => {
+            Some(ingest.socket_dir.clone())
+        }
+        _ => None,
+    };
     ExecOptions {
+        telemetry_dir,
         stop_grace: config.stop_grace,
         stable_for: config.stable_for,
         max_restarts: config.max_restarts,
@@ -144,10 +153,24 @@ pub async fn run_with<R: ContainerRuntime>(
     };
     let state = open_state_waiting(&config).await?;
     let locks = UpdateLocks::new(&config.locks_dir, config.locks_default_ttl);
-    let reconciler =
-        Reconciler::new(runtime, config.device_id.clone(), state, exec_options(&config))
-            .with_locks(locks.clone())
-            .with_proxy(PortProxy::new());
+    let mut options = exec_options(&config);
+    // The socket directory must exist before a container mounts it (a missing bind source
+    // fails the container); without it, services run without the mount.
+    if let Some(dir) = &options.telemetry_dir {
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            tracing::error!(error = %e, dir = %dir.display(), "cannot create the telemetry socket directory; application telemetry is off");
+            options.telemetry_dir = None;
+        }
+    }
+    let identity = Arc::new(telemetry::ingest::ContainerIdentity::new(
+        runtime.clone(),
+        config.device_id.clone(),
+        config.telemetry.root.clone(),
+    ));
+    let ingest_dir = options.telemetry_dir.clone();
+    let reconciler = Reconciler::new(runtime, config.device_id.clone(), state, options)
+        .with_locks(locks.clone())
+        .with_proxy(PortProxy::new());
     let mut reconciler = reconciler;
     reconciler.set_credentials(config.registries.clone());
     // Applications that prefer an API to a lock file use the socket; it lives as long as the
@@ -174,12 +197,44 @@ pub async fn run_with<R: ContainerRuntime>(
             tracing::warn!(error = %e, socket = %admin_socket.display(), "admin socket not served; `fleet-agent apply` cannot reach the daemon");
         }
     });
-    let (link, inbox, trusted) = match link {
+    let (mut link, inbox, trusted) = match link {
         Some((h, i, t)) => (Some(h), Some(i), t),
         None => (None, None, TrustedKeys::default()),
     };
+    let telemetry = match &mut link {
+        Some(link) if config.telemetry.enabled => start_telemetry(&config, link).await,
+        _ => None,
+    };
+    // Applications post through the socket while the daemon runs.
+    let (stop_ingest, ingest_stopped) = tokio::sync::oneshot::channel::<()>();
+    let ingest = match (&telemetry, &config.telemetry.ingest, ingest_dir) {
+        (Some((handle, _)), Some(cfg), Some(_)) => {
+            let (cfg, handle) = (cfg.clone(), handle.clone());
+            let counters = Arc::new(telemetry::ingest::IngestCounters::default());
+            Some(tokio::spawn(async move {
+                let stopped = async {
+                    let _ = ingest_stopped.await;
+                };
+                if let Err(e) =
+                    telemetry::ingest::serve(cfg, handle, identity, counters, stopped).await
+                {
+                    tracing::warn!(error = %e, "telemetry ingestion socket not served; host metrics still flow");
+                }
+            }))
+        }
+        _ => None,
+    };
     let mut daemon = Daemon { config, reconciler, link, trusted };
     let result = daemon.run(shutdown, admin_calls, inbox).await;
+    let _ = stop_ingest.send(());
+    if let Some(ingest) = ingest {
+        let _ = tokio::time::timeout(Duration::from_secs(3), ingest).await;
+    }
+    if let Some((handle, task)) = telemetry {
+        // Closing its input ends the task, which flushes the buffer.
+        drop(handle);
+        let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
+    }
     if let Some(link) = daemon.link.take() {
         if link.dropped() > 0 {
             tracing::warn!(
@@ -194,6 +249,58 @@ pub async fn run_with<R: ContainerRuntime>(
     let _ = lock_server.await;
     let _ = admin_server.await;
     result
+}
+
+/// Opens the telemetry buffer and starts the task that fills and drains it. A buffer that
+/// cannot be opened costs telemetry, never the release: the agent runs on without it.
+async fn start_telemetry(
+    config: &Config,
+    link: &mut LinkHandle,
+) -> Option<(TelemetryHandle, tokio::task::JoinHandle<()>)> {
+    let dir = config.data_dir.clone();
+    let budget = config.telemetry.budget_bytes;
+    let opened = tokio::task::spawn_blocking(move || telemetry::open_store(&dir, budget)).await;
+    let (store, note) = match opened {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "telemetry buffer cannot be opened; running without telemetry");
+            return None;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "telemetry buffer open panicked; running without telemetry");
+            return None;
+        }
+    };
+    let device = config.device_id.clone();
+    if let Some(note) = note {
+        tracing::warn!("{note}");
+        link.send(Outgoing::Event(Event {
+            device: device.clone(),
+            at: UnixMillis::now(),
+            severity: Severity::Warning,
+            kind: EventKind::TelemetryDropped,
+            message: note,
+            fields: Default::default(),
+        }));
+    }
+    let acks = link.take_telemetry_acks()?;
+    let outbox = link.outbox();
+    let sink = move |batch| outbox.try_send(Outgoing::Telemetry(batch)).is_ok();
+    let stats = telemetry::store::TelemetryStore::stats(&store);
+    tracing::info!(
+        buffered = stats.points,
+        dropped_total = stats.dropped_total,
+        "telemetry buffer open"
+    );
+    let (handle, _status, task) = telemetry::spawn(
+        device,
+        config.telemetry.clone(),
+        Box::new(store),
+        link.state(),
+        acks,
+        sink,
+    );
+    Some((handle, task))
 }
 
 struct Daemon<R> {

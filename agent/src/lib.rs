@@ -21,6 +21,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub(crate) mod http1;
 pub mod link;
 pub mod lock;
 pub mod plan;

@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use fleet_proto::telemetry::{TelemetryAck, TelemetryBatch};
 use fleet_proto::{
     topic, CommandResult, DeviceId, Event, Message, Presence, Signed, StateReport, Status,
     TopicKind, UnixMillis, MAX_MESSAGE_BYTES,
@@ -66,6 +67,8 @@ pub enum Outgoing {
     Event(Event),
     /// On `cmd-result`.
     CommandResult(CommandResult),
+    /// On `telemetry`.
+    Telemetry(TelemetryBatch),
 }
 
 /// A message from the server, decoded but not verified.
@@ -98,6 +101,7 @@ pub struct LinkHandle {
     outbox: mpsc::Sender<Outgoing>,
     dropped: Arc<AtomicU64>,
     state: watch::Receiver<LinkState>,
+    telemetry_acks: Option<mpsc::Receiver<TelemetryAck>>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -153,6 +157,17 @@ impl LinkHandle {
     /// Connection state, updated on every change.
     pub fn state(&self) -> watch::Receiver<LinkState> {
         self.state.clone()
+    }
+
+    /// The server's telemetry acknowledgements (once: the telemetry task takes them).
+    pub fn take_telemetry_acks(&mut self) -> Option<mpsc::Receiver<TelemetryAck>> {
+        self.telemetry_acks.take()
+    }
+
+    /// A sender into the outbox that does not count drops (the telemetry task resends what
+    /// did not fit).
+    pub fn outbox(&self) -> mpsc::Sender<Outgoing> {
+        self.outbox.clone()
     }
 
     /// Publishes `Offline`, disconnects cleanly (waiting at most `timeout`) and ends the task.
@@ -319,6 +334,7 @@ impl Link {
         let (outbox, outbox_rx) = mpsc::channel(OUTBOX_CAPACITY);
         let (desired_tx, desired) = watch::channel(None);
         let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
+        let (acks_tx, acks_rx) = mpsc::channel(COMMAND_QUEUE * 4);
         let (state_tx, state) = watch::channel(LinkState::default());
         let (stop, stopped) = oneshot::channel();
         let dropped = Arc::new(AtomicU64::new(0));
@@ -330,6 +346,7 @@ impl Link {
             outbox: outbox_rx,
             desired: desired_tx,
             commands: commands_tx,
+            telemetry_acks: acks_tx,
             state: state_tx,
             dropped: dropped.clone(),
             since,
@@ -337,7 +354,15 @@ impl Link {
         };
         let task = tokio::spawn(task.run(stopped));
         Ok((
-            LinkHandle { reports, outbox, dropped, state, stop: Some(stop), task: Some(task) },
+            LinkHandle {
+                reports,
+                outbox,
+                dropped,
+                state,
+                telemetry_acks: Some(acks_rx),
+                stop: Some(stop),
+                task: Some(task),
+            },
             Inbox { desired, commands },
         ))
     }
@@ -351,6 +376,7 @@ struct LinkTask {
     outbox: mpsc::Receiver<Outgoing>,
     desired: watch::Sender<Option<Signed>>,
     commands: mpsc::Sender<Signed>,
+    telemetry_acks: mpsc::Sender<TelemetryAck>,
     state: watch::Sender<LinkState>,
     dropped: Arc<AtomicU64>,
     since: UnixMillis,
@@ -453,8 +479,9 @@ impl LinkTask {
                     "command queue full; command dropped (the server may send it again)"
                 ),
             },
-            Message::TelemetryAck(_) => {
-                tracing::debug!("telemetry ack received (no telemetry buffer yet)");
+            Message::TelemetryAck(ack) => {
+                // A lost ack only means a resend (the server removes the duplicate).
+                let _ = self.telemetry_acks.try_send(ack);
             }
             _ => {}
         }
@@ -473,6 +500,7 @@ impl LinkTask {
             Outgoing::CommandResult(r) => {
                 self.try_publish(TopicKind::CmdResult, Message::CommandResult(r));
             }
+            Outgoing::Telemetry(b) => self.try_publish(TopicKind::Telemetry, Message::Telemetry(b)),
         }
     }
 

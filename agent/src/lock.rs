@@ -64,6 +64,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
+use crate::http1::{parse_request, read_head, ReadError, Request, Response};
 use fleet_proto::UnixMillis;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -435,91 +436,6 @@ fn log_task_end(done: Result<(), tokio::task::JoinError>) {
     }
 }
 
-/// A parsed request line.
-#[derive(Debug)]
-struct Request {
-    method: String,
-    path: String,
-    query: Option<String>,
-}
-
-/// An answer: status, optional JSON body, and for 405 the methods that are allowed.
-#[derive(Debug)]
-struct Response {
-    status: u16,
-    body: Option<serde_json::Value>,
-    allow: Option<&'static str>,
-}
-
-impl Response {
-    fn json(status: u16, body: serde_json::Value) -> Response {
-        Response { status, body: Some(body), allow: None }
-    }
-
-    /// A JSON answer; serialising our own types cannot fail, but if it did the client gets a 500
-    /// rather than the task panicking (as `json!` would).
-    fn serialized(status: u16, value: &impl Serialize) -> Response {
-        match serde_json::to_value(value) {
-            Ok(body) => Response::json(status, body),
-            Err(e) => Response::error(500, format!("cannot encode the answer: {e}")),
-        }
-    }
-
-    fn error(status: u16, message: impl Into<String>) -> Response {
-        Response::json(status, serde_json::json!({ "error": message.into() }))
-    }
-
-    fn method_not_allowed(method: &str, allow: &'static str) -> Response {
-        Response {
-            allow: Some(allow),
-            ..Response::error(405, format!("method {method} not allowed here; use {allow}"))
-        }
-    }
-
-    fn to_bytes(&self) -> Vec<u8> {
-        let body = self.body.as_ref().map(ToString::to_string).unwrap_or_default();
-        let mut head = format!("HTTP/1.1 {} {}\r\n", self.status, reason(self.status));
-        if let Some(allow) = self.allow {
-            let _ = write!(head, "Allow: {allow}\r\n");
-        }
-        // RFC 9110: a 204 carries neither a body nor Content-Length.
-        if self.status != 204 {
-            let _ = write!(
-                head,
-                "Content-Type: application/json\r\nContent-Length: {}\r\n",
-                body.len()
-            );
-        }
-        head.push_str("Connection: close\r\n\r\n");
-        let mut bytes = head.into_bytes();
-        bytes.extend_from_slice(body.as_bytes());
-        bytes
-    }
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        204 => "No Content",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        505 => "HTTP Version Not Supported",
-        _ => "Unknown",
-    }
-}
-
-/// Why a request head could not be read.
-enum ReadError {
-    /// The client closed without sending anything: nothing to answer.
-    Closed,
-    /// An answer to send instead of handling the request.
-    Reply(Response),
-}
-
 /// One connection: read one request, answer, close. Never fails: problems are answered or logged.
 async fn handle_connection(locks: &UpdateLocks, mut stream: UnixStream, timeout: Duration) {
     let peer_pid = stream.peer_cred().ok().and_then(|cred| cred.pid());
@@ -528,7 +444,7 @@ async fn handle_connection(locks: &UpdateLocks, mut stream: UnixStream, timeout:
         Err(_elapsed) => Response::error(408, format!("request not received within {timeout:?}")),
         Ok(Err(ReadError::Closed)) => return,
         Ok(Err(ReadError::Reply(response))) => response,
-        Ok(Ok(head)) => match parse_request(&head) {
+        Ok(Ok((head, _body))) => match parse_request(&head) {
             Ok(request) => {
                 tracing::debug!(
                     method = %request.method, path = %request.path, ?peer_pid,
@@ -564,84 +480,6 @@ async fn handle_connection(locks: &UpdateLocks, mut stream: UnixStream, timeout:
         }
     };
     let _ = tokio::time::timeout(timeout.min(LINGER_TIMEOUT), drain).await;
-}
-
-/// Reads up to the blank line ending the request head, at most `max` bytes.
-async fn read_head(stream: &mut UnixStream, max: usize) -> Result<Vec<u8>, ReadError> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    loop {
-        let n = stream.read(&mut chunk).await.map_err(|e| {
-            ReadError::Reply(Response::error(400, format!("cannot read request: {e}")))
-        })?;
-        if n == 0 {
-            return Err(if buf.is_empty() {
-                ReadError::Closed
-            } else {
-                ReadError::Reply(Response::error(
-                    400,
-                    "connection closed before the end of the request head",
-                ))
-            });
-        }
-        // Search only where the terminator can be: the new bytes and the 3 before them.
-        let from = buf.len().saturating_sub(3);
-        buf.extend_from_slice(&chunk[..n]);
-        let end = find_head_end(&buf[from..]).map(|end| from + end);
-        if end.unwrap_or(buf.len()) > max {
-            return Err(ReadError::Reply(Response::error(
-                431,
-                format!("request head is larger than {max} bytes"),
-            )));
-        }
-        if let Some(end) = end {
-            buf.truncate(end);
-            return Ok(buf);
-        }
-    }
-}
-
-/// The length of the head up to and including its blank line (CRLF CRLF, or LF LF from lenient
-/// clients), if it is complete.
-fn find_head_end(buf: &[u8]) -> Option<usize> {
-    (0..buf.len()).find_map(|i| {
-        let rest = &buf[i..];
-        if rest.starts_with(b"\r\n\r\n") {
-            Some(i + 4)
-        } else if rest.starts_with(b"\n\n") {
-            Some(i + 2)
-        } else {
-            None
-        }
-    })
-}
-
-/// Parses the request line; headers are not needed by this API and are ignored.
-fn parse_request(head: &[u8]) -> Result<Request, Response> {
-    let head = std::str::from_utf8(head)
-        .map_err(|_| Response::error(400, "request head is not valid UTF-8"))?;
-    let line = head.lines().next().unwrap_or_default();
-    let parts: Vec<&str> = line.split_whitespace().collect();
-    let [method, target, version] = parts[..] else {
-        return Err(Response::error(
-            400,
-            format!("malformed request line {line:?}; expected METHOD /path HTTP/1.1"),
-        ));
-    };
-    if !version.starts_with("HTTP/") {
-        return Err(Response::error(400, format!("malformed HTTP version {version:?}")));
-    }
-    if version != "HTTP/1.1" && version != "HTTP/1.0" {
-        return Err(Response::error(505, format!("{version} is not supported; use HTTP/1.1")));
-    }
-    if !target.starts_with('/') {
-        return Err(Response::error(400, format!("request target {target:?} must start with /")));
-    }
-    let (path, query) = match target.split_once('?') {
-        Some((path, query)) => (path, (!query.is_empty()).then(|| query.to_owned())),
-        None => (target, None),
-    };
-    Ok(Request { method: method.to_owned(), path: path.to_owned(), query })
 }
 
 /// Routes a request and carries it out.
@@ -693,7 +531,7 @@ async fn respond(locks: &UpdateLocks, request: &Request, peer_pid: Option<i32>) 
             match run_blocking(move || locks.release(&holder)).await {
                 Ok(()) => {
                     tracing::info!(holder = %log_holder, ?peer_pid, "update lock released");
-                    Response { status: 204, body: None, allow: None }
+                    Response::no_content()
                 }
                 Err(response) => response,
             }

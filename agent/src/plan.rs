@@ -132,6 +132,11 @@ pub fn config_hash(spec: &ServiceSpec, proxied: bool) -> String {
     // Fields appended to ServiceSpec (always last in the JSON) are left out while empty, so a
     // spec that does not use them hashes as it did before they existed: upgrading the agent
     // keeps its containers instead of re-creating every one of them.
+    const UNUSED_TELEMETRY: &[u8] = br#","telemetry":false}"#;
+    if json.ends_with(UNUSED_TELEMETRY) {
+        json.truncate(json.len() - UNUSED_TELEMETRY.len());
+        json.push(b'}');
+    }
     const UNUSED_APPENDED: &[u8] = br#","group_add":[],"optional_hardware":[]}"#;
     if json.ends_with(UNUSED_APPENDED) {
         json.truncate(json.len() - UNUSED_APPENDED.len());
@@ -767,13 +772,16 @@ mod tests {
         let spec = release("1").services[0].clone();
         // The hash of this spec as computed before group_add and optional_hardware existed.
         let json = serde_json::to_string(&spec).unwrap();
-        let before = json.replace(r#","group_add":[],"optional_hardware":[]"#, "");
+        let before =
+            json.replace(r#","group_add":[],"optional_hardware":[],"telemetry":false"#, "");
         assert!(before.ends_with(r#""depends_on":[]}"#), "{before}");
         let digest = Sha256::digest(before.as_bytes());
         let old: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
         assert_eq!(config_hash(&spec, false), old);
         let grouped = ServiceSpec { group_add: vec!["dialout".to_owned()], ..spec };
         assert_ne!(config_hash(&grouped, false), old, "a used field changes the container");
+        let telemetry = ServiceSpec { telemetry: true, ..release("1").services[0].clone() };
+        assert_ne!(config_hash(&telemetry, false), old);
     }
 
     #[test]

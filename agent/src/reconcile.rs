@@ -54,6 +54,9 @@ pub struct ExecOptions {
     /// Test-only fault hook: abort the process when about to run the step whose kind (or
     /// `kind:n`, the n-th such step, 1-based) matches. From `FLEET_AGENT_FAULT`.
     pub fault: Option<String>,
+    /// The telemetry socket directory, mounted read-only at `/run/fleet` into services that
+    /// send telemetry; `None`: telemetry ingestion is off.
+    pub telemetry_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for ExecOptions {
@@ -67,6 +70,7 @@ impl Default for ExecOptions {
             stop_grace: Duration::from_secs(10),
             disk_reserve: 500_000_000,
             fault: std::env::var("FLEET_AGENT_FAULT").ok().filter(|f| !f.is_empty()),
+            telemetry_dir: None,
         }
     }
 }
@@ -682,10 +686,32 @@ impl<R: ContainerRuntime> Reconciler<R> {
                 _ => None,
             })
             .collect();
+        let mut spec_for_engine = spec.clone();
+        if spec.telemetry {
+            match &self.opts.telemetry_dir {
+                Some(dir) => {
+                    use crate::telemetry::ingest::{CONTAINER_DIR, SOCKET_NAME};
+                    spec_for_engine.volumes.push(fleet_proto::release::VolumeMount {
+                        source: fleet_proto::release::VolumeSource::HostPath(
+                            dir.display().to_string(),
+                        ),
+                        target: CONTAINER_DIR.to_owned(),
+                        read_only: true,
+                    });
+                    spec_for_engine.env.insert(
+                        "FLEET_TELEMETRY_SOCKET".to_owned(),
+                        format!("{CONTAINER_DIR}/{SOCKET_NAME}"),
+                    );
+                }
+                None => {
+                    tracing::warn!(service = %spec.name, "service asks for telemetry but telemetry ingestion is off in this agent's configuration")
+                }
+            }
+        }
         CreateRequest {
             name: name.to_owned(),
             labels,
-            spec: spec.clone(),
+            spec: spec_for_engine,
             // Proxied: every port on an ephemeral loopback port; the proxy owns the host ports.
             port_override: proxied.then(|| {
                 spec.ports

@@ -1,11 +1,13 @@
 //! Receives what devices publish and records it. One loop: poll the MQTT connection, decode,
-//! check the message against its topic, update the store (status, reports, events) or hand a
-//! command result to whoever waits for it.
+//! check the message against its topic, update the store (status, reports, events, telemetry)
+//! or hand a command result to whoever waits for it. Telemetry acknowledgements go out in
+//! groups, after one flush makes the group's points durable.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_proto::{EventKind, Message, Severity, Topic, TopicKind, UnixMillis};
+use fleet_proto::telemetry::TelemetryAck;
+use fleet_proto::{DeviceId, EventKind, Message, Severity, Topic, TopicKind, UnixMillis};
 use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
 
 use crate::commands::Waiters;
@@ -13,8 +15,16 @@ use crate::devices::DeviceRecord;
 use crate::store::{Store, StoreError};
 
 /// The kinds of device message the server listens to.
-const SUBSCRIBED: [TopicKind; 4] =
-    [TopicKind::Status, TopicKind::Report, TopicKind::Events, TopicKind::CmdResult];
+const SUBSCRIBED: [TopicKind; 5] = [
+    TopicKind::Status,
+    TopicKind::Report,
+    TopicKind::Events,
+    TopicKind::CmdResult,
+    TopicKind::Telemetry,
+];
+
+/// How long telemetry acks wait for more batches to share their flush.
+const ACK_GROUP: Duration = Duration::from_millis(20);
 
 /// Polls the server's MQTT connection and records what devices send until the task is dropped.
 /// `subscribed` fires once the first subscriptions are acknowledged, so callers can report
@@ -31,8 +41,18 @@ pub async fn run(
     let mut backoff = Duration::from_millis(100);
     let mut pending_acks = SUBSCRIBED.len();
     let mut ever_connected = false;
+    let mut acks: Vec<(DeviceId, TelemetryAck)> = vec![];
+    let ack_timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(ack_timer);
     loop {
-        match events.poll().await {
+        let event = tokio::select! {
+            event = events.poll() => event,
+            () = &mut ack_timer, if !acks.is_empty() => {
+                send_acks(&client, &store, &mut acks);
+                continue;
+            }
+        };
+        match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 backoff = Duration::from_millis(100);
                 pending_acks = SUBSCRIBED.len();
@@ -57,8 +77,15 @@ pub async fn run(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                if handle(&store, &waiters, &p.topic, &p.payload) == Heard::Report {
-                    reported();
+                match handle(&store, &waiters, &p.topic, &p.payload) {
+                    Heard::Report => reported(),
+                    Heard::Telemetry(device, ack) => {
+                        if acks.is_empty() {
+                            ack_timer.as_mut().reset(tokio::time::Instant::now() + ACK_GROUP);
+                        }
+                        acks.push((device, ack));
+                    }
+                    Heard::Other => {}
                 }
             }
             Ok(_) => {}
@@ -76,11 +103,30 @@ pub async fn run(
     }
 }
 
+/// Makes the stored telemetry durable, then acknowledges it. If the flush fails nothing is
+/// acknowledged: the devices keep the points and send them again.
+fn send_acks(client: &AsyncClient, store: &Store, acks: &mut Vec<(DeviceId, TelemetryAck)>) {
+    if let Err(e) = store.backend().flush() {
+        tracing::error!(error = %e, batches = acks.len(), "cannot flush telemetry; not acknowledging it (devices resend)");
+        acks.clear();
+        return;
+    }
+    for (device, ack) in acks.drain(..) {
+        let topic = fleet_proto::topic(&device, TopicKind::TelemetryAck);
+        let payload = Message::TelemetryAck(ack).encode();
+        if let Err(e) = client.try_publish(topic, QoS::AtLeastOnce, false, payload) {
+            tracing::warn!(%device, error = %e, "telemetry ack not queued; the device resends");
+        }
+    }
+}
+
 /// What a publish was, for the caller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Heard {
     /// A state report (rollouts may move).
     Report,
+    /// Telemetry stored (in the store's write buffer): acknowledge after a flush.
+    Telemetry(DeviceId, TelemetryAck),
     /// Anything else, or dropped.
     Other,
 }
@@ -147,6 +193,16 @@ fn handle(store: &Store, waiters: &Waiters, topic: &str, payload: &[u8]) -> Hear
                 if let Some(inventory) = &report.inventory {
                     tx.put_inventory(&topic.device, inventory);
                 }
+            }
+            Message::Telemetry(batch) => {
+                let ingested = crate::telemetry::ingest(tx, batch, now)?;
+                if let Some(i) = ingested {
+                    if i.duplicates > 0 {
+                        tracing::debug!(device = %batch.device, duplicates = i.duplicates, "telemetry resend de-duplicated");
+                    }
+                    return Ok(Heard::Telemetry(batch.device.clone(), i.ack));
+                }
+                return Ok(Heard::Other);
             }
             _ => {}
         }

@@ -39,6 +39,7 @@ pub mod releases;
 pub mod rollout;
 pub mod rollouts;
 pub mod store;
+pub mod telemetry;
 pub mod units;
 
 /// How to run the server.

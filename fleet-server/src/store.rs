@@ -62,11 +62,16 @@ pub enum Collection {
     Tokens,
     /// [`AuditEntry`] by sequence number (u64 BE).
     Audit,
+    /// Telemetry points ([`fleet_proto::telemetry::Point`]) by device id, 0x00, device
+    /// sequence number (u64 BE): the bounded history.
+    Telemetry,
+    /// A device's [`crate::telemetry::TelemetryState`] (counters, latest values), by device id.
+    TelemetryState,
 }
 
 impl Collection {
     /// Every collection, in tag order (backups list them in this order).
-    pub const ALL: [Collection; 9] = [
+    pub const ALL: [Collection; 11] = [
         Collection::Meta,
         Collection::Devices,
         Collection::Inventories,
@@ -76,6 +81,8 @@ impl Collection {
         Collection::Rollouts,
         Collection::Tokens,
         Collection::Audit,
+        Collection::Telemetry,
+        Collection::TelemetryState,
     ];
 
     fn tag(self) -> u8 {
@@ -89,6 +96,8 @@ impl Collection {
             Collection::Rollouts => 6,
             Collection::Tokens => 7,
             Collection::Audit => 8,
+            Collection::Telemetry => 9,
+            Collection::TelemetryState => 10,
         }
     }
 }
@@ -444,6 +453,34 @@ impl Store {
         Ok(newest)
     }
 
+    /// A device's telemetry counters and latest values.
+    pub fn telemetry_state(
+        &self,
+        id: &DeviceId,
+    ) -> Result<Option<crate::telemetry::TelemetryState>, StoreError> {
+        self.get(Collection::TelemetryState, id.as_str().as_bytes())
+    }
+
+    /// A device's stored points with sequence numbers `> after`, oldest first, at most
+    /// `limit` scanned (`metric` filters what is returned).
+    pub fn telemetry_points(
+        &self,
+        id: &DeviceId,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, fleet_proto::telemetry::Point)>, StoreError> {
+        let prefix = event_prefix(id);
+        let start = after.map(|a| [prefix.as_slice(), &a.to_be_bytes()].concat());
+        self.backend
+            .scan(Collection::Telemetry, &prefix, start.as_deref(), false, limit)?
+            .iter()
+            .map(|(k, v)| {
+                let seq = k[k.len() - 8..].try_into().map(u64::from_be_bytes).unwrap_or(0);
+                decode(Collection::Telemetry, k, v).map(|p| (seq, p))
+            })
+            .collect()
+    }
+
     /// A release.
     pub fn release(&self, id: &str) -> Result<Option<ReleaseRecord>, StoreError> {
         self.get(Collection::Releases, id.as_bytes())
@@ -562,6 +599,10 @@ fn event_prefix(id: &DeviceId) -> Vec<u8> {
     [id.as_str().as_bytes(), &[0]].concat()
 }
 
+fn point_key(id: &DeviceId, seq: u64) -> Vec<u8> {
+    [id.as_str().as_bytes(), &[0], &seq.to_be_bytes()].concat()
+}
+
 /// One change in progress: reads see its own writes; nothing is applied until it ends well.
 pub struct Tx<'a> {
     store: &'a Store,
@@ -623,6 +664,45 @@ impl Tx<'_> {
             }
         }
         Ok(())
+    }
+
+    /// A device's telemetry counters, as this change sees them.
+    pub fn telemetry_state(
+        &self,
+        id: &DeviceId,
+    ) -> Result<Option<crate::telemetry::TelemetryState>, StoreError> {
+        self.get(Collection::TelemetryState, id.as_str().as_bytes())
+    }
+
+    /// Replaces a device's telemetry counters.
+    pub fn put_telemetry_state(&mut self, id: &DeviceId, state: &crate::telemetry::TelemetryState) {
+        self.put(Collection::TelemetryState, id.as_str().as_bytes(), state);
+    }
+
+    /// Whether point `seq` of the device is stored (this change included).
+    pub fn has_point(&self, id: &DeviceId, seq: u64) -> Result<bool, StoreError> {
+        let k = point_key(id, seq);
+        match self.pending.get(&(Collection::Telemetry, k.clone())) {
+            Some(v) => Ok(v.is_some()),
+            None => Ok(self.store.backend.get(Collection::Telemetry, &k)?.is_some()),
+        }
+    }
+
+    /// Stores point `seq` of the device.
+    pub fn put_point(&mut self, id: &DeviceId, seq: u64, point: &fleet_proto::telemetry::Point) {
+        self.put(Collection::Telemetry, &point_key(id, seq), point);
+    }
+
+    /// Removes the device's `n` oldest stored points; returns the sequence number after the
+    /// last one removed (the new oldest), if any were.
+    pub fn trim_points(&mut self, id: &DeviceId, n: usize) -> Result<Option<u64>, StoreError> {
+        let prefix = event_prefix(id);
+        let mut last = None;
+        for (k, _) in self.store.backend.scan(Collection::Telemetry, &prefix, None, false, n)? {
+            last = k[k.len() - 8..].try_into().map(u64::from_be_bytes).ok();
+            self.remove(Collection::Telemetry, &k);
+        }
+        Ok(last.map(|l| l + 1))
     }
 
     /// A release, as this change sees it.

@@ -85,6 +85,11 @@ pub struct ServiceSpec {
     /// Appended: empty in bytes from older builds.
     #[serde(default)]
     pub optional_hardware: Vec<HardwareRequest>,
+    /// The service sends application telemetry: the agent mounts its ingestion socket at
+    /// `/run/fleet/telemetry.sock` (InfluxDB line protocol or JSON over HTTP; points get the
+    /// `service` label). Appended: false in bytes from older builds.
+    #[serde(default)]
+    pub telemetry: bool,
 }
 
 impl ServiceSpec {
@@ -114,6 +119,7 @@ impl ServiceSpec {
             depends_on: vec![],
             group_add: vec![],
             optional_hardware: vec![],
+            telemetry: false,
         }
     }
 }

@@ -91,6 +91,7 @@ pub fn release() -> ReleaseSpec {
         depends_on: vec![],
         group_add: vec![],
         optional_hardware: vec![],
+        telemetry: false,
     };
     let lidar = ServiceSpec {
         name: service("lidar"),
@@ -139,6 +140,7 @@ pub fn release() -> ReleaseSpec {
         depends_on: vec![Dependency { service: service("web"), condition: DependencyCondition::Healthy }],
         group_add: vec![],
         optional_hardware: vec![],
+        telemetry: false,
     };
     ReleaseSpec {
         id: release_id(),

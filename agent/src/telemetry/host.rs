@@ -110,12 +110,14 @@ impl HostSampler {
             push("host.mem.available_bytes", Value::I64(avail as i64), &[]);
         }
         for m in &self.mounts {
+            // The field types are 32-bit on armv7 and 64-bit elsewhere.
+            #[allow(clippy::useless_conversion)]
             if let Ok(st) = nix::sys::statvfs::statvfs(m.as_path()) {
-                let frag = st.fragment_size() as u64;
+                let frag = u64::from(st.fragment_size());
                 let mount = m.display().to_string();
-                let free = st.blocks_available() as u64 * frag;
+                let free = u64::from(st.blocks_available()) * frag;
                 push("host.disk.free_bytes", Value::I64(free as i64), &[("mount", &mount)]);
-                let total = st.blocks() as u64 * frag;
+                let total = u64::from(st.blocks()) * frag;
                 push("host.disk.total_bytes", Value::I64(total as i64), &[("mount", &mount)]);
             }
         }

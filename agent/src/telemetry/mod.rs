@@ -13,6 +13,8 @@
 
 pub mod delivery;
 pub mod host;
+pub mod ingest;
+pub mod line_protocol;
 pub mod store;
 
 use std::path::PathBuf;
@@ -20,7 +22,7 @@ use std::time::Duration;
 
 use fleet_proto::telemetry::{Point, TelemetryAck, TelemetryBatch};
 use fleet_proto::{DeviceId, UnixMillis};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::link::LinkState;
@@ -42,6 +44,8 @@ pub struct TelemetryConfig {
     pub mounts: Vec<PathBuf>,
     /// Batching, pacing and resends.
     pub delivery: DeliveryConfig,
+    /// The application ingestion endpoint; `None`: off.
+    pub ingest: Option<ingest::IngestConfig>,
 }
 
 /// Where the telemetry task sends batches: the link's outbox in the daemon, a channel in
@@ -57,22 +61,32 @@ impl<F: FnMut(TelemetryBatch) -> bool + Send + 'static> Sink for F {
     }
 }
 
+/// Points for the buffer; `durable` is answered once they are on disk (or refused).
+#[derive(Debug)]
+struct Record {
+    points: Vec<Point>,
+    durable: Option<oneshot::Sender<Result<(), String>>>,
+}
+
 /// The daemon's handle on the telemetry task.
 #[derive(Debug, Clone)]
 pub struct TelemetryHandle {
-    points: mpsc::Sender<Vec<Point>>,
-    acks: mpsc::Sender<TelemetryAck>,
+    points: mpsc::Sender<Record>,
 }
 
 impl TelemetryHandle {
     /// Hands points to the buffer; `false` if the task is gone or its queue is full.
     pub fn record(&self, points: Vec<Point>) -> bool {
-        self.points.try_send(points).is_ok()
+        self.points.try_send(Record { points, durable: None }).is_ok()
     }
 
-    /// The server stored a range.
-    pub fn ack(&self, ack: TelemetryAck) {
-        let _ = self.acks.try_send(ack);
+    /// Hands points to the buffer and waits until they are on disk: what an application is
+    /// told "accepted" survives a crash or power cut from then on.
+    pub async fn record_durable(&self, points: Vec<Point>) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        let stopped = || "the telemetry buffer has stopped".to_owned();
+        self.points.send(Record { points, durable: Some(tx) }).await.map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
     }
 }
 
@@ -87,21 +101,23 @@ pub struct TelemetryStatus {
     pub refused: u64,
 }
 
-/// Starts the telemetry task on the current runtime.
+/// Starts the telemetry task on the current runtime: it buffers what the handle records and
+/// host metrics, sends batches to `sink` while `link` is connected, and deletes what `acks`
+/// acknowledge. It ends (flushing the buffer) when every handle is dropped.
 pub fn spawn(
     device: DeviceId,
     cfg: TelemetryConfig,
     store: Box<dyn TelemetryStore>,
     link: watch::Receiver<LinkState>,
+    acks: mpsc::Receiver<TelemetryAck>,
     sink: impl Sink,
 ) -> (TelemetryHandle, watch::Receiver<TelemetryStatus>, tokio::task::JoinHandle<()>) {
     let (points_tx, points) = mpsc::channel(64);
-    let (acks_tx, acks) = mpsc::channel(64);
     let (status_tx, status) =
         watch::channel(TelemetryStatus { stats: store.stats(), ..Default::default() });
     let task = Task { device, cfg, store, link, sink, points, acks, status: status_tx, refused: 0 };
     let join = tokio::spawn(task.run());
-    (TelemetryHandle { points: points_tx, acks: acks_tx }, status, join)
+    (TelemetryHandle { points: points_tx }, status, join)
 }
 
 struct Task<S> {
@@ -110,11 +126,13 @@ struct Task<S> {
     store: Box<dyn TelemetryStore>,
     link: watch::Receiver<LinkState>,
     sink: S,
-    points: mpsc::Receiver<Vec<Point>>,
+    points: mpsc::Receiver<Record>,
     acks: mpsc::Receiver<TelemetryAck>,
     status: watch::Sender<TelemetryStatus>,
     refused: u64,
 }
+
+type Waiters = Vec<oneshot::Sender<Result<(), String>>>;
 
 impl<S: Sink> Task<S> {
     async fn run(mut self) {
@@ -128,14 +146,51 @@ impl<S: Sink> Task<S> {
         let mut online = self.link.borrow().connected;
         let wake = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(wake);
+        // Group commit: producers waiting for durability share one flush, run off the task's
+        // thread; those who arrive during it wait for the next.
+        let flusher = self.store.flusher();
+        let mut waiting: Waiters = vec![];
+        let mut flushing: Option<(tokio::task::JoinHandle<Result<(), String>>, Waiters)> = None;
         loop {
+            if flushing.is_none() && !waiting.is_empty() {
+                let batch = std::mem::take(&mut waiting);
+                match &flusher {
+                    Some(f) => {
+                        let f = f.clone();
+                        flushing = Some((tokio::task::spawn_blocking(move || f.flush()), batch));
+                    }
+                    None => batch.into_iter().for_each(|w| {
+                        let _ = w.send(Ok(()));
+                    }),
+                }
+            }
             let wake_at = self.send_what_we_can(&mut delivery, online);
             wake.as_mut().reset(wake_at.unwrap_or_else(far_future));
             tokio::select! {
-                batch = self.points.recv() => match batch {
-                    Some(points) => self.append(&points),
+                record = self.points.recv() => match record {
+                    Some(Record { points, durable }) => {
+                        let appended = self.append(&points);
+                        if let Some(done) = durable {
+                            match appended {
+                                Ok(()) => waiting.push(done),
+                                Err(e) => {
+                                    let _ = done.send(Err(e));
+                                }
+                            }
+                        }
+                    }
                     None => break,
                 },
+                flushed = async { (&mut flushing.as_mut().expect("guarded").0).await }, if flushing.is_some() => {
+                    let (_, batch) = flushing.take().expect("guarded");
+                    let result = flushed.unwrap_or_else(|e| Err(format!("flush task failed: {e}")));
+                    if let Err(e) = &result {
+                        tracing::error!(error = %e, "telemetry buffer flush failed; producers are told to retry");
+                    }
+                    for w in batch {
+                        let _ = w.send(result.clone());
+                    }
+                }
                 Some(ack) = self.acks.recv() => {
                     if let Some(below) = delivery.on_ack(ack) {
                         if let Err(e) = self.store.ack_through(below - 1) {
@@ -157,7 +212,7 @@ impl<S: Sink> Task<S> {
                 }
                 _ = host_tick.tick(), if host_on => {
                     let points = sampler.sample(UnixMillis::now());
-                    self.append(&points);
+                    let _ = self.append(&points);
                 }
                 () = &mut wake => {
                     delivery.on_tick(Instant::now().into_std());
@@ -169,12 +224,22 @@ impl<S: Sink> Task<S> {
                 refused: self.refused,
             });
         }
-        if let Err(e) = self.store.flush() {
+        if let Some((flush, batch)) = flushing.take() {
+            let result = flush.await.unwrap_or_else(|e| Err(e.to_string()));
+            batch.into_iter().for_each(|w| {
+                let _ = w.send(result.clone());
+            });
+        }
+        let result = self.store.flush().map_err(|e| e.to_string());
+        if let Err(e) = &result {
             tracing::warn!(error = %e, "telemetry buffer flush at shutdown failed");
         }
+        waiting.into_iter().for_each(|w| {
+            let _ = w.send(result.clone());
+        });
     }
 
-    fn append(&mut self, points: &[Point]) {
+    fn append(&mut self, points: &[Point]) -> Result<(), String> {
         let before = self.store.stats().dropped_total;
         match self.store.append(points) {
             Ok(_) => {
@@ -186,10 +251,12 @@ impl<S: Sink> Task<S> {
                         "telemetry buffer full; oldest points dropped"
                     );
                 }
+                Ok(())
             }
             Err(e) => {
                 self.refused += 1;
                 tracing::warn!(error = %e, "telemetry points not buffered");
+                Err(e.to_string())
             }
         }
     }
@@ -228,17 +295,28 @@ impl<S: Sink> Task<S> {
                     return Some(now + Duration::from_secs(1));
                 }
             };
-            let Some(last) = run.last_seq() else { return None };
-            let batch = TelemetryBatch {
+            if run.points.is_empty() {
+                return None;
+            }
+            let first = run.first_seq;
+            let mut batch = TelemetryBatch {
                 device: self.device.clone(),
                 first_seq: run.first_seq,
                 dropped_total: stats.dropped_total,
                 points: run.points,
             };
+            // A batch must fit one MQTT message: halve it until it does (long string fields).
+            while batch.points.len() > 1
+                && postcard::to_allocvec(&batch).map_or(usize::MAX, |v| v.len())
+                    > fleet_proto::MAX_MESSAGE_BYTES - 4096
+            {
+                batch.points.truncate(batch.points.len() / 2);
+            }
+            let last = batch.first_seq + batch.points.len() as u64 - 1;
             if !self.sink.send(batch) {
                 return Some(now + Duration::from_secs(1));
             }
-            delivery.sent(run.first_seq, last, now.into_std());
+            delivery.sent(first, last, now.into_std());
         }
     }
 }

@@ -117,6 +117,28 @@ pub trait TelemetryStore: Send {
     fn stats(&self) -> Stats;
     /// Waits until everything appended so far is on disk.
     fn flush(&self) -> Result<(), StoreError>;
+    /// A handle that flushes from another thread (the async task must not block on fsync);
+    /// `None` if appends are as durable as this store gets when they return.
+    fn flusher(&self) -> Option<Flusher> {
+        None
+    }
+}
+
+/// Flushes a sled database from a blocking thread.
+#[derive(Clone)]
+pub struct Flusher(sled::Db);
+
+impl std::fmt::Debug for Flusher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Flusher")
+    }
+}
+
+impl Flusher {
+    /// Waits until everything appended before the call is on disk.
+    pub fn flush(&self) -> Result<(), String> {
+        self.0.flush().map(|_| ()).map_err(|e| e.to_string())
+    }
 }
 
 /// Encodes a chunk's value: point count, then the postcard points.
@@ -566,6 +588,10 @@ impl TelemetryStore for SledStore {
     fn flush(&self) -> Result<(), StoreError> {
         self.db.flush().map(|_| ()).map_err(|e| self.db_err(e))
     }
+
+    fn flusher(&self) -> Option<Flusher> {
+        Some(Flusher(self.db.clone()))
+    }
 }
 
 #[cfg(test)]
@@ -769,7 +795,8 @@ mod tests {
             child.kill().unwrap();
             let out = child.wait_with_output().unwrap();
             let text = String::from_utf8_lossy(&out.stdout);
-            if let Some(last) = text.lines().filter_map(|l| l.strip_prefix("flushed ")).last() {
+            if let Some(last) = text.lines().filter_map(|l| l.strip_prefix("flushed ")).next_back()
+            {
                 flushed_max = flushed_max.max(last.parse::<u64>().unwrap());
             }
             let (s, how) = SledStore::open(&path, 64 << 20).unwrap();

@@ -597,3 +597,133 @@ pub(super) async fn events(
     let id = device_id(&id)?;
     Ok(Json(api.store.events(&id, 100)?))
 }
+
+/// A device's telemetry at a glance (`fleetctl device metrics`).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MetricsView {
+    /// The device.
+    pub device: String,
+    /// Distinct points stored since the device first sent telemetry.
+    pub stored_total: u64,
+    /// Copies received of points already stored (resends; removed).
+    pub duplicates_total: u64,
+    /// Points the device dropped to stay within its buffer budget.
+    pub dropped_total: u64,
+    /// One past the highest sequence number stored.
+    pub next_seq: u64,
+    /// Points in the server's bounded history.
+    pub kept: u64,
+    /// When the last batch arrived (Unix milliseconds).
+    pub last_batch_at: Option<u64>,
+    /// The latest value of every series, by metric then labels.
+    pub latest: Vec<PointView>,
+}
+
+/// One point as JSON.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PointView {
+    /// The device's sequence number.
+    pub seq: u64,
+    /// When it was measured (Unix milliseconds).
+    pub at: u64,
+    /// Metric name.
+    pub metric: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// The value: a number, boolean or string.
+    pub value: serde_json::Value,
+}
+
+pub(super) async fn metrics(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> Result<Json<MetricsView>, Problem> {
+    let id = device_id(&id)?;
+    if api.store.device(&id)?.is_none() {
+        return Err(Problem::not_found(format!(
+            "no device {id} (`fleetctl device ls` lists them)"
+        )));
+    }
+    let st = api.store.telemetry_state(&id)?.unwrap_or_default();
+    Ok(Json(MetricsView {
+        device: id.to_string(),
+        stored_total: st.stored_total,
+        duplicates_total: st.duplicates_total,
+        dropped_total: st.dropped_total,
+        next_seq: st.high,
+        kept: st.kept,
+        last_batch_at: st.last_batch_at.map(|t| t.0),
+        latest: st
+            .latest
+            .into_values()
+            .map(|l| PointView {
+                seq: l.seq,
+                at: l.at.0,
+                value: crate::telemetry::value_json(&l.value),
+                metric: l.metric,
+                labels: l.labels,
+            })
+            .collect(),
+    }))
+}
+
+/// `?metric=&limit=&after=` of the history.
+#[derive(Debug, Deserialize)]
+pub(super) struct HistoryFilter {
+    metric: Option<String>,
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+pub(super) async fn metrics_history(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    Query(filter): Query<HistoryFilter>,
+) -> Result<Json<Page<PointView>>, Problem> {
+    let id = device_id(&id)?;
+    if api.store.device(&id)?.is_none() {
+        return Err(Problem::not_found(format!(
+            "no device {id} (`fleetctl device ls` lists them)"
+        )));
+    }
+    let limit = filter.limit.unwrap_or(1000).clamp(1, 10_000);
+    let mut after = match &filter.after {
+        Some(a) => Some(a.parse::<u64>().map_err(|_| {
+            Problem::bad_request(format!(
+                "after: {a:?} is not a sequence number (use the `next` of the previous page)"
+            ))
+        })?),
+        None => None,
+    };
+    // Scan in steps until `limit` points of the metric are found or the history ends.
+    let mut items = vec![];
+    let mut next = None;
+    loop {
+        let chunk = api.store.telemetry_points(&id, after, limit)?;
+        let exhausted = chunk.len() < limit;
+        for (seq, p) in chunk {
+            after = Some(seq);
+            if filter.metric.as_ref().is_some_and(|m| *m != p.metric) {
+                continue;
+            }
+            items.push(PointView {
+                seq,
+                at: p.at.0,
+                value: crate::telemetry::value_json(&p.value),
+                metric: p.metric,
+                labels: p.labels,
+            });
+            if items.len() == limit {
+                break;
+            }
+        }
+        if items.len() == limit {
+            next = after.map(|a| a.to_string());
+            break;
+        }
+        if exhausted {
+            break;
+        }
+    }
+    Ok(Json(Page { items, next }))
+}

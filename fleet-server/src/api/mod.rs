@@ -123,6 +123,8 @@ routes! {
     "DELETE" "/api/v1/devices/{id}/pin" O, "Unpin a device: it returns to its assigned release.", None => "DeviceRecord";
     "POST" "/api/v1/devices/{id}/commands" O, "Send a signed command and wait for its result.", Some("CommandRequest") => "CommandResult";
     "GET" "/api/v1/devices/{id}/events" V, "A device's latest events, oldest first.", None => "Event[]";
+    "GET" "/api/v1/devices/{id}/metrics" V, "A device's telemetry: counters and the latest value of every series.", None => "MetricsView";
+    "GET" "/api/v1/devices/{id}/metrics/history" V, "A device's stored points, oldest first, paged by sequence number; ?metric=NAME.", None => "Page<PointView>";
     "GET" "/api/v1/groups" V, "Every group with its device count.", None => "Group[]";
     "POST" "/api/v1/groups" O, "Create or replace a group (a named label selector).", Some("GroupRequest") => "Group";
     "GET" "/api/v1/groups/{name}" V, "One group and its devices.", None => "GroupView";
@@ -157,6 +159,8 @@ pub fn router(api: Api) -> Router {
         .route("/api/v1/devices/{id}/pin", put(devices::pin).delete(devices::unpin))
         .route("/api/v1/devices/{id}/commands", post(devices::command))
         .route("/api/v1/devices/{id}/events", get(devices::events))
+        .route("/api/v1/devices/{id}/metrics", get(devices::metrics))
+        .route("/api/v1/devices/{id}/metrics/history", get(devices::metrics_history))
         .route("/api/v1/groups", get(fleet::list_groups).post(fleet::put_group))
         .route("/api/v1/groups/{name}", get(fleet::show_group).delete(fleet::remove_group))
         .route("/api/v1/releases", get(fleet::list_releases).post(fleet::create_release))

@@ -21,6 +21,7 @@ pub(crate) struct FleetKeys {
     pub(crate) optional_hardware: Vec<Sourced<HardwareRequest>>,
     pub(crate) health: Option<Sourced<Probe>>,
     pub(crate) realtime_priority: Option<Sourced<u8>>,
+    pub(crate) telemetry: bool,
 }
 
 /// Reads an `x-fleet` block. At the top level only defaults that make sense for every
@@ -54,12 +55,13 @@ pub(crate) fn fleet_keys(p: &mut Problems, path: &str, node: &Node, top_level: b
                     }
                 })
             }
-            "hardware" | "optional_hardware" | "health" | "realtime_priority" if top_level => {
+            "hardware" | "optional_hardware" | "health" | "realtime_priority" | "telemetry" if top_level => {
                 p.add(&at, Some(value), format!("{key} belongs to the service that uses it: move it under services.<name>.x-fleet (top-level x-fleet holds defaults: update, health_deadline)"));
             }
             "hardware" => keys.hardware = hardware_list(p, &at, value),
             "optional_hardware" => keys.optional_hardware = hardware_list(p, &at, value),
             "health" => keys.health = health(p, &at, value),
+            "telemetry" => keys.telemetry = read::boolean(p, &at, value).unwrap_or(false),
             "realtime_priority" => {
                 keys.realtime_priority = read::integer(p, &at, value).and_then(|n| {
                     match u8::try_from(n).ok().filter(|n| (1..=99).contains(n)) {
@@ -71,7 +73,7 @@ pub(crate) fn fleet_keys(p: &mut Problems, path: &str, node: &Node, top_level: b
                     }
                 })
             }
-            other => p.add(&at, Some(value), format!("unknown x-fleet key {other:?}; x-fleet takes update, health_deadline, hardware, optional_hardware, health and realtime_priority (see COMPOSE.md)")),
+            other => p.add(&at, Some(value), format!("unknown x-fleet key {other:?}; x-fleet takes update, health_deadline, hardware, optional_hardware, health, realtime_priority and telemetry (see COMPOSE.md)")),
         }
     }
     keys

@@ -103,6 +103,7 @@ struct Parts {
     depends_on: Vec<Dependency>,
     group_add: Vec<String>,
     optional_hardware: Vec<HardwareRequest>,
+    telemetry: bool,
 }
 
 /// The Compose path each converted element came from, to translate
@@ -237,6 +238,7 @@ impl Parts {
             depends_on: self.depends_on,
             group_add: self.group_add,
             optional_hardware: self.optional_hardware,
+            telemetry: self.telemetry,
         }
     }
 }
@@ -283,11 +285,7 @@ fn interpolate_tree(
         Value::Str(s) => match interpolate::interpolate(s, vars) {
             Ok(done) => *s = done,
             Err(e) => {
-                p.list.push(ComposeProblem {
-                    path: path.to_owned(),
-                    reason: e.0,
-                    line: Some(line),
-                });
+                p.add_line(path, Some(line), e.0);
                 p.poisoned.push(path.to_owned());
             }
         },

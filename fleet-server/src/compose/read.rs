@@ -27,6 +27,8 @@ impl Problems {
             path == p || path.strip_prefix(p.as_str()).is_some_and(|r| r.starts_with(['.', '[']))
         });
         if !hidden {
+            // The document itself (a file that is one scalar) has no path: call it the file.
+            let path = if path.is_empty() { "(file)" } else { path };
             self.list.push(ComposeProblem { path: path.to_owned(), reason: reason.into(), line });
         }
     }

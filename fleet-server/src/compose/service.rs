@@ -460,6 +460,7 @@ impl<'p, 't> Converter<'p, 't> {
             depends_on: self.depends_on.into_iter().map(|(d, _)| d).collect(),
             group_add: self.group_add,
             optional_hardware: optional,
+            telemetry: self.fleet.telemetry,
         };
         (image, parts, sources)
     }

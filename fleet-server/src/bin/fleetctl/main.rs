@@ -205,6 +205,18 @@ enum DeviceVerb {
         /// Device id.
         id: String,
     },
+    /// A device's telemetry: the latest value of every series, or with --metric the stored
+    /// history of one (example: fleetctl device metrics robot-7 --metric host.cpu.percent).
+    Metrics {
+        /// Device id.
+        id: String,
+        /// Show this metric's history (oldest first) instead of the latest values.
+        #[arg(long)]
+        metric: Option<String>,
+        /// Most points of history to show (the newest are on the last page).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
     /// Revoke a device: the server drops its messages and its certificate joins the revocation
     /// list the broker checks (example: fleetctl device revoke robot-7).
     Revoke {
@@ -652,6 +664,9 @@ fn device(cli: &Cli, client: &Client, verb: &DeviceVerb) -> Result<(), Failure> 
                 table(&["TIME", "SEVERITY", "KIND", "MESSAGE"], &rows);
             }
         }
+        DeviceVerb::Metrics { id, metric, limit } => {
+            device_metrics(cli, client, id, metric.as_deref(), *limit)?
+        }
         DeviceVerb::Revoke { id } => {
             let device: DeviceRecord =
                 client.send::<(), _>("POST", &format!("/api/v1/devices/{id}/revoke"), None)?;
@@ -662,6 +677,90 @@ fn device(cli: &Cli, client: &Client, verb: &DeviceVerb) -> Result<(), Failure> 
                 eprintln!("its messages are dropped now; an external broker refuses it after `systemctl reload mosquitto` (the server keeps crl.pem current with --broker-files)");
             }
         }
+    }
+    Ok(())
+}
+
+/// `fleetctl device metrics`: latest values, or one metric's newest `limit` points.
+fn device_metrics(
+    cli: &Cli,
+    client: &Client,
+    id: &str,
+    metric: Option<&str>,
+    limit: usize,
+) -> Result<(), Failure> {
+    let view: serde_json::Value = client.get(&format!("/api/v1/devices/{id}/metrics"))?;
+    let value = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let labels = |v: &serde_json::Value| -> String {
+        v.as_object()
+            .map(|m| {
+                m.iter().map(|(k, v)| format!("{k}={}", value(v))).collect::<Vec<_>>().join(",")
+            })
+            .unwrap_or_default()
+    };
+    let at = |v: &serde_json::Value| v.as_u64().map_or_else(String::new, |t| utc(UnixMillis(t)));
+    let Some(metric) = metric else {
+        if cli.json {
+            print_json(&view);
+            return Ok(());
+        }
+        let latest = view["latest"].as_array().cloned().unwrap_or_default();
+        println!(
+            "{id}: {} points stored, {} duplicates removed, {} dropped on the device{}",
+            view["stored_total"],
+            view["duplicates_total"],
+            view["dropped_total"],
+            view["last_batch_at"]
+                .as_u64()
+                .map_or(String::new(), |t| format!(", last batch {}", ago(UnixMillis(t)))),
+        );
+        if latest.is_empty() {
+            eprintln!("no telemetry from {id} yet (is [telemetry] enabled in its agent config?)");
+            return Ok(());
+        }
+        let rows: Vec<Vec<String>> = latest
+            .iter()
+            .map(|p| {
+                vec![value(&p["metric"]), labels(&p["labels"]), value(&p["value"]), at(&p["at"])]
+            })
+            .collect();
+        table(&["METRIC", "LABELS", "VALUE", "MEASURED"], &rows);
+        return Ok(());
+    };
+    // Walk the history to its end, keeping the newest `limit` points of the metric.
+    let mut newest = std::collections::VecDeque::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut path =
+            format!("/api/v1/devices/{id}/metrics/history?metric={}&limit=1000", encode(metric));
+        if let Some(a) = &after {
+            path.push_str(&format!("&after={a}"));
+        }
+        let page: serde_json::Value = client.get(&path)?;
+        for p in page["items"].as_array().cloned().unwrap_or_default() {
+            newest.push_back(p);
+            if newest.len() > limit {
+                newest.pop_front();
+            }
+        }
+        match page["next"].as_str() {
+            Some(n) => after = Some(n.to_owned()),
+            None => break,
+        }
+    }
+    if cli.json {
+        print_json(&newest);
+    } else if newest.is_empty() {
+        eprintln!("no {metric} points from {id} in the server's history (`fleetctl device metrics {id}` lists the series)");
+    } else {
+        let rows: Vec<Vec<String>> = newest
+            .iter()
+            .map(|p| vec![at(&p["at"]), labels(&p["labels"]), value(&p["value"]), value(&p["seq"])])
+            .collect();
+        table(&["MEASURED", "LABELS", "VALUE", "SEQ"], &rows);
     }
     Ok(())
 }

@@ -1,0 +1,205 @@
+//! The little HTTP/1.1 the agent's local sockets speak (update locks, telemetry ingestion):
+//! one request per connection, a bounded head, `Connection: close` answers with JSON bodies.
+//! Small on purpose: a full HTTP stack would be most of the agent's code for two endpoints.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+use tokio::io::AsyncReadExt;
+use tokio::net::UnixStream;
+
+impl Request {
+    /// A header's value (names compare case-insensitively).
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// A parsed request line.
+#[derive(Debug)]
+pub(crate) struct Request {
+    pub(crate) method: String,
+    pub(crate) path: String,
+    pub(crate) query: Option<String>,
+    /// Header names (lower case) and values.
+    pub(crate) headers: Vec<(String, String)>,
+}
+
+/// An answer: status, optional JSON body, and for 405 the methods that are allowed.
+#[derive(Debug)]
+pub(crate) struct Response {
+    pub(crate) status: u16,
+    pub(crate) body: Option<serde_json::Value>,
+    pub(crate) allow: Option<&'static str>,
+    /// `Retry-After` seconds (429, 503).
+    pub(crate) retry_after: Option<u64>,
+}
+
+impl Response {
+    /// `204 No Content`.
+    pub(crate) fn no_content() -> Response {
+        Response { status: 204, body: None, allow: None, retry_after: None }
+    }
+
+    pub(crate) fn json(status: u16, body: serde_json::Value) -> Response {
+        Response { status, body: Some(body), allow: None, retry_after: None }
+    }
+
+    /// A JSON answer; serialising our own types cannot fail, but if it did the client gets a 500
+    /// rather than the task panicking (as `json!` would).
+    pub(crate) fn serialized(status: u16, value: &impl Serialize) -> Response {
+        match serde_json::to_value(value) {
+            Ok(body) => Response::json(status, body),
+            Err(e) => Response::error(500, format!("cannot encode the answer: {e}")),
+        }
+    }
+
+    pub(crate) fn error(status: u16, message: impl Into<String>) -> Response {
+        Response::json(status, serde_json::json!({ "error": message.into() }))
+    }
+
+    pub(crate) fn method_not_allowed(method: &str, allow: &'static str) -> Response {
+        Response {
+            allow: Some(allow),
+            ..Response::error(405, format!("method {method} not allowed here; use {allow}"))
+        }
+    }
+
+    pub(crate) fn to_bytes(&self) -> Vec<u8> {
+        let body = self.body.as_ref().map(ToString::to_string).unwrap_or_default();
+        let mut head = format!("HTTP/1.1 {} {}\r\n", self.status, reason(self.status));
+        if let Some(allow) = self.allow {
+            let _ = write!(head, "Allow: {allow}\r\n");
+        }
+        if let Some(secs) = self.retry_after {
+            let _ = write!(head, "Retry-After: {secs}\r\n");
+        }
+        // RFC 9110: a 204 carries neither a body nor Content-Length.
+        if self.status != 204 {
+            let _ = write!(
+                head,
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            );
+        }
+        head.push_str("Connection: close\r\n\r\n");
+        let mut bytes = head.into_bytes();
+        bytes.extend_from_slice(body.as_bytes());
+        bytes
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        204 => "No Content",
+        400 => "Bad Request",
+        413 => "Content Too Large",
+        415 => "Unsupported Media Type",
+        429 => "Too Many Requests",
+        503 => "Service Unavailable",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        505 => "HTTP Version Not Supported",
+        _ => "Unknown",
+    }
+}
+
+/// Why a request head could not be read.
+pub(crate) enum ReadError {
+    /// The client closed without sending anything: nothing to answer.
+    Closed,
+    /// An answer to send instead of handling the request.
+    Reply(Response),
+}
+
+/// Reads up to the blank line ending the request head, at most `max` bytes.
+/// Returns the head and the bytes read after it (the start of the body).
+pub(crate) async fn read_head(
+    stream: &mut UnixStream,
+    max: usize,
+) -> Result<(Vec<u8>, Vec<u8>), ReadError> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut chunk).await.map_err(|e| {
+            ReadError::Reply(Response::error(400, format!("cannot read request: {e}")))
+        })?;
+        if n == 0 {
+            return Err(if buf.is_empty() {
+                ReadError::Closed
+            } else {
+                ReadError::Reply(Response::error(
+                    400,
+                    "connection closed before the end of the request head",
+                ))
+            });
+        }
+        // Search only where the terminator can be: the new bytes and the 3 before them.
+        let from = buf.len().saturating_sub(3);
+        buf.extend_from_slice(&chunk[..n]);
+        let end = find_head_end(&buf[from..]).map(|end| from + end);
+        if end.unwrap_or(buf.len()) > max {
+            return Err(ReadError::Reply(Response::error(
+                431,
+                format!("request head is larger than {max} bytes"),
+            )));
+        }
+        if let Some(end) = end {
+            let rest = buf.split_off(end);
+            return Ok((buf, rest));
+        }
+    }
+}
+
+/// The length of the head up to and including its blank line (CRLF CRLF, or LF LF from lenient
+/// clients), if it is complete.
+pub(crate) fn find_head_end(buf: &[u8]) -> Option<usize> {
+    (0..buf.len()).find_map(|i| {
+        let rest = &buf[i..];
+        if rest.starts_with(b"\r\n\r\n") {
+            Some(i + 4)
+        } else if rest.starts_with(b"\n\n") {
+            Some(i + 2)
+        } else {
+            None
+        }
+    })
+}
+
+/// Parses the request line and the headers.
+pub(crate) fn parse_request(head: &[u8]) -> Result<Request, Response> {
+    let head = std::str::from_utf8(head)
+        .map_err(|_| Response::error(400, "request head is not valid UTF-8"))?;
+    let line = head.lines().next().unwrap_or_default();
+    let parts: Vec<&str> = line.split_whitespace().collect();
+    let [method, target, version] = parts[..] else {
+        return Err(Response::error(
+            400,
+            format!("malformed request line {line:?}; expected METHOD /path HTTP/1.1"),
+        ));
+    };
+    if !version.starts_with("HTTP/") {
+        return Err(Response::error(400, format!("malformed HTTP version {version:?}")));
+    }
+    if version != "HTTP/1.1" && version != "HTTP/1.0" {
+        return Err(Response::error(505, format!("{version} is not supported; use HTTP/1.1")));
+    }
+    if !target.starts_with('/') {
+        return Err(Response::error(400, format!("request target {target:?} must start with /")));
+    }
+    let (path, query) = match target.split_once('?') {
+        Some((path, query)) => (path, (!query.is_empty()).then(|| query.to_owned())),
+        None => (target, None),
+    };
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Ok(Request { method: method.to_owned(), path: path.to_owned(), query, headers })
+}

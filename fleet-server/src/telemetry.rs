@@ -1,0 +1,211 @@
+//! Telemetry from devices: de-duplicated by (device, sequence), stored, acknowledged.
+//!
+//! Devices send every point at least once and delete it only after the server's
+//! `telemetry-ack`; after a reconnect or a lost ack they send some again. Here a point is
+//! stored only if its sequence number is new, so the server's view has each point exactly once.
+//! Per device the server keeps a bounded history ([`TELEMETRY_KEPT`] newest points, for
+//! `fleetctl device metrics` and dashboards; long-term storage belongs in a time-series
+//! database fed from here) and the latest value of every series (metric + labels).
+//!
+//! A batch is acknowledged only after the store change that holds its points is on disk (the
+//! ingest loop flushes a group of batches, then sends their acks).
+
+use std::collections::BTreeMap;
+
+use fleet_proto::telemetry::{Point, TelemetryAck, TelemetryBatch, Value};
+use fleet_proto::UnixMillis;
+use serde::{Deserialize, Serialize};
+
+use crate::store::{StoreError, Tx};
+
+/// Points kept per device; older ones are trimmed.
+pub const TELEMETRY_KEPT: u64 = 20_000;
+/// Series (metric + labels) whose latest value is kept per device; a device inventing label
+/// values without end cannot grow its record beyond this.
+pub const SERIES_KEPT: usize = 1_000;
+
+/// A device's telemetry counters and latest values.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TelemetryState {
+    /// One past the highest sequence number stored.
+    pub high: u64,
+    /// Oldest sequence number that may still be in the history: points below it were trimmed
+    /// (and any copy of them arriving now is a duplicate).
+    pub oldest_kept: u64,
+    /// Points in the history.
+    pub kept: u64,
+    /// Distinct points ever stored.
+    pub stored_total: u64,
+    /// Copies of already stored points received (resends after lost acks or reconnects).
+    pub duplicates_total: u64,
+    /// Points the device dropped to stay within its buffer budget (as it reports).
+    pub dropped_total: u64,
+    /// When the last batch arrived.
+    pub last_batch_at: Option<UnixMillis>,
+    /// Latest value per series, by series key (`metric{k=v,...}`).
+    pub latest: BTreeMap<String, Latest>,
+}
+
+/// The newest value of one series.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Latest {
+    /// Metric name.
+    pub metric: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// When it was measured.
+    pub at: UnixMillis,
+    /// The value.
+    pub value: Value,
+    /// Its sequence number.
+    pub seq: u64,
+}
+
+/// `metric{k=v,...}`: the key of a series.
+pub fn series_key(p: &Point) -> String {
+    if p.labels.is_empty() {
+        return p.metric.clone();
+    }
+    let labels: Vec<String> = p.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!("{}{{{}}}", p.metric, labels.join(","))
+}
+
+/// What one batch changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ingested {
+    /// The acknowledgement to send (the whole batch: new and duplicate points alike).
+    pub ack: TelemetryAck,
+    /// Points stored now.
+    pub stored: u64,
+    /// Points that were already stored.
+    pub duplicates: u64,
+}
+
+/// Stores the new points of `batch` in `tx`. `None` for an empty batch (nothing to ack).
+pub fn ingest(
+    tx: &mut Tx<'_>,
+    batch: &TelemetryBatch,
+    now: UnixMillis,
+) -> Result<Option<Ingested>, StoreError> {
+    let Some((first, last)) = batch.seq_range() else { return Ok(None) };
+    let id = &batch.device;
+    let mut st = tx.telemetry_state(id)?.unwrap_or_default();
+    let (mut stored, mut duplicates) = (0, 0);
+    for (i, p) in batch.points.iter().enumerate() {
+        let seq = first + i as u64;
+        let dup = seq < st.oldest_kept || (seq < st.high && tx.has_point(id, seq)?);
+        if dup {
+            duplicates += 1;
+            continue;
+        }
+        tx.put_point(id, seq, p);
+        stored += 1;
+        st.high = st.high.max(seq + 1);
+        let key = series_key(p);
+        let newer = st.latest.get(&key).is_none_or(|l| seq > l.seq);
+        if newer && (st.latest.contains_key(&key) || st.latest.len() < SERIES_KEPT) {
+            st.latest.insert(
+                key,
+                Latest {
+                    metric: p.metric.clone(),
+                    labels: p.labels.clone(),
+                    at: p.at,
+                    value: p.value.clone(),
+                    seq,
+                },
+            );
+        }
+    }
+    st.kept += stored;
+    st.stored_total += stored;
+    st.duplicates_total += duplicates;
+    st.dropped_total = st.dropped_total.max(batch.dropped_total);
+    st.last_batch_at = Some(now);
+    if st.kept > TELEMETRY_KEPT {
+        let excess = (st.kept - TELEMETRY_KEPT) as usize;
+        if let Some(oldest) = tx.trim_points(id, excess)? {
+            st.oldest_kept = st.oldest_kept.max(oldest);
+        }
+        st.kept = TELEMETRY_KEPT;
+    }
+    tx.put_telemetry_state(id, &st);
+    Ok(Some(Ingested { ack: TelemetryAck { first, last }, stored, duplicates }))
+}
+
+/// A value as JSON: numbers, booleans and strings as themselves.
+pub fn value_json(v: &Value) -> serde_json::Value {
+    match v {
+        Value::F64(x) => {
+            serde_json::Number::from_f64(*x).map_or(serde_json::Value::Null, Into::into)
+        }
+        Value::I64(x) => (*x).into(),
+        Value::Bool(x) => (*x).into(),
+        Value::Str(x) => x.clone().into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+    use fleet_proto::DeviceId;
+
+    fn batch(first_seq: u64, n: u64) -> TelemetryBatch {
+        TelemetryBatch {
+            device: DeviceId::new("robot-1").unwrap(),
+            first_seq,
+            dropped_total: 0,
+            points: (first_seq..first_seq + n)
+                .map(|i| Point {
+                    at: UnixMillis(i),
+                    metric: "m".into(),
+                    value: Value::I64(i as i64),
+                    labels: BTreeMap::from([("k".into(), "v".into())]),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn duplicates_are_counted_not_stored_and_still_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = DeviceId::new("robot-1").unwrap();
+        let ingest_one =
+            |b: &TelemetryBatch| store.update(|tx| ingest(tx, b, UnixMillis(1))).unwrap().unwrap();
+        let a = ingest_one(&batch(0, 10));
+        assert_eq!((a.stored, a.duplicates, a.ack), (10, 0, TelemetryAck { first: 0, last: 9 }));
+        // A resend overlapping the first batch.
+        let b = ingest_one(&batch(5, 10));
+        assert_eq!((b.stored, b.duplicates), (5, 5));
+        // Out of order: a gap filled late.
+        ingest_one(&batch(20, 5));
+        let c = ingest_one(&batch(15, 5));
+        assert_eq!((c.stored, c.duplicates), (5, 0));
+        let st = store.telemetry_state(&id).unwrap().unwrap();
+        assert_eq!((st.stored_total, st.duplicates_total, st.high), (25, 5, 25));
+        let points = store.telemetry_points(&id, None, 100).unwrap();
+        let seqs: Vec<u64> = points.iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, (0..25).collect::<Vec<_>>());
+        assert_eq!(st.latest["m{k=v}"].value, Value::I64(24));
+        // Paging from a cursor.
+        let tail = store.telemetry_points(&id, Some(22), 100).unwrap();
+        assert_eq!(tail.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![23, 24]);
+    }
+
+    #[test]
+    fn the_history_is_bounded_and_trimmed_points_count_as_duplicates() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = DeviceId::new("robot-1").unwrap();
+        let per = 5_000;
+        for i in 0..5 {
+            store.update(|tx| ingest(tx, &batch(i * per, per), UnixMillis(1))).unwrap();
+        }
+        let st = store.telemetry_state(&id).unwrap().unwrap();
+        assert_eq!(st.kept, TELEMETRY_KEPT);
+        assert_eq!(st.oldest_kept, 5 * per - TELEMETRY_KEPT);
+        let again = store.update(|tx| ingest(tx, &batch(0, 10), UnixMillis(1))).unwrap().unwrap();
+        assert_eq!((again.stored, again.duplicates), (0, 10));
+    }
+}
