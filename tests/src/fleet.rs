@@ -126,6 +126,11 @@ impl Fleet {
         .unwrap()
     }
 
+    /// Stops Mosquitto (devices go offline; their messages wait on the devices).
+    pub fn stop_mosquitto(&mut self) {
+        self.mosquitto = None;
+    }
+
     /// (Re)starts Mosquitto with the shipped configuration, pointed at this test's files.
     pub async fn start_mosquitto(&mut self) {
         self.mosquitto = None;

@@ -28,6 +28,8 @@ for applet in $("$busybox" --list); do
 done
 cp "$here/base/fleet-httpd" "$ctx/rootfs/bin/fleet-httpd"
 chmod 755 "$ctx/rootfs/bin/fleet-httpd"
+# A static Unix-socket HTTP client for the agent's telemetry socket (busybox has none).
+gcc -static -Os -s -o "$ctx/rootfs/bin/fleet-post" "$here/base/fleet-post.c"
 printf 'root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$ctx/rootfs/etc/passwd"
 printf 'root:x:0:\nnogroup:x:65534:\n' >"$ctx/rootfs/etc/group"
 chmod 1777 "$ctx/rootfs/tmp"

@@ -1,0 +1,376 @@
+//! Telemetry end to end: the real `fleet-agent` binary, the real `fleet-server` behind a real
+//! Mosquitto with mutual TLS, points posted to the agent's ingestion socket (by this test from
+//! the host, and by a container through the mounted socket), buffered on disk in sled and
+//! delivered at least once; the server's view has each point exactly once.
+//!
+//! * a simulated day offline arrives complete, once, in order, after the broker returns;
+//! * SIGKILL of the agent 50 times during ingest and drain loses no point it acknowledged;
+//! * a full buffer drops its oldest points and the server learns how many;
+//! * a container posts through `/run/fleet/telemetry.sock` and its points carry its service.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fleet_e2e::fleet::{start_fleet, Fleet, Killed};
+use fleet_e2e::{bin, eventually, TestEnv};
+use fleet_proto::release::{RestartPolicy, UpdateStrategy};
+use fleet_proto::{ImageRef, ReleaseId, ReleaseSpec, ServiceName, ServiceSpec};
+
+/// An agent's bundle with test settings: no host metrics (only the test's points), quick
+/// resends, its own lock and telemetry sockets. Returns the socket path.
+fn configure(bundle: &Path, extra: &str) -> PathBuf {
+    let data = bundle.join("data");
+    let sock = bundle.join("tele");
+    std::fs::create_dir_all(bundle.join("config.d")).unwrap();
+    std::fs::write(
+        bundle.join("config.d/10-test.toml"),
+        format!(
+            "[update]\nstop_grace_secs = 1\nstable_for_secs = 1\nresync_secs = 5\ndisk_reserve_mb = 1\n\
+             [locks]\ndir = \"{d}/locks\"\nsocket = \"{d}/locks.sock\"\n\
+             [telemetry]\nhost_interval_secs = 0\nsocket_dir = \"{s}\"\nack_timeout_secs = 3\n\
+             drain_points_per_sec = 20000\ndrain_burst_points = 20000\n{extra}",
+            d = data.display(),
+            s = sock.display(),
+        ),
+    )
+    .unwrap();
+    sock.join("telemetry.sock")
+}
+
+fn start_agent(bundle: &Path) -> Killed {
+    Killed(
+        Command::new(bin("fleet-agent"))
+            .arg("--config")
+            .arg(bundle.join("config.toml"))
+            .arg("run")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// POSTs `body` to the agent's socket; the status code (0 if the agent is not there or went
+/// away before answering).
+fn post(socket: &Path, path: &str, body: &str) -> u16 {
+    let Ok(mut s) = UnixStream::connect(socket) else { return 0 };
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: agent\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    if s.write_all(head.as_bytes()).and_then(|()| s.write_all(body.as_bytes())).is_err() {
+        return 0;
+    }
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+/// Waits until the socket takes connections.
+async fn socket_up(socket: &Path) {
+    let socket = socket.to_path_buf();
+    eventually("the telemetry socket", Duration::from_secs(30), || {
+        let socket = socket.clone();
+        async move { UnixStream::connect(&socket).ok().map(|_| ()) }
+    })
+    .await;
+}
+
+async fn metrics(fleet: &Fleet, id: &str) -> serde_json::Value {
+    let (code, body) = fleet.api("GET", &format!("/api/v1/devices/{id}/metrics"), None).await;
+    assert_eq!(code, 200, "{body}");
+    body
+}
+
+/// The server's whole history of `metric`: (seq, value, at, labels).
+async fn history(fleet: &Fleet, id: &str, metric: &str) -> Vec<serde_json::Value> {
+    let mut out = vec![];
+    let mut after = String::new();
+    loop {
+        let (code, page) = fleet
+            .api(
+                "GET",
+                &format!("/api/v1/devices/{id}/metrics/history?metric={metric}&limit=5000{after}"),
+                None,
+            )
+            .await;
+        assert_eq!(code, 200, "{page}");
+        out.extend(page["items"].as_array().unwrap().iter().cloned());
+        match page["next"].as_str() {
+            Some(n) => after = format!("&after={n}"),
+            None => return out,
+        }
+    }
+}
+
+async fn stored_total(fleet: &Fleet, id: &str, want: u64, within: Duration) -> serde_json::Value {
+    let fleet_ref = fleet;
+    eventually(&format!("{want} points stored at the server"), within, || async move {
+        let m = metrics(fleet_ref, id).await;
+        (m["stored_total"].as_u64() >= Some(want)).then_some(m)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_day_offline_arrives_exactly_once_and_in_order() {
+    let mut fleet = start_fleet().await;
+    let id = format!("tele-day-{}", std::process::id());
+    let bundle = fleet.enroll(&id);
+    let socket = configure(&bundle, "");
+    // Offline from the start: no broker.
+    fleet.stop_mosquitto();
+    let _agent = start_agent(&bundle);
+    socket_up(&socket).await;
+
+    // A day of one reading every 10 s, posted in requests of 480 lines, each acknowledged
+    // (on disk) before the next.
+    let day_start_ms: u64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+    let n = 8_640u64;
+    let started = Instant::now();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(480) {
+        let body: String = chunk
+            .iter()
+            .map(|i| format!("day,site=depot counter={i}i {}\n", day_start_ms + i * 10_000))
+            .collect();
+        assert_eq!(post(&socket, "/write?precision=ms", &body), 204);
+    }
+    eprintln!("{n} points buffered offline in {:?}", started.elapsed());
+    assert_eq!(
+        metrics(&fleet, &id).await["stored_total"],
+        0,
+        "nothing can arrive without a broker"
+    );
+
+    // The link returns: the backlog drains.
+    fleet.start_mosquitto().await;
+    let m = stored_total(&fleet, &id, n, Duration::from_secs(120)).await;
+    assert_eq!(m["stored_total"], n, "exactly once: {m}");
+    let points = history(&fleet, &id, "day.counter").await;
+    assert_eq!(points.len() as u64, n);
+    for (i, p) in points.iter().enumerate() {
+        assert_eq!(p["value"], i as u64, "in order: {p}");
+        assert_eq!(p["at"], day_start_ms + i as u64 * 10_000);
+        assert_eq!(p["labels"]["site"], "depot");
+        assert_eq!(p["labels"]["origin"], "host", "posted from outside any container");
+    }
+    let seqs: Vec<u64> = points.iter().map(|p| p["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "consecutive sequence numbers");
+    // fleetctl shows it too.
+    let out =
+        fleet.fleetctl(&["device", "metrics", &id, "--metric", "day.counter", "--limit", "3"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("8639") && !text.contains(" 8636 "), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_ingest_and_drain_loses_no_acknowledged_point() {
+    let fleet = start_fleet().await;
+    let id = format!("tele-kill-{}", std::process::id());
+    let bundle = fleet.enroll(&id);
+    // A slow drain, so the kills also land while a backlog is being sent.
+    let socket = configure(&bundle, "");
+    let slow = std::fs::read_to_string(bundle.join("config.d/10-test.toml")).unwrap().replace(
+        "drain_points_per_sec = 20000\ndrain_burst_points = 20000",
+        "drain_points_per_sec = 300\ndrain_burst_points = 500\nbatch_points = 100",
+    );
+    std::fs::write(bundle.join("config.d/10-test.toml"), slow).unwrap();
+
+    let mut acknowledged = BTreeSet::new();
+    let mut next = 0u64;
+    let rounds = 50;
+    for round in 0..rounds {
+        let mut agent = start_agent(&bundle);
+        socket_up(&socket).await;
+        // Post 10 points every few ms for a while, then SIGKILL mid-stream.
+        let kill_at = Instant::now() + Duration::from_millis(150 + (round * 37 % 250));
+        // At most 300 points a round: the whole run stays within the server's history bound.
+        let round_end = next + 300;
+        while Instant::now() < kill_at && next < round_end {
+            let values: Vec<u64> = (next..next + 10).collect();
+            next += 10;
+            let body: String = values.iter().map(|v| format!("k value={v}i\n")).collect();
+            if post(&socket, "/write", &body) == 204 {
+                acknowledged.extend(values);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        agent.0.kill().unwrap(); // SIGKILL
+        agent.0.wait().unwrap();
+    }
+    eprintln!("{} of {next} points acknowledged across {rounds} SIGKILLs", acknowledged.len());
+    assert!(acknowledged.len() > 1000, "the agent took points between kills");
+
+    // A last start drains everything.
+    let _agent = start_agent(&bundle);
+    let want = acknowledged.len() as u64;
+    stored_total(&fleet, &id, want, Duration::from_secs(180)).await;
+    let fleet_ref = &fleet;
+    let id_ref = id.as_str();
+    let acked = &acknowledged;
+    let seen = eventually(
+        "every acknowledged point at the server",
+        Duration::from_secs(120),
+        || async move {
+            let points = history(fleet_ref, id_ref, "k").await;
+            let values: Vec<u64> = points.iter().map(|p| p["value"].as_u64().unwrap()).collect();
+            let held: BTreeSet<u64> = values.iter().copied().collect();
+            acked.is_subset(&held).then_some(values)
+        },
+    )
+    .await;
+    let mut counts = BTreeMap::new();
+    for v in &seen {
+        *counts.entry(*v).or_insert(0) += 1;
+    }
+    assert!(counts.values().all(|c| *c == 1), "the server holds each point once");
+    let m = metrics(&fleet, &id).await;
+    eprintln!("server: {} stored, {} duplicates removed", m["stored_total"], m["duplicates_total"]);
+    assert_eq!(m["dropped_total"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_buffer_drops_the_oldest_and_reports_how_many() {
+    let mut fleet = start_fleet().await;
+    let id = format!("tele-full-{}", std::process::id());
+    let bundle = fleet.enroll(&id);
+    let socket = configure(
+        &bundle,
+        "budget_mb = 1\nservice_points_per_sec = 1000000\nservice_burst_points = 1000000\n",
+    );
+    fleet.stop_mosquitto();
+    let _agent = start_agent(&bundle);
+    socket_up(&socket).await;
+    // ~3 MB of points into a 1 MB buffer.
+    let n = 30_000u64;
+    for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
+        let body: String = chunk
+            .iter()
+            .map(|i| format!("full,pad=xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx value={i}i\n"))
+            .collect();
+        assert_eq!(post(&socket, "/write", &body), 204);
+    }
+    let disk = dir_size(&bundle.join("data/telemetry"));
+    eprintln!("telemetry buffer on disk: {disk} bytes for a 1 MB budget");
+    assert!(disk <= 4_000_000 + (8 << 20), "within the budget plus the stated slack: {disk}");
+    fleet.start_mosquitto().await;
+    let fleet_ref = &fleet;
+    let id_ref = id.as_str();
+    let m =
+        eventually("the dropped count at the server", Duration::from_secs(120), || async move {
+            let m = metrics(fleet_ref, id_ref).await;
+            let (stored, dropped) = (m["stored_total"].as_u64()?, m["dropped_total"].as_u64()?);
+            (dropped > 0 && stored + dropped == n).then_some(m)
+        })
+        .await;
+    let points = history(&fleet, &id, "full").await;
+    let first = points[0]["value"].as_u64().unwrap();
+    assert_eq!(first, m["dropped_total"].as_u64().unwrap(), "the oldest went first: {m}");
+    assert_eq!(points.last().unwrap()["value"], n - 1, "the newest are all there");
+}
+
+fn dir_size(p: &Path) -> u64 {
+    std::fs::read_dir(p)
+        .map(|d| {
+            d.flatten()
+                .map(|e| {
+                    let m = e.metadata().unwrap();
+                    if m.is_dir() {
+                        dir_size(&e.path())
+                    } else {
+                        m.len()
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_posts_through_the_mounted_socket_and_its_points_carry_its_service() {
+    let env = TestEnv::load();
+    let fleet = start_fleet().await;
+    let id = format!("tele-app-{}", std::process::id());
+    let _cleanup = Containers(id.clone());
+    let bundle = fleet.enroll(&id);
+    configure(&bundle, "");
+    let _agent = start_agent(&bundle);
+    let fleet_ref = &fleet;
+    let id_ref = id.as_str();
+    eventually("the agent online", Duration::from_secs(30), || async move {
+        let (_, d) = fleet_ref.api("GET", &format!("/api/v1/devices/{id_ref}"), None).await;
+        (d["online"] == true).then_some(())
+    })
+    .await;
+    // A service that claims to be someone else in its tags: the agent's label wins.
+    let script = "while true; do printf 'robot.motor,joint=2,service=impostor temp=41.5\\n' | fleet-post \"$FLEET_TELEMETRY_SOCKET\" /write; sleep 1; done";
+    let sensor = ServiceSpec {
+        command: vec!["sh".into(), "-c".into(), script.into()],
+        restart: RestartPolicy::UnlessStopped,
+        update: UpdateStrategy::StopFirst,
+        telemetry: true,
+        ..ServiceSpec::new(
+            ServiceName::new("sensor").unwrap(),
+            ImageRef::parse(&env.image("web:1").reference).unwrap(),
+        )
+    };
+    let release = ReleaseSpec {
+        id: ReleaseId::new("tele@1").unwrap(),
+        app: "tele".into(),
+        version: "1".into(),
+        services: vec![sensor],
+    };
+    let (code, body) = fleet
+        .api(
+            "PUT",
+            &format!("/api/v1/devices/{id}/desired"),
+            Some(serde_json::json!({ "release": release })),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let latest =
+        eventually("the container's point at the server", Duration::from_secs(90), || async move {
+            let m = metrics(fleet_ref, id_ref).await;
+            m["latest"].as_array()?.iter().find(|p| p["metric"] == "robot.motor.temp").cloned()
+        })
+        .await;
+    assert_eq!(latest["value"], 41.5);
+    assert_eq!(latest["labels"]["joint"], "2");
+    assert_eq!(latest["labels"]["service"], "sensor", "{latest}");
+    // The socket is mounted read-only and named in the environment.
+    let inspect = Command::new("docker")
+        .args(["ps", "-q", "--filter", &format!("label=io.fleet.device={id}")])
+        .output()
+        .unwrap();
+    let cid = String::from_utf8_lossy(&inspect.stdout).trim().to_owned();
+    let mounts =
+        Command::new("docker").args(["inspect", "-f", "{{json .Mounts}}", &cid]).output().unwrap();
+    let mounts = String::from_utf8_lossy(&mounts.stdout);
+    assert!(
+        mounts.contains("\"Destination\":\"/run/fleet\"") && mounts.contains("\"RW\":false"),
+        "{mounts}"
+    );
+}
+
+/// Removes the device's containers whatever the test's outcome.
+struct Containers(String);
+
+impl Drop for Containers {
+    fn drop(&mut self) {
+        let filter = format!("label=io.fleet.device={}", self.0);
+        let _ = Command::new("sh")
+            .args([
+                "-c",
+                &format!("docker ps -aq --filter {filter} | xargs -r docker rm -f >/dev/null 2>&1"),
+            ])
+            .status();
+    }
+}
