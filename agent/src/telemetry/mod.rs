@@ -15,6 +15,8 @@ pub mod delivery;
 pub mod host;
 pub mod ingest;
 pub mod line_protocol;
+#[cfg(feature = "redb-store")]
+pub mod redb_store;
 pub mod store;
 
 use std::path::PathBuf;
