@@ -9,7 +9,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use fleet_e2e::fleet::{client, connected, start_fleet, watch, Fleet, Killed};
+use fleet_e2e::fleet::{client, connected, start_fleet, watch, Containers, Fleet, Killed};
 use fleet_e2e::{bin, eventually, TestEnv};
 use fleet_proto::release::{HealthCheck, Probe, ResourceLimits, RestartPolicy, UpdateStrategy};
 use fleet_proto::{
@@ -45,21 +45,6 @@ async fn device(fleet: &Fleet, id: &str) -> serde_json::Value {
     let (code, body) = fleet.api("GET", &format!("/api/v1/devices/{id}"), None).await;
     assert_eq!(code, 200, "{body}");
     body
-}
-
-/// Removes the device's containers whatever the test's outcome.
-struct Containers(String);
-
-impl Drop for Containers {
-    fn drop(&mut self) {
-        let filter = format!("label=io.fleet.device={}", self.0);
-        let _ = Command::new("sh")
-            .args([
-                "-c",
-                &format!("docker ps -aq --filter {filter} | xargs -r docker rm -f >/dev/null 2>&1"),
-            ])
-            .status();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

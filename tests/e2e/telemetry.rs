@@ -14,11 +14,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use fleet_e2e::fleet::{start_fleet, Fleet, Killed};
-use fleet_e2e::{bin, eventually, TestEnv};
+use fleet_e2e::fleet::{start_agent, start_fleet, Containers, Fleet};
+use fleet_e2e::{dir_size, eventually, TestEnv};
 use fleet_proto::release::{RestartPolicy, UpdateStrategy};
 use fleet_proto::{ImageRef, ReleaseId, ReleaseSpec, ServiceName, ServiceSpec};
 
@@ -41,19 +41,6 @@ fn configure(bundle: &Path, extra: &str) -> PathBuf {
     )
     .unwrap();
     sock.join("telemetry.sock")
-}
-
-fn start_agent(bundle: &Path) -> Killed {
-    Killed(
-        Command::new(bin("fleet-agent"))
-            .arg("--config")
-            .arg(bundle.join("config.toml"))
-            .arg("run")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    )
 }
 
 /// POSTs `body` to the agent's socket; the status code (0 if the agent is not there or went
@@ -127,7 +114,7 @@ async fn a_day_offline_arrives_exactly_once_and_in_order() {
     let socket = configure(&bundle, "");
     // Offline from the start: no broker.
     fleet.stop_mosquitto();
-    let _agent = start_agent(&bundle);
+    let _agent = start_agent(&bundle, true);
     socket_up(&socket).await;
 
     // A day of one reading every 10 s, posted in requests of 480 lines, each acknowledged
@@ -188,7 +175,7 @@ async fn sigkill_during_ingest_and_drain_loses_no_acknowledged_point() {
     let mut next = 0u64;
     let rounds = 50;
     for round in 0..rounds {
-        let mut agent = start_agent(&bundle);
+        let mut agent = start_agent(&bundle, true);
         socket_up(&socket).await;
         // Post 10 points every few ms for a while, then SIGKILL mid-stream.
         let kill_at = Instant::now() + Duration::from_millis(150 + (round * 37 % 250));
@@ -210,7 +197,7 @@ async fn sigkill_during_ingest_and_drain_loses_no_acknowledged_point() {
     assert!(acknowledged.len() > 1000, "the agent took points between kills");
 
     // A last start drains everything.
-    let _agent = start_agent(&bundle);
+    let _agent = start_agent(&bundle, true);
     let want = acknowledged.len() as u64;
     stored_total(&fleet, &id, want, Duration::from_secs(180)).await;
     let fleet_ref = &fleet;
@@ -247,7 +234,7 @@ async fn a_full_buffer_drops_the_oldest_and_reports_how_many() {
         "budget_mb = 1\nservice_points_per_sec = 1000000\nservice_burst_points = 1000000\n",
     );
     fleet.stop_mosquitto();
-    let _agent = start_agent(&bundle);
+    let _agent = start_agent(&bundle, true);
     socket_up(&socket).await;
     // ~3 MB of points into a 1 MB buffer.
     let n = 30_000u64;
@@ -277,23 +264,6 @@ async fn a_full_buffer_drops_the_oldest_and_reports_how_many() {
     assert_eq!(points.last().unwrap()["value"], n - 1, "the newest are all there");
 }
 
-fn dir_size(p: &Path) -> u64 {
-    std::fs::read_dir(p)
-        .map(|d| {
-            d.flatten()
-                .map(|e| {
-                    let m = e.metadata().unwrap();
-                    if m.is_dir() {
-                        dir_size(&e.path())
-                    } else {
-                        m.len()
-                    }
-                })
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_container_posts_through_the_mounted_socket_and_its_points_carry_its_service() {
     let env = TestEnv::load();
@@ -302,7 +272,7 @@ async fn a_container_posts_through_the_mounted_socket_and_its_points_carry_its_s
     let _cleanup = Containers(id.clone());
     let bundle = fleet.enroll(&id);
     configure(&bundle, "");
-    let _agent = start_agent(&bundle);
+    let _agent = start_agent(&bundle, true);
     let fleet_ref = &fleet;
     let id_ref = id.as_str();
     eventually("the agent online", Duration::from_secs(30), || async move {
@@ -358,19 +328,4 @@ async fn a_container_posts_through_the_mounted_socket_and_its_points_carry_its_s
         mounts.contains("\"Destination\":\"/run/fleet\"") && mounts.contains("\"RW\":false"),
         "{mounts}"
     );
-}
-
-/// Removes the device's containers whatever the test's outcome.
-struct Containers(String);
-
-impl Drop for Containers {
-    fn drop(&mut self) {
-        let filter = format!("label=io.fleet.device={}", self.0);
-        let _ = Command::new("sh")
-            .args([
-                "-c",
-                &format!("docker ps -aq --filter {filter} | xargs -r docker rm -f >/dev/null 2>&1"),
-            ])
-            .status();
-    }
 }

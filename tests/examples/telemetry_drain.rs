@@ -10,11 +10,10 @@
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fleet_e2e::bin;
-use fleet_e2e::fleet::{start_fleet, Killed};
+use fleet_e2e::dir_size;
+use fleet_e2e::fleet::{start_agent, start_fleet};
 
 fn rss_kb(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -59,16 +58,7 @@ async fn main() {
     )
     .unwrap();
     fleet.stop_mosquitto();
-    let agent = Killed(
-        Command::new(bin("fleet-agent"))
-            .arg("--config")
-            .arg(bundle.join("config.toml"))
-            .arg("run")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let agent = start_agent(&bundle, false);
     let socket = sock.join("telemetry.sock");
     while UnixStream::connect(&socket).is_err() {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -87,16 +77,7 @@ async fn main() {
         ),
     )
     .unwrap();
-    let off = Killed(
-        Command::new(bin("fleet-agent"))
-            .arg("--config")
-            .arg(plain.join("config.toml"))
-            .arg("run")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let off = start_agent(&plain, false);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let idle = idle.max(rss_kb(pid));
     println!(
@@ -125,7 +106,7 @@ async fn main() {
     let points = n / per * per * 2;
     let ingest = started.elapsed();
     let buffered = rss_kb(pid);
-    let disk: u64 = walk(&bundle.join("data/telemetry"));
+    let disk: u64 = dir_size(&bundle.join("data/telemetry"));
     println!("ingest through the socket: {points} points in {:.1} s = {:.0} points/s (each request acknowledged after a flush)", ingest.as_secs_f64(), points as f64 / ingest.as_secs_f64());
     println!("agent RSS: idle {:.1} MiB, with {points} points buffered {:.1} MiB; buffer on disk {:.1} MiB", idle as f64 / 1024.0, buffered as f64 / 1024.0, disk as f64 / 1048576.0);
 
@@ -147,21 +128,4 @@ async fn main() {
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
     println!("agent RSS after the drain: {:.1} MiB", rss_kb(pid) as f64 / 1024.0);
-}
-
-fn walk(p: &Path) -> u64 {
-    std::fs::read_dir(p)
-        .map(|d| {
-            d.flatten()
-                .map(|e| {
-                    let m = e.metadata().unwrap();
-                    if m.is_dir() {
-                        walk(&e.path())
-                    } else {
-                        m.len()
-                    }
-                })
-                .sum()
-        })
-        .unwrap_or(0)
 }

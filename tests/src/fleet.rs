@@ -26,6 +26,37 @@ impl Drop for Killed {
     }
 }
 
+/// Removes a device's containers whatever the test's outcome.
+#[derive(Debug)]
+pub struct Containers(pub String);
+
+impl Drop for Containers {
+    fn drop(&mut self) {
+        let filter = format!("label=io.fleet.device={}", self.0);
+        let _ = Command::new("sh")
+            .args([
+                "-c",
+                &format!("docker ps -aq --filter {filter} | xargs -r docker rm -f >/dev/null 2>&1"),
+            ])
+            .status();
+    }
+}
+
+/// Starts `fleet-agent run` on an enrollment bundle (its log on this process's stderr, or
+/// discarded).
+pub fn start_agent(bundle: &Path, log: bool) -> Killed {
+    Killed(
+        Command::new(bin("fleet-agent"))
+            .arg("--config")
+            .arg(bundle.join("config.toml"))
+            .arg("run")
+            .stdout(Stdio::null())
+            .stderr(if log { Stdio::inherit() } else { Stdio::null() })
+            .spawn()
+            .unwrap(),
+    )
+}
+
 /// A fleet server plus a Mosquitto configured from packaging/mosquitto/.
 #[derive(Debug)]
 pub struct Fleet {

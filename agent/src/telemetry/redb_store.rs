@@ -5,15 +5,12 @@
 //!
 //! [`SledStore`]: super::store::SledStore
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use fleet_proto::telemetry::Point;
 use redb::{Database, Durability, ReadableTable, TableDefinition};
 
-use super::store::{
-    chunk_cost, chunks_to_drop, encode_chunk, Run, Stats, StoreError, TelemetryStore,
-};
+use super::store::{encode_chunk, read_run, Ledger, Run, Stats, StoreError, TelemetryStore};
 
 const CHUNKS: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("chunks");
 const META: TableDefinition<'static, &str, u64> = TableDefinition::new("meta");
@@ -22,15 +19,15 @@ const META: TableDefinition<'static, &str, u64> = TableDefinition::new("meta");
 pub struct RedbStore {
     path: PathBuf,
     db: Database,
-    budget: u64,
-    index: BTreeMap<u64, (u64, u32)>,
-    acked_through: Option<u64>,
-    stats: Stats,
+    ledger: Ledger,
 }
 
 impl std::fmt::Debug for RedbStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedbStore").field("path", &self.path).field("stats", &self.stats).finish()
+        f.debug_struct("RedbStore")
+            .field("path", &self.path)
+            .field("stats", &self.ledger.stats())
+            .finish()
     }
 }
 
@@ -44,44 +41,30 @@ impl RedbStore {
         let e = err(file);
         // The same small cache as sled's (redb's default is 1 GiB).
         let db = redb::Builder::new().set_cache_size(1 << 20).create(file).map_err(|x| e(&x))?;
-        let mut s = RedbStore {
-            path: file.to_path_buf(),
-            db,
-            budget,
-            index: BTreeMap::new(),
-            acked_through: None,
-            stats: Stats::default(),
-        };
-        let tx = s.db.begin_write().map_err(|x| e(&x))?;
-        {
+        let tx = db.begin_write().map_err(|x| e(&x))?;
+        let ledger = {
             let meta = tx.open_table(META).map_err(|x| e(&x))?;
             let chunks = tx.open_table(CHUNKS).map_err(|x| e(&x))?;
             let get = |k: &str| meta.get(k).ok().flatten().map(|v| v.value());
-            s.acked_through = get("acked_through");
-            s.stats.dropped_total = get("dropped_total").unwrap_or(0);
-            let mut next = get("next_seq").unwrap_or(0);
+            let mut held = vec![];
             for entry in chunks.iter().map_err(|x| e(&x))? {
                 let (k, v) = entry.map_err(|x| e(&x))?;
-                let (first, v) = (k.value(), v.value());
-                let count = u32::from_be_bytes(v[..4].try_into().unwrap_or_default());
-                s.index.insert(first, (chunk_cost(v.len()), count));
-                s.stats.bytes += chunk_cost(v.len());
-                next = next.max(first + u64::from(count));
+                let v = v.value();
+                let count =
+                    v.get(..4).map_or(0, |c| u32::from_be_bytes(c.try_into().unwrap_or_default()));
+                held.push((k.value(), v.len(), count));
             }
-            s.stats.next_seq = next;
-        }
-        tx.commit().map_err(|x| e(&x))?;
-        s.refresh();
-        Ok(s)
-    }
-
-    fn refresh(&mut self) {
-        let first = self.index.keys().next().copied().unwrap_or(self.stats.next_seq);
-        self.stats.oldest = match self.acked_through {
-            Some(a) => first.max(a + 1).min(self.stats.next_seq),
-            None => first,
+            let next = get("next_seq").unwrap_or(0);
+            Ledger::restore(
+                budget,
+                next,
+                get("acked_through"),
+                get("dropped_total").unwrap_or(0),
+                held,
+            )
         };
-        self.stats.points = self.stats.next_seq - self.stats.oldest;
+        tx.commit().map_err(|x| e(&x))?;
+        Ok(RedbStore { path: file.to_path_buf(), db, ledger })
     }
 
     fn write(
@@ -107,107 +90,93 @@ impl RedbStore {
 impl TelemetryStore for RedbStore {
     fn append(&mut self, points: &[Point]) -> Result<u64, StoreError> {
         let value = encode_chunk(points);
-        let cost = chunk_cost(value.len());
-        if cost > self.budget {
-            return Err(StoreError::TooLarge {
-                points: points.len(),
-                bytes: cost,
-                budget: self.budget,
-            });
-        }
-        let first = self.stats.next_seq;
-        if points.is_empty() {
-            return Ok(first);
-        }
-        let drop =
-            chunks_to_drop(self.index.values().map(|c| c.0), self.stats.bytes, cost, self.budget);
-        let dropped: Vec<(u64, (u64, u32))> =
-            self.index.iter().take(drop).map(|(k, v)| (*k, *v)).collect();
-        let oldest = self.stats.oldest;
-        let lost: u64 = dropped
-            .iter()
-            .map(|(k, (_, n))| (k + u64::from(*n)).saturating_sub((*k).max(oldest)))
-            .sum();
-        let next = first + points.len() as u64;
-        let dropped_total = self.stats.dropped_total + lost;
+        let Some(plan) = self.ledger.plan_append(points.len(), value.len())? else {
+            return Ok(self.ledger.stats().next_seq);
+        };
         self.write(Durability::Eventual, |chunks, meta| {
-            for (k, _) in &dropped {
+            for k in &plan.drop {
                 chunks.remove(k)?;
             }
-            chunks.insert(first, value.as_slice())?;
-            meta.insert("next_seq", next)?;
-            meta.insert("dropped_total", dropped_total)?;
+            chunks.insert(plan.first, value.as_slice())?;
+            meta.insert("next_seq", plan.next_seq)?;
+            meta.insert("dropped_total", plan.dropped_total)?;
             Ok(())
         })?;
-        for (k, (c, _)) in &dropped {
-            self.index.remove(k);
-            self.stats.bytes -= c;
-        }
-        self.stats.dropped_total = dropped_total;
-        self.index.insert(first, (cost, points.len() as u32));
-        self.stats.bytes += cost;
-        self.stats.next_seq = next;
-        self.refresh();
-        Ok(first)
+        self.ledger.apply_append(&plan);
+        Ok(plan.first)
     }
 
     fn read(&self, from: u64, max_points: usize) -> Result<Run, StoreError> {
         let e = err(&self.path);
-        let from = from.max(self.stats.oldest);
-        let mut run = Run { first_seq: from, points: vec![] };
         let tx = self.db.begin_read().map_err(|x| e(&x))?;
         let chunks = tx.open_table(CHUNKS).map_err(|x| e(&x))?;
-        let start = self.index.range(..=from).next_back().map_or(from, |(k, _)| *k);
-        for (&first, _) in self.index.range(start..) {
-            if run.points.len() >= max_points {
-                break;
-            }
+        read_run(&self.ledger, from, max_points, |first| {
             let v =
                 chunks.get(first).map_err(|x| e(&x))?.ok_or_else(|| e(&"indexed chunk missing"))?;
-            let points: Vec<Point> = postcard::from_bytes(&v.value()[4..]).map_err(|x| e(&x))?;
-            let skip = from.saturating_sub(first) as usize;
-            let room = max_points - run.points.len();
-            run.points.extend(points.into_iter().skip(skip).take(room));
-        }
-        Ok(run)
+            postcard::from_bytes(&v.value()[4..]).map_err(|x| e(&x))
+        })
     }
 
     fn ack_through(&mut self, seq: u64) -> Result<(), StoreError> {
-        if self.stats.next_seq == 0 {
-            return Ok(());
-        }
-        let seq = seq.min(self.stats.next_seq - 1);
-        if self.acked_through.is_some_and(|a| a >= seq) {
-            return Ok(());
-        }
-        let gone: Vec<(u64, u64)> = self
-            .index
-            .iter()
-            .take_while(|(first, (_, n))| *first + u64::from(*n) - 1 <= seq)
-            .map(|(k, (c, _))| (*k, *c))
-            .collect();
+        let Some(plan) = self.ledger.plan_ack(seq) else { return Ok(()) };
         self.write(Durability::Eventual, |chunks, meta| {
-            for (k, _) in &gone {
+            for k in &plan.remove {
                 chunks.remove(k)?;
             }
-            meta.insert("acked_through", seq)?;
+            meta.insert("acked_through", plan.seq)?;
             Ok(())
         })?;
-        for (k, c) in gone {
-            self.index.remove(&k);
-            self.stats.bytes -= c;
-        }
-        self.acked_through = Some(seq);
-        self.refresh();
+        self.ledger.apply_ack(&plan);
         Ok(())
     }
 
     fn stats(&self) -> Stats {
-        self.stats
+        self.ledger.stats()
     }
 
     fn flush(&self) -> Result<(), StoreError> {
         // An empty commit with immediate durability makes every earlier commit durable.
         self.write(Durability::Immediate, |_, _| Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::store::MemStore;
+    use fleet_proto::telemetry::Value;
+    use fleet_proto::UnixMillis;
+
+    #[test]
+    fn behaves_like_the_model_across_drops_acks_and_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("t.redb");
+        let budget = 3_000;
+        let mut model = MemStore::new(budget);
+        let mut store = RedbStore::open(&file, budget).unwrap();
+        for round in 0..60u64 {
+            let points: Vec<Point> = (0..round % 7)
+                .map(|i| Point {
+                    at: UnixMillis(round * 10 + i),
+                    metric: format!("m{}", "x".repeat((round % 5) as usize * 8)),
+                    value: Value::I64(i as i64),
+                    labels: Default::default(),
+                })
+                .collect();
+            assert_eq!(model.append(&points).unwrap(), store.append(&points).unwrap());
+            if round % 4 == 0 {
+                let seq = model.stats().oldest + 2;
+                model.ack_through(seq).unwrap();
+                store.ack_through(seq).unwrap();
+            }
+            if round % 9 == 0 {
+                store.flush().unwrap();
+                drop(store);
+                store = RedbStore::open(&file, budget).unwrap();
+            }
+            assert_eq!(model.stats(), store.stats(), "round {round}");
+            assert_eq!(model.read(0, 1000).unwrap(), store.read(0, 1000).unwrap(), "round {round}");
+        }
+        assert!(model.stats().dropped_total > 0, "the budget was exercised");
     }
 }

@@ -286,21 +286,201 @@ fn unacked_in(first: u64, n: u64, oldest: u64) -> u64 {
     (first + n).saturating_sub(first.max(oldest))
 }
 
-/// The buffer on disk, in sled.
-pub struct SledStore {
-    path: PathBuf,
-    db: sled::Db,
+/// The bookkeeping the disk stores share, pure: the sequence numbers a chunk gets, which
+/// chunks the budget or an acknowledgement removes, and the statistics. A store asks for a plan,
+/// writes it in one atomic batch, then applies it here, so a failed write changes nothing.
+/// ([`MemStore`] keeps its own, independent bookkeeping: it is the model the stores are tested
+/// against.)
+#[derive(Debug, Clone)]
+pub struct Ledger {
     budget: u64,
-    /// first seq → (cost, points), mirrored in memory: 16 bytes per chunk (a day of host
-    /// metrics every 10 s is ~8,640 chunks), so budget decisions never read the disk.
+    /// first seq → (cost, points): 16 bytes per chunk (a day of host metrics every 10 s is
+    /// ~8,640 chunks), so budget decisions never read the disk.
     index: BTreeMap<u64, (u64, u32)>,
     acked_through: Option<u64>,
     stats: Stats,
 }
 
+/// What one append writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendPlan {
+    /// Sequence number of the chunk's first point (its key).
+    pub first: u64,
+    /// The sequence counter after it.
+    pub next_seq: u64,
+    /// Chunks (by first sequence number) dropped to make room, oldest first.
+    pub drop: Vec<u64>,
+    /// The dropped-points counter after it (changed only if `drop` is not empty).
+    pub dropped_total: u64,
+    cost: u64,
+    count: u32,
+}
+
+/// What one acknowledgement writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AckPlan {
+    /// Everything `<= seq` is acknowledged.
+    pub seq: u64,
+    /// Chunks (by first sequence number) now wholly acknowledged.
+    pub remove: Vec<u64>,
+}
+
+impl Ledger {
+    /// An empty buffer limited to `budget` bytes.
+    pub fn new(budget: u64) -> Ledger {
+        Ledger { budget, index: BTreeMap::new(), acked_through: None, stats: Stats::default() }
+    }
+
+    /// Rebuilds the ledger from what a store holds: its counters and its chunks (first
+    /// sequence number, encoded length, point count).
+    pub fn restore(
+        budget: u64,
+        next_seq: u64,
+        acked_through: Option<u64>,
+        dropped_total: u64,
+        chunks: impl IntoIterator<Item = (u64, usize, u32)>,
+    ) -> Ledger {
+        let mut l =
+            Ledger { budget, index: BTreeMap::new(), acked_through, stats: Stats::default() };
+        l.stats.dropped_total = dropped_total;
+        l.stats.next_seq = next_seq;
+        for (first, len, count) in chunks {
+            l.index.insert(first, (chunk_cost(len), count));
+            l.stats.bytes += chunk_cost(len);
+            // The counter is written with the chunk, but never trust it below what is held.
+            l.stats.next_seq = l.stats.next_seq.max(first + u64::from(count));
+        }
+        l.refresh();
+        l
+    }
+
+    /// The plan for appending `count` points encoded in `encoded_len` bytes; `None` for no
+    /// points (nothing to write).
+    pub fn plan_append(
+        &self,
+        count: usize,
+        encoded_len: usize,
+    ) -> Result<Option<AppendPlan>, StoreError> {
+        let cost = chunk_cost(encoded_len);
+        if cost > self.budget {
+            return Err(StoreError::TooLarge { points: count, bytes: cost, budget: self.budget });
+        }
+        if count == 0 {
+            return Ok(None);
+        }
+        let n =
+            chunks_to_drop(self.index.values().map(|c| c.0), self.stats.bytes, cost, self.budget);
+        let drop: Vec<(u64, u32)> = self.index.iter().take(n).map(|(k, (_, c))| (*k, *c)).collect();
+        let lost: u64 =
+            drop.iter().map(|(k, c)| unacked_in(*k, u64::from(*c), self.stats.oldest)).sum();
+        let first = self.stats.next_seq;
+        Ok(Some(AppendPlan {
+            first,
+            next_seq: first + count as u64,
+            drop: drop.into_iter().map(|(k, _)| k).collect(),
+            dropped_total: self.stats.dropped_total + lost,
+            cost,
+            count: u32::try_from(count).unwrap_or(u32::MAX),
+        }))
+    }
+
+    /// Records an append the store has written.
+    pub fn apply_append(&mut self, plan: &AppendPlan) {
+        for k in &plan.drop {
+            if let Some((c, _)) = self.index.remove(k) {
+                self.stats.bytes -= c;
+            }
+        }
+        self.stats.dropped_total = plan.dropped_total;
+        self.index.insert(plan.first, (plan.cost, plan.count));
+        self.stats.bytes += plan.cost;
+        self.stats.next_seq = plan.next_seq;
+        self.refresh();
+    }
+
+    /// The plan for acknowledging everything `<= seq`; `None` if that changes nothing.
+    pub fn plan_ack(&self, seq: u64) -> Option<AckPlan> {
+        let seq = seq.min(self.stats.next_seq.checked_sub(1)?);
+        if self.acked_through.is_some_and(|a| a >= seq) {
+            return None;
+        }
+        let remove = self
+            .index
+            .iter()
+            .take_while(|(first, (_, n))| *first + u64::from(*n) - 1 <= seq)
+            .map(|(k, _)| *k)
+            .collect();
+        Some(AckPlan { seq, remove })
+    }
+
+    /// Records an acknowledgement the store has written.
+    pub fn apply_ack(&mut self, plan: &AckPlan) {
+        for k in &plan.remove {
+            if let Some((c, _)) = self.index.remove(k) {
+                self.stats.bytes -= c;
+            }
+        }
+        self.acked_through = Some(plan.seq);
+        self.refresh();
+    }
+
+    /// What is held.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// The chunks a read from `from` visits, in order: (first sequence number, points to skip).
+    pub fn chunks_from(&self, from: u64) -> impl Iterator<Item = (u64, usize)> + '_ {
+        let from = from.max(self.stats.oldest);
+        let start = self.index.range(..=from).next_back().map_or(from, |(k, _)| *k);
+        self.index
+            .range(start..)
+            .map(move |(&first, _)| (first, from.saturating_sub(first) as usize))
+    }
+
+    /// The newest chunk's first sequence number.
+    pub fn newest(&self) -> Option<u64> {
+        self.index.last_key_value().map(|(k, _)| *k)
+    }
+
+    fn refresh(&mut self) {
+        let first_held = self.index.keys().next().copied().unwrap_or(self.stats.next_seq);
+        self.stats.oldest = oldest_held(first_held, self.acked_through, self.stats.next_seq);
+        self.stats.points = self.stats.next_seq - self.stats.oldest;
+    }
+}
+
+/// Reads a run through `chunk` (one chunk's points by first sequence number).
+pub fn read_run(
+    ledger: &Ledger,
+    from: u64,
+    max_points: usize,
+    mut chunk: impl FnMut(u64) -> Result<Vec<Point>, StoreError>,
+) -> Result<Run, StoreError> {
+    let mut run = Run { first_seq: from.max(ledger.stats().oldest), points: vec![] };
+    for (first, skip) in ledger.chunks_from(from) {
+        if run.points.len() >= max_points {
+            break;
+        }
+        let room = max_points - run.points.len();
+        run.points.extend(chunk(first)?.into_iter().skip(skip).take(room));
+    }
+    Ok(run)
+}
+
+/// The buffer on disk, in sled.
+pub struct SledStore {
+    path: PathBuf,
+    db: sled::Db,
+    ledger: Ledger,
+}
+
 impl std::fmt::Debug for SledStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SledStore").field("path", &self.path).field("stats", &self.stats).finish()
+        f.debug_struct("SledStore")
+            .field("path", &self.path)
+            .field("stats", &self.ledger.stats())
+            .finish()
     }
 }
 
@@ -421,35 +601,30 @@ impl SledStore {
         };
         let acked_through = read_u64(ACKED)?;
         let dropped_total = read_u64(DROPPED)?.unwrap_or(0);
-        let mut next_seq = read_u64(NEXT_SEQ)?.unwrap_or(0);
-        let mut s = SledStore {
-            path: dir.to_path_buf(),
-            budget,
-            index: BTreeMap::new(),
-            acked_through,
-            stats: Stats { dropped_total, ..Stats::default() },
-            db,
+        let next_seq = read_u64(NEXT_SEQ)?.unwrap_or(0);
+        let damaged = |first_seq: u64, message: &str| {
+            Failure::Damaged(StoreError::Damaged {
+                path: dir.display().to_string(),
+                first_seq,
+                message: message.into(),
+            })
         };
-        for entry in s.db.scan_prefix(CHUNK) {
+        let mut chunks = vec![];
+        for entry in db.scan_prefix(CHUNK) {
             let (k, v) = entry.map_err(err)?;
             let first = u64::from_be_bytes(
-                k[1..]
-                    .try_into()
-                    .map_err(|_| Failure::Damaged(s.damaged(0, "key is not 8 bytes")))?,
+                k[1..].try_into().map_err(|_| damaged(0, "key is not 8 bytes"))?,
             );
-            let count =
-                v.get(..4).map(|c| u32::from_be_bytes(c.try_into().expect("4 bytes"))).ok_or_else(
-                    || Failure::Damaged(s.damaged(first, "value shorter than its count")),
-                )?;
-            s.index.insert(first, (chunk_cost(v.len()), count));
-            s.stats.bytes += chunk_cost(v.len());
-            // The counter is written with the chunk, but never trust it below what is held.
-            next_seq = next_seq.max(first + u64::from(count));
+            let count = v
+                .get(..4)
+                .map(|c| u32::from_be_bytes(c.try_into().expect("4 bytes")))
+                .ok_or_else(|| damaged(first, "value shorter than its count"))?;
+            chunks.push((first, v.len(), count));
         }
-        s.stats.next_seq = next_seq;
-        s.refresh();
+        let ledger = Ledger::restore(budget, next_seq, acked_through, dropped_total, chunks);
+        let s = SledStore { path: dir.to_path_buf(), db, ledger };
         // Decode the newest chunk now: a torn write shows here, not in the middle of a drain.
-        if let Some((&first, _)) = s.index.last_key_value() {
+        if let Some(first) = s.ledger.newest() {
             s.read_chunk(first).map_err(Failure::Damaged)?;
         }
         Ok(s)
@@ -465,12 +640,6 @@ impl SledStore {
 
     fn db_err(&self, e: impl std::fmt::Display) -> StoreError {
         StoreError::Db { path: self.path.display().to_string(), message: e.to_string() }
-    }
-
-    fn refresh(&mut self) {
-        let first_held = self.index.keys().next().copied().unwrap_or(self.stats.next_seq);
-        self.stats.oldest = oldest_held(first_held, self.acked_through, self.stats.next_seq);
-        self.stats.points = self.stats.next_seq - self.stats.oldest;
     }
 
     fn read_chunk(&self, first: u64) -> Result<Vec<Point>, StoreError> {
@@ -491,98 +660,42 @@ impl SledStore {
 impl TelemetryStore for SledStore {
     fn append(&mut self, points: &[Point]) -> Result<u64, StoreError> {
         let value = encode_chunk(points);
-        let cost = chunk_cost(value.len());
-        if cost > self.budget {
-            return Err(StoreError::TooLarge {
-                points: points.len(),
-                bytes: cost,
-                budget: self.budget,
-            });
-        }
-        let first = self.stats.next_seq;
-        if points.is_empty() {
-            return Ok(first);
-        }
-        let drop =
-            chunks_to_drop(self.index.values().map(|c| c.0), self.stats.bytes, cost, self.budget);
-        let dropped: Vec<(u64, (u64, u32))> =
-            self.index.iter().take(drop).map(|(k, v)| (*k, *v)).collect();
-        let dropped_points: u64 = dropped
-            .iter()
-            .map(|(k, (_, n))| unacked_in(*k, u64::from(*n), self.stats.oldest))
-            .sum();
-        let next = first + points.len() as u64;
-        let dropped_total = self.stats.dropped_total + dropped_points;
+        let Some(plan) = self.ledger.plan_append(points.len(), value.len())? else {
+            return Ok(self.ledger.stats().next_seq);
+        };
         // One atomic batch: the chunk, the drops and the counters together.
         let mut batch = sled::Batch::default();
-        for (k, _) in &dropped {
+        for k in &plan.drop {
             batch.remove(&chunk_key(*k));
         }
-        batch.insert(&chunk_key(first), value);
-        batch.insert(NEXT_SEQ, &next.to_be_bytes());
-        if dropped_points > 0 {
-            batch.insert(DROPPED, &dropped_total.to_be_bytes());
+        batch.insert(&chunk_key(plan.first), value);
+        batch.insert(NEXT_SEQ, &plan.next_seq.to_be_bytes());
+        if !plan.drop.is_empty() {
+            batch.insert(DROPPED, &plan.dropped_total.to_be_bytes());
         }
         self.db.apply_batch(batch).map_err(|e| self.db_err(e))?;
-        for (k, (c, _)) in &dropped {
-            self.index.remove(k);
-            self.stats.bytes -= c;
-        }
-        self.stats.dropped_total = dropped_total;
-        self.index.insert(first, (cost, points.len() as u32));
-        self.stats.bytes += cost;
-        self.stats.next_seq = next;
-        self.refresh();
-        Ok(first)
+        self.ledger.apply_append(&plan);
+        Ok(plan.first)
     }
 
     fn read(&self, from: u64, max_points: usize) -> Result<Run, StoreError> {
-        let from = from.max(self.stats.oldest);
-        let mut run = Run { first_seq: from, points: vec![] };
-        let start = self.index.range(..=from).next_back().map_or(from, |(k, _)| *k);
-        for (&first, _) in self.index.range(start..) {
-            if run.points.len() >= max_points {
-                break;
-            }
-            let points = self.read_chunk(first)?;
-            let skip = from.saturating_sub(first) as usize;
-            let room = max_points - run.points.len();
-            run.points.extend(points.into_iter().skip(skip).take(room));
-        }
-        Ok(run)
+        read_run(&self.ledger, from, max_points, |first| self.read_chunk(first))
     }
 
     fn ack_through(&mut self, seq: u64) -> Result<(), StoreError> {
-        if self.stats.next_seq == 0 {
-            return Ok(());
-        }
-        let seq = seq.min(self.stats.next_seq - 1);
-        if self.acked_through.is_some_and(|a| a >= seq) {
-            return Ok(());
-        }
-        let gone: Vec<(u64, u64)> = self
-            .index
-            .iter()
-            .take_while(|(first, (_, n))| *first + u64::from(*n) - 1 <= seq)
-            .map(|(k, (c, _))| (*k, *c))
-            .collect();
+        let Some(plan) = self.ledger.plan_ack(seq) else { return Ok(()) };
         let mut batch = sled::Batch::default();
-        for (k, _) in &gone {
+        for k in &plan.remove {
             batch.remove(&chunk_key(*k));
         }
-        batch.insert(ACKED, &seq.to_be_bytes());
+        batch.insert(ACKED, &plan.seq.to_be_bytes());
         self.db.apply_batch(batch).map_err(|e| self.db_err(e))?;
-        for (k, c) in gone {
-            self.index.remove(&k);
-            self.stats.bytes -= c;
-        }
-        self.acked_through = Some(seq);
-        self.refresh();
+        self.ledger.apply_ack(&plan);
         Ok(())
     }
 
     fn stats(&self) -> Stats {
-        self.stats
+        self.ledger.stats()
     }
 
     fn flush(&self) -> Result<(), StoreError> {
