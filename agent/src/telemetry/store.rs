@@ -872,6 +872,36 @@ mod tests {
         assert_eq!(s.append(&[point(1, 1)]).unwrap(), 0);
     }
 
+    /// This test binary again, as the crash child. Under user-mode emulation (the aarch64 tests
+    /// of cross/build run in qemu-aarch64-static, with no binfmt handler registered) the
+    /// kernel cannot exec it directly, so it goes through the same emulator.
+    /// Returns the child and how much slower than native it runs.
+    fn spawn_self(path: &Path) -> (std::process::Child, u32) {
+        let exe = std::env::current_exe().unwrap();
+        let command = |program: &Path, args: &[&std::ffi::OsStr]| {
+            let mut c = std::process::Command::new(program);
+            c.args(args)
+                .args([
+                    "--exact",
+                    "telemetry::store::tests::flushed_points_survive_sigkill",
+                    "--nocapture",
+                ])
+                .env("FLEET_TELEMETRY_CRASH_CHILD", path)
+                .stdout(std::process::Stdio::piped());
+            c
+        };
+        match command(&exe, &[]).spawn() {
+            Ok(child) => (child, 1),
+            // ENOEXEC: a foreign architecture. `arm` is armv7's name for both.
+            Err(e) if e.raw_os_error() == Some(8) => {
+                let qemu =
+                    PathBuf::from(format!("/usr/bin/qemu-{}-static", std::env::consts::ARCH));
+                (command(&qemu, &[exe.as_os_str()]).spawn().unwrap(), 5)
+            }
+            Err(e) => panic!("cannot start {}: {e}", exe.display()),
+        }
+    }
+
     /// The crash case: a child process appends and flushes, printing each flushed sequence
     /// number, and is SIGKILLed mid-stream; every flushed point must be there after reopening,
     /// and what is there is a contiguous prefix of what was appended, unchanged.
@@ -894,17 +924,10 @@ mod tests {
         let path = dir.path().join("t");
         let mut flushed_max = 0;
         for round in 0..5 {
-            let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-                .args([
-                    "--exact",
-                    "telemetry::store::tests::flushed_points_survive_sigkill",
-                    "--nocapture",
-                ])
-                .env("FLEET_TELEMETRY_CRASH_CHILD", &path)
-                .stdout(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            std::thread::sleep(std::time::Duration::from_millis(300 + 100 * round));
+            let (mut child, slower) = spawn_self(&path);
+            std::thread::sleep(std::time::Duration::from_millis(
+                (300 + 100 * round) * u64::from(slower),
+            ));
             child.kill().unwrap();
             let out = child.wait_with_output().unwrap();
             let text = String::from_utf8_lossy(&out.stdout);
