@@ -6,11 +6,10 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use fleet_e2e::fleet::{client, connected, start_fleet, watch, Containers, Fleet, Killed};
-use fleet_e2e::{bin, eventually, TestEnv};
+use fleet_e2e::fleet::{client, connected, start_agent, start_fleet, watch, Containers, Fleet};
+use fleet_e2e::{eventually, TestEnv};
 use fleet_proto::release::{HealthCheck, Probe, ResourceLimits, RestartPolicy, UpdateStrategy};
 use fleet_proto::{
     topic, DesiredState, DeviceId, ImageRef, Message, ReleaseId, ReleaseSpec, ServerKey,
@@ -64,16 +63,7 @@ async fn an_enrolled_agent_runs_what_the_server_publishes_and_refuses_forgeries(
         ),
     )
     .unwrap();
-    let agent = Killed(
-        Command::new(bin("fleet-agent"))
-            .arg("--config")
-            .arg(bundle.join("config.toml"))
-            .arg("run")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
+    let agent = start_agent(&bundle, true);
 
     // Online through its retained status over mutual TLS.
     let fleet_ref = &fleet;
