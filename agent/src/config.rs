@@ -92,6 +92,10 @@ budget_mb = 64
 # Host metrics period in seconds (CPU, load, memory, disk, temperatures, network, uptime);
 # 0 turns them off.
 host_interval_secs = 30
+# Container metrics period in seconds (CPU, memory, pids, network, restarts, health of each
+# service, from one one-shot stats request per container); 0 turns them off. Lifecycle
+# events (start, die with exit code, oom, health changes) are recorded as they happen.
+container_interval_secs = 30
 # Mounts whose free and total space are reported.
 mounts = ["/"]
 # Where /proc and /sys are read (a container running the agent may mount the host's here).
@@ -315,6 +319,7 @@ struct RawTelemetry {
     enabled: bool,
     budget_mb: u64,
     host_interval_secs: u64,
+    container_interval_secs: u64,
     mounts: Vec<PathBuf>,
     root: PathBuf,
     batch_points: usize,
@@ -588,6 +593,7 @@ fn check_telemetry(
         enabled: raw.enabled,
         budget_bytes: raw.budget_mb * 1_000_000,
         host_interval: Duration::from_secs(raw.host_interval_secs),
+        container_interval: Duration::from_secs(raw.container_interval_secs),
         root: raw.root,
         mounts: raw.mounts,
         delivery: crate::telemetry::delivery::DeliveryConfig {

@@ -168,6 +168,7 @@ pub async fn run_with<R: ContainerRuntime>(
         config.telemetry.root.clone(),
     ));
     let ingest_dir = options.telemetry_dir.clone();
+    let engine = runtime.clone();
     let reconciler = Reconciler::new(runtime, config.device_id.clone(), state, options)
         .with_locks(locks.clone())
         .with_proxy(PortProxy::new());
@@ -224,8 +225,21 @@ pub async fn run_with<R: ContainerRuntime>(
         }
         _ => None,
     };
+    // Container metrics and lifecycle events, on their own task and event subscription: the
+    // daemon's loop is busy during updates, and events are points as they happen.
+    let container_metrics = telemetry.as_ref().map(|(handle, _)| {
+        telemetry::containers::spawn(
+            engine,
+            config.device_id.clone(),
+            handle.clone(),
+            config.telemetry.container_interval,
+        )
+    });
     let mut daemon = Daemon { config, reconciler, link, trusted };
     let result = daemon.run(shutdown, admin_calls, inbox).await;
+    if let Some(sampler) = container_metrics {
+        sampler.abort();
+    }
     let _ = stop_ingest.send(());
     if let Some(ingest) = ingest {
         let _ = tokio::time::timeout(Duration::from_secs(3), ingest).await;

@@ -34,9 +34,15 @@ fn configure(bundle: &Path, extra: &str) -> PathBuf {
             "[update]\nstop_grace_secs = 1\nstable_for_secs = 1\nresync_secs = 5\ndisk_reserve_mb = 1\n\
              [locks]\ndir = \"{d}/locks\"\nsocket = \"{d}/locks.sock\"\n\
              [telemetry]\nhost_interval_secs = 0\nsocket_dir = \"{s}\"\nack_timeout_secs = 3\n\
-             drain_points_per_sec = 20000\ndrain_burst_points = 20000\n{extra}",
+             drain_points_per_sec = 20000\ndrain_burst_points = 20000\n{containers}{extra}",
             d = data.display(),
             s = sock.display(),
+            // Only the tests that look at container metrics take them.
+            containers = if extra.contains("container_interval_secs") {
+                ""
+            } else {
+                "container_interval_secs = 0\n"
+            },
         ),
     )
     .unwrap();
@@ -271,7 +277,7 @@ async fn a_container_posts_through_the_mounted_socket_and_its_points_carry_its_s
     let id = format!("tele-app-{}", std::process::id());
     let _cleanup = Containers(id.clone());
     let bundle = fleet.enroll(&id);
-    configure(&bundle, "");
+    configure(&bundle, "container_interval_secs = 1\n");
     let _agent = start_agent(&bundle, true);
     let fleet_ref = &fleet;
     let id_ref = id.as_str();
@@ -328,4 +334,47 @@ async fn a_container_posts_through_the_mounted_socket_and_its_points_carry_its_s
         mounts.contains("\"Destination\":\"/run/fleet\"") && mounts.contains("\"RW\":false"),
         "{mounts}"
     );
+
+    // Container metrics from the engine's one-shot stats, labelled with the service.
+    let latest = |metric: &'static str| async move {
+        let m = metrics(fleet_ref, id_ref).await;
+        m["latest"]
+            .as_array()?
+            .iter()
+            .find(|p| p["metric"] == metric && p["labels"]["service"] == "sensor")
+            .cloned()
+    };
+    let memory =
+        eventually("container memory", Duration::from_secs(30), || latest("container.mem.bytes"))
+            .await;
+    assert!(memory["value"].as_i64().unwrap() > 0, "{memory}");
+    assert_eq!(memory["labels"]["release"], "tele@1", "{memory}");
+    let cpu = eventually("container CPU share", Duration::from_secs(30), || {
+        latest("container.cpu.percent")
+    })
+    .await;
+    assert!(cpu["value"].as_f64().unwrap() >= 0.0, "{cpu}");
+    let running = latest("container.running").await.unwrap();
+    assert_eq!(running["value"], true);
+    let pids = latest("container.pids").await.unwrap();
+    assert!(pids["value"].as_i64().unwrap() >= 1, "{pids}");
+
+    // Lifecycle events: the start, then a kill's `die` with its exit code.
+    let started = history(&fleet, &id, "container.event").await;
+    assert!(
+        started.iter().any(|p| p["value"] == "start" && p["labels"]["service"] == "sensor"),
+        "{started:?} {}",
+        metrics(&fleet, &id).await
+    );
+    let killed = Command::new("docker").args(["kill", &cid]).status().unwrap();
+    assert!(killed.success());
+    let die = eventually("the die event at the server", Duration::from_secs(30), || async move {
+        history(fleet_ref, id_ref, "container.event")
+            .await
+            .into_iter()
+            .find(|p| p["value"] == "die")
+    })
+    .await;
+    assert_eq!(die["labels"]["exit_code"], "137", "{die}");
+    assert_eq!(die["labels"]["service"], "sensor", "{die}");
 }

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use fleet_agent::reconcile::{ExecOptions, Reconciler};
 use fleet_agent::runtime::docker::DockerRuntime;
 use fleet_agent::runtime::{
-    ContainerRuntime, CreateRequest, ObservedContainer, ProgressFn, RuntimeError, RuntimeEvent,
+    ContainerRuntime, ContainerStats, CreateRequest, ObservedContainer, ProgressFn, RuntimeError,
+    RuntimeEvent,
 };
 use fleet_agent::state::{AgentState, Origin};
 use fleet_e2e::TestEnv;
@@ -125,6 +126,9 @@ impl ContainerRuntime for Stopwatch {
     }
     async fn logs(&self, id: &str, t: usize) -> Result<Vec<String>, RuntimeError> {
         self.time(self.inner.logs(id, t)).await
+    }
+    async fn stats(&self, id: &str) -> Result<ContainerStats, RuntimeError> {
+        self.time(self.inner.stats(id)).await
     }
     fn events(&self, d: &DeviceId) -> tokio::sync::mpsc::Receiver<RuntimeEvent> {
         self.inner.events(d)

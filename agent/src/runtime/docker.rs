@@ -34,7 +34,8 @@ use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder,
     InspectContainerOptions, ListContainersOptionsBuilder, ListImagesOptionsBuilder,
     LogsOptionsBuilder, RemoveContainerOptionsBuilder, RemoveImageOptions,
-    RestartContainerOptionsBuilder, StartContainerOptions, StopContainerOptionsBuilder,
+    RestartContainerOptionsBuilder, StartContainerOptions, StatsOptionsBuilder,
+    StopContainerOptionsBuilder,
 };
 use bollard::Docker;
 use fleet_oci::{Platform, RegistryClient};
@@ -49,8 +50,8 @@ use tokio::sync::mpsc;
 use crate::lock::error_chain;
 
 use super::{
-    labels, ContainerRuntime, CreateRequest, ObservedContainer, PortBinding, ProgressFn,
-    RuntimeError, RuntimeEvent,
+    labels, ContainerRuntime, ContainerStats, CreateRequest, ObservedContainer, PortBinding,
+    ProgressFn, RuntimeError, RuntimeEvent,
 };
 
 /// Events buffered between the engine stream and the agent's loop; the loop re-inspects on
@@ -410,6 +411,22 @@ impl ContainerRuntime for DockerRuntime {
         }
     }
 
+    async fn stats(&self, id: &str) -> Result<ContainerStats, RuntimeError> {
+        // `one-shot` (API 1.41) answers at once instead of sampling for a second to fill
+        // `precpu_stats`; CPU shares are computed from consecutive samples by the caller.
+        let opts = StatsOptionsBuilder::default().stream(false).one_shot(true).build();
+        let mut stream = self.docker.stats(id, Some(opts));
+        match stream.next().await {
+            Some(Ok(resp)) => Ok(stats_from(resp)),
+            Some(Err(e)) => Err(self.fail("read the stats of", &format!("container {id}"), e)),
+            None => Err(RuntimeError::Engine {
+                op: format!("read the stats of container {id}"),
+                status: None,
+                message: "the engine sent no stats".to_owned(),
+            }),
+        }
+    }
+
     async fn logs(&self, id: &str, tail: usize) -> Result<Vec<String>, RuntimeError> {
         if tail == 0 {
             return Ok(Vec::new());
@@ -464,21 +481,61 @@ impl ContainerRuntime for DockerRuntime {
                         break;
                     }
                 };
-                let (Some(action), Some(id)) = (message.action, message.actor.and_then(|a| a.id))
-                else {
+                let Some(event) = event_from(message) else {
                     continue;
                 };
-                // Every health check is an exec (create, start, die: three events per check per
-                // container); they say nothing about the container's state.
-                if action.starts_with("exec_") {
-                    continue;
-                }
-                if tx.send(RuntimeEvent { id, action }).await.is_err() {
+                if tx.send(event).await.is_err() {
                     break;
                 }
             }
         });
         rx
+    }
+}
+
+/// An engine event as the agent sees it; `None` for events without an actor and for exec events
+/// (every health check is an exec: create, start, die, three events per check per container,
+/// and they say nothing about the container's state).
+fn event_from(message: bollard::models::EventMessage) -> Option<RuntimeEvent> {
+    let action = message.action?;
+    let actor = message.actor?;
+    let id = actor.id?;
+    if action.starts_with("exec_") {
+        return None;
+    }
+    // The engine sends the container's labels (and `exitCode` on `die`) as attributes.
+    let mut attributes = actor.attributes.unwrap_or_default();
+    Some(RuntimeEvent {
+        service: attributes.remove(labels::SERVICE),
+        release: attributes.remove(labels::RELEASE),
+        exit_code: attributes.get("exitCode").and_then(|c| c.parse().ok()),
+        at: message
+            .time_nano
+            .and_then(|ns| u64::try_from(ns / 1_000_000).ok())
+            .map(fleet_proto::UnixMillis),
+        ..RuntimeEvent::new(id, action)
+    })
+}
+
+/// The agent's view of one stats answer. Memory is usage minus the reclaimable file cache, as
+/// `docker stats` computes it (`inactive_file` on cgroup v2, `total_inactive_file` on v1).
+fn stats_from(resp: bollard::models::ContainerStatsResponse) -> ContainerStats {
+    let memory = resp.memory_stats.as_ref();
+    let cache = memory
+        .and_then(|m| m.stats.as_ref())
+        .and_then(|s| s.get("inactive_file").or_else(|| s.get("total_inactive_file")).copied());
+    let memory_bytes = memory.and_then(|m| m.usage).map(|u| u.saturating_sub(cache.unwrap_or(0)));
+    let networks = resp.networks.as_ref();
+    let sum = |f: fn(&bollard::models::ContainerNetworkStats) -> Option<u64>| {
+        networks.map(|n| n.values().filter_map(f).sum::<u64>())
+    };
+    ContainerStats {
+        cpu_ns: resp.cpu_stats.as_ref().and_then(|c| c.cpu_usage.as_ref()?.total_usage),
+        memory_bytes,
+        memory_limit_bytes: memory.and_then(|m| m.limit),
+        pids: resp.pids_stats.as_ref().and_then(|p| p.current),
+        net_rx_bytes: sum(|n| n.rx_bytes),
+        net_tx_bytes: sum(|n| n.tx_bytes),
     }
 }
 

@@ -117,6 +117,46 @@ pub struct RuntimeEvent {
     pub id: String,
     /// Engine action, e.g. `start`, `die`, `health_status: healthy`.
     pub action: String,
+    /// The container's `io.fleet.service` label, as the engine sent it with the event.
+    pub service: Option<String>,
+    /// The container's `io.fleet.release` label.
+    pub release: Option<String>,
+    /// Exit code, on `die`.
+    pub exit_code: Option<i64>,
+    /// When it happened, as the engine says.
+    pub at: Option<fleet_proto::UnixMillis>,
+}
+
+impl RuntimeEvent {
+    /// An event with only an id and action (the labels unknown).
+    pub fn new(id: impl Into<String>, action: impl Into<String>) -> RuntimeEvent {
+        RuntimeEvent {
+            id: id.into(),
+            action: action.into(),
+            service: None,
+            release: None,
+            exit_code: None,
+            at: None,
+        }
+    }
+}
+
+/// A container's resource use at one instant, from the engine's one-shot stats (streaming
+/// stats for every container would cost the engine a core; one-shot reads are cheap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ContainerStats {
+    /// CPU time used since the container started, in nanoseconds.
+    pub cpu_ns: Option<u64>,
+    /// Memory in use without the reclaimable page cache (what `docker stats` shows).
+    pub memory_bytes: Option<u64>,
+    /// The memory limit (the host's memory when unlimited).
+    pub memory_limit_bytes: Option<u64>,
+    /// Processes and threads.
+    pub pids: Option<u64>,
+    /// Bytes received over all its networks.
+    pub net_rx_bytes: Option<u64>,
+    /// Bytes sent over all its networks.
+    pub net_tx_bytes: Option<u64>,
 }
 
 /// Pull progress callback: bytes done, bytes total if known.
@@ -231,6 +271,8 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         id: &str,
         tail: usize,
     ) -> impl Future<Output = Result<Vec<String>, RuntimeError>> + Send;
+    /// One sample of a running container's resource use (one request, no stream).
+    fn stats(&self, id: &str) -> impl Future<Output = Result<ContainerStats, RuntimeError>> + Send;
     /// Container events of this device (start, die, health changes, ...), forwarded by a task
     /// the implementation spawns on the current tokio runtime. The channel closes when the
     /// engine's event stream ends; the caller then resyncs with `list` and subscribes again.

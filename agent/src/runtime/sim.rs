@@ -15,8 +15,8 @@ use fleet_proto::{DeviceId, ImageRef, RegistryCredential};
 use tokio::sync::mpsc;
 
 use super::{
-    labels, ContainerRuntime, CreateRequest, ObservedContainer, ProgressFn, RuntimeError,
-    RuntimeEvent,
+    labels, ContainerRuntime, ContainerStats, CreateRequest, ObservedContainer, ProgressFn,
+    RuntimeError, RuntimeEvent,
 };
 
 /// How containers of an image behave once started.
@@ -36,6 +36,8 @@ pub enum ImageBehavior {
 struct SimContainer {
     observed: ObservedContainer,
     behavior: ImageBehavior,
+    /// `stats` calls so far: the simulated CPU time grows with them.
+    stats_calls: u64,
 }
 
 #[derive(Debug, Default)]
@@ -114,7 +116,13 @@ impl SimState {
 
     fn emit(&mut self, c: &ObservedContainer, action: &str) {
         let device = c.label(labels::DEVICE).unwrap_or_default().to_owned();
-        let event = RuntimeEvent { id: c.id.clone(), action: action.to_owned() };
+        let event = RuntimeEvent {
+            service: c.label(labels::SERVICE).map(str::to_owned),
+            release: c.label(labels::RELEASE).map(str::to_owned),
+            exit_code: if action == "die" { c.exit_code.map(i64::from) } else { None },
+            at: Some(fleet_proto::UnixMillis::now()),
+            ..RuntimeEvent::new(c.id.clone(), action)
+        };
         self.subscribers.retain(|(d, tx)| {
             *d != device || tx.try_send(event.clone()).is_ok() || !tx.is_closed()
         });
@@ -224,7 +232,7 @@ impl ContainerRuntime for SimRuntime {
             ip: None,
         };
         s.calls.push(format!("create {}", req.name));
-        s.containers.insert(id.clone(), SimContainer { observed, behavior });
+        s.containers.insert(id.clone(), SimContainer { observed, behavior, stats_calls: 0 });
         Ok(id)
     }
 
@@ -285,6 +293,25 @@ impl ContainerRuntime for SimRuntime {
         s.calls.push(format!("remove {name}"));
         s.emit(&observed, "destroy");
         Ok(())
+    }
+
+    async fn stats(&self, id: &str) -> Result<ContainerStats, RuntimeError> {
+        self.reachable()?;
+        let mut s = self.lock();
+        let c = s.find(id)?;
+        if c.observed.state != ContainerState::Running {
+            return Ok(ContainerStats::default());
+        }
+        // Each sample finds 5 ms more CPU time used: a steady, predictable load.
+        c.stats_calls += 1;
+        Ok(ContainerStats {
+            cpu_ns: Some(c.stats_calls * 5_000_000),
+            memory_bytes: Some(16 << 20),
+            memory_limit_bytes: Some(1 << 30),
+            pids: Some(1),
+            net_rx_bytes: Some(c.stats_calls * 1000),
+            net_tx_bytes: Some(c.stats_calls * 500),
+        })
     }
 
     async fn logs(&self, id: &str, tail: usize) -> Result<Vec<String>, RuntimeError> {

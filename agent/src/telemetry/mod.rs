@@ -4,6 +4,7 @@
 //!   its invariants, budget and durability window;
 //! * [`delivery`] — pure: which points go out next, pacing, acks, resends;
 //! * [`host`] — host metrics from `/proc` and `/sys`;
+//! * [`containers`] — container metrics (one-shot engine stats) and lifecycle events;
 //! * this module — the task that ties them together: one loop that samples, appends, sends
 //!   batches through the link and deletes what the server acknowledged.
 //!
@@ -11,6 +12,7 @@
 //! `telemetry-ack` covers it (not the broker's PUBACK); the server removes duplicates by
 //! (device, sequence).
 
+pub mod containers;
 pub mod delivery;
 pub mod host;
 pub mod ingest;
@@ -40,6 +42,8 @@ pub struct TelemetryConfig {
     pub budget_bytes: u64,
     /// Host metrics period; zero: no host metrics.
     pub host_interval: Duration,
+    /// Container metrics period; zero: no container metrics (lifecycle events still flow).
+    pub container_interval: Duration,
     /// Root of `/proc` and `/sys` (tests use fixture trees).
     pub root: PathBuf,
     /// Mounts whose free space is reported.
@@ -80,6 +84,11 @@ impl TelemetryHandle {
     /// Hands points to the buffer; `false` if the task is gone or its queue is full.
     pub fn record(&self, points: Vec<Point>) -> bool {
         self.points.try_send(Record { points, durable: None }).is_ok()
+    }
+
+    /// Whether the telemetry task has ended.
+    pub fn is_closed(&self) -> bool {
+        self.points.is_closed()
     }
 
     /// Hands points to the buffer and waits until they are on disk: what an application is
