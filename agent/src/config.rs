@@ -86,8 +86,13 @@ backoff_max_secs = 60
 # Host metrics, buffered on disk through offline days and delivered at least once: a point
 # leaves the buffer only when the server has stored it. Needs the [link].
 enabled = true
+# The buffer's database: "redb" (one file, data_dir/telemetry.redb; memory stays flat however
+# much is buffered) or "sled" (a directory, data_dir/telemetry; faster appends, but its memory
+# grows with the backlog). See BENCHMARKS.md.
+store = "redb"
 # Disk budget of the buffer in MB; beyond it the oldest points are dropped (and counted, and
-# the count reported). sled's files take up to about 4x this plus 8 MB on disk.
+# the count reported). The files take up to about 2x this plus 4 MB on disk with redb, 4x
+# plus 8 MB with sled.
 budget_mb = 64
 # Host metrics period in seconds (CPU, load, memory, disk, temperatures, network, uptime);
 # 0 turns them off.
@@ -100,6 +105,9 @@ container_interval_secs = 30
 mounts = ["/"]
 # Where /proc and /sys are read (a container running the agent may mount the host's here).
 root = "/"
+# How batches travel: "deflate" (6-8x smaller, see BENCHMARKS.md) or "none". Compressed
+# batches need a fleet-server of this version or newer.
+compression = "deflate"
 # Points per batch and batches sent but not yet acknowledged.
 batch_points = 500
 max_in_flight = 4
@@ -295,6 +303,8 @@ pub struct LinkConfig {
     pub backoff_initial: Duration,
     /// Largest reconnect backoff window.
     pub backoff_max: Duration,
+    /// How telemetry batches are compressed on the wire (`[telemetry] compression`).
+    pub telemetry_compression: fleet_proto::Compression,
 }
 
 #[derive(Debug, Deserialize)]
@@ -317,9 +327,11 @@ struct Raw {
 #[serde(deny_unknown_fields)]
 struct RawTelemetry {
     enabled: bool,
+    store: crate::telemetry::store::StoreKind,
     budget_mb: u64,
     host_interval_secs: u64,
     container_interval_secs: u64,
+    compression: fleet_proto::Compression,
     mounts: Vec<PathBuf>,
     root: PathBuf,
     batch_points: usize,
@@ -506,8 +518,11 @@ impl Config {
             });
         }
         let device_id = DeviceId::new(raw.device_id)?;
-        let link = check_link(raw.link, &device_id, base, files)?;
+        let mut link = check_link(raw.link, &device_id, base, files)?;
         let telemetry = check_telemetry(raw.telemetry, files)?;
+        if let Some(link) = &mut link {
+            link.telemetry_compression = telemetry.compression;
+        }
         Ok(Config {
             registries,
             link,
@@ -591,9 +606,11 @@ fn check_telemetry(
     Ok(crate::telemetry::TelemetryConfig {
         ingest,
         enabled: raw.enabled,
+        store: raw.store,
         budget_bytes: raw.budget_mb * 1_000_000,
         host_interval: Duration::from_secs(raw.host_interval_secs),
         container_interval: Duration::from_secs(raw.container_interval_secs),
+        compression: raw.compression,
         root: raw.root,
         mounts: raw.mounts,
         delivery: crate::telemetry::delivery::DeliveryConfig {
@@ -692,6 +709,7 @@ fn check_link(
         backoff_initial: Duration::from_millis(raw.backoff_initial_ms),
         backoff_max: Duration::from_secs(raw.backoff_max_secs)
             .max(Duration::from_millis(raw.backoff_initial_ms)),
+        telemetry_compression: fleet_proto::Compression::default(),
     }))
 }
 
@@ -705,6 +723,19 @@ mod tests {
         assert_eq!(c.device_id.as_str(), "robot-7");
         assert_eq!(c.engine_socket, "/var/run/docker.sock");
         assert_eq!(c.resync, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn telemetry_compression_defaults_to_deflate_and_unknown_codecs_are_named() {
+        let c = Config::from_toml("device_id = \"d\"").unwrap();
+        assert_eq!(c.telemetry.compression, fleet_proto::Compression::Deflate);
+        let c =
+            Config::from_toml("device_id = \"d\"\n[telemetry]\ncompression = \"none\"").unwrap();
+        assert_eq!(c.telemetry.compression, fleet_proto::Compression::None);
+        let err = Config::from_toml("device_id = \"d\"\n[telemetry]\ncompression = \"zstd\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`telemetry.compression`") && err.contains("deflate"), "{err}");
     }
 
     #[test]

@@ -505,7 +505,7 @@ impl LinkTask {
     }
 
     fn try_publish(&mut self, kind: TopicKind, message: Message) {
-        let bytes = message.encode();
+        let bytes = message.encode_with(self.cfg.telemetry_compression);
         if let Err(e) = self.client.try_publish(
             topic(&self.cfg.device, kind),
             QoS::AtLeastOnce,
@@ -634,6 +634,7 @@ mod tests {
             keep_alive: Duration::from_secs(30),
             backoff_initial: 500 * MS,
             backoff_max: Duration::from_secs(60),
+            telemetry_compression: fleet_proto::Compression::Deflate,
         };
         let err = tls_config(&cfg).unwrap_err().to_string();
         assert!(err.contains("CA file") && err.contains(&ca.display().to_string()), "{err}");

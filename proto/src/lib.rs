@@ -52,8 +52,8 @@ mod roundtrip_tests;
 pub use command::{Command, CommandAction, CommandOutcome, CommandResult};
 pub use desired::{DesiredState, Pin, RegistryCredential};
 pub use envelope::{
-    DecodeError, Message, MessageKind, TopicMismatch, MAX_MESSAGE_BYTES, MIN_PROTOCOL_VERSION,
-    PROTOCOL_VERSION,
+    Compression, DecodeError, Message, MessageKind, TopicMismatch, MAX_MESSAGE_BYTES,
+    MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 pub use event::{Event, EventKind, Severity};
 pub use ids::{DeviceId, IdError, ReleaseId, ServiceName};

@@ -32,6 +32,14 @@ proptest! {
     }
 
     #[test]
+    fn every_message_round_trips_compressed(msg in any_message()) {
+        let bytes = msg.encode_with(Compression::Deflate);
+        let back = Message::decode(&bytes).unwrap();
+        prop_assert_eq!(back.kind(), msg.kind());
+        prop_assert_eq!(back.encode(), msg.encode());
+    }
+
+    #[test]
     fn desired_states_round_trip_through_signatures(state in any::<DesiredState>()) {
         let key = samples::server_key();
         let trusted = TrustedKeys::new([key.public()]);

@@ -38,6 +38,24 @@ fn cases() -> Vec<(&'static str, Message)> {
     ]
 }
 
+/// A compressed telemetry batch from this build must keep decoding. Its bytes are not compared
+/// with a new encoding: another version of the compressor may pack the same data differently.
+#[test]
+fn compressed_telemetry_fixture_still_decodes() {
+    let path = fixture("telemetry-deflate");
+    let sample = Message::Telemetry(samples::telemetry());
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(_) if std::env::var_os("FLEET_BLESS").is_some() => {
+            let b = sample.encode_with(fleet_proto::Compression::Deflate);
+            std::fs::write(&path, &b).unwrap();
+            b
+        }
+        Err(e) => panic!("{}: {e}; bless it with FLEET_BLESS=1", path.display()),
+    };
+    assert_eq!(Message::decode(&bytes).unwrap(), sample);
+}
+
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/v1").join(format!("{name}.bin"))
 }

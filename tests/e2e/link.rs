@@ -472,6 +472,7 @@ fn link_config(device: &str, bundle: &Path, broker: &str) -> LinkConfig {
         keep_alive: Duration::from_secs(5),
         backoff_initial: Duration::from_millis(200),
         backoff_max: Duration::from_secs(2),
+        telemetry_compression: fleet_proto::Compression::Deflate,
     }
 }
 
