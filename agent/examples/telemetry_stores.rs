@@ -2,7 +2,7 @@
 //! ingest throughput, bytes on disk per point (space amplification over the raw postcard
 //! payload), memory with the points buffered, and a drain (read + acknowledge) rate.
 //!
-//!   cargo run --release -p fleet-agent --features redb-store --example telemetry_stores [POINTS]
+//!   cargo run --release -p fleet-agent --example telemetry_stores [POINTS]
 //!
 //! Each store runs in its own process (this program re-runs itself), so each RSS is its own.
 
@@ -56,7 +56,7 @@ fn run(kind: &str, n: u64) {
         }
         "redb" => {
             let p = dir.path().join("buffer.redb");
-            (Box::new(RedbStore::open(&p, budget).unwrap()), p)
+            (Box::new(RedbStore::open(&p, budget).unwrap().0), p)
         }
         other => panic!("unknown store {other}"),
     };

@@ -273,7 +273,9 @@ async fn start_telemetry(
 ) -> Option<(TelemetryHandle, tokio::task::JoinHandle<()>)> {
     let dir = config.data_dir.clone();
     let budget = config.telemetry.budget_bytes;
-    let opened = tokio::task::spawn_blocking(move || telemetry::open_store(&dir, budget)).await;
+    let kind = config.telemetry.store;
+    let opened =
+        tokio::task::spawn_blocking(move || telemetry::open_store(&dir, kind, budget)).await;
     let (store, note) = match opened {
         Ok(Ok(x)) => x,
         Ok(Err(e)) => {
@@ -300,20 +302,15 @@ async fn start_telemetry(
     let acks = link.take_telemetry_acks()?;
     let outbox = link.outbox();
     let sink = move |batch| outbox.try_send(Outgoing::Telemetry(batch)).is_ok();
-    let stats = telemetry::store::TelemetryStore::stats(&store);
+    let stats = store.stats();
     tracing::info!(
+        store = ?kind,
         buffered = stats.points,
         dropped_total = stats.dropped_total,
         "telemetry buffer open"
     );
-    let (handle, _status, task) = telemetry::spawn(
-        device,
-        config.telemetry.clone(),
-        Box::new(store),
-        link.state(),
-        acks,
-        sink,
-    );
+    let (handle, _status, task) =
+        telemetry::spawn(device, config.telemetry.clone(), store, link.state(), acks, sink);
     Some((handle, task))
 }
 

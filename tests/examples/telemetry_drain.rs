@@ -3,7 +3,10 @@
 //! loopback MQTT (mutual TLS through Mosquitto) once the broker is back.
 //!
 //!     cargo build --release --bins
-//!     cargo run --release -p fleet-e2e --example telemetry_drain -- [LINES]   (default 1000000; 2 points a line)
+//!     cargo run --release -p fleet-e2e --example telemetry_drain -- [LINES] [STORE] [COMPRESSION]
+//!
+//! LINES default 1000000 (2 points a line); STORE `redb` (default) or `sled`; COMPRESSION
+//! `deflate` (default) or `none`.
 
 #![allow(clippy::unwrap_used)]
 
@@ -40,6 +43,9 @@ async fn stored(fleet: &fleet_e2e::fleet::Fleet, id: &str) -> u64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let n: u64 = std::env::args().nth(1).map_or(1_000_000, |a| a.parse().unwrap()); // lines
+    let store = std::env::args().nth(2).unwrap_or_else(|| "redb".into());
+    let compression = std::env::args().nth(3).unwrap_or_else(|| "deflate".into());
+    println!("store {store}, compression {compression}");
     let mut fleet = start_fleet().await;
     let id = "drain-1";
     let bundle = fleet.enroll(id);
@@ -49,7 +55,8 @@ async fn main() {
         bundle.join("config.d/10-bench.toml"),
         format!(
             "[locks]\ndir = \"{d}/locks\"\nsocket = \"{d}/locks.sock\"\n[update]\ndisk_reserve_mb = 1\n\
-             [telemetry]\nhost_interval_secs = 0\nsocket_dir = \"{s}\"\nbudget_mb = 512\n\
+             [telemetry]\nstore = \"{store}\"\ncompression = \"{compression}\"\n\
+             host_interval_secs = 0\ncontainer_interval_secs = 0\nsocket_dir = \"{s}\"\nbudget_mb = 512\n\
              service_points_per_sec = 10000000\nservice_burst_points = 10000000\n\
              drain_points_per_sec = 10000000\ndrain_burst_points = 10000000\nbatch_points = 2000\nmax_in_flight = 8\n",
             d = bundle.join("data").display(),
@@ -106,7 +113,8 @@ async fn main() {
     let points = n / per * per * 2;
     let ingest = started.elapsed();
     let buffered = rss_kb(pid);
-    let disk: u64 = dir_size(&bundle.join("data/telemetry"));
+    let file = if store == "redb" { "data/telemetry.redb" } else { "data/telemetry" };
+    let disk: u64 = dir_size(&bundle.join(file));
     println!("ingest through the socket: {points} points in {:.1} s = {:.0} points/s (each request acknowledged after a flush)", ingest.as_secs_f64(), points as f64 / ingest.as_secs_f64());
     println!("agent RSS: idle {:.1} MiB, with {points} points buffered {:.1} MiB; buffer on disk {:.1} MiB", idle as f64 / 1024.0, buffered as f64 / 1024.0, disk as f64 / 1048576.0);
 

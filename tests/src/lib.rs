@@ -120,8 +120,11 @@ where
     }
 }
 
-/// Bytes in the files under `p` (0 if it does not exist).
+/// Bytes in the files under `p`, or of the file `p` (0 if it does not exist).
 pub fn dir_size(p: &std::path::Path) -> u64 {
+    if let Some(m) = std::fs::metadata(p).ok().filter(std::fs::Metadata::is_file) {
+        return m.len();
+    }
     std::fs::read_dir(p)
         .map(|d| {
             d.flatten()

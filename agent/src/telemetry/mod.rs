@@ -17,7 +17,6 @@ pub mod delivery;
 pub mod host;
 pub mod ingest;
 pub mod line_protocol;
-#[cfg(feature = "redb-store")]
 pub mod redb_store;
 pub mod store;
 
@@ -38,12 +37,16 @@ use store::{StoreError, TelemetryStore};
 pub struct TelemetryConfig {
     /// Collect and send telemetry at all.
     pub enabled: bool,
+    /// The buffer's database.
+    pub store: store::StoreKind,
     /// Most bytes the buffer holds before it drops the oldest points.
     pub budget_bytes: u64,
     /// Host metrics period; zero: no host metrics.
     pub host_interval: Duration,
     /// Container metrics period; zero: no container metrics (lifecycle events still flow).
     pub container_interval: Duration,
+    /// How batches travel on the wire (the link applies it).
+    pub compression: fleet_proto::Compression,
     /// Root of `/proc` and `/sys` (tests use fixture trees).
     pub root: PathBuf,
     /// Mounts whose free space is reported.
@@ -126,7 +129,18 @@ pub fn spawn(
     let (points_tx, points) = mpsc::channel(64);
     let (status_tx, status) =
         watch::channel(TelemetryStatus { stats: store.stats(), ..Default::default() });
-    let task = Task { device, cfg, store, link, sink, points, acks, status: status_tx, refused: 0 };
+    let task = Task {
+        device,
+        cfg,
+        store,
+        link,
+        sink,
+        points,
+        acks,
+        status: status_tx,
+        refused: 0,
+        dirty: false,
+    };
     let join = tokio::spawn(task.run());
     (TelemetryHandle { points: points_tx }, status, join)
 }
@@ -141,6 +155,8 @@ struct Task<S> {
     acks: mpsc::Receiver<TelemetryAck>,
     status: watch::Sender<TelemetryStatus>,
     refused: u64,
+    /// Something was written since the last look: the flush timer starts.
+    dirty: bool,
 }
 
 type Waiters = Vec<oneshot::Sender<Result<(), String>>>;
@@ -162,8 +178,14 @@ impl<S: Sink> Task<S> {
         let flusher = self.store.flusher();
         let mut waiting: Waiters = vec![];
         let mut flushing: Option<(tokio::task::JoinHandle<Result<(), String>>, Waiters)> = None;
+        // Appends nobody waits for are flushed within FLUSH_EVERY_MS too (redb does not flush
+        // by itself); the timer runs only while something is unflushed, so idle costs nothing.
+        let flush_timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(flush_timer);
+        let mut unflushed = false;
         loop {
             if flushing.is_none() && !waiting.is_empty() {
+                unflushed = false;
                 let batch = std::mem::take(&mut waiting);
                 match &flusher {
                     Some(f) => {
@@ -204,6 +226,7 @@ impl<S: Sink> Task<S> {
                 }
                 Some(ack) = self.acks.recv() => {
                     if let Some(below) = delivery.on_ack(ack) {
+                        self.dirty = true;
                         if let Err(e) = self.store.ack_through(below - 1) {
                             tracing::warn!(error = %e, "telemetry buffer cannot delete acknowledged points");
                         }
@@ -228,7 +251,21 @@ impl<S: Sink> Task<S> {
                 () = &mut wake => {
                     delivery.on_tick(Instant::now().into_std());
                 }
+                () = &mut flush_timer, if unflushed && flushing.is_none() => {
+                    unflushed = false;
+                    if let Some(f) = &flusher {
+                        let f = f.clone();
+                        flushing = Some((tokio::task::spawn_blocking(move || f.flush()), vec![]));
+                    }
+                }
             }
+            if self.dirty && !unflushed {
+                unflushed = true;
+                flush_timer
+                    .as_mut()
+                    .reset(Instant::now() + Duration::from_millis(store::FLUSH_EVERY_MS));
+            }
+            self.dirty = false;
             self.status.send_replace(TelemetryStatus {
                 stats: self.store.stats(),
                 resends: delivery.resends,
@@ -251,6 +288,7 @@ impl<S: Sink> Task<S> {
     }
 
     fn append(&mut self, points: &[Point]) -> Result<(), String> {
+        self.dirty = true;
         let before = self.store.stats().dropped_total;
         match self.store.append(points) {
             Ok(_) => {
@@ -336,13 +374,14 @@ fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86_400 * 365)
 }
 
-/// Opens the sled buffer under `data_dir/telemetry`; a damaged one is moved aside (the event
+/// Opens the buffer of `kind` under `data_dir`; a damaged one is moved aside (the event
 /// returned says where).
 pub fn open_store(
     data_dir: &std::path::Path,
+    kind: store::StoreKind,
     budget: u64,
-) -> Result<(store::SledStore, Option<String>), StoreError> {
-    let (s, opened) = store::SledStore::open(&data_dir.join("telemetry"), budget)?;
+) -> Result<(Box<dyn TelemetryStore>, Option<String>), StoreError> {
+    let (s, opened) = store::open(kind, &kind.path_in(data_dir), budget)?;
     let note = match opened {
         store::Opened::Intact => None,
         store::Opened::Replaced { moved_to, reason } => Some(format!(

@@ -1,24 +1,42 @@
-//! The telemetry buffer in redb: the same [`TelemetryStore`] contract as [`SledStore`], built
-//! only to measure sled against it (feature `redb-store`, BENCHMARKS.md). Appends commit with
-//! eventual durability (as sled's appends are durable within its flush interval);
-//! [`TelemetryStore::flush`] commits with immediate durability.
+//! The telemetry buffer in redb, the default: the same [`TelemetryStore`] contract and
+//! invariants as [`SledStore`] (see [`super::store`]), in one file. Chosen over sled because its
+//! memory stays flat however much is buffered (sled's grows by tens of MiB over a day offline
+//! and stays there; BENCHMARKS.md).
+//!
+//! Appends and acknowledgements commit with eventual durability (no fsync); a
+//! [`TelemetryStore::flush`] commits with immediate durability, which makes every earlier commit
+//! durable too. The telemetry task flushes within [`FLUSH_EVERY_MS`] of an append and before
+//! answering a producer that waits for durability, so the durability window is sled's. After a
+//! crash redb reopens at its last durable commit: a prefix of what was appended.
+//!
+//! Layout: table `chunks` (first sequence number → point count u32 big-endian + postcard
+//! `Vec<Point>`, as sled's values) and table `meta` (`next_seq`, `acked_through`,
+//! `dropped_total`).
 //!
 //! [`SledStore`]: super::store::SledStore
+//! [`FLUSH_EVERY_MS`]: super::store::FLUSH_EVERY_MS
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use fleet_proto::telemetry::Point;
 use redb::{Database, Durability, ReadableTable, TableDefinition};
 
-use super::store::{encode_chunk, read_run, Ledger, Run, Stats, StoreError, TelemetryStore};
+use super::store::{
+    encode_chunk, open_or_move_aside, read_run, Failure, Flusher, Ledger, Opened, Run, Stats,
+    StoreError, TelemetryStore,
+};
 
 const CHUNKS: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("chunks");
 const META: TableDefinition<'static, &str, u64> = TableDefinition::new("meta");
 
+/// redb's page cache for the buffer (its default is 1 GiB): reads are sequential and rare.
+const CACHE_BYTES: usize = 1 << 20;
+
 /// The buffer in one redb file.
 pub struct RedbStore {
     path: PathBuf,
-    db: Database,
+    db: Arc<Database>,
     ledger: Ledger,
 }
 
@@ -35,36 +53,79 @@ fn err(path: &Path) -> impl Fn(&dyn std::fmt::Display) -> StoreError + '_ {
     move |e| StoreError::Db { path: path.display().to_string(), message: e.to_string() }
 }
 
+/// I/O failures (locked by another handle, permissions) are left alone; everything else redb
+/// reports at open means the file cannot be used as it is.
+fn open_failure(path: &Path, e: redb::DatabaseError) -> Failure {
+    match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => Failure::Io(std::io::Error::new(
+            std::io::ErrorKind::WouldBlock,
+            "database already open by another handle",
+        )),
+        // A header that does not parse is reported as invalid or cut-short data: damage.
+        redb::DatabaseError::Storage(redb::StorageError::Io(io))
+            if !matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+            ) =>
+        {
+            Failure::Io(io)
+        }
+        other => Failure::Damaged(StoreError::Db {
+            path: path.display().to_string(),
+            message: other.to_string(),
+        }),
+    }
+}
+
 impl RedbStore {
-    /// Opens or creates `file`.
-    pub fn open(file: &Path, budget: u64) -> Result<RedbStore, StoreError> {
-        let e = err(file);
-        // The same small cache as sled's (redb's default is 1 GiB).
-        let db = redb::Builder::new().set_cache_size(1 << 20).create(file).map_err(|x| e(&x))?;
-        let tx = db.begin_write().map_err(|x| e(&x))?;
+    /// Opens or creates `file`. A file that cannot be opened, or whose chunks cannot be read, is
+    /// moved aside (`<file>.damaged-<unix seconds>`) and replaced by an empty one.
+    pub fn open(file: &Path, budget: u64) -> Result<(RedbStore, Opened), StoreError> {
+        open_or_move_aside(file, || Self::open_intact(file, budget))
+    }
+
+    fn open_intact(file: &Path, budget: u64) -> Result<RedbStore, Failure> {
+        let damaged = |x: &dyn std::fmt::Display| Failure::Damaged(err(file)(x));
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(file)
+            .map_err(|e| open_failure(file, e))?;
+        let tx = db.begin_write().map_err(|x| damaged(&x))?;
         let ledger = {
-            let meta = tx.open_table(META).map_err(|x| e(&x))?;
-            let chunks = tx.open_table(CHUNKS).map_err(|x| e(&x))?;
-            let get = |k: &str| meta.get(k).ok().flatten().map(|v| v.value());
+            let meta = tx.open_table(META).map_err(|x| damaged(&x))?;
+            let chunks = tx.open_table(CHUNKS).map_err(|x| damaged(&x))?;
+            let get = |k: &str| -> Result<Option<u64>, Failure> {
+                Ok(meta.get(k).map_err(|x| damaged(&x))?.map(|v| v.value()))
+            };
             let mut held = vec![];
-            for entry in chunks.iter().map_err(|x| e(&x))? {
-                let (k, v) = entry.map_err(|x| e(&x))?;
+            for entry in chunks.iter().map_err(|x| damaged(&x))? {
+                let (k, v) = entry.map_err(|x| damaged(&x))?;
                 let v = v.value();
-                let count =
-                    v.get(..4).map_or(0, |c| u32::from_be_bytes(c.try_into().unwrap_or_default()));
+                let count = v.get(..4).map(|c| u32::from_be_bytes(c.try_into().expect("4 bytes")));
+                let Some(count) = count else {
+                    return Err(Failure::Damaged(StoreError::Damaged {
+                        path: file.display().to_string(),
+                        first_seq: k.value(),
+                        message: "value shorter than its count".into(),
+                    }));
+                };
                 held.push((k.value(), v.len(), count));
             }
-            let next = get("next_seq").unwrap_or(0);
             Ledger::restore(
                 budget,
-                next,
-                get("acked_through"),
-                get("dropped_total").unwrap_or(0),
+                get("next_seq")?.unwrap_or(0),
+                get("acked_through")?,
+                get("dropped_total")?.unwrap_or(0),
                 held,
             )
         };
-        tx.commit().map_err(|x| e(&x))?;
-        Ok(RedbStore { path: file.to_path_buf(), db, ledger })
+        tx.commit().map_err(|x| damaged(&x))?;
+        let s = RedbStore { path: file.to_path_buf(), db: Arc::new(db), ledger };
+        // Decode the newest chunk now: damage shows here, not in the middle of a drain.
+        if let Some(first) = s.ledger.newest() {
+            s.read(first, 1).map_err(Failure::Damaged)?;
+        }
+        Ok(s)
     }
 
     fn write(
@@ -135,9 +196,20 @@ impl TelemetryStore for RedbStore {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        // An empty commit with immediate durability makes every earlier commit durable.
-        self.write(Durability::Immediate, |_, _| Ok(()))
+        flush(&self.db).map_err(|x| err(&self.path)(&x))
     }
+
+    fn flusher(&self) -> Option<Flusher> {
+        let db = self.db.clone();
+        Some(Flusher::new(move || flush(&db)))
+    }
+}
+
+/// An empty commit with immediate durability makes every earlier commit durable.
+fn flush(db: &Database) -> Result<(), String> {
+    let mut tx = db.begin_write().map_err(|e| e.to_string())?;
+    tx.set_durability(Durability::Immediate);
+    tx.commit().map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -153,7 +225,7 @@ mod tests {
         let file = dir.path().join("t.redb");
         let budget = 3_000;
         let mut model = MemStore::new(budget);
-        let mut store = RedbStore::open(&file, budget).unwrap();
+        let mut store = RedbStore::open(&file, budget).unwrap().0;
         for round in 0..60u64 {
             let points: Vec<Point> = (0..round % 7)
                 .map(|i| Point {
@@ -172,7 +244,7 @@ mod tests {
             if round % 9 == 0 {
                 store.flush().unwrap();
                 drop(store);
-                store = RedbStore::open(&file, budget).unwrap();
+                store = RedbStore::open(&file, budget).unwrap().0;
             }
             assert_eq!(model.stats(), store.stats(), "round {round}");
             assert_eq!(model.read(0, 1000).unwrap(), store.read(0, 1000).unwrap(), "round {round}");
