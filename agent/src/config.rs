@@ -121,6 +121,10 @@ drain_burst_points = 2000
 # `x-fleet: { telemetry: true }` get the directory mounted at /run/fleet (socket
 # /run/fleet/telemetry.sock). Empty: no ingestion endpoint.
 socket_dir = "/run/fleet-agent/telemetry"
+# Also accept posts on this loopback TCP address (e.g. "127.0.0.1:8186", InfluxDB's port
+# plus one), for host processes that cannot use the socket; their points are labelled
+# origin=host. Empty: socket only. Only loopback addresses: the endpoint has no authentication.
+tcp_listen = ""
 # Per request: largest body and most points.
 max_body_kb = 1024
 max_points_per_request = 10000
@@ -340,6 +344,7 @@ struct RawTelemetry {
     drain_points_per_sec: u64,
     drain_burst_points: u64,
     socket_dir: PathBuf,
+    tcp_listen: String,
     max_body_kb: usize,
     max_points_per_request: usize,
     service_points_per_sec: u64,
@@ -594,8 +599,32 @@ fn check_telemetry(
             "the rate and burst must be at least 1".into(),
         ));
     }
+    let tcp = match raw.tcp_listen.trim() {
+        "" => None,
+        addr => {
+            let parsed: std::net::SocketAddr = addr.parse().map_err(|_| {
+                invalid("tcp_listen", format!("{addr:?} is not an address like 127.0.0.1:8186"))
+            })?;
+            if !parsed.ip().is_loopback() {
+                return Err(invalid(
+                    "tcp_listen",
+                    format!(
+                        "{addr} is not a loopback address; the endpoint has no authentication, so only 127.0.0.1 or [::1] are allowed"
+                    ),
+                ));
+            }
+            Some(parsed)
+        }
+    };
+    if tcp.is_some() && raw.socket_dir.as_os_str().is_empty() {
+        return Err(invalid(
+            "tcp_listen",
+            "needs the ingestion endpoint: set socket_dir too".to_owned(),
+        ));
+    }
     let ingest =
         (!raw.socket_dir.as_os_str().is_empty()).then(|| crate::telemetry::ingest::IngestConfig {
+            tcp,
             socket_dir: raw.socket_dir,
             max_body: raw.max_body_kb * 1024,
             max_points: raw.max_points_per_request,
@@ -736,6 +765,28 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("`telemetry.compression`") && err.contains("deflate"), "{err}");
+    }
+
+    #[test]
+    fn the_tcp_endpoint_is_loopback_only() {
+        let with = |addr: &str| {
+            Config::from_toml(&format!("device_id = \"d\"\n[telemetry]\ntcp_listen = \"{addr}\""))
+        };
+        let c = with("127.0.0.1:8186").unwrap();
+        let tcp = c.telemetry.ingest.unwrap().tcp.unwrap();
+        assert_eq!(tcp.to_string(), "127.0.0.1:8186");
+        assert!(with("[::1]:8186").is_ok());
+        let err = with("0.0.0.0:8186").unwrap_err().to_string();
+        assert!(err.contains("`telemetry.tcp_listen`") && err.contains("not a loopback"), "{err}");
+        let err = with("localhost").unwrap_err().to_string();
+        assert!(err.contains("is not an address"), "{err}");
+        assert!(Config::from_toml("device_id = \"d\"")
+            .unwrap()
+            .telemetry
+            .ingest
+            .unwrap()
+            .tcp
+            .is_none());
     }
 
     #[test]

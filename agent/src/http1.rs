@@ -6,7 +6,6 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 use tokio::io::AsyncReadExt;
-use tokio::net::UnixStream;
 
 impl Request {
     /// A header's value (names compare case-insensitively).
@@ -119,7 +118,7 @@ pub(crate) enum ReadError {
 /// Reads up to the blank line ending the request head, at most `max` bytes.
 /// Returns the head and the bytes read after it (the start of the body).
 pub(crate) async fn read_head(
-    stream: &mut UnixStream,
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
     max: usize,
 ) -> Result<(Vec<u8>, Vec<u8>), ReadError> {
     let mut buf = Vec::with_capacity(1024);

@@ -280,7 +280,9 @@ async fn a_container_posts_through_the_mounted_socket_and_its_points_carry_its_s
     let id = format!("tele-app-{}", std::process::id());
     let _cleanup = Containers(id.clone());
     let bundle = fleet.enroll(&id);
-    configure(&bundle, "container_interval_secs = 1\n");
+    // A free loopback port for the optional TCP endpoint.
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    configure(&bundle, &format!("container_interval_secs = 1\ntcp_listen = \"{tcp}\"\n"));
     let _agent = start_agent(&bundle, true);
     let fleet_ref = &fleet;
     let id_ref = id.as_str();
@@ -361,6 +363,26 @@ async fn a_container_posts_through_the_mounted_socket_and_its_points_carry_its_s
     assert_eq!(running["value"], true);
     let pids = latest("container.pids").await.unwrap();
     assert!(pids["value"].as_i64().unwrap() >= 1, "{pids}");
+
+    // A host process posts over loopback TCP: its points say they come from the host.
+    let mut s = std::net::TcpStream::connect(tcp).unwrap();
+    let body = "robot.dock,bay=3 volts=24.5\n";
+    write!(
+        s,
+        "POST /write HTTP/1.1\r\nHost: agent\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 204"), "{answer}");
+    let dock = eventually("the TCP point at the server", Duration::from_secs(30), || async move {
+        let m = metrics(fleet_ref, id_ref).await;
+        m["latest"].as_array()?.iter().find(|p| p["metric"] == "robot.dock.volts").cloned()
+    })
+    .await;
+    assert_eq!(dock["labels"]["origin"], "host", "{dock}");
+    assert_eq!(dock["labels"]["bay"], "3", "{dock}");
 
     // On the wire the batches are deflated (the default): read one off the broker with the
     // server's identity and look at its kind.

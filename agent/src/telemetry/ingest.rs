@@ -13,6 +13,9 @@
 //! 415 unknown content type, 429 over the service's rate (with `Retry-After`), 503 buffer
 //! unavailable. Each is counted ([`IngestCounters`]).
 //!
+//! Optionally (`tcp_listen`) the same endpoint listens on a loopback TCP address for host
+//! processes; points that arrive there are labelled `origin=host`.
+//!
 //! Who posted is not taken from the request: the peer's process id (`SO_PEERCRED`) leads to
 //! its container (`/proc/<pid>/cgroup`) and so to the service, which labels every point
 //! `service=<name>`; a service cannot speak for another, and one flooding service meets its
@@ -27,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use fleet_proto::telemetry::Point;
 use fleet_proto::{DeviceId, UnixMillis};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::UnixStream;
 use tokio::task::JoinSet;
 
@@ -56,6 +59,9 @@ pub struct IngestConfig {
     pub burst: f64,
     /// Connections served at the same time; more are answered 503 at once.
     pub max_connections: usize,
+    /// Also listen on this loopback TCP address, for host processes that cannot use a Unix
+    /// socket; `None`: the socket only. Points posted over TCP are labelled `origin=host`.
+    pub tcp: Option<std::net::SocketAddr>,
 }
 
 /// Requests refused, by reason, and points accepted.
@@ -187,7 +193,8 @@ impl Limits {
     }
 }
 
-/// Serves the endpoint until `shutdown` completes. Fails only if the socket cannot be bound.
+/// Serves the endpoint until `shutdown` completes. Fails only if the socket (or the TCP
+/// address) cannot be bound.
 pub async fn serve(
     cfg: IngestConfig,
     telemetry: TelemetryHandle,
@@ -199,37 +206,64 @@ pub async fn serve(
     // Any user in a container that has the mount may post: the mount is the permission.
     let listener = crate::lock::bind(&path, 0o666).await.map_err(|e| e.to_string())?;
     tracing::info!(socket = %path.display(), "telemetry ingestion listening");
+    let tcp = match cfg.tcp {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            tracing::info!(%addr, "telemetry ingestion listening on loopback TCP");
+            Some(l)
+        }
+        None => None,
+    };
     let limits =
         Arc::new(Limits { rate: cfg.rate, burst: cfg.burst, buckets: Mutex::new(HashMap::new()) });
     let cfg = Arc::new(cfg);
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
-        tokio::select! {
+        let accepted: std::io::Result<Stream> = tokio::select! {
             () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((mut stream, _)) => {
-                    if connections.len() >= cfg.max_connections {
-                        counters.unavailable.fetch_add(1, Ordering::Relaxed);
-                        let busy = Response::error(503, format!("more than {} connections at once; retry", cfg.max_connections));
-                        tokio::spawn(async move {
-                            let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&busy.to_bytes())).await;
-                        });
-                        continue;
-                    }
-                    let (cfg, telemetry, identity, counters, limits) =
-                        (cfg.clone(), telemetry.clone(), identity.clone(), counters.clone(), limits.clone());
-                    connections.spawn(async move {
-                        connection(stream, &cfg, &telemetry, &*identity, &counters, &limits).await;
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "telemetry ingestion cannot accept a connection");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            a = listener.accept() => a.map(|(s, _)| {
+                let pid = s.peer_cred().ok().and_then(|c| c.pid());
+                Stream::Unix(s, pid)
+            }),
+            a = async { tcp.as_ref().expect("guarded").accept().await }, if tcp.is_some() => {
+                a.map(|(s, _)| Stream::Tcp(s))
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let stream = match accepted {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "telemetry ingestion cannot accept a connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if connections.len() >= cfg.max_connections {
+            counters.unavailable.fetch_add(1, Ordering::Relaxed);
+            let busy = Response::error(
+                503,
+                format!("more than {} connections at once; retry", cfg.max_connections),
+            );
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(1), stream.reply(&busy)).await;
+            });
+            continue;
         }
+        let (cfg, telemetry, identity, counters, limits) =
+            (cfg.clone(), telemetry.clone(), identity.clone(), counters.clone(), limits.clone());
+        connections.spawn(async move {
+            match stream {
+                Stream::Unix(s, pid) => {
+                    connection(s, pid, &cfg, &telemetry, &*identity, &counters, &limits).await;
+                }
+                Stream::Tcp(s) => {
+                    connection(s, None, &cfg, &telemetry, &*identity, &counters, &limits).await;
+                }
+            }
+        });
     }
     drop(listener);
     let _ = std::fs::remove_file(&path);
@@ -237,18 +271,34 @@ pub async fn serve(
     Ok(())
 }
 
+/// An accepted connection: a Unix socket peer with its process id (which leads to its
+/// service), or a loopback TCP peer (the host).
+enum Stream {
+    Unix(UnixStream, Option<i32>),
+    Tcp(tokio::net::TcpStream),
+}
+
+impl Stream {
+    async fn reply(mut self, r: &Response) -> std::io::Result<()> {
+        match &mut self {
+            Stream::Unix(s, _) => s.write_all(&r.to_bytes()).await,
+            Stream::Tcp(s) => s.write_all(&r.to_bytes()).await,
+        }
+    }
+}
+
 const TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_HEAD: usize = 16 * 1024;
 
-async fn connection(
-    mut stream: UnixStream,
+async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    pid: Option<i32>,
     cfg: &IngestConfig,
     telemetry: &TelemetryHandle,
     identity: &impl Identify,
     counters: &IngestCounters,
     limits: &Limits,
 ) {
-    let pid = stream.peer_cred().ok().and_then(|c| c.pid());
     let response = match tokio::time::timeout(TIMEOUT, read_head(&mut stream, MAX_HEAD)).await {
         Err(_) => Response::error(408, format!("request not received within {TIMEOUT:?}")),
         Ok(Err(ReadError::Closed)) => return,
@@ -277,7 +327,7 @@ async fn connection(
 
 #[allow(clippy::too_many_arguments)] // one request's whole context, passed down once
 async fn handle(
-    stream: &mut UnixStream,
+    stream: &mut (impl AsyncRead + Unpin),
     req: Request,
     start: Vec<u8>,
     pid: Option<i32>,
