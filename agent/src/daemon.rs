@@ -211,7 +211,7 @@ pub async fn run_with<R: ContainerRuntime>(
     let ingest = match (&telemetry, &config.telemetry.ingest, ingest_dir) {
         (Some((handle, _)), Some(cfg), Some(_)) => {
             let (cfg, handle) = (cfg.clone(), handle.clone());
-            let counters = Arc::new(telemetry::ingest::IngestCounters::default());
+            let counters = handle.ingest_counters();
             Some(tokio::spawn(async move {
                 let stopped = async {
                     let _ = ingest_stopped.await;

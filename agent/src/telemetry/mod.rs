@@ -81,12 +81,18 @@ struct Record {
 #[derive(Debug, Clone)]
 pub struct TelemetryHandle {
     points: mpsc::Sender<Record>,
+    counters: std::sync::Arc<ingest::IngestCounters>,
 }
 
 impl TelemetryHandle {
     /// Hands points to the buffer; `false` if the task is gone or its queue is full.
     pub fn record(&self, points: Vec<Point>) -> bool {
         self.points.try_send(Record { points, durable: None }).is_ok()
+    }
+
+    /// The ingestion endpoint's counters, reported by the task as `agent.ingest.*` points.
+    pub fn ingest_counters(&self) -> std::sync::Arc<ingest::IngestCounters> {
+        self.counters.clone()
     }
 
     /// Whether the telemetry task has ended.
@@ -129,7 +135,9 @@ pub fn spawn(
     let (points_tx, points) = mpsc::channel(64);
     let (status_tx, status) =
         watch::channel(TelemetryStatus { stats: store.stats(), ..Default::default() });
+    let counters = std::sync::Arc::new(ingest::IngestCounters::default());
     let task = Task {
+        counters: counters.clone(),
         device,
         cfg,
         store,
@@ -142,7 +150,7 @@ pub fn spawn(
         dirty: false,
     };
     let join = tokio::spawn(task.run());
-    (TelemetryHandle { points: points_tx }, status, join)
+    (TelemetryHandle { points: points_tx, counters }, status, join)
 }
 
 struct Task<S> {
@@ -157,6 +165,7 @@ struct Task<S> {
     refused: u64,
     /// Something was written since the last look: the flush timer starts.
     dirty: bool,
+    counters: std::sync::Arc<ingest::IngestCounters>,
 }
 
 type Waiters = Vec<oneshot::Sender<Result<(), String>>>;
@@ -245,7 +254,9 @@ impl<S: Sink> Task<S> {
                     online = now_online;
                 }
                 _ = host_tick.tick(), if host_on => {
-                    let points = sampler.sample(UnixMillis::now());
+                    let now = UnixMillis::now();
+                    let mut points = sampler.sample(now);
+                    points.extend(self.self_points(now, &delivery));
                     let _ = self.append(&points);
                 }
                 () = &mut wake => {
@@ -285,6 +296,43 @@ impl<S: Sink> Task<S> {
         waiting.into_iter().for_each(|w| {
             let _ = w.send(result.clone());
         });
+    }
+
+    /// The agent's own telemetry, sampled with the host metrics: `agent.telemetry.*` (what the
+    /// buffer holds, drops, resends, refusals) and `agent.ingest.*` (points accepted and
+    /// requests rejected per `reason` by the ingestion endpoint).
+    fn self_points(&self, at: UnixMillis, delivery: &Delivery) -> Vec<Point> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let st = self.store.stats();
+        let c = &self.counters;
+        let int = |v: u64| fleet_proto::telemetry::Value::I64(i64::try_from(v).unwrap_or(i64::MAX));
+        let point = |metric: &str, v: u64, label: Option<(&str, &str)>| Point {
+            at,
+            metric: metric.to_owned(),
+            value: int(v),
+            labels: label.map(|(k, v)| (k.to_owned(), v.to_owned())).into_iter().collect(),
+        };
+        let mut out = vec![
+            point("agent.telemetry.buffered_points", st.points, None),
+            point("agent.telemetry.buffered_bytes", st.bytes, None),
+            point("agent.telemetry.dropped_total", st.dropped_total, None),
+            point("agent.telemetry.resends_total", delivery.resends, None),
+            point("agent.telemetry.refused_total", self.refused, None),
+            point("agent.ingest.accepted_points_total", c.accepted_points.load(Relaxed), None),
+        ];
+        for (reason, n) in [
+            ("malformed", &c.malformed),
+            ("too_large", &c.too_large),
+            ("rate_limited", &c.rate_limited),
+            ("unavailable", &c.unavailable),
+        ] {
+            out.push(point(
+                "agent.ingest.rejected_total",
+                n.load(Relaxed),
+                Some(("reason", reason)),
+            ));
+        }
+        out
     }
 
     fn append(&mut self, points: &[Point]) -> Result<(), String> {
@@ -390,4 +438,54 @@ pub fn open_store(
         )),
     };
     Ok((s, note))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::link::LinkState;
+
+    #[tokio::test]
+    async fn the_agent_reports_its_own_telemetry_with_the_host_metrics() {
+        let root = tempfile::tempdir().unwrap();
+        let cfg = TelemetryConfig {
+            enabled: true,
+            store: store::StoreKind::Redb,
+            budget_bytes: 1 << 20,
+            host_interval: Duration::from_millis(10),
+            container_interval: Duration::ZERO,
+            compression: fleet_proto::Compression::Deflate,
+            root: root.path().to_path_buf(),
+            mounts: vec![],
+            delivery: DeliveryConfig::default(),
+            ingest: None,
+        };
+        let (link_tx, link) = watch::channel(LinkState { connected: true, ..LinkState::default() });
+        let (_acks_tx, acks) = mpsc::channel(4);
+        let (sent_tx, mut sent) = mpsc::unbounded_channel();
+        let sink = move |b: TelemetryBatch| sent_tx.send(b).is_ok();
+        let store = Box::new(store::MemStore::new(1 << 20));
+        let (handle, _status, task) =
+            spawn(DeviceId::new("d").unwrap(), cfg, store, link, acks, sink);
+        handle.ingest_counters().malformed.fetch_add(2, std::sync::atomic::Ordering::Relaxed);
+        let batch =
+            tokio::time::timeout(Duration::from_secs(5), sent.recv()).await.unwrap().unwrap();
+        let get = |metric: &str, reason: Option<&str>| {
+            batch
+                .points
+                .iter()
+                .find(|p| {
+                    p.metric == metric && p.labels.get("reason").map(String::as_str) == reason
+                })
+                .map(|p| p.value.clone())
+        };
+        use fleet_proto::telemetry::Value;
+        assert_eq!(get("agent.telemetry.dropped_total", None), Some(Value::I64(0)));
+        assert_eq!(get("agent.ingest.rejected_total", Some("malformed")), Some(Value::I64(2)));
+        assert_eq!(get("agent.ingest.rejected_total", Some("rate_limited")), Some(Value::I64(0)));
+        assert!(get("agent.telemetry.buffered_points", None).is_some());
+        drop(handle);
+        drop(link_tx);
+        task.await.unwrap();
+    }
 }
