@@ -1,6 +1,10 @@
 //! The telemetry buffer: points waiting on the device until the server has stored them.
 //!
-//! # Invariants (every [`TelemetryStore`] keeps them; `tests` checks sled against [`MemStore`])
+//! Two implementations keep the same contract: redb ([`super::redb_store::RedbStore`], the
+//! default: its memory stays flat under a backlog) and sled ([`SledStore`], `store = "sled"`),
+//! both over one pure [`Ledger`] of what is held. [`open`] opens either.
+//!
+//! # Invariants (every [`TelemetryStore`] keeps them; `tests` checks both against [`MemStore`])
 //!
 //! 1. **Sequence numbers** are assigned by the store, one per point, consecutive in append
 //!    order, and never reused: not after an acknowledgement, a drop, or a restart.
@@ -13,13 +17,15 @@
 //!    and [`Stats::dropped_total`] grows by their number of points. An append larger than the
 //!    whole budget is refused ([`StoreError::TooLarge`]) and changes nothing.
 //! 6. **Durability window**: an append is on disk once [`TelemetryStore::flush`] returns;
-//!    without it, within sled's flush interval ([`FLUSH_EVERY_MS`]). After a crash the store
+//!    without it, within [`FLUSH_EVERY_MS`] (sled's own flusher; for redb, the telemetry
+//!    task's flush timer, which runs whenever something is unflushed). After a crash the store
 //!    holds every flushed append and possibly some later ones, always a prefix of what was
-//!    appended (sled recovers a prefix of its log), never a point twice under two numbers.
+//!    appended (sled recovers a prefix of its log, redb its last durable commit), never a point
+//!    twice under two numbers.
 //! 7. `dropped_total` and the sequence counter survive restarts (they are in the same atomic
 //!    batch as the chunk writes and deletes that change them).
 //!
-//! Layout on disk (sled, one tree, so every change is one atomic batch): key `c` + first
+//! sled's layout on disk (one tree, so every change is one atomic batch): key `c` + first
 //! sequence number (u64 big-endian, so key order is sequence order), value = point count (u32
 //! big-endian) + postcard `Vec<Point>`; one chunk per append. Keys `m` + `next_seq`,
 //! `acked_through`, `dropped_total`: u64 big-endian counters.
