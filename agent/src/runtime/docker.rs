@@ -518,12 +518,13 @@ fn event_from(message: bollard::models::EventMessage) -> Option<RuntimeEvent> {
 }
 
 /// The agent's view of one stats answer. Memory is usage minus the reclaimable file cache, as
-/// `docker stats` computes it (`inactive_file` on cgroup v2, `total_inactive_file` on v1).
+/// `docker stats` computes it (`total_inactive_file` on cgroup v1, where `inactive_file` is not
+/// hierarchical; `inactive_file` on v2).
 fn stats_from(resp: bollard::models::ContainerStatsResponse) -> ContainerStats {
     let memory = resp.memory_stats.as_ref();
     let cache = memory
         .and_then(|m| m.stats.as_ref())
-        .and_then(|s| s.get("inactive_file").or_else(|| s.get("total_inactive_file")).copied());
+        .and_then(|s| s.get("total_inactive_file").or_else(|| s.get("inactive_file")).copied());
     let memory_bytes = memory.and_then(|m| m.usage).map(|u| u.saturating_sub(cache.unwrap_or(0)));
     let networks = resp.networks.as_ref();
     let sum = |f: fn(&bollard::models::ContainerNetworkStats) -> Option<u64>| {
@@ -988,6 +989,52 @@ mod tests {
 
     use super::super::DeviceMapping;
     use super::*;
+
+    #[test]
+    fn stats_subtract_the_page_cache_per_cgroup_version_and_sum_networks() {
+        use bollard::models::{
+            ContainerCpuStats, ContainerCpuUsage, ContainerMemoryStats, ContainerNetworkStats,
+            ContainerStatsResponse,
+        };
+        let resp = |stats: &[(&str, u64)]| ContainerStatsResponse {
+            cpu_stats: Some(ContainerCpuStats {
+                cpu_usage: Some(ContainerCpuUsage { total_usage: Some(42), ..Default::default() }),
+                ..Default::default()
+            }),
+            memory_stats: Some(ContainerMemoryStats {
+                usage: Some(1000),
+                limit: Some(4096),
+                stats: Some(stats.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()),
+                ..Default::default()
+            }),
+            networks: Some(HashMap::from([
+                (
+                    "eth0".to_owned(),
+                    ContainerNetworkStats {
+                        rx_bytes: Some(10),
+                        tx_bytes: Some(1),
+                        ..Default::default()
+                    },
+                ),
+                (
+                    "eth1".to_owned(),
+                    ContainerNetworkStats {
+                        rx_bytes: Some(5),
+                        tx_bytes: Some(2),
+                        ..Default::default()
+                    },
+                ),
+            ])),
+            ..Default::default()
+        };
+        let v2 = stats_from(resp(&[("inactive_file", 100)]));
+        assert_eq!(v2.memory_bytes, Some(900));
+        assert_eq!((v2.cpu_ns, v2.memory_limit_bytes), (Some(42), Some(4096)));
+        assert_eq!((v2.net_rx_bytes, v2.net_tx_bytes), (Some(15), Some(3)));
+        let v1 = stats_from(resp(&[("inactive_file", 100), ("total_inactive_file", 300)]));
+        assert_eq!(v1.memory_bytes, Some(700));
+        assert_eq!(stats_from(ContainerStatsResponse::default()), ContainerStats::default());
+    }
 
     fn request() -> CreateRequest {
         let mut spec = fleet_proto::samples::release().services[0].clone();
