@@ -523,11 +523,8 @@ impl Config {
             });
         }
         let device_id = DeviceId::new(raw.device_id)?;
-        let mut link = check_link(raw.link, &device_id, base, files)?;
         let telemetry = check_telemetry(raw.telemetry, files)?;
-        if let Some(link) = &mut link {
-            link.telemetry_compression = telemetry.compression;
-        }
+        let link = check_link(raw.link, &device_id, base, files, telemetry.compression)?;
         Ok(Config {
             registries,
             link,
@@ -657,6 +654,7 @@ fn check_link(
     device: &DeviceId,
     base: &Path,
     files: &str,
+    telemetry_compression: fleet_proto::Compression,
 ) -> Result<Option<LinkConfig>, ConfigError> {
     let invalid = |key: &str, message: String| ConfigError::Invalid {
         key: format!("link.{key}"),
@@ -738,7 +736,7 @@ fn check_link(
         backoff_initial: Duration::from_millis(raw.backoff_initial_ms),
         backoff_max: Duration::from_secs(raw.backoff_max_secs)
             .max(Duration::from_millis(raw.backoff_initial_ms)),
-        telemetry_compression: fleet_proto::Compression::default(),
+        telemetry_compression,
     }))
 }
 

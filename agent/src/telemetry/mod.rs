@@ -192,9 +192,12 @@ impl<S: Sink> Task<S> {
         let flush_timer = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(flush_timer);
         let mut unflushed = false;
+        let mut flush_due = false;
         loop {
-            if flushing.is_none() && !waiting.is_empty() {
+            // The one place a flush starts: for waiting producers, or because the timer ran out.
+            if flushing.is_none() && (flush_due || !waiting.is_empty()) {
                 unflushed = false;
+                flush_due = false;
                 let batch = std::mem::take(&mut waiting);
                 match &flusher {
                     Some(f) => {
@@ -262,13 +265,7 @@ impl<S: Sink> Task<S> {
                 () = &mut wake => {
                     delivery.on_tick(Instant::now().into_std());
                 }
-                () = &mut flush_timer, if unflushed && flushing.is_none() => {
-                    unflushed = false;
-                    if let Some(f) = &flusher {
-                        let f = f.clone();
-                        flushing = Some((tokio::task::spawn_blocking(move || f.flush()), vec![]));
-                    }
-                }
+                () = &mut flush_timer, if unflushed && flushing.is_none() => flush_due = true,
             }
             if self.dirty && !unflushed {
                 unflushed = true;
