@@ -9,6 +9,7 @@
 //! * [`lock`] — update locks: leases applications hold while they must not be interrupted;
 //! * [`accept`] — whether a desired state from the server may be applied (pure);
 //! * [`report`] — the device's state report;
+//! * [`hardware`] — inventory, device mapping by stable identity, admission control, hot-plug;
 //! * [`telemetry`] — host metrics buffered on disk (sled) and delivered at least once;
 //! * [`link`] — the MQTT link to the fleet server (mutual TLS, backoff, presence);
 //! * [`config`], [`daemon`], [`cli`], [`sd_notify`] — the process around it.
@@ -21,6 +22,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod hardware;
 pub(crate) mod http1;
 pub mod link;
 pub mod lock;

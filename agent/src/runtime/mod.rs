@@ -55,7 +55,7 @@ pub struct CreateRequest {
 }
 
 /// One host device node mapped into a container.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct DeviceMapping {
     /// Path on the host, e.g. `/dev/serial/by-id/usb-FTDI…` resolved to `/dev/ttyUSB0`.
     pub host_path: String,

@@ -1,0 +1,123 @@
+//! Hardware: what the host has, how a service's requests map onto it, and whether a release
+//! fits the device at all.
+//!
+//! * [`scan`] — the I/O edge: reads a root (`/dev`, `/sys`, `/proc`, `/etc`; tests point it at
+//!   fixture trees) into a [`HostHardware`];
+//! * [`map`] — pure: one service's hardware requests against a [`HostHardware`] become the
+//!   engine's device options ([`HardwareMapping`]), or a precise reason they cannot;
+//! * [`admit`] — pure: release-level admission control (memory, cpusets, real-time, privileges)
+//!   before anything is stopped;
+//! * [`watch`] — hot-plug: notices device arrival and removal so mappings are redone.
+
+use std::collections::BTreeMap;
+
+use fleet_proto::Inventory;
+use serde::Serialize;
+
+pub mod admit;
+pub mod map;
+pub mod scan;
+pub mod watch;
+
+/// What the agent knows of its host's hardware: the inventory it reports to the server, plus
+/// what mapping needs and the server does not (device numbers, owning groups, links).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostHardware {
+    /// The inventory, as reported.
+    pub inventory: Inventory,
+    /// Every character device node under `/dev`, by host path (`/dev/ttyUSB0`, `/dev/pts/3`).
+    pub nodes: BTreeMap<String, DeviceNode>,
+    /// Every symlink under `/dev` whose target is a node in `nodes`: link path → node path
+    /// (`/dev/serial/by-id/usb-FTDI…` → `/dev/ttyUSB0`). Links that resolve outside `/dev`
+    /// are left out, so nothing can be mapped through them.
+    pub links: BTreeMap<String, String>,
+}
+
+/// A character device node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct DeviceNode {
+    /// Major device number.
+    pub major: u32,
+    /// Minor device number.
+    pub minor: u32,
+    /// Group owning the node (`dialout`, `video`, `render` …), numeric.
+    pub gid: u32,
+}
+
+/// Everything one service's hardware becomes in the engine's create options. Part of the
+/// container's configuration hash: a device that comes back under a new node or number gives
+/// a new mapping, so the planner re-creates the container with it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct HardwareMapping {
+    /// Nodes mapped with the engine's `devices` option (node created in the container and
+    /// allowed in its device cgroup).
+    pub devices: Vec<crate::runtime::DeviceMapping>,
+    /// Nodes bind-mounted and allowed by a cgroup rule instead: pseudo-terminals, which
+    /// `devices` cannot map (the container gets its own devpts).
+    pub binds: Vec<DeviceBind>,
+    /// Device cgroup rules, e.g. `c 136:3 rwm`.
+    pub cgroup_rules: Vec<String>,
+    /// NVIDIA GPUs through the container toolkit's device requests.
+    pub gpus: Option<GpuRequest>,
+    /// OCI runtime to use (`nvidia` on Jetson), `None` for the engine's default.
+    pub runtime: Option<String>,
+    /// Numeric groups to add, so a non-root user may open the nodes.
+    pub group_add: Vec<String>,
+    /// Environment the mapping needs (e.g. `NVIDIA_VISIBLE_DEVICES` on Jetson).
+    pub env: BTreeMap<String, String>,
+    /// Optional hardware that is absent now, described (`serial by-id usb-…`): the service
+    /// runs without it and is re-created when it arrives.
+    pub absent_optional: Vec<String>,
+}
+
+impl HardwareMapping {
+    /// Whether the mapping adds nothing to the container.
+    pub fn is_empty(&self) -> bool {
+        self == &HardwareMapping::default()
+    }
+}
+
+/// A device node bind-mounted into a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeviceBind {
+    /// Node on the host.
+    pub host_path: String,
+    /// Path inside the container.
+    pub container_path: String,
+}
+
+/// GPUs requested from the NVIDIA container toolkit (`--gpus`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GpuRequest {
+    /// `-1` for all, else how many; ignored when `device_ids` is set.
+    pub count: i64,
+    /// GPU indexes or UUIDs.
+    pub device_ids: Vec<String>,
+    /// Capabilities, e.g. `gpu`, `compute`, `utility`.
+    pub capabilities: Vec<String>,
+}
+
+/// What this device's configuration allows (`[hardware]` in the agent's config).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HardwarePolicy {
+    /// Where `/dev`, `/sys`, `/proc` and `/etc` are read from (`/`; tests use fixture trees).
+    pub root: std::path::PathBuf,
+    /// Whether services may run privileged.
+    pub allow_privileged: bool,
+    /// Whether services may ask for real-time scheduling (`realtime_priority`, `SYS_NICE`).
+    pub allow_realtime: bool,
+    /// Memory kept for the OS and the agent: the sum of the release's memory limits plus this
+    /// must fit the device's memory.
+    pub memory_reserve_bytes: u64,
+}
+
+impl Default for HardwarePolicy {
+    fn default() -> Self {
+        HardwarePolicy {
+            root: "/".into(),
+            allow_privileged: false,
+            allow_realtime: true,
+            memory_reserve_bytes: 256 << 20,
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Hot-plug: device arrival and removal under `/dev`.
