@@ -90,6 +90,15 @@ pub struct ServiceSpec {
     /// `service` label). Appended: false in bytes from older builds.
     #[serde(default)]
     pub telemetry: bool,
+    /// The container's processes cannot gain privileges (setuid binaries, file capabilities):
+    /// Docker's `no-new-privileges`. Appended: false in bytes from older builds.
+    #[serde(default)]
+    pub no_new_privileges: bool,
+    /// Relative CPU weight against other containers when CPUs are contended (Docker's
+    /// `cpu_shares`, default 1024), unlike `cpu_millis`, a hard quota. Appended: none in bytes
+    /// from older builds.
+    #[serde(default)]
+    pub cpu_shares: Option<u32>,
 }
 
 impl ServiceSpec {
@@ -120,6 +129,8 @@ impl ServiceSpec {
             group_add: vec![],
             optional_hardware: vec![],
             telemetry: false,
+            no_new_privileges: false,
+            cpu_shares: None,
         }
     }
 }

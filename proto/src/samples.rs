@@ -92,6 +92,8 @@ pub fn release() -> ReleaseSpec {
         group_add: vec![],
         optional_hardware: vec![],
         telemetry: false,
+        no_new_privileges: false,
+        cpu_shares: None,
     };
     let lidar = ServiceSpec {
         name: service("lidar"),
@@ -141,6 +143,8 @@ pub fn release() -> ReleaseSpec {
         group_add: vec![],
         optional_hardware: vec![],
         telemetry: false,
+        no_new_privileges: false,
+        cpu_shares: None,
     };
     ReleaseSpec {
         id: release_id(),

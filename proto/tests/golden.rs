@@ -20,14 +20,17 @@ use fleet_proto::{samples, Command, DesiredState, Message, TrustedKeys};
 /// Fixtures kept only to prove old bytes decode (their encoding has since grown).
 /// `desired`: written before `ServiceSpec` grew `group_add` and `optional_hardware`; it now
 /// proves that those bytes decode with both fields empty. `desired-2`: written before it grew
-/// `telemetry`; proves those bytes decode with it false. `desired-3` is the current one.
-const DECODE_ONLY: &[&str] = &["desired", "desired-2"];
+/// `telemetry`; proves those bytes decode with it false. `desired-3`: written before it grew
+/// `no_new_privileges` and `cpu_shares`; proves those bytes decode with them off and unset.
+/// `desired-4` is the current one.
+const DECODE_ONLY: &[&str] = &["desired", "desired-2", "desired-3"];
 
 fn cases() -> Vec<(&'static str, Message)> {
     vec![
         ("desired", Message::Desired(samples::signed_desired())),
         ("desired-2", Message::Desired(samples::signed_desired())),
         ("desired-3", Message::Desired(samples::signed_desired())),
+        ("desired-4", Message::Desired(samples::signed_desired())),
         ("report", Message::Report(samples::report())),
         ("telemetry", Message::Telemetry(samples::telemetry())),
         ("telemetry-ack", Message::TelemetryAck(samples::telemetry_ack())),
@@ -99,7 +102,7 @@ fn golden_fixtures_still_decode_to_their_samples() {
 #[test]
 fn golden_signed_payloads_still_verify() {
     let trusted = TrustedKeys::new([samples::server_key().public()]);
-    for name in ["desired", "desired-2", "desired-3"] {
+    for name in ["desired", "desired-2", "desired-3", "desired-4"] {
         let Message::Desired(desired) =
             Message::decode(&std::fs::read(fixture(name)).unwrap()).unwrap()
         else {

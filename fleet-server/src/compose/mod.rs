@@ -104,6 +104,8 @@ struct Parts {
     group_add: Vec<String>,
     optional_hardware: Vec<HardwareRequest>,
     telemetry: bool,
+    no_new_privileges: bool,
+    cpu_shares: Option<u32>,
 }
 
 /// The Compose path each converted element came from, to translate
@@ -239,6 +241,8 @@ impl Parts {
             group_add: self.group_add,
             optional_hardware: self.optional_hardware,
             telemetry: self.telemetry,
+            no_new_privileges: self.no_new_privileges,
+            cpu_shares: self.cpu_shares,
         }
     }
 }

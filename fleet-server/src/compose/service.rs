@@ -51,8 +51,8 @@ fn refusal(key: &str) -> Option<&'static str> {
         "stop_grace_period" => "not supported yet: the agent stops containers with its configured grace period (10 s by default)",
         "stop_signal" => "not supported yet: containers are stopped with SIGTERM, then SIGKILL after the grace period",
         "hostname" | "domainname" | "dns" | "dns_search" | "dns_opt" | "extra_hosts" | "mac_address" => "not supported yet: name resolution comes from the release network (service names) and the device",
-        "sysctls" | "security_opt" | "ipc" | "pid" | "uts" | "userns_mode" | "cgroup" | "cgroup_parent" | "init" | "isolation" | "runtime" | "storage_opt" | "device_cgroup_rules" => "not supported yet by the agent",
-        "cpu_shares" | "cpu_quota" | "cpu_period" | "cpu_count" | "cpu_percent" | "cpu_rt_runtime" | "cpu_rt_period" | "mem_swappiness" | "oom_kill_disable" | "oom_score_adj" | "blkio_config" => "not supported yet: use cpus, cpuset, mem_limit, mem_reservation, memswap_limit and pids_limit",
+        "sysctls" | "ipc" | "pid" | "uts" | "userns_mode" | "cgroup" | "cgroup_parent" | "init" | "isolation" | "runtime" | "storage_opt" | "device_cgroup_rules" => "not supported yet by the agent",
+        "cpu_quota" | "cpu_period" | "cpu_count" | "cpu_percent" | "cpu_rt_runtime" | "cpu_rt_period" | "mem_swappiness" | "oom_kill_disable" | "oom_score_adj" | "blkio_config" => "not supported yet: use cpus, cpu_shares, cpuset, mem_limit, mem_reservation, memswap_limit and pids_limit",
         "stdin_open" | "tty" | "attach" => "services on a device run unattended: there is no terminal to attach",
         "annotations" | "develop" | "credential_spec" | "volumes_from" | "provider" | "use_api_socket" | "post_start" | "pre_stop" | "label_file" | "models" => "not supported",
         _ => return None,
@@ -123,6 +123,8 @@ struct Converter<'p, 't> {
     cpuset: Option<Sourced<String>>,
     shm: Option<Sourced<u64>>,
     ulimits: Vec<Ulimit>,
+    no_new_privileges: bool,
+    cpu_shares: Option<u32>,
     fleet: FleetKeys,
 }
 
@@ -168,6 +170,8 @@ impl<'p, 't> Converter<'p, 't> {
             cpuset: None,
             shm: None,
             ulimits: vec![],
+            no_new_privileges: false,
+            cpu_shares: None,
             fleet: FleetKeys::default(),
         }
     }
@@ -266,6 +270,21 @@ impl<'p, 't> Converter<'p, 't> {
             "pids_limit" => self.pids[0] = pids(p, &at, v),
             "shm_size" => self.shm = read::byte_size(p, &at, v).map(|b| Sourced::new(b, &at, v)),
             "ulimits" => self.ulimits = ulimits(p, &at, v),
+            "security_opt" => self.no_new_privileges = security_opt(p, &at, v),
+            // Docker's range: 2 to 262144 (0 means the default, 1024).
+            "cpu_shares" => {
+                self.cpu_shares = read::number::<u32>(p, &at, v, 2).filter(|s| {
+                    let ok = *s <= 262_144;
+                    if !ok {
+                        p.add(
+                            &at,
+                            Some(v),
+                            format!("{s} is above the kernel's maximum CPU weight 262144"),
+                        );
+                    }
+                    ok
+                })
+            }
             "x-fleet" => self.fleet = fleet::fleet_keys(p, &at, v, false),
             k if k.starts_with("x-") => {}
             k => match refusal(k) {
@@ -461,6 +480,8 @@ impl<'p, 't> Converter<'p, 't> {
             group_add: self.group_add,
             optional_hardware: optional,
             telemetry: self.fleet.telemetry,
+            no_new_privileges: self.no_new_privileges,
+            cpu_shares: self.cpu_shares,
         };
         (image, parts, sources)
     }
@@ -1133,6 +1154,25 @@ fn capabilities(p: &mut Problems, path: &str, node: &Node) -> Vec<String> {
         })
         .map(|(_, c)| c)
         .collect()
+}
+
+/// `security_opt`: only `no-new-privileges[:true|false]` (and `=`) is a decision a release may
+/// make; seccomp, AppArmor and SELinux profiles belong to the device's configuration.
+fn security_opt(p: &mut Problems, path: &str, node: &Node) -> bool {
+    let mut no_new_privileges = false;
+    for (i, opt) in read::strings(p, path, node).unwrap_or_default().iter().enumerate() {
+        match opt.split_once([':', '=']) {
+            None if opt == "no-new-privileges" => no_new_privileges = true,
+            Some(("no-new-privileges", "true")) => no_new_privileges = true,
+            Some(("no-new-privileges", "false")) => no_new_privileges = false,
+            _ => p.add(
+                &item(path, i),
+                None,
+                format!("{opt:?} is not supported: security_opt takes only no-new-privileges[:true|false]; seccomp, apparmor and label profiles are set on the device"),
+            ),
+        }
+    }
+    no_new_privileges
 }
 
 /// `/dev/x[:/dev/y[:rwm]]` → a device request by host path.

@@ -874,3 +874,20 @@ fn hostile_inputs_are_refused_quickly() {
     assert_eq!(release(&long).services[0].env["A"].len(), 900_000);
     assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
 }
+
+#[test]
+fn no_new_privileges_and_cpu_shares_are_taken_other_security_options_refused() {
+    let s = svc("security_opt: [\"no-new-privileges:true\"]\ncpu_shares: 512");
+    assert!(s.no_new_privileges);
+    assert_eq!(s.cpu_shares, Some(512));
+    assert!(svc("security_opt: [no-new-privileges]").no_new_privileges);
+    assert!(!svc("security_opt: [\"no-new-privileges=false\"]").no_new_privileges);
+    assert!(!svc("cpus: 1").no_new_privileges, "off unless asked");
+    let reason = refused("security_opt: [\"seccomp:unconfined\"]", "services.s.security_opt[0]");
+    assert!(
+        reason.contains("seccomp, apparmor and label profiles are set on the device"),
+        "{reason}"
+    );
+    let reason = refused("cpu_shares: 1000000", "services.s.cpu_shares");
+    assert!(reason.contains("262144"), "{reason}");
+}
