@@ -1,4 +1,4 @@
-//! The `fleet-agent` command line: the daemon, local mode for the bench, status.
+//! The `fleet-agent` command line: the daemon, local mode for the bench, status, inventory.
 //!
 //! Exit codes (shared with fleetctl): 0 ok, 1 usage or input error, 3 the update ended
 //! unhealthy (rolled back or failed), 4 the update is deferred by an update lock (not done
@@ -7,8 +7,10 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use fleet_proto::inventory::{Disk, EngineInfo};
 use fleet_proto::report::{StateReport, UpdateResult};
 use fleet_proto::ReleaseSpec;
 use tracing_subscriber::EnvFilter;
@@ -16,6 +18,8 @@ use tracing_subscriber::EnvFilter;
 use crate::admin;
 use crate::config::{Config, DEFAULT_CONFIG, DEFAULT_PATH};
 use crate::daemon;
+use crate::hardware;
+use crate::hardware::render::render_inventory;
 use crate::lock::UpdateLocks;
 use crate::plan;
 use crate::reconcile::{check_release, Reconciler, StepError};
@@ -31,6 +35,7 @@ use crate::state::Origin;
 ///   fleet-agent                                   run the daemon (what systemd starts)
 ///   fleet-agent apply release.json                try a release on this device, no server
 ///   fleet-agent status --json                     what runs, its health, the last update
+///   fleet-agent inventory                         this device's hardware, and how to ask for it
 ///   fleet-agent --print-default-config > /etc/fleet-agent/config.toml
 #[derive(Debug, Parser)]
 #[command(name = "fleet-agent", version, about, long_about, verbatim_doc_comment)]
@@ -71,6 +76,18 @@ enum Command {
         /// Print the complete state report as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Show this device's hardware (OS, CPUs, memory, serial ports, GPIO, I2C, SPI, cameras,
+    /// CAN, GPUs, accelerators), with the x-fleet item that asks for each port and camera.
+    /// Example: fleet-agent inventory --json
+    Inventory {
+        /// Print the inventory as the agent reports it, as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Read /dev, /sys, /proc and /etc under this directory (default: `[hardware] root`
+        /// of the configuration, which is `/`).
+        #[arg(long, value_name = "DIR")]
+        root: Option<PathBuf>,
     },
 }
 
@@ -128,7 +145,16 @@ impl From<RuntimeError> for Failure {
 
 /// Entry point of the `fleet-agent` binary.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // Usage errors exit 1, as the module documents (clap's own default is 2).
+        Err(e) if e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::from(1);
+        }
+        // --help and --version.
+        Err(e) => e.exit(),
+    };
     if cli.print_default_config {
         print!("{DEFAULT_CONFIG}");
         return ExitCode::SUCCESS;
@@ -170,8 +196,23 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
 fn run(cli: Cli) -> Result<u8, Failure> {
     let explicit =
         std::env::var_os("FLEET_AGENT_CONFIG").is_some() || cli.config != Path::new(DEFAULT_PATH);
-    let config = load_config(&cli.config, explicit)?;
     let command = cli.command.unwrap_or(Command::Run);
+    if let Command::Inventory { json, root } = command {
+        // Wanted on a robot not configured yet, too: without a readable configuration the
+        // defaults do.
+        let config = match Config::load(&cli.config, explicit) {
+            Ok(config) => Some(config),
+            Err(e) => {
+                eprintln!("note: {}\n  using the defaults", chain(&e));
+                None
+            }
+        };
+        if let Some(config) = &config {
+            init_logging(config, false);
+        }
+        return runtime()?.block_on(inventory(config.as_ref(), root, json));
+    }
+    let config = load_config(&cli.config, explicit)?;
     init_logging(&config, matches!(command, Command::Run));
     match command {
         Command::Run => {
@@ -197,6 +238,10 @@ fn run(cli: Cli) -> Result<u8, Failure> {
         }
         Command::Lock(cmd) => lock(&config, cmd),
         Command::Status { json } => runtime()?.block_on(status(&config, json)),
+        // Handled above, before a configuration that fails to load ends the command.
+        Command::Inventory { json, root } => {
+            runtime()?.block_on(inventory(Some(&config), root, json))
+        }
     }
 }
 
@@ -206,9 +251,7 @@ fn lock(config: &Config, cmd: LockCommand) -> Result<u8, Failure> {
     let fail = |e: crate::lock::LockError| Failure::input(chain(&e));
     match cmd {
         LockCommand::Acquire { holder, ttl } => {
-            let lease = locks
-                .acquire(&holder, ttl.map(std::time::Duration::from_secs), now)
-                .map_err(fail)?;
+            let lease = locks.acquire(&holder, ttl.map(Duration::from_secs), now).map_err(fail)?;
             eprintln!(
                 "locked by {} for {} s",
                 lease.holder,
@@ -320,9 +363,11 @@ async fn apply_here(
     let state = daemon::open_state(config).map_err(|e| Failure::input(chain(&e)))?;
     let rt = Arc::new(DockerRuntime::connect(&config.engine_socket, config.engine_timeout).await?);
     let seq = state.next_local_seq().map_err(|e| Failure::input(chain(&e)))?;
+    let hardware = daemon::scan_hardware(config, &*rt).await;
     let mut reconciler =
         Reconciler::new(rt, config.device_id.clone(), state, daemon::exec_options(config))
-            .with_locks(UpdateLocks::new(&config.locks_dir, config.locks_default_ttl));
+            .with_locks(UpdateLocks::new(&config.locks_dir, config.locks_default_ttl))
+            .with_hardware(hardware, config.hardware.clone());
     reconciler.set_credentials(config.registries.clone());
     let proxied_ports = release
         .services
@@ -350,7 +395,7 @@ async fn with_progress<T>(
         return work.await;
     }
     tokio::pin!(work);
-    let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut shown = false;
     loop {
         tokio::select! {
@@ -413,7 +458,7 @@ async fn status(config: &Config, json: bool) -> Result<u8, Failure> {
         Some(state) => {
             let rt = DockerRuntime::connect(&config.engine_socket, config.engine_timeout).await?;
             let observed = rt.list(&config.device_id).await?;
-            report::build(&config.device_id, &state, &observed, Default::default())
+            report::build(&config.device_id, &state, &observed, Default::default(), None)
                 .map_err(|e| Failure::input(chain(&e)))?
         }
         None => {
@@ -471,6 +516,74 @@ async fn status(config: &Config, json: bool) -> Result<u8, Failure> {
         );
     }
     Ok(0)
+}
+
+/// How long `inventory` waits for the container engine: it answers at once if it runs.
+const ENGINE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The engine socket when no configuration could be read (the configuration's default).
+const DEFAULT_ENGINE_SOCKET: &str = "/var/run/docker.sock";
+
+async fn inventory(
+    config: Option<&Config>,
+    root: Option<PathBuf>,
+    json: bool,
+) -> Result<u8, Failure> {
+    let root = root
+        .or_else(|| config.map(|c| c.hardware.root.clone()))
+        .unwrap_or_else(|| PathBuf::from("/"));
+    if !root.is_dir() {
+        return Err(Failure::input(format!("--root {}: not a directory", root.display())));
+    }
+    let mut inv = hardware::scan::scan(&root).inventory;
+    // The root filesystem as seen through `root` (the host's, when the host is mounted there),
+    // named by its host path like everything in the inventory.
+    inv.disks = hardware::disks(&[root.as_path()])
+        .into_iter()
+        .map(|d| Disk { mount: "/".to_owned(), ..d })
+        .collect();
+    let socket = config.map_or(DEFAULT_ENGINE_SOCKET, |c| c.engine_socket.as_str());
+    let engine_note = match engine_info(socket).await {
+        Ok(engine) => {
+            inv.engine = Some(engine);
+            None
+        }
+        Err(reason) => Some(format!("note: no container engine answered on {socket}: {reason}")),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&inv).unwrap_or_default());
+        if let Some(note) = engine_note {
+            eprintln!("{note}");
+        }
+    } else {
+        print!("{}", render_inventory(&inv));
+        if let Some(note) = engine_note {
+            println!("\n{note}");
+        }
+    }
+    Ok(0)
+}
+
+/// The engine's name and versions, or why it did not answer within [`ENGINE_PROBE_TIMEOUT`].
+async fn engine_info(socket: &str) -> Result<EngineInfo, String> {
+    let ask = async {
+        let rt = DockerRuntime::connect(socket, ENGINE_PROBE_TIMEOUT).await?;
+        rt.engine_info().await
+    };
+    match tokio::time::timeout(ENGINE_PROBE_TIMEOUT, ask).await {
+        Ok(Ok((version, api_version))) => {
+            Ok(EngineInfo { name: "docker".to_owned(), version, api_version })
+        }
+        // The innermost cause says it best (`Connection refused`, `No such file or directory`).
+        Ok(Err(e)) => {
+            let mut cause: &dyn std::error::Error = &e;
+            while let Some(next) = cause.source() {
+                cause = next;
+            }
+            Err(cause.to_string())
+        }
+        Err(_) => Err(format!("no answer within {} s", ENGINE_PROBE_TIMEOUT.as_secs())),
+    }
 }
 
 /// Completes on SIGINT or SIGTERM.

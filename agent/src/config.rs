@@ -132,6 +132,22 @@ max_points_per_request = 10000
 service_points_per_sec = 1000
 service_burst_points = 10000
 
+[hardware]
+# Where /dev, /sys, /proc and /etc are read for the inventory and device mapping (a container
+# running the agent may mount the host's here). `fleet-agent inventory` shows what is found.
+root = "/"
+# Services may run privileged (every device, every capability) only when true; request the
+# hardware by name instead (x-fleet hardware in the Compose file).
+allow_privileged = false
+# Services may use real-time scheduling (realtime_priority, CAP_SYS_NICE) for control loops.
+allow_realtime = true
+# Memory (MB) kept for the OS and the agent: a release whose services' memory limits add up to
+# more than the device's memory minus this is refused before anything stops.
+memory_reserve_mb = 256
+# Devices appearing and disappearing under /dev are watched; a service whose device comes back
+# under a new node is re-created with it. Rescans wait this long for udev to settle.
+settle_ms = 250
+
 [commands]
 # The reboot command runs `systemctl reboot` only when true.
 allow_reboot = false
@@ -223,6 +239,10 @@ pub struct Config {
     pub allow_reboot: bool,
     /// Telemetry collection, buffer and delivery.
     pub telemetry: crate::telemetry::TelemetryConfig,
+    /// What services may ask of this device's hardware, and where it is read.
+    pub hardware: crate::hardware::HardwarePolicy,
+    /// How long hot-plug rescans wait for udev to settle.
+    pub hardware_settle: Duration,
 }
 
 /// Where the broker is.
@@ -323,8 +343,19 @@ struct Raw {
     locks: RawLocks,
     link: RawLink,
     commands: RawCommands,
+    hardware: RawHardware,
     telemetry: RawTelemetry,
     log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHardware {
+    root: PathBuf,
+    allow_privileged: bool,
+    allow_realtime: bool,
+    memory_reserve_mb: u64,
+    settle_ms: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -529,6 +560,13 @@ impl Config {
             registries,
             link,
             allow_reboot: raw.commands.allow_reboot,
+            hardware: crate::hardware::HardwarePolicy {
+                root: raw.hardware.root,
+                allow_privileged: raw.hardware.allow_privileged,
+                allow_realtime: raw.hardware.allow_realtime,
+                memory_reserve_bytes: raw.hardware.memory_reserve_mb.saturating_mul(1 << 20),
+            },
+            hardware_settle: Duration::from_millis(raw.hardware.settle_ms.clamp(10, 10_000)),
             telemetry,
             device_id,
             data_dir: raw.data_dir,

@@ -43,6 +43,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use crate::accept::{accept, Rejection};
 use crate::admin::{self, Answer, Call, Request};
 use crate::config::Config;
+use crate::hardware::{self, HostHardware};
 use crate::link::{Inbound, Inbox, Link, LinkError, LinkHandle, Outgoing};
 use crate::lock::UpdateLocks;
 use crate::proxy::PortProxy;
@@ -169,9 +170,25 @@ pub async fn run_with<R: ContainerRuntime>(
     ));
     let ingest_dir = options.telemetry_dir.clone();
     let engine = runtime.clone();
+    let hardware = scan_hardware(&config, &*runtime).await;
+    tracing::info!(
+        serial = hardware.inventory.serial.len(),
+        gpus = hardware.inventory.gpus.len(),
+        video = hardware.inventory.video.len(),
+        "hardware inventory read"
+    );
+    // Device arrival and removal; without inotify the inventory is re-read on every resync.
+    let hotplug = match hardware::watch::spawn(&config.hardware.root, config.hardware_settle) {
+        Ok(rx) => Some(rx),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch /dev for hot-plug; devices are rescanned on resync only");
+            None
+        }
+    };
     let reconciler = Reconciler::new(runtime, config.device_id.clone(), state, options)
         .with_locks(locks.clone())
-        .with_proxy(PortProxy::new());
+        .with_proxy(PortProxy::new())
+        .with_hardware(hardware, config.hardware.clone());
     let mut reconciler = reconciler;
     reconciler.set_credentials(config.registries.clone());
     // Applications that prefer an API to a lock file use the socket; it lives as long as the
@@ -235,8 +252,9 @@ pub async fn run_with<R: ContainerRuntime>(
             config.telemetry.container_interval,
         )
     });
-    let mut daemon = Daemon { config, reconciler, link, trusted };
-    let result = daemon.run(shutdown, admin_calls, inbox).await;
+    let rescan_on_resync = hotplug.is_none();
+    let mut daemon = Daemon { config, reconciler, link, trusted, rescan_on_resync };
+    let result = daemon.run(shutdown, admin_calls, inbox, hotplug).await;
     if let Some(sampler) = container_metrics {
         sampler.abort();
     }
@@ -319,6 +337,27 @@ struct Daemon<R> {
     reconciler: Reconciler<R>,
     link: Option<LinkHandle>,
     trusted: TrustedKeys,
+    /// No hot-plug watch: the inventory is re-read on every resync instead.
+    rescan_on_resync: bool,
+}
+
+/// Reads the host's hardware (blocking file reads, off the runtime's threads) and adds what
+/// only the agent knows: the engine and the disks that matter.
+pub async fn scan_hardware<R: ContainerRuntime>(config: &Config, runtime: &R) -> HostHardware {
+    let root = config.hardware.root.clone();
+    let mut hw =
+        tokio::task::spawn_blocking(move || hardware::scan::scan(&root)).await.unwrap_or_default();
+    hw.inventory.engine = runtime.engine().await;
+    hw.inventory.disks = hardware::disks(&[Path::new("/"), &config.data_dir]);
+    hw
+}
+
+/// The next hot-plug notice, or never without a watch.
+async fn next_hotplug(hotplug: &mut Option<tokio::sync::mpsc::Receiver<()>>) -> Option<()> {
+    match hotplug {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The next message from the server, or never without a link.
@@ -335,6 +374,7 @@ impl<R: ContainerRuntime> Daemon<R> {
         shutdown: impl Future<Output = ()>,
         mut admin_calls: tokio::sync::mpsc::Receiver<Call>,
         mut inbox: Option<Inbox>,
+        mut hotplug: Option<tokio::sync::mpsc::Receiver<()>>,
     ) -> Result<(), DaemonError> {
         tokio::pin!(shutdown);
         let device = self.config.device_id.clone();
@@ -365,9 +405,25 @@ impl<R: ContainerRuntime> Daemon<R> {
                 // Every converge goes through the debounce timer below, so there is one place
                 // that converges and a burst of events right after a tick causes one converge.
                 _ = resync.tick() => {
+                    if self.rescan_on_resync {
+                        self.rescan_hardware().await;
+                    }
                     pending = true;
                     debounce.as_mut().reset(Instant::now());
                 }
+                notice = next_hotplug(&mut hotplug) => match notice {
+                    // Hardware a release waits for may have arrived, or a mapped device came
+                    // back under a new node: converge at once.
+                    Some(()) => if self.rescan_hardware().await {
+                        pending = true;
+                        debounce.as_mut().reset(Instant::now());
+                    },
+                    None => {
+                        tracing::warn!("hot-plug watch ended; devices are rescanned on resync only");
+                        hotplug = None;
+                        self.rescan_on_resync = true;
+                    }
+                },
                 event = events.recv() => match event {
                     Some(e) => {
                         tracing::debug!(container = %e.id, action = %e.action, "engine event");
@@ -496,6 +552,53 @@ impl<R: ContainerRuntime> Daemon<R> {
         }
     }
 
+    /// Re-reads the hardware; if a device came or went, maps with the new inventory from now
+    /// on, tells the server (an event per device, naming the services that use it, and a state
+    /// report with the inventory) and returns true so the daemon converges.
+    async fn rescan_hardware(&self) -> bool {
+        let old = self.reconciler.hardware();
+        let new = scan_hardware(&self.config, &**self.reconciler.runtime()).await;
+        let changes = hardware::watch::changes(&old.inventory, &new.inventory);
+        if changes.is_empty() && old.nodes == new.nodes && old.links == new.links {
+            return false;
+        }
+        self.reconciler.set_hardware(new);
+        let release = self.reconciler.state().desired().ok().flatten().and_then(|d| d.release);
+        for change in &changes {
+            let users: Vec<String> = release
+                .iter()
+                .flat_map(|r| &r.services)
+                .filter(|s| {
+                    s.hardware
+                        .iter()
+                        .chain(&s.optional_hardware)
+                        .any(|h| hardware::watch::touches(h, change))
+                })
+                .map(|s| s.name.to_string())
+                .collect();
+            let (verb, severity) = if change.added {
+                ("appeared", Severity::Info)
+            } else if users.is_empty() {
+                ("disappeared", Severity::Info)
+            } else {
+                ("disappeared", Severity::Warning)
+            };
+            tracing::info!(device = %change.device, services = ?users, "hardware {verb}");
+            self.event(
+                severity,
+                EventKind::HardwareChanged,
+                format!("{} {verb}", change.device),
+                &[
+                    ("change", if change.added { "added" } else { "removed" }.to_owned()),
+                    ("device", change.device.clone()),
+                    ("services", users.join(",")),
+                ],
+            );
+        }
+        self.write_status().await;
+        true
+    }
+
     /// Writes `status.json` atomically for `fleet-agent status`.
     async fn write_status(&self) {
         let observed =
@@ -505,6 +608,7 @@ impl<R: ContainerRuntime> Daemon<R> {
             self.reconciler.state(),
             &observed,
             self.reconciler.status(),
+            Some(self.reconciler.hardware().inventory.clone()),
         ) else {
             return;
         };
@@ -747,7 +851,21 @@ impl<R: ContainerRuntime> Daemon<R> {
                 "reboot is not allowed on this device (commands.allow_reboot = false)".to_owned(),
             ),
             CommandAction::Reboot => CommandOutcome::Done { output: vec!["rebooting".to_owned()] },
-            CommandAction::RefreshInventory => refused("inventory is not built yet".to_owned()),
+            CommandAction::RefreshInventory => {
+                let changed = self.rescan_hardware().await;
+                let inv = &self.reconciler.hardware().inventory;
+                let summary = format!(
+                    "inventory re-read{}: {} serial, {} gpio, {} i2c, {} spi, {} video, {} can, {} gpu, {} accelerator",
+                    if changed { " (changed; the release is mapped again on the next converge)" } else { ", unchanged" },
+                    inv.serial.len(), inv.gpio.len(), inv.i2c.len(), inv.spi.len(),
+                    inv.video.len(), inv.can.len(), inv.gpus.len(), inv.accelerators.len(),
+                );
+                if !changed {
+                    // A refresh is also a request to hear the inventory again.
+                    self.write_status().await;
+                }
+                CommandOutcome::Done { output: vec![summary] }
+            }
             CommandAction::RestartService { service } => {
                 match self.service_container(service).await {
                     Err(outcome) => outcome,

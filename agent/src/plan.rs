@@ -13,6 +13,8 @@
 //! * A container whose configuration hash matches the desired one is kept (adopted), never
 //!   recreated.
 //! * Planning an already converged device yields no steps.
+//! * A service's hardware, as resolved on this host, is part of its configuration: a device
+//!   that comes back under a new node gives a new hash, so the container is re-created with it.
 //! * Host ports of start-first services go through the agent's port proxy when the agent runs
 //!   one (the daemon does): the containers publish on ephemeral loopback ports, the proxy owns
 //!   the host port, and a `Switch` after every new container is healthy points it at the new
@@ -28,7 +30,27 @@ use fleet_proto::report::{ContainerState, Health};
 use fleet_proto::{DeviceId, ImageRef, ReleaseSpec, ServiceName, ServiceSpec};
 use sha2::{Digest, Sha256};
 
+use crate::hardware::HardwareMapping;
 use crate::runtime::{labels, ObservedContainer};
+
+/// Each service's hardware as resolved on this host ([`crate::hardware::admit`]); services
+/// missing from it map nothing.
+pub type Mappings = BTreeMap<ServiceName, HardwareMapping>;
+
+static NO_HARDWARE: HardwareMapping = HardwareMapping {
+    devices: vec![],
+    binds: vec![],
+    cgroup_rules: vec![],
+    gpus: None,
+    runtime: None,
+    group_add: vec![],
+    env: BTreeMap::new(),
+    absent_optional: vec![],
+};
+
+fn mapping_of<'m>(mappings: &'m Mappings, spec: &ServiceSpec) -> &'m HardwareMapping {
+    mappings.get(&spec.name).unwrap_or(&NO_HARDWARE)
+}
 
 /// One step of a plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,14 +146,19 @@ impl std::fmt::Display for Step {
     }
 }
 
-/// Hash of a service's full configuration, and of how its ports are published: equal hash
-/// means an existing container can be kept.
-pub fn config_hash(spec: &ServiceSpec, proxied: bool) -> String {
+/// Hash of a service's full configuration, of how its ports are published and of its
+/// hardware as mapped on this host: equal hash means an existing container can be kept.
+pub fn config_hash(spec: &ServiceSpec, proxied: bool, hardware: &HardwareMapping) -> String {
     // JSON of the spec is deterministic: maps are BTreeMaps and fields keep declaration order.
     let mut json = serde_json::to_vec(spec).unwrap_or_default();
     // Fields appended to ServiceSpec (always last in the JSON) are left out while empty, so a
     // spec that does not use them hashes as it did before they existed: upgrading the agent
     // keeps its containers instead of re-creating every one of them.
+    const UNUSED_PRIVILEGES: &[u8] = br#","no_new_privileges":false,"cpu_shares":null}"#;
+    if json.ends_with(UNUSED_PRIVILEGES) {
+        json.truncate(json.len() - UNUSED_PRIVILEGES.len());
+        json.push(b'}');
+    }
     const UNUSED_TELEMETRY: &[u8] = br#","telemetry":false}"#;
     if json.ends_with(UNUSED_TELEMETRY) {
         json.truncate(json.len() - UNUSED_TELEMETRY.len());
@@ -147,13 +174,28 @@ pub fn config_hash(spec: &ServiceSpec, proxied: bool) -> String {
         // a different container, so a different name.
         json.extend_from_slice(b"|proxied");
     }
+    if !hardware.is_empty() {
+        // Left out while empty, so services without hardware keep their hashes.
+        json.extend_from_slice(b"|hardware:");
+        json.extend(serde_json::to_vec(hardware).unwrap_or_default());
+    }
     let digest = Sha256::digest(&json);
     digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
 }
 
-/// The container name for a service of this device with this configuration.
+/// The container name for a service of this device with this configuration and no hardware.
 pub fn container_name(device: &DeviceId, spec: &ServiceSpec, proxied: bool) -> String {
-    format!("fleet-{device}-{}-{}", spec.name, config_hash(spec, proxied))
+    mapped_container_name(device, spec, proxied, &NO_HARDWARE)
+}
+
+/// The container name for a service of this device with this configuration and hardware.
+pub fn mapped_container_name(
+    device: &DeviceId,
+    spec: &ServiceSpec,
+    proxied: bool,
+    hardware: &HardwareMapping,
+) -> String {
+    format!("fleet-{device}-{}-{}", spec.name, config_hash(spec, proxied, hardware))
 }
 
 /// Whether the service's host ports go through the agent's proxy: it updates start-first,
@@ -252,13 +294,26 @@ pub fn is_up(c: &ObservedContainer) -> bool {
 
 /// Plans the steps from `observed` (this device's containers) to `target` (`None`: run no
 /// application). `has_image` says whether an image is present locally; `routes` are the port
-/// proxy's routes, `None` when the agent runs no proxy.
+/// proxy's routes, `None` when the agent runs no proxy. For a release without hardware; see
+/// [`plan_with_hardware`].
 pub fn plan(
     device: &DeviceId,
     target: Option<&ReleaseSpec>,
     observed: &[ObservedContainer],
     has_image: &dyn Fn(&ImageRef) -> bool,
     routes: Option<&Routes>,
+) -> Vec<Step> {
+    plan_with_hardware(device, target, observed, has_image, routes, &Mappings::new())
+}
+
+/// [`plan`], with each service's hardware as mapped on this host.
+pub fn plan_with_hardware(
+    device: &DeviceId,
+    target: Option<&ReleaseSpec>,
+    observed: &[ObservedContainer],
+    has_image: &dyn Fn(&ImageRef) -> bool,
+    routes: Option<&Routes>,
+    hardware: &Mappings,
 ) -> Vec<Step> {
     let proxy = routes.is_some();
     let mut pulls = Vec::new();
@@ -270,12 +325,12 @@ pub fn plan(
     let mut switches = Vec::new();
     let mut stops_late = Vec::new();
     let mut removes = Vec::new();
-    let keep = target_names(device, target, proxy);
+    let keep = target_names(device, target, proxy, hardware);
 
     for spec in target.map(start_order).unwrap_or_default() {
         let proxied = proxied(spec, proxy);
         let strategy = effective_strategy(spec, proxy);
-        let name = container_name(device, spec, proxied);
+        let name = mapped_container_name(device, spec, proxied, mapping_of(hardware, spec));
         let existing = observed.iter().find(|c| c.name == name);
         let olds: Vec<&ObservedContainer> = observed
             .iter()
@@ -414,12 +469,17 @@ pub fn target_names(
     device: &DeviceId,
     target: Option<&ReleaseSpec>,
     proxy_available: bool,
+    hardware: &Mappings,
 ) -> BTreeMap<String, ServiceName> {
     target
         .map(|t| {
             t.services
                 .iter()
-                .map(|s| (container_name(device, s, proxied(s, proxy_available)), s.name.clone()))
+                .map(|s| {
+                    let proxied = proxied(s, proxy_available);
+                    let name = mapped_container_name(device, s, proxied, mapping_of(hardware, s));
+                    (name, s.name.clone())
+                })
                 .collect()
         })
         .unwrap_or_default()
@@ -760,8 +820,8 @@ mod tests {
             .collect();
         for name in removed {
             assert!(
-                name.ends_with(&config_hash(&v2.services[0], false))
-                    || name.ends_with(&config_hash(&v2.services[1], false)),
+                name.ends_with(&config_hash(&v2.services[0], false, &NO_HARDWARE))
+                    || name.ends_with(&config_hash(&v2.services[1], false, &NO_HARDWARE)),
                 "only v2 containers removed: {name}"
             );
         }
@@ -773,15 +833,23 @@ mod tests {
         // The hash of this spec as computed before group_add and optional_hardware existed.
         let json = serde_json::to_string(&spec).unwrap();
         let before =
-            json.replace(r#","group_add":[],"optional_hardware":[],"telemetry":false"#, "");
+            json.replace(r#","group_add":[],"optional_hardware":[],"telemetry":false,"no_new_privileges":false,"cpu_shares":null"#, "");
         assert!(before.ends_with(r#""depends_on":[]}"#), "{before}");
         let digest = Sha256::digest(before.as_bytes());
         let old: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
-        assert_eq!(config_hash(&spec, false), old);
+        assert_eq!(config_hash(&spec, false, &NO_HARDWARE), old);
         let grouped = ServiceSpec { group_add: vec!["dialout".to_owned()], ..spec };
-        assert_ne!(config_hash(&grouped, false), old, "a used field changes the container");
+        assert_ne!(
+            config_hash(&grouped, false, &NO_HARDWARE),
+            old,
+            "a used field changes the container"
+        );
         let telemetry = ServiceSpec { telemetry: true, ..release("1").services[0].clone() };
-        assert_ne!(config_hash(&telemetry, false), old);
+        assert_ne!(config_hash(&telemetry, false, &NO_HARDWARE), old);
+        let hardened = ServiceSpec { no_new_privileges: true, ..release("1").services[0].clone() };
+        assert_ne!(config_hash(&hardened, false, &NO_HARDWARE), old);
+        let weighted = ServiceSpec { cpu_shares: Some(512), ..release("1").services[0].clone() };
+        assert_ne!(config_hash(&weighted, false, &NO_HARDWARE), old);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleet_proto::release::{HardwareRequest, HealthCheck, Probe};
+use fleet_proto::release::{HealthCheck, Probe};
 use fleet_proto::report::{
     ContainerState, Deferred, Health, PullProgress, UpdateOutcome, UpdatePhase, UpdateResult,
     UpdateStatus,
@@ -23,13 +23,12 @@ use fleet_proto::{
     DeviceId, ImageRef, RegistryCredential, ReleaseSpec, ServiceName, ServiceSpec, UnixMillis,
 };
 
+use crate::hardware::{HardwareMapping, HardwarePolicy, HostHardware};
 use crate::lock::UpdateLocks;
-use crate::plan::{self, Step};
+use crate::plan::{self, Mappings, Step};
 use crate::probe;
 use crate::proxy::{PortProxy, SwitchError};
-use crate::runtime::{
-    labels, ContainerRuntime, CreateRequest, DeviceMapping, PortBinding, RuntimeError,
-};
+use crate::runtime::{labels, ContainerRuntime, CreateRequest, PortBinding, RuntimeError};
 use crate::state::{Accepted, AgentState, JournalEntry, Origin, Proven, StateError};
 
 /// Tunables of the executor.
@@ -106,6 +105,14 @@ pub enum StepError {
         /// Bytes free.
         free: u64,
     },
+    /// The release cannot run on this device as it is now: hardware it needs is absent, or it
+    /// does not pass admission control (memory, cpusets, privileges). Found before anything
+    /// is stopped; retried when the hardware changes and on every resync.
+    #[error("unsatisfiable on this device: {}", .problems.join("; "))]
+    Unsatisfiable {
+        /// Every problem, each naming its field.
+        problems: Vec<String>,
+    },
     /// The port proxy cannot take a service's host port.
     #[error(transparent)]
     Proxy(#[from] SwitchError),
@@ -135,29 +142,15 @@ pub struct Refused {
     pub problems: Vec<String>,
 }
 
-/// Checks a release for what this agent can run: the protocol's own validation plus what the
-/// agent does not support yet.
+/// Checks a release for what this agent can run anywhere: the protocol's own validation plus
+/// what the agent does not support. Whether it fits this device's hardware is decided when it
+/// is applied ([`crate::hardware::admit`]), since devices come and go.
 pub fn check_release(release: &ReleaseSpec) -> Result<(), Refused> {
     let mut problems: Vec<String> = match release.validate() {
         Ok(()) => vec![],
         Err(errors) => errors.iter().map(ToString::to_string).collect(),
     };
     for (i, svc) in release.services.iter().enumerate() {
-        for (h, hw) in svc.hardware.iter().enumerate() {
-            if !matches!(hw, HardwareRequest::Device { .. }) {
-                problems.push(format!(
-                    "services[{i}].hardware[{h}]: {hw:?} needs hardware mapping by stable identity, which this agent version does not do yet; map the device node with a Device request"
-                ));
-            }
-        }
-        if !svc.optional_hardware.is_empty() {
-            // Mapping "when present" needs the inventory at create time and a re-create when
-            // the device appears later; until the agent does both, refuse rather than run a
-            // service that silently never gets its hardware.
-            problems.push(format!(
-                "services[{i}].optional_hardware: optional hardware is not supported by this agent version yet; list the device under hardware (required) or drop it"
-            ));
-        }
         for (v, vol) in svc.volumes.iter().enumerate() {
             if let fleet_proto::release::VolumeSource::HostPath(p) = &vol.source {
                 problems.push(format!("services[{i}].volumes[{v}]: bind mount of host path {p:?} is not allowed by this agent's configuration"));
@@ -168,6 +161,25 @@ pub fn check_release(release: &ReleaseSpec) -> Result<(), Refused> {
         Ok(())
     } else {
         Err(Refused { problems })
+    }
+}
+
+/// Why a container was killed, with the limit it had: `was oom-killed: exceeded its memory
+/// limit of 32 MiB`. Docker 20.10 can lose the OOMKilled flag under load, so exit code 137
+/// without it is named as either.
+fn killed_reason(oom_killed: bool, memory_limit: Option<u64>) -> String {
+    match (oom_killed, memory_limit.map(crate::report::mib)) {
+        (true, Some(l)) => format!("was oom-killed: exceeded its memory limit of {l}"),
+        (true, None) => {
+            "was oom-killed: it has no memory limit, the device ran out of memory".to_owned()
+        }
+        (false, Some(l)) => {
+            format!("was killed (exit code 137: out of memory or SIGKILL); its memory limit is {l}")
+        }
+        (false, None) => {
+            "was killed (exit code 137: out of memory or SIGKILL); it has no memory limit"
+                .to_owned()
+        }
     }
 }
 
@@ -185,6 +197,10 @@ pub struct Reconciler<R> {
     force: std::sync::atomic::AtomicBool,
     /// What the update machinery is doing now (phase, pull progress, deferral), for reports.
     status: tokio::sync::watch::Sender<UpdateStatus>,
+    /// This host's hardware as last scanned; replaced on hot-plug.
+    hardware: std::sync::RwLock<Arc<HostHardware>>,
+    /// What this device's configuration allows.
+    hardware_policy: HardwarePolicy,
 }
 
 impl<R: ContainerRuntime> Reconciler<R> {
@@ -201,7 +217,38 @@ impl<R: ContainerRuntime> Reconciler<R> {
             proxy: None,
             force: Default::default(),
             status: tokio::sync::watch::Sender::new(UpdateStatus::default()),
+            hardware: Default::default(),
+            hardware_policy: HardwarePolicy::default(),
         }
+    }
+
+    /// Judge releases against this host's hardware and this policy. Without it the host has
+    /// no hardware: a release asking for any is unsatisfiable.
+    pub fn with_hardware(self, hardware: HostHardware, policy: HardwarePolicy) -> Self {
+        self.set_hardware(hardware);
+        Reconciler { hardware_policy: policy, ..self }
+    }
+
+    /// Replaces the host's hardware after a rescan (hot-plug); the next converge maps with it.
+    pub fn set_hardware(&self, hardware: HostHardware) {
+        if let Ok(mut hw) = self.hardware.write() {
+            *hw = Arc::new(hardware);
+        }
+    }
+
+    /// The host's hardware as last scanned.
+    pub fn hardware(&self) -> Arc<HostHardware> {
+        self.hardware.read().map(|hw| Arc::clone(&hw)).unwrap_or_default()
+    }
+
+    /// Each service's hardware mapped on this host, or why the release cannot run here.
+    pub fn admit(&self, target: Option<&ReleaseSpec>) -> Result<Mappings, StepError> {
+        let Some(release) = target else { return Ok(Mappings::new()) };
+        crate::hardware::admit::admit(release, &self.hardware(), &self.hardware_policy).map_err(
+            |errors| StepError::Unsatisfiable {
+                problems: errors.iter().map(ToString::to_string).collect(),
+            },
+        )
     }
 
     /// Honour update locks in this directory (see [`crate::lock`]).
@@ -370,8 +417,9 @@ impl<R: ContainerRuntime> Reconciler<R> {
                 tracing::info!(update, "update applied");
                 Ok(Some(done))
             }
-            Err(e @ StepError::Disk { .. }) => {
-                // Nothing changed: checked before the first download. Retried on the next resync.
+            Err(e @ (StepError::Disk { .. } | StepError::Unsatisfiable { .. })) => {
+                // Nothing changed: checked before the first download. Retried on the next resync
+                // (and, for hardware, when a device arrives).
                 let done = outcome(desired.origin, UpdateResult::Failed { reason: e.to_string() });
                 self.state.set_last_outcome(&done)?;
                 tracing::warn!(update, reason = %e, "update failed before changing anything");
@@ -437,18 +485,20 @@ impl<R: ContainerRuntime> Reconciler<R> {
         target: Option<&ReleaseSpec>,
         repair: bool,
     ) -> Result<usize, StepError> {
+        let hardware = self.admit(target)?;
         let observed = self.runtime.list(&self.device).await?;
         let mut present = BTreeMap::new();
         for spec in target.map(|t| t.services.iter()).into_iter().flatten() {
             present.insert(spec.image.pull_ref(), self.runtime.has_image(&spec.image).await?);
         }
         let routes = self.proxy.as_ref().map(PortProxy::routes);
-        let mut steps = plan::plan(
+        let mut steps = plan::plan_with_hardware(
             &self.device,
             target,
             &observed,
             &|i: &ImageRef| present.get(&i.pull_ref()).copied().unwrap_or(false),
             routes.as_ref(),
+            &hardware,
         );
         if repair {
             steps.retain(|s| !matches!(s, Step::WaitHealthy { .. }));
@@ -502,7 +552,7 @@ impl<R: ContainerRuntime> Reconciler<R> {
                 self.fault_hook(step);
             }
             let results = futures_util::future::join_all(
-                batch.iter().map(|step| self.run_step(target, step, (pulls, pulled))),
+                batch.iter().map(|step| self.run_step(target, &hardware, step, (pulls, pulled))),
             )
             .await;
             if step.kind() == "pull" {
@@ -576,6 +626,7 @@ impl<R: ContainerRuntime> Reconciler<R> {
     async fn run_step(
         &self,
         target: Option<&ReleaseSpec>,
+        hardware: &Mappings,
         step: &Step,
         pulls: (usize, (usize, u64)),
     ) -> Result<(), StepError> {
@@ -597,7 +648,8 @@ impl<R: ContainerRuntime> Reconciler<R> {
             }
             Step::Create { service, name } => {
                 let Some(spec) = spec_of(service) else { return Ok(()) };
-                let req = self.create_request(target, spec, name);
+                let mapping = hardware.get(service).cloned().unwrap_or_default();
+                let req = self.create_request(target, spec, name, mapping);
                 self.state.remember_image(&spec.image.pull_ref())?;
                 // An image lost by the engine (unclean shutdown) is pulled again, not fatal.
                 match self.runtime.create(&req).await {
@@ -642,19 +694,21 @@ impl<R: ContainerRuntime> Reconciler<R> {
             Step::Remove { name, .. } => self.retry(|| self.runtime.remove(name)).await?,
             Step::WaitHealthy { service, name, deadline } => {
                 let probe = spec_of(service).and_then(|s| s.healthcheck.as_ref());
-                self.wait_healthy(service, name, *deadline, probe).await?
+                let memory_limit = spec_of(service).and_then(|s| s.resources.memory_bytes);
+                self.wait_healthy(service, name, *deadline, probe, memory_limit).await?
             }
         }
         Ok(())
     }
 
-    /// The engine request for a service of `target`: its spec, the agent's labels and the
-    /// device nodes its `Device` hardware requests name.
+    /// The engine request for a service of `target`: its spec, the agent's labels and its
+    /// hardware as mapped on this host.
     fn create_request(
         &self,
         target: Option<&ReleaseSpec>,
         spec: &ServiceSpec,
         name: &str,
+        hardware: HardwareMapping,
     ) -> CreateRequest {
         let release = target.map(|t| t.id.to_string()).unwrap_or_default();
         let mut labels = spec.labels.clone();
@@ -663,29 +717,7 @@ impl<R: ContainerRuntime> Reconciler<R> {
         labels.insert(labels::RELEASE.to_owned(), release);
         labels.insert(labels::SERVICE.to_owned(), spec.name.to_string());
         let proxied = plan::proxied(spec, self.proxy.is_some());
-        labels.insert(labels::CONFIG_HASH.to_owned(), plan::config_hash(spec, proxied));
-        let devices = spec
-            .hardware
-            .iter()
-            .filter_map(|h| match h {
-                HardwareRequest::Device { host_path, container_path, permissions } => {
-                    Some(DeviceMapping {
-                        host_path: host_path.clone(),
-                        container_path: if container_path.is_empty() {
-                            host_path.clone()
-                        } else {
-                            container_path.clone()
-                        },
-                        permissions: if permissions.is_empty() {
-                            "rwm".to_owned()
-                        } else {
-                            permissions.clone()
-                        },
-                    })
-                }
-                _ => None,
-            })
-            .collect();
+        labels.insert(labels::CONFIG_HASH.to_owned(), plan::config_hash(spec, proxied, &hardware));
         let mut spec_for_engine = spec.clone();
         if spec.telemetry {
             match &self.opts.telemetry_dir {
@@ -723,7 +755,7 @@ impl<R: ContainerRuntime> Reconciler<R> {
                     })
                     .collect()
             }),
-            devices,
+            hardware,
         }
     }
 
@@ -762,6 +794,7 @@ impl<R: ContainerRuntime> Reconciler<R> {
         name: &str,
         deadline: Duration,
         check: Option<&HealthCheck>,
+        memory_limit: Option<u64>,
     ) -> Result<(), StepError> {
         let started = Instant::now();
         let mut first_restarts = None;
@@ -782,8 +815,13 @@ impl<R: ContainerRuntime> Reconciler<R> {
             };
             if restarts > self.opts.max_restarts {
                 let code = c.exit_code.map_or_else(|| "unknown".to_owned(), |c| c.to_string());
+                let killed = if c.oom_killed || c.exit_code == Some(137) {
+                    format!(": it {}", killed_reason(c.oom_killed, memory_limit))
+                } else {
+                    String::new()
+                };
                 return fail(format!(
-                    "is crash-looping ({restarts} restarts, last exit code {code})"
+                    "is crash-looping ({restarts} restarts, last exit code {code}){killed}"
                 ))
                 .await;
             }
@@ -823,7 +861,7 @@ impl<R: ContainerRuntime> Reconciler<R> {
                 (ContainerState::Exited | ContainerState::Dead, _)
                     if c.oom_killed || c.exit_code == Some(137) =>
                 {
-                    return fail("was killed (out of memory or SIGKILL, exit code 137); check its memory limit".to_owned()).await;
+                    return fail(killed_reason(c.oom_killed, memory_limit)).await;
                 }
                 (ContainerState::Exited | ContainerState::Dead, _) => {
                     return fail(format!("exited with code {}", c.exit_code.unwrap_or(-1))).await;

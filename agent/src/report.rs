@@ -2,18 +2,20 @@
 //! `fleet-agent status` prints and what the link sends to the server.
 
 use fleet_proto::report::{ContainerState, InForce, ReleaseSource, ServiceStatus, UpdateStatus};
-use fleet_proto::{DeviceId, ReleaseId, ServiceName, StateReport, UnixMillis};
+use fleet_proto::{DeviceId, Inventory, ReleaseId, ServiceName, StateReport, UnixMillis};
 
 use crate::runtime::{labels, ObservedContainer};
 use crate::state::{AgentState, Origin, StateError};
 
-/// The report for `device`, given its containers and what the update machinery is doing
-/// (`update`, from the reconciler; its `last_outcome` comes from the state store).
+/// The report for `device`, given its containers, what the update machinery is doing
+/// (`update`, from the reconciler; its `last_outcome` comes from the state store) and the
+/// host's inventory.
 pub fn build(
     device: &DeviceId,
     state: &AgentState,
     observed: &[ObservedContainer],
     update: UpdateStatus,
+    inventory: Option<Inventory>,
 ) -> Result<StateReport, StateError> {
     let desired = state.desired()?;
     let proven = state.proven()?;
@@ -36,6 +38,20 @@ pub fn build(
         };
         Some(InForce { release, source })
     });
+    // The limit an out-of-memory kill is reported with: the service's, in the release its
+    // container belongs to.
+    let releases: Vec<&fleet_proto::ReleaseSpec> = [
+        proven.as_ref().and_then(|p| p.release.as_ref()),
+        desired.as_ref().and_then(|d| d.release.as_ref()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let memory_limit = |c: &ObservedContainer| {
+        let release = releases.iter().find(|r| Some(r.id.as_str()) == c.label(labels::RELEASE))?;
+        let service = c.label(labels::SERVICE)?;
+        release.services.iter().find(|s| s.name.as_str() == service)?.resources.memory_bytes
+    };
     let mut services: Vec<ServiceStatus> = observed
         .iter()
         .filter_map(|c| {
@@ -51,7 +67,7 @@ pub fn build(
                 health: c.health,
                 restarts: c.restart_count,
                 exit_code: c.exit_code,
-                last_error: last_error(c),
+                last_error: last_error(c, memory_limit(c)),
             })
         })
         .collect();
@@ -65,16 +81,17 @@ pub fn build(
         in_force,
         services,
         update: UpdateStatus { last_outcome: state.last_outcome()?, ..update },
-        inventory: None,
+        inventory,
     })
 }
 
 /// What is wrong with a container, in words: out-of-memory kills and crash loops are reported,
 /// not hidden behind an engine that keeps restarting the service.
-fn last_error(c: &ObservedContainer) -> Option<String> {
+fn last_error(c: &ObservedContainer, memory_limit: Option<u64>) -> Option<String> {
     let code = c.exit_code.map_or_else(|| "unknown".to_owned(), |c| c.to_string());
     if c.oom_killed {
-        Some(format!("killed for exceeding its memory limit ({} restarts)", c.restart_count))
+        let limit = memory_limit.map_or_else(String::new, |l| format!(" of {}", mib(l)));
+        Some(format!("oom-killed: exceeded its memory limit{limit} ({} restarts)", c.restart_count))
     } else if c.state == ContainerState::Restarting {
         Some(format!(
             "crash-looping: exited with code {code}, {} restarts; the engine waits longer before each restart",
@@ -86,6 +103,15 @@ fn last_error(c: &ObservedContainer) -> Option<String> {
         Some(format!("exited with code {code} after {} restarts", c.restart_count))
     } else {
         None
+    }
+}
+
+/// Bytes as an operator reads a limit: `64 MiB`, `1.5 GiB`.
+pub fn mib(bytes: u64) -> String {
+    if bytes >= 1 << 30 {
+        format!("{:.1} GiB", bytes as f64 / f64::from(1u32 << 30))
+    } else {
+        format!("{} MiB", bytes >> 20)
     }
 }
 
@@ -119,15 +145,24 @@ mod tests {
 
     #[test]
     fn crash_loops_and_failed_exits_are_named_with_their_restart_counts() {
-        let looping = last_error(&container(ContainerState::Restarting, Some(1), 7)).unwrap();
+        let looping = last_error(&container(ContainerState::Restarting, Some(1), 7), None).unwrap();
         assert!(looping.contains("crash-looping") && looping.contains("7 restarts"), "{looping}");
         assert!(looping.contains("code 1"), "{looping}");
-        let exited = last_error(&container(ContainerState::Exited, Some(2), 3)).unwrap();
+        let exited = last_error(&container(ContainerState::Exited, Some(2), 3), None).unwrap();
         assert!(exited.contains("code 2") && exited.contains("3 restarts"), "{exited}");
-        assert_eq!(last_error(&container(ContainerState::Exited, Some(0), 0)), None);
-        assert_eq!(last_error(&container(ContainerState::Running, None, 0)), None);
+        assert_eq!(last_error(&container(ContainerState::Exited, Some(0), 0), None), None);
+        assert_eq!(last_error(&container(ContainerState::Running, None, 0), None), None);
         let mut oom = container(ContainerState::Exited, Some(137), 1);
         oom.oom_killed = true;
-        assert!(last_error(&oom).unwrap().contains("memory limit"));
+        assert!(last_error(&oom, None)
+            .unwrap()
+            .starts_with("oom-killed: exceeded its memory limit ("));
+        assert_eq!(
+            last_error(&oom, Some(64 << 20)).unwrap(),
+            format!(
+                "oom-killed: exceeded its memory limit of 64 MiB ({} restarts)",
+                oom.restart_count
+            )
+        );
     }
 }

@@ -355,3 +355,102 @@ async fn the_update_status_says_what_the_update_is_doing_while_it_runs() {
     let after = rec.status();
     assert_eq!((after.phase, after.target_generation), (UpdatePhase::Idle, None));
 }
+
+/// A host with one FTDI adapter at `dev` (its by-id link pointing there).
+fn host_with_adapter(dev: Option<&str>) -> fleet_agent::hardware::HostHardware {
+    use fleet_agent::hardware::{DeviceNode, HostHardware};
+    use fleet_proto::inventory::{SerialPort, UsbIds};
+    let mut hw = HostHardware::default();
+    hw.inventory.memory_bytes = 8 << 30;
+    hw.inventory.cpus.online = "0-3".into();
+    if let Some(dev) = dev {
+        let minor = dev.trim_start_matches("/dev/ttyUSB").parse().unwrap();
+        hw.inventory.serial.push(SerialPort {
+            dev_path: dev.into(),
+            by_id: vec!["usb-FTDI_FT232R_USB_UART_A50285BI-if00-port0".into()],
+            by_path: vec![],
+            usb: Some(UsbIds {
+                vendor: "0403".into(),
+                product: "6001".into(),
+                serial: Some("A50285BI".into()),
+                manufacturer: None,
+                product_name: None,
+            }),
+        });
+        hw.nodes.insert(dev.into(), DeviceNode { major: 188, minor, gid: 20 });
+        hw.links.insert(
+            "/dev/serial/by-id/usb-FTDI_FT232R_USB_UART_A50285BI-if00-port0".into(),
+            dev.into(),
+        );
+    }
+    hw
+}
+
+/// `web` needs the FTDI adapter by its by-id name; `worker` needs nothing.
+fn lidar_release(version: &str) -> ReleaseSpec {
+    use fleet_proto::release::{HardwareRequest, SerialSelector};
+    let mut r = release(version, &image("web", 1), &image("worker", 1));
+    r.services[0].hardware = vec![HardwareRequest::Serial {
+        port: SerialSelector::ById("usb-FTDI_FT232R_USB_UART_A50285BI-if00-port0".into()),
+        container_path: "/dev/lidar".into(),
+    }];
+    r
+}
+
+#[tokio::test]
+async fn a_device_back_under_a_new_node_recreates_only_the_service_that_uses_it() {
+    let mut f = fixture();
+    f.rec = f.rec.with_hardware(host_with_adapter(Some("/dev/ttyUSB0")), Default::default());
+    let v1 = lidar_release("1");
+    let origin = Origin::Server { generation: 1 };
+    assert_eq!(f.rec.apply(origin, Some(v1.clone())).await.unwrap().result, UpdateResult::Applied);
+    let first = running_names(&f.rt).await;
+    let web = first.iter().find(|n| n.contains("-web-")).unwrap().clone();
+    let mapped = f.rt.hardware_of(&web).unwrap();
+    assert_eq!(mapped.devices[0].host_path, "/dev/ttyUSB0");
+    assert_eq!(mapped.devices[0].container_path, "/dev/lidar");
+    assert_eq!(mapped.group_add, vec!["20".to_owned()]);
+    assert_ne!(web, container_name(&device(), &v1.services[0], false), "hardware is hashed");
+
+    // Unplugged: the release in force cannot be mapped; its containers are left as they are.
+    f.rec.set_hardware(host_with_adapter(None));
+    assert_eq!(f.rec.converge().await.unwrap(), None);
+    assert_eq!(running_names(&f.rt).await, first);
+
+    // Back as ttyUSB1: web is re-created with the new node, worker is untouched.
+    f.rec.set_hardware(host_with_adapter(Some("/dev/ttyUSB1")));
+    f.rec.converge().await.unwrap();
+    let second = running_names(&f.rt).await;
+    assert_eq!(second.len(), 2, "{second:?}");
+    let new_web = second.iter().find(|n| n.contains("-web-")).unwrap();
+    assert_ne!(*new_web, web);
+    assert_eq!(f.rt.hardware_of(new_web).unwrap().devices[0].host_path, "/dev/ttyUSB1");
+    let worker = |names: &[String]| names.iter().find(|n| n.contains("-worker-")).cloned();
+    assert_eq!(worker(&second), worker(&first), "the other service keeps its container");
+}
+
+#[tokio::test]
+async fn a_release_needing_absent_hardware_fails_before_anything_changes_and_is_retried() {
+    let mut f = fixture();
+    f.rec = f.rec.with_hardware(host_with_adapter(None), Default::default());
+    let v1 = release("1", &image("web", 1), &image("worker", 1));
+    f.rec.apply(Origin::Server { generation: 1 }, Some(v1)).await.unwrap();
+    let before = running_names(&f.rt).await;
+    let calls = f.rt.calls().len();
+
+    let v2 = lidar_release("2");
+    let out = f.rec.apply(Origin::Server { generation: 2 }, Some(v2)).await.unwrap();
+    let UpdateResult::Failed { reason } = out.result else { panic!("{out:?}") };
+    assert_eq!(
+        reason,
+        "unsatisfiable on this device: services[0].hardware[0]: serial by-id usb-FTDI_FT232R_USB_UART_A50285BI-if00-port0 not present"
+    );
+    assert_eq!(f.rt.calls().len(), calls, "no engine call changed anything");
+    assert_eq!(running_names(&f.rt).await, before);
+    assert!(f.rec.state().failed().unwrap().is_none(), "not marked failed: it may fit later");
+
+    // The adapter is plugged in: the next converge applies the release.
+    f.rec.set_hardware(host_with_adapter(Some("/dev/ttyUSB0")));
+    let out = f.rec.converge().await.unwrap().unwrap();
+    assert_eq!(out.result, UpdateResult::Applied);
+}

@@ -3,139 +3,15 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
-use bollard::query_parameters::{
-    InspectContainerOptions, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
-};
-use fleet_e2e::{bin, eventually, TestEnv};
+use bollard::query_parameters::InspectContainerOptions;
+use fleet_e2e::agent::Agent;
+use fleet_e2e::{eventually, TestEnv};
 use fleet_proto::release::*;
 use fleet_proto::{ImageRef, ReleaseId, ReleaseSpec, ServiceName, ServiceSpec};
-
-/// One agent identity with its own config and data directory.
-struct Agent {
-    device: String,
-    dir: tempfile::TempDir,
-    config: PathBuf,
-}
-
-// Containers of a failed test must not linger: their health checks would load the engine for
-// every later test and benchmark on this machine.
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let filter = format!("label=io.fleet.device={}", self.device);
-        let _ = Command::new("sh")
-            .args([
-                "-c",
-                &format!("docker ps -aq --filter {filter} | xargs -r docker rm -f >/dev/null 2>&1"),
-            ])
-            .status();
-    }
-}
-
-/// A running `fleet-agent run`; killed if a failing test leaves it behind (a panicking test
-/// must not leave a daemon holding the test harness's output pipe open).
-struct Daemon(std::process::Child);
-
-impl Daemon {
-    /// SIGTERM, then asserts a clean exit.
-    fn stop(mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
-        let status = self.0.wait().unwrap();
-        assert!(status.success(), "daemon stops cleanly on SIGTERM: {status:?}");
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Agent {
-    fn daemon(&self) -> Daemon {
-        Daemon(self.cmd().arg("run").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap())
-    }
-
-    fn new(name: &str) -> Agent {
-        let device = format!("e2e-agent-{}-{name}", std::process::id());
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("config.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "device_id = \"{device}\"\ndata_dir = \"{data}\"\n[update]\nstop_grace_secs = 1\nstable_for_secs = 1\nresync_secs = 2\ndisk_reserve_mb = {reserve}\n[locks]\ndir = \"{data}/locks\"\nsocket = \"{data}/locks.sock\"\n",
-                data = dir.path().join("data").display(),
-                reserve = if name.starts_with("disk") { 100_000_000_000u64 } else { 1 }
-            ),
-        )
-        .unwrap();
-        Agent { device, dir, config }
-    }
-
-    fn release_file(&self, release: &ReleaseSpec) -> PathBuf {
-        let path = self.dir.path().join(format!("{}.json", release.id));
-        std::fs::write(&path, serde_json::to_vec_pretty(release).unwrap()).unwrap();
-        path
-    }
-
-    fn cmd(&self) -> Command {
-        let mut c = Command::new(bin("fleet-agent"));
-        c.arg("--config").arg(&self.config).env_remove("FLEET_AGENT_FAULT");
-        c
-    }
-
-    fn apply(&self, release: &ReleaseSpec) -> Output {
-        let out =
-            self.cmd().arg("apply").arg(self.release_file(release)).arg("--json").output().unwrap();
-        eprintln!("apply {}: {}\n{}", release.id, out.status, String::from_utf8_lossy(&out.stderr));
-        out
-    }
-
-    fn status(&self) -> serde_json::Value {
-        let out = self.cmd().args(["status", "--json"]).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    /// Names of this device's containers, with whether each is running.
-    async fn containers(&self, env: &TestEnv) -> BTreeMap<String, (String, bool)> {
-        let docker = env.docker().await;
-        let filters = std::collections::HashMap::from([(
-            "label",
-            vec![format!("io.fleet.device={}", self.device)],
-        )]);
-        let list = docker
-            .list_containers(Some(
-                ListContainersOptionsBuilder::default().all(true).filters(&filters).build(),
-            ))
-            .await
-            .unwrap();
-        list.into_iter()
-            .map(|c| {
-                let name = c.names.unwrap_or_default()[0].trim_start_matches('/').to_owned();
-                let running = c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING);
-                (name, (c.id.unwrap_or_default(), running))
-            })
-            .collect()
-    }
-
-    async fn cleanup(&self, env: &TestEnv) {
-        let docker = env.docker().await;
-        for (_, (id, _)) in self.containers(env).await {
-            let _ = docker
-                .remove_container(
-                    &id,
-                    Some(RemoveContainerOptionsBuilder::default().force(true).build()),
-                )
-                .await;
-        }
-    }
-}
 
 fn service(name: &str, image: &str, strategy: UpdateStrategy) -> ServiceSpec {
     ServiceSpec {

@@ -84,7 +84,7 @@ impl Device {
             ]),
             spec,
             port_override: None,
-            devices: vec![],
+            hardware: Default::default(),
         }
     }
 

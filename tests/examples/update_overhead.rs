@@ -109,6 +109,9 @@ impl ContainerRuntime for Stopwatch {
     async fn free_disk(&self) -> Result<Option<u64>, RuntimeError> {
         self.time(self.inner.free_disk()).await
     }
+    async fn engine(&self) -> Option<fleet_proto::inventory::EngineInfo> {
+        self.inner.engine().await
+    }
     async fn create(&self, r: &CreateRequest) -> Result<String, RuntimeError> {
         self.first_create.lock().unwrap().get_or_insert_with(Instant::now);
         self.time(self.inner.create(r)).await

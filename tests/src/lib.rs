@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use bollard::Docker;
 
+pub mod agent;
 pub mod fleet;
 pub mod simfleet;
 use serde::Deserialize;

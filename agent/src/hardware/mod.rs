@@ -15,7 +15,10 @@ use fleet_proto::Inventory;
 use serde::Serialize;
 
 pub mod admit;
+#[cfg(test)]
+pub(crate) mod fixtures;
 pub mod map;
+pub mod render;
 pub mod scan;
 pub mod watch;
 
@@ -120,4 +123,32 @@ impl Default for HardwarePolicy {
             memory_reserve_bytes: 256 << 20,
         }
     }
+}
+
+/// Size and free space of the filesystems holding `paths`, one entry per filesystem (the first
+/// path naming it wins). Unreadable paths are left out.
+pub fn disks(paths: &[&std::path::Path]) -> Vec<fleet_proto::inventory::Disk> {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for path in paths {
+        let Ok(meta) = std::fs::metadata(path) else { continue };
+        let Ok(fs) = nix::sys::statvfs::statvfs(*path) else { continue };
+        if !seen.insert(meta.dev()) {
+            continue;
+        }
+        // Block counts and sizes are 32-bit on armv7, 64-bit elsewhere.
+        #[allow(clippy::useless_conversion)]
+        let (frsize, blocks, avail) = (
+            u64::try_from(fs.fragment_size()).unwrap_or(0),
+            u64::from(fs.blocks()),
+            u64::from(fs.blocks_available()),
+        );
+        out.push(fleet_proto::inventory::Disk {
+            mount: path.display().to_string(),
+            total_bytes: blocks.saturating_mul(frsize),
+            available_bytes: avail.saturating_mul(frsize),
+        });
+    }
+    out
 }

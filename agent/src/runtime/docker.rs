@@ -26,8 +26,8 @@ use bollard::auth::DockerCredentials;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, CreateImageInfo,
-    DeviceMapping as EngineDevice, HealthConfig, HealthStatusEnum, HostConfig, Mount,
-    MountTmpfsOptions, MountType, MountVolumeOptions, PortBinding as EngineBinding, PortMap,
+    DeviceMapping as EngineDevice, DeviceRequest, HealthConfig, HealthStatusEnum, HostConfig,
+    Mount, MountTmpfsOptions, MountType, MountVolumeOptions, PortBinding as EngineBinding, PortMap,
     ResourcesUlimits, RestartPolicy as EngineRestart, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
@@ -298,6 +298,11 @@ impl ContainerRuntime for DockerRuntime {
                 None
             }
         }
+    }
+
+    async fn engine(&self) -> Option<fleet_proto::inventory::EngineInfo> {
+        let (version, api_version) = self.engine_info().await.ok()?;
+        Some(fleet_proto::inventory::EngineInfo { name: "docker".to_owned(), version, api_version })
     }
 
     async fn free_disk(&self) -> Result<Option<u64>, RuntimeError> {
@@ -846,6 +851,7 @@ fn container_body(req: &CreateRequest) -> ContainerCreateBody {
     let spec = &req.spec;
     let res = &spec.resources;
     let sec = &spec.security;
+    let hw = &req.hardware;
 
     let ports = port_map(req);
     let exposed: Vec<String> = ports.keys().cloned().collect();
@@ -855,7 +861,40 @@ fn container_body(req: &CreateRequest) -> ContainerCreateBody {
         .into_iter()
         .filter_map(|k| req.labels.get(k).map(|v| (k.to_owned(), v.clone())))
         .collect();
-    let mounts: Vec<Mount> = spec.volumes.iter().map(|v| mount(v, &volume_labels)).collect();
+    let mut mounts: Vec<Mount> = spec.volumes.iter().map(|v| mount(v, &volume_labels)).collect();
+    // Pseudo-terminals cannot be mapped with `devices` (the container gets its own devpts):
+    // the node is bind-mounted and allowed by a cgroup rule instead.
+    mounts.extend(hw.binds.iter().map(|b| Mount {
+        target: Some(b.container_path.clone()),
+        source: Some(b.host_path.clone()),
+        typ: Some(MountType::BIND),
+        ..Default::default()
+    }));
+    // Real-time control loops need CAP_SYS_NICE besides the rtprio ulimit to switch to
+    // SCHED_FIFO/RR; admission control has already checked that the device allows it.
+    let mut cap_add = sec.cap_add.clone();
+    if res.realtime_priority.is_some()
+        && !cap_add.iter().any(|c| c.trim_start_matches("CAP_") == "SYS_NICE")
+    {
+        cap_add.push("SYS_NICE".to_owned());
+    }
+    let mut group_add = spec.group_add.clone();
+    for g in &hw.group_add {
+        if !group_add.contains(g) {
+            group_add.push(g.clone());
+        }
+    }
+    let device_requests: Option<Vec<DeviceRequest>> = hw.gpus.as_ref().map(|g| {
+        vec![DeviceRequest {
+            driver: Some("nvidia".to_owned()),
+            count: g.device_ids.is_empty().then_some(g.count),
+            device_ids: (!g.device_ids.is_empty()).then(|| g.device_ids.clone()),
+            capabilities: Some(vec![g.capabilities.clone()]),
+            options: None,
+        }]
+    });
+    let mut env = spec.env.clone();
+    env.extend(hw.env.iter().map(|(k, v)| (k.clone(), v.clone())));
 
     let healthcheck = spec.healthcheck.as_ref().and_then(|h| {
         let test = match &h.probe {
@@ -921,7 +960,7 @@ fn container_body(req: &CreateRequest) -> ContainerCreateBody {
         });
     }
 
-    let devices: Vec<EngineDevice> = req
+    let devices: Vec<EngineDevice> = hw
         .devices
         .iter()
         .map(|d| EngineDevice {
@@ -952,11 +991,16 @@ fn container_body(req: &CreateRequest) -> ContainerCreateBody {
         ulimits: (!ulimits.is_empty()).then_some(ulimits),
         shm_size: res.shm_bytes.map(bytes_i64),
         privileged: Some(sec.privileged),
-        cap_add: (!sec.cap_add.is_empty()).then(|| sec.cap_add.clone()),
+        cap_add: (!cap_add.is_empty()).then_some(cap_add),
         cap_drop: (!sec.cap_drop.is_empty()).then(|| sec.cap_drop.clone()),
         readonly_rootfs: Some(sec.read_only_rootfs),
+        security_opt: spec.no_new_privileges.then(|| vec!["no-new-privileges".to_owned()]),
+        cpu_shares: spec.cpu_shares.map(i64::from),
         devices: (!devices.is_empty()).then_some(devices),
-        group_add: (!spec.group_add.is_empty()).then(|| spec.group_add.clone()),
+        device_cgroup_rules: (!hw.cgroup_rules.is_empty()).then(|| hw.cgroup_rules.clone()),
+        device_requests,
+        runtime: hw.runtime.clone(),
+        group_add: (!group_add.is_empty()).then_some(group_add),
         ..Default::default()
     };
 
@@ -965,8 +1009,7 @@ fn container_body(req: &CreateRequest) -> ContainerCreateBody {
         labels: Some(req.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
         entrypoint: spec.entrypoint.clone(),
         cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
-        env: (!spec.env.is_empty())
-            .then(|| spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+        env: (!env.is_empty()).then(|| env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
         working_dir: spec.working_dir.clone(),
         user: sec.user.clone(),
         exposed_ports: (!exposed.is_empty()).then_some(exposed),
@@ -1047,15 +1090,126 @@ mod tests {
             ]),
             spec,
             port_override: None,
-            devices: vec![],
+            hardware: Default::default(),
         }
+    }
+
+    /// The engine options each fixture robot's hardware becomes: what `docker run` flags a
+    /// robotics engineer would have written by hand.
+    #[test]
+    fn hardware_mappings_become_the_exact_engine_create_options() {
+        use crate::hardware::{fixtures, map::map_service};
+        use fleet_proto::release::{GpuKind, GpuSelect, HardwareRequest, SerialSelector};
+        let body_for = |hw: &crate::hardware::HostHardware, requests: Vec<HardwareRequest>| {
+            let mut req = request();
+            req.spec.hardware = requests;
+            req.spec.group_add = vec!["audio".to_owned()];
+            req.hardware = map_service(&req.spec, hw, "services[0]").unwrap();
+            container_body(&req)
+        };
+        // x86 with an NVIDIA card: `--gpus all` / `--gpus 1` / `--gpus device=0`.
+        let x86 = fixtures::x86_nvidia();
+        let gpu = |select| vec![HardwareRequest::Gpu { kind: GpuKind::Nvidia, select }];
+        let all = body_for(&x86, gpu(GpuSelect::All)).host_config.unwrap();
+        let caps = Some(vec![vec!["gpu".to_owned(), "compute".to_owned(), "utility".to_owned()]]);
+        assert_eq!(
+            all.device_requests,
+            Some(vec![DeviceRequest {
+                driver: Some("nvidia".to_owned()),
+                count: Some(-1),
+                device_ids: None,
+                capabilities: caps.clone(),
+                options: None,
+            }])
+        );
+        assert_eq!(all.devices, None, "the toolkit maps the nodes itself");
+        assert_eq!(all.runtime, None);
+        let by_id = body_for(&x86, gpu(GpuSelect::Ids(vec!["0".to_owned()]))).host_config.unwrap();
+        assert_eq!(
+            by_id.device_requests,
+            Some(vec![DeviceRequest {
+                driver: Some("nvidia".to_owned()),
+                count: None,
+                device_ids: Some(vec!["0".to_owned()]),
+                capabilities: caps,
+                options: None,
+            }])
+        );
+        // Jetson: `--runtime nvidia` and the toolkit's variables.
+        let jetson = body_for(
+            &fixtures::jetson_orin(),
+            vec![HardwareRequest::Gpu { kind: GpuKind::Jetson, select: GpuSelect::All }],
+        );
+        assert_eq!(jetson.host_config.as_ref().unwrap().runtime.as_deref(), Some("nvidia"));
+        assert_eq!(jetson.host_config.as_ref().unwrap().device_requests, None);
+        let env = jetson.env.unwrap();
+        assert!(env.contains(&"NVIDIA_VISIBLE_DEVICES=all".to_owned()), "{env:?}");
+        assert!(env.contains(&"NVIDIA_DRIVER_CAPABILITIES=all".to_owned()), "{env:?}");
+        // A Pi's FTDI adapter by its stable name: `--device /dev/ttyUSB0:/dev/lidar:rwm
+        // --group-add 20`, the spec's own groups kept.
+        let pi = body_for(
+            &fixtures::rpi5(),
+            vec![HardwareRequest::Serial {
+                port: SerialSelector::ById(fixtures::FTDI_BY_ID.to_owned()),
+                container_path: "/dev/lidar".to_owned(),
+            }],
+        )
+        .host_config
+        .unwrap();
+        assert_eq!(
+            pi.devices,
+            Some(vec![EngineDevice {
+                path_on_host: Some("/dev/ttyUSB0".to_owned()),
+                path_in_container: Some("/dev/lidar".to_owned()),
+                cgroup_permissions: Some("rwm".to_owned()),
+            }])
+        );
+        assert_eq!(pi.group_add, Some(vec!["audio".to_owned(), "20".to_owned()]));
+        assert_eq!(pi.device_cgroup_rules, None);
+        // A pseudo-terminal: bind mount plus cgroup rule, never `devices`.
+        let pty = body_for(
+            &fixtures::with_pty(fixtures::bare_vm(), "usb-Fake_GPS_1234-if00", 7),
+            vec![HardwareRequest::Serial {
+                port: SerialSelector::ById("usb-Fake_GPS_1234-if00".to_owned()),
+                container_path: "/dev/ttyUSB0".to_owned(),
+            }],
+        )
+        .host_config
+        .unwrap();
+        assert_eq!(pty.devices, None);
+        assert_eq!(pty.device_cgroup_rules, Some(vec!["c 136:7 rwm".to_owned()]));
+        let bind =
+            pty.mounts.unwrap().into_iter().find(|m| m.typ == Some(MountType::BIND)).unwrap();
+        assert_eq!(bind.source.as_deref(), Some("/dev/pts/7"));
+        assert_eq!(bind.target.as_deref(), Some("/dev/ttyUSB0"));
+    }
+
+    #[test]
+    fn realtime_hardening_and_cpu_weight_reach_the_engine() {
+        let mut req = request();
+        req.spec.resources.realtime_priority = Some(80);
+        req.spec.resources.cpuset = Some("3".to_owned());
+        req.spec.no_new_privileges = true;
+        req.spec.cpu_shares = Some(2048);
+        let host = container_body(&req).host_config.unwrap();
+        assert_eq!(
+            host.cap_add,
+            Some(vec!["SYS_NICE".to_owned()]),
+            "rtprio alone cannot switch to SCHED_FIFO"
+        );
+        let rtprio =
+            host.ulimits.unwrap().into_iter().find(|u| u.name.as_deref() == Some("rtprio"));
+        assert_eq!(rtprio.map(|u| (u.soft, u.hard)), Some((Some(80), Some(80))));
+        assert_eq!(host.cpuset_cpus.as_deref(), Some("3"));
+        assert_eq!(host.security_opt, Some(vec!["no-new-privileges".to_owned()]));
+        assert_eq!(host.cpu_shares, Some(2048));
     }
 
     #[test]
     fn create_body_carries_the_spec_onto_the_engine_fields() {
         let mut req = request();
         req.spec.entrypoint = Some(vec!["/bin/sh".to_owned()]);
-        req.devices.push(DeviceMapping {
+        req.hardware.devices.push(DeviceMapping {
             host_path: "/dev/ttyUSB0".to_owned(),
             container_path: "/dev/lidar".to_owned(),
             permissions: "rwm".to_owned(),

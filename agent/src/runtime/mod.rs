@@ -50,8 +50,9 @@ pub struct CreateRequest {
     /// publishes containers on ephemeral loopback ports and owns the real host port itself).
     /// `None`: publish as the spec says.
     pub port_override: Option<Vec<PortBinding>>,
-    /// Host device nodes to map in, already resolved from the service's hardware requests.
-    pub devices: Vec<DeviceMapping>,
+    /// The service's hardware, already resolved against this host by
+    /// [`crate::hardware::map`]: device nodes, cgroup rules, GPUs, runtime, groups.
+    pub hardware: crate::hardware::HardwareMapping,
 }
 
 /// One host device node mapped into a container.
@@ -238,6 +239,8 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     ) -> impl Future<Output = Option<u64>> + Send;
     /// Bytes available on the filesystem that holds the engine's images, if known.
     fn free_disk(&self) -> impl Future<Output = Result<Option<u64>, RuntimeError>> + Send;
+    /// The engine's name and versions for the inventory; `None` if it does not answer.
+    fn engine(&self) -> impl Future<Output = Option<fleet_proto::inventory::EngineInfo>> + Send;
     /// Creates a container; returns its id.
     fn create(
         &self,

@@ -38,6 +38,8 @@ struct SimContainer {
     behavior: ImageBehavior,
     /// `stats` calls so far: the simulated CPU time grows with them.
     stats_calls: u64,
+    /// The hardware it was created with.
+    hardware: crate::hardware::HardwareMapping,
 }
 
 #[derive(Debug, Default)]
@@ -92,6 +94,15 @@ impl SimRuntime {
     /// Sets the free disk space the engine reports (`None`: unknown).
     pub fn set_free_disk(&self, bytes: Option<u64>) {
         self.lock().free_disk = bytes;
+    }
+
+    /// The hardware a container (by name) was created with.
+    pub fn hardware_of(&self, name: &str) -> Option<crate::hardware::HardwareMapping> {
+        self.lock()
+            .containers
+            .values()
+            .find(|c| c.observed.name == name)
+            .map(|c| c.hardware.clone())
     }
 
     /// Simulates an engine that lost a container (e.g. after an unclean shutdown).
@@ -197,6 +208,14 @@ impl ContainerRuntime for SimRuntime {
         Ok(self.lock().free_disk)
     }
 
+    async fn engine(&self) -> Option<fleet_proto::inventory::EngineInfo> {
+        Some(fleet_proto::inventory::EngineInfo {
+            name: "simulated".to_owned(),
+            version: crate::AGENT_VERSION.to_owned(),
+            api_version: String::new(),
+        })
+    }
+
     async fn images(&self) -> Result<Vec<String>, RuntimeError> {
         Ok(self.lock().local_images.iter().cloned().collect())
     }
@@ -232,7 +251,9 @@ impl ContainerRuntime for SimRuntime {
             ip: None,
         };
         s.calls.push(format!("create {}", req.name));
-        s.containers.insert(id.clone(), SimContainer { observed, behavior, stats_calls: 0 });
+        let hardware = req.hardware.clone();
+        s.containers
+            .insert(id.clone(), SimContainer { observed, behavior, stats_calls: 0, hardware });
         Ok(id)
     }
 

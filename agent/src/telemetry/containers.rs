@@ -365,7 +365,7 @@ mod tests {
             ]),
             spec,
             port_override: None,
-            devices: vec![],
+            hardware: Default::default(),
         };
         let id = rt.create(&req).await.unwrap();
         rt.start(&id).await.unwrap();
