@@ -4,6 +4,8 @@
 //! `/` once. The agent rescans on every hot-plug event, so this is its per-event cost.
 //!
 //!   cargo run --release -p fleet-agent --example inventory_scan [SCANS]   (default 200)
+//!   cargo run --release -p fleet-agent --example inventory_scan -- --tree DIR
+//!       only builds the tree in DIR (to point an agent's `[hardware] root` at it)
 
 #![allow(clippy::unwrap_used)] // a benchmark: fail loudly
 
@@ -118,6 +120,12 @@ fn ms(d: Duration) -> String {
 }
 
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("--tree") {
+        let dir = std::env::args().nth(2).expect("--tree DIR");
+        build(Path::new(&dir));
+        println!("built {dir}");
+        return;
+    }
     let scans: usize = std::env::args().nth(1).map(|a| a.parse().unwrap()).unwrap_or(200);
     let dir = tempfile::tempdir().unwrap();
     build(dir.path());

@@ -72,6 +72,16 @@ async fn an_enrolled_agent_runs_what_the_server_publishes_and_refuses_forgeries(
         (device(fleet_ref, id_ref).await["online"] == true).then_some(())
     })
     .await;
+    // Its inventory reaches the server with its reports: this host, and the engine it runs on.
+    let inventory =
+        eventually("the inventory on the server", Duration::from_secs(30), || async move {
+            let d = device(fleet_ref, id_ref).await;
+            (!d["inventory"].is_null()).then(|| d["inventory"].clone())
+        })
+        .await;
+    assert_eq!(inventory["arch"], std::env::consts::ARCH, "{inventory}");
+    assert_eq!(inventory["engine"]["name"], "docker", "{inventory}");
+    assert!(inventory["memory_bytes"].as_u64().unwrap() > 0, "{inventory}");
 
     // The server publishes a signed desired state; the agent runs it and reports it.
     let v1 = release("1", &env.image("web:1").reference);
