@@ -45,6 +45,7 @@ static NO_HARDWARE: HardwareMapping = HardwareMapping {
     runtime: None,
     group_add: vec![],
     env: BTreeMap::new(),
+    cpu_rt_runtime_us: None,
     absent_optional: vec![],
 };
 

@@ -331,3 +331,31 @@ fn inventory_prints_a_fixture_robot_and_this_host() {
     assert_eq!(inv["engine"]["name"], "docker", "{inv}");
     assert!(inv["cpus"]["count"].as_u64().unwrap() >= 1);
 }
+
+/// Real-time control loops: on a kernel with real-time group scheduling (cgroup v1, as here)
+/// a container gets no real-time CPU time unless the engine has some to give, and SCHED_FIFO
+/// would fail on the robot after the update was declared healthy. The agent refuses such a
+/// release up front with what to change; elsewhere it runs it with CAP_SYS_NICE and rtprio.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_realtime_service_is_refused_when_the_engine_has_no_realtime_budget() {
+    let env = TestEnv::load();
+    let agent = Agent::with_config("realtime", HARDWARE);
+    let ctl = ServiceSpec {
+        resources: ResourceLimits { realtime_priority: Some(50), ..Default::default() },
+        ..service("ctl", &env.image("web:1").reference)
+    };
+    let budget = std::fs::read_to_string("/sys/fs/cgroup/cpu/docker/cpu.rt_runtime_us")
+        .ok()
+        .and_then(|b| b.trim().parse::<u64>().ok());
+    let out = agent.apply(&release("1", vec![ctl]));
+    if budget == Some(0) {
+        assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+        let reason = outcome(&out)["result"]["Failed"]["reason"].as_str().unwrap().to_owned();
+        assert!(reason.contains("services[0].resources.realtime_priority"), "{reason}");
+        assert!(reason.contains("--cpu-rt-runtime=950000"), "{reason}");
+        assert!(agent.containers(&env).await.is_empty(), "nothing created: {reason}");
+    } else {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    agent.cleanup(&env).await;
+}

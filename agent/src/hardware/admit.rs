@@ -42,6 +42,7 @@ pub fn admit(
         errors.extend(user_valid(svc, &at));
     }
     errors.extend(memory_fits(release, hw, policy));
+    errors.extend(realtime_budget(release, hw, &mut out));
     if errors.is_empty() {
         Ok(out)
     } else {
@@ -168,6 +169,45 @@ fn realtime_allowed(svc: &ServiceSpec, policy: &HardwarePolicy, at: &str) -> Vec
         }
     }
     errors
+}
+
+/// On a kernel with real-time group scheduling, gives each real-time service an equal share of
+/// the engine's real-time budget (the children of a cgroup may not exceed it), or refuses them
+/// all when the engine has none: without it their SCHED_FIFO calls would fail with EPERM at
+/// run time, on the robot, after the update was declared healthy.
+fn realtime_budget(
+    release: &ReleaseSpec,
+    hw: &HostHardware,
+    mappings: &mut BTreeMap<ServiceName, HardwareMapping>,
+) -> Vec<SpecError> {
+    let Some(budget) = hw.engine_rt_runtime_us else { return vec![] };
+    let realtime: Vec<(usize, &ServiceSpec)> = release
+        .services
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.resources.realtime_priority.is_some())
+        .collect();
+    if realtime.is_empty() {
+        return vec![];
+    }
+    if budget == 0 {
+        return realtime
+            .iter()
+            .map(|(i, _)| {
+                error(
+                    format!("services[{i}].resources.realtime_priority"),
+                    "this kernel schedules real-time tasks by cgroup and the container engine has no real-time CPU time to give (its cgroup's cpu.rt_runtime_us is 0); start dockerd with --cpu-rt-runtime=950000 (or \"cpu-rt-runtime\": 950000 in daemon.json)".to_owned(),
+                )
+            })
+            .collect();
+    }
+    let share = budget / realtime.len() as u64;
+    for (_, svc) in realtime {
+        if let Some(m) = mappings.get_mut(&svc.name) {
+            m.cpu_rt_runtime_us = i64::try_from(share).ok();
+        }
+    }
+    vec![]
 }
 
 const NOT_PRIVILEGED: &str =
@@ -543,6 +583,33 @@ mod tests {
         assert_eq!(errors[0].path, path, "{errors:?}");
         assert!(errors[0].reason.contains(part), "{:?} lacks {part:?}", errors[0].reason);
         errors[0].reason.clone()
+    }
+
+    #[test]
+    fn realtime_services_share_the_engines_realtime_budget_or_are_refused_without_one() {
+        let rt = |name: &str| {
+            with_resources(
+                name,
+                ResourceLimits { realtime_priority: Some(80), ..ResourceLimits::default() },
+            )
+        };
+        let two = release(vec![rt("ctl"), rt("imu"), svc("ui")]);
+        // cgroup v2, or no real-time group scheduling: nothing to give.
+        let plain = admit(&two, &rpi5(), &policy()).unwrap();
+        assert!(plain.values().all(|m| m.cpu_rt_runtime_us.is_none()));
+        // RT group scheduling with dockerd --cpu-rt-runtime=950000: half each, none for ui.
+        let budget = HostHardware { engine_rt_runtime_us: Some(950_000), ..rpi5() };
+        let shared = admit(&two, &budget, &policy()).unwrap();
+        let share = |n: &str| shared[&ServiceName::new(n).unwrap()].cpu_rt_runtime_us;
+        assert_eq!((share("ctl"), share("imu"), share("ui")), (Some(475_000), Some(475_000), None));
+        // The engine has no real-time time: SCHED_FIFO would fail with EPERM on the robot.
+        let none = HostHardware { engine_rt_runtime_us: Some(0), ..rpi5() };
+        refused(
+            admit(&release(vec![rt("ctl"), svc("ui")]), &none, &policy()),
+            "services[0].resources.realtime_priority",
+            "--cpu-rt-runtime=950000",
+        );
+        assert!(admit(&release(vec![svc("ui")]), &none, &policy()).is_ok());
     }
 
     fn cpuset(set: &str) -> ResourceLimits {

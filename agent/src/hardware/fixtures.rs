@@ -135,6 +135,7 @@ pub(crate) fn rpi5() -> HostHardware {
             (&format!("/dev/serial/by-path/{FTDI_BY_PATH}"), "/dev/ttyUSB0"),
             (&format!("/dev/serial/by-path/{CP2102_BY_PATH}"), "/dev/ttyUSB1"),
         ]),
+        engine_rt_runtime_us: None,
     }
 }
 
@@ -181,6 +182,7 @@ pub(crate) fn jetson_orin() -> HostHardware {
             ("/dev/video0", node(81, 0, 44)),
         ]),
         links: BTreeMap::new(),
+        engine_rt_runtime_us: None,
     }
 }
 
@@ -245,6 +247,7 @@ pub(crate) fn x86_nvidia() -> HostHardware {
             (&format!("/dev/v4l/by-id/{C920_BY_ID}"), "/dev/video0"),
             (&format!("/dev/v4l/by-path/{C920_BY_PATH}"), "/dev/video0"),
         ]),
+        engine_rt_runtime_us: None,
     }
 }
 
@@ -261,6 +264,7 @@ pub(crate) fn bare_vm() -> HostHardware {
         },
         nodes: BTreeMap::new(),
         links: BTreeMap::new(),
+        engine_rt_runtime_us: None,
     }
 }
 

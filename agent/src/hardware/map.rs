@@ -583,6 +583,8 @@ impl<'a> Mapper<'a> {
             runtime: self.runtime,
             group_add: groups.into_iter().map(|g| g.to_string()).collect(),
             env: self.env,
+            // Decided per release, by admission control (the budget is shared).
+            cpu_rt_runtime_us: None,
             absent_optional: self.absent.into_iter().collect(),
         })
     }

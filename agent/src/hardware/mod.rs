@@ -34,6 +34,12 @@ pub struct HostHardware {
     /// (`/dev/serial/by-id/usb-FTDI…` → `/dev/ttyUSB0`). Links that resolve outside `/dev`
     /// are left out, so nothing can be mapped through them.
     pub links: BTreeMap<String, String>,
+    /// Real-time CPU time (µs per period) the engine's containers may share, on kernels with
+    /// real-time group scheduling (cgroup v1 `cpu.rt_runtime_us` of the engine's `docker`
+    /// cgroup). There a container gets no real-time time unless given some, and SCHED_FIFO fails
+    /// even with CAP_SYS_NICE. `None`: no such scheduling (or not known yet: the engine makes
+    /// its cgroup with its first container), so CAP_SYS_NICE and the rtprio ulimit suffice.
+    pub engine_rt_runtime_us: Option<u64>,
 }
 
 /// A character device node.
@@ -68,6 +74,9 @@ pub struct HardwareMapping {
     pub group_add: Vec<String>,
     /// Environment the mapping needs (e.g. `NVIDIA_VISIBLE_DEVICES` on Jetson).
     pub env: BTreeMap<String, String>,
+    /// The container's share of the engine's real-time CPU time, for a service with a
+    /// real-time priority on a kernel with real-time group scheduling.
+    pub cpu_rt_runtime_us: Option<i64>,
     /// Optional hardware that is absent now, described (`serial by-id usb-…`): the service
     /// runs without it and is re-created when it arrives.
     pub absent_optional: Vec<String>,

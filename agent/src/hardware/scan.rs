@@ -74,7 +74,18 @@ pub fn scan(root: &Path) -> HostHardware {
         gpus: gpus(&fs, &nodes, &drm),
         accelerators: accelerators(&nodes, &drm),
     };
-    HostHardware { inventory, nodes, links }
+    let engine_rt_runtime_us = engine_rt_runtime(&fs);
+    HostHardware { inventory, nodes, links, engine_rt_runtime_us }
+}
+
+/// The real-time budget of the engine's cgroup on a kernel with real-time group scheduling
+/// (cgroup v1 `cpu` controller with `cpu.rt_runtime_us`). Unknown until the engine has made
+/// its `docker` cgroup; cgroup v2 has no real-time group scheduling.
+fn engine_rt_runtime(fs: &Root<'_>) -> Option<u64> {
+    ["/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu,cpuacct"].iter().find_map(|controller| {
+        fs.read_trimmed(&format!("{controller}/cpu.rt_runtime_us"))?;
+        fs.read_trimmed(&format!("{controller}/docker/cpu.rt_runtime_us"))?.parse().ok()
+    })
 }
 
 /// Parses a kernel CPU list (`0-3,6,8-9`, as in `/sys/devices/system/cpu/online` or a

@@ -1000,6 +1000,7 @@ fn container_body(req: &CreateRequest) -> ContainerCreateBody {
         device_cgroup_rules: (!hw.cgroup_rules.is_empty()).then(|| hw.cgroup_rules.clone()),
         device_requests,
         runtime: hw.runtime.clone(),
+        cpu_realtime_runtime: hw.cpu_rt_runtime_us,
         group_add: (!group_add.is_empty()).then_some(group_add),
         ..Default::default()
     };
@@ -1203,6 +1204,12 @@ mod tests {
         assert_eq!(host.cpuset_cpus.as_deref(), Some("3"));
         assert_eq!(host.security_opt, Some(vec!["no-new-privileges".to_owned()]));
         assert_eq!(host.cpu_shares, Some(2048));
+        assert_eq!(
+            host.cpu_realtime_runtime, None,
+            "no real-time budget without RT group scheduling"
+        );
+        req.hardware.cpu_rt_runtime_us = Some(475_000);
+        assert_eq!(container_body(&req).host_config.unwrap().cpu_realtime_runtime, Some(475_000));
     }
 
     #[test]
