@@ -860,28 +860,6 @@ mod tests {
         text.to_owned()
     }
 
-    fn usb(vendor: &str, product: &str, serial: &str, manufacturer: &str, name: &str) -> UsbIds {
-        UsbIds {
-            vendor: s(vendor),
-            product: s(product),
-            serial: Some(s(serial)),
-            manufacturer: Some(s(manufacturer)),
-            product_name: Some(s(name)),
-        }
-    }
-
-    fn ubuntu() -> OsInfo {
-        OsInfo { id: s("ubuntu"), version: s("22.04"), pretty_name: s("Ubuntu 22.04.4 LTS") }
-    }
-
-    fn debian() -> OsInfo {
-        OsInfo {
-            id: s("debian"),
-            version: s("12"),
-            pretty_name: s("Debian GNU/Linux 12 (bookworm)"),
-        }
-    }
-
     /// The node's numbers, and its gid being the fixture file's own.
     fn assert_node(hw: &HostHardware, root: &Path, path: &str, major: u32, minor: u32) {
         let node = hw.nodes.get(path).unwrap_or_else(|| panic!("no node {path}"));
@@ -897,62 +875,8 @@ mod tests {
     fn rpi5_fixture_scans_to_its_facts() {
         let root = fixture_root("rpi5");
         let hw = scan(&root);
-        let expected = Inventory {
-            arch: s("aarch64"),
-            os: debian(),
-            kernel: s("6.6.31+rpt-rpi-2712"),
-            engine: None,
-            cpus: CpuInfo {
-                count: 4,
-                model: s("Raspberry Pi 5 Model B Rev 1.0"),
-                online: s("0-3"),
-                isolated: s("3"),
-            },
-            memory_bytes: 8 << 30,
-            disks: vec![],
-            serial: vec![
-                SerialPort {
-                    dev_path: s("/dev/ttyAMA10"),
-                    by_id: vec![],
-                    by_path: vec![],
-                    usb: None,
-                },
-                SerialPort {
-                    dev_path: s("/dev/ttyUSB0"),
-                    by_id: vec![s(FTDI_BY_ID)],
-                    by_path: vec![s("platform-xhci-hcd.0-usb-0:1:1.0-port0")],
-                    usb: Some(usb("0403", "6001", "A50285BI", "FTDI", "FT232R USB UART")),
-                },
-                SerialPort {
-                    dev_path: s("/dev/ttyUSB1"),
-                    by_id: vec![s(CP2102_BY_ID)],
-                    by_path: vec![s("platform-xhci-hcd.1-usb-0:2:1.0-port0")],
-                    usb: Some(usb(
-                        "10c4",
-                        "ea60",
-                        "0001",
-                        "Silicon Labs",
-                        "CP2102 USB to UART Bridge Controller",
-                    )),
-                },
-            ],
-            gpio: vec![
-                GpioChip { name: s("gpiochip0"), label: s("pinctrl-rp1"), lines: 54 },
-                GpioChip { name: s("gpiochip10"), label: s("gpio-brcmstb@107d508500"), lines: 32 },
-            ],
-            i2c: vec![I2cBus { bus: 1, name: s("Synopsys DesignWare I2C adapter") }],
-            spi: vec![SpiDevice { bus: 0, chip_select: 0 }],
-            video: vec![],
-            can: vec![],
-            gpus: vec![Gpu {
-                kind: GpuKind::Dri,
-                id: s("renderD128"),
-                model: s("v3d"),
-                dev_paths: vec![s("/dev/dri/renderD128")],
-                driver_version: None,
-            }],
-            accelerators: vec![],
-        };
+        // The same facts the mapping tests use, in code (hardware::fixtures).
+        let expected = super::super::fixtures::rpi5().inventory;
         assert_eq!(hw.inventory, expected);
         for (path, major, minor) in [
             ("/dev/ttyUSB0", 188, 0),
@@ -986,43 +910,8 @@ mod tests {
     fn jetson_orin_fixture_scans_to_its_facts() {
         let root = fixture_root("jetson-orin");
         let hw = scan(&root);
-        let expected = Inventory {
-            arch: s("aarch64"),
-            os: ubuntu(),
-            kernel: s("5.15.136-tegra"),
-            engine: None,
-            cpus: CpuInfo {
-                count: 12,
-                model: s("NVIDIA Jetson AGX Orin Developer Kit"),
-                online: s("0-11"),
-                isolated: s(""),
-            },
-            memory_bytes: 32 << 30,
-            disks: vec![],
-            serial: vec![],
-            gpio: vec![],
-            i2c: vec![],
-            spi: vec![],
-            video: vec![VideoDevice {
-                dev_path: s("/dev/video0"),
-                name: s("vi-output, imx219 9-0010"),
-                by_id: vec![],
-                by_path: vec![],
-            }],
-            can: vec![s("can0")],
-            gpus: vec![Gpu {
-                kind: GpuKind::Jetson,
-                id: s("0"),
-                model: s("NVIDIA Jetson AGX Orin Developer Kit"),
-                dev_paths: vec![
-                    s("/dev/nvgpu/igpu0/ctrl"),
-                    s("/dev/nvhost-ctrl-gpu"),
-                    s("/dev/nvmap"),
-                ],
-                driver_version: Some(s("R36.3.0")),
-            }],
-            accelerators: vec![],
-        };
+        // The same facts the mapping tests use, in code (hardware::fixtures).
+        let expected = super::super::fixtures::jetson_orin().inventory;
         assert_eq!(hw.inventory, expected);
         assert_node(&hw, &root, "/dev/nvmap", 10, 125);
         assert_node(&hw, &root, "/dev/nvhost-ctrl-gpu", 497, 1);
@@ -1036,54 +925,8 @@ mod tests {
     fn x86_nvidia_fixture_scans_to_its_facts() {
         let root = fixture_root("x86-nvidia");
         let hw = scan(&root);
-        let expected = Inventory {
-            arch: s("x86_64"),
-            os: ubuntu(),
-            kernel: s("6.5.0-41-generic"),
-            engine: None,
-            cpus: CpuInfo {
-                count: 8,
-                model: s("Intel(R) Core(TM) i7-9700 CPU @ 3.00GHz"),
-                online: s("0-7"),
-                isolated: s(""),
-            },
-            memory_bytes: 32 << 30,
-            disks: vec![],
-            serial: vec![],
-            gpio: vec![],
-            i2c: vec![],
-            spi: vec![],
-            video: vec![VideoDevice {
-                dev_path: s("/dev/video0"),
-                name: s("HD Pro Webcam C920"),
-                by_id: vec![s("usb-046d_HD_Pro_Webcam_C920_8B2F7D4F-video-index0")],
-                by_path: vec![s("pci-0000:00:14.0-usb-0:3:1.0-video-index0")],
-            }],
-            can: vec![],
-            gpus: vec![
-                Gpu {
-                    kind: GpuKind::Nvidia,
-                    id: s("0"),
-                    model: s("NVIDIA RTX A2000"),
-                    dev_paths: vec![
-                        s("/dev/nvidia-modeset"),
-                        s("/dev/nvidia-uvm"),
-                        s("/dev/nvidia-uvm-tools"),
-                        s("/dev/nvidia0"),
-                        s("/dev/nvidiactl"),
-                    ],
-                    driver_version: Some(s("535.104.05")),
-                },
-                Gpu {
-                    kind: GpuKind::Dri,
-                    id: s("renderD128"),
-                    model: s("i915"),
-                    dev_paths: vec![s("/dev/dri/renderD128")],
-                    driver_version: None,
-                },
-            ],
-            accelerators: vec![Accelerator { kind: s("hailo"), dev_path: s("/dev/hailo0") }],
-        };
+        // The same facts the mapping tests use, in code (hardware::fixtures).
+        let expected = super::super::fixtures::x86_nvidia().inventory;
         assert_eq!(hw.inventory, expected);
         for (path, major, minor) in [
             ("/dev/nvidia0", 195, 0),
@@ -1107,19 +950,8 @@ mod tests {
     fn bare_vm_fixture_scans_to_its_facts() {
         let root = fixture_root("bare-vm");
         let hw = scan(&root);
-        let expected = Inventory {
-            arch: s("x86_64"),
-            os: debian(),
-            kernel: s("6.1.0-28-amd64"),
-            cpus: CpuInfo {
-                count: 2,
-                model: s("QEMU Virtual CPU version 2.5+"),
-                online: s("0-1"),
-                isolated: s(""),
-            },
-            memory_bytes: 4 << 30,
-            ..Inventory::default()
-        };
+        // The same facts the mapping tests use, in code (hardware::fixtures).
+        let expected = super::super::fixtures::bare_vm().inventory;
         assert_eq!(hw.inventory, expected);
         // The 8250 placeholder is a node, only not a serial port.
         assert_node(&hw, &root, "/dev/ttyS0", 4, 64);
