@@ -42,6 +42,9 @@ pub enum CommandAction {
     },
     /// Re-read the hardware inventory and report it.
     RefreshInventory,
+    /// Delete the named volumes (and their data) of apps this device no longer runs. Volumes
+    /// of the release in force are never touched. Appended after `RefreshInventory`.
+    PurgeVolumes,
 }
 
 /// The outcome of a [`Command`].

@@ -99,6 +99,56 @@ pub struct ServiceSpec {
     /// from older builds.
     #[serde(default)]
     pub cpu_shares: Option<u32>,
+    /// The release networks this service joins (network_mode `Release` only), each with extra
+    /// DNS names; the service's own name is always one. Empty means the release's `default`
+    /// network alone. The agent names each network `<app>_<name>` on the device. Appended:
+    /// empty in bytes from older builds.
+    #[serde(default)]
+    pub networks: Vec<NetworkAttachment>,
+}
+
+/// A release network a service joins, with the extra names it answers to there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct NetworkAttachment {
+    /// The network's name within the release (`default`, `backend`).
+    pub name: String,
+    /// Extra DNS names of the service on this network (its name is always one).
+    pub aliases: Vec<String>,
+}
+
+/// The network name every release-network service joins when it names none.
+pub const DEFAULT_NETWORK: &str = "default";
+
+impl ServiceSpec {
+    /// The release networks this service joins: its own list, or `default` alone; none
+    /// outside network_mode `Release`.
+    pub fn release_networks(&self) -> Vec<NetworkAttachment> {
+        if self.network_mode != NetworkMode::Release {
+            return vec![];
+        }
+        if self.networks.is_empty() {
+            return vec![NetworkAttachment { name: DEFAULT_NETWORK.to_owned(), aliases: vec![] }];
+        }
+        self.networks.clone()
+    }
+}
+
+/// Whether `name` can name a network or volume: what Docker accepts (letters, digits, `_`, `.`,
+/// `-`, starting with a letter or digit), at most 64 bytes so `<app>_<name>` stays short.
+pub fn is_object_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// Whether `name` is a DNS label a service can answer to (RFC 1123: letters, digits and `-`,
+/// not at either end, at most 63 bytes).
+pub fn is_dns_label(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
 }
 
 impl ServiceSpec {
@@ -131,6 +181,7 @@ impl ServiceSpec {
             telemetry: false,
             no_new_privileges: false,
             cpu_shares: None,
+            networks: vec![],
         }
     }
 }
@@ -629,6 +680,37 @@ impl ReleaseSpec {
                         format!("{at}.ports[{p}]"),
                         "ports can only be published from the release network (network_mode host already exposes every port)".to_owned(),
                     );
+                }
+            }
+            let mut joined = BTreeSet::new();
+            for (n, net) in svc.networks.iter().enumerate() {
+                if svc.network_mode != NetworkMode::Release {
+                    err(
+                        format!("{at}.networks[{n}]"),
+                        "release networks need network_mode release (host and none have no release network)".to_owned(),
+                    );
+                }
+                if !is_object_name(&net.name) {
+                    err(
+                        format!("{at}.networks[{n}].name"),
+                        format!("{:?} is not a network name (letters, digits, _, . and -, starting with a letter or digit, at most 64)", net.name),
+                    );
+                }
+                if !joined.insert(net.name.as_str()) {
+                    err(
+                        format!("{at}.networks[{n}].name"),
+                        format!("network {:?} is joined twice", net.name),
+                    );
+                }
+                for (a, alias) in net.aliases.iter().enumerate() {
+                    if !is_dns_label(alias) {
+                        err(
+                            format!("{at}.networks[{n}].aliases[{a}]"),
+                            format!(
+                                "{alias:?} is not a DNS name (letters, digits and -, at most 63)"
+                            ),
+                        );
+                    }
                 }
             }
             for (d, dep) in svc.depends_on.iter().enumerate() {

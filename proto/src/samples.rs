@@ -94,6 +94,7 @@ pub fn release() -> ReleaseSpec {
         telemetry: false,
         no_new_privileges: false,
         cpu_shares: None,
+        networks: vec![NetworkAttachment { name: s("default"), aliases: vec![s("ui")] }],
     };
     let lidar = ServiceSpec {
         name: service("lidar"),
@@ -145,6 +146,7 @@ pub fn release() -> ReleaseSpec {
         telemetry: false,
         no_new_privileges: false,
         cpu_shares: None,
+        networks: vec![],
     };
     ReleaseSpec {
         id: release_id(),

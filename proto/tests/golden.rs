@@ -22,8 +22,9 @@ use fleet_proto::{samples, Command, DesiredState, Message, TrustedKeys};
 /// proves that those bytes decode with both fields empty. `desired-2`: written before it grew
 /// `telemetry`; proves those bytes decode with it false. `desired-3`: written before it grew
 /// `no_new_privileges` and `cpu_shares`; proves those bytes decode with them off and unset.
-/// `desired-4` is the current one.
-const DECODE_ONLY: &[&str] = &["desired", "desired-2", "desired-3"];
+/// `desired-4`: written before it grew `networks`; those bytes decode with no networks (the
+/// sample's web service is compared with its networks cleared). `desired-5` is the current one.
+const DECODE_ONLY: &[&str] = &["desired", "desired-2", "desired-3", "desired-4"];
 
 fn cases() -> Vec<(&'static str, Message)> {
     vec![
@@ -31,6 +32,7 @@ fn cases() -> Vec<(&'static str, Message)> {
         ("desired-2", Message::Desired(samples::signed_desired())),
         ("desired-3", Message::Desired(samples::signed_desired())),
         ("desired-4", Message::Desired(samples::signed_desired())),
+        ("desired-5", Message::Desired(samples::signed_desired())),
         ("report", Message::Report(samples::report())),
         ("telemetry", Message::Telemetry(samples::telemetry())),
         ("telemetry-ack", Message::TelemetryAck(samples::telemetry_ack())),
@@ -102,13 +104,20 @@ fn golden_fixtures_still_decode_to_their_samples() {
 #[test]
 fn golden_signed_payloads_still_verify() {
     let trusted = TrustedKeys::new([samples::server_key().public()]);
-    for name in ["desired", "desired-2", "desired-3", "desired-4"] {
+    for name in ["desired", "desired-2", "desired-3", "desired-4", "desired-5"] {
         let Message::Desired(desired) =
             Message::decode(&std::fs::read(fixture(name)).unwrap()).unwrap()
         else {
             panic!("{name} fixture holds another kind");
         };
-        assert_eq!(desired.open::<DesiredState>(&trusted).unwrap(), samples::desired(), "{name}");
+        let mut expected = samples::desired();
+        if name != "desired-5" {
+            // Written before ServiceSpec grew `networks`: it decodes with none.
+            for svc in expected.release.iter_mut().flat_map(|r| r.services.iter_mut()) {
+                svc.networks.clear();
+            }
+        }
+        assert_eq!(desired.open::<DesiredState>(&trusted).unwrap(), expected, "{name}");
     }
     let Message::Command(cmd) =
         Message::decode(&std::fs::read(fixture("command")).unwrap()).unwrap()
