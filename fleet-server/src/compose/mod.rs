@@ -18,8 +18,8 @@ use std::fmt;
 use std::time::Duration;
 
 use fleet_proto::release::{
-    Dependency, HardwareRequest, HealthCheck, NetworkMode, PortMapping, ResourceLimits,
-    RestartPolicy, SecurityOptions, UpdateStrategy, VolumeMount,
+    Dependency, HardwareRequest, HealthCheck, NetworkAttachment, NetworkMode, PortMapping,
+    ResourceLimits, RestartPolicy, SecurityOptions, UpdateStrategy, VolumeMount, VolumeSource,
 };
 use fleet_proto::{ImageRef, ReleaseId, ReleaseSpec, ServiceName, ServiceSpec, SpecError};
 
@@ -72,6 +72,8 @@ pub struct ImageUse {
 #[derive(Debug, Clone)]
 pub struct Compose {
     services: Vec<Draft>,
+    /// Declared volumes: key → exact name on the device (`name:`), or `None` for `<app>_<key>`.
+    volumes: BTreeMap<String, Option<String>>,
 }
 
 /// A service with everything but its resolved image.
@@ -106,6 +108,7 @@ struct Parts {
     telemetry: bool,
     no_new_privileges: bool,
     cpu_shares: Option<u32>,
+    networks: Vec<NetworkAttachment>,
 }
 
 /// The Compose path each converted element came from, to translate
@@ -146,9 +149,9 @@ impl Compose {
         })?;
         let mut p = Problems::default();
         interpolate_tree(&mut p, "", &mut root, vars, true);
-        let services = top_level(&mut p, &root);
+        let (services, volumes) = top_level(&mut p, &root);
         if p.is_empty() {
-            Ok(Compose { services })
+            Ok(Compose { services, volumes })
         } else {
             Err(p.list)
         }
@@ -191,7 +194,17 @@ impl Compose {
         }
         let mut services = Vec::with_capacity(self.services.len());
         let mut sources = Vec::with_capacity(self.services.len());
-        for draft in self.services {
+        for mut draft in self.services {
+            // Compose's naming: a volume is the app's own (`<app>_<key>`) unless `name:` says
+            // otherwise, so two apps never share data by accident.
+            for m in &mut draft.parts.volumes {
+                if let VolumeSource::Named(key) = &mut m.source {
+                    *key = match self.volumes.get(key.as_str()) {
+                        Some(Some(exact)) => exact.clone(),
+                        _ => format!("{app}_{key}"),
+                    };
+                }
+            }
             match images.get(&draft.image.reference) {
                 Some(image) => {
                     services
@@ -243,6 +256,7 @@ impl Parts {
             telemetry: self.telemetry,
             no_new_privileges: self.no_new_privileges,
             cpu_shares: self.cpu_shares,
+            networks: self.networks,
         }
     }
 }
@@ -318,7 +332,6 @@ fn interpolate_tree(
 /// Refusals of top-level keys, with why.
 fn top_level_refusal(key: &str) -> Option<&'static str> {
     Some(match key {
-        "networks" => "per-release networks are not supported yet: every service joins the release's own network and reaches the others by service name; remove networks",
         "secrets" => "secrets as files are not supported yet; pass configuration through environment for now",
         "configs" => "configs as files are not supported yet; bake the file into the image or use environment",
         "include" => "include is not supported: a release is one self-contained file (use YAML anchors to share blocks)",
@@ -327,7 +340,9 @@ fn top_level_refusal(key: &str) -> Option<&'static str> {
     })
 }
 
-fn top_level(p: &mut Problems, root: &Node) -> Vec<Draft> {
+type TopLevelOut = (Vec<Draft>, BTreeMap<String, Option<String>>);
+
+fn top_level(p: &mut Problems, root: &Node) -> TopLevelOut {
     let Some(entries) = root.as_map() else {
         p.add(
             "(file)",
@@ -337,10 +352,11 @@ fn top_level(p: &mut Problems, root: &Node) -> Vec<Draft> {
                 root.kind()
             ),
         );
-        return vec![];
+        return (vec![], BTreeMap::new());
     };
     let mut services_node = None;
     let mut volumes = BTreeMap::new();
+    let mut networks = BTreeSet::new();
     let mut defaults = fleet::FleetKeys::default();
     for (key, value) in entries {
         match key.as_str() {
@@ -349,17 +365,18 @@ fn top_level(p: &mut Problems, root: &Node) -> Vec<Draft> {
             // app and version come from `fleetctl release create <app> <version>`.
             "name" | "version" => {}
             "volumes" => volumes = declared_volumes(p, value),
+            "networks" => networks = declared_networks(p, value),
             "x-fleet" => defaults = fleet::fleet_keys(p, key, value, true),
             k if k.starts_with("x-") => {}
             k => match top_level_refusal(k) {
                 Some(why) => p.add(k, Some(value), why),
-                None => p.add(&child("", k), Some(value), format!("unknown top-level key {k:?}; a Compose file for Fleet has services, volumes, x-fleet and x-* blocks (see COMPOSE.md)")),
+                None => p.add(&child("", k), Some(value), format!("unknown top-level key {k:?}; a Compose file for Fleet has services, volumes, networks, x-fleet and x-* blocks (see COMPOSE.md)")),
             },
         }
     }
     let Some(services_node) = services_node else {
         p.add("services", Some(root), "no services: a release needs at least one service");
-        return vec![];
+        return (vec![], volumes);
     };
     let Some(services) = services_node.as_map() else {
         p.add(
@@ -370,18 +387,59 @@ fn top_level(p: &mut Problems, root: &Node) -> Vec<Draft> {
                 services_node.kind()
             ),
         );
-        return vec![];
+        return (vec![], volumes);
     };
     if services.is_empty() {
         p.add("services", Some(services_node), "no services: a release needs at least one service");
     }
     let names: BTreeSet<&str> = services.iter().map(|(k, _)| k.as_str()).collect();
-    let top = service::TopLevel { volumes: &volumes, services: &names, defaults: &defaults };
-    services.iter().filter_map(|(name, node)| service::service(p, name, node, &top)).collect()
+    let top = service::TopLevel {
+        volumes: &volumes,
+        networks: &networks,
+        services: &names,
+        defaults: &defaults,
+    };
+    let drafts =
+        services.iter().filter_map(|(name, node)| service::service(p, name, node, &top)).collect();
+    (drafts, volumes)
 }
 
-/// Top-level `volumes`: named volume declarations, name → the volume's name on the device.
-fn declared_volumes(p: &mut Problems, node: &Node) -> BTreeMap<String, String> {
+/// Top-level `networks`: the release's own bridge networks, by name. The agent creates each as
+/// `<app>_<name>` on the device; `default` exists without being declared.
+fn declared_networks(p: &mut Problems, node: &Node) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    if node.is_null() {
+        return out;
+    }
+    let Some(entries) = read::map(p, "networks", node) else { return out };
+    for (name, decl) in entries {
+        let at = child("networks", name);
+        if !fleet_proto::release::is_object_name(name) {
+            p.add(&at, Some(decl), format!("{name:?} is not a network name (letters, digits, _, . and -, starting with a letter or digit, at most 64)"));
+            continue;
+        }
+        if let Some(fields) = decl.as_map() {
+            for (key, value) in fields {
+                let field_at = child(&at, key);
+                match key.as_str() {
+                    "driver" if value.as_str() == Some("bridge") => {}
+                    "driver" | "driver_opts" | "ipam" | "enable_ipv6" | "attachable" => p.add(&field_at, Some(value), "network drivers and their options are not supported: every release network is a bridge the agent creates on the device"),
+                    "external" | "name" => p.add(&field_at, Some(value), "external and renamed networks are not supported: the agent creates and owns each release network as <app>_<name>, so apps never share one by accident"),
+                    "internal" | "labels" => p.add(&field_at, Some(value), format!("network {key} is not supported yet")),
+                    other => p.add(&field_at, Some(value), format!("unknown network key {other:?}; a network declaration is {{}} (or driver: bridge)")),
+                }
+            }
+        } else if !decl.is_null() {
+            p.add(&at, Some(decl), format!("expected {{}} or a mapping, found {}", decl.kind()));
+        }
+        out.insert(name.clone());
+    }
+    out
+}
+
+/// Top-level `volumes`: named volume declarations, key → the exact name on the device when
+/// `name:` gives one (`None`: `<app>_<key>`).
+fn declared_volumes(p: &mut Problems, node: &Node) -> BTreeMap<String, Option<String>> {
     let mut out = BTreeMap::new();
     if node.is_null() {
         return out;
@@ -393,7 +451,7 @@ fn declared_volumes(p: &mut Problems, node: &Node) -> BTreeMap<String, String> {
             p.add(&at, Some(decl), format!("{name:?} is not a volume name (letters, digits, _, . and -, starting with a letter or digit)"));
             continue;
         }
-        let mut engine_name = name.clone();
+        let mut engine_name = None;
         if let Some(fields) = decl.as_map() {
             for (key, value) in fields {
                 let field_at = child(&at, key);
@@ -401,7 +459,7 @@ fn declared_volumes(p: &mut Problems, node: &Node) -> BTreeMap<String, String> {
                     "name" => {
                         if let Some(n) = read::string(p, &field_at, value) {
                             if service::is_volume_name(&n) {
-                                engine_name = n;
+                                engine_name = Some(n);
                             } else {
                                 p.add(&field_at, Some(value), format!("{n:?} is not a volume name"));
                             }

@@ -4,9 +4,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use fleet_proto::release::{
-    Dependency, DependencyCondition, GpuKind, GpuSelect, HardwareRequest, HealthCheck, NetworkMode,
-    PortMapping, Probe, Protocol, ResourceLimits, RestartPolicy, SecurityOptions, Ulimit,
-    UpdateStrategy, VolumeMount, VolumeSource,
+    Dependency, DependencyCondition, GpuKind, GpuSelect, HardwareRequest, HealthCheck,
+    NetworkAttachment, NetworkMode, PortMapping, Probe, Protocol, ResourceLimits, RestartPolicy,
+    SecurityOptions, Ulimit, UpdateStrategy, VolumeMount, VolumeSource,
 };
 use fleet_proto::ServiceName;
 
@@ -23,8 +23,11 @@ pub(crate) const MAX_PORTS_PER_SERVICE: usize = 1024;
 /// What the service converter needs from the rest of the file.
 #[derive(Debug)]
 pub(crate) struct TopLevel<'a> {
-    /// Declared named volumes: key → name on the device.
-    pub(crate) volumes: &'a BTreeMap<String, String>,
+    /// Declared named volumes: key → the exact name on the device when `name:` gives one;
+    /// otherwise the device name is `<app>_<key>`, decided in [`super::Compose::into_release`].
+    pub(crate) volumes: &'a BTreeMap<String, Option<String>>,
+    /// Declared networks (besides `default`, which always exists).
+    pub(crate) networks: &'a BTreeSet<String>,
     /// Every service name in the file, for depends_on.
     pub(crate) services: &'a BTreeSet<&'a str>,
     /// Top-level `x-fleet` defaults.
@@ -37,7 +40,6 @@ fn refusal(key: &str) -> Option<&'static str> {
         "build" => "devices pull prebuilt images: build and push it, then reference it by tag",
         "env_file" => "the file is on your machine, not the device: put the variables under environment",
         "container_name" => "the agent names containers itself so that old and new versions can run side by side during an update; remove it (other services reach this one by its service name)",
-        "networks" => "per-release networks are not supported yet: every service joins the release's own network and reaches the others by service name; remove networks",
         "secrets" => "secrets as files are not supported yet; pass configuration through environment for now",
         "configs" => "configs as files are not supported yet; bake the file into the image or use environment",
         "logging" => "logging drivers are not configurable: the agent reads container logs itself (fleetctl logs)",
@@ -125,6 +127,8 @@ struct Converter<'p, 't> {
     ulimits: Vec<Ulimit>,
     no_new_privileges: bool,
     cpu_shares: Option<u32>,
+    networks: Vec<NetworkAttachment>,
+    networks_path: Option<String>,
     fleet: FleetKeys,
 }
 
@@ -172,6 +176,8 @@ impl<'p, 't> Converter<'p, 't> {
             ulimits: vec![],
             no_new_privileges: false,
             cpu_shares: None,
+            networks: vec![],
+            networks_path: None,
             fleet: FleetKeys::default(),
         }
     }
@@ -219,6 +225,10 @@ impl<'p, 't> Converter<'p, 't> {
                 }
             }
             "ports" => self.ports = ports(p, &at, v),
+            "networks" => {
+                self.networks = networks(p, &at, v, self.top.networks);
+                self.networks_path = Some(at);
+            }
             "network_mode" => {
                 if let Some(mode) = network_mode(p, &at, v) {
                     self.network_mode = mode;
@@ -440,6 +450,11 @@ impl<'p, 't> Converter<'p, 't> {
             );
         }
 
+        if let (Some(at), Some(mode_at)) = (&self.networks_path, &self.network_mode_path) {
+            if self.network_mode != NetworkMode::Release && !self.networks.is_empty() {
+                p.add(at, None, format!("networks and network_mode {} exclude each other (set at {mode_at}): a host or none network has no release networks; remove one", if self.network_mode == NetworkMode::Host { "host" } else { "none" }));
+            }
+        }
         sources.ports = self.ports.iter().map(|(_, s)| s.clone()).collect();
         sources.volumes = self.volumes.iter().map(|(_, s)| s.clone()).collect();
         sources.depends_on = self.depends_on.iter().map(|(_, s)| s.clone()).collect();
@@ -482,6 +497,7 @@ impl<'p, 't> Converter<'p, 't> {
             telemetry: self.fleet.telemetry,
             no_new_privileges: self.no_new_privileges,
             cpu_shares: self.cpu_shares,
+            networks: self.networks,
         };
         (image, parts, sources)
     }
@@ -649,11 +665,12 @@ fn named(
     p: &mut Problems,
     path: &str,
     node: &Node,
-    declared: &BTreeMap<String, String>,
+    declared: &BTreeMap<String, Option<String>>,
     name: &str,
 ) -> Option<VolumeSource> {
+    // The declared key: into_release turns it into the name on the device.
     match declared.get(name) {
-        Some(engine_name) => Some(VolumeSource::Named(engine_name.clone())),
+        Some(_) => Some(VolumeSource::Named(name.to_owned())),
         None => {
             p.add(path, Some(node), format!("volume {name:?} is not declared; add it under the top-level volumes: ({name}: {{}})"));
             None
@@ -674,7 +691,7 @@ fn volumes(
     p: &mut Problems,
     path: &str,
     node: &Node,
-    declared: &BTreeMap<String, String>,
+    declared: &BTreeMap<String, Option<String>>,
 ) -> Vec<(VolumeMount, String)> {
     let Some(items) = node.as_seq() else {
         p.add(path, Some(node), format!("expected a list of mounts, found {}", node.kind()));
@@ -700,7 +717,7 @@ fn short_volume(
     p: &mut Problems,
     path: &str,
     node: &Node,
-    declared: &BTreeMap<String, String>,
+    declared: &BTreeMap<String, Option<String>>,
 ) -> Option<VolumeMount> {
     let text = read::nonempty(p, path, node)?;
     let parts: Vec<&str> = text.split(':').collect();
@@ -745,7 +762,7 @@ fn long_volume(
     p: &mut Problems,
     path: &str,
     node: &Node,
-    declared: &BTreeMap<String, String>,
+    declared: &BTreeMap<String, Option<String>>,
 ) -> Option<VolumeMount> {
     let entries = node.as_map()?;
     let (mut kind, mut source, mut target, mut read_only, mut size) =
@@ -1299,6 +1316,73 @@ fn reserved_devices(p: &mut Problems, path: &str, node: &Node) -> Vec<Sourced<Ha
             let select = select.map_or(GpuSelect::All, |(s, _)| s);
             out.push(Sourced::new(HardwareRequest::Gpu { kind: GpuKind::Nvidia, select }, &at, it));
         }
+    }
+    out
+}
+
+/// A service's `networks`: a list of declared network names, or a mapping of them to `{}` or
+/// `{aliases: [...]}`.
+fn networks(
+    p: &mut Problems,
+    path: &str,
+    node: &Node,
+    declared: &BTreeSet<String>,
+) -> Vec<NetworkAttachment> {
+    let mut out: Vec<NetworkAttachment> = Vec::new();
+    let mut add = |p: &mut Problems, at: &str, n: &Node, name: &str, aliases: Vec<String>| {
+        if name != fleet_proto::release::DEFAULT_NETWORK && !declared.contains(name) {
+            p.add(at, Some(n), format!("network {name:?} is not declared; add it under the top-level networks: ({name}: {{}})"));
+        } else if out.iter().any(|a| a.name == name) {
+            p.add(at, Some(n), format!("network {name:?} is listed twice"));
+        } else {
+            out.push(NetworkAttachment { name: name.to_owned(), aliases });
+        }
+    };
+    match &node.value {
+        Value::Seq(items) => {
+            for (i, it) in items.iter().enumerate() {
+                let at = item(path, i);
+                if let Some(name) = read::nonempty(p, &at, it) {
+                    add(p, &at, it, &name, vec![]);
+                }
+            }
+        }
+        Value::Map(entries) => {
+            for (name, value) in entries {
+                let at = child(path, name);
+                let mut aliases = vec![];
+                if let Some(fields) = value.as_map() {
+                    for (key, v) in fields {
+                        let field_at = child(&at, key);
+                        match key.as_str() {
+                            "aliases" => {
+                                for (a, alias) in read::strings(p, &field_at, v).unwrap_or_default().into_iter().enumerate() {
+                                    if fleet_proto::release::is_dns_label(&alias) {
+                                        aliases.push(alias);
+                                    } else {
+                                        p.add(&item(&field_at, a), Some(v), format!("{alias:?} is not a DNS name (letters, digits and -, at most 63)"));
+                                    }
+                                }
+                            }
+                            "ipv4_address" | "ipv6_address" | "link_local_ips" | "mac_address" | "priority" | "gw_priority" | "driver_opts" => p.add(&field_at, Some(v), "fixed addresses and endpoint options are not supported: services find each other by name on the release network"),
+                            other => p.add(&field_at, Some(v), format!("unknown network attachment key {other:?}; use aliases")),
+                        }
+                    }
+                } else if !value.is_null() {
+                    p.add(
+                        &at,
+                        Some(value),
+                        format!("expected {{}} or a mapping with aliases, found {}", value.kind()),
+                    );
+                }
+                add(p, &at, value, name, aliases);
+            }
+        }
+        _ => p.add(
+            path,
+            Some(node),
+            format!("expected a list of network names or a mapping of them, found {}", node.kind()),
+        ),
     }
     out
 }

@@ -149,7 +149,6 @@ fn env_file_is_refused_because_the_file_is_not_on_the_device() {
 fn unknown_and_unsupported_service_keys_are_refused_with_reasons() {
     assert!(refused("container_name: web", "services.s.container_name").contains("side by side"));
     assert!(refused("logging: {driver: json-file}", "services.s.logging").contains("logs"));
-    assert!(refused("networks: [front]", "services.s.networks").contains("not supported yet"));
     assert!(refused("secrets: [db]", "services.s.secrets").contains("not supported yet"));
     assert!(refused("frobnicate: 1", "services.s.frobnicate").contains("COMPOSE.md"));
 }
@@ -168,11 +167,10 @@ fn service_names_must_be_dns_labels() {
 #[test]
 fn top_level_keys_outside_the_subset_are_refused_and_informational_ones_ignored() {
     let yaml = "version: \"3.8\"\nname: demo\nx-anything: {a: 1}\nnetworks: {front: {}}\nsecrets: {db: {file: ./db}}\nconfigs: {}\ninclude: [a.yaml]\nservices:\n  s:\n    image: x\n";
-    assert!(refused_file(yaml, "networks").contains("not supported yet"));
     assert!(refused_file(yaml, "secrets").contains("not supported yet"));
     assert!(refused_file(yaml, "configs").contains("not supported yet"));
     assert!(refused_file(yaml, "include").contains("self-contained"));
-    assert_eq!(problems(yaml).len(), 4);
+    assert_eq!(problems(yaml).len(), 3);
 }
 
 #[test]
@@ -249,7 +247,7 @@ fn volumes_in_short_syntax_map_to_named_and_host_mounts() {
     assert_eq!(
         v[0],
         VolumeMount {
-            source: VolumeSource::Named("data".into()),
+            source: VolumeSource::Named("app_data".into()),
             target: "/var/lib/data".into(),
             read_only: false
         }
@@ -268,6 +266,59 @@ fn volumes_in_short_syntax_map_to_named_and_host_mounts() {
 }
 
 #[test]
+fn services_join_declared_networks_with_aliases_and_default_alone_otherwise() {
+    let yaml = "services:\n  mqtt:\n    image: x\n    networks:\n      default:\n      backend: {aliases: [broker, mosquitto]}\n  gateway:\n    image: x\n    networks: [backend]\n  ui:\n    image: x\nnetworks:\n  backend: {driver: bridge}\n";
+    let r = release(yaml);
+    let by_name = |n: &str| r.services.iter().find(|s| s.name.as_str() == n).unwrap();
+    let mqtt = by_name("mqtt");
+    assert_eq!(
+        mqtt.networks,
+        [
+            NetworkAttachment { name: "default".into(), aliases: vec![] },
+            NetworkAttachment {
+                name: "backend".into(),
+                aliases: vec!["broker".into(), "mosquitto".into()]
+            },
+        ]
+    );
+    assert_eq!(by_name("gateway").networks[0].name, "backend");
+    // No networks key: the release's default network, as under Compose.
+    assert!(by_name("ui").networks.is_empty());
+    assert_eq!(by_name("ui").release_networks()[0].name, "default");
+}
+
+#[test]
+fn network_mistakes_are_refused_with_their_paths() {
+    assert!(refused("networks: [front]", "services.s.networks[0]").contains("not declared"));
+    assert!(refused(
+        "networks: {default: {aliases: [\"a b\"]}}",
+        "services.s.networks.default.aliases[0]"
+    )
+    .contains("DNS"));
+    assert!(refused(
+        "networks: {default: {ipv4_address: 10.0.0.2}}",
+        "services.s.networks.default.ipv4_address"
+    )
+    .contains("by name"));
+    assert!(refused("network_mode: host\nnetworks: [default]", "services.s.networks")
+        .contains("exclude each other"));
+    let file = |top: &str| format!("services:\n  s:\n    image: x\nnetworks:\n  {top}\n");
+    assert!(refused_file(&file("n: {external: true}"), "networks.n.external").contains("owns"));
+    assert!(refused_file(&file("n: {driver: macvlan}"), "networks.n.driver").contains("bridge"));
+    assert!(refused_file(&file("\"-n\": {}"), "networks.-n").contains("network name"));
+}
+
+#[test]
+fn named_volumes_belong_to_the_app_unless_named_exactly() {
+    let yaml = "services:\n  s:\n    image: x\n    volumes: [\"data:/d\", \"shared:/s\"]\nvolumes:\n  data: {}\n  shared: {name: site-maps}\n";
+    let r = Compose::parse(yaml.as_bytes(), &BTreeMap::new()).unwrap();
+    let images = fake_images(&r);
+    let v = r.into_release("robot", "2", &images).unwrap().services[0].volumes.clone();
+    assert_eq!(v[0].source, VolumeSource::Named("robot_data".into()));
+    assert_eq!(v[1].source, VolumeSource::Named("site-maps".into()));
+}
+
+#[test]
 fn relative_host_paths_undeclared_and_anonymous_volumes_are_refused() {
     assert!(refused("volumes: [\"./conf:/etc/app\"]", "services.s.volumes[0]")
         .contains("does not exist on the device"));
@@ -282,7 +333,7 @@ fn relative_host_paths_undeclared_and_anonymous_volumes_are_refused() {
 fn volumes_in_long_syntax_map_volume_bind_and_tmpfs() {
     let yaml = "services:\n  s:\n    image: x\n    volumes:\n      - {type: volume, source: data, target: /data}\n      - {type: bind, source: /dev/shm, target: /dev/shm, read_only: true, bind: {create_host_path: false}}\n      - {type: tmpfs, target: /cache, tmpfs: {size: 64m}}\nvolumes: {data: {}}\n";
     let v = &release(yaml).services[0].volumes;
-    assert_eq!(v[0].source, VolumeSource::Named("data".into()));
+    assert_eq!(v[0].source, VolumeSource::Named("app_data".into()));
     assert_eq!(v[1].source, VolumeSource::HostPath("/dev/shm".into()));
     assert!(v[1].read_only);
     assert_eq!(v[2].source, VolumeSource::Tmpfs { size_bytes: 64 << 20 });
