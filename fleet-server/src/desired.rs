@@ -2,7 +2,9 @@
 //! (after the change is on disk).
 //!
 //! A device runs its pin's release if it is pinned, otherwise its assigned release (set by
-//! rollouts and by direct assignment). Whenever that changes, [`retarget`] gives the device a
+//! rollouts and by direct assignment), rendered with the device's variables
+//! ([`crate::variables`]): the release id is the same on every device, the spec may differ,
+//! and the desired state is signed as a whole. Whenever that changes, [`retarget`] gives the device a
 //! new generation in the same store change; [`Publisher::send`] then signs and publishes the
 //! retained desired state. The generation is on disk before anything is sent (the change is
 //! durable), so a power cut can never make the server reuse one — an agent refuses a state
@@ -23,8 +25,11 @@ use fleet_proto::{
 use rumqttc::{AsyncClient, QoS};
 
 use crate::devices::DeviceRecord;
+use crate::groups::Group;
 use crate::pki::Pki;
+use crate::releases::ReleaseRecord;
 use crate::store::{Store, StoreError, Tx};
+use crate::variables::{self, DeviceVars, VarIndex, VariableRecord};
 
 /// A desired state decided in a store change, to be sent once it is on disk.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,28 +59,208 @@ pub enum DesiredError {
     /// The stored release does not verify.
     #[error(transparent)]
     Integrity(#[from] crate::releases::ReleaseIntegrityError),
+    /// The device's variables make the release invalid for it.
+    #[error("release {release} cannot be rendered for device {device} with its variables: {}", problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Render {
+        /// The device.
+        device: DeviceId,
+        /// The release.
+        release: String,
+        /// What is wrong, with Compose paths.
+        problems: Vec<variables::RenderProblem>,
+    },
+}
+
+/// Where releases and the variables that render them are read: a store change ([`Tx`]) or
+/// the store as it stands ([`Store`]).
+pub trait Source {
+    /// A stored release.
+    fn release(&self, id: &str) -> Result<Option<ReleaseRecord>, StoreError>;
+    /// Every variable.
+    fn variables(&self) -> Result<Vec<VariableRecord>, StoreError>;
+    /// Every group.
+    fn groups(&self) -> Result<Vec<Group>, StoreError>;
+}
+
+impl Source for Tx<'_> {
+    fn release(&self, id: &str) -> Result<Option<ReleaseRecord>, StoreError> {
+        Tx::release(self, id)
+    }
+    fn variables(&self) -> Result<Vec<VariableRecord>, StoreError> {
+        Tx::variables(self)
+    }
+    fn groups(&self) -> Result<Vec<Group>, StoreError> {
+        Tx::groups(self)
+    }
+}
+
+impl Source for Store {
+    fn release(&self, id: &str) -> Result<Option<ReleaseRecord>, StoreError> {
+        Store::release(self, id)
+    }
+    fn variables(&self) -> Result<Vec<VariableRecord>, StoreError> {
+        Store::variables(self)
+    }
+    fn groups(&self) -> Result<Vec<Group>, StoreError> {
+        Store::groups(self)
+    }
+}
+
+/// A stored release whose signature checked out, and whether its Compose file interpolates.
+#[derive(Debug)]
+struct Verified {
+    spec: ReleaseSpec,
+    record: ReleaseRecord,
+    interpolates: bool,
 }
 
 /// Stored releases, verified once per change (a rollout targets thousands of devices with one
-/// release: its signature is checked once, not thousands of times).
+/// release: its signature is checked once, not thousands of times), and their renders per
+/// device variables, computed once per distinct variable set.
 #[derive(Debug, Default)]
 pub struct Releases {
-    verified: HashMap<String, ReleaseSpec>,
+    verified: HashMap<String, Arc<Verified>>,
+    /// The variables in force; read from the source on first use unless given.
+    index: Option<Arc<VarIndex>>,
+    renders: HashMap<(String, DeviceVars), ReleaseSpec>,
 }
 
 impl Releases {
-    /// The release `id` from the store, verified.
-    pub fn get(&mut self, tx: &Tx<'_>, pki: &Pki, id: &str) -> Result<ReleaseSpec, DesiredError> {
-        if let Some(spec) = self.verified.get(id) {
-            return Ok(spec.clone());
+    /// Renders with `index` instead of the variables in the source (to see a device's release
+    /// as it was before a change).
+    pub fn with_index(index: VarIndex) -> Releases {
+        Releases { index: Some(Arc::new(index)), ..Releases::default() }
+    }
+
+    fn verified(
+        &mut self,
+        src: &dyn Source,
+        pki: &Pki,
+        id: &str,
+    ) -> Result<Arc<Verified>, DesiredError> {
+        if let Some(v) = self.verified.get(id) {
+            return Ok(v.clone());
         }
-        let stored = tx
+        let record = src
             .release(id)?
             .ok_or_else(|| DesiredError::UnknownRelease { release: id.to_owned() })?;
-        let spec = stored.verify(&pki.trusted_keys())?.clone();
-        self.verified.insert(id.to_owned(), spec.clone());
+        let spec = record.verify(&pki.trusted_keys())?.clone();
+        let interpolates = variables::interpolates(record.compose.as_deref());
+        let v = Arc::new(Verified { spec, record, interpolates });
+        self.verified.insert(id.to_owned(), v.clone());
+        Ok(v)
+    }
+
+    /// The release `id` from the store, verified, as signed (no device's variables).
+    pub fn get(
+        &mut self,
+        src: &dyn Source,
+        pki: &Pki,
+        id: &str,
+    ) -> Result<ReleaseSpec, DesiredError> {
+        Ok(self.verified(src, pki, id)?.spec.clone())
+    }
+
+    /// The variables in force, indexed.
+    pub fn index(&mut self, src: &dyn Source) -> Result<Arc<VarIndex>, DesiredError> {
+        if let Some(i) = &self.index {
+            return Ok(i.clone());
+        }
+        let index = Arc::new(VarIndex::new(src.variables()?, &src.groups()?));
+        self.index = Some(index.clone());
+        Ok(index)
+    }
+
+    /// The release `id` as `record`'s device runs it: rendered with its variables
+    /// ([`variables::render`]).
+    pub fn for_device(
+        &mut self,
+        src: &dyn Source,
+        pki: &Pki,
+        id: &str,
+        record: &DeviceRecord,
+    ) -> Result<ReleaseSpec, DesiredError> {
+        let verified = self.verified(src, pki, id)?;
+        let vars = self.index(src)?.device_vars(record.id.as_str(), &record.labels);
+        // The common case at fleet scale: nothing to render, the signed release as is.
+        if vars.is_empty() && !verified.interpolates {
+            return Ok(verified.spec.clone());
+        }
+        let key = (id.to_owned(), vars);
+        if let Some(spec) = self.renders.get(&key) {
+            return Ok(spec.clone());
+        }
+        let spec = variables::render(
+            &verified.spec,
+            verified.record.compose.as_deref(),
+            &verified.record.images,
+            &key.1,
+        )
+        .map_err(|problems| DesiredError::Render {
+            device: record.id.clone(),
+            release: id.to_owned(),
+            problems,
+        })?;
+        self.renders.insert(key, spec.clone());
         Ok(spec)
     }
+}
+
+/// What a variable change does to the devices it covers.
+#[derive(Debug, Default)]
+pub struct Changed {
+    /// New desired states, to send once the change is durable.
+    pub outgoing: Vec<Outgoing>,
+    /// Devices whose release the change makes unrenderable (the change must be refused).
+    pub failures: Vec<DesiredError>,
+    /// Devices covered whose rendered release stays the same.
+    pub unchanged: usize,
+}
+
+/// For each of `devices` (records as this change sees them), renders its wanted release with
+/// the variables `before` and with those in force in `tx` now; a device whose render differs
+/// gets a new generation (its record is written), the others are left alone. Devices without
+/// a release, or refused, are skipped.
+pub fn retarget_changed(
+    tx: &mut Tx<'_>,
+    pki: &Pki,
+    before: VarIndex,
+    devices: Vec<DeviceRecord>,
+    now: UnixMillis,
+) -> Result<Changed, DesiredError> {
+    let mut old = Releases::with_index(before);
+    let mut new = Releases::default();
+    let mut changed = Changed::default();
+    for mut record in devices {
+        if record.refusal().is_some() {
+            continue;
+        }
+        let Some(release) = record.wanted_release(now).map(str::to_owned) else { continue };
+        let was = match old.for_device(tx, pki, &release, &record) {
+            Ok(spec) => Some(spec),
+            // Unrenderable before (set under an older server) is "different" from anything.
+            Err(DesiredError::Render { .. }) => None,
+            Err(DesiredError::UnknownRelease { .. }) => continue,
+            Err(e) => return Err(e),
+        };
+        let will = match new.for_device(tx, pki, &release, &record) {
+            Ok(spec) => spec,
+            Err(e @ DesiredError::Render { .. }) => {
+                changed.failures.push(e);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        if was.as_ref() == Some(&will) && record.desired_release.as_deref() == Some(&release) {
+            changed.unchanged += 1;
+            continue;
+        }
+        if let Some(out) = retarget(tx, pki, &mut new, &mut record, now, true)? {
+            changed.outgoing.push(out);
+            tx.put_device(&record);
+        }
+    }
+    Ok(changed)
 }
 
 /// Brings `record`'s desired state in line with what the server wants at `now`. With `force`,
@@ -98,7 +283,7 @@ pub fn retarget(
         return Ok(None);
     }
     let release = match &wanted {
-        Some(id) => Some(releases.get(tx, pki, id)?),
+        Some(id) => Some(releases.for_device(tx, pki, id, record)?),
         None => None,
     };
     // Never reused: the agent refuses anything not newer than what it accepted.
@@ -220,15 +405,22 @@ impl Publisher {
             None => store.devices()?,
         };
         let mut outgoing = Vec::new();
+        let mut releases = Releases::default();
         for record in records {
             if record.refusal().is_some() || record.desired_generation <= record.accepted_generation
             {
                 continue;
             }
             let release = match &record.desired_release {
-                Some(id) => match store.release(id)? {
-                    Some(r) => Some(r.verify(&self.pki.trusted_keys())?.clone()),
-                    None => return Err(DesiredError::UnknownRelease { release: id.clone() }),
+                Some(id) => match releases.for_device(store, &self.pki, id, &record) {
+                    Ok(spec) => Some(spec),
+                    // One device's variables must not stop the others' states; it is sent
+                    // again once its variables render.
+                    Err(e @ DesiredError::Render { .. }) => {
+                        tracing::error!(device = %record.id, error = %e, "desired state not sent");
+                        continue;
+                    }
+                    Err(e) => return Err(e),
                 },
                 None => None,
             };

@@ -7,7 +7,8 @@
 //! Layout, decisions first:
 //! * pure: [`rollout`] (the staged-rollout state machine), [`preflight`] (can a device run a
 //!   release), [`compose`] (Compose file → release), [`groups`] (label selectors), [`auth`]
-//!   (tokens and roles), [`devices`] (registry records and how messages update them),
+//!   (tokens and roles), [`variables`] (per-device variables: precedence and rendering),
+//!   [`devices`] (registry records and how messages update them),
 //!   [`releases`] (signed release records), [`units`];
 //! * I/O: [`store`] (typed records over a key-value backend), [`desired`] (deciding and
 //!   publishing desired state), [`rollouts`] (the driver that steps rollouts), [`ingest`]
@@ -41,6 +42,7 @@ pub mod rollouts;
 pub mod store;
 pub mod telemetry;
 pub mod units;
+pub mod variables;
 
 /// How to run the server.
 #[derive(Debug, Clone)]

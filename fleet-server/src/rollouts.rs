@@ -527,6 +527,17 @@ pub fn carry_out(
                 ));
                 record = before;
             }
+            // Nor must one device whose variables do not fit the release.
+            Err(e @ DesiredError::Render { .. }) => {
+                tx.audit(AuditEntry::new(
+                    now,
+                    actor,
+                    "rollout.error",
+                    device.to_string(),
+                    format!("rollout {rollout}: {e}; {device} keeps its desired state (fix its variables: `fleetctl var ls --device {device}`)"),
+                ));
+                record = before;
+            }
             Err(e) => return Err(e),
         }
         tx.put_device(&record);

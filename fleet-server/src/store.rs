@@ -28,6 +28,7 @@ use crate::devices::DeviceRecord;
 use crate::groups::Group;
 use crate::releases::ReleaseRecord;
 use crate::rollouts::RolloutRecord;
+use crate::variables::VariableRecord;
 
 /// The schema this build writes. 1: separate sled trees for devices and events; 2: one tree of
 /// collections.
@@ -67,11 +68,13 @@ pub enum Collection {
     Telemetry,
     /// A device's [`crate::telemetry::TelemetryState`] (counters, latest values), by device id.
     TelemetryState,
+    /// [`VariableRecord`] by [`VariableRecord::key`] (scope, then name).
+    Variables,
 }
 
 impl Collection {
     /// Every collection, in tag order (backups list them in this order).
-    pub const ALL: [Collection; 11] = [
+    pub const ALL: [Collection; 12] = [
         Collection::Meta,
         Collection::Devices,
         Collection::Inventories,
@@ -83,6 +86,7 @@ impl Collection {
         Collection::Audit,
         Collection::Telemetry,
         Collection::TelemetryState,
+        Collection::Variables,
     ];
 
     fn tag(self) -> u8 {
@@ -98,6 +102,7 @@ impl Collection {
             Collection::Audit => 8,
             Collection::Telemetry => 9,
             Collection::TelemetryState => 10,
+            Collection::Variables => 11,
         }
     }
 }
@@ -505,6 +510,20 @@ impl Store {
         self.all(Collection::Groups)
     }
 
+    /// Every variable, in key order (scope, then name).
+    pub fn variables(&self) -> Result<Vec<VariableRecord>, StoreError> {
+        self.all(Collection::Variables)
+    }
+
+    /// Variables after `after` (a key), at most `limit`.
+    pub fn variables_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<VariableRecord>, StoreError> {
+        self.page(Collection::Variables, after, limit)
+    }
+
     /// A rollout.
     pub fn rollout(&self, id: u64) -> Result<Option<RolloutRecord>, StoreError> {
         self.get(Collection::Rollouts, &id.to_be_bytes())
@@ -738,6 +757,53 @@ impl Tx<'_> {
     /// Inserts or replaces a rollout.
     pub fn put_rollout(&mut self, record: &RolloutRecord) {
         self.put(Collection::Rollouts, &record.id().to_be_bytes(), record);
+    }
+
+    /// Every record of `c` as this change sees it: the stored ones with this change's own
+    /// writes laid over them, in key order.
+    fn all_seen<T: DeserializeOwned>(&self, c: Collection) -> Result<Vec<T>, StoreError> {
+        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> =
+            self.store.backend.scan(c, &[], None, false, usize::MAX)?.into_iter().collect();
+        for ((pc, k), v) in &self.pending {
+            if *pc != c {
+                continue;
+            }
+            match v {
+                Some(v) => merged.insert(k.clone(), v.clone()),
+                None => merged.remove(k),
+            };
+        }
+        merged.iter().map(|(k, v)| decode(c, k, v)).collect()
+    }
+
+    /// Every device, as this change sees them.
+    pub fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
+        self.all_seen(Collection::Devices)
+    }
+
+    /// Every group, as this change sees them.
+    pub fn groups(&self) -> Result<Vec<Group>, StoreError> {
+        self.all_seen(Collection::Groups)
+    }
+
+    /// Every variable, as this change sees them.
+    pub fn variables(&self) -> Result<Vec<VariableRecord>, StoreError> {
+        self.all_seen(Collection::Variables)
+    }
+
+    /// A variable, as this change sees it.
+    pub fn variable(&self, key: &str) -> Result<Option<VariableRecord>, StoreError> {
+        self.get(Collection::Variables, key.as_bytes())
+    }
+
+    /// Inserts or replaces a variable.
+    pub fn put_variable(&mut self, record: &VariableRecord) {
+        self.put(Collection::Variables, record.key().as_bytes(), record);
+    }
+
+    /// Removes a variable.
+    pub fn remove_variable(&mut self, key: &str) {
+        self.remove(Collection::Variables, key.as_bytes());
     }
 
     /// A number never handed out before.

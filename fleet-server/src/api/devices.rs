@@ -379,6 +379,18 @@ fn desired_problem(e: DesiredError) -> Problem {
         DesiredError::UnknownRelease { .. } => Problem::not_found(e.to_string()),
         DesiredError::Store(e) => Problem::from(e),
         DesiredError::Integrity(e) => Problem::internal(e),
+        DesiredError::Render { ref problems, .. } => {
+            let errors = problems
+                .iter()
+                .map(|p| super::FieldProblem { path: p.path.clone(), reason: p.reason.clone() })
+                .collect();
+            Problem::invalid(
+                format!(
+                    "{e}; nothing was changed (`fleetctl var ls --device ID` shows its variables)"
+                ),
+                errors,
+            )
+        }
     }
 }
 
