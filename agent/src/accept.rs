@@ -41,6 +41,7 @@ pub fn accept(
     trusted: &TrustedKeys,
     device: &DeviceId,
     accepted: Option<u64>,
+    allowed_host_paths: &[std::path::PathBuf],
 ) -> Result<DesiredState, Rejection> {
     let desired: DesiredState = signed.open(trusted)?;
     if desired.device != *device {
@@ -52,7 +53,7 @@ pub fn accept(
         }
     }
     if let Some(release) = &desired.release {
-        check_release(release)?;
+        check_release(release, allowed_host_paths)?;
     }
     Ok(desired)
 }
@@ -81,8 +82,11 @@ mod tests {
     #[test]
     fn a_correct_newer_desired_state_is_accepted() {
         let signed = samples::server_key().sign(&desired());
-        assert_eq!(accept(&signed, &trusted(), &samples::device(), Some(2)).unwrap(), desired());
-        assert!(accept(&signed, &trusted(), &samples::device(), None).is_ok());
+        assert_eq!(
+            accept(&signed, &trusted(), &samples::device(), Some(2), &[]).unwrap(),
+            desired()
+        );
+        assert!(accept(&signed, &trusted(), &samples::device(), None, &[]).is_ok());
     }
 
     #[test]
@@ -90,18 +94,18 @@ mod tests {
         let mut forged = samples::server_key().sign(&desired());
         forged.signature[5] ^= 1;
         assert!(matches!(
-            accept(&forged, &trusted(), &samples::device(), None),
+            accept(&forged, &trusted(), &samples::device(), None, &[]),
             Err(Rejection::Signature(VerifyError::BadSignature { .. }))
         ));
         let mut unsigned = samples::server_key().sign(&desired());
         unsigned.signature.clear();
         assert!(matches!(
-            accept(&unsigned, &trusted(), &samples::device(), None),
+            accept(&unsigned, &trusted(), &samples::device(), None, &[]),
             Err(Rejection::Signature(VerifyError::Unsigned))
         ));
         let stranger = ServerKey::from_seed(&[1; 32]).sign(&desired());
         assert!(matches!(
-            accept(&stranger, &trusted(), &samples::device(), None),
+            accept(&stranger, &trusted(), &samples::device(), None, &[]),
             Err(Rejection::Signature(VerifyError::UnknownKey { .. }))
         ));
     }
@@ -109,11 +113,11 @@ mod tests {
     #[test]
     fn replays_and_other_devices_states_are_refused() {
         let signed = samples::server_key().sign(&desired());
-        let err = accept(&signed, &trusted(), &samples::device(), Some(3)).unwrap_err();
+        let err = accept(&signed, &trusted(), &samples::device(), Some(3), &[]).unwrap_err();
         assert!(matches!(err, Rejection::Replay { generation: 3, accepted: 3 }), "{err}");
         let other = DeviceId::new("robot-8").unwrap();
         assert!(matches!(
-            accept(&signed, &trusted(), &other, None),
+            accept(&signed, &trusted(), &other, None, &[]),
             Err(Rejection::WrongDevice { .. })
         ));
     }
@@ -126,7 +130,7 @@ mod tests {
         d.release.as_mut().unwrap().services[0].hardware =
             vec![fleet_proto::release::HardwareRequest::Gpio { chip: "gpiochip0".into() }];
         let signed = samples::server_key().sign(&d);
-        assert_eq!(accept(&signed, &trusted(), &samples::device(), None).unwrap(), d);
+        assert_eq!(accept(&signed, &trusted(), &samples::device(), None, &[]).unwrap(), d);
     }
 
     #[test]
@@ -134,8 +138,9 @@ mod tests {
         let mut d = desired();
         let dup = d.release.as_ref().unwrap().services[0].clone();
         d.release.as_mut().unwrap().services.push(dup);
-        let err = accept(&samples::server_key().sign(&d), &trusted(), &samples::device(), None)
-            .unwrap_err();
+        let err =
+            accept(&samples::server_key().sign(&d), &trusted(), &samples::device(), None, &[])
+                .unwrap_err();
         assert!(err.to_string().contains("is used twice"), "{err}");
         assert!(err.to_string().contains("already published"), "port clash named too: {err}");
     }

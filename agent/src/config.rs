@@ -148,6 +148,13 @@ memory_reserve_mb = 256
 # under a new node is re-created with it. Rescans wait this long for udev to settle.
 settle_ms = 250
 
+[volumes]
+# Host directories services may bind-mount (a Compose `volumes: ["/srv/maps:/maps"]`), each
+# with everything under it. Empty: none, besides what the agent mounts itself (its telemetry
+# socket). A release that mounts any other host path is refused with the path. Named volumes
+# need no entry: the agent creates them, and they survive updates and rollbacks.
+allowed_host_paths = []
+
 [commands]
 # The reboot command runs `systemctl reboot` only when true.
 allow_reboot = false
@@ -243,6 +250,8 @@ pub struct Config {
     pub hardware: crate::hardware::HardwarePolicy,
     /// How long hot-plug rescans wait for udev to settle.
     pub hardware_settle: Duration,
+    /// Host directories services may bind-mount (each with everything under it).
+    pub allowed_host_paths: Vec<PathBuf>,
 }
 
 /// Where the broker is.
@@ -344,8 +353,15 @@ struct Raw {
     link: RawLink,
     commands: RawCommands,
     hardware: RawHardware,
+    volumes: RawVolumes,
     telemetry: RawTelemetry,
     log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVolumes {
+    allowed_host_paths: Vec<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -553,6 +569,18 @@ impl Config {
                 password: password.trim_end_matches(['\n', '\r']).to_owned(),
             });
         }
+        for (i, p) in raw.volumes.allowed_host_paths.iter().enumerate() {
+            let normal = p.components().all(|c| {
+                matches!(c, std::path::Component::RootDir | std::path::Component::Normal(_))
+            });
+            if !p.is_absolute() || !normal || p == Path::new("/") {
+                return Err(ConfigError::Invalid {
+                    key: format!("volumes.allowed_host_paths[{i}]"),
+                    message: format!("{} must be an absolute directory without . or .. (and not / itself, which would allow the whole host)", p.display()),
+                    files: files.to_owned(),
+                });
+            }
+        }
         let device_id = DeviceId::new(raw.device_id)?;
         let telemetry = check_telemetry(raw.telemetry, files)?;
         let link = check_link(raw.link, &device_id, base, files, telemetry.compression)?;
@@ -567,6 +595,7 @@ impl Config {
                 memory_reserve_bytes: raw.hardware.memory_reserve_mb.saturating_mul(1 << 20),
             },
             hardware_settle: Duration::from_millis(raw.hardware.settle_ms.clamp(10, 10_000)),
+            allowed_host_paths: raw.volumes.allowed_host_paths,
             telemetry,
             device_id,
             data_dir: raw.data_dir,

@@ -509,7 +509,7 @@ impl<R: ContainerRuntime> Daemon<R> {
     async fn admin(&self, call: Call) -> Option<Instant> {
         let Request::Apply { release, force } = call.request;
         let mut retry = None;
-        let answer = match check_release(&release) {
+        let answer = match check_release(&release, &self.config.allowed_host_paths) {
             Err(refused) => Answer::Refused { problems: refused.problems },
             Ok(()) => match self.reconciler.state().next_local_seq() {
                 Err(e) => Answer::Error { message: e.to_string() },
@@ -691,7 +691,13 @@ impl<R: ContainerRuntime> Daemon<R> {
                 return None;
             }
         };
-        let desired = match accept(&signed, &self.trusted, &self.config.device_id, accepted) {
+        let desired = match accept(
+            &signed,
+            &self.trusted,
+            &self.config.device_id,
+            accepted,
+            &self.config.allowed_host_paths,
+        ) {
             Ok(d) => d,
             Err(rejection) => {
                 let reason = rejection_reason(&rejection);
@@ -866,6 +872,17 @@ impl<R: ContainerRuntime> Daemon<R> {
                 }
                 CommandOutcome::Done { output: vec![summary] }
             }
+            CommandAction::PurgeVolumes => match self.reconciler.purge_volumes().await {
+                Ok(removed) if removed.is_empty() => CommandOutcome::Done {
+                    output: vec!["no volumes to purge: every Fleet volume on this device belongs to the release in force".to_owned()],
+                },
+                Ok(removed) => CommandOutcome::Done {
+                    output: std::iter::once(format!("purged {} volume(s) of apps this device no longer runs", removed.len()))
+                        .chain(removed)
+                        .collect(),
+                },
+                Err(e) => CommandOutcome::Failed { reason: e.to_string() },
+            },
             CommandAction::RestartService { service } => {
                 match self.service_container(service).await {
                     Err(outcome) => outcome,

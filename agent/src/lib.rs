@@ -26,6 +26,7 @@ pub mod hardware;
 pub(crate) mod http1;
 pub mod link;
 pub mod lock;
+pub mod objects;
 pub mod plan;
 pub mod probe;
 pub mod proxy;

@@ -155,6 +155,14 @@ pub fn config_hash(spec: &ServiceSpec, proxied: bool, hardware: &HardwareMapping
     // Fields appended to ServiceSpec (always last in the JSON) are left out while empty, so a
     // spec that does not use them hashes as it did before they existed: upgrading the agent
     // keeps its containers instead of re-creating every one of them.
+    // Networks are the exception: before them a release-network service ran on the engine's
+    // default bridge, where no other service could reach it by name, so it must be re-created
+    // on its app's network; only host- and none-network services keep their hashes.
+    const UNUSED_NETWORKS: &[u8] = br#","networks":[]}"#;
+    if spec.network_mode != NetworkMode::Release && json.ends_with(UNUSED_NETWORKS) {
+        json.truncate(json.len() - UNUSED_NETWORKS.len());
+        json.push(b'}');
+    }
     const UNUSED_PRIVILEGES: &[u8] = br#","no_new_privileges":false,"cpu_shares":null}"#;
     if json.ends_with(UNUSED_PRIVILEGES) {
         json.truncate(json.len() - UNUSED_PRIVILEGES.len());
@@ -830,27 +838,45 @@ mod tests {
 
     #[test]
     fn fields_appended_to_the_spec_do_not_change_the_hash_while_unused() {
-        let spec = release("1").services[0].clone();
+        let mut spec = release("1").services[0].clone();
+        spec.networks.clear();
+        spec.network_mode = NetworkMode::Host;
+        spec.ports.clear();
         // The hash of this spec as computed before group_add and optional_hardware existed.
-        let json = serde_json::to_string(&spec).unwrap();
-        let before =
-            json.replace(r#","group_add":[],"optional_hardware":[],"telemetry":false,"no_new_privileges":false,"cpu_shares":null"#, "");
-        assert!(before.ends_with(r#""depends_on":[]}"#), "{before}");
-        let digest = Sha256::digest(before.as_bytes());
-        let old: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+        let old_hash = |spec: &ServiceSpec| {
+            let json = serde_json::to_string(spec).unwrap();
+            let before =
+                json.replace(r#","group_add":[],"optional_hardware":[],"telemetry":false,"no_new_privileges":false,"cpu_shares":null,"networks":[]"#, "");
+            assert!(before.ends_with(r#""depends_on":[]}"#), "{before}");
+            let digest = Sha256::digest(before.as_bytes());
+            digest.iter().take(6).map(|b| format!("{b:02x}")).collect::<String>()
+        };
+        let old = old_hash(&spec);
         assert_eq!(config_hash(&spec, false, &NO_HARDWARE), old);
+        // A release-network service moves from the default bridge to its app's network.
+        let on_release = ServiceSpec { network_mode: NetworkMode::Release, ..spec.clone() };
+        assert_ne!(config_hash(&on_release, false, &NO_HARDWARE), old_hash(&on_release));
         let grouped = ServiceSpec { group_add: vec!["dialout".to_owned()], ..spec };
         assert_ne!(
             config_hash(&grouped, false, &NO_HARDWARE),
             old,
             "a used field changes the container"
         );
-        let telemetry = ServiceSpec { telemetry: true, ..release("1").services[0].clone() };
+        let base = || ServiceSpec { group_add: vec![], ..grouped.clone() };
+        let telemetry = ServiceSpec { telemetry: true, ..base() };
         assert_ne!(config_hash(&telemetry, false, &NO_HARDWARE), old);
-        let hardened = ServiceSpec { no_new_privileges: true, ..release("1").services[0].clone() };
+        let hardened = ServiceSpec { no_new_privileges: true, ..base() };
         assert_ne!(config_hash(&hardened, false, &NO_HARDWARE), old);
-        let weighted = ServiceSpec { cpu_shares: Some(512), ..release("1").services[0].clone() };
+        let weighted = ServiceSpec { cpu_shares: Some(512), ..base() };
         assert_ne!(config_hash(&weighted, false, &NO_HARDWARE), old);
+        let joined = ServiceSpec {
+            networks: vec![fleet_proto::release::NetworkAttachment {
+                name: "backend".into(),
+                aliases: vec![],
+            }],
+            ..base()
+        };
+        assert_ne!(config_hash(&joined, false, &NO_HARDWARE), old);
     }
 
     #[test]

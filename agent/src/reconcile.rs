@@ -28,7 +28,9 @@ use crate::lock::UpdateLocks;
 use crate::plan::{self, Mappings, Step};
 use crate::probe;
 use crate::proxy::{PortProxy, SwitchError};
-use crate::runtime::{labels, ContainerRuntime, CreateRequest, PortBinding, RuntimeError};
+use crate::runtime::{
+    labels, ContainerRuntime, CreateRequest, NetworkJoin, PortBinding, RuntimeError,
+};
 use crate::state::{Accepted, AgentState, JournalEntry, Origin, Proven, StateError};
 
 /// Tunables of the executor.
@@ -145,18 +147,17 @@ pub struct Refused {
 /// Checks a release for what this agent can run anywhere: the protocol's own validation plus
 /// what the agent does not support. Whether it fits this device's hardware is decided when it
 /// is applied ([`crate::hardware::admit`]), since devices come and go.
-pub fn check_release(release: &ReleaseSpec) -> Result<(), Refused> {
+/// `allowed_host_paths` are the directories services may bind-mount
+/// (`[volumes] allowed_host_paths`).
+pub fn check_release(
+    release: &ReleaseSpec,
+    allowed_host_paths: &[std::path::PathBuf],
+) -> Result<(), Refused> {
     let mut problems: Vec<String> = match release.validate() {
         Ok(()) => vec![],
         Err(errors) => errors.iter().map(ToString::to_string).collect(),
     };
-    for (i, svc) in release.services.iter().enumerate() {
-        for (v, vol) in svc.volumes.iter().enumerate() {
-            if let fleet_proto::release::VolumeSource::HostPath(p) = &vol.source {
-                problems.push(format!("services[{i}].volumes[{v}]: bind mount of host path {p:?} is not allowed by this agent's configuration"));
-            }
-        }
-    }
+    problems.extend(crate::objects::disallowed_binds(release, allowed_host_paths));
     if problems.is_empty() {
         Ok(())
     } else {
@@ -503,6 +504,9 @@ impl<R: ContainerRuntime> Reconciler<R> {
         if repair {
             steps.retain(|s| !matches!(s, Step::WaitHealthy { .. }));
         }
+        if let Some(t) = target.filter(|_| steps.iter().any(|s| s.kind() == "create")) {
+            self.prepare_objects(t).await?;
+        }
         let pulls: Vec<&ImageRef> = steps
             .iter()
             .filter_map(|s| match s {
@@ -573,6 +577,9 @@ impl<R: ContainerRuntime> Reconciler<R> {
                 return Err(e);
             }
             i += batch.len();
+        }
+        if !steps.is_empty() {
+            self.remove_stale_networks(target).await;
         }
         Ok(steps.len())
     }
@@ -716,6 +723,9 @@ impl<R: ContainerRuntime> Reconciler<R> {
         labels.insert(labels::DEVICE.to_owned(), self.device.to_string());
         labels.insert(labels::RELEASE.to_owned(), release);
         labels.insert(labels::SERVICE.to_owned(), spec.name.to_string());
+        if let Some(t) = target {
+            labels.insert(labels::APP.to_owned(), t.app.clone());
+        }
         let proxied = plan::proxied(spec, self.proxy.is_some());
         labels.insert(labels::CONFIG_HASH.to_owned(), plan::config_hash(spec, proxied, &hardware));
         let mut spec_for_engine = spec.clone();
@@ -756,7 +766,78 @@ impl<R: ContainerRuntime> Reconciler<R> {
                     .collect()
             }),
             hardware,
+            networks: target
+                .map(|t| {
+                    spec.release_networks()
+                        .into_iter()
+                        .map(|n| NetworkJoin {
+                            network: crate::objects::network_name(&t.app, &n.name),
+                            aliases: std::iter::once(spec.name.to_string())
+                                .chain(n.aliases)
+                                .collect(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
+    }
+
+    /// Before containers are created: refuses networks and volumes of another app (nothing
+    /// has changed yet), then creates the release networks that are missing.
+    async fn prepare_objects(&self, target: &ReleaseSpec) -> Result<(), StepError> {
+        let networks = self.runtime.networks().await?;
+        let volumes = self.runtime.volumes().await?;
+        let clashes = crate::objects::clashes(&self.device, target, &networks, &volumes);
+        if !clashes.is_empty() {
+            return Err(StepError::Unsatisfiable { problems: clashes });
+        }
+        for (name, labels) in crate::objects::wanted_networks(&self.device, target) {
+            if !networks.iter().any(|n| n.name == name) {
+                self.runtime.create_network(&name, &labels).await?;
+                tracing::info!(network = %name, "created the release network");
+            }
+        }
+        Ok(())
+    }
+
+    /// After an update (or rollback) went through: removes this device's networks the release
+    /// in force does not use. A failure is logged, not fatal: a leftover network harms nothing
+    /// and is tried again after the next update.
+    async fn remove_stale_networks(&self, target: Option<&ReleaseSpec>) {
+        let networks = match self.runtime.networks().await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list networks to remove unused ones");
+                return;
+            }
+        };
+        for name in crate::objects::stale_networks(&self.device, target, &networks) {
+            match self.runtime.remove_network(name).await {
+                Ok(()) => {
+                    tracing::info!(network = %name, "removed a network the release no longer uses")
+                }
+                Err(e) => {
+                    tracing::warn!(network = %name, error = %e, "cannot remove an unused network")
+                }
+            }
+        }
+    }
+
+    /// Deletes the volumes (and data) of apps this device runs no more: not those of the
+    /// release in force, nor of one being updated to. Returns the volumes deleted; a volume a
+    /// container still uses is refused by the engine and reported.
+    pub async fn purge_volumes(&self) -> Result<Vec<String>, StepError> {
+        let desired = self.state.desired()?.and_then(|d| d.release);
+        let proven = self.state.proven()?.and_then(|p| p.release);
+        let keep: Vec<&str> = desired.iter().chain(proven.iter()).map(|r| r.app.as_str()).collect();
+        let volumes = self.runtime.volumes().await?;
+        let mut removed = Vec::new();
+        for name in crate::objects::purgeable_volumes(&self.device, &keep, &volumes) {
+            self.runtime.remove_volume(name).await?;
+            tracing::info!(volume = %name, "purged the volume of an app this device no longer runs");
+            removed.push(name.to_owned());
+        }
+        Ok(removed)
     }
 
     /// The configured login for the registry `image` comes from, if any.

@@ -454,3 +454,65 @@ async fn a_release_needing_absent_hardware_fails_before_anything_changes_and_is_
     let out = f.rec.converge().await.unwrap().unwrap();
     assert_eq!(out.result, UpdateResult::Applied);
 }
+
+// --- Release networks and volumes ---------------------------------------------------------------
+
+/// `release` of another app, `app`, with its web service mounting the named volume `data`.
+fn app_release(app: &str, version: &str, web: &ImageRef) -> ReleaseSpec {
+    let mut r = release(version, web, &image("worker", 1));
+    r.app = app.into();
+    r.id = ReleaseId::new(format!("{app}@{version}")).unwrap();
+    r.services[0].volumes = vec![fleet_proto::release::VolumeMount {
+        source: fleet_proto::release::VolumeSource::Named(format!("{app}_data")),
+        target: "/data".into(),
+        read_only: false,
+    }];
+    r
+}
+
+#[tokio::test]
+async fn services_join_their_apps_network_under_their_names_and_old_networks_go() {
+    let f = fixture();
+    let v1 = app_release("iot", "1", &image("web", 1));
+    f.rec.apply(Origin::Server { generation: 1 }, Some(v1.clone())).await.unwrap();
+    let web = container_name(&device(), &v1.services[0], false);
+    let joined = f.rt.networks_of(&web);
+    assert_eq!(joined.len(), 1);
+    assert_eq!(joined[0].network, "iot_default");
+    // The service name first, then the Compose aliases (the sample's web answers to "ui").
+    assert_eq!(joined[0].aliases, ["web", "ui"]);
+    let nets: Vec<String> = f.rt.networks().await.unwrap().into_iter().map(|n| n.name).collect();
+    assert_eq!(nets, ["iot_default"]);
+
+    // The device moves to another app: its network replaces the old one, which is removed
+    // once the update went through. The old app's volume stays (no purge was asked for).
+    let shop = app_release("shop", "1", &image("web", 2));
+    let out = f.rec.apply(Origin::Server { generation: 2 }, Some(shop)).await.unwrap();
+    assert_eq!(out.result, UpdateResult::Applied);
+    let nets: Vec<String> = f.rt.networks().await.unwrap().into_iter().map(|n| n.name).collect();
+    assert_eq!(nets, ["shop_default"]);
+    let vols: Vec<String> = f.rt.volumes().await.unwrap().into_iter().map(|v| v.name).collect();
+    assert_eq!(vols, ["iot_data", "shop_data"]);
+
+    // A purge deletes only the volumes of apps the device no longer runs.
+    assert_eq!(f.rec.purge_volumes().await.unwrap(), ["iot_data"]);
+    let vols: Vec<String> = f.rt.volumes().await.unwrap().into_iter().map(|v| v.name).collect();
+    assert_eq!(vols, ["shop_data"]);
+    assert!(f.rec.purge_volumes().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_volume_of_another_app_is_a_clash_refused_before_anything_changes() {
+    let f = fixture();
+    let shop = app_release("shop", "1", &image("web", 1));
+    f.rec.apply(Origin::Server { generation: 1 }, Some(shop)).await.unwrap();
+    let before = running_names(&f.rt).await;
+    // An app whose Compose file names its volume exactly like the other app's.
+    let mut iot = app_release("iot", "1", &image("web", 2));
+    iot.services[0].volumes[0].source =
+        fleet_proto::release::VolumeSource::Named("shop_data".into());
+    let out = f.rec.apply(Origin::Server { generation: 2 }, Some(iot)).await.unwrap();
+    let UpdateResult::Failed { reason } = out.result else { panic!("{:?}", out.result) };
+    assert!(reason.contains("volume shop_data holds the data of app shop"), "{reason}");
+    assert_eq!(running_names(&f.rt).await, before, "the running release is untouched");
+}

@@ -85,6 +85,7 @@ impl Device {
             spec,
             port_override: None,
             hardware: Default::default(),
+            networks: vec![],
         }
     }
 

@@ -26,8 +26,9 @@ use bollard::auth::DockerCredentials;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, CreateImageInfo,
-    DeviceMapping as EngineDevice, DeviceRequest, HealthConfig, HealthStatusEnum, HostConfig,
-    Mount, MountTmpfsOptions, MountType, MountVolumeOptions, PortBinding as EngineBinding, PortMap,
+    DeviceMapping as EngineDevice, DeviceRequest, EndpointSettings, HealthConfig, HealthStatusEnum,
+    HostConfig, Mount, MountTmpfsOptions, MountType, MountVolumeOptions, NetworkConnectRequest,
+    NetworkCreateRequest, NetworkingConfig, PortBinding as EngineBinding, PortMap,
     ResourcesUlimits, RestartPolicy as EngineRestart, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
@@ -48,10 +49,11 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::lock::error_chain;
+use crate::objects::EngineObject;
 
 use super::{
-    labels, ContainerRuntime, ContainerStats, CreateRequest, ObservedContainer, PortBinding,
-    ProgressFn, RuntimeError, RuntimeEvent,
+    labels, ContainerRuntime, ContainerStats, CreateRequest, NetworkJoin, ObservedContainer,
+    PortBinding, ProgressFn, RuntimeError, RuntimeEvent,
 };
 
 /// Events buffered between the engine stream and the agent's loop; the loop re-inspects on
@@ -356,7 +358,89 @@ impl ContainerRuntime for DockerRuntime {
         for warning in created.warnings.iter().filter(|w| !w.is_empty()) {
             tracing::warn!(container = %req.name, %warning, "engine warned on create");
         }
+        // Engine API 1.41 (Docker 20.10) joins one network at create; the others are joined
+        // before the container starts, so it never runs with only part of its networks.
+        for join in req.networks.iter().skip(1) {
+            let connect = NetworkConnectRequest {
+                container: created.id.clone(),
+                endpoint_config: Some(endpoint(join)),
+            };
+            if let Err(e) = self.docker.connect_network(&join.network, connect).await {
+                let _ = self.remove(&created.id).await;
+                return Err(self.fail(
+                    "connect",
+                    &format!("container {} to network {}", req.name, join.network),
+                    e,
+                ));
+            }
+        }
         Ok(created.id)
+    }
+
+    async fn networks(&self) -> Result<Vec<EngineObject>, RuntimeError> {
+        let found =
+            self.docker.list_networks(None).await.map_err(|e| self.fail("list", "networks", e))?;
+        Ok(found
+            .into_iter()
+            .filter_map(|n| {
+                Some(EngineObject {
+                    name: n.name?,
+                    labels: n.labels.unwrap_or_default().into_iter().collect(),
+                })
+            })
+            .collect())
+    }
+
+    async fn create_network(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<(), RuntimeError> {
+        let req = NetworkCreateRequest {
+            name: name.to_owned(),
+            driver: Some("bridge".to_owned()),
+            labels: Some(labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+            ..Default::default()
+        };
+        match self.docker.create_network(req).await {
+            Ok(_) => Ok(()),
+            Err(e) if status_of(&e) == Some(409) => Ok(()),
+            Err(e) => Err(self.fail("create", &format!("network {name}"), e)),
+        }
+    }
+
+    async fn remove_network(&self, name: &str) -> Result<(), RuntimeError> {
+        match self.docker.remove_network(name).await {
+            Ok(()) => Ok(()),
+            Err(e) if status_of(&e) == Some(404) => Ok(()),
+            Err(e) => Err(self.fail("remove", &format!("network {name}"), e)),
+        }
+    }
+
+    async fn volumes(&self) -> Result<Vec<EngineObject>, RuntimeError> {
+        let found = self
+            .docker
+            .list_volumes(None::<bollard::query_parameters::ListVolumesOptions>)
+            .await
+            .map_err(|e| self.fail("list", "volumes", e))?;
+        Ok(found
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| EngineObject { name: v.name, labels: v.labels.into_iter().collect() })
+            .collect())
+    }
+
+    async fn remove_volume(&self, name: &str) -> Result<(), RuntimeError> {
+        match self
+            .docker
+            .remove_volume(name, None::<bollard::query_parameters::RemoveVolumeOptions>)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if status_of(&e) == Some(404) => Ok(()),
+            Err(e) => Err(self.fail("remove", &format!("volume {name}"), e)),
+        }
     }
 
     async fn start(&self, id: &str) -> Result<(), RuntimeError> {
@@ -813,7 +897,12 @@ fn port_map(req: &CreateRequest) -> BTreeMap<String, Vec<EngineBinding>> {
     map
 }
 
-fn mount(v: &VolumeMount, volume_labels: &HashMap<String, String>) -> Mount {
+/// The endpoint of a container on one network: the names it answers to there.
+fn endpoint(join: &NetworkJoin) -> EndpointSettings {
+    EndpointSettings { aliases: Some(join.aliases.clone()), ..Default::default() }
+}
+
+fn mount(v: &VolumeMount, req: &CreateRequest) -> Mount {
     let base = Mount {
         target: Some(v.target.clone()),
         read_only: Some(v.read_only),
@@ -823,9 +912,10 @@ fn mount(v: &VolumeMount, volume_labels: &HashMap<String, String>) -> Mount {
         VolumeSource::Named(name) => Mount {
             typ: Some(MountType::VOLUME),
             source: Some(name.clone()),
-            // Applied only when the engine creates the volume: marks it as the agent's.
-            volume_options: (!volume_labels.is_empty()).then(|| MountVolumeOptions {
-                labels: Some(volume_labels.clone()),
+            // Applied only when the engine creates the volume: marks it as the agent's, the
+            // app's and the device's, which purges and clash checks read.
+            volume_options: Some(MountVolumeOptions {
+                labels: Some(super::volume_labels(req, name).into_iter().collect()),
                 ..Default::default()
             }),
             ..base
@@ -857,11 +947,7 @@ fn container_body(req: &CreateRequest) -> ContainerCreateBody {
     let exposed: Vec<String> = ports.keys().cloned().collect();
     let port_bindings: PortMap = ports.into_iter().map(|(k, v)| (k, Some(v))).collect();
 
-    let volume_labels: HashMap<String, String> = [labels::MANAGED_BY, labels::DEVICE]
-        .into_iter()
-        .filter_map(|k| req.labels.get(k).map(|v| (k.to_owned(), v.clone())))
-        .collect();
-    let mut mounts: Vec<Mount> = spec.volumes.iter().map(|v| mount(v, &volume_labels)).collect();
+    let mut mounts: Vec<Mount> = spec.volumes.iter().map(|v| mount(v, req)).collect();
     // Pseudo-terminals cannot be mapped with `devices` (the container gets its own devpts):
     // the node is bind-mounted and allowed by a cgroup rule instead.
     mounts.extend(hw.binds.iter().map(|b| Mount {
@@ -970,12 +1056,16 @@ fn container_body(req: &CreateRequest) -> ContainerCreateBody {
         })
         .collect();
 
-    let network_mode = match spec.network_mode {
-        // The per-release network does not exist yet: the default bridge stands in for it.
-        NetworkMode::Release => "bridge",
-        NetworkMode::Host => "host",
-        NetworkMode::None => "none",
+    let network_mode = match (spec.network_mode, req.networks.first()) {
+        (NetworkMode::Release, Some(first)) => first.network.as_str(),
+        // A request built without its networks (never by the reconciler): the engine's bridge.
+        (NetworkMode::Release, None) => "bridge",
+        (NetworkMode::Host, _) => "host",
+        (NetworkMode::None, _) => "none",
     };
+    let networking_config = req.networks.first().map(|first| NetworkingConfig {
+        endpoints_config: Some(HashMap::from([(first.network.clone(), endpoint(first))])),
+    });
 
     let host_config = HostConfig {
         network_mode: Some(network_mode.to_owned()),
@@ -1016,6 +1106,7 @@ fn container_body(req: &CreateRequest) -> ContainerCreateBody {
         exposed_ports: (!exposed.is_empty()).then_some(exposed),
         healthcheck,
         host_config: Some(host_config),
+        networking_config,
         ..Default::default()
     }
 }
@@ -1092,7 +1183,39 @@ mod tests {
             spec,
             port_override: None,
             hardware: Default::default(),
+            networks: vec![],
         }
+    }
+
+    #[test]
+    fn a_container_joins_its_first_release_network_at_create_under_its_names() {
+        let mut req = request();
+        req.labels.insert(labels::APP.to_owned(), "robot-stack".to_owned());
+        req.networks = vec![
+            NetworkJoin {
+                network: "robot-stack_default".to_owned(),
+                aliases: vec!["web".to_owned(), "ui".to_owned()],
+            },
+            NetworkJoin {
+                network: "robot-stack_backend".to_owned(),
+                aliases: vec!["web".to_owned()],
+            },
+        ];
+        let body = container_body(&req);
+        let host = body.host_config.unwrap();
+        assert_eq!(host.network_mode.as_deref(), Some("robot-stack_default"));
+        let endpoints = body.networking_config.unwrap().endpoints_config.unwrap();
+        // One network at create (API 1.41); the second is connected before the start.
+        assert_eq!(endpoints.len(), 1);
+        assert_eq!(
+            endpoints["robot-stack_default"].aliases.as_deref(),
+            Some(&["web".to_owned(), "ui".to_owned()][..])
+        );
+        // The engine creates the named volume with the app's and the volume's labels.
+        let mounts = host.mounts.unwrap();
+        let vol = mounts[0].volume_options.as_ref().unwrap().labels.clone().unwrap();
+        assert_eq!(vol[labels::APP], "robot-stack");
+        assert_eq!(vol[labels::VOLUME], "maps");
     }
 
     /// The engine options each fixture robot's hardware becomes: what `docker run` flags a

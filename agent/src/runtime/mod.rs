@@ -35,6 +35,12 @@ pub mod labels {
     pub const CONFIG_HASH: &str = "io.fleet.config-hash";
     /// The value of [`MANAGED_BY`].
     pub const MANAGED_BY_VALUE: &str = "fleet-agent";
+    /// The app a network or volume belongs to (the release's `app`).
+    pub const APP: &str = "io.fleet.app";
+    /// A network's name within its app's release (`default`, `backend`).
+    pub const NETWORK: &str = "io.fleet.network";
+    /// A volume's name, on the volumes the agent has the engine create.
+    pub const VOLUME: &str = "io.fleet.volume";
 }
 
 /// What to create: the service as the release describes it, plus the agent's decisions.
@@ -53,6 +59,30 @@ pub struct CreateRequest {
     /// The service's hardware, already resolved against this host by
     /// [`crate::hardware::map`]: device nodes, cgroup rules, GPUs, runtime, groups.
     pub hardware: crate::hardware::HardwareMapping,
+    /// The release networks to join (engine names), the first at create, with the DNS names
+    /// the container answers to on each (its service name first). Empty outside network_mode
+    /// `Release`.
+    pub networks: Vec<NetworkJoin>,
+}
+
+/// The labels a named volume gets when the engine creates it for `req`'s container: the
+/// agent's, the device's and the app's (from the container's labels), and its own name.
+pub fn volume_labels(req: &CreateRequest, volume: &str) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, String> = [labels::MANAGED_BY, labels::DEVICE, labels::APP]
+        .into_iter()
+        .filter_map(|k| req.labels.get(k).map(|v| (k.to_owned(), v.clone())))
+        .collect();
+    out.insert(labels::VOLUME.to_owned(), volume.to_owned());
+    out
+}
+
+/// A network a new container joins, and the names it answers to there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkJoin {
+    /// The network's engine name (`<app>_<name>`).
+    pub network: String,
+    /// DNS names on it: the service name, then the service's aliases.
+    pub aliases: Vec<String>,
 }
 
 /// One host device node mapped into a container.
@@ -281,4 +311,24 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// engine's event stream ends; the caller then resyncs with `list` and subscribes again.
     /// Watching events is how the agent stays idle without polling the engine.
     fn events(&self, device: &DeviceId) -> tokio::sync::mpsc::Receiver<RuntimeEvent>;
+    /// Every network on the engine (a clash can come from anything of the same name).
+    fn networks(
+        &self,
+    ) -> impl Future<Output = Result<Vec<crate::objects::EngineObject>, RuntimeError>> + Send;
+    /// Creates a bridge network with these labels. One of that name existing already is not
+    /// an error (the caller checked whose it is).
+    fn create_network(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Removes a network; one that is gone already is not an error.
+    fn remove_network(&self, name: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Every volume on the engine.
+    fn volumes(
+        &self,
+    ) -> impl Future<Output = Result<Vec<crate::objects::EngineObject>, RuntimeError>> + Send;
+    /// Deletes a volume and its data; one that is gone already is not an error. A volume a
+    /// container still uses is refused by the engine.
+    fn remove_volume(&self, name: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 }

@@ -40,6 +40,19 @@ struct SimContainer {
     stats_calls: u64,
     /// The hardware it was created with.
     hardware: crate::hardware::HardwareMapping,
+    /// The named volumes it mounts.
+    volumes: Vec<String>,
+    /// The networks it joined, with its names there.
+    networks: Vec<crate::runtime::NetworkJoin>,
+}
+
+fn objects(map: &BTreeMap<String, BTreeMap<String, String>>) -> Vec<crate::objects::EngineObject> {
+    map.iter()
+        .map(|(name, labels)| crate::objects::EngineObject {
+            name: name.clone(),
+            labels: labels.clone(),
+        })
+        .collect()
 }
 
 #[derive(Debug, Default)]
@@ -52,6 +65,9 @@ struct SimState {
     calls: Vec<String>,
     free_disk: Option<u64>,
     unreachable: bool,
+    /// Networks and volumes by name, with their labels.
+    networks: BTreeMap<String, BTreeMap<String, String>>,
+    volumes: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 /// The simulated engine.
@@ -74,6 +90,16 @@ impl SimRuntime {
     /// Every mutating call so far, e.g. `create fleet-d-web-…`, `stop fleet-d-web-…`.
     pub fn calls(&self) -> Vec<String> {
         self.lock().calls.clone()
+    }
+
+    /// The networks container `name` joined, with its DNS names on each.
+    pub fn networks_of(&self, name: &str) -> Vec<crate::runtime::NetworkJoin> {
+        let s = self.lock();
+        s.containers
+            .values()
+            .find(|c| c.observed.name == name)
+            .map(|c| c.networks.clone())
+            .unwrap_or_default()
     }
 
     /// Makes every engine call fail as if the engine were down (`true`) or answer again.
@@ -234,6 +260,16 @@ impl ContainerRuntime for SimRuntime {
                 message: "name already in use".to_owned(),
             });
         }
+        if let Some(missing) = req.networks.iter().find(|n| !s.networks.contains_key(&n.network)) {
+            return Err(RuntimeError::NotFound { what: format!("network {}", missing.network) });
+        }
+        // Named volumes come into being with their first container, as on Docker.
+        for v in &req.spec.volumes {
+            if let fleet_proto::release::VolumeSource::Named(name) = &v.source {
+                let labels = crate::runtime::volume_labels(req, name);
+                s.volumes.entry(name.clone()).or_insert(labels);
+            }
+        }
         let behavior = s.registry.get(&image).map_or(ImageBehavior::Healthy, |(b, _)| *b);
         s.next_id += 1;
         let id = format!("sim{:012x}", s.next_id);
@@ -252,8 +288,20 @@ impl ContainerRuntime for SimRuntime {
         };
         s.calls.push(format!("create {}", req.name));
         let hardware = req.hardware.clone();
-        s.containers
-            .insert(id.clone(), SimContainer { observed, behavior, stats_calls: 0, hardware });
+        let volumes = req
+            .spec
+            .volumes
+            .iter()
+            .filter_map(|v| match &v.source {
+                fleet_proto::release::VolumeSource::Named(n) => Some(n.clone()),
+                _ => None,
+            })
+            .collect();
+        let networks = req.networks.clone();
+        s.containers.insert(
+            id.clone(),
+            SimContainer { observed, behavior, stats_calls: 0, hardware, volumes, networks },
+        );
         Ok(id)
     }
 
@@ -346,6 +394,56 @@ impl ContainerRuntime for SimRuntime {
             }
         };
         Ok(lines.into_iter().rev().take(tail).rev().collect())
+    }
+
+    async fn networks(&self) -> Result<Vec<crate::objects::EngineObject>, RuntimeError> {
+        self.reachable()?;
+        Ok(objects(&self.lock().networks))
+    }
+
+    async fn create_network(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<(), RuntimeError> {
+        self.reachable()?;
+        let mut s = self.lock();
+        if !s.networks.contains_key(name) {
+            s.calls.push(format!("create network {name}"));
+            s.networks.insert(name.to_owned(), labels.clone());
+        }
+        Ok(())
+    }
+
+    async fn remove_network(&self, name: &str) -> Result<(), RuntimeError> {
+        self.reachable()?;
+        let mut s = self.lock();
+        if s.networks.remove(name).is_some() {
+            s.calls.push(format!("remove network {name}"));
+        }
+        Ok(())
+    }
+
+    async fn volumes(&self) -> Result<Vec<crate::objects::EngineObject>, RuntimeError> {
+        self.reachable()?;
+        Ok(objects(&self.lock().volumes))
+    }
+
+    async fn remove_volume(&self, name: &str) -> Result<(), RuntimeError> {
+        self.reachable()?;
+        let mut s = self.lock();
+        let in_use = s.containers.values().any(|c| c.volumes.iter().any(|v| v == name));
+        if in_use {
+            return Err(RuntimeError::Engine {
+                op: format!("remove volume {name}"),
+                status: Some(409),
+                message: "volume is in use".to_owned(),
+            });
+        }
+        if s.volumes.remove(name).is_some() {
+            s.calls.push(format!("remove volume {name}"));
+        }
+        Ok(())
     }
 
     fn events(&self, device: &DeviceId) -> mpsc::Receiver<RuntimeEvent> {

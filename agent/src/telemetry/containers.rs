@@ -366,6 +366,7 @@ mod tests {
             spec,
             port_override: None,
             hardware: Default::default(),
+            networks: vec![],
         };
         let id = rt.create(&req).await.unwrap();
         rt.start(&id).await.unwrap();
