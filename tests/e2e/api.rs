@@ -383,3 +383,170 @@ async fn a_backup_through_the_api_restores_into_a_new_server() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("already holds a store"));
     fleet.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn variables_resolve_by_precedence_retarget_only_changed_devices_and_bad_ones_change_nothing()
+{
+    let env = TestEnv::load();
+    let mut fleet = SimFleet::start().await;
+    fleet.enroll("r1", &[("site", "depot")]).await;
+    fleet.enroll("r2", &[("site", "lab")]).await;
+    let (code, body) = fleet
+        .api("POST", "/api/v1/groups", Some(json!({ "name": "depot", "selector": "site=depot" })))
+        .await;
+    assert_eq!(code, 201, "{body}");
+    let compose = |default: &str| {
+        format!(
+            "services:\n  web:\n    image: {tag}\n    ports: [\"${{PORT:-8080}}:80\"]\n    environment:\n      GREETING: ${{GREETING{default}}}\n  worker:\n    image: {tag}\n",
+            tag = env.image("web:1").tag
+        )
+    };
+
+    // An undefined variable without a default: refused with its name and the fix.
+    let (code, body) = fleet
+        .api(
+            "POST",
+            "/api/v1/releases",
+            Some(json!({ "app": "v", "version": "1", "compose": compose("") })),
+        )
+        .await;
+    assert_eq!(code, 422, "{body}");
+    assert_eq!(body["errors"][0]["path"], "services.web.environment.GREETING", "{body}");
+    let reason = body["errors"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("fleetctl var set GREETING VALUE"), "{body}");
+
+    // A fleet-wide value makes it resolve; the release stores the fleet's render.
+    let (code, body) =
+        fleet.api("PUT", "/api/v1/variables/GREETING", Some(json!({ "value": "hello" }))).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["retargeted"], json!([]), "no device runs anything yet: {body}");
+    let (code, release) = fleet
+        .api(
+            "POST",
+            "/api/v1/releases",
+            Some(json!({ "app": "v", "version": "1", "compose": compose("") })),
+        )
+        .await;
+    assert_eq!(code, 201, "{release}");
+    assert_eq!(release["spec"]["services"][0]["env"]["GREETING"], "hello");
+    let generation = |fleet: &SimFleet, id: &'static str| {
+        let api = fleet.api.clone();
+        let token = fleet.token.clone();
+        async move {
+            let (_, d) =
+                api_call(&api, &token, "GET", &format!("/api/v1/devices/{id}"), None).await;
+            d["device"]["desired_generation"].as_u64().or(d["desired_generation"].as_u64()).unwrap()
+        }
+    };
+    for id in ["r1", "r2"] {
+        let (code, body) = fleet
+            .api(
+                "PUT",
+                &format!("/api/v1/devices/{id}/desired"),
+                Some(json!({ "release": release["spec"] })),
+            )
+            .await;
+        assert_eq!(code, 200, "{body}");
+    }
+    let (g1, g2) = (generation(&fleet, "r1").await, generation(&fleet, "r2").await);
+
+    // A group value that breaks the port on the group's device: 422 naming the device and
+    // the Compose path; nothing stored, nobody re-targeted.
+    let (code, body) = fleet
+        .api("PUT", "/api/v1/variables/PORT", Some(json!({ "value": "99999", "group": "depot" })))
+        .await;
+    assert_eq!(code, 422, "{body}");
+    assert!(detail(&body).contains("r1") && !detail(&body).contains("r2"), "{body}");
+    assert!(
+        body["errors"][0]["path"].as_str().unwrap().starts_with("services.web.ports"),
+        "{body}"
+    );
+    let (_, list) = fleet.api("GET", "/api/v1/variables", None).await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1, "only GREETING: {list}");
+    assert_eq!((generation(&fleet, "r1").await, generation(&fleet, "r2").await), (g1, g2));
+
+    // A group+service value: exactly the group's device gets a new generation.
+    let (code, body) = fleet
+        .api(
+            "PUT",
+            "/api/v1/variables/GREETING",
+            Some(json!({ "value": "moin", "group": "depot", "service": "web" })),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["retargeted"], json!(["r1"]), "{body}");
+    assert_eq!(body["unchanged"], 0, "{body}");
+    assert!(generation(&fleet, "r1").await > g1);
+    assert_eq!(generation(&fleet, "r2").await, g2);
+    // Where each value comes from: the service's own row where it differs.
+    let (code, resolved) = fleet.api("GET", "/api/v1/variables?device=r1", None).await;
+    assert_eq!(code, 200, "{resolved}");
+    let rows = resolved["items"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{resolved}");
+    assert_eq!(
+        (&rows[0]["service"], &rows[0]["value"], &rows[0]["origin"]),
+        (&Value::Null, &json!("hello"), &json!({})),
+        "{resolved}"
+    );
+    assert_eq!(
+        (&rows[1]["service"], &rows[1]["value"]),
+        (&json!("web"), &json!("moin")),
+        "{resolved}"
+    );
+    let (_, on_r2) = fleet.api("GET", "/api/v1/variables?device=r2", None).await;
+    assert_eq!(on_r2["items"].as_array().unwrap().len(), 1, "r2 is not in depot: {on_r2}");
+    // A device value beats the group's, even the group's service-scoped one.
+    let (code, body) = fleet
+        .api(
+            "PUT",
+            "/api/v1/variables/GREETING",
+            Some(json!({ "value": "servus", "device": "r1" })),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["retargeted"], json!(["r1"]), "{body}");
+    let (_, for_web) = fleet.api("GET", "/api/v1/variables?device=r1&service=web", None).await;
+    assert_eq!(for_web["items"][0]["value"], "servus", "{for_web}");
+    assert_eq!(for_web["items"][0]["origin"], json!({ "device": "r1" }), "{for_web}");
+    assert_eq!(
+        for_web["items"][0]["overridden"],
+        json!([{}, { "group": "depot", "service": "web" }]),
+        "{for_web}"
+    );
+
+    // Refusals name the field and change nothing.
+    for (name, body, code) in [
+        ("FLEET_X", json!({ "value": "1" }), 422),
+        ("9X", json!({ "value": "1" }), 422),
+        ("BIG", json!({ "value": "x".repeat(32 * 1024 + 1) }), 422),
+        ("NUL", json!({ "value": "a\u{0}b" }), 422),
+        ("G", json!({ "value": "1", "group": "nope" }), 404),
+        ("D", json!({ "value": "1", "device": "nope" }), 404),
+        ("B", json!({ "value": "1", "group": "depot", "device": "r1" }), 422),
+    ] {
+        let (got, answer) =
+            fleet.api("PUT", &format!("/api/v1/variables/{name}"), Some(body)).await;
+        assert_eq!(got, code, "{name}: {answer}");
+    }
+    let (code, body) = fleet.api("DELETE", "/api/v1/variables/NOPE", None).await;
+    assert_eq!(code, 404, "{body}");
+
+    // Unset: the device falls back, and only it is re-targeted.
+    let (code, body) = fleet.api("DELETE", "/api/v1/variables/GREETING?device=r1", None).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["retargeted"], json!(["r1"]), "{body}");
+    // The audit says who set what where, never the value.
+    let (_, audit) = fleet.api("GET", "/api/v1/audit?limit=50", None).await;
+    let lines: Vec<&Value> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"].as_str().unwrap().starts_with("var."))
+        .collect();
+    assert_eq!(lines.len(), 4, "GREETING fleet, group+web, device, unset: {audit}");
+    assert!(
+        lines.iter().all(|e| !e.to_string().contains("servus") && !e.to_string().contains("moin")),
+        "{audit}"
+    );
+    fleet.stop().await;
+}

@@ -294,10 +294,21 @@ async fn from_compose(
             ),
         ));
     }
-    let parsed =
-        crate::compose::Compose::parse(compose.as_bytes(), &BTreeMap::new()).map_err(|p| {
-            Problem::invalid("the Compose file was refused; nothing was stored", to_problems(p))
-        })?;
+    // The stored release is the fleet-wide render; devices get theirs from their variables
+    // (crate::variables), so a reference must resolve with the fleet's values alone.
+    let fleet_vars = crate::variables::VarIndex::new(api.store.variables()?, &[]).fleet_common();
+    let parsed = crate::compose::Compose::parse(compose.as_bytes(), &fleet_vars).map_err(|p| {
+        let hinted = p
+            .into_iter()
+            .map(|mut p| {
+                if let Some(name) = unset_variable(&p.reason) {
+                    p.reason = format!("{}, or set a fleet-wide value first: `fleetctl var set {name} VALUE` (group and device values then override it per device)", p.reason);
+                }
+                p
+            })
+            .collect();
+        Problem::invalid("the Compose file was refused; nothing was stored", to_problems(hinted))
+    })?;
     let uses = parsed.images();
     let mut lookups = tokio::task::JoinSet::new();
     let distinct: std::collections::BTreeSet<String> =
@@ -351,4 +362,11 @@ async fn from_compose(
         })
         .collect();
     Ok((spec, images))
+}
+
+/// The name in an interpolation error about an unset variable without a default.
+fn unset_variable(reason: &str) -> Option<&str> {
+    let rest = reason.strip_prefix("variable ")?;
+    let (name, tail) = rest.split_once(' ')?;
+    tail.starts_with("is not set; give a default").then_some(name)
 }

@@ -35,6 +35,7 @@ mod fleet;
 mod openapi;
 pub mod problem;
 mod rollouts;
+mod variables;
 
 pub use admin::{write_crl, TokenRequest, TokenResponse};
 pub use devices::{
@@ -44,6 +45,7 @@ pub use devices::{
 pub use fleet::{GroupRequest, ReleaseRequest};
 pub use problem::{FieldProblem, Problem};
 pub use rollouts::RolloutView;
+pub use variables::{ResolvedView, VariableChange, VariableList, VariableRequest};
 
 /// What the API handlers share.
 #[derive(Clone)]
@@ -140,6 +142,9 @@ routes! {
     "POST" "/api/v1/rollouts/{id}/resume" O, "Resume a paused rollout.", None => "RolloutView";
     "POST" "/api/v1/rollouts/{id}/abort" O, "End a rollout where it stands.", None => "RolloutView";
     "POST" "/api/v1/rollouts/{id}/rollback" O, "Send a rollout's devices back to their previous release.", None => "RolloutView";
+    "GET" "/api/v1/variables" V, "Variables, paged; ?group=, ?service= filter; ?device=ID gives its resolved values and where each came from.", None => "VariableList";
+    "PUT" "/api/v1/variables/{name}" O, "Set a variable for the fleet, a group or a device (optionally one service); re-targets the devices whose release changes.", Some("VariableRequest") => "VariableChange";
+    "DELETE" "/api/v1/variables/{name}" O, "Unset a variable in the scope ?group=&device=&service=; re-targets the devices whose release changes.", None => "VariableChange";
     "GET" "/api/v1/tokens" A, "Every API token (names and roles, never secrets).", None => "TokenRecord[]";
     "POST" "/api/v1/tokens" A, "Create a token; its secret is shown once.", Some("TokenRequest") => "TokenResponse";
     "DELETE" "/api/v1/tokens/{name}" A, "Revoke a token.", None => "TokenRecord";
@@ -169,6 +174,8 @@ pub fn router(api: Api) -> Router {
         .route("/api/v1/rollouts", get(rollouts::list).post(rollouts::create))
         .route("/api/v1/rollouts/{id}", get(rollouts::show))
         .route("/api/v1/rollouts/{id}/{command}", post(rollouts::command))
+        .route("/api/v1/variables", get(variables::list))
+        .route("/api/v1/variables/{name}", put(variables::set).delete(variables::unset))
         .route("/api/v1/tokens", get(admin::list_tokens).post(admin::create_token))
         .route("/api/v1/tokens/{name}", axum::routing::delete(admin::revoke_token))
         .route("/api/v1/audit", get(admin::audit))
