@@ -200,6 +200,13 @@ enum DeviceVerb {
         /// Device id.
         id: String,
     },
+    /// Delete the named volumes, and their data, of apps a device no longer runs; the volumes of
+    /// the release in force (and of one being rolled out) are never touched
+    /// (example: fleetctl device purge robot-7).
+    Purge {
+        /// Device id.
+        id: String,
+    },
     /// Events a device reported, oldest first (example: fleetctl device events robot-7).
     Events {
         /// Device id.
@@ -640,6 +647,7 @@ fn device(cli: &Cli, client: &Client, verb: &DeviceVerb) -> Result<(), Failure> 
             command(cli, client, id, CommandAction::FetchLogs { service, tail: *tail })?;
         }
         DeviceVerb::Reboot { id } => command(cli, client, id, CommandAction::Reboot)?,
+        DeviceVerb::Purge { id } => command(cli, client, id, CommandAction::PurgeVolumes)?,
         DeviceVerb::Events { id } => {
             let events: Vec<fleet_proto::Event> =
                 client.get(&format!("/api/v1/devices/{id}/events"))?;
