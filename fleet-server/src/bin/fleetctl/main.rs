@@ -7,6 +7,7 @@
 
 mod client;
 mod show;
+mod var;
 mod watch;
 
 use std::collections::BTreeMap;
@@ -45,6 +46,7 @@ use show::{ago, table, utc};
 ///   fleetctl rollout plan robot-stack@1.4.2 --target depot
 ///   fleetctl rollout create robot-stack@1.4.2 --target depot --waves 1,10%,100% --watch
 ///   fleetctl device pin robot-7 robot-stack@1.4.1 --reason "bench: lidar driver" --until 2d
+///   fleetctl var set SITE berlin --group depot
 ///
 /// Exit codes: 0 ok, 1 usage or input error, 2 refused by the server, 3 the rollout or
 /// device watched ended unhealthy, 4 timed out, 5 server unreachable.
@@ -82,6 +84,9 @@ enum Noun {
     /// Staged rollouts across devices, with health gates.
     #[command(subcommand)]
     Rollout(RolloutVerb),
+    /// Variables per fleet, group or device (and service): environment and ${NAME} in releases.
+    #[command(subcommand)]
+    Var(var::VarVerb),
     /// API tokens with roles viewer, operator, admin.
     #[command(subcommand)]
     Token(TokenVerb),
@@ -452,6 +457,7 @@ fn run(cli: &Cli, client: &Client) -> Result<(), Failure> {
         Noun::Group(verb) => group(cli, client, verb),
         Noun::Release(verb) => release(cli, client, verb),
         Noun::Rollout(verb) => rollout(cli, client, verb),
+        Noun::Var(verb) => var::var(cli.json, client, verb),
         Noun::Token(verb) => token(cli, client, verb),
         Noun::Audit { since, limit } => {
             let since = show::parse_time(since, true).map_err(Failure::usage)?;
