@@ -29,7 +29,9 @@ impl Drop for Agent {
         let _ = Command::new("sh")
             .args([
                 "-c",
-                &format!("docker ps -aq --filter {filter} | xargs -r docker rm -f >/dev/null 2>&1"),
+                // Then the networks and volumes the agent made for this device (volumes only
+                // once no container holds them).
+                &format!("docker ps -aq --filter {filter} | xargs -r docker rm -f >/dev/null 2>&1; docker network ls -q --filter {filter} | xargs -r docker network rm >/dev/null 2>&1; docker volume ls -q --filter {filter} | xargs -r docker volume rm >/dev/null 2>&1"),
             ])
             .status();
     }

@@ -8,7 +8,7 @@ registry=${1:?usage: build.sh REGISTRY WORKDIR}
 work=${2:?usage: build.sh REGISTRY WORKDIR}
 docker=${DOCKER:-docker}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-names=(web unhealthy crash memhog)
+names=(web unhealthy crash memhog broker)
 versions=(1 2)
 export DOCKER_BUILDKIT=0 # legacy builder: no BuildKit daemon/frontend image needed (nothing can be pulled here)
 
@@ -36,6 +36,19 @@ chmod 1777 "$ctx/rootfs/tmp"
 ln -s ../version "$ctx/rootfs/www/version"
 cp "$here/base/Dockerfile" "$ctx/Dockerfile"
 
+# broker: Debian's mosquitto binaries and every shared library they load, copied beside the
+# Dockerfile (the registry-only machine cannot pull an eclipse-mosquitto image).
+broker_ctx=$work/broker
+rm -rf "$broker_ctx"
+mkdir -p "$broker_ctx/rootfs"
+cp "$here/broker/Dockerfile" "$here/broker/mosquitto.conf" "$broker_ctx/"
+for bin in /usr/sbin/mosquitto /usr/bin/mosquitto_pub /usr/bin/mosquitto_sub; do
+  for f in "$bin" $(ldd "$bin" | grep -o '/[^ ]*'); do
+    mkdir -p "$broker_ctx/rootfs$(dirname "$f")"
+    cp -L "$f" "$broker_ctx/rootfs$f"
+  done
+done
+
 for v in "${versions[@]}"; do
   printf '%s' "$v" >"$ctx/version"
   echo "== base $v"
@@ -43,7 +56,9 @@ for v in "${versions[@]}"; do
   for name in "${names[@]}"; do
     tag=$registry/fleet-test/$name:$v
     echo "== $tag"
-    "$docker" build --build-arg "BASE=fleet-test/base:$v" -t "$tag" "$here/$name"
+    ctx_of=$here/$name
+    [[ $name != broker ]] || ctx_of=$broker_ctx
+    "$docker" build --build-arg "BASE=fleet-test/base:$v" -t "$tag" "$ctx_of"
     "$docker" push "$tag"
   done
 done
