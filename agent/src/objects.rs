@@ -1,8 +1,10 @@
 //! The engine objects a release needs besides its containers: its bridge networks and its named
 //! volumes. Pure decisions over what the engine shows; [`crate::reconcile`] does the I/O.
 //!
-//! * **Networks** belong to one app on one device: `<app>_<name>` (Compose's naming), labelled
-//!   with the agent, device, app and network name. Every service on the release network joins
+//! * **Networks** belong to one app on one device: `<device>_<app>_<name>` (Compose's
+//!   `<project>_<name>` with the device in front, so that several agents sharing one engine, as
+//!   the simulator and the tests do, never share a network), labelled with the agent, device,
+//!   app and network name. Every service on the release network joins
 //!   `default` unless it lists its own, and answers there to its service name and its aliases,
 //!   so services reach each other by name exactly as under Compose. Networks the release in
 //!   force does not use are removed once an update has gone through (or rolled back).
@@ -10,8 +12,10 @@
 //!   the agent, device, app and volume name; they outlive every container, so data survives
 //!   updates and rollbacks. They are deleted only by an explicit purge, and only those of apps
 //!   the device no longer runs.
-//! * **Ownership**: a network or volume the release would use that belongs to another app (or,
-//!   for a network, to nobody the agent knows) is a clash, refused before anything changes.
+//! * **Ownership**: a network of another device or app, a network of that name that is not
+//!   Fleet's, or a volume holding another app's data is a clash, refused before anything
+//!   changes. (Agents of the same app sharing one engine share its volumes, as containers of
+//!   one Compose project would.)
 //! * **Bind mounts** of host paths are allowed only under the directories the agent's
 //!   configuration lists (`[volumes] allowed_host_paths`).
 
@@ -42,9 +46,9 @@ impl EngineObject {
     }
 }
 
-/// The engine name of release network `network` of `app`.
-pub fn network_name(app: &str, network: &str) -> String {
-    format!("{app}_{network}")
+/// The engine name of release network `network` of `app` on `device`.
+pub fn network_name(device: &DeviceId, app: &str, network: &str) -> String {
+    format!("{device}_{app}_{network}")
 }
 
 /// The labels of an object the agent creates for `app` on `device`: `kind` is
@@ -74,7 +78,7 @@ pub fn wanted_networks(
         .flat_map(|s| s.release_networks())
         .map(|n| {
             (
-                network_name(&release.app, &n.name),
+                network_name(device, &release.app, &n.name),
                 object_labels(device, &release.app, labels::NETWORK, &n.name),
             )
         })
@@ -127,10 +131,7 @@ pub fn clashes(
     }
     for name in wanted_volumes(release) {
         let Some(found) = volumes.iter().find(|v| v.name == name) else { continue };
-        if found.is_fleets()
-            && (found.label(labels::APP).is_some_and(|a| a != release.app)
-                || found.label(labels::DEVICE).is_some_and(|d| d != device.as_str()))
-        {
+        if found.is_fleets() && found.label(labels::APP).is_some_and(|a| a != release.app) {
             problems.push(format!("volume {name} holds the data of {}; give this app's volume another name, or purge the other app's data (fleetctl device purge)", owner(found)));
         }
     }
@@ -254,9 +255,12 @@ mod tests {
         lidar.network_mode = NetworkMode::Host;
         let r = release("iot", vec![mqtt, service("gateway"), lidar]);
         let wanted = wanted_networks(&device(), &r);
-        assert_eq!(wanted.keys().collect::<Vec<_>>(), ["iot_backend", "iot_default"]);
-        assert_eq!(wanted["iot_backend"][labels::NETWORK], "backend");
-        assert_eq!(wanted["iot_backend"][labels::APP], "iot");
+        assert_eq!(
+            wanted.keys().collect::<Vec<_>>(),
+            ["robot-1_iot_backend", "robot-1_iot_default"]
+        );
+        assert_eq!(wanted["robot-1_iot_backend"][labels::NETWORK], "backend");
+        assert_eq!(wanted["robot-1_iot_backend"][labels::APP], "iot");
     }
 
     #[test]
@@ -264,21 +268,22 @@ mod tests {
         let mut s = service("db");
         s.volumes = vec![named("iot_data"), named("legacy")];
         let r = release("iot", vec![s]);
-        let networks = [object("iot_default", "other", labels::NETWORK)];
+        let networks = [object("robot-1_iot_default", "other", labels::NETWORK)];
         let volumes = [
             object("iot_data", "other", labels::VOLUME),
             EngineObject { name: "legacy".into(), labels: BTreeMap::new() },
         ];
         let problems = clashes(&device(), &r, &networks, &volumes);
         assert_eq!(problems.len(), 2, "{problems:?}");
-        assert!(problems[0].contains("network iot_default belongs to app other"));
+        assert!(problems[0].contains("network robot-1_iot_default belongs to app other"));
         assert!(problems[1].contains("volume iot_data holds the data of app other"));
         // The app's own objects are no clash; an unlabelled network is.
-        let own = [object("iot_default", "iot", labels::NETWORK)];
+        let own = [object("robot-1_iot_default", "iot", labels::NETWORK)];
         assert!(
             clashes(&device(), &r, &own, &[object("iot_data", "iot", labels::VOLUME)]).is_empty()
         );
-        let foreign = [EngineObject { name: "iot_default".into(), labels: BTreeMap::new() }];
+        let foreign =
+            [EngineObject { name: "robot-1_iot_default".into(), labels: BTreeMap::new() }];
         assert!(clashes(&device(), &r, &foreign, &[])[0].contains("not Fleet's"));
     }
 
@@ -288,13 +293,16 @@ mod tests {
         let mut elsewhere = object("iot_old", "iot", labels::NETWORK);
         elsewhere.labels.insert(labels::DEVICE.into(), "robot-2".into());
         let networks = [
-            object("iot_default", "iot", labels::NETWORK),
-            object("iot_backend", "iot", labels::NETWORK),
-            object("shop_default", "shop", labels::NETWORK),
+            object("robot-1_iot_default", "iot", labels::NETWORK),
+            object("robot-1_iot_backend", "iot", labels::NETWORK),
+            object("robot-1_shop_default", "shop", labels::NETWORK),
             elsewhere,
             EngineObject { name: "bridge".into(), labels: BTreeMap::new() },
         ];
-        assert_eq!(stale_networks(&device(), Some(&r), &networks), ["iot_backend", "shop_default"]);
+        assert_eq!(
+            stale_networks(&device(), Some(&r), &networks),
+            ["robot-1_iot_backend", "robot-1_shop_default"]
+        );
         assert_eq!(stale_networks(&device(), None, &networks).len(), 3);
     }
 

@@ -771,7 +771,7 @@ impl<R: ContainerRuntime> Reconciler<R> {
                     spec.release_networks()
                         .into_iter()
                         .map(|n| NetworkJoin {
-                            network: crate::objects::network_name(&t.app, &n.name),
+                            network: crate::objects::network_name(&self.device, &t.app, &n.name),
                             aliases: std::iter::once(spec.name.to_string())
                                 .chain(n.aliases)
                                 .collect(),

@@ -478,11 +478,11 @@ async fn services_join_their_apps_network_under_their_names_and_old_networks_go(
     let web = container_name(&device(), &v1.services[0], false);
     let joined = f.rt.networks_of(&web);
     assert_eq!(joined.len(), 1);
-    assert_eq!(joined[0].network, "iot_default");
+    assert_eq!(joined[0].network, "sim-1_iot_default");
     // The service name first, then the Compose aliases (the sample's web answers to "ui").
     assert_eq!(joined[0].aliases, ["web", "ui"]);
     let nets: Vec<String> = f.rt.networks().await.unwrap().into_iter().map(|n| n.name).collect();
-    assert_eq!(nets, ["iot_default"]);
+    assert_eq!(nets, ["sim-1_iot_default"]);
 
     // The device moves to another app: its network replaces the old one, which is removed
     // once the update went through. The old app's volume stays (no purge was asked for).
@@ -490,7 +490,7 @@ async fn services_join_their_apps_network_under_their_names_and_old_networks_go(
     let out = f.rec.apply(Origin::Server { generation: 2 }, Some(shop)).await.unwrap();
     assert_eq!(out.result, UpdateResult::Applied);
     let nets: Vec<String> = f.rt.networks().await.unwrap().into_iter().map(|n| n.name).collect();
-    assert_eq!(nets, ["shop_default"]);
+    assert_eq!(nets, ["sim-1_shop_default"]);
     let vols: Vec<String> = f.rt.volumes().await.unwrap().into_iter().map(|v| v.name).collect();
     assert_eq!(vols, ["iot_data", "shop_data"]);
 

@@ -101,7 +101,7 @@ pub struct ServiceSpec {
     pub cpu_shares: Option<u32>,
     /// The release networks this service joins (network_mode `Release` only), each with extra
     /// DNS names; the service's own name is always one. Empty means the release's `default`
-    /// network alone. The agent names each network `<app>_<name>` on the device. Appended:
+    /// network alone. The agent names each network `<device>_<app>_<name>` on the device. Appended:
     /// empty in bytes from older builds.
     #[serde(default)]
     pub networks: Vec<NetworkAttachment>,
@@ -135,7 +135,8 @@ impl ServiceSpec {
 }
 
 /// Whether `name` can name a network or volume: what Docker accepts (letters, digits, `_`, `.`,
-/// `-`, starting with a letter or digit), at most 64 bytes so `<app>_<name>` stays short.
+/// `-`, starting with a letter or digit), at most 64 bytes so the names on the device stay
+/// short.
 pub fn is_object_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())

@@ -122,8 +122,9 @@ networks:
     eprintln!("read back: {got}");
 
     // Both networks are the app's, labelled as the agent's; the engine's bridge is not used.
-    for (net, name) in [("iot_default", "default"), ("iot_backend", "backend")] {
-        let labels = labels_of("network", net);
+    for name in ["default", "backend"] {
+        let net = format!("{}_iot_{name}", agent.device);
+        let labels = labels_of("network", &net);
         assert_eq!(labels["io.fleet.app"], "iot", "{net}: {labels}");
         assert_eq!(labels["io.fleet.network"], name);
         assert_eq!(labels["io.fleet.device"], agent.device.as_str());
@@ -136,7 +137,11 @@ networks:
         "{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}",
         &gateway,
     ]);
-    assert_eq!(nets, "iot_backend", "the gateway is on the backend network only");
+    assert_eq!(
+        nets,
+        format!("{}_iot_backend", agent.device),
+        "the gateway is on the backend network only"
+    );
 
     agent.cleanup(&env).await;
 }
@@ -185,7 +190,8 @@ volumes:
     // The device moves to another app: the old app's network goes, its data stays.
     let other = from_compose(&env, "other", "1", &compose("web:1").replace("data:", "cache:"));
     assert_eq!(outcome(&agent.apply(&other))["result"], "Applied");
-    assert!(docker(&["network", "ls", "-q", "--filter", "name=^store_default$"]).is_empty());
+    let old_net = format!("name=^{}_store_default$", agent.device);
+    assert!(docker(&["network", "ls", "-q", "--filter", &old_net]).is_empty());
     assert!(volume_file("store_data", "log").starts_with("1\n2\n"));
     // Only an explicit purge (here the engine call it makes) deletes it.
     let rt = DockerRuntime::connect(&env.docker_host, Duration::from_secs(60)).await.unwrap();

@@ -14,6 +14,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use fleet_agent::objects::EngineObject;
 use fleet_agent::reconcile::{ExecOptions, Reconciler};
 use fleet_agent::runtime::docker::DockerRuntime;
 use fleet_agent::runtime::{
@@ -135,6 +136,25 @@ impl ContainerRuntime for Stopwatch {
     }
     fn events(&self, d: &DeviceId) -> tokio::sync::mpsc::Receiver<RuntimeEvent> {
         self.inner.events(d)
+    }
+    async fn networks(&self) -> Result<Vec<EngineObject>, RuntimeError> {
+        self.time(self.inner.networks()).await
+    }
+    async fn create_network(
+        &self,
+        name: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> Result<(), RuntimeError> {
+        self.time(self.inner.create_network(name, labels)).await
+    }
+    async fn remove_network(&self, name: &str) -> Result<(), RuntimeError> {
+        self.time(self.inner.remove_network(name)).await
+    }
+    async fn volumes(&self) -> Result<Vec<EngineObject>, RuntimeError> {
+        self.time(self.inner.volumes()).await
+    }
+    async fn remove_volume(&self, name: &str) -> Result<(), RuntimeError> {
+        self.time(self.inner.remove_volume(name)).await
     }
 }
 

@@ -1193,22 +1193,22 @@ mod tests {
         req.labels.insert(labels::APP.to_owned(), "robot-stack".to_owned());
         req.networks = vec![
             NetworkJoin {
-                network: "robot-stack_default".to_owned(),
+                network: "robot-7_robot-stack_default".to_owned(),
                 aliases: vec!["web".to_owned(), "ui".to_owned()],
             },
             NetworkJoin {
-                network: "robot-stack_backend".to_owned(),
+                network: "robot-7_robot-stack_backend".to_owned(),
                 aliases: vec!["web".to_owned()],
             },
         ];
         let body = container_body(&req);
         let host = body.host_config.unwrap();
-        assert_eq!(host.network_mode.as_deref(), Some("robot-stack_default"));
+        assert_eq!(host.network_mode.as_deref(), Some("robot-7_robot-stack_default"));
         let endpoints = body.networking_config.unwrap().endpoints_config.unwrap();
         // One network at create (API 1.41); the second is connected before the start.
         assert_eq!(endpoints.len(), 1);
         assert_eq!(
-            endpoints["robot-stack_default"].aliases.as_deref(),
+            endpoints["robot-7_robot-stack_default"].aliases.as_deref(),
             Some(&["web".to_owned(), "ui".to_owned()][..])
         );
         // The engine creates the named volume with the app's and the volume's labels.

@@ -79,7 +79,7 @@ pub fn volume_labels(req: &CreateRequest, volume: &str) -> BTreeMap<String, Stri
 /// A network a new container joins, and the names it answers to there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetworkJoin {
-    /// The network's engine name (`<app>_<name>`).
+    /// The network's engine name (`<device>_<app>_<name>`).
     pub network: String,
     /// DNS names on it: the service name, then the service's aliases.
     pub aliases: Vec<String>,

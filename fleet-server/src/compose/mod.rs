@@ -405,7 +405,7 @@ fn top_level(p: &mut Problems, root: &Node) -> TopLevelOut {
 }
 
 /// Top-level `networks`: the release's own bridge networks, by name. The agent creates each as
-/// `<app>_<name>` on the device; `default` exists without being declared.
+/// `<device>_<app>_<name>` on the device; `default` exists without being declared.
 fn declared_networks(p: &mut Problems, node: &Node) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     if node.is_null() {
@@ -424,7 +424,7 @@ fn declared_networks(p: &mut Problems, node: &Node) -> BTreeSet<String> {
                 match key.as_str() {
                     "driver" if value.as_str() == Some("bridge") => {}
                     "driver" | "driver_opts" | "ipam" | "enable_ipv6" | "attachable" => p.add(&field_at, Some(value), "network drivers and their options are not supported: every release network is a bridge the agent creates on the device"),
-                    "external" | "name" => p.add(&field_at, Some(value), "external and renamed networks are not supported: the agent creates and owns each release network as <app>_<name>, so apps never share one by accident"),
+                    "external" | "name" => p.add(&field_at, Some(value), "external and renamed networks are not supported: the agent creates and owns each release network as <device>_<app>_<name>, so apps never share one by accident"),
                     "internal" | "labels" => p.add(&field_at, Some(value), format!("network {key} is not supported yet")),
                     other => p.add(&field_at, Some(value), format!("unknown network key {other:?}; a network declaration is {{}} (or driver: bridge)")),
                 }
