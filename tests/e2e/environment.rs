@@ -68,7 +68,7 @@ async fn the_engine_speaks_api_1_41_or_newer() {
 async fn every_test_image_pulls_by_digest_with_the_recorded_digest() {
     let env = TestEnv::load();
     let docker = env.docker().await;
-    assert_eq!(env.images.len(), 8, "four images in two versions");
+    assert_eq!(env.images.len(), 10, "five images in two versions");
     for (key, image) in &env.images {
         assert!(image.reference.ends_with(&format!("@{}", image.digest)), "{key}");
         assert!(image.reference.starts_with(&env.registry), "{key} comes from the local registry");
