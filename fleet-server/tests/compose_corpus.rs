@@ -27,12 +27,14 @@ fn corpus() -> Vec<PathBuf> {
     files
 }
 
-/// What the registry resolver would hand back: a digest derived from the reference.
+/// What the registry resolver would hand back: a digest derived from the reference. A
+/// reference no registry could hold (a mutation may make one, e.g. an upper-case repository)
+/// is left unresolved, as the server's resolver leaves it, and conversion names it.
 fn resolve(compose: &Compose) -> BTreeMap<String, ImageRef> {
     compose
         .images()
         .into_iter()
-        .map(|u| {
+        .filter_map(|u| {
             let name = u.reference.split('@').next().unwrap();
             let slash = name.rfind('/').map_or(0, |i| i + 1);
             let repo = name[slash..].find(':').map_or(name, |i| &name[..slash + i]);
@@ -43,8 +45,8 @@ fn resolve(compose: &Compose) -> BTreeMap<String, ImageRef> {
                 (salt, &u.reference).hash(&mut h);
                 hex.push_str(&format!("{:016x}", h.finish()));
             }
-            let image = ImageRef::parse(&format!("{repo}@sha256:{hex}")).unwrap();
-            (u.reference, image)
+            let image = ImageRef::parse(&format!("{repo}@sha256:{hex}")).ok()?;
+            Some((u.reference, image))
         })
         .collect()
 }
