@@ -53,16 +53,7 @@ async fn an_enrolled_agent_runs_what_the_server_publishes_and_refuses_forgeries(
     let id = format!("linked-{}", std::process::id());
     let _containers = Containers(id.clone());
     let bundle = fleet.enroll(&id);
-    // Test pacing only; everything else is the bundle as enrolled.
-    std::fs::create_dir_all(bundle.join("config.d")).unwrap();
-    std::fs::write(
-        bundle.join("config.d/10-test.toml"),
-        format!(
-            "[update]\nstop_grace_secs = 1\nstable_for_secs = 1\nresync_secs = 5\ndisk_reserve_mb = 1\n[locks]\ndir = \"{d}/locks\"\nsocket = \"{d}/locks.sock\"\n",
-            d = bundle.join("data").display()
-        ),
-    )
-    .unwrap();
+    fleet_e2e::fleet::test_pacing(&bundle);
     let agent = start_agent(&bundle, true);
 
     // Online through its retained status over mutual TLS.

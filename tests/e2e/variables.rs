@@ -68,15 +68,7 @@ fn device(fleet: &Fleet, id: &str, labels: &[&str]) -> Killed {
     let mut args = vec!["device", "label", id];
     args.extend(labels);
     ok(&fleet.fleetctl(&args));
-    std::fs::create_dir_all(bundle.join("config.d")).unwrap();
-    std::fs::write(
-        bundle.join("config.d/10-test.toml"),
-        format!(
-            "[update]\nstop_grace_secs = 1\nstable_for_secs = 1\nresync_secs = 5\ndisk_reserve_mb = 1\n[locks]\ndir = \"{d}/locks\"\nsocket = \"{d}/locks.sock\"\n",
-            d = bundle.join("data").display()
-        ),
-    )
-    .unwrap();
+    fleet_e2e::fleet::test_pacing(&bundle);
     start_agent(&bundle, false)
 }
 
@@ -137,14 +129,7 @@ async fn variables_reach_containers_by_precedence_and_a_group_change_recreates_o
     let (code, release) = fleet.api("GET", "/api/v1/releases/vars@1", None).await;
     assert_eq!(code, 200, "{release}");
     for id in [&a, &b, &c] {
-        let (code, body) = fleet
-            .api(
-                "PUT",
-                &format!("/api/v1/devices/{id}/desired"),
-                Some(json!({ "release": release["spec"] })),
-            )
-            .await;
-        assert_eq!(code, 200, "{body}");
+        fleet.assign(id, &release["spec"]).await;
     }
 
     let mut before = BTreeMap::new();

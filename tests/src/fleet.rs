@@ -129,6 +129,19 @@ impl Fleet {
         out
     }
 
+    /// Points device `id` at `spec` (a release's canonical JSON) through the API, asserting
+    /// the server took it.
+    pub async fn assign(&self, id: &str, spec: &serde_json::Value) {
+        let (code, body) = self
+            .api(
+                "PUT",
+                &format!("/api/v1/devices/{id}/desired"),
+                Some(serde_json::json!({ "release": spec })),
+            )
+            .await;
+        assert_eq!(code, 200, "{body}");
+    }
+
     /// The server's API with its admin token: (status, JSON body).
     pub async fn api(
         &self,
@@ -195,6 +208,20 @@ impl Fleet {
 }
 
 /// The repository root.
+/// Test pacing for an enrolled agent (short grace, stability and resync times, a tiny disk
+/// reserve, locks inside its data directory); everything else stays the bundle as enrolled.
+pub fn test_pacing(bundle: &Path) {
+    std::fs::create_dir_all(bundle.join("config.d")).unwrap();
+    std::fs::write(
+        bundle.join("config.d/10-test.toml"),
+        format!(
+            "[update]\nstop_grace_secs = 1\nstable_for_secs = 1\nresync_secs = 5\ndisk_reserve_mb = 1\n[locks]\ndir = \"{d}/locks\"\nsocket = \"{d}/locks.sock\"\n",
+            d = bundle.join("data").display()
+        ),
+    )
+    .unwrap();
+}
+
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
 }
