@@ -82,6 +82,7 @@ pub fn build(
         services,
         update: UpdateStatus { last_outcome: state.last_outcome()?, ..update },
         inventory,
+        seal_key: None,
     })
 }
 

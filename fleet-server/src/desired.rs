@@ -349,6 +349,8 @@ impl Publisher {
             pin: out.pin,
             issued_at: now,
             registry_credentials: self.credentials.to_vec(),
+            secrets: vec![],
+            sealed_registry_credentials: vec![],
         };
         let topic = topic(&state.device, TopicKind::Desired);
         (topic, Message::Desired(self.pki.signing_key().sign(&state)).encode())

@@ -25,8 +25,30 @@ pub struct DesiredState {
     pub pin: Option<Pin>,
     /// When the server issued this state.
     pub issued_at: UnixMillis,
-    /// Credentials for private registries the release pulls from.
+    /// Credentials for private registries the release pulls from, in the clear: only for
+    /// agents that have not reported a [`crate::SealKey`] yet (older builds). Newer agents get
+    /// them in `sealed_registry_credentials` instead.
     pub registry_credentials: Vec<RegistryCredential>,
+    /// The secrets this device's services declare, each sealed to the device
+    /// ([`crate::seal`]). Appended: empty in bytes from older builds.
+    pub secrets: Vec<SealedSecret>,
+    /// The registry credentials as a postcard `Vec<RegistryCredential>` sealed to the device
+    /// with [`crate::seal::registry_credentials_aad`]; empty: none. Appended.
+    pub sealed_registry_credentials: Vec<u8>,
+}
+
+/// One secret's value, sealed to the device it is addressed to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct SealedSecret {
+    /// The secret's name (what [`crate::release::SecretMount::source`] refers to).
+    pub name: String,
+    /// Changes whenever the value does, and only then (a keyed digest: it says nothing about
+    /// the value). The agent folds it into the config hash of each service that mounts the
+    /// secret, so a rotation re-creates exactly those.
+    pub digest: String,
+    /// The value, sealed with [`crate::seal::secret_aad`]`(device, name, digest)`.
+    pub sealed: Vec<u8>,
 }
 
 /// Why a device is held on a release (rollouts never move a pinned device).

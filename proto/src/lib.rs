@@ -40,6 +40,7 @@ pub mod inventory;
 pub mod release;
 pub mod report;
 pub mod samples;
+pub mod seal;
 pub mod sign;
 pub mod status;
 pub mod telemetry;
@@ -50,7 +51,7 @@ pub mod topic;
 mod roundtrip_tests;
 
 pub use command::{Command, CommandAction, CommandOutcome, CommandResult};
-pub use desired::{DesiredState, Pin, RegistryCredential};
+pub use desired::{DesiredState, Pin, RegistryCredential, SealedSecret};
 pub use envelope::{
     Compression, DecodeError, Message, MessageKind, TopicMismatch, MAX_MESSAGE_BYTES,
     MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
@@ -58,8 +59,9 @@ pub use envelope::{
 pub use event::{Event, EventKind, Severity};
 pub use ids::{DeviceId, IdError, ReleaseId, ServiceName};
 pub use inventory::Inventory;
-pub use release::{ImageRef, ReleaseSpec, ServiceSpec, SpecError};
+pub use release::{ImageRef, ReleaseSpec, SecretMount, ServiceSpec, SpecError};
 pub use report::StateReport;
+pub use seal::{DeviceSealKey, SealError, SealKey};
 pub use sign::{KeyId, ServerKey, Signable, Signed, TrustedKey, TrustedKeys, VerifyError};
 pub use status::{Presence, Status};
 pub use telemetry::{Point, TelemetryAck, TelemetryBatch, Value};

@@ -105,6 +105,50 @@ pub struct ServiceSpec {
     /// empty in bytes from older builds.
     #[serde(default)]
     pub networks: Vec<NetworkAttachment>,
+    /// Secrets the service reads as files (Compose `secrets:`). The values never appear here:
+    /// they reach the device sealed to it in [`crate::DesiredState::secrets`], and the agent
+    /// mounts each read-only from a tmpfs. Appended: empty in bytes from older builds.
+    #[serde(default)]
+    pub secrets: Vec<SecretMount>,
+}
+
+/// One secret a service reads, and where.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct SecretMount {
+    /// The secret's name, as `fleetctl secret set` stored it.
+    pub source: String,
+    /// The file inside the container: a bare name under `/run/secrets/`, or an absolute path.
+    pub target: String,
+    /// The file's owner inside the container; `None`: root.
+    pub uid: Option<u32>,
+    /// The file's group inside the container; `None`: root.
+    pub gid: Option<u32>,
+    /// Permission bits; 0 means [`SecretMount::DEFAULT_MODE`] (as Compose: 0444).
+    pub mode: u32,
+}
+
+impl SecretMount {
+    /// The mode a secret file gets when the service names none (Compose's default).
+    pub const DEFAULT_MODE: u32 = 0o444;
+
+    /// The file's path inside the container.
+    pub fn container_path(&self) -> String {
+        if self.target.starts_with('/') {
+            self.target.clone()
+        } else {
+            format!("/run/secrets/{}", self.target)
+        }
+    }
+
+    /// The file's permission bits.
+    pub fn file_mode(&self) -> u32 {
+        if self.mode == 0 {
+            Self::DEFAULT_MODE
+        } else {
+            self.mode
+        }
+    }
 }
 
 /// A release network a service joins, with the extra names it answers to there.
@@ -183,6 +227,7 @@ impl ServiceSpec {
             no_new_privileges: false,
             cpu_shares: None,
             networks: vec![],
+            secrets: vec![],
         }
     }
 }
@@ -714,6 +759,42 @@ impl ReleaseSpec {
                     }
                 }
             }
+            let mut targets = BTreeSet::new();
+            for (k, secret) in svc.secrets.iter().enumerate() {
+                if !is_object_name(&secret.source) {
+                    err(
+                        format!("{at}.secrets[{k}].source"),
+                        format!(
+                            "{:?} is not a secret name (letters, digits, _ . -, at most 64)",
+                            secret.source
+                        ),
+                    );
+                }
+                let t = &secret.target;
+                let bad_target = t.is_empty()
+                    || t == "/"
+                    || t.split('/').any(|c| c == ".." || c == ".")
+                    || (!t.starts_with('/') && t.contains('/'))
+                    || t.contains('\0');
+                if bad_target {
+                    err(
+                        format!("{at}.secrets[{k}].target"),
+                        format!("{t:?} is neither a file name (under /run/secrets) nor an absolute path without . or .."),
+                    );
+                }
+                if secret.mode > 0o777 {
+                    err(
+                        format!("{at}.secrets[{k}].mode"),
+                        format!("{:#o} is not a permission mode (at most 0777)", secret.mode),
+                    );
+                }
+                if !targets.insert(secret.container_path()) {
+                    err(
+                        format!("{at}.secrets[{k}].target"),
+                        format!("{} is mounted twice", secret.container_path()),
+                    );
+                }
+            }
             for (d, dep) in svc.depends_on.iter().enumerate() {
                 if !names.contains(&dep.service) {
                     err(
@@ -872,6 +953,42 @@ mod tests {
         for bad in ["", "a", "3-1", "1,", "-1"] {
             assert!(!is_cpu_list(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn secret_mounts_are_checked_with_their_paths() {
+        let mut release = crate::samples::release();
+        let mount = |source: &str, target: &str, mode: u32| SecretMount {
+            source: source.to_owned(),
+            target: target.to_owned(),
+            uid: None,
+            gid: None,
+            mode,
+        };
+        release.services[1].secrets = vec![
+            mount("db-password", "db", 0),
+            mount("api token", "token", 0),
+            mount("tls", "../etc/shadow", 0),
+            mount("tls", "a/b", 0),
+            mount("tls", "/etc/tls/key.pem", 0o1777),
+            mount("other", "/run/secrets/db", 0o400),
+        ];
+        let errors = release.validate().unwrap_err();
+        let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "services[1].secrets[1].source",
+                "services[1].secrets[2].target",
+                "services[1].secrets[3].target",
+                "services[1].secrets[4].mode",
+                "services[1].secrets[5].target",
+            ],
+            "{errors:?}"
+        );
+        assert_eq!(mount("a", "db", 0).container_path(), "/run/secrets/db");
+        assert_eq!(mount("a", "db", 0).file_mode(), 0o444);
+        assert_eq!(mount("a", "/etc/x", 0o400).container_path(), "/etc/x");
     }
 
     #[test]

@@ -33,6 +33,9 @@ pub struct StateReport {
     /// Hardware and host facts; sent on the first report and whenever they change.
     #[serde(with = "crate::codec::extensible_opt")]
     pub inventory: Option<Inventory>,
+    /// The public key secrets are sealed to ([`crate::seal`]); the agent makes it on first
+    /// start. Appended: `None` from older agents, which get no secrets.
+    pub seal_key: Option<crate::SealKey>,
 }
 
 /// The release in force and its origin.

@@ -6,12 +6,13 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::command::{Command, CommandAction, CommandOutcome, CommandResult};
-use crate::desired::{DesiredState, Pin, RegistryCredential};
+use crate::desired::{DesiredState, Pin, RegistryCredential, SealedSecret};
 use crate::event::{Event, EventKind, Severity};
 use crate::ids::{DeviceId, ReleaseId, ServiceName};
 use crate::inventory::*;
 use crate::release::*;
 use crate::report::*;
+use crate::seal::{SealKey, SEAL_OVERHEAD};
 use crate::sign::{ServerKey, Signed};
 use crate::status::{Presence, Status};
 use crate::telemetry::{Point, TelemetryAck, TelemetryBatch, Value};
@@ -95,6 +96,7 @@ pub fn release() -> ReleaseSpec {
         no_new_privileges: false,
         cpu_shares: None,
         networks: vec![NetworkAttachment { name: s("default"), aliases: vec![s("ui")] }],
+        secrets: vec![SecretMount { source: s("tls-key"), target: s("server.key"), uid: Some(1000), gid: None, mode: 0o400 }],
     };
     let lidar = ServiceSpec {
         name: service("lidar"),
@@ -147,6 +149,7 @@ pub fn release() -> ReleaseSpec {
         no_new_privileges: false,
         cpu_shares: None,
         networks: vec![],
+        secrets: vec![],
     };
     ReleaseSpec {
         id: release_id(),
@@ -174,6 +177,13 @@ pub fn desired() -> DesiredState {
             username: s("robot-7"),
             password: s("not-a-real-password"),
         }],
+        // Fixed bytes standing in for a sealed value (real sealing is randomised).
+        secrets: vec![SealedSecret {
+            name: s("tls-key"),
+            digest: s("5d41402abc4b2a76b9719d911017c592"),
+            sealed: vec![0xa5; SEAL_OVERHEAD + 8],
+        }],
+        sealed_registry_credentials: vec![0x5a; SEAL_OVERHEAD + 40],
     }
 }
 
@@ -266,6 +276,7 @@ pub fn report() -> StateReport {
             }),
         },
         inventory: Some(inventory()),
+        seal_key: Some(SealKey([0x11; 32])),
     }
 }
 

@@ -23,8 +23,12 @@ use fleet_proto::{samples, Command, DesiredState, Message, TrustedKeys};
 /// `telemetry`; proves those bytes decode with it false. `desired-3`: written before it grew
 /// `no_new_privileges` and `cpu_shares`; proves those bytes decode with them off and unset.
 /// `desired-4`: written before it grew `networks`; those bytes decode with no networks (the
-/// sample's web service is compared with its networks cleared). `desired-5` is the current one.
-const DECODE_ONLY: &[&str] = &["desired", "desired-2", "desired-3", "desired-4"];
+/// sample's web service is compared with its networks cleared). `desired-5`: written before
+/// `ServiceSpec` grew `secrets` and `DesiredState` grew `secrets` and
+/// `sealed_registry_credentials`; those bytes decode with all three empty. `desired-6` is the
+/// current one. `report`: written before `StateReport` grew `seal_key`; it decodes with none.
+const DECODE_ONLY: &[&str] =
+    &["desired", "desired-2", "desired-3", "desired-4", "desired-5", "report"];
 
 fn cases() -> Vec<(&'static str, Message)> {
     vec![
@@ -33,7 +37,9 @@ fn cases() -> Vec<(&'static str, Message)> {
         ("desired-3", Message::Desired(samples::signed_desired())),
         ("desired-4", Message::Desired(samples::signed_desired())),
         ("desired-5", Message::Desired(samples::signed_desired())),
+        ("desired-6", Message::Desired(samples::signed_desired())),
         ("report", Message::Report(samples::report())),
+        ("report-2", Message::Report(samples::report())),
         ("telemetry", Message::Telemetry(samples::telemetry())),
         ("telemetry-ack", Message::TelemetryAck(samples::telemetry_ack())),
         ("event", Message::Event(samples::event())),
@@ -104,14 +110,22 @@ fn golden_fixtures_still_decode_to_their_samples() {
 #[test]
 fn golden_signed_payloads_still_verify() {
     let trusted = TrustedKeys::new([samples::server_key().public()]);
-    for name in ["desired", "desired-2", "desired-3", "desired-4", "desired-5"] {
+    for name in ["desired", "desired-2", "desired-3", "desired-4", "desired-5", "desired-6"] {
         let Message::Desired(desired) =
             Message::decode(&std::fs::read(fixture(name)).unwrap()).unwrap()
         else {
             panic!("{name} fixture holds another kind");
         };
         let mut expected = samples::desired();
-        if name != "desired-5" {
+        if name != "desired-6" {
+            // Written before secrets: they decode with none.
+            expected.secrets.clear();
+            expected.sealed_registry_credentials.clear();
+            for svc in expected.release.iter_mut().flat_map(|r| r.services.iter_mut()) {
+                svc.secrets.clear();
+            }
+        }
+        if !matches!(name, "desired-5" | "desired-6") {
             // Written before ServiceSpec grew `networks`: it decodes with none.
             for svc in expected.release.iter_mut().flat_map(|r| r.services.iter_mut()) {
                 svc.networks.clear();
@@ -125,6 +139,16 @@ fn golden_signed_payloads_still_verify() {
         panic!("command fixture holds another kind");
     };
     assert_eq!(cmd.open::<Command>(&trusted).unwrap(), samples::command());
+}
+
+#[test]
+fn a_report_from_before_seal_keys_decodes_without_one() {
+    let Message::Report(report) =
+        Message::decode(&std::fs::read(fixture("report")).unwrap()).unwrap()
+    else {
+        panic!("report fixture holds another kind");
+    };
+    assert_eq!(report, fleet_proto::StateReport { seal_key: None, ..samples::report() });
 }
 
 #[test]

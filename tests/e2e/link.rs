@@ -381,6 +381,8 @@ fn desired(device: &DeviceId, generation: u64, release: ReleaseSpec) -> DesiredS
         pin: None,
         issued_at: fleet_proto::UnixMillis::now(),
         registry_credentials: vec![],
+        secrets: vec![],
+        sealed_registry_credentials: vec![],
     }
 }
 

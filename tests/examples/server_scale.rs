@@ -285,6 +285,7 @@ fn applied(id: &DeviceId, desired: &DesiredState) -> StateReport {
             ..UpdateStatus::default()
         },
         inventory: None,
+        seal_key: None,
     }
 }
 
@@ -436,6 +437,8 @@ async fn main() {
                     pin: None,
                     issued_at: UnixMillis::now(),
                     registry_credentials: vec![],
+                    secrets: vec![],
+                    sealed_registry_credentials: vec![],
                 },
             );
             r.accepted_generation = 0;

@@ -109,6 +109,7 @@ struct Parts {
     no_new_privileges: bool,
     cpu_shares: Option<u32>,
     networks: Vec<NetworkAttachment>,
+    secrets: Vec<fleet_proto::SecretMount>,
 }
 
 /// The Compose path each converted element came from, to translate
@@ -257,6 +258,7 @@ impl Parts {
             no_new_privileges: self.no_new_privileges,
             cpu_shares: self.cpu_shares,
             networks: self.networks,
+            secrets: self.secrets,
         }
     }
 }
