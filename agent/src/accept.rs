@@ -32,6 +32,10 @@ pub enum Rejection {
     /// The release is inconsistent or asks for what this agent cannot do.
     #[error("desired state refused: {0}")]
     Invalid(#[from] Refused),
+    /// A secret the release mounts did not come, does not open with this device's key, or its
+    /// file cannot be written.
+    #[error("desired state refused: {}", .0.join("; "))]
+    Secrets(Vec<String>),
 }
 
 /// Verifies, then checks addressee, freshness and content. `accepted` is the highest server

@@ -22,7 +22,7 @@ use crate::hardware;
 use crate::hardware::render::render_inventory;
 use crate::lock::UpdateLocks;
 use crate::plan;
-use crate::reconcile::{check_release, Reconciler, StepError};
+use crate::reconcile::{check_local_release, Reconciler, StepError};
 use crate::report;
 use crate::runtime::docker::DockerRuntime;
 use crate::runtime::{ContainerRuntime, RuntimeError};
@@ -280,7 +280,7 @@ async fn apply(config: &Config, file: &Path, json: bool, force: bool) -> Result<
     let release: ReleaseSpec = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         Failure::input(format!("{}: field `{}`: {}", file.display(), e.path(), e.inner()))
     })?;
-    check_release(&release, &config.allowed_host_paths)
+    check_local_release(&release, &config.allowed_host_paths)
         .map_err(|r| Failure::input(format!("{}: {}", file.display(), r.problems.join("\n  "))))?;
     eprintln!(
         "applying {} ({} services) on {}…",

@@ -34,8 +34,8 @@ use std::time::Duration;
 
 use fleet_proto::report::UpdateResult;
 use fleet_proto::{
-    Command, CommandAction, CommandOutcome, CommandResult, Event, EventKind, Severity, Signed,
-    TrustedKeys, UnixMillis, VerifyError,
+    Command, CommandAction, CommandOutcome, CommandResult, DesiredState, Event, EventKind,
+    ReleaseSpec, Severity, Signed, TrustedKeys, UnixMillis, VerifyError,
 };
 use sha2::{Digest, Sha256};
 use tokio::time::{Instant, MissedTickBehavior};
@@ -47,7 +47,7 @@ use crate::hardware::{self, HostHardware};
 use crate::link::{Inbound, Inbox, Link, LinkError, LinkHandle, Outgoing};
 use crate::lock::UpdateLocks;
 use crate::proxy::PortProxy;
-use crate::reconcile::{check_release, ExecOptions, Reconciler, StepError};
+use crate::reconcile::{check_local_release, ExecOptions, Reconciler, StepError};
 use crate::report;
 use crate::runtime::docker::DockerRuntime;
 use crate::runtime::{ContainerRuntime, RuntimeError};
@@ -67,6 +67,9 @@ pub enum DaemonError {
     /// The link to the server cannot be set up (unreadable certificate or key).
     #[error(transparent)]
     Link(#[from] LinkError),
+    /// The key secrets are sealed to cannot be read or made.
+    #[error(transparent)]
+    SealKey(#[from] crate::secrets::KeyError),
     /// The data directory cannot be created.
     #[error("cannot create data directory {path}")]
     DataDir {
@@ -253,7 +256,9 @@ pub async fn run_with<R: ContainerRuntime>(
         )
     });
     let rescan_on_resync = hotplug.is_none();
-    let mut daemon = Daemon { config, reconciler, link, trusted, rescan_on_resync };
+    let seal_key =
+        crate::secrets::load_or_create_key(&config.data_dir.join(crate::secrets::KEY_FILE))?;
+    let mut daemon = Daemon { config, reconciler, link, trusted, rescan_on_resync, seal_key };
     let result = daemon.run(shutdown, admin_calls, inbox, hotplug).await;
     if let Some(sampler) = container_metrics {
         sampler.abort();
@@ -339,6 +344,8 @@ struct Daemon<R> {
     trusted: TrustedKeys,
     /// No hot-plug watch: the inventory is re-read on every resync instead.
     rescan_on_resync: bool,
+    /// What the server seals this device's secrets to; its public half goes in every report.
+    seal_key: fleet_proto::DeviceSealKey,
 }
 
 /// Reads the host's hardware (blocking file reads, off the runtime's threads) and adds what
@@ -509,7 +516,7 @@ impl<R: ContainerRuntime> Daemon<R> {
     async fn admin(&self, call: Call) -> Option<Instant> {
         let Request::Apply { release, force } = call.request;
         let mut retry = None;
-        let answer = match check_release(&release, &self.config.allowed_host_paths) {
+        let answer = match check_local_release(&release, &self.config.allowed_host_paths) {
             Err(refused) => Answer::Refused { problems: refused.problems },
             Ok(()) => match self.reconciler.state().next_local_seq() {
                 Err(e) => Answer::Error { message: e.to_string() },
@@ -603,7 +610,7 @@ impl<R: ContainerRuntime> Daemon<R> {
     async fn write_status(&self) {
         let observed =
             self.reconciler.runtime().list(&self.config.device_id).await.unwrap_or_default();
-        let Ok(report) = report::build(
+        let Ok(mut report) = report::build(
             &self.config.device_id,
             self.reconciler.state(),
             &observed,
@@ -612,6 +619,7 @@ impl<R: ContainerRuntime> Daemon<R> {
         ) else {
             return;
         };
+        report.seal_key = Some(self.seal_key.public());
         if let Err(e) = write_atomic(
             &self.config.data_dir.join("status.json"),
             &serde_json::to_vec_pretty(&report).unwrap_or_default(),
@@ -691,13 +699,15 @@ impl<R: ContainerRuntime> Daemon<R> {
                 return None;
             }
         };
-        let desired = match accept(
+        let accepted_state = accept(
             &signed,
             &self.trusted,
             &self.config.device_id,
             accepted,
             &self.config.allowed_host_paths,
-        ) {
+        )
+        .and_then(|d| self.materialize_secrets(d));
+        let (desired, delivered, effective) = match accepted_state {
             Ok(d) => d,
             Err(rejection) => {
                 let reason = rejection_reason(&rejection);
@@ -721,6 +731,7 @@ impl<R: ContainerRuntime> Daemon<R> {
         }
         let mut credentials = self.config.registries.clone();
         credentials.extend(desired.registry_credentials.iter().cloned());
+        credentials.extend(delivered.registry_credentials);
         self.reconciler.set_credentials(credentials);
         let release =
             desired.release.as_ref().map(|r| r.id.to_string()).unwrap_or_else(|| "none".into());
@@ -731,7 +742,7 @@ impl<R: ContainerRuntime> Daemon<R> {
             format!("applying generation {generation} (release {release})"),
             &[("generation", generation.to_string()), ("release", release.clone())],
         );
-        let apply = self.reconciler.apply(Origin::Server { generation }, desired.release);
+        let apply = self.reconciler.apply(Origin::Server { generation }, effective);
         let mut retry = None;
         let gen_field = ("generation", generation.to_string());
         match self.with_live_status(apply).await {
@@ -776,8 +787,56 @@ impl<R: ContainerRuntime> Daemon<R> {
                 self.event(Severity::Error, EventKind::UpdateFailed, e.to_string(), &[gen_field]);
             }
         }
+        self.collect_secret_files();
         self.write_status().await;
         retry
+    }
+
+    /// Opens the secrets `desired` carries and writes the files its release mounts; returns
+    /// the release as the engine runs it (secret mounts as read-only binds of those files).
+    /// Nothing is written unless every secret opened.
+    fn materialize_secrets(
+        &self,
+        desired: DesiredState,
+    ) -> Result<(DesiredState, crate::secrets::Delivered, Option<ReleaseSpec>), Rejection> {
+        let delivered = crate::secrets::deliver(&self.seal_key, &self.config.device_id, &desired)
+            .map_err(Rejection::Secrets)?;
+        let Some(release) = &desired.release else { return Ok((desired, delivered, None)) };
+        let dir = self.config.data_dir.join(crate::secrets::FILES_DIR);
+        let (effective, files) =
+            crate::secrets::effective_release(&dir, release, &crate::secrets::digests(&delivered));
+        crate::secrets::write_files(&dir, &files, &delivered).map_err(|e| {
+            Rejection::Secrets(vec![format!(
+                "cannot write the secret files under {}: {e}",
+                dir.display()
+            )])
+        })?;
+        Ok((desired, delivered, Some(effective)))
+    }
+
+    /// Removes secret files no stored release (the one wanted, the one proven, the one before)
+    /// binds any more.
+    fn collect_secret_files(&self) {
+        let state = self.reconciler.state();
+        // Never delete on a read error: a rollback may need the files.
+        let (Ok(desired), Ok(proven), Ok(previous)) =
+            (state.desired(), state.proven(), state.previous())
+        else {
+            return;
+        };
+        let keep: Vec<&ReleaseSpec> = [
+            desired.as_ref().and_then(|d| d.release.as_ref()),
+            proven.as_ref().and_then(|p| p.release.as_ref()),
+            previous.as_ref().and_then(|p| p.release.as_ref()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let dir = self.config.data_dir.join(crate::secrets::FILES_DIR);
+        let removed = crate::secrets::collect_garbage(&dir, &keep);
+        if removed > 0 {
+            tracing::info!(removed, "removed secret files no release uses any more");
+        }
     }
 
     /// A command from the server: verified, run at most once, answered with one result.
@@ -1002,6 +1061,7 @@ pub fn rejection_reason(r: &Rejection) -> &'static str {
         Rejection::WrongDevice { .. } => "wrong-device",
         Rejection::Replay { .. } => "replay",
         Rejection::Invalid(_) => "invalid-release",
+        Rejection::Secrets(_) => "secrets",
     }
 }
 

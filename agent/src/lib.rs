@@ -34,6 +34,7 @@ pub mod reconcile;
 pub mod report;
 pub mod runtime;
 pub mod sd_notify;
+pub mod secrets;
 pub mod state;
 pub mod telemetry;
 

@@ -152,6 +152,13 @@ impl std::fmt::Display for Step {
 pub fn config_hash(spec: &ServiceSpec, proxied: bool, hardware: &HardwareMapping) -> String {
     // JSON of the spec is deterministic: maps are BTreeMaps and fields keep declaration order.
     let mut json = serde_json::to_vec(spec).unwrap_or_default();
+    // Secret mounts reach the hash as the read-only binds they become (named by the secret's
+    // digest, see crate::secrets), so a rotation re-creates exactly the services that read it.
+    const UNUSED_SECRETS: &[u8] = br#","secrets":[]}"#;
+    if json.ends_with(UNUSED_SECRETS) {
+        json.truncate(json.len() - UNUSED_SECRETS.len());
+        json.push(b'}');
+    }
     // Fields appended to ServiceSpec (always last in the JSON) are left out while empty, so a
     // spec that does not use them hashes as it did before they existed: upgrading the agent
     // keeps its containers instead of re-creating every one of them.
@@ -510,6 +517,7 @@ mod tests {
         let mut r = samples::release();
         r.id = ReleaseId::new(format!("app@{version}")).unwrap();
         for s in &mut r.services {
+            s.secrets.clear(); // secrets come sealed from a server, not in these tests
             s.depends_on.clear();
             s.update = UpdateStrategy::StartFirst;
             s.env.insert("VERSION".into(), version.into());
@@ -840,13 +848,14 @@ mod tests {
     fn fields_appended_to_the_spec_do_not_change_the_hash_while_unused() {
         let mut spec = release("1").services[0].clone();
         spec.networks.clear();
+        spec.secrets.clear();
         spec.network_mode = NetworkMode::Host;
         spec.ports.clear();
         // The hash of this spec as computed before group_add and optional_hardware existed.
         let old_hash = |spec: &ServiceSpec| {
             let json = serde_json::to_string(spec).unwrap();
             let before =
-                json.replace(r#","group_add":[],"optional_hardware":[],"telemetry":false,"no_new_privileges":false,"cpu_shares":null,"networks":[]"#, "");
+                json.replace(r#","group_add":[],"optional_hardware":[],"telemetry":false,"no_new_privileges":false,"cpu_shares":null,"networks":[],"secrets":[]"#, "");
             assert!(before.ends_with(r#""depends_on":[]}"#), "{before}");
             let digest = Sha256::digest(before.as_bytes());
             digest.iter().take(6).map(|b| format!("{b:02x}")).collect::<String>()
@@ -856,6 +865,13 @@ mod tests {
         // A release-network service moves from the default bridge to its app's network.
         let on_release = ServiceSpec { network_mode: NetworkMode::Release, ..spec.clone() };
         assert_ne!(config_hash(&on_release, false, &NO_HARDWARE), old_hash(&on_release));
+        // Secrets came after networks: a release-network service hashes as it did before them.
+        let before_secrets = {
+            let json = serde_json::to_string(&on_release).unwrap().replace(r#","secrets":[]"#, "");
+            let digest = Sha256::digest(json.as_bytes());
+            digest.iter().take(6).map(|b| format!("{b:02x}")).collect::<String>()
+        };
+        assert_eq!(config_hash(&on_release, false, &NO_HARDWARE), before_secrets);
         let grouped = ServiceSpec { group_add: vec!["dialout".to_owned()], ..spec };
         assert_ne!(
             config_hash(&grouped, false, &NO_HARDWARE),

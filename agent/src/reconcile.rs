@@ -165,6 +165,24 @@ pub fn check_release(
     }
 }
 
+/// [`check_release`] for a release applied locally (`fleet-agent apply`), which has no server
+/// to deliver secrets: a service that mounts one is refused too.
+pub fn check_local_release(
+    release: &ReleaseSpec,
+    allowed_host_paths: &[std::path::PathBuf],
+) -> Result<(), Refused> {
+    let mut problems = match check_release(release, allowed_host_paths) {
+        Ok(()) => vec![],
+        Err(r) => r.problems,
+    };
+    problems.extend(crate::secrets::local_problems(release));
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Refused { problems })
+    }
+}
+
 /// Why a container was killed, with the limit it had: `was oom-killed: exceeded its memory
 /// limit of 32 MiB`. Docker 20.10 can lose the OOMKilled flag under load, so exit code 137
 /// without it is named as either.

@@ -30,6 +30,7 @@ fn release(version: &str, web: &ImageRef, worker: &ImageRef) -> ReleaseSpec {
     r.id = ReleaseId::new(format!("app@{version}")).unwrap();
     r.version = version.into();
     for s in &mut r.services {
+        s.secrets.clear(); // secrets come sealed from a server, not in these tests
         s.hardware.clear();
         s.ports.clear();
         s.depends_on.clear();

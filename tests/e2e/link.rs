@@ -355,6 +355,7 @@ fn release(version: &str, rt: &SimRuntime) -> ReleaseSpec {
     r.id = ReleaseId::new(format!("app@{version}")).unwrap();
     r.version = version.into();
     for s in &mut r.services {
+        s.secrets.clear(); // secrets come sealed from a server, not in these tests
         s.hardware.clear();
         // The daemon judges releases against this machine's real hardware (2 CPUs here, no
         // real-time budget for the engine): the sample's pinned real-time loop would be
