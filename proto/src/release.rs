@@ -788,7 +788,12 @@ impl ReleaseSpec {
                         format!("{:#o} is not a permission mode (at most 0777)", secret.mode),
                     );
                 }
-                if !targets.insert(secret.container_path()) {
+                if svc.volumes.iter().any(|v| v.target == secret.container_path()) {
+                    err(
+                        format!("{at}.secrets[{k}].target"),
+                        format!("{} is already a volume's target", secret.container_path()),
+                    );
+                } else if !targets.insert(secret.container_path()) {
                     err(
                         format!("{at}.secrets[{k}].target"),
                         format!("{} is mounted twice", secret.container_path()),
@@ -972,7 +977,9 @@ mod tests {
             mount("tls", "a/b", 0),
             mount("tls", "/etc/tls/key.pem", 0o1777),
             mount("other", "/run/secrets/db", 0o400),
+            mount("maps", "/tmp", 0),
         ];
+        release.services[1].volumes = crate::samples::release().services[0].volumes.clone();
         let errors = release.validate().unwrap_err();
         let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(
@@ -983,6 +990,7 @@ mod tests {
                 "services[1].secrets[3].target",
                 "services[1].secrets[4].mode",
                 "services[1].secrets[5].target",
+                "services[1].secrets[6].target",
             ],
             "{errors:?}"
         );

@@ -45,13 +45,22 @@ impl Drop for Containers {
 /// Starts `fleet-agent run` on an enrollment bundle (its log on this process's stderr, or
 /// discarded).
 pub fn start_agent(bundle: &Path, log: bool) -> Killed {
+    start_agent_with(bundle, if log { Stdio::inherit() } else { Stdio::null() })
+}
+
+/// [`start_agent`] with its log written to the file `log` (a test searches it).
+pub fn start_agent_logging_to(bundle: &Path, log: &Path) -> Killed {
+    start_agent_with(bundle, std::fs::File::create(log).unwrap().into())
+}
+
+fn start_agent_with(bundle: &Path, stderr: Stdio) -> Killed {
     Killed(
         Command::new(bin("fleet-agent"))
             .arg("--config")
             .arg(bundle.join("config.toml"))
             .arg("run")
             .stdout(Stdio::null())
-            .stderr(if log { Stdio::inherit() } else { Stdio::null() })
+            .stderr(stderr)
             .spawn()
             .unwrap(),
     )
@@ -228,6 +237,12 @@ pub fn repo() -> PathBuf {
 
 /// Starts a fleet: broker files, the server using Mosquitto, Mosquitto.
 pub async fn start_fleet() -> Fleet {
+    start_fleet_with(false).await
+}
+
+/// [`start_fleet`]; with `log_to_file`, the server's log goes to `server.log` in the fleet's
+/// directory instead of this process's stderr (a test searches it).
+pub async fn start_fleet_with(log_to_file: bool) -> Fleet {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let broker = dir.path().join("broker");
@@ -254,7 +269,11 @@ pub async fn start_fleet() -> Fleet {
         .arg("--broker-files")
         .arg(&broker)
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(if log_to_file {
+            std::fs::File::create(fleet.dir.path().join("server.log")).unwrap().into()
+        } else {
+            Stdio::inherit()
+        })
         .spawn()
         .unwrap();
     fleet._server = Some(Killed(server));
