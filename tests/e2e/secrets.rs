@@ -117,8 +117,18 @@ fn files_containing(dir: &Path, needle: &[u8], skip: &[&Path]) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_reach_services_as_files_only_sealed_and_rotation_recreates_only_the_reader() {
     let env = TestEnv::load();
-    let fleet = start_fleet_with(true).await;
     let pid = std::process::id();
+    // A registry login: it must reach devices sealed, like the secrets (the test registry
+    // takes anonymous pulls, so it is sent and ignored).
+    let registry_pw = format!("registry-pw-{pid}-Hb2");
+    let login = tempfile::tempdir().unwrap();
+    let password_file = login.path().join("registry-password");
+    std::fs::write(&password_file, &registry_pw).unwrap();
+    let config = format!(
+        "[[registries]]\nregistry = \"127.0.0.1:5000\"\nusername = \"fleet\"\npassword_file = \"{}\"\n",
+        password_file.display()
+    );
+    let fleet = start_fleet_with(true, Some(&config)).await;
     let [a, b] = ["a", "b"].map(|n| format!("secrets-{n}-{pid}"));
     let _cleanup = [&a, &b].map(|d| Containers(d.clone()));
     let _agents = [device(&fleet, &a, &["site=depot"]), device(&fleet, &b, &["site=lab"])];
@@ -128,7 +138,7 @@ async fn secrets_reach_services_as_files_only_sealed_and_rotation_recreates_only
     let b_pw = format!("device-b-pw-{pid}-Zr3");
     let token_v1 = format!("token-v1-{pid}-Kd9");
     let token_v2 = format!("token-v2-{pid}-Mw4");
-    let values = [&fleet_pw, &b_pw, &token_v1, &token_v2];
+    let values = [&fleet_pw, &b_pw, &token_v1, &token_v2, &registry_pw];
     set_secret(&fleet, "db-password", &[], fleet_pw.as_bytes());
     set_secret(&fleet, "db-password", &["--device", &b], b_pw.as_bytes());
     let token_file = fleet.dir.path().join("token");

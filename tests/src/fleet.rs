@@ -237,12 +237,14 @@ pub fn repo() -> PathBuf {
 
 /// Starts a fleet: broker files, the server using Mosquitto, Mosquitto.
 pub async fn start_fleet() -> Fleet {
-    start_fleet_with(false).await
+    start_fleet_with(false, None).await
 }
 
 /// [`start_fleet`]; with `log_to_file`, the server's log goes to `server.log` in the fleet's
-/// directory instead of this process's stderr (a test searches it).
-pub async fn start_fleet_with(log_to_file: bool) -> Fleet {
+/// directory instead of this process's stderr (a test searches it). `config` is the text of
+/// a server configuration file, written as `server.toml` in the fleet's directory (relative
+/// paths in it are relative to that directory).
+pub async fn start_fleet_with(log_to_file: bool, config: Option<&str>) -> Fleet {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let broker = dir.path().join("broker");
@@ -261,7 +263,13 @@ pub async fn start_fleet_with(log_to_file: bool) -> Fleet {
     let mut fleet = Fleet { dir, api, mqtt_port, _server: None, mosquitto: None };
     // The broker first: the server reports ready only once its subscriptions stand.
     fleet.start_mosquitto().await;
-    let server = Command::new(bin("fleet-server"))
+    let mut server = Command::new(bin("fleet-server"));
+    if let Some(text) = config {
+        let path = fleet.dir.path().join("server.toml");
+        std::fs::write(&path, text).unwrap();
+        server.arg("--config").arg(path);
+    }
+    let server = server
         .arg("--data")
         .arg(&data)
         .args(["--api-listen", &format!("127.0.0.1:{api_port}")])
