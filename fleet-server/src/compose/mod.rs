@@ -120,6 +120,7 @@ struct Sources {
     ports: Vec<String>,
     volumes: Vec<String>,
     depends_on: Vec<String>,
+    secrets: Vec<String>,
     /// Spec field (`resources.cpu_millis`) → Compose path it was set from.
     fields: BTreeMap<&'static str, String>,
 }
@@ -280,6 +281,7 @@ fn translate(e: &SpecError, sources: &[Sources]) -> ComposeProblem {
     let path = indexed(&src.ports, "ports")
         .or_else(|| indexed(&src.volumes, "volumes"))
         .or_else(|| indexed(&src.depends_on, "depends_on"))
+        .or_else(|| indexed(&src.secrets, "secrets"))
         .or_else(|| {
             src.fields
                 .iter()
@@ -334,7 +336,6 @@ fn interpolate_tree(
 /// Refusals of top-level keys, with why.
 fn top_level_refusal(key: &str) -> Option<&'static str> {
     Some(match key {
-        "secrets" => "secrets as files are not supported yet; pass configuration through environment for now",
         "configs" => "configs as files are not supported yet; bake the file into the image or use environment",
         "include" => "include is not supported: a release is one self-contained file (use YAML anchors to share blocks)",
         "models" => "models are not supported",
@@ -359,6 +360,7 @@ fn top_level(p: &mut Problems, root: &Node) -> TopLevelOut {
     let mut services_node = None;
     let mut volumes = BTreeMap::new();
     let mut networks = BTreeSet::new();
+    let mut secrets = BTreeMap::new();
     let mut defaults = fleet::FleetKeys::default();
     for (key, value) in entries {
         match key.as_str() {
@@ -368,6 +370,7 @@ fn top_level(p: &mut Problems, root: &Node) -> TopLevelOut {
             "name" | "version" => {}
             "volumes" => volumes = declared_volumes(p, value),
             "networks" => networks = declared_networks(p, value),
+            "secrets" => secrets = declared_secrets(p, value),
             "x-fleet" => defaults = fleet::fleet_keys(p, key, value, true),
             k if k.starts_with("x-") => {}
             k => match top_level_refusal(k) {
@@ -398,12 +401,61 @@ fn top_level(p: &mut Problems, root: &Node) -> TopLevelOut {
     let top = service::TopLevel {
         volumes: &volumes,
         networks: &networks,
+        secrets: &secrets,
         services: &names,
         defaults: &defaults,
     };
     let drafts =
         services.iter().filter_map(|(name, node)| service::service(p, name, node, &top)).collect();
     (drafts, volumes)
+}
+
+/// Why a secret's value never comes from the Compose file.
+const SECRET_VALUES_ELSEWHERE: &str = "values never go in the Compose file or the image: `fleetctl secret set NAME < file` stores it encrypted on the server, and each device gets it sealed to its own key; declare the secret as NAME: {} (or external: true)";
+
+/// Top-level `secrets`: every key is a secret whose value comes from the Fleet secret store,
+/// under the key's name or the one `name:` gives. Returns key → store name.
+fn declared_secrets(p: &mut Problems, node: &Node) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    if node.is_null() {
+        return out;
+    }
+    let Some(entries) = read::map(p, "secrets", node) else { return out };
+    for (key, decl) in entries {
+        let at = child("secrets", key);
+        if !fleet_proto::release::is_object_name(key) {
+            p.add(&at, Some(decl), format!("{key:?} is not a secret name (letters, digits, _, . and -, starting with a letter or digit, at most 64)"));
+            continue;
+        }
+        let mut store_name = key.clone();
+        if let Some(fields) = decl.as_map() {
+            for (field, value) in fields {
+                let field_at = child(&at, field);
+                match field.as_str() {
+                    "file" | "environment" | "content" => p.add(&field_at, Some(value), format!("a secret's {field} is refused: {}", SECRET_VALUES_ELSEWHERE.replace("NAME", key))),
+                    "external" => match read::boolean(p, &field_at, value) {
+                        Some(true) | None => {}
+                        Some(false) => p.add(&field_at, Some(value), format!("external: false would need file: or environment:, which Fleet refuses: {}", SECRET_VALUES_ELSEWHERE.replace("NAME", key))),
+                    },
+                    "name" => {
+                        if let Some(name) = read::nonempty(p, &field_at, value) {
+                            if fleet_proto::release::is_object_name(&name) {
+                                store_name = name;
+                            } else {
+                                p.add(&field_at, Some(value), format!("{name:?} is not a secret name (letters, digits, _, . and -, starting with a letter or digit, at most 64)"));
+                            }
+                        }
+                    }
+                    "driver" | "driver_opts" | "template_driver" | "labels" => p.add(&field_at, Some(value), format!("secret {field} is not supported: every secret comes from the Fleet secret store")),
+                    other => p.add(&field_at, Some(value), format!("unknown secret key {other:?}; a secret declaration is {{}}, external: true or name: STORE_NAME")),
+                }
+            }
+        } else if !decl.is_null() {
+            p.add(&at, Some(decl), format!("expected {{}} or a mapping, found {}", decl.kind()));
+        }
+        out.insert(key.clone(), store_name);
+    }
+    out
 }
 
 /// Top-level `networks`: the release's own bridge networks, by name. The agent creates each as

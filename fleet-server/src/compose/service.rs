@@ -6,7 +6,7 @@ use std::time::Duration;
 use fleet_proto::release::{
     Dependency, DependencyCondition, GpuKind, GpuSelect, HardwareRequest, HealthCheck,
     NetworkAttachment, NetworkMode, PortMapping, Probe, Protocol, ResourceLimits, RestartPolicy,
-    SecurityOptions, Ulimit, UpdateStrategy, VolumeMount, VolumeSource,
+    SecretMount, SecurityOptions, Ulimit, UpdateStrategy, VolumeMount, VolumeSource,
 };
 use fleet_proto::ServiceName;
 
@@ -28,6 +28,8 @@ pub(crate) struct TopLevel<'a> {
     pub(crate) volumes: &'a BTreeMap<String, Option<String>>,
     /// Declared networks (besides `default`, which always exists).
     pub(crate) networks: &'a BTreeSet<String>,
+    /// Declared secrets: Compose key → name in the Fleet secret store.
+    pub(crate) secrets: &'a BTreeMap<String, String>,
     /// Every service name in the file, for depends_on.
     pub(crate) services: &'a BTreeSet<&'a str>,
     /// Top-level `x-fleet` defaults.
@@ -40,7 +42,6 @@ fn refusal(key: &str) -> Option<&'static str> {
         "build" => "devices pull prebuilt images: build and push it, then reference it by tag",
         "env_file" => "the file is on your machine, not the device: put the variables under environment",
         "container_name" => "the agent names containers itself so that old and new versions can run side by side during an update; remove it (other services reach this one by its service name)",
-        "secrets" => "secrets as files are not supported yet; pass configuration through environment for now",
         "configs" => "configs as files are not supported yet; bake the file into the image or use environment",
         "logging" => "logging drivers are not configurable: the agent reads container logs itself (fleetctl logs)",
         "links" | "external_links" => "links are obsolete: services reach each other by service name on the release network; remove it",
@@ -129,6 +130,7 @@ struct Converter<'p, 't> {
     cpu_shares: Option<u32>,
     networks: Vec<NetworkAttachment>,
     networks_path: Option<String>,
+    secrets: Vec<(SecretMount, String)>,
     fleet: FleetKeys,
 }
 
@@ -178,6 +180,7 @@ impl<'p, 't> Converter<'p, 't> {
             cpu_shares: None,
             networks: vec![],
             networks_path: None,
+            secrets: vec![],
             fleet: FleetKeys::default(),
         }
     }
@@ -225,6 +228,10 @@ impl<'p, 't> Converter<'p, 't> {
                 }
             }
             "ports" => self.ports = ports(p, &at, v),
+            "secrets" => {
+                let service = self.path.strip_prefix("services.").unwrap_or(&self.path);
+                self.secrets = secrets(p, &at, v, self.top.secrets, service);
+            }
             "networks" => {
                 self.networks = networks(p, &at, v, self.top.networks);
                 self.networks_path = Some(at);
@@ -458,6 +465,7 @@ impl<'p, 't> Converter<'p, 't> {
         sources.ports = self.ports.iter().map(|(_, s)| s.clone()).collect();
         sources.volumes = self.volumes.iter().map(|(_, s)| s.clone()).collect();
         sources.depends_on = self.depends_on.iter().map(|(_, s)| s.clone()).collect();
+        sources.secrets = self.secrets.iter().map(|(_, s)| s.clone()).collect();
         let mut targets: BTreeMap<&str, &str> = BTreeMap::new();
         for (m, at) in &self.volumes {
             if let Some(first) = targets.insert(&m.target, at) {
@@ -498,8 +506,7 @@ impl<'p, 't> Converter<'p, 't> {
             no_new_privileges: self.no_new_privileges,
             cpu_shares: self.cpu_shares,
             networks: self.networks,
-            // Compose `secrets:` is still refused at parse time; converted in a later change.
-            secrets: vec![],
+            secrets: self.secrets.into_iter().map(|(m, _)| m).collect(),
         };
         (image, parts, sources)
     }
@@ -1320,6 +1327,140 @@ fn reserved_devices(p: &mut Problems, path: &str, node: &Node) -> Vec<Sourced<Ha
         }
     }
     out
+}
+
+/// A service's `secrets`: `- NAME` (the file /run/secrets/NAME) or `- {source, target, uid,
+/// gid, mode}`, each naming a top-level secret. `source` becomes the secret's name in the
+/// Fleet secret store (the top-level `name:`, if given). Compose writes uid and gid as strings
+/// and mode in octal: a string is read as octal ("0440", "0o440", "440"), a YAML number as the
+/// number it is (0o440 is 288), as `docker compose` does.
+fn secrets(
+    p: &mut Problems,
+    at: &str,
+    node: &Node,
+    declared: &BTreeMap<String, String>,
+    service: &str,
+) -> Vec<(SecretMount, String)> {
+    let Some(items) = node.as_seq() else {
+        p.add(
+            at,
+            Some(node),
+            format!(
+                "expected a list of secret names or {{source, target, uid, gid, mode}}, found {}",
+                node.kind()
+            ),
+        );
+        return vec![];
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let item_at = read::item(at, i);
+        let (key, key_at, mut mount) = match &item.value {
+            Value::Str(name) => (
+                name.clone(),
+                item_at.clone(),
+                SecretMount {
+                    source: String::new(),
+                    target: name.clone(),
+                    uid: None,
+                    gid: None,
+                    mode: 0,
+                },
+            ),
+            Value::Map(fields) => {
+                let mut mount = SecretMount {
+                    source: String::new(),
+                    target: String::new(),
+                    uid: None,
+                    gid: None,
+                    mode: 0,
+                };
+                let mut source = None;
+                for (field, value) in fields {
+                    let field_at = child(&item_at, field);
+                    match field.as_str() {
+                        "source" => source = read::nonempty(p, &field_at, value).map(|s| (s, field_at)),
+                        "target" => mount.target = read::nonempty(p, &field_at, value).unwrap_or_default(),
+                        "uid" => mount.uid = id_number(p, &field_at, value),
+                        "gid" => mount.gid = id_number(p, &field_at, value),
+                        "mode" => mount.mode = file_mode(p, &field_at, value).unwrap_or(0),
+                        other => p.add(&field_at, Some(value), format!("unknown secret key {other:?}; a service's secret is {{source, target, uid, gid, mode}}")),
+                    }
+                }
+                let Some((source, source_at)) = source else {
+                    p.add(
+                        &item_at,
+                        Some(item),
+                        "a secret needs source: (the name of a top-level secret)",
+                    );
+                    continue;
+                };
+                if mount.target.is_empty() {
+                    mount.target = source.clone();
+                }
+                (source, source_at, mount)
+            }
+            _ => {
+                p.add(
+                    &item_at,
+                    Some(item),
+                    format!(
+                        "expected a secret name or {{source, target, uid, gid, mode}}, found {}",
+                        item.kind()
+                    ),
+                );
+                continue;
+            }
+        };
+        let Some(store_name) = declared.get(&key) else {
+            p.add(&key_at, Some(item), format!("service {service} uses secret {key:?}, which is not declared; add it under the top-level secrets: ({key}: {{}}) and set its value with `fleetctl secret set {key} < file`"));
+            continue;
+        };
+        mount.source = store_name.clone();
+        out.push((mount, item_at));
+    }
+    out
+}
+
+/// A uid or gid: a whole number, also as a string ("103", as Compose writes it).
+fn id_number(p: &mut Problems, at: &str, node: &Node) -> Option<u32> {
+    read::number::<u32>(p, at, node, 0)
+}
+
+/// A file mode: a string in octal ("0440", "0o440"), or a YAML number taken as it is.
+fn file_mode(p: &mut Problems, at: &str, node: &Node) -> Option<u32> {
+    let mode = match &node.value {
+        Value::Int(n) => u32::try_from(*n).ok(),
+        Value::Str(s) => {
+            let digits = s.trim();
+            let digits =
+                digits.strip_prefix("0o").or_else(|| digits.strip_prefix("0O")).unwrap_or(digits);
+            u32::from_str_radix(digits, 8).ok()
+        }
+        _ => None,
+    };
+    match mode {
+        Some(m) if m <= 0o777 => Some(m),
+        Some(m) => {
+            p.add(
+                at,
+                Some(node),
+                format!("mode {m:#o} is more than permission bits (at most 0777)"),
+            );
+            None
+        }
+        None => {
+            p.add(
+                at,
+                Some(node),
+                format!(
+                    "expected a file mode in octal such as 0440, found {}",
+                    read::describe(node)
+                ),
+            );
+            None
+        }
+    }
 }
 
 /// A service's `networks`: a list of declared network names, or a mapping of them to `{}` or

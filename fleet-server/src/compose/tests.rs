@@ -149,7 +149,7 @@ fn env_file_is_refused_because_the_file_is_not_on_the_device() {
 fn unknown_and_unsupported_service_keys_are_refused_with_reasons() {
     assert!(refused("container_name: web", "services.s.container_name").contains("side by side"));
     assert!(refused("logging: {driver: json-file}", "services.s.logging").contains("logs"));
-    assert!(refused("secrets: [db]", "services.s.secrets").contains("not supported yet"));
+    assert!(refused("secrets: [db]", "services.s.secrets[0]").contains("not declared"));
     assert!(refused("frobnicate: 1", "services.s.frobnicate").contains("COMPOSE.md"));
 }
 
@@ -167,10 +167,94 @@ fn service_names_must_be_dns_labels() {
 #[test]
 fn top_level_keys_outside_the_subset_are_refused_and_informational_ones_ignored() {
     let yaml = "version: \"3.8\"\nname: demo\nx-anything: {a: 1}\nnetworks: {front: {}}\nsecrets: {db: {file: ./db}}\nconfigs: {}\ninclude: [a.yaml]\nservices:\n  s:\n    image: x\n";
-    assert!(refused_file(yaml, "secrets").contains("not supported yet"));
+    assert!(refused_file(yaml, "secrets.db.file").contains("fleetctl secret set db < file"));
     assert!(refused_file(yaml, "configs").contains("not supported yet"));
     assert!(refused_file(yaml, "include").contains("self-contained"));
     assert_eq!(problems(yaml).len(), 3);
+}
+
+fn secrets_of(yaml: &str) -> Vec<(String, Vec<fleet_proto::SecretMount>)> {
+    release(yaml).services.iter().map(|s| (s.name.to_string(), s.secrets.clone())).collect()
+}
+
+fn mount(
+    source: &str,
+    target: &str,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    mode: u32,
+) -> fleet_proto::SecretMount {
+    fleet_proto::SecretMount { source: source.into(), target: target.into(), uid, gid, mode }
+}
+
+#[test]
+fn secrets_come_from_the_store_in_short_and_long_syntax() {
+    let yaml = "services:\n  db:\n    image: x\n    secrets:\n      - db_password\n      - source: tls\n        target: /etc/ssl/key.pem\n        uid: \"103\"\n        gid: 104\n        mode: 0440\n      - {source: api, mode: \"0o400\"}\n      - {source: api, target: api2, mode: \"600\"}\n      - {source: api, target: api3, mode: 0o440}\nsecrets:\n  db_password: {}\n  tls: {external: true}\n  api: {name: robot-api-key}\n";
+    let got = secrets_of(yaml);
+    assert_eq!(
+        got[0].1,
+        [
+            mount("db_password", "db_password", None, None, 0),
+            // Unquoted 0440 is octal, as docker compose reads it.
+            mount("tls", "/etc/ssl/key.pem", Some(103), Some(104), 0o440),
+            // name: maps the Compose key to the store's name; the file keeps the key's name.
+            mount("robot-api-key", "api", None, None, 0o400),
+            mount("robot-api-key", "api2", None, None, 0o600),
+            // A YAML 1.2 octal number is the number it is.
+            mount("robot-api-key", "api3", None, None, 0o440),
+        ]
+    );
+    assert_eq!(got[0].1[0].container_path(), "/run/secrets/db_password");
+    assert_eq!(got[0].1[0].file_mode(), 0o444);
+}
+
+#[test]
+fn unquoted_octal_modes_reach_the_converter_as_text() {
+    // serde-saphyr with leading_zero_numbers_as_strings: `0440` stays "0440", so it is read
+    // as octal and never as decimal 440 (0o670).
+    let node = super::yaml::parse(b"mode: 0440\nplain: 440\n").unwrap();
+    let map = node.as_map().unwrap();
+    assert_eq!(map[0].1.as_str(), Some("0440"));
+    assert_eq!(map[1].1.value, super::yaml::Value::Int(440));
+}
+
+#[test]
+fn secret_values_in_the_file_undeclared_names_and_bad_fields_are_refused_with_paths() {
+    let top = |decl: &str| {
+        format!("services:\n  s:\n    image: x\n    secrets: [k]\nsecrets:\n  k: {decl}\n")
+    };
+    let why = refused_file(&top("{file: ./k.txt}"), "secrets.k.file");
+    assert!(
+        why.contains("never go in the Compose file")
+            && why.contains("fleetctl secret set k < file"),
+        "{why}"
+    );
+    assert!(refused_file(&top("{environment: K}"), "secrets.k.environment")
+        .contains("fleetctl secret set"));
+    assert!(refused_file(&top("{external: false}"), "secrets.k.external").contains("file:"));
+    assert!(refused_file(&top("{name: \"a/b\"}"), "secrets.k.name").contains("not a secret name"));
+    assert!(refused_file(&top("{driver: x}"), "secrets.k.driver").contains("not supported"));
+    let why = refused("secrets: [nope]", "services.s.secrets[0]");
+    assert!(
+        why.contains("service s") && why.contains("\"nope\"") && why.contains("not declared"),
+        "{why}"
+    );
+    let with = |items: &str| {
+        format!("services:\n  s:\n    image: x\n    secrets: {items}\nsecrets:\n  k: {{}}\n")
+    };
+    assert!(refused_file(&with("[{target: x}]"), "services.s.secrets[0]").contains("source"));
+    assert!(refused_file(&with("[{source: k, mode: \"0999\"}]"), "services.s.secrets[0].mode")
+        .contains("octal"));
+    assert!(refused_file(&with("[{source: k, mode: 0o1777}]"), "services.s.secrets[0].mode")
+        .contains("0777"));
+    assert!(refused_file(&with("[{source: k, uid: root}]"), "services.s.secrets[0].uid")
+        .contains("whole number"));
+    assert!(refused_file(&with("[{source: k, frob: 1}]"), "services.s.secrets[0].frob")
+        .contains("unknown"));
+    // The spec's own rules, translated back to the file's path.
+    assert!(!refused_file(&with("[{source: k, target: ../etc/passwd}]"), "services.s.secrets[0]")
+        .is_empty());
+    assert!(!refused_file(&with("[k, {source: k}]"), "services.s.secrets[1]").is_empty());
 }
 
 #[test]
