@@ -1,5 +1,12 @@
 //! Backups: the whole store plus the keys that make it usable (fleet CA, signing key, admin
-//! token), as one JSON document.
+//! token, secrets key), as one JSON document.
+//!
+//! Secrets are in the store encrypted; the backup carries `secrets.key` (hex) too, on
+//! purpose: without it a restored server could open none of them, and every device whose
+//! release mounts a secret would be left without a state. The backup already holds the CA
+//! and signing keys (whoever has it can impersonate the server), so the key adds no new
+//! class of exposure; it keeps the rule that one backup restores one working server. Secret
+//! values never appear in it in the clear.
 //!
 //! Invariants: a backup is taken under the store's writer lock, so it is one consistent state;
 //! a restore goes only into a data directory without a store (or with `--force`, over one),
@@ -60,6 +67,9 @@ pub enum BackupError {
 /// Key files a backup carries, relative to the data directory.
 const KEY_FILES: [&str; 4] = ["pki/ca.pem", "pki/ca.key", "pki/signing.key", "admin-token"];
 
+/// The secrets key (binary; carried as hex), relative to the data directory.
+const SECRETS_KEY: &str = "secrets.key";
+
 impl Backup {
     /// Takes a backup of `store` and the keys under `data_dir`.
     pub fn take(store: &Store, data_dir: &Path) -> Result<Backup, BackupError> {
@@ -90,6 +100,16 @@ impl Backup {
                 Err(source) => {
                     return Err(BackupError::Io { path: path.display().to_string(), source })
                 }
+            }
+        }
+        let path = data_dir.join(SECRETS_KEY);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                files.insert(SECRETS_KEY.to_owned(), pki::hex(&bytes));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(BackupError::Io { path: path.display().to_string(), source })
             }
         }
         Ok(Backup {
@@ -142,6 +162,25 @@ impl Backup {
             }
         }
         for (name, text) in &self.files {
+            if name == SECRETS_KEY {
+                let key = pki::hex_decode(text.trim())
+                    .filter(|k| k.len() == crate::secrets::KEY_BYTES)
+                    .ok_or_else(|| {
+                        BackupError::Refused(format!(
+                            "{SECRETS_KEY} in the backup is not {} bytes of hex",
+                            crate::secrets::KEY_BYTES
+                        ))
+                    })?;
+                std::fs::create_dir_all(data_dir).map_err(|source| BackupError::Io {
+                    path: data_dir.display().to_string(),
+                    source,
+                })?;
+                let path = data_dir.join(SECRETS_KEY);
+                pki::write_file(&path, &key, 0o600).map_err(|e| {
+                    BackupError::Refused(format!("cannot write {}: {e}", path.display()))
+                })?;
+                continue;
+            }
             if !KEY_FILES.contains(&name.as_str()) {
                 return Err(BackupError::Refused(format!(
                     "unexpected file {name:?} in the backup"
@@ -200,6 +239,37 @@ mod tests {
         drop(restored);
         let again = backup.restore(to.path(), false).unwrap_err().to_string();
         assert!(again.contains("already holds a store"), "{again}");
+    }
+
+    #[test]
+    fn secrets_are_in_a_backup_only_encrypted_and_restore_with_their_key() {
+        use crate::secrets::{SecretValue, Vault};
+        use crate::variables::Scope;
+        let value = "s3cr3t-value-never-in-clear";
+        let from = tempfile::tempdir().unwrap();
+        let (vault, _) = Vault::open_or_create(&from.path().join("secrets.key")).unwrap();
+        let store = Store::open(&from.path().join("store")).unwrap();
+        let record = vault
+            .encrypt(
+                "db",
+                &Scope::default(),
+                &SecretValue::new(value.as_bytes().to_vec()),
+                UnixMillis(1),
+                "ops",
+            )
+            .unwrap();
+        store.update(|tx| Ok::<_, StoreError>(tx.put_secret(&record))).unwrap();
+        let text = serde_json::to_string(&Backup::take(&store, from.path()).unwrap()).unwrap();
+        assert!(!text.contains(value), "the value is not in the backup in the clear");
+        assert!(!text.contains(&pki::hex(value.as_bytes())));
+        let backup: Backup = serde_json::from_str(&text).unwrap();
+        let to = tempfile::tempdir().unwrap();
+        backup.restore(to.path(), false).unwrap();
+        let (restored_vault, created) =
+            Vault::open_or_create(&to.path().join("secrets.key")).unwrap();
+        assert!(!created, "the key came back with the backup");
+        let restored = Store::open(&to.path().join("store")).unwrap().secrets().unwrap();
+        assert_eq!(restored_vault.decrypt(&restored[0]).unwrap().bytes(), value.as_bytes());
     }
 
     #[test]

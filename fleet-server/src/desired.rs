@@ -10,6 +10,15 @@
 //! durable), so a power cut can never make the server reuse one — an agent refuses a state
 //! whose generation is not newer than the last it accepted.
 //!
+//! Secrets ([`crate::secrets`]) travel sealed to the device's own key ([`DeviceRecord::seal_key`]):
+//! every secret the device's release mounts is resolved for the device and sealed in the
+//! store change that decides the state. A mounted secret with no value for the device refuses
+//! the state ([`DesiredError::MissingSecret`], handled wherever [`DesiredError::Render`] is); a
+//! device that has not reported a key yet gets its state without secrets (its agent reports
+//! the release unsatisfiable until the key arrives and ingest re-targets it). Registry logins
+//! go sealed to devices with a key, in the clear (inside the signed state, over mutual TLS)
+//! only to agents that predate sealing.
+//!
 //! A state that could not be published (broker down) is not lost: the device's record says
 //! what it should run, and [`Publisher::republish_unconfirmed`] sends it again at start and
 //! whenever the driver finds devices behind.
@@ -19,8 +28,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleet_proto::{
-    topic, DesiredState, DeviceId, Message, Pin, RegistryCredential, ReleaseSpec, TopicKind,
-    UnixMillis,
+    topic, DesiredState, DeviceId, Message, Pin, RegistryCredential, ReleaseSpec, SealKey,
+    SealedSecret, TopicKind, UnixMillis,
 };
 use rumqttc::{AsyncClient, QoS};
 
@@ -28,6 +37,7 @@ use crate::devices::DeviceRecord;
 use crate::groups::Group;
 use crate::pki::Pki;
 use crate::releases::ReleaseRecord;
+use crate::secrets::{self, SecretError, SecretIndex, SecretRecord};
 use crate::store::{Store, StoreError, Tx};
 use crate::variables::{self, DeviceVars, VarIndex, VariableRecord};
 
@@ -42,6 +52,10 @@ pub struct Outgoing {
     pub release: Option<ReleaseSpec>,
     /// The pin that holds it there, if any.
     pub pin: Option<Pin>,
+    /// The device's sealing key when the state was decided (registry logins are sealed to it).
+    pub seal_key: Option<SealKey>,
+    /// The secrets the release mounts, sealed to `seal_key` (empty without a key).
+    pub secrets: Vec<SealedSecret>,
 }
 
 /// Why a desired state cannot be decided.
@@ -69,6 +83,50 @@ pub enum DesiredError {
         /// What is wrong, with Compose paths.
         problems: Vec<variables::RenderProblem>,
     },
+    /// The release mounts secrets that have no value for the device at any scope that applies
+    /// to it.
+    #[error("release {release} mounts secret(s) {} that have no value for device {device}; set them with `fleetctl secret set NAME < file` (for the fleet, a group of the device, or --device {device})", secrets.join(", "))]
+    MissingSecret {
+        /// The device.
+        device: DeviceId,
+        /// The release.
+        release: String,
+        /// The secrets without a value.
+        secrets: Vec<String>,
+    },
+    /// A stored secret cannot be opened or sealed.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+}
+
+impl DesiredError {
+    /// Whether this is a decided refusal for one device (its variables or secrets do not fit
+    /// its release), as opposed to a failure of the server: callers skip or refuse that
+    /// device, they do not fail everything.
+    pub fn refuses_device(&self) -> bool {
+        matches!(self, DesiredError::Render { .. } | DesiredError::MissingSecret { .. })
+    }
+
+    /// The refusal's problems as (path, reason), for a problem+json answer.
+    pub fn problems(&self) -> Vec<(String, String)> {
+        match self {
+            DesiredError::Render { problems, .. } => {
+                problems.iter().map(|p| (p.path.clone(), p.reason.clone())).collect()
+            }
+            DesiredError::MissingSecret { device, secrets, .. } => secrets
+                .iter()
+                .map(|name| {
+                    (
+                        format!("secrets.{name}"),
+                        format!(
+                            "no value for device {device}: `fleetctl secret set {name} < file`"
+                        ),
+                    )
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
 }
 
 /// Where releases and the variables that render them are read: a store change ([`Tx`]) or
@@ -80,6 +138,8 @@ pub trait Source {
     fn variables(&self) -> Result<Vec<VariableRecord>, StoreError>;
     /// Every group.
     fn groups(&self) -> Result<Vec<Group>, StoreError>;
+    /// Every secret (encrypted).
+    fn secrets(&self) -> Result<Vec<SecretRecord>, StoreError>;
 }
 
 impl Source for Tx<'_> {
@@ -92,6 +152,9 @@ impl Source for Tx<'_> {
     fn groups(&self) -> Result<Vec<Group>, StoreError> {
         Tx::groups(self)
     }
+    fn secrets(&self) -> Result<Vec<SecretRecord>, StoreError> {
+        Tx::secrets(self)
+    }
 }
 
 impl Source for Store {
@@ -103,6 +166,9 @@ impl Source for Store {
     }
     fn groups(&self) -> Result<Vec<Group>, StoreError> {
         Store::groups(self)
+    }
+    fn secrets(&self) -> Result<Vec<SecretRecord>, StoreError> {
+        Store::secrets(self)
     }
 }
 
@@ -123,6 +189,8 @@ pub struct Releases {
     /// The variables in force; read from the source on first use unless given.
     index: Option<Arc<VarIndex>>,
     renders: HashMap<(String, DeviceVars), ReleaseSpec>,
+    /// The secrets in force; read from the source on first use.
+    secrets: Option<Arc<SecretIndex>>,
 }
 
 impl Releases {
@@ -169,6 +237,55 @@ impl Releases {
         let index = Arc::new(VarIndex::new(src.variables()?, &src.groups()?));
         self.index = Some(index.clone());
         Ok(index)
+    }
+
+    /// The secrets in force, indexed.
+    pub fn secret_index(&mut self, src: &dyn Source) -> Result<Arc<SecretIndex>, DesiredError> {
+        if let Some(i) = &self.secrets {
+            return Ok(i.clone());
+        }
+        let index = Arc::new(SecretIndex::new(src.secrets()?, &src.groups()?));
+        self.secrets = Some(index.clone());
+        Ok(index)
+    }
+
+    /// The secrets `spec` (release `release`, as `record`'s device runs it) mounts, resolved
+    /// for the device and sealed to its key. Refuses if one has no value for the device;
+    /// empty (after that check) while the device has reported no key.
+    pub fn sealed_secrets(
+        &mut self,
+        src: &dyn Source,
+        pki: &Pki,
+        release: &str,
+        spec: &ReleaseSpec,
+        record: &DeviceRecord,
+    ) -> Result<Vec<SealedSecret>, DesiredError> {
+        let names = secrets::mounted(spec);
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let index = self.secret_index(src)?;
+        let id = record.id.as_str();
+        let mut found = Vec::new();
+        let mut missing = Vec::new();
+        for name in &names {
+            match index.resolve(id, &record.labels, name) {
+                Some(r) => found.push(r),
+                None => missing.push(name.clone()),
+            }
+        }
+        if !missing.is_empty() {
+            return Err(DesiredError::MissingSecret {
+                device: record.id.clone(),
+                release: release.to_owned(),
+                secrets: missing,
+            });
+        }
+        let Some(key) = record.seal_key() else { return Ok(Vec::new()) };
+        Ok(found
+            .into_iter()
+            .map(|r| pki.vault().seal_for(r, id, &key))
+            .collect::<Result<_, _>>()?)
     }
 
     /// The release `id` as `record`'s device runs it: rendered with its variables
@@ -255,9 +372,81 @@ pub fn retarget_changed(
             changed.unchanged += 1;
             continue;
         }
-        if let Some(out) = retarget(tx, pki, &mut new, &mut record, now, true)? {
-            changed.outgoing.push(out);
-            tx.put_device(&record);
+        match retarget(tx, pki, &mut new, &mut record, now, true) {
+            Ok(Some(out)) => {
+                changed.outgoing.push(out);
+                tx.put_device(&record);
+            }
+            Ok(None) => {}
+            Err(e) if e.refuses_device() => changed.failures.push(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(changed)
+}
+
+/// For each of `devices`, compares the digest of every secret its wanted release mounts under
+/// the secrets `before` with those in force in `tx` now; a device where one differs gets a new
+/// generation with the secrets sealed again, the others are left alone (so a rotation reaches
+/// exactly the devices that use the secret). A device left without a value for a mounted
+/// secret is a failure (the change must be refused).
+pub fn retarget_secrets_changed(
+    tx: &mut Tx<'_>,
+    pki: &Pki,
+    before: &SecretIndex,
+    devices: Vec<DeviceRecord>,
+    now: UnixMillis,
+) -> Result<Changed, DesiredError> {
+    let mut releases = Releases::default();
+    let after = releases.secret_index(&*tx)?;
+    let mut changed = Changed::default();
+    for mut record in devices {
+        if record.refusal().is_some() {
+            continue;
+        }
+        let Some(release) = record.wanted_release(now).map(str::to_owned) else { continue };
+        let spec = match releases.get(&*tx, pki, &release) {
+            Ok(spec) => spec,
+            Err(DesiredError::UnknownRelease { .. }) => continue,
+            Err(e) => return Err(e),
+        };
+        let names = secrets::mounted(&spec);
+        if names.is_empty() {
+            continue;
+        }
+        let id = record.id.as_str();
+        let was = before.digests(id, &record.labels, &names);
+        let will = after.digests(id, &record.labels, &names);
+        // Only what this change takes away: a value missing before too is not its doing.
+        let missing: Vec<String> = will
+            .iter()
+            .filter(|(n, d)| d.is_none() && was.get(*n).is_some_and(Option::is_some))
+            .map(|(n, _)| n.clone())
+            .collect();
+        if !missing.is_empty() {
+            changed.failures.push(DesiredError::MissingSecret {
+                device: record.id.clone(),
+                release,
+                secrets: missing,
+            });
+            continue;
+        }
+        if was == will && record.desired_release.as_deref() == Some(&release) {
+            changed.unchanged += 1;
+            continue;
+        }
+        match retarget(tx, pki, &mut releases, &mut record, now, true) {
+            Ok(Some(out)) => {
+                changed.outgoing.push(out);
+                tx.put_device(&record);
+            }
+            Ok(None) => {}
+            // Its variables, or another secret, broke its release before this change: not
+            // this change's doing, and it gets the secret once the rest fits again.
+            Err(e) if e.refuses_device() => {
+                tracing::warn!(device = %record.id, error = %e, "secret changed, but the device's release still cannot be decided");
+            }
+            Err(e) => return Err(e),
         }
     }
     Ok(changed)
@@ -286,6 +475,10 @@ pub fn retarget(
         Some(id) => Some(releases.for_device(tx, pki, id, record)?),
         None => None,
     };
+    let secrets = match (&wanted, &release) {
+        (Some(id), Some(spec)) => releases.sealed_secrets(tx, pki, id, spec, record)?,
+        _ => Vec::new(),
+    };
     // Never reused: the agent refuses anything not newer than what it accepted.
     record.desired_generation = record.desired_generation.max(record.accepted_generation) + 1;
     record.desired_release = wanted;
@@ -294,6 +487,8 @@ pub fn retarget(
         generation: record.desired_generation,
         release,
         pin,
+        seal_key: record.seal_key(),
+        secrets,
     }))
 }
 
@@ -313,6 +508,8 @@ pub struct Publisher {
     mqtt: AsyncClient,
     pki: Arc<Pki>,
     credentials: Arc<Vec<RegistryCredential>>,
+    /// Devices already warned about getting registry logins in the clear (once each).
+    warned_clear: Arc<std::sync::Mutex<std::collections::HashSet<DeviceId>>>,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -338,22 +535,57 @@ impl Publisher {
         pki: Arc<Pki>,
         credentials: Vec<RegistryCredential>,
     ) -> Publisher {
-        Publisher { mqtt, pki, credentials: Arc::new(credentials) }
+        Publisher { mqtt, pki, credentials: Arc::new(credentials), warned_clear: Arc::default() }
     }
 
     fn payload(&self, out: Outgoing, now: UnixMillis) -> (String, Vec<u8>) {
+        let (registry_credentials, sealed_registry_credentials) =
+            self.credentials_for(&out.device, out.seal_key.as_ref());
         let state = DesiredState {
             device: out.device,
             generation: out.generation,
             release: out.release,
             pin: out.pin,
             issued_at: now,
-            registry_credentials: self.credentials.to_vec(),
-            secrets: vec![],
-            sealed_registry_credentials: vec![],
+            registry_credentials,
+            secrets: out.secrets,
+            sealed_registry_credentials,
         };
         let topic = topic(&state.device, TopicKind::Desired);
         (topic, Message::Desired(self.pki.signing_key().sign(&state)).encode())
+    }
+
+    /// The registry logins for `device`: (in the clear, sealed). Sealed only when it has a
+    /// key; in the clear only when it has none (an agent that predates sealing).
+    fn credentials_for(
+        &self,
+        device: &DeviceId,
+        key: Option<&SealKey>,
+    ) -> (Vec<RegistryCredential>, Vec<u8>) {
+        if self.credentials.is_empty() {
+            return (Vec::new(), Vec::new());
+        }
+        let Some(key) = key else {
+            let mut warned =
+                self.warned_clear.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if warned.insert(device.clone()) {
+                tracing::warn!(%device, "device reported no sealing key (an older agent): its registry logins go inside the signed state, unsealed; upgrade its fleet-agent");
+            }
+            return (self.credentials.to_vec(), Vec::new());
+        };
+        let aad = fleet_proto::seal::registry_credentials_aad(device.as_str());
+        let plain = postcard::to_allocvec(&*self.credentials);
+        match plain
+            .map_err(|e| e.to_string())
+            .and_then(|p| fleet_proto::seal::seal(key, &p, &aad).map_err(|e| e.to_string()))
+        {
+            Ok(sealed) => (Vec::new(), sealed),
+            Err(e) => {
+                // Never fall back to the clear for a device that can open sealed ones.
+                tracing::error!(%device, error = %e, "cannot seal the registry logins; the state goes without them");
+                (Vec::new(), Vec::new())
+            }
+        }
     }
 
     /// Sends without waiting: for API requests, which must not hang on a full queue.
@@ -413,18 +645,22 @@ impl Publisher {
             {
                 continue;
             }
-            let release = match &record.desired_release {
-                Some(id) => match releases.for_device(store, &self.pki, id, &record) {
-                    Ok(spec) => Some(spec),
-                    // One device's variables must not stop the others' states; it is sent
-                    // again once its variables render.
-                    Err(e @ DesiredError::Render { .. }) => {
-                        tracing::error!(device = %record.id, error = %e, "desired state not sent");
-                        continue;
-                    }
-                    Err(e) => return Err(e),
-                },
-                None => None,
+            let decided = match &record.desired_release {
+                Some(id) => releases.for_device(store, &self.pki, id, &record).and_then(|spec| {
+                    let sealed = releases.sealed_secrets(store, &self.pki, id, &spec, &record)?;
+                    Ok((Some(spec), sealed))
+                }),
+                None => Ok((None, Vec::new())),
+            };
+            let (release, secrets) = match decided {
+                Ok(d) => d,
+                // One device's variables or secrets must not stop the others' states; it is
+                // sent again once they fit its release.
+                Err(e) if e.refuses_device() => {
+                    tracing::error!(device = %record.id, error = %e, "desired state not sent");
+                    continue;
+                }
+                Err(e) => return Err(e),
             };
             let pin = record.pin_at(now).map(wire_pin);
             outgoing.push(Outgoing {
@@ -432,8 +668,147 @@ impl Publisher {
                 generation: record.desired_generation,
                 release,
                 pin,
+                seal_key: record.seal_key(),
+                secrets,
             });
         }
         Ok(self.send_all(outgoing, now, Duration::from_secs(5)).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::BTreeMap;
+
+    use fleet_proto::{DeviceSealKey, SecretMount, ServiceSpec};
+
+    use super::*;
+    use crate::devices::CertificateInfo;
+    use crate::secrets::SecretValue;
+    use crate::variables::Scope;
+
+    struct Setup {
+        _dir: tempfile::TempDir,
+        store: Store,
+        pki: Pki,
+    }
+
+    /// A store with release `app@1` whose one service mounts `db` (if `mounts`), a device
+    /// `r1` assigned to it, and `db` set fleet-wide (if `value`).
+    fn setup(mounts: bool, value: Option<&[u8]>, key: Option<SealKey>) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let (pki, _) =
+            Pki::open_or_create(&dir.path().join("pki"), &dir.path().join("secrets.key")).unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let mut spec = fleet_proto::samples::release();
+        spec.id = fleet_proto::ReleaseId::new("app@1").unwrap();
+        spec.app = "app".into();
+        spec.version = "1".into();
+        spec.services.truncate(1);
+        let service: &mut ServiceSpec = &mut spec.services[0];
+        service.secrets = if mounts {
+            vec![SecretMount {
+                source: "db".into(),
+                target: "db".into(),
+                uid: None,
+                gid: None,
+                mode: 0,
+            }]
+        } else {
+            vec![]
+        };
+        let record = ReleaseRecord::new(spec, pki.signing_key(), None, vec![], UnixMillis(1), "t");
+        let mut device = DeviceRecord::enrolled(
+            DeviceId::new("r1").unwrap(),
+            BTreeMap::new(),
+            CertificateInfo { serial: "01".into(), not_after: UnixMillis(u64::MAX) },
+            UnixMillis(1),
+        );
+        device.assigned_release = Some("app@1".into());
+        device.seal_key = key.map(|k| k.to_hex());
+        let secret = value.map(|v| {
+            pki.vault()
+                .encrypt("db", &Scope::default(), &SecretValue::new(v.to_vec()), UnixMillis(1), "t")
+                .unwrap()
+        });
+        store
+            .update(|tx| {
+                tx.put_release(&record);
+                tx.put_device(&device);
+                if let Some(s) = &secret {
+                    tx.put_secret(s);
+                }
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        Setup { _dir: dir, store, pki }
+    }
+
+    fn decide(s: &Setup) -> Result<Option<Outgoing>, DesiredError> {
+        s.store.update(|tx| {
+            let mut record = tx.device(&DeviceId::new("r1").unwrap())?.unwrap();
+            retarget(tx, &s.pki, &mut Releases::default(), &mut record, UnixMillis(2), true)
+        })
+    }
+
+    #[test]
+    fn a_mounted_secret_is_sealed_to_the_device_and_opens_with_its_key() {
+        let device_key = DeviceSealKey::generate().unwrap();
+        let s = setup(true, Some(b"\x00pg-password\xff"), Some(device_key.public()));
+        let out = decide(&s).unwrap().unwrap();
+        assert_eq!(out.secrets.len(), 1);
+        let sealed = &out.secrets[0];
+        assert_eq!(sealed.name, "db");
+        assert_eq!(sealed.digest, s.pki.vault().digest(b"\x00pg-password\xff"));
+        let aad = fleet_proto::seal::secret_aad("r1", "db", &sealed.digest);
+        assert_eq!(device_key.open(&sealed.sealed, &aad).unwrap(), b"\x00pg-password\xff");
+        assert!(!format!("{out:?}").contains("pg-password"));
+    }
+
+    #[test]
+    fn only_mounted_secrets_go_and_a_device_without_a_key_gets_none_yet() {
+        let key = DeviceSealKey::generate().unwrap().public();
+        assert!(decide(&setup(false, Some(b"v"), Some(key))).unwrap().unwrap().secrets.is_empty());
+        let out = decide(&setup(true, Some(b"v"), None)).unwrap().unwrap();
+        assert!(out.secrets.is_empty() && out.release.is_some(), "{out:?}");
+    }
+
+    #[test]
+    fn a_mounted_secret_without_a_value_refuses_the_state_naming_device_release_and_secret() {
+        let key = DeviceSealKey::generate().unwrap().public();
+        let e = decide(&setup(true, None, Some(key))).unwrap_err();
+        assert!(e.refuses_device());
+        let text = e.to_string();
+        assert!(text.contains("r1") && text.contains("app@1") && text.contains("db"), "{text}");
+        assert_eq!(e.problems()[0].0, "secrets.db");
+    }
+
+    fn publisher(pki: Pki, credentials: Vec<RegistryCredential>) -> Publisher {
+        let (client, _events) = AsyncClient::new(rumqttc::MqttOptions::new("t", "127.0.0.1", 1), 1);
+        Publisher::new(client, Arc::new(pki), credentials)
+    }
+
+    #[test]
+    fn registry_logins_go_sealed_to_a_keyed_device_and_in_the_clear_only_without_a_key() {
+        let s = setup(false, None, None);
+        let creds = vec![RegistryCredential {
+            registry: "reg.example".into(),
+            username: "bot".into(),
+            password: "registry-pass".into(),
+        }];
+        let p = publisher(s.pki, creds.clone());
+        let device = DeviceId::new("r1").unwrap();
+        let device_key = DeviceSealKey::generate().unwrap();
+        let (clear, sealed) = p.credentials_for(&device, Some(&device_key.public()));
+        assert!(clear.is_empty());
+        let aad = fleet_proto::seal::registry_credentials_aad("r1");
+        let opened: Vec<RegistryCredential> =
+            postcard::from_bytes(&device_key.open(&sealed, &aad).unwrap()).unwrap();
+        assert_eq!(opened, creds);
+        let (clear, sealed) = p.credentials_for(&device, None);
+        assert_eq!(clear, creds);
+        assert!(sealed.is_empty());
     }
 }

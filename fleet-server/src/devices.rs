@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use fleet_proto::{DeviceId, Message, Presence, ReleaseId, StateReport, UnixMillis};
+use fleet_proto::{DeviceId, Message, Presence, ReleaseId, SealKey, StateReport, UnixMillis};
 use serde::{Deserialize, Serialize};
 
 /// A device's client certificate, as the registry remembers it.
@@ -73,6 +73,10 @@ pub struct DeviceRecord {
     /// rarely).
     #[serde(default)]
     pub last_report: Option<StateReport>,
+    /// The device's public sealing key (X25519, hex) from its latest report: secrets and
+    /// registry logins are sealed to it. `None`: an agent that predates sealing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal_key: Option<String>,
 }
 
 /// A pin: an operator holds this device on one release, with a reason.
@@ -123,6 +127,7 @@ impl DeviceRecord {
             pin: None,
             assigned_release: None,
             last_report: None,
+            seal_key: None,
         }
     }
 
@@ -138,6 +143,11 @@ impl DeviceRecord {
             Some(pin) => Some(pin.release.as_str()),
             None => self.assigned_release.as_deref(),
         }
+    }
+
+    /// The device's sealing key, if it reported a valid one.
+    pub fn seal_key(&self) -> Option<SealKey> {
+        self.seal_key.as_deref().and_then(SealKey::from_hex)
     }
 
     /// Why the server does not accept messages from this device, if it does not.
@@ -187,6 +197,7 @@ impl DeviceRecord {
             pin: None,
             assigned_release: None,
             last_report: None,
+            seal_key: None,
         });
         match msg {
             Message::Status(s) => {
@@ -198,6 +209,8 @@ impl DeviceRecord {
                 rec.accepted_generation = r.accepted_generation;
                 rec.release = r.in_force.as_ref().map(|f| f.release.to_string());
                 rec.last_report = Some(StateReport { inventory: None, ..r.clone() });
+                // Every report carries the key; one without it comes from an older agent.
+                rec.seal_key = r.seal_key.as_ref().map(SealKey::to_hex);
             }
             _ => return None,
         }
@@ -231,6 +244,10 @@ mod tests {
         assert_eq!(rec.accepted_generation, 3);
         assert_eq!(rec.last_seen, UnixMillis(9));
         assert_eq!(rec.agent_version.as_deref(), Some("0.1.0"), "a report keeps the agent version");
+        assert_eq!(rec.seal_key(), samples::report().seal_key, "the report's sealing key is kept");
+        let older = StateReport { seal_key: None, ..samples::report() };
+        let rec = DeviceRecord::observe_at(Some(rec), &Message::Report(older), UnixMillis(10));
+        assert_eq!(rec.unwrap().seal_key, None, "an older agent's report has none");
     }
 
     #[test]

@@ -2,6 +2,11 @@
 //! check the message against its topic, update the store (status, reports, events, telemetry)
 //! or hand a command result to whoever waits for it. Telemetry acknowledgements go out in
 //! groups, after one flush makes the group's points durable.
+//!
+//! When a device's sealing key appears or changes (first report of a new agent, a
+//! re-installed device) and what it was sent is sealed (its release mounts secrets, or the
+//! server has registry logins), the device gets a new generation in a durable change and its
+//! state is sent again, sealed to the new key.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,14 +33,17 @@ const ACK_GROUP: Duration = Duration::from_millis(20);
 
 /// Polls the server's MQTT connection and records what devices send until the task is dropped.
 /// `subscribed` fires once the first subscriptions are acknowledged, so callers can report
-/// ready only when no device message can be missed.
+/// ready only when no device message can be missed. `reported` is called after each report,
+/// with the device when its desired state must be sent again (its sealing key changed);
+/// `sealed_credentials`: the server sends registry logins (sealed to the key).
 pub async fn run(
     client: AsyncClient,
     mut events: EventLoop,
     store: Arc<Store>,
     waiters: Waiters,
     subscribed: tokio::sync::oneshot::Sender<()>,
-    reported: impl Fn() + Send + 'static,
+    sealed_credentials: bool,
+    reported: impl Fn(Option<DeviceId>) + Send + 'static,
 ) {
     let mut subscribed = Some(subscribed);
     let mut backoff = Duration::from_millis(100);
@@ -78,7 +86,15 @@ pub async fn run(
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 match handle(&store, &waiters, &p.topic, &p.payload) {
-                    Heard::Report => reported(),
+                    Heard::Report => reported(None),
+                    Heard::Rekeyed(device) => match rekey(&store, &device, sealed_credentials) {
+                        Ok(true) => reported(Some(device)),
+                        Ok(false) => reported(None),
+                        Err(e) => {
+                            tracing::error!(%device, error = %e, "cannot re-target the device for its new sealing key");
+                            reported(None);
+                        }
+                    },
                     Heard::Telemetry(device, ack) => {
                         if acks.is_empty() {
                             ack_timer.as_mut().reset(tokio::time::Instant::now() + ACK_GROUP);
@@ -125,6 +141,8 @@ fn send_acks(client: &AsyncClient, store: &Store, acks: &mut Vec<(DeviceId, Tele
 enum Heard {
     /// A state report (rollouts may move).
     Report,
+    /// A state report with a sealing key other than the one recorded.
+    Rekeyed(DeviceId),
     /// Telemetry stored (in the store's write buffer): acknowledge after a flush.
     Telemetry(DeviceId, TelemetryAck),
     /// Anything else, or dropped.
@@ -206,8 +224,13 @@ fn handle(store: &Store, waiters: &Waiters, topic: &str, payload: &[u8]) -> Hear
             }
             _ => {}
         }
-        let heard = if matches!(msg, Message::Report(_)) { Heard::Report } else { Heard::Other };
+        let old_key = previous.as_ref().and_then(|p| p.seal_key.clone());
+        let mut heard = if matches!(msg, Message::Report(_)) { Heard::Report } else { Heard::Other };
         if let Some(record) = DeviceRecord::observe_at(previous, &msg, now) {
+            if heard == Heard::Report && record.seal_key != old_key {
+                tracing::info!(device = %record.id, key = record.seal_key.as_deref().unwrap_or("none"), "device sealing key changed");
+                heard = Heard::Rekeyed(record.id.clone());
+            }
             tx.put_device(&record);
         }
         Ok::<_, StoreError>(heard)
@@ -215,5 +238,30 @@ fn handle(store: &Store, waiters: &Waiters, topic: &str, payload: &[u8]) -> Hear
     recorded.unwrap_or_else(|e| {
         tracing::error!(%topic, error = %e, "cannot store what the device sent");
         Heard::Other
+    })
+}
+
+/// Gives `device` a new generation (durably, before anything is sent) when what its desired
+/// state holds is sealed to its key: its release mounts secrets, or registry logins go with
+/// every state. Returns whether it did; the caller has the state sent again.
+fn rekey(store: &Store, device: &DeviceId, sealed_credentials: bool) -> Result<bool, StoreError> {
+    store.update_durable(|tx| {
+        let Some(mut record) = tx.device(device)? else { return Ok(false) };
+        if record.refusal().is_some() || record.desired_generation == 0 {
+            return Ok(false);
+        }
+        let mounts = match &record.desired_release {
+            Some(id) => {
+                tx.release(id)?.is_some_and(|r| !crate::secrets::mounted(&r.spec).is_empty())
+            }
+            None => false,
+        };
+        if !mounts && !sealed_credentials {
+            return Ok(false);
+        }
+        // Never reused: the agent refuses anything not newer than what it accepted.
+        record.desired_generation = record.desired_generation.max(record.accepted_generation) + 1;
+        tx.put_device(&record);
+        Ok(true)
     })
 }

@@ -13,7 +13,8 @@
 //! * I/O: [`store`] (typed records over a key-value backend), [`desired`] (deciding and
 //!   publishing desired state), [`rollouts`] (the driver that steps rollouts), [`ingest`]
 //!   (MQTT → registry), [`registry`] (image tags → digests), [`broker`] (embedded MQTT),
-//!   [`api`] (HTTP), [`backup`], [`pki`], [`commands`].
+//!   [`api`] (HTTP), [`backup`], [`pki`] (with the secrets key), [`commands`]; [`secrets`] holds the pure
+//!   resolution and the at-rest encryption.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -39,6 +40,7 @@ pub mod registry;
 pub mod releases;
 pub mod rollout;
 pub mod rollouts;
+pub mod secrets;
 pub mod store;
 pub mod telemetry;
 pub mod units;
@@ -184,7 +186,11 @@ pub async fn serve(
         store.clone(),
         waiters.clone(),
         subscribed_tx,
-        move || wake.wake(),
+        !opts.registries.is_empty(),
+        move |resend: Option<fleet_proto::DeviceId>| match resend {
+            Some(device) => wake.resend_later(device),
+            None => wake.wake(),
+        },
     ));
     if tokio::time::timeout(std::time::Duration::from_secs(10), subscribed).await.is_err() {
         ingest.abort();
@@ -229,7 +235,9 @@ pub struct Keys {
 /// into logs itself.
 pub fn open_keys(data_dir: &std::path::Path) -> Result<Keys, ServeError> {
     let err = |source| ServeError::Pki { path: data_dir.display().to_string(), source };
-    let (pki, created) = pki::Pki::open_or_create(&data_dir.join("pki")).map_err(err)?;
+    let (pki, created) =
+        pki::Pki::open_or_create(&data_dir.join("pki"), &data_dir.join("secrets.key"))
+            .map_err(err)?;
     if created {
         tracing::info!(ca = %data_dir.join("pki/ca.pem").display(), signing_key = %pki.signing_key().id(), "created the fleet CA and desired-state signing key");
     }

@@ -5,6 +5,8 @@
 //!   devices pin it, so a broker certificate from any other CA is refused;
 //! * the **desired-state signing key** (`signing.key`, ed25519): devices trust its public half
 //!   from their enrollment bundle and refuse desired state and commands it did not sign;
+//! * the **secrets key** (`<data>/secrets.key`, 32 bytes): encrypts secret values at rest
+//!   ([`crate::secrets::Vault`]);
 //! * the **revocation list** (`crl.pem`), rewritten on every revocation for the broker's
 //!   `crlfile` (see `packaging/mosquitto/`).
 //!
@@ -71,6 +73,9 @@ pub enum PkiError {
     /// The OS random source failed.
     #[error("the system random source failed")]
     Random,
+    /// The secrets key cannot be loaded or made.
+    #[error(transparent)]
+    Vault(#[from] crate::secrets::VaultError),
 }
 
 /// Why an enrollment key was refused.
@@ -161,6 +166,7 @@ pub struct Pki {
     ca_name: String,
     ca_key: KeyPair,
     signing: ServerKey,
+    vault: crate::secrets::Vault,
 }
 
 impl std::fmt::Debug for Pki {
@@ -174,9 +180,9 @@ impl std::fmt::Debug for Pki {
 }
 
 impl Pki {
-    /// Loads the PKI from `dir`, creating the CA and signing key on first use. Returns whether
-    /// it was created.
-    pub fn open_or_create(dir: &Path) -> Result<(Pki, bool), PkiError> {
+    /// Loads the PKI from `dir` and the secrets key from `secrets_key`, creating the CA,
+    /// signing key and secrets key on first use. Returns whether the CA was created.
+    pub fn open_or_create(dir: &Path, secrets_key: &Path) -> Result<(Pki, bool), PkiError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let ca_key_path = dir.join("ca.key");
         let created = !ca_key_path.exists();
@@ -196,7 +202,11 @@ impl Pki {
             .and_then(|b| b.try_into().ok())
             .ok_or_else(|| corrupt(&seed_path, "hex ed25519 seed"))?;
         let signing = ServerKey::from_seed(&seed);
-        Ok((Pki { dir: dir.to_owned(), ca_pem, ca_name, ca_key, signing }, created))
+        let (vault, vault_created) = crate::secrets::Vault::open_or_create(secrets_key)?;
+        if vault_created {
+            tracing::info!(key = %secrets_key.display(), "created the secrets key");
+        }
+        Ok((Pki { dir: dir.to_owned(), ca_pem, ca_name, ca_key, signing, vault }, created))
     }
 
     /// The CA certificate (PEM) that devices and the broker pin.
@@ -207,6 +217,11 @@ impl Pki {
     /// The desired-state signing key.
     pub fn signing_key(&self) -> &ServerKey {
         &self.signing
+    }
+
+    /// The secrets key.
+    pub fn vault(&self) -> &crate::secrets::Vault {
+        &self.vault
     }
 
     /// The keys the server's own signatures verify against (stored releases are checked with
@@ -461,9 +476,11 @@ mod tests {
     #[test]
     fn the_ca_and_signing_key_are_created_once_and_reloaded_unchanged() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (first, created) = Pki::open_or_create(dir.path()).expect("create");
+        let (first, created) =
+            Pki::open_or_create(dir.path(), &dir.path().join("secrets.key")).expect("create");
         assert!(created);
-        let (second, created) = Pki::open_or_create(dir.path()).expect("reload");
+        let (second, created) =
+            Pki::open_or_create(dir.path(), &dir.path().join("secrets.key")).expect("reload");
         assert!(!created);
         assert_eq!(first.ca_pem(), second.ca_pem());
         assert_eq!(first.signing_key().id(), second.signing_key().id());
@@ -477,10 +494,11 @@ mod tests {
     #[test]
     fn a_device_certificate_from_a_reloaded_ca_verifies_and_a_revoked_one_does_not() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (pki, _) = Pki::open_or_create(dir.path()).expect("create");
+        let (pki, _) =
+            Pki::open_or_create(dir.path(), &dir.path().join("secrets.key")).expect("create");
         let (pki, _) = {
             drop(pki);
-            Pki::open_or_create(dir.path()).expect("reload")
+            Pki::open_or_create(dir.path(), &dir.path().join("secrets.key")).expect("reload")
         };
         let id = device("robot-7");
         let (_key, public, proof) = new_device_key(&id).expect("key");
@@ -499,8 +517,10 @@ mod tests {
     #[test]
     fn a_certificate_from_another_fleet_is_refused() {
         let (ours, theirs) = (tempfile::tempdir().expect("t"), tempfile::tempdir().expect("t"));
-        let (ours, _) = Pki::open_or_create(ours.path()).expect("ours");
-        let (theirs, _) = Pki::open_or_create(theirs.path()).expect("theirs");
+        let (ours, _) =
+            Pki::open_or_create(ours.path(), &ours.path().join("secrets.key")).expect("ours");
+        let (theirs, _) =
+            Pki::open_or_create(theirs.path(), &theirs.path().join("secrets.key")).expect("theirs");
         let (issued, _) = theirs.issue_client("robot-7", 30).expect("issue");
         assert!(verify_client(&ours, &issued.cert_pem, vec![]).is_err());
     }
@@ -529,10 +549,11 @@ mod tests {
     #[test]
     fn a_private_key_readable_by_others_is_refused_with_the_fix() {
         let dir = tempfile::tempdir().expect("tempdir");
-        drop(Pki::open_or_create(dir.path()).expect("create"));
+        drop(Pki::open_or_create(dir.path(), &dir.path().join("secrets.key")).expect("create"));
         let key = dir.path().join("ca.key");
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-        let err = Pki::open_or_create(dir.path()).expect_err("refused");
+        let err =
+            Pki::open_or_create(dir.path(), &dir.path().join("secrets.key")).expect_err("refused");
         assert!(err.to_string().contains("chmod 600"), "{err}");
     }
 

@@ -527,14 +527,20 @@ pub fn carry_out(
                 ));
                 record = before;
             }
-            // Nor must one device whose variables do not fit the release.
-            Err(e @ DesiredError::Render { .. }) => {
+            // Nor must one device whose variables or secrets do not fit the release.
+            Err(e) if e.refuses_device() => {
+                let fix = match e {
+                    DesiredError::Render { .. } => {
+                        format!(" (fix its variables: `fleetctl var ls --device {device}`)")
+                    }
+                    _ => String::new(),
+                };
                 tx.audit(AuditEntry::new(
                     now,
                     actor,
                     "rollout.error",
                     device.to_string(),
-                    format!("rollout {rollout}: {e}; {device} keeps its desired state (fix its variables: `fleetctl var ls --device {device}`)"),
+                    format!("rollout {rollout}: {e}; {device} keeps its desired state{fix}"),
                 ));
                 record = before;
             }

@@ -28,6 +28,7 @@ use crate::devices::DeviceRecord;
 use crate::groups::Group;
 use crate::releases::ReleaseRecord;
 use crate::rollouts::RolloutRecord;
+use crate::secrets::SecretRecord;
 use crate::variables::VariableRecord;
 
 /// The schema this build writes. 1: separate sled trees for devices and events; 2: one tree of
@@ -70,11 +71,13 @@ pub enum Collection {
     TelemetryState,
     /// [`VariableRecord`] by [`VariableRecord::key`] (scope, then name).
     Variables,
+    /// [`SecretRecord`] (the value encrypted) by [`SecretRecord::key`] (scope, then name).
+    Secrets,
 }
 
 impl Collection {
     /// Every collection, in tag order (backups list them in this order).
-    pub const ALL: [Collection; 12] = [
+    pub const ALL: [Collection; 13] = [
         Collection::Meta,
         Collection::Devices,
         Collection::Inventories,
@@ -87,6 +90,7 @@ impl Collection {
         Collection::Telemetry,
         Collection::TelemetryState,
         Collection::Variables,
+        Collection::Secrets,
     ];
 
     fn tag(self) -> u8 {
@@ -103,6 +107,7 @@ impl Collection {
             Collection::Telemetry => 9,
             Collection::TelemetryState => 10,
             Collection::Variables => 11,
+            Collection::Secrets => 12,
         }
     }
 }
@@ -515,6 +520,11 @@ impl Store {
         self.all(Collection::Variables)
     }
 
+    /// Every secret (values encrypted), in key order (scope, then name).
+    pub fn secrets(&self) -> Result<Vec<SecretRecord>, StoreError> {
+        self.all(Collection::Secrets)
+    }
+
     /// Variables after `after` (a key), at most `limit`.
     pub fn variables_page(
         &self,
@@ -804,6 +814,26 @@ impl Tx<'_> {
     /// Removes a variable.
     pub fn remove_variable(&mut self, key: &str) {
         self.remove(Collection::Variables, key.as_bytes());
+    }
+
+    /// Every secret, as this change sees them.
+    pub fn secrets(&self) -> Result<Vec<SecretRecord>, StoreError> {
+        self.all_seen(Collection::Secrets)
+    }
+
+    /// A secret by key, as this change sees it.
+    pub fn secret(&self, key: &str) -> Result<Option<SecretRecord>, StoreError> {
+        self.get(Collection::Secrets, key.as_bytes())
+    }
+
+    /// Inserts or replaces a secret.
+    pub fn put_secret(&mut self, record: &SecretRecord) {
+        self.put(Collection::Secrets, record.key().as_bytes(), record);
+    }
+
+    /// Removes a secret.
+    pub fn remove_secret(&mut self, key: &str) {
+        self.remove(Collection::Secrets, key.as_bytes());
     }
 
     /// A number never handed out before.

@@ -216,56 +216,97 @@ impl DeviceVars {
     }
 }
 
-/// Every variable, indexed for resolving thousands of devices in one change.
-#[derive(Debug, Clone, Default)]
-pub struct VarIndex {
-    fleet: Vec<VariableRecord>,
-    /// Only groups that have variables, by name (the precedence order).
-    groups: Vec<(String, Selector, Vec<VariableRecord>)>,
-    devices: HashMap<String, Vec<VariableRecord>>,
+/// Records with a [`Scope`] (variables, secrets), indexed by scope for resolving thousands of
+/// devices in one change. The one place that decides which records apply to a device and in
+/// which order: fleet, then the groups the device is in by name, then the device.
+#[derive(Debug, Clone)]
+pub struct ScopedIndex<T> {
+    fleet: Vec<T>,
+    /// Only groups that have records, by name (the precedence order).
+    groups: Vec<(String, Selector, Vec<T>)>,
+    devices: HashMap<String, Vec<T>>,
 }
 
-impl VarIndex {
-    /// Indexes `vars`. Variables of a group that does not exist (any more) apply to nobody.
-    pub fn new(vars: Vec<VariableRecord>, groups: &[Group]) -> VarIndex {
+impl<T> Default for ScopedIndex<T> {
+    fn default() -> Self {
+        ScopedIndex { fleet: Vec::new(), groups: Vec::new(), devices: HashMap::new() }
+    }
+}
+
+/// A record that applies in a [`Scope`].
+pub trait Scoped {
+    /// Where it applies.
+    fn scope(&self) -> &Scope;
+}
+
+impl Scoped for VariableRecord {
+    fn scope(&self) -> &Scope {
+        &self.scope
+    }
+}
+
+impl<T: Scoped> ScopedIndex<T> {
+    /// Indexes `records`. Records of a group that does not exist (any more) apply to nobody.
+    pub fn new(records: Vec<T>, groups: &[Group]) -> ScopedIndex<T> {
         let selectors: BTreeMap<&str, &Selector> =
             groups.iter().map(|g| (g.name.as_str(), &g.selector)).collect();
-        let mut index = VarIndex::default();
-        let mut by_group: BTreeMap<String, Vec<VariableRecord>> = BTreeMap::new();
-        for v in vars {
-            match (&v.scope.group, &v.scope.device) {
-                (_, Some(d)) => index.devices.entry(d.clone()).or_default().push(v),
-                (Some(g), None) => by_group.entry(g.clone()).or_default().push(v),
-                (None, None) => index.fleet.push(v),
+        let mut index = ScopedIndex::default();
+        let mut by_group: BTreeMap<String, Vec<T>> = BTreeMap::new();
+        for r in records {
+            let scope = r.scope();
+            match (&scope.group, &scope.device) {
+                (_, Some(d)) => index.devices.entry(d.clone()).or_default().push(r),
+                (Some(g), None) => by_group.entry(g.clone()).or_default().push(r),
+                (None, None) => index.fleet.push(r),
             }
         }
-        for (name, vars) in by_group {
+        for (name, records) in by_group {
             if let Some(selector) = selectors.get(name.as_str()) {
-                index.groups.push((name, (*selector).clone(), vars));
+                index.groups.push((name, (*selector).clone(), records));
             }
         }
         index
     }
 
-    /// Every variable that applies to the device, least specific first (the precedence
-    /// order; service-scoped ones included).
+    /// Every record that applies to the device, least specific first (the precedence order;
+    /// service-scoped ones included).
+    pub fn applicable<'a>(&'a self, id: &str, labels: &BTreeMap<String, String>) -> Vec<&'a T> {
+        let mut out: Vec<&T> = self.fleet.iter().collect();
+        let member: Vec<&Vec<T>> = self
+            .groups
+            .iter()
+            .filter(|(_, selector, _)| selector.matches(labels))
+            .map(|(_, _, records)| records)
+            .collect();
+        out.extend(member.iter().flat_map(|v| v.iter()));
+        out.extend(self.devices.get(id).into_iter().flatten());
+        // Stable: within a level, fleet/group-name/device order stays.
+        out.sort_by_key(|r| r.scope().level());
+        out
+    }
+
+    /// The fleet-wide records.
+    pub fn fleet(&self) -> &[T] {
+        &self.fleet
+    }
+}
+
+/// Every variable, indexed for resolving thousands of devices in one change.
+#[derive(Debug, Clone, Default)]
+pub struct VarIndex(ScopedIndex<VariableRecord>);
+
+impl VarIndex {
+    /// Indexes `vars`. Variables of a group that does not exist (any more) apply to nobody.
+    pub fn new(vars: Vec<VariableRecord>, groups: &[Group]) -> VarIndex {
+        VarIndex(ScopedIndex::new(vars, groups))
+    }
+
     fn applicable<'a>(
         &'a self,
         id: &str,
         labels: &BTreeMap<String, String>,
     ) -> Vec<&'a VariableRecord> {
-        let mut out: Vec<&VariableRecord> = self.fleet.iter().collect();
-        let member: Vec<&Vec<VariableRecord>> = self
-            .groups
-            .iter()
-            .filter(|(_, selector, _)| selector.matches(labels))
-            .map(|(_, _, vars)| vars)
-            .collect();
-        out.extend(member.iter().flat_map(|v| v.iter()));
-        out.extend(self.devices.get(id).into_iter().flatten());
-        // Stable: within a level, fleet/group-name/device order stays.
-        out.sort_by_key(|v| v.scope.level());
-        out
+        self.0.applicable(id, labels)
     }
 
     /// The device's variables, resolved.
@@ -309,7 +350,8 @@ impl VarIndex {
     /// The fleet-wide, service-independent variables (release creation interpolates with
     /// these).
     pub fn fleet_common(&self) -> BTreeMap<String, String> {
-        self.fleet
+        self.0
+            .fleet()
             .iter()
             .filter(|v| v.scope.service.is_none())
             .map(|v| (v.name.clone(), v.value.clone()))

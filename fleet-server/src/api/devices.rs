@@ -379,10 +379,11 @@ fn desired_problem(e: DesiredError) -> Problem {
         DesiredError::UnknownRelease { .. } => Problem::not_found(e.to_string()),
         DesiredError::Store(e) => Problem::from(e),
         DesiredError::Integrity(e) => Problem::internal(e),
-        DesiredError::Render { ref problems, .. } => {
-            let errors = problems
-                .iter()
-                .map(|p| super::FieldProblem { path: p.path.clone(), reason: p.reason.clone() })
+        DesiredError::Render { .. } => {
+            let errors = e
+                .problems()
+                .into_iter()
+                .map(|(path, reason)| super::FieldProblem { path, reason })
                 .collect();
             Problem::invalid(
                 format!(
@@ -391,6 +392,15 @@ fn desired_problem(e: DesiredError) -> Problem {
                 errors,
             )
         }
+        DesiredError::MissingSecret { .. } => {
+            let errors = e
+                .problems()
+                .into_iter()
+                .map(|(path, reason)| super::FieldProblem { path, reason })
+                .collect();
+            Problem::invalid(format!("{e}; nothing was changed"), errors)
+        }
+        DesiredError::Secret(e) => Problem::internal(e),
     }
 }
 

@@ -251,6 +251,30 @@ pub(super) async fn create_release(
                 "release {id} already exists; releases are immutable: give this one a new version"
             )));
         }
+        // Every secret a service mounts must have a value somewhere, or no device could run
+        // the release.
+        let stored: std::collections::BTreeSet<String> =
+            tx.secrets()?.into_iter().map(|r| r.name).collect();
+        let mut unknown = Vec::new();
+        for service in &spec.services {
+            for (i, m) in service.secrets.iter().enumerate() {
+                if !stored.contains(&m.source) {
+                    unknown.push(FieldProblem {
+                        path: format!("services.{}.secrets[{i}]", service.name),
+                        reason: format!(
+                            "no secret {}; set it with `fleetctl secret set {} < file`",
+                            m.source, m.source
+                        ),
+                    });
+                }
+            }
+        }
+        if !unknown.is_empty() {
+            return Err(Problem::invalid(
+                format!("release {id} mounts secrets that have no value at any scope; nothing was stored"),
+                unknown,
+            ));
+        }
         let record = ReleaseRecord::new(
             spec.clone(),
             api.pki.signing_key(),

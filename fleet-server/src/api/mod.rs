@@ -35,6 +35,7 @@ mod fleet;
 mod openapi;
 pub mod problem;
 mod rollouts;
+mod secrets;
 mod variables;
 
 pub use admin::{write_crl, TokenRequest, TokenResponse};
@@ -45,6 +46,7 @@ pub use devices::{
 pub use fleet::{GroupRequest, ReleaseRequest};
 pub use problem::{FieldProblem, Problem};
 pub use rollouts::RolloutView;
+pub use secrets::{SecretChange, SecretList, SecretScope};
 pub use variables::{ResolvedView, VariableChange, VariableList, VariableRequest};
 
 /// What the API handlers share.
@@ -145,6 +147,9 @@ routes! {
     "GET" "/api/v1/variables" V, "Variables, paged; ?group=, ?service= filter; ?device=ID gives its resolved values and where each came from.", None => "VariableList";
     "PUT" "/api/v1/variables/{name}" O, "Set a variable for the fleet, a group or a device (optionally one service); re-targets the devices whose release changes.", Some("VariableRequest") => "VariableChange";
     "DELETE" "/api/v1/variables/{name}" O, "Unset a variable in the scope ?group=&device=&service=; re-targets the devices whose release changes.", None => "VariableChange";
+    "GET" "/api/v1/secrets" V, "Every stored secret: name, scope, digest, size, who set it when; never a value.", None => "SecretList";
+    "PUT" "/api/v1/secrets/{name}" O, "Set a secret's value (the raw body, application/octet-stream, 1 byte to 64 KiB) for the fleet, ?group= or ?device=; re-targets exactly the devices whose value of a mounted secret changed.", Some("SecretValue") => "SecretChange";
+    "DELETE" "/api/v1/secrets/{name}" O, "Remove a secret's value in the scope ?group= or ?device=; refused while a device whose release mounts it would be left without one.", None => "SecretChange";
     "GET" "/api/v1/tokens" A, "Every API token (names and roles, never secrets).", None => "TokenRecord[]";
     "POST" "/api/v1/tokens" A, "Create a token; its secret is shown once.", Some("TokenRequest") => "TokenResponse";
     "DELETE" "/api/v1/tokens/{name}" A, "Revoke a token.", None => "TokenRecord";
@@ -176,6 +181,8 @@ pub fn router(api: Api) -> Router {
         .route("/api/v1/rollouts/{id}/{command}", post(rollouts::command))
         .route("/api/v1/variables", get(variables::list))
         .route("/api/v1/variables/{name}", put(variables::set).delete(variables::unset))
+        .route("/api/v1/secrets", get(secrets::list))
+        .route("/api/v1/secrets/{name}", put(secrets::set).delete(secrets::remove))
         .route("/api/v1/tokens", get(admin::list_tokens).post(admin::create_token))
         .route("/api/v1/tokens/{name}", axum::routing::delete(admin::revoke_token))
         .route("/api/v1/audit", get(admin::audit))

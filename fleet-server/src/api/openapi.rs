@@ -58,7 +58,10 @@ pub fn build() -> Value {
         if route.role.is_some() {
             operation["security"] = json!([{ "bearer": [] }]);
         }
-        if let Some(request) = route.request {
+        if route.request == Some("SecretValue") {
+            // The value itself, as bytes: never JSON, never a string that might be logged.
+            operation["requestBody"] = json!({ "required": true, "content": { "application/octet-stream": { "schema": { "type": "string", "format": "binary", "maxLength": crate::secrets::MAX_VALUE_BYTES } } } });
+        } else if let Some(request) = route.request {
             operation["requestBody"] = json!({ "required": true, "content": { "application/json": { "schema": schema_ref(request, &mut schemas) } } });
         }
         let entry = paths.entry(route.path.to_owned()).or_insert_with(|| json!({}));

@@ -107,7 +107,7 @@ fn invalid(what: &str, path: &str, reason: String) -> Problem {
 }
 
 /// Checks the scope's shape and that its group or device exists.
-fn check_scope(tx: &Tx<'_>, scope: &Scope) -> Result<(), Problem> {
+pub(super) fn check_scope(tx: &Tx<'_>, scope: &Scope) -> Result<(), Problem> {
     scope.check().map_err(|r| invalid("the variable", "scope", r))?;
     if let Some(g) = &scope.group {
         if tx.group(g)?.is_none() {
@@ -248,11 +248,15 @@ fn change(
         let mut devices = Vec::new();
         let mut errors = Vec::new();
         for failure in &changed.failures {
-            if let DesiredError::Render { device, release, problems } = failure {
+            if let DesiredError::Render { device, release, .. }
+            | DesiredError::MissingSecret { device, release, .. } = failure
+            {
                 if devices.len() < NAMED_DEVICES {
-                    errors.extend(problems.iter().map(|p| FieldProblem {
-                        path: p.path.clone(),
-                        reason: format!("on device {device} (release {release}): {}", p.reason),
+                    errors.extend(failure.problems().into_iter().map(|(path, reason)| {
+                        FieldProblem {
+                            path,
+                            reason: format!("on device {device} (release {release}): {reason}"),
+                        }
                     }));
                 }
                 devices.push(device.to_string());
