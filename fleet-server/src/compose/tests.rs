@@ -173,18 +173,12 @@ fn top_level_keys_outside_the_subset_are_refused_and_informational_ones_ignored(
     assert_eq!(problems(yaml).len(), 3);
 }
 
-fn secrets_of(yaml: &str) -> Vec<(String, Vec<fleet_proto::SecretMount>)> {
+fn secrets_of(yaml: &str) -> Vec<(String, Vec<SecretMount>)> {
     release(yaml).services.iter().map(|s| (s.name.to_string(), s.secrets.clone())).collect()
 }
 
-fn mount(
-    source: &str,
-    target: &str,
-    uid: Option<u32>,
-    gid: Option<u32>,
-    mode: u32,
-) -> fleet_proto::SecretMount {
-    fleet_proto::SecretMount { source: source.into(), target: target.into(), uid, gid, mode }
+fn mount(source: &str, target: &str, uid: Option<u32>, gid: Option<u32>, mode: u32) -> SecretMount {
+    SecretMount { source: source.into(), target: target.into(), uid, gid, mode }
 }
 
 #[test]
@@ -212,10 +206,10 @@ fn secrets_come_from_the_store_in_short_and_long_syntax() {
 fn unquoted_octal_modes_reach_the_converter_as_text() {
     // serde-saphyr with leading_zero_numbers_as_strings: `0440` stays "0440", so it is read
     // as octal and never as decimal 440 (0o670).
-    let node = super::yaml::parse(b"mode: 0440\nplain: 440\n").unwrap();
+    let node = yaml::parse(b"mode: 0440\nplain: 440\n").unwrap();
     let map = node.as_map().unwrap();
     assert_eq!(map[0].1.as_str(), Some("0440"));
-    assert_eq!(map[1].1.value, super::yaml::Value::Int(440));
+    assert_eq!(map[1].1.value, Value::Int(440));
 }
 
 #[test]

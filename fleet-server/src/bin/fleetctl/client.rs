@@ -95,9 +95,30 @@ impl Client {
         path: &str,
         body: Option<&B>,
     ) -> Result<T, Failure> {
+        self.request(method, path, body, None)
+    }
+
+    /// PUTs `bytes` as is (application/octet-stream), e.g. a secret's value.
+    pub fn put_bytes<T: DeserializeOwned>(&self, path: &str, bytes: &[u8]) -> Result<T, Failure> {
+        self.request::<(), T>("PUT", path, None, Some(bytes))
+    }
+
+    fn request<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&B>,
+        raw: Option<&[u8]>,
+    ) -> Result<T, Failure> {
         let url = format!("{}{path}", self.server);
         let auth = self.token.as_ref().map(|t| format!("Bearer {t}")).unwrap_or_default();
         let sent = match (method, body) {
+            ("PUT", _) if raw.is_some() => self
+                .agent
+                .put(&url)
+                .header("authorization", &auth)
+                .header("content-type", "application/octet-stream")
+                .send(raw.unwrap_or_default()),
             ("GET", _) => self.agent.get(&url).header("authorization", &auth).call(),
             ("DELETE", _) => self.agent.delete(&url).header("authorization", &auth).call(),
             ("PUT", Some(body)) => {

@@ -6,6 +6,7 @@
 //! 4 timed out, 5 server unreachable.
 
 mod client;
+mod secret;
 mod show;
 mod var;
 mod watch;
@@ -87,6 +88,9 @@ enum Noun {
     /// Variables per fleet, group or device (and service): environment and ${NAME} in releases.
     #[command(subcommand)]
     Var(var::VarVerb),
+    /// Secrets per fleet, group or device: files in containers, sealed to each device.
+    #[command(subcommand)]
+    Secret(secret::SecretVerb),
     /// API tokens with roles viewer, operator, admin.
     #[command(subcommand)]
     Token(TokenVerb),
@@ -458,6 +462,7 @@ fn run(cli: &Cli, client: &Client) -> Result<(), Failure> {
         Noun::Release(verb) => release(cli, client, verb),
         Noun::Rollout(verb) => rollout(cli, client, verb),
         Noun::Var(verb) => var::var(cli.json, client, verb),
+        Noun::Secret(verb) => secret::secret(cli.json, client, verb),
         Noun::Token(verb) => token(cli, client, verb),
         Noun::Audit { since, limit } => {
             let since = show::parse_time(since, true).map_err(Failure::usage)?;
@@ -839,6 +844,10 @@ fn print_device(view: &DeviceView) {
     let labels: Vec<String> = d.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
     field("labels", if labels.is_empty() { "-".into() } else { labels.join(" ") });
     field("groups", if view.groups.is_empty() { "-".into() } else { view.groups.join(", ") });
+    field(
+        "seal key",
+        d.seal_key.clone().unwrap_or_else(|| "- (agent predates sealed secrets)".into()),
+    );
     field("rollout", view.rollout.map_or_else(|| "-".into(), |r| r.to_string()));
     if !d.notes.is_empty() {
         field("notes", d.notes.clone());
