@@ -550,3 +550,197 @@ async fn variables_resolve_by_precedence_retarget_only_changed_devices_and_bad_o
     );
     fleet.stop().await;
 }
+
+/// PUT of raw bytes (a secret's value): (status, JSON body).
+async fn put_bytes(fleet: &SimFleet, path: &str, bytes: Vec<u8>) -> (u16, Value) {
+    let (url, token) = (format!("{}{path}", fleet.api), fleet.token.clone());
+    tokio::task::spawn_blocking(move || {
+        let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
+        let mut response = agent
+            .put(&url)
+            .header("authorization", &format!("Bearer {token}"))
+            .header("content-type", "application/octet-stream")
+            .send(&bytes[..])
+            .unwrap();
+        (response.status().as_u16(), response.body_mut().read_json().unwrap_or_default())
+    })
+    .await
+    .unwrap()
+}
+
+/// `fleetctl` against `fleet` with the admin token, `stdin` piped in (or none at all).
+fn fleetctl(fleet: &SimFleet, args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(fleet_e2e::bin("fleetctl"))
+        .args(["--server", &fleet.api])
+        .args(args)
+        .env("FLEET_TOKEN", &fleet.token)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(bytes) = stdin {
+        child.stdin.take().unwrap().write_all(bytes).unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn desired_generation(device: &Value) -> u64 {
+    device["desired_generation"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_are_refused_with_their_field_listed_without_values_and_rotate_only_where_they_change(
+) {
+    let env = TestEnv::load();
+    let mut fleet = SimFleet::start().await;
+    fleet.enroll("r1", &[("site", "depot")]).await;
+    fleet.enroll("r2", &[("site", "lab")]).await;
+    let (code, body) = fleet
+        .api("POST", "/api/v1/groups", Some(json!({ "name": "depot", "selector": "site=depot" })))
+        .await;
+    assert_eq!(code, 201, "{body}");
+
+    // Refusals name the field; nothing is stored.
+    let (code, body) = put_bytes(&fleet, "/api/v1/secrets/bad%20name", b"v".to_vec()).await;
+    assert_eq!((code, body["errors"][0]["path"].as_str()), (422, Some("name")), "{body}");
+    let (code, body) = put_bytes(&fleet, "/api/v1/secrets/db", Vec::new()).await;
+    assert_eq!((code, body["errors"][0]["path"].as_str()), (422, Some("value")), "{body}");
+    assert!(body["errors"][0]["reason"].as_str().unwrap().contains("empty"), "{body}");
+    let (code, body) = put_bytes(&fleet, "/api/v1/secrets/db", vec![b'x'; 64 * 1024 + 1]).await;
+    assert_eq!((code, body["errors"][0]["path"].as_str()), (422, Some("value")), "{body}");
+    assert!(body["errors"][0]["reason"].as_str().unwrap().contains("65537 bytes"), "{body}");
+    let (code, body) =
+        put_bytes(&fleet, "/api/v1/secrets/db?group=depot&device=r1", b"v".to_vec()).await;
+    assert_eq!(code, 400, "{body}");
+    assert!(detail(&body).contains("group or device, not both"), "{body}");
+    let (code, _) = put_bytes(&fleet, "/api/v1/secrets/db?group=nope", b"v".to_vec()).await;
+    assert_eq!(code, 404);
+    let (_, list) = fleet.api("GET", "/api/v1/secrets", None).await;
+    assert_eq!(list, json!({ "secrets": [] }));
+
+    // A release mounting a secret nobody set: refused with the service's path and the fix.
+    let compose = format!(
+        "services:\n  web:\n    image: {tag}\n    secrets:\n      - db\n      - source: tls\n        target: /etc/tls/key.pem\n        mode: 0400\n  worker:\n    image: {tag}\nsecrets:\n  db: {{}}\n  tls: {{name: tls.key}}\n",
+        tag = env.image("web:1").tag
+    );
+    let create = json!({ "app": "s", "version": "1", "compose": compose });
+    let (code, body) = fleet.api("POST", "/api/v1/releases", Some(create.clone())).await;
+    assert_eq!(code, 422, "{body}");
+    assert_eq!(body["errors"][0]["path"], "services.web.secrets[0]", "{body}");
+    assert!(
+        body["errors"][0]["reason"].as_str().unwrap().contains("fleetctl secret set db < file"),
+        "{body}"
+    );
+    let (code, _) = fleet.api("GET", "/api/v1/releases/s@1", None).await;
+    assert_eq!(code, 404, "nothing stored");
+
+    // fleetctl: from a pipe byte for byte (binary, trailing newline kept), from a file.
+    let fleet_value = b"fleet-db-pass\x00\xff\n".to_vec();
+    let out = fleetctl(&fleet, &["secret", "set", "db"], Some(&fleet_value));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = fleetctl(&fleet, &["secret", "set", "db"], None);
+    assert_eq!(out.status.code(), Some(1), "an empty stdin is refused");
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("key.pem");
+    std::fs::write(&key_file, b"-----BEGIN PRIVATE KEY-----tls-secret").unwrap();
+    let out = fleetctl(
+        &fleet,
+        &["secret", "set", "tls.key", "--from-file", key_file.to_str().unwrap(), "--json"],
+        None,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let change: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(change["secret"]["scope"], "fleet", "{change}");
+    assert_eq!(change["secret"]["bytes"], 37, "{change}");
+
+    let (code, release) = fleet.api("POST", "/api/v1/releases", Some(create)).await;
+    assert_eq!(code, 201, "{release}");
+    let mounts = &release["spec"]["services"][0]["secrets"];
+    assert_eq!(mounts[1]["source"], "tls.key", "{release}");
+    assert_eq!(mounts[1]["mode"], 0o400, "{release}");
+    for id in ["r1", "r2"] {
+        let (code, body) = fleet
+            .api(
+                "PUT",
+                &format!("/api/v1/devices/{id}/desired"),
+                Some(json!({ "release": release["spec"] })),
+            )
+            .await;
+        assert_eq!(code, 200, "{body}");
+    }
+    let generations = || async {
+        let mut out = Vec::new();
+        for id in ["r1", "r2"] {
+            let (_, d) = fleet.api("GET", &format!("/api/v1/devices/{id}"), None).await;
+            out.push(desired_generation(&d));
+        }
+        out
+    };
+    let g0 = generations().await;
+
+    // A group value reaches only the group's device; the same value again reaches nobody.
+    let group_value = b"depot-db-pass".to_vec();
+    let (code, body) =
+        put_bytes(&fleet, "/api/v1/secrets/db?group=depot", group_value.clone()).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["retargeted"], json!(["r1"]), "{body}");
+    let g1 = generations().await;
+    assert_eq!((g1[0] > g0[0], g1[1]), (true, g0[1]), "{g0:?} {g1:?}");
+    let (_, body) = put_bytes(&fleet, "/api/v1/secrets/db?group=depot", group_value.clone()).await;
+    assert_eq!(body["retargeted"], json!([]), "same value, same digest: {body}");
+    assert_eq!(generations().await, g1);
+    // A device value on r2.
+    let device_value = b"r2-db-pass".to_vec();
+    let (_, body) = put_bytes(&fleet, "/api/v1/secrets/db?device=r2", device_value.clone()).await;
+    assert_eq!(body["retargeted"], json!(["r2"]), "{body}");
+
+    // The list: every scope, digests and sizes, never a value.
+    let out = fleetctl(&fleet, &["secret", "ls", "--json"], None);
+    assert!(out.status.success());
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = list["secrets"].as_array().unwrap();
+    assert_eq!(rows.len(), 4, "{list}");
+    let group_row = rows.iter().find(|r| r["scope"] == "group").unwrap();
+    assert_eq!(group_row["group"], "depot");
+    assert_eq!(group_row["bytes"], group_value.len());
+    assert_eq!(group_row["set_by"], "admin");
+    assert_eq!(group_row["digest"].as_str().unwrap().len(), 32);
+    assert!(group_row.get("value").is_none() && group_row.get("ciphertext").is_none());
+    let device_row = rows.iter().find(|r| r["scope"] == "device").unwrap();
+    assert_eq!(device_row["device"], "r2");
+    let fleet_row = rows.iter().find(|r| r["scope"] == "fleet" && r["name"] == "db").unwrap();
+    assert_ne!(fleet_row["digest"], group_row["digest"]);
+    let table = fleetctl(&fleet, &["secret", "ls"], None);
+    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    assert!(table.contains("NAME") && table.contains("SET-BY") && table.contains("group depot"));
+
+    // Removing the group value: r1 falls back to the fleet's (re-targeted), r2 keeps its own.
+    let (code, body) = fleet.api("DELETE", "/api/v1/secrets/db?group=depot", None).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["retargeted"], json!(["r1"]), "{body}");
+    // Removing the fleet value would leave r1 without one: refused naming it; nothing changes.
+    let before = generations().await;
+    let (code, body) = fleet.api("DELETE", "/api/v1/secrets/db", None).await;
+    assert_eq!(code, 409, "{body}");
+    assert!(detail(&body).contains("r1") && !detail(&body).contains("r2"), "{body}");
+    assert_eq!(body["errors"][0]["path"], "secrets.db", "{body}");
+    let out = fleetctl(&fleet, &["secret", "rm", "db"], None);
+    assert_eq!(out.status.code(), Some(2), "refused by the server");
+    let (_, list) = fleet.api("GET", "/api/v1/secrets", None).await;
+    assert_eq!(list["secrets"].as_array().unwrap().len(), 3, "{list}");
+    assert_eq!(generations().await, before);
+
+    // No value anywhere the API shows: the list, devices, releases, the audit log.
+    let mut shown = String::new();
+    for path in ["/api/v1/secrets", "/api/v1/devices/r1", "/api/v1/devices/r2", "/api/v1/audit"] {
+        shown.push_str(&fleet.api("GET", path, None).await.1.to_string());
+    }
+    assert!(shown.contains("secret.set") && shown.contains("secret.rm"), "audited");
+    for value in [&b"fleet-db-pass"[..], &group_value, &device_value, b"tls-secret"] {
+        assert!(!shown.contains(std::str::from_utf8(value).unwrap()), "{shown}");
+    }
+    fleet.stop().await;
+}
