@@ -258,7 +258,12 @@ mod tests {
                 "ops",
             )
             .unwrap();
-        store.update(|tx| Ok::<_, StoreError>(tx.put_secret(&record))).unwrap();
+        store
+            .update(|tx| {
+                tx.put_secret(&record);
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
         let text = serde_json::to_string(&Backup::take(&store, from.path()).unwrap()).unwrap();
         assert!(!text.contains(value), "the value is not in the backup in the clear");
         assert!(!text.contains(&pki::hex(value.as_bytes())));

@@ -410,7 +410,7 @@ impl SecretIndex {
         labels: &BTreeMap<String, String>,
         name: &str,
     ) -> Option<&SecretRecord> {
-        self.0.applicable(id, labels).into_iter().filter(|r| r.name == name).last()
+        self.0.applicable(id, labels).into_iter().rev().find(|r| r.name == name)
     }
 
     /// The digest in force on the device for each of `names` (`None`: no value).
@@ -425,7 +425,7 @@ impl SecretIndex {
             .iter()
             .map(|n| {
                 let digest =
-                    applicable.iter().filter(|r| &r.name == n).last().map(|r| r.digest.clone());
+                    applicable.iter().rev().find(|r| &r.name == n).map(|r| r.digest.clone());
                 (n.clone(), digest)
             })
             .collect()
