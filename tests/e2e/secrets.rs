@@ -23,7 +23,7 @@ use fleet_e2e::fleet::{
     Killed,
 };
 use fleet_e2e::{bin, eventually, TestEnv};
-use fleet_proto::{topic, DeviceId, Message, TopicKind};
+use fleet_proto::{topic, DesiredState, DeviceId, DeviceSealKey, Message, TopicKind};
 use rumqttc::QoS;
 
 /// The running, healthy container of `service` on `device`: its id and full inspect JSON.
@@ -124,8 +124,10 @@ async fn secrets_reach_services_as_files_only_sealed_and_rotation_recreates_only
     let login = tempfile::tempdir().unwrap();
     let password_file = login.path().join("registry-password");
     std::fs::write(&password_file, &registry_pw).unwrap();
+    std::fs::set_permissions(&password_file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .unwrap();
     let config = format!(
-        "[[registries]]\nregistry = \"127.0.0.1:5000\"\nusername = \"fleet\"\npassword_file = \"{}\"\n",
+        "version = 1\n\n[[registries]]\nregistry = \"127.0.0.1:5000\"\nusername = \"fleet\"\npassword_file = \"{}\"\n",
         password_file.display()
     );
     let fleet = start_fleet_with(true, Some(&config)).await;
@@ -225,7 +227,32 @@ async fn secrets_reach_services_as_files_only_sealed_and_rotation_recreates_only
         let Message::Desired(signed) = Message::decode(&payload).unwrap() else {
             panic!("not a desired state")
         };
-        assert!(signed.payload.len() > 200, "the state carries the sealed secrets");
+        // What is there: every mounted secret and the login, sealed, and only this device's
+        // key opens them to the values set for it.
+        let bundle = fleet.dir.path().join(id.as_str());
+        let config = fleet_agent::config::Config::load(&bundle.join("config.toml"), true).unwrap();
+        let state: DesiredState = signed.open(&config.link.unwrap().server_keys).unwrap();
+        assert!(state.registry_credentials.is_empty(), "no login in the clear");
+        assert!(!state.sealed_registry_credentials.is_empty());
+        let key: [u8; 32] =
+            std::fs::read(bundle.join("data/secret.key")).unwrap().try_into().unwrap();
+        let key = DeviceSealKey::from_bytes(key);
+        let mut opened: Vec<(String, String)> = state
+            .secrets
+            .iter()
+            .map(|s| {
+                let aad = fleet_proto::seal::secret_aad(id, &s.name, &s.digest);
+                (s.name.clone(), String::from_utf8(key.open(&s.sealed, &aad).unwrap()).unwrap())
+            })
+            .collect();
+        opened.sort();
+        let pw = if *id == a { &fleet_pw } else { &b_pw };
+        assert_eq!(
+            opened,
+            [("api-token".to_owned(), token_v1.clone()), ("db-password".to_owned(), pw.clone())]
+        );
+        let other = DeviceSealKey::generate().unwrap();
+        assert!(other.open(&state.secrets[0].sealed, b"").is_err());
     }
 
     // Rotation: the token changes, only worker is re-created, on both devices.

@@ -286,7 +286,14 @@ pub async fn start_fleet_with(log_to_file: bool, config: Option<&str>) -> Fleet 
         .unwrap();
     fleet._server = Some(Killed(server));
     let health = format!("{}/healthz", fleet.api);
+    let exited = std::sync::Mutex::new(fleet._server.take());
     eventually("fleet-server to answer", Duration::from_secs(30), || {
+        // A server that stopped will never answer: say why at once.
+        if let Some(status) = exited.lock().unwrap().as_mut().and_then(|k| k.0.try_wait().ok()?) {
+            let log =
+                std::fs::read_to_string(fleet.dir.path().join("server.log")).unwrap_or_default();
+            panic!("fleet-server exited ({status}) before answering: {log}");
+        }
         let health = health.clone();
         async move {
             tokio::task::spawn_blocking(move || ureq::get(&health).call().ok().map(|_| ()))
@@ -295,6 +302,7 @@ pub async fn start_fleet_with(log_to_file: bool, config: Option<&str>) -> Fleet 
         }
     })
     .await;
+    fleet._server = exited.into_inner().unwrap();
     fleet
 }
 
