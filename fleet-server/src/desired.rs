@@ -23,7 +23,7 @@
 //! what it should run, and [`Publisher::republish_unconfirmed`] sends it again at start and
 //! whenever the driver finds devices behind.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -194,10 +194,44 @@ pub struct Releases {
 }
 
 impl Releases {
-    /// Renders with `index` instead of the variables in the source (to see a device's release
-    /// as it was before a change).
-    pub fn with_index(index: VarIndex) -> Releases {
-        Releases { index: Some(Arc::new(index)), ..Releases::default() }
+    /// The variables and secrets as `src` holds them now, kept for deciding releases after
+    /// the change that follows has rewritten them (or the groups they resolve through): take
+    /// it before the change writes, hand it to [`retarget_moved`] after.
+    pub fn snapshot(src: &dyn Source) -> Result<Releases, DesiredError> {
+        let groups = src.groups()?;
+        Ok(Releases {
+            index: Some(Arc::new(VarIndex::new(src.variables()?, &groups))),
+            secrets: Some(Arc::new(SecretIndex::new(src.secrets()?, &groups))),
+            ..Releases::default()
+        })
+    }
+
+    /// The release `id` as `record`'s device runs it with the digest of each secret it
+    /// mounts; refuses as [`Releases::for_device`] does, and if a mounted secret has no value.
+    fn decide(
+        &mut self,
+        src: &dyn Source,
+        pki: &Pki,
+        id: &str,
+        record: &DeviceRecord,
+    ) -> Result<Decided, DesiredError> {
+        let spec = self.for_device(src, pki, id, record)?;
+        let names = secrets::mounted(&spec);
+        let digests = if names.is_empty() {
+            BTreeMap::new()
+        } else {
+            self.secret_index(src)?.digests(record.id.as_str(), &record.labels, &names)
+        };
+        let missing: Vec<String> =
+            digests.iter().filter(|(_, d)| d.is_none()).map(|(n, _)| n.clone()).collect();
+        if !missing.is_empty() {
+            return Err(DesiredError::MissingSecret {
+                device: record.id.clone(),
+                release: id.to_owned(),
+                secrets: missing,
+            });
+        }
+        Ok(Decided { spec, digests })
     }
 
     fn verified(
@@ -323,47 +357,81 @@ impl Releases {
     }
 }
 
-/// What a variable change does to the devices it covers.
+/// What a change of variables, secrets, labels or groups does to the devices it covers.
 #[derive(Debug, Default)]
 pub struct Changed {
     /// New desired states, to send once the change is durable.
     pub outgoing: Vec<Outgoing>,
-    /// Devices whose release the change makes unrenderable (the change must be refused).
+    /// Devices whose release the change makes undecidable (the change must be refused).
     pub failures: Vec<DesiredError>,
-    /// Devices covered whose rendered release stays the same.
+    /// Devices covered whose rendered release and secret digests stay the same.
     pub unchanged: usize,
 }
 
-/// For each of `devices` (records as this change sees them), renders its wanted release with
-/// the variables `before` and with those in force in `tx` now; a device whose render differs
-/// gets a new generation (its record is written), the others are left alone. Devices without
-/// a release, or refused, are skipped.
-pub fn retarget_changed(
+/// A device's release as one state of the store decides it: the render, and the digest of
+/// every secret the render mounts. Two of these are equal exactly when the device would run
+/// the same thing.
+#[derive(Debug, PartialEq)]
+struct Decided {
+    spec: ReleaseSpec,
+    digests: BTreeMap<String, Option<String>>,
+}
+
+/// One device across a change: its record as it was (its labels decided its groups) and as
+/// the change leaves it.
+#[derive(Debug, Clone)]
+pub struct Moved {
+    /// The record before the change.
+    pub was: DeviceRecord,
+    /// The record as the change leaves it (written if it is re-targeted).
+    pub now: DeviceRecord,
+}
+
+impl Moved {
+    /// A device the change does not touch itself (only the variables, secrets or groups
+    /// around it change).
+    pub fn same(record: DeviceRecord) -> Moved {
+        Moved { was: record.clone(), now: record }
+    }
+}
+
+/// For each of `devices`, decides its wanted release as `before` saw the store (see
+/// [`Releases::snapshot`]) with the record as it was, and as `tx` stands now with the record
+/// as it is; a device whose render or mounted secret digests differ gets a new generation
+/// (its record is written), the others are left alone. A device that could be decided before
+/// and no longer can is a failure (the caller refuses the change); one that could not be
+/// decided before either is not this change's doing and is only logged, so an unrelated
+/// change is never blocked by a device that was already broken. Devices without a release,
+/// or refused, are skipped.
+pub fn retarget_moved(
     tx: &mut Tx<'_>,
     pki: &Pki,
-    before: VarIndex,
-    devices: Vec<DeviceRecord>,
+    mut before: Releases,
+    devices: Vec<Moved>,
     now: UnixMillis,
 ) -> Result<Changed, DesiredError> {
-    let mut old = Releases::with_index(before);
     let mut new = Releases::default();
     let mut changed = Changed::default();
-    for mut record in devices {
+    for Moved { was: was_record, now: mut record } in devices {
         if record.refusal().is_some() {
             continue;
         }
         let Some(release) = record.wanted_release(now).map(str::to_owned) else { continue };
-        let was = match old.for_device(tx, pki, &release, &record) {
-            Ok(spec) => Some(spec),
-            // Unrenderable before (set under an older server) is "different" from anything.
-            Err(DesiredError::Render { .. }) => None,
+        let was = match before.decide(&*tx, pki, &release, &was_record) {
+            Ok(d) => Some(d),
+            // Undecidable before (set under an older server) is "different" from anything.
+            Err(e) if e.refuses_device() => None,
             Err(DesiredError::UnknownRelease { .. }) => continue,
             Err(e) => return Err(e),
         };
-        let will = match new.for_device(tx, pki, &release, &record) {
-            Ok(spec) => spec,
-            Err(e @ DesiredError::Render { .. }) => {
-                changed.failures.push(e);
+        let will = match new.decide(&*tx, pki, &release, &record) {
+            Ok(d) => d,
+            Err(e) if e.refuses_device() => {
+                if was.is_some() {
+                    changed.failures.push(e);
+                } else {
+                    tracing::warn!(device = %record.id, error = %e, "the device's release could not be decided before this change either; it is left as it is");
+                }
                 continue;
             }
             Err(e) => return Err(e),
@@ -385,71 +453,39 @@ pub fn retarget_changed(
     Ok(changed)
 }
 
-/// For each of `devices`, compares the digest of every secret its wanted release mounts under
-/// the secrets `before` with those in force in `tx` now; a device where one differs gets a new
-/// generation with the secrets sealed again, the others are left alone (so a rotation reaches
-/// exactly the devices that use the secret). A device left without a value for a mounted
-/// secret is a failure (the change must be refused).
+/// [`retarget_moved`] for a change of variables: `devices` are the covered ones, unchanged
+/// themselves.
+pub fn retarget_changed(
+    tx: &mut Tx<'_>,
+    pki: &Pki,
+    before: Releases,
+    devices: Vec<DeviceRecord>,
+    now: UnixMillis,
+) -> Result<Changed, DesiredError> {
+    retarget_moved(tx, pki, before, devices.into_iter().map(Moved::same).collect(), now)
+}
+
+/// [`retarget_moved`] for a change of secrets: only the covered devices whose release mounts
+/// a secret are compared (and counted as unchanged), so a rotation reaches exactly the
+/// devices that use the secret.
 pub fn retarget_secrets_changed(
     tx: &mut Tx<'_>,
     pki: &Pki,
-    before: &SecretIndex,
+    before: Releases,
     devices: Vec<DeviceRecord>,
     now: UnixMillis,
 ) -> Result<Changed, DesiredError> {
     let mut releases = Releases::default();
-    let after = releases.secret_index(&*tx)?;
-    let mut changed = Changed::default();
-    for mut record in devices {
-        if record.refusal().is_some() {
-            continue;
-        }
-        let Some(release) = record.wanted_release(now).map(str::to_owned) else { continue };
-        let spec = match releases.get(&*tx, pki, &release) {
-            Ok(spec) => spec,
-            Err(DesiredError::UnknownRelease { .. }) => continue,
-            Err(e) => return Err(e),
-        };
-        let names = secrets::mounted(&spec);
-        if names.is_empty() {
-            continue;
-        }
-        let id = record.id.as_str();
-        let was = before.digests(id, &record.labels, &names);
-        let will = after.digests(id, &record.labels, &names);
-        // Only what this change takes away: a value missing before too is not its doing.
-        let missing: Vec<String> = will
-            .iter()
-            .filter(|(n, d)| d.is_none() && was.get(*n).is_some_and(Option::is_some))
-            .map(|(n, _)| n.clone())
-            .collect();
-        if !missing.is_empty() {
-            changed.failures.push(DesiredError::MissingSecret {
-                device: record.id.clone(),
-                release,
-                secrets: missing,
-            });
-            continue;
-        }
-        if was == will && record.desired_release.as_deref() == Some(&release) {
-            changed.unchanged += 1;
-            continue;
-        }
-        match retarget(tx, pki, &mut releases, &mut record, now, true) {
-            Ok(Some(out)) => {
-                changed.outgoing.push(out);
-                tx.put_device(&record);
-            }
-            Ok(None) => {}
-            // Its variables, or another secret, broke its release before this change: not
-            // this change's doing, and it gets the secret once the rest fits again.
-            Err(e) if e.refuses_device() => {
-                tracing::warn!(device = %record.id, error = %e, "secret changed, but the device's release still cannot be decided");
-            }
+    let mut mounting = Vec::new();
+    for record in devices {
+        let Some(release) = record.wanted_release(now) else { continue };
+        match releases.get(&*tx, pki, release) {
+            Ok(spec) if !secrets::mounted(&spec).is_empty() => mounting.push(Moved::same(record)),
+            Ok(_) | Err(DesiredError::UnknownRelease { .. }) => {}
             Err(e) => return Err(e),
         }
     }
-    Ok(changed)
+    retarget_moved(tx, pki, before, mounting, now)
 }
 
 /// Brings `record`'s desired state in line with what the server wants at `now`. With `force`,
@@ -783,6 +819,134 @@ mod tests {
         let text = e.to_string();
         assert!(text.contains("r1") && text.contains("app@1") && text.contains("db"), "{text}");
         assert_eq!(e.problems()[0].0, "secrets.db");
+    }
+
+    fn r1() -> DeviceId {
+        DeviceId::new("r1").unwrap()
+    }
+
+    fn depot() -> Group {
+        Group {
+            name: "depot".into(),
+            selector: crate::groups::Selector::parse("site=depot").unwrap(),
+            description: String::new(),
+            created_at: UnixMillis(1),
+            created_by: "t".into(),
+        }
+    }
+
+    fn depot_scope() -> Scope {
+        Scope { group: Some("depot".into()), ..Scope::default() }
+    }
+
+    /// Stores the depot group and its value of `X`.
+    fn depot_with_x(s: &Setup, value: &str) {
+        let var = VariableRecord {
+            name: "X".into(),
+            value: value.into(),
+            scope: depot_scope(),
+            updated_at: UnixMillis(1),
+            updated_by: "t".into(),
+        };
+        s.store
+            .update(|tx| {
+                tx.put_group(&depot());
+                tx.put_variable(&var);
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+    }
+
+    /// Gives r1 `labels` in one change, as `PATCH /api/v1/devices/r1` does: what it did, and
+    /// r1 afterwards.
+    fn relabel(s: &Setup, labels: &[(&str, &str)]) -> (Changed, DeviceRecord) {
+        s.store
+            .update(|tx| {
+                let was = tx.device(&r1())?.unwrap();
+                let before = Releases::snapshot(&*tx)?;
+                let mut now = was.clone();
+                now.labels = labels.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
+                tx.put_device(&now);
+                let changed =
+                    retarget_moved(tx, &s.pki, before, vec![Moved { was, now }], UnixMillis(2))?;
+                Ok::<_, DesiredError>((changed, tx.device(&r1())?.unwrap()))
+            })
+            .unwrap()
+    }
+
+    fn env_x(out: &Outgoing) -> Option<&str> {
+        out.release.as_ref().unwrap().services[0].env.get("X").map(String::as_str)
+    }
+
+    #[test]
+    fn a_relabel_into_a_group_with_variables_retargets_the_device_with_its_values() {
+        let s = setup(false, None, None);
+        depot_with_x(&s, "from-depot");
+        let (changed, after) = relabel(&s, &[("site", "depot")]);
+        assert!(changed.failures.is_empty(), "{:?}", changed.failures);
+        assert_eq!(changed.outgoing.len(), 1);
+        assert_eq!(env_x(&changed.outgoing[0]), Some("from-depot"));
+        assert_eq!(after.desired_generation, changed.outgoing[0].generation, "written");
+        assert_eq!(after.labels["site"], "depot");
+        // Another label that changes no group: the render is the same, nobody re-targeted.
+        let (changed, again) = relabel(&s, &[("site", "depot"), ("room", "2")]);
+        assert!(changed.outgoing.is_empty());
+        assert_eq!(changed.unchanged, 1);
+        assert_eq!(again.desired_generation, after.desired_generation);
+        // Out of the group again: back to the release as signed.
+        let (changed, _) = relabel(&s, &[("room", "2")]);
+        assert_eq!(env_x(&changed.outgoing[0]), None);
+    }
+
+    #[test]
+    fn removing_a_group_retargets_its_devices_without_its_values() {
+        let s = setup(false, None, None);
+        depot_with_x(&s, "from-depot");
+        relabel(&s, &[("site", "depot")]);
+        let changed = s
+            .store
+            .update(|tx| {
+                let before = Releases::snapshot(&*tx)?;
+                tx.remove_group("depot");
+                let devices = vec![Moved::same(tx.device(&r1())?.unwrap())];
+                retarget_moved(tx, &s.pki, before, devices, UnixMillis(3))
+            })
+            .unwrap();
+        assert_eq!(changed.outgoing.len(), 1);
+        assert_eq!(env_x(&changed.outgoing[0]), None, "the group's value went with it");
+    }
+
+    #[test]
+    fn leaving_the_group_that_holds_a_mounted_secret_is_a_failure_but_one_never_held_is_not() {
+        let key = DeviceSealKey::generate().unwrap().public();
+        // Never had a value: relabelling it is not what leaves it without one.
+        let s = setup(true, None, Some(key.clone()));
+        let (changed, _) = relabel(&s, &[("site", "lab")]);
+        assert!(changed.failures.is_empty() && changed.outgoing.is_empty(), "{changed:?}");
+
+        let s = setup(true, None, Some(key));
+        let secret = s
+            .pki
+            .vault()
+            .encrypt("db", &depot_scope(), &SecretValue::new(b"pw".to_vec()), UnixMillis(1), "t")
+            .unwrap();
+        s.store
+            .update(|tx| {
+                tx.put_group(&depot());
+                tx.put_secret(&secret);
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        let (changed, _) = relabel(&s, &[("site", "depot")]);
+        assert_eq!(changed.outgoing.len(), 1, "joining gives it the value: {changed:?}");
+        assert_eq!(changed.outgoing[0].secrets[0].digest, secret.digest);
+        let (changed, _) = relabel(&s, &[("site", "lab")]);
+        assert!(changed.outgoing.is_empty());
+        assert!(
+            matches!(&changed.failures[..], [DesiredError::MissingSecret { secrets, .. }] if secrets == &["db"]),
+            "{:?}",
+            changed.failures
+        );
     }
 
     fn publisher(pki: Pki, credentials: Vec<RegistryCredential>) -> Publisher {

@@ -12,17 +12,14 @@ use fleet_proto::{DeviceId, UnixMillis};
 use serde::{Deserialize, Serialize};
 
 use super::problem::Query;
-use super::variables::check_scope;
+use super::variables::{check_scope, internal, named, refused_devices, send};
 use super::{Api, FieldProblem, Problem};
 use crate::audit::AuditEntry;
 use crate::auth::Caller;
-use crate::desired::{self, DesiredError, Outgoing};
-use crate::secrets::{self, SecretIndex, SecretValue, SecretView};
+use crate::desired::{self, Outgoing};
+use crate::secrets::{self, SecretValue, SecretView};
 use crate::store::Tx;
 use crate::variables::Scope;
-
-/// Devices named in a refusal; the count says how many more.
-const NAMED_DEVICES: usize = 5;
 
 /// `?group=` or `?device=` of set and remove (neither: the fleet).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -166,62 +163,28 @@ fn change(
     write: impl FnOnce(&mut Tx<'_>),
 ) -> Result<(SecretChange, Vec<Outgoing>), Problem> {
     let groups = tx.groups()?;
-    let before = SecretIndex::new(tx.secrets()?, &groups);
+    let before = desired::Releases::snapshot(&*tx).map_err(internal)?;
     write(tx);
     let covered: Vec<_> = tx
         .devices()?
         .into_iter()
         .filter(|d| scope.covers(d.id.as_str(), &d.labels, &groups))
         .collect();
-    let changed = desired::retarget_secrets_changed(tx, &api.pki, &before, covered, now).map_err(
-        |e| match e {
-            DesiredError::Store(e) => Problem::from(e),
-            e => Problem::internal(e),
-        },
-    )?;
+    let changed =
+        desired::retarget_secrets_changed(tx, &api.pki, before, covered, now).map_err(internal)?;
     if !changed.failures.is_empty() {
-        let mut devices = Vec::new();
-        let mut errors = Vec::new();
-        for failure in &changed.failures {
-            if let DesiredError::MissingSecret { device, release, .. }
-            | DesiredError::Render { device, release, .. } = failure
-            {
-                if devices.len() < NAMED_DEVICES {
-                    errors.extend(failure.problems().into_iter().map(|(path, reason)| {
-                        FieldProblem {
-                            path,
-                            reason: format!("on device {device} (release {release}): {reason}"),
-                        }
-                    }));
-                }
-                devices.push(device.to_string());
-            }
-        }
-        let more = devices.len().saturating_sub(NAMED_DEVICES);
-        let named = devices.iter().take(NAMED_DEVICES).cloned().collect::<Vec<_>>().join(", ");
+        let (devices, errors) = refused_devices(&changed.failures);
         return Err(Problem {
             errors,
             ..Problem::conflict(format!(
-                "{verb} would leave {} device(s) whose release mounts it without a value ({named}{}); nothing was changed: set a value that covers them first (for the fleet, their group or each device), or move them to a release that does not mount it",
+                "{verb} would leave {} device(s) whose release mounts it without a value ({}); nothing was changed: set a value that covers them first (for the fleet, their group or each device), or move them to a release that does not mount it",
                 devices.len(),
-                if more > 0 { format!(" and {more} more") } else { String::new() }
+                named(&devices)
             ))
         });
     }
     let retargeted = changed.outgoing.iter().map(|o| o.device.clone()).collect();
     Ok((SecretChange { secret: None, retargeted, unchanged: changed.unchanged }, changed.outgoing))
-}
-
-/// Publishes what a change decided, now that it is on disk; what the broker cannot take now
-/// the rollout driver sends again.
-fn send(api: &Api, outgoing: Vec<Outgoing>, now: UnixMillis) {
-    for out in outgoing {
-        let device = out.device.clone();
-        if let Err(e) = api.publisher.send_now(out, now) {
-            tracing::warn!(%device, error = %e, "desired state queued for resending");
-            api.driver.resend_later(device);
-        }
-    }
 }
 
 pub(super) async fn list(State(api): State<Api>) -> Result<Json<SecretList>, Problem> {

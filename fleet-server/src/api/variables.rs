@@ -215,7 +215,7 @@ fn change(
     write: impl FnOnce(&mut Tx<'_>),
 ) -> Result<(VariableChange, Vec<Outgoing>), Problem> {
     let groups = tx.groups()?;
-    let before = VarIndex::new(tx.variables()?, &groups);
+    let before = desired::Releases::snapshot(&*tx).map_err(internal)?;
     write(tx);
     let covered: Vec<_> = tx
         .devices()?
@@ -240,37 +240,12 @@ fn change(
         }
     }
     let changed =
-        desired::retarget_changed(tx, &api.pki, before, covered, now).map_err(|e| match e {
-            DesiredError::Store(e) => Problem::from(e),
-            e => Problem::internal(e),
-        })?;
+        desired::retarget_changed(tx, &api.pki, before, covered, now).map_err(internal)?;
     if !changed.failures.is_empty() {
-        let mut devices = Vec::new();
-        let mut errors = Vec::new();
-        for failure in &changed.failures {
-            if let DesiredError::Render { device, release, .. }
-            | DesiredError::MissingSecret { device, release, .. } = failure
-            {
-                if devices.len() < NAMED_DEVICES {
-                    errors.extend(failure.problems().into_iter().map(|(path, reason)| {
-                        FieldProblem {
-                            path,
-                            reason: format!("on device {device} (release {release}): {reason}"),
-                        }
-                    }));
-                }
-                devices.push(device.to_string());
-            }
-        }
-        let more = devices.len().saturating_sub(NAMED_DEVICES);
-        let named = devices.iter().take(NAMED_DEVICES).cloned().collect::<Vec<_>>().join(", ");
-        return Err(Problem::invalid(
-            format!(
-                "{verb} would make the release of {} device(s) invalid ({named}{}); nothing was changed: fix the value, or the Compose file in a new release",
-                devices.len(),
-                if more > 0 { format!(" and {more} more") } else { String::new() }
-            ),
-            errors,
+        return Err(refusal(
+            verb,
+            &changed.failures,
+            "fix the value, or the Compose file in a new release",
         ));
     }
     let retargeted = changed.outgoing.iter().map(|o| o.device.clone()).collect();
@@ -286,9 +261,63 @@ fn change(
     ))
 }
 
+/// A store failure as such, anything else while deciding as the server's own failure.
+pub(super) fn internal(e: DesiredError) -> Problem {
+    match e {
+        DesiredError::Store(e) => Problem::from(e),
+        e => Problem::internal(e),
+    }
+}
+
+/// The 422 for a change that would make the release of the devices in `failures`
+/// undecidable: names the first few devices, lists each one's problems with its Compose path,
+/// and says the way out (`fix`).
+pub(super) fn refusal(verb: &str, failures: &[DesiredError], fix: &str) -> Problem {
+    let (devices, errors) = refused_devices(failures);
+    Problem::invalid(
+        format!(
+            "{verb} would make the release of {} device(s) invalid ({}); nothing was changed: {fix}",
+            devices.len(),
+            named(&devices)
+        ),
+        errors,
+    )
+}
+
+/// The devices of `failures` and, for the first few, their problems.
+pub(super) fn refused_devices(failures: &[DesiredError]) -> (Vec<String>, Vec<FieldProblem>) {
+    let mut devices = Vec::new();
+    let mut errors = Vec::new();
+    for failure in failures {
+        if let DesiredError::Render { device, release, .. }
+        | DesiredError::MissingSecret { device, release, .. } = failure
+        {
+            if devices.len() < NAMED_DEVICES {
+                errors.extend(failure.problems().into_iter().map(|(path, reason)| FieldProblem {
+                    path,
+                    reason: format!("on device {device} (release {release}): {reason}"),
+                }));
+            }
+            devices.push(device.to_string());
+        }
+    }
+    (devices, errors)
+}
+
+/// The first few of `devices`, and how many more.
+pub(super) fn named(devices: &[String]) -> String {
+    let more = devices.len().saturating_sub(NAMED_DEVICES);
+    let named = devices.iter().take(NAMED_DEVICES).cloned().collect::<Vec<_>>().join(", ");
+    if more > 0 {
+        format!("{named} and {more} more")
+    } else {
+        named
+    }
+}
+
 /// Publishes what a change decided, now that it is on disk; what the broker cannot take now
 /// the rollout driver sends again.
-fn send(api: &Api, outgoing: Vec<Outgoing>, now: UnixMillis) {
+pub(super) fn send(api: &Api, outgoing: Vec<Outgoing>, now: UnixMillis) {
     for out in outgoing {
         let device = out.device.clone();
         if let Err(e) = api.publisher.send_now(out, now) {
