@@ -14,11 +14,13 @@ use fleet_proto::{
 use rumqttc::QoS;
 use serde::{Deserialize, Serialize};
 
+use super::fleet::retarget_members;
 use super::problem::{Body, Query};
+use super::variables::{internal, send};
 use super::{Api, Paging, Problem};
 use crate::audit::AuditEntry;
 use crate::auth::Caller;
-use crate::desired::{self, DesiredError, Releases};
+use crate::desired::{self, DesiredError, Moved, Releases};
 use crate::devices::{CertificateInfo, DeviceRecord, PinRecord};
 use crate::groups::{self, Selector};
 use crate::pki::{EnrollKey, DEFAULT_DEVICE_VALIDITY_DAYS, SERVER_IDENTITY};
@@ -41,6 +43,18 @@ pub struct EnrollRequest {
     /// Certificate validity in days (default five years).
     #[serde(default)]
     pub valid_days: Option<u32>,
+}
+
+/// What `PATCH /api/v1/devices/{id}` did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceChanged {
+    /// The device as stored now.
+    #[serde(flatten)]
+    pub device: DeviceRecord,
+    /// Devices that got a new desired state (this one, when its new labels changed its groups'
+    /// variables or secrets for its release).
+    #[serde(default)]
+    pub retargeted: Vec<DeviceId>,
 }
 
 /// What enrollment returns: everything the bundle needs except the private key, which never
@@ -209,7 +223,7 @@ pub(super) async fn change(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     Body(change): Body<DeviceChange>,
-) -> Result<Json<DeviceRecord>, Problem> {
+) -> Result<Json<DeviceChanged>, Problem> {
     let id = device_id(&id)?;
     let mut errors = Vec::new();
     for (k, v) in &change.labels {
@@ -230,8 +244,9 @@ pub(super) async fn change(
         return Err(Problem::invalid("the change was refused; nothing was changed", errors));
     }
     let now = UnixMillis::now();
-    let record = api.store.update(|tx| {
-        let mut record = tx.device(&id)?.ok_or_else(|| not_found(&id))?;
+    let (changed, outgoing) = api.store.update_durable(|tx| {
+        let was = tx.device(&id)?.ok_or_else(|| not_found(&id))?;
+        let mut record = was.clone();
         let mut said = Vec::new();
         for (k, v) in &change.labels {
             match v {
@@ -250,6 +265,25 @@ pub(super) async fn change(
             said.push("notes changed".to_owned());
         }
         tx.put_device(&record);
+        // New labels can put the device in other groups, and so give it other variables and
+        // secrets: it is re-targeted in this change if its release renders differently. A
+        // relabel that leaves its release undecidable (a variable or secret its new groups do
+        // not provide) is refused like `var set`: storing the labels would leave the device
+        // running a release its labels no longer describe, and any later re-target (a
+        // rollout, a var set) would fail on it far from the cause. The 422 names what is
+        // missing, so the way on is to set it for the device first and relabel again.
+        let (retargeted, outgoing) = if record.labels == was.labels {
+            (Vec::new(), Vec::new())
+        } else {
+            // Same variables, secrets and groups on both sides: only the labels differ.
+            let before = Releases::snapshot(&*tx).map_err(internal)?;
+            let moved = vec![Moved { was, now: record.clone() }];
+            let verb = format!("changing the labels of {id} ({})", said.join(" "));
+            retarget_members(tx, &api, &verb, before, moved, now, &format!("set the missing values for the device first (`fleetctl var set NAME VALUE --device {id}`, `fleetctl secret set NAME --device {id} < file`), or give it labels whose groups provide them"))?
+        };
+        if !retargeted.is_empty() {
+            said.push("re-targeted (its groups changed what it renders)".to_owned());
+        }
         tx.audit(AuditEntry::new(
             now,
             &caller.name,
@@ -257,9 +291,12 @@ pub(super) async fn change(
             id.to_string(),
             said.join(" "),
         ));
-        Ok::<_, Problem>(record)
+        // A re-target wrote the record again with its new generation.
+        let device = tx.device(&id)?.unwrap_or(record);
+        Ok::<_, Problem>((DeviceChanged { device, retargeted }, outgoing))
     })?;
-    Ok(Json(record))
+    send(&api, outgoing, now);
+    Ok(Json(changed))
 }
 
 pub(super) async fn enroll(

@@ -6,17 +6,19 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use fleet_proto::{ReleaseId, ReleaseSpec, UnixMillis};
+use fleet_proto::{DeviceId, ReleaseId, ReleaseSpec, UnixMillis};
 use serde::{Deserialize, Serialize};
 
 use super::problem::{Body, Query};
+use super::variables::{internal, refusal, send};
 use super::{Api, FieldProblem, Problem};
 use crate::audit::AuditEntry;
 use crate::auth::Caller;
+use crate::desired::{self, Moved, Outgoing, Releases};
 use crate::devices::DeviceRecord;
 use crate::groups::{check_group_name, Group, Selector};
 use crate::releases::{ImageInfo, ReleaseRecord};
-use crate::store::Page;
+use crate::store::{Page, Tx};
 
 /// A group to create or replace (`POST /api/v1/groups`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -38,6 +40,18 @@ pub struct GroupSummary {
     pub group: Group,
     /// Devices matching it now.
     pub devices: usize,
+}
+
+/// What creating, replacing or removing a group did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupChange {
+    /// The group as stored now (as it was, after a remove).
+    #[serde(flatten)]
+    pub group: Group,
+    /// Devices that got a new desired state: joining or leaving the group changed the
+    /// variables or secrets their release renders with.
+    #[serde(default)]
+    pub retargeted: Vec<DeviceId>,
 }
 
 /// A group and its devices.
@@ -89,8 +103,9 @@ pub(super) async fn put_group(
         return Err(Problem::invalid("the group was refused; nothing was changed", errors));
     }
     let now = UnixMillis::now();
-    let (group, created) = api.store.update(|tx| {
+    let (change, created, outgoing) = api.store.update_durable(|tx| {
         let previous = tx.group(&request.name)?;
+        let before = Releases::snapshot(&*tx).map_err(internal)?;
         let group = Group {
             name: request.name.clone(),
             selector: selector.clone(),
@@ -101,18 +116,66 @@ pub(super) async fn put_group(
                 .map_or_else(|| caller.name.clone(), |p| p.created_by.clone()),
         };
         tx.put_group(&group);
+        let old = previous.as_ref().map(|p| &p.selector);
+        let (retargeted, outgoing) = if old == Some(&selector) {
+            (Vec::new(), Vec::new())
+        } else {
+            let verb = match old {
+                Some(old) => format!("changing the selector of group {} from {old} to {selector}", group.name),
+                None => format!("creating group {} ({selector})", group.name),
+            };
+            let moved = members(tx, old, Some(&selector))?;
+            retarget_members(tx, &api, &verb, before, moved, now, "set the values those devices need first (for the device, or for the group once it exists), or pick a selector that leaves them out")?
+        };
         let verb = if previous.is_some() { "group.update" } else { "group.create" };
         tx.audit(AuditEntry::new(
             now,
             &caller.name,
             verb,
             group.name.clone(),
-            format!("selector {selector}"),
+            format!("selector {selector}; {} device(s) re-targeted", retargeted.len()),
         ));
-        Ok::<_, Problem>((group, previous.is_none()))
+        Ok::<_, Problem>((GroupChange { group, retargeted }, previous.is_none(), outgoing))
     })?;
+    send(&api, outgoing, now);
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(group)).into_response())
+    Ok((status, Json(change)).into_response())
+}
+
+/// Every device matched by `old` or `new`: those whose groups a selector change can change.
+fn members(
+    tx: &Tx<'_>,
+    old: Option<&Selector>,
+    new: Option<&Selector>,
+) -> Result<Vec<Moved>, Problem> {
+    let matches = |s: Option<&Selector>, d: &DeviceRecord| s.is_some_and(|s| s.matches(&d.labels));
+    Ok(tx
+        .devices()?
+        .into_iter()
+        .filter(|d| matches(old, d) || matches(new, d))
+        .map(Moved::same)
+        .collect())
+}
+
+/// Re-targets the devices of `moved` whose release renders differently (variables) or mounts
+/// other secret values now that their groups changed, as [`desired::retarget_moved`] decides
+/// against `before`; refuses (422, the caller's change is then not stored) if one of them
+/// could be decided before and no longer can, saying `fix`. Returns the re-targeted devices
+/// and what to send once the change is durable.
+pub(super) fn retarget_members(
+    tx: &mut Tx<'_>,
+    api: &Api,
+    verb: &str,
+    before: Releases,
+    moved: Vec<Moved>,
+    now: UnixMillis,
+    fix: &str,
+) -> Result<(Vec<DeviceId>, Vec<Outgoing>), Problem> {
+    let changed = desired::retarget_moved(tx, &api.pki, before, moved, now).map_err(internal)?;
+    if !changed.failures.is_empty() {
+        return Err(refusal(verb, &changed.failures, fix));
+    }
+    Ok((changed.outgoing.iter().map(|o| o.device.clone()).collect(), changed.outgoing))
 }
 
 fn no_group(name: &str) -> Problem {
@@ -133,21 +196,26 @@ pub(super) async fn remove_group(
     State(api): State<Api>,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
-) -> Result<Json<Group>, Problem> {
+) -> Result<Json<GroupChange>, Problem> {
     let now = UnixMillis::now();
-    let group = api.store.update(|tx| {
+    let (change, outgoing) = api.store.update_durable(|tx| {
         let group = tx.group(&name)?.ok_or_else(|| no_group(&name))?;
+        let before = Releases::snapshot(&*tx).map_err(internal)?;
         tx.remove_group(&name);
+        let moved = members(tx, Some(&group.selector), None)?;
+        let verb = format!("removing group {name}");
+        let (retargeted, outgoing) = retarget_members(tx, &api, &verb, before, moved, now, "set the values its devices need at another scope first (the fleet, another group, or each device)")?;
         tx.audit(AuditEntry::new(
             now,
             &caller.name,
             "group.remove",
             name.clone(),
-            format!("selector was {}", group.selector),
+            format!("selector was {}; {} device(s) re-targeted", group.selector, retargeted.len()),
         ));
-        Ok::<_, Problem>(group)
+        Ok::<_, Problem>((GroupChange { group, retargeted }, outgoing))
     })?;
-    Ok(Json(group))
+    send(&api, outgoing, now);
+    Ok(Json(change))
 }
 
 /// A release to create (`POST /api/v1/releases`): from a Compose file, or as the canonical

@@ -119,7 +119,7 @@ routes! {
     "GET" "/api/v1/whoami" V, "The calling token's name and role.", None => "Caller";
     "GET" "/api/v1/devices" V, "Devices, paged; filter with ?selector=k=v or ?group=NAME.", None => "Page<DeviceRecord>";
     "GET" "/api/v1/devices/{id}" V, "One device with its inventory, groups and active rollout.", None => "DeviceView";
-    "PATCH" "/api/v1/devices/{id}" O, "Change a device's labels (null removes one) or notes.", Some("DeviceChange") => "DeviceRecord";
+    "PATCH" "/api/v1/devices/{id}" O, "Change a device's labels (null removes one) or notes; re-targets it if its new groups change what its release renders.", Some("DeviceChange") => "DeviceChanged";
     "POST" "/api/v1/devices/{id}/enroll" A, "Enroll a device: issue its client certificate.", Some("EnrollRequest") => "EnrollResponse";
     "POST" "/api/v1/devices/{id}/revoke" A, "Revoke a device: drop its messages, add its certificate to the CRL.", None => "DeviceRecord";
     "PUT" "/api/v1/devices/{id}/desired" O, "Assign a release given as JSON (stored as a release if new).", Some("DesiredRequest") => "DesiredResponse";
@@ -130,9 +130,9 @@ routes! {
     "GET" "/api/v1/devices/{id}/metrics" V, "A device's telemetry: counters and the latest value of every series.", None => "MetricsView";
     "GET" "/api/v1/devices/{id}/metrics/history" V, "A device's stored points, oldest first, paged by sequence number; ?metric=NAME.", None => "Page<PointView>";
     "GET" "/api/v1/groups" V, "Every group with its device count.", None => "Group[]";
-    "POST" "/api/v1/groups" O, "Create or replace a group (a named label selector).", Some("GroupRequest") => "Group";
+    "POST" "/api/v1/groups" O, "Create or replace a group (a named label selector); re-targets the devices whose release renders differently in or out of it.", Some("GroupRequest") => "GroupChange";
     "GET" "/api/v1/groups/{name}" V, "One group and its devices.", None => "GroupView";
-    "DELETE" "/api/v1/groups/{name}" O, "Remove a group (its devices stay).", None => "Group";
+    "DELETE" "/api/v1/groups/{name}" O, "Remove a group (its devices stay); re-targets the devices whose release renders differently without it.", None => "GroupChange";
     "GET" "/api/v1/releases" V, "Releases, paged; filter with ?app=NAME.", None => "Page<ReleaseRecord>";
     "POST" "/api/v1/releases" O, "Create a release from a Compose file; tags are resolved to digests.", Some("ReleaseRequest") => "ReleaseRecord";
     "GET" "/api/v1/releases/{id}" V, "One release.", None => "ReleaseRecord";

@@ -25,7 +25,11 @@ pub fn build() -> Value {
         let ok = if route.method == "POST"
             && matches!(
                 route.response,
-                "EnrollResponse" | "ReleaseRecord" | "RolloutView" | "TokenResponse" | "Group"
+                "EnrollResponse"
+                    | "ReleaseRecord"
+                    | "RolloutView"
+                    | "TokenResponse"
+                    | "GroupChange"
             ) {
             "201"
         } else {
