@@ -744,3 +744,143 @@ async fn secrets_are_refused_with_their_field_listed_without_values_and_rotate_o
     }
     fleet.stop().await;
 }
+
+/// The retained desired state of `id` as the embedded broker holds it (the encoded, signed
+/// state), read by a fresh subscriber.
+async fn retained_desired(fleet: &SimFleet, id: &str) -> Vec<u8> {
+    use fleet_proto::{topic, DeviceId, TopicKind};
+    static READERS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = READERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut opts = rumqttc::MqttOptions::new(
+        format!("desired-reader-{}-{n}", std::process::id()),
+        fleet.mqtt.ip().to_string(),
+        fleet.mqtt.port(),
+    );
+    opts.set_keep_alive(Duration::from_secs(5));
+    let (client, events) = rumqttc::AsyncClient::new(opts, 10);
+    let mut seen = fleet_e2e::fleet::watch(events);
+    fleet_e2e::fleet::connected(&mut seen, "the desired-state reader").await;
+    let t = topic(&DeviceId::new(id).unwrap(), TopicKind::Desired);
+    client.subscribe(&t, rumqttc::QoS::AtLeastOnce).await.unwrap();
+    let payload = fleet_e2e::fleet::receive(&mut seen, &t).await;
+    let _ = client.disconnect().await;
+    payload
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn relabelling_and_group_changes_retarget_exactly_the_devices_whose_render_changes() {
+    let env = TestEnv::load();
+    let mut fleet = SimFleet::start().await;
+    fleet.enroll("r1", &[("site", "lab")]).await;
+    fleet.enroll("r2", &[("site", "yard")]).await;
+    let generation = |fleet: &SimFleet, id: &'static str| {
+        let (api, token) = (fleet.api.clone(), fleet.token.clone());
+        async move {
+            let (_, d) =
+                api_call(&api, &token, "GET", &format!("/api/v1/devices/{id}"), None).await;
+            d["desired_generation"].as_u64().unwrap()
+        }
+    };
+    let holds =
+        |payload: &[u8], value: &str| payload.windows(value.len()).any(|w| w == value.as_bytes());
+    let group = |name: &str, selector: &str| json!({ "name": name, "selector": selector });
+    let set = |value: &str, group: &str| json!({ "value": value, "group": group });
+
+    // Groups and their values: depot now; yard's value is stored while the group is away
+    // (a removed group's values apply to nobody), and bad's port would break the release.
+    for (name, selector, var, value) in [
+        ("depot", "site=depot", "GREETING", "from-depot"),
+        ("yard", "site=yard", "GREETING", "from-yard"),
+        ("bad", "broken", "PORT", "99999"),
+    ] {
+        let (code, body) = fleet.api("POST", "/api/v1/groups", Some(group(name, selector))).await;
+        assert_eq!(code, 201, "{body}");
+        assert_eq!(body["retargeted"], json!([]), "nothing runs yet: {body}");
+        let (code, body) =
+            fleet.api("PUT", &format!("/api/v1/variables/{var}"), Some(set(value, name))).await;
+        assert_eq!(code, 200, "{body}");
+    }
+    let (code, body) = fleet.api("DELETE", "/api/v1/groups/yard", None).await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = fleet
+        .api("PUT", "/api/v1/variables/GREETING", Some(json!({ "value": "from-fleet" })))
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let compose = format!(
+        "services:\n  web:\n    image: {tag}\n    ports: [\"${{PORT:-8080}}:80\"]\n    environment:\n      GREETING: ${{GREETING}}\n",
+        tag = env.image("web:1").tag
+    );
+    let (code, release) = fleet
+        .api(
+            "POST",
+            "/api/v1/releases",
+            Some(json!({ "app": "g", "version": "1", "compose": compose })),
+        )
+        .await;
+    assert_eq!(code, 201, "{release}");
+    for id in ["r1", "r2"] {
+        let (code, body) = fleet
+            .api(
+                "PUT",
+                &format!("/api/v1/devices/{id}/desired"),
+                Some(json!({ "release": release["spec"] })),
+            )
+            .await;
+        assert_eq!(code, 200, "{body}");
+    }
+    let (g1, g2) = (generation(&fleet, "r1").await, generation(&fleet, "r2").await);
+    assert!(holds(&retained_desired(&fleet, "r1").await, "from-fleet"));
+
+    // Relabel r1 into depot: only r1 gets a new generation, rendered with depot's value.
+    let (code, body) = fleet
+        .api("PATCH", "/api/v1/devices/r1", Some(json!({ "labels": { "site": "depot" } })))
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["retargeted"], json!(["r1"]), "{body}");
+    assert_eq!(body["labels"]["site"], "depot", "the record's fields stay: {body}");
+    let r1 = generation(&fleet, "r1").await;
+    assert!(r1 > g1);
+    assert_eq!(body["desired_generation"], r1, "{body}");
+    assert_eq!(generation(&fleet, "r2").await, g2);
+    let state = retained_desired(&fleet, "r1").await;
+    assert!(holds(&state, "from-depot") && !holds(&state, "from-fleet"), "depot's value is sent");
+    // A label no group selects: same render, no new generation.
+    let (code, body) =
+        fleet.api("PATCH", "/api/v1/devices/r1", Some(json!({ "labels": { "room": "2" } }))).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["retargeted"], json!([]), "{body}");
+    assert_eq!(generation(&fleet, "r1").await, r1);
+
+    // A relabel into a group whose value breaks the release: 422 naming r1, nothing stored.
+    let (code, body) =
+        fleet.api("PATCH", "/api/v1/devices/r1", Some(json!({ "labels": { "broken": "" } }))).await;
+    assert_eq!(code, 422, "{body}");
+    assert!(detail(&body).contains("r1"), "{body}");
+    assert!(
+        body["errors"][0]["path"].as_str().unwrap().starts_with("services.web.ports"),
+        "{body}"
+    );
+    let (_, shown) = fleet.api("GET", "/api/v1/devices/r1", None).await;
+    assert!(shown["labels"].get("broken").is_none(), "labels unchanged: {shown}");
+    assert_eq!(generation(&fleet, "r1").await, r1);
+
+    // Yard again: its stored value now applies to r2, and only r2 is re-targeted.
+    let (code, body) = fleet.api("POST", "/api/v1/groups", Some(group("yard", "site=yard"))).await;
+    assert_eq!(code, 201, "{body}");
+    assert_eq!(body["retargeted"], json!(["r2"]), "{body}");
+    assert_eq!(body["name"], "yard", "the group's fields stay: {body}");
+    let r2 = generation(&fleet, "r2").await;
+    assert!(r2 > g2);
+    assert_eq!(generation(&fleet, "r1").await, r1);
+    assert!(holds(&retained_desired(&fleet, "r2").await, "from-yard"));
+
+    // Removing it sends r2 back to the fleet's value; r1 is untouched.
+    let (code, body) = fleet.api("DELETE", "/api/v1/groups/yard", None).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["retargeted"], json!(["r2"]), "{body}");
+    assert!(generation(&fleet, "r2").await > r2);
+    assert_eq!(generation(&fleet, "r1").await, r1);
+    let state = retained_desired(&fleet, "r2").await;
+    assert!(holds(&state, "from-fleet") && !holds(&state, "from-yard"), "back to the fleet's");
+    fleet.stop().await;
+}
