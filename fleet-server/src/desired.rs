@@ -920,7 +920,7 @@ mod tests {
     fn leaving_the_group_that_holds_a_mounted_secret_is_a_failure_but_one_never_held_is_not() {
         let key = DeviceSealKey::generate().unwrap().public();
         // Never had a value: relabelling it is not what leaves it without one.
-        let s = setup(true, None, Some(key.clone()));
+        let s = setup(true, None, Some(key));
         let (changed, _) = relabel(&s, &[("site", "lab")]);
         assert!(changed.failures.is_empty() && changed.outgoing.is_empty(), "{changed:?}");
 
