@@ -591,17 +591,25 @@ fn device(cli: &Cli, client: &Client, verb: &DeviceVerb) -> Result<(), Failure> 
                 }
             }
             let change = DeviceChange { labels, notes: None };
-            let d: DeviceRecord =
+            let answer: serde_json::Value =
                 client.send("PATCH", &format!("/api/v1/devices/{id}"), Some(&change))?;
             if cli.json {
-                print_json(&d);
+                print_json(&answer);
             } else {
+                let d: DeviceRecord =
+                    serde_json::from_value(answer.clone()).map_err(|e| Failure {
+                        code: 2,
+                        message: format!("the server answered something unexpected: {e}"),
+                    })?;
                 let labels: Vec<String> =
                     d.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 println!(
                     "{id}: {}",
                     if labels.is_empty() { "no labels".into() } else { labels.join(" ") }
                 );
+                if retargeted(&answer) > 0 {
+                    println!("re-targeted: its groups' variables or secrets changed what it runs");
+                }
             }
         }
         DeviceVerb::Note { id, text } => {
@@ -886,11 +894,20 @@ fn group(cli: &Cli, client: &Client, verb: &GroupVerb) -> Result<(), Failure> {
                 selector: selector.clone(),
                 description: description.clone(),
             };
-            let g: Group = client.post("/api/v1/groups", &request)?;
+            let answer: serde_json::Value = client.post("/api/v1/groups", &request)?;
             if cli.json {
-                print_json(&g);
+                print_json(&answer);
             } else {
-                println!("group {} selects {}", g.name, g.selector);
+                let g: Group = serde_json::from_value(answer.clone()).map_err(|e| Failure {
+                    code: 2,
+                    message: format!("the server answered something unexpected: {e}"),
+                })?;
+                println!(
+                    "group {} selects {}; {} device(s) re-targeted",
+                    g.name,
+                    g.selector,
+                    retargeted(&answer)
+                );
             }
         }
         GroupVerb::Ls => {
@@ -931,19 +948,28 @@ fn group(cli: &Cli, client: &Client, verb: &GroupVerb) -> Result<(), Failure> {
             }
         }
         GroupVerb::Rm { name } => {
-            let g: Group = client.send::<(), _>(
+            let answer: serde_json::Value = client.send::<(), _>(
                 "DELETE",
                 &format!("/api/v1/groups/{}", encode(name)),
                 None,
             )?;
             if cli.json {
-                print_json(&g);
+                print_json(&answer);
             } else {
-                println!("removed group {}", g.name);
+                let g: Group = serde_json::from_value(answer.clone()).map_err(|e| Failure {
+                    code: 2,
+                    message: format!("the server answered something unexpected: {e}"),
+                })?;
+                println!("removed group {}; {} device(s) re-targeted", g.name, retargeted(&answer));
             }
         }
     }
     Ok(())
+}
+
+/// How many devices a change re-targeted (its answer's `retargeted` list).
+fn retargeted(answer: &serde_json::Value) -> usize {
+    answer["retargeted"].as_array().map_or(0, Vec::len)
 }
 
 fn release(cli: &Cli, client: &Client, verb: &ReleaseVerb) -> Result<(), Failure> {
