@@ -155,6 +155,13 @@ settle_ms = 250
 # need no entry: the agent creates them, and they survive updates and rollbacks.
 allowed_host_paths = []
 
+[secrets]
+# Where the agent writes the secret files it bind-mounts read-only into services (directories
+# 0700). A tmpfs (/run is one on any systemd device), so a value is never written to flash; the
+# values are kept sealed to this device in the state database and written here again after a
+# reboot, before the agent starts the services that read them.
+dir = "/run/fleet-agent/secrets"
+
 [commands]
 # The reboot command runs `systemctl reboot` only when true.
 allow_reboot = false
@@ -252,6 +259,8 @@ pub struct Config {
     pub hardware_settle: Duration,
     /// Host directories services may bind-mount (each with everything under it).
     pub allowed_host_paths: Vec<PathBuf>,
+    /// Where secret files are written (`[secrets] dir`, a tmpfs).
+    pub secrets_dir: PathBuf,
 }
 
 /// Where the broker is.
@@ -354,6 +363,7 @@ struct Raw {
     commands: RawCommands,
     hardware: RawHardware,
     volumes: RawVolumes,
+    secrets: RawSecrets,
     telemetry: RawTelemetry,
     log: RawLog,
 }
@@ -362,6 +372,12 @@ struct Raw {
 #[serde(deny_unknown_fields)]
 struct RawVolumes {
     allowed_host_paths: Vec<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecrets {
+    dir: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]
@@ -581,6 +597,17 @@ impl Config {
                 });
             }
         }
+        let secrets_dir = raw.secrets.dir;
+        if !secrets_dir.is_absolute() || secrets_dir == Path::new("/") {
+            return Err(ConfigError::Invalid {
+                key: "secrets.dir".to_owned(),
+                message: format!(
+                    "{} must be an absolute directory of its own, not /",
+                    secrets_dir.display()
+                ),
+                files: files.to_owned(),
+            });
+        }
         let device_id = DeviceId::new(raw.device_id)?;
         let telemetry = check_telemetry(raw.telemetry, files)?;
         let link = check_link(raw.link, &device_id, base, files, telemetry.compression)?;
@@ -596,6 +623,7 @@ impl Config {
             },
             hardware_settle: Duration::from_millis(raw.hardware.settle_ms.clamp(10, 10_000)),
             allowed_host_paths: raw.volumes.allowed_host_paths,
+            secrets_dir,
             telemetry,
             device_id,
             data_dir: raw.data_dir,

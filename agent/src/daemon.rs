@@ -386,6 +386,8 @@ impl<R: ContainerRuntime> Daemon<R> {
         tokio::pin!(shutdown);
         let device = self.config.device_id.clone();
         tracing::info!(%device, "fleet-agent {} started", crate::AGENT_VERSION);
+        // Before the first converge: it starts the services whose secret files a reboot took.
+        self.restore_secret_files();
         sd_notify::notify("READY=1");
 
         let mut events = self.reconciler.runtime().events(&device);
@@ -802,25 +804,55 @@ impl<R: ContainerRuntime> Daemon<R> {
         let delivered = crate::secrets::deliver(&self.seal_key, &self.config.device_id, &desired)
             .map_err(Rejection::Secrets)?;
         let Some(release) = &desired.release else { return Ok((desired, delivered, None)) };
-        let dir = self.config.data_dir.join(crate::secrets::FILES_DIR);
+        let dir = &self.config.secrets_dir;
         let (effective, files) =
-            crate::secrets::effective_release(&dir, release, &crate::secrets::digests(&delivered));
-        crate::secrets::write_files(&dir, &files, &delivered).map_err(|e| {
-            Rejection::Secrets(vec![format!(
-                "cannot write the secret files under {}: {e}",
-                dir.display()
-            )])
+            crate::secrets::effective_release(dir, release, &crate::secrets::digests(&delivered));
+        let cannot = |what: String| Rejection::Secrets(vec![what]);
+        // Recorded (sealed) before anything is written: after a reboot the files come back
+        // from these records.
+        if !files.is_empty() {
+            let state = self.reconciler.state();
+            let kept = state.secret_records().map_err(|e| cannot(e.to_string()))?;
+            let all = crate::secrets::merge(kept, crate::secrets::records(&files, &desired));
+            state.set_secret_records(&all).map_err(|e| cannot(e.to_string()))?;
+        }
+        crate::secrets::write_files(dir, &files, &delivered).map_err(|e| {
+            cannot(format!("cannot write the secret files under {}: {e}", dir.display()))
         })?;
         Ok((desired, delivered, Some(effective)))
     }
 
-    /// Removes secret files no stored release (the one wanted, the one proven, the one before)
-    /// binds any more.
+    /// Writes the secret files a reboot took away (the secrets directory is a tmpfs), from
+    /// their sealed records, before the first converge starts the services that read them.
+    fn restore_secret_files(&self) {
+        let records = match self.reconciler.state().secret_records() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the secret files' records; services that read secrets may not start");
+                return;
+            }
+        };
+        let (written, problems) = crate::secrets::restore(
+            &self.config.secrets_dir,
+            &self.seal_key,
+            &self.config.device_id,
+            &records,
+        );
+        if written > 0 {
+            tracing::info!(written, dir = %self.config.secrets_dir.display(), "secret files written again");
+        }
+        for p in problems {
+            tracing::error!(problem = %p, "a secret file cannot be written again");
+        }
+    }
+
+    /// Removes secret files (and their records) no stored release (the one wanted, the one
+    /// proven, the one before) binds any more.
     fn collect_secret_files(&self) {
         let state = self.reconciler.state();
         // Never delete on a read error: a rollback may need the files.
-        let (Ok(desired), Ok(proven), Ok(previous)) =
-            (state.desired(), state.proven(), state.previous())
+        let (Ok(desired), Ok(proven), Ok(previous), Ok(records)) =
+            (state.desired(), state.proven(), state.previous(), state.secret_records())
         else {
             return;
         };
@@ -832,8 +864,17 @@ impl<R: ContainerRuntime> Daemon<R> {
         .into_iter()
         .flatten()
         .collect();
-        let dir = self.config.data_dir.join(crate::secrets::FILES_DIR);
-        let removed = crate::secrets::collect_garbage(&dir, &keep);
+        let dir = &self.config.secrets_dir;
+        let used = crate::secrets::in_use(dir, &keep);
+        let kept: Vec<_> =
+            records.iter().filter(|r| used.contains(&r.file.path)).cloned().collect();
+        if kept.len() != records.len() {
+            if let Err(e) = state.set_secret_records(&kept) {
+                tracing::warn!(error = %e, "cannot forget unused secret files; kept for now");
+                return;
+            }
+        }
+        let removed = crate::secrets::collect_garbage(dir, &keep);
         if removed > 0 {
             tracing::info!(removed, "removed secret files no release uses any more");
         }

@@ -5,15 +5,20 @@
 //! private half is made on first start and never leaves `<data_dir>/secret.key` (0600). When a
 //! desired state arrives, [`deliver`] opens the secrets its services declare (a missing or
 //! unopenable one refuses the whole state, nothing changes), [`effective_release`] turns each
-//! mount into a read-only bind of a file under `<data_dir>/secrets/` (directories 0700, files
+//! mount into a read-only bind of a file under the secrets directory (directories 0700, files
 //! with the mode, owner and group the service asked for), and [`write_files`] writes them.
+//!
+//! The files live on a tmpfs (`[secrets] dir`, `/run/fleet-agent/secrets`), so no value is
+//! ever written to flash in the clear: deleting `secret.key` makes every stored copy unreadable.
+//! What survives a reboot is each file's [`SecretRecord`], the value still sealed, in the state
+//! database. After a reboot the engine cannot start a service whose secret file is gone (a bind
+//! mount of a missing path is an error, never an empty directory); the agent [`restore`]s the
+//! files at start, and its first converge starts those services.
 //!
 //! A file's name carries the secret's digest, so the engine sees a rotated secret as a new
 //! mount: exactly the services that read it get a new config hash and are re-created through
 //! the normal health-gated update, and a rollback finds the previous value's file where the
 //! proven release expects it. [`collect_garbage`] removes files no stored release refers to.
-//! The files live in the state directory, not on a tmpfs, because the engine restarts
-//! containers at boot before the agent runs: a bind source must still be there.
 //!
 //! A value never reaches an environment variable, a label, a log line, an event or a report;
 //! `docker inspect` shows the file's path, never its content.
@@ -30,8 +35,6 @@ use zeroize::Zeroizing;
 
 /// The private key's file, under the data directory.
 pub const KEY_FILE: &str = "secret.key";
-/// The directory of secret files, under the data directory.
-pub const FILES_DIR: &str = "secrets";
 
 /// Why the sealing key cannot be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -186,12 +189,14 @@ pub fn local_problems(release: &ReleaseSpec) -> Vec<String> {
 }
 
 /// One file to write for a secret mount.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SecretFile {
     /// Where on the host.
     pub path: PathBuf,
     /// The secret.
     pub secret: String,
+    /// The digest of its value.
+    pub digest: String,
     /// Permission bits.
     pub mode: u32,
     /// Owner (`None`: root).
@@ -235,6 +240,7 @@ pub fn effective_release(
             files.push(SecretFile {
                 path,
                 secret: m.source.clone(),
+                digest: digest.to_owned(),
                 mode: m.file_mode(),
                 uid: m.uid,
                 gid: m.gid,
@@ -250,34 +256,105 @@ pub fn digests(delivered: &Delivered) -> BTreeMap<String, String> {
     delivered.secrets.iter().map(|(k, v)| (k.clone(), v.digest.clone())).collect()
 }
 
+/// A secret file as the state database keeps it: where it goes, and its value still sealed
+/// to this device, so that it can be written again after a reboot.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SecretRecord {
+    /// The file.
+    pub file: SecretFile,
+    /// The value, as the server sealed it ([`fleet_proto::seal::secret_aad`]).
+    pub sealed: Vec<u8>,
+}
+
+impl std::fmt::Debug for SecretRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretRecord").field("file", &self.file).finish_non_exhaustive()
+    }
+}
+
+/// The records of `files`, with their sealed values from `desired`.
+pub fn records(files: &[SecretFile], desired: &DesiredState) -> Vec<SecretRecord> {
+    files
+        .iter()
+        .filter_map(|f| {
+            let s = desired.secrets.iter().find(|s| s.name == f.secret && s.digest == f.digest)?;
+            Some(SecretRecord { file: f.clone(), sealed: s.sealed.clone() })
+        })
+        .collect()
+}
+
+/// `kept` with `new` added (a file's path says all about it: a record for the same path is the
+/// same file).
+pub fn merge(mut kept: Vec<SecretRecord>, new: Vec<SecretRecord>) -> Vec<SecretRecord> {
+    for r in new {
+        if !kept.iter().any(|k| k.file.path == r.file.path) {
+            kept.push(r);
+        }
+    }
+    kept
+}
+
 /// Writes `files` with the delivered values: directories 0700 (root only), each file written
 /// to a temporary name, given its mode and owner, then renamed into place.
 pub fn write_files(dir: &Path, files: &[SecretFile], delivered: &Delivered) -> std::io::Result<()> {
-    create_private_dir(dir)?;
     for f in files {
-        let Some(opened) = delivered.secrets.get(&f.secret) else { continue };
-        let parent = f.path.parent().unwrap_or(dir);
-        for d in parent
-            .ancestors()
-            .take_while(|d| d.starts_with(dir) && *d != dir)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-        {
-            create_private_dir(d)?;
+        if let Some(opened) = delivered.secrets.get(&f.secret) {
+            write_file(dir, f, &opened.value)?;
         }
-        let tmp = f.path.with_extension("tmp");
-        let _ = std::fs::remove_file(&tmp);
-        let mut out =
-            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
-        out.write_all(&opened.value)?;
-        out.sync_all()?;
-        drop(out);
-        std::os::unix::fs::chown(&tmp, f.uid, f.gid)?;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(f.mode))?;
-        std::fs::rename(&tmp, &f.path)?;
     }
     Ok(())
+}
+
+/// Writes the files of `records` that are missing (after a reboot emptied the tmpfs), opening
+/// each value with `key`. Returns how many it wrote, and a line per file it could not.
+pub fn restore(
+    dir: &Path,
+    key: &DeviceSealKey,
+    device: &DeviceId,
+    records: &[SecretRecord],
+) -> (usize, Vec<String>) {
+    let (mut written, mut problems) = (0, Vec::new());
+    for r in records.iter().filter(|r| !r.file.path.exists()) {
+        let aad = secret_aad(device.as_str(), &r.file.secret, &r.file.digest);
+        let result = key
+            .open(&r.sealed, &aad)
+            .map_err(|e| e.to_string())
+            .and_then(|v| write_file(dir, &r.file, &Zeroizing::new(v)).map_err(|e| e.to_string()));
+        match result {
+            Ok(()) => written += 1,
+            Err(e) => problems.push(format!(
+                "secret {:?} ({}): {e}",
+                r.file.secret,
+                r.file.path.display()
+            )),
+        }
+    }
+    (written, problems)
+}
+
+fn write_file(dir: &Path, f: &SecretFile, value: &[u8]) -> std::io::Result<()> {
+    create_private_dir(dir)?;
+    let parent = f.path.parent().unwrap_or(dir);
+    let mut below: Vec<&Path> =
+        parent.ancestors().take_while(|d| d.starts_with(dir) && *d != dir).collect();
+    below.reverse();
+    for d in below {
+        create_private_dir(d)?;
+    }
+    let tmp = f.path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut out =
+        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+    out.write_all(value)?;
+    out.sync_all()?;
+    drop(out);
+    // The mode first, while the agent still owns the file: changing a file someone else owns
+    // would take CAP_FOWNER, which the shipped unit does not grant (only CAP_CHOWN).
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(f.mode))?;
+    if f.uid.is_some() || f.gid.is_some() {
+        std::os::unix::fs::chown(&tmp, f.uid, f.gid)?;
+    }
+    std::fs::rename(&tmp, &f.path)
 }
 
 fn create_private_dir(d: &Path) -> std::io::Result<()> {
@@ -293,8 +370,12 @@ fn create_private_dir(d: &Path) -> std::io::Result<()> {
 /// release refers to it, an app that left the device), and directories left empty. Returns
 /// how many files it removed.
 pub fn collect_garbage(dir: &Path, keep: &[&ReleaseSpec]) -> usize {
-    let wanted: BTreeSet<PathBuf> = keep
-        .iter()
+    sweep(dir, &in_use(dir, keep))
+}
+
+/// The secret files under `dir` that `keep` bind.
+pub fn in_use(dir: &Path, keep: &[&ReleaseSpec]) -> BTreeSet<PathBuf> {
+    keep.iter()
         .flat_map(|r| r.services.iter())
         .flat_map(|s| s.volumes.iter())
         .filter_map(|v| match &v.source {
@@ -302,8 +383,7 @@ pub fn collect_garbage(dir: &Path, keep: &[&ReleaseSpec]) -> usize {
             _ => None,
         })
         .filter(|p| p.starts_with(dir))
-        .collect();
-    sweep(dir, &wanted)
+        .collect()
 }
 
 fn sweep(d: &Path, wanted: &BTreeSet<PathBuf>) -> usize {
@@ -465,7 +545,7 @@ mod tests {
     #[test]
     fn files_are_written_with_mode_in_private_dirs_and_collected_when_unused() {
         let root = tempfile::tempdir().unwrap();
-        let dir = root.path().join(FILES_DIR);
+        let dir = root.path().join("secrets");
         let key = DeviceSealKey::generate().unwrap();
         let device = samples::device();
         let d = desired_with(
@@ -491,6 +571,36 @@ mod tests {
         assert!(!files[0].path.exists());
         assert!(!files[0].path.parent().unwrap().exists(), "empty directories go too");
         assert!(dir.exists());
+    }
+
+    #[test]
+    fn after_a_reboot_the_files_come_back_from_their_sealed_records() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("secrets");
+        let key = DeviceSealKey::generate().unwrap();
+        let device = samples::device();
+        let d = desired_with(
+            vec![sealed(&key, device.as_str(), "db", "d1", b"s3cret")],
+            vec![mount("db", "db", 0o400)],
+        );
+        let delivered = deliver(&key, &device, &d).unwrap();
+        let (_, files) = effective_release(&dir, d.release.as_ref().unwrap(), &digests(&delivered));
+        let records = records(&files, &d);
+        assert_eq!(records.len(), 1);
+        assert!(!format!("{records:?}").contains("sealed:"), "no bytes in debug output");
+        assert_eq!(merge(records.clone(), records.clone()).len(), 1, "one record per file");
+        // The tmpfs is empty after a reboot.
+        assert_eq!(restore(&dir, &key, &device, &records), (1, vec![]));
+        assert_eq!(std::fs::read(&files[0].path).unwrap(), b"s3cret");
+        let mode = std::fs::metadata(&files[0].path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o400);
+        assert_eq!(restore(&dir, &key, &device, &records), (0, vec![]), "present: left alone");
+        // A key that changed since (moved away and made again) cannot open them: said, not hidden.
+        std::fs::remove_file(&files[0].path).unwrap();
+        let (written, problems) =
+            restore(&dir, &DeviceSealKey::generate().unwrap(), &device, &records);
+        assert_eq!(written, 0);
+        assert!(problems[0].contains("secret \"db\""), "{problems:?}");
     }
 
     #[test]

@@ -212,6 +212,20 @@ impl AgentState {
         self.put("server_desired", accepted)
     }
 
+    /// The secret files the stored releases bind, their values sealed (to write them again
+    /// after a reboot).
+    pub fn secret_records(&self) -> Result<Vec<crate::secrets::SecretRecord>, StateError> {
+        Ok(self.get("secret_files")?.unwrap_or_default())
+    }
+
+    /// Replaces the secret files' records (flushed before returning).
+    pub fn set_secret_records(
+        &self,
+        records: &[crate::secrets::SecretRecord],
+    ) -> Result<(), StateError> {
+        self.put("secret_files", &records)
+    }
+
     /// Records command `id` as run. Returns `false` if it was already recorded (then it must
     /// not run again). Flushed before returning, so a reboot command does not repeat itself.
     pub fn remember_command(&self, id: u64) -> Result<bool, StateError> {

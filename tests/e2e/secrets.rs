@@ -133,7 +133,8 @@ async fn secrets_reach_services_as_files_only_sealed_and_rotation_recreates_only
     let fleet = start_fleet_with(true, Some(&config)).await;
     let [a, b] = ["a", "b"].map(|n| format!("secrets-{n}-{pid}"));
     let _cleanup = [&a, &b].map(|d| Containers(d.clone()));
-    let _agents = [device(&fleet, &a, &["site=depot"]), device(&fleet, &b, &["site=lab"])];
+    let agent_a = device(&fleet, &a, &["site=depot"]);
+    let _agent_b = device(&fleet, &b, &["site=lab"]);
 
     // Values no test fixture could contain by chance.
     let fleet_pw = format!("fleet-pw-{pid}-Qx7");
@@ -274,6 +275,26 @@ async fn secrets_reach_services_as_files_only_sealed_and_rotation_recreates_only
         let (now, _) = running(&env, id, "web").await.unwrap();
         assert_eq!(now, web[id].0, "web on {id} does not read the token: kept");
     }
+
+    // A reboot of a: the agent is gone, the secrets directory (a tmpfs on a device) is empty,
+    // and the engine starts its containers on its own: web cannot start without its file
+    // (never with an empty directory in its place). The agent comes back, writes the files
+    // again from their sealed records, and its first converge starts web, same container.
+    drop(agent_a);
+    let bundle_a = fleet.dir.path().join(a.as_str());
+    let secret_dir = bundle_a.join("data/secrets");
+    assert!(secret_dir.join("vault/web").is_dir(), "files under the configured [secrets] dir");
+    std::fs::remove_dir_all(&secret_dir).unwrap();
+    let restart = Command::new("docker").args(["restart", "-t", "1", &web[&a].0]).output().unwrap();
+    assert!(!restart.status.success(), "web started without its secret file");
+    let _agent_a = start_agent_logging_to(&bundle_a, &fleet.dir.path().join(format!("{a}-2.log")));
+    let (env_ref, a_ref) = (&env, a.as_str());
+    let (again, _) = eventually("web running again on a", Duration::from_secs(60), || async move {
+        running(env_ref, a_ref, "web").await
+    })
+    .await;
+    assert_eq!(again, web[&a].0, "started, not re-created");
+    assert_eq!(exec(&again, "cat /run/secrets/db-password"), fleet_pw);
 
     // Nowhere else: docker inspect, the server's answers, the logs, the server's store.
     let mut inspected: Vec<String> =

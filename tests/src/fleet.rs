@@ -224,7 +224,7 @@ pub fn test_pacing(bundle: &Path) {
     std::fs::write(
         bundle.join("config.d/10-test.toml"),
         format!(
-            "[update]\nstop_grace_secs = 1\nstable_for_secs = 1\nresync_secs = 5\ndisk_reserve_mb = 1\n[locks]\ndir = \"{d}/locks\"\nsocket = \"{d}/locks.sock\"\n",
+            "[update]\nstop_grace_secs = 1\nstable_for_secs = 1\nresync_secs = 5\ndisk_reserve_mb = 1\n[locks]\ndir = \"{d}/locks\"\nsocket = \"{d}/locks.sock\"\n[secrets]\ndir = \"{d}/secrets\"\n",
             d = bundle.join("data").display()
         ),
     )
