@@ -351,6 +351,7 @@ impl Link {
             dropped: dropped.clone(),
             since,
             rng: fastrand::Rng::new(),
+            last_report: None,
         };
         let task = tokio::spawn(task.run(stopped));
         Ok((
@@ -381,6 +382,8 @@ struct LinkTask {
     dropped: Arc<AtomicU64>,
     since: UnixMillis,
     rng: fastrand::Rng,
+    /// The last report published on this connection (in full), to send only news.
+    last_report: Option<StateReport>,
 }
 
 impl LinkTask {
@@ -436,7 +439,7 @@ impl LinkTask {
         // the link's start.
         self.since = UnixMillis::now();
         let online = status(&self.cfg.device, Presence::Online, self.since);
-        self.try_publish(TopicKind::Status, Message::Status(online));
+        let _ = self.try_publish(TopicKind::Status, Message::Status(online));
         // Re-subscribe on every ConnAck: a broker that lost the session (restart without
         // persistence) would otherwise never send us anything again.
         let filters = [TopicKind::Desired, TopicKind::Cmd, TopicKind::TelemetryAck]
@@ -444,7 +447,9 @@ impl LinkTask {
         if let Err(e) = self.client.try_subscribe_many(filters) {
             tracing::warn!(error = %e, "link cannot queue its subscriptions");
         }
-        // The server learns the current state right away, whatever changed while offline.
+        // The server learns the current state right away, whatever changed while offline: all
+        // of it, inventory included, on every new connection.
+        self.last_report = None;
         self.reports.mark_changed();
     }
 
@@ -489,22 +494,28 @@ impl LinkTask {
 
     fn publish_report(&mut self) {
         let report = self.reports.borrow_and_update().clone();
-        if let Some(report) = report {
-            self.try_publish(TopicKind::Report, Message::Report(report));
+        let Some(report) = report else { return };
+        let Some(news) = crate::report::to_publish(&report, self.last_report.as_ref()) else {
+            return;
+        };
+        if self.try_publish(TopicKind::Report, Message::Report(news)) {
+            self.last_report = Some(report);
         }
     }
 
     fn publish_outgoing(&mut self, msg: Outgoing) {
-        match msg {
+        // A message the client did not take is counted in `dropped`, nothing more to do.
+        let _ = match msg {
             Outgoing::Event(e) => self.try_publish(TopicKind::Events, Message::Event(e)),
             Outgoing::CommandResult(r) => {
-                self.try_publish(TopicKind::CmdResult, Message::CommandResult(r));
+                self.try_publish(TopicKind::CmdResult, Message::CommandResult(r))
             }
             Outgoing::Telemetry(b) => self.try_publish(TopicKind::Telemetry, Message::Telemetry(b)),
-        }
+        };
     }
 
-    fn try_publish(&mut self, kind: TopicKind, message: Message) {
+    /// Queues `message`; returns whether the client took it.
+    fn try_publish(&mut self, kind: TopicKind, message: Message) -> bool {
         let bytes = message.encode_with(self.cfg.telemetry_compression);
         if let Err(e) = self.client.try_publish(
             topic(&self.cfg.device, kind),
@@ -514,7 +525,9 @@ impl LinkTask {
         ) {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             tracing::warn!(topic = %kind, error = %e, dropped_total = n, "link request queue full; message dropped");
+            return false;
         }
+        true
     }
 
     /// Clean shutdown: a retained `Offline` (a clean disconnect does not fire the will), then
@@ -531,7 +544,7 @@ impl LinkTask {
             self.publish_report();
         }
         let offline = status(&self.cfg.device, Presence::Offline, self.since);
-        self.try_publish(TopicKind::Status, Message::Status(offline));
+        let _ = self.try_publish(TopicKind::Status, Message::Status(offline));
         let _ = self.client.try_disconnect();
         let drain = async {
             loop {

@@ -86,6 +86,23 @@ pub fn build(
     })
 }
 
+/// What to publish of `report` given the last report published on this connection (pure):
+/// nothing when nothing but the time changed (the agent builds a report on every converge,
+/// once a minute when idle; sending each would cost a cellular device megabytes a day for no
+/// news), and the report without its inventory when the inventory is the one already sent
+/// (the server keeps it; see [`StateReport::inventory`]).
+pub fn to_publish(report: &StateReport, last: Option<&StateReport>) -> Option<StateReport> {
+    let Some(last) = last else { return Some(report.clone()) };
+    if (StateReport { reported_at: last.reported_at, ..report.clone() }) == *last {
+        return None;
+    }
+    let mut out = report.clone();
+    if out.inventory == last.inventory {
+        out.inventory = None;
+    }
+    Some(out)
+}
+
 /// What is wrong with a container, in words: out-of-memory kills and crash loops are reported,
 /// not hidden behind an engine that keeps restarting the service.
 fn last_error(c: &ObservedContainer, memory_limit: Option<u64>) -> Option<String> {
@@ -165,5 +182,22 @@ mod tests {
                 oom.restart_count
             )
         );
+    }
+
+    #[test]
+    fn only_news_is_published_and_the_inventory_only_when_it_changed() {
+        let first = fleet_proto::samples::report();
+        assert_eq!(to_publish(&first, None), Some(first.clone()), "a new connection: all of it");
+        let later =
+            StateReport { reported_at: UnixMillis(first.reported_at.0 + 60_000), ..first.clone() };
+        assert_eq!(to_publish(&later, Some(&first)), None, "only the time changed");
+        let mut changed = later.clone();
+        changed.accepted_generation += 1;
+        let sent = to_publish(&changed, Some(&first)).unwrap();
+        assert_eq!(sent.accepted_generation, changed.accepted_generation);
+        assert_eq!(sent.inventory, None, "the server has this inventory already");
+        let mut moved = changed.clone();
+        moved.inventory.as_mut().unwrap().kernel = "6.6.0".into();
+        assert_eq!(to_publish(&moved, Some(&changed)).unwrap().inventory, moved.inventory);
     }
 }
