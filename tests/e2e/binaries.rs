@@ -158,8 +158,16 @@ async fn fleetctl_exit_codes_tell_refusal_from_unreachable() {
     assert_eq!(unreachable.status.code(), Some(5), "server unreachable");
     assert!(String::from_utf8_lossy(&unreachable.stderr).contains("cannot reach the fleet server"));
 
+    // A usage error is 1, never the server's 2: a script tells a typo from a refusal.
     let usage = Command::new(bin("fleetctl")).args(["device", "frobnicate"]).output().unwrap();
-    assert_ne!(usage.status.code(), Some(0));
+    assert_eq!(usage.status.code(), Some(1));
+    let both = Command::new(bin("fleetctl"))
+        .args(["secret", "set", "db", "--group", "g", "--device", "d"])
+        .output()
+        .unwrap();
+    assert_eq!(both.status.code(), Some(1), "{}", String::from_utf8_lossy(&both.stderr));
+    let help = Command::new(bin("fleetctl")).arg("--help").output().unwrap();
+    assert_eq!(help.status.code(), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

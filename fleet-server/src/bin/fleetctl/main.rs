@@ -443,7 +443,17 @@ enum TokenVerb {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // Usage errors exit 1 (CLI.md): clap's own default, 2, is "refused by the server" here,
+        // and a script must tell a typo from a refusal.
+        Err(e) if e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::from(1);
+        }
+        // --help and --version.
+        Err(e) => e.exit(),
+    };
     let client = Client::new(cli.server.clone(), cli.token.clone());
     match run(&cli, &client) {
         Ok(()) => ExitCode::SUCCESS,
