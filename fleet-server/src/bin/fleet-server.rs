@@ -121,7 +121,16 @@ struct ServeArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // Usage errors exit 1 like fleetctl's and fleet-agent's (clap's own default is 2).
+        Err(e) if e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::from(1);
+        }
+        // --help and --version.
+        Err(e) => e.exit(),
+    };
     if cli.print_default_config {
         print!("{}", fleet_server::config::DEFAULT_CONFIG);
         return ExitCode::SUCCESS;
