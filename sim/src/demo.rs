@@ -8,9 +8,15 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use fleet_agent::runtime::sim::ImageBehavior;
+use fleet_proto::report::UpdateResult;
 use fleet_proto::ImageRef;
+use fleet_proto::{ReleaseId, ReleaseSpec, ServiceName, ServiceSpec};
+use fleet_server::api::RolloutView;
 use fleet_server::devices::DeviceRecord;
+use fleet_server::rollout::{RunState, WavePhase};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use serde_json::json;
 
@@ -99,8 +105,58 @@ pub struct Outcome {
     pub groups: BTreeMap<String, usize>,
     /// Devices whose agent came online.
     pub online: usize,
+    /// The good release's rollout.
+    pub good: Option<RolloutOutcome>,
+    /// The bad release's rollout.
+    pub bad: Option<RolloutOutcome>,
+    /// At the end: devices per release in force (`none`: no release).
+    pub releases: BTreeMap<String, usize>,
+    /// Devices that were sent the bad release and rolled back by themselves, with the agent's
+    /// reason.
+    pub rolled_back: BTreeMap<String, String>,
+    /// Devices that were never sent the bad release (their desired and accepted generations
+    /// did not change).
+    pub never_saw_bad: usize,
     /// Where the outcome differs from what the demo expects; empty when it went as told.
     pub problems: Vec<String>,
+}
+
+/// One rollout as the demo saw it end.
+#[derive(Debug, Clone, Serialize)]
+pub struct RolloutOutcome {
+    /// Its id (`fleetctl rollout status ID`).
+    pub id: u64,
+    /// The release.
+    pub release: String,
+    /// Its end state: `completed`, `paused`, ...
+    pub state: String,
+    /// Why it paused or rolled back, if it did.
+    pub reason: Option<String>,
+    /// Devices per wave.
+    pub waves: Vec<usize>,
+    /// Healthy devices per wave at the end.
+    pub healthy: Vec<usize>,
+    /// Failed devices.
+    pub failed: usize,
+    /// Seconds from creation to its end.
+    pub seconds: f64,
+}
+
+/// The good and the bad release.
+pub const GOOD: &str = "robot-stack@v1";
+/// The bad release: its image exits right after it starts.
+pub const BAD: &str = "robot-stack@v2";
+
+fn release_spec(version: &str, image: ImageRef) -> anyhow::Result<ReleaseSpec> {
+    Ok(ReleaseSpec {
+        id: ReleaseId::new(format!("robot-stack@{version}"))?,
+        app: "robot-stack".into(),
+        version: version.into(),
+        services: vec![ServiceSpec {
+            health_deadline: Duration::from_secs(10),
+            ..ServiceSpec::new(ServiceName::new("web")?, image)
+        }],
+    })
 }
 
 /// Runs the story on a fresh fleet, telling each step through `say`; answers the outcome and
@@ -167,8 +223,262 @@ async fn story(
         groups.join(", "),
         started.elapsed().as_secs_f64()
     ));
-    let _ = opts.progress;
+
+    // Two releases: the same service, a healthy image and one that exits as it starts.
+    for (version, img) in [("v1", image(1)), ("v2", image(2))] {
+        let spec = release_spec(version, img)?;
+        fleet
+            .try_api(
+                "POST",
+                "/api/v1/releases",
+                Some(json!({ "app": "robot-stack", "version": version, "spec": spec })),
+                201,
+            )
+            .await?;
+    }
+    say(format!("releases {GOOD} and {BAD} created and signed by the server"));
+
+    // 1. The good release, in three waves.
+    let good = rollout(fleet, opts, GOOD, "Completed").await?;
+    let all = devices(fleet).await?;
+    let on_good = all.values().filter(|d| d.release.as_deref() == Some(GOOD)).count();
+    say(format!(
+        "{GOOD} on {on_good}/{n} devices in {} waves of {} devices ({:.1} s): each wave stayed healthy for {} s before the next began",
+        good.waves.len(),
+        good.waves.iter().map(usize::to_string).collect::<Vec<_>>().join(", "),
+        good.seconds,
+        opts.bake.as_secs()
+    ));
+    if good.state != "completed" {
+        outcome.problems.push(format!("the {GOOD} rollout ended {}", good.state));
+    }
+    if on_good != n {
+        outcome.problems.push(format!("{GOOD} runs on {on_good} of {n} devices"));
+    }
+    outcome.good = Some(good);
+
+    // 2. The bad release: same waves; the first failure pauses it (threshold 0).
+    let before: BTreeMap<String, (u64, u64)> = all
+        .iter()
+        .map(|(id, d)| (id.clone(), (d.desired_generation, d.accepted_generation)))
+        .collect();
+    let bad = rollout(fleet, opts, BAD, "Paused").await?;
+    let canaries = bad.waves.first().copied().unwrap_or(0);
+    if bad.state != "paused" {
+        // Nothing to wait for: the story did not happen; say how it ended instead.
+        outcome.problems.push(format!(
+            "the {BAD} rollout ended {}, not paused on its canaries{}",
+            bad.state,
+            bad.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default()
+        ));
+        outcome.bad = Some(bad);
+        return Ok(outcome);
+    }
+    // The canaries' agents roll back by themselves when the new container fails its health
+    // gate; the rollout pauses on their reports. Wait until every canary runs the good release.
+    let fleet_ref = &*fleet;
+    let before_ref = &before;
+    let sent =
+        until("the canaries to report their rollback", Duration::from_secs(60), || async move {
+            let all = devices(fleet_ref).await?;
+            let sent: Vec<DeviceRecord> = all
+                .into_values()
+                .filter(|d| {
+                    before_ref.get(d.id.as_str()).map(|b| b.0) != Some(d.desired_generation)
+                })
+                .collect();
+            let settled = sent.len() >= canaries
+                && sent
+                    .iter()
+                    .all(|d| d.release.as_deref() == Some(GOOD) && rolled_back_reason(d).is_some());
+            Ok(settled.then_some(sent))
+        })
+        .await?;
+    for d in &sent {
+        let reason = rolled_back_reason(d).unwrap_or_default();
+        outcome.rolled_back.insert(d.id.to_string(), reason);
+    }
+    let all = devices(fleet).await?;
+    outcome.never_saw_bad = all
+        .iter()
+        .filter(|(id, d)| {
+            before.get(id.as_str()) == Some(&(d.desired_generation, d.accepted_generation))
+        })
+        .count();
+    let mut reasons: Vec<&String> = outcome.rolled_back.values().collect();
+    reasons.dedup();
+    let sites: Vec<String> = sent
+        .iter()
+        .map(|d| format!("{} in the {}", d.id, d.labels.get("site").map_or("?", String::as_str)))
+        .collect();
+    say(format!(
+        "{BAD} failed on {} canary device{} ({}): {}",
+        sent.len(),
+        if sent.len() == 1 { "" } else { "s" },
+        sites.join(", "),
+        reasons.iter().map(|r| r.as_str()).collect::<Vec<_>>().join("; ")
+    ));
+    say(format!(
+        "rollout {} paused by itself ({}); the canaries' agents rolled back to {GOOD} on their own; {} devices never saw {BAD}",
+        bad.id,
+        bad.reason.as_deref().unwrap_or("no reason given"),
+        outcome.never_saw_bad
+    ));
+    if sent.len() != canaries || bad.failed != canaries {
+        outcome.problems.push(format!(
+            "{} devices were sent {BAD} and {} failed; the canary wave has {canaries}",
+            sent.len(),
+            bad.failed
+        ));
+    }
+    if outcome.never_saw_bad != n - canaries {
+        outcome.problems.push(format!(
+            "{} devices outside the canary wave were never sent {BAD}; expected {}",
+            outcome.never_saw_bad,
+            n - canaries
+        ));
+    }
+    for d in all.values() {
+        let release = d.release.clone().unwrap_or_else(|| "none".into());
+        *outcome.releases.entry(release).or_default() += 1;
+    }
+    if outcome.releases.get(GOOD) != Some(&n) {
+        outcome.problems.push(format!("at the end, releases in force: {:?}", outcome.releases));
+    }
+    outcome.bad = Some(bad);
     Ok(outcome)
+}
+
+/// The agent's reason when its last update rolled back.
+fn rolled_back_reason(d: &DeviceRecord) -> Option<String> {
+    let last = d.last_report.as_ref()?.update.last_outcome.as_ref()?;
+    match &last.result {
+        UpdateResult::RolledBack { reason, service, .. } => Some(match service {
+            Some(s) if !reason.contains(s.as_str()) => format!("service {s}: {reason}"),
+            _ => reason.clone(),
+        }),
+        _ => None,
+    }
+}
+
+/// Creates a rollout of `release` over the whole fleet (canary wave of 2, then 50 %, then
+/// 100 %) and follows it until its state is `end` (or any other end state), drawing a bar per
+/// wave on a terminal.
+async fn rollout(
+    fleet: &SimFleet,
+    opts: &Options,
+    release: &str,
+    end: &str,
+) -> anyhow::Result<RolloutOutcome> {
+    let started = Instant::now();
+    let created = fleet
+        .try_api(
+            "POST",
+            "/api/v1/rollouts",
+            Some(json!({
+                "release": release,
+                "target": "fleet=demo",
+                "waves": "2,50%,100%",
+                "bake": format!("{}s", opts.bake.as_secs()),
+                "update_deadline": "60s",
+            })),
+            201,
+        )
+        .await?;
+    let id = created["id"].as_u64().context("the rollout answer has no id")?;
+    let progress = Progress::new(opts.progress);
+    let fleet_ref = fleet;
+    let progress_ref = &progress;
+    let view = until(
+        &format!("rollout {id} of {release} to end ({end} expected)"),
+        Duration::from_secs(120),
+        || async move {
+            let body =
+                fleet_ref.try_api("GET", &format!("/api/v1/rollouts/{id}"), None, 200).await?;
+            let view: RolloutView = serde_json::from_value(body).map_err(|e| Error::Refused {
+                call: format!("GET /api/v1/rollouts/{id}"),
+                status: 200,
+                body: format!("unexpected rollout: {e}"),
+            })?;
+            progress_ref.show(&view);
+            Ok((!matches!(view.status.state, RunState::Running)).then_some(view))
+        },
+    )
+    .await?;
+    progress.finish();
+    let s = &view.status;
+    let reason = match &s.state {
+        RunState::Paused { reason, .. } => Some(reason.to_string()),
+        RunState::RolledBack { reason, .. } => Some(reason.to_string()),
+        _ => None,
+    };
+    Ok(RolloutOutcome {
+        id,
+        release: release.to_owned(),
+        state: s.state.name().to_owned(),
+        reason,
+        waves: s.waves.iter().map(|w| w.devices).collect(),
+        healthy: s.waves.iter().map(|w| w.counts.healthy).collect(),
+        failed: s.failed,
+        seconds: (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+    })
+}
+
+/// A bar per wave on stderr, only on a terminal.
+struct Progress {
+    multi: Option<MultiProgress>,
+    bars: std::sync::Mutex<Vec<ProgressBar>>,
+}
+
+impl Progress {
+    fn new(on: bool) -> Progress {
+        Progress {
+            multi: on.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr())),
+            bars: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    fn show(&self, view: &RolloutView) {
+        let Some(multi) = &self.multi else { return };
+        let style = ProgressStyle::with_template(
+            "  {prefix:>7} [{bar:20.green/red}] {pos:>3}/{len:<3} {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+        let Ok(mut bars) = self.bars.lock() else { return };
+        while bars.len() < view.status.waves.len() {
+            let w = &view.status.waves[bars.len()];
+            let bar = multi.add(ProgressBar::new(w.devices as u64));
+            bar.set_style(style.clone());
+            bar.set_prefix(format!("wave {}", w.wave));
+            bars.push(bar);
+        }
+        for (bar, w) in bars.iter().zip(&view.status.waves) {
+            let c = &w.counts;
+            bar.set_position((c.healthy + c.failed + c.skipped + c.rolled_back) as u64);
+            let phase = match w.phase {
+                WavePhase::Waiting => "waiting",
+                WavePhase::Active { .. } => "active",
+                WavePhase::Baking { .. } => "baking",
+                WavePhase::Done => "done",
+            };
+            let mut msg = format!("{phase}: {} healthy", c.healthy);
+            if c.updating > 0 {
+                msg.push_str(&format!(", {} updating", c.updating));
+            }
+            if c.failed > 0 {
+                msg.push_str(&format!(", {} failed", c.failed));
+            }
+            bar.set_message(msg);
+        }
+    }
+
+    /// Takes the bars away: the story's next line says how the rollout ended.
+    fn finish(&self) {
+        if let Some(multi) = &self.multi {
+            let _ = multi.clear();
+        }
+    }
 }
 
 /// The demo image `n`: a digest in the simulated engine (no registry involved).
@@ -178,7 +488,15 @@ fn image(n: u8) -> ImageRef {
         .unwrap()
 }
 
-/// `fleet-sim demo`.
+/// Stops the fleet and removes its directory; answers the directory when it is still there.
+pub async fn clean_up(fleet: SimFleet) -> Option<std::path::PathBuf> {
+    let dir = fleet.dir.path().to_owned();
+    fleet.stop().await;
+    dir.exists().then_some(dir)
+}
+
+/// `fleet-sim demo`: exit 0 when everything happened as told, 3 when an outcome differed (each
+/// difference is printed), 1 when the demo could not run.
 pub async fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let opts = Options {
         devices: usize::from(args.devices),
@@ -186,20 +504,25 @@ pub async fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
         progress: !args.json && std::io::stderr().is_terminal(),
     };
     let json = args.json;
-    let (outcome, fleet) = run(&opts, |line| {
+    let (mut outcome, fleet) = run(&opts, |line| {
         if !json {
             println!("{line}");
         }
     })
     .await?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&outcome)?);
-    }
+    let bad = outcome.bad.as_ref().map_or(0, |r| r.id);
+    let canary = outcome.rolled_back.keys().next().cloned().unwrap_or_default();
     if args.keep {
+        if json {
+            println!("{}", serde_json::to_string_pretty(&outcome)?);
+        }
         eprintln!(
-            "\nThe server keeps running; in another terminal:\n  \
+            "\nThe server keeps running. In another terminal (fleetctl: cargo build --release --bins):\n  \
              export FLEET_SERVER={} FLEET_TOKEN={}\n  \
-             fleetctl device ls\n  fleetctl group ls\n\
+             target/release/fleetctl device ls\n  \
+             target/release/fleetctl rollout status {bad}\n  \
+             target/release/fleetctl device show {canary}\n  \
+             target/release/fleetctl rollout rollback {bad}     # the server sends the canaries {GOOD} again\n\
              Ctrl-C stops it and removes {}.",
             fleet.api,
             fleet.token,
@@ -207,7 +530,25 @@ pub async fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
         );
         tokio::signal::ctrl_c().await?;
     }
-    fleet.stop().await;
+    let agents = fleet.agents.len();
+    let left = clean_up(fleet).await;
+    match &left {
+        Some(dir) => {
+            outcome.problems.push(format!("{} is still there after clean-up", dir.display()))
+        }
+        None if !json => println!(
+            "stopped the server and its {agents} agents; removed their temporary directory{}",
+            if args.keep {
+                ""
+            } else {
+                " (--keep leaves them running, to look around with fleetctl)"
+            }
+        ),
+        None => {}
+    }
+    if json && !args.keep {
+        println!("{}", serde_json::to_string_pretty(&outcome)?);
+    }
     if outcome.problems.is_empty() {
         Ok(ExitCode::SUCCESS)
     } else {
