@@ -1,4 +1,5 @@
-//! The agent's durable state, in sled under the data directory.
+//! The agent's durable state, in sled under the data directory (or, for simulated agents, in
+//! memory: [`AgentState::in_memory`]).
 //!
 //! What is kept and why:
 //! * `desired` — the last accepted desired state (server generation or local release): after a
@@ -15,8 +16,16 @@
 //!
 //! Durability: sled fsyncs on a timer (500 ms); every write here that a crash must not lose is
 //! followed by an explicit `flush`, so "persisted" means "on disk".
+//!
+//! The in-memory backend keeps the same records behind the same API, encoded the same way; it
+//! "survives a restart" for as long as a clone of the handle is kept (the fleet simulator keeps
+//! one per device across its agent's restarts). It exists because each sled database costs a
+//! flusher thread, a page cache and several files: nothing at one per device, too much at ten
+//! thousand simulated devices in one process.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use fleet_proto::report::UpdateOutcome;
 use fleet_proto::{ReleaseSpec, UnixMillis};
@@ -112,12 +121,32 @@ pub enum StateError {
 /// Journal entries kept; older ones are trimmed.
 const JOURNAL_KEEP: u64 = 2000;
 
-/// The agent's sled database.
+/// The agent's state database: sled on a device, memory in the simulator.
 #[derive(Debug, Clone)]
 pub struct AgentState {
-    path: String,
-    db: sled::Db,
-    journal: sled::Tree,
+    store: Store,
+}
+
+#[derive(Debug, Clone)]
+enum Store {
+    Sled { path: String, db: sled::Db, journal: sled::Tree },
+    Memory(Arc<Mutex<Memory>>),
+}
+
+/// The in-memory backend's records, as sled would hold them.
+#[derive(Debug, Default)]
+struct Memory {
+    records: BTreeMap<String, Vec<u8>>,
+    images: BTreeSet<String>,
+    journal: BTreeMap<u64, Vec<u8>>,
+    next_id: u64,
+}
+
+impl Memory {
+    fn lock(m: &Mutex<Memory>) -> std::sync::MutexGuard<'_, Memory> {
+        // Every update below is a single map operation: a panic elsewhere leaves it consistent.
+        m.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 impl AgentState {
@@ -128,15 +157,27 @@ impl AgentState {
         // The agent's state is a few records: a small cache keeps the agent's memory small.
         let db = sled::Config::new().path(dir).cache_capacity(1 << 20).open().map_err(err)?;
         let journal = db.open_tree("journal").map_err(err)?;
-        Ok(AgentState { path, db, journal })
+        Ok(AgentState { store: Store::Sled { path, db, journal } })
     }
 
-    fn err(&self) -> impl Fn(sled::Error) -> StateError + '_ {
-        |source| StateError::Sled { path: self.path.clone(), source }
+    /// An empty state in memory, for simulated agents; clones share it, so a clone kept across
+    /// an agent's restart is what that agent finds again.
+    pub fn in_memory() -> AgentState {
+        AgentState { store: Store::Memory(Arc::default()) }
+    }
+
+    fn sled_err(path: &str) -> impl Fn(sled::Error) -> StateError + '_ {
+        |source| StateError::Sled { path: path.to_owned(), source }
     }
 
     fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StateError> {
-        match self.db.get(key).map_err(self.err())? {
+        let bytes = match &self.store {
+            Store::Sled { path, db, .. } => {
+                db.get(key).map_err(Self::sled_err(path))?.map(|v| v.to_vec())
+            }
+            Store::Memory(m) => Memory::lock(m).records.get(key).cloned(),
+        };
+        match bytes {
             None => Ok(None),
             Some(v) => serde_json::from_slice(&v)
                 .map(Some)
@@ -147,8 +188,15 @@ impl AgentState {
     fn put<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StateError> {
         // Plain data structs: JSON encoding cannot fail.
         let bytes = serde_json::to_vec(value).expect("agent state records always encode");
-        self.db.insert(key, bytes).map_err(self.err())?;
-        self.db.flush().map_err(self.err())?;
+        match &self.store {
+            Store::Sled { path, db, .. } => {
+                db.insert(key, bytes).map_err(Self::sled_err(path))?;
+                db.flush().map_err(Self::sled_err(path))?;
+            }
+            Store::Memory(m) => {
+                Memory::lock(m).records.insert(key.to_owned(), bytes);
+            }
+        }
         Ok(())
     }
 
@@ -250,61 +298,100 @@ impl AgentState {
 
     /// Remembers that this agent uses `image` (only such images are ever pruned).
     pub fn remember_image(&self, image: &str) -> Result<(), StateError> {
-        let images = self.db.open_tree("images").map_err(self.err())?;
-        images.insert(image, &[]).map_err(self.err())?;
-        images.flush().map_err(self.err())?;
+        match &self.store {
+            Store::Sled { path, db, .. } => {
+                let err = Self::sled_err(path);
+                let images = db.open_tree("images").map_err(&err)?;
+                images.insert(image, &[]).map_err(&err)?;
+                images.flush().map_err(&err)?;
+            }
+            Store::Memory(m) => {
+                Memory::lock(m).images.insert(image.to_owned());
+            }
+        }
         Ok(())
     }
 
     /// Forgets a pruned image.
     pub fn forget_image(&self, image: &str) -> Result<(), StateError> {
-        let images = self.db.open_tree("images").map_err(self.err())?;
-        images.remove(image).map_err(self.err())?;
+        match &self.store {
+            Store::Sled { path, db, .. } => {
+                let err = Self::sled_err(path);
+                db.open_tree("images").map_err(&err)?.remove(image).map_err(&err)?;
+            }
+            Store::Memory(m) => {
+                Memory::lock(m).images.remove(image);
+            }
+        }
         Ok(())
     }
 
     /// Images this agent has used.
     pub fn known_images(&self) -> Result<Vec<String>, StateError> {
-        let images = self.db.open_tree("images").map_err(self.err())?;
-        Ok(images
-            .iter()
-            .keys()
-            .flatten()
-            .map(|k| String::from_utf8_lossy(&k).into_owned())
-            .collect())
+        match &self.store {
+            Store::Sled { path, db, .. } => {
+                let images = db.open_tree("images").map_err(Self::sled_err(path))?;
+                Ok(images
+                    .iter()
+                    .keys()
+                    .flatten()
+                    .map(|k| String::from_utf8_lossy(&k).into_owned())
+                    .collect())
+            }
+            Store::Memory(m) => Ok(Memory::lock(m).images.iter().cloned().collect()),
+        }
     }
 
     /// Appends a journal record and flushes it to disk.
     pub fn journal(&self, entry: &JournalEntry) -> Result<(), StateError> {
-        let seq = self.db.generate_id().map_err(self.err())?;
         let bytes = serde_json::to_vec(entry).expect("journal entries always encode");
-        self.journal.insert(seq.to_be_bytes(), bytes).map_err(self.err())?;
-        if seq % 256 == 0 {
-            let cutoff = seq.saturating_sub(JOURNAL_KEEP).to_be_bytes();
-            for key in self.journal.range(..cutoff).keys().flatten() {
-                self.journal.remove(key).map_err(self.err())?;
+        match &self.store {
+            Store::Sled { path, db, journal } => {
+                let err = Self::sled_err(path);
+                let seq = db.generate_id().map_err(&err)?;
+                journal.insert(seq.to_be_bytes(), bytes).map_err(&err)?;
+                if seq % 256 == 0 {
+                    let cutoff = seq.saturating_sub(JOURNAL_KEEP).to_be_bytes();
+                    for key in journal.range(..cutoff).keys().flatten() {
+                        journal.remove(key).map_err(&err)?;
+                    }
+                }
+                journal.flush().map_err(&err)?;
+            }
+            Store::Memory(m) => {
+                let mut m = Memory::lock(m);
+                let seq = m.next_id;
+                m.next_id += 1;
+                m.journal.insert(seq, bytes);
+                if m.journal.len() as u64 > JOURNAL_KEEP {
+                    m.journal.pop_first();
+                }
             }
         }
-        self.journal.flush().map_err(self.err())?;
         Ok(())
     }
 
     /// The last `n` journal records, oldest first.
     pub fn journal_tail(&self, n: usize) -> Result<Vec<JournalEntry>, StateError> {
-        let mut out: Vec<JournalEntry> = self
-            .journal
-            .iter()
-            .rev()
-            .take(n)
-            .map(|kv| {
-                let (k, v) = kv.map_err(self.err())?;
-                serde_json::from_slice(&v).map_err(|source| StateError::Corrupt {
-                    key: format!(
-                        "journal/{}",
-                        u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]))
-                    ),
-                    source,
+        let raw: Vec<(u64, Vec<u8>)> = match &self.store {
+            Store::Sled { path, journal, .. } => journal
+                .iter()
+                .rev()
+                .take(n)
+                .map(|kv| {
+                    let (k, v) = kv.map_err(Self::sled_err(path))?;
+                    Ok((u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8])), v.to_vec()))
                 })
+                .collect::<Result<_, StateError>>()?,
+            Store::Memory(m) => {
+                Memory::lock(m).journal.iter().rev().take(n).map(|(k, v)| (*k, v.clone())).collect()
+            }
+        };
+        let mut out: Vec<JournalEntry> = raw
+            .into_iter()
+            .map(|(seq, v)| {
+                serde_json::from_slice(&v)
+                    .map_err(|source| StateError::Corrupt { key: format!("journal/{seq}"), source })
             })
             .collect::<Result<_, _>>()?;
         out.reverse();
@@ -318,73 +405,112 @@ mod tests {
 
     use super::*;
 
+    /// Each backend with a way to "reopen" it: sled opens the directory again, memory hands out
+    /// another clone of the same handle (what the simulator keeps across a restart).
+    type Reopen = Box<dyn Fn() -> AgentState>;
+
+    fn backends() -> Vec<(&'static str, Reopen, tempfile::TempDir)> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_owned();
+        let memory = AgentState::in_memory();
+        vec![
+            ("sled", Box::new(move || AgentState::open(&path).unwrap()), dir),
+            ("memory", Box::new(move || memory.clone()), tempfile::tempdir().unwrap()),
+        ]
+    }
+
     #[test]
     fn desired_and_proven_survive_reopening() {
-        let dir = tempfile::tempdir().unwrap();
-        let accepted = Accepted {
-            origin: Origin::Server { generation: 4 },
-            release: Some(samples::release()),
-            accepted_at: UnixMillis(1),
-        };
-        {
-            let s = AgentState::open(dir.path()).unwrap();
-            s.set_desired(&accepted).unwrap();
-            s.set_proven(&Proven {
-                origin: Origin::Local { seq: 1 },
-                release: None,
-                proven_at: UnixMillis(1),
-            })
-            .unwrap();
-            s.set_proven(&Proven {
-                origin: accepted.origin,
-                release: accepted.release.clone(),
-                proven_at: UnixMillis(2),
-            })
-            .unwrap();
+        for (name, open, _dir) in backends() {
+            let accepted = Accepted {
+                origin: Origin::Server { generation: 4 },
+                release: Some(samples::release()),
+                accepted_at: UnixMillis(1),
+            };
+            {
+                let s = open();
+                s.set_desired(&accepted).unwrap();
+                s.set_proven(&Proven {
+                    origin: Origin::Local { seq: 1 },
+                    release: None,
+                    proven_at: UnixMillis(1),
+                })
+                .unwrap();
+                s.set_proven(&Proven {
+                    origin: accepted.origin,
+                    release: accepted.release.clone(),
+                    proven_at: UnixMillis(2),
+                })
+                .unwrap();
+            }
+            let s = open();
+            assert_eq!(s.desired().unwrap(), Some(accepted.clone()), "{name}");
+            assert_eq!(s.proven().unwrap().unwrap().release, accepted.release, "{name}");
+            assert_eq!(
+                s.previous().unwrap().unwrap().release,
+                None,
+                "{name}: the old proven release became previous"
+            );
         }
-        let s = AgentState::open(dir.path()).unwrap();
-        assert_eq!(s.desired().unwrap(), Some(accepted.clone()));
-        assert_eq!(s.proven().unwrap().unwrap().release, accepted.release);
-        assert_eq!(
-            s.previous().unwrap().unwrap().release,
-            None,
-            "the old proven release became previous"
-        );
     }
 
     #[test]
     fn commands_are_remembered_across_reopening() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let s = AgentState::open(dir.path()).unwrap();
-            assert!(s.remember_command(7).unwrap());
-            assert!(!s.remember_command(7).unwrap());
-            s.set_server_desired(&ServerDesired { generation: 3, digest: "ab".into() }).unwrap();
+        for (name, open, _dir) in backends() {
+            {
+                let s = open();
+                assert!(s.remember_command(7).unwrap(), "{name}");
+                assert!(!s.remember_command(7).unwrap(), "{name}");
+                s.set_server_desired(&ServerDesired { generation: 3, digest: "ab".into() })
+                    .unwrap();
+            }
+            let s = open();
+            assert!(!s.remember_command(7).unwrap(), "{name}: a restart does not forget");
+            assert!(s.remember_command(8).unwrap(), "{name}");
+            assert_eq!(s.server_desired().unwrap().unwrap().generation, 3, "{name}");
+            for id in 100..100 + COMMANDS_KEEP as u64 {
+                s.remember_command(id).unwrap();
+            }
+            assert!(s.remember_command(7).unwrap(), "{name}: only the recent ids are kept");
         }
-        let s = AgentState::open(dir.path()).unwrap();
-        assert!(!s.remember_command(7).unwrap(), "a restart does not forget");
-        assert!(s.remember_command(8).unwrap());
-        assert_eq!(s.server_desired().unwrap().unwrap().generation, 3);
-        for id in 100..100 + COMMANDS_KEEP as u64 {
-            s.remember_command(id).unwrap();
-        }
-        assert!(s.remember_command(7).unwrap(), "only the recent ids are kept");
     }
 
     #[test]
-    fn journal_keeps_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = AgentState::open(dir.path()).unwrap();
-        for i in 0..5 {
-            s.journal(&JournalEntry {
+    fn journal_keeps_order_and_trims_the_oldest() {
+        for (name, open, _dir) in backends() {
+            let s = open();
+            let entry = |i: u64| JournalEntry {
                 at: UnixMillis(i),
                 update: "u".into(),
                 step: format!("s{i}"),
                 phase: "begin".into(),
-            })
-            .unwrap();
+            };
+            for i in 0..5 {
+                s.journal(&entry(i)).unwrap();
+            }
+            let tail: Vec<String> =
+                s.journal_tail(3).unwrap().into_iter().map(|e| e.step).collect();
+            assert_eq!(tail, ["s2", "s3", "s4"], "{name}");
+            for i in 5..JOURNAL_KEEP + 300 {
+                s.journal(&entry(i)).unwrap();
+            }
+            drop(s);
+            let all = open().journal_tail(usize::MAX).unwrap();
+            assert!(all.len() as u64 <= JOURNAL_KEEP + 256, "{name}: {} kept", all.len());
+            assert!(all.len() as u64 >= JOURNAL_KEEP, "{name}: {} kept", all.len());
+            assert_eq!(all.last().unwrap().step, format!("s{}", JOURNAL_KEEP + 299), "{name}");
         }
-        let tail: Vec<String> = s.journal_tail(3).unwrap().into_iter().map(|e| e.step).collect();
-        assert_eq!(tail, ["s2", "s3", "s4"]);
+    }
+
+    #[test]
+    fn images_are_remembered_and_forgotten() {
+        for (name, open, _dir) in backends() {
+            let s = open();
+            s.remember_image("a").unwrap();
+            s.remember_image("b").unwrap();
+            s.forget_image("a").unwrap();
+            drop(s);
+            assert_eq!(open().known_images().unwrap(), ["b"], "{name}");
+        }
     }
 }
