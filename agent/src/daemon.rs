@@ -140,12 +140,52 @@ const MAX_LOG_BYTES: usize = fleet_proto::MAX_MESSAGE_BYTES / 2;
 /// Most log lines a `FetchLogs` command returns.
 const MAX_LOG_LINES: u32 = 1000;
 
+/// What a simulated agent does differently from a device's agent, so that thousands fit in
+/// one process: each choice replaces something that costs a thread, files or a page cache per
+/// agent. The default is the device's agent.
+#[derive(Default)]
+pub struct RunOptions {
+    /// The state database to use instead of sled under the data directory (a sled database
+    /// holds a flusher thread, a page cache and several files).
+    pub state: Option<AgentState>,
+    /// The telemetry buffer to use instead of opening redb or sled under the data directory.
+    pub telemetry_store: Option<Box<dyn telemetry::store::TelemetryStore>>,
+    /// The hardware never changes: no hot-plug watch (a thread and an inotify descriptor) and
+    /// no rescan on resync.
+    pub fixed_hardware: bool,
+    /// No admin socket (`fleet-agent apply` cannot reach this agent) and no update-lock socket
+    /// (lock files still work): two listening descriptors and two tasks per agent.
+    pub no_local_sockets: bool,
+}
+
+impl std::fmt::Debug for RunOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunOptions")
+            .field("state", &self.state.as_ref().map(|_| "given"))
+            .field("telemetry_store", &self.telemetry_store.as_ref().map(|_| "given"))
+            .field("fixed_hardware", &self.fixed_hardware)
+            .field("no_local_sockets", &self.no_local_sockets)
+            .finish()
+    }
+}
+
 /// Runs the daemon on `runtime` (the simulated engine in tests) until `shutdown` completes.
 pub async fn run_with<R: ContainerRuntime>(
     config: Config,
     runtime: Arc<R>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
+    run_with_options(config, runtime, RunOptions::default(), shutdown).await
+}
+
+/// Runs the daemon on `runtime` with `options` (see [`RunOptions`]) until `shutdown` completes.
+pub async fn run_with_options<R: ContainerRuntime>(
+    config: Config,
+    runtime: Arc<R>,
+    options: RunOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    let RunOptions { state, telemetry_store, fixed_hardware, no_local_sockets } = options;
     // Certificate problems are reported before anything else starts.
     let link = match &config.link {
         Some(cfg) => {
@@ -155,7 +195,10 @@ pub async fn run_with<R: ContainerRuntime>(
         }
         None => None,
     };
-    let state = open_state_waiting(&config).await?;
+    let state = match state {
+        Some(state) => state,
+        None => open_state_waiting(&config).await?,
+    };
     let locks = UpdateLocks::new(&config.locks_dir, config.locks_default_ttl);
     let mut options = exec_options(&config);
     // The socket directory must exist before a container mounts it (a missing bind source
@@ -181,9 +224,12 @@ pub async fn run_with<R: ContainerRuntime>(
         "hardware inventory read"
     );
     // Device arrival and removal; without inotify the inventory is re-read on every resync.
-    let hotplug = match hardware::watch::spawn(&config.hardware.root, config.hardware_settle) {
-        Ok(rx) => Some(rx),
-        Err(e) => {
+    let watch = (!fixed_hardware)
+        .then(|| hardware::watch::spawn(&config.hardware.root, config.hardware_settle));
+    let hotplug = match watch {
+        None => None,
+        Some(Ok(rx)) => Some(rx),
+        Some(Err(e)) => {
             tracing::warn!(error = %e, "cannot watch /dev for hot-plug; devices are rescanned on resync only");
             None
         }
@@ -198,32 +244,39 @@ pub async fn run_with<R: ContainerRuntime>(
     // daemon. A failure to serve it is logged, not fatal: lock files keep working.
     let (stop_locks, locks_stopped) = tokio::sync::oneshot::channel::<()>();
     let socket = config.locks_socket.clone();
-    let lock_server = tokio::spawn(async move {
-        let stopped = async {
-            let _ = locks_stopped.await;
-        };
-        if let Err(e) = locks.serve(socket.clone(), stopped).await {
-            tracing::warn!(error = %e, socket = %socket.display(), "update lock socket not served; lock files still work");
-        }
+    let lock_server = (!no_local_sockets).then(|| {
+        tokio::spawn(async move {
+            let stopped = async {
+                let _ = locks_stopped.await;
+            };
+            if let Err(e) = locks.serve(socket.clone(), stopped).await {
+                tracing::warn!(error = %e, socket = %socket.display(), "update lock socket not served; lock files still work");
+            }
+        })
     });
     // `fleet-agent apply` hands local releases to the daemon here.
     let (calls, admin_calls) = tokio::sync::mpsc::channel::<Call>(4);
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let admin_socket = admin::socket_path(&config.data_dir);
-    let admin_server = tokio::spawn(async move {
-        let stopped = async {
-            let _ = admin_stopped.await;
-        };
-        if let Err(e) = admin::serve(admin_socket.clone(), calls, stopped).await {
-            tracing::warn!(error = %e, socket = %admin_socket.display(), "admin socket not served; `fleet-agent apply` cannot reach the daemon");
-        }
+    // Without the socket `calls` is dropped here and the loop's admin branch never fires.
+    let admin_server = (!no_local_sockets).then(|| {
+        tokio::spawn(async move {
+            let stopped = async {
+                let _ = admin_stopped.await;
+            };
+            if let Err(e) = admin::serve(admin_socket.clone(), calls, stopped).await {
+                tracing::warn!(error = %e, socket = %admin_socket.display(), "admin socket not served; `fleet-agent apply` cannot reach the daemon");
+            }
+        })
     });
     let (mut link, inbox, trusted) = match link {
         Some((h, i, t)) => (Some(h), Some(i), t),
         None => (None, None, TrustedKeys::default()),
     };
     let telemetry = match &mut link {
-        Some(link) if config.telemetry.enabled => start_telemetry(&config, link).await,
+        Some(link) if config.telemetry.enabled => {
+            start_telemetry(&config, link, telemetry_store).await
+        }
         _ => None,
     };
     // Applications post through the socket while the daemon runs.
@@ -255,7 +308,7 @@ pub async fn run_with<R: ContainerRuntime>(
             config.telemetry.container_interval,
         )
     });
-    let rescan_on_resync = hotplug.is_none();
+    let rescan_on_resync = hotplug.is_none() && !fixed_hardware;
     let seal_key =
         crate::secrets::load_or_create_key(&config.data_dir.join(crate::secrets::KEY_FILE))?;
     let mut daemon = Daemon { config, reconciler, link, trusted, rescan_on_resync, seal_key };
@@ -283,8 +336,12 @@ pub async fn run_with<R: ContainerRuntime>(
     }
     let _ = stop_locks.send(());
     let _ = stop_admin.send(());
-    let _ = lock_server.await;
-    let _ = admin_server.await;
+    if let Some(server) = lock_server {
+        let _ = server.await;
+    }
+    if let Some(server) = admin_server {
+        let _ = server.await;
+    }
     result
 }
 
@@ -293,12 +350,17 @@ pub async fn run_with<R: ContainerRuntime>(
 async fn start_telemetry(
     config: &Config,
     link: &mut LinkHandle,
+    given: Option<Box<dyn telemetry::store::TelemetryStore>>,
 ) -> Option<(TelemetryHandle, tokio::task::JoinHandle<()>)> {
     let dir = config.data_dir.clone();
     let budget = config.telemetry.budget_bytes;
     let kind = config.telemetry.store;
-    let opened =
-        tokio::task::spawn_blocking(move || telemetry::open_store(&dir, kind, budget)).await;
+    let opened = match given {
+        Some(store) => Ok(Ok((store, None))),
+        None => {
+            tokio::task::spawn_blocking(move || telemetry::open_store(&dir, kind, budget)).await
+        }
+    };
     let (store, note) = match opened {
         Ok(Ok(x)) => x,
         Ok(Err(e)) => {
