@@ -25,7 +25,8 @@ use crate::fleet::{Error, SimFleet};
 /// `fleet-sim demo`'s flags.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {
-    /// How many simulated devices (at least 4: two canaries in the lab, the rest in the field).
+    /// How many simulated devices (at least 4), in three sites: two in the lab, the rest half
+    /// at the depot, half in the field.
     #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u16).range(4..=1000))]
     pub devices: u16,
     /// Leave the server running at the end, with its URL and token, for `fleetctl`; Ctrl-C
@@ -35,6 +36,11 @@ pub struct DemoArgs {
     /// Print a machine-readable summary on stdout instead of the story.
     #[arg(long)]
     pub json: bool,
+    /// Also run one real agent (device docker-01) on the local Docker engine (DOCKER_HOST, else
+    /// /var/run/docker.sock), so `docker ps` shows its containers; the releases then use the
+    /// test images of the registry at 127.0.0.1:5000 (tests/env/up starts it).
+    #[arg(long)]
+    pub docker: bool,
 }
 
 /// How to run the demo.
@@ -46,9 +52,11 @@ pub struct Options {
     pub bake: Duration,
     /// Draw progress bars on stderr (only on a terminal).
     pub progress: bool,
+    /// The Docker engine of one more, real agent, if any.
+    pub docker: Option<String>,
 }
 
-/// The three sites and their groups: (group, label value, share of the devices).
+/// The three sites; each is a group (`site=NAME`).
 const SITES: [&str; 3] = ["lab", "depot", "field"];
 
 fn device_id(i: usize) -> String {
@@ -159,6 +167,42 @@ fn release_spec(version: &str, image: ImageRef) -> anyhow::Result<ReleaseSpec> {
     })
 }
 
+/// The device whose agent runs on the local Docker engine (`--docker`).
+pub const DOCKER_DEVICE: &str = "docker-01";
+
+/// `--docker`: the releases come from Compose files naming the test images of the local
+/// registry (tests/env/up); the simulated engines learn the digests the server resolved.
+async fn docker_releases(fleet: &SimFleet) -> anyhow::Result<()> {
+    for (version, image, behavior) in
+        [("v1", "web", ImageBehavior::Healthy), ("v2", "crash", ImageBehavior::CrashAtStart)]
+    {
+        let compose = format!(
+            "x-fleet:\n  health_deadline: 20s\nservices:\n  web:\n    image: 127.0.0.1:5000/fleet-test/{image}:1\n"
+        );
+        let created = fleet
+            .try_api(
+                "POST",
+                "/api/v1/releases",
+                Some(json!({ "app": "robot-stack", "version": version, "compose": compose })),
+                201,
+            )
+            .await
+            .with_context(|| format!("creating robot-stack@{version} from 127.0.0.1:5000/fleet-test/{image}:1 (tests/env/up starts that registry with the test images)"))?;
+        let record: fleet_server::releases::ReleaseRecord =
+            serde_json::from_value(created).context("the server's answer is not a release")?;
+        let resolved = record
+            .spec
+            .services
+            .first()
+            .map(|s| s.image.clone())
+            .context("the release has no service")?;
+        for agent in fleet.agents.values() {
+            agent.runtime.publish_image(&resolved, behavior, 1 << 20);
+        }
+    }
+    Ok(())
+}
+
 /// Runs the story on a fresh fleet, telling each step through `say`; answers the outcome and
 /// the fleet, still running (stop it with [`SimFleet::stop`]: that removes its directory).
 pub async fn run(
@@ -180,7 +224,8 @@ async fn story(
     opts: &Options,
     say: &mut impl FnMut(String),
 ) -> anyhow::Result<Outcome> {
-    let n = opts.devices;
+    // Every device, the Docker one included.
+    let n = opts.devices + usize::from(opts.docker.is_some());
     let started = Instant::now();
     let mut outcome = Outcome { devices: n, ..Outcome::default() };
     say(format!(
@@ -199,11 +244,17 @@ async fn story(
             .await?;
     }
     let images = [(image(1), ImageBehavior::Healthy), (image(2), ImageBehavior::CrashAtStart)];
-    for i in 0..n {
-        fleet.try_enroll(&device_id(i), &[("fleet", "demo"), ("site", site(i, n))]).await?;
+    let sims = opts.devices;
+    for i in 0..sims {
+        fleet.try_enroll(&device_id(i), &[("fleet", "demo"), ("site", site(i, sims))]).await?;
     }
-    for i in 0..n {
-        fleet.try_start_agent(&device_id(i), &images)?;
+    for i in 0..sims {
+        // With Docker the images are the registry's, published once their digests are known.
+        fleet.try_start_agent(&device_id(i), if opts.docker.is_some() { &[] } else { &images })?;
+    }
+    if let Some(endpoint) = &opts.docker {
+        fleet.try_enroll(DOCKER_DEVICE, &[("fleet", "demo"), ("site", "lab")]).await?;
+        fleet.try_start_docker_agent(DOCKER_DEVICE, endpoint).await?;
     }
     let fleet_ref = &*fleet;
     let online = until("every agent to come online", Duration::from_secs(60), || async move {
@@ -213,8 +264,10 @@ async fn story(
     })
     .await?;
     outcome.online = online;
-    for s in SITES {
-        outcome.groups.insert(s.to_owned(), (0..n).filter(|&i| site(i, n) == s).count());
+    for d in devices(fleet).await?.values() {
+        if let Some(s) = d.labels.get("site") {
+            *outcome.groups.entry(s.clone()).or_default() += 1;
+        }
     }
     let groups: Vec<String> = outcome.groups.iter().map(|(g, c)| format!("{g} {c}")).collect();
     say(format!(
@@ -225,18 +278,25 @@ async fn story(
     ));
 
     // Two releases: the same service, a healthy image and one that exits as it starts.
-    for (version, img) in [("v1", image(1)), ("v2", image(2))] {
-        let spec = release_spec(version, img)?;
-        fleet
-            .try_api(
-                "POST",
-                "/api/v1/releases",
-                Some(json!({ "app": "robot-stack", "version": version, "spec": spec })),
-                201,
-            )
-            .await?;
+    if opts.docker.is_some() {
+        docker_releases(fleet).await?;
+        say(format!(
+            "releases {GOOD} (fleet-test/web:1) and {BAD} (fleet-test/crash:1) created from Compose files; the server resolved the tags in 127.0.0.1:5000, signed them; {DOCKER_DEVICE} pulls and runs them on this machine's Docker (`docker ps --filter label=io.fleet.device={DOCKER_DEVICE}`)"
+        ));
+    } else {
+        for (version, img) in [("v1", image(1)), ("v2", image(2))] {
+            let spec = release_spec(version, img)?;
+            fleet
+                .try_api(
+                    "POST",
+                    "/api/v1/releases",
+                    Some(json!({ "app": "robot-stack", "version": version, "spec": spec })),
+                    201,
+                )
+                .await?;
+        }
+        say(format!("releases {GOOD} and {BAD} created and signed by the server"));
     }
-    say(format!("releases {GOOD} and {BAD} created and signed by the server"));
 
     // 1. The good release, in three waves.
     let good = rollout(fleet, opts, GOOD, "Completed").await?;
@@ -305,28 +365,40 @@ async fn story(
             before.get(id.as_str()) == Some(&(d.desired_generation, d.accepted_generation))
         })
         .count();
+    let site_of = |d: &DeviceRecord| d.labels.get("site").cloned().unwrap_or_default();
     let mut reasons: Vec<&String> = outcome.rolled_back.values().collect();
     reasons.dedup();
-    let sites: Vec<String> = sent
-        .iter()
-        .map(|d| format!("{} in the {}", d.id, d.labels.get("site").map_or("?", String::as_str)))
-        .collect();
+    let failures = if reasons.len() == 1 {
+        let where_: Vec<String> =
+            sent.iter().map(|d| format!("{} in the {}", d.id, site_of(d))).collect();
+        format!("({}): {}", where_.join(", "), reasons[0])
+    } else {
+        let each: Vec<String> = sent
+            .iter()
+            .map(|d| {
+                let reason = outcome.rolled_back.get(d.id.as_str()).cloned().unwrap_or_default();
+                format!("{} in the {}: {reason}", d.id, site_of(d))
+            })
+            .collect();
+        format!("— {}", each.join("; "))
+    };
     say(format!(
-        "{BAD} failed on {} canary device{} ({}): {}",
+        "{BAD} failed on {} canary device{} {failures}",
         sent.len(),
         if sent.len() == 1 { "" } else { "s" },
-        sites.join(", "),
-        reasons.iter().map(|r| r.as_str()).collect::<Vec<_>>().join("; ")
     ));
+    // The engine pauses at the first failure past the threshold, and a paused rollout gives no
+    // more verdicts: a canary that fails after that is not counted, but its agent rolls back
+    // all the same.
     say(format!(
         "rollout {} paused by itself ({}); the canaries' agents rolled back to {GOOD} on their own; {} devices never saw {BAD}",
         bad.id,
         bad.reason.as_deref().unwrap_or("no reason given"),
         outcome.never_saw_bad
     ));
-    if sent.len() != canaries || bad.failed != canaries {
+    if sent.len() != canaries || bad.failed == 0 {
         outcome.problems.push(format!(
-            "{} devices were sent {BAD} and {} failed; the canary wave has {canaries}",
+            "{} devices were sent {BAD} and the rollout counted {} failed; the canary wave has {canaries}",
             sent.len(),
             bad.failed
         ));
@@ -488,11 +560,15 @@ fn image(n: u8) -> ImageRef {
         .unwrap()
 }
 
-/// Stops the fleet and removes its directory; answers the directory when it is still there.
-pub async fn clean_up(fleet: SimFleet) -> Option<std::path::PathBuf> {
+/// Stops the fleet, removes its directory and what its Docker agent ran; answers what is
+/// still there (empty: everything is gone).
+pub async fn clean_up(fleet: SimFleet) -> Vec<String> {
     let dir = fleet.dir.path().to_owned();
-    fleet.stop().await;
-    dir.exists().then_some(dir)
+    let mut left = fleet.stop().await;
+    if dir.exists() {
+        left.push(dir.display().to_string());
+    }
+    left
 }
 
 /// `fleet-sim demo`: exit 0 when everything happened as told, 3 when an outcome differed (each
@@ -502,6 +578,9 @@ pub async fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
         devices: usize::from(args.devices),
         bake: Duration::from_secs(1),
         progress: !args.json && std::io::stderr().is_terminal(),
+        docker: args.docker.then(|| {
+            std::env::var("DOCKER_HOST").unwrap_or_else(|_| "/var/run/docker.sock".to_owned())
+        }),
     };
     let json = args.json;
     let (mut outcome, fleet) = run(&opts, |line| {
@@ -522,29 +601,33 @@ pub async fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
              target/release/fleetctl device ls\n  \
              target/release/fleetctl rollout status {bad}\n  \
              target/release/fleetctl device show {canary}\n  \
-             target/release/fleetctl rollout rollback {bad}     # the server sends the canaries {GOOD} again\n\
+             target/release/fleetctl rollout rollback {bad}     # the server sends the canaries {GOOD} again\n{}\
              Ctrl-C stops it and removes {}.",
             fleet.api,
             fleet.token,
+            if fleet.docker_agents.is_empty() {
+                String::new()
+            } else {
+                format!("  docker ps --filter label=io.fleet.device={DOCKER_DEVICE}\n")
+            },
             fleet.dir.path().display()
         );
         tokio::signal::ctrl_c().await?;
     }
-    let agents = fleet.agents.len();
+    let agents = fleet.agents.len() + fleet.docker_agents.len();
+    let docker = if fleet.docker_agents.is_empty() { "" } else { " and its Docker containers" };
     let left = clean_up(fleet).await;
-    match &left {
-        Some(dir) => {
-            outcome.problems.push(format!("{} is still there after clean-up", dir.display()))
-        }
-        None if !json => println!(
-            "stopped the server and its {agents} agents; removed their temporary directory{}",
+    match &left[..] {
+        [] if !json => println!(
+            "stopped the server and its {agents} agents; removed their temporary directory{docker}{}",
             if args.keep {
                 ""
             } else {
                 " (--keep leaves them running, to look around with fleetctl)"
             }
         ),
-        None => {}
+        [] => {}
+        left => outcome.problems.push(format!("still there after clean-up: {}", left.join(", "))),
     }
     if json && !args.keep {
         println!("{}", serde_json::to_string_pretty(&outcome)?);

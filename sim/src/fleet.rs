@@ -90,6 +90,8 @@ pub struct SimFleet {
     server_key: String,
     /// The agents, by device id.
     pub agents: BTreeMap<String, SimAgent>,
+    /// Agents on a real Docker engine, by device id; [`SimFleet::stop`] removes what they ran.
+    pub docker_agents: BTreeMap<String, DockerAgent>,
     stop_server: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
 }
@@ -99,6 +101,15 @@ pub struct SimFleet {
 pub struct SimAgent {
     /// Its engine.
     pub runtime: Arc<SimRuntime>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// One agent in this process on a real Docker engine (`fleet_agent::daemon::run`).
+#[derive(Debug)]
+pub struct DockerAgent {
+    /// The engine's endpoint (`unix:///var/run/docker.sock`).
+    pub endpoint: String,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -155,6 +166,7 @@ impl SimFleet {
             mqtt,
             server_key: String::new(),
             agents: BTreeMap::new(),
+            docker_agents: BTreeMap::new(),
             stop_server: Some(stop_server),
             server: Some(server),
         })
@@ -258,6 +270,89 @@ impl SimFleet {
         Ok(())
     }
 
+    /// Starts the agent of an enrolled device on the Docker engine at `endpoint` (a socket
+    /// path or `unix://...`), as `fleet-agent run` does; its containers are real.
+    pub async fn try_start_docker_agent(&mut self, id: &str, endpoint: &str) -> Result<(), Error> {
+        let agent_err = |reason: String| Error::Agent { device: id.to_owned(), reason };
+        // Fail here, with what to do, rather than in the agent's task.
+        fleet_agent::runtime::docker::DockerRuntime::connect(endpoint, Duration::from_secs(10))
+            .await
+            .map_err(|e| {
+                agent_err(format!(
+                    "no Docker engine at {endpoint}: {e} (start Docker, or point DOCKER_HOST at it)"
+                ))
+            })?;
+        let data = self.dir.path().join("agents").join(id);
+        std::fs::create_dir_all(&data).map_err(io(format!("creating {}", data.display())))?;
+        let config = try_write_agent_config(
+            &data,
+            id,
+            &format!("mqtt://{}", self.mqtt),
+            &self.server_key,
+            &data,
+        )?;
+        let mut text = std::fs::read_to_string(&config)
+            .map_err(io(format!("reading {}", config.display())))?;
+        text.push_str(&format!("[engine]\nsocket = \"{endpoint}\"\nrequest_timeout_secs = 120\n"));
+        std::fs::write(&config, text).map_err(io(format!("writing {}", config.display())))?;
+        let config = Config::load(&config, true).map_err(|e| agent_err(e.to_string()))?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let device = id.to_owned();
+        let task = tokio::spawn(async move {
+            let ran = fleet_agent::daemon::run(config, async {
+                let _ = stopped.await;
+            })
+            .await;
+            if let Err(e) = ran {
+                eprintln!("agent {device} (Docker) stopped: {e}");
+            }
+        });
+        self.docker_agents.insert(
+            id.to_owned(),
+            DockerAgent { endpoint: endpoint.to_owned(), stop: Some(stop), task },
+        );
+        Ok(())
+    }
+
+    /// Stops a Docker agent, then removes its containers and networks (the agent itself leaves
+    /// them running when it stops, as on a device). Answers what could not be removed.
+    async fn stop_docker_agent(&mut self, id: &str) -> Vec<String> {
+        use fleet_agent::runtime::ContainerRuntime;
+        let Some(mut agent) = self.docker_agents.remove(id) else { return Vec::new() };
+        let _ = agent.stop.take().map(|s| s.send(()));
+        let _ = tokio::time::timeout(Duration::from_secs(20), &mut agent.task).await;
+        let mut left = Vec::new();
+        let docker = match fleet_agent::runtime::docker::DockerRuntime::connect(
+            &agent.endpoint,
+            Duration::from_secs(30),
+        )
+        .await
+        {
+            Ok(d) => d,
+            Err(e) => return vec![format!("{id}'s containers: {e}")],
+        };
+        let Ok(device) = DeviceId::new(id) else { return left };
+        match docker.list(&device).await {
+            Ok(containers) => {
+                for c in containers {
+                    let _ = docker.stop(&c.id, Duration::from_secs(1)).await;
+                    if let Err(e) = docker.remove(&c.id).await {
+                        left.push(format!("container {}: {e}", c.name));
+                    }
+                }
+            }
+            Err(e) => left.push(format!("{id}'s containers: {e}")),
+        }
+        if let Ok(networks) = docker.networks().await {
+            for n in networks.iter().filter(|n| n.name.starts_with(&format!("{id}_"))) {
+                if let Err(e) = docker.remove_network(&n.name).await {
+                    left.push(format!("network {}: {e}", n.name));
+                }
+            }
+        }
+        left
+    }
+
     /// Stops one agent; its device goes offline (the agent publishes its offline status as it
     /// leaves).
     pub async fn stop_agent(&mut self, id: &str) {
@@ -267,16 +362,23 @@ impl SimFleet {
         }
     }
 
-    /// Stops every agent, then the server.
-    pub async fn stop(mut self) {
+    /// Stops every agent (removing what Docker agents ran), then the server. Answers what
+    /// could not be removed from Docker.
+    pub async fn stop(mut self) -> Vec<String> {
         let ids: Vec<String> = self.agents.keys().cloned().collect();
         for id in ids {
             self.stop_agent(&id).await;
+        }
+        let mut left = Vec::new();
+        let ids: Vec<String> = self.docker_agents.keys().cloned().collect();
+        for id in ids {
+            left.extend(self.stop_docker_agent(&id).await);
         }
         let _ = self.stop_server.take().map(|s| s.send(()));
         if let Some(server) = self.server.take() {
             let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
         }
+        left
     }
 
     /// The data directory of the server.

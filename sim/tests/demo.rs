@@ -21,7 +21,8 @@ async fn rollout(fleet: &fleet_sim::fleet::SimFleet, id: u64) -> RolloutView {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_demo_rolls_the_good_release_out_and_stops_the_bad_one_on_the_canaries() {
     let started = Instant::now();
-    let opts = Options { devices: DEVICES, bake: Duration::from_secs(1), progress: false };
+    let opts =
+        Options { devices: DEVICES, bake: Duration::from_secs(1), progress: false, docker: None };
     let mut told = Vec::new();
     let (outcome, fleet) = demo::run(&opts, |line| told.push(line)).await.unwrap();
     assert!(outcome.problems.is_empty(), "{:?}\n{}", outcome.problems, told.join("\n"));
@@ -36,7 +37,11 @@ async fn the_demo_rolls_the_good_release_out_and_stops_the_bad_one_on_the_canari
     // The second paused itself on the canary wave; the later waves never started.
     let bad = rollout(&fleet, outcome.bad.as_ref().unwrap().id).await;
     assert!(matches!(bad.status.state, RunState::Paused { .. }), "{:?}", bad.status);
-    assert_eq!(bad.status.waves[0].counts.failed, 2, "{:?}", bad.status);
+    // It pauses at the first failure and gives no verdicts after that, so the second canary
+    // may still count as updating; its agent rolled back all the same (below).
+    let canary_wave = &bad.status.waves[0].counts;
+    assert!(canary_wave.failed >= 1, "{:?}", bad.status);
+    assert_eq!(canary_wave.failed + canary_wave.updating, 2, "{:?}", bad.status);
     for w in &bad.status.waves[1..] {
         assert_eq!(w.counts.pending, w.devices, "wave {} never started: {:?}", w.wave, bad.status);
     }
@@ -77,7 +82,7 @@ async fn the_demo_rolls_the_good_release_out_and_stops_the_bad_one_on_the_canari
     // Clean-up stops everything and leaves no directory behind.
     let dir = fleet.dir.path().to_owned();
     assert!(dir.exists());
-    assert_eq!(demo::clean_up(fleet).await, None);
+    assert_eq!(demo::clean_up(fleet).await, Vec::<String>::new());
     assert!(!dir.exists());
     assert!(started.elapsed() < Duration::from_secs(60), "took {:?}", started.elapsed());
 }
