@@ -20,6 +20,11 @@ enum Command {
     ///
     /// Example: fleet-sim demo --devices 24 --keep
     Demo(fleet_sim::demo::DemoArgs),
+    /// Runs N real agents in this process and measures them (memory, threads, descriptors per
+    /// device), optionally through a staged rollout.
+    ///
+    /// Example: fleet-sim run --devices 10000 --rollout
+    Run(fleet_sim::run::RunArgs),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +39,7 @@ fn main() -> ExitCode {
     let outcome = runtime.block_on(async {
         match cli.command {
             Command::Demo(args) => fleet_sim::demo::main(args).await,
+            Command::Run(args) => fleet_sim::run::main(args).await,
         }
     });
     match outcome {
