@@ -24,6 +24,10 @@ use crate::fleet::{Error, SimFleet};
 
 /// `fleet-sim demo`'s flags.
 #[derive(Debug, Clone, clap::Args)]
+#[command(after_help = "Exit codes: 0 everything happened as told; 3 an outcome differed (each \
+    difference is printed); 1 the demo could not run (the error says why).\n\n\
+    Examples:\n  fleet-sim demo\n  fleet-sim demo --devices 100 --json\n  \
+    fleet-sim demo --keep --docker")]
 pub struct DemoArgs {
     /// How many simulated devices (at least 4), in three sites: two in the lab, the rest half
     /// at the depot, half in the field.
