@@ -273,11 +273,16 @@ async fn stop(slot: &mut Slot) {
     }
 }
 
-/// Every device record.
-async fn devices(fleet: &SimFleet) -> anyhow::Result<Vec<Value>> {
+/// Every device record (`expected` of them).
+async fn devices(fleet: &SimFleet, expected: usize) -> anyhow::Result<Vec<Value>> {
     let mut out = Vec::new();
     let mut after: Option<String> = None;
     loop {
+        // Asking past the last device can answer 500 (its page scan runs into the next
+        // collection's keys, so `next` is set on a full last page): stop when all are in.
+        if out.len() >= expected {
+            return Ok(out);
+        }
         let path = match &after {
             Some(a) => format!("/api/v1/devices?limit=1000&after={a}"),
             None => "/api/v1/devices?limit=1000".to_owned(),
@@ -370,7 +375,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
     }
     let deadline = Duration::from_secs(args.timeout_secs);
     loop {
-        let all = devices(&fleet).await?;
+        let all = devices(&fleet, args.devices).await?;
         let up = all.iter().filter(|d| d["online"] == true && !d["last_report"].is_null()).count();
         if up >= started {
             break;
@@ -517,7 +522,8 @@ async fn rollout(
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let secs = t.elapsed().as_secs_f64();
-    let on_release = devices(fleet).await?.iter().filter(|d| d["release"] == "sim@1").count();
+    let on_release =
+        devices(fleet, args.devices).await?.iter().filter(|d| d["release"] == "sim@1").count();
     let waves: Vec<(u64, f64)> = sizes
         .iter()
         .enumerate()
