@@ -299,10 +299,15 @@ impl Backend for SledBackend {
                 // Start right after the cursor instead of walking to it.
                 Some(after) if after.starts_with(prefix) => {
                     let start = key(c, after);
+                    // The range runs on into the next collection's keys: stop at the end of
+                    // this one (the tag byte is part of the prefix compared, so this must
+                    // happen before `strip` takes it off).
                     self.records
                         .range(start..)
+                        .take_while(|e| {
+                            e.as_ref().map_or(true, |(k, _)| k.starts_with(&full_prefix))
+                        })
                         .map(strip)
-                        .take_while(|e| e.as_ref().map_or(true, |(k, _)| k.starts_with(prefix)))
                         .filter(keep)
                         .take(limit)
                         .collect()
@@ -994,6 +999,32 @@ mod tests {
         });
         assert!(refused.is_err());
         assert_eq!(store.device(&rec.id).unwrap(), None, "nothing of a refused change is kept");
+    }
+
+    #[test]
+    fn the_last_page_ends_at_its_collection_even_when_full() {
+        // 20 devices, pages of 10: after the second page there is nothing more to ask for,
+        // and asking after the last device must not read the next collection's records.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .update(|tx| {
+                for i in 0..20 {
+                    let mut rec =
+                        DeviceRecord::observe(None, &Message::Status(samples::status())).unwrap();
+                    rec.id = DeviceId::new(format!("d{i:02}")).unwrap();
+                    tx.put_device(&rec);
+                    tx.put_inventory(&rec.id, &samples::inventory());
+                }
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        let second = store.devices_page(Some("d09"), 10).unwrap();
+        assert_eq!(second.items.len(), 10);
+        assert_eq!(second.next, None, "a full last page has no next");
+        let past = store.devices_page(Some("d19"), 10).unwrap();
+        assert!(past.items.is_empty());
+        assert_eq!(past.next, None);
     }
 
     #[test]
