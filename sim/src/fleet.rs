@@ -4,12 +4,19 @@
 //! through the API and connected over its own MQTT session. What runs is the product's code;
 //! only the container engine is simulated.
 //!
+//! The server runs in this process by default ([`Topology::InProcess`]). For fleets of
+//! thousands, [`Topology::Process`] runs the `fleet-server` binary as its own process (each
+//! process then holds one end of every device's connection, half the descriptors, and the
+//! server's memory and CPU are measured apart from the agents'), and [`Topology::Mosquitto`]
+//! puts Mosquitto with the shipped mutual-TLS configuration between them, as in production.
+//!
 //! Every step has a fallible form (`try_*`) that says what went wrong and what to do; the short
 //! forms (`start`, `enroll`, `start_agent`, `api`) panic with that message, for tests.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -75,6 +82,31 @@ pub fn free_port() -> Result<u16, Error> {
     Ok(listener.local_addr().map_err(io("reading a loopback port"))?.port())
 }
 
+/// Where the server and its broker run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Topology {
+    /// fleet-server in this process, on its embedded broker (plain MQTT on loopback).
+    #[default]
+    InProcess,
+    /// The `fleet-server` binary as a child process, on its embedded broker.
+    Process,
+    /// The `fleet-server` binary and Mosquitto (the shipped `fleet.conf`: mutual TLS, ACLs,
+    /// a certificate per device from its enrollment), each its own process.
+    Mosquitto,
+}
+
+/// The shipped Mosquitto configuration and ACL, built in so an installed `fleet-sim` needs no
+/// checkout.
+const MOSQUITTO_CONF: &str = include_str!("../../packaging/mosquitto/fleet.conf");
+const MOSQUITTO_ACL: &str = include_str!("../../packaging/mosquitto/acl");
+
+/// How the server runs, and how to stop it.
+#[derive(Debug)]
+enum ServerHandle {
+    Task { stop: oneshot::Sender<()>, task: tokio::task::JoinHandle<()> },
+    Processes { server: Child, mosquitto: Option<Child> },
+}
+
 /// The server and its agents.
 #[derive(Debug)]
 pub struct SimFleet {
@@ -84,16 +116,17 @@ pub struct SimFleet {
     pub api: String,
     /// The admin token.
     pub token: String,
-    /// The embedded broker.
+    /// The broker's address (the embedded one's, or Mosquitto's TLS listener).
     pub mqtt: SocketAddr,
+    /// How agents dial it: `mqtt://ADDR`, or `mqtts://ADDR` on Mosquitto.
+    pub broker: String,
     /// The server's signing key (hex), for the agents' configs; learnt at the first enrollment.
     server_key: String,
     /// The agents, by device id.
     pub agents: BTreeMap<String, SimAgent>,
     /// Agents on a real Docker engine, by device id; [`SimFleet::stop`] removes what they ran.
     pub docker_agents: BTreeMap<String, DockerAgent>,
-    stop_server: Option<oneshot::Sender<()>>,
-    server: Option<tokio::task::JoinHandle<()>>,
+    server: Option<ServerHandle>,
 }
 
 /// One agent in this process.
@@ -120,56 +153,54 @@ impl SimFleet {
         SimFleet::try_start().await.unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// Starts the server on embedded defaults in a temporary directory.
+    /// Starts the server on embedded defaults in a temporary directory, in this process.
     pub async fn try_start() -> Result<SimFleet, Error> {
+        SimFleet::try_start_as(Topology::InProcess).await
+    }
+
+    /// Starts the server (and Mosquitto) as `topology` says, in a temporary directory.
+    pub async fn try_start_as(topology: Topology) -> Result<SimFleet, Error> {
         let dir = tempfile::tempdir().map_err(io("creating a temporary directory"))?;
         let mqtt = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        let opts = fleet_server::ServeOptions {
-            data_dir: dir.path().join("server"),
-            api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            mqtt_listen: mqtt,
-            ..fleet_server::ServeOptions::default()
-        };
-        let (ready_tx, ready) = oneshot::channel();
-        let (failed_tx, failed) = oneshot::channel::<String>();
-        let (stop_server, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(async move {
-            let shutdown = async {
-                let _ = stopped.await;
-            };
-            let served = fleet_server::serve(opts, shutdown, move |addr| {
-                let _ = ready_tx.send(addr);
-            })
-            .await;
-            if let Err(e) = served {
-                let _ = failed_tx.send(format!("{e:#}"));
+        let (api, server) = match topology {
+            Topology::InProcess => start_in_process(dir.path(), mqtt).await?,
+            Topology::Process | Topology::Mosquitto => {
+                start_processes(dir.path(), mqtt, topology == Topology::Mosquitto).await?
             }
-        });
-        let addr = tokio::select! {
-            addr = ready => addr.ok(),
-            e = failed => return Err(Error::Server(e.unwrap_or_else(|_| "it stopped".into()))),
-            () = tokio::time::sleep(Duration::from_secs(30)) => None,
-        };
-        let Some(addr) = addr else {
-            server.abort();
-            return Err(Error::Server("not ready after 30 s".into()));
         };
         let token_file = dir.path().join("server/admin-token");
         let token = std::fs::read_to_string(&token_file)
             .map_err(io(format!("reading {}", token_file.display())))?
             .trim()
             .to_owned();
+        let scheme = if topology == Topology::Mosquitto { "mqtts" } else { "mqtt" };
         Ok(SimFleet {
             dir,
-            api: format!("http://{addr}"),
+            api,
             token,
             mqtt,
+            broker: format!("{scheme}://{mqtt}"),
             server_key: String::new(),
             agents: BTreeMap::new(),
             docker_agents: BTreeMap::new(),
-            stop_server: Some(stop_server),
             server: Some(server),
         })
+    }
+
+    /// The server's process id, when it runs as its own process.
+    pub fn server_pid(&self) -> Option<u32> {
+        match &self.server {
+            Some(ServerHandle::Processes { server, .. }) => Some(server.id()),
+            _ => None,
+        }
+    }
+
+    /// Mosquitto's process id, when it is the broker.
+    pub fn mosquitto_pid(&self) -> Option<u32> {
+        match &self.server {
+            Some(ServerHandle::Processes { mosquitto: Some(m), .. }) => Some(m.id()),
+            _ => None,
+        }
     }
 
     /// Calls the API with the admin token: (status, JSON body); panics if it is unreachable.
@@ -201,16 +232,30 @@ impl SimFleet {
         self.try_enroll(id, labels).await.unwrap_or_else(|e| panic!("{e}"));
     }
 
-    /// Enrolls `id` with `labels` through the API.
+    /// Enrolls `id` with `labels` through the API; its key, certificate and the fleet CA go
+    /// in its agent directory ([`SimFleet::agent_dir`]), as `fleetctl device enroll` writes them.
     pub async fn try_enroll(&mut self, id: &str, labels: &[(&str, &str)]) -> Result<(), Error> {
+        let labels: Vec<(String, String)> =
+            labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let key = self.try_enroll_device(id, &labels).await?;
+        self.server_key = key;
+        Ok(())
+    }
+
+    /// [`SimFleet::try_enroll`] without `&mut`: answers the server key to trust (hex).
+    pub async fn try_enroll_device(
+        &self,
+        id: &str,
+        labels: &[(String, String)],
+    ) -> Result<String, Error> {
         let agent_err = |reason: String| Error::Agent { device: id.to_owned(), reason };
         let device = DeviceId::new(id).map_err(|e| agent_err(format!("not a device id: {e}")))?;
-        let (_, public_key, proof) = fleet_server::pki::new_device_key(&device)
+        let (device_key, public_key, proof) = fleet_server::pki::new_device_key(&device)
             .map_err(|e| agent_err(format!("cannot make a key: {e}")))?;
         let request = EnrollRequest {
             public_key,
             proof,
-            labels: labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            labels: labels.iter().cloned().collect(),
             valid_days: None,
         };
         let request = serde_json::to_value(request).map_err(|e| agent_err(e.to_string()))?;
@@ -222,8 +267,24 @@ impl SimFleet {
         let key = enrolled.server_keys.first().ok_or_else(|| {
             agent_err("the enrollment answer names no server key to trust".into())
         })?;
-        self.server_key.clone_from(key);
-        Ok(())
+        let dir = self.agent_dir(id);
+        std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+        let pem = device_key.serialize_pem();
+        for (name, text, mode) in [
+            ("device.key", pem.as_str(), 0o600),
+            ("device.pem", enrolled.certificate_pem.as_str(), 0o644),
+            ("ca.pem", enrolled.ca_pem.as_str(), 0o644),
+        ] {
+            let path = dir.join(name);
+            fleet_server::pki::write_file(&path, text.as_bytes(), mode)
+                .map_err(|e| agent_err(format!("writing {}: {e}", path.display())))?;
+        }
+        Ok(key.clone())
+    }
+
+    /// Where the agent of `id` keeps its configuration, certificate and data.
+    pub fn agent_dir(&self, id: &str) -> PathBuf {
+        self.dir.path().join("agents").join(id)
     }
 
     /// Starts the agent of an enrolled device; its engine can pull `images`. Panics if its
@@ -238,15 +299,9 @@ impl SimFleet {
         id: &str,
         images: &[(ImageRef, ImageBehavior)],
     ) -> Result<(), Error> {
-        let data = self.dir.path().join("agents").join(id);
+        let data = self.agent_dir(id);
         std::fs::create_dir_all(&data).map_err(io(format!("creating {}", data.display())))?;
-        let config = try_write_agent_config(
-            &data,
-            id,
-            &format!("mqtt://{}", self.mqtt),
-            &self.server_key,
-            &data,
-        )?;
+        let config = try_write_agent_config(&data, id, &self.broker, &self.server_key, &data)?;
         let config = Config::load(&config, true)
             .map_err(|e| Error::Agent { device: id.to_owned(), reason: e.to_string() })?;
         let runtime = Arc::new(SimRuntime::new());
@@ -282,15 +337,9 @@ impl SimFleet {
                     "no Docker engine at {endpoint}: {e} (start Docker, or point DOCKER_HOST at it)"
                 ))
             })?;
-        let data = self.dir.path().join("agents").join(id);
+        let data = self.agent_dir(id);
         std::fs::create_dir_all(&data).map_err(io(format!("creating {}", data.display())))?;
-        let config = try_write_agent_config(
-            &data,
-            id,
-            &format!("mqtt://{}", self.mqtt),
-            &self.server_key,
-            &data,
-        )?;
+        let config = try_write_agent_config(&data, id, &self.broker, &self.server_key, &data)?;
         let mut text = std::fs::read_to_string(&config)
             .map_err(io(format!("reading {}", config.display())))?;
         text.push_str(&format!("[engine]\nsocket = \"{endpoint}\"\nrequest_timeout_secs = 120\n"));
@@ -374,9 +423,19 @@ impl SimFleet {
         for id in ids {
             left.extend(self.stop_docker_agent(&id).await);
         }
-        let _ = self.stop_server.take().map(|s| s.send(()));
-        if let Some(server) = self.server.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+        match self.server.take() {
+            Some(ServerHandle::Task { stop, task }) => {
+                let _ = stop.send(());
+                let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+            }
+            Some(ServerHandle::Processes { server, mosquitto }) => {
+                // The server first: it publishes its own offline status on the way out.
+                terminate(server).await;
+                if let Some(m) = mosquitto {
+                    terminate(m).await;
+                }
+            }
+            None => {}
         }
         left
     }
@@ -385,6 +444,200 @@ impl SimFleet {
     pub fn server_data(&self) -> PathBuf {
         self.dir.path().join("server")
     }
+}
+
+impl Drop for SimFleet {
+    /// A fleet dropped without [`SimFleet::stop`] (a panic, an early error) leaves no server
+    /// or broker process behind.
+    fn drop(&mut self) {
+        if let Some(ServerHandle::Processes { mut server, mosquitto }) = self.server.take() {
+            let _ = server.kill();
+            let _ = server.wait();
+            if let Some(mut m) = mosquitto {
+                let _ = m.kill();
+                let _ = m.wait();
+            }
+        }
+    }
+}
+
+/// fleet-server as a task of this process; answers its API base URL.
+async fn start_in_process(dir: &Path, mqtt: SocketAddr) -> Result<(String, ServerHandle), Error> {
+    let opts = fleet_server::ServeOptions {
+        data_dir: dir.join("server"),
+        api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        mqtt_listen: mqtt,
+        ..fleet_server::ServeOptions::default()
+    };
+    let (ready_tx, ready) = oneshot::channel();
+    let (failed_tx, failed) = oneshot::channel::<String>();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        let served = fleet_server::serve(opts, shutdown, move |addr| {
+            let _ = ready_tx.send(addr);
+        })
+        .await;
+        if let Err(e) = served {
+            let _ = failed_tx.send(format!("{e:#}"));
+        }
+    });
+    let addr = tokio::select! {
+        addr = ready => addr.ok(),
+        e = failed => return Err(Error::Server(e.unwrap_or_else(|_| "it stopped".into()))),
+        () = tokio::time::sleep(Duration::from_secs(30)) => None,
+    };
+    let Some(addr) = addr else {
+        task.abort();
+        return Err(Error::Server("not ready after 30 s".into()));
+    };
+    Ok((format!("http://{addr}"), ServerHandle::Task { stop, task }))
+}
+
+/// A program installed next to this one (`target/release/fleet-server` beside
+/// `target/release/fleet-sim`; a test binary sits one level deeper, in `deps/`), else `PATH`.
+fn sibling_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().ok();
+    let dirs = exe.iter().flat_map(|e| e.ancestors().skip(1).take(2));
+    dirs.map(|d| d.join(name)).find(|p| p.is_file()).unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// Mosquitto: on `PATH`, else where Debian installs it (`/usr/sbin`, not on a user's `PATH`).
+fn mosquitto_binary() -> PathBuf {
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .chain(["/usr/sbin".into(), "/usr/local/sbin".into()]);
+    on_path
+        .map(|d| d.join("mosquitto"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("mosquitto"))
+}
+
+/// Starts `command` with stderr into `log`; `fix` says how to get the program.
+fn spawn(command: &mut Command, log: &Path, fix: &str) -> Result<Child, Error> {
+    let log_file = std::fs::File::create(log).map_err(io(format!("creating {}", log.display())))?;
+    command.stdout(Stdio::null()).stderr(log_file).spawn().map_err(|e| {
+        Error::Server(format!(
+            "cannot run {}: {e} ({fix})",
+            command.get_program().to_string_lossy()
+        ))
+    })
+}
+
+/// Why a child that stopped stopped: its exit status and the end of its log.
+fn exited(child: &mut Child, what: &str, log: &Path) -> Option<Error> {
+    let status = child.try_wait().ok()??;
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let tail: Vec<&str> = text.lines().rev().take(10).collect();
+    let tail: Vec<&str> = tail.into_iter().rev().collect();
+    Some(Error::Server(format!("{what} exited ({status}): {}", tail.join("\n"))))
+}
+
+/// The `fleet-server` binary, and with `mosquitto` Mosquitto before it (broker files first,
+/// as in production: they create the fleet CA), each logging into `dir`.
+async fn start_processes(
+    dir: &Path,
+    mqtt: SocketAddr,
+    mosquitto: bool,
+) -> Result<(String, ServerHandle), Error> {
+    let bin = sibling_binary("fleet-server");
+    let data = dir.join("server");
+    let api_port = free_port()?;
+    let mut server = Command::new(&bin);
+    server.arg("--data").arg(&data).args(["--api-listen", &format!("127.0.0.1:{api_port}")]);
+    let broker = if mosquitto {
+        let files = dir.join("broker");
+        let made = Command::new(&bin)
+            .arg("broker-files")
+            .arg("--data")
+            .arg(&data)
+            .args(["--name", "127.0.0.1", "--out"])
+            .arg(&files)
+            .output()
+            .map_err(|e| Error::Server(format!("cannot run {}: {e}", bin.display())))?;
+        if !made.status.success() {
+            return Err(Error::Server(format!(
+                "fleet-server broker-files: {}",
+                String::from_utf8_lossy(&made.stderr).trim()
+            )));
+        }
+        std::fs::write(files.join("acl"), MOSQUITTO_ACL).map_err(io("writing the broker's ACL"))?;
+        let conf = MOSQUITTO_CONF
+            .replace("/etc/mosquitto/fleet", &files.display().to_string())
+            .replace("listener 8883", &format!("listener {} {}", mqtt.port(), mqtt.ip()))
+            + &format!("persistence_location {}/\n", dir.display())
+            // As root Mosquitto drops to user mosquitto, which cannot read these 0600 keys
+            // (a device installation chowns the directory instead); otherwise it is ignored.
+            + "user root\n";
+        let conf_path = dir.join("mosquitto.conf");
+        std::fs::write(&conf_path, conf).map_err(io("writing mosquitto.conf"))?;
+        let log = dir.join("mosquitto.log");
+        let mut child = spawn(
+            Command::new(mosquitto_binary()).arg("-c").arg(&conf_path),
+            &log,
+            "install it: apt-get install mosquitto, or tests/env/up",
+        )?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(mqtt).is_err() {
+            if let Some(e) = exited(&mut child, "mosquitto", &log) {
+                return Err(e);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                return Err(Error::Server(format!("mosquitto not listening on {mqtt} after 10 s")));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        server.args(["--broker", &format!("mqtts://{mqtt}")]).arg("--broker-files").arg(&files);
+        Some(child)
+    } else {
+        server.args(["--mqtt-listen", &mqtt.to_string()]);
+        None
+    };
+    let log = dir.join("server.log");
+    server.env("FLEET_LOG", std::env::var("FLEET_LOG").unwrap_or_else(|_| "warn".into()));
+    let mut child =
+        spawn(&mut server, &log, "build it next to fleet-sim: cargo build --release --bins")?;
+    let api = format!("http://127.0.0.1:{api_port}");
+    let health = format!("{api}/healthz");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let h = health.clone();
+        let up = tokio::task::spawn_blocking(move || ureq::get(&h).call().is_ok())
+            .await
+            .unwrap_or(false);
+        if up {
+            break;
+        }
+        let failed = exited(&mut child, "fleet-server", &log);
+        if failed.is_some() || std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            if let Some(mut m) = broker {
+                let _ = m.kill();
+            }
+            return Err(failed.unwrap_or_else(|| Error::Server("not answering after 30 s".into())));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok((api, ServerHandle::Processes { server: child, mosquitto: broker }))
+}
+
+/// SIGTERM, up to 10 s to stop, then SIGKILL.
+async fn terminate(mut child: Child) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGTERM);
+    }
+    for _ in 0..200 {
+        if child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// One API call: (status, JSON body); panics if the server cannot be reached.
@@ -447,6 +700,13 @@ pub fn write_agent_config(
     try_write_agent_config(dir, device, broker, key, data).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The link timings [`write_agent_config`] gives an agent: a 5 s keep-alive and reconnects
+/// within 2 s, so tests see a broker restart at once. `fleet-sim run` takes them out again:
+/// thousands of agents retrying every 2 s keep a busy broker busy (the agent's defaults are a
+/// 30 s keep-alive and reconnects spread over up to 60 s).
+pub const TEST_LINK_PACING: &str =
+    "keep_alive_secs = 5\nbackoff_initial_ms = 200\nbackoff_max_secs = 2\n";
+
 /// [`write_agent_config`], with the error instead of a panic.
 pub fn try_write_agent_config(
     dir: &Path,
@@ -462,8 +722,7 @@ pub fn try_write_agent_config(
             "device_id = \"{device}\"\ndata_dir = \"{data}\"\n\
              [update]\nstop_grace_secs = 1\nstable_for_secs = 1\nresync_secs = 30\ndisk_reserve_mb = 1\n\
              [locks]\ndir = \"{data}/locks\"\nsocket = \"{data}/locks.sock\"\n\
-             [link]\nbroker = \"{broker}\"\nserver_keys = [\"{key}\"]\nkeep_alive_secs = 5\n\
-             backoff_initial_ms = 200\nbackoff_max_secs = 2\n",
+             [link]\nbroker = \"{broker}\"\nserver_keys = [\"{key}\"]\n{TEST_LINK_PACING}",
             data = data.display(),
         ),
     )

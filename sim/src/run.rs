@@ -29,12 +29,11 @@ use anyhow::{bail, Context};
 use fleet_agent::config::Config;
 use fleet_agent::runtime::sim::{ImageBehavior, SimRuntime};
 use fleet_agent::state::AgentState;
-use fleet_proto::{DeviceId, ImageRef, ReleaseId, ReleaseSpec, ServiceName, ServiceSpec};
-use fleet_server::api::{EnrollRequest, EnrollResponse};
+use fleet_proto::{ImageRef, ReleaseId, ReleaseSpec, ServiceName, ServiceSpec};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
-use crate::fleet::SimFleet;
+use crate::fleet::{SimFleet, Topology};
 
 /// Hardware the simulated devices report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -77,7 +76,11 @@ pub struct RunArgs {
     /// How many simulated devices.
     #[arg(long, default_value_t = 100)]
     pub devices: usize,
-    /// Devices are labelled `group=g0..g{K-1}` in turn (the rollout targets all of them).
+    /// Where the server and its broker run: `process` and `mosquitto` give the server (and
+    /// Mosquitto) their own processes, measured apart from the agents.
+    #[arg(long, value_enum, default_value = "in-process")]
+    pub topology: Topology,
+    /// Devices are labelled `group=g0..g{K-1}` in turn (`--target group=g1` rolls out to one).
     #[arg(long, default_value_t = 1)]
     pub groups: usize,
     /// Fraction of devices on which the rolled-out release never becomes healthy.
@@ -95,9 +98,20 @@ pub struct RunArgs {
     /// Hardware the devices report.
     #[arg(long, value_enum, default_value = "bare-vm")]
     pub hardware: Hardware,
-    /// Run a staged rollout of a release to every device and time it.
+    /// Run a staged rollout of a release and time it.
     #[arg(long)]
     pub rollout: bool,
+    /// The rollout's target: a label selector (every simulated device has `fleet=sim` and
+    /// `group=gN`).
+    #[arg(long, default_value = "fleet=sim")]
+    pub target: String,
+    /// How long a targeted device has to report the release healthy before it counts as
+    /// failed (the rollout's `device_timeout` and `update_deadline`).
+    #[arg(long, default_value = "60s")]
+    pub device_timeout: String,
+    /// Seconds to measure idle CPU over once every agent is up.
+    #[arg(long, default_value_t = 10)]
+    pub idle_secs: u64,
     /// The rollout's cumulative waves.
     #[arg(long, default_value = "1,10%,100%")]
     pub waves: String,
@@ -116,6 +130,28 @@ pub struct RunArgs {
     pub timeout_secs: u64,
 }
 
+/// One process's memory and CPU.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Usage {
+    /// RSS (KiB) before the agents start (server up, every device enrolled).
+    pub rss_before_kib: u64,
+    /// RSS with every agent up and idle.
+    pub rss_kib: u64,
+    /// The largest RSS sampled during the rollout (every 100 ms).
+    pub rss_peak_kib: u64,
+    /// CPU while idle, percent of one core.
+    pub idle_cpu_pct: f64,
+    /// CPU seconds the rollout cost it.
+    pub rollout_cpu_secs: f64,
+}
+
+impl Usage {
+    /// (RSS after - RSS before) per device, KiB.
+    pub fn per_device_kib(&self, devices: usize) -> f64 {
+        self.rss_kib.saturating_sub(self.rss_before_kib) as f64 / devices.max(1) as f64
+    }
+}
+
 /// What a run measured.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outcome {
@@ -123,15 +159,15 @@ pub struct Outcome {
     pub started: usize,
     /// Seconds from the first agent start to every started device online and reported.
     pub up_secs: f64,
-    /// Process RSS (KiB) before the agents, after they are up, and its high-water mark.
-    pub rss_before_kib: u64,
-    /// RSS with the agents up.
-    pub rss_kib: u64,
-    /// VmHWM.
-    pub hwm_kib: u64,
-    /// Threads before and after.
+    /// This process: the agents, and with `--topology in-process` the server and broker too.
+    pub agents: Usage,
+    /// The server's process (`--topology process|mosquitto`).
+    pub server: Option<Usage>,
+    /// Mosquitto's process (`--topology mosquitto`).
+    pub broker: Option<Usage>,
+    /// This process's threads before and after.
     pub threads: (u64, u64),
-    /// Open descriptors before and after.
+    /// This process's open descriptors before and after.
     pub fds: (usize, usize),
     /// The rollout, if one ran.
     pub rollout: Option<RolloutOutcome>,
@@ -155,11 +191,51 @@ pub struct RolloutOutcome {
 }
 
 impl Outcome {
-    /// (RSS after - RSS before) per started agent, KiB.
+    /// (RSS after - RSS before) of this process per started agent, KiB.
     pub fn per_device_kib(&self) -> f64 {
-        self.rss_kib.saturating_sub(self.rss_before_kib) as f64 / self.started.max(1) as f64
+        self.agents.per_device_kib(self.started)
     }
 }
+
+/// The processes measured: this one (`None`), the server's, Mosquitto's.
+#[derive(Debug, Clone, Copy)]
+struct Pids {
+    server: Option<u32>,
+    broker: Option<u32>,
+}
+
+impl Pids {
+    fn each(self) -> [Option<Option<u32>>; 3] {
+        [Some(None), self.server.map(Some), self.broker.map(Some)]
+    }
+}
+
+/// (RSS KiB, CPU ticks) of `pid` (`None`: this process).
+fn sample(pid: Option<u32>) -> (u64, u64) {
+    let dir = pid.map_or_else(|| "/proc/self".to_owned(), |p| format!("/proc/{p}"));
+    let rss = std::fs::read_to_string(format!("{dir}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0);
+    // utime + stime: fields 14 and 15, counted after the parenthesised command name.
+    let ticks = std::fs::read_to_string(format!("{dir}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1.to_owned();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0);
+    (rss, ticks)
+}
+
+/// Clock ticks per second of /proc's CPU figures.
+const TICKS: f64 = 100.0;
 
 struct Slot {
     id: String,
@@ -185,11 +261,17 @@ fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
 }
 
-/// Descriptors per agent: both ends of its MQTT connection live in this process, plus, with
+/// Descriptors per agent: its MQTT connection (and in process, the server's end too), plus, with
 /// device storage, its databases, sockets and inotify.
-fn raise_fd_limit(devices: usize, device_storage: bool) -> anyhow::Result<()> {
+fn raise_fd_limit(devices: usize, device_storage: bool, topology: Topology) -> anyhow::Result<()> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let per = if device_storage { 12 } else { 3 };
+    // Measured: 6 with device storage, 2 in process (both ends of its connection), 1 with the
+    // server in its own process.
+    let per = match (device_storage, topology) {
+        (true, _) => 8,
+        (false, Topology::InProcess) => 2,
+        (false, _) => 1,
+    };
     let want = (devices * per + 1024) as u64;
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
     if soft >= want {
@@ -210,28 +292,6 @@ fn raise_fd_limit(devices: usize, device_storage: bool) -> anyhow::Result<()> {
 fn image(n: u8) -> anyhow::Result<ImageRef> {
     ImageRef::parse(&format!("registry.sim/app@sha256:{}", format!("{n:x}").repeat(64)))
         .map_err(|e| anyhow::anyhow!("{e}"))
-}
-
-/// Enrolls `id` and answers the server key to trust.
-async fn enroll(fleet: &SimFleet, id: &str, labels: &[(String, String)]) -> anyhow::Result<String> {
-    let device = DeviceId::new(id)?;
-    let (_, public_key, proof) = fleet_server::pki::new_device_key(&device)?;
-    let request = EnrollRequest {
-        public_key,
-        proof,
-        labels: labels.iter().cloned().collect(),
-        valid_days: None,
-    };
-    let body = fleet
-        .try_api(
-            "POST",
-            &format!("/api/v1/devices/{id}/enroll"),
-            Some(serde_json::to_value(request)?),
-            201,
-        )
-        .await?;
-    let enrolled: EnrollResponse = serde_json::from_value(body)?;
-    enrolled.server_keys.first().cloned().context("the enrollment answer names no server key")
 }
 
 fn start(slot: &mut Slot, args: &RunArgs) -> anyhow::Result<()> {
@@ -278,8 +338,7 @@ async fn devices(fleet: &SimFleet, expected: usize) -> anyhow::Result<Vec<Value>
     let mut out = Vec::new();
     let mut after: Option<String> = None;
     loop {
-        // Asking past the last device can answer 500 (its page scan runs into the next
-        // collection's keys, so `next` is set on a full last page): stop when all are in.
+        // Everything is in: save the round trip for the empty page after it.
         if out.len() >= expected {
             return Ok(out);
         }
@@ -314,8 +373,9 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
             bail!("{name} is a fraction between 0 and 1, not {v}");
         }
     }
-    raise_fd_limit(args.devices, args.device_storage)?;
-    let fleet = SimFleet::try_start().await?;
+    raise_fd_limit(args.devices, args.device_storage, args.topology)?;
+    let fleet = SimFleet::try_start_as(args.topology).await?;
+    let pids = Pids { server: fleet.server_pid(), broker: fleet.mosquitto_pid() };
     let mut rng = fastrand::Rng::with_seed(args.seed);
     let good = image(1)?;
     let mut slots = Vec::with_capacity(args.devices);
@@ -326,20 +386,14 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
             ("fleet".to_owned(), "sim".to_owned()),
             ("group".to_owned(), format!("g{}", i % args.groups.max(1))),
         ];
-        let server_key = enroll(&fleet, &id, &labels).await?;
+        let server_key = fleet.try_enroll_device(&id, &labels).await?;
         let runtime = Arc::new(SimRuntime::new());
         let fails = rng.f64() < args.fail_rate;
         let behavior = if fails { ImageBehavior::NeverHealthy } else { ImageBehavior::Healthy };
         runtime.publish_image(&good, behavior, 1 << 20);
-        let data = fleet.dir.path().join("agents").join(&id);
-        std::fs::create_dir_all(&data)?;
-        let config = crate::fleet::try_write_agent_config(
-            &data,
-            &id,
-            &format!("mqtt://{}", fleet.mqtt),
-            &server_key,
-            &data,
-        )?;
+        let data = fleet.agent_dir(&id);
+        let config =
+            crate::fleet::try_write_agent_config(&data, &id, &fleet.broker, &server_key, &data)?;
         let extra = format!(
             "[telemetry]\nenabled = {}\nhost_interval_secs = {}\ncontainer_interval_secs = 0\n\
              budget_mb = 1\nsocket_dir = \"\"\n[hardware]\nroot = \"{}\"\n",
@@ -347,7 +401,9 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
             args.telemetry_secs,
             args.hardware.root(i).display()
         );
-        let mut text = std::fs::read_to_string(&config)?;
+        // The agent's own link timings, as on a device (see TEST_LINK_PACING).
+        let mut text =
+            std::fs::read_to_string(&config)?.replace(crate::fleet::TEST_LINK_PACING, "");
         text.push_str(&extra);
         std::fs::write(&config, text)?;
         slots.push(Slot { id, runtime, state: AgentState::in_memory(), config, running: None });
@@ -362,8 +418,8 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
     );
     // The server's own growth settles before the baseline.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (rss_before_kib, threads0, fds0) =
-        (proc_status("VmRSS:"), proc_status("Threads:"), open_fds());
+    let before = pids.each().map(|p| p.map(|pid| sample(pid).0));
+    let (threads0, fds0) = (proc_status("Threads:"), open_fds());
 
     let t = Instant::now();
     for (slot, off) in slots.iter_mut().zip(&offline) {
@@ -391,27 +447,56 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
     let up_secs = t.elapsed().as_secs_f64();
     // Let the first reports and subscriptions drain before measuring.
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let idle0 = pids.each().map(|p| p.map(|pid| sample(pid).1));
+    let window = Duration::from_secs(args.idle_secs.max(1));
+    tokio::time::sleep(window).await;
+    let usage: Vec<Option<Usage>> = pids
+        .each()
+        .iter()
+        .zip(before.iter().zip(&idle0))
+        .map(|(pid, (rss0, ticks0))| {
+            let pid = (*pid)?;
+            let (rss, ticks) = sample(pid);
+            Some(Usage {
+                rss_before_kib: rss0.unwrap_or(0),
+                rss_kib: rss,
+                idle_cpu_pct: ticks.saturating_sub(ticks0.unwrap_or(0)) as f64 / TICKS * 100.0
+                    / window.as_secs_f64(),
+                ..Usage::default()
+            })
+        })
+        .collect();
     let mut outcome = Outcome {
         started,
         up_secs,
-        rss_before_kib,
-        rss_kib: proc_status("VmRSS:"),
-        hwm_kib: proc_status("VmHWM:"),
+        agents: usage[0].unwrap_or_default(),
+        server: usage[1],
+        broker: usage[2],
         threads: (threads0, proc_status("Threads:")),
         fds: (fds0, open_fds()),
         rollout: None,
     };
+    let whole =
+        if args.topology == Topology::InProcess { " (server and broker in it)" } else { "" };
     println!(
-        "{started} agents up in {up_secs:.1} s: RSS {:.1} MiB (before {:.1} MiB, peak {:.1} MiB), {:.1} KiB per device; threads {} -> {}; fds {} -> {}",
-        outcome.rss_kib as f64 / 1024.0,
-        rss_before_kib as f64 / 1024.0,
-        outcome.hwm_kib as f64 / 1024.0,
-        outcome.per_device_kib(),
-        outcome.threads.0,
-        outcome.threads.1,
-        outcome.fds.0,
-        outcome.fds.1,
+        "{started} agents up in {up_secs:.1} s; threads {} -> {}, fds {} -> {}",
+        outcome.threads.0, outcome.threads.1, outcome.fds.0, outcome.fds.1
     );
+    for (name, u) in [
+        ("agents", Some(outcome.agents)),
+        ("server", outcome.server),
+        ("mosquitto", outcome.broker),
+    ] {
+        let Some(u) = u else { continue };
+        println!(
+            "  {name}{}: RSS {:.1} MiB (before the agents {:.1} MiB), {:.1} KiB per device; idle CPU {:.2} % of a core",
+            if name == "agents" { whole } else { "" },
+            u.rss_kib as f64 / 1024.0,
+            u.rss_before_kib as f64 / 1024.0,
+            u.per_device_kib(started),
+            u.idle_cpu_pct,
+        );
+    }
 
     let slots = Arc::new(tokio::sync::Mutex::new(slots));
     let churn = (args.churn > 0.0).then(|| {
@@ -438,7 +523,41 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
     });
 
     if args.rollout {
-        outcome.rollout = Some(rollout(&fleet, args, &good).await?);
+        let ticks0 = pids.each().map(|p| p.map(|pid| sample(pid).1));
+        let mut peaks = [0u64; 3];
+        let done = rollout(&fleet, args, &good, || {
+            for (peak, pid) in peaks.iter_mut().zip(pids.each()) {
+                if let Some(pid) = pid {
+                    *peak = (*peak).max(sample(pid).0);
+                }
+            }
+        })
+        .await?;
+        let each = pids.each();
+        for (i, usage) in
+            [Some(&mut outcome.agents), outcome.server.as_mut(), outcome.broker.as_mut()]
+                .into_iter()
+                .enumerate()
+        {
+            let (Some(usage), Some(pid)) = (usage, each[i]) else { continue };
+            usage.rss_peak_kib = peaks[i];
+            usage.rollout_cpu_secs =
+                sample(pid).1.saturating_sub(ticks0[i].unwrap_or(0)) as f64 / TICKS;
+        }
+        for (name, u) in [
+            ("agents", Some(outcome.agents)),
+            ("server", outcome.server),
+            ("mosquitto", outcome.broker),
+        ] {
+            if let Some(u) = u {
+                println!(
+                    "  {name}: {:.1} CPU seconds, RSS peak {:.1} MiB during the rollout",
+                    u.rollout_cpu_secs,
+                    u.rss_peak_kib as f64 / 1024.0
+                );
+            }
+        }
+        outcome.rollout = Some(done);
     }
     if let Some(churn) = churn {
         churn.abort();
@@ -451,10 +570,13 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
     Ok(outcome)
 }
 
+/// Rolls `sim@1` out to `--target` and follows it to its end; `tick` runs at every poll (the
+/// caller samples memory there).
 async fn rollout(
     fleet: &SimFleet,
     args: &RunArgs,
     image: &ImageRef,
+    mut tick: impl FnMut(),
 ) -> anyhow::Result<RolloutOutcome> {
     let spec = ReleaseSpec {
         id: ReleaseId::new("sim@1")?,
@@ -479,9 +601,9 @@ async fn rollout(
             "POST",
             "/api/v1/rollouts",
             Some(json!({
-                "release": "sim@1", "target": "fleet=sim", "waves": args.waves, "bake": "1s",
-                "failure_threshold": args.failure_threshold, "device_timeout": "60s",
-                "update_deadline": "60s",
+                "release": "sim@1", "target": args.target, "waves": args.waves, "bake": "1s",
+                "failure_threshold": args.failure_threshold,
+                "device_timeout": args.device_timeout, "update_deadline": args.device_timeout,
             })),
             201,
         )
@@ -496,6 +618,7 @@ async fn rollout(
     let mut healthy_at: Vec<Option<f64>> = vec![None; sizes.len()];
     let deadline = Duration::from_secs(args.timeout_secs);
     let (state, view) = loop {
+        tick();
         let view = fleet.try_api("GET", &format!("/api/v1/rollouts/{id}"), None, 200).await?;
         let now = t.elapsed().as_secs_f64();
         // A wave starts when it becomes the current one (the server targets its devices then).

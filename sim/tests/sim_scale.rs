@@ -50,3 +50,39 @@ async fn a_release_that_fails_everywhere_stops_at_the_canary() {
     assert!(rollout.failed >= 1, "{rollout:?}");
     assert_eq!(rollout.on_release, 0, "no device keeps the failing release: {rollout:?}");
 }
+
+/// The production shape: the `fleet-server` binary as its own process, Mosquitto with the
+/// shipped configuration between it and the agents, every agent on mutual TLS with the
+/// certificate its enrollment issued. Each process is measured on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_rollout_runs_through_mosquitto_with_the_server_in_its_own_process() {
+    let outcome = run(&args(&[
+        "--devices",
+        "60",
+        "--topology",
+        "mosquitto",
+        "--groups",
+        "2",
+        "--target",
+        "group=g1",
+        "--rollout",
+        "--idle-secs",
+        "1",
+        "--timeout-secs",
+        "120",
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(outcome.started, 60);
+    let rollout = outcome.rollout.clone().unwrap();
+    assert_eq!(rollout.state, "Completed", "{rollout:?}");
+    // `--target group=g1`: only that group's 30 devices are taken to the release.
+    assert_eq!(rollout.targeted, 30, "{rollout:?}");
+    assert_eq!(rollout.on_release, 30, "{rollout:?}");
+    let (server, broker) = (outcome.server.unwrap(), outcome.broker.unwrap());
+    // Each process was found and measured: the server and Mosquitto hold the devices'
+    // sessions, so both grew when the agents connected.
+    assert!(server.rss_kib > 0 && broker.rss_kib > broker.rss_before_kib, "{outcome:?}");
+    assert!(server.rss_peak_kib >= server.rss_kib / 2, "{outcome:?}");
+    assert!(outcome.agents.rss_kib > outcome.agents.rss_before_kib, "{outcome:?}");
+}
