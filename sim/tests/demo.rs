@@ -86,3 +86,40 @@ async fn the_demo_rolls_the_good_release_out_and_stops_the_bad_one_on_the_canari
     assert!(!dir.exists());
     assert!(started.elapsed() < Duration::from_secs(60), "took {:?}", started.elapsed());
 }
+
+/// `--docker`: one of the devices is a real agent on this machine's Docker engine (the test
+/// environment's, with the test images in its registry). Its containers are real: after the
+/// story it runs the good release's `web` container, whichever devices the canary draw picked,
+/// and clean-up removes what it ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_docker_one_device_runs_the_releases_on_the_real_engine_and_clean_up_removes_them() {
+    use fleet_agent::runtime::docker::DockerRuntime;
+    use fleet_agent::runtime::ContainerRuntime;
+    use fleet_proto::report::ContainerState;
+    let endpoint = std::env::var("DOCKER_HOST").unwrap_or_else(|_| "/var/run/docker.sock".into());
+    let opts = Options {
+        devices: 6,
+        bake: Duration::from_secs(1),
+        progress: false,
+        docker: Some(endpoint.clone()),
+    };
+    let mut told = Vec::new();
+    let (outcome, fleet) = demo::run(&opts, |line| told.push(line)).await.unwrap();
+    assert!(outcome.problems.is_empty(), "{:?}\n{}", outcome.problems, told.join("\n"));
+    let all = demo::devices(&fleet).await.unwrap();
+    assert_eq!(all.len(), 7, "six simulated devices and the Docker one: {all:?}");
+    assert!(all.values().all(|d| d.release.as_deref() == Some(GOOD)), "{all:?}");
+
+    let docker = DockerRuntime::connect(&endpoint, Duration::from_secs(30)).await.unwrap();
+    let device = fleet_proto::DeviceId::new(demo::DOCKER_DEVICE).unwrap();
+    let containers = docker.list(&device).await.unwrap();
+    let running: Vec<_> =
+        containers.iter().filter(|c| c.state == ContainerState::Running).collect();
+    assert_eq!(running.len(), 1, "{containers:#?}");
+    assert_eq!(running[0].label("io.fleet.release"), Some(GOOD), "{containers:#?}");
+    assert!(running[0].image.contains("sha256:"), "pinned to the digest: {containers:#?}");
+
+    assert_eq!(demo::clean_up(fleet).await, Vec::<String>::new());
+    let left = docker.list(&device).await.unwrap();
+    assert!(left.is_empty(), "clean-up removes the Docker device's containers: {left:#?}");
+}
