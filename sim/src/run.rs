@@ -191,6 +191,13 @@ pub struct RolloutOutcome {
 }
 
 impl Outcome {
+    /// Each process measured, by name: the agents' (this one), the server's, Mosquitto's.
+    pub fn measured(&self) -> impl Iterator<Item = (&'static str, Usage)> {
+        [("agents", Some(self.agents)), ("server", self.server), ("mosquitto", self.broker)]
+            .into_iter()
+            .filter_map(|(name, u)| Some((name, u?)))
+    }
+
     /// (RSS after - RSS before) of this process per started agent, KiB.
     pub fn per_device_kib(&self) -> f64 {
         self.agents.per_device_kib(self.started)
@@ -213,15 +220,7 @@ impl Pids {
 /// (RSS KiB, CPU ticks) of `pid` (`None`: this process).
 fn sample(pid: Option<u32>) -> (u64, u64) {
     let dir = pid.map_or_else(|| "/proc/self".to_owned(), |p| format!("/proc/{p}"));
-    let rss = std::fs::read_to_string(format!("{dir}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0);
+    let rss = status_field(&dir, "VmRSS:");
     // utime + stime: fields 14 and 15, counted after the parenthesised command name.
     let ticks = std::fs::read_to_string(format!("{dir}/stat"))
         .ok()
@@ -245,8 +244,9 @@ struct Slot {
     running: Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
 }
 
-fn proc_status(key: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+/// A number from `/proc/<dir>/status` (`Threads:`, `VmRSS:` in KiB); 0 if unreadable.
+fn status_field(dir: &str, key: &str) -> u64 {
+    std::fs::read_to_string(format!("{dir}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
@@ -255,6 +255,10 @@ fn proc_status(key: &str) -> u64 {
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or(0)
+}
+
+fn proc_status(key: &str) -> u64 {
+    status_field("/proc/self", key)
 }
 
 fn open_fds() -> usize {
@@ -482,12 +486,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
         "{started} agents up in {up_secs:.1} s; threads {} -> {}, fds {} -> {}",
         outcome.threads.0, outcome.threads.1, outcome.fds.0, outcome.fds.1
     );
-    for (name, u) in [
-        ("agents", Some(outcome.agents)),
-        ("server", outcome.server),
-        ("mosquitto", outcome.broker),
-    ] {
-        let Some(u) = u else { continue };
+    for (name, u) in outcome.measured() {
         println!(
             "  {name}{}: RSS {:.1} MiB (before the agents {:.1} MiB), {:.1} KiB per device; idle CPU {:.2} % of a core",
             if name == "agents" { whole } else { "" },
@@ -544,18 +543,12 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
             usage.rollout_cpu_secs =
                 sample(pid).1.saturating_sub(ticks0[i].unwrap_or(0)) as f64 / TICKS;
         }
-        for (name, u) in [
-            ("agents", Some(outcome.agents)),
-            ("server", outcome.server),
-            ("mosquitto", outcome.broker),
-        ] {
-            if let Some(u) = u {
-                println!(
-                    "  {name}: {:.1} CPU seconds, RSS peak {:.1} MiB during the rollout",
-                    u.rollout_cpu_secs,
-                    u.rss_peak_kib as f64 / 1024.0
-                );
-            }
+        for (name, u) in outcome.measured() {
+            println!(
+                "  {name}: {:.1} CPU seconds, RSS peak {:.1} MiB during the rollout",
+                u.rollout_cpu_secs,
+                u.rss_peak_kib as f64 / 1024.0
+            );
         }
         outcome.rollout = Some(done);
     }
