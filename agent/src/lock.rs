@@ -56,7 +56,6 @@
 //! curl --unix-socket /run/fleet-agent/locks.sock -X DELETE http://localhost/v1/locks/navigation
 //! ```
 
-use std::fmt::Write as _;
 use std::future::Future;
 use std::io::{self, Read as _};
 use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
@@ -591,16 +590,7 @@ fn error_response(error: &LockError) -> Response {
     }
 }
 
-/// `error: cause: cause`, for an answer that has to stand on its own.
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let _ = write!(message, ": {cause}");
-        source = cause.source();
-    }
-    message
-}
+pub(crate) use fleet_proto::errors::chain as error_chain;
 
 #[cfg(test)]
 mod tests {

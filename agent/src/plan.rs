@@ -196,7 +196,7 @@ pub fn config_hash(spec: &ServiceSpec, proxied: bool, hardware: &HardwareMapping
         json.extend(serde_json::to_vec(hardware).unwrap_or_default());
     }
     let digest = Sha256::digest(&json);
-    digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+    fleet_proto::hex::encode(&digest[..6])
 }
 
 /// The container name for a service of this device with this configuration and no hardware.
@@ -858,7 +858,7 @@ mod tests {
                 json.replace(r#","group_add":[],"optional_hardware":[],"telemetry":false,"no_new_privileges":false,"cpu_shares":null,"networks":[],"secrets":[]"#, "");
             assert!(before.ends_with(r#""depends_on":[]}"#), "{before}");
             let digest = Sha256::digest(before.as_bytes());
-            digest.iter().take(6).map(|b| format!("{b:02x}")).collect::<String>()
+            fleet_proto::hex::encode(&digest[..6])
         };
         let old = old_hash(&spec);
         assert_eq!(config_hash(&spec, false, &NO_HARDWARE), old);
@@ -869,7 +869,7 @@ mod tests {
         let before_secrets = {
             let json = serde_json::to_string(&on_release).unwrap().replace(r#","secrets":[]"#, "");
             let digest = Sha256::digest(json.as_bytes());
-            digest.iter().take(6).map(|b| format!("{b:02x}")).collect::<String>()
+            fleet_proto::hex::encode(&digest[..6])
         };
         assert_eq!(config_hash(&on_release, false, &NO_HARDWARE), before_secrets);
         let grouped = ServiceSpec { group_add: vec!["dialout".to_owned()], ..spec };

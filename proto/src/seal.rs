@@ -41,19 +41,12 @@ pub struct SealKey(pub [u8; 32]);
 impl SealKey {
     /// Lower-case hex, as `fleetctl device show` prints it.
     pub fn to_hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        crate::hex::encode(&self.0)
     }
 
     /// Parses [`SealKey::to_hex`]'s form.
     pub fn from_hex(s: &str) -> Option<SealKey> {
-        if s.len() != 64 || !s.is_ascii() {
-            return None;
-        }
-        let mut out = [0u8; 32];
-        for (i, b) in out.iter_mut().enumerate() {
-            *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
-        }
-        Some(SealKey(out))
+        crate::hex::decode_array(s).map(SealKey)
     }
 }
 

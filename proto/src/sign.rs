@@ -36,7 +36,7 @@ impl KeyId {
 
 impl fmt::Display for KeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+        f.write_str(&crate::hex::encode(&self.0))
     }
 }
 
@@ -195,7 +195,7 @@ impl TrustedKey {
 
     /// Hex form, as written into enrollment bundles.
     pub fn to_hex(&self) -> String {
-        self.0.as_bytes().iter().map(|b| format!("{b:02x}")).collect()
+        crate::hex::encode(self.0.as_bytes())
     }
 
     /// Parses the hex form.
@@ -204,11 +204,7 @@ impl TrustedKey {
         if s.len() != 64 {
             return Err(KeyError::Length { len: s.len() });
         }
-        let mut bytes = [0u8; 32];
-        for (i, b) in bytes.iter_mut().enumerate() {
-            *b = u8::from_str_radix(s.get(2 * i..2 * i + 2).ok_or(KeyError::NotHex)?, 16)
-                .map_err(|_| KeyError::NotHex)?;
-        }
+        let bytes = crate::hex::decode_array::<32>(s).ok_or(KeyError::NotHex)?;
         VerifyingKey::from_bytes(&bytes).map(TrustedKey).map_err(|_| KeyError::Invalid)
     }
 }
