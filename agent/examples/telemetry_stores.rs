@@ -2,7 +2,7 @@
 //! ingest throughput, bytes on disk per point (space amplification over the raw postcard
 //! payload), memory with the points buffered, and a drain (read + acknowledge) rate.
 //!
-//!   cargo run --release -p fleet-agent --example telemetry_stores [POINTS]
+//!   cargo run --release -p fleet-agent --features sled --example telemetry_stores [POINTS]
 //!
 //! Each store runs in its own process (this program re-runs itself), so each RSS is its own.
 
@@ -13,7 +13,8 @@ use std::path::Path;
 use std::time::Instant;
 
 use fleet_agent::telemetry::redb_store::RedbStore;
-use fleet_agent::telemetry::store::{MemStore, SledStore, TelemetryStore};
+use fleet_agent::telemetry::sled_store::SledStore;
+use fleet_agent::telemetry::store::{MemStore, TelemetryStore};
 use fleet_proto::telemetry::{Point, Value};
 use fleet_proto::UnixMillis;
 

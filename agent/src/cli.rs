@@ -13,10 +13,12 @@ use clap::{Parser, Subcommand};
 use fleet_proto::inventory::{Disk, EngineInfo};
 use fleet_proto::report::{StateReport, UpdateResult};
 use fleet_proto::ReleaseSpec;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::admin;
-use crate::config::{Config, DEFAULT_CONFIG, DEFAULT_PATH};
+use crate::config::{self, Config, DEFAULT_CONFIG, DEFAULT_PATH};
 use crate::daemon;
 use crate::hardware;
 use crate::hardware::render::render_inventory;
@@ -126,14 +128,12 @@ impl Failure {
     }
 }
 
+/// The error, then each cause on a line of its own (a terminal has room; a log line does not:
+/// [`fleet_proto::errors::chain`]).
 fn chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        msg.push_str(&format!("\n  caused by: {s}"));
-        source = s.source();
-    }
-    msg
+    let mut causes = fleet_proto::errors::causes(e).map(|c| c.to_string());
+    let first = causes.next().unwrap_or_default();
+    causes.fold(first, |msg, cause| msg + "\n  caused by: " + &cause)
 }
 
 impl From<RuntimeError> for Failure {
@@ -175,12 +175,24 @@ fn load_config(path: &Path, explicit: bool) -> Result<Config, Failure> {
 fn init_logging(config: &Config, daemon: bool) {
     // One-shot commands print their own results; their logs only matter when something is off.
     let default = if daemon { config.log_level.as_str() } else { "warn" };
-    let filter = EnvFilter::try_from_env("FLEET_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // `FLEET_LOG` takes `level` or `target=level,...` (tracing's `Targets` syntax, without the
+    // span and field filters of `EnvFilter`, whose regex engine the agent does not carry).
+    let from_env = std::env::var("FLEET_LOG").ok().and_then(|v| match config::log_filter(&v) {
+        Ok(filter) => Some(filter),
+        Err(e) => {
+            eprintln!("fleet-agent: FLEET_LOG ignored: {e}");
+            None
+        }
+    });
+    let filter = from_env
+        .or_else(|| config::log_filter(default).ok())
+        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr);
     if config.log_json {
-        builder.json().init();
+        builder.json().finish().with(filter).init();
     } else {
-        builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init();
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        builder.with_ansi(ansi).finish().with(filter).init();
     }
 }
 
@@ -453,19 +465,24 @@ async fn status(config: &Config, json: bool) -> Result<u8, Failure> {
     // updates); reading the database here would also block the daemon for a moment.
     let daemon_runs =
         std::os::unix::net::UnixStream::connect(admin::socket_path(&config.data_dir)).is_ok();
-    let opened = if daemon_runs { None } else { daemon::open_state(config).ok() };
+    let opened = if daemon_runs { None } else { Some(daemon::open_state(config)) };
     let report: StateReport = match opened {
-        Some(state) => {
+        Some(Ok(state)) => {
             let rt = DockerRuntime::connect(&config.engine_socket, config.engine_timeout).await?;
             let observed = rt.list(&config.device_id).await?;
             report::build(&config.device_id, &state, &observed, Default::default(), None)
                 .map_err(|e| Failure::input(chain(&e)))?
         }
-        None => {
+        unopened => {
             // The daemon holds the database: read the status it last wrote.
             let path = config.data_dir.join("status.json");
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                Failure::input(format!("cannot read the agent's state nor {}: {e}", path.display()))
+            let text = std::fs::read_to_string(&path).map_err(|e| match &unopened {
+                Some(Err(why)) => Failure::input(format!(
+                    "cannot read the agent's state ({}) nor {}: {e}",
+                    chain(why),
+                    path.display()
+                )),
+                _ => Failure::input(format!("cannot read {}: {e}", path.display())),
             })?;
             serde_json::from_str(&text).map_err(|e| {
                 Failure::input(format!("{} is not a status report: {e}", path.display()))

@@ -88,7 +88,8 @@ backoff_max_secs = 60
 enabled = true
 # The buffer's database: "redb" (one file, data_dir/telemetry.redb; memory stays flat however
 # much is buffered) or "sled" (a directory, data_dir/telemetry; faster appends, but its memory
-# grows with the backlog). See BENCHMARKS.md.
+# grows with the backlog; only in an agent built with the `sled` feature, which the packages
+# are not). See BENCHMARKS.md.
 store = "redb"
 # Disk budget of the buffer in MB; beyond it the oldest points are dropped (and counted, and
 # the count reported). The files take up to about 2x this plus 4 MB on disk with redb, 4x
@@ -169,7 +170,8 @@ allow_reboot = false
 [log]
 # "plain" (journald-friendly) or "json".
 format = "plain"
-# Filter in tracing syntax, e.g. "info" or "info,fleet_agent=debug". FLEET_LOG overrides it.
+# Filter: a level, or targets with levels, e.g. "info" or "info,fleet_agent=debug". FLEET_LOG
+# (the same syntax) overrides it.
 level = "info"
 "#;
 
@@ -608,6 +610,13 @@ impl Config {
                 files: files.to_owned(),
             });
         }
+        if let Err(message) = log_filter(&raw.log.level) {
+            return Err(ConfigError::Invalid {
+                key: "log.level".to_owned(),
+                message,
+                files: files.to_owned(),
+            });
+        }
         let device_id = DeviceId::new(raw.device_id)?;
         let telemetry = check_telemetry(raw.telemetry, files)?;
         let link = check_link(raw.link, &device_id, base, files, telemetry.compression)?;
@@ -643,6 +652,24 @@ impl Config {
     }
 }
 
+/// A log filter: comma-separated `level` or `target=level` directives (`FLEET_LOG` and
+/// `[log] level`). A bare word that is no level would be read by tracing as a target at every
+/// level, silencing everything else: a typo like "inf" is refused instead.
+pub fn log_filter(text: &str) -> Result<tracing_subscriber::filter::Targets, String> {
+    for directive in text.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        if !directive.contains('=')
+            && directive.parse::<tracing_subscriber::filter::LevelFilter>().is_err()
+        {
+            return Err(format!(
+                "{directive:?} in {text:?} is neither a level (off, error, warn, info, debug, \
+                 trace) nor target=level"
+            ));
+        }
+    }
+    text.parse()
+        .map_err(|e| format!("{text:?} is not a filter like \"info,fleet_agent=debug\": {e}"))
+}
+
 fn check_telemetry(
     raw: RawTelemetry,
     files: &str,
@@ -652,6 +679,14 @@ fn check_telemetry(
         message,
         files: files.to_owned(),
     };
+    if cfg!(not(feature = "sled")) && raw.store == crate::telemetry::store::StoreKind::Sled {
+        return Err(invalid(
+            "store",
+            "\"sled\" needs an agent built with the `sled` feature; this one buffers in redb: \
+             set store = \"redb\" (the default)"
+                .into(),
+        ));
+    }
     if !(1..=1_000_000).contains(&raw.budget_mb) {
         return Err(invalid("budget_mb", format!("{} is outside 1..=1000000 MB", raw.budget_mb)));
     }
@@ -858,6 +893,28 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("`telemetry.compression`") && err.contains("deflate"), "{err}");
+    }
+
+    #[test]
+    fn the_log_filter_is_checked_when_the_configuration_is_read() {
+        assert!(Config::from_toml("device_id = \"d\"\n[log]\nlevel = \"info,fleet_agent=debug\"")
+            .is_ok());
+        let err =
+            Config::from_toml("device_id = \"d\"\n[log]\nlevel = \"inf\"").unwrap_err().to_string();
+        assert!(err.contains("`log.level`") && err.contains("\"inf\""), "{err}");
+        assert!(log_filter("warn,rumqttc=error").is_ok());
+        assert!(log_filter("fleet_agent=loud").is_err());
+    }
+
+    #[test]
+    fn the_sled_buffer_is_refused_by_name_unless_built_in() {
+        let c = Config::from_toml("device_id = \"d\"\n[telemetry]\nstore = \"sled\"");
+        if cfg!(feature = "sled") {
+            assert_eq!(c.unwrap().telemetry.store, crate::telemetry::store::StoreKind::Sled);
+        } else {
+            let err = c.unwrap_err().to_string();
+            assert!(err.contains("`telemetry.store`") && err.contains("store = \"redb\""), "{err}");
+        }
     }
 
     #[test]

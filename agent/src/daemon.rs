@@ -145,8 +145,8 @@ const MAX_LOG_LINES: u32 = 1000;
 /// agent. The default is the device's agent.
 #[derive(Default)]
 pub struct RunOptions {
-    /// The state database to use instead of sled under the data directory (a sled database
-    /// holds a flusher thread, a page cache and several files).
+    /// The state database to use instead of redb under the data directory (a database on
+    /// disk holds a file, a lock and a page cache).
     pub state: Option<AgentState>,
     /// The telemetry buffer to use instead of opening redb or sled under the data directory.
     pub telemetry_store: Option<Box<dyn telemetry::store::TelemetryStore>>,
@@ -1143,7 +1143,7 @@ pub fn digest(signed: &Signed) -> String {
     let mut h = Sha256::new();
     h.update(&signed.payload);
     h.update(&signed.signature);
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    fleet_proto::hex::encode(&h.finalize())
 }
 
 /// A stable machine-readable reason for a refused signed payload (the event's `reason`).

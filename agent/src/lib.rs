@@ -5,12 +5,12 @@
 //! * [`reconcile`] — carries plans out with health gates, retries and rollback;
 //! * [`runtime`] — the container engine behind a trait (Docker, and a simulation); image
 //!   download sizes for its disk check come from the registry through [`fleet_oci`];
-//! * [`state`] — durable state in sled (accepted desired state, proven release, journal);
+//! * [`state`] — durable state in redb (accepted desired state, proven release, journal);
 //! * [`lock`] — update locks: leases applications hold while they must not be interrupted;
 //! * [`accept`] — whether a desired state from the server may be applied (pure);
 //! * [`report`] — the device's state report;
 //! * [`hardware`] — inventory, device mapping by stable identity, admission control, hot-plug;
-//! * [`telemetry`] — host metrics buffered on disk (sled) and delivered at least once;
+//! * [`telemetry`] — host metrics buffered on disk (redb) and delivered at least once;
 //! * [`link`] — the MQTT link to the fleet server (mutual TLS, backoff, presence);
 //! * [`config`], [`daemon`], [`cli`], [`sd_notify`] — the process around it.
 //!

@@ -164,9 +164,8 @@ async fn stop_first_stops_the_old_container_before_the_new_one_starts() {
     agent.cleanup(&env).await;
 }
 
-/// The update journal as lines, read through `fleet-agent`'s own state (sled) by a helper
-/// binary would be nicer; the journal is also mirrored in status.json only in daemon mode,
-/// so read it with the library directly.
+/// The update journal as lines, read with the agent's own state library (the journal is in
+/// status.json only in daemon mode).
 fn journal_lines(data: &Path) -> Vec<String> {
     let state = fleet_agent::state::AgentState::open(&data.join("state")).unwrap();
     state
@@ -489,4 +488,78 @@ fn registry_blob_bytes(env: &TestEnv, repo: &str, digest: &str) -> u64 {
             head.headers()["content-length"].to_str().unwrap().parse::<u64>().unwrap()
         })
         .sum()
+}
+
+/// An agent from before redb kept its state in sled. The first start of this one moves it over
+/// with `fleet-agent-sled-export` (found beside `fleet-agent`): the release in force, the journal
+/// and the images it may prune survive, sled's files are set aside, and nothing else changes.
+#[test]
+fn a_state_kept_in_sled_by_an_earlier_agent_is_moved_to_redb_at_the_first_start() {
+    use fleet_agent::state::{Accepted, JournalEntry, Origin, Proven};
+    use fleet_proto::UnixMillis;
+
+    let env = TestEnv::load();
+    let agent = Agent::new("sled-era");
+    let v1 = release("1", &env.image("web:1").reference, &env.image("web:1").reference);
+    let state_dir = agent.dir.path().join("data/state");
+    {
+        // Exactly what the sled-era agent wrote: JSON records in the default tree, images and
+        // the journal (keys from sled's id generator, big-endian) in trees of their own.
+        let db = sled::open(&state_dir).unwrap();
+        let origin = Origin::Local { seq: 1 };
+        let put = |k: &str, v: serde_json::Value| db.insert(k, serde_json::to_vec(&v).unwrap());
+        put(
+            "desired",
+            serde_json::json!(Accepted {
+                origin,
+                release: Some(v1.clone()),
+                accepted_at: UnixMillis(1)
+            }),
+        )
+        .unwrap();
+        put(
+            "proven",
+            serde_json::json!(Proven {
+                origin,
+                release: Some(v1.clone()),
+                proven_at: UnixMillis(2)
+            }),
+        )
+        .unwrap();
+        put("local_seq", serde_json::json!(1)).unwrap();
+        db.open_tree("images")
+            .unwrap()
+            .insert(env.image("web:1").reference.as_bytes(), &[])
+            .unwrap();
+        let journal = db.open_tree("journal").unwrap();
+        for step in ["create web", "start web"] {
+            let entry = JournalEntry {
+                at: UnixMillis(1),
+                update: "local 1".into(),
+                step: step.into(),
+                phase: "done".into(),
+            };
+            journal
+                .insert(
+                    db.generate_id().unwrap().to_be_bytes(),
+                    serde_json::to_vec(&entry).unwrap(),
+                )
+                .unwrap();
+        }
+        db.flush().unwrap();
+    }
+
+    let status = agent.status();
+    assert_eq!(status["in_force"]["release"], "e2e@1", "{status}");
+    assert!(state_dir.join("state.redb").is_file());
+    assert!(!state_dir.join("db").exists() && state_dir.join("sled-migrated/db").is_file());
+    let state = fleet_agent::state::AgentState::open_migrating_with(&state_dir, None).unwrap();
+    assert_eq!(state.known_images().unwrap(), [env.image("web:1").reference.clone()]);
+    drop(state);
+    assert_eq!(
+        journal_lines(&agent.dir.path().join("data")),
+        ["create web done", "start web done"]
+    );
+    // What the exporter left is what the old agent wrote: a second look changes nothing.
+    assert_eq!(agent.status()["in_force"]["release"], "e2e@1");
 }

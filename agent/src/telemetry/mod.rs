@@ -1,6 +1,6 @@
 //! Telemetry: what the device measures, buffered on disk until the server has stored it.
 //!
-//! * [`store`] — the buffer ([`store::TelemetryStore`]: sled on devices, memory in simulations),
+//! * [`store`] — the buffer ([`store::TelemetryStore`]: redb on devices, memory in simulations),
 //!   its invariants, budget and durability window;
 //! * [`delivery`] — pure: which points go out next, pacing, acks, resends;
 //! * [`host`] — host metrics from `/proc` and `/sys`;
@@ -18,6 +18,8 @@ pub mod host;
 pub mod ingest;
 pub mod line_protocol;
 pub mod redb_store;
+#[cfg(feature = "sled")]
+pub mod sled_store;
 pub mod store;
 
 use std::path::PathBuf;

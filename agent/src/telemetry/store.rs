@@ -1,8 +1,9 @@
 //! The telemetry buffer: points waiting on the device until the server has stored them.
 //!
 //! Two implementations keep the same contract: redb ([`super::redb_store::RedbStore`], the
-//! default: its memory stays flat under a backlog) and sled ([`SledStore`], `store = "sled"`),
-//! both over one pure [`Ledger`] of what is held. [`open`] opens either.
+//! default: its memory stays flat under a backlog) and sled (`sled_store::SledStore`,
+//! `store = "sled"`, only with the `sled` feature), both over one pure [`Ledger`] of what is
+//! held. [`open`] opens either.
 //!
 //! # Invariants (every [`TelemetryStore`] keeps them; `tests` checks both against [`MemStore`])
 //!
@@ -42,7 +43,8 @@ pub const FLUSH_EVERY_MS: u64 = 500;
 pub const CHUNK_OVERHEAD: u64 = 64;
 /// sled's page cache for the buffer: reads are sequential and rare (a drain), so a small cache
 /// keeps the agent's memory flat however much is buffered.
-const CACHE_BYTES: u64 = 1 << 20;
+#[cfg(feature = "sled")]
+pub(super) const CACHE_BYTES: u64 = 1 << 20;
 
 /// What is in the buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -159,7 +161,9 @@ pub enum StoreKind {
     /// redb, one file: memory stays flat however much is buffered (BENCHMARKS.md).
     #[default]
     Redb,
-    /// sled, a directory: faster appends, but its page cache grows with the data.
+    /// sled, a directory: faster appends, but its page cache grows with the data. Only in an
+    /// agent built with the `sled` feature; the shipped agent refuses it when it opens the
+    /// buffer, naming the setting.
     Sled,
 }
 
@@ -184,9 +188,19 @@ pub fn open(
             let (s, o) = super::redb_store::RedbStore::open(path, budget)?;
             (Box::new(s), o)
         }
+        #[cfg(feature = "sled")]
         StoreKind::Sled => {
-            let (s, o) = SledStore::open(path, budget)?;
+            let (s, o) = super::sled_store::SledStore::open(path, budget)?;
             (Box::new(s), o)
+        }
+        #[cfg(not(feature = "sled"))]
+        StoreKind::Sled => {
+            return Err(StoreError::Db {
+                path: path.display().to_string(),
+                message: "[telemetry] store = \"sled\" needs an agent built with the `sled` \
+                          feature; this one buffers in redb: set store = \"redb\" (the default)"
+                    .into(),
+            })
         }
     })
 }
@@ -518,23 +532,7 @@ pub fn read_run(
     Ok(run)
 }
 
-/// The buffer on disk, in sled.
-pub struct SledStore {
-    path: PathBuf,
-    db: sled::Db,
-    ledger: Ledger,
-}
-
-impl std::fmt::Debug for SledStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SledStore")
-            .field("path", &self.path)
-            .field("stats", &self.ledger.stats())
-            .finish()
-    }
-}
-
-/// What [`SledStore::open`] had to do to the directory it was given.
+/// What opening a buffer had to do to the path it was given.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Opened {
     /// The buffer opened as it was.
@@ -604,166 +602,6 @@ pub(super) fn open_or_move_aside<S>(
     Ok((s, Opened::Replaced { moved_to, reason }))
 }
 
-const CHUNK: &[u8] = b"c";
-const NEXT_SEQ: &[u8] = b"mnext_seq";
-const ACKED: &[u8] = b"macked_through";
-const DROPPED: &[u8] = b"mdropped_total";
-
-fn chunk_key(first: u64) -> [u8; 9] {
-    let mut k = [b'c'; 9];
-    k[1..].copy_from_slice(&first.to_be_bytes());
-    k
-}
-
-impl SledStore {
-    /// Opens (or creates) the buffer in `dir`. A database that cannot be opened, or whose
-    /// chunks cannot be read, is moved aside (`<dir>.damaged-<unix seconds>`) and replaced by an
-    /// empty one: telemetry must never keep the agent from running its release.
-    pub fn open(dir: &Path, budget: u64) -> Result<(SledStore, Opened), StoreError> {
-        open_or_move_aside(dir, || Self::open_intact(dir, budget))
-    }
-
-    fn open_intact(dir: &Path, budget: u64) -> Result<SledStore, Failure> {
-        let damaged = |e: sled::Error| match e {
-            sled::Error::Io(io) => Failure::Io(io),
-            other => Failure::Damaged(StoreError::Db {
-                path: dir.display().to_string(),
-                message: other.to_string(),
-            }),
-        };
-        // sled can panic on some damaged files instead of returning an error.
-        let db = std::panic::catch_unwind(|| {
-            sled::Config::new()
-                .path(dir)
-                .cache_capacity(CACHE_BYTES)
-                .mode(sled::Mode::LowSpace)
-                .flush_every_ms(Some(FLUSH_EVERY_MS))
-                .open()
-        })
-        .map_err(|_| {
-            Failure::Damaged(StoreError::Db {
-                path: dir.display().to_string(),
-                message: "sled panicked while opening it".into(),
-            })
-        })?
-        .map_err(damaged)?;
-        let err = damaged;
-        let read_u64 = |k: &[u8]| -> Result<Option<u64>, Failure> {
-            Ok(db
-                .get(k)
-                .map_err(err)?
-                .and_then(|v| v.as_ref().try_into().ok())
-                .map(u64::from_be_bytes))
-        };
-        let acked_through = read_u64(ACKED)?;
-        let dropped_total = read_u64(DROPPED)?.unwrap_or(0);
-        let next_seq = read_u64(NEXT_SEQ)?.unwrap_or(0);
-        let damaged = |first_seq: u64, message: &str| {
-            Failure::Damaged(StoreError::Damaged {
-                path: dir.display().to_string(),
-                first_seq,
-                message: message.into(),
-            })
-        };
-        let mut chunks = vec![];
-        for entry in db.scan_prefix(CHUNK) {
-            let (k, v) = entry.map_err(err)?;
-            let first = u64::from_be_bytes(
-                k[1..].try_into().map_err(|_| damaged(0, "key is not 8 bytes"))?,
-            );
-            let count = v
-                .get(..4)
-                .map(|c| u32::from_be_bytes(c.try_into().expect("4 bytes")))
-                .ok_or_else(|| damaged(first, "value shorter than its count"))?;
-            chunks.push((first, v.len(), count));
-        }
-        let ledger = Ledger::restore(budget, next_seq, acked_through, dropped_total, chunks);
-        let s = SledStore { path: dir.to_path_buf(), db, ledger };
-        // Decode the newest chunk now: a torn write shows here, not in the middle of a drain.
-        if let Some(first) = s.ledger.newest() {
-            s.read_chunk(first).map_err(Failure::Damaged)?;
-        }
-        Ok(s)
-    }
-
-    fn damaged(&self, first_seq: u64, message: &str) -> StoreError {
-        StoreError::Damaged {
-            path: self.path.display().to_string(),
-            first_seq,
-            message: message.into(),
-        }
-    }
-
-    fn db_err(&self, e: impl std::fmt::Display) -> StoreError {
-        StoreError::Db { path: self.path.display().to_string(), message: e.to_string() }
-    }
-
-    fn read_chunk(&self, first: u64) -> Result<Vec<Point>, StoreError> {
-        let v = self
-            .db
-            .get(chunk_key(first))
-            .map_err(|e| self.db_err(e))?
-            .ok_or_else(|| self.damaged(first, "indexed chunk is missing"))?;
-        postcard::from_bytes(&v[4..]).map_err(|e| self.damaged(first, &e.to_string()))
-    }
-
-    /// The database directory's size on disk (for the budget's slack, tests and benchmarks).
-    pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
-    }
-}
-
-impl TelemetryStore for SledStore {
-    fn append(&mut self, points: &[Point]) -> Result<u64, StoreError> {
-        let value = encode_chunk(points);
-        let Some(plan) = self.ledger.plan_append(points.len(), value.len())? else {
-            return Ok(self.ledger.stats().next_seq);
-        };
-        // One atomic batch: the chunk, the drops and the counters together.
-        let mut batch = sled::Batch::default();
-        for k in &plan.drop {
-            batch.remove(&chunk_key(*k));
-        }
-        batch.insert(&chunk_key(plan.first), value);
-        batch.insert(NEXT_SEQ, &plan.next_seq.to_be_bytes());
-        if !plan.drop.is_empty() {
-            batch.insert(DROPPED, &plan.dropped_total.to_be_bytes());
-        }
-        self.db.apply_batch(batch).map_err(|e| self.db_err(e))?;
-        self.ledger.apply_append(&plan);
-        Ok(plan.first)
-    }
-
-    fn read(&self, from: u64, max_points: usize) -> Result<Run, StoreError> {
-        read_run(&self.ledger, from, max_points, |first| self.read_chunk(first))
-    }
-
-    fn ack_through(&mut self, seq: u64) -> Result<(), StoreError> {
-        let Some(plan) = self.ledger.plan_ack(seq) else { return Ok(()) };
-        let mut batch = sled::Batch::default();
-        for k in &plan.remove {
-            batch.remove(&chunk_key(*k));
-        }
-        batch.insert(ACKED, &plan.seq.to_be_bytes());
-        self.db.apply_batch(batch).map_err(|e| self.db_err(e))?;
-        self.ledger.apply_ack(&plan);
-        Ok(())
-    }
-
-    fn stats(&self) -> Stats {
-        self.ledger.stats()
-    }
-
-    fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush().map(|_| ()).map_err(|e| self.db_err(e))
-    }
-
-    fn flusher(&self) -> Option<Flusher> {
-        let db = self.db.clone();
-        Some(Flusher::new(move || db.flush().map(|_| ()).map_err(|e| e.to_string())))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -797,8 +635,12 @@ mod tests {
         ]
     }
 
+    #[cfg(feature = "sled")]
     const KINDS: [StoreKind; 2] = [StoreKind::Redb, StoreKind::Sled];
+    #[cfg(not(feature = "sled"))]
+    const KINDS: [StoreKind; 1] = [StoreKind::Redb];
 
+    #[cfg(feature = "sled")]
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
         /// sled and the in-memory model agree on every read and every statistic, across
@@ -870,7 +712,7 @@ mod tests {
     #[test]
     fn an_append_larger_than_the_budget_is_refused_and_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut s, _) = SledStore::open(dir.path(), 500).unwrap();
+        let (mut s, _) = open(StoreKind::default(), &dir.path().join("t"), 500).unwrap();
         s.append(&[point(0, 1)]).unwrap();
         let before = s.stats();
         let big: Vec<Point> = (0..100).map(|i| point(i, 10)).collect();
@@ -1003,6 +845,7 @@ mod tests {
     /// The crash case: a child process appends and flushes, printing each flushed sequence
     /// number, and is SIGKILLed mid-stream; every flushed point must be there after reopening,
     /// and what is there is a contiguous prefix of what was appended, unchanged.
+    #[cfg(feature = "sled")]
     #[test]
     fn flushed_points_survive_sigkill_sled() {
         flushed_points_survive_sigkill(StoreKind::Sled);
