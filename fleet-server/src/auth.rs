@@ -9,55 +9,14 @@
 //! rollouts, commands); an admin also enrolls and revokes devices, manages tokens and takes
 //! backups.
 
-use std::fmt;
-use std::str::FromStr;
-
 use fleet_proto::UnixMillis;
 use serde::{Deserialize, Serialize};
 
 /// The name of the bootstrap token from `<data>/admin-token`.
 pub const BOOTSTRAP_NAME: &str = "admin";
 
-/// What a token may do. Ordered: each role includes the ones before it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    /// Reads everything.
-    Viewer,
-    /// Also changes the fleet: releases, groups, labels, pins, rollouts, commands.
-    Operator,
-    /// Also enrolls and revokes devices, manages tokens, takes backups.
-    Admin,
-}
-
-impl Role {
-    /// The role's name as the CLI and API spell it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Viewer => "viewer",
-            Role::Operator => "operator",
-            Role::Admin => "admin",
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Role {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Role, String> {
-        match s {
-            "viewer" => Ok(Role::Viewer),
-            "operator" => Ok(Role::Operator),
-            "admin" => Ok(Role::Admin),
-            other => Err(format!("role {other:?}: expected viewer, operator or admin")),
-        }
-    }
-}
+// Roles are part of the API contract; the records keep the API's enum.
+pub use fleet_api::Role;
 
 /// A token as the server keeps it: never the secret itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

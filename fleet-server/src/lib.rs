@@ -43,7 +43,7 @@ pub mod rollouts;
 pub mod secrets;
 pub mod store;
 pub mod telemetry;
-pub mod units;
+pub use fleet_api::units;
 pub mod variables;
 
 /// How to run the server.

@@ -15,8 +15,7 @@
 //! where the bundle is written and sends the public key with a proof of possession (a signature
 //! over the device id), which [`EnrollKey::verify`] checks before anything is issued.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use fleet_proto::{DeviceId, ServerKey, UnixMillis};
@@ -31,13 +30,7 @@ use time::{Duration, OffsetDateTime};
 /// shipped broker ACL gives this identity every device's topics.
 pub const SERVER_IDENTITY: &str = "fleet-server";
 
-/// Context of the enrollment proof of possession (domain separation from anything else the
-/// device key might sign).
-pub const ENROLL_PROOF_CONTEXT: &[u8] = b"fleet/v1 enroll\0";
-
-/// How long a device certificate is valid by default: devices stay in the field for years and
-/// cannot always be reached to renew; revocation handles a lost device.
-pub const DEFAULT_DEVICE_VALIDITY_DAYS: u32 = 5 * 365;
+pub use fleet_api::enroll::{proof_message, DEFAULT_DEVICE_VALIDITY_DAYS, ENROLL_PROOF_CONTEXT};
 
 /// Why a PKI operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -123,20 +116,6 @@ impl PublicKeyData for EnrollKey {
     fn algorithm(&self) -> &'static SignatureAlgorithm {
         &rcgen::PKCS_ECDSA_P256_SHA256
     }
-}
-
-/// The bytes a device key signs to prove possession at enrollment.
-pub fn proof_message(device: &DeviceId) -> Vec<u8> {
-    [ENROLL_PROOF_CONTEXT, device.as_str().as_bytes()].concat()
-}
-
-/// A new device key and its proof for `device` (what `fleetctl device enroll` sends): returns
-/// (the key pair, public key hex, proof hex).
-pub fn new_device_key(device: &DeviceId) -> Result<(KeyPair, String, String), PkiError> {
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-    let proof = rcgen::SigningKey::sign(&key, &proof_message(device))?;
-    let public = hex(key.public_key_raw());
-    Ok((key, public, hex(&proof)))
 }
 
 /// A certificate the CA issued.
@@ -395,18 +374,10 @@ pub fn random<const N: usize>() -> Result<[u8; N], PkiError> {
     Ok(bytes)
 }
 
-/// Writes `bytes` to `path` atomically with `mode`.
+/// Writes a key or certificate file atomically with `mode` ([`fleet_api::enroll::write_file`]).
 pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io(&tmp))?;
-    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+    fleet_api::enroll::write_file(path, bytes, mode)
+        .map_err(|e| PkiError::Io { path: e.path.display().to_string(), source: e.source })
 }
 
 fn read(path: &Path) -> Result<String, PkiError> {
@@ -501,7 +472,7 @@ mod tests {
             Pki::open_or_create(dir.path(), &dir.path().join("secrets.key")).expect("reload")
         };
         let id = device("robot-7");
-        let (_key, public, proof) = new_device_key(&id).expect("key");
+        let (_key, public, proof) = fleet_api::enroll::new_device_key(&id).expect("key");
         let key = EnrollKey::verify(&id, &public, &proof).expect("proof");
         let issued = pki.issue_device(&id, &key, 30).expect("issue");
         verify_client(&pki, &issued.cert_pem, vec![]).expect("a fresh device certificate verifies");
@@ -528,13 +499,13 @@ mod tests {
     #[test]
     fn enrollment_proofs_bind_the_key_to_the_device_id() {
         let id = device("robot-7");
-        let (_key, public, proof) = new_device_key(&id).expect("key");
+        let (_key, public, proof) = fleet_api::enroll::new_device_key(&id).expect("key");
         assert!(EnrollKey::verify(&id, &public, &proof).is_ok());
         assert_eq!(
             EnrollKey::verify(&device("robot-8"), &public, &proof).unwrap_err(),
             EnrollKeyError::BadProof
         );
-        let (_other, other_public, _) = new_device_key(&id).expect("key");
+        let (_other, other_public, _) = fleet_api::enroll::new_device_key(&id).expect("key");
         assert_eq!(
             EnrollKey::verify(&id, &other_public, &proof).unwrap_err(),
             EnrollKeyError::BadProof

@@ -32,8 +32,7 @@ use crate::groups::Group;
 use crate::pki;
 use crate::variables::{Scope, Scoped, ScopedIndex};
 
-/// Largest secret value, in bytes (a certificate chain fits; a model does not).
-pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+pub use fleet_api::secrets::MAX_VALUE_BYTES;
 
 /// Bytes of `secrets.key`.
 pub const KEY_BYTES: usize = 32;
@@ -306,40 +305,8 @@ impl Scoped for SecretRecord {
     }
 }
 
-/// Which kind of scope a secret is set in, as the API names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ScopeKind {
-    /// The whole fleet.
-    Fleet,
-    /// A group's devices.
-    Group,
-    /// One device.
-    Device,
-}
-
-/// A secret as the API shows it: everything but the value.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SecretView {
-    /// Its name.
-    pub name: String,
-    /// `fleet`, `group` or `device`.
-    pub scope: ScopeKind,
-    /// The group, for a group secret.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub group: Option<String>,
-    /// The device, for a device secret.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub device: Option<String>,
-    /// The keyed digest of the value: changes when the value does.
-    pub digest: String,
-    /// The value's length.
-    pub bytes: usize,
-    /// When it was set.
-    pub set_at: UnixMillis,
-    /// Which token set it.
-    pub set_by: String,
-}
+// How the API shows a secret (never its value); made from the record below.
+pub use fleet_api::secrets::{ScopeKind, SecretView};
 
 impl From<&SecretRecord> for SecretView {
     fn from(r: &SecretRecord) -> SecretView {

@@ -12,14 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::StoreError;
 
-/// One field's problem.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FieldProblem {
-    /// Where, e.g. `services.web.ports[0]`.
-    pub path: String,
-    /// What is wrong.
-    pub reason: String,
-}
+pub use fleet_api::FieldProblem;
 
 /// A refused or failed request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
