@@ -9,55 +9,14 @@
 //! rollouts, commands); an admin also enrolls and revokes devices, manages tokens and takes
 //! backups.
 
-use std::fmt;
-use std::str::FromStr;
-
 use fleet_proto::UnixMillis;
 use serde::{Deserialize, Serialize};
 
 /// The name of the bootstrap token from `<data>/admin-token`.
 pub const BOOTSTRAP_NAME: &str = "admin";
 
-/// What a token may do. Ordered: each role includes the ones before it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    /// Reads everything.
-    Viewer,
-    /// Also changes the fleet: releases, groups, labels, pins, rollouts, commands.
-    Operator,
-    /// Also enrolls and revokes devices, manages tokens, takes backups.
-    Admin,
-}
-
-impl Role {
-    /// The role's name as the CLI and API spell it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Viewer => "viewer",
-            Role::Operator => "operator",
-            Role::Admin => "admin",
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Role {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Role, String> {
-        match s {
-            "viewer" => Ok(Role::Viewer),
-            "operator" => Ok(Role::Operator),
-            "admin" => Ok(Role::Admin),
-            other => Err(format!("role {other:?}: expected viewer, operator or admin")),
-        }
-    }
-}
+// Roles are part of the API contract; the records keep the API's enum.
+pub use fleet_api::Role;
 
 /// A token as the server keeps it: never the secret itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -162,7 +121,7 @@ pub fn issue(
     expires_at: Option<UnixMillis>,
     secret: &[u8; 32],
 ) -> (TokenRecord, String) {
-    let secret = hex(secret);
+    let secret = fleet_proto::hex::encode(secret);
     let record = TokenRecord {
         name: name.to_owned(),
         role,
@@ -190,11 +149,7 @@ pub fn bootstrap(secret: &str) -> TokenRecord {
 
 /// SHA-256 of `s`, lowercase hex.
 pub fn sha256_hex(s: &str) -> String {
-    hex(ring::digest::digest(&ring::digest::SHA256, s.as_bytes()).as_ref())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    fleet_proto::hex::encode(ring::digest::digest(&ring::digest::SHA256, s.as_bytes()).as_ref())
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -80,9 +80,10 @@ impl Backup {
                 .map(|(k, v)| {
                     // Every value is JSON (counters in Meta too); anything else would be a
                     // corrupt record, kept as hex so the backup still holds it.
-                    let value = serde_json::from_slice(&v)
-                        .unwrap_or_else(|_| serde_json::Value::String(pki::hex(&v)));
-                    (pki::hex(&k), value)
+                    let value = serde_json::from_slice(&v).unwrap_or_else(|_| {
+                        serde_json::Value::String(fleet_proto::hex::encode(&v))
+                    });
+                    (fleet_proto::hex::encode(&k), value)
                 })
                 .collect::<Vec<_>>();
             if !records.is_empty() {
@@ -105,7 +106,7 @@ impl Backup {
         let path = data_dir.join(SECRETS_KEY);
         match std::fs::read(&path) {
             Ok(bytes) => {
-                files.insert(SECRETS_KEY.to_owned(), pki::hex(&bytes));
+                files.insert(SECRETS_KEY.to_owned(), fleet_proto::hex::encode(&bytes));
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(source) => {
@@ -152,7 +153,7 @@ impl Backup {
         let mut records = Vec::new();
         for (c, entries) in &self.collections {
             for (k, v) in entries {
-                let key = pki::hex_decode(k).ok_or_else(|| {
+                let key = fleet_proto::hex::decode(k).ok_or_else(|| {
                     BackupError::Refused(format!("record key {k:?} in {c:?} is not hex"))
                 })?;
                 let value = serde_json::to_vec(v).map_err(|e| {
@@ -163,7 +164,7 @@ impl Backup {
         }
         for (name, text) in &self.files {
             if name == SECRETS_KEY {
-                let key = pki::hex_decode(text.trim())
+                let key = fleet_proto::hex::decode(text.trim())
                     .filter(|k| k.len() == crate::secrets::KEY_BYTES)
                     .ok_or_else(|| {
                         BackupError::Refused(format!(
@@ -266,7 +267,7 @@ mod tests {
             .unwrap();
         let text = serde_json::to_string(&Backup::take(&store, from.path()).unwrap()).unwrap();
         assert!(!text.contains(value), "the value is not in the backup in the clear");
-        assert!(!text.contains(&pki::hex(value.as_bytes())));
+        assert!(!text.contains(&fleet_proto::hex::encode(value.as_bytes())));
         let backup: Backup = serde_json::from_str(&text).unwrap();
         let to = tempfile::tempdir().unwrap();
         backup.restore(to.path(), false).unwrap();

@@ -43,7 +43,7 @@ pub mod rollouts;
 pub mod secrets;
 pub mod store;
 pub mod telemetry;
-pub mod units;
+pub use fleet_api::units;
 pub mod variables;
 
 /// How to run the server.
@@ -243,7 +243,7 @@ pub fn open_keys(data_dir: &std::path::Path) -> Result<Keys, ServeError> {
     }
     let token_path = data_dir.join("admin-token");
     if !token_path.exists() {
-        let token = pki::hex(&pki::random::<24>().map_err(err)?);
+        let token = fleet_proto::hex::encode(&pki::random::<24>().map_err(err)?);
         pki::write_file(&token_path, format!("{token}\n").as_bytes(), 0o600).map_err(err)?;
         eprintln!(
             "fleet-server: created the admin token in {} (mode 0600); fleetctl reads it from there when run in this directory, or pass it with FLEET_TOKEN=$(cat {})",

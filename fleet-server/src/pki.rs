@@ -15,8 +15,7 @@
 //! where the bundle is written and sends the public key with a proof of possession (a signature
 //! over the device id), which [`EnrollKey::verify`] checks before anything is issued.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use fleet_proto::{DeviceId, ServerKey, UnixMillis};
@@ -31,13 +30,7 @@ use time::{Duration, OffsetDateTime};
 /// shipped broker ACL gives this identity every device's topics.
 pub const SERVER_IDENTITY: &str = "fleet-server";
 
-/// Context of the enrollment proof of possession (domain separation from anything else the
-/// device key might sign).
-pub const ENROLL_PROOF_CONTEXT: &[u8] = b"fleet/v1 enroll\0";
-
-/// How long a device certificate is valid by default: devices stay in the field for years and
-/// cannot always be reached to renew; revocation handles a lost device.
-pub const DEFAULT_DEVICE_VALIDITY_DAYS: u32 = 5 * 365;
+pub use fleet_api::enroll::{proof_message, DEFAULT_DEVICE_VALIDITY_DAYS, ENROLL_PROOF_CONTEXT};
 
 /// Why a PKI operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -103,11 +96,11 @@ impl EnrollKey {
         public_hex: &str,
         proof_hex: &str,
     ) -> Result<EnrollKey, EnrollKeyError> {
-        let point = hex_decode(public_hex).ok_or(EnrollKeyError::BadKey)?;
+        let point = fleet_proto::hex::decode(public_hex).ok_or(EnrollKeyError::BadKey)?;
         if point.len() != 65 || point[0] != 4 {
             return Err(EnrollKeyError::BadKey);
         }
-        let proof = hex_decode(proof_hex).ok_or(EnrollKeyError::BadProof)?;
+        let proof = fleet_proto::hex::decode(proof_hex).ok_or(EnrollKeyError::BadProof)?;
         // ring checks that the point is on the curve while verifying.
         ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_ASN1, &point)
             .verify(&proof_message(device), &proof)
@@ -123,20 +116,6 @@ impl PublicKeyData for EnrollKey {
     fn algorithm(&self) -> &'static SignatureAlgorithm {
         &rcgen::PKCS_ECDSA_P256_SHA256
     }
-}
-
-/// The bytes a device key signs to prove possession at enrollment.
-pub fn proof_message(device: &DeviceId) -> Vec<u8> {
-    [ENROLL_PROOF_CONTEXT, device.as_str().as_bytes()].concat()
-}
-
-/// A new device key and its proof for `device` (what `fleetctl device enroll` sends): returns
-/// (the key pair, public key hex, proof hex).
-pub fn new_device_key(device: &DeviceId) -> Result<(KeyPair, String, String), PkiError> {
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-    let proof = rcgen::SigningKey::sign(&key, &proof_message(device))?;
-    let public = hex(key.public_key_raw());
-    Ok((key, public, hex(&proof)))
 }
 
 /// A certificate the CA issued.
@@ -198,7 +177,7 @@ impl Pki {
             return Err(corrupt(&name_path, "CA name"));
         }
         let seed_path = dir.join("signing.key");
-        let seed: [u8; 32] = hex_decode(read_secret(&seed_path)?.trim())
+        let seed: [u8; 32] = fleet_proto::hex::decode(read_secret(&seed_path)?.trim())
             .and_then(|b| b.try_into().ok())
             .ok_or_else(|| corrupt(&seed_path, "hex ed25519 seed"))?;
         let signing = ServerKey::from_seed(&seed);
@@ -289,7 +268,11 @@ impl Pki {
         params: CertificateParams,
         key: &impl PublicKeyData,
     ) -> Result<Issued, PkiError> {
-        let serial = params.serial_number.as_ref().map(|s| hex(&s.to_bytes())).unwrap_or_default();
+        let serial = params
+            .serial_number
+            .as_ref()
+            .map(|s| fleet_proto::hex::encode(&s.to_bytes()))
+            .unwrap_or_default();
         let not_after = UnixMillis((params.not_after.unix_timestamp().max(0) as u64) * 1000);
         let cert = params.signed_by(key, &self.issuer())?;
         Ok(Issued { cert_pem: cert.pem(), serial, not_after })
@@ -309,7 +292,9 @@ impl Pki {
                 .iter()
                 .filter_map(|r| {
                     Some(RevokedCertParams {
-                        serial_number: SerialNumber::from_slice(&hex_decode(&r.serial)?),
+                        serial_number: SerialNumber::from_slice(&fleet_proto::hex::decode(
+                            &r.serial,
+                        )?),
                         revocation_time: OffsetDateTime::from_unix_timestamp(
                             (r.at.0 / 1000) as i64,
                         )
@@ -377,10 +362,14 @@ fn leaf_params(common_name: &str, valid_days: u32) -> Result<CertificateParams, 
 fn create(dir: &Path) -> Result<(), PkiError> {
     let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     // A unique name per fleet, so two fleets' CAs are never confused in a trust store.
-    let name = format!("Fleet CA {}", hex(&random::<4>()?));
+    let name = format!("Fleet CA {}", fleet_proto::hex::encode(&random::<4>()?));
     let ca = ca_params(&name, OffsetDateTime::now_utc()).self_signed(&ca_key)?;
     write_file(&dir.join("ca.key"), ca_key.serialize_pem().as_bytes(), 0o600)?;
-    write_file(&dir.join("signing.key"), format!("{}\n", hex(&random::<32>()?)).as_bytes(), 0o600)?;
+    write_file(
+        &dir.join("signing.key"),
+        format!("{}\n", fleet_proto::hex::encode(&random::<32>()?)).as_bytes(),
+        0o600,
+    )?;
     write_file(&dir.join("ca-name"), format!("{name}\n").as_bytes(), 0o644)?;
     // Last: its presence marks a complete PKI (open_or_create checks ca.key first, so write
     // ca.pem before ca.key would be nicer, but a missing ca.pem is reported as such).
@@ -395,18 +384,10 @@ pub fn random<const N: usize>() -> Result<[u8; N], PkiError> {
     Ok(bytes)
 }
 
-/// Writes `bytes` to `path` atomically with `mode`.
+/// Writes a key or certificate file atomically with `mode` ([`fleet_api::enroll::write_file`]).
 pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io(&tmp))?;
-    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+    fleet_api::enroll::write_file(path, bytes, mode)
+        .map_err(|e| PkiError::Io { path: e.path.display().to_string(), source: e.source })
 }
 
 fn read(path: &Path) -> Result<String, PkiError> {
@@ -428,19 +409,6 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> PkiError + '_ {
 
 fn corrupt(path: &Path, what: &'static str) -> PkiError {
     PkiError::Corrupt { path: path.display().to_string(), what }
-}
-
-/// Lower-case hex.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Parses hex; `None` if it is not an even number of hex digits.
-pub fn hex_decode(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) || !s.is_ascii() {
-        return None;
-    }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok()).collect()
 }
 
 #[cfg(test)]
@@ -501,7 +469,7 @@ mod tests {
             Pki::open_or_create(dir.path(), &dir.path().join("secrets.key")).expect("reload")
         };
         let id = device("robot-7");
-        let (_key, public, proof) = new_device_key(&id).expect("key");
+        let (_key, public, proof) = fleet_api::enroll::new_device_key(&id).expect("key");
         let key = EnrollKey::verify(&id, &public, &proof).expect("proof");
         let issued = pki.issue_device(&id, &key, 30).expect("issue");
         verify_client(&pki, &issued.cert_pem, vec![]).expect("a fresh device certificate verifies");
@@ -528,13 +496,13 @@ mod tests {
     #[test]
     fn enrollment_proofs_bind_the_key_to_the_device_id() {
         let id = device("robot-7");
-        let (_key, public, proof) = new_device_key(&id).expect("key");
+        let (_key, public, proof) = fleet_api::enroll::new_device_key(&id).expect("key");
         assert!(EnrollKey::verify(&id, &public, &proof).is_ok());
         assert_eq!(
             EnrollKey::verify(&device("robot-8"), &public, &proof).unwrap_err(),
             EnrollKeyError::BadProof
         );
-        let (_other, other_public, _) = new_device_key(&id).expect("key");
+        let (_other, other_public, _) = fleet_api::enroll::new_device_key(&id).expect("key");
         assert_eq!(
             EnrollKey::verify(&id, &other_public, &proof).unwrap_err(),
             EnrollKeyError::BadProof
@@ -555,12 +523,5 @@ mod tests {
         let err =
             Pki::open_or_create(dir.path(), &dir.path().join("secrets.key")).expect_err("refused");
         assert!(err.to_string().contains("chmod 600"), "{err}");
-    }
-
-    #[test]
-    fn hex_round_trips_and_refuses_odd_input() {
-        assert_eq!(hex_decode(&hex(&[0, 1, 0xab, 0xff])), Some(vec![0, 1, 0xab, 0xff]));
-        assert_eq!(hex_decode("abc"), None);
-        assert_eq!(hex_decode("zz"), None);
     }
 }

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::devices::DeviceRecord;
 use crate::releases::ReleaseRecord;
+use crate::units::bytes;
 
 /// What pre-flight found for one device.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -111,22 +112,6 @@ pub fn check(
     out
 }
 
-/// Bytes for people: `1.5 GB`, `300 MB`, `12 KB`.
-pub fn bytes(n: u64) -> String {
-    const UNITS: [(&str, u64); 3] = [("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)];
-    for (unit, size) in UNITS {
-        if n >= size {
-            let tenths = n * 10 / size;
-            return if tenths.is_multiple_of(10) || tenths >= 100 {
-                format!("{} {unit}", n / size)
-            } else {
-                format!("{}.{} {unit}", tenths / 10, tenths % 10)
-            };
-        }
-    }
-    format!("{n} B")
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -223,13 +208,5 @@ mod tests {
         let check = check(&device(), None, &release(&["amd64"], 1), UnixMillis(0));
         assert!(check.satisfiable());
         assert!(check.unchecked[0].contains("has not reported its inventory"));
-    }
-
-    #[test]
-    fn byte_counts_read_like_a_person_wrote_them() {
-        assert_eq!(bytes(512), "512 B");
-        assert_eq!(bytes(1536), "1.5 KB");
-        assert_eq!(bytes(300 << 20), "300 MB");
-        assert_eq!(bytes(3 << 30), "3 GB");
     }
 }

@@ -896,14 +896,10 @@ pub enum PauseReason {
     },
 }
 
+// Said once, in the API's words: audit lines read like `rollout status`.
 impl fmt::Display for PauseReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            PauseReason::Threshold { failed, allowed } => {
-                write!(f, "{failed} devices failed; the failure threshold allows {allowed}")
-            }
-            PauseReason::Manual { reason } => write!(f, "paused by an operator: {reason}"),
-        }
+        fmt::Display::fmt(&fleet_api::PauseReason::from(self.clone()), f)
     }
 }
 
@@ -923,12 +919,7 @@ pub enum RollbackReason {
 
 impl fmt::Display for RollbackReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RollbackReason::Threshold { failed, allowed } => {
-                write!(f, "{failed} devices failed; the failure threshold allows {allowed}")
-            }
-            RollbackReason::Manual => f.write_str("requested by an operator"),
-        }
+        fmt::Display::fmt(&fleet_api::RollbackReason::from(self.clone()), f)
     }
 }
 
@@ -966,13 +957,7 @@ pub enum RunState {
 impl RunState {
     /// A one-word name, as `rollout status` shows it.
     pub fn name(&self) -> &'static str {
-        match self {
-            RunState::Running => "running",
-            RunState::Paused { .. } => "paused",
-            RunState::Completed { .. } => "completed",
-            RunState::Aborted { .. } => "aborted",
-            RunState::RolledBack { .. } => "rolled back",
-        }
+        fleet_api::RunState::from(self.clone()).name()
     }
 
     /// Running or paused: the rollout still holds its devices (one active rollout per device).

@@ -98,56 +98,10 @@ impl std::fmt::Display for Target {
     }
 }
 
-/// A rollout request as the API takes it: text fields as an operator types them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RolloutRequest {
-    /// The release (`app@version`).
-    pub release: String,
-    /// See [`Target::parse`].
-    pub target: String,
-    /// Cumulative waves (default `1,10%,50%,100%`).
-    #[serde(default)]
-    pub waves: Option<String>,
-    /// Bake time after each wave (default `10m`).
-    #[serde(default)]
-    pub bake: Option<String>,
-    /// Most devices updating at once (default: no limit).
-    #[serde(default)]
-    pub max_parallel: Option<u32>,
-    /// Failures tolerated, `3` or `5%` (default `0`: the first failure stops it).
-    #[serde(default)]
-    pub failure_threshold: Option<String>,
-    /// `pause` (default) or `rollback`.
-    #[serde(default)]
-    pub on_failure: Option<String>,
-    /// Maintenance window, e.g. `Mon-Fri 22:00-05:00 Europe/Berlin` (default: always).
-    #[serde(default)]
-    pub window: Option<String>,
-    /// An offline or deferred device fails after this long (default `6h`).
-    #[serde(default)]
-    pub device_timeout: Option<String>,
-    /// An online device fails if not healthy this long after targeting (default `30m`).
-    #[serde(default)]
-    pub update_deadline: Option<String>,
-    /// Spread of targeting inside a wave (default `0s`).
-    #[serde(default)]
-    pub stagger: Option<String>,
-    /// Leave out devices that cannot satisfy the release instead of refusing the rollout.
-    #[serde(default)]
-    pub exclude_unsatisfiable: bool,
-    /// Seed of the wave plan (default: random; give one to get the plan `rollout plan` showed).
-    #[serde(default)]
-    pub seed: Option<u64>,
-}
-
-/// The defaults a request's empty fields take.
-pub const DEFAULT_WAVES: &str = "1,10%,50%,100%";
-/// Default bake time.
-pub const DEFAULT_BAKE: &str = "10m";
-/// Default device timeout.
-pub const DEFAULT_DEVICE_TIMEOUT: &str = "6h";
-/// Default update deadline.
-pub const DEFAULT_UPDATE_DEADLINE: &str = "30m";
+// The request and its defaults are the API's: fleetctl shows the same defaults in `--help`.
+pub use fleet_api::rollouts::{
+    RolloutRequest, DEFAULT_BAKE, DEFAULT_DEVICE_TIMEOUT, DEFAULT_UPDATE_DEADLINE, DEFAULT_WAVES,
+};
 
 /// Why a rollout cannot be planned or created; each names what to fix.
 #[derive(Debug, thiserror::Error)]

@@ -32,8 +32,7 @@ use crate::groups::Group;
 use crate::pki;
 use crate::variables::{Scope, Scoped, ScopedIndex};
 
-/// Largest secret value, in bytes (a certificate chain fits; a model does not).
-pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+pub use fleet_api::secrets::MAX_VALUE_BYTES;
 
 /// Bytes of `secrets.key`.
 pub const KEY_BYTES: usize = 32;
@@ -186,7 +185,7 @@ impl Vault {
     /// The value's digest: stable for the same value, different for a different one, and
     /// meaningless without `secrets.key`.
     pub fn digest(&self, value: &[u8]) -> String {
-        pki::hex(&hmac::sign(&self.digest, value).as_ref()[..16])
+        fleet_proto::hex::encode(&hmac::sign(&self.digest, value).as_ref()[..16])
     }
 
     /// Encrypts `value` as secret `name` in `scope`.
@@ -210,8 +209,8 @@ impl Vault {
         Ok(SecretRecord {
             name: name.to_owned(),
             scope: scope.clone(),
-            nonce: pki::hex(&nonce),
-            ciphertext: pki::hex(&buf),
+            nonce: fleet_proto::hex::encode(&nonce),
+            ciphertext: fleet_proto::hex::encode(&buf),
             digest: self.digest(value.bytes()),
             bytes: value.bytes().len(),
             set_at,
@@ -225,10 +224,10 @@ impl Vault {
             name: record.name.clone(),
             scope: record.scope.to_string(),
         };
-        let nonce: [u8; NONCE_LEN] = pki::hex_decode(&record.nonce)
+        let nonce: [u8; NONCE_LEN] = fleet_proto::hex::decode(&record.nonce)
             .and_then(|n| n.try_into().ok())
             .ok_or_else(unreadable)?;
-        let mut buf = pki::hex_decode(&record.ciphertext).ok_or_else(unreadable)?;
+        let mut buf = fleet_proto::hex::decode(&record.ciphertext).ok_or_else(unreadable)?;
         let plain = self
             .aead
             .open_in_place(
@@ -306,40 +305,8 @@ impl Scoped for SecretRecord {
     }
 }
 
-/// Which kind of scope a secret is set in, as the API names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ScopeKind {
-    /// The whole fleet.
-    Fleet,
-    /// A group's devices.
-    Group,
-    /// One device.
-    Device,
-}
-
-/// A secret as the API shows it: everything but the value.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SecretView {
-    /// Its name.
-    pub name: String,
-    /// `fleet`, `group` or `device`.
-    pub scope: ScopeKind,
-    /// The group, for a group secret.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub group: Option<String>,
-    /// The device, for a device secret.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub device: Option<String>,
-    /// The keyed digest of the value: changes when the value does.
-    pub digest: String,
-    /// The value's length.
-    pub bytes: usize,
-    /// When it was set.
-    pub set_at: UnixMillis,
-    /// Which token set it.
-    pub set_by: String,
-}
+// How the API shows a secret (never its value); made from the record below.
+pub use fleet_api::secrets::{ScopeKind, SecretView};
 
 impl From<&SecretRecord> for SecretView {
     fn from(r: &SecretRecord) -> SecretView {
@@ -470,7 +437,7 @@ mod tests {
         let r = record(&v, "db_password", &value, scope(Some("depot"), None));
         assert_eq!(v.decrypt(&r).unwrap().bytes(), value);
         assert_eq!(r.bytes, value.len());
-        assert!(!r.ciphertext.contains(&pki::hex(&value)));
+        assert!(!r.ciphertext.contains(&fleet_proto::hex::encode(&value)));
         let moved = SecretRecord { scope: scope(None, None), ..r.clone() };
         assert!(v.decrypt(&moved).is_err(), "a record copied to another scope does not open");
         let renamed = SecretRecord { name: "other".into(), ..r.clone() };
@@ -493,7 +460,7 @@ mod tests {
         assert_ne!(v.digest(b"a"), Vault::from_key(&[8; KEY_BYTES]).digest(b"a"));
         // Not a plain hash of the value.
         let plain = ring::digest::digest(&ring::digest::SHA256, b"a");
-        assert!(!pki::hex(plain.as_ref()).starts_with(&v.digest(b"a")));
+        assert!(!fleet_proto::hex::encode(plain.as_ref()).starts_with(&v.digest(b"a")));
         // Frozen: a changed derivation would restart every consuming service in the fleet.
         assert_eq!(v.digest(b"hunter2"), Vault::from_key(&[7; KEY_BYTES]).digest(b"hunter2"));
     }
@@ -572,7 +539,7 @@ mod tests {
         ];
         for t in texts {
             assert!(!t.contains(secret), "{t}");
-            assert!(!t.contains(&pki::hex(secret.as_bytes())), "{t}");
+            assert!(!t.contains(&fleet_proto::hex::encode(secret.as_bytes())), "{t}");
         }
     }
 
@@ -608,7 +575,7 @@ mod tests {
         drop(store);
         let files = files_under(dir.path());
         assert!(files.len() > 1, "the store wrote its files");
-        let hex = pki::hex(&value);
+        let hex = fleet_proto::hex::encode(&value);
         for (path, bytes) in files {
             let found = bytes.windows(value.len()).any(|w| w == value.as_slice())
                 || bytes.windows(hex.len()).any(|w| w == hex.as_bytes());

@@ -101,17 +101,10 @@ impl Scope {
     }
 }
 
+// Said once, in the API's words (`fleetctl var ls` shows scopes the same way).
 impl fmt::Display for Scope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (&self.group, &self.device) {
-            (_, Some(d)) => write!(f, "device {d}")?,
-            (Some(g), None) => write!(f, "group {g}")?,
-            (None, None) => f.write_str("fleet")?,
-        }
-        if let Some(s) = &self.service {
-            write!(f, ", service {s}")?;
-        }
-        Ok(())
+        fmt::Display::fmt(&fleet_api::VariableScope::from(self.clone()), f)
     }
 }
 

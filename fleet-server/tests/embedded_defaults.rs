@@ -79,7 +79,7 @@ async fn post(
 
 fn enroll_request(id: &str) -> serde_json::Value {
     let device = fleet_proto::DeviceId::new(id).unwrap();
-    let (_key, public_key, proof) = fleet_server::pki::new_device_key(&device).unwrap();
+    let (_key, public_key, proof) = fleet_api::enroll::new_device_key(&device).unwrap();
     serde_json::json!({ "public_key": public_key, "proof": proof, "labels": { "site": "depot" } })
 }
 

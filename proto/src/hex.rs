@@ -61,6 +61,13 @@ mod tests {
         assert_eq!(decode_array::<2>("010203"), None);
     }
 
+    #[test]
+    fn hex_round_trips_and_refuses_odd_input() {
+        assert_eq!(decode(&encode(&[0, 1, 0xab, 0xff])), Some(vec![0, 1, 0xab, 0xff]));
+        assert_eq!(decode("abc"), None);
+        assert_eq!(decode("zz"), None);
+    }
+
     proptest! {
         #[test]
         fn round_trips(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {

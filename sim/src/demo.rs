@@ -10,12 +10,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use fleet_agent::runtime::sim::ImageBehavior;
+use fleet_api::{Device, RolloutView, RunState, WavePhase};
 use fleet_proto::report::UpdateResult;
 use fleet_proto::ImageRef;
 use fleet_proto::{ReleaseId, ReleaseSpec, ServiceName, ServiceSpec};
-use fleet_server::api::RolloutView;
-use fleet_server::devices::DeviceRecord;
-use fleet_server::rollout::{RunState, WavePhase};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use serde_json::json;
@@ -79,9 +77,9 @@ fn site(i: usize, n: usize) -> &'static str {
 }
 
 /// Every device record, by id.
-pub async fn devices(fleet: &SimFleet) -> Result<BTreeMap<String, DeviceRecord>, Error> {
+pub async fn devices(fleet: &SimFleet) -> Result<BTreeMap<String, Device>, Error> {
     let page = fleet.try_api("GET", "/api/v1/devices?limit=100000", None, 200).await?;
-    let items: Vec<DeviceRecord> =
+    let items: Vec<Device> =
         serde_json::from_value(page["items"].clone()).map_err(|e| Error::Refused {
             call: "GET /api/v1/devices".into(),
             status: 200,
@@ -192,7 +190,7 @@ async fn docker_releases(fleet: &SimFleet) -> anyhow::Result<()> {
             )
             .await
             .with_context(|| format!("creating robot-stack@{version} from 127.0.0.1:5000/fleet-test/{image}:1 (tests/env/up starts that registry with the test images)"))?;
-        let record: fleet_server::releases::ReleaseRecord =
+        let record: fleet_api::Release =
             serde_json::from_value(created).context("the server's answer is not a release")?;
         let resolved = record
             .spec
@@ -345,7 +343,7 @@ async fn story(
     let sent =
         until("the canaries to report their rollback", Duration::from_secs(60), || async move {
             let all = devices(fleet_ref).await?;
-            let sent: Vec<DeviceRecord> = all
+            let sent: Vec<Device> = all
                 .into_values()
                 .filter(|d| {
                     before_ref.get(d.id.as_str()).map(|b| b.0) != Some(d.desired_generation)
@@ -369,7 +367,7 @@ async fn story(
             before.get(id.as_str()) == Some(&(d.desired_generation, d.accepted_generation))
         })
         .count();
-    let site_of = |d: &DeviceRecord| d.labels.get("site").cloned().unwrap_or_default();
+    let site_of = |d: &Device| d.labels.get("site").cloned().unwrap_or_default();
     let mut reasons: Vec<&String> = outcome.rolled_back.values().collect();
     reasons.dedup();
     let failures = if reasons.len() == 1 {
@@ -426,7 +424,7 @@ async fn story(
 }
 
 /// The agent's reason when its last update rolled back.
-fn rolled_back_reason(d: &DeviceRecord) -> Option<String> {
+fn rolled_back_reason(d: &Device) -> Option<String> {
     let last = d.last_report.as_ref()?.update.last_outcome.as_ref()?;
     match &last.result {
         UpdateResult::RolledBack { reason, service, .. } => Some(match service {

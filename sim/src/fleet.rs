@@ -22,8 +22,9 @@ use std::time::Duration;
 
 use fleet_agent::config::Config;
 use fleet_agent::runtime::sim::{ImageBehavior, SimRuntime};
+use fleet_api::client::{ApiClient, ApiError};
+use fleet_api::{EnrollRequest, EnrollResponse};
 use fleet_proto::{DeviceId, ImageRef};
-use fleet_server::api::{EnrollRequest, EnrollResponse};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
@@ -250,8 +251,10 @@ impl SimFleet {
     ) -> Result<String, Error> {
         let agent_err = |reason: String| Error::Agent { device: id.to_owned(), reason };
         let device = DeviceId::new(id).map_err(|e| agent_err(format!("not a device id: {e}")))?;
-        let (device_key, public_key, proof) = fleet_server::pki::new_device_key(&device)
-            .map_err(|e| agent_err(format!("cannot make a key: {e}")))?;
+        let (device_key, public_key, proof) =
+            fleet_api::enroll::new_device_key(&device).map_err(|e| {
+                agent_err(format!("cannot make a key: certificate generation failed: {e}"))
+            })?;
         let request = EnrollRequest {
             public_key,
             proof,
@@ -276,7 +279,7 @@ impl SimFleet {
             ("ca.pem", enrolled.ca_pem.as_str(), 0o644),
         ] {
             let path = dir.join(name);
-            fleet_server::pki::write_file(&path, text.as_bytes(), mode)
+            fleet_api::enroll::write_file(&path, text.as_bytes(), mode)
                 .map_err(|e| agent_err(format!("writing {}: {e}", path.display())))?;
         }
         Ok(key.clone())
@@ -602,13 +605,11 @@ async fn start_processes(
     let mut child =
         spawn(&mut server, &log, "build it next to fleet-sim: cargo build --release --bins")?;
     let api = format!("http://127.0.0.1:{api_port}");
-    let health = format!("{api}/healthz");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let h = health.clone();
-        let up = tokio::task::spawn_blocking(move || ureq::get(&h).call().is_ok())
-            .await
-            .unwrap_or(false);
+        let client = ApiClient::new(&api, None);
+        let healthy = move || client.call("GET", "/healthz", None).is_ok_and(|(s, _)| s == 200);
+        let up = tokio::task::spawn_blocking(healthy).await.unwrap_or(false);
         if up {
             break;
         }
@@ -659,30 +660,18 @@ pub async fn try_api_call(
     path: &str,
     body: Option<Value>,
 ) -> Result<(u16, Value), Error> {
-    let url = format!("{base}{path}");
-    let (method, token) = (method.to_owned(), token.to_owned());
-    let (m, u) = (method.clone(), url.clone());
+    let client = ApiClient::new(base, Some(token.to_owned()));
+    let (m, u) = (method.to_owned(), format!("{}{path}", client.base()));
     let unreachable = move |reason: String| Error::Unreachable { method: m, url: u, reason };
-    let called = tokio::task::spawn_blocking(move || {
-        let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
-        let auth = format!("Bearer {token}");
-        let sent = match (method.as_str(), body) {
-            ("GET", _) => agent.get(&url).header("authorization", &auth).call(),
-            ("DELETE", _) => agent.delete(&url).header("authorization", &auth).call(),
-            ("PUT", Some(b)) => agent.put(&url).header("authorization", &auth).send_json(b),
-            ("PATCH", Some(b)) => agent.patch(&url).header("authorization", &auth).send_json(b),
-            (_, Some(b)) => agent.post(&url).header("authorization", &auth).send_json(b),
-            (_, None) => agent.post(&url).header("authorization", &auth).send_empty(),
-        };
-        sent.map(|mut response| {
-            (response.status().as_u16(), response.body_mut().read_json().unwrap_or_default())
-        })
-        .map_err(|e| e.to_string())
-    })
-    .await;
+    let (method, path) = (method.to_owned(), path.to_owned());
+    let called =
+        tokio::task::spawn_blocking(move || client.call(&method, &path, body.as_ref())).await;
     match called {
         Ok(Ok(answer)) => Ok(answer),
-        Ok(Err(reason)) => Err(unreachable(format!("{reason} (is the server still running?)"))),
+        Ok(Err(ApiError::Unreachable { reason, .. })) => {
+            Err(unreachable(format!("{reason} (is the server still running?)")))
+        }
+        Ok(Err(e)) => Err(unreachable(e.to_string())),
         Err(e) => Err(unreachable(e.to_string())),
     }
 }

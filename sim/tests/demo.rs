@@ -7,8 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use fleet_server::api::RolloutView;
-use fleet_server::rollout::RunState;
+use fleet_api::{RolloutView, RunState};
 use fleet_sim::demo::{self, Options, BAD, GOOD};
 
 const DEVICES: usize = 12;

@@ -157,7 +157,7 @@ fn enroll_all(server: &Server, n: usize) -> TrustedKey {
                     return;
                 }
                 let id = DeviceId::new(format!("sim-{i:05}")).unwrap();
-                let (device_key, public_key, proof) = fleet_server::pki::new_device_key(&id).unwrap();
+                let (device_key, public_key, proof) = fleet_api::enroll::new_device_key(&id).unwrap();
                 let body = json!({ "public_key": public_key, "proof": proof, "labels": { "fleet": "scale" } });
                 let mut answer = ureq::post(&format!("{}/api/v1/devices/{id}/enroll", server.api))
                     .header("authorization", &format!("Bearer {}", server.token))

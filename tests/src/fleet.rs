@@ -160,23 +160,11 @@ impl Fleet {
     ) -> (u16, serde_json::Value) {
         let token =
             std::fs::read_to_string(self.data().join("admin-token")).unwrap().trim().to_owned();
-        let url = format!("{}{path}", self.api);
-        let method = method.to_owned();
-        tokio::task::spawn_blocking(move || {
-            let agent =
-                ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
-            let auth = format!("Bearer {token}");
-            let mut response = match (method.as_str(), body) {
-                ("GET", _) => agent.get(&url).header("authorization", &auth).call(),
-                ("PUT", Some(b)) => agent.put(&url).header("authorization", &auth).send_json(b),
-                (_, Some(b)) => agent.post(&url).header("authorization", &auth).send_json(b),
-                (_, None) => agent.post(&url).header("authorization", &auth).send_empty(),
-            }
-            .unwrap();
-            (response.status().as_u16(), response.body_mut().read_json().unwrap_or_default())
-        })
-        .await
-        .unwrap()
+        let client = fleet_api::client::ApiClient::new(&self.api, Some(token));
+        let (method, path) = (method.to_owned(), path.to_owned());
+        tokio::task::spawn_blocking(move || client.call(&method, &path, body.as_ref()).unwrap())
+            .await
+            .unwrap()
     }
 
     /// Stops Mosquitto (devices go offline; their messages wait on the devices).

@@ -5,51 +5,26 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use fleet_proto::UnixMillis;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::problem::{Body, Query};
+use super::wire;
 use super::{Api, FieldProblem, Problem};
 use crate::audit::AuditEntry;
-use crate::auth::{self, Caller, Role, TokenRecord};
+use crate::auth::{self, Caller};
 use crate::backup::Backup;
 use crate::pki::{Pki, Revoked};
 use crate::store::Store;
-
-/// A token to create (`POST /api/v1/tokens`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TokenRequest {
-    /// Its name (audit entries carry it).
-    pub name: String,
-    /// What it may do.
-    pub role: Role,
-    /// When it stops working (ms since epoch), if ever.
-    #[serde(default)]
-    pub expires_at: Option<u64>,
-}
-
-/// A new token: the only time its secret is shown.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TokenResponse {
-    /// The record the server keeps.
-    pub record: TokenRecord,
-    /// The token to use (`Authorization: Bearer ...`, `FLEET_TOKEN`).
-    pub token: String,
-}
-
-#[derive(Debug, Serialize)]
-pub(super) struct WhoAmI {
-    name: String,
-    role: Role,
-}
+use fleet_api::{Token, TokenRequest, TokenResponse, WhoAmI};
 
 pub(super) async fn whoami(Extension(caller): Extension<Caller>) -> Json<WhoAmI> {
     Json(WhoAmI { name: caller.name, role: caller.role })
 }
 
-pub(super) async fn list_tokens(State(api): State<Api>) -> Result<Json<Vec<TokenRecord>>, Problem> {
+pub(super) async fn list_tokens(State(api): State<Api>) -> Result<Json<Vec<Token>>, Problem> {
     let mut all = vec![(*api.bootstrap).clone()];
     all.extend(api.store.tokens()?);
-    Ok(Json(all))
+    Ok(Json(wire::all(all)))
 }
 
 pub(super) async fn create_token(
@@ -90,14 +65,14 @@ pub(super) async fn create_token(
         tx.audit(AuditEntry::new(now, &caller.name, "token.create", request.name.clone(), format!("role {}", request.role)));
         Ok::<_, Problem>(())
     })?;
-    Ok((StatusCode::CREATED, Json(TokenResponse { record, token })).into_response())
+    Ok((StatusCode::CREATED, Json(TokenResponse { record: record.into(), token })).into_response())
 }
 
 pub(super) async fn revoke_token(
     State(api): State<Api>,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
-) -> Result<Json<TokenRecord>, Problem> {
+) -> Result<Json<Token>, Problem> {
     if name == auth::BOOTSTRAP_NAME {
         return Err(Problem::conflict(
             "the bootstrap admin token cannot be revoked through the API; replace <data>/admin-token and restart the server",
@@ -115,7 +90,7 @@ pub(super) async fn revoke_token(
         }
         Ok::<_, Problem>(record)
     })?;
-    Ok(Json(record))
+    Ok(Json(record.into()))
 }
 
 /// `?since=&limit=` of the audit log.
@@ -128,9 +103,9 @@ pub(super) struct AuditQuery {
 pub(super) async fn audit(
     State(api): State<Api>,
     Query(q): Query<AuditQuery>,
-) -> Result<Json<Vec<AuditEntry>>, Problem> {
+) -> Result<Json<Vec<fleet_api::AuditEntry>>, Problem> {
     let limit = q.limit.unwrap_or(1000).clamp(1, 100_000);
-    Ok(Json(api.store.audit(UnixMillis(q.since.unwrap_or(0)), limit)?))
+    Ok(Json(wire::all(api.store.audit(UnixMillis(q.since.unwrap_or(0)), limit)?)))
 }
 
 pub(super) async fn backup(

@@ -1,22 +1,20 @@
 //! Device routes: the registry, enrollment and revocation, labels and notes, pins, direct
 //! assignment, commands and events.
 
-use std::collections::BTreeMap;
-
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use fleet_proto::{
-    topic, Command, CommandAction, CommandResult, DeviceId, Inventory, Message, ReleaseId,
-    ReleaseSpec, TopicKind, UnixMillis,
+    topic, Command, CommandResult, DeviceId, Message, ReleaseId, TopicKind, UnixMillis,
 };
 use rumqttc::QoS;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::fleet::retarget_members;
 use super::problem::{Body, Query};
 use super::variables::{internal, send};
+use super::wire;
 use super::{Api, Paging, Problem};
 use crate::audit::AuditEntry;
 use crate::auth::Caller;
@@ -27,118 +25,10 @@ use crate::pki::{EnrollKey, DEFAULT_DEVICE_VALIDITY_DAYS, SERVER_IDENTITY};
 use crate::preflight;
 use crate::releases::ReleaseRecord;
 use crate::rollouts::busy_devices;
-use crate::store::Page;
-
-/// An enrollment request (`POST /api/v1/devices/{id}/enroll`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EnrollRequest {
-    /// The device's public key: an uncompressed P-256 point, hex.
-    pub public_key: String,
-    /// Proof of possession: the device key's signature over the enrollment context and the
-    /// device id (see [`crate::pki::proof_message`]), hex (ASN.1 DER ECDSA).
-    pub proof: String,
-    /// Labels for the new device.
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    /// Certificate validity in days (default five years).
-    #[serde(default)]
-    pub valid_days: Option<u32>,
-}
-
-/// What `PATCH /api/v1/devices/{id}` did.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DeviceChanged {
-    /// The device as stored now.
-    #[serde(flatten)]
-    pub device: DeviceRecord,
-    /// Devices that got a new desired state (this one, when its new labels changed its groups'
-    /// variables or secrets for its release).
-    #[serde(default)]
-    pub retargeted: Vec<DeviceId>,
-}
-
-/// What enrollment returns: everything the bundle needs except the private key, which never
-/// left the enrolling machine.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EnrollResponse {
-    /// The device.
-    pub device: DeviceRecord,
-    /// Its client certificate (PEM).
-    pub certificate_pem: String,
-    /// The fleet CA (PEM).
-    pub ca_pem: String,
-    /// The server's desired-state signing keys the device trusts (hex ed25519).
-    pub server_keys: Vec<String>,
-    /// The broker URL the device connects to.
-    pub broker: String,
-}
-
-/// A release given as JSON for one device (`PUT /api/v1/devices/{id}/desired`): stored as a
-/// release if the server does not have it yet, then assigned to the device.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DesiredRequest {
-    /// The release to run; `null` runs no application.
-    pub release: Option<ReleaseSpec>,
-}
-
-/// What assigning a release returns.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DesiredResponse {
-    /// The generation it was published under (unchanged if the device already had it).
-    pub generation: u64,
-    /// The device's record after publication.
-    pub device: DeviceRecord,
-}
-
-/// A command for a device (`POST /api/v1/devices/{id}/commands`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CommandRequest {
-    /// What to do.
-    pub action: CommandAction,
-    /// How long to wait for the answer, and the command's deadline on the device (default 30 s).
-    #[serde(default)]
-    pub timeout_secs: Option<u64>,
-}
-
-/// Changes to a device's labels and notes (`PATCH /api/v1/devices/{id}`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct DeviceChange {
-    /// Labels to set; `null` removes the label.
-    #[serde(default)]
-    pub labels: BTreeMap<String, Option<String>>,
-    /// New notes, replacing the old ones.
-    #[serde(default)]
-    pub notes: Option<String>,
-}
-
-/// A pin (`PUT /api/v1/devices/{id}/pin`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PinRequest {
-    /// The release to hold the device on.
-    pub release: String,
-    /// Why (required: the next engineer needs to know).
-    pub reason: String,
-    /// When the pin lapses by itself (ms since epoch), if ever.
-    #[serde(default)]
-    pub until: Option<u64>,
-    /// Pin even though pre-flight says the device cannot run the release.
-    #[serde(default)]
-    pub force: bool,
-}
-
-/// One device as `device show` presents it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DeviceView {
-    /// The record (its fields at the top level, as in the device list).
-    #[serde(flatten)]
-    pub device: DeviceRecord,
-    /// Its last reported inventory.
-    pub inventory: Option<Inventory>,
-    /// Groups whose selector matches it.
-    pub groups: Vec<String>,
-    /// The active rollout holding it, if any.
-    pub rollout: Option<u64>,
-}
+use fleet_api::{
+    CommandRequest, DesiredRequest, DesiredResponse, Device, DeviceChange, DeviceChanged,
+    DeviceView, EnrollRequest, EnrollResponse, MetricsView, Page, PinRequest, PointView,
+};
 
 /// `?selector=&group=` of the device list, with paging.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -165,7 +55,7 @@ pub(super) fn not_found(id: &DeviceId) -> Problem {
 pub(super) async fn list(
     State(api): State<Api>,
     Query(filter): Query<DeviceFilter>,
-) -> Result<Json<Page<DeviceRecord>>, Problem> {
+) -> Result<Json<Page<Device>>, Problem> {
     let paging = Paging { limit: filter.limit, after: filter.after.clone() };
     let selector = match (&filter.selector, &filter.group) {
         (Some(_), Some(_)) => {
@@ -183,7 +73,9 @@ pub(super) async fn list(
         (None, None) => None,
     };
     let Some(selector) = selector else {
-        return Ok(Json(api.store.devices_page(paging.after.as_deref(), paging.limit())?));
+        return Ok(Json(wire::page(
+            api.store.devices_page(paging.after.as_deref(), paging.limit())?,
+        )));
     };
     // Filtered lists walk the registry in id order and page over the matches.
     let after = paging.after.clone().unwrap_or_default();
@@ -198,7 +90,7 @@ pub(super) async fn list(
         items.truncate(paging.limit());
         items.last().map(|d| d.id.to_string()).unwrap_or_default()
     });
-    Ok(Json(Page { items, next }))
+    Ok(Json(Page { items: wire::all(items), next }))
 }
 
 pub(super) async fn show(
@@ -215,7 +107,12 @@ pub(super) async fn show(
         .map(|g| g.name)
         .collect();
     let rollout = busy_devices(&api.store.rollouts()?).get(&id).map(|r| r.0);
-    Ok(Json(DeviceView { inventory: api.store.inventory(&id)?, device, groups, rollout }))
+    Ok(Json(DeviceView {
+        inventory: api.store.inventory(&id)?,
+        device: device.into(),
+        groups,
+        rollout,
+    }))
 }
 
 pub(super) async fn change(
@@ -293,7 +190,7 @@ pub(super) async fn change(
         ));
         // A re-target wrote the record again with its new generation.
         let device = tx.device(&id)?.unwrap_or(record);
-        Ok::<_, Problem>((DeviceChanged { device, retargeted }, outgoing))
+        Ok::<_, Problem>((DeviceChanged { device: device.into(), retargeted }, outgoing))
     })?;
     send(&api, outgoing, now);
     Ok(Json(changed))
@@ -353,7 +250,7 @@ pub(super) async fn enroll(
     Ok((
         StatusCode::CREATED,
         Json(EnrollResponse {
-            device: record,
+            device: record.into(),
             certificate_pem,
             ca_pem: api.pki.ca_pem().to_owned(),
             server_keys: vec![api.pki.signing_key().public().to_hex()],
@@ -367,7 +264,7 @@ pub(super) async fn revoke(
     State(api): State<Api>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-) -> Result<Json<DeviceRecord>, Problem> {
+) -> Result<Json<Device>, Problem> {
     let id = device_id(&id)?;
     let now = UnixMillis::now();
     let (record, changed) = api.store.update_durable(|tx| {
@@ -385,7 +282,7 @@ pub(super) async fn revoke(
         (api.crl_changed)();
         tracing::warn!(device = %id, "device revoked; its messages are dropped and the revocation list is updated");
     }
-    Ok(Json(record))
+    Ok(Json(record.into()))
 }
 
 /// Looks up an enrolled, unrevoked device, or answers why not.
@@ -500,7 +397,7 @@ pub(super) async fn put_desired(
         send_now(&api, out, now)?;
         tracing::info!(device = %record.id, generation = record.desired_generation, release = ?record.desired_release, "desired state published");
     }
-    Ok(Json(DesiredResponse { generation: record.desired_generation, device: record }))
+    Ok(Json(DesiredResponse { generation: record.desired_generation, device: record.into() }))
 }
 
 pub(super) async fn pin(
@@ -508,7 +405,7 @@ pub(super) async fn pin(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     Body(request): Body<PinRequest>,
-) -> Result<Json<DeviceRecord>, Problem> {
+) -> Result<Json<Device>, Problem> {
     let id = device_id(&id)?;
     let release = ReleaseId::new(request.release.clone())
         .map_err(|e| Problem::bad_request(format!("release: {e}")))?;
@@ -562,14 +459,14 @@ pub(super) async fn pin(
     if let Some(out) = outgoing {
         send_now(&api, out, now)?;
     }
-    Ok(Json(record))
+    Ok(Json(record.into()))
 }
 
 pub(super) async fn unpin(
     State(api): State<Api>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-) -> Result<Json<DeviceRecord>, Problem> {
+) -> Result<Json<Device>, Problem> {
     let id = device_id(&id)?;
     let now = UnixMillis::now();
     let (record, outgoing) = api.store.update_durable(|tx| {
@@ -594,7 +491,7 @@ pub(super) async fn unpin(
         send_now(&api, out, now)?;
     }
     api.driver.wake();
-    Ok(Json(record))
+    Ok(Json(record.into()))
 }
 
 pub(super) async fn command(
@@ -655,42 +552,6 @@ pub(super) async fn events(
 ) -> Result<Json<Vec<fleet_proto::Event>>, Problem> {
     let id = device_id(&id)?;
     Ok(Json(api.store.events(&id, 100)?))
-}
-
-/// A device's telemetry at a glance (`fleetctl device metrics`).
-#[derive(Debug, Serialize, Deserialize)]
-pub struct MetricsView {
-    /// The device.
-    pub device: String,
-    /// Distinct points stored since the device first sent telemetry.
-    pub stored_total: u64,
-    /// Copies received of points already stored (resends; removed).
-    pub duplicates_total: u64,
-    /// Points the device dropped to stay within its buffer budget.
-    pub dropped_total: u64,
-    /// One past the highest sequence number stored.
-    pub next_seq: u64,
-    /// Points in the server's bounded history.
-    pub kept: u64,
-    /// When the last batch arrived (Unix milliseconds).
-    pub last_batch_at: Option<u64>,
-    /// The latest value of every series, by metric then labels.
-    pub latest: Vec<PointView>,
-}
-
-/// One point as JSON.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct PointView {
-    /// The device's sequence number.
-    pub seq: u64,
-    /// When it was measured (Unix milliseconds).
-    pub at: u64,
-    /// Metric name.
-    pub metric: String,
-    /// Labels.
-    pub labels: BTreeMap<String, String>,
-    /// The value: a number, boolean or string.
-    pub value: serde_json::Value,
 }
 
 pub(super) async fn metrics(

@@ -7,10 +7,11 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use fleet_proto::{DeviceId, ReleaseId, ReleaseSpec, UnixMillis};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::problem::{Body, Query};
 use super::variables::{internal, refusal, send};
+use super::wire;
 use super::{Api, FieldProblem, Problem};
 use crate::audit::AuditEntry;
 use crate::auth::Caller;
@@ -18,51 +19,10 @@ use crate::desired::{self, Moved, Outgoing, Releases};
 use crate::devices::DeviceRecord;
 use crate::groups::{check_group_name, Group, Selector};
 use crate::releases::{ImageInfo, ReleaseRecord};
-use crate::store::{Page, Tx};
-
-/// A group to create or replace (`POST /api/v1/groups`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct GroupRequest {
-    /// Its name.
-    pub name: String,
-    /// Its label selector, e.g. `site=depot,model=r2`.
-    pub selector: String,
-    /// What it is for.
-    #[serde(default)]
-    pub description: String,
-}
-
-/// A group with how many devices it holds now.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct GroupSummary {
-    /// The group.
-    #[serde(flatten)]
-    pub group: Group,
-    /// Devices matching it now.
-    pub devices: usize,
-}
-
-/// What creating, replacing or removing a group did.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct GroupChange {
-    /// The group as stored now (as it was, after a remove).
-    #[serde(flatten)]
-    pub group: Group,
-    /// Devices that got a new desired state: joining or leaving the group changed the
-    /// variables or secrets their release renders with.
-    #[serde(default)]
-    pub retargeted: Vec<DeviceId>,
-}
-
-/// A group and its devices.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct GroupView {
-    /// The group.
-    #[serde(flatten)]
-    pub group: Group,
-    /// Its devices now, by id.
-    pub devices: Vec<DeviceRecord>,
-}
+use crate::store::Tx;
+use fleet_api::{
+    GroupChange, GroupRequest, GroupSummary, GroupView, Page, Release, ReleaseRequest,
+};
 
 pub(super) async fn list_groups(
     State(api): State<Api>,
@@ -74,7 +34,7 @@ pub(super) async fn list_groups(
         .into_iter()
         .map(|group| GroupSummary {
             devices: devices.iter().filter(|d| group.selector.matches(&d.labels)).count(),
-            group,
+            group: group.into(),
         })
         .collect();
     Ok(Json(groups))
@@ -135,7 +95,11 @@ pub(super) async fn put_group(
             group.name.clone(),
             format!("selector {selector}; {} device(s) re-targeted", retargeted.len()),
         ));
-        Ok::<_, Problem>((GroupChange { group, retargeted }, previous.is_none(), outgoing))
+        Ok::<_, Problem>((
+            GroupChange { group: group.into(), retargeted },
+            previous.is_none(),
+            outgoing,
+        ))
     })?;
     send(&api, outgoing, now);
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
@@ -187,9 +151,14 @@ pub(super) async fn show_group(
     Path(name): Path<String>,
 ) -> Result<Json<GroupView>, Problem> {
     let group = api.store.group(&name)?.ok_or_else(|| no_group(&name))?;
-    let devices =
-        api.store.devices()?.into_iter().filter(|d| group.selector.matches(&d.labels)).collect();
-    Ok(Json(GroupView { group, devices }))
+    let devices = api
+        .store
+        .devices()?
+        .into_iter()
+        .filter(|d| group.selector.matches(&d.labels))
+        .map(Into::into)
+        .collect();
+    Ok(Json(GroupView { group: group.into(), devices }))
 }
 
 pub(super) async fn remove_group(
@@ -212,26 +181,10 @@ pub(super) async fn remove_group(
             name.clone(),
             format!("selector was {}; {} device(s) re-targeted", group.selector, retargeted.len()),
         ));
-        Ok::<_, Problem>((GroupChange { group, retargeted }, outgoing))
+        Ok::<_, Problem>((GroupChange { group: group.into(), retargeted }, outgoing))
     })?;
     send(&api, outgoing, now);
     Ok(Json(change))
-}
-
-/// A release to create (`POST /api/v1/releases`): from a Compose file, or as the canonical
-/// JSON.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ReleaseRequest {
-    /// The application.
-    pub app: String,
-    /// Its version; the release id is `app@version`.
-    pub version: String,
-    /// The Compose file's text.
-    #[serde(default)]
-    pub compose: Option<String>,
-    /// The canonical release (images by digest), instead of a Compose file.
-    #[serde(default)]
-    pub spec: Option<ReleaseSpec>,
 }
 
 /// `?app=` of the release list, with paging.
@@ -248,7 +201,7 @@ pub struct ReleaseFilter {
 pub(super) async fn list_releases(
     State(api): State<Api>,
     Query(filter): Query<ReleaseFilter>,
-) -> Result<Json<Page<ReleaseRecord>>, Problem> {
+) -> Result<Json<Page<Release>>, Problem> {
     let limit = filter.limit.unwrap_or(100).clamp(1, 1000);
     match &filter.app {
         // Ids start with `app@`, so one app's releases are a contiguous range.
@@ -261,17 +214,17 @@ pub(super) async fn list_releases(
             if page.items.len() < before {
                 page.next = None;
             }
-            Ok(Json(page))
+            Ok(Json(wire::page(page)))
         }
-        None => Ok(Json(api.store.releases_page(filter.after.as_deref(), limit)?)),
+        None => Ok(Json(wire::page(api.store.releases_page(filter.after.as_deref(), limit)?))),
     }
 }
 
 pub(super) async fn show_release(
     State(api): State<Api>,
     Path(id): Path<String>,
-) -> Result<Json<ReleaseRecord>, Problem> {
-    api.store.release(&id)?.map(Json).ok_or_else(|| {
+) -> Result<Json<Release>, Problem> {
+    api.store.release(&id)?.map(|r| Json(r.into())).ok_or_else(|| {
         Problem::not_found(format!("no release {id} (`fleetctl release ls` lists them)"))
     })
 }
@@ -363,7 +316,7 @@ pub(super) async fn create_release(
         ));
         Ok::<_, Problem>(record)
     })?;
-    Ok((StatusCode::CREATED, Json(record)).into_response())
+    Ok((StatusCode::CREATED, Json(Release::from(record))).into_response())
 }
 
 /// Converts a Compose file, resolving every image through the registry (concurrently).

@@ -38,16 +38,10 @@ mod rollouts;
 mod secrets;
 mod variables;
 
-pub use admin::{write_crl, TokenRequest, TokenResponse};
-pub use devices::{
-    CommandRequest, DesiredRequest, DesiredResponse, DeviceChange, DeviceView, EnrollRequest,
-    EnrollResponse, PinRequest,
-};
-pub use fleet::{GroupRequest, ReleaseRequest};
+pub mod wire;
+
+pub use admin::write_crl;
 pub use problem::{FieldProblem, Problem};
-pub use rollouts::RolloutView;
-pub use secrets::{SecretChange, SecretList, SecretScope};
-pub use variables::{ResolvedView, VariableChange, VariableList, VariableRequest};
 
 /// What the API handlers share.
 #[derive(Clone)]

@@ -12,14 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::StoreError;
 
-/// One field's problem.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FieldProblem {
-    /// Where, e.g. `services.web.ports[0]`.
-    pub path: String,
-    /// What is wrong.
-    pub reason: String,
-}
+pub use fleet_api::FieldProblem;
 
 /// A refused or failed request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,16 +73,7 @@ impl From<StoreError> for Problem {
 }
 
 /// An error and its causes on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
+pub use fleet_proto::errors::chain as error_chain;
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {

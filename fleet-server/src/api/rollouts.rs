@@ -7,59 +7,18 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use fleet_proto::{DeviceId, Inventory, UnixMillis};
-use serde::{Deserialize, Serialize};
 
 use super::problem::Body;
 use super::{Api, Problem};
 use crate::audit::AuditEntry;
 use crate::auth::Caller;
-use crate::rollout::{RolloutId, RolloutStatus};
+use crate::rollout::RolloutId;
 use crate::rollouts::{
     busy_devices, carry_out, plan as make_plan, spec_of, CommandError, Plan, PlanError, PlanInputs,
     RolloutCommand, RolloutRecord, RolloutRequest, Target, TxObserver,
 };
 use crate::store::Tx;
-
-/// A rollout as `rollout status` shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RolloutView {
-    /// Its id.
-    pub id: u64,
-    /// The target as given.
-    pub target: Target,
-    /// Which token created it.
-    pub created_by: String,
-    /// When.
-    pub created_at: UnixMillis,
-    /// The seed of its wave plan.
-    pub seed: u64,
-    /// Devices left out at creation because they could not run the release.
-    pub excluded: Vec<(DeviceId, Vec<String>)>,
-    /// Progress per wave and overall.
-    pub status: RolloutStatus,
-}
-
-impl From<&RolloutRecord> for RolloutView {
-    fn from(r: &RolloutRecord) -> RolloutView {
-        RolloutView {
-            id: r.id(),
-            target: r.target.clone(),
-            created_by: r.created_by.clone(),
-            created_at: r.rollout.created_at(),
-            seed: r.rollout.seed(),
-            excluded: r.excluded.clone(),
-            status: r.rollout.status(),
-        }
-    }
-}
-
-/// A reason for a pause.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct CommandReason {
-    /// Why, in the operator's words.
-    #[serde(default)]
-    pub reason: Option<String>,
-}
+use fleet_api::{CommandReason, RolloutView};
 
 fn plan_problem(e: PlanError) -> Problem {
     match e {
@@ -139,7 +98,7 @@ fn seed_of(request: &RolloutRequest) -> Result<u64, Problem> {
 pub(super) async fn plan(
     State(api): State<Api>,
     Body(request): Body<RolloutRequest>,
-) -> Result<Json<Plan>, Problem> {
+) -> Result<Json<fleet_api::Plan>, Problem> {
     let seed = seed_of(&request)?;
     let now = UnixMillis::now();
     // A read-only change: nothing is written, but the plan sees one consistent state.
@@ -147,7 +106,7 @@ pub(super) async fn plan(
         .store
         .update(|tx| plan_in(&api, tx, &request, RolloutId(0), seed, now))
         .map_err(plan_problem)?;
-    Ok(Json(plan))
+    Ok(Json(plan.into()))
 }
 
 pub(super) async fn create(

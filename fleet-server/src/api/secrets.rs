@@ -8,8 +8,8 @@
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::{Extension, Json};
-use fleet_proto::{DeviceId, UnixMillis};
-use serde::{Deserialize, Serialize};
+use fleet_proto::UnixMillis;
+use serde::Deserialize;
 
 use super::problem::Query;
 use super::variables::{check_scope, internal, named, refused_devices, send};
@@ -20,6 +20,7 @@ use crate::desired::{self, Outgoing};
 use crate::secrets::{self, SecretValue, SecretView};
 use crate::store::Tx;
 use crate::variables::Scope;
+use fleet_api::{SecretChange, SecretList};
 
 /// `?group=` or `?device=` of set and remove (neither: the fleet).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -40,24 +41,6 @@ impl SecretScope {
         }
         Ok(Scope { group: self.group.clone(), device: self.device.clone(), service: None })
     }
-}
-
-/// `GET /api/v1/secrets`: every stored secret, without values.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SecretList {
-    /// By scope (fleet, groups, devices), then name.
-    pub secrets: Vec<SecretView>,
-}
-
-/// What a set or remove did.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SecretChange {
-    /// The secret as stored now (`None` after a remove).
-    pub secret: Option<SecretView>,
-    /// Devices that got a new desired state (the secret's value for them changed).
-    pub retargeted: Vec<DeviceId>,
-    /// Devices whose release mounts one of its secrets and whose values stayed the same.
-    pub unchanged: usize,
 }
 
 fn invalid(path: &str, reason: String) -> Problem {

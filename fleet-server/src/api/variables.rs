@@ -8,50 +8,20 @@
 use axum::extract::{Path, State};
 use axum::{Extension, Json};
 use fleet_proto::{DeviceId, UnixMillis};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::problem::{Body, Query};
+use super::wire;
 use super::{Api, FieldProblem, Problem};
 use crate::audit::AuditEntry;
 use crate::auth::Caller;
 use crate::desired::{self, DesiredError, Outgoing};
-use crate::store::{Page, Tx};
-use crate::variables::{self, Resolved, Scope, VarIndex, VariableRecord};
+use crate::store::Tx;
+use crate::variables::{self, Scope, VarIndex, VariableRecord};
+use fleet_api::{Page, ResolvedView, VariableChange, VariableList, VariableRequest};
 
 /// Devices named in a refusal; the count says how many more.
 const NAMED_DEVICES: usize = 5;
-
-/// `PUT /api/v1/variables/{name}`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct VariableRequest {
-    /// The value.
-    pub value: String,
-    /// Set it for this group (default: the fleet).
-    #[serde(default)]
-    pub group: Option<String>,
-    /// Set it for this device.
-    #[serde(default)]
-    pub device: Option<String>,
-    /// Only for this service.
-    #[serde(default)]
-    pub service: Option<String>,
-}
-
-/// What a set or unset did.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct VariableChange {
-    /// The variable as stored now (`None` after an unset).
-    pub variable: Option<VariableRecord>,
-    /// The scope changed.
-    pub scope: Scope,
-    /// Devices that got a new desired state (their rendered release changed).
-    pub retargeted: Vec<DeviceId>,
-    /// Covered devices whose rendered release stayed the same.
-    pub unchanged: usize,
-    /// Things worth knowing that did not stop the change.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub warnings: Vec<String>,
-}
 
 /// `?group=&device=&service=` of the list and of unset, with paging.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -76,27 +46,6 @@ impl VariableFilter {
             service: self.service.clone(),
         }
     }
-}
-
-/// One row of `GET /api/v1/variables?device=`: a value in force on the device.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ResolvedView {
-    /// The service it is resolved for; `None`: every service without its own value.
-    pub service: Option<String>,
-    /// The resolution.
-    #[serde(flatten)]
-    pub resolved: Resolved,
-}
-
-/// The answer of `GET /api/v1/variables`: stored variables, or with `device=` the resolved
-/// ones.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum VariableList {
-    /// Stored variables of a scope (or all), paged.
-    Stored(Page<VariableRecord>),
-    /// A device's resolved values.
-    Resolved(Page<ResolvedView>),
 }
 
 fn invalid(what: &str, path: &str, reason: String) -> Problem {
@@ -155,7 +104,7 @@ pub(super) async fn set(
         check_scope(tx, &scope)?;
         let previous = tx.variable(&record.key())?;
         change(tx, &api, &scope, &verb, now, |tx| tx.put_variable(&record)).map(|(mut c, out)| {
-            c.variable = Some(record.clone());
+            c.variable = Some(record.clone().into());
             let what = if previous.is_some() { "changed" } else { "new" };
             tx.audit(AuditEntry::new(
                 now,
@@ -252,7 +201,7 @@ fn change(
     Ok((
         VariableChange {
             variable: None,
-            scope: scope.clone(),
+            scope: scope.clone().into(),
             retargeted,
             unchanged: changed.unchanged,
             warnings,
@@ -348,7 +297,7 @@ pub(super) async fn list(
                 index
                     .explain(d, labels, Some(s))
                     .into_iter()
-                    .map(|r| ResolvedView { service: Some(s.clone()), resolved: r }),
+                    .map(|r| ResolvedView { service: Some(s.clone()), resolved: r.into() }),
             ),
             None => {
                 let common = index.explain(d, labels, None);
@@ -359,13 +308,16 @@ pub(super) async fn list(
                             c.name == r.name && c.value == r.value && c.origin == r.origin
                         });
                         if !same {
-                            items.push(ResolvedView { service: Some(s.clone()), resolved: r });
+                            items.push(ResolvedView {
+                                service: Some(s.clone()),
+                                resolved: r.into(),
+                            });
                         }
                     }
                 }
                 items.splice(
                     0..0,
-                    common.into_iter().map(|r| ResolvedView { service: None, resolved: r }),
+                    common.into_iter().map(|r| ResolvedView { service: None, resolved: r.into() }),
                 );
             }
         }
@@ -385,5 +337,5 @@ pub(super) async fn list(
         .collect();
     let next = (items.len() > limit).then(|| items[limit - 1].key());
     items.truncate(limit);
-    Ok(Json(VariableList::Stored(Page { items, next })))
+    Ok(Json(VariableList::Stored(Page { items: wire::all(items), next })))
 }

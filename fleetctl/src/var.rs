@@ -4,7 +4,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use fleet_server::api::{VariableChange, VariableList, VariableRequest};
+use fleet_api::{VariableChange, VariableList, VariableRequest};
 
 use crate::client::{print_json, Client, Failure};
 use crate::encode;

@@ -16,19 +16,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
-use fleet_proto::{CommandAction, CommandOutcome, CommandResult, DeviceId, UnixMillis};
-use fleet_server::api::{
-    CommandRequest, DeviceChange, DeviceView, EnrollRequest, EnrollResponse, GroupRequest,
-    PinRequest, ReleaseRequest, RolloutView, TokenRequest, TokenResponse,
+use fleet_api::enroll;
+use fleet_api::{
+    AuditEntry, CommandRequest, Device, DeviceChange, DeviceView, EnrollRequest, EnrollResponse,
+    Group, GroupRequest, Page, PinRequest, Plan, Release, ReleaseRequest, Role, RolloutRequest,
+    RolloutView, Token, TokenRequest, TokenResponse,
 };
-use fleet_server::audit::AuditEntry;
-use fleet_server::auth::{Role, TokenRecord};
-use fleet_server::devices::DeviceRecord;
-use fleet_server::groups::Group;
-use fleet_server::pki;
-use fleet_server::releases::ReleaseRecord;
-use fleet_server::rollouts::{Plan, RolloutRequest};
-use fleet_server::store::Page;
+use fleet_proto::{CommandAction, CommandOutcome, CommandResult, DeviceId, UnixMillis};
 
 use client::{print_json, Client, Failure};
 use show::{ago, table, utc};
@@ -144,7 +138,7 @@ enum DeviceVerb {
         #[arg(long)]
         out: PathBuf,
         /// Certificate validity in days.
-        #[arg(long, default_value_t = pki::DEFAULT_DEVICE_VALIDITY_DAYS)]
+        #[arg(long, default_value_t = enroll::DEFAULT_DEVICE_VALIDITY_DAYS)]
         valid_days: u32,
         /// The agent's data directory, written into the bundle's config.toml.
         #[arg(long, default_value = "/var/lib/fleet-agent")]
@@ -308,10 +302,10 @@ struct RolloutArgs {
     #[arg(long)]
     target: String,
     /// Cumulative waves: device counts and percentages ending at 100%.
-    #[arg(long, default_value = fleet_server::rollouts::DEFAULT_WAVES)]
+    #[arg(long, default_value = fleet_api::rollouts::DEFAULT_WAVES)]
     waves: String,
     /// How long a wave must stay healthy before the next starts.
-    #[arg(long, default_value = fleet_server::rollouts::DEFAULT_BAKE)]
+    #[arg(long, default_value = fleet_api::rollouts::DEFAULT_BAKE)]
     bake: String,
     /// At most this many devices updating at once.
     #[arg(long)]
@@ -326,10 +320,10 @@ struct RolloutArgs {
     #[arg(long)]
     window: Option<String>,
     /// An offline or deferred (locked) device counts as failed after this long.
-    #[arg(long, default_value = fleet_server::rollouts::DEFAULT_DEVICE_TIMEOUT)]
+    #[arg(long, default_value = fleet_api::rollouts::DEFAULT_DEVICE_TIMEOUT)]
     device_timeout: String,
     /// An online device counts as failed if not healthy this long after targeting.
-    #[arg(long, default_value = fleet_server::rollouts::DEFAULT_UPDATE_DEADLINE)]
+    #[arg(long, default_value = fleet_api::rollouts::DEFAULT_UPDATE_DEADLINE)]
     update_deadline: String,
     /// Spread targeting inside a wave over this long, so a site does not pull at once.
     #[arg(long, default_value = "0s")]
@@ -512,12 +506,7 @@ fn run(cli: &Cli, client: &Client) -> Result<(), Failure> {
 }
 
 fn login(cli: &Cli, client: &Client) -> Result<(), Failure> {
-    #[derive(serde::Deserialize, serde::Serialize)]
-    struct WhoAmI {
-        name: String,
-        role: Role,
-    }
-    let me: WhoAmI = client.get("/api/v1/whoami")?;
+    let me: fleet_api::WhoAmI = client.get("/api/v1/whoami")?;
     let path = client::profile_path()
         .ok_or_else(|| Failure::usage("no home directory to keep the login in (set HOME)"))?;
     let profile = client::Profile {
@@ -529,7 +518,7 @@ fn login(cli: &Cli, client: &Client) -> Result<(), Failure> {
         std::fs::create_dir_all(dir)
             .map_err(|e| Failure::usage(format!("{}: {e}", dir.display())))?;
     }
-    pki::write_file(&path, text.as_bytes(), 0o600)
+    enroll::write_file(&path, text.as_bytes(), 0o600)
         .map_err(|e| Failure::usage(format!("cannot write {}: {e}", path.display())))?;
     if cli.json {
         print_json(&me);
@@ -550,7 +539,7 @@ fn device(cli: &Cli, client: &Client, verb: &DeviceVerb) -> Result<(), Failure> 
             if let Some(g) = group {
                 query.push(format!("group={}", encode(g)));
             }
-            let devices: Vec<DeviceRecord> = all_pages(client, "/api/v1/devices", &query)?;
+            let devices: Vec<Device> = all_pages(client, "/api/v1/devices", &query)?;
             if cli.json {
                 print_json(&devices);
             } else if devices.is_empty() {
@@ -606,11 +595,10 @@ fn device(cli: &Cli, client: &Client, verb: &DeviceVerb) -> Result<(), Failure> 
             if cli.json {
                 print_json(&answer);
             } else {
-                let d: DeviceRecord =
-                    serde_json::from_value(answer.clone()).map_err(|e| Failure {
-                        code: 2,
-                        message: format!("the server answered something unexpected: {e}"),
-                    })?;
+                let d: Device = serde_json::from_value(answer.clone()).map_err(|e| Failure {
+                    code: 2,
+                    message: format!("the server answered something unexpected: {e}"),
+                })?;
                 let labels: Vec<String> =
                     d.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 println!(
@@ -624,7 +612,7 @@ fn device(cli: &Cli, client: &Client, verb: &DeviceVerb) -> Result<(), Failure> 
         }
         DeviceVerb::Note { id, text } => {
             let change = DeviceChange { labels: BTreeMap::new(), notes: Some(text.clone()) };
-            let d: DeviceRecord =
+            let d: Device =
                 client.send("PATCH", &format!("/api/v1/devices/{id}"), Some(&change))?;
             if cli.json {
                 print_json(&d);
@@ -644,7 +632,7 @@ fn device(cli: &Cli, client: &Client, verb: &DeviceVerb) -> Result<(), Failure> 
                 until: until.map(|u| u.0),
                 force: *force,
             };
-            let d: DeviceRecord =
+            let d: Device =
                 client.send("PUT", &format!("/api/v1/devices/{id}/pin"), Some(&request))?;
             if cli.json {
                 print_json(&d);
@@ -656,7 +644,7 @@ fn device(cli: &Cli, client: &Client, verb: &DeviceVerb) -> Result<(), Failure> 
             }
         }
         DeviceVerb::Unpin { id } => {
-            let d: DeviceRecord =
+            let d: Device =
                 client.send::<(), _>("DELETE", &format!("/api/v1/devices/{id}/pin"), None)?;
             if cli.json {
                 print_json(&d);
@@ -705,7 +693,7 @@ fn device(cli: &Cli, client: &Client, verb: &DeviceVerb) -> Result<(), Failure> 
             device_metrics(cli, client, id, metric.as_deref(), *limit)?
         }
         DeviceVerb::Revoke { id } => {
-            let device: DeviceRecord =
+            let device: Device =
                 client.send::<(), _>("POST", &format!("/api/v1/devices/{id}/revoke"), None)?;
             if cli.json {
                 print_json(&device);
@@ -803,7 +791,7 @@ fn device_metrics(
 }
 
 /// A device's health in one word, from its last report.
-fn health(d: &DeviceRecord) -> String {
+fn health(d: &Device) -> String {
     use fleet_proto::report::{Health, UpdatePhase, UpdateResult};
     let Some(report) = &d.last_report else { return "-".into() };
     if report.update.phase != UpdatePhase::Idle {
@@ -890,7 +878,7 @@ fn print_device(view: &DeviceView) {
                 inv.os.pretty_name,
                 inv.kernel,
                 inv.cpus.count,
-                fleet_server::preflight::bytes(inv.memory_bytes)
+                fleet_api::units::bytes(inv.memory_bytes)
             ),
         );
     }
@@ -1013,7 +1001,7 @@ fn release(cli: &Cli, client: &Client, verb: &ReleaseVerb) -> Result<(), Failure
                 }
             };
             eprintln!("resolving image tags to digests...");
-            let r: ReleaseRecord = client.post("/api/v1/releases", &request)?;
+            let r: Release = client.post("/api/v1/releases", &request)?;
             if cli.json {
                 print_json(&r);
             } else {
@@ -1041,7 +1029,7 @@ fn release(cli: &Cli, client: &Client, verb: &ReleaseVerb) -> Result<(), Failure
         }
         ReleaseVerb::Ls { app } => {
             let query: Vec<String> = app.iter().map(|a| format!("app={}", encode(a))).collect();
-            let releases: Vec<ReleaseRecord> = all_pages(client, "/api/v1/releases", &query)?;
+            let releases: Vec<Release> = all_pages(client, "/api/v1/releases", &query)?;
             if cli.json {
                 print_json(&releases);
             } else if releases.is_empty() {
@@ -1064,7 +1052,7 @@ fn release(cli: &Cli, client: &Client, verb: &ReleaseVerb) -> Result<(), Failure
             }
         }
         ReleaseVerb::Show { id, compose } => {
-            let r: ReleaseRecord = client.get(&format!("/api/v1/releases/{}", encode(id)))?;
+            let r: Release = client.get(&format!("/api/v1/releases/{}", encode(id)))?;
             if cli.json {
                 print_json(&r);
             } else if *compose {
@@ -1092,7 +1080,7 @@ fn release(cli: &Cli, client: &Client, verb: &ReleaseVerb) -> Result<(), Failure
 
 fn rollout(cli: &Cli, client: &Client, verb: &RolloutVerb) -> Result<(), Failure> {
     let duration = |t: &Option<String>| {
-        t.as_deref().map(fleet_server::units::parse_duration).transpose().map_err(Failure::usage)
+        t.as_deref().map(fleet_api::units::parse_duration).transpose().map_err(Failure::usage)
     };
     match verb {
         RolloutVerb::Plan(args) => {
@@ -1280,7 +1268,7 @@ fn token(cli: &Cli, client: &Client, verb: &TokenVerb) -> Result<(), Failure> {
             }
         }
         TokenVerb::Ls => {
-            let all: Vec<TokenRecord> = client.get("/api/v1/tokens")?;
+            let all: Vec<Token> = client.get("/api/v1/tokens")?;
             if cli.json {
                 print_json(&all);
             } else {
@@ -1302,7 +1290,7 @@ fn token(cli: &Cli, client: &Client, verb: &TokenVerb) -> Result<(), Failure> {
             }
         }
         TokenVerb::Revoke { name } => {
-            let t: TokenRecord = client.send::<(), _>(
+            let t: Token = client.send::<(), _>(
                 "DELETE",
                 &format!("/api/v1/tokens/{}", encode(name)),
                 None,
@@ -1417,8 +1405,9 @@ fn enroll(
             out.display()
         )));
     }
-    let (key, public_key, proof) = pki::new_device_key(&device)
-        .map_err(|e| Failure::usage(format!("cannot create a key: {e}")))?;
+    let (key, public_key, proof) = enroll::new_device_key(&device).map_err(|e| {
+        Failure::usage(format!("cannot create a key: certificate generation failed: {e}"))
+    })?;
     let request = EnrollRequest { public_key, proof, labels, valid_days: Some(valid_days) };
     let enrolled: EnrollResponse =
         client.post(&format!("/api/v1/devices/{device}/enroll"), &request)?;
@@ -1465,9 +1454,9 @@ server_keys = [{keys}]
 "#,
         broker = enrolled.broker,
     );
-    pki::write_file(&out.join("device.key"), key_pem.as_bytes(), 0o600)?;
-    pki::write_file(&out.join("device.pem"), enrolled.certificate_pem.as_bytes(), 0o644)?;
-    pki::write_file(&out.join("ca.pem"), enrolled.ca_pem.as_bytes(), 0o644)?;
-    pki::write_file(&out.join("config.toml"), config.as_bytes(), 0o644)?;
+    enroll::write_file(&out.join("device.key"), key_pem.as_bytes(), 0o600)?;
+    enroll::write_file(&out.join("device.pem"), enrolled.certificate_pem.as_bytes(), 0o644)?;
+    enroll::write_file(&out.join("ca.pem"), enrolled.ca_pem.as_bytes(), 0o644)?;
+    enroll::write_file(&out.join("config.toml"), config.as_bytes(), 0o644)?;
     Ok(())
 }

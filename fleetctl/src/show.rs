@@ -1,8 +1,8 @@
 //! Output for people: aligned tables and times.
 
+pub use fleet_api::units::utc;
+use fleet_api::units::{days_from_civil, human_duration, parse_duration};
 use fleet_proto::UnixMillis;
-pub use fleet_server::units::utc;
-use fleet_server::units::{days_from_civil, human_duration, parse_duration};
 
 /// Prints rows under a header, each column as wide as its widest cell.
 pub fn table(header: &[&str], rows: &[Vec<String>]) {

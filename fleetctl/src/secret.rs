@@ -6,8 +6,8 @@ use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use fleet_server::api::{SecretChange, SecretList};
-use fleet_server::secrets::{ScopeKind, MAX_VALUE_BYTES};
+use fleet_api::secrets::MAX_VALUE_BYTES;
+use fleet_api::{ScopeKind, SecretChange, SecretList};
 
 use crate::client::{print_json, Client, Failure};
 use crate::encode;

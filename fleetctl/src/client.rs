@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use fleet_api::client::{detail, status_line, ApiClient, ApiError};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -54,8 +55,7 @@ pub fn read_profile() -> Profile {
 pub struct Client {
     /// Base URL.
     pub server: String,
-    token: Option<String>,
-    agent: ureq::Agent,
+    api: ApiClient,
 }
 
 impl Client {
@@ -70,8 +70,7 @@ impl Client {
         let token = token.or(profile.token).or_else(|| {
             std::fs::read_to_string("fleet-data/admin-token").ok().map(|t| t.trim().to_owned())
         });
-        let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
-        Client { server, token, agent }
+        Client { api: ApiClient::new(&server, token), server }
     }
 
     /// GET `path`.
@@ -95,73 +94,43 @@ impl Client {
         path: &str,
         body: Option<&B>,
     ) -> Result<T, Failure> {
-        self.request(method, path, body, None)
+        self.api.send(method, path, body).map_err(|e| self.failure(e))
     }
 
     /// PUTs `bytes` as is (application/octet-stream), e.g. a secret's value.
     pub fn put_bytes<T: DeserializeOwned>(&self, path: &str, bytes: &[u8]) -> Result<T, Failure> {
-        self.request::<(), T>("PUT", path, None, Some(bytes))
+        self.api.put_bytes(path, bytes).map_err(|e| self.failure(e))
     }
 
-    fn request<B: Serialize, T: DeserializeOwned>(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<&B>,
-        raw: Option<&[u8]>,
-    ) -> Result<T, Failure> {
-        let url = format!("{}{path}", self.server);
-        let auth = self.token.as_ref().map(|t| format!("Bearer {t}")).unwrap_or_default();
-        let sent = match (method, body) {
-            ("PUT", _) if raw.is_some() => self
-                .agent
-                .put(&url)
-                .header("authorization", &auth)
-                .header("content-type", "application/octet-stream")
-                .send(raw.unwrap_or_default()),
-            ("GET", _) => self.agent.get(&url).header("authorization", &auth).call(),
-            ("DELETE", _) => self.agent.delete(&url).header("authorization", &auth).call(),
-            ("PUT", Some(body)) => {
-                self.agent.put(&url).header("authorization", &auth).send_json(body)
-            }
-            ("PATCH", Some(body)) => {
-                self.agent.patch(&url).header("authorization", &auth).send_json(body)
-            }
-            (_, Some(body)) => self.agent.post(&url).header("authorization", &auth).send_json(body),
-            (_, None) => self.agent.post(&url).header("authorization", &auth).send_empty(),
-        };
-        let mut response = sent.map_err(|e| Failure {
-            code: 5,
-            message: format!(
-                "cannot reach the fleet server at {}: {e}\n  is it running? start one with `fleet-server`, or point --server / FLEET_SERVER at yours (`fleetctl login --server URL` remembers it)",
-                self.server
-            ),
-        })?;
-        let status = response.status();
-        if !status.is_success() {
-            let body: serde_json::Value = response.body_mut().read_json().unwrap_or_default();
-            let detail = body
-                .get("detail")
-                .or_else(|| body.get("error"))
-                .and_then(|e| e.as_str())
-                .unwrap_or("no reason given");
-            let mut message = format!("{detail} ({status})");
-            if let Some(errors) = body.get("errors").and_then(|e| e.as_array()) {
-                for e in errors {
-                    let path = e.get("path").and_then(|p| p.as_str()).unwrap_or("");
-                    let reason = e.get("reason").and_then(|p| p.as_str()).unwrap_or("");
-                    message.push_str(&format!("\n  {path}: {reason}"));
+    /// An API error as what to print and the exit code.
+    fn failure(&self, e: ApiError) -> Failure {
+        match e {
+            ApiError::Unreachable { reason, .. } => Failure {
+                code: 5,
+                message: format!(
+                    "cannot reach the fleet server at {}: {reason}\n  is it running? start one with `fleet-server`, or point --server / FLEET_SERVER at yours (`fleetctl login --server URL` remembers it)",
+                    self.server
+                ),
+            },
+            ApiError::Refused { status, body, .. } => {
+                let mut message = format!("{} ({})", detail(&body), status_line(status));
+                if let Some(errors) = body.get("errors").and_then(|e| e.as_array()) {
+                    for e in errors {
+                        let path = e.get("path").and_then(|p| p.as_str()).unwrap_or("");
+                        let reason = e.get("reason").and_then(|p| p.as_str()).unwrap_or("");
+                        message.push_str(&format!("\n  {path}: {reason}"));
+                    }
                 }
+                let code = if (400..500).contains(&status) { 2 } else { 5 };
+                Failure { code, message }
             }
-            let code = if status.is_client_error() { 2 } else { 5 };
-            return Err(Failure { code, message });
+            ApiError::Decode { url, reason, .. } => Failure {
+                code: 5,
+                message: format!(
+                    "unexpected answer from {url}: {reason} (is --server a Fleet server of the same version?)"
+                ),
+            },
         }
-        response.body_mut().with_config().limit(1 << 30).read_json().map_err(|e| Failure {
-            code: 5,
-            message: format!(
-                "unexpected answer from {url}: {e} (is --server a Fleet server of the same version?)"
-            ),
-        })
     }
 }
 

@@ -5,8 +5,7 @@
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
-use fleet_server::api::RolloutView;
-use fleet_server::rollout::{RunState, WavePhase, WaveStatus};
+use fleet_api::{RolloutView, RunState, WavePhase, WaveStatus};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::client::{Client, Failure};

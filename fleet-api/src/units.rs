@@ -1,4 +1,5 @@
-//! Durations and times as people write and read them (pure).
+//! Durations, times and sizes as people write and read them (pure). The server reads `--bake`
+//! and the other rollout durations with the same grammar `fleetctl` checks them with.
 
 use std::time::Duration;
 
@@ -97,6 +98,22 @@ pub fn human_duration(d: Duration) -> String {
     }
 }
 
+/// Bytes for people: `1.5 GB`, `300 MB`, `12 KB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [(&str, u64); 3] = [("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)];
+    for (unit, size) in UNITS {
+        if n >= size {
+            let tenths = n * 10 / size;
+            return if tenths % 10 == 0 || tenths >= 100 {
+                format!("{} {unit}", n / size)
+            } else {
+                format!("{}.{} {unit}", tenths / 10, tenths % 10)
+            };
+        }
+    }
+    format!("{n} B")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,5 +141,13 @@ mod tests {
         assert_eq!(human_duration(Duration::from_secs(600)), "10m");
         assert_eq!(human_duration(Duration::from_secs(5400)), "1h 30m");
         assert_eq!(human_duration(Duration::from_secs(86_400 * 2 + 3600 * 3)), "2d 3h");
+    }
+
+    #[test]
+    fn byte_counts_read_like_a_person_wrote_them() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(1536), "1.5 KB");
+        assert_eq!(bytes(300 << 20), "300 MB");
+        assert_eq!(bytes(3 << 30), "3 GB");
     }
 }
