@@ -35,19 +35,22 @@ use std::time::Duration;
 use fleet_proto::report::UpdateResult;
 use fleet_proto::{
     Command, CommandAction, CommandOutcome, CommandResult, DesiredState, Event, EventKind,
-    ReleaseSpec, Severity, Signed, TrustedKeys, UnixMillis, VerifyError,
+    ReleaseSpec, Severity, Signed, TrustedKeys, UnixMillis,
 };
 use sha2::{Digest, Sha256};
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::accept::{accept, Rejection};
+use crate::accept::{
+    self, accept, check_local_release, rejection_reason, verify_reason, Applied, CommandVerdict,
+    Delivery, Recorded, Rejection,
+};
 use crate::admin::{self, Answer, Call, Request};
 use crate::config::Config;
 use crate::hardware::{self, HostHardware};
 use crate::link::{Inbound, Inbox, Link, LinkError, LinkHandle, Outgoing};
 use crate::lock::UpdateLocks;
 use crate::proxy::PortProxy;
-use crate::reconcile::{check_local_release, ExecOptions, Reconciler, StepError};
+use crate::reconcile::{ExecOptions, Reconciler, StepError};
 use crate::report;
 use crate::runtime::docker::DockerRuntime;
 use crate::runtime::{ContainerRuntime, RuntimeError};
@@ -732,30 +735,18 @@ impl<R: ContainerRuntime> Daemon<R> {
         let digest = digest(&signed);
         let accepted = match (state.server_desired(), state.desired()) {
             (Ok(server), Ok(desired)) => {
-                let from_desired = match desired.as_ref().map(|d| d.origin) {
-                    Some(Origin::Server { generation }) => Some(generation),
-                    _ => None,
+                let applied = match desired.map(|d| d.origin) {
+                    None => Applied::Nothing,
+                    Some(Origin::Local { .. }) => Applied::Local,
+                    Some(Origin::Server { generation }) => Applied::Server(generation),
                 };
-                match server {
-                    Some(s) if s.digest == digest => {
-                        let recorded_but_not_applied = match &desired {
-                            None => true,
-                            Some(d) => {
-                                matches!(d.origin, Origin::Server { generation } if generation < s.generation)
-                            }
-                        };
-                        if !recorded_but_not_applied {
-                            // The broker's retained copy of what is already accepted (every
-                            // reconnect), or a local release applied since, which stands until
-                            // the server sends a newer generation.
-                            tracing::debug!("desired state unchanged");
-                            return None;
-                        }
-                        // The same bytes, recorded but never handed to the reconciler: the
-                        // agent stopped in between (power loss). Accept them again.
-                        from_desired
+                let recorded = server.as_ref().map(|s| (s.generation, s.digest.as_str()));
+                match accept::delivery(&digest, recorded, applied) {
+                    Delivery::Unchanged => {
+                        tracing::debug!("desired state unchanged");
+                        return None;
                     }
-                    server => server.map(|s| s.generation).max(from_desired),
+                    Delivery::Check { accepted } => accepted,
                 }
             }
             (Err(e), _) | (_, Err(e)) => {
@@ -961,25 +952,29 @@ impl<R: ContainerRuntime> Daemon<R> {
             }
         };
         let id = command.id;
-        let outcome = if command.device != self.config.device_id {
-            refused(format!(
-                "command is for device {}, this is {}",
-                command.device, self.config.device_id
-            ))
-        } else if UnixMillis::now() > command.deadline {
-            refused(format!("deadline {} passed", command.deadline.0))
-        } else {
-            match self.reconciler.state().remember_command(id) {
-                Ok(false) => {
-                    tracing::info!(id, "command already run; ignoring the redelivery");
-                    return;
-                }
-                Err(e) => {
-                    CommandOutcome::Failed { reason: format!("cannot record the command: {e}") }
-                }
-                Ok(true) => {
-                    tracing::info!(id, action = ?command.action, "running command from the server");
-                    self.run_command(&command.action).await
+        let outcome = match accept::screen_command(
+            &command,
+            &self.config.device_id,
+            UnixMillis::now(),
+        ) {
+            Err(reason) => refused(reason),
+            Ok(()) => {
+                let recorded = match self.reconciler.state().remember_command(id) {
+                    Ok(true) => Recorded::First,
+                    Ok(false) => Recorded::Again,
+                    Err(e) => Recorded::Failed(e.to_string()),
+                };
+                match accept::command_verdict(&command.action, recorded, self.config.allow_reboot) {
+                    CommandVerdict::Redelivery => {
+                        tracing::info!(id, "command already run; ignoring the redelivery");
+                        return;
+                    }
+                    CommandVerdict::Refuse(reason) => refused(reason),
+                    CommandVerdict::Fail(reason) => CommandOutcome::Failed { reason },
+                    CommandVerdict::Run => {
+                        tracing::info!(id, action = ?command.action, "running command from the server");
+                        self.run_command(&command.action).await
+                    }
                 }
             }
         };
@@ -1015,9 +1010,7 @@ impl<R: ContainerRuntime> Daemon<R> {
 
     async fn run_command(&self, action: &CommandAction) -> CommandOutcome {
         match action {
-            CommandAction::Reboot if !self.config.allow_reboot => refused(
-                "reboot is not allowed on this device (commands.allow_reboot = false)".to_owned(),
-            ),
+            // Allowed: judged by accept::command_verdict.
             CommandAction::Reboot => CommandOutcome::Done { output: vec!["rebooting".to_owned()] },
             CommandAction::RefreshInventory => {
                 let changed = self.rescan_hardware().await;
@@ -1144,28 +1137,6 @@ pub fn digest(signed: &Signed) -> String {
     h.update(&signed.payload);
     h.update(&signed.signature);
     fleet_proto::hex::encode(&h.finalize())
-}
-
-/// A stable machine-readable reason for a refused signed payload (the event's `reason`).
-fn verify_reason(e: &VerifyError) -> &'static str {
-    match e {
-        VerifyError::Unsigned => "unsigned",
-        VerifyError::UnknownKey { .. } => "unknown-key",
-        VerifyError::MalformedSignature { .. } => "malformed-signature",
-        VerifyError::BadSignature { .. } => "bad-signature",
-        VerifyError::Payload(_) => "undecodable-payload",
-    }
-}
-
-/// A stable machine-readable reason for a refused desired state.
-pub fn rejection_reason(r: &Rejection) -> &'static str {
-    match r {
-        Rejection::Signature(e) => verify_reason(e),
-        Rejection::WrongDevice { .. } => "wrong-device",
-        Rejection::Replay { .. } => "replay",
-        Rejection::Invalid(_) => "invalid-release",
-        Rejection::Secrets(_) => "secrets",
-    }
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

@@ -7,7 +7,7 @@
 //!   download sizes for its disk check come from the registry through [`fleet_oci`];
 //! * [`state`] — durable state in redb (accepted desired state, proven release, journal);
 //! * [`lock`] — update locks: leases applications hold while they must not be interrupted;
-//! * [`accept`] — whether a desired state from the server may be applied (pure);
+//! * [`accept`] — pure: whether a release, a desired state or a command may be acted on;
 //! * [`report`] — the device's state report;
 //! * [`hardware`] — inventory, device mapping by stable identity, admission control, hot-plug;
 //! * [`telemetry`] — host metrics buffered on disk (redb) and delivered at least once;

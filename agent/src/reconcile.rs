@@ -136,53 +136,6 @@ pub enum StepError {
     },
 }
 
-/// Why a release is refused before anything runs.
-#[derive(Debug, thiserror::Error)]
-#[error("release refused: {}", .problems.join("; "))]
-pub struct Refused {
-    /// Every problem, each naming its field.
-    pub problems: Vec<String>,
-}
-
-/// Checks a release for what this agent can run anywhere: the protocol's own validation plus
-/// what the agent does not support. Whether it fits this device's hardware is decided when it
-/// is applied ([`crate::hardware::admit`]), since devices come and go.
-/// `allowed_host_paths` are the directories services may bind-mount
-/// (`[volumes] allowed_host_paths`).
-pub fn check_release(
-    release: &ReleaseSpec,
-    allowed_host_paths: &[std::path::PathBuf],
-) -> Result<(), Refused> {
-    let mut problems: Vec<String> = match release.validate() {
-        Ok(()) => vec![],
-        Err(errors) => errors.iter().map(ToString::to_string).collect(),
-    };
-    problems.extend(crate::objects::disallowed_binds(release, allowed_host_paths));
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(Refused { problems })
-    }
-}
-
-/// [`check_release`] for a release applied locally (`fleet-agent apply`), which has no server
-/// to deliver secrets: a service that mounts one is refused too.
-pub fn check_local_release(
-    release: &ReleaseSpec,
-    allowed_host_paths: &[std::path::PathBuf],
-) -> Result<(), Refused> {
-    let mut problems = match check_release(release, allowed_host_paths) {
-        Ok(()) => vec![],
-        Err(r) => r.problems,
-    };
-    problems.extend(crate::secrets::local_problems(release));
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(Refused { problems })
-    }
-}
-
 /// Why a container was killed, with the limit it had: `was oom-killed: exceeded its memory
 /// limit of 32 MiB`. Docker 20.10 can lose the OOMKilled flag under load, so exit code 137
 /// without it is named as either.
