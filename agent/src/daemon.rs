@@ -47,6 +47,7 @@ use crate::accept::{
 use crate::admin::{self, Answer, Call, Request};
 use crate::config::Config;
 use crate::hardware::{self, HostHardware};
+use crate::host::{Host, Notify, SystemHost};
 use crate::link::{Inbound, Inbox, Link, LinkError, LinkHandle, Outgoing};
 use crate::lock::UpdateLocks;
 use crate::proxy::PortProxy;
@@ -54,7 +55,6 @@ use crate::reconcile::{ExecOptions, Reconciler, StepError};
 use crate::report;
 use crate::runtime::docker::DockerRuntime;
 use crate::runtime::{ContainerRuntime, RuntimeError};
-use crate::sd_notify;
 use crate::state::{AgentState, Origin, StateError};
 use crate::telemetry::{self, TelemetryHandle};
 
@@ -140,6 +140,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
 /// Longest command log output sent back, in bytes: a result must fit an MQTT message.
 const MAX_LOG_BYTES: usize = fleet_proto::MAX_MESSAGE_BYTES / 2;
+/// How long a commanded reboot waits, so the link can publish the command's result first.
+const REBOOT_DELAY: Duration = Duration::from_secs(3);
 /// Most log lines a `FetchLogs` command returns.
 const MAX_LOG_LINES: u32 = 1000;
 
@@ -159,6 +161,8 @@ pub struct RunOptions {
     /// No admin socket (`fleet-agent apply` cannot reach this agent) and no update-lock socket
     /// (lock files still work): two listening descriptors and two tasks per agent.
     pub no_local_sockets: bool,
+    /// The machine's service manager and reboot, instead of the real ones ([`SystemHost`]).
+    pub host: Option<Arc<dyn Host>>,
 }
 
 impl std::fmt::Debug for RunOptions {
@@ -168,6 +172,7 @@ impl std::fmt::Debug for RunOptions {
             .field("telemetry_store", &self.telemetry_store.as_ref().map(|_| "given"))
             .field("fixed_hardware", &self.fixed_hardware)
             .field("no_local_sockets", &self.no_local_sockets)
+            .field("host", &self.host)
             .finish()
     }
 }
@@ -188,7 +193,8 @@ pub async fn run_with_options<R: ContainerRuntime>(
     options: RunOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
-    let RunOptions { state, telemetry_store, fixed_hardware, no_local_sockets } = options;
+    let RunOptions { state, telemetry_store, fixed_hardware, no_local_sockets, host } = options;
+    let host = host.unwrap_or_else(|| Arc::new(SystemHost));
     // Certificate problems are reported before anything else starts.
     let link = match &config.link {
         Some(cfg) => {
@@ -314,7 +320,7 @@ pub async fn run_with_options<R: ContainerRuntime>(
     let rescan_on_resync = hotplug.is_none() && !fixed_hardware;
     let seal_key =
         crate::secrets::load_or_create_key(&config.data_dir.join(crate::secrets::KEY_FILE))?;
-    let mut daemon = Daemon { config, reconciler, link, trusted, rescan_on_resync, seal_key };
+    let mut daemon = Daemon { config, reconciler, link, trusted, rescan_on_resync, seal_key, host };
     let result = daemon.run(shutdown, admin_calls, inbox, hotplug).await;
     if let Some(sampler) = container_metrics {
         sampler.abort();
@@ -411,6 +417,8 @@ struct Daemon<R> {
     rescan_on_resync: bool,
     /// What the server seals this device's secrets to; its public half goes in every report.
     seal_key: fleet_proto::DeviceSealKey,
+    /// systemd's notifications and the reboot.
+    host: Arc<dyn Host>,
 }
 
 /// Reads the host's hardware (blocking file reads, off the runtime's threads) and adds what
@@ -453,18 +461,19 @@ impl<R: ContainerRuntime> Daemon<R> {
         tracing::info!(%device, "fleet-agent {} started", crate::AGENT_VERSION);
         // Before the first converge: it starts the services whose secret files a reboot took.
         self.restore_secret_files();
-        sd_notify::notify("READY=1");
+        self.host.notify(Notify::Ready);
 
         let mut events = self.reconciler.runtime().events(&device);
         let mut resync = tokio::time::interval(self.config.resync);
         resync.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let watchdog = sd_notify::watchdog_interval().map(|every| {
+        let watchdog = self.host.watchdog_interval().map(|every| {
+            let host = Arc::clone(&self.host);
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(every);
                 tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
                 loop {
                     tick.tick().await;
-                    sd_notify::notify("WATCHDOG=1");
+                    host.notify(Notify::Watchdog);
                 }
             })
         });
@@ -550,7 +559,7 @@ impl<R: ContainerRuntime> Daemon<R> {
         if let Some(watchdog) = watchdog {
             watchdog.abort();
         }
-        sd_notify::notify("STOPPING=1");
+        self.host.notify(Notify::Stopping);
         tracing::info!("fleet-agent stopping; application containers keep running");
         Ok(())
     }
@@ -991,17 +1000,13 @@ impl<R: ContainerRuntime> Daemon<R> {
         }
         if reboot {
             // Give the link a moment to publish the result before the system goes down.
-            tokio::spawn(async {
-                tokio::time::sleep(Duration::from_secs(3)).await;
+            let host = Arc::clone(&self.host);
+            tokio::spawn(async move {
+                tokio::time::sleep(REBOOT_DELAY).await;
                 tracing::warn!("rebooting the device as commanded");
-                let status = tokio::task::spawn_blocking(|| {
-                    std::process::Command::new("systemctl").arg("reboot").status()
-                })
-                .await;
-                match status {
-                    Ok(Ok(s)) if s.success() => {}
-                    Ok(Ok(s)) => tracing::error!(status = %s, "systemctl reboot failed"),
-                    Ok(Err(e)) => tracing::error!(error = %e, "cannot run systemctl reboot"),
+                match tokio::task::spawn_blocking(move || host.reboot()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::error!(error = %e, "reboot failed"),
                     Err(e) => tracing::error!(error = %e, "reboot task failed"),
                 }
             });
@@ -1149,4 +1154,82 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 fn lease_end(until: UnixMillis) -> Instant {
     let left = until.0.saturating_sub(UnixMillis::now().0);
     Instant::now() + Duration::from_millis(left + 100)
+}
+
+#[cfg(test)]
+mod tests {
+    use fleet_proto::{samples, Command, CommandAction, DeviceSealKey, TrustedKeys, UnixMillis};
+
+    use super::*;
+    use crate::host::{HostCall, RecordingHost};
+    use crate::runtime::sim::SimRuntime;
+
+    fn daemon(
+        allow_reboot: bool,
+        host: Arc<RecordingHost>,
+    ) -> (Daemon<SimRuntime>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::from_toml(&format!(
+            "device_id = \"{}\"\ndata_dir = {:?}\n[commands]\nallow_reboot = {allow_reboot}\n",
+            samples::device(),
+            dir.path().display().to_string(),
+        ))
+        .unwrap();
+        let reconciler = Reconciler::new(
+            Arc::new(SimRuntime::new()),
+            config.device_id.clone(),
+            AgentState::in_memory(),
+            exec_options(&config),
+        );
+        let daemon = Daemon {
+            config,
+            reconciler,
+            link: None,
+            trusted: TrustedKeys::new([samples::server_key().public()]),
+            rescan_on_resync: false,
+            seal_key: DeviceSealKey::generate().unwrap(),
+            host,
+        };
+        (daemon, dir)
+    }
+
+    fn reboot_command(id: u64) -> Signed {
+        samples::server_key().sign(&Command {
+            id,
+            device: samples::device(),
+            issued_at: UnixMillis::now(),
+            deadline: UnixMillis::now().saturating_add(Duration::from_secs(3600)),
+            action: CommandAction::Reboot,
+        })
+    }
+
+    /// Lets the delayed reboot task (and its blocking call) finish.
+    async fn settle(host: &RecordingHost, reboots: usize) {
+        tokio::time::sleep(REBOOT_DELAY * 2).await;
+        for _ in 0..100 {
+            if host.reboots() >= reboots {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reboot_command_reboots_once_even_when_redelivered() {
+        let host = Arc::new(RecordingHost::default());
+        let (daemon, _dir) = daemon(true, Arc::clone(&host));
+        daemon.command(reboot_command(1)).await;
+        daemon.command(reboot_command(1)).await;
+        settle(&host, 1).await;
+        assert_eq!(host.calls(), vec![HostCall::Reboot]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reboot_command_does_not_reboot_where_reboots_are_not_allowed() {
+        let host = Arc::new(RecordingHost::default());
+        let (daemon, _dir) = daemon(false, Arc::clone(&host));
+        daemon.command(reboot_command(1)).await;
+        settle(&host, 1).await;
+        assert_eq!(host.reboots(), 0);
+    }
 }
