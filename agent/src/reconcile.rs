@@ -53,7 +53,9 @@ pub struct ExecOptions {
     /// below it fails before pulling, and the device stays on its release.
     pub disk_reserve: u64,
     /// Test-only fault hook: abort the process when about to run the step whose kind (or
-    /// `kind:n`, the n-th such step, 1-based) matches. From `FLEET_AGENT_FAULT`.
+    /// `kind:n`, the n-th such step, 1-based) matches. From `FLEET_AGENT_FAULT`; only in
+    /// builds with the `fault-injection` feature (the tests' builds, never the shipped agent).
+    #[cfg(feature = "fault-injection")]
     pub fault: Option<String>,
     /// The telemetry socket directory, mounted read-only at `/run/fleet` into services that
     /// send telemetry; `None`: telemetry ingestion is off.
@@ -70,6 +72,7 @@ impl Default for ExecOptions {
             max_restarts: 2,
             stop_grace: Duration::from_secs(10),
             disk_reserve: 500_000_000,
+            #[cfg(feature = "fault-injection")]
             fault: std::env::var("FLEET_AGENT_FAULT").ok().filter(|f| !f.is_empty()),
             telemetry_dir: None,
         }
@@ -163,6 +166,7 @@ pub struct Reconciler<R> {
     state: AgentState,
     opts: ExecOptions,
     credentials: Vec<RegistryCredential>,
+    #[cfg(feature = "fault-injection")]
     fault_count: std::sync::atomic::AtomicU32,
     locks: Option<UpdateLocks>,
     proxy: Option<PortProxy>,
@@ -184,6 +188,7 @@ impl<R: ContainerRuntime> Reconciler<R> {
             state,
             opts,
             credentials: vec![],
+            #[cfg(feature = "fault-injection")]
             fault_count: Default::default(),
             locks: None,
             proxy: None,
@@ -524,6 +529,7 @@ impl<R: ContainerRuntime> Reconciler<R> {
             }
             for step in batch {
                 self.journal(update, step, "begin")?;
+                #[cfg(feature = "fault-injection")]
                 self.fault_hook(step);
             }
             let results = futures_util::future::join_all(
@@ -585,6 +591,7 @@ impl<R: ContainerRuntime> Reconciler<R> {
     }
 
     /// Aborts the process at the configured step (crash-safety tests kill the agent this way).
+    #[cfg(feature = "fault-injection")]
     fn fault_hook(&self, step: &Step) {
         let Some(fault) = &self.opts.fault else { return };
         let (kind, nth) = match fault.split_once(':') {

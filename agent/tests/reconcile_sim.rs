@@ -69,6 +69,7 @@ fn fixture() -> Fixture {
         retry_delay: Duration::from_millis(1),
         health_poll: Duration::from_millis(1),
         stable_for: Duration::ZERO,
+        #[cfg(feature = "fault-injection")]
         fault: None,
         ..ExecOptions::default()
     };
@@ -220,6 +221,7 @@ async fn other_devices_containers_are_never_touched() {
         ExecOptions {
             health_poll: Duration::from_millis(1),
             stable_for: Duration::ZERO,
+            #[cfg(feature = "fault-injection")]
             fault: None,
             ..ExecOptions::default()
         },
@@ -245,6 +247,7 @@ async fn a_held_lock_defers_the_switch_but_not_the_download_and_force_overrides_
     let opts = ExecOptions {
         health_poll: Duration::from_millis(1),
         stable_for: Duration::ZERO,
+        #[cfg(feature = "fault-injection")]
         fault: None,
         ..ExecOptions::default()
     };
