@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fleet_proto::release::{HealthCheck, Probe};
 use fleet_proto::report::{
@@ -22,6 +22,8 @@ use fleet_proto::report::{
 use fleet_proto::{
     DeviceId, ImageRef, RegistryCredential, ReleaseSpec, ServiceName, ServiceSpec, UnixMillis,
 };
+// tokio's clock, not std's: health deadlines and stable periods follow paused time in tests.
+use tokio::time::Instant;
 
 use crate::hardware::{HardwareMapping, HardwarePolicy, HostHardware};
 use crate::lock::UpdateLocks;
