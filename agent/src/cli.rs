@@ -17,6 +17,7 @@ use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
+use crate::accept::check_local_release;
 use crate::admin;
 use crate::config::{self, Config, DEFAULT_CONFIG, DEFAULT_PATH};
 use crate::daemon;
@@ -24,7 +25,7 @@ use crate::hardware;
 use crate::hardware::render::render_inventory;
 use crate::lock::UpdateLocks;
 use crate::plan;
-use crate::reconcile::{check_local_release, Reconciler, StepError};
+use crate::reconcile::{Reconciler, StepError};
 use crate::report;
 use crate::runtime::docker::DockerRuntime;
 use crate::runtime::{ContainerRuntime, RuntimeError};

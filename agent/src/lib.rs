@@ -7,11 +7,13 @@
 //!   download sizes for its disk check come from the registry through [`fleet_oci`];
 //! * [`state`] — durable state in redb (accepted desired state, proven release, journal);
 //! * [`lock`] — update locks: leases applications hold while they must not be interrupted;
-//! * [`accept`] — whether a desired state from the server may be applied (pure);
+//! * [`accept`] — pure: whether a release, a desired state or a command may be acted on;
 //! * [`report`] — the device's state report;
 //! * [`hardware`] — inventory, device mapping by stable identity, admission control, hot-plug;
 //! * [`telemetry`] — host metrics buffered on disk (redb) and delivered at least once;
 //! * [`link`] — the MQTT link to the fleet server (mutual TLS, backoff, presence);
+//! * [`host`] — the machine beyond its containers (systemd notifications, reboot), behind a
+//!   trait;
 //! * [`config`], [`daemon`], [`cli`], [`sd_notify`] — the process around it.
 //!
 //! The binary in `main.rs` only calls [`cli::main`]. The agent speaks to the server only
@@ -23,6 +25,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod hardware;
+pub mod host;
 pub(crate) mod http1;
 pub mod link;
 pub mod lock;

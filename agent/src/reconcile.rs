@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fleet_proto::release::{HealthCheck, Probe};
 use fleet_proto::report::{
@@ -22,6 +22,8 @@ use fleet_proto::report::{
 use fleet_proto::{
     DeviceId, ImageRef, RegistryCredential, ReleaseSpec, ServiceName, ServiceSpec, UnixMillis,
 };
+// tokio's clock, not std's: health deadlines and stable periods follow paused time in tests.
+use tokio::time::Instant;
 
 use crate::hardware::{HardwareMapping, HardwarePolicy, HostHardware};
 use crate::lock::UpdateLocks;
@@ -53,7 +55,9 @@ pub struct ExecOptions {
     /// below it fails before pulling, and the device stays on its release.
     pub disk_reserve: u64,
     /// Test-only fault hook: abort the process when about to run the step whose kind (or
-    /// `kind:n`, the n-th such step, 1-based) matches. From `FLEET_AGENT_FAULT`.
+    /// `kind:n`, the n-th such step, 1-based) matches. From `FLEET_AGENT_FAULT`; only in
+    /// builds with the `fault-injection` feature (the tests' builds, never the shipped agent).
+    #[cfg(feature = "fault-injection")]
     pub fault: Option<String>,
     /// The telemetry socket directory, mounted read-only at `/run/fleet` into services that
     /// send telemetry; `None`: telemetry ingestion is off.
@@ -70,6 +74,7 @@ impl Default for ExecOptions {
             max_restarts: 2,
             stop_grace: Duration::from_secs(10),
             disk_reserve: 500_000_000,
+            #[cfg(feature = "fault-injection")]
             fault: std::env::var("FLEET_AGENT_FAULT").ok().filter(|f| !f.is_empty()),
             telemetry_dir: None,
         }
@@ -136,53 +141,6 @@ pub enum StepError {
     },
 }
 
-/// Why a release is refused before anything runs.
-#[derive(Debug, thiserror::Error)]
-#[error("release refused: {}", .problems.join("; "))]
-pub struct Refused {
-    /// Every problem, each naming its field.
-    pub problems: Vec<String>,
-}
-
-/// Checks a release for what this agent can run anywhere: the protocol's own validation plus
-/// what the agent does not support. Whether it fits this device's hardware is decided when it
-/// is applied ([`crate::hardware::admit`]), since devices come and go.
-/// `allowed_host_paths` are the directories services may bind-mount
-/// (`[volumes] allowed_host_paths`).
-pub fn check_release(
-    release: &ReleaseSpec,
-    allowed_host_paths: &[std::path::PathBuf],
-) -> Result<(), Refused> {
-    let mut problems: Vec<String> = match release.validate() {
-        Ok(()) => vec![],
-        Err(errors) => errors.iter().map(ToString::to_string).collect(),
-    };
-    problems.extend(crate::objects::disallowed_binds(release, allowed_host_paths));
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(Refused { problems })
-    }
-}
-
-/// [`check_release`] for a release applied locally (`fleet-agent apply`), which has no server
-/// to deliver secrets: a service that mounts one is refused too.
-pub fn check_local_release(
-    release: &ReleaseSpec,
-    allowed_host_paths: &[std::path::PathBuf],
-) -> Result<(), Refused> {
-    let mut problems = match check_release(release, allowed_host_paths) {
-        Ok(()) => vec![],
-        Err(r) => r.problems,
-    };
-    problems.extend(crate::secrets::local_problems(release));
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(Refused { problems })
-    }
-}
-
 /// Why a container was killed, with the limit it had: `was oom-killed: exceeded its memory
 /// limit of 32 MiB`. Docker 20.10 can lose the OOMKilled flag under load, so exit code 137
 /// without it is named as either.
@@ -210,6 +168,7 @@ pub struct Reconciler<R> {
     state: AgentState,
     opts: ExecOptions,
     credentials: Vec<RegistryCredential>,
+    #[cfg(feature = "fault-injection")]
     fault_count: std::sync::atomic::AtomicU32,
     locks: Option<UpdateLocks>,
     proxy: Option<PortProxy>,
@@ -231,6 +190,7 @@ impl<R: ContainerRuntime> Reconciler<R> {
             state,
             opts,
             credentials: vec![],
+            #[cfg(feature = "fault-injection")]
             fault_count: Default::default(),
             locks: None,
             proxy: None,
@@ -571,6 +531,7 @@ impl<R: ContainerRuntime> Reconciler<R> {
             }
             for step in batch {
                 self.journal(update, step, "begin")?;
+                #[cfg(feature = "fault-injection")]
                 self.fault_hook(step);
             }
             let results = futures_util::future::join_all(
@@ -632,6 +593,7 @@ impl<R: ContainerRuntime> Reconciler<R> {
     }
 
     /// Aborts the process at the configured step (crash-safety tests kill the agent this way).
+    #[cfg(feature = "fault-injection")]
     fn fault_hook(&self, step: &Step) {
         let Some(fault) = &self.opts.fault else { return };
         let (kind, nth) = match fault.split_once(':') {

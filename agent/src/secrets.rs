@@ -171,23 +171,6 @@ pub fn deliver(
     }
 }
 
-/// Services of `release` that mount secrets, as problems: local mode has no server to deliver
-/// them.
-pub fn local_problems(release: &ReleaseSpec) -> Vec<String> {
-    release
-        .services
-        .iter()
-        .flat_map(|svc| {
-            svc.secrets.iter().map(move |m| {
-                format!(
-                    "service {} mounts secret {:?}: secrets come only from the fleet server (`fleetctl secret set`), a local release cannot carry them",
-                    svc.name, m.source
-                )
-            })
-        })
-        .collect()
-}
-
 /// One file to write for a secret mount.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SecretFile {
@@ -601,14 +584,5 @@ mod tests {
             restore(&dir, &DeviceSealKey::generate().unwrap(), &device, &records);
         assert_eq!(written, 0);
         assert!(problems[0].contains("secret \"db\""), "{problems:?}");
-    }
-
-    #[test]
-    fn a_local_release_with_secrets_is_refused_with_the_service_and_secret() {
-        let mut release = samples::release();
-        release.services[1].secrets = vec![mount("db", "db", 0)];
-        let problems = local_problems(&release);
-        assert_eq!(problems.len(), 2);
-        assert!(problems[1].contains("service lidar mounts secret \"db\""), "{problems:?}");
     }
 }

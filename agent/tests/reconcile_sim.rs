@@ -1,5 +1,6 @@
 //! The executor against the simulated engine: updates, health-gated rollback, stop-first
-//! ordering, adoption and recovery — the behaviours, in milliseconds.
+//! ordering, adoption and recovery — the behaviours, in milliseconds. Time is paused: retry
+//! delays, health polls and deadlines advance the clock instead of waiting for it.
 
 #![allow(clippy::unwrap_used)]
 
@@ -69,6 +70,7 @@ fn fixture() -> Fixture {
         retry_delay: Duration::from_millis(1),
         health_poll: Duration::from_millis(1),
         stable_for: Duration::ZERO,
+        #[cfg(feature = "fault-injection")]
         fault: None,
         ..ExecOptions::default()
     };
@@ -96,7 +98,7 @@ fn names_of(r: &ReleaseSpec) -> Vec<String> {
     names
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn fresh_device_runs_the_release() {
     let f = fixture();
     let v1 = release("1", &image("web", 1), &image("worker", 1));
@@ -106,7 +108,7 @@ async fn fresh_device_runs_the_release() {
     assert_eq!(f.rec.state().proven().unwrap().unwrap().release, Some(v1));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn update_replaces_containers_and_removes_the_old_ones() {
     let f = fixture();
     let v1 = release("1", &image("web", 1), &image("worker", 1));
@@ -119,7 +121,7 @@ async fn update_replaces_containers_and_removes_the_old_ones() {
     assert_eq!(running_names(&f.rt).await, names_of(&v2));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn rollback_when_new_release_never_healthy() {
     let f = fixture();
     let v1 = release("1", &image("web", 1), &image("worker", 1));
@@ -140,7 +142,7 @@ async fn rollback_when_new_release_never_healthy() {
     assert_eq!(f.rt.calls().len(), calls, "no engine call for a rolled-back generation");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn rollback_when_new_release_crashes_at_start() {
     let f = fixture();
     let v1 = release("1", &image("web", 1), &image("worker", 1));
@@ -153,7 +155,7 @@ async fn rollback_when_new_release_crashes_at_start() {
     assert_eq!(running_names(&f.rt).await, names_of(&v1));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn missing_digest_fails_without_touching_the_running_release() {
     let f = fixture();
     let v1 = release("1", &image("web", 1), &image("worker", 1));
@@ -167,7 +169,7 @@ async fn missing_digest_fails_without_touching_the_running_release() {
     assert_eq!(running_names(&f.rt).await, names_of(&v1));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn stop_first_stops_the_old_container_before_the_new_one_starts() {
     let f = fixture();
     let mut v1 = release("1", &image("web", 1), &image("worker", 1));
@@ -186,7 +188,7 @@ async fn stop_first_stops_the_old_container_before_the_new_one_starts() {
     assert!(stop_old < start_new, "{calls:?}");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn restart_with_unchanged_release_adopts_containers() {
     let f = fixture();
     let v1 = release("1", &image("web", 1), &image("worker", 1));
@@ -200,7 +202,7 @@ async fn restart_with_unchanged_release_adopts_containers() {
     assert_eq!(ids, after);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_container_lost_by_the_engine_is_recreated_on_converge() {
     let f = fixture();
     let v1 = release("1", &image("web", 1), &image("worker", 1));
@@ -210,7 +212,7 @@ async fn a_container_lost_by_the_engine_is_recreated_on_converge() {
     assert_eq!(running_names(&f.rt).await, names_of(&v1));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn other_devices_containers_are_never_touched() {
     let f = fixture();
     let other = Reconciler::new(
@@ -220,6 +222,7 @@ async fn other_devices_containers_are_never_touched() {
         ExecOptions {
             health_poll: Duration::from_millis(1),
             stable_for: Duration::ZERO,
+            #[cfg(feature = "fault-injection")]
             fault: None,
             ..ExecOptions::default()
         },
@@ -230,7 +233,7 @@ async fn other_devices_containers_are_never_touched() {
     assert_eq!(f.rt.list(&DeviceId::new("sim-2").unwrap()).await.unwrap().len(), 2);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_held_lock_defers_the_switch_but_not_the_download_and_force_overrides_it() {
     use fleet_agent::lock::UpdateLocks;
     use fleet_agent::reconcile::StepError;
@@ -245,6 +248,7 @@ async fn a_held_lock_defers_the_switch_but_not_the_download_and_force_overrides_
     let opts = ExecOptions {
         health_poll: Duration::from_millis(1),
         stable_for: Duration::ZERO,
+        #[cfg(feature = "fault-injection")]
         fault: None,
         ..ExecOptions::default()
     };
@@ -287,7 +291,7 @@ async fn a_held_lock_defers_the_switch_but_not_the_download_and_force_overrides_
     assert_eq!(running_names(&rt).await, names_of(&v1));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn an_update_whose_images_would_go_below_the_disk_reserve_fails_before_downloading() {
     let f = fixture();
     let v1 = release("1", &image("web", 1), &image("worker", 1));
@@ -313,7 +317,7 @@ async fn an_update_whose_images_would_go_below_the_disk_reserve_fails_before_dow
     assert_eq!(running_names(&f.rt).await, names_of(&v2));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn an_engine_outage_mid_update_is_retried_not_rolled_back() {
     let f = fixture();
     let v1 = release("1", &image("web", 1), &image("worker", 1));
@@ -328,7 +332,7 @@ async fn an_engine_outage_mid_update_is_retried_not_rolled_back() {
     assert_eq!(running_names(&f.rt).await, names_of(&v2));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn the_update_status_says_what_the_update_is_doing_while_it_runs() {
     let f = fixture();
     let rec = Arc::new(f.rec);
@@ -398,7 +402,7 @@ fn lidar_release(version: &str) -> ReleaseSpec {
     r
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_device_back_under_a_new_node_recreates_only_the_service_that_uses_it() {
     let mut f = fixture();
     f.rec = f.rec.with_hardware(host_with_adapter(Some("/dev/ttyUSB0")), Default::default());
@@ -430,7 +434,7 @@ async fn a_device_back_under_a_new_node_recreates_only_the_service_that_uses_it(
     assert_eq!(worker(&second), worker(&first), "the other service keeps its container");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_release_needing_absent_hardware_fails_before_anything_changes_and_is_retried() {
     let mut f = fixture();
     f.rec = f.rec.with_hardware(host_with_adapter(None), Default::default());
@@ -471,7 +475,7 @@ fn app_release(app: &str, version: &str, web: &ImageRef) -> ReleaseSpec {
     r
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn services_join_their_apps_network_under_their_names_and_old_networks_go() {
     let f = fixture();
     let v1 = app_release("iot", "1", &image("web", 1));
@@ -502,7 +506,7 @@ async fn services_join_their_apps_network_under_their_names_and_old_networks_go(
     assert!(f.rec.purge_volumes().await.unwrap().is_empty());
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_volume_of_another_app_is_a_clash_refused_before_anything_changes() {
     let f = fixture();
     let shop = app_release("shop", "1", &image("web", 1));

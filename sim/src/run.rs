@@ -311,6 +311,7 @@ fn start(slot: &mut Slot, args: &RunArgs) -> anyhow::Result<()> {
             ))),
             fixed_hardware: true,
             no_local_sockets: true,
+            ..Default::default()
         }
     };
     let (stop, stopped) = oneshot::channel::<()>();

@@ -197,6 +197,11 @@ async fn killed_at_any_step_the_agent_restarts_into_the_complete_new_release() {
         let aborted = !out.status.success()
             && String::from_utf8_lossy(&out.stderr).contains("aborting before");
         eprintln!("fault any:{n}: aborted={aborted}");
+        assert!(
+            aborted || n > 1,
+            "FLEET_AGENT_FAULT=any:1 did not abort the agent: was it built without the \
+             fault-injection feature? (cargo build --workspace --bins builds it in)"
+        );
 
         let n2 = expected_names(&agent, &v2);
         // While the agent is down, the start-first service (web) still has a running container:
