@@ -41,6 +41,7 @@ pub mod ids;
 pub mod inventory;
 pub mod release;
 pub mod report;
+#[cfg(any(test, feature = "samples"))]
 pub mod samples;
 pub mod seal;
 pub mod sign;
