@@ -73,6 +73,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::devices::DeviceRecord;
 
+pub mod driver;
+
 /// How many healthy devices of the current wave are re-checked per step (all of them at the
 /// bake gate). Bounds a step's cost by `max_parallel` plus this, not by the wave's size.
 pub const WATCH_PER_STEP: usize = 64;
