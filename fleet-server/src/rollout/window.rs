@@ -13,8 +13,8 @@ const DAY_NAMES: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
 const MINUTE_MS: i64 = 60_000;
 const DAY_MS: i64 = 86_400_000;
 
-/// When updates may happen: some weekdays, from a start to an end time in a fixed UTC offset,
-/// e.g. `Mon-Fri 22:00-05:00 Europe/Berlin` or `daily 01:00-04:00 +05:30`. A window that
+/// When updates may happen: some weekdays, from a start to an end time on a named zone's clock
+/// or a fixed UTC offset, e.g. `Mon-Fri 22:00-05:00 Europe/Berlin` or `daily 01:00-04:00 +05:30`. A window that
 /// crosses midnight belongs to the day it starts on (the first one runs from Monday 22:00 to
 /// Saturday 05:00, with breaks in the daytime).
 ///
@@ -34,21 +34,41 @@ pub struct MaintenanceWindow {
 }
 
 /// The clock a maintenance window is read on.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 enum Zone {
     /// A fixed offset from UTC, in minutes.
     Fixed(i16),
-    /// An IANA zone, e.g. `Europe/Berlin` (checked to exist when parsed).
-    Named(String),
+    /// An IANA zone, e.g. `Europe/Berlin`: the name as written (for `Display` and serde) and
+    /// the zone it resolved to when the window was parsed, so that evaluating a window, which
+    /// the engine does at every step, never reads the host's tz database.
+    Named {
+        /// As written.
+        name: String,
+        /// Resolved once, in [`parse_zone`].
+        tz: jiff::tz::TimeZone,
+    },
 }
+
+// By hand because the name decides the zone: two windows parsed from the same text are equal
+// whether or not their resolved `TimeZone`s compare equal.
+impl PartialEq for Zone {
+    fn eq(&self, other: &Zone) -> bool {
+        match (self, other) {
+            (Zone::Fixed(a), Zone::Fixed(b)) => a == b,
+            (Zone::Named { name: a, .. }, Zone::Named { name: b, .. }) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Zone {}
 
 impl Zone {
     /// The offset from UTC in minutes at `at`.
     fn offset_at(&self, at: UnixMillis) -> i64 {
         match self {
             Zone::Fixed(minutes) => i64::from(*minutes),
-            Zone::Named(name) => {
-                let tz = jiff::tz::TimeZone::get(name).unwrap_or(jiff::tz::TimeZone::UTC);
+            Zone::Named { tz, .. } => {
                 let ts = jiff::Timestamp::from_millisecond(i64::try_from(at.0).unwrap_or(i64::MAX))
                     .unwrap_or(jiff::Timestamp::UNIX_EPOCH);
                 i64::from(tz.to_offset(ts).seconds()) / 60
@@ -58,8 +78,9 @@ impl Zone {
 }
 
 impl MaintenanceWindow {
-    /// Parses `DAYS HH:MM-HH:MM OFFSET`: days as `Mon-Fri`, `Sat,Sun`, `Mon-Wed,Fri` or
-    /// `daily`; the end may be `24:00`; the offset as `+01:00`, `-05:30`, `UTC` or `Z`.
+    /// Parses `DAYS HH:MM-HH:MM ZONE`: days as `Mon-Fri`, `Sat,Sun`, `Mon-Wed,Fri` or
+    /// `daily`; the end may be `24:00`; the zone as an IANA name (`Europe/Berlin`, resolved
+    /// here, once) or an offset: `+01:00`, `-05:30`, `UTC` or `Z`.
     pub fn parse(text: &str) -> Result<MaintenanceWindow, SpecError> {
         let bad = |why: String| SpecError::BadWindow { text: text.to_owned(), why };
         let parts: Vec<&str> = text.split_whitespace().collect();
@@ -190,7 +211,7 @@ fn parse_zone(text: &str) -> Result<Zone, String> {
         Some(b'-') => (-1, &text[1..]),
         _ if text.chars().any(|c| c.is_ascii_alphabetic()) => {
             return match jiff::tz::TimeZone::get(text) {
-                Ok(_) => Ok(Zone::Named(text.to_owned())),
+                Ok(tz) => Ok(Zone::Named { name: text.to_owned(), tz }),
                 Err(_) => Err(format!(
                     "time zone {text:?} is not in the tz database; give an IANA name such as Europe/Berlin or America/New_York, or a UTC offset such as +01:00"
                 )),
@@ -263,7 +284,7 @@ impl fmt::Display for MaintenanceWindow {
             self.end % 60,
         )?;
         match &self.zone {
-            Zone::Named(name) => f.write_str(name),
+            Zone::Named { name, .. } => f.write_str(name),
             Zone::Fixed(offset) => {
                 let sign = if *offset < 0 { '-' } else { '+' };
                 let offset = offset.unsigned_abs();
