@@ -5,13 +5,13 @@
 //! status and reports; the server records them; `fleetctl` reads them through the API.
 //!
 //! Layout, decisions first:
-//! * pure: [`rollout`] (the staged-rollout state machine), [`preflight`] (can a device run a
+//! * pure: [`rollout`] (the staged-rollout state machine; its I/O driver is [`rollout::driver`]), [`preflight`] (can a device run a
 //!   release), [`compose`] (Compose file → release), [`groups`] (label selectors), [`auth`]
 //!   (tokens and roles), [`variables`] (per-device variables: precedence and rendering),
 //!   [`devices`] (registry records and how messages update them),
 //!   [`releases`] (signed release records), [`units`];
 //! * I/O: [`store`] (typed records over a key-value backend), [`desired`] (deciding and
-//!   publishing desired state), [`rollouts`] (the driver that steps rollouts), [`ingest`]
+//!   publishing desired state), [`rollout::driver`] (the driver that steps rollouts), [`ingest`]
 //!   (MQTT → registry), [`registry`] (image tags → digests), [`broker`] (embedded MQTT),
 //!   [`api`] (HTTP), [`backup`], [`pki`] (with the secrets key), [`commands`]; [`secrets`] holds the pure
 //!   resolution and the at-rest encryption.
@@ -39,7 +39,6 @@ pub mod preflight;
 pub mod registry;
 pub mod releases;
 pub mod rollout;
-pub mod rollouts;
 pub mod secrets;
 pub mod store;
 pub mod telemetry;
@@ -177,7 +176,7 @@ pub async fn serve(
     let waiters = commands::Waiters::default();
     let publisher =
         desired::Publisher::new(mqtt_client.clone(), pki.clone(), opts.registries.clone());
-    let driver = rollouts::Driver::new(store.clone(), pki.clone(), publisher.clone());
+    let driver = rollout::driver::Driver::new(store.clone(), pki.clone(), publisher.clone());
     let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
     let wake = driver.clone();
     let ingest = tokio::spawn(ingest::run(

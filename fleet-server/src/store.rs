@@ -27,7 +27,7 @@ use crate::auth::TokenRecord;
 use crate::devices::DeviceRecord;
 use crate::groups::Group;
 use crate::releases::ReleaseRecord;
-use crate::rollouts::RolloutRecord;
+use crate::rollout::driver::RolloutRecord;
 use crate::secrets::SecretRecord;
 use crate::variables::VariableRecord;
 

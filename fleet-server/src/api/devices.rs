@@ -24,7 +24,7 @@ use crate::groups::{self, Selector};
 use crate::pki::{EnrollKey, DEFAULT_DEVICE_VALIDITY_DAYS, SERVER_IDENTITY};
 use crate::preflight;
 use crate::releases::ReleaseRecord;
-use crate::rollouts::busy_devices;
+use crate::rollout::driver::busy_devices;
 use fleet_api::{
     CommandRequest, DesiredRequest, DesiredResponse, Device, DeviceChange, DeviceChanged,
     DeviceView, EnrollRequest, EnrollResponse, MetricsView, Page, PinRequest, PointView,

@@ -26,7 +26,7 @@ use crate::commands::Waiters;
 use crate::desired::Publisher;
 use crate::pki::Pki;
 use crate::releases::ImageResolver;
-use crate::rollouts::Driver;
+use crate::rollout::driver::Driver;
 use crate::store::Store;
 
 mod admin;

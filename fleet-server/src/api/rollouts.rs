@@ -12,11 +12,11 @@ use super::problem::Body;
 use super::{Api, Problem};
 use crate::audit::AuditEntry;
 use crate::auth::Caller;
-use crate::rollout::RolloutId;
-use crate::rollouts::{
+use crate::rollout::driver::{
     busy_devices, carry_out, plan as make_plan, spec_of, CommandError, Plan, PlanError, PlanInputs,
     RolloutCommand, RolloutRecord, RolloutRequest, Target, TxObserver,
 };
+use crate::rollout::RolloutId;
 use crate::store::Tx;
 use fleet_api::{CommandReason, RolloutView};
 

@@ -9,10 +9,10 @@ use crate::auth::TokenRecord;
 use crate::devices::{CertificateInfo, DeviceRecord, PinRecord, RevokedCertificate};
 use crate::groups::Group;
 use crate::releases::{ImageInfo, PlatformImage, ReleaseRecord, ResolvedImage};
+use crate::rollout::driver::{Plan, RolloutRecord, Target};
 use crate::rollout::{
     PauseReason, RollbackReason, RolloutStatus, RunState, WaveCounts, WavePhase, WaveStatus,
 };
-use crate::rollouts::{Plan, RolloutRecord, Target};
 use crate::store::Page;
 use crate::variables::{Resolved, Scope, VariableRecord};
 

@@ -1,0 +1,192 @@
+//! What the engine is told about devices: the targets it plans over and, at each step, how
+//! every device was last seen ([`Observe`]).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use fleet_proto::report::{UpdatePhase, UpdateResult};
+use fleet_proto::{DeviceId, ReleaseId, UnixMillis};
+use serde::{Deserialize, Serialize};
+
+use crate::devices::DeviceRecord;
+
+/// One device the rollout's target resolved to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetDevice {
+    /// The device.
+    pub id: DeviceId,
+    /// Pinned now: the device is listed as skipped and in no wave.
+    pub pinned: bool,
+    /// The release it runs now, which a rollback returns it to (`None`: no release).
+    pub previous_release: Option<ReleaseId>,
+}
+
+/// How a device's latest update (for the desired state the server last sent it) ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// The release applied and is healthy.
+    Healthy,
+    /// The update failed or was refused; the previous release kept running.
+    Failed {
+        /// Why, as the device said.
+        reason: String,
+    },
+    /// The new release failed and the device went back to the previous one.
+    RolledBack {
+        /// Why, as the device said.
+        reason: String,
+    },
+}
+
+impl From<&UpdateResult> for Outcome {
+    fn from(result: &UpdateResult) -> Outcome {
+        match result {
+            UpdateResult::Applied => Outcome::Healthy,
+            UpdateResult::RolledBack { reason, .. } => {
+                Outcome::RolledBack { reason: reason.clone() }
+            }
+            UpdateResult::Failed { reason } => Outcome::Failed { reason: reason.clone() },
+            UpdateResult::Rejected { reason } => {
+                Outcome::Failed { reason: format!("desired state refused: {reason}") }
+            }
+        }
+    }
+}
+
+/// What the server observes about one device when it steps the rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceObservation {
+    /// Its retained status says online.
+    pub online: bool,
+    /// The release in force on the device.
+    pub release: Option<ReleaseId>,
+    /// The outcome of the update to the desired state the server last published to it; `None`
+    /// while that update runs or has not started. Outcomes of older generations must not
+    /// appear here (see [`DeviceObservation::from_record`]).
+    pub outcome: Option<Outcome>,
+    /// The agent defers the update (an application holds the update lock).
+    pub deferred: bool,
+    /// The device is pinned now.
+    pub pinned: bool,
+    /// When the server last heard from it.
+    pub last_seen: UnixMillis,
+}
+
+impl DeviceObservation {
+    /// The observation from the registry's record at `now`: its latest state report and its
+    /// pin. An update outcome counts only if it is for the desired state the server last
+    /// published (`record.desired_generation`), so the outcome of an earlier update is never
+    /// taken for the rollout's.
+    pub fn from_record(record: &DeviceRecord, now: UnixMillis) -> DeviceObservation {
+        let report = record.last_report.as_ref();
+        let update = report.map(|r| &r.update);
+        DeviceObservation {
+            online: record.online,
+            release: report.and_then(|r| r.in_force.as_ref()).map(|f| f.release.clone()),
+            outcome: update
+                .and_then(|u| u.last_outcome.as_ref())
+                .filter(|o| {
+                    record.desired_generation > 0 && o.generation >= record.desired_generation
+                })
+                .map(|o| Outcome::from(&o.result)),
+            deferred: update
+                .is_some_and(|u| u.phase == UpdatePhase::Deferred || u.deferred.is_some()),
+            pinned: record.pin_at(now).is_some(),
+            last_seen: record.last_seen,
+        }
+    }
+}
+
+/// Where the engine looks up a device's observed state: a map in tests, the store in the
+/// server. Only the devices a step needs are looked up (those updating, due, or re-checked), so
+/// a step's cost does not grow with the fleet.
+pub trait Observe {
+    /// The device's state now; `None` if it is not known.
+    fn observe(&self, device: &DeviceId) -> Option<DeviceObservation>;
+}
+
+impl Observe for BTreeMap<DeviceId, DeviceObservation> {
+    fn observe(&self, device: &DeviceId) -> Option<DeviceObservation> {
+        self.get(device).cloned()
+    }
+}
+
+/// Why a device counts as failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailureReason {
+    /// It reported a failed update.
+    UpdateFailed {
+        /// As the device said.
+        reason: String,
+    },
+    /// It reported that it rolled back to its previous release.
+    RolledBackOnDevice {
+        /// As the device said.
+        reason: String,
+    },
+    /// Online, but not healthy within the update deadline.
+    Deadline {
+        /// The deadline, in milliseconds.
+        after_ms: u64,
+    },
+    /// Offline for longer than the device timeout.
+    Offline {
+        /// The timeout, in milliseconds.
+        after_ms: u64,
+    },
+    /// Deferred (update lock held) for longer than the device timeout.
+    Deferred {
+        /// The timeout, in milliseconds.
+        after_ms: u64,
+    },
+    /// It was healthy, then reported a failed or rolled-back update while its wave baked.
+    Regressed {
+        /// As the device said.
+        reason: String,
+    },
+}
+
+impl fmt::Display for FailureReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FailureReason::UpdateFailed { reason } => write!(f, "update failed: {reason}"),
+            FailureReason::RolledBackOnDevice { reason } => {
+                write!(f, "rolled back on the device: {reason}")
+            }
+            FailureReason::Deadline { after_ms } => {
+                write!(f, "not healthy within {} of updating", human(*after_ms))
+            }
+            FailureReason::Offline { after_ms } => {
+                write!(f, "offline for more than {}", human(*after_ms))
+            }
+            FailureReason::Deferred { after_ms } => {
+                write!(f, "update deferred by a lock for more than {}", human(*after_ms))
+            }
+            FailureReason::Regressed { reason } => write!(f, "was healthy, then failed: {reason}"),
+        }
+    }
+}
+
+/// Why a device the rollout planned for is left out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SkipReason {
+    /// It was pinned when its turn came, or while it updated.
+    Pinned,
+    /// There was no observation of it when its turn came (it left the registry).
+    Unknown,
+}
+
+impl fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SkipReason::Pinned => "pinned; a rollout never moves a pinned device",
+            SkipReason::Unknown => "no longer known to the registry",
+        })
+    }
+}
+
+/// A duration in milliseconds for people: `45s`, `10m`, `1h 30m`.
+pub(super) fn human(ms: u64) -> String {
+    crate::units::human_duration(Duration::from_millis(ms))
+}
