@@ -21,6 +21,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleet_agent::config::Config;
+use fleet_agent::daemon::RunOptions;
+use fleet_agent::runtime::docker::DockerRuntime;
 use fleet_agent::runtime::sim::{ImageBehavior, SimRuntime};
 use fleet_api::client::{ApiClient, ApiError};
 use fleet_api::{EnrollRequest, EnrollResponse};
@@ -315,7 +317,8 @@ impl SimFleet {
         let rt = runtime.clone();
         let device = id.to_owned();
         let task = tokio::spawn(async move {
-            let ran = fleet_agent::daemon::run_with(config, rt, async {
+            let options = RunOptions { host: Some(simulated_host()), ..Default::default() };
+            let ran = fleet_agent::daemon::run_with_options(config, rt, options, async {
                 let _ = stopped.await;
             })
             .await;
@@ -333,13 +336,11 @@ impl SimFleet {
     pub async fn try_start_docker_agent(&mut self, id: &str, endpoint: &str) -> Result<(), Error> {
         let agent_err = |reason: String| Error::Agent { device: id.to_owned(), reason };
         // Fail here, with what to do, rather than in the agent's task.
-        fleet_agent::runtime::docker::DockerRuntime::connect(endpoint, Duration::from_secs(10))
-            .await
-            .map_err(|e| {
-                agent_err(format!(
-                    "no Docker engine at {endpoint}: {e} (start Docker, or point DOCKER_HOST at it)"
-                ))
-            })?;
+        DockerRuntime::connect(endpoint, Duration::from_secs(10)).await.map_err(|e| {
+            agent_err(format!(
+                "no Docker engine at {endpoint}: {e} (start Docker, or point DOCKER_HOST at it)"
+            ))
+        })?;
         let data = self.agent_dir(id);
         std::fs::create_dir_all(&data).map_err(io(format!("creating {}", data.display())))?;
         let config = try_write_agent_config(&data, id, &self.broker, &self.server_key, &data)?;
@@ -351,9 +352,15 @@ impl SimFleet {
         let (stop, stopped) = oneshot::channel::<()>();
         let device = id.to_owned();
         let task = tokio::spawn(async move {
-            let ran = fleet_agent::daemon::run(config, async {
-                let _ = stopped.await;
-            })
+            let ran = async {
+                let rt =
+                    DockerRuntime::connect(&config.engine_socket, config.engine_timeout).await?;
+                let options = RunOptions { host: Some(simulated_host()), ..Default::default() };
+                fleet_agent::daemon::run_with_options(config, Arc::new(rt), options, async {
+                    let _ = stopped.await;
+                })
+                .await
+            }
             .await;
             if let Err(e) = ran {
                 eprintln!("agent {device} (Docker) stopped: {e}");
@@ -374,12 +381,7 @@ impl SimFleet {
         let _ = agent.stop.take().map(|s| s.send(()));
         let _ = tokio::time::timeout(Duration::from_secs(20), &mut agent.task).await;
         let mut left = Vec::new();
-        let docker = match fleet_agent::runtime::docker::DockerRuntime::connect(
-            &agent.endpoint,
-            Duration::from_secs(30),
-        )
-        .await
-        {
+        let docker = match DockerRuntime::connect(&agent.endpoint, Duration::from_secs(30)).await {
             Ok(d) => d,
             Err(e) => return vec![format!("{id}'s containers: {e}")],
         };
@@ -497,6 +499,12 @@ async fn start_in_process(dir: &Path, mqtt: SocketAddr) -> Result<(String, Serve
         return Err(Error::Server("not ready after 30 s".into()));
     };
     Ok((format!("http://{addr}"), ServerHandle::Task { stop, task }))
+}
+
+/// The host of a simulated device: it records reboots and readiness instead of rebooting this
+/// machine or notifying its systemd (a simulated agent may be allowed to reboot its device).
+pub fn simulated_host() -> Arc<dyn fleet_agent::host::Host> {
+    Arc::new(fleet_agent::host::RecordingHost::default())
 }
 
 /// A program installed next to this one (`target/release/fleet-server` beside

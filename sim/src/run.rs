@@ -302,7 +302,10 @@ fn start(slot: &mut Slot, args: &RunArgs) -> anyhow::Result<()> {
     let config =
         Config::load(&slot.config, true).map_err(|e| anyhow::anyhow!("agent {}: {e}", slot.id))?;
     let options = if args.device_storage {
-        fleet_agent::daemon::RunOptions::default()
+        fleet_agent::daemon::RunOptions {
+            host: Some(crate::fleet::simulated_host()),
+            ..Default::default()
+        }
     } else {
         fleet_agent::daemon::RunOptions {
             state: Some(slot.state.clone()),
@@ -311,7 +314,7 @@ fn start(slot: &mut Slot, args: &RunArgs) -> anyhow::Result<()> {
             ))),
             fixed_hardware: true,
             no_local_sockets: true,
-            ..Default::default()
+            host: Some(crate::fleet::simulated_host()),
         }
     };
     let (stop, stopped) = oneshot::channel::<()>();
