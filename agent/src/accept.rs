@@ -5,6 +5,8 @@
 //! * **Releases** ([`check_release`], [`check_local_release`]): what this agent can run
 //!   anywhere. Whether one fits this device's hardware is decided when it is applied
 //!   ([`crate::hardware::admit`]), since devices come and go.
+//!   Bind mounts of host paths are allowed only under the directories the configuration
+//!   lists (`[volumes] allowed_host_paths`).
 //! * **Desired states** ([`delivery`], then [`accept`]): a copy of what is already on record
 //!   (the broker's retained message, on every reconnect) is ignored, not refused; one recorded
 //!   but never applied (power loss in between) is taken again; anything else must verify, be
@@ -15,12 +17,16 @@
 //!   checked before the id is recorded; then run at most once: a recorded id is a redelivery
 //!   and gets no second result. A reboot runs only where the configuration allows it.
 //!
-//! This module does no I/O and depends on no module that does.
+//! This module does no I/O and imports no other module of the agent.
 
+use std::path::{Component, Path, PathBuf};
+
+use fleet_proto::release::VolumeSource;
 use fleet_proto::{
     Command, CommandAction, DesiredState, DeviceId, ReleaseSpec, Signed, TrustedKeys, UnixMillis,
     VerifyError,
 };
+use sha2::{Digest, Sha256};
 
 /// Why a release is refused before anything runs.
 #[derive(Debug, thiserror::Error)]
@@ -35,15 +41,12 @@ pub struct Refused {
 /// is applied ([`crate::hardware::admit`]), since devices come and go.
 /// `allowed_host_paths` are the directories services may bind-mount
 /// (`[volumes] allowed_host_paths`).
-pub fn check_release(
-    release: &ReleaseSpec,
-    allowed_host_paths: &[std::path::PathBuf],
-) -> Result<(), Refused> {
+pub fn check_release(release: &ReleaseSpec, allowed_host_paths: &[PathBuf]) -> Result<(), Refused> {
     let mut problems: Vec<String> = match release.validate() {
         Ok(()) => vec![],
         Err(errors) => errors.iter().map(ToString::to_string).collect(),
     };
-    problems.extend(crate::objects::disallowed_binds(release, allowed_host_paths));
+    problems.extend(disallowed_binds(release, allowed_host_paths));
     if problems.is_empty() {
         Ok(())
     } else {
@@ -51,11 +54,47 @@ pub fn check_release(
     }
 }
 
+/// The bind mounts of host paths in `release` that no allowed directory covers, as problems
+/// naming the field and the path.
+pub fn disallowed_binds(release: &ReleaseSpec, allowed: &[PathBuf]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (i, svc) in release.services.iter().enumerate() {
+        for (v, vol) in svc.volumes.iter().enumerate() {
+            let VolumeSource::HostPath(p) = &vol.source else { continue };
+            if !bind_allowed(Path::new(p), allowed) {
+                let hint = if allowed.is_empty() {
+                    "this agent allows no host paths ([volumes] allowed_host_paths is empty); use a named volume, or add the directory to allowed_host_paths".to_owned()
+                } else {
+                    format!(
+                        "it is not under {} ([volumes] allowed_host_paths)",
+                        allowed
+                            .iter()
+                            .map(|a| a.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                };
+                problems.push(format!(
+                    "services[{i}].volumes[{v}].source: bind mount of host path {p:?} is not allowed: {hint}"
+                ));
+            }
+        }
+    }
+    problems
+}
+
+/// Whether `path` is one of `allowed` or under one, compared by components. A path with `.` or
+/// `..` is never allowed: `/srv/maps/../../etc` must not pass as being under `/srv/maps`.
+fn bind_allowed(path: &Path, allowed: &[PathBuf]) -> bool {
+    let plain = path.components().all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+    plain && path.is_absolute() && allowed.iter().any(|root| path.starts_with(root))
+}
+
 /// [`check_release`] for a release applied locally (`fleet-agent apply`), which has no server
 /// to deliver secrets: a service that mounts one is refused too.
 pub fn check_local_release(
     release: &ReleaseSpec,
-    allowed_host_paths: &[std::path::PathBuf],
+    allowed_host_paths: &[PathBuf],
 ) -> Result<(), Refused> {
     let mut problems = match check_release(release, allowed_host_paths) {
         Ok(()) => vec![],
@@ -125,7 +164,7 @@ pub fn accept(
     trusted: &TrustedKeys,
     device: &DeviceId,
     accepted: Option<u64>,
-    allowed_host_paths: &[std::path::PathBuf],
+    allowed_host_paths: &[PathBuf],
 ) -> Result<DesiredState, Rejection> {
     let desired: DesiredState = signed.open(trusted)?;
     if desired.device != *device {
@@ -169,7 +208,16 @@ pub enum Delivery {
     },
 }
 
-/// Judges a delivery by its `digest` (see [`crate::daemon::digest`]) against `recorded`, the
+/// SHA-256 of the signed bytes and signature, hex: how the agent recognises the broker's
+/// retained copy of a desired state it already recorded (see [`delivery`]).
+pub fn digest(signed: &Signed) -> String {
+    let mut h = Sha256::new();
+    h.update(&signed.payload);
+    h.update(&signed.signature);
+    fleet_proto::hex::encode(&h.finalize())
+}
+
+/// Judges a delivery by its [`digest`] against `recorded`, the
 /// generation and digest of the last desired state recorded from the server, and `applied`,
 /// what the reconciler holds.
 pub fn delivery(digest: &str, recorded: Option<(u64, &str)>, applied: Applied) -> Delivery {
@@ -538,5 +586,30 @@ mod tests {
         let err = accept(&unsigned, &trusted(), &samples::device(), None, &[]).unwrap_err();
         assert_eq!(rejection_reason(&err), "unsigned");
         assert_eq!(rejection_reason(&Rejection::Secrets(vec![])), "secrets");
+    }
+
+    #[test]
+    fn host_paths_are_allowed_only_under_the_configured_directories() {
+        let bind = |p: &str| fleet_proto::release::VolumeMount {
+            source: VolumeSource::HostPath(p.to_owned()),
+            target: "/x".to_owned(),
+            read_only: true,
+        };
+        let mut r = desired().release.unwrap();
+        r.services.truncate(1);
+        r.services[0].volumes = vec![
+            bind("/srv/maps"),
+            bind("/srv/maps/site-a"),
+            bind("/srv/mapsevil"),
+            bind("/srv/maps/../../etc"),
+            bind("/etc"),
+        ];
+        let allowed = [PathBuf::from("/srv/maps")];
+        let problems = disallowed_binds(&r, &allowed);
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems[0].starts_with("services[0].volumes[2].source"));
+        assert!(problems[0].contains("not under /srv/maps"));
+        assert!(problems[1].contains("/srv/maps/../../etc"));
+        assert!(disallowed_binds(&r, &[])[0].contains("allows no host paths"));
     }
 }

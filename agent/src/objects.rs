@@ -16,11 +16,10 @@
 //!   Fleet's, or a volume holding another app's data is a clash, refused before anything
 //!   changes. (Agents of the same app sharing one engine share its volumes, as containers of
 //!   one Compose project would.)
-//! * **Bind mounts** of host paths are allowed only under the directories the agent's
-//!   configuration lists (`[volumes] allowed_host_paths`).
+//!
+//! Which host paths a release may bind-mount is an acceptance rule ([`crate::accept`]).
 
 use std::collections::BTreeMap;
-use std::path::{Component, Path, PathBuf};
 
 use fleet_proto::release::VolumeSource;
 use fleet_proto::{DeviceId, ReleaseSpec};
@@ -170,42 +169,6 @@ pub fn purgeable_volumes<'a>(
         .collect()
 }
 
-/// The bind mounts of host paths in `release` that no allowed directory covers, as problems
-/// naming the field and the path.
-pub fn disallowed_binds(release: &ReleaseSpec, allowed: &[PathBuf]) -> Vec<String> {
-    let mut problems = Vec::new();
-    for (i, svc) in release.services.iter().enumerate() {
-        for (v, vol) in svc.volumes.iter().enumerate() {
-            let VolumeSource::HostPath(p) = &vol.source else { continue };
-            if !bind_allowed(Path::new(p), allowed) {
-                let hint = if allowed.is_empty() {
-                    "this agent allows no host paths ([volumes] allowed_host_paths is empty); use a named volume, or add the directory to allowed_host_paths".to_owned()
-                } else {
-                    format!(
-                        "it is not under {} ([volumes] allowed_host_paths)",
-                        allowed
-                            .iter()
-                            .map(|a| a.display().to_string())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
-                };
-                problems.push(format!(
-                    "services[{i}].volumes[{v}].source: bind mount of host path {p:?} is not allowed: {hint}"
-                ));
-            }
-        }
-    }
-    problems
-}
-
-/// Whether `path` is one of `allowed` or under one, compared by components. A path with `.` or
-/// `..` is never allowed: `/srv/maps/../../etc` must not pass as being under `/srv/maps`.
-fn bind_allowed(path: &Path, allowed: &[PathBuf]) -> bool {
-    let plain = path.components().all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
-    plain && path.is_absolute() && allowed.iter().any(|root| path.starts_with(root))
-}
-
 #[cfg(test)]
 mod tests {
     use fleet_proto::release::{NetworkAttachment, NetworkMode, VolumeMount};
@@ -317,30 +280,5 @@ mod tests {
         assert_eq!(purgeable_volumes(&device(), &["iot"], &volumes), ["shop_db"]);
         assert_eq!(purgeable_volumes(&device(), &["iot", "shop"], &volumes), [] as [&str; 0]);
         assert_eq!(purgeable_volumes(&device(), &[], &volumes).len(), 3);
-    }
-
-    #[test]
-    fn host_paths_are_allowed_only_under_the_configured_directories() {
-        let bind = |p: &str| VolumeMount {
-            source: VolumeSource::HostPath(p.to_owned()),
-            target: "/x".to_owned(),
-            read_only: true,
-        };
-        let mut s = service("mapper");
-        s.volumes = vec![
-            bind("/srv/maps"),
-            bind("/srv/maps/site-a"),
-            bind("/srv/mapsevil"),
-            bind("/srv/maps/../../etc"),
-            bind("/etc"),
-        ];
-        let r = release("iot", vec![s]);
-        let allowed = [PathBuf::from("/srv/maps")];
-        let problems = disallowed_binds(&r, &allowed);
-        assert_eq!(problems.len(), 3, "{problems:?}");
-        assert!(problems[0].starts_with("services[0].volumes[2].source"));
-        assert!(problems[0].contains("not under /srv/maps"));
-        assert!(problems[1].contains("/srv/maps/../../etc"));
-        assert!(disallowed_binds(&r, &[])[0].contains("allows no host paths"));
     }
 }

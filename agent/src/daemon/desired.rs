@@ -3,11 +3,10 @@
 
 use fleet_proto::report::UpdateResult;
 use fleet_proto::{EventKind, Severity, Signed};
-use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use super::{lease_end, Daemon};
-use crate::accept::{self, accept, rejection_reason, Applied, Delivery};
+use crate::accept::{self, accept, digest, rejection_reason, Applied, Delivery};
 use crate::reconcile::StepError;
 use crate::runtime::ContainerRuntime;
 use crate::state::Origin;
@@ -131,13 +130,4 @@ impl<R: ContainerRuntime> Daemon<R> {
         self.write_status().await;
         retry
     }
-}
-
-/// SHA-256 of the signed bytes and signature, hex: how the agent recognises the broker's
-/// retained copy of a desired state it already recorded.
-pub fn digest(signed: &Signed) -> String {
-    let mut h = Sha256::new();
-    h.update(&signed.payload);
-    h.update(&signed.signature);
-    fleet_proto::hex::encode(&h.finalize())
 }

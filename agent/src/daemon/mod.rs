@@ -59,7 +59,8 @@ use crate::runtime::{ContainerRuntime, RuntimeError};
 use crate::state::{AgentState, StateError};
 use crate::telemetry;
 
-pub use desired::digest;
+/// Kept at its old path for the end-to-end tests.
+pub use crate::accept::digest;
 use tasks::Tasks;
 
 /// Why the daemon stopped.
