@@ -12,6 +12,8 @@
 //! * [`hardware`] — inventory, device mapping by stable identity, admission control, hot-plug;
 //! * [`telemetry`] — host metrics buffered on disk (redb) and delivered at least once;
 //! * [`link`] — the MQTT link to the fleet server (mutual TLS, backoff, presence);
+//! * [`backoff`] — the one exponential backoff (capped, optionally jittered) the agent retries
+//!   with;
 //! * [`host`] — the machine beyond its containers (systemd notifications, reboot), behind a
 //!   trait;
 //! * [`config`], [`daemon`], [`cli`], [`sd_notify`] — the process around it.
@@ -21,6 +23,7 @@
 
 pub mod accept;
 pub mod admin;
+pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod daemon;

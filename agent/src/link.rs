@@ -14,8 +14,9 @@
 //!   retained `Online` status and re-subscribes (whatever `session_present` says). A clean
 //!   shutdown publishes `Offline` itself before disconnecting.
 //! * rumqttc does not back off: after a connection error the task sleeps a uniformly random
-//!   delay in `[0, min(max, initial·2^attempt)]` ("full jitter"), so a fleet that lost its
-//!   broker does not come back in lock-step. The attempt counter resets on ConnAck.
+//!   delay in `[0, min(max, initial·2^attempt)]` ([`Backoff::jittered`], "full jitter"), so a
+//!   fleet that lost its broker does not come back in lock-step. The attempt counter resets on
+//!   ConnAck.
 //! * Keys and certificate contents never appear in logs or errors; paths do.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,6 +34,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::backoff::Backoff;
 use crate::config::LinkConfig;
 
 /// Events and command results the daemon may queue while the link is down.
@@ -192,25 +194,6 @@ impl Drop for LinkHandle {
             task.abort();
         }
     }
-}
-
-/// Width of the backoff window before reconnect `attempt` (0-based):
-/// `min(max, initial·2^attempt)`.
-pub fn backoff_window(attempt: u32, initial: Duration, max: Duration) -> Duration {
-    let factor = 1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX);
-    initial.checked_mul(factor).unwrap_or(max).min(max)
-}
-
-/// A delay drawn uniformly from `[0, backoff_window(attempt, initial, max)]` (full jitter).
-pub fn backoff_delay(
-    attempt: u32,
-    initial: Duration,
-    max: Duration,
-    rng: &mut fastrand::Rng,
-) -> Duration {
-    let window = backoff_window(attempt, initial, max);
-    let millis = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
-    Duration::from_millis(rng.u64(0..=millis))
 }
 
 /// Builds the rustls client configuration: the fleet CA as the only root, this device's
@@ -402,7 +385,7 @@ impl LinkTask {
                     Ok(rumqttc::Event::Incoming(Packet::Publish(p))) => self.on_publish(&p.topic, &p.payload),
                     Ok(_) => {}
                     Err(e) => {
-                        let delay = backoff_delay(attempt, self.cfg.backoff_initial, self.cfg.backoff_max, &mut self.rng);
+                        let delay = Backoff::new(self.cfg.backoff_initial, self.cfg.backoff_max).jittered(attempt, &mut self.rng);
                         attempt = attempt.saturating_add(1);
                         let was = self.state.borrow().connected;
                         self.state.send_modify(|s| {
@@ -582,51 +565,6 @@ mod tests {
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
-
-    #[test]
-    fn backoff_window_doubles_up_to_the_maximum() {
-        let (i, m) = (500 * MS, Duration::from_secs(60));
-        assert_eq!(backoff_window(0, i, m), 500 * MS);
-        assert_eq!(backoff_window(1, i, m), 1000 * MS);
-        assert_eq!(backoff_window(3, i, m), 4000 * MS);
-        assert_eq!(backoff_window(7, i, m), m, "64 s capped at 60 s");
-        assert_eq!(backoff_window(40, i, m), m, "no overflow for large attempts");
-        assert_eq!(backoff_window(u32::MAX, i, m), m);
-    }
-
-    #[test]
-    fn backoff_delays_stay_within_the_window() {
-        let mut rng = fastrand::Rng::with_seed(7);
-        for attempt in 0..50 {
-            let window = backoff_window(attempt, 500 * MS, Duration::from_secs(60));
-            for _ in 0..200 {
-                let d = backoff_delay(attempt, 500 * MS, Duration::from_secs(60), &mut rng);
-                assert!(d <= window, "attempt {attempt}: {d:?} > {window:?}");
-            }
-        }
-    }
-
-    #[test]
-    fn backoff_delays_spread_over_the_whole_window() {
-        // A thousand devices reconnecting after the same outage: full jitter spreads them over
-        // the window instead of synchronising them at its end.
-        let mut rng = fastrand::Rng::with_seed(42);
-        let window = Duration::from_secs(8);
-        let delays: Vec<u128> = (0..1000)
-            .map(|_| backoff_delay(4, 500 * MS, Duration::from_secs(60), &mut rng).as_millis())
-            .collect();
-        let min = *delays.iter().min().unwrap();
-        let max = *delays.iter().max().unwrap();
-        assert!(min < window.as_millis() / 20, "some reconnect almost at once: {min}");
-        assert!(max > window.as_millis() * 19 / 20, "some wait almost the whole window: {max}");
-        let mean = delays.iter().sum::<u128>() / delays.len() as u128;
-        assert!((3600..=4400).contains(&mean), "mean near half the window: {mean}");
-        let mut buckets = [0u32; 8];
-        for d in &delays {
-            buckets[(*d as usize * 8 / 8001).min(7)] += 1;
-        }
-        assert!(buckets.iter().all(|&n| n > 80), "roughly uniform: {buckets:?}");
-    }
 
     #[test]
     fn pem_errors_never_show_file_contents() {

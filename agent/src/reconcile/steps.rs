@@ -7,6 +7,7 @@ use fleet_proto::report::PullProgress;
 use fleet_proto::{ReleaseSpec, ServiceName, ServiceSpec};
 
 use super::{Reconciler, StepError};
+use crate::backoff::Backoff;
 use crate::hardware::HardwareMapping;
 use crate::plan::{self, Mappings, Step};
 use crate::runtime::{
@@ -215,16 +216,16 @@ impl<R: ContainerRuntime> Reconciler<R> {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, RuntimeError>>,
     {
-        let mut delay = self.opts.retry_delay;
+        let backoff = Backoff::uncapped(self.opts.retry_delay);
         let mut attempt = 1;
         loop {
             match op().await {
                 Err(e @ (RuntimeError::Engine { .. } | RuntimeError::Unreachable { .. }))
                     if attempt < self.opts.attempts =>
                 {
+                    let delay = backoff.delay(attempt - 1);
                     tracing::warn!(error = %e, attempt, retry_in = ?delay, "engine call failed; retrying");
                     tokio::time::sleep(delay).await;
-                    delay *= 2;
                     attempt += 1;
                 }
                 other => return other,
