@@ -24,26 +24,7 @@ use std::collections::BTreeMap;
 use fleet_proto::release::VolumeSource;
 use fleet_proto::{DeviceId, ReleaseSpec};
 
-use crate::runtime::labels;
-
-/// A network or volume as the engine shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EngineObject {
-    /// Its name on the engine.
-    pub name: String,
-    /// Its labels.
-    pub labels: BTreeMap<String, String>,
-}
-
-impl EngineObject {
-    fn label(&self, key: &str) -> Option<&str> {
-        self.labels.get(key).map(String::as_str)
-    }
-
-    fn is_fleets(&self) -> bool {
-        self.label(labels::MANAGED_BY) == Some(labels::MANAGED_BY_VALUE)
-    }
-}
+use crate::runtime::{labels, EngineObject};
 
 /// The engine name of release network `network` of `app` on `device`.
 pub fn network_name(device: &DeviceId, app: &str, network: &str) -> String {

@@ -18,8 +18,11 @@ use std::time::Duration;
 use fleet_proto::report::{ContainerState, Health};
 use fleet_proto::{DeviceId, ImageRef, RegistryCredential, ServiceSpec};
 
+mod devices;
 pub mod docker;
 pub mod sim;
+
+pub use devices::{DeviceBind, DeviceMapping, GpuRequest, HardwareMapping};
 
 /// Label keys the agent puts on every container it creates.
 pub mod labels {
@@ -58,7 +61,7 @@ pub struct CreateRequest {
     pub port_override: Option<Vec<PortBinding>>,
     /// The service's hardware, already resolved against this host by
     /// [`crate::hardware::map`]: device nodes, cgroup rules, GPUs, runtime, groups.
-    pub hardware: crate::hardware::HardwareMapping,
+    pub hardware: HardwareMapping,
     /// The release networks to join (engine names), the first at create, with the DNS names
     /// the container answers to on each (its service name first). Empty outside network_mode
     /// `Release`.
@@ -85,15 +88,25 @@ pub struct NetworkJoin {
     pub aliases: Vec<String>,
 }
 
-/// One host device node mapped into a container.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct DeviceMapping {
-    /// Path on the host, e.g. `/dev/serial/by-id/usb-FTDI…` resolved to `/dev/ttyUSB0`.
-    pub host_path: String,
-    /// Path inside the container.
-    pub container_path: String,
-    /// cgroup permissions, e.g. `rwm`.
-    pub permissions: String,
+/// A network or volume as the engine shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineObject {
+    /// Its name on the engine.
+    pub name: String,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl EngineObject {
+    /// A label's value.
+    pub(crate) fn label(&self, key: &str) -> Option<&str> {
+        self.labels.get(key).map(String::as_str)
+    }
+
+    /// Whether the agent made it.
+    pub(crate) fn is_fleets(&self) -> bool {
+        self.label(labels::MANAGED_BY) == Some(labels::MANAGED_BY_VALUE)
+    }
 }
 
 /// One published port as the engine bound it.
@@ -312,9 +325,7 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// Watching events is how the agent stays idle without polling the engine.
     fn events(&self, device: &DeviceId) -> tokio::sync::mpsc::Receiver<RuntimeEvent>;
     /// Every network on the engine (a clash can come from anything of the same name).
-    fn networks(
-        &self,
-    ) -> impl Future<Output = Result<Vec<crate::objects::EngineObject>, RuntimeError>> + Send;
+    fn networks(&self) -> impl Future<Output = Result<Vec<EngineObject>, RuntimeError>> + Send;
     /// Creates a bridge network with these labels. One of that name existing already is not
     /// an error (the caller checked whose it is).
     fn create_network(
@@ -325,9 +336,7 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// Removes a network; one that is gone already is not an error.
     fn remove_network(&self, name: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
     /// Every volume on the engine.
-    fn volumes(
-        &self,
-    ) -> impl Future<Output = Result<Vec<crate::objects::EngineObject>, RuntimeError>> + Send;
+    fn volumes(&self) -> impl Future<Output = Result<Vec<EngineObject>, RuntimeError>> + Send;
     /// Deletes a volume and its data; one that is gone already is not an error. A volume a
     /// container still uses is refused by the engine.
     fn remove_volume(&self, name: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;

@@ -39,16 +39,16 @@ struct SimContainer {
     /// `stats` calls so far: the simulated CPU time grows with them.
     stats_calls: u64,
     /// The hardware it was created with.
-    hardware: crate::hardware::HardwareMapping,
+    hardware: crate::runtime::HardwareMapping,
     /// The named volumes it mounts.
     volumes: Vec<String>,
     /// The networks it joined, with its names there.
     networks: Vec<crate::runtime::NetworkJoin>,
 }
 
-fn objects(map: &BTreeMap<String, BTreeMap<String, String>>) -> Vec<crate::objects::EngineObject> {
+fn objects(map: &BTreeMap<String, BTreeMap<String, String>>) -> Vec<crate::runtime::EngineObject> {
     map.iter()
-        .map(|(name, labels)| crate::objects::EngineObject {
+        .map(|(name, labels)| crate::runtime::EngineObject {
             name: name.clone(),
             labels: labels.clone(),
         })
@@ -123,7 +123,7 @@ impl SimRuntime {
     }
 
     /// The hardware a container (by name) was created with.
-    pub fn hardware_of(&self, name: &str) -> Option<crate::hardware::HardwareMapping> {
+    pub fn hardware_of(&self, name: &str) -> Option<crate::runtime::HardwareMapping> {
         self.lock()
             .containers
             .values()
@@ -396,7 +396,7 @@ impl ContainerRuntime for SimRuntime {
         Ok(lines.into_iter().rev().take(tail).rev().collect())
     }
 
-    async fn networks(&self) -> Result<Vec<crate::objects::EngineObject>, RuntimeError> {
+    async fn networks(&self) -> Result<Vec<crate::runtime::EngineObject>, RuntimeError> {
         self.reachable()?;
         Ok(objects(&self.lock().networks))
     }
@@ -424,7 +424,7 @@ impl ContainerRuntime for SimRuntime {
         Ok(())
     }
 
-    async fn volumes(&self) -> Result<Vec<crate::objects::EngineObject>, RuntimeError> {
+    async fn volumes(&self) -> Result<Vec<crate::runtime::EngineObject>, RuntimeError> {
         self.reachable()?;
         Ok(objects(&self.lock().volumes))
     }

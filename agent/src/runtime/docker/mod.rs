@@ -35,11 +35,9 @@ use bollard::Docker;
 use fleet_proto::{DeviceId, ImageRef, RegistryCredential};
 use tokio::sync::mpsc;
 
-use crate::objects::EngineObject;
-
 use super::{
-    ContainerRuntime, ContainerStats, CreateRequest, ObservedContainer, ProgressFn, RuntimeError,
-    RuntimeEvent,
+    ContainerRuntime, ContainerStats, CreateRequest, EngineObject, ObservedContainer, ProgressFn,
+    RuntimeError, RuntimeEvent,
 };
 
 mod create;
