@@ -8,6 +8,9 @@ use std::time::Duration;
 use fleet_proto::{DeviceId, RegistryCredential, TrustedKey, TrustedKeys};
 use serde::Deserialize;
 
+// The `[link]` table's checked types belong to the link; named here too, beside the check.
+pub use crate::link::{Broker, LinkConfig};
+
 /// Default location of the main file.
 pub const DEFAULT_PATH: &str = "/etc/fleet-agent/config.toml";
 
@@ -263,92 +266,6 @@ pub struct Config {
     pub allowed_host_paths: Vec<PathBuf>,
     /// Where secret files are written (`[secrets] dir`, a tmpfs).
     pub secrets_dir: PathBuf,
-}
-
-/// Where the broker is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Broker {
-    /// Host name or IP address (without brackets).
-    pub host: String,
-    /// TCP port.
-    pub port: u16,
-    /// Mutual TLS (`mqtts://`); plain MQTT only to a loopback host.
-    pub tls: bool,
-}
-
-impl std::fmt::Display for Broker {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let scheme = if self.tls { "mqtts" } else { "mqtt" };
-        if self.host.contains(':') {
-            write!(f, "{scheme}://[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{scheme}://{}:{}", self.host, self.port)
-        }
-    }
-}
-
-impl Broker {
-    /// Parses `mqtts://host[:port]` or `mqtt://host[:port]` (IPv6 hosts in brackets).
-    pub fn parse(url: &str) -> Result<Broker, String> {
-        let (tls, rest) = if let Some(r) = url.strip_prefix("mqtts://") {
-            (true, r)
-        } else if let Some(r) = url.strip_prefix("mqtt://") {
-            (false, r)
-        } else {
-            return Err(format!("{url:?} is not an mqtts:// or mqtt:// URL"));
-        };
-        let rest = rest.strip_suffix('/').unwrap_or(rest);
-        let default_port = if tls { 8883 } else { 1883 };
-        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-            let (host, after) =
-                v6.split_once(']').ok_or_else(|| format!("{url:?}: unclosed [ in the host"))?;
-            (host, after.strip_prefix(':'))
-        } else {
-            match rest.split_once(':') {
-                Some((h, p)) => (h, Some(p)),
-                None => (rest, None),
-            }
-        };
-        if host.is_empty() || host.contains(['/', '@', '?', '#']) {
-            return Err(format!("{url:?}: expected scheme://host:port"));
-        }
-        let port = match port {
-            None => default_port,
-            Some(p) => p.parse::<u16>().map_err(|_| format!("{url:?}: bad port {p:?}"))?,
-        };
-        Ok(Broker { host: host.to_owned(), port, tls })
-    }
-
-    /// Whether the host is this machine (`localhost`, `127.0.0.0/8`, `::1`).
-    pub fn is_loopback(&self) -> bool {
-        self.host.eq_ignore_ascii_case("localhost")
-            || self.host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
-    }
-}
-
-/// The checked `[link]` table.
-#[derive(Debug, Clone)]
-pub struct LinkConfig {
-    /// This device's id (client id).
-    pub device: DeviceId,
-    /// The broker.
-    pub broker: Broker,
-    /// Fleet CA file (absolute).
-    pub ca_file: PathBuf,
-    /// Client certificate file (absolute).
-    pub cert_file: PathBuf,
-    /// Client key file (absolute, mode 0600).
-    pub key_file: PathBuf,
-    /// Keys trusted for desired state and commands.
-    pub server_keys: TrustedKeys,
-    /// MQTT keep-alive.
-    pub keep_alive: Duration,
-    /// First reconnect backoff window.
-    pub backoff_initial: Duration,
-    /// Largest reconnect backoff window.
-    pub backoff_max: Duration,
-    /// How telemetry batches are compressed on the wire (`[telemetry] compression`).
-    pub telemetry_compression: fleet_proto::Compression,
 }
 
 #[derive(Debug, Deserialize)]

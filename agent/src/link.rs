@@ -19,6 +19,7 @@
 //!   ConnAck.
 //! * Keys and certificate contents never appear in logs or errors; paths do.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +27,7 @@ use std::time::Duration;
 use fleet_proto::telemetry::{TelemetryAck, TelemetryBatch};
 use fleet_proto::{
     topic, CommandResult, DeviceId, Event, Message, Presence, Signed, StateReport, Status,
-    TopicKind, UnixMillis, MAX_MESSAGE_BYTES,
+    TopicKind, TrustedKeys, UnixMillis, MAX_MESSAGE_BYTES,
 };
 use rumqttc::{AsyncClient, ConnectionError, EventLoop, LastWill, MqttOptions, Packet, QoS};
 use rustls::pki_types::pem::PemObject;
@@ -35,7 +36,93 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::backoff::Backoff;
-use crate::config::LinkConfig;
+
+/// Where the broker is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Broker {
+    /// Host name or IP address (without brackets).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Mutual TLS (`mqtts://`); plain MQTT only to a loopback host.
+    pub tls: bool,
+}
+
+impl std::fmt::Display for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
+        if self.host.contains(':') {
+            write!(f, "{scheme}://[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{scheme}://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl Broker {
+    /// Parses `mqtts://host[:port]` or `mqtt://host[:port]` (IPv6 hosts in brackets).
+    pub fn parse(url: &str) -> Result<Broker, String> {
+        let (tls, rest) = if let Some(r) = url.strip_prefix("mqtts://") {
+            (true, r)
+        } else if let Some(r) = url.strip_prefix("mqtt://") {
+            (false, r)
+        } else {
+            return Err(format!("{url:?} is not an mqtts:// or mqtt:// URL"));
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        let default_port = if tls { 8883 } else { 1883 };
+        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+            let (host, after) =
+                v6.split_once(']').ok_or_else(|| format!("{url:?}: unclosed [ in the host"))?;
+            (host, after.strip_prefix(':'))
+        } else {
+            match rest.split_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (rest, None),
+            }
+        };
+        if host.is_empty() || host.contains(['/', '@', '?', '#']) {
+            return Err(format!("{url:?}: expected scheme://host:port"));
+        }
+        let port = match port {
+            None => default_port,
+            Some(p) => p.parse::<u16>().map_err(|_| format!("{url:?}: bad port {p:?}"))?,
+        };
+        Ok(Broker { host: host.to_owned(), port, tls })
+    }
+
+    /// Whether the host is this machine (`localhost`, `127.0.0.0/8`, `::1`).
+    pub fn is_loopback(&self) -> bool {
+        self.host.eq_ignore_ascii_case("localhost")
+            || self.host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    }
+}
+
+/// The checked `[link]` table of the agent's configuration ([`crate::config`] checks it; the
+/// link owns the type, as each part of the agent owns its settings).
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// This device's id (client id).
+    pub device: DeviceId,
+    /// The broker.
+    pub broker: Broker,
+    /// Fleet CA file (absolute).
+    pub ca_file: PathBuf,
+    /// Client certificate file (absolute).
+    pub cert_file: PathBuf,
+    /// Client key file (absolute, mode 0600).
+    pub key_file: PathBuf,
+    /// Keys trusted for desired state and commands.
+    pub server_keys: TrustedKeys,
+    /// MQTT keep-alive.
+    pub keep_alive: Duration,
+    /// First reconnect backoff window.
+    pub backoff_initial: Duration,
+    /// Largest reconnect backoff window.
+    pub backoff_max: Duration,
+    /// How telemetry batches are compressed on the wire (`[telemetry] compression`).
+    pub telemetry_compression: fleet_proto::Compression,
+}
 
 /// Events and command results the daemon may queue while the link is down.
 pub const OUTBOX_CAPACITY: usize = 64;
@@ -577,11 +664,11 @@ mod tests {
         .unwrap();
         let cfg = LinkConfig {
             device: DeviceId::new("d").unwrap(),
-            broker: crate::config::Broker::parse("mqtts://127.0.0.1:1").unwrap(),
+            broker: Broker::parse("mqtts://127.0.0.1:1").unwrap(),
             ca_file: ca.clone(),
             cert_file: dir.path().join("missing.pem"),
             key_file: dir.path().join("missing.key"),
-            server_keys: fleet_proto::TrustedKeys::default(),
+            server_keys: TrustedKeys::default(),
             keep_alive: Duration::from_secs(30),
             backoff_initial: 500 * MS,
             backoff_max: Duration::from_secs(60),
