@@ -1,16 +1,17 @@
-//! The telemetry buffer in redb, the default: the same [`TelemetryStore`] contract and
-//! invariants as `SledStore` (see [`super::store`]), in one file. Chosen over sled because its
-//! memory stays flat however much is buffered (sled's grows by tens of MiB over a day offline
-//! and stays there; BENCHMARKS.md).
+//! The telemetry buffer in redb, the default and the only one in the shipped agent: the
+//! [`TelemetryStore`] contract and invariants of [`super::store`], in one file. Chosen over
+//! sled (built only with the `sled` feature, for the comparison) because its memory stays flat
+//! however much is buffered (sled's grows by tens of MiB over a day offline and stays there;
+//! BENCHMARKS.md).
 //!
 //! Appends and acknowledgements commit with eventual durability (no fsync); a
 //! [`TelemetryStore::flush`] commits with immediate durability, which makes every earlier commit
 //! durable too. The telemetry task flushes within [`FLUSH_EVERY_MS`] of an append and before
-//! answering a producer that waits for durability, so the durability window is sled's. After a
+//! answering a producer that waits for durability: that is invariant 6's window. After a
 //! crash redb reopens at its last durable commit: a prefix of what was appended.
 //!
 //! Layout: table `chunks` (first sequence number → point count u32 big-endian + postcard
-//! `Vec<Point>`, as sled's values) and table `meta` (`next_seq`, `acked_through`,
+//! `Vec<Point>`, the sled store's value layout) and table `meta` (`next_seq`, `acked_through`,
 //! `dropped_total`).
 //!
 //! [`FLUSH_EVERY_MS`]: super::store::FLUSH_EVERY_MS

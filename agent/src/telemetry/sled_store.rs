@@ -3,7 +3,10 @@
 //! [`RedbStore`](super::redb_store::RedbStore), measured against it in
 //! `agent/examples/telemetry_stores.rs`. The shipped agent carries redb alone.
 //!
-//! Layout (one tree, so every change is one atomic batch): see [`super::store`].
+//! Layout on disk (one tree, so every change is one atomic batch): key `c` + first sequence
+//! number (u64 big-endian, so key order is sequence order), value = point count (u32
+//! big-endian) + postcard `Vec<Point>`; one chunk per append. Keys `m` + `next_seq`,
+//! `acked_through`, `dropped_total`: u64 big-endian counters.
 
 use std::path::{Path, PathBuf};
 

@@ -25,20 +25,16 @@
 //!    twice under two numbers.
 //! 7. `dropped_total` and the sequence counter survive restarts (they are in the same atomic
 //!    batch as the chunk writes and deletes that change them).
-//!
-//! sled's layout on disk (one tree, so every change is one atomic batch): key `c` + first
-//! sequence number (u64 big-endian, so key order is sequence order), value = point count (u32
-//! big-endian) + postcard `Vec<Point>`; one chunk per append. Keys `m` + `next_seq`,
-//! `acked_through`, `dropped_total`: u64 big-endian counters.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use fleet_proto::telemetry::Point;
 
-/// sled writes its log to disk at least this often (milliseconds).
+/// The durability window (invariant 6), in milliseconds: the telemetry task flushes redb this
+/// soon after an append; sled's own flusher runs this often.
 pub const FLUSH_EVERY_MS: u64 = 500;
-/// Bytes a chunk costs beyond its encoded points: key, count, and sled's per-entry overhead
+/// Bytes a chunk costs beyond its encoded points: key, count, and the database's per-entry overhead
 /// (an estimate that makes many tiny chunks cost what they really take on disk).
 pub const CHUNK_OVERHEAD: u64 = 64;
 /// sled's page cache for the buffer: reads are sequential and rare (a drain), so a small cache
