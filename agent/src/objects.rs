@@ -24,7 +24,9 @@ use std::collections::BTreeMap;
 use fleet_proto::release::VolumeSource;
 use fleet_proto::{DeviceId, ReleaseSpec};
 
-use crate::runtime::{labels, EngineObject};
+use crate::runtime::labels;
+// Defined beside the engine trait that returns it; named here too, where it is judged.
+pub use crate::runtime::EngineObject;
 
 /// The engine name of release network `network` of `app` on `device`.
 pub fn network_name(device: &DeviceId, app: &str, network: &str) -> String {
