@@ -123,3 +123,82 @@ impl<R: ContainerRuntime> Reconciler<R> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use fleet_proto::{DeviceId, ImageRef, ServiceSpec};
+
+    use super::super::ExecOptions;
+    use super::*;
+    use crate::runtime::sim::{ImageBehavior, SimRuntime};
+    use crate::runtime::CreateRequest;
+    use crate::state::AgentState;
+
+    fn web() -> ServiceName {
+        ServiceName::new("web").unwrap()
+    }
+
+    /// A reconciler over the simulated engine, polling once a second, with container `web-1`
+    /// of an image that behaves as `behavior` already started.
+    async fn started(behavior: ImageBehavior) -> Reconciler<SimRuntime> {
+        let rt = Arc::new(SimRuntime::new());
+        let image = ImageRef::parse(&format!("r.example/web@sha256:{}", "a".repeat(64))).unwrap();
+        rt.publish_image(&image, behavior, 1000);
+        rt.pull(&image, None, &|_, _| {}).await.unwrap();
+        let req = CreateRequest {
+            name: "web-1".to_owned(),
+            labels: Default::default(),
+            spec: ServiceSpec::new(web(), image),
+            port_override: None,
+            hardware: Default::default(),
+            networks: vec![],
+        };
+        let id = rt.create(&req).await.unwrap();
+        rt.start(&id).await.unwrap();
+        let opts = ExecOptions { health_poll: Duration::from_secs(1), ..ExecOptions::default() };
+        Reconciler::new(rt, DeviceId::new("robot-1").unwrap(), AgentState::in_memory(), opts)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_container_stuck_starting_fails_at_its_deadline_and_not_before() {
+        let rec = started(ImageBehavior::StaysStarting).await;
+        let t0 = Instant::now();
+        let err = rec
+            .wait_healthy(&web(), "web-1", Duration::from_secs(30), None, None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, StepError::Unhealthy { reason, .. } if reason == "not healthy within 30s"),
+            "{err}"
+        );
+        assert_eq!(
+            t0.elapsed(),
+            Duration::from_secs(30),
+            "polled once a second up to the deadline"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_healthy_container_passes_the_gate_without_waiting() {
+        let rec = started(ImageBehavior::Healthy).await;
+        let t0 = Instant::now();
+        rec.wait_healthy(&web(), "web-1", Duration::from_secs(30), None, None).await.unwrap();
+        assert_eq!(t0.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_container_that_exits_fails_the_gate_at_once_with_its_logs() {
+        let rec = started(ImageBehavior::CrashAtStart).await;
+        let t0 = Instant::now();
+        let err = rec
+            .wait_healthy(&web(), "web-1", Duration::from_secs(30), None, None)
+            .await
+            .unwrap_err();
+        let StepError::Unhealthy { reason, log_tail, .. } = err else { panic!("{err}") };
+        assert_eq!(reason, "exited with code 1");
+        assert!(!log_tail.is_empty());
+        assert_eq!(t0.elapsed(), Duration::ZERO, "no waiting for the deadline");
+    }
+}

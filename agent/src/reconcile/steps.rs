@@ -245,7 +245,15 @@ fn pull_progress(bytes_before: u64, last: bool, done: u64, total: Option<u64>) -
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::super::ExecOptions;
     use super::*;
+    use crate::runtime::sim::SimRuntime;
+    use crate::state::AgentState;
 
     #[test]
     fn pull_progress_adds_earlier_pulls_and_knows_the_total_only_on_the_last() {
@@ -254,5 +262,36 @@ mod tests {
         let last = pull_progress(1000, true, 250, Some(3000));
         assert_eq!(last, PullProgress { bytes_done: 1250, bytes_total: Some(4000) });
         assert_eq!(pull_progress(1000, true, 250, None).bytes_total, None);
+    }
+
+    /// A reconciler over a simulated engine that is `down`, retrying 3 times from 500 ms.
+    fn reconciler(down: bool) -> (Reconciler<SimRuntime>, Arc<SimRuntime>) {
+        let rt = Arc::new(SimRuntime::new());
+        rt.set_unreachable(down);
+        let opts = ExecOptions {
+            attempts: 3,
+            retry_delay: Duration::from_millis(500),
+            ..ExecOptions::default()
+        };
+        let device = fleet_proto::DeviceId::new("robot-1").unwrap();
+        (Reconciler::new(rt.clone(), device, AgentState::in_memory(), opts), rt)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_engine_failures_are_retried_after_doubling_delays() {
+        let (rec, rt) = reconciler(true);
+        let t0 = Instant::now();
+        let err = rec.retry(|| rt.start("web-1")).await.unwrap_err();
+        assert!(matches!(err, RuntimeError::Unreachable { .. }), "{err}");
+        assert_eq!(t0.elapsed(), Duration::from_millis(1500), "500 ms, then 1 s, then given up");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn not_found_is_answered_at_once_not_retried() {
+        let (rec, rt) = reconciler(false);
+        let t0 = Instant::now();
+        let err = rec.retry(|| rt.start("web-1")).await.unwrap_err();
+        assert!(matches!(err, RuntimeError::NotFound { .. }), "{err}");
+        assert_eq!(t0.elapsed(), Duration::ZERO);
     }
 }
