@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use fleet_api::client::{detail, status_line, ApiClient, ApiError};
+use fleet_api::Page;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -140,4 +141,44 @@ pub fn print_json<T: Serialize>(value: &T) {
         Ok(s) => println!("{s}"),
         Err(e) => eprintln!("fleetctl: cannot print JSON: {e}"),
     }
+}
+
+/// Every page of a list route.
+pub fn all_pages<T: DeserializeOwned>(
+    client: &Client,
+    path: &str,
+    query: &[String],
+) -> Result<Vec<T>, Failure> {
+    let mut items = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut q = query.to_vec();
+        q.push("limit=1000".to_owned());
+        if let Some(a) = &after {
+            q.push(format!("after={}", encode(a)));
+        }
+        let page: Page<T> = client.get(&format!("{path}?{}", q.join("&")))?;
+        items.extend(page.items);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return Ok(items),
+        }
+    }
+}
+
+/// Percent-encodes a query value or path segment.
+pub fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'@' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// How many devices a change re-targeted (its answer's `retargeted` list).
+pub fn retargeted(answer: &serde_json::Value) -> usize {
+    answer["retargeted"].as_array().map_or(0, Vec::len)
 }

@@ -9,8 +9,8 @@ use clap::{Args, Subcommand};
 use fleet_api::secrets::MAX_VALUE_BYTES;
 use fleet_api::{ScopeKind, SecretChange, SecretList};
 
+use crate::client::encode;
 use crate::client::{print_json, Client, Failure};
-use crate::encode;
 use crate::show::{ago, table};
 
 /// Where a secret's value is set: the fleet (no flag), a group or a device.

@@ -80,6 +80,15 @@ pub fn parse_time(text: &str, past: bool) -> Result<UnixMillis, String> {
     Ok(UnixMillis(u64::try_from(secs).map_err(|_| bad())? * 1000))
 }
 
+/// `1 device`, `3 devices`.
+pub fn count(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

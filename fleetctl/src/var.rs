@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 use fleet_api::{VariableChange, VariableList, VariableRequest};
 
+use crate::client::encode;
 use crate::client::{print_json, Client, Failure};
-use crate::encode;
 use crate::show::table;
 
 /// Where a variable is set: the fleet (no flag), a group or a device; optionally one service.
