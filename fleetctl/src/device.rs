@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use clap::Subcommand;
+use fleet_api::units::FromNow;
 use fleet_api::{CommandRequest, Device, DeviceChange, DeviceView, PinRequest};
 use fleet_proto::{CommandAction, CommandOutcome, CommandResult, UnixMillis};
 
@@ -236,7 +237,7 @@ pub fn device(json: bool, client: &Client, verb: &DeviceVerb) -> Result<(), Fail
         DeviceVerb::Pin { id, release, reason, until, force } => {
             let until = until
                 .as_deref()
-                .map(|u| show::parse_time(u, false))
+                .map(|u| show::parse_time("--until", u, FromNow::Ahead))
                 .transpose()
                 .map_err(Failure::usage)?;
             let request = PinRequest {

@@ -1,6 +1,7 @@
 //! `fleetctl token`: API tokens and their roles.
 
 use clap::Subcommand;
+use fleet_api::units::FromNow;
 use fleet_api::{Role, Token, TokenRequest, TokenResponse};
 
 use crate::client::{encode, print_json, Client, Failure};
@@ -33,7 +34,7 @@ pub fn token(json: bool, client: &Client, verb: &TokenVerb) -> Result<(), Failur
         TokenVerb::Create { name, role, expires } => {
             let expires_at = expires
                 .as_deref()
-                .map(|e| show::parse_time(e, false))
+                .map(|e| show::parse_time("--expires", e, FromNow::Ahead))
                 .transpose()
                 .map_err(Failure::usage)?;
             let request = TokenRequest {
