@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use fleet_api::agent_config::{AgentConfig, AgentLink};
 use fleet_api::enroll;
 use fleet_api::{EnrollRequest, EnrollResponse};
 use fleet_proto::DeviceId;
@@ -65,25 +66,22 @@ fn write_bundle(
     agent_data_dir: &str,
 ) -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(out)?;
-    let keys =
-        enrolled.server_keys.iter().map(|k| format!("\"{k}\"")).collect::<Vec<_>>().join(", ");
-    let config = format!(
-        r#"# fleet-agent configuration for {device}, written by `fleetctl device enroll`.
-# Relative paths are resolved against this file's directory.
-version = 1
-device_id = "{device}"
-data_dir = "{agent_data_dir}"
-
-[link]
-broker = "{broker}"
-ca_file = "ca.pem"
-cert_file = "device.pem"
-key_file = "device.key"
-# The server's desired-state signing keys; add the new one here before the server rotates.
-server_keys = [{keys}]
-"#,
-        broker = enrolled.broker,
-    );
+    let link = AgentLink {
+        broker: enrolled.broker.clone(),
+        ca_file: Some("ca.pem".into()),
+        cert_file: Some("device.pem".into()),
+        key_file: Some("device.key".into()),
+        server_keys: enrolled.server_keys.clone(),
+        ..AgentLink::default()
+    };
+    let mut config = AgentConfig::new(device.as_str(), agent_data_dir);
+    config.link = Some(link);
+    let config = config.to_toml(&format!(
+        "fleet-agent configuration for {device}, written by `fleetctl device enroll`.\n\
+         Relative paths are resolved against this file's directory.\n\
+         link.server_keys: the server's desired-state signing keys; add the new one there\n\
+         before the server rotates."
+    ))?;
     enroll::write_file(&out.join("device.key"), key_pem.as_bytes(), 0o600)?;
     enroll::write_file(&out.join("device.pem"), enrolled.certificate_pem.as_bytes(), 0o644)?;
     enroll::write_file(&out.join("ca.pem"), enrolled.ca_pem.as_bytes(), 0o644)?;
