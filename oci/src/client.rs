@@ -73,7 +73,7 @@ impl RegistryClient {
         platform: &Platform,
         credential: Option<&RegistryCredential>,
     ) -> Result<u64, RegistryError> {
-        let target = Target::of(image);
+        let target = Target::of(image)?;
         let mut session = Session::new(self, &target, credential)?;
         let manifest = session.manifest(image.digest())?;
         let manifest = match manifest.manifests {
@@ -204,14 +204,13 @@ impl Target {
         Target { registry: registry.to_owned(), base, repository: repository.to_owned() }
     }
 
-    fn of(image: &ImageRef) -> Target {
-        let repo = image.repository();
-        match image.registry() {
-            Some(host) => Target::new(host, repo[host.len()..].trim_start_matches('/')),
-            // Docker Hub, with its implicit `library/` for official images.
-            None if repo.contains('/') => Target::new(DOCKER_HUB, repo),
-            None => Target::new(DOCKER_HUB, &format!("library/{repo}")),
-        }
+    /// Where a release's image is pulled from: its name normalised by [`Reference`], the one
+    /// parser of Docker's grammar (`busybox` and `docker.io/busybox` are both
+    /// `docker.io/library/busybox`, `index.docker.io` is `docker.io`).
+    fn of(image: &ImageRef) -> Result<Target, RegistryError> {
+        let reference = Reference::parse(&image.pull_ref())
+            .map_err(|source| RegistryError::BadImage { image: image.pull_ref(), source })?;
+        Ok(Target::new(reference.registry(), reference.repository()))
     }
 }
 
@@ -687,6 +686,7 @@ mod tests {
     fn targets_follow_dockers_rules_for_hosts_hub_and_loopback() {
         let t = |s: &str| {
             Target::of(&ImageRef::parse(&format!("{s}@sha256:{}", "a".repeat(64))).unwrap())
+                .unwrap()
         };
         let local = t("127.0.0.1:5000/demo/app");
         assert_eq!(
@@ -715,8 +715,36 @@ mod tests {
             let image =
                 ImageRef::parse(&format!("{}@sha256:{}", r.familiar_name(), "a".repeat(64)))
                     .unwrap();
-            assert_eq!(Target::new(r.registry(), r.repository()), Target::of(&image), "{s}");
+            assert_eq!(
+                Target::new(r.registry(), r.repository()),
+                Target::of(&image).unwrap(),
+                "{s}"
+            );
         }
+    }
+
+    /// Where the two parsers used to differ, Docker's normalisation (distribution/reference,
+    /// as `docker pull` does it) won: the Hub's aliases and its implicit `library/` apply to a
+    /// release's images too.
+    #[test]
+    fn release_images_on_docker_hub_are_normalised_as_docker_does() {
+        let t = |s: &str| {
+            Target::of(&ImageRef::parse(&format!("{s}@sha256:{}", "a".repeat(64))).unwrap())
+                .unwrap()
+        };
+        let spelled = t("docker.io/busybox");
+        assert_eq!(
+            (spelled.registry.as_str(), spelled.repository.as_str()),
+            (DOCKER_HUB, "library/busybox")
+        );
+        let alias = t("index.docker.io/robots/lidar");
+        assert_eq!(
+            (alias.registry.as_str(), alias.base.as_str(), alias.repository.as_str()),
+            (DOCKER_HUB, "https://registry-1.docker.io", "robots/lidar")
+        );
+        assert_eq!(t("localhost:5000/x").repository, "x");
+        let bad = ImageRef::parse(&format!("a//b@sha256:{}", "a".repeat(64))).unwrap();
+        assert!(matches!(Target::of(&bad), Err(RegistryError::BadImage { .. })));
     }
 
     #[test]
