@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use fleet_api::client::{detail, status_line, ApiClient, ApiError};
+use fleet_api::client::{detail, encode_component, status_line, ApiClient, ApiError};
 use fleet_api::Page;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -155,7 +155,7 @@ pub fn all_pages<T: DeserializeOwned>(
         let mut q = query.to_vec();
         q.push("limit=1000".to_owned());
         if let Some(a) = &after {
-            q.push(format!("after={}", encode(a)));
+            q.push(format!("after={}", encode_component(a)));
         }
         let page: Page<T> = client.get(&format!("{path}?{}", q.join("&")))?;
         items.extend(page.items);
@@ -164,18 +164,6 @@ pub fn all_pages<T: DeserializeOwned>(
             None => return Ok(items),
         }
     }
-}
-
-/// Percent-encodes a query value or path segment.
-pub fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'@' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// How many devices a change re-targeted (its answer's `retargeted` list).

@@ -5,11 +5,12 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use clap::Subcommand;
+use fleet_api::client::encode_component;
 use fleet_api::units::FromNow;
 use fleet_api::{CommandRequest, Device, DeviceChange, DeviceView, PinRequest};
 use fleet_proto::{CommandAction, CommandOutcome, CommandResult, UnixMillis};
 
-use crate::client::{all_pages, encode, print_json, retargeted, Client, Failure};
+use crate::client::{all_pages, print_json, retargeted, Client, Failure};
 use crate::show::{self, ago, table, utc};
 
 #[derive(Debug, Subcommand)]
@@ -148,10 +149,10 @@ pub fn device(json: bool, client: &Client, verb: &DeviceVerb) -> Result<(), Fail
         DeviceVerb::Ls { selector, group } => {
             let mut query = Vec::new();
             if let Some(s) = selector {
-                query.push(format!("selector={}", encode(s)));
+                query.push(format!("selector={}", encode_component(s)));
             }
             if let Some(g) = group {
-                query.push(format!("group={}", encode(g)));
+                query.push(format!("group={}", encode_component(g)));
             }
             let devices: Vec<Device> = all_pages(client, "/api/v1/devices", &query)?;
             if json {
@@ -373,8 +374,10 @@ fn device_metrics(
     let mut newest = std::collections::VecDeque::new();
     let mut after: Option<String> = None;
     loop {
-        let mut path =
-            format!("/api/v1/devices/{id}/metrics/history?metric={}&limit=1000", encode(metric));
+        let mut path = format!(
+            "/api/v1/devices/{id}/metrics/history?metric={}&limit=1000",
+            encode_component(metric)
+        );
         if let Some(a) = &after {
             path.push_str(&format!("&after={a}"));
         }

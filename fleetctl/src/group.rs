@@ -1,9 +1,10 @@
 //! `fleetctl group`: named label selectors.
 
 use clap::Subcommand;
+use fleet_api::client::encode_component;
 use fleet_api::{Group, GroupRequest};
 
-use crate::client::{encode, print_json, retargeted, Client, Failure};
+use crate::client::{print_json, retargeted, Client, Failure};
 use crate::show::table;
 
 #[derive(Debug, Subcommand)]
@@ -79,7 +80,8 @@ pub fn group(json: bool, client: &Client, verb: &GroupVerb) -> Result<(), Failur
             }
         }
         GroupVerb::Show { name } => {
-            let g: serde_json::Value = client.get(&format!("/api/v1/groups/{}", encode(name)))?;
+            let g: serde_json::Value =
+                client.get(&format!("/api/v1/groups/{}", encode_component(name)))?;
             if json {
                 print_json(&g);
             } else {
@@ -97,7 +99,7 @@ pub fn group(json: bool, client: &Client, verb: &GroupVerb) -> Result<(), Failur
         GroupVerb::Rm { name } => {
             let answer: serde_json::Value = client.send::<(), _>(
                 "DELETE",
-                &format!("/api/v1/groups/{}", encode(name)),
+                &format!("/api/v1/groups/{}", encode_component(name)),
                 None,
             )?;
             if json {

@@ -3,9 +3,10 @@
 use std::path::PathBuf;
 
 use clap::Subcommand;
+use fleet_api::client::encode_component;
 use fleet_api::{Release, ReleaseRequest};
 
-use crate::client::{all_pages, encode, print_json, Client, Failure};
+use crate::client::{all_pages, print_json, Client, Failure};
 use crate::show::{table, utc};
 
 #[derive(Debug, Subcommand)]
@@ -97,7 +98,8 @@ pub fn release(json: bool, client: &Client, verb: &ReleaseVerb) -> Result<(), Fa
             }
         }
         ReleaseVerb::Ls { app } => {
-            let query: Vec<String> = app.iter().map(|a| format!("app={}", encode(a))).collect();
+            let query: Vec<String> =
+                app.iter().map(|a| format!("app={}", encode_component(a))).collect();
             let releases: Vec<Release> = all_pages(client, "/api/v1/releases", &query)?;
             if json {
                 print_json(&releases);
@@ -121,7 +123,7 @@ pub fn release(json: bool, client: &Client, verb: &ReleaseVerb) -> Result<(), Fa
             }
         }
         ReleaseVerb::Show { id, compose } => {
-            let r: Release = client.get(&format!("/api/v1/releases/{}", encode(id)))?;
+            let r: Release = client.get(&format!("/api/v1/releases/{}", encode_component(id)))?;
             if json {
                 print_json(&r);
             } else if *compose {

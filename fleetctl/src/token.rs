@@ -1,10 +1,11 @@
 //! `fleetctl token`: API tokens and their roles.
 
 use clap::Subcommand;
+use fleet_api::client::encode_component;
 use fleet_api::units::FromNow;
 use fleet_api::{Role, Token, TokenRequest, TokenResponse};
 
-use crate::client::{encode, print_json, Client, Failure};
+use crate::client::{print_json, Client, Failure};
 use crate::show::{self, table, utc};
 
 #[derive(Debug, Subcommand)]
@@ -75,7 +76,7 @@ pub fn token(json: bool, client: &Client, verb: &TokenVerb) -> Result<(), Failur
         TokenVerb::Revoke { name } => {
             let t: Token = client.send::<(), _>(
                 "DELETE",
-                &format!("/api/v1/tokens/{}", encode(name)),
+                &format!("/api/v1/tokens/{}", encode_component(name)),
                 None,
             )?;
             if json {
