@@ -27,14 +27,6 @@ const MAX_CONFIG_BYTES: u64 = 1 << 20;
 /// An error body is read only for its error code.
 const MAX_ERROR_BYTES: u64 = 64 << 10;
 
-/// Where the system keeps its CA bundle, by distribution family.
-const CA_BUNDLES: [&str; 4] = [
-    "/etc/ssl/certs/ca-certificates.crt", // Debian, Ubuntu, Yocto, Alpine (ca-certificates)
-    "/etc/pki/tls/certs/ca-bundle.crt",   // Fedora, RHEL
-    "/etc/ssl/cert.pem",                  // Alpine, OpenWrt
-    "/etc/ssl/ca-bundle.pem",             // openSUSE
-];
-
 /// Talks to registries. Blocking: call from a blocking thread. Cheap to clone.
 #[derive(Clone)]
 pub struct RegistryClient {
@@ -618,24 +610,20 @@ impl<'a> Session<'a> {
     }
 }
 
-/// The system's trusted CA certificates (`SSL_CERT_FILE` first, then the usual bundles).
+/// The system's trusted CA certificates, found the way OpenSSL finds them: `SSL_CERT_FILE` and
+/// `SSL_CERT_DIR` when set, else the distribution's bundle and directory (rustls-native-certs,
+/// which knows more layouts than a list kept here would).
 fn system_roots() -> Vec<ureq::tls::Certificate<'static>> {
-    let candidates =
-        std::env::var("SSL_CERT_FILE").into_iter().chain(CA_BUNDLES.map(str::to_owned));
-    for path in candidates {
-        let Ok(pem) = std::fs::read(&path) else { continue };
-        let certs: Vec<_> = ureq::tls::parse_pem(&pem)
-            .filter_map(|item| match item {
-                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c.to_owned()),
-                _ => None,
-            })
-            .collect();
-        if !certs.is_empty() {
-            return certs;
-        }
+    let found = rustls_native_certs::load_native_certs();
+    for error in &found.errors {
+        tracing::warn!(%error, "part of the system's CA certificates could not be read");
     }
-    tracing::warn!("no CA bundle found (set SSL_CERT_FILE); TLS registries cannot be verified");
-    Vec::new()
+    if found.certs.is_empty() {
+        tracing::warn!(
+            "no CA certificates found (set SSL_CERT_FILE or SSL_CERT_DIR); TLS registries cannot be verified"
+        );
+    }
+    found.certs.iter().map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned()).collect()
 }
 
 /// Standard base64 (RFC 4648, with padding), for HTTP Basic credentials.
