@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use fleet_proto::errors::report;
 use fleet_proto::inventory::{Disk, EngineInfo};
 use fleet_proto::report::{StateReport, UpdateResult};
 use fleet_proto::ReleaseSpec;
@@ -129,18 +130,10 @@ impl Failure {
     }
 }
 
-/// The error, then each cause on a line of its own (a terminal has room; a log line does not:
-/// [`fleet_proto::errors::chain`]).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut causes = fleet_proto::errors::causes(e).map(|c| c.to_string());
-    let first = causes.next().unwrap_or_default();
-    causes.fold(first, |msg, cause| msg + "\n  caused by: " + &cause)
-}
-
 impl From<RuntimeError> for Failure {
     fn from(e: RuntimeError) -> Failure {
         let code = if matches!(e, RuntimeError::Unreachable { .. }) { 5 } else { 1 };
-        Failure { code, message: chain(&e) }
+        Failure { code, message: report(&e) }
     }
 }
 
@@ -170,7 +163,7 @@ pub fn main() -> ExitCode {
 }
 
 fn load_config(path: &Path, explicit: bool) -> Result<Config, Failure> {
-    Config::load(path, explicit).map_err(|e| Failure::input(chain(&e)))
+    Config::load(path, explicit).map_err(|e| Failure::input(report(&e)))
 }
 
 fn init_logging(config: &Config, daemon: bool) {
@@ -216,7 +209,7 @@ fn run(cli: Cli) -> Result<u8, Failure> {
         let config = match Config::load(&cli.config, explicit) {
             Ok(config) => Some(config),
             Err(e) => {
-                eprintln!("note: {}\n  using the defaults", chain(&e));
+                eprintln!("note: {}\n  using the defaults", report(&e));
                 None
             }
         };
@@ -241,7 +234,7 @@ fn run(cli: Cli) -> Result<u8, Failure> {
             rt.block_on(async { daemon::run(config, shutdown_signal()).await }).map_err(
                 |e| match e {
                     daemon::DaemonError::Runtime(r) => Failure::from(r),
-                    other => Failure::input(chain(&other)),
+                    other => Failure::input(report(&other)),
                 },
             )?;
             Ok(0)
@@ -261,7 +254,7 @@ fn run(cli: Cli) -> Result<u8, Failure> {
 fn lock(config: &Config, cmd: LockCommand) -> Result<u8, Failure> {
     let locks = UpdateLocks::new(&config.locks_dir, config.locks_default_ttl);
     let now = fleet_proto::UnixMillis::now();
-    let fail = |e: crate::lock::LockError| Failure::input(chain(&e));
+    let fail = |e: crate::lock::LockError| Failure::input(report(&e));
     match cmd {
         LockCommand::Acquire { holder, ttl } => {
             let lease = locks.acquire(&holder, ttl.map(Duration::from_secs), now).map_err(fail)?;
@@ -373,9 +366,9 @@ async fn apply_here(
     release: &ReleaseSpec,
     force: bool,
 ) -> Result<admin::Answer, Failure> {
-    let state = daemon::open_state(config).map_err(|e| Failure::input(chain(&e)))?;
+    let state = daemon::open_state(config).map_err(|e| Failure::input(report(&e)))?;
     let rt = Arc::new(DockerRuntime::connect(&config.engine_socket, config.engine_timeout).await?);
-    let seq = state.next_local_seq().map_err(|e| Failure::input(chain(&e)))?;
+    let seq = state.next_local_seq().map_err(|e| Failure::input(report(&e)))?;
     let hardware = daemon::scan_hardware(config, &*rt).await;
     let mut reconciler =
         Reconciler::new(rt, config.device_id.clone(), state, daemon::exec_options(config))
@@ -393,7 +386,7 @@ async fn apply_here(
     match with_progress(apply, || Some(reconciler.status())).await {
         Ok(outcome) => Ok(admin::Answer::Outcome(outcome)),
         Err(StepError::Deferred { holder, until }) => Ok(admin::Answer::Deferred { holder, until }),
-        Err(e) => Err(Failure { code: 3, message: chain(&e) }),
+        Err(e) => Err(Failure { code: 3, message: report(&e) }),
     }
 }
 
@@ -472,7 +465,7 @@ async fn status(config: &Config, json: bool) -> Result<u8, Failure> {
             let rt = DockerRuntime::connect(&config.engine_socket, config.engine_timeout).await?;
             let observed = rt.list(&config.device_id).await?;
             report::build(&config.device_id, &state, &observed, Default::default(), None)
-                .map_err(|e| Failure::input(chain(&e)))?
+                .map_err(|e| Failure::input(report(&e)))?
         }
         unopened => {
             // The daemon holds the database: read the status it last wrote.
@@ -480,7 +473,7 @@ async fn status(config: &Config, json: bool) -> Result<u8, Failure> {
             let text = std::fs::read_to_string(&path).map_err(|e| match &unopened {
                 Some(Err(why)) => Failure::input(format!(
                     "cannot read the agent's state ({}) nor {}: {e}",
-                    chain(why),
+                    report(why),
                     path.display()
                 )),
                 _ => Failure::input(format!("cannot read {}: {e}", path.display())),
@@ -594,11 +587,7 @@ async fn engine_info(socket: &str) -> Result<EngineInfo, String> {
         }
         // The innermost cause says it best (`Connection refused`, `No such file or directory`).
         Ok(Err(e)) => {
-            let mut cause: &dyn std::error::Error = &e;
-            while let Some(next) = cause.source() {
-                cause = next;
-            }
-            Err(cause.to_string())
+            Err(fleet_proto::errors::causes(&e).last().map_or_else(String::new, |c| c.to_string()))
         }
         Err(_) => Err(format!("no answer within {} s", ENGINE_PROBE_TIMEOUT.as_secs())),
     }

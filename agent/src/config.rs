@@ -1023,4 +1023,46 @@ mod tests {
         let err = Config::from_toml_in(&link_toml("mqtts://h", ""), dir.path()).unwrap_err();
         assert!(err.to_string().contains("`link.server_keys`"), "{err}");
     }
+
+    /// The writer fleetctl and the simulator use (fleet-api's `AgentConfig`) and this loader
+    /// agree, awkward values included: quotes and backslashes in paths arrive as written.
+    #[test]
+    fn the_enrolling_sides_writer_is_read_back_as_written() {
+        use fleet_api::agent_config::{AgentConfig, AgentEngine, AgentLink, AgentLocks};
+        let dir = bundle(0o600);
+        let data = dir.path().join(r#"data "quoted" \ back\slashed"#);
+        let link = AgentLink {
+            broker: "mqtts://fleet.example:8883".into(),
+            ca_file: Some("ca.pem".into()),
+            cert_file: Some("device.pem".into()),
+            key_file: Some(dir.path().join("device.key")),
+            server_keys: vec![KEY.into()],
+            keep_alive_secs: Some(5),
+            ..AgentLink::default()
+        };
+        let mut written = AgentConfig::new("robot-7", &data);
+        written.link = Some(link);
+        written.engine = Some(AgentEngine {
+            socket: r#"unix:///run/"docker".sock"#.into(),
+            request_timeout_secs: Some(120),
+        });
+        written.locks =
+            Some(AgentLocks { dir: data.join("locks"), socket: data.join(r"locks\.sock") });
+        let main = dir.path().join("config.toml");
+        std::fs::write(&main, written.to_toml("a header\nover two lines").unwrap()).unwrap();
+
+        let c = Config::load(&main, true).unwrap();
+        assert_eq!(fleet_api::agent_config::AGENT_CONFIG_VERSION, CONFIG_VERSION);
+        assert_eq!(c.device_id.as_str(), "robot-7");
+        assert_eq!(c.data_dir, data);
+        assert_eq!(c.engine_socket, r#"unix:///run/"docker".sock"#);
+        assert_eq!(c.engine_timeout, Duration::from_secs(120));
+        assert_eq!(c.locks_dir, data.join("locks"));
+        assert_eq!(c.locks_socket, data.join(r"locks\.sock"));
+        let link = c.link.unwrap();
+        assert_eq!(link.ca_file, dir.path().join("ca.pem"));
+        assert_eq!(link.key_file, dir.path().join("device.key"));
+        assert_eq!(link.keep_alive, Duration::from_secs(5));
+        assert_eq!(link.backoff_initial, Duration::from_millis(500), "unset keys keep defaults");
+    }
 }

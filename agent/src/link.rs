@@ -635,14 +635,12 @@ impl LinkTask {
 /// "received fatal alert: CertificateExpired").
 fn describe(e: &ConnectionError) -> String {
     let mut msg = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let s_msg = s.to_string();
-        if !msg.contains(&s_msg) {
+    for cause in fleet_proto::errors::causes(e).skip(1) {
+        let cause = cause.to_string();
+        if !msg.contains(&cause) {
             msg.push_str(": ");
-            msg.push_str(&s_msg);
+            msg.push_str(&cause);
         }
-        source = s.source();
     }
     msg
 }

@@ -3,6 +3,7 @@
 //! `spawn_blocking`. `fleetctl`, `fleet-sim` and the e2e tests all talk to the server through
 //! it; every error names the method, the URL and the reason.
 
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
@@ -45,6 +46,16 @@ pub enum ApiError {
         /// Why it does not decode.
         reason: String,
     },
+}
+
+/// What a path segment or query value keeps unescaped: RFC 3986's unreserved characters
+/// (and `@`, which release ids `app@version` use and servers take as is).
+const COMPONENT: &AsciiSet =
+    &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~').remove(b'@');
+
+/// Percent-encodes `s` as one path segment or query value (`a/b c` is `a%2Fb%20c`).
+pub fn encode_component(s: &str) -> String {
+    utf8_percent_encode(s, COMPONENT).to_string()
 }
 
 /// A problem details' `detail` (or a bare `error`), if the body has one.
@@ -225,5 +236,17 @@ impl ApiClient {
             url,
             reason: e.to_string(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn components_are_percent_encoded_except_unreserved_and_at() {
+        assert_eq!(encode_component("robot-stack@1.4_2~x"), "robot-stack@1.4_2~x");
+        assert_eq!(encode_component("a/b c&d=e?"), "a%2Fb%20c%26d%3De%3F");
+        assert_eq!(encode_component("ü"), "%C3%BC");
     }
 }

@@ -11,6 +11,8 @@
 //! client ([`client::ApiClient`]).
 
 pub mod admin;
+#[cfg(feature = "enroll")]
+pub mod agent_config;
 pub mod devices;
 pub mod enroll;
 pub mod fleet;

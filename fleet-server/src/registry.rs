@@ -37,14 +37,6 @@ impl ImageResolver for RegistryResolver {
     fn resolve(&self, reference: &str) -> Result<ResolvedImage, String> {
         let parsed = Reference::parse(reference).map_err(|e| e.to_string())?;
         let login = self.logins.iter().find(|l| l.registry == parsed.registry());
-        self.client.resolve(&parsed, login).map_err(|e| {
-            let mut text = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                text.push_str(&format!(": {s}"));
-                source = s.source();
-            }
-            text
-        })
+        self.client.resolve(&parsed, login).map_err(|e| fleet_proto::errors::chain(&e))
     }
 }

@@ -4,7 +4,8 @@
 
 use std::path::PathBuf;
 
-use fleet_api::client::{detail, status_line, ApiClient, ApiError};
+use fleet_api::client::{detail, encode_component, status_line, ApiClient, ApiError};
+use fleet_api::Page;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -140,4 +141,32 @@ pub fn print_json<T: Serialize>(value: &T) {
         Ok(s) => println!("{s}"),
         Err(e) => eprintln!("fleetctl: cannot print JSON: {e}"),
     }
+}
+
+/// Every page of a list route.
+pub fn all_pages<T: DeserializeOwned>(
+    client: &Client,
+    path: &str,
+    query: &[String],
+) -> Result<Vec<T>, Failure> {
+    let mut items = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut q = query.to_vec();
+        q.push("limit=1000".to_owned());
+        if let Some(a) = &after {
+            q.push(format!("after={}", encode_component(a)));
+        }
+        let page: Page<T> = client.get(&format!("{path}?{}", q.join("&")))?;
+        items.extend(page.items);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return Ok(items),
+        }
+    }
+}
+
+/// How many devices a change re-targeted (its answer's `retargeted` list).
+pub fn retargeted(answer: &serde_json::Value) -> usize {
+    answer["retargeted"].as_array().map_or(0, Vec::len)
 }

@@ -6,11 +6,11 @@ use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
+use fleet_api::client::encode_component;
 use fleet_api::secrets::MAX_VALUE_BYTES;
 use fleet_api::{ScopeKind, SecretChange, SecretList};
 
 use crate::client::{print_json, Client, Failure};
-use crate::encode;
 use crate::show::{ago, table};
 
 /// Where a secret's value is set: the fleet (no flag), a group or a device.
@@ -27,8 +27,8 @@ pub struct SecretScopeArgs {
 impl SecretScopeArgs {
     fn query(&self) -> String {
         match (&self.group, &self.device) {
-            (Some(g), _) => format!("?group={}", encode(g)),
-            (None, Some(d)) => format!("?device={}", encode(d)),
+            (Some(g), _) => format!("?group={}", encode_component(g)),
+            (None, Some(d)) => format!("?device={}", encode_component(d)),
             (None, None) => String::new(),
         }
     }
@@ -87,14 +87,16 @@ pub fn secret(json: bool, client: &Client, verb: &SecretVerb) -> Result<(), Fail
     match verb {
         SecretVerb::Set { name, from_file, scope } => {
             let value = read_value(name, from_file.as_ref())?;
-            let change: SecretChange = client
-                .put_bytes(&format!("/api/v1/secrets/{}{}", encode(name), scope.query()), &value)?;
+            let change: SecretChange = client.put_bytes(
+                &format!("/api/v1/secrets/{}{}", encode_component(name), scope.query()),
+                &value,
+            )?;
             report(json, &change, &format!("set {name} for {}", scope.describe()));
         }
         SecretVerb::Rm { name, scope } => {
             let change: SecretChange = client.send::<(), _>(
                 "DELETE",
-                &format!("/api/v1/secrets/{}{}", encode(name), scope.query()),
+                &format!("/api/v1/secrets/{}{}", encode_component(name), scope.query()),
                 None,
             )?;
             report(json, &change, &format!("removed {name} from {}", scope.describe()));

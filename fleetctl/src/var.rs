@@ -4,10 +4,10 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
+use fleet_api::client::encode_component;
 use fleet_api::{VariableChange, VariableList, VariableRequest};
 
 use crate::client::{print_json, Client, Failure};
-use crate::encode;
 use crate::show::table;
 
 /// Where a variable is set: the fleet (no flag), a group or a device; optionally one service.
@@ -29,7 +29,7 @@ impl ScopeArgs {
         let parts: Vec<String> =
             [("group", &self.group), ("device", &self.device), ("service", &self.service)]
                 .into_iter()
-                .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", encode(v))))
+                .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", encode_component(v))))
                 .collect();
         if parts.is_empty() {
             String::new()
@@ -132,7 +132,7 @@ pub fn var(json: bool, client: &Client, verb: &VarVerb) -> Result<(), Failure> {
             };
             let change: VariableChange = client.send(
                 "PUT",
-                &format!("/api/v1/variables/{}", encode(name)),
+                &format!("/api/v1/variables/{}", encode_component(name)),
                 Some(&request),
             )?;
             report(json, &change, &format!("set {name} for {}", scope.describe()));
@@ -140,7 +140,7 @@ pub fn var(json: bool, client: &Client, verb: &VarVerb) -> Result<(), Failure> {
         VarVerb::Unset { name, scope } => {
             let change: VariableChange = client.send::<(), _>(
                 "DELETE",
-                &format!("/api/v1/variables/{}{}", encode(name), scope.query()),
+                &format!("/api/v1/variables/{}{}", encode_component(name), scope.query()),
                 None,
             )?;
             report(json, &change, &format!("unset {name} for {}", scope.describe()));

@@ -27,14 +27,6 @@ const MAX_CONFIG_BYTES: u64 = 1 << 20;
 /// An error body is read only for its error code.
 const MAX_ERROR_BYTES: u64 = 64 << 10;
 
-/// Where the system keeps its CA bundle, by distribution family.
-const CA_BUNDLES: [&str; 4] = [
-    "/etc/ssl/certs/ca-certificates.crt", // Debian, Ubuntu, Yocto, Alpine (ca-certificates)
-    "/etc/pki/tls/certs/ca-bundle.crt",   // Fedora, RHEL
-    "/etc/ssl/cert.pem",                  // Alpine, OpenWrt
-    "/etc/ssl/ca-bundle.pem",             // openSUSE
-];
-
 /// Talks to registries. Blocking: call from a blocking thread. Cheap to clone.
 #[derive(Clone)]
 pub struct RegistryClient {
@@ -73,7 +65,7 @@ impl RegistryClient {
         platform: &Platform,
         credential: Option<&RegistryCredential>,
     ) -> Result<u64, RegistryError> {
-        let target = Target::of(image);
+        let target = Target::of(image)?;
         let mut session = Session::new(self, &target, credential)?;
         let manifest = session.manifest(image.digest())?;
         let manifest = match manifest.manifests {
@@ -204,14 +196,13 @@ impl Target {
         Target { registry: registry.to_owned(), base, repository: repository.to_owned() }
     }
 
-    fn of(image: &ImageRef) -> Target {
-        let repo = image.repository();
-        match image.registry() {
-            Some(host) => Target::new(host, repo[host.len()..].trim_start_matches('/')),
-            // Docker Hub, with its implicit `library/` for official images.
-            None if repo.contains('/') => Target::new(DOCKER_HUB, repo),
-            None => Target::new(DOCKER_HUB, &format!("library/{repo}")),
-        }
+    /// Where a release's image is pulled from: its name normalised by [`Reference`], the one
+    /// parser of Docker's grammar (`busybox` and `docker.io/busybox` are both
+    /// `docker.io/library/busybox`, `index.docker.io` is `docker.io`).
+    fn of(image: &ImageRef) -> Result<Target, RegistryError> {
+        let reference = Reference::parse(&image.pull_ref())
+            .map_err(|source| RegistryError::BadImage { image: image.pull_ref(), source })?;
+        Ok(Target::new(reference.registry(), reference.repository()))
     }
 }
 
@@ -619,43 +610,26 @@ impl<'a> Session<'a> {
     }
 }
 
-/// The system's trusted CA certificates (`SSL_CERT_FILE` first, then the usual bundles).
+/// The system's trusted CA certificates, found the way OpenSSL finds them: `SSL_CERT_FILE` and
+/// `SSL_CERT_DIR` when set, else the distribution's bundle and directory (rustls-native-certs,
+/// which knows more layouts than a list kept here would).
 fn system_roots() -> Vec<ureq::tls::Certificate<'static>> {
-    let candidates =
-        std::env::var("SSL_CERT_FILE").into_iter().chain(CA_BUNDLES.map(str::to_owned));
-    for path in candidates {
-        let Ok(pem) = std::fs::read(&path) else { continue };
-        let certs: Vec<_> = ureq::tls::parse_pem(&pem)
-            .filter_map(|item| match item {
-                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c.to_owned()),
-                _ => None,
-            })
-            .collect();
-        if !certs.is_empty() {
-            return certs;
-        }
+    let found = rustls_native_certs::load_native_certs();
+    for error in &found.errors {
+        tracing::warn!(%error, "part of the system's CA certificates could not be read");
     }
-    tracing::warn!("no CA bundle found (set SSL_CERT_FILE); TLS registries cannot be verified");
-    Vec::new()
+    if found.certs.is_empty() {
+        tracing::warn!(
+            "no CA certificates found (set SSL_CERT_FILE or SSL_CERT_DIR); TLS registries cannot be verified"
+        );
+    }
+    found.certs.iter().map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned()).collect()
 }
 
 /// Standard base64 (RFC 4648, with padding), for HTTP Basic credentials.
 fn base64(input: &str) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let bytes = input.as_bytes();
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(input)
 }
 
 #[cfg(test)]
@@ -687,6 +661,7 @@ mod tests {
     fn targets_follow_dockers_rules_for_hosts_hub_and_loopback() {
         let t = |s: &str| {
             Target::of(&ImageRef::parse(&format!("{s}@sha256:{}", "a".repeat(64))).unwrap())
+                .unwrap()
         };
         let local = t("127.0.0.1:5000/demo/app");
         assert_eq!(
@@ -715,8 +690,36 @@ mod tests {
             let image =
                 ImageRef::parse(&format!("{}@sha256:{}", r.familiar_name(), "a".repeat(64)))
                     .unwrap();
-            assert_eq!(Target::new(r.registry(), r.repository()), Target::of(&image), "{s}");
+            assert_eq!(
+                Target::new(r.registry(), r.repository()),
+                Target::of(&image).unwrap(),
+                "{s}"
+            );
         }
+    }
+
+    /// Where the two parsers used to differ, Docker's normalisation (distribution/reference,
+    /// as `docker pull` does it) won: the Hub's aliases and its implicit `library/` apply to a
+    /// release's images too.
+    #[test]
+    fn release_images_on_docker_hub_are_normalised_as_docker_does() {
+        let t = |s: &str| {
+            Target::of(&ImageRef::parse(&format!("{s}@sha256:{}", "a".repeat(64))).unwrap())
+                .unwrap()
+        };
+        let spelled = t("docker.io/busybox");
+        assert_eq!(
+            (spelled.registry.as_str(), spelled.repository.as_str()),
+            (DOCKER_HUB, "library/busybox")
+        );
+        let alias = t("index.docker.io/robots/lidar");
+        assert_eq!(
+            (alias.registry.as_str(), alias.base.as_str(), alias.repository.as_str()),
+            (DOCKER_HUB, "https://registry-1.docker.io", "robots/lidar")
+        );
+        assert_eq!(t("localhost:5000/x").repository, "x");
+        let bad = ImageRef::parse(&format!("a//b@sha256:{}", "a".repeat(64))).unwrap();
+        assert!(matches!(Target::of(&bad), Err(RegistryError::BadImage { .. })));
     }
 
     #[test]

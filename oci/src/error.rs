@@ -98,4 +98,13 @@ pub enum RegistryError {
         /// Who said what it should be.
         expected_by: &'static str,
     },
+    /// The image's name is outside Docker's reference grammar, so no registry can be named.
+    #[error("image {image} cannot be pulled: {source}")]
+    BadImage {
+        /// The image as given.
+        image: String,
+        /// Which rule it broke.
+        #[source]
+        source: crate::reference::ReferenceError,
+    },
 }

@@ -17,6 +17,14 @@ pub fn chain(error: &dyn Error) -> String {
     causes(error).map(ToString::to_string).collect::<Vec<_>>().join(": ")
 }
 
+/// The error, then each cause on a line of its own (`  caused by: ...`): what a binary's `main`
+/// prints once, where a terminal has room (a log line does not: [`chain`]).
+pub fn report(error: &dyn Error) -> String {
+    let mut lines = causes(error).map(ToString::to_string);
+    let first = lines.next().unwrap_or_default();
+    lines.fold(first, |text, cause| text + "\n  caused by: " + &cause)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -29,6 +37,7 @@ mod tests {
     fn every_cause_in_order() {
         let e = Outer(std::io::Error::other("inner"));
         assert_eq!(chain(&e), "outer: inner");
+        assert_eq!(report(&e), "outer\n  caused by: inner");
         assert_eq!(causes(&e).count(), 2);
         assert_eq!(chain(&std::io::Error::other("alone")), "alone");
     }

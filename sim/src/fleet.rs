@@ -24,6 +24,7 @@ use fleet_agent::config::Config;
 use fleet_agent::daemon::RunOptions;
 use fleet_agent::runtime::docker::DockerRuntime;
 use fleet_agent::runtime::sim::{ImageBehavior, SimRuntime};
+use fleet_api::agent_config::{AgentConfig, AgentEngine, AgentLink, AgentLocks, AgentUpdate};
 use fleet_api::client::{ApiClient, ApiError};
 use fleet_api::{EnrollRequest, EnrollResponse};
 use fleet_proto::{DeviceId, ImageRef};
@@ -343,11 +344,10 @@ impl SimFleet {
         })?;
         let data = self.agent_dir(id);
         std::fs::create_dir_all(&data).map_err(io(format!("creating {}", data.display())))?;
-        let config = try_write_agent_config(&data, id, &self.broker, &self.server_key, &data)?;
-        let mut text = std::fs::read_to_string(&config)
-            .map_err(io(format!("reading {}", config.display())))?;
-        text.push_str(&format!("[engine]\nsocket = \"{endpoint}\"\nrequest_timeout_secs = 120\n"));
-        std::fs::write(&config, text).map_err(io(format!("writing {}", config.display())))?;
+        let mut config = test_agent_config(id, &self.broker, &self.server_key, &data);
+        config.engine =
+            Some(AgentEngine { socket: endpoint.to_owned(), request_timeout_secs: Some(120) });
+        let config = write_config_file(&data, &config)?;
         let config = Config::load(&config, true).map_err(|e| agent_err(e.to_string()))?;
         let (stop, stopped) = oneshot::channel::<()>();
         let device = id.to_owned();
@@ -697,12 +697,31 @@ pub fn write_agent_config(
     try_write_agent_config(dir, device, broker, key, data).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// The link timings [`write_agent_config`] gives an agent: a 5 s keep-alive and reconnects
-/// within 2 s, so tests see a broker restart at once. `fleet-sim run` takes them out again:
-/// thousands of agents retrying every 2 s keep a busy broker busy (the agent's defaults are a
-/// 30 s keep-alive and reconnects spread over up to 60 s).
-pub const TEST_LINK_PACING: &str =
-    "keep_alive_secs = 5\nbackoff_initial_ms = 200\nbackoff_max_secs = 2\n";
+/// The agent configuration [`write_agent_config`] writes: test timings (short grace and
+/// stability), locks in `data`, and link timings of a 5 s keep-alive and reconnects within
+/// 2 s, so tests see a broker restart at once. `fleet-sim run` takes the link timings out
+/// again: thousands of agents retrying every 2 s keep a busy broker busy (the agent's defaults
+/// are a 30 s keep-alive and reconnects spread over up to 60 s).
+pub fn test_agent_config(device: &str, broker: &str, key: &str, data: &Path) -> AgentConfig {
+    let link = AgentLink {
+        broker: broker.to_owned(),
+        server_keys: vec![key.to_owned()],
+        keep_alive_secs: Some(5),
+        backoff_initial_ms: Some(200),
+        backoff_max_secs: Some(2),
+        ..AgentLink::default()
+    };
+    let mut config = AgentConfig::new(device, data);
+    config.link = Some(link);
+    config.update = Some(AgentUpdate {
+        stop_grace_secs: 1,
+        stable_for_secs: 1,
+        resync_secs: 30,
+        disk_reserve_mb: 1,
+    });
+    config.locks = Some(AgentLocks { dir: data.join("locks"), socket: data.join("locks.sock") });
+    config
+}
 
 /// [`write_agent_config`], with the error instead of a panic.
 pub fn try_write_agent_config(
@@ -712,17 +731,15 @@ pub fn try_write_agent_config(
     key: &str,
     data: &Path,
 ) -> Result<PathBuf, Error> {
-    let config = dir.join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "device_id = \"{device}\"\ndata_dir = \"{data}\"\n\
-             [update]\nstop_grace_secs = 1\nstable_for_secs = 1\nresync_secs = 30\ndisk_reserve_mb = 1\n\
-             [locks]\ndir = \"{data}/locks\"\nsocket = \"{data}/locks.sock\"\n\
-             [link]\nbroker = \"{broker}\"\nserver_keys = [\"{key}\"]\n{TEST_LINK_PACING}",
-            data = data.display(),
-        ),
-    )
-    .map_err(io(format!("writing {}", config.display())))?;
-    Ok(config)
+    write_config_file(dir, &test_agent_config(device, broker, key, data))
+}
+
+/// Writes `config` to `<dir>/config.toml`.
+pub fn write_config_file(dir: &Path, config: &AgentConfig) -> Result<PathBuf, Error> {
+    let path = dir.join("config.toml");
+    let text = config
+        .to_toml("written by fleet-sim")
+        .map_err(|e| Error::Agent { device: config.device_id.clone(), reason: e.to_string() })?;
+    std::fs::write(&path, text).map_err(io(format!("writing {}", path.display())))?;
+    Ok(path)
 }

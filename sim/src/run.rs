@@ -29,6 +29,7 @@ use anyhow::{bail, Context};
 use fleet_agent::config::Config;
 use fleet_agent::runtime::sim::{ImageBehavior, SimRuntime};
 use fleet_agent::state::AgentState;
+use fleet_api::agent_config::{AgentHardware, AgentTelemetry};
 use fleet_proto::{ImageRef, ReleaseId, ReleaseSpec, ServiceName, ServiceSpec};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
@@ -400,20 +401,22 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
         let behavior = if fails { ImageBehavior::NeverHealthy } else { ImageBehavior::Healthy };
         runtime.publish_image(&good, behavior, 1 << 20);
         let data = fleet.agent_dir(&id);
-        let config =
-            crate::fleet::try_write_agent_config(&data, &id, &fleet.broker, &server_key, &data)?;
-        let extra = format!(
-            "[telemetry]\nenabled = {}\nhost_interval_secs = {}\ncontainer_interval_secs = 0\n\
-             budget_mb = 1\nsocket_dir = \"\"\n[hardware]\nroot = \"{}\"\n",
-            args.telemetry_secs > 0,
-            args.telemetry_secs,
-            args.hardware.root(i).display()
-        );
-        // The agent's own link timings, as on a device (see TEST_LINK_PACING).
-        let mut text =
-            std::fs::read_to_string(&config)?.replace(crate::fleet::TEST_LINK_PACING, "");
-        text.push_str(&extra);
-        std::fs::write(&config, text)?;
+        let mut config = crate::fleet::test_agent_config(&id, &fleet.broker, &server_key, &data);
+        // The agent's own link timings, as on a device (see test_agent_config).
+        if let Some(link) = &mut config.link {
+            link.keep_alive_secs = None;
+            link.backoff_initial_ms = None;
+            link.backoff_max_secs = None;
+        }
+        config.telemetry = Some(AgentTelemetry {
+            enabled: args.telemetry_secs > 0,
+            host_interval_secs: args.telemetry_secs,
+            container_interval_secs: 0,
+            budget_mb: 1,
+            socket_dir: PathBuf::new(),
+        });
+        config.hardware = Some(AgentHardware { root: args.hardware.root(i) });
+        let config = crate::fleet::write_config_file(&data, &config)?;
         slots.push(Slot { id, runtime, state: AgentState::in_memory(), config, running: None });
     }
     let offline: Vec<bool> = (0..args.devices).map(|_| rng.f64() < args.offline).collect();

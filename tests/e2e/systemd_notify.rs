@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use fleet_api::agent_config::{AgentConfig, AgentEngine, AgentLocks};
 use fleet_e2e::{bin, TestEnv};
 
 fn agent_bin() -> PathBuf {
@@ -72,17 +73,13 @@ impl Agent {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let config = dir.path().join("config.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "device_id = \"e2e-notify-{pid}-{name}\"\ndata_dir = \"{data}\"\n\
-                 [engine]\nsocket = \"{engine_socket}\"\n\
-                 [locks]\ndir = \"{data}/locks\"\nsocket = \"{data}/locks.sock\"\n",
-                pid = std::process::id(),
-                data = data.display(),
-            ),
-        )
-        .unwrap();
+        let mut written =
+            AgentConfig::new(format!("e2e-notify-{}-{name}", std::process::id()), &data);
+        written.engine =
+            Some(AgentEngine { socket: engine_socket.to_owned(), request_timeout_secs: None });
+        written.locks =
+            Some(AgentLocks { dir: data.join("locks"), socket: data.join("locks.sock") });
+        std::fs::write(&config, written.to_toml("written by fleet-tests").unwrap()).unwrap();
         Agent { dir, config }
     }
 

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
 use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder};
+use fleet_api::agent_config::{AgentConfig, AgentLocks, AgentUpdate};
 use fleet_proto::ReleaseSpec;
 
 use crate::{bin, TestEnv};
@@ -74,15 +75,18 @@ impl Agent {
         let device = format!("e2e-agent-{}-{name}", std::process::id());
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("config.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "device_id = \"{device}\"\ndata_dir = \"{data}\"\n[update]\nstop_grace_secs = 1\nstable_for_secs = 1\nresync_secs = 2\ndisk_reserve_mb = {reserve}\n[locks]\ndir = \"{data}/locks\"\nsocket = \"{data}/locks.sock\"\n",
-                data = dir.path().join("data").display(),
-                reserve = if name.starts_with("disk") { 100_000_000_000u64 } else { 1 }
-            ) + extra,
-        )
-        .unwrap();
+        let data = dir.path().join("data");
+        let mut written = AgentConfig::new(&device, &data);
+        written.update = Some(AgentUpdate {
+            stop_grace_secs: 1,
+            stable_for_secs: 1,
+            resync_secs: 2,
+            disk_reserve_mb: if name.starts_with("disk") { 100_000_000_000 } else { 1 },
+        });
+        written.locks =
+            Some(AgentLocks { dir: data.join("locks"), socket: data.join("locks.sock") });
+        std::fs::write(&config, written.to_toml("written by fleet-tests").unwrap() + extra)
+            .unwrap();
         Agent { device, dir, config }
     }
 

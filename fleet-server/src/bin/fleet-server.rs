@@ -281,12 +281,6 @@ async fn shutdown_signal() {
 
 /// Prints the error and its causes once, the way every Fleet binary does.
 fn fail(e: &dyn std::error::Error) -> ExitCode {
-    let mut msg = format!("fleet-server: error: {e}");
-    let mut source = e.source();
-    while let Some(s) = source {
-        msg.push_str(&format!("\n  caused by: {s}"));
-        source = s.source();
-    }
-    eprintln!("{msg}");
+    eprintln!("fleet-server: error: {}", fleet_proto::errors::report(e));
     ExitCode::FAILURE
 }

@@ -2,71 +2,12 @@
 
 use std::time::Duration;
 
-/// `1m30s`, `10s`, `500ms`, `1h`, `2h45m`, `1.5s`: Go's duration syntax, as Compose uses it.
-/// Units: `us` (or `µs`), `ms`, `s`, `m`, `h`. A bare number is refused: its unit is a guess.
-pub(crate) fn duration(text: &str) -> Result<Duration, String> {
-    let bad = || format!("{text:?} is not a duration; write it like 10s, 500ms, 1m30s or 2h45m");
-    let s = text.trim();
-    if s.is_empty() {
-        return Err(bad());
-    }
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let mut rest = s;
-    let mut total_nanos: u128 = 0;
-    while !rest.is_empty() {
-        let num_len = rest.bytes().take_while(|b| b.is_ascii_digit() || *b == b'.').count();
-        if num_len == 0 {
-            return Err(bad());
-        }
-        let number = &rest[..num_len];
-        rest = &rest[num_len..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
-        let nanos_per: u128 = match unit {
-            "ns" => 1,
-            "us" | "µs" => 1_000,
-            "ms" => 1_000_000,
-            "s" => 1_000_000_000,
-            "m" => 60_000_000_000,
-            "h" => 3_600_000_000_000,
-            "" => {
-                return Err(format!(
-                    "{text:?} has no unit; write it like {number}s (units: us, ms, s, m, h)"
-                ))
-            }
-            _ => {
-                return Err(format!(
-                    "{text:?}: unknown duration unit {unit:?}; use us, ms, s, m or h"
-                ))
-            }
-        };
-        total_nanos = total_nanos.saturating_add(decimal_times(number, nanos_per).ok_or_else(bad)?);
-    }
-    let secs = u64::try_from(total_nanos / 1_000_000_000).map_err(|_| bad())?;
-    // Below u32::MAX nanoseconds by construction.
-    let sub = (total_nanos % 1_000_000_000) as u32;
-    Ok(Duration::new(secs, sub))
-}
+use fleet_api::units::{parse_duration_as, scaled_decimal, DurationSyntax};
 
-/// `number * scale` for a decimal `number` like `1.5`, rounded down; `None` when malformed or
-/// absurdly large.
-fn decimal_times(number: &str, scale: u128) -> Option<u128> {
-    let (int, frac) = number.split_once('.').unwrap_or((number, ""));
-    if int.is_empty() && frac.is_empty()
-        || !number.bytes().all(|b| b.is_ascii_digit() || b == b'.')
-        || frac.contains('.')
-        || int.len() > 20
-    {
-        return None;
-    }
-    let int_part: u128 = if int.is_empty() { 0 } else { int.parse().ok()? };
-    let frac = &frac[..frac.len().min(18)];
-    let frac_part: u128 = if frac.is_empty() { 0 } else { frac.parse().ok()? };
-    let frac_value = frac_part.checked_mul(scale)? / 10u128.pow(frac.len() as u32);
-    int_part.checked_mul(scale)?.checked_add(frac_value)
+/// `1m30s`, `10s`, `500ms`, `1h`, `2h45m`, `1.5s`: Go's duration syntax, as Compose uses it
+/// (Fleet's one duration grammar in its Go dialect: a bare number is refused).
+pub(crate) fn duration(text: &str) -> Result<Duration, String> {
+    parse_duration_as(text, DurationSyntax::Go)
 }
 
 /// Compose byte sizes: a plain integer is bytes; otherwise a number with `b`, `k`, `m`, `g`,
@@ -90,14 +31,14 @@ pub(crate) fn byte_size(text: &str) -> Result<u64, String> {
         "t" | "tb" | "tib" => 40,
         _ => return Err(bad()),
     };
-    let bytes = decimal_times(number, 1u128 << shift).ok_or_else(bad)?;
+    let bytes = scaled_decimal(number, 1u128 << shift).ok_or_else(bad)?;
     u64::try_from(bytes).map_err(|_| format!("{text:?} is too large"))
 }
 
 /// CPUs as Compose writes them (`0.5`, `"1.5"`, `2`) in thousandths of a CPU.
 pub(crate) fn cpu_millis(text: &str) -> Result<u32, String> {
     let bad = || format!("{text:?} is not a number of CPUs; write it like 0.5 or 2");
-    let millis = decimal_times(text.trim(), 1000).ok_or_else(bad)?;
+    let millis = scaled_decimal(text.trim(), 1000).ok_or_else(bad)?;
     if millis == 0 {
         return Err(format!("{text:?} CPUs would never run; give at least 0.001"));
     }

@@ -1,0 +1,150 @@
+//! `fleetctl release`: create (from a Compose file or canonical JSON), list and show releases.
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+use fleet_api::client::encode_component;
+use fleet_api::{Release, ReleaseRequest};
+
+use crate::client::{all_pages, print_json, Client, Failure};
+use crate::show::{table, utc};
+
+#[derive(Debug, Subcommand)]
+pub enum ReleaseVerb {
+    /// Create a release from a Compose file; every image tag is resolved to a digest.
+    ///
+    /// Example: fleetctl release create robot-stack 1.4.2 -f compose.yaml
+    /// (`-f -` reads standard input; a .json file is taken as the canonical release.)
+    Create {
+        /// Application name.
+        app: String,
+        /// Version.
+        version: String,
+        /// The Compose file (see fleet-server/COMPOSE.md for the supported subset).
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// List releases (example: fleetctl release ls --app robot-stack).
+    Ls {
+        /// Only this application's.
+        #[arg(long)]
+        app: Option<String>,
+    },
+    /// Show a release (example: fleetctl release show robot-stack@1.4.2 --compose).
+    Show {
+        /// Release id (app@version).
+        id: String,
+        /// Print the Compose file it was made from.
+        #[arg(long)]
+        compose: bool,
+    },
+}
+
+pub fn release(json: bool, client: &Client, verb: &ReleaseVerb) -> Result<(), Failure> {
+    match verb {
+        ReleaseVerb::Create { app, version, file } => {
+            let text = if file.as_os_str() == "-" {
+                let mut s = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                    .map_err(|e| Failure::usage(format!("standard input: {e}")))?;
+                s
+            } else {
+                std::fs::read_to_string(file)
+                    .map_err(|e| Failure::usage(format!("cannot read {}: {e}", file.display())))?
+            };
+            let request = if file.extension().is_some_and(|e| e == "json") {
+                let spec = serde_json::from_str(&text).map_err(|e| {
+                    Failure::usage(format!("{}: not a release as JSON: {e}", file.display()))
+                })?;
+                ReleaseRequest {
+                    app: app.clone(),
+                    version: version.clone(),
+                    compose: None,
+                    spec: Some(spec),
+                }
+            } else {
+                ReleaseRequest {
+                    app: app.clone(),
+                    version: version.clone(),
+                    compose: Some(text),
+                    spec: None,
+                }
+            };
+            eprintln!("resolving image tags to digests...");
+            let r: Release = client.post("/api/v1/releases", &request)?;
+            if json {
+                print_json(&r);
+            } else {
+                println!("created release {}", r.id());
+                for i in &r.images {
+                    let platforms: Vec<String> = i
+                        .resolved
+                        .platforms
+                        .iter()
+                        .map(|p| {
+                            format!("{}/{}", p.os, p.architecture)
+                                + &p.variant.as_ref().map(|v| format!("/{v}")).unwrap_or_default()
+                        })
+                        .collect();
+                    println!(
+                        "  {:<16} {} -> {} [{}]",
+                        i.service,
+                        i.reference,
+                        i.resolved.image.digest(),
+                        platforms.join(", ")
+                    );
+                }
+                eprintln!("next: `fleetctl rollout plan {} --target GROUP`", r.id());
+            }
+        }
+        ReleaseVerb::Ls { app } => {
+            let query: Vec<String> =
+                app.iter().map(|a| format!("app={}", encode_component(a))).collect();
+            let releases: Vec<Release> = all_pages(client, "/api/v1/releases", &query)?;
+            if json {
+                print_json(&releases);
+            } else if releases.is_empty() {
+                eprintln!("no releases yet: `fleetctl release create APP VERSION -f compose.yaml`");
+            } else {
+                let rows: Vec<Vec<String>> = releases
+                    .iter()
+                    .map(|r| {
+                        let services: Vec<String> =
+                            r.spec.services.iter().map(|s| s.name.to_string()).collect();
+                        vec![
+                            r.id().to_string(),
+                            utc(r.created_at),
+                            r.created_by.clone(),
+                            services.join(","),
+                        ]
+                    })
+                    .collect();
+                table(&["RELEASE", "CREATED", "BY", "SERVICES"], &rows);
+            }
+        }
+        ReleaseVerb::Show { id, compose } => {
+            let r: Release = client.get(&format!("/api/v1/releases/{}", encode_component(id)))?;
+            if json {
+                print_json(&r);
+            } else if *compose {
+                print!(
+                    "{}",
+                    r.compose
+                        .as_deref()
+                        .unwrap_or("# this release was given as JSON, not as a Compose file\n")
+                );
+            } else {
+                println!(
+                    "release  {}  (created {} by {})",
+                    r.id(),
+                    utc(r.created_at),
+                    r.created_by
+                );
+                for s in &r.spec.services {
+                    println!("  {:<16} {}", s.name.to_string(), s.image);
+                }
+            }
+        }
+    }
+    Ok(())
+}
