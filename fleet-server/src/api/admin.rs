@@ -45,7 +45,7 @@ pub(super) async fn create_token(
             vec![FieldProblem { path: "expires_at".into(), reason: "in the past".into() }],
         ));
     }
-    let secret = crate::pki::random::<32>().map_err(Problem::internal)?;
+    let secret = crate::keyfile::random::<32>().map_err(Problem::internal)?;
     let (record, token) = auth::issue(
         &request.name,
         request.role,

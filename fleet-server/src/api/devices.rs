@@ -504,7 +504,7 @@ pub(super) async fn command(
     let record = active(api.store.device(&id)?, &id)?;
     let timeout = std::time::Duration::from_secs(request.timeout_secs.unwrap_or(30).clamp(1, 3600));
     let now = UnixMillis::now();
-    let command_id = u64::from_be_bytes(crate::pki::random::<8>().map_err(Problem::internal)?);
+    let command_id = u64::from_be_bytes(crate::keyfile::random::<8>().map_err(Problem::internal)?);
     let command = Command {
         id: command_id,
         device: record.id.clone(),

@@ -12,9 +12,10 @@ use super::problem::Body;
 use super::{Api, Problem};
 use crate::audit::AuditEntry;
 use crate::auth::Caller;
+use crate::records::{RolloutRecord, Target};
 use crate::rollout::driver::{
     busy_devices, carry_out, plan as make_plan, spec_of, CommandError, Plan, PlanError, PlanInputs,
-    RolloutCommand, RolloutRecord, RolloutRequest, Target, TxObserver,
+    RolloutCommand, RolloutRequest, TxObserver,
 };
 use crate::rollout::RolloutId;
 use crate::store::Tx;
@@ -91,7 +92,7 @@ fn plan_in(
 fn seed_of(request: &RolloutRequest) -> Result<u64, Problem> {
     match request.seed {
         Some(seed) => Ok(seed),
-        None => Ok(u64::from_be_bytes(crate::pki::random::<8>().map_err(Problem::internal)?)),
+        None => Ok(u64::from_be_bytes(crate::keyfile::random::<8>().map_err(Problem::internal)?)),
     }
 }
 

@@ -8,8 +8,9 @@ use crate::audit::AuditEntry;
 use crate::auth::TokenRecord;
 use crate::devices::{CertificateInfo, DeviceRecord, PinRecord, RevokedCertificate};
 use crate::groups::Group;
+use crate::records::{RolloutRecord, Target};
 use crate::releases::{ImageInfo, PlatformImage, ReleaseRecord, ResolvedImage};
-use crate::rollout::driver::{Plan, RolloutRecord, Target};
+use crate::rollout::driver::Plan;
 use crate::rollout::{
     PauseReason, RollbackReason, RolloutStatus, RunState, WaveCounts, WavePhase, WaveStatus,
 };
