@@ -380,7 +380,7 @@ pub(super) async fn put_desired(
                 }
             }
         }
-        record.assigned_release = request.release.as_ref().map(|r| r.id.to_string());
+        record.assigned_release = request.release.as_ref().map(|r| r.id.clone());
         let outgoing = desired::retarget(tx, &api.pki, &mut Releases::default(), &mut record, now, false)
             .map_err(desired_problem)?;
         tx.put_device(&record);
@@ -389,7 +389,7 @@ pub(super) async fn put_desired(
             &caller.name,
             "device.assign",
             id.to_string(),
-            format!("release {}", record.assigned_release.as_deref().unwrap_or("none")),
+            format!("release {}", record.assigned_release.as_ref().map_or("none", ReleaseId::as_str)),
         ));
         Ok((record, outgoing))
     })?;

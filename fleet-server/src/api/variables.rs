@@ -175,8 +175,10 @@ fn change(
     if let Some(service) = &scope.service {
         let mut releases = desired::Releases::default();
         let mut has_it = false;
-        let wanted: std::collections::BTreeSet<String> =
-            covered.iter().filter_map(|d| d.wanted_release(now).map(str::to_owned)).collect();
+        let wanted: std::collections::BTreeSet<String> = covered
+            .iter()
+            .filter_map(|d| d.wanted_release(now).map(|r| r.as_str().to_owned()))
+            .collect();
         for id in &wanted {
             if let Ok(spec) = releases.get(&*tx, &api.pki, id) {
                 has_it |= spec.services.iter().any(|s| s.name.as_str() == service);

@@ -295,11 +295,11 @@ pub fn plan(
 /// applied locally on a bench robot is not the server's to restore), else the one it was
 /// assigned before (`None`: none, or unknown).
 fn previous_release(d: &DeviceRecord, known: &BTreeSet<String>) -> Option<ReleaseId> {
-    [d.release.as_deref(), d.assigned_release.as_deref()]
+    [&d.release, &d.assigned_release]
         .into_iter()
         .flatten()
-        .find(|r| known.contains(*r))
-        .and_then(|r| ReleaseId::new(r).ok())
+        .find(|r| known.contains(r.as_str()))
+        .cloned()
 }
 
 /// Which devices active rollouts hold.
@@ -381,7 +381,7 @@ pub fn carry_out(
         let (Some(device), Some(release)) = (device, assign) else { continue };
         let Some(mut record) = tx.device(device)? else { continue };
         let before = record.clone();
-        record.assigned_release = release.map(ToString::to_string);
+        record.assigned_release = release.cloned();
         match desired::retarget(tx, pki, &mut releases, &mut record, now, force) {
             Ok(Some(out)) => outgoing.push(out),
             Ok(None) => {}
