@@ -35,6 +35,7 @@ pub mod groups;
 pub mod ingest;
 pub mod keyfile;
 pub mod mqtt;
+pub mod ops;
 pub mod pki;
 pub mod preflight;
 pub mod records;

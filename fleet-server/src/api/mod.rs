@@ -33,6 +33,7 @@ mod admin;
 mod devices;
 mod fleet;
 mod openapi;
+mod ops_error;
 pub mod problem;
 mod rollouts;
 mod secrets;

@@ -1,0 +1,79 @@
+//! Use cases: what an operator can do to the fleet, independent of the transport that asks.
+//!
+//! Each operation is a plain function taking the shared state it needs, the [`Caller`]
+//! (for audit lines and authorship) and typed input, and answers with a typed result or an
+//! [`Error`] that carries data. Validation, the store transaction, its audit entry and what
+//! is sent afterwards all happen here; the REST handlers in [`crate::api`] (and later the
+//! dashboard) only turn requests into calls and results into answers.
+//!
+//! Invariants:
+//! - An operation that is refused changes nothing (the store transaction is all or nothing).
+//! - Work that blocks (sled flushes, certificate and key generation, backups) runs on the
+//!   blocking pool ([`blocking`]), never on an async worker.
+//!
+//! [`Caller`]: crate::auth::Caller
+
+use fleet_api::FieldProblem;
+
+use crate::store::StoreError;
+
+pub mod admin;
+pub mod tokens;
+
+/// Why an operation was refused or failed. Every variant maps to one kind of answer; the
+/// texts are what operators read, so they say what to do next.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// What the operation names does not exist.
+    #[error("no {what} {id} ({hint})")]
+    NotFound {
+        /// The kind of thing (`token`, `group`, ...).
+        what: &'static str,
+        /// Its name or id.
+        id: String,
+        /// Where to look instead.
+        hint: String,
+    },
+    /// The operation conflicts with the fleet's state.
+    #[error("{detail}")]
+    Conflict {
+        /// What conflicts and how to resolve it.
+        detail: String,
+    },
+    /// The input was refused; `problems` names every field at fault.
+    #[error("{summary}")]
+    Invalid {
+        /// One line: what was refused.
+        summary: String,
+        /// Each field and why.
+        problems: Vec<FieldProblem>,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The server itself failed (the random source, a blocking task, writing a file).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// One refused field.
+    pub fn field(summary: &str, path: &str, reason: impl Into<String>) -> Error {
+        Error::Invalid {
+            summary: summary.to_owned(),
+            problems: vec![FieldProblem { path: path.to_owned(), reason: reason.into() }],
+        }
+    }
+
+    /// The server's own failure, as its message.
+    pub fn internal(e: impl std::fmt::Display) -> Error {
+        Error::Internal(e.to_string())
+    }
+}
+
+/// Runs blocking work (sled flushes, key generation, file I/O) on the blocking pool.
+pub async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(work).await.map_err(Error::internal)?
+}
