@@ -11,7 +11,6 @@ use fleet_proto::{
 use rumqttc::QoS;
 use serde::Deserialize;
 
-use super::fleet::retarget_members;
 use super::problem::{Body, Query};
 use super::variables::{internal, send};
 use super::wire;
@@ -21,6 +20,7 @@ use crate::auth::Caller;
 use crate::desired::{self, DesiredError, Moved, Releases};
 use crate::devices::{CertificateInfo, DeviceRecord, PinRecord};
 use crate::groups::{self, Selector};
+use crate::ops;
 use crate::pki::{EnrollKey, DEFAULT_DEVICE_VALIDITY_DAYS, SERVER_IDENTITY};
 use crate::preflight;
 use crate::releases::ReleaseRecord;
@@ -176,7 +176,7 @@ pub(super) async fn change(
             let before = Releases::snapshot(&*tx).map_err(internal)?;
             let moved = vec![Moved { was, now: record.clone() }];
             let verb = format!("changing the labels of {id} ({})", said.join(" "));
-            retarget_members(tx, &api, &verb, before, moved, now, &format!("set the missing values for the device first (`fleetctl var set NAME VALUE --device {id}`, `fleetctl secret set NAME --device {id} < file`), or give it labels whose groups provide them"))?
+            ops::publish::retarget_members(tx, &api.pki, &verb, before, moved, now, &format!("set the missing values for the device first (`fleetctl var set NAME VALUE --device {id}`, `fleetctl secret set NAME --device {id} < file`), or give it labels whose groups provide them"))?
         };
         if !retargeted.is_empty() {
             said.push("re-targeted (its groups changed what it renders)".to_owned());

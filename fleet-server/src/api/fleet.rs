@@ -6,20 +6,16 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use fleet_proto::{DeviceId, ReleaseId, ReleaseSpec, UnixMillis};
+use fleet_proto::{ReleaseId, ReleaseSpec, UnixMillis};
 use serde::Deserialize;
 
 use super::problem::{Body, Query};
-use super::variables::{internal, refusal, send};
 use super::wire;
 use super::{Api, FieldProblem, Problem};
 use crate::audit::AuditEntry;
 use crate::auth::Caller;
-use crate::desired::{self, Moved, Outgoing, Releases};
-use crate::devices::DeviceRecord;
-use crate::groups::{check_group_name, Group, Selector};
+use crate::ops;
 use crate::releases::{ImageInfo, ReleaseRecord};
-use crate::store::Tx;
 use fleet_api::{
     GroupChange, GroupRequest, GroupSummary, GroupView, Page, Release, ReleaseRequest,
 };
@@ -27,15 +23,9 @@ use fleet_api::{
 pub(super) async fn list_groups(
     State(api): State<Api>,
 ) -> Result<Json<Vec<GroupSummary>>, Problem> {
-    let devices = api.store.devices()?;
-    let groups = api
-        .store
-        .groups()?
+    let groups = ops::groups::list(&api.store)?
         .into_iter()
-        .map(|group| GroupSummary {
-            devices: devices.iter().filter(|d| group.selector.matches(&d.labels)).count(),
-            group: group.into(),
-        })
+        .map(|(group, devices)| GroupSummary { devices, group: group.into() })
         .collect();
     Ok(Json(groups))
 }
@@ -45,120 +35,21 @@ pub(super) async fn put_group(
     Extension(caller): Extension<Caller>,
     Body(request): Body<GroupRequest>,
 ) -> Result<Response, Problem> {
-    let mut errors = Vec::new();
-    if let Err(reason) = check_group_name(&request.name) {
-        errors.push(FieldProblem { path: "name".into(), reason });
-    }
-    let selector = Selector::parse(&request.selector).unwrap_or_else(|reason| {
-        errors.push(FieldProblem { path: "selector".into(), reason });
-        Selector::default()
-    });
-    if selector.0.is_empty() && errors.is_empty() {
-        errors.push(FieldProblem {
-            path: "selector".into(),
-            reason: "an empty selector would match every device; give at least one label, e.g. site=depot".into(),
-        });
-    }
-    if !errors.is_empty() {
-        return Err(Problem::invalid("the group was refused; nothing was changed", errors));
-    }
-    let now = UnixMillis::now();
-    let (change, created, outgoing) = api.store.update_durable(|tx| {
-        let previous = tx.group(&request.name)?;
-        let before = Releases::snapshot(&*tx).map_err(internal)?;
-        let group = Group {
-            name: request.name.clone(),
-            selector: selector.clone(),
-            description: request.description.clone(),
-            created_at: previous.as_ref().map_or(now, |p| p.created_at),
-            created_by: previous
-                .as_ref()
-                .map_or_else(|| caller.name.clone(), |p| p.created_by.clone()),
-        };
-        tx.put_group(&group);
-        let old = previous.as_ref().map(|p| &p.selector);
-        let (retargeted, outgoing) = if old == Some(&selector) {
-            (Vec::new(), Vec::new())
-        } else {
-            let verb = match old {
-                Some(old) => format!("changing the selector of group {} from {old} to {selector}", group.name),
-                None => format!("creating group {} ({selector})", group.name),
-            };
-            let moved = members(tx, old, Some(&selector))?;
-            retarget_members(tx, &api, &verb, before, moved, now, "set the values those devices need first (for the device, or for the group once it exists), or pick a selector that leaves them out")?
-        };
-        let verb = if previous.is_some() { "group.update" } else { "group.create" };
-        tx.audit(AuditEntry::new(
-            now,
-            &caller.name,
-            verb,
-            group.name.clone(),
-            format!("selector {selector}; {} device(s) re-targeted", retargeted.len()),
-        ));
-        Ok::<_, Problem>((
-            GroupChange { group: group.into(), retargeted },
-            previous.is_none(),
-            outgoing,
-        ))
-    })?;
-    send(&api, outgoing, now);
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(change)).into_response())
+    let changed = ops::groups::put(&api.fleet(), &caller, request, UnixMillis::now()).await?;
+    let status = if changed.created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(group_change(changed))).into_response())
 }
 
-/// Every device matched by `old` or `new`: those whose groups a selector change can change.
-fn members(
-    tx: &Tx<'_>,
-    old: Option<&Selector>,
-    new: Option<&Selector>,
-) -> Result<Vec<Moved>, Problem> {
-    let matches = |s: Option<&Selector>, d: &DeviceRecord| s.is_some_and(|s| s.matches(&d.labels));
-    Ok(tx
-        .devices()?
-        .into_iter()
-        .filter(|d| matches(old, d) || matches(new, d))
-        .map(Moved::same)
-        .collect())
-}
-
-/// Re-targets the devices of `moved` whose release renders differently (variables) or mounts
-/// other secret values now that their groups changed, as [`desired::retarget_moved`] decides
-/// against `before`; refuses (422, the caller's change is then not stored) if one of them
-/// could be decided before and no longer can, saying `fix`. Returns the re-targeted devices
-/// and what to send once the change is durable.
-pub(super) fn retarget_members(
-    tx: &mut Tx<'_>,
-    api: &Api,
-    verb: &str,
-    before: Releases,
-    moved: Vec<Moved>,
-    now: UnixMillis,
-    fix: &str,
-) -> Result<(Vec<DeviceId>, Vec<Outgoing>), Problem> {
-    let changed = desired::retarget_moved(tx, &api.pki, before, moved, now).map_err(internal)?;
-    if !changed.failures.is_empty() {
-        return Err(refusal(verb, &changed.failures, fix));
-    }
-    Ok((changed.outgoing.iter().map(|o| o.device.clone()).collect(), changed.outgoing))
-}
-
-fn no_group(name: &str) -> Problem {
-    Problem::not_found(format!("no group {name} (`fleetctl group ls` lists them)"))
+fn group_change(changed: ops::groups::GroupChanged) -> GroupChange {
+    GroupChange { group: changed.group.into(), retargeted: changed.retargeted }
 }
 
 pub(super) async fn show_group(
     State(api): State<Api>,
     Path(name): Path<String>,
 ) -> Result<Json<GroupView>, Problem> {
-    let group = api.store.group(&name)?.ok_or_else(|| no_group(&name))?;
-    let devices = api
-        .store
-        .devices()?
-        .into_iter()
-        .filter(|d| group.selector.matches(&d.labels))
-        .map(Into::into)
-        .collect();
-    Ok(Json(GroupView { group: group.into(), devices }))
+    let (group, devices) = ops::groups::show(&api.store, &name)?;
+    Ok(Json(GroupView { group: group.into(), devices: wire::all(devices) }))
 }
 
 pub(super) async fn remove_group(
@@ -166,25 +57,8 @@ pub(super) async fn remove_group(
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<Json<GroupChange>, Problem> {
-    let now = UnixMillis::now();
-    let (change, outgoing) = api.store.update_durable(|tx| {
-        let group = tx.group(&name)?.ok_or_else(|| no_group(&name))?;
-        let before = Releases::snapshot(&*tx).map_err(internal)?;
-        tx.remove_group(&name);
-        let moved = members(tx, Some(&group.selector), None)?;
-        let verb = format!("removing group {name}");
-        let (retargeted, outgoing) = retarget_members(tx, &api, &verb, before, moved, now, "set the values its devices need at another scope first (the fleet, another group, or each device)")?;
-        tx.audit(AuditEntry::new(
-            now,
-            &caller.name,
-            "group.remove",
-            name.clone(),
-            format!("selector was {}; {} device(s) re-targeted", group.selector, retargeted.len()),
-        ));
-        Ok::<_, Problem>((GroupChange { group: group.into(), retargeted }, outgoing))
-    })?;
-    send(&api, outgoing, now);
-    Ok(Json(change))
+    let changed = ops::groups::remove(&api.fleet(), &caller, name, UnixMillis::now()).await?;
+    Ok(Json(group_change(changed)))
 }
 
 /// `?app=` of the release list, with paging.

@@ -33,10 +33,10 @@ mod admin;
 mod devices;
 mod fleet;
 mod openapi;
-mod ops_error;
 pub mod problem;
 mod rollouts;
 mod secrets;
+mod use_cases;
 mod variables;
 
 pub mod wire;

@@ -16,12 +16,10 @@ use super::{Api, FieldProblem, Problem};
 use crate::audit::AuditEntry;
 use crate::auth::Caller;
 use crate::desired::{self, DesiredError, Outgoing};
+use crate::ops;
 use crate::store::Tx;
 use crate::variables::{self, Scope, VarIndex, VariableRecord};
 use fleet_api::{Page, ResolvedView, VariableChange, VariableList, VariableRequest};
-
-/// Devices named in a refusal; the count says how many more.
-const NAMED_DEVICES: usize = 5;
 
 /// `?group=&device=&service=` of the list and of unset, with paging.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -212,70 +210,23 @@ fn change(
     ))
 }
 
-/// A store failure as such, anything else while deciding as the server's own failure.
+// Shared with the other handlers that change desired state until they move to ops/ too.
+pub(super) use crate::ops::publish::{named, refused_devices};
+
+/// A failure while deciding desired state, as an answer.
 pub(super) fn internal(e: DesiredError) -> Problem {
-    match e {
-        DesiredError::Store(e) => Problem::from(e),
-        e => Problem::internal(e),
-    }
+    ops::publish::internal(e).into()
 }
 
 /// The 422 for a change that would make the release of the devices in `failures`
-/// undecidable: names the first few devices, lists each one's problems with its Compose path,
-/// and says the way out (`fix`).
+/// undecidable ([`ops::publish::refusal`]).
 pub(super) fn refusal(verb: &str, failures: &[DesiredError], fix: &str) -> Problem {
-    let (devices, errors) = refused_devices(failures);
-    Problem::invalid(
-        format!(
-            "{verb} would make the release of {} device(s) invalid ({}); nothing was changed: {fix}",
-            devices.len(),
-            named(&devices)
-        ),
-        errors,
-    )
+    ops::publish::refusal(verb, failures, fix).into()
 }
 
-/// The devices of `failures` and, for the first few, their problems.
-pub(super) fn refused_devices(failures: &[DesiredError]) -> (Vec<String>, Vec<FieldProblem>) {
-    let mut devices = Vec::new();
-    let mut errors = Vec::new();
-    for failure in failures {
-        if let DesiredError::Render { device, release, .. }
-        | DesiredError::MissingSecret { device, release, .. } = failure
-        {
-            if devices.len() < NAMED_DEVICES {
-                errors.extend(failure.problems().into_iter().map(|(path, reason)| FieldProblem {
-                    path,
-                    reason: format!("on device {device} (release {release}): {reason}"),
-                }));
-            }
-            devices.push(device.to_string());
-        }
-    }
-    (devices, errors)
-}
-
-/// The first few of `devices`, and how many more.
-pub(super) fn named(devices: &[String]) -> String {
-    let more = devices.len().saturating_sub(NAMED_DEVICES);
-    let named = devices.iter().take(NAMED_DEVICES).cloned().collect::<Vec<_>>().join(", ");
-    if more > 0 {
-        format!("{named} and {more} more")
-    } else {
-        named
-    }
-}
-
-/// Publishes what a change decided, now that it is on disk; what the broker cannot take now
-/// the rollout driver sends again.
+/// Publishes what a change decided, now that it is on disk ([`ops::publish::send`]).
 pub(super) fn send(api: &Api, outgoing: Vec<Outgoing>, now: UnixMillis) {
-    for out in outgoing {
-        let device = out.device.clone();
-        if let Err(e) = api.publisher.send_now(out, now) {
-            tracing::warn!(%device, error = %e, "desired state queued for resending");
-            api.driver.resend_later(device);
-        }
-    }
+    ops::publish::send(&api.fleet(), outgoing, now);
 }
 
 pub(super) async fn list(

@@ -13,12 +13,39 @@
 //!
 //! [`Caller`]: crate::auth::Caller
 
+use std::sync::Arc;
+
 use fleet_api::FieldProblem;
 
-use crate::store::StoreError;
+use crate::desired::Publisher;
+use crate::pki::Pki;
+use crate::rollout::driver::Driver;
+use crate::store::{Store, StoreError};
 
 pub mod admin;
+pub mod groups;
+pub mod publish;
 pub mod tokens;
+
+/// What operations that change desired state share: cheap to clone, so an operation can move
+/// a copy onto the blocking pool.
+#[derive(Clone)]
+pub struct Fleet {
+    /// The registry.
+    pub store: Arc<Store>,
+    /// The fleet CA and signing key.
+    pub pki: Arc<Pki>,
+    /// Sends desired states.
+    pub publisher: Publisher,
+    /// Runs rollouts (and resends what the broker could not take).
+    pub driver: Driver,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet").finish_non_exhaustive()
+    }
+}
 
 /// Why an operation was refused or failed. Every variant maps to one kind of answer; the
 /// texts are what operators read, so they say what to do next.
