@@ -8,7 +8,8 @@ use crate::ops::{self, Error};
 impl From<Error> for Problem {
     fn from(e: Error) -> Problem {
         match e {
-            Error::NotFound { .. } => Problem::not_found(e.to_string()),
+            Error::NotFound { .. } | Error::NotSet { .. } => Problem::not_found(e.to_string()),
+            Error::BadRequest(detail) => Problem::bad_request(detail),
             Error::Conflict { detail } => Problem::conflict(detail),
             Error::Invalid { summary, problems } => Problem::invalid(summary, problems),
             Error::Store(e) => e.into(),

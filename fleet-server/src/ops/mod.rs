@@ -26,6 +26,7 @@ pub mod admin;
 pub mod groups;
 pub mod publish;
 pub mod tokens;
+pub mod variables;
 
 /// What operations that change desired state share: cheap to clone, so an operation can move
 /// a copy onto the blocking pool.
@@ -61,6 +62,19 @@ pub enum Error {
         /// Where to look instead.
         hint: String,
     },
+    /// A variable or secret is not set at the scope named.
+    #[error("{name} is not set for the {scope} (`fleetctl {command} ls` lists what is)")]
+    NotSet {
+        /// Its name.
+        name: String,
+        /// The scope, as operators read it (`fleet`, `group depot`, ...).
+        scope: String,
+        /// The fleetctl noun that lists them (`var`, `secret`).
+        command: &'static str,
+    },
+    /// The request itself is malformed (not one of its fields' values).
+    #[error("{0}")]
+    BadRequest(String),
     /// The operation conflicts with the fleet's state.
     #[error("{detail}")]
     Conflict {
