@@ -12,12 +12,11 @@ use rumqttc::QoS;
 use serde::Deserialize;
 
 use super::problem::{Body, Query};
-use super::variables::{internal, send};
 use super::wire;
 use super::{Api, Paging, Problem};
 use crate::audit::AuditEntry;
 use crate::auth::Caller;
-use crate::desired::{self, DesiredError, Moved, Releases};
+use crate::desired::{self, DesiredError, Moved, Outgoing, Releases};
 use crate::devices::{CertificateInfo, DeviceRecord, PinRecord};
 use crate::groups::{self, Selector};
 use crate::ops;
@@ -299,7 +298,7 @@ pub(super) fn active(record: Option<DeviceRecord>, id: &DeviceId) -> Result<Devi
 /// Publishes a desired state decided (and stored) by this request. If the broker cannot take
 /// it now, the rollout driver sends it again on its next tick: the change is recorded either
 /// way, so the request succeeded.
-fn send_now(api: &Api, out: desired::Outgoing, now: UnixMillis) -> Result<(), Problem> {
+fn send_now(api: &Api, out: Outgoing, now: UnixMillis) -> Result<(), Problem> {
     let device = out.device.clone();
     if let Err(e) = api.publisher.send_now(out, now) {
         tracing::warn!(%device, error = %e, "desired state queued for resending");
@@ -646,4 +645,14 @@ pub(super) async fn metrics_history(
         }
     }
     Ok(Json(Page { items, next }))
+}
+
+/// A failure while deciding desired state, as an answer ([`ops::publish::internal`]).
+fn internal(e: DesiredError) -> Problem {
+    ops::publish::internal(e).into()
+}
+
+/// Publishes what a change decided, now that it is on disk ([`ops::publish::send`]).
+fn send(api: &Api, outgoing: Vec<Outgoing>, now: UnixMillis) {
+    ops::publish::send(&api.fleet(), outgoing, now);
 }

@@ -10,7 +10,9 @@ impl From<Error> for Problem {
         match e {
             Error::NotFound { .. } | Error::NotSet { .. } => Problem::not_found(e.to_string()),
             Error::BadRequest(detail) => Problem::bad_request(detail),
-            Error::Conflict { detail } => Problem::conflict(detail),
+            Error::Conflict { detail, problems } => {
+                Problem { errors: problems, ..Problem::conflict(detail) }
+            }
             Error::Invalid { summary, problems } => Problem::invalid(summary, problems),
             Error::Store(e) => e.into(),
             Error::Internal(detail) => Problem::internal(detail),

@@ -9,10 +9,7 @@ use super::problem::{Body, Query};
 use super::wire;
 use super::{Api, Problem};
 use crate::auth::Caller;
-use crate::desired::{DesiredError, Outgoing};
 use crate::ops;
-use crate::store::Tx;
-use crate::variables::Scope;
 use fleet_api::{Page, ResolvedView, VariableChange, VariableList, VariableRequest};
 
 /// `?group=&device=&service=` of the list and of unset, with paging.
@@ -49,24 +46,6 @@ fn variable_change(c: ops::variables::VariableChanged) -> VariableChange {
         unchanged: c.unchanged,
         warnings: c.warnings,
     }
-}
-
-/// Checks the scope's shape and that its group or device exists ([`ops::variables::check_scope`]).
-pub(super) fn check_scope(tx: &Tx<'_>, scope: &Scope) -> Result<(), Problem> {
-    Ok(ops::variables::check_scope(tx, scope)?)
-}
-
-// Shared with the other handlers that change desired state until they move to ops/ too.
-pub(super) use crate::ops::publish::{named, refused_devices};
-
-/// A failure while deciding desired state, as an answer.
-pub(super) fn internal(e: DesiredError) -> Problem {
-    ops::publish::internal(e).into()
-}
-
-/// Publishes what a change decided, now that it is on disk ([`ops::publish::send`]).
-pub(super) fn send(api: &Api, outgoing: Vec<Outgoing>, now: UnixMillis) {
-    ops::publish::send(&api.fleet(), outgoing, now);
 }
 
 pub(super) async fn list(

@@ -25,6 +25,7 @@ use crate::store::{Store, StoreError};
 pub mod admin;
 pub mod groups;
 pub mod publish;
+pub mod secrets;
 pub mod tokens;
 pub mod variables;
 
@@ -80,6 +81,8 @@ pub enum Error {
     Conflict {
         /// What conflicts and how to resolve it.
         detail: String,
+        /// The fields (per device) behind it, if any.
+        problems: Vec<FieldProblem>,
     },
     /// The input was refused; `problems` names every field at fault.
     #[error("{summary}")]
@@ -104,6 +107,11 @@ impl Error {
             summary: summary.to_owned(),
             problems: vec![FieldProblem { path: path.to_owned(), reason: reason.into() }],
         }
+    }
+
+    /// A conflict with the fleet's state, said in `detail`.
+    pub fn conflict(detail: impl Into<String>) -> Error {
+        Error::Conflict { detail: detail.into(), problems: Vec::new() }
     }
 
     /// The server's own failure, as its message.

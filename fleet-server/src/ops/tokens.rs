@@ -39,10 +39,10 @@ pub fn create(
     );
     store.update(|tx| {
         if tx.token(&request.name)?.is_some_and(|t| t.revoked_at.is_none()) {
-            return Err(Error::Conflict { detail: format!(
+            return Err(Error::conflict(format!(
                 "a token named {} exists; revoke it first (`fleetctl token revoke {}`) or pick another name",
                 request.name, request.name
-            ) });
+            )));
         }
         tx.put_token(&record);
         tx.audit(AuditEntry::new(now, &caller.name, "token.create", request.name.clone(), format!("role {}", request.role)));
@@ -59,9 +59,9 @@ pub fn revoke(
     now: UnixMillis,
 ) -> Result<TokenRecord, Error> {
     if name == auth::BOOTSTRAP_NAME {
-        return Err(Error::Conflict { detail:
-            "the bootstrap admin token cannot be revoked through the API; replace <data>/admin-token and restart the server".to_owned(),
-        });
+        return Err(Error::conflict(
+            "the bootstrap admin token cannot be revoked through the API; replace <data>/admin-token and restart the server",
+        ));
     }
     store.update(|tx| {
         let mut record = tx.token(name)?.ok_or_else(|| Error::NotFound {
