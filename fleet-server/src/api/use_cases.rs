@@ -1,9 +1,10 @@
 //! Where the API meets the use cases ([`crate::ops`]): the state they share, taken from
 //! [`Api`], and how a refused or failed operation answers over HTTP.
 
-use super::problem::Problem;
+use super::problem::{FieldProblem, Problem};
 use super::Api;
 use crate::ops::{self, Error};
+use crate::rollout::driver::{CommandError, PlanError};
 
 impl From<Error> for Problem {
     fn from(e: Error) -> Problem {
@@ -14,9 +15,35 @@ impl From<Error> for Problem {
                 Problem { errors: problems, ..Problem::conflict(detail) }
             }
             Error::Invalid { summary, problems } => Problem::invalid(summary, problems),
+            Error::Plan(e) => plan_problem(e),
+            Error::RolloutCommand(e) => match e {
+                CommandError::NotFound(_) => Problem::not_found(e.to_string()),
+                CommandError::State(e) => Problem::conflict(e.to_string()),
+                CommandError::Desired(e) => Problem::internal(e),
+            },
             Error::Store(e) => e.into(),
             Error::Internal(detail) => Problem::internal(detail),
         }
+    }
+}
+
+fn plan_problem(e: PlanError) -> Problem {
+    const REFUSED: &str = "the rollout was refused; nothing was sent";
+    match e {
+        PlanError::Store(e) => Problem::from(e),
+        PlanError::UnknownRelease { .. }
+        | PlanError::UnknownGroup { .. }
+        | PlanError::UnknownDevices { .. } => Problem::not_found(e.to_string()),
+        PlanError::Busy { .. } | PlanError::Unsatisfiable { .. } | PlanError::NoDevices { .. } => {
+            Problem::conflict(e.to_string())
+        }
+        PlanError::Field { field, reason } => {
+            Problem::invalid(REFUSED, vec![FieldProblem { path: field.to_owned(), reason }])
+        }
+        PlanError::Spec(e) => Problem::invalid(
+            REFUSED,
+            vec![FieldProblem { path: "rollout".into(), reason: e.to_string() }],
+        ),
     }
 }
 

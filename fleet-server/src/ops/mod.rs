@@ -19,12 +19,13 @@ use fleet_api::FieldProblem;
 
 use crate::desired::Publisher;
 use crate::pki::Pki;
-use crate::rollout::driver::Driver;
+use crate::rollout::driver::{CommandError, Driver, PlanError};
 use crate::store::{Store, StoreError};
 
 pub mod admin;
 pub mod groups;
 pub mod publish;
+pub mod rollouts;
 pub mod secrets;
 pub mod tokens;
 pub mod variables;
@@ -92,6 +93,12 @@ pub enum Error {
         /// Each field and why.
         problems: Vec<FieldProblem>,
     },
+    /// A rollout cannot be planned or created.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// A rollout command was refused or failed.
+    #[error(transparent)]
+    RolloutCommand(#[from] CommandError),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
