@@ -1,6 +1,8 @@
 //! Where the API meets the use cases ([`crate::ops`]): the state they share, taken from
 //! [`Api`], and how a refused or failed operation answers over HTTP.
 
+use axum::http::StatusCode;
+
 use super::problem::{FieldProblem, Problem};
 use super::Api;
 use crate::ops::{self, Error};
@@ -15,6 +17,7 @@ impl From<Error> for Problem {
                 Problem { errors: problems, ..Problem::conflict(detail) }
             }
             Error::Invalid { summary, problems } => Problem::invalid(summary, problems),
+            Error::TooLarge { .. } => Problem::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
             Error::Plan(e) => plan_problem(e),
             Error::RolloutCommand(e) => match e {
                 CommandError::NotFound(_) => Problem::not_found(e.to_string()),

@@ -25,6 +25,7 @@ use crate::store::{Store, StoreError};
 pub mod admin;
 pub mod groups;
 pub mod publish;
+pub mod releases;
 pub mod rollouts;
 pub mod secrets;
 pub mod tokens;
@@ -92,6 +93,16 @@ pub enum Error {
         summary: String,
         /// Each field and why.
         problems: Vec<FieldProblem>,
+    },
+    /// The input is larger than the server takes.
+    #[error("{what} is {size} bytes; at most {max} are accepted")]
+    TooLarge {
+        /// What was too large.
+        what: &'static str,
+        /// Its size in bytes.
+        size: usize,
+        /// The limit.
+        max: usize,
     },
     /// A rollout cannot be planned or created.
     #[error(transparent)]
