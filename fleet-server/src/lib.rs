@@ -9,12 +9,16 @@
 //!   release), [`compose`] (Compose file → release), [`groups`] (label selectors), [`auth`]
 //!   (tokens and roles), [`variables`] (per-device variables: precedence and rendering),
 //!   [`devices`] (registry records and how messages update them),
-//!   [`releases`] (signed release records), [`units`];
+//!   [`releases`] (signed release records), [`records`] (the stored records of the rollout
+//!   driver and of telemetry), [`units`];
+//! * use cases: [`ops`] (what an operator can do: validation, the store change, audit and
+//!   publishing, for any transport);
 //! * I/O: [`store`] (typed records over a key-value backend), [`desired`] (deciding and
 //!   publishing desired state), [`rollout::driver`] (the driver that steps rollouts), [`ingest`]
 //!   (MQTT → registry), [`registry`] (image tags → digests), [`broker`] (embedded MQTT),
-//!   [`api`] (HTTP), [`backup`], [`pki`] (with the secrets key), [`commands`]; [`secrets`] holds the pure
-//!   resolution and the at-rest encryption.
+//!   [`api`] (HTTP onto [`ops`]), [`backup`], [`pki`] (with the secrets key), [`keyfile`]
+//!   (randomness and key files), [`commands`]; [`secrets`] holds the pure resolution and the
+//!   at-rest encryption.
 
 use std::future::Future;
 use std::net::SocketAddr;
