@@ -13,8 +13,6 @@ use super::{Api, Problem};
 use crate::auth::Caller;
 use crate::backup::Backup;
 use crate::ops;
-use crate::pki::{Pki, Revoked};
-use crate::store::Store;
 use fleet_api::{Token, TokenRequest, TokenResponse, WhoAmI};
 
 pub(super) async fn whoami(Extension(caller): Extension<Caller>) -> Json<WhoAmI> {
@@ -64,15 +62,4 @@ pub(super) async fn backup(
     Ok(Json(ops::admin::backup(api.store.clone(), api.data_dir.clone(), &caller, now).await?))
 }
 
-/// Writes the revocation list from every revoked certificate in the registry.
-pub fn write_crl(store: &Store, pki: &Pki) -> Result<(), Box<dyn std::error::Error>> {
-    let revoked: Vec<Revoked> = store
-        .devices()?
-        .into_iter()
-        .flat_map(|d| d.revoked_certificates)
-        .map(|r| Revoked { serial: r.serial, at: r.at })
-        .collect();
-    // The time in milliseconds grows with every list, as a CRL number must.
-    pki.write_crl(&revoked, UnixMillis::now().0)?;
-    Ok(())
-}
+pub use crate::ops::devices::write_crl;

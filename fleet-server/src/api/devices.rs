@@ -17,10 +17,9 @@ use super::{Api, Paging, Problem};
 use crate::audit::AuditEntry;
 use crate::auth::Caller;
 use crate::desired::{self, DesiredError, Moved, Outgoing, Releases};
-use crate::devices::{CertificateInfo, DeviceRecord, PinRecord};
+use crate::devices::{DeviceRecord, PinRecord};
 use crate::groups::{self, Selector};
 use crate::ops;
-use crate::pki::{EnrollKey, DEFAULT_DEVICE_VALIDITY_DAYS, SERVER_IDENTITY};
 use crate::preflight;
 use crate::releases::ReleaseRecord;
 use crate::rollout::driver::busy_devices;
@@ -202,55 +201,13 @@ pub(super) async fn enroll(
     Body(request): Body<EnrollRequest>,
 ) -> Result<Response, Problem> {
     let id = device_id(&id)?;
-    if id.as_str() == SERVER_IDENTITY {
-        return Err(Problem::bad_request(format!(
-            "device id: `{SERVER_IDENTITY}` is reserved for the server's own broker identity; pick another id"
-        )));
-    }
-    for (k, v) in &request.labels {
-        if let Err(why) = groups::check_label_key(k).and_then(|()| groups::check_label_value(v)) {
-            return Err(Problem::bad_request(format!("label {k}: {why}")));
-        }
-    }
-    let key = EnrollKey::verify(&id, &request.public_key, &request.proof)
-        .map_err(|e| Problem::bad_request(e.to_string()))?;
-    let now = UnixMillis::now();
-    let issued = api.store.update(|tx| {
-        let previous = tx.device(&id)?;
-        if previous.as_ref().is_some_and(|d| d.enrolled_at.is_some() && d.revoked_at.is_none()) {
-            return Err(Problem::conflict(format!(
-                "device {id} is already enrolled; revoke it first (`fleetctl device revoke {id}`) to issue a new bundle"
-            )));
-        }
-        let issued = api
-            .pki
-            .issue_device(&id, &key, request.valid_days.unwrap_or(DEFAULT_DEVICE_VALIDITY_DAYS))
-            .map_err(Problem::internal)?;
-        let certificate =
-            CertificateInfo { serial: issued.serial.clone(), not_after: issued.not_after };
-        let mut record =
-            DeviceRecord::enrolled(id.clone(), request.labels.clone(), certificate, now);
-        // A re-enrolled device keeps the history of its revoked certificates.
-        if let Some(previous) = previous {
-            record.revoked_certificates = previous.revoked_certificates;
-        }
-        tx.put_device(&record);
-        tx.audit(AuditEntry::new(
-            now,
-            &caller.name,
-            "device.enroll",
-            id.to_string(),
-            format!("certificate serial {}", issued.serial),
-        ));
-        Ok((record, issued.cert_pem))
-    })?;
-    let (record, certificate_pem) = issued;
-    tracing::info!(device = %id, "device enrolled");
+    let enrolled =
+        ops::devices::enroll(&api.fleet(), &caller, id, request, UnixMillis::now()).await?;
     Ok((
         StatusCode::CREATED,
         Json(EnrollResponse {
-            device: record.into(),
-            certificate_pem,
+            device: enrolled.record.into(),
+            certificate_pem: enrolled.certificate_pem,
             ca_pem: api.pki.ca_pem().to_owned(),
             server_keys: vec![api.pki.signing_key().public().to_hex()],
             broker: api.device_broker.to_string(),
@@ -265,22 +222,9 @@ pub(super) async fn revoke(
     Path(id): Path<String>,
 ) -> Result<Json<Device>, Problem> {
     let id = device_id(&id)?;
-    let now = UnixMillis::now();
-    let (record, changed) = api.store.update_durable(|tx| {
-        let record = tx.device(&id)?.ok_or_else(|| not_found(&id))?;
-        if record.revoked_at.is_some() {
-            return Ok::<_, Problem>((record, false));
-        }
-        let record = record.revoke(now);
-        tx.put_device(&record);
-        tx.audit(AuditEntry::new(now, &caller.name, "device.revoke", id.to_string(), ""));
-        Ok((record, true))
-    })?;
-    if changed {
-        super::write_crl(&api.store, &api.pki).map_err(Problem::internal)?;
-        (api.crl_changed)();
-        tracing::warn!(device = %id, "device revoked; its messages are dropped and the revocation list is updated");
-    }
+    let record =
+        ops::devices::revoke(&api.fleet(), &*api.crl_changed, &caller, id, UnixMillis::now())
+            .await?;
     Ok(Json(record.into()))
 }
 

@@ -11,7 +11,9 @@ use crate::rollout::driver::{CommandError, PlanError};
 impl From<Error> for Problem {
     fn from(e: Error) -> Problem {
         match e {
-            Error::NotFound { .. } | Error::NotSet { .. } => Problem::not_found(e.to_string()),
+            Error::NotFound { .. } | Error::UnknownDevice { .. } | Error::NotSet { .. } => {
+                Problem::not_found(e.to_string())
+            }
             Error::BadRequest(detail) => Problem::bad_request(detail),
             Error::Conflict { detail, problems } => {
                 Problem { errors: problems, ..Problem::conflict(detail) }

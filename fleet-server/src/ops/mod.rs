@@ -23,6 +23,7 @@ use crate::rollout::driver::{CommandError, Driver, PlanError};
 use crate::store::{Store, StoreError};
 
 pub mod admin;
+pub mod devices;
 pub mod groups;
 pub mod publish;
 pub mod releases;
@@ -64,6 +65,12 @@ pub enum Error {
         id: String,
         /// Where to look instead.
         hint: String,
+    },
+    /// The device is not known.
+    #[error("no device {id}; `fleetctl device ls` lists known devices")]
+    UnknownDevice {
+        /// Its id.
+        id: fleet_proto::DeviceId,
     },
     /// A variable or secret is not set at the scope named.
     #[error("{name} is not set for the {scope} (`fleetctl {command} ls` lists what is)")]
