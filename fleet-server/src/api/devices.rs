@@ -5,9 +5,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use fleet_proto::{
-    topic, Command, CommandResult, DeviceId, Message, ReleaseId, TopicKind, UnixMillis,
-};
+use fleet_proto::{topic, Command, CommandResult, DeviceId, Message, TopicKind, UnixMillis};
 use rumqttc::QoS;
 use serde::Deserialize;
 
@@ -16,12 +14,10 @@ use super::wire;
 use super::{Api, Paging, Problem};
 use crate::audit::AuditEntry;
 use crate::auth::Caller;
-use crate::desired::{self, DesiredError, Moved, Outgoing, Releases};
-use crate::devices::{DeviceRecord, PinRecord};
+use crate::desired::{DesiredError, Moved, Outgoing, Releases};
+use crate::devices::DeviceRecord;
 use crate::groups::{self, Selector};
 use crate::ops;
-use crate::preflight;
-use crate::releases::ReleaseRecord;
 use crate::rollout::driver::busy_devices;
 use fleet_api::{
     CommandRequest, DesiredRequest, DesiredResponse, Device, DeviceChange, DeviceChanged,
@@ -228,57 +224,9 @@ pub(super) async fn revoke(
     Ok(Json(record.into()))
 }
 
-/// Looks up an enrolled, unrevoked device, or answers why not.
+/// Looks up an enrolled, unrevoked device, or answers why not ([`ops::devices::active`]).
 pub(super) fn active(record: Option<DeviceRecord>, id: &DeviceId) -> Result<DeviceRecord, Problem> {
-    match record {
-        Some(d) if d.refusal().is_none() => Ok(d),
-        Some(d) => {
-            Err(Problem::conflict(format!("device {id}: {}", d.refusal().unwrap_or("not active"))))
-        }
-        None => Err(not_found(id)),
-    }
-}
-
-/// Publishes a desired state decided (and stored) by this request. If the broker cannot take
-/// it now, the rollout driver sends it again on its next tick: the change is recorded either
-/// way, so the request succeeded.
-fn send_now(api: &Api, out: Outgoing, now: UnixMillis) -> Result<(), Problem> {
-    let device = out.device.clone();
-    if let Err(e) = api.publisher.send_now(out, now) {
-        tracing::warn!(%device, error = %e, "desired state queued for resending");
-        api.driver.resend_later(device);
-    }
-    Ok(())
-}
-
-fn desired_problem(e: DesiredError) -> Problem {
-    match e {
-        DesiredError::UnknownRelease { .. } => Problem::not_found(e.to_string()),
-        DesiredError::Store(e) => Problem::from(e),
-        DesiredError::Integrity(e) => Problem::internal(e),
-        DesiredError::Render { .. } => {
-            let errors = e
-                .problems()
-                .into_iter()
-                .map(|(path, reason)| super::FieldProblem { path, reason })
-                .collect();
-            Problem::invalid(
-                format!(
-                    "{e}; nothing was changed (`fleetctl var ls --device ID` shows its variables)"
-                ),
-                errors,
-            )
-        }
-        DesiredError::MissingSecret { .. } => {
-            let errors = e
-                .problems()
-                .into_iter()
-                .map(|(path, reason)| super::FieldProblem { path, reason })
-                .collect();
-            Problem::invalid(format!("{e}; nothing was changed"), errors)
-        }
-        DesiredError::Secret(e) => Problem::internal(e),
-    }
+    Ok(ops::devices::active(record, id)?)
 }
 
 pub(super) async fn put_desired(
@@ -288,58 +236,8 @@ pub(super) async fn put_desired(
     Body(request): Body<DesiredRequest>,
 ) -> Result<Json<DesiredResponse>, Problem> {
     let id = device_id(&id)?;
-    if let Some(release) = &request.release {
-        if let Err(problems) = release.validate() {
-            let errors = problems
-                .iter()
-                .map(|p| super::FieldProblem { path: p.path.clone(), reason: p.reason.clone() })
-                .collect();
-            return Err(Problem::invalid(format!("release {} is invalid", release.id), errors));
-        }
-    }
-    let now = UnixMillis::now();
-    let (record, outgoing) = api.store.update_durable(|tx| {
-        let mut record = active(tx.device(&id)?, &id)?;
-        if let Some(release) = &request.release {
-            match tx.release(release.id.as_str())? {
-                Some(stored) if stored.spec != *release => {
-                    return Err(Problem::conflict(format!(
-                        "release {} already exists with other content; releases are immutable: give this one a new version",
-                        release.id
-                    )))
-                }
-                Some(_) => {}
-                None => {
-                    let stored = ReleaseRecord::new(
-                        release.clone(),
-                        api.pki.signing_key(),
-                        None,
-                        Vec::new(),
-                        now,
-                        &caller.name,
-                    );
-                    tx.put_release(&stored);
-                    tx.audit(AuditEntry::new(now, &caller.name, "release.create", release.id.to_string(), "given as JSON"));
-                }
-            }
-        }
-        record.assigned_release = request.release.as_ref().map(|r| r.id.clone());
-        let outgoing = desired::retarget(tx, &api.pki, &mut Releases::default(), &mut record, now, false)
-            .map_err(desired_problem)?;
-        tx.put_device(&record);
-        tx.audit(AuditEntry::new(
-            now,
-            &caller.name,
-            "device.assign",
-            id.to_string(),
-            format!("release {}", record.assigned_release.as_ref().map_or("none", ReleaseId::as_str)),
-        ));
-        Ok((record, outgoing))
-    })?;
-    if let Some(out) = outgoing {
-        send_now(&api, out, now)?;
-        tracing::info!(device = %record.id, generation = record.desired_generation, release = ?record.desired_release, "desired state published");
-    }
+    let record =
+        ops::devices::assign(&api.fleet(), &caller, id, request.release, UnixMillis::now()).await?;
     Ok(Json(DesiredResponse { generation: record.desired_generation, device: record.into() }))
 }
 
@@ -350,59 +248,7 @@ pub(super) async fn pin(
     Body(request): Body<PinRequest>,
 ) -> Result<Json<Device>, Problem> {
     let id = device_id(&id)?;
-    let release = ReleaseId::new(request.release.clone())
-        .map_err(|e| Problem::bad_request(format!("release: {e}")))?;
-    let reason = request.reason.trim().to_owned();
-    if reason.is_empty() {
-        return Err(Problem::bad_request(
-            "a pin needs a reason (--reason \"bench debugging of the lidar driver\"): the next engineer must know why the robot is held",
-        ));
-    }
-    let now = UnixMillis::now();
-    if request.until.is_some_and(|u| u <= now.0) {
-        return Err(Problem::bad_request("until: the expiry is in the past"));
-    }
-    let (record, outgoing) = api.store.update_durable(|tx| {
-        let mut record = active(tx.device(&id)?, &id)?;
-        let stored = tx.release(release.as_str())?.ok_or_else(|| {
-            Problem::not_found(format!("release {release} is not known (`fleetctl release ls`)"))
-        })?;
-        if !request.force {
-            let check = preflight::check(&record, api.store.inventory(&id)?.as_ref(), &stored, now);
-            if !check.satisfiable() {
-                return Err(Problem::conflict(format!(
-                    "{id} cannot run {release}: {}; nothing was sent (pin anyway with --force)",
-                    check.unsatisfiable.join("; ")
-                )));
-            }
-        }
-        record.pin = Some(PinRecord {
-            release: release.clone(),
-            reason: reason.clone(),
-            pinned_by: caller.name.clone(),
-            pinned_at: now,
-            until: request.until.map(UnixMillis),
-        });
-        let outgoing =
-            desired::retarget(tx, &api.pki, &mut Releases::default(), &mut record, now, false)
-                .map_err(desired_problem)?;
-        tx.put_device(&record);
-        let until = request
-            .until
-            .map_or(String::new(), |u| format!(" until {}", crate::units::utc(UnixMillis(u))));
-        tx.audit(AuditEntry::new(
-            now,
-            &caller.name,
-            "device.pin",
-            id.to_string(),
-            format!("pinned to {release}{until}: {reason}"),
-        ));
-        Ok((record, outgoing))
-    })?;
-    if let Some(out) = outgoing {
-        send_now(&api, out, now)?;
-    }
-    Ok(Json(record.into()))
+    Ok(Json(ops::devices::pin(&api.fleet(), &caller, id, request, UnixMillis::now()).await?.into()))
 }
 
 pub(super) async fn unpin(
@@ -411,30 +257,7 @@ pub(super) async fn unpin(
     Path(id): Path<String>,
 ) -> Result<Json<Device>, Problem> {
     let id = device_id(&id)?;
-    let now = UnixMillis::now();
-    let (record, outgoing) = api.store.update_durable(|tx| {
-        let mut record = active(tx.device(&id)?, &id)?;
-        let Some(pin) = record.pin.take() else {
-            return Ok((record, None));
-        };
-        let outgoing =
-            desired::retarget(tx, &api.pki, &mut Releases::default(), &mut record, now, false)
-                .map_err(desired_problem)?;
-        tx.put_device(&record);
-        tx.audit(AuditEntry::new(
-            now,
-            &caller.name,
-            "device.unpin",
-            id.to_string(),
-            format!("was pinned to {} by {}: {}", pin.release, pin.pinned_by, pin.reason),
-        ));
-        Ok::<_, Problem>((record, outgoing))
-    })?;
-    if let Some(out) = outgoing {
-        send_now(&api, out, now)?;
-    }
-    api.driver.wake();
-    Ok(Json(record.into()))
+    Ok(Json(ops::devices::unpin(&api.fleet(), &caller, id, UnixMillis::now()).await?.into()))
 }
 
 pub(super) async fn command(

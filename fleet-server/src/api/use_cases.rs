@@ -5,15 +5,17 @@ use axum::http::StatusCode;
 
 use super::problem::{FieldProblem, Problem};
 use super::Api;
+use crate::desired::DesiredError;
 use crate::ops::{self, Error};
 use crate::rollout::driver::{CommandError, PlanError};
 
 impl From<Error> for Problem {
     fn from(e: Error) -> Problem {
         match e {
-            Error::NotFound { .. } | Error::UnknownDevice { .. } | Error::NotSet { .. } => {
-                Problem::not_found(e.to_string())
-            }
+            Error::NotFound { .. }
+            | Error::UnknownDevice { .. }
+            | Error::UnknownRelease { .. }
+            | Error::NotSet { .. } => Problem::not_found(e.to_string()),
             Error::BadRequest(detail) => Problem::bad_request(detail),
             Error::Conflict { detail, problems } => {
                 Problem { errors: problems, ..Problem::conflict(detail) }
@@ -21,6 +23,7 @@ impl From<Error> for Problem {
             Error::Invalid { summary, problems } => Problem::invalid(summary, problems),
             Error::TooLarge { .. } => Problem::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
             Error::Plan(e) => plan_problem(e),
+            Error::Desired(e) => desired_problem(e),
             Error::RolloutCommand(e) => match e {
                 CommandError::NotFound(_) => Problem::not_found(e.to_string()),
                 CommandError::State(e) => Problem::conflict(e.to_string()),
@@ -49,6 +52,26 @@ fn plan_problem(e: PlanError) -> Problem {
             REFUSED,
             vec![FieldProblem { path: "rollout".into(), reason: e.to_string() }],
         ),
+    }
+}
+
+/// One device's desired state could not be decided.
+fn desired_problem(e: DesiredError) -> Problem {
+    let problems = |e: &DesiredError| {
+        e.problems().into_iter().map(|(path, reason)| FieldProblem { path, reason }).collect()
+    };
+    match e {
+        DesiredError::UnknownRelease { .. } => Problem::not_found(e.to_string()),
+        DesiredError::Store(e) => Problem::from(e),
+        DesiredError::Integrity(e) => Problem::internal(e),
+        DesiredError::Render { .. } => Problem::invalid(
+            format!("{e}; nothing was changed (`fleetctl var ls --device ID` shows its variables)"),
+            problems(&e),
+        ),
+        DesiredError::MissingSecret { .. } => {
+            Problem::invalid(format!("{e}; nothing was changed"), problems(&e))
+        }
+        DesiredError::Secret(e) => Problem::internal(e),
     }
 }
 

@@ -1,15 +1,19 @@
-//! Devices: enrollment (a certificate for a key the device proved it holds) and revocation
-//! (the device's certificates join the revocation list).
+//! Devices: enrollment (a certificate for a key the device proved it holds), revocation (the
+//! device's certificates join the revocation list), the release assigned to one device, and
+//! pins that hold it on one.
 
-use fleet_api::EnrollRequest;
-use fleet_proto::{DeviceId, UnixMillis};
+use fleet_api::{EnrollRequest, FieldProblem, PinRequest};
+use fleet_proto::{DeviceId, ReleaseId, ReleaseSpec, UnixMillis};
 
 use super::{blocking, Error, Fleet};
 use crate::audit::AuditEntry;
 use crate::auth::Caller;
-use crate::devices::{CertificateInfo, DeviceRecord};
+use crate::desired::{self, Outgoing, Releases};
+use crate::devices::{CertificateInfo, DeviceRecord, PinRecord};
 use crate::groups;
 use crate::pki::{EnrollKey, Pki, Revoked, DEFAULT_DEVICE_VALIDITY_DAYS, SERVER_IDENTITY};
+use crate::preflight;
+use crate::releases::ReleaseRecord;
 use crate::store::Store;
 
 /// A device just enrolled: its record and its certificate.
@@ -113,6 +117,219 @@ pub async fn revoke(
         crl_changed();
         tracing::warn!(device = %id, "device revoked; its messages are dropped and the revocation list is updated");
     }
+    Ok(record)
+}
+
+/// An enrolled, unrevoked device, or why not.
+pub fn active(record: Option<DeviceRecord>, id: &DeviceId) -> Result<DeviceRecord, Error> {
+    match record {
+        Some(d) if d.refusal().is_none() => Ok(d),
+        Some(d) => {
+            Err(Error::conflict(format!("device {id}: {}", d.refusal().unwrap_or("not active"))))
+        }
+        None => Err(Error::UnknownDevice { id: id.clone() }),
+    }
+}
+
+/// Publishes a desired state decided (and stored) by this operation. If the broker cannot
+/// take it now, the rollout driver sends it again on its next tick: the change is recorded
+/// either way, so the operation succeeded.
+fn send_now(fleet: &Fleet, out: Outgoing, now: UnixMillis) {
+    let device = out.device.clone();
+    if let Err(e) = fleet.publisher.send_now(out, now) {
+        tracing::warn!(%device, error = %e, "desired state queued for resending");
+        fleet.driver.resend_later(device);
+    }
+}
+
+/// Assigns `release` to device `id` (`None`: no release), storing a release given as JSON
+/// first; returns the device as it is now.
+pub async fn assign(
+    fleet: &Fleet,
+    caller: &Caller,
+    id: DeviceId,
+    release: Option<ReleaseSpec>,
+    now: UnixMillis,
+) -> Result<DeviceRecord, Error> {
+    if let Some(release) = &release {
+        if let Err(problems) = release.validate() {
+            let errors = problems
+                .iter()
+                .map(|p| FieldProblem { path: p.path.clone(), reason: p.reason.clone() })
+                .collect();
+            return Err(Error::Invalid {
+                summary: format!("release {} is invalid", release.id),
+                problems: errors,
+            });
+        }
+    }
+    let (record, outgoing) = blocking({
+        let (fleet, caller) = (fleet.clone(), caller.clone());
+        move || fleet.store.update_durable(|tx| {
+            let mut record = active(tx.device(&id)?, &id)?;
+            if let Some(release) = &release {
+                match tx.release(release.id.as_str())? {
+                    Some(stored) if stored.spec != *release => {
+                        return Err(Error::conflict(format!(
+                            "release {} already exists with other content; releases are immutable: give this one a new version",
+                            release.id
+                        )))
+                    }
+                    Some(_) => {}
+                    None => {
+                        let stored = ReleaseRecord::new(
+                            release.clone(),
+                            fleet.pki.signing_key(),
+                            None,
+                            Vec::new(),
+                            now,
+                            &caller.name,
+                        );
+                        tx.put_release(&stored);
+                        tx.audit(AuditEntry::new(now, &caller.name, "release.create", release.id.to_string(), "given as JSON"));
+                    }
+                }
+            }
+            record.assigned_release = release.as_ref().map(|r| r.id.clone());
+            let outgoing = desired::retarget(tx, &fleet.pki, &mut Releases::default(), &mut record, now, false)?;
+            tx.put_device(&record);
+            tx.audit(AuditEntry::new(
+                now,
+                &caller.name,
+                "device.assign",
+                id.to_string(),
+                format!("release {}", record.assigned_release.as_ref().map_or("none", ReleaseId::as_str)),
+            ));
+            Ok((record, outgoing))
+        })
+    })
+    .await?;
+    if let Some(out) = outgoing {
+        send_now(fleet, out, now);
+        tracing::info!(device = %record.id, generation = record.desired_generation, release = ?record.desired_release, "desired state published");
+    }
+    Ok(record)
+}
+
+/// Pins device `id` to `request.release` with a reason (unless `force`, only if pre-flight
+/// says the device can run it).
+pub async fn pin(
+    fleet: &Fleet,
+    caller: &Caller,
+    id: DeviceId,
+    request: PinRequest,
+    now: UnixMillis,
+) -> Result<DeviceRecord, Error> {
+    let release = ReleaseId::new(request.release.clone())
+        .map_err(|e| Error::BadRequest(format!("release: {e}")))?;
+    let reason = request.reason.trim().to_owned();
+    if reason.is_empty() {
+        return Err(Error::BadRequest(
+            "a pin needs a reason (--reason \"bench debugging of the lidar driver\"): the next engineer must know why the robot is held".to_owned(),
+        ));
+    }
+    if request.until.is_some_and(|u| u <= now.0) {
+        return Err(Error::BadRequest("until: the expiry is in the past".to_owned()));
+    }
+    let (record, outgoing) = blocking({
+        let (fleet, caller) = (fleet.clone(), caller.clone());
+        move || {
+            fleet.store.update_durable(|tx| {
+                let mut record = active(tx.device(&id)?, &id)?;
+                let stored = tx
+                    .release(release.as_str())?
+                    .ok_or_else(|| Error::UnknownRelease { release: release.clone() })?;
+                if !request.force {
+                    let check = preflight::check(
+                        &record,
+                        fleet.store.inventory(&id)?.as_ref(),
+                        &stored,
+                        now,
+                    );
+                    if !check.satisfiable() {
+                        return Err(Error::conflict(format!(
+                        "{id} cannot run {release}: {}; nothing was sent (pin anyway with --force)",
+                        check.unsatisfiable.join("; ")
+                    )));
+                    }
+                }
+                record.pin = Some(PinRecord {
+                    release: release.clone(),
+                    reason: reason.clone(),
+                    pinned_by: caller.name.clone(),
+                    pinned_at: now,
+                    until: request.until.map(UnixMillis),
+                });
+                let outgoing = desired::retarget(
+                    tx,
+                    &fleet.pki,
+                    &mut Releases::default(),
+                    &mut record,
+                    now,
+                    false,
+                )?;
+                tx.put_device(&record);
+                let until = request.until.map_or(String::new(), |u| {
+                    format!(" until {}", crate::units::utc(UnixMillis(u)))
+                });
+                tx.audit(AuditEntry::new(
+                    now,
+                    &caller.name,
+                    "device.pin",
+                    id.to_string(),
+                    format!("pinned to {release}{until}: {reason}"),
+                ));
+                Ok((record, outgoing))
+            })
+        }
+    })
+    .await?;
+    if let Some(out) = outgoing {
+        send_now(fleet, out, now);
+    }
+    Ok(record)
+}
+
+/// Lifts device `id`'s pin, if it has one; it returns to its assigned release.
+pub async fn unpin(
+    fleet: &Fleet,
+    caller: &Caller,
+    id: DeviceId,
+    now: UnixMillis,
+) -> Result<DeviceRecord, Error> {
+    let (record, outgoing) = blocking({
+        let (fleet, caller) = (fleet.clone(), caller.clone());
+        move || {
+            fleet.store.update_durable(|tx| {
+                let mut record = active(tx.device(&id)?, &id)?;
+                let Some(pin) = record.pin.take() else {
+                    return Ok((record, None));
+                };
+                let outgoing = desired::retarget(
+                    tx,
+                    &fleet.pki,
+                    &mut Releases::default(),
+                    &mut record,
+                    now,
+                    false,
+                )?;
+                tx.put_device(&record);
+                tx.audit(AuditEntry::new(
+                    now,
+                    &caller.name,
+                    "device.unpin",
+                    id.to_string(),
+                    format!("was pinned to {} by {}: {}", pin.release, pin.pinned_by, pin.reason),
+                ));
+                Ok::<_, Error>((record, outgoing))
+            })
+        }
+    })
+    .await?;
+    if let Some(out) = outgoing {
+        send_now(fleet, out, now);
+    }
+    fleet.driver.wake();
     Ok(record)
 }
 

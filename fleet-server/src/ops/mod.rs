@@ -72,6 +72,16 @@ pub enum Error {
         /// Its id.
         id: fleet_proto::DeviceId,
     },
+    /// A release named is not stored.
+    #[error("release {release} is not known (`fleetctl release ls`)")]
+    UnknownRelease {
+        /// Its id.
+        release: fleet_proto::ReleaseId,
+    },
+    /// One device's desired state cannot be decided (an unknown release, variables that do not
+    /// render, a secret without a value), or its store failed.
+    #[error(transparent)]
+    Desired(#[from] crate::desired::DesiredError),
     /// A variable or secret is not set at the scope named.
     #[error("{name} is not set for the {scope} (`fleetctl {command} ls` lists what is)")]
     NotSet {
