@@ -14,9 +14,8 @@ use super::wire;
 use super::{Api, Paging, Problem};
 use crate::audit::AuditEntry;
 use crate::auth::Caller;
-use crate::desired::{DesiredError, Moved, Outgoing, Releases};
 use crate::devices::DeviceRecord;
-use crate::groups::{self, Selector};
+use crate::groups::Selector;
 use crate::ops;
 use crate::rollout::driver::busy_devices;
 use fleet_api::{
@@ -43,7 +42,7 @@ pub(super) fn device_id(id: &str) -> Result<DeviceId, Problem> {
 }
 
 pub(super) fn not_found(id: &DeviceId) -> Problem {
-    Problem::not_found(format!("no device {id}; `fleetctl device ls` lists known devices"))
+    ops::Error::UnknownDevice { id: id.clone() }.into()
 }
 
 pub(super) async fn list(
@@ -116,78 +115,9 @@ pub(super) async fn change(
     Body(change): Body<DeviceChange>,
 ) -> Result<Json<DeviceChanged>, Problem> {
     let id = device_id(&id)?;
-    let mut errors = Vec::new();
-    for (k, v) in &change.labels {
-        if let Err(why) = groups::check_label_key(k) {
-            errors.push(super::FieldProblem { path: format!("labels.{k}"), reason: why });
-        }
-        if let Some(Err(why)) = v.as_deref().map(groups::check_label_value) {
-            errors.push(super::FieldProblem { path: format!("labels.{k}"), reason: why });
-        }
-    }
-    if change.notes.as_ref().is_some_and(|n| n.len() > 4096) {
-        errors.push(super::FieldProblem {
-            path: "notes".into(),
-            reason: "at most 4096 bytes".into(),
-        });
-    }
-    if !errors.is_empty() {
-        return Err(Problem::invalid("the change was refused; nothing was changed", errors));
-    }
-    let now = UnixMillis::now();
-    let (changed, outgoing) = api.store.update_durable(|tx| {
-        let was = tx.device(&id)?.ok_or_else(|| not_found(&id))?;
-        let mut record = was.clone();
-        let mut said = Vec::new();
-        for (k, v) in &change.labels {
-            match v {
-                Some(v) => {
-                    record.labels.insert(k.clone(), v.clone());
-                    said.push(format!("{k}={v}"));
-                }
-                None => {
-                    record.labels.remove(k);
-                    said.push(format!("{k}-"));
-                }
-            }
-        }
-        if let Some(notes) = &change.notes {
-            record.notes.clone_from(notes);
-            said.push("notes changed".to_owned());
-        }
-        tx.put_device(&record);
-        // New labels can put the device in other groups, and so give it other variables and
-        // secrets: it is re-targeted in this change if its release renders differently. A
-        // relabel that leaves its release undecidable (a variable or secret its new groups do
-        // not provide) is refused like `var set`: storing the labels would leave the device
-        // running a release its labels no longer describe, and any later re-target (a
-        // rollout, a var set) would fail on it far from the cause. The 422 names what is
-        // missing, so the way on is to set it for the device first and relabel again.
-        let (retargeted, outgoing) = if record.labels == was.labels {
-            (Vec::new(), Vec::new())
-        } else {
-            // Same variables, secrets and groups on both sides: only the labels differ.
-            let before = Releases::snapshot(&*tx).map_err(internal)?;
-            let moved = vec![Moved { was, now: record.clone() }];
-            let verb = format!("changing the labels of {id} ({})", said.join(" "));
-            ops::publish::retarget_members(tx, &api.pki, &verb, before, moved, now, &format!("set the missing values for the device first (`fleetctl var set NAME VALUE --device {id}`, `fleetctl secret set NAME --device {id} < file`), or give it labels whose groups provide them"))?
-        };
-        if !retargeted.is_empty() {
-            said.push("re-targeted (its groups changed what it renders)".to_owned());
-        }
-        tx.audit(AuditEntry::new(
-            now,
-            &caller.name,
-            "device.change",
-            id.to_string(),
-            said.join(" "),
-        ));
-        // A re-target wrote the record again with its new generation.
-        let device = tx.device(&id)?.unwrap_or(record);
-        Ok::<_, Problem>((DeviceChanged { device: device.into(), retargeted }, outgoing))
-    })?;
-    send(&api, outgoing, now);
-    Ok(Json(changed))
+    let (device, retargeted) =
+        ops::devices::change(&api.fleet(), &caller, id, change, UnixMillis::now()).await?;
+    Ok(Json(DeviceChanged { device: device.into(), retargeted }))
 }
 
 pub(super) async fn enroll(
@@ -412,14 +342,4 @@ pub(super) async fn metrics_history(
         }
     }
     Ok(Json(Page { items, next }))
-}
-
-/// A failure while deciding desired state, as an answer ([`ops::publish::internal`]).
-fn internal(e: DesiredError) -> Problem {
-    ops::publish::internal(e).into()
-}
-
-/// Publishes what a change decided, now that it is on disk ([`ops::publish::send`]).
-fn send(api: &Api, outgoing: Vec<Outgoing>, now: UnixMillis) {
-    ops::publish::send(&api.fleet(), outgoing, now);
 }

@@ -1,14 +1,14 @@
 //! Devices: enrollment (a certificate for a key the device proved it holds), revocation (the
-//! device's certificates join the revocation list), the release assigned to one device, and
+//! device's certificates join the revocation list), labels and notes, the release assigned to one device, and
 //! pins that hold it on one.
 
-use fleet_api::{EnrollRequest, FieldProblem, PinRequest};
+use fleet_api::{DeviceChange, EnrollRequest, FieldProblem, PinRequest};
 use fleet_proto::{DeviceId, ReleaseId, ReleaseSpec, UnixMillis};
 
-use super::{blocking, Error, Fleet};
+use super::{blocking, publish, Error, Fleet};
 use crate::audit::AuditEntry;
 use crate::auth::Caller;
-use crate::desired::{self, Outgoing, Releases};
+use crate::desired::{self, Moved, Outgoing, Releases};
 use crate::devices::{CertificateInfo, DeviceRecord, PinRecord};
 use crate::groups;
 use crate::pki::{EnrollKey, Pki, Revoked, DEFAULT_DEVICE_VALIDITY_DAYS, SERVER_IDENTITY};
@@ -331,6 +331,93 @@ pub async fn unpin(
     }
     fleet.driver.wake();
     Ok(record)
+}
+
+/// Changes device `id`'s labels and notes as `change` says. New labels can put the device in
+/// other groups: it is re-targeted in the same change when its release renders differently.
+/// Returns the device as it is now and the devices re-targeted (itself, or none).
+pub async fn change(
+    fleet: &Fleet,
+    caller: &Caller,
+    id: DeviceId,
+    change: DeviceChange,
+    now: UnixMillis,
+) -> Result<(DeviceRecord, Vec<DeviceId>), Error> {
+    let mut errors = Vec::new();
+    for (k, v) in &change.labels {
+        if let Err(why) = groups::check_label_key(k) {
+            errors.push(FieldProblem { path: format!("labels.{k}"), reason: why });
+        }
+        if let Some(Err(why)) = v.as_deref().map(groups::check_label_value) {
+            errors.push(FieldProblem { path: format!("labels.{k}"), reason: why });
+        }
+    }
+    if change.notes.as_ref().is_some_and(|n| n.len() > 4096) {
+        errors.push(FieldProblem { path: "notes".into(), reason: "at most 4096 bytes".into() });
+    }
+    if !errors.is_empty() {
+        return Err(Error::Invalid {
+            summary: "the change was refused; nothing was changed".to_owned(),
+            problems: errors,
+        });
+    }
+    let (changed, outgoing) = blocking({
+        let (fleet, caller) = (fleet.clone(), caller.clone());
+        move || fleet.store.update_durable(|tx| {
+        let was = tx.device(&id)?.ok_or_else(|| Error::UnknownDevice { id: id.clone() })?;
+        let mut record = was.clone();
+        let mut said = Vec::new();
+        for (k, v) in &change.labels {
+            match v {
+                Some(v) => {
+                    record.labels.insert(k.clone(), v.clone());
+                    said.push(format!("{k}={v}"));
+                }
+                None => {
+                    record.labels.remove(k);
+                    said.push(format!("{k}-"));
+                }
+            }
+        }
+        if let Some(notes) = &change.notes {
+            record.notes.clone_from(notes);
+            said.push("notes changed".to_owned());
+        }
+        tx.put_device(&record);
+        // New labels can put the device in other groups, and so give it other variables and
+        // secrets: it is re-targeted in this change if its release renders differently. A
+        // relabel that leaves its release undecidable (a variable or secret its new groups do
+        // not provide) is refused like `var set`: storing the labels would leave the device
+        // running a release its labels no longer describe, and any later re-target (a
+        // rollout, a var set) would fail on it far from the cause. The 422 names what is
+        // missing, so the way on is to set it for the device first and relabel again.
+        let (retargeted, outgoing) = if record.labels == was.labels {
+            (Vec::new(), Vec::new())
+        } else {
+            // Same variables, secrets and groups on both sides: only the labels differ.
+            let before = Releases::snapshot(&*tx).map_err(publish::internal)?;
+            let moved = vec![Moved { was, now: record.clone() }];
+            let verb = format!("changing the labels of {id} ({})", said.join(" "));
+            publish::retarget_members(tx, &fleet.pki, &verb, before, moved, now, &format!("set the missing values for the device first (`fleetctl var set NAME VALUE --device {id}`, `fleetctl secret set NAME --device {id} < file`), or give it labels whose groups provide them"))?
+        };
+        if !retargeted.is_empty() {
+            said.push("re-targeted (its groups changed what it renders)".to_owned());
+        }
+        tx.audit(AuditEntry::new(
+            now,
+            &caller.name,
+            "device.change",
+            id.to_string(),
+            said.join(" "),
+        ));
+        // A re-target wrote the record again with its new generation.
+        let device = tx.device(&id)?.unwrap_or(record);
+        Ok::<_, Error>(((device, retargeted), outgoing))
+        })
+    })
+    .await?;
+    publish::send(fleet, outgoing, now);
+    Ok(changed)
 }
 
 /// Writes the revocation list from every revoked certificate in the registry.
