@@ -5,14 +5,12 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use fleet_proto::{topic, Command, CommandResult, DeviceId, Message, TopicKind, UnixMillis};
-use rumqttc::QoS;
+use fleet_proto::{CommandResult, DeviceId, UnixMillis};
 use serde::Deserialize;
 
 use super::problem::{Body, Query};
 use super::wire;
 use super::{Api, Paging, Problem};
-use crate::audit::AuditEntry;
 use crate::auth::Caller;
 use crate::devices::DeviceRecord;
 use crate::groups::Selector;
@@ -154,11 +152,6 @@ pub(super) async fn revoke(
     Ok(Json(record.into()))
 }
 
-/// Looks up an enrolled, unrevoked device, or answers why not ([`ops::devices::active`]).
-pub(super) fn active(record: Option<DeviceRecord>, id: &DeviceId) -> Result<DeviceRecord, Problem> {
-    Ok(ops::devices::active(record, id)?)
-}
-
 pub(super) async fn put_desired(
     State(api): State<Api>,
     Extension(caller): Extension<Caller>,
@@ -197,49 +190,11 @@ pub(super) async fn command(
     Body(request): Body<CommandRequest>,
 ) -> Result<Json<CommandResult>, Problem> {
     let id = device_id(&id)?;
-    let record = active(api.store.device(&id)?, &id)?;
-    let timeout = std::time::Duration::from_secs(request.timeout_secs.unwrap_or(30).clamp(1, 3600));
-    let now = UnixMillis::now();
-    let command_id = u64::from_be_bytes(crate::keyfile::random::<8>().map_err(Problem::internal)?);
-    let command = Command {
-        id: command_id,
-        device: record.id.clone(),
-        issued_at: now,
-        deadline: UnixMillis(now.0 + u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)),
-        action: request.action,
-    };
-    api.store.update(|tx| {
-        tx.audit(AuditEntry::new(
-            now,
-            &caller.name,
-            "device.command",
-            id.to_string(),
-            format!("{:?} (command {command_id})", command.action),
-        ));
-        Ok::<_, Problem>(())
-    })?;
-    let answer = api.waiters.wait_for(command_id);
-    let payload = Message::Command(api.pki.signing_key().sign(&command)).encode();
-    if let Err(e) =
-        api.mqtt.try_publish(topic(&record.id, TopicKind::Cmd), QoS::AtLeastOnce, false, payload)
-    {
-        api.waiters.forget(command_id);
-        return Err(Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("cannot publish to the MQTT broker right now ({e}); try again"),
-        ));
-    }
-    tracing::info!(device = %record.id, command = command_id, action = ?command.action, "command sent");
-    match tokio::time::timeout(timeout, answer).await {
-        Ok(Ok(result)) => Ok(Json(result)),
-        _ => {
-            api.waiters.forget(command_id);
-            Err(Problem::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                format!("device {} did not answer command {command_id} within {} s (is it online? `fleetctl device show {}`); it will not run it after that", record.id, timeout.as_secs(), record.id),
-            ))
-        }
-    }
+    let messaging = ops::devices::Messaging { mqtt: &api.mqtt, waiters: &api.waiters };
+    Ok(Json(
+        ops::devices::command(&api.fleet(), messaging, &caller, id, request, UnixMillis::now())
+            .await?,
+    ))
 }
 
 pub(super) async fn events(

@@ -21,6 +21,10 @@ impl From<Error> for Problem {
                 Problem { errors: problems, ..Problem::conflict(detail) }
             }
             Error::Invalid { summary, problems } => Problem::invalid(summary, problems),
+            Error::BrokerUnavailable { .. } => {
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
+            Error::NoAnswer { .. } => Problem::new(StatusCode::GATEWAY_TIMEOUT, e.to_string()),
             Error::TooLarge { .. } => Problem::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
             Error::Plan(e) => plan_problem(e),
             Error::Desired(e) => desired_problem(e),

@@ -1,16 +1,23 @@
 //! Devices: enrollment (a certificate for a key the device proved it holds), revocation (the
-//! device's certificates join the revocation list), labels and notes, the release assigned to one device, and
+//! device's certificates join the revocation list), labels and notes, commands, the release assigned to one device, and
 //! pins that hold it on one.
 
-use fleet_api::{DeviceChange, EnrollRequest, FieldProblem, PinRequest};
-use fleet_proto::{DeviceId, ReleaseId, ReleaseSpec, UnixMillis};
+use std::time::Duration;
+
+use fleet_api::{CommandRequest, DeviceChange, EnrollRequest, FieldProblem, PinRequest};
+use fleet_proto::{
+    topic, Command, CommandResult, DeviceId, Message, ReleaseId, ReleaseSpec, TopicKind, UnixMillis,
+};
+use rumqttc::{AsyncClient, QoS};
 
 use super::{blocking, publish, Error, Fleet};
 use crate::audit::AuditEntry;
 use crate::auth::Caller;
+use crate::commands::Waiters;
 use crate::desired::{self, Moved, Outgoing, Releases};
 use crate::devices::{CertificateInfo, DeviceRecord, PinRecord};
 use crate::groups;
+use crate::keyfile;
 use crate::pki::{EnrollKey, Pki, Revoked, DEFAULT_DEVICE_VALIDITY_DAYS, SERVER_IDENTITY};
 use crate::preflight;
 use crate::releases::ReleaseRecord;
@@ -418,6 +425,67 @@ pub async fn change(
     .await?;
     publish::send(fleet, outgoing, now);
     Ok(changed)
+}
+
+/// How commands reach devices and their answers come back.
+#[derive(Debug, Clone, Copy)]
+pub struct Messaging<'a> {
+    /// The server's MQTT client.
+    pub mqtt: &'a AsyncClient,
+    /// Requests waiting for command results.
+    pub waiters: &'a Waiters,
+}
+
+/// Sends `request.action` to device `id`, signed, and waits (at most `request.timeout_secs`,
+/// 1 s to 1 h, default 30 s) for its result. The device refuses a command after its deadline,
+/// so a timed-out command never runs late.
+pub async fn command(
+    fleet: &Fleet,
+    messaging: Messaging<'_>,
+    caller: &Caller,
+    id: DeviceId,
+    request: CommandRequest,
+    now: UnixMillis,
+) -> Result<CommandResult, Error> {
+    let record = active(fleet.store.device(&id)?, &id)?;
+    let timeout = Duration::from_secs(request.timeout_secs.unwrap_or(30).clamp(1, 3600));
+    let command_id = u64::from_be_bytes(keyfile::random::<8>().map_err(Error::internal)?);
+    let command = Command {
+        id: command_id,
+        device: record.id.clone(),
+        issued_at: now,
+        deadline: UnixMillis(now.0 + u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)),
+        action: request.action,
+    };
+    fleet.store.update(|tx| {
+        tx.audit(AuditEntry::new(
+            now,
+            &caller.name,
+            "device.command",
+            id.to_string(),
+            format!("{:?} (command {command_id})", command.action),
+        ));
+        Ok::<_, Error>(())
+    })?;
+    let answer = messaging.waiters.wait_for(command_id);
+    let payload = Message::Command(fleet.pki.signing_key().sign(&command)).encode();
+    if let Err(e) = messaging.mqtt.try_publish(
+        topic(&record.id, TopicKind::Cmd),
+        QoS::AtLeastOnce,
+        false,
+        payload,
+    ) {
+        messaging.waiters.forget(command_id);
+        return Err(Error::BrokerUnavailable { reason: e.to_string() });
+    }
+    tracing::info!(device = %record.id, command = command_id, action = ?command.action, "command sent");
+    match tokio::time::timeout(timeout, answer).await {
+        Ok(Ok(result)) => Ok(result),
+        _ => {
+            messaging.waiters.forget(command_id);
+            Err(Error::NoAnswer { device: record.id, command: command_id, secs: timeout.as_secs() })
+        }
+    }
 }
 
 /// Writes the revocation list from every revoked certificate in the registry.

@@ -92,6 +92,22 @@ pub enum Error {
         /// The fleetctl noun that lists them (`var`, `secret`).
         command: &'static str,
     },
+    /// The MQTT broker does not take a message now.
+    #[error("cannot publish to the MQTT broker right now ({reason}); try again")]
+    BrokerUnavailable {
+        /// What the client said.
+        reason: String,
+    },
+    /// A device did not answer a command in time.
+    #[error("device {device} did not answer command {command} within {secs} s (is it online? `fleetctl device show {device}`); it will not run it after that")]
+    NoAnswer {
+        /// The device.
+        device: fleet_proto::DeviceId,
+        /// The command's id.
+        command: u64,
+        /// How long the server waited.
+        secs: u64,
+    },
     /// The request itself is malformed (not one of its fields' values).
     #[error("{0}")]
     BadRequest(String),
