@@ -21,7 +21,7 @@ use std::path::Path;
 use fleet_proto::UnixMillis;
 use serde::{Deserialize, Serialize};
 
-use crate::pki;
+use crate::keyfile;
 use crate::store::{Collection, Store, StoreError, SCHEMA_VERSION};
 
 /// What identifies a Fleet backup.
@@ -177,7 +177,7 @@ impl Backup {
                     source,
                 })?;
                 let path = data_dir.join(SECRETS_KEY);
-                pki::write_file(&path, &key, 0o600).map_err(|e| {
+                keyfile::write_file(&path, &key, 0o600).map_err(|e| {
                     BackupError::Refused(format!("cannot write {}: {e}", path.display()))
                 })?;
                 continue;
@@ -195,7 +195,7 @@ impl Backup {
                 })?;
             }
             let mode = if name.ends_with(".pem") { 0o644 } else { 0o600 };
-            pki::write_file(&path, text.as_bytes(), mode).map_err(|e| {
+            keyfile::write_file(&path, text.as_bytes(), mode).map_err(|e| {
                 BackupError::Refused(format!("cannot write {}: {e}", path.display()))
             })?;
         }

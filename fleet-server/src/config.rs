@@ -124,14 +124,15 @@ pub fn load(path: Option<&Path>, overrides: Overrides) -> Result<ServeOptions, C
     let mut registries = Vec::new();
     for login in file.registries {
         let file_path = base.join(&login.password_file);
-        let password = crate::pki::read_secret(&file_path).map_err(|e| ConfigError::Invalid {
-            path: path.as_deref().map(|p| p.display().to_string()).unwrap_or_default(),
-            reason: format!(
-                "registries ({}): password_file {}: {e}",
-                login.registry,
-                file_path.display()
-            ),
-        })?;
+        let password =
+            crate::keyfile::read_secret(&file_path).map_err(|e| ConfigError::Invalid {
+                path: path.as_deref().map(|p| p.display().to_string()).unwrap_or_default(),
+                reason: format!(
+                    "registries ({}): password_file {}: {e}",
+                    login.registry,
+                    file_path.display()
+                ),
+            })?;
         registries.push(RegistryCredential {
             registry: login.registry,
             username: login.username,
@@ -182,7 +183,7 @@ mod tests {
     #[test]
     fn flags_win_over_the_file_and_secrets_come_from_files() {
         let dir = tempfile::tempdir().unwrap();
-        crate::pki::write_file(&dir.path().join("pw"), b"s3cret\n", 0o600).unwrap();
+        crate::keyfile::write_file(&dir.path().join("pw"), b"s3cret\n", 0o600).unwrap();
         let path = dir.path().join("config.toml");
         std::fs::write(
             &path,

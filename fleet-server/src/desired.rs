@@ -416,15 +416,15 @@ pub fn retarget_moved(
         if record.refusal().is_some() {
             continue;
         }
-        let Some(release) = record.wanted_release(now).map(str::to_owned) else { continue };
-        let was = match before.decide(&*tx, pki, &release, &was_record) {
+        let Some(release) = record.wanted_release(now).cloned() else { continue };
+        let was = match before.decide(&*tx, pki, release.as_str(), &was_record) {
             Ok(d) => Some(d),
             // Undecidable before (set under an older server) is "different" from anything.
             Err(e) if e.refuses_device() => None,
             Err(DesiredError::UnknownRelease { .. }) => continue,
             Err(e) => return Err(e),
         };
-        let will = match new.decide(&*tx, pki, &release, &record) {
+        let will = match new.decide(&*tx, pki, release.as_str(), &record) {
             Ok(d) => d,
             Err(e) if e.refuses_device() => {
                 if was.is_some() {
@@ -436,7 +436,7 @@ pub fn retarget_moved(
             }
             Err(e) => return Err(e),
         };
-        if was.as_ref() == Some(&will) && record.desired_release.as_deref() == Some(&release) {
+        if was.as_ref() == Some(&will) && record.desired_release.as_ref() == Some(&release) {
             changed.unchanged += 1;
             continue;
         }
@@ -479,7 +479,7 @@ pub fn retarget_secrets_changed(
     let mut mounting = Vec::new();
     for record in devices {
         let Some(release) = record.wanted_release(now) else { continue };
-        match releases.get(&*tx, pki, release) {
+        match releases.get(&*tx, pki, release.as_str()) {
             Ok(spec) if !secrets::mounted(&spec).is_empty() => mounting.push(Moved::same(record)),
             Ok(_) | Err(DesiredError::UnknownRelease { .. }) => {}
             Err(e) => return Err(e),
@@ -500,7 +500,7 @@ pub fn retarget(
     now: UnixMillis,
     force: bool,
 ) -> Result<Option<Outgoing>, DesiredError> {
-    let wanted = record.wanted_release(now).map(str::to_owned);
+    let wanted = record.wanted_release(now).cloned();
     let pin = record.pin_at(now).map(wire_pin);
     let unchanged = wanted == record.desired_release && record.desired_generation > 0;
     let nothing_ever = wanted.is_none() && record.desired_generation == 0;
@@ -508,11 +508,11 @@ pub fn retarget(
         return Ok(None);
     }
     let release = match &wanted {
-        Some(id) => Some(releases.for_device(tx, pki, id, record)?),
+        Some(id) => Some(releases.for_device(tx, pki, id.as_str(), record)?),
         None => None,
     };
     let secrets = match (&wanted, &release) {
-        (Some(id), Some(spec)) => releases.sealed_secrets(tx, pki, id, spec, record)?,
+        (Some(id), Some(spec)) => releases.sealed_secrets(tx, pki, id.as_str(), spec, record)?,
         _ => Vec::new(),
     };
     // Never reused: the agent refuses anything not newer than what it accepted.
@@ -682,10 +682,18 @@ impl Publisher {
                 continue;
             }
             let decided = match &record.desired_release {
-                Some(id) => releases.for_device(store, &self.pki, id, &record).and_then(|spec| {
-                    let sealed = releases.sealed_secrets(store, &self.pki, id, &spec, &record)?;
-                    Ok((Some(spec), sealed))
-                }),
+                Some(id) => {
+                    releases.for_device(store, &self.pki, id.as_str(), &record).and_then(|spec| {
+                        let sealed = releases.sealed_secrets(
+                            store,
+                            &self.pki,
+                            id.as_str(),
+                            &spec,
+                            &record,
+                        )?;
+                        Ok((Some(spec), sealed))
+                    })
+                }
                 None => Ok((None, Vec::new())),
             };
             let (release, secrets) = match decided {
@@ -762,7 +770,7 @@ mod tests {
             CertificateInfo { serial: "01".into(), not_after: UnixMillis(u64::MAX) },
             UnixMillis(1),
         );
-        device.assigned_release = Some("app@1".into());
+        device.assigned_release = Some(fleet_proto::ReleaseId::new("app@1").unwrap());
         device.seal_key = key.map(|k| k.to_hex());
         let secret = value.map(|v| {
             pki.vault()

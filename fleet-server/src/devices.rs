@@ -37,7 +37,7 @@ pub struct DeviceRecord {
     /// Highest desired-state generation the device accepted.
     pub accepted_generation: u64,
     /// The release in force on the device.
-    pub release: Option<String>,
+    pub release: Option<ReleaseId>,
     /// When it was enrolled; `None` for a record the server never enrolled.
     #[serde(default)]
     pub enrolled_at: Option<UnixMillis>,
@@ -58,7 +58,7 @@ pub struct DeviceRecord {
     pub desired_generation: u64,
     /// The release in that desired state.
     #[serde(default)]
-    pub desired_release: Option<String>,
+    pub desired_release: Option<ReleaseId>,
     /// Free-text notes (`fleetctl device note`): who has it, what is special about it.
     #[serde(default)]
     pub notes: String,
@@ -68,7 +68,7 @@ pub struct DeviceRecord {
     /// The release the fleet wants on this device when it is not pinned: set by rollouts and by
     /// direct assignment; unpinning returns the device to it.
     #[serde(default)]
-    pub assigned_release: Option<String>,
+    pub assigned_release: Option<ReleaseId>,
     /// The device's latest state report, without its inventory (kept apart, it changes
     /// rarely).
     #[serde(default)]
@@ -138,10 +138,10 @@ impl DeviceRecord {
 
     /// The release the server wants on the device at `now`: its pin's if pinned, otherwise
     /// the assigned one.
-    pub fn wanted_release(&self, now: UnixMillis) -> Option<&str> {
+    pub fn wanted_release(&self, now: UnixMillis) -> Option<&ReleaseId> {
         match self.pin_at(now) {
-            Some(pin) => Some(pin.release.as_str()),
-            None => self.assigned_release.as_deref(),
+            Some(pin) => Some(&pin.release),
+            None => self.assigned_release.as_ref(),
         }
     }
 
@@ -207,7 +207,7 @@ impl DeviceRecord {
             Message::Report(r) => {
                 rec.online = true;
                 rec.accepted_generation = r.accepted_generation;
-                rec.release = r.in_force.as_ref().map(|f| f.release.to_string());
+                rec.release = r.in_force.as_ref().map(|f| f.release.clone());
                 rec.last_report = Some(StateReport { inventory: None, ..r.clone() });
                 // Every report carries the key; one without it comes from an older agent.
                 rec.seal_key = r.seal_key.as_ref().map(SealKey::to_hex);
@@ -240,7 +240,7 @@ mod tests {
         let rec =
             DeviceRecord::observe_at(Some(rec), &Message::Report(samples::report()), UnixMillis(9))
                 .unwrap();
-        assert_eq!(rec.release.as_deref(), Some("robot-stack@1.4.2"));
+        assert_eq!(rec.release.as_ref().map(ReleaseId::as_str), Some("robot-stack@1.4.2"));
         assert_eq!(rec.accepted_generation, 3);
         assert_eq!(rec.last_seen, UnixMillis(9));
         assert_eq!(rec.agent_version.as_deref(), Some("0.1.0"), "a report keeps the agent version");
@@ -287,5 +287,15 @@ mod tests {
             ),
             None
         );
+    }
+
+    #[test]
+    fn a_record_stored_when_releases_were_strings_decodes_and_encodes_to_the_same_bytes() {
+        // As a store written before the release fields became `ReleaseId` holds it.
+        let old = r#"{"id":"d1","online":true,"agent_version":"0.1.0","last_seen":5,"accepted_generation":2,"release":"app@1","enrolled_at":1,"labels":{},"certificate":null,"revoked_at":null,"revoked_certificates":[],"desired_generation":3,"desired_release":"app@2","notes":"","pin":null,"assigned_release":"app@2","last_report":null}"#;
+        let rec: DeviceRecord = serde_json::from_str(old).expect("an old record decodes");
+        assert_eq!(rec.release.as_ref().map(ReleaseId::as_str), Some("app@1"));
+        assert_eq!(rec.assigned_release.as_ref().map(ReleaseId::as_str), Some("app@2"));
+        assert_eq!(serde_json::to_string(&rec).unwrap(), old);
     }
 }

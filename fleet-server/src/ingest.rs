@@ -251,9 +251,9 @@ fn rekey(store: &Store, device: &DeviceId, sealed_credentials: bool) -> Result<b
             return Ok(false);
         }
         let mounts = match &record.desired_release {
-            Some(id) => {
-                tx.release(id)?.is_some_and(|r| !crate::secrets::mounted(&r.spec).is_empty())
-            }
+            Some(id) => tx
+                .release(id.as_str())?
+                .is_some_and(|r| !crate::secrets::mounted(&r.spec).is_empty()),
             None => false,
         };
         if !mounts && !sealed_credentials {

@@ -9,12 +9,16 @@
 //!   release), [`compose`] (Compose file → release), [`groups`] (label selectors), [`auth`]
 //!   (tokens and roles), [`variables`] (per-device variables: precedence and rendering),
 //!   [`devices`] (registry records and how messages update them),
-//!   [`releases`] (signed release records), [`units`];
+//!   [`releases`] (signed release records), [`records`] (the stored records of the rollout
+//!   driver and of telemetry), [`units`];
+//! * use cases: [`ops`] (what an operator can do: validation, the store change, audit and
+//!   publishing, for any transport);
 //! * I/O: [`store`] (typed records over a key-value backend), [`desired`] (deciding and
 //!   publishing desired state), [`rollout::driver`] (the driver that steps rollouts), [`ingest`]
 //!   (MQTT → registry), [`registry`] (image tags → digests), [`broker`] (embedded MQTT),
-//!   [`api`] (HTTP), [`backup`], [`pki`] (with the secrets key), [`commands`]; [`secrets`] holds the pure
-//!   resolution and the at-rest encryption.
+//!   [`api`] (HTTP onto [`ops`]), [`backup`], [`pki`] (with the secrets key), [`keyfile`]
+//!   (randomness and key files), [`commands`]; [`secrets`] holds the pure resolution and the
+//!   at-rest encryption.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -33,9 +37,12 @@ pub mod desired;
 pub mod devices;
 pub mod groups;
 pub mod ingest;
+pub mod keyfile;
 pub mod mqtt;
+pub mod ops;
 pub mod pki;
 pub mod preflight;
+pub mod records;
 pub mod registry;
 pub mod releases;
 pub mod rollout;
@@ -242,15 +249,17 @@ pub fn open_keys(data_dir: &std::path::Path) -> Result<Keys, ServeError> {
     }
     let token_path = data_dir.join("admin-token");
     if !token_path.exists() {
-        let token = fleet_proto::hex::encode(&pki::random::<24>().map_err(err)?);
-        pki::write_file(&token_path, format!("{token}\n").as_bytes(), 0o600).map_err(err)?;
+        let token = fleet_proto::hex::encode(&keyfile::random::<24>().map_err(|e| err(e.into()))?);
+        keyfile::write_file(&token_path, format!("{token}\n").as_bytes(), 0o600)
+            .map_err(|e| err(e.into()))?;
         eprintln!(
             "fleet-server: created the admin token in {} (mode 0600); fleetctl reads it from there when run in this directory, or pass it with FLEET_TOKEN=$(cat {})",
             token_path.display(),
             token_path.display()
         );
     }
-    let admin_token = pki::read_secret(&token_path).map_err(err)?.trim().to_owned();
+    let admin_token =
+        keyfile::read_secret(&token_path).map_err(|e| err(e.into()))?.trim().to_owned();
     Ok(Keys { pki, admin_token })
 }
 
@@ -260,9 +269,9 @@ fn crl_publisher(crl: PathBuf, broker_files: Option<PathBuf>) -> impl Fn() + Sen
     move || {
         let Some(dir) = &broker_files else { return };
         let target = dir.join("crl.pem");
-        let copied = std::fs::read(&crl)
-            .map_err(|e| e.to_string())
-            .and_then(|bytes| pki::write_file(&target, &bytes, 0o644).map_err(|e| e.to_string()));
+        let copied = std::fs::read(&crl).map_err(|e| e.to_string()).and_then(|bytes| {
+            keyfile::write_file(&target, &bytes, 0o644).map_err(|e| e.to_string())
+        });
         match copied {
             Ok(()) => {
                 tracing::info!(crl = %target.display(), "revocation list updated; reload the broker (systemctl reload mosquitto) so it applies to new connections")

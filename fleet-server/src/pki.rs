@@ -15,7 +15,6 @@
 //! where the bundle is written and sends the public key with a proof of possession (a signature
 //! over the device id), which [`EnrollKey::verify`] checks before anything is issued.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use fleet_proto::{DeviceId, ServerKey, UnixMillis};
@@ -25,6 +24,8 @@ use rcgen::{
     PublicKeyData, RevocationReason, RevokedCertParams, SerialNumber, SignatureAlgorithm,
 };
 use time::{Duration, OffsetDateTime};
+
+use crate::keyfile::{random, read_secret, write_file, KeyFileError};
 
 /// Common name of the server's own MQTT identity. Reserved: no device may use it, because the
 /// shipped broker ACL gives this identity every device's topics.
@@ -52,20 +53,12 @@ pub enum PkiError {
         /// What it should hold.
         what: &'static str,
     },
-    /// A private key file is readable by others.
-    #[error("{path} is readable by group or others (mode {mode:o}); run: chmod 600 {path}")]
-    Permissions {
-        /// The file.
-        path: String,
-        /// Its mode.
-        mode: u32,
-    },
     /// Certificate generation failed.
     #[error("certificate generation failed: {0}")]
     Rcgen(#[from] rcgen::Error),
-    /// The OS random source failed.
-    #[error("the system random source failed")]
-    Random,
+    /// A key file cannot be written or read safely, or the random source failed.
+    #[error(transparent)]
+    KeyFile(#[from] KeyFileError),
     /// The secrets key cannot be loaded or made.
     #[error(transparent)]
     Vault(#[from] crate::secrets::VaultError),
@@ -323,7 +316,7 @@ impl Pki {
         write_file(&dir.join("broker.pem"), broker.cert_pem.as_bytes(), 0o644)?;
         write_file(&dir.join("broker.key"), broker_key.as_bytes(), 0o600)?;
         write_file(&dir.join("server.pem"), server.cert_pem.as_bytes(), 0o644)?;
-        write_file(&dir.join("server.key"), server_key.as_bytes(), 0o600)
+        Ok(write_file(&dir.join("server.key"), server_key.as_bytes(), 0o600)?)
     }
 }
 
@@ -373,34 +366,11 @@ fn create(dir: &Path) -> Result<(), PkiError> {
     write_file(&dir.join("ca-name"), format!("{name}\n").as_bytes(), 0o644)?;
     // Last: its presence marks a complete PKI (open_or_create checks ca.key first, so write
     // ca.pem before ca.key would be nicer, but a missing ca.pem is reported as such).
-    write_file(&dir.join("ca.pem"), ca.pem().as_bytes(), 0o644)
-}
-
-/// `N` bytes from the OS random source.
-pub fn random<const N: usize>() -> Result<[u8; N], PkiError> {
-    let mut bytes = [0u8; N];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
-        .map_err(|_| PkiError::Random)?;
-    Ok(bytes)
-}
-
-/// Writes a key or certificate file atomically with `mode` ([`fleet_api::enroll::write_file`]).
-pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
-    fleet_api::enroll::write_file(path, bytes, mode)
-        .map_err(|e| PkiError::Io { path: e.path.display().to_string(), source: e.source })
+    Ok(write_file(&dir.join("ca.pem"), ca.pem().as_bytes(), 0o644)?)
 }
 
 fn read(path: &Path) -> Result<String, PkiError> {
     std::fs::read_to_string(path).map_err(io(path))
-}
-
-/// Reads a private key file, refusing one that others can read.
-pub fn read_secret(path: &Path) -> Result<String, PkiError> {
-    let mode = std::fs::metadata(path).map_err(io(path))?.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(PkiError::Permissions { path: path.display().to_string(), mode });
-    }
-    read(path)
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> PkiError + '_ {
@@ -415,6 +385,8 @@ fn corrupt(path: &Path, what: &'static str) -> PkiError {
 mod tests {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
+
+    use std::os::unix::fs::PermissionsExt;
 
     use super::*;
 

@@ -29,7 +29,7 @@ use ring::{hkdf, hmac};
 use serde::{Deserialize, Serialize};
 
 use crate::groups::Group;
-use crate::pki;
+use crate::keyfile::{self, KeyFileError};
 use crate::variables::{Scope, Scoped, ScopedIndex};
 
 pub use fleet_api::secrets::MAX_VALUE_BYTES;
@@ -151,9 +151,9 @@ impl Vault {
         let io = |source| VaultError::Io { path: path.display().to_string(), source };
         let created = !path.exists();
         if created {
-            let key = pki::random::<KEY_BYTES>().map_err(|_| VaultError::Random)?;
-            pki::write_file(path, &key, 0o600).map_err(|e| match e {
-                pki::PkiError::Io { source, .. } => io(source),
+            let key = keyfile::random::<KEY_BYTES>().map_err(|_| VaultError::Random)?;
+            keyfile::write_file(path, &key, 0o600).map_err(|e| match e {
+                KeyFileError::Io { source, .. } => io(source),
                 _ => VaultError::Random,
             })?;
         }
@@ -197,7 +197,7 @@ impl Vault {
         set_at: UnixMillis,
         set_by: &str,
     ) -> Result<SecretRecord, SecretError> {
-        let nonce = pki::random::<NONCE_LEN>().map_err(|_| SecretError::Random)?;
+        let nonce = keyfile::random::<NONCE_LEN>().map_err(|_| SecretError::Random)?;
         let mut buf = value.bytes().to_vec();
         self.aead
             .seal_in_place_append_tag(
@@ -595,11 +595,11 @@ mod tests {
         let (second, created) = Vault::open_or_create(&path).unwrap();
         assert!(!created);
         assert_eq!(first.digest(b"x"), second.digest(b"x"), "the same key after a restart");
-        pki::write_file(&path, &[1; 31], 0o600).unwrap();
+        keyfile::write_file(&path, &[1; 31], 0o600).unwrap();
         let err = Vault::open_or_create(&path).unwrap_err().to_string();
         assert!(err.contains("31 bytes") && err.contains("backup"), "{err}");
         assert_eq!(std::fs::read(&path).unwrap().len(), 31, "never replaced");
-        pki::write_file(&path, &[1; 32], 0o644).unwrap();
+        keyfile::write_file(&path, &[1; 32], 0o644).unwrap();
         assert!(Vault::open_or_create(&path).unwrap_err().to_string().contains("chmod 600"));
     }
 }

@@ -26,8 +26,8 @@ use crate::audit::AuditEntry;
 use crate::auth::TokenRecord;
 use crate::devices::DeviceRecord;
 use crate::groups::Group;
+use crate::records::{RolloutRecord, TelemetryState};
 use crate::releases::ReleaseRecord;
-use crate::rollout::driver::RolloutRecord;
 use crate::secrets::SecretRecord;
 use crate::variables::VariableRecord;
 
@@ -67,7 +67,7 @@ pub enum Collection {
     /// Telemetry points ([`fleet_proto::telemetry::Point`]) by device id, 0x00, device
     /// sequence number (u64 BE): the bounded history.
     Telemetry,
-    /// A device's [`crate::telemetry::TelemetryState`] (counters, latest values), by device id.
+    /// A device's [`TelemetryState`] (counters, latest values), by device id.
     TelemetryState,
     /// [`VariableRecord`] by [`VariableRecord::key`] (scope, then name).
     Variables,
@@ -469,10 +469,7 @@ impl Store {
     }
 
     /// A device's telemetry counters and latest values.
-    pub fn telemetry_state(
-        &self,
-        id: &DeviceId,
-    ) -> Result<Option<crate::telemetry::TelemetryState>, StoreError> {
+    pub fn telemetry_state(&self, id: &DeviceId) -> Result<Option<TelemetryState>, StoreError> {
         self.get(Collection::TelemetryState, id.as_str().as_bytes())
     }
 
@@ -701,15 +698,12 @@ impl Tx<'_> {
     }
 
     /// A device's telemetry counters, as this change sees them.
-    pub fn telemetry_state(
-        &self,
-        id: &DeviceId,
-    ) -> Result<Option<crate::telemetry::TelemetryState>, StoreError> {
+    pub fn telemetry_state(&self, id: &DeviceId) -> Result<Option<TelemetryState>, StoreError> {
         self.get(Collection::TelemetryState, id.as_str().as_bytes())
     }
 
     /// Replaces a device's telemetry counters.
-    pub fn put_telemetry_state(&mut self, id: &DeviceId, state: &crate::telemetry::TelemetryState) {
+    pub fn put_telemetry_state(&mut self, id: &DeviceId, state: &TelemetryState) {
         self.put(Collection::TelemetryState, id.as_str().as_bytes(), state);
     }
 

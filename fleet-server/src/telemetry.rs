@@ -10,12 +10,10 @@
 //! A batch is acknowledged only after the store change that holds its points is on disk (the
 //! ingest loop flushes a group of batches, then sends their acks).
 
-use std::collections::BTreeMap;
-
 use fleet_proto::telemetry::{Point, TelemetryAck, TelemetryBatch, Value};
 use fleet_proto::UnixMillis;
-use serde::{Deserialize, Serialize};
 
+use crate::records::Latest;
 use crate::store::{StoreError, Tx};
 
 /// Points kept per device; older ones are trimmed.
@@ -23,43 +21,6 @@ pub const TELEMETRY_KEPT: u64 = 20_000;
 /// Series (metric + labels) whose latest value is kept per device; a device inventing label
 /// values without end cannot grow its record beyond this.
 pub const SERIES_KEPT: usize = 1_000;
-
-/// A device's telemetry counters and latest values.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct TelemetryState {
-    /// One past the highest sequence number stored.
-    pub high: u64,
-    /// Oldest sequence number that may still be in the history: points below it were trimmed
-    /// (and any copy of them arriving now is a duplicate).
-    pub oldest_kept: u64,
-    /// Points in the history.
-    pub kept: u64,
-    /// Distinct points ever stored.
-    pub stored_total: u64,
-    /// Copies of already stored points received (resends after lost acks or reconnects).
-    pub duplicates_total: u64,
-    /// Points the device dropped to stay within its buffer budget (as it reports).
-    pub dropped_total: u64,
-    /// When the last batch arrived.
-    pub last_batch_at: Option<UnixMillis>,
-    /// Latest value per series, by series key (`metric{k=v,...}`).
-    pub latest: BTreeMap<String, Latest>,
-}
-
-/// The newest value of one series.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Latest {
-    /// Metric name.
-    pub metric: String,
-    /// Labels.
-    pub labels: BTreeMap<String, String>,
-    /// When it was measured.
-    pub at: UnixMillis,
-    /// The value.
-    pub value: Value,
-    /// Its sequence number.
-    pub seq: u64,
-}
 
 /// `metric{k=v,...}`: the key of a series.
 pub fn series_key(p: &Point) -> String {
@@ -146,6 +107,8 @@ pub fn value_json(v: &Value) -> serde_json::Value {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
     use crate::store::Store;
     use fleet_proto::DeviceId;

@@ -36,6 +36,7 @@ mod openapi;
 pub mod problem;
 mod rollouts;
 mod secrets;
+mod use_cases;
 mod variables;
 
 pub mod wire;

@@ -1,176 +1,55 @@
 //! Secret routes: set (the raw value as the body), list (never a value), remove.
-//!
-//! A change is one durable store change: the encrypted record, new generations for exactly
-//! the devices where the digest of a secret their release mounts changed, and the audit line
-//! (name, scope and digest, never the value). A change that would leave a device whose
-//! release mounts the secret without a value is refused, naming the devices; nothing is stored.
+//! [`crate::ops::secrets`] does the work; these map HTTP to it and back.
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::{Extension, Json};
 use fleet_proto::UnixMillis;
-use serde::Deserialize;
 
 use super::problem::Query;
-use super::variables::{check_scope, internal, named, refused_devices, send};
-use super::{Api, FieldProblem, Problem};
-use crate::audit::AuditEntry;
+use super::{Api, Problem};
 use crate::auth::Caller;
-use crate::desired::{self, Outgoing};
-use crate::secrets::{self, SecretValue, SecretView};
-use crate::store::Tx;
-use crate::variables::Scope;
+use crate::ops;
+use crate::secrets::SecretView;
 use fleet_api::{SecretChange, SecretList};
 
 /// `?group=` or `?device=` of set and remove (neither: the fleet).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SecretScope {
-    /// A group's value.
-    pub group: Option<String>,
-    /// A device's value.
-    pub device: Option<String>,
-}
-
-impl SecretScope {
-    fn scope(&self) -> Result<Scope, Problem> {
-        if self.group.is_some() && self.device.is_some() {
-            return Err(Problem::bad_request(
-                "give group or device, not both: a secret value has one scope",
-            ));
-        }
-        Ok(Scope { group: self.group.clone(), device: self.device.clone(), service: None })
-    }
-}
-
-fn invalid(path: &str, reason: String) -> Problem {
-    Problem::invalid(
-        "the secret was refused; nothing was changed",
-        vec![FieldProblem { path: path.into(), reason }],
-    )
-}
+pub type SecretScope = ops::secrets::SecretScope;
 
 pub(super) async fn set(
     State(api): State<Api>,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
-    Query(query): Query<SecretScope>,
+    Query(at): Query<SecretScope>,
     body: Bytes,
 ) -> Result<Json<SecretChange>, Problem> {
-    secrets::check_name(&name).map_err(|r| invalid("name", r))?;
-    let scope = query.scope()?;
-    secrets::check_value(&name, body.len()).map_err(|r| invalid("value", r))?;
-    let now = UnixMillis::now();
-    let value = SecretValue::new(body.to_vec());
+    // The plaintext is held once, only until it is encrypted.
+    let value = body.to_vec();
     drop(body);
-    let record = api
-        .pki
-        .vault()
-        .encrypt(&name, &scope, &value, now, &caller.name)
-        .map_err(Problem::internal)?;
-    drop(value);
-    let verb = format!("setting {name} for the {scope}");
-    let (change, outgoing) = api.store.update_durable(|tx| {
-        check_scope(tx, &scope)?;
-        let previous = tx.secret(&record.key())?;
-        let (mut change, outgoing) =
-            change(tx, &api, &scope, &verb, now, |tx| tx.put_secret(&record))?;
-        change.secret = Some(SecretView::from(&record));
-        let what = match &previous {
-            None => "new",
-            Some(p) if p.digest == record.digest => "same value",
-            Some(_) => "changed",
-        };
-        tx.audit(AuditEntry::new(
-            now,
-            &caller.name,
-            "secret.set",
-            scope.to_string(),
-            format!(
-                "{name} ({what}, {} bytes, digest {}); {} device(s) re-targeted",
-                record.bytes,
-                record.digest,
-                change.retargeted.len()
-            ),
-        ));
-        Ok::<_, Problem>((change, outgoing))
-    })?;
-    send(&api, outgoing, now);
-    Ok(Json(change))
+    let changed =
+        ops::secrets::set(&api.fleet(), &caller, name, &at, value, UnixMillis::now()).await?;
+    Ok(Json(secret_change(changed)))
 }
 
 pub(super) async fn remove(
     State(api): State<Api>,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
-    Query(query): Query<SecretScope>,
+    Query(at): Query<SecretScope>,
 ) -> Result<Json<SecretChange>, Problem> {
-    secrets::check_name(&name).map_err(|r| invalid("name", r))?;
-    let scope = query.scope()?;
-    let key = scope.key(&name);
-    let now = UnixMillis::now();
-    let verb = format!("removing {name} from the {scope}");
-    let (change, outgoing) = api.store.update_durable(|tx| {
-        check_scope(tx, &scope)?;
-        let Some(previous) = tx.secret(&key)? else {
-            return Err(Problem::not_found(format!(
-                "{name} is not set for the {scope} (`fleetctl secret ls` lists what is)"
-            )));
-        };
-        let (change, outgoing) = change(tx, &api, &scope, &verb, now, |tx| tx.remove_secret(&key))?;
-        tx.audit(AuditEntry::new(
-            now,
-            &caller.name,
-            "secret.rm",
-            scope.to_string(),
-            format!(
-                "{name} (digest {}); {} device(s) re-targeted",
-                previous.digest,
-                change.retargeted.len()
-            ),
-        ));
-        Ok::<_, Problem>((change, outgoing))
-    })?;
-    send(&api, outgoing, now);
-    Ok(Json(change))
+    let changed = ops::secrets::remove(&api.fleet(), &caller, name, &at, UnixMillis::now()).await?;
+    Ok(Json(secret_change(changed)))
 }
 
-/// Applies `write` and re-targets the covered devices whose resolved digests changed; refuses
-/// (writing nothing) if a covered device's release would mount a secret without a value.
-fn change(
-    tx: &mut Tx<'_>,
-    api: &Api,
-    scope: &Scope,
-    verb: &str,
-    now: UnixMillis,
-    write: impl FnOnce(&mut Tx<'_>),
-) -> Result<(SecretChange, Vec<Outgoing>), Problem> {
-    let groups = tx.groups()?;
-    let before = desired::Releases::snapshot(&*tx).map_err(internal)?;
-    write(tx);
-    let covered: Vec<_> = tx
-        .devices()?
-        .into_iter()
-        .filter(|d| scope.covers(d.id.as_str(), &d.labels, &groups))
-        .collect();
-    let changed =
-        desired::retarget_secrets_changed(tx, &api.pki, before, covered, now).map_err(internal)?;
-    if !changed.failures.is_empty() {
-        let (devices, errors) = refused_devices(&changed.failures);
-        return Err(Problem {
-            errors,
-            ..Problem::conflict(format!(
-                "{verb} would leave {} device(s) whose release mounts it without a value ({}); nothing was changed: set a value that covers them first (for the fleet, their group or each device), or move them to a release that does not mount it",
-                devices.len(),
-                named(&devices)
-            ))
-        });
+fn secret_change(c: ops::secrets::SecretChanged) -> SecretChange {
+    SecretChange {
+        secret: c.secret.as_ref().map(SecretView::from),
+        retargeted: c.retargeted,
+        unchanged: c.unchanged,
     }
-    let retargeted = changed.outgoing.iter().map(|o| o.device.clone()).collect();
-    Ok((SecretChange { secret: None, retargeted, unchanged: changed.unchanged }, changed.outgoing))
 }
 
 pub(super) async fn list(State(api): State<Api>) -> Result<Json<SecretList>, Problem> {
-    let secrets = api.store.secrets()?.iter().map(SecretView::from).collect();
+    let secrets = ops::secrets::list(&api.store)?.iter().map(SecretView::from).collect();
     Ok(Json(SecretList { secrets }))
 }

@@ -8,8 +8,9 @@ use crate::audit::AuditEntry;
 use crate::auth::TokenRecord;
 use crate::devices::{CertificateInfo, DeviceRecord, PinRecord, RevokedCertificate};
 use crate::groups::Group;
+use crate::records::{RolloutRecord, Target};
 use crate::releases::{ImageInfo, PlatformImage, ReleaseRecord, ResolvedImage};
-use crate::rollout::driver::{Plan, RolloutRecord, Target};
+use crate::rollout::driver::Plan;
 use crate::rollout::{
     PauseReason, RollbackReason, RolloutStatus, RunState, WaveCounts, WavePhase, WaveStatus,
 };
@@ -58,17 +59,17 @@ impl From<DeviceRecord> for wire::Device {
             agent_version: d.agent_version,
             last_seen: d.last_seen,
             accepted_generation: d.accepted_generation,
-            release: d.release,
+            release: d.release.map(|r| r.to_string()),
             enrolled_at: d.enrolled_at,
             labels: d.labels,
             certificate: d.certificate.map(Into::into),
             revoked_at: d.revoked_at,
             revoked_certificates: all(d.revoked_certificates),
             desired_generation: d.desired_generation,
-            desired_release: d.desired_release,
+            desired_release: d.desired_release.map(|r| r.to_string()),
             notes: d.notes,
             pin: d.pin.map(Into::into),
-            assigned_release: d.assigned_release,
+            assigned_release: d.assigned_release.map(|r| r.to_string()),
             last_report: d.last_report,
             seal_key: d.seal_key,
         }

@@ -191,7 +191,7 @@ fn backup(file: &std::path::Path, data: &std::path::Path, server: &str) -> ExitC
         let backup = match fleet_server::store::Store::open(&data.join("store")) {
             Ok(store) => fleet_server::backup::Backup::take(&store, data)?,
             Err(fleet_server::store::StoreError::Busy { .. }) => {
-                let token = fleet_server::pki::read_secret(&data.join("admin-token"))?;
+                let token = fleet_server::keyfile::read_secret(&data.join("admin-token"))?;
                 let mut answer = ureq::get(&format!("{}/api/v1/backup", server.trim_end_matches('/')))
                     .header("authorization", &format!("Bearer {}", token.trim()))
                     .call()
@@ -201,7 +201,7 @@ fn backup(file: &std::path::Path, data: &std::path::Path, server: &str) -> ExitC
             Err(e) => return Err(e.into()),
         };
         let text = serde_json::to_vec_pretty(&backup)?;
-        fleet_server::pki::write_file(file, &text, 0o600)?;
+        fleet_server::keyfile::write_file(file, &text, 0o600)?;
         Ok(backup.collections.values().map(Vec::len).sum())
     })();
     match result {
@@ -246,7 +246,7 @@ fn broker_files(data: &std::path::Path, names: &[String], out: &std::path::Path)
         }
         keys.pki.write_broker_files(out, names)?;
         let crl = std::fs::read(keys.pki.crl_path())?;
-        fleet_server::pki::write_file(&out.join("crl.pem"), &crl, 0o644)?;
+        fleet_server::keyfile::write_file(&out.join("crl.pem"), &crl, 0o644)?;
         Ok(())
     })();
     match result {

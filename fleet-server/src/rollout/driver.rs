@@ -23,9 +23,10 @@ use tokio::sync::Notify;
 use crate::audit::{AuditEntry, SYSTEM};
 use crate::desired::{self, DesiredError, Outgoing, Publisher, Releases};
 use crate::devices::DeviceRecord;
-use crate::groups::{Group, Selector};
+use crate::groups::Group;
 use crate::pki::Pki;
 use crate::preflight::{self, DeviceCheck};
+use crate::records::{RolloutRecord, Target};
 use crate::releases::ReleaseRecord;
 use crate::rollout::{
     self, Action, DeviceObservation, MaintenanceWindow, Observe, OnFailure, Rollout, RolloutId,
@@ -33,70 +34,6 @@ use crate::rollout::{
 };
 use crate::store::{Store, StoreError, Tx};
 use crate::units::parse_duration;
-
-/// What a rollout goes to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Target {
-    /// The devices of a group (as the group's selector matches them at creation).
-    Group {
-        /// The group.
-        name: String,
-    },
-    /// The devices whose labels match.
-    Selector {
-        /// The selector.
-        selector: Selector,
-    },
-    /// These devices.
-    Devices {
-        /// Their ids.
-        ids: Vec<DeviceId>,
-    },
-}
-
-impl Target {
-    /// Parses `group:NAME`, `selector:k=v,...`, `devices:a,b,c`; a bare `k=v,...` is a selector
-    /// and a bare name a group.
-    pub fn parse(text: &str) -> Result<Target, String> {
-        let text = text.trim();
-        if let Some(name) = text.strip_prefix("group:") {
-            return Ok(Target::Group { name: name.to_owned() });
-        }
-        if let Some(sel) = text.strip_prefix("selector:") {
-            return Ok(Target::Selector { selector: Selector::parse(sel)? });
-        }
-        if let Some(ids) = text.strip_prefix("devices:") {
-            let ids = ids
-                .split(',')
-                .map(|id| {
-                    DeviceId::new(id.trim()).map_err(|e| format!("target device {id:?}: {e}"))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            return Ok(Target::Devices { ids });
-        }
-        if text.is_empty() {
-            return Err("empty target: give group:NAME, selector:k=v or devices:ID,ID".to_owned());
-        }
-        if text.contains('=') || text.starts_with('!') {
-            return Ok(Target::Selector { selector: Selector::parse(text)? });
-        }
-        Ok(Target::Group { name: text.to_owned() })
-    }
-}
-
-impl std::fmt::Display for Target {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Target::Group { name } => write!(f, "group:{name}"),
-            Target::Selector { selector } => write!(f, "selector:{selector}"),
-            Target::Devices { ids } => {
-                let ids: Vec<&str> = ids.iter().map(DeviceId::as_str).collect();
-                write!(f, "devices:{}", ids.join(","))
-            }
-        }
-    }
-}
 
 // The request and its defaults are the API's: fleetctl shows the same defaults in `--help`.
 pub use fleet_api::rollouts::{
@@ -203,27 +140,6 @@ pub struct Plan {
     pub unchecked: Vec<(DeviceId, Vec<String>)>,
     /// Devices already in another active rollout.
     pub busy: Vec<(DeviceId, RolloutId)>,
-}
-
-/// A stored rollout: the engine's state plus how it was asked for.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RolloutRecord {
-    /// The engine.
-    pub rollout: Rollout,
-    /// The target as given.
-    pub target: Target,
-    /// Which token created it.
-    pub created_by: String,
-    /// Devices left out at creation because they could not satisfy the release.
-    #[serde(default)]
-    pub excluded: Vec<(DeviceId, Vec<String>)>,
-}
-
-impl RolloutRecord {
-    /// Its id.
-    pub fn id(&self) -> u64 {
-        self.rollout.spec().id.0
-    }
 }
 
 fn field(field: &'static str) -> impl Fn(String) -> PlanError {
@@ -379,11 +295,11 @@ pub fn plan(
 /// applied locally on a bench robot is not the server's to restore), else the one it was
 /// assigned before (`None`: none, or unknown).
 fn previous_release(d: &DeviceRecord, known: &BTreeSet<String>) -> Option<ReleaseId> {
-    [d.release.as_deref(), d.assigned_release.as_deref()]
+    [&d.release, &d.assigned_release]
         .into_iter()
         .flatten()
-        .find(|r| known.contains(*r))
-        .and_then(|r| ReleaseId::new(r).ok())
+        .find(|r| known.contains(r.as_str()))
+        .cloned()
 }
 
 /// Which devices active rollouts hold.
@@ -465,7 +381,7 @@ pub fn carry_out(
         let (Some(device), Some(release)) = (device, assign) else { continue };
         let Some(mut record) = tx.device(device)? else { continue };
         let before = record.clone();
-        record.assigned_release = release.map(ToString::to_string);
+        record.assigned_release = release.cloned();
         match desired::retarget(tx, pki, &mut releases, &mut record, now, force) {
             Ok(Some(out)) => outgoing.push(out),
             Ok(None) => {}
