@@ -46,6 +46,7 @@ pub use variables::{
 
 /// A page of a list (`?limit=&after=`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Page<T> {
     /// The items.
     pub items: Vec<T>,
@@ -55,6 +56,7 @@ pub struct Page<T> {
 
 /// One field's problem in a refused request (an entry of a problem details' `errors`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct FieldProblem {
     /// Where, e.g. `services.web.ports[0]`.
     pub path: String,

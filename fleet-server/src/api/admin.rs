@@ -94,8 +94,8 @@ pub(super) async fn revoke_token(
 }
 
 /// `?since=&limit=` of the audit log.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub(super) struct AuditQuery {
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
+pub struct AuditQuery {
     since: Option<u64>,
     limit: Option<usize>,
 }

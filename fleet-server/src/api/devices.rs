@@ -31,7 +31,7 @@ use fleet_api::{
 };
 
 /// `?selector=&group=` of the device list, with paging.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 pub struct DeviceFilter {
     /// Only devices whose labels match.
     pub selector: Option<String>,
@@ -588,8 +588,8 @@ pub(super) async fn metrics(
 }
 
 /// `?metric=&limit=&after=` of the history.
-#[derive(Debug, Deserialize)]
-pub(super) struct HistoryFilter {
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct HistoryFilter {
     metric: Option<String>,
     limit: Option<usize>,
     after: Option<String>,

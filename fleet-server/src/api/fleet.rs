@@ -188,7 +188,7 @@ pub(super) async fn remove_group(
 }
 
 /// `?app=` of the release list, with paging.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 pub struct ReleaseFilter {
     /// Only this application's releases.
     pub app: Option<String>,

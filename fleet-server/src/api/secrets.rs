@@ -23,7 +23,7 @@ use crate::variables::Scope;
 use fleet_api::{SecretChange, SecretList};
 
 /// `?group=` or `?device=` of set and remove (neither: the fleet).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SecretScope {
     /// A group's value.

@@ -24,7 +24,7 @@ use fleet_api::{Page, ResolvedView, VariableChange, VariableList, VariableReques
 const NAMED_DEVICES: usize = 5;
 
 /// `?group=&device=&service=` of the list and of unset, with paging.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 pub struct VariableFilter {
     /// A group's variables.
     pub group: Option<String>,
