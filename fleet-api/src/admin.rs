@@ -74,6 +74,7 @@ pub struct Token {
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct TokenRequest {
     /// Its name (audit entries carry it).
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = crate::patterns::TOKEN_NAME)))]
     pub name: String,
     /// What it may do.
     pub role: Role,

@@ -145,9 +145,11 @@ pub struct DeviceChanged {
 pub struct DeviceChange {
     /// Labels to set; `null` removes the label.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(extend("propertyNames" = {"pattern": crate::patterns::LABEL_KEY}, "additionalProperties" = {"type": ["string", "null"], "pattern": crate::patterns::LABEL_VALUE})))]
     pub labels: BTreeMap<String, Option<String>>,
     /// New notes, replacing the old ones.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(length(max = 4096)))]
     pub notes: Option<String>,
 }
 
@@ -156,12 +158,15 @@ pub struct DeviceChange {
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct EnrollRequest {
     /// The device's public key: an uncompressed P-256 point, hex.
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = crate::patterns::P256_POINT_HEX)))]
     pub public_key: String,
     /// Proof of possession: the device key's signature over
     /// [`crate::enroll::proof_message`], hex (ASN.1 DER ECDSA).
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = crate::patterns::DER_SIGNATURE_HEX)))]
     pub proof: String,
     /// Labels for the new device.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(extend("propertyNames" = {"pattern": crate::patterns::LABEL_KEY}, "additionalProperties" = {"type": "string", "pattern": crate::patterns::LABEL_VALUE})))]
     pub labels: BTreeMap<String, String>,
     /// Certificate validity in days (default five years).
     #[serde(default)]
@@ -212,6 +217,7 @@ pub struct CommandRequest {
     pub action: CommandAction,
     /// How long to wait for the answer, and the command's deadline on the device (default 30 s).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 3600)))]
     pub timeout_secs: Option<u64>,
 }
 
@@ -220,8 +226,10 @@ pub struct CommandRequest {
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct PinRequest {
     /// The release to hold the device on.
+    #[cfg_attr(feature = "schema", schemars(with = "fleet_proto::ReleaseId"))]
     pub release: String,
     /// Why (required: the next engineer needs to know).
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = "\\S")))]
     pub reason: String,
     /// When the pin lapses by itself (ms since epoch), if ever.
     #[serde(default)]

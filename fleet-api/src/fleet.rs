@@ -27,8 +27,10 @@ pub struct Group {
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct GroupRequest {
     /// Its name.
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = crate::patterns::GROUP_NAME)))]
     pub name: String,
     /// Its label selector, e.g. `site=depot,model=r2`.
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = crate::patterns::SELECTOR)))]
     pub selector: String,
     /// What it is for.
     #[serde(default)]

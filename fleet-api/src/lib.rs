@@ -14,6 +14,7 @@ pub mod admin;
 pub mod devices;
 pub mod enroll;
 pub mod fleet;
+pub mod patterns;
 pub mod rollouts;
 pub mod secrets;
 pub mod units;

@@ -20,6 +20,7 @@ pub const DEFAULT_UPDATE_DEADLINE: &str = "30m";
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RolloutRequest {
     /// The release (`app@version`).
+    #[cfg_attr(feature = "schema", schemars(with = "fleet_proto::ReleaseId"))]
     pub release: String,
     /// `group:NAME`, `selector:k=v,...`, `devices:a,b,c`; a bare `k=v,...` is a selector and a
     /// bare name a group.
@@ -29,6 +30,7 @@ pub struct RolloutRequest {
     pub waves: Option<String>,
     /// Bake time after each wave (default [`DEFAULT_BAKE`]).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = crate::patterns::DURATION)))]
     pub bake: Option<String>,
     /// Most devices updating at once (default: no limit).
     #[serde(default)]
@@ -44,13 +46,16 @@ pub struct RolloutRequest {
     pub window: Option<String>,
     /// An offline or deferred device fails after this long (default [`DEFAULT_DEVICE_TIMEOUT`]).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = crate::patterns::DURATION)))]
     pub device_timeout: Option<String>,
     /// An online device fails if not healthy this long after targeting (default
     /// [`DEFAULT_UPDATE_DEADLINE`]).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = crate::patterns::DURATION)))]
     pub update_deadline: Option<String>,
     /// Spread of targeting inside a wave (default `0s`).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = crate::patterns::DURATION)))]
     pub stagger: Option<String>,
     /// Leave out devices that cannot satisfy the release instead of refusing the rollout.
     #[serde(default)]

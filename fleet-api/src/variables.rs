@@ -69,17 +69,21 @@ pub struct ResolvedVariable {
 /// `PUT /api/v1/variables/{name}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(extend("not" = { "required": ["group", "device"] })))]
 pub struct VariableRequest {
     /// The value.
     pub value: String,
     /// Set it for this group (default: the fleet).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = crate::patterns::GROUP_NAME)))]
     pub group: Option<String>,
     /// Set it for this device.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<fleet_proto::DeviceId>"))]
     pub device: Option<String>,
     /// Only for this service.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<fleet_proto::ServiceName>"))]
     pub service: Option<String>,
 }
 

@@ -96,7 +96,9 @@ pub(super) async fn revoke_token(
 /// `?since=&limit=` of the audit log.
 #[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 pub struct AuditQuery {
+    /// Entries at or after this time (milliseconds since the Unix epoch).
     since: Option<u64>,
+    /// At most this many (default 1000, at most 100000).
     limit: Option<usize>,
 }
 

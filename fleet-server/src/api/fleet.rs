@@ -192,9 +192,9 @@ pub(super) async fn remove_group(
 pub struct ReleaseFilter {
     /// Only this application's releases.
     pub app: Option<String>,
-    /// Page size.
+    /// Page size (default 100, at most 1000).
     pub limit: Option<usize>,
-    /// Cursor.
+    /// The `next` of the page before (empty: the first page).
     pub after: Option<String>,
 }
 

@@ -165,6 +165,8 @@ enum Lookup {
 /// Looks a matched route up in [`ROUTES`]. Paths with a `{command}` placeholder match their
 /// spelled-out entries.
 fn lookup(method: &Method, matched: &str, path: &str) -> Lookup {
+    // HEAD is GET without the body (HTTP semantics; axum answers it from the GET handler).
+    let method = if method == Method::HEAD { &Method::GET } else { method };
     let pattern =
         if matched.ends_with("/{command}") { path_pattern(path) } else { matched.to_owned() };
     if let Some(route) = ROUTES.iter().find(|r| r.method == method.as_str() && r.path == pattern) {
@@ -291,6 +293,10 @@ mod tests {
         );
         assert_eq!(
             lookup(&Method::GET, "/api/v1/backup", "/api/v1/backup"),
+            Lookup::Route(Some(Role::Admin))
+        );
+        assert_eq!(
+            lookup(&Method::HEAD, "/api/v1/backup", "/api/v1/backup"),
             Lookup::Route(Some(Role::Admin))
         );
         assert_eq!(

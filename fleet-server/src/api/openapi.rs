@@ -119,7 +119,21 @@ pub fn build() -> Value {
 
 /// A query object's properties as OpenAPI query parameters.
 fn query_parameters(object: Schema) -> Vec<Value> {
-    let object = object.to_value();
+    let mut object = object.to_value();
+    if let Some(properties) = object.get_mut("properties").and_then(Value::as_object_mut) {
+        properties.values_mut().for_each(not_null);
+    }
+    if object.get("not").is_some() {
+        // A rule across parameters (`group` or `device`, not both): OpenAPI can state it only
+        // on the parameters as one object, sent as one query parameter per property.
+        return vec![json!({
+            "name": "scope",
+            "in": "query",
+            "style": "form",
+            "explode": true,
+            "schema": object,
+        })];
+    }
     let required: Vec<&str> = object["required"]
         .as_array()
         .map(|r| r.iter().filter_map(Value::as_str).collect())
@@ -139,6 +153,28 @@ fn query_parameters(object: Schema) -> Vec<Value> {
             })
         })
         .collect()
+}
+
+/// An optional query parameter is absent, never `null` (which would be the text "null").
+fn not_null(schema: &mut Value) {
+    let Some(object) = schema.as_object_mut() else { return };
+    if let Some(Value::Array(types)) = object.get_mut("type") {
+        types.retain(|t| t != "null");
+        if types.len() == 1 {
+            let only = types.remove(0);
+            object.insert("type".to_owned(), only);
+        }
+    }
+    if let Some(Value::Array(any)) = object.get("anyOf") {
+        let rest: Vec<Value> =
+            any.iter().filter(|s| s.get("type") != Some(&json!("null"))).cloned().collect();
+        if let [only] = rest.as_slice() {
+            object.remove("anyOf");
+            if let Some(only) = only.as_object() {
+                object.extend(only.clone());
+            }
+        }
+    }
 }
 
 /// `GET /api/v1/devices/{id}/metrics` → `get_devices_id_metrics`: stable, unique, and a fine

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use fleet_proto::{DeviceId, Inventory, UnixMillis};
 
-use super::problem::Body;
+use super::problem::{Body, OptionalBody};
 use super::{Api, Problem};
 use crate::audit::AuditEntry;
 use crate::auth::Caller;
@@ -207,7 +207,7 @@ pub(super) async fn command(
     State(api): State<Api>,
     Extension(caller): Extension<Caller>,
     Path((id, command)): Path<(String, String)>,
-    body: Option<Json<CommandReason>>,
+    OptionalBody(body): OptionalBody<CommandReason>,
 ) -> Result<Json<RolloutView>, Problem> {
     let id = rollout_id(&id)?;
     let command = match command.as_str() {
@@ -217,7 +217,7 @@ pub(super) async fn command(
         "rollback" => RolloutCommand::Rollback,
         other => return Err(Problem::not_found(format!("no rollout command {other:?}"))),
     };
-    let reason = body.and_then(|b| b.0.reason);
+    let reason = body.and_then(|b| b.reason);
     let record =
         api.driver.command(id, command, reason, &caller.name).await.map_err(|e| match e {
             CommandError::NotFound(_) => Problem::not_found(e.to_string()),

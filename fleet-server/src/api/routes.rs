@@ -199,7 +199,7 @@ fn name_schema(description: &str, pattern: &str, max: usize) -> Schema {
 
 /// Declares a named string schema for a path parameter checked by a server-side rule.
 macro_rules! name_param {
-    ($(#[$doc:meta])* $name:ident, $description:literal, $pattern:literal, $max:expr) => {
+    ($(#[$doc:meta])* $name:ident, $description:literal, $pattern:expr, $max:expr) => {
         $(#[$doc])*
         #[derive(Debug)]
         pub struct $name;
@@ -218,28 +218,28 @@ name_param!(
     /// [`crate::groups::check_group_name`].
     GroupName,
     "a group name: 1-63 lowercase letters, digits, '-' and '_'",
-    "^[a-z0-9_-]{1,63}$",
+    fleet_api::patterns::GROUP_NAME,
     63
 );
 name_param!(
     /// [`crate::auth::check_name`] (the bootstrap token's name is reserved).
     TokenName,
     "a token name: 1-64 lowercase letters, digits, '-' and '_'",
-    "^[a-z0-9_-]{1,64}$",
+    fleet_api::patterns::TOKEN_NAME,
     64
 );
 name_param!(
     /// [`crate::variables::check_name`].
     VariableName,
     "a variable name: a POSIX environment name (letters, digits and '_', not starting with a digit), not starting with FLEET_",
-    "^(?!FLEET_)[A-Za-z_][A-Za-z0-9_]{0,255}$",
+    fleet_api::patterns::VARIABLE_NAME,
     256
 );
 name_param!(
     /// [`crate::secrets::check_name`] ([`fleet_proto::release::is_object_name`]).
     SecretName,
     "a secret name: letters, digits, '_', '.' and '-', starting with a letter or digit, at most 64",
-    "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+    fleet_api::patterns::SECRET_NAME,
     64
 );
 
@@ -287,7 +287,7 @@ impl JsonSchema for BackupDoc {
                 "collections": {
                     "type": "object",
                     "description": "records per collection: [key (hex), record (the store's JSON)]",
-                    "additionalProperties": { "type": "array", "items": { "type": "array", "prefixItems": [{ "type": "string" }, {}], "minItems": 2, "maxItems": 2 } }
+                    "additionalProperties": { "type": "array", "items": { "type": "array", "minItems": 2, "maxItems": 2 } }
                 },
                 "files": { "type": "object", "description": "key files by path relative to the data directory", "additionalProperties": { "type": "string" } }
             }

@@ -25,10 +25,13 @@ use fleet_api::{SecretChange, SecretList};
 /// `?group=` or `?device=` of set and remove (neither: the fleet).
 #[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("not" = { "required": ["group", "device"] }))]
 pub struct SecretScope {
     /// A group's value.
+    #[schemars(regex(pattern = fleet_api::patterns::GROUP_NAME))]
     pub group: Option<String>,
     /// A device's value.
+    #[schemars(with = "Option<fleet_proto::DeviceId>")]
     pub device: Option<String>,
 }
 

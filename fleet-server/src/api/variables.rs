@@ -25,16 +25,20 @@ const NAMED_DEVICES: usize = 5;
 
 /// `?group=&device=&service=` of the list and of unset, with paging.
 #[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
+#[schemars(extend("not" = { "required": ["group", "device"] }))]
 pub struct VariableFilter {
     /// A group's variables.
+    #[schemars(regex(pattern = fleet_api::patterns::GROUP_NAME))]
     pub group: Option<String>,
     /// A device: its resolved values with their origin.
+    #[schemars(with = "Option<fleet_proto::DeviceId>")]
     pub device: Option<String>,
     /// One service.
+    #[schemars(with = "Option<fleet_proto::ServiceName>")]
     pub service: Option<String>,
-    /// Page size.
+    /// Page size (default 100, at most 1000).
     pub limit: Option<usize>,
-    /// Cursor.
+    /// The `next` of the page before (empty: the first page).
     pub after: Option<String>,
 }
 
