@@ -95,6 +95,8 @@ pub(super) async fn revoke_token(
 
 /// `?since=&limit=` of the audit log.
 #[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
+// An unknown parameter (`?grup=`) is refused, not ignored into a wider answer.
+#[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     /// Entries at or after this time (milliseconds since the Unix epoch).
     since: Option<u64>,

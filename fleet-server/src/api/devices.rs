@@ -32,6 +32,8 @@ use fleet_api::{
 
 /// `?selector=&group=` of the device list, with paging.
 #[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
+// An unknown parameter (`?grup=`) is refused, not ignored into a wider answer.
+#[serde(deny_unknown_fields)]
 pub struct DeviceFilter {
     /// Only devices whose labels match (with `group`: the group's devices that also match).
     #[schemars(regex(pattern = fleet_api::patterns::SELECTOR))]
@@ -594,6 +596,8 @@ pub(super) async fn metrics(
 
 /// `?metric=&limit=&after=` of the history.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
+// An unknown parameter (`?grup=`) is refused, not ignored into a wider answer.
+#[serde(deny_unknown_fields)]
 pub struct HistoryFilter {
     /// Only this metric's points.
     metric: Option<String>,

@@ -189,6 +189,8 @@ pub(super) async fn remove_group(
 
 /// `?app=` of the release list, with paging.
 #[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
+// An unknown parameter (`?grup=`) is refused, not ignored into a wider answer.
+#[serde(deny_unknown_fields)]
 pub struct ReleaseFilter {
     /// Only this application's releases.
     pub app: Option<String>,

@@ -132,10 +132,26 @@ async fn not_found(method: Method, uri: axum::http::Uri) -> Problem {
 
 /// A known path asked with a method it does not have (the open routes; the guarded ones
 /// answer from [`authorize`]).
-async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Response {
+async fn method_not_allowed(
+    method: Method,
+    uri: axum::http::Uri,
+    matched: Option<MatchedPath>,
+) -> Response {
     let path = uri.path();
-    let allowed = routes::methods_of(path);
-    method_not_allowed_problem(&method, path, &allowed)
+    let pattern = route_pattern(matched.as_ref().map_or(path, MatchedPath::as_str), path);
+    match routes::methods_of(&pattern) {
+        allowed if allowed.is_empty() => not_found(method, uri).await.into_response(),
+        allowed => method_not_allowed_problem(&method, path, &allowed),
+    }
+}
+
+/// The table's path for a matched route: `{command}` routes are listed spelled out.
+fn route_pattern(matched: &str, path: &str) -> String {
+    if matched.ends_with("/{command}") {
+        path_pattern(path)
+    } else {
+        matched.to_owned()
+    }
 }
 
 fn method_not_allowed_problem(method: &Method, path: &str, allowed: &[&str]) -> Response {
@@ -167,8 +183,7 @@ enum Lookup {
 fn lookup(method: &Method, matched: &str, path: &str) -> Lookup {
     // HEAD is GET without the body (HTTP semantics; axum answers it from the GET handler).
     let method = if method == Method::HEAD { &Method::GET } else { method };
-    let pattern =
-        if matched.ends_with("/{command}") { path_pattern(path) } else { matched.to_owned() };
+    let pattern = route_pattern(matched, path);
     if let Some(route) = ROUTES.iter().find(|r| r.method == method.as_str() && r.path == pattern) {
         return Lookup::Route(route.role);
     }

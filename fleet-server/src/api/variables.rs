@@ -25,6 +25,8 @@ const NAMED_DEVICES: usize = 5;
 
 /// `?group=&device=&service=` of the list and of unset, with paging.
 #[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
+// An unknown parameter (`?grup=`) is refused, not ignored into a wider answer.
+#[serde(deny_unknown_fields)]
 #[schemars(extend("not" = { "required": ["group", "device"] }))]
 pub struct VariableFilter {
     /// A group's variables.
