@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 /// What a token may do. Ordered: each role includes the ones before it. The server's token
 /// records keep the same enum: a role is part of the contract, not of the storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Reads everything.
@@ -50,6 +51,7 @@ impl FromStr for Role {
 
 /// A token as the API lists it: never the secret itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Token {
     /// Unique name; audit entries carry it.
     pub name: String,
@@ -69,8 +71,10 @@ pub struct Token {
 
 /// A token to create (`POST /api/v1/tokens`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct TokenRequest {
     /// Its name (audit entries carry it).
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = crate::patterns::TOKEN_NAME)))]
     pub name: String,
     /// What it may do.
     pub role: Role,
@@ -81,6 +85,7 @@ pub struct TokenRequest {
 
 /// A new token: the only time its secret is shown.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct TokenResponse {
     /// The record the server keeps.
     pub record: Token,
@@ -90,6 +95,7 @@ pub struct TokenResponse {
 
 /// The calling token (`GET /api/v1/whoami`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct WhoAmI {
     /// Its name.
     pub name: String,
@@ -99,6 +105,7 @@ pub struct WhoAmI {
 
 /// One state change in the audit log (`GET /api/v1/audit`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AuditEntry {
     /// When (server clock).
     pub at: UnixMillis,

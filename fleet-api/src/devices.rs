@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 /// A device's client certificate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Certificate {
     /// Serial number (hex).
     pub serial: String,
@@ -18,6 +19,7 @@ pub struct Certificate {
 
 /// A revoked certificate of a device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RevokedCertificate {
     /// Serial number (hex).
     pub serial: String,
@@ -27,6 +29,7 @@ pub struct RevokedCertificate {
 
 /// A pin: an operator holds a device on one release, with a reason.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Pin {
     /// The release it is held on.
     pub release: ReleaseId,
@@ -49,6 +52,7 @@ impl Pin {
 
 /// One device (`GET /api/v1/devices`, and inside most device answers).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Device {
     /// The device id.
     pub id: DeviceId,
@@ -109,6 +113,7 @@ impl Device {
 
 /// One device as `device show` presents it (`GET /api/v1/devices/{id}`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct DeviceView {
     /// The device (its fields at the top level, as in the device list).
     #[serde(flatten)]
@@ -123,6 +128,7 @@ pub struct DeviceView {
 
 /// What `PATCH /api/v1/devices/{id}` did.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct DeviceChanged {
     /// The device as stored now.
     #[serde(flatten)]
@@ -135,25 +141,32 @@ pub struct DeviceChanged {
 
 /// Changes to a device's labels and notes (`PATCH /api/v1/devices/{id}`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct DeviceChange {
     /// Labels to set; `null` removes the label.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(extend("propertyNames" = {"pattern": crate::patterns::LABEL_KEY}, "additionalProperties" = {"type": ["string", "null"], "pattern": crate::patterns::LABEL_VALUE})))]
     pub labels: BTreeMap<String, Option<String>>,
     /// New notes, replacing the old ones.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(length(max = 4096)))]
     pub notes: Option<String>,
 }
 
 /// An enrollment request (`POST /api/v1/devices/{id}/enroll`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct EnrollRequest {
     /// The device's public key: an uncompressed P-256 point, hex.
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = crate::patterns::P256_POINT_HEX)))]
     pub public_key: String,
     /// Proof of possession: the device key's signature over
     /// [`crate::enroll::proof_message`], hex (ASN.1 DER ECDSA).
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = crate::patterns::DER_SIGNATURE_HEX)))]
     pub proof: String,
     /// Labels for the new device.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(extend("propertyNames" = {"pattern": crate::patterns::LABEL_KEY}, "additionalProperties" = {"type": "string", "pattern": crate::patterns::LABEL_VALUE})))]
     pub labels: BTreeMap<String, String>,
     /// Certificate validity in days (default five years).
     #[serde(default)]
@@ -163,6 +176,7 @@ pub struct EnrollRequest {
 /// What enrollment returns: everything the bundle needs except the private key, which never
 /// left the enrolling machine.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct EnrollResponse {
     /// The device.
     pub device: Device,
@@ -179,6 +193,7 @@ pub struct EnrollResponse {
 /// A release given as JSON for one device (`PUT /api/v1/devices/{id}/desired`): stored as a
 /// release if the server does not have it yet, then assigned to the device.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct DesiredRequest {
     /// The release to run; `null` runs no application.
     pub release: Option<ReleaseSpec>,
@@ -186,6 +201,7 @@ pub struct DesiredRequest {
 
 /// What assigning a release returns.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct DesiredResponse {
     /// The generation it was published under (unchanged if the device already had it).
     pub generation: u64,
@@ -195,20 +211,25 @@ pub struct DesiredResponse {
 
 /// A command for a device (`POST /api/v1/devices/{id}/commands`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct CommandRequest {
     /// What to do.
     pub action: CommandAction,
     /// How long to wait for the answer, and the command's deadline on the device (default 30 s).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 3600)))]
     pub timeout_secs: Option<u64>,
 }
 
 /// A pin (`PUT /api/v1/devices/{id}/pin`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct PinRequest {
     /// The release to hold the device on.
+    #[cfg_attr(feature = "schema", schemars(with = "fleet_proto::ReleaseId"))]
     pub release: String,
     /// Why (required: the next engineer needs to know).
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = "\\S")))]
     pub reason: String,
     /// When the pin lapses by itself (ms since epoch), if ever.
     #[serde(default)]
@@ -220,6 +241,7 @@ pub struct PinRequest {
 
 /// A device's telemetry at a glance (`GET /api/v1/devices/{id}/metrics`).
 #[derive(Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct MetricsView {
     /// The device.
     pub device: String,
@@ -241,6 +263,7 @@ pub struct MetricsView {
 
 /// One telemetry point as JSON.
 #[derive(Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct PointView {
     /// The device's sequence number.
     pub seq: u64,

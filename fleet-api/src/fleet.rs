@@ -7,6 +7,7 @@ use crate::devices::Device;
 
 /// A group: a named label selector.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Group {
     /// Unique name.
     pub name: String,
@@ -23,10 +24,13 @@ pub struct Group {
 
 /// A group to create or replace (`POST /api/v1/groups`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct GroupRequest {
     /// Its name.
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = crate::patterns::GROUP_NAME)))]
     pub name: String,
     /// Its label selector, e.g. `site=depot,model=r2`.
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = crate::patterns::SELECTOR)))]
     pub selector: String,
     /// What it is for.
     #[serde(default)]
@@ -35,6 +39,7 @@ pub struct GroupRequest {
 
 /// A group with how many devices it holds now (`GET /api/v1/groups`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct GroupSummary {
     /// The group.
     #[serde(flatten)]
@@ -45,6 +50,7 @@ pub struct GroupSummary {
 
 /// What creating, replacing or removing a group did.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct GroupChange {
     /// The group as stored now (as it was, after a remove).
     #[serde(flatten)]
@@ -57,6 +63,7 @@ pub struct GroupChange {
 
 /// A group and its devices (`GET /api/v1/groups/{name}`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct GroupView {
     /// The group.
     #[serde(flatten)]
@@ -67,6 +74,7 @@ pub struct GroupView {
 
 /// One platform's image within a resolved image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct PlatformImage {
     /// `linux`, as a rule.
     pub os: String,
@@ -82,6 +90,7 @@ pub struct PlatformImage {
 
 /// What the registry said about an image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ResolvedImage {
     /// `repository@digest` (the tag kept for display).
     pub image: ImageRef,
@@ -93,6 +102,7 @@ pub struct ResolvedImage {
 
 /// One image of a release, as the server resolved it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ImageInfo {
     /// The service using it.
     pub service: String,
@@ -104,6 +114,7 @@ pub struct ImageInfo {
 
 /// A release (`GET /api/v1/releases/{id}`): immutable and signed by the server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Release {
     /// The canonical release, readable.
     pub spec: ReleaseSpec,
@@ -129,6 +140,7 @@ impl Release {
 /// A release to create (`POST /api/v1/releases`): from a Compose file, or as the canonical
 /// JSON.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ReleaseRequest {
     /// The application.
     pub app: String,

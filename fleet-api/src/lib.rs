@@ -16,6 +16,7 @@ pub mod agent_config;
 pub mod devices;
 pub mod enroll;
 pub mod fleet;
+pub mod patterns;
 pub mod rollouts;
 pub mod secrets;
 pub mod units;
@@ -48,6 +49,7 @@ pub use variables::{
 
 /// A page of a list (`?limit=&after=`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Page<T> {
     /// The items.
     pub items: Vec<T>,
@@ -57,6 +59,7 @@ pub struct Page<T> {
 
 /// One field's problem in a refused request (an entry of a problem details' `errors`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct FieldProblem {
     /// Where, e.g. `services.web.ports[0]`.
     pub path: String,

@@ -17,8 +17,10 @@ pub const DEFAULT_UPDATE_DEADLINE: &str = "30m";
 
 /// A rollout request (`POST /api/v1/rollouts`, `POST /api/v1/rollouts/plan`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RolloutRequest {
     /// The release (`app@version`).
+    #[cfg_attr(feature = "schema", schemars(with = "fleet_proto::ReleaseId"))]
     pub release: String,
     /// `group:NAME`, `selector:k=v,...`, `devices:a,b,c`; a bare `k=v,...` is a selector and a
     /// bare name a group.
@@ -28,6 +30,7 @@ pub struct RolloutRequest {
     pub waves: Option<String>,
     /// Bake time after each wave (default [`DEFAULT_BAKE`]).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = crate::patterns::DURATION)))]
     pub bake: Option<String>,
     /// Most devices updating at once (default: no limit).
     #[serde(default)]
@@ -43,13 +46,16 @@ pub struct RolloutRequest {
     pub window: Option<String>,
     /// An offline or deferred device fails after this long (default [`DEFAULT_DEVICE_TIMEOUT`]).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = crate::patterns::DURATION)))]
     pub device_timeout: Option<String>,
     /// An online device fails if not healthy this long after targeting (default
     /// [`DEFAULT_UPDATE_DEADLINE`]).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = crate::patterns::DURATION)))]
     pub update_deadline: Option<String>,
     /// Spread of targeting inside a wave (default `0s`).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = crate::patterns::DURATION)))]
     pub stagger: Option<String>,
     /// Leave out devices that cannot satisfy the release instead of refusing the rollout.
     #[serde(default)]
@@ -61,6 +67,7 @@ pub struct RolloutRequest {
 
 /// What a rollout goes to, as resolved.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Target {
     /// The devices of a group (as the group's selector matched them at creation).
@@ -95,6 +102,7 @@ impl fmt::Display for Target {
 
 /// A pre-flight plan (`POST /api/v1/rollouts/plan`): what a rollout would do; nothing sent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Plan {
     /// The release.
     pub release: ReleaseId,
@@ -118,6 +126,7 @@ pub struct Plan {
 
 /// A rollout as `rollout status` shows it (`GET /api/v1/rollouts/{id}`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RolloutView {
     /// Its id.
     pub id: u64,
@@ -137,6 +146,7 @@ pub struct RolloutView {
 
 /// A reason for a pause (`POST /api/v1/rollouts/{id}/pause`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct CommandReason {
     /// Why, in the operator's words.
     #[serde(default)]
@@ -145,6 +155,7 @@ pub struct CommandReason {
 
 /// A rollout's progress.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RolloutStatus {
     /// The rollout.
     pub id: u64,
@@ -168,6 +179,7 @@ pub struct RolloutStatus {
 
 /// Where a rollout as a whole stands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum RunState {
     /// Moving (or waiting for a window, a bake, devices).
     Running,
@@ -217,6 +229,7 @@ impl RunState {
 
 /// Why a rollout paused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum PauseReason {
     /// The failure threshold was crossed.
     Threshold {
@@ -245,6 +258,7 @@ impl fmt::Display for PauseReason {
 
 /// Why a rollout rolled back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum RollbackReason {
     /// The failure threshold was crossed.
     Threshold {
@@ -270,6 +284,7 @@ impl fmt::Display for RollbackReason {
 
 /// Device counts of one wave.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct WaveCounts {
     /// Not targeted yet.
     pub pending: usize,
@@ -294,6 +309,7 @@ impl WaveCounts {
 
 /// Where a wave stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum WavePhase {
     /// Not started (a wave before it runs, or the window is closed).
     Waiting,
@@ -315,6 +331,7 @@ pub enum WavePhase {
 
 /// Per-wave progress.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct WaveStatus {
     /// Which (from 1).
     pub wave: usize,

@@ -8,6 +8,7 @@ pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 
 /// Which kind of scope a secret is set in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ScopeKind {
     /// The whole fleet.
@@ -20,6 +21,7 @@ pub enum ScopeKind {
 
 /// A secret as the API shows it: everything but the value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct SecretView {
     /// Its name.
     pub name: String,
@@ -43,6 +45,7 @@ pub struct SecretView {
 
 /// `GET /api/v1/secrets`: every stored secret, without values.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct SecretList {
     /// By scope (fleet, groups, devices), then name.
     pub secrets: Vec<SecretView>,
@@ -50,6 +53,7 @@ pub struct SecretList {
 
 /// What a set or remove did.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct SecretChange {
     /// The secret as stored now (`None` after a remove).
     pub secret: Option<SecretView>,

@@ -8,6 +8,7 @@ use crate::Page;
 /// Where a variable is set: the fleet (neither group nor device), a group or a device, and
 /// optionally one service.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct VariableScope {
     /// The group it is set for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -36,6 +37,7 @@ impl std::fmt::Display for VariableScope {
 
 /// A stored variable.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Variable {
     /// Its name (a POSIX environment variable name).
     pub name: String,
@@ -52,6 +54,7 @@ pub struct Variable {
 
 /// A variable's value for a device, where it came from and what it overrode.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ResolvedVariable {
     /// The name.
     pub name: String,
@@ -65,22 +68,28 @@ pub struct ResolvedVariable {
 
 /// `PUT /api/v1/variables/{name}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(extend("not" = { "required": ["group", "device"] })))]
 pub struct VariableRequest {
     /// The value.
     pub value: String,
     /// Set it for this group (default: the fleet).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = crate::patterns::GROUP_NAME)))]
     pub group: Option<String>,
     /// Set it for this device.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<fleet_proto::DeviceId>"))]
     pub device: Option<String>,
     /// Only for this service.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<fleet_proto::ServiceName>"))]
     pub service: Option<String>,
 }
 
 /// What a set or unset did.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct VariableChange {
     /// The variable as stored now (`None` after an unset).
     pub variable: Option<Variable>,
@@ -97,6 +106,7 @@ pub struct VariableChange {
 
 /// One row of `GET /api/v1/variables?device=`: a value in force on the device.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ResolvedView {
     /// The service it is resolved for; `None`: every service without its own value.
     pub service: Option<String>,
@@ -108,6 +118,7 @@ pub struct ResolvedView {
 /// The answer of `GET /api/v1/variables`: stored variables, or with `device=` the resolved
 /// ones.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(untagged)]
 pub enum VariableList {
     /// Stored variables of a scope (or all), paged.

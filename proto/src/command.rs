@@ -8,6 +8,7 @@ use crate::time::UnixMillis;
 
 /// A command for one device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct Command {
     /// Unique id; the result carries it back and a repeated id is not run twice.
@@ -24,6 +25,7 @@ pub struct Command {
 
 /// What a [`Command`] asks for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub enum CommandAction {
     /// Restart one service's container.
@@ -49,6 +51,7 @@ pub enum CommandAction {
 
 /// The outcome of a [`Command`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct CommandResult {
     /// The command's id.
@@ -63,6 +66,7 @@ pub struct CommandResult {
 
 /// How a [`Command`] went.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub enum CommandOutcome {
     /// Done; `output` holds e.g. log lines.

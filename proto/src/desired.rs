@@ -13,6 +13,7 @@ use crate::time::UnixMillis;
 /// and its `generation` is greater than the last one it accepted (so a replayed old state is
 /// refused).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct DesiredState {
     /// The device this state is for.
@@ -39,6 +40,7 @@ pub struct DesiredState {
 
 /// One secret's value, sealed to the device it is addressed to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct SealedSecret {
     /// The secret's name (what [`crate::release::SecretMount::source`] refers to).
@@ -53,6 +55,7 @@ pub struct SealedSecret {
 
 /// Why a device is held on a release (rollouts never move a pinned device).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct Pin {
     /// The release the device is pinned to.
@@ -67,6 +70,7 @@ pub struct Pin {
 
 /// A login for one registry. Only sent inside signed desired state over mutual TLS.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct RegistryCredential {
     /// Registry host and port, e.g. `registry.example.com:5000`.

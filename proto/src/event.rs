@@ -9,6 +9,7 @@ use crate::time::UnixMillis;
 
 /// One event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct Event {
     /// The device it happened on.
@@ -27,6 +28,7 @@ pub struct Event {
 
 /// Severity of an [`Event`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub enum Severity {
     /// For information.
@@ -41,6 +43,7 @@ pub enum Severity {
 
 /// Machine-readable kind of an [`Event`]. New kinds are appended, never reordered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub enum EventKind {
     /// The agent started.

@@ -87,6 +87,25 @@ impl Rule {
     }
 }
 
+#[cfg(feature = "schema")]
+impl Rule {
+    /// The same rule for JSON Schema: `pattern` is an ECMA-262 regex over the whole value.
+    fn schema(&self) -> schemars::Schema {
+        // Inside a class only `-` needs care: last, it is literal in every regex dialect.
+        let mut extra: String = self.extra.iter().filter(|c| **c != '-').collect();
+        if self.extra.contains(&'-') {
+            extra.push('-');
+        }
+        schemars::json_schema!({
+            "type": "string",
+            "description": format!("a {}: 1 to {} {}, starting with a letter or digit", self.what, self.max, self.allowed),
+            "minLength": 1,
+            "maxLength": self.max,
+            "pattern": format!("^[A-Za-z0-9][A-Za-z0-9{extra}]{{0,{}}}$", self.max - 1),
+        })
+    }
+}
+
 macro_rules! validated_id {
     ($(#[$doc:meta])* $name:ident, $rule:expr) => {
         $(#[$doc])*
@@ -139,6 +158,18 @@ macro_rules! validated_id {
         impl AsRef<str> for $name {
             fn as_ref(&self) -> &str {
                 &self.0
+            }
+        }
+
+        /// The rule as a JSON Schema string (pattern and length), so API clients can check
+        /// an id before sending it.
+        #[cfg(feature = "schema")]
+        impl schemars::JsonSchema for $name {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                stringify!($name).into()
+            }
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                Self::RULE.schema()
             }
         }
 

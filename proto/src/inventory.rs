@@ -7,6 +7,7 @@ use crate::release::{GpuKind, GpuSelect, HardwareRequest, SerialSelector};
 /// Everything the agent knows about its host: what robotics engineers look at first on a new
 /// robot, and what the server uses to check that a release's hardware requests can be met.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct Inventory {
     /// CPU architecture as Rust names it (`aarch64`, `arm`, `x86_64`).
@@ -132,6 +133,7 @@ pub fn describe(request: &HardwareRequest) -> String {
 
 /// Operating system identity from `/etc/os-release`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct OsInfo {
     /// `ID`, e.g. `debian`.
@@ -144,6 +146,7 @@ pub struct OsInfo {
 
 /// The container engine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct EngineInfo {
     /// Engine name, e.g. `docker`.
@@ -156,6 +159,7 @@ pub struct EngineInfo {
 
 /// Processors.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct CpuInfo {
     /// Number of logical CPUs.
@@ -170,6 +174,7 @@ pub struct CpuInfo {
 
 /// One filesystem.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct Disk {
     /// Mount point.
@@ -182,6 +187,7 @@ pub struct Disk {
 
 /// A serial port and every stable name it has.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct SerialPort {
     /// Kernel device node, e.g. `/dev/ttyUSB0` (changes across re-plugging).
@@ -196,6 +202,7 @@ pub struct SerialPort {
 
 /// USB identity of a device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct UsbIds {
     /// Vendor id, 4 hex digits.
@@ -212,6 +219,7 @@ pub struct UsbIds {
 
 /// A GPIO chip.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct GpioChip {
     /// Chip name, e.g. `gpiochip0`.
@@ -224,6 +232,7 @@ pub struct GpioChip {
 
 /// An I2C bus.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct I2cBus {
     /// Bus number.
@@ -234,6 +243,7 @@ pub struct I2cBus {
 
 /// An SPI device node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct SpiDevice {
     /// Bus number.
@@ -244,6 +254,7 @@ pub struct SpiDevice {
 
 /// A V4L2 video device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct VideoDevice {
     /// Device node, e.g. `/dev/video0`.
@@ -258,6 +269,7 @@ pub struct VideoDevice {
 
 /// A GPU.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct Gpu {
     /// Kind of GPU.
@@ -274,6 +286,7 @@ pub struct Gpu {
 
 /// An AI accelerator.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct Accelerator {
     /// What it is, e.g. `hailo`, `coral-edgetpu`, `rockchip-npu`.

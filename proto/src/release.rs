@@ -15,6 +15,7 @@ use crate::ids::{ReleaseId, ServiceName};
 
 /// One release of one application: the complete set of services a device runs for it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct ReleaseSpec {
     /// Unique id of this release, e.g. `robot-stack@1.4.2`.
@@ -26,6 +27,7 @@ pub struct ReleaseSpec {
     /// The services, in the order the author wrote them. Each is encoded extensibly so fields
     /// can be appended to [`ServiceSpec`] without breaking older bytes.
     #[serde(with = "crate::codec::extensible_vec")]
+    #[cfg_attr(feature = "schema", schemars(with = "Vec<ServiceSpec>"))]
     #[cfg_attr(
         test,
         proptest(
@@ -37,6 +39,7 @@ pub struct ReleaseSpec {
 
 /// One service (one container) within a release.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct ServiceSpec {
     /// Name, unique within the release.
@@ -114,6 +117,7 @@ pub struct ServiceSpec {
 
 /// One secret a service reads, and where.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct SecretMount {
     /// The secret's name, as `fleetctl secret set` stored it.
@@ -153,6 +157,7 @@ impl SecretMount {
 
 /// A release network a service joins, with the extra names it answers to there.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct NetworkAttachment {
     /// The network's name within the release (`default`, `backend`).
@@ -236,6 +241,7 @@ impl ServiceSpec {
 ///
 /// Devices never run floating tags: the same release is the same bytes on every device.
 #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(try_from = "RawImageRef", into = "RawImageRef")]
 pub struct ImageRef {
     repository: String,
@@ -245,6 +251,7 @@ pub struct ImageRef {
 
 /// Wire form of [`ImageRef`]; validated on the way in.
 #[derive(Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 struct RawImageRef {
     repository: String,
     digest: String,
@@ -378,6 +385,7 @@ impl From<ImageRef> for RawImageRef {
 
 /// A mount into the container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct VolumeMount {
     /// Where the data comes from.
@@ -390,6 +398,7 @@ pub struct VolumeMount {
 
 /// The source of a [`VolumeMount`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub enum VolumeSource {
     /// A named volume owned by the agent; it survives updates and rollbacks.
@@ -405,6 +414,7 @@ pub enum VolumeSource {
 
 /// A port published on the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct PortMapping {
     /// Port on the device.
@@ -419,6 +429,7 @@ pub struct PortMapping {
 
 /// Transport protocol of a [`PortMapping`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub enum Protocol {
     /// TCP.
@@ -429,6 +440,7 @@ pub enum Protocol {
 
 /// The network a container joins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub enum NetworkMode {
     /// The release's own bridge network; services reach each other by name.
@@ -441,6 +453,7 @@ pub enum NetworkMode {
 
 /// How health is judged (Docker's HEALTHCHECK fields plus probes the agent runs itself).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct HealthCheck {
     /// What is checked.
@@ -457,6 +470,7 @@ pub struct HealthCheck {
 
 /// The check behind a [`HealthCheck`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub enum Probe {
     /// Use the HEALTHCHECK baked into the image.
@@ -484,6 +498,7 @@ pub enum Probe {
 
 /// What the engine does when the container exits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub enum RestartPolicy {
     /// Never restart.
@@ -501,6 +516,7 @@ pub enum RestartPolicy {
 
 /// How the agent replaces a running service with a new version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub enum UpdateStrategy {
     /// Start the new container beside the old, wait until healthy, then stop the old one.
@@ -511,6 +527,7 @@ pub enum UpdateStrategy {
 
 /// Hardware a service needs, named by what it is rather than where it happened to enumerate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub enum HardwareRequest {
     /// A serial port, mapped to `container_path`.
@@ -567,6 +584,7 @@ pub enum HardwareRequest {
 
 /// How a serial port is identified.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub enum SerialSelector {
     /// A name under `/dev/serial/by-id/`.
@@ -586,6 +604,7 @@ pub enum SerialSelector {
 
 /// Kind of GPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub enum GpuKind {
     /// A discrete NVIDIA GPU (`/dev/nvidia*`).
@@ -598,6 +617,7 @@ pub enum GpuKind {
 
 /// Which GPUs of a kind.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub enum GpuSelect {
     /// Every GPU of the kind.
@@ -610,6 +630,7 @@ pub enum GpuSelect {
 
 /// Resource limits. `None` means "no limit".
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct ResourceLimits {
     /// Hard memory limit in bytes.
@@ -634,6 +655,7 @@ pub struct ResourceLimits {
 
 /// One `ulimit`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct Ulimit {
     /// Resource name, e.g. `nofile`, `memlock`, `rtprio`.
@@ -646,6 +668,7 @@ pub struct Ulimit {
 
 /// Privileges and identity of the container.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct SecurityOptions {
     /// Run privileged (all devices, all capabilities). Discouraged; named hardware is better.
@@ -662,6 +685,7 @@ pub struct SecurityOptions {
 
 /// An ordering constraint between services.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct Dependency {
     /// The service waited for.
@@ -672,6 +696,7 @@ pub struct Dependency {
 
 /// What [`Dependency`] waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub enum DependencyCondition {
     /// The dependency's container has started.

@@ -9,6 +9,7 @@ use crate::time::UnixMillis;
 /// A device's state: which release is in force, how each service is doing, how the current
 /// update is going. Reports are coalesced: only the latest one matters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct StateReport {
     /// The reporting device.
@@ -21,6 +22,7 @@ pub struct StateReport {
     pub in_force: Option<InForce>,
     /// One entry per service of the release in force (and of a release being switched to).
     #[serde(with = "crate::codec::extensible_vec")]
+    #[cfg_attr(feature = "schema", schemars(with = "Vec<ServiceStatus>"))]
     #[cfg_attr(
         test,
         proptest(
@@ -32,6 +34,7 @@ pub struct StateReport {
     pub update: UpdateStatus,
     /// Hardware and host facts; sent on the first report and whenever they change.
     #[serde(with = "crate::codec::extensible_opt")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<Inventory>"))]
     pub inventory: Option<Inventory>,
     /// The public key secrets are sealed to ([`crate::seal`]); the agent makes it on first
     /// start. Appended: `None` from older agents, which get no secrets.
@@ -40,6 +43,7 @@ pub struct StateReport {
 
 /// The release in force and its origin.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct InForce {
     /// The release id.
@@ -50,6 +54,7 @@ pub struct InForce {
 
 /// Where the release in force came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub enum ReleaseSource {
     /// The server's desired state of this generation.
@@ -68,6 +73,7 @@ pub enum ReleaseSource {
 
 /// The observed state of one service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct ServiceStatus {
     /// Service name.
@@ -92,6 +98,7 @@ pub struct ServiceStatus {
 
 /// Container lifecycle state as the engine reports it, plus `Missing`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub enum ContainerState {
     /// No container exists for the service.
@@ -112,6 +119,7 @@ pub enum ContainerState {
 
 /// Health of a service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub enum Health {
     /// The service has no health check; running counts as healthy.
@@ -126,6 +134,7 @@ pub enum Health {
 
 /// The state of the update machinery.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct UpdateStatus {
     /// What the agent is doing now.
@@ -142,6 +151,7 @@ pub struct UpdateStatus {
 
 /// Phase of an update.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub enum UpdatePhase {
     /// Nothing to do: the release in force is the desired one.
@@ -163,6 +173,7 @@ pub enum UpdatePhase {
 
 /// Download progress over all images of the update.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct PullProgress {
     /// Bytes downloaded so far.
@@ -173,6 +184,7 @@ pub struct PullProgress {
 
 /// Why an update waits.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct Deferred {
     /// The lock holder (usually a service name).
@@ -183,6 +195,7 @@ pub struct Deferred {
 
 /// How an update ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct UpdateOutcome {
     /// The generation the update tried to apply.
@@ -195,6 +208,7 @@ pub struct UpdateOutcome {
 
 /// Result of an update.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub enum UpdateResult {
     /// The new release runs and is healthy.

@@ -36,6 +36,7 @@ const SALT: &[u8] = b"fleet-seal-v1";
 /// A device's public sealing key (X25519), as it reports it.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct SealKey(pub [u8; 32]);
 
 impl SealKey {

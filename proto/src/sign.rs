@@ -21,6 +21,7 @@ use crate::release::ReleaseSpec;
 
 /// Fingerprint of a public key: the first 8 bytes of its SHA-256, shown as 16 hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct KeyId(pub [u8; 8]);
 
@@ -68,6 +69,7 @@ impl Signable for ReleaseSpec {
 
 /// A signed payload as it travels: the key's id, the signature and the payload bytes.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct Signed {
     /// The signing key's id.

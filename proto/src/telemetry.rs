@@ -13,6 +13,7 @@ use crate::time::UnixMillis;
 
 /// Consecutive points from one device. Point `i` has sequence number `first_seq + i`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct TelemetryBatch {
     /// The producing device.
@@ -35,6 +36,7 @@ impl TelemetryBatch {
 
 /// One measurement.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct Point {
     /// When it was measured.
@@ -49,6 +51,7 @@ pub struct Point {
 
 /// A measured value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub enum Value {
     /// A float.
@@ -64,6 +67,7 @@ pub enum Value {
 /// The server has stored the points with sequence numbers `first..=last`; the agent may delete
 /// them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct TelemetryAck {
     /// First acknowledged sequence number.

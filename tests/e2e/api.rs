@@ -884,3 +884,111 @@ async fn relabelling_and_group_changes_retarget_exactly_the_devices_whose_render
     assert!(holds(&state, "from-fleet") && !holds(&state, "from-yard"), "back to the fleet's");
     fleet.stop().await;
 }
+
+/// Schemathesis generates requests from the server's own OpenAPI document (the schema's
+/// positive and negative values for every parameter and body, then random ones) and checks
+/// each answer: no 5xx, statuses, content types and bodies as documented, schema-valid requests
+/// accepted (except the rules tests/api/schemathesis.toml lists), schema-violating ones refused,
+/// 405 with `Allow` for undeclared methods. The seed is fixed so a run is repeatable; a failure
+/// prints the curl command that reproduces it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_openapi_document_holds_under_property_based_requests() {
+    let env = TestEnv::load();
+    assert!(
+        std::path::Path::new(&env.schemathesis).is_file(),
+        "no schemathesis in the test environment ({:?}): re-run tests/env/up",
+        env.schemathesis
+    );
+    let mut fleet = SimFleet::start().await;
+    // Some devices and a group, so device and group routes answer more than 404.
+    fleet.enroll("robot-1", &[("site", "depot")]).await;
+    fleet.enroll("robot-2", &[("site", "lab")]).await;
+    let (code, body) = fleet
+        .api("POST", "/api/v1/groups", Some(json!({ "name": "depot", "selector": "site=depot" })))
+        .await;
+    assert_eq!(code, 201, "{body}");
+    let config = fleet_e2e::fleet::repo().join("tests/api/schemathesis.toml");
+    let report = fleet.dir.path().join("schemathesis.txt");
+    let mut command = std::process::Command::new(&env.schemathesis);
+    command
+        .arg("--config-file")
+        .arg(&config)
+        .arg("run")
+        .arg(format!("{}/api/openapi.json", fleet.api))
+        .args(["-H", &format!("Authorization: Bearer {}", fleet.token)])
+        .args(["--phases", "examples,coverage,fuzzing", "--max-examples", "20"])
+        .args(["--seed", "20261207", "--workers", "2", "--request-timeout", "10"])
+        .args(["--max-failures", "50", "--no-color"])
+        .stdout(std::fs::File::create(&report).unwrap())
+        .stderr(std::process::Stdio::inherit());
+    let status = tokio::task::spawn_blocking(move || command.status()).await.unwrap().unwrap();
+    let output = std::fs::read_to_string(&report).unwrap();
+    assert!(status.success(), "schemathesis found the document and the server apart:\n{output}");
+    let all = format!("{n} selected / {n} total", n = ROUTES.len());
+    assert!(output.contains(&all), "every operation was tested:\n{output}");
+    fleet.stop().await;
+}
+
+/// The answers a client meets before any handler runs are problem details too: a method a
+/// known path does not take (405 with `Allow`), a body that is not JSON, an unknown query
+/// parameter.
+#[tokio::test(flavor = "multi_thread")]
+async fn refusals_before_the_handler_are_problem_details() {
+    let fleet = SimFleet::start().await;
+    let client = raw_client(&fleet);
+    for (method, path, allow) in [
+        ("PUT", "/api/v1/devices", "GET"),
+        ("POST", "/healthz", "GET"),
+        ("GET", "/api/v1/rollouts/7/pause", "POST"),
+        ("DELETE", "/api/v1/devices/robot-1", "GET, PATCH"),
+    ] {
+        let answer = client(method, path, None);
+        assert_eq!(answer.status, 405, "{method} {path}: {}", answer.body);
+        assert_eq!(answer.allow.as_deref(), Some(allow), "{method} {path}");
+        assert_eq!(answer.content_type, "application/problem+json", "{method} {path}");
+    }
+    let answer = client("POST", "/api/v1/groups", Some("{not json"));
+    assert_eq!(answer.status, 400, "{}", answer.body);
+    assert_eq!(answer.content_type, "application/problem+json");
+    let answer = client("POST", "/api/v1/rollouts/1/pause", Some("[null, null]"));
+    assert_eq!(answer.content_type, "application/problem+json", "{}", answer.body);
+    assert!(answer.status == 400 || answer.status == 422, "{}", answer.body);
+    let answer = client("GET", "/api/v1/devices?grup=depot", None);
+    assert_eq!(answer.status, 400, "{}", answer.body);
+    assert!(answer.body.contains("grup"), "names the parameter: {}", answer.body);
+    fleet.stop().await;
+}
+
+struct Answer {
+    status: u16,
+    content_type: String,
+    allow: Option<String>,
+    body: String,
+}
+
+/// A raw HTTP client with the fleet's admin token (ureq, blocking: these are single calls).
+fn raw_client(fleet: &SimFleet) -> impl Fn(&str, &str, Option<&str>) -> Answer {
+    let (api, token) = (fleet.api.clone(), fleet.token.clone());
+    move |method, path, body| {
+        let agent: ureq::Agent =
+            ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let request = ureq::http::Request::builder()
+            .method(method)
+            .uri(format!("{api}{path}"))
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .body(body.unwrap_or_default().to_owned())
+            .unwrap();
+        let mut response = agent.run(request).unwrap();
+        let header = |name: &str| {
+            response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+        };
+        let (content_type, allow) = (header("content-type").unwrap_or_default(), header("allow"));
+        Answer {
+            status: response.status().as_u16(),
+            content_type,
+            allow,
+            body: response.body_mut().read_to_string().unwrap_or_default(),
+        }
+    }
+}

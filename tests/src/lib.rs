@@ -33,6 +33,9 @@ pub struct TestEnv {
     pub mqtt_port: u16,
     /// Test images by `name:version`, e.g. `web:1`.
     pub images: BTreeMap<String, TestImage>,
+    /// The schemathesis command (property-based API tests); empty from an older `up`.
+    #[serde(default)]
+    pub schemathesis: String,
 }
 
 /// One test image in the local registry.

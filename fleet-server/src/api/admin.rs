@@ -41,9 +41,13 @@ pub(super) async fn revoke_token(
 }
 
 /// `?since=&limit=` of the audit log.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub(super) struct AuditQuery {
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
+// An unknown parameter (`?grup=`) is refused, not ignored into a wider answer.
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// Entries at or after this time (milliseconds since the Unix epoch).
     since: Option<u64>,
+    /// At most this many (default 1000, at most 100000).
     limit: Option<usize>,
 }
 

@@ -22,15 +22,19 @@ use fleet_api::{
 };
 
 /// `?selector=&group=` of the device list, with paging.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
+// An unknown parameter (`?grup=`) is refused, not ignored into a wider answer.
+#[serde(deny_unknown_fields)]
 pub struct DeviceFilter {
-    /// Only devices whose labels match.
+    /// Only devices whose labels match (with `group`: the group's devices that also match).
+    #[schemars(regex(pattern = fleet_api::patterns::SELECTOR))]
     pub selector: Option<String>,
     /// Only devices of this group.
+    #[schemars(regex(pattern = fleet_api::patterns::GROUP_NAME))]
     pub group: Option<String>,
-    /// Page size.
+    /// Page size (default 100, at most 1000).
     pub limit: Option<usize>,
-    /// Cursor.
+    /// The `next` of the page before (empty: the first page).
     pub after: Option<String>,
 }
 
@@ -48,21 +52,24 @@ pub(super) async fn list(
     Query(filter): Query<DeviceFilter>,
 ) -> Result<Json<Page<Device>>, Problem> {
     let paging = Paging { limit: filter.limit, after: filter.after.clone() };
-    let selector = match (&filter.selector, &filter.group) {
-        (Some(_), Some(_)) => {
-            return Err(Problem::bad_request("give either selector or group, not both"))
-        }
-        (Some(s), None) => Some(Selector::parse(s).map_err(Problem::bad_request)?),
-        (None, Some(g)) => Some(
-            api.store
-                .group(g)?
-                .ok_or_else(|| {
-                    Problem::not_found(format!("no group {g} (`fleetctl group ls` lists them)"))
-                })?
-                .selector,
-        ),
-        (None, None) => None,
-    };
+    // Both given: the group's devices that also match the selector.
+    let mut selector: Option<Selector> = None;
+    if let Some(g) = &filter.group {
+        let group = api.store.group(g)?.ok_or_else(|| {
+            Problem::not_found(format!("no group {g} (`fleetctl group ls` lists them)"))
+        })?;
+        selector = Some(group.selector);
+    }
+    if let Some(s) = &filter.selector {
+        let mut extra = Selector::parse(s).map_err(Problem::bad_request)?;
+        selector = Some(match selector {
+            Some(Selector(mut group)) => {
+                group.append(&mut extra.0);
+                Selector(group)
+            }
+            None => extra,
+        });
+    }
     let Some(selector) = selector else {
         return Ok(Json(wire::page(
             api.store.devices_page(paging.after.as_deref(), paging.limit())?,
@@ -239,10 +246,16 @@ pub(super) async fn metrics(
 }
 
 /// `?metric=&limit=&after=` of the history.
-#[derive(Debug, Deserialize)]
-pub(super) struct HistoryFilter {
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+// An unknown parameter (`?grup=`) is refused, not ignored into a wider answer.
+#[serde(deny_unknown_fields)]
+pub struct HistoryFilter {
+    /// Only this metric's points.
     metric: Option<String>,
+    /// Page size (default 1000, at most 10000).
     limit: Option<usize>,
+    /// The `next` of the page before (a sequence number).
+    #[schemars(regex(pattern = "^[0-9]{1,19}$"))]
     after: Option<String>,
 }
 

@@ -35,6 +35,7 @@ mod fleet;
 mod openapi;
 pub mod problem;
 mod rollouts;
+pub mod routes;
 mod secrets;
 mod use_cases;
 mod variables;
@@ -43,6 +44,7 @@ pub mod wire;
 
 pub use admin::write_crl;
 pub use problem::{FieldProblem, Problem};
+pub use routes::{RouteDoc, ROUTES};
 
 /// What the API handlers share.
 #[derive(Clone)]
@@ -76,80 +78,6 @@ impl std::fmt::Debug for Api {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Api").field("device_broker", &self.device_broker).finish_non_exhaustive()
     }
-}
-
-/// One route: who may call it and what it does (the OpenAPI document is made from these).
-#[derive(Debug, Clone, Copy)]
-pub struct RouteDoc {
-    /// HTTP method.
-    pub method: &'static str,
-    /// Path, with `{param}` placeholders as axum writes them.
-    pub path: &'static str,
-    /// The least role that may call it; `None`: open.
-    pub role: Option<Role>,
-    /// What it does.
-    pub summary: &'static str,
-    /// The request body's type, if it takes one.
-    pub request: Option<&'static str>,
-    /// The success answer's type.
-    pub response: &'static str,
-}
-
-macro_rules! routes {
-    ($($method:literal $path:literal $role:expr, $summary:literal, $request:expr => $response:literal;)*) => {
-        /// Every route of the API.
-        pub const ROUTES: &[RouteDoc] = &[
-            $(RouteDoc { method: $method, path: $path, role: $role, summary: $summary, request: $request, response: $response },)*
-        ];
-    };
-}
-
-const V: Option<Role> = Some(Role::Viewer);
-const O: Option<Role> = Some(Role::Operator);
-const A: Option<Role> = Some(Role::Admin);
-
-routes! {
-    "GET" "/healthz" None, "Liveness: the server answers.", None => "Health";
-    "GET" "/api/openapi.json" None, "This API as an OpenAPI 3.1 document.", None => "OpenApi";
-    "GET" "/api/v1/whoami" V, "The calling token's name and role.", None => "Caller";
-    "GET" "/api/v1/devices" V, "Devices, paged; filter with ?selector=k=v or ?group=NAME.", None => "Page<DeviceRecord>";
-    "GET" "/api/v1/devices/{id}" V, "One device with its inventory, groups and active rollout.", None => "DeviceView";
-    "PATCH" "/api/v1/devices/{id}" O, "Change a device's labels (null removes one) or notes; re-targets it if its new groups change what its release renders.", Some("DeviceChange") => "DeviceChanged";
-    "POST" "/api/v1/devices/{id}/enroll" A, "Enroll a device: issue its client certificate.", Some("EnrollRequest") => "EnrollResponse";
-    "POST" "/api/v1/devices/{id}/revoke" A, "Revoke a device: drop its messages, add its certificate to the CRL.", None => "DeviceRecord";
-    "PUT" "/api/v1/devices/{id}/desired" O, "Assign a release given as JSON (stored as a release if new).", Some("DesiredRequest") => "DesiredResponse";
-    "PUT" "/api/v1/devices/{id}/pin" O, "Pin a device to a release, with a reason and an optional expiry.", Some("PinRequest") => "DeviceRecord";
-    "DELETE" "/api/v1/devices/{id}/pin" O, "Unpin a device: it returns to its assigned release.", None => "DeviceRecord";
-    "POST" "/api/v1/devices/{id}/commands" O, "Send a signed command and wait for its result.", Some("CommandRequest") => "CommandResult";
-    "GET" "/api/v1/devices/{id}/events" V, "A device's latest events, oldest first.", None => "Event[]";
-    "GET" "/api/v1/devices/{id}/metrics" V, "A device's telemetry: counters and the latest value of every series.", None => "MetricsView";
-    "GET" "/api/v1/devices/{id}/metrics/history" V, "A device's stored points, oldest first, paged by sequence number; ?metric=NAME.", None => "Page<PointView>";
-    "GET" "/api/v1/groups" V, "Every group with its device count.", None => "Group[]";
-    "POST" "/api/v1/groups" O, "Create or replace a group (a named label selector); re-targets the devices whose release renders differently in or out of it.", Some("GroupRequest") => "GroupChange";
-    "GET" "/api/v1/groups/{name}" V, "One group and its devices.", None => "GroupView";
-    "DELETE" "/api/v1/groups/{name}" O, "Remove a group (its devices stay); re-targets the devices whose release renders differently without it.", None => "GroupChange";
-    "GET" "/api/v1/releases" V, "Releases, paged; filter with ?app=NAME.", None => "Page<ReleaseRecord>";
-    "POST" "/api/v1/releases" O, "Create a release from a Compose file; tags are resolved to digests.", Some("ReleaseRequest") => "ReleaseRecord";
-    "GET" "/api/v1/releases/{id}" V, "One release.", None => "ReleaseRecord";
-    "POST" "/api/v1/rollouts/plan" O, "Pre-flight: the waves, pinned, offline and unsatisfiable devices; sends nothing.", Some("RolloutRequest") => "Plan";
-    "GET" "/api/v1/rollouts" V, "Every rollout, newest first.", None => "RolloutView[]";
-    "POST" "/api/v1/rollouts" O, "Create a staged rollout and start it.", Some("RolloutRequest") => "RolloutView";
-    "GET" "/api/v1/rollouts/{id}" V, "A rollout's progress per wave.", None => "RolloutView";
-    "POST" "/api/v1/rollouts/{id}/pause" O, "Pause a rollout.", Some("CommandReason") => "RolloutView";
-    "POST" "/api/v1/rollouts/{id}/resume" O, "Resume a paused rollout.", None => "RolloutView";
-    "POST" "/api/v1/rollouts/{id}/abort" O, "End a rollout where it stands.", None => "RolloutView";
-    "POST" "/api/v1/rollouts/{id}/rollback" O, "Send a rollout's devices back to their previous release.", None => "RolloutView";
-    "GET" "/api/v1/variables" V, "Variables, paged; ?group=, ?service= filter; ?device=ID gives its resolved values and where each came from.", None => "VariableList";
-    "PUT" "/api/v1/variables/{name}" O, "Set a variable for the fleet, a group or a device (optionally one service); re-targets the devices whose release changes.", Some("VariableRequest") => "VariableChange";
-    "DELETE" "/api/v1/variables/{name}" O, "Unset a variable in the scope ?group=&device=&service=; re-targets the devices whose release changes.", None => "VariableChange";
-    "GET" "/api/v1/secrets" V, "Every stored secret: name, scope, digest, size, who set it when; never a value.", None => "SecretList";
-    "PUT" "/api/v1/secrets/{name}" O, "Set a secret's value (the raw body, application/octet-stream, 1 byte to 64 KiB) for the fleet, ?group= or ?device=; re-targets exactly the devices whose value of a mounted secret changed.", Some("SecretValue") => "SecretChange";
-    "DELETE" "/api/v1/secrets/{name}" O, "Remove a secret's value in the scope ?group= or ?device=; refused while a device whose release mounts it would be left without one.", None => "SecretChange";
-    "GET" "/api/v1/tokens" A, "Every API token (names and roles, never secrets).", None => "TokenRecord[]";
-    "POST" "/api/v1/tokens" A, "Create a token; its secret is shown once.", Some("TokenRequest") => "TokenResponse";
-    "DELETE" "/api/v1/tokens/{name}" A, "Revoke a token.", None => "TokenRecord";
-    "GET" "/api/v1/audit" V, "The audit log, oldest first; ?since=MS&limit=N.", None => "AuditEntry[]";
-    "GET" "/api/v1/backup" A, "A consistent copy of the whole store (secrets included: keep it safe).", None => "Backup";
 }
 
 /// The API's routes.
@@ -188,6 +116,7 @@ pub fn router(api: Api) -> Router {
         .route("/api/openapi.json", get(openapi::document))
         .merge(v1)
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(api)
 }
 
@@ -202,15 +131,67 @@ async fn not_found(method: Method, uri: axum::http::Uri) -> Problem {
     ))
 }
 
-/// The role a matched route needs, from [`ROUTES`]. Paths with a `{command}` placeholder
-/// match their spelled-out entries.
-fn required_role(method: &Method, matched: &str, path: &str) -> Option<Option<Role>> {
-    let route = ROUTES.iter().find(|r| {
-        r.method == method.as_str()
-            && (r.path == matched
-                || (matched.ends_with("/{command}") && r.path == path_pattern(path)))
-    })?;
-    Some(route.role)
+/// A known path asked with a method it does not have (the open routes; the guarded ones
+/// answer from [`authorize`]).
+async fn method_not_allowed(
+    method: Method,
+    uri: axum::http::Uri,
+    matched: Option<MatchedPath>,
+) -> Response {
+    let path = uri.path();
+    let pattern = route_pattern(matched.as_ref().map_or(path, MatchedPath::as_str), path);
+    match routes::methods_of(&pattern) {
+        allowed if allowed.is_empty() => not_found(method, uri).await.into_response(),
+        allowed => method_not_allowed_problem(&method, path, &allowed),
+    }
+}
+
+/// The table's path for a matched route: `{command}` routes are listed spelled out.
+fn route_pattern(matched: &str, path: &str) -> String {
+    if matched.ends_with("/{command}") {
+        path_pattern(path)
+    } else {
+        matched.to_owned()
+    }
+}
+
+fn method_not_allowed_problem(method: &Method, path: &str, allowed: &[&str]) -> Response {
+    let allow = allowed.join(", ");
+    let mut response = Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{path} does not take {method}; it takes {allow} (the API is described at /api/openapi.json)"),
+    )
+    .into_response();
+    if let Ok(value) = header::HeaderValue::from_str(&allow) {
+        response.headers_mut().insert(header::ALLOW, value);
+    }
+    response
+}
+
+/// What the route table says of a matched path and method.
+#[derive(Debug, PartialEq, Eq)]
+enum Lookup {
+    /// Listed: the least role it needs (`None`: open).
+    Route(Option<Role>),
+    /// The path is listed with these methods, not this one.
+    OtherMethods(Vec<&'static str>),
+    /// Not listed at all.
+    Unknown,
+}
+
+/// Looks a matched route up in [`ROUTES`]. Paths with a `{command}` placeholder match their
+/// spelled-out entries.
+fn lookup(method: &Method, matched: &str, path: &str) -> Lookup {
+    // HEAD is GET without the body (HTTP semantics; axum answers it from the GET handler).
+    let method = if method == Method::HEAD { &Method::GET } else { method };
+    let pattern = route_pattern(matched, path);
+    if let Some(route) = ROUTES.iter().find(|r| r.method == method.as_str() && r.path == pattern) {
+        return Lookup::Route(route.role);
+    }
+    match routes::methods_of(&pattern) {
+        methods if methods.is_empty() => Lookup::Unknown,
+        methods => Lookup::OtherMethods(methods),
+    }
 }
 
 /// `/api/v1/rollouts/7/pause` → `/api/v1/rollouts/{id}/pause`.
@@ -226,16 +207,23 @@ fn path_pattern(path: &str) -> String {
 /// request for handlers (audit entries carry its name).
 async fn authorize(State(api): State<Api>, mut request: Request, next: Next) -> Response {
     let matched = request.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
-    let needed =
-        matched.as_deref().and_then(|m| required_role(request.method(), m, request.uri().path()));
-    let Some(needed) = needed else {
+    let lookup = matched
+        .as_deref()
+        .map_or(Lookup::Unknown, |m| lookup(request.method(), m, request.uri().path()));
+    let needed = match lookup {
+        Lookup::Route(needed) => needed,
+        Lookup::OtherMethods(allowed) => {
+            return method_not_allowed_problem(request.method(), request.uri().path(), &allowed)
+        }
         // A route the table does not know: refuse rather than guess who may call it.
-        return Problem::not_found(format!(
-            "no route {} {}; the API is described at /api/openapi.json",
-            request.method(),
-            request.uri().path()
-        ))
-        .into_response();
+        Lookup::Unknown => {
+            return Problem::not_found(format!(
+                "no route {} {}; the API is described at /api/openapi.json",
+                request.method(),
+                request.uri().path()
+            ))
+            .into_response()
+        }
     };
     let caller = match identify(&api, &request) {
         Ok(caller) => caller,
@@ -309,25 +297,27 @@ mod tests {
         for r in ROUTES {
             assert!(seen.insert((r.method, r.path)), "{} {} listed twice", r.method, r.path);
         }
+        let command = "/api/v1/rollouts/{id}/{command}";
         assert_eq!(
-            required_role(
-                &Method::POST,
-                "/api/v1/rollouts/{id}/{command}",
-                "/api/v1/rollouts/7/pause"
-            ),
-            Some(Some(Role::Operator))
+            lookup(&Method::POST, command, "/api/v1/rollouts/7/pause"),
+            Lookup::Route(Some(Role::Operator))
+        );
+        assert_eq!(lookup(&Method::POST, command, "/api/v1/rollouts/7/explode"), Lookup::Unknown);
+        assert_eq!(
+            lookup(&Method::GET, command, "/api/v1/rollouts/7/pause"),
+            Lookup::OtherMethods(vec!["POST"])
         );
         assert_eq!(
-            required_role(
-                &Method::POST,
-                "/api/v1/rollouts/{id}/{command}",
-                "/api/v1/rollouts/7/explode"
-            ),
-            None
+            lookup(&Method::GET, "/api/v1/backup", "/api/v1/backup"),
+            Lookup::Route(Some(Role::Admin))
         );
         assert_eq!(
-            required_role(&Method::GET, "/api/v1/backup", "/api/v1/backup"),
-            Some(Some(Role::Admin))
+            lookup(&Method::HEAD, "/api/v1/backup", "/api/v1/backup"),
+            Lookup::Route(Some(Role::Admin))
+        );
+        assert_eq!(
+            lookup(&Method::PUT, "/api/v1/devices/{id}", "/api/v1/devices/x"),
+            Lookup::OtherMethods(vec!["GET", "PATCH"])
         );
     }
 }

@@ -94,8 +94,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, Problem> {
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(v)) => Ok(Body(v)),
+            // `body_text` is the message with its cause once (the error chain repeats it).
             Err(JsonRejection::JsonDataError(e)) => {
-                Err(Problem::invalid(format!("request body: {}", error_chain(&e)), Vec::new()))
+                Err(Problem::invalid(format!("request body: {}", e.body_text()), Vec::new()))
             }
             Err(e) => Err(Problem::bad_request(format!(
                 "request body: {} (send JSON with content-type: application/json)",
@@ -104,6 +105,30 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
         }
     }
 }
+
+/// A JSON body that may be left out (no bytes at all); one that is sent must be valid, and its
+/// rejection is a problem as for [`Body`].
+#[derive(Debug, Clone)]
+pub struct OptionalBody<T>(pub Option<T>);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptionalBody<T> {
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Problem> {
+        let (parts, body) = req.into_parts();
+        let bytes = axum::body::to_bytes(body, MAX_OPTIONAL_BODY)
+            .await
+            .map_err(|e| Problem::bad_request(format!("request body: {e}")))?;
+        if bytes.is_empty() {
+            return Ok(OptionalBody(None));
+        }
+        let req = Request::from_parts(parts, axum::body::Body::from(bytes));
+        Body::<T>::from_request(req, state).await.map(|Body(v)| OptionalBody(Some(v)))
+    }
+}
+
+/// The largest optional body read (they are small: a reason).
+const MAX_OPTIONAL_BODY: usize = 64 * 1024;
 
 /// Query parameters whose rejection is a problem.
 #[derive(Debug, Clone)]

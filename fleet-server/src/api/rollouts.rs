@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use fleet_proto::UnixMillis;
 
-use super::problem::Body;
+use super::problem::{Body, OptionalBody};
 use super::{Api, Problem};
 use crate::auth::Caller;
 use crate::ops;
@@ -50,7 +50,7 @@ pub(super) async fn command(
     State(api): State<Api>,
     Extension(caller): Extension<Caller>,
     Path((id, command)): Path<(String, String)>,
-    body: Option<Json<CommandReason>>,
+    OptionalBody(body): OptionalBody<CommandReason>,
 ) -> Result<Json<RolloutView>, Problem> {
     let id = rollout_id(&id)?;
     let command = match command.as_str() {
@@ -60,7 +60,7 @@ pub(super) async fn command(
         "rollback" => RolloutCommand::Rollback,
         other => return Err(Problem::not_found(format!("no rollout command {other:?}"))),
     };
-    let reason = body.and_then(|b| b.0.reason);
+    let reason = body.and_then(|b| b.reason);
     let record = ops::rollouts::command(&api.fleet(), &caller, id, command, reason).await?;
     Ok(Json(RolloutView::from(&record)))
 }

@@ -17,13 +17,15 @@ use crate::store::{Page, Store};
 use crate::variables::VarIndex;
 
 /// `?app=` of the release list, with paging (the REST API reads it from the query string).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
+// An unknown parameter (`?ap=`) is refused, not ignored into a wider answer.
+#[serde(deny_unknown_fields)]
 pub struct ReleaseFilter {
     /// Only this application's releases.
     pub app: Option<String>,
-    /// Page size.
+    /// Page size (default 100, at most 1000).
     pub limit: Option<usize>,
-    /// Cursor.
+    /// The `next` of the page before (empty: the first page).
     pub after: Option<String>,
 }
 

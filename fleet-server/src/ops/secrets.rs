@@ -35,12 +35,15 @@ fn invalid(path: &str, reason: String) -> Error {
 
 /// Where a secret value is set: `group` or `device` (neither: the fleet). The REST API reads
 /// it from the query string.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("not" = { "required": ["group", "device"] }))]
 pub struct SecretScope {
     /// A group's value.
+    #[schemars(regex(pattern = fleet_api::patterns::GROUP_NAME))]
     pub group: Option<String>,
     /// A device's value.
+    #[schemars(with = "Option<fleet_proto::DeviceId>")]
     pub device: Option<String>,
 }
 

@@ -45,17 +45,23 @@ pub enum Listed {
 
 /// Which variables to list or unset: `group`/`device`/`service` as the scope, with paging
 /// (the REST API reads it from the query string).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
+// An unknown parameter (`?grup=`) is refused, not ignored into a wider answer.
+#[serde(deny_unknown_fields)]
+#[schemars(extend("not" = { "required": ["group", "device"] }))]
 pub struct Filter {
     /// A group's variables.
+    #[schemars(regex(pattern = fleet_api::patterns::GROUP_NAME))]
     pub group: Option<String>,
     /// A device: its resolved values with their origin.
+    #[schemars(with = "Option<fleet_proto::DeviceId>")]
     pub device: Option<String>,
     /// One service.
+    #[schemars(with = "Option<fleet_proto::ServiceName>")]
     pub service: Option<String>,
-    /// Page size.
+    /// Page size (default 100, at most 1000).
     pub limit: Option<usize>,
-    /// Cursor.
+    /// The `next` of the page before (empty: the first page).
     pub after: Option<String>,
 }
 
