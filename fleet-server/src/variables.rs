@@ -85,6 +85,9 @@ impl Scope {
         if let Some(s) = &self.service {
             ServiceName::new(s.as_str()).map_err(|e| format!("service {s:?}: {e}"))?;
         }
+        if let Some(g) = &self.group {
+            crate::groups::check_group_name(g)?;
+        }
         Ok(())
     }
 

@@ -916,15 +916,19 @@ async fn the_openapi_document_holds_under_property_based_requests() {
         .arg("run")
         .arg(format!("{}/api/openapi.json", fleet.api))
         .args(["-H", &format!("Authorization: Bearer {}", fleet.token)])
-        .args(["--phases", "examples,coverage,fuzzing", "--max-examples", "20"])
-        .args(["--seed", "20261207", "--workers", "2", "--request-timeout", "10"])
+        // The coverage phase: for every parameter and body field, the schema's boundary values,
+        // positive and negative (deterministic, seconds). The random fuzzing phase is left to
+        // hand runs: on this document its generator can run for many minutes (tests/api/README).
+        .args(["--phases", "examples,coverage"])
+        .args(["--seed", "20261207", "--workers", "2", "--request-timeout", "5"])
         .args(["--max-failures", "50", "--no-color"])
         .stdout(std::fs::File::create(&report).unwrap())
         .stderr(std::process::Stdio::inherit());
     let status = tokio::task::spawn_blocking(move || command.status()).await.unwrap().unwrap();
     let output = std::fs::read_to_string(&report).unwrap();
     assert!(status.success(), "schemathesis found the document and the server apart:\n{output}");
-    let all = format!("{n} selected / {n} total", n = ROUTES.len());
+    // Schemathesis leaves out the URL it loaded the document from: every other route.
+    let all = format!("{n} selected / {n} total", n = ROUTES.len() - 1);
     assert!(output.contains(&all), "every operation was tested:\n{output}");
     fleet.stop().await;
 }

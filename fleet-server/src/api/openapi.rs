@@ -28,6 +28,16 @@ const ERRORS: [(&str, &str); 6] = [
     ("422", "validation failed; `errors` lists every field"),
 ];
 
+/// Answers only some operations give: a command waits on a device through the broker.
+const GATEWAY_ERRORS: [(&str, &str, &str); 2] = [
+    ("/api/v1/devices/{id}/commands", "503", "the broker is unreachable: the command was not sent"),
+    (
+        "/api/v1/devices/{id}/commands",
+        "504",
+        "the device did not answer in time; it will not run the command after that",
+    ),
+];
+
 /// The document.
 pub fn build() -> Value {
     let mut generator = SchemaSettings::draft2020_12()
@@ -66,7 +76,11 @@ pub fn build() -> Value {
             .into_iter()
             .filter(|_| guarded),
         );
-        for (code, why) in errors {
+        let gateway = GATEWAY_ERRORS
+            .iter()
+            .filter(|(path, _, _)| *path == route.path)
+            .map(|(_, code, why)| (*code, *why));
+        for (code, why) in errors.chain(gateway) {
             responses.insert(
                 code.to_owned(),
                 json!({ "description": why, "content": { "application/problem+json": { "schema": problem } } }),
@@ -102,7 +116,7 @@ pub fn build() -> Value {
         entry[route.method.to_ascii_lowercase()] = operation;
     }
     let schemas = generator.take_definitions(true);
-    json!({
+    let mut document = json!({
         "openapi": "3.1.0",
         "info": {
             "title": "Fleet server API",
@@ -114,7 +128,31 @@ pub fn build() -> Value {
             "schemas": schemas,
             "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } }
         }
-    })
+    });
+    integer_bounds(&mut document);
+    document
+}
+
+/// Integers get the maximum of their Rust type (schemars states only the minimum), so no
+/// schema-valid number overflows what the server parses.
+fn integer_bounds(value: &mut Value) {
+    match value {
+        Value::Object(object) => {
+            let maximum = match object.get("format").and_then(Value::as_str) {
+                Some("uint8") => Some(u64::from(u8::MAX)),
+                Some("uint16") => Some(u64::from(u16::MAX)),
+                Some("uint32") => Some(u64::from(u32::MAX)),
+                Some("uint64" | "uint") => Some(u64::MAX),
+                _ => None,
+            };
+            if let Some(maximum) = maximum {
+                object.entry("maximum").or_insert(json!(maximum));
+            }
+            object.values_mut().for_each(integer_bounds);
+        }
+        Value::Array(items) => items.iter_mut().for_each(integer_bounds),
+        _ => {}
+    }
 }
 
 /// A query object's properties as OpenAPI query parameters.
@@ -183,7 +221,9 @@ fn operation_id(method: &str, path: &str) -> String {
     let mut id = method.to_ascii_lowercase();
     for part in path.split('/').filter(|p| !p.is_empty() && *p != "api" && *p != "v1") {
         id.push('_');
-        id.extend(part.chars().filter(|c| c.is_ascii_alphanumeric()).map(|c| c.to_ascii_lowercase()));
+        id.extend(
+            part.chars().filter(|c| c.is_ascii_alphanumeric()).map(|c| c.to_ascii_lowercase()),
+        );
     }
     id
 }
@@ -253,7 +293,12 @@ mod tests {
     fn operation_ids_are_unique() {
         let mut seen = std::collections::BTreeSet::new();
         for route in ROUTES {
-            assert!(seen.insert(operation_id(route.method, route.path)), "{} {}", route.method, route.path);
+            assert!(
+                seen.insert(operation_id(route.method, route.path)),
+                "{} {}",
+                route.method,
+                route.path
+            );
         }
     }
 }

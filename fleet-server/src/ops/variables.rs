@@ -262,6 +262,7 @@ fn change(
 /// stored variables of the group or service, a page at a time in key order.
 pub fn list(store: &Store, filter: &Filter) -> Result<Listed, Error> {
     let limit = filter.limit.unwrap_or(100).clamp(1, 1000);
+    filter.scope().check().map_err(Error::BadRequest)?;
     if let Some(d) = &filter.device {
         if filter.group.is_some() {
             return Err(Error::BadRequest("give group or device, not both".to_owned()));
