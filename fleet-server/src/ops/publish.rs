@@ -6,8 +6,10 @@ use fleet_proto::{DeviceId, UnixMillis};
 
 use super::{Error, Fleet};
 use crate::desired::{self, DesiredError, Moved, Outgoing, Releases};
+use crate::devices::DeviceRecord;
 use crate::pki::Pki;
 use crate::store::Tx;
+use crate::variables::Scope;
 
 /// Devices named in a refusal; the count says how many more.
 const NAMED_DEVICES: usize = 5;
@@ -33,6 +35,24 @@ pub fn refusal(verb: &str, failures: &[DesiredError], fix: &str) -> Error {
         ),
         problems,
     }
+}
+
+/// Applies `write` (a change to variables or secrets of `scope`) and returns what the fleet's
+/// releases rendered before it and the devices the scope covers: the only ones it can move.
+pub fn write_scoped(
+    tx: &mut Tx<'_>,
+    scope: &Scope,
+    write: impl FnOnce(&mut Tx<'_>),
+) -> Result<(Releases, Vec<DeviceRecord>), Error> {
+    let groups = tx.groups()?;
+    let before = Releases::snapshot(&*tx).map_err(internal)?;
+    write(tx);
+    let covered = tx
+        .devices()?
+        .into_iter()
+        .filter(|d| scope.covers(d.id.as_str(), &d.labels, &groups))
+        .collect();
+    Ok((before, covered))
 }
 
 /// The devices of `failures` and, for the first few, their problems.

@@ -171,14 +171,7 @@ fn change(
     now: UnixMillis,
     write: impl FnOnce(&mut Tx<'_>),
 ) -> Result<(SecretChanged, Vec<Outgoing>), Error> {
-    let groups = tx.groups()?;
-    let before = desired::Releases::snapshot(&*tx).map_err(internal)?;
-    write(tx);
-    let covered: Vec<_> = tx
-        .devices()?
-        .into_iter()
-        .filter(|d| scope.covers(d.id.as_str(), &d.labels, &groups))
-        .collect();
+    let (before, covered) = super::publish::write_scoped(tx, scope, write)?;
     let changed = desired::retarget_secrets_changed(tx, &fleet.pki, before, covered, now)
         .map_err(internal)?;
     if !changed.failures.is_empty() {

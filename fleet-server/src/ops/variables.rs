@@ -208,14 +208,7 @@ fn change(
     now: UnixMillis,
     write: impl FnOnce(&mut Tx<'_>),
 ) -> Result<(VariableChanged, Vec<Outgoing>), Error> {
-    let groups = tx.groups()?;
-    let before = desired::Releases::snapshot(&*tx).map_err(internal)?;
-    write(tx);
-    let covered: Vec<_> = tx
-        .devices()?
-        .into_iter()
-        .filter(|d| scope.covers(d.id.as_str(), &d.labels, &groups))
-        .collect();
+    let (before, covered) = super::publish::write_scoped(tx, scope, write)?;
     let mut warnings = Vec::new();
     if let Some(service) = &scope.service {
         let mut releases = desired::Releases::default();

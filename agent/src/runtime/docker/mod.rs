@@ -137,6 +137,20 @@ impl DockerRuntime {
     }
 }
 
+impl DockerRuntime {
+    /// The engine client for a stop or restart with `grace`: the engine answers only once the
+    /// container has stopped, so a grace period longer than the request timeout must not turn a
+    /// clean stop into a timeout.
+    fn waiting_out(&self, grace: Duration) -> Docker {
+        let needed = grace.saturating_add(STOP_SLACK);
+        if needed > self.request_timeout {
+            self.docker.clone().with_timeout(needed)
+        } else {
+            self.docker.clone()
+        }
+    }
+}
+
 /// The trait's calls, each answered by the file that owns its job.
 impl ContainerRuntime for DockerRuntime {
     async fn list(&self, device: &DeviceId) -> Result<Vec<ObservedContainer>, RuntimeError> {
@@ -283,14 +297,7 @@ impl ContainerRuntime for DockerRuntime {
         let opts = StopContainerOptionsBuilder::default()
             .t(i32::try_from(grace_secs).unwrap_or(i32::MAX))
             .build();
-        // The engine answers only once the container has stopped, so a grace period longer than
-        // the request timeout must not turn a clean stop into a timeout.
-        let needed = grace.saturating_add(STOP_SLACK);
-        let docker = if needed > self.request_timeout {
-            self.docker.clone().with_timeout(needed)
-        } else {
-            self.docker.clone()
-        };
+        let docker = self.waiting_out(grace);
         // 304 (not running) is a success for bollard.
         docker
             .stop_container(id, Some(opts))
@@ -302,14 +309,7 @@ impl ContainerRuntime for DockerRuntime {
         let opts = RestartContainerOptionsBuilder::default()
             .t(i32::try_from(whole_seconds(grace)).unwrap_or(i32::MAX))
             .build();
-        // Like stop: the engine answers once the container has stopped and started again.
-        let needed = grace.saturating_add(STOP_SLACK);
-        let docker = if needed > self.request_timeout {
-            self.docker.clone().with_timeout(needed)
-        } else {
-            self.docker.clone()
-        };
-        docker
+        self.waiting_out(grace)
             .restart_container(id, Some(opts))
             .await
             .map_err(|e| self.fail("restart", &format!("container {id}"), e))
