@@ -30,7 +30,7 @@ pub struct GroupRequest {
     #[cfg_attr(feature = "schema", schemars(regex(pattern = crate::patterns::GROUP_NAME)))]
     pub name: String,
     /// Its label selector, e.g. `site=depot,model=r2`.
-    #[cfg_attr(feature = "schema", schemars(regex(pattern = crate::patterns::SELECTOR)))]
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = crate::patterns::GROUP_SELECTOR)))]
     pub selector: String,
     /// What it is for.
     #[serde(default)]

@@ -19,6 +19,9 @@ pub const LABEL_KEY: &str = "^[A-Za-z0-9_./-]{1,63}$";
 pub const LABEL_VALUE: &str = "^[^,\\u0000-\\u001f\\u007f-\\u009f]{0,255}$";
 /// A label selector (`groups::Selector::parse`): `k=v,k!=v,k,!k`; empty selects every device.
 pub const SELECTOR: &str = "^ *$|^ *(!?[A-Za-z0-9_./-]{1,63}|[A-Za-z0-9_./-]{1,63} *!?= *[^,!=\\u0000-\\u001f\\u007f-\\u009f]{0,255}) *(, *(!?[A-Za-z0-9_./-]{1,63}|[A-Za-z0-9_./-]{1,63} *!?= *[^,!=\\u0000-\\u001f\\u007f-\\u009f]{0,255}) *)*$";
+/// A group's selector (`ops::groups`): as [`SELECTOR`], but never empty (a group of every
+/// device is refused).
+pub const GROUP_SELECTOR: &str = "^ *(!?[A-Za-z0-9_./-]{1,63}|[A-Za-z0-9_./-]{1,63} *!?= *[^,!=\\u0000-\\u001f\\u007f-\\u009f]{0,255}) *(, *(!?[A-Za-z0-9_./-]{1,63}|[A-Za-z0-9_./-]{1,63} *!?= *[^,!=\\u0000-\\u001f\\u007f-\\u009f]{0,255}) *)*$";
 /// A duration (`units::parse_duration`): `90`, `90s`, `10m`, `1h30m`, `500ms`, `2d`.
 pub const DURATION: &str = "^[0-9]{1,12}$|^([0-9]{1,6}(ms|s|m|h|d)){1,5}$";
 /// A device's enrollment public key: an uncompressed P-256 point in hex.

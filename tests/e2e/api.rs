@@ -927,8 +927,11 @@ async fn the_openapi_document_holds_under_property_based_requests() {
     let status = tokio::task::spawn_blocking(move || command.status()).await.unwrap().unwrap();
     let output = std::fs::read_to_string(&report).unwrap();
     assert!(status.success(), "schemathesis found the document and the server apart:\n{output}");
-    // Schemathesis leaves out the URL it loaded the document from: every other route.
-    let all = format!("{n} selected / {n} total", n = ROUTES.len() - 1);
+    // Schemathesis leaves out the URL it loaded the document from; the configuration turns off
+    // one more (creating a release, which reaches registries over the network): every other
+    // route.
+    let total = ROUTES.len() - 1;
+    let all = format!("{} selected / {total} total", total - 1);
     assert!(output.contains(&all), "every operation was tested:\n{output}");
     fleet.stop().await;
 }
