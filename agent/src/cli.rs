@@ -26,6 +26,7 @@ use crate::hardware;
 use crate::hardware::render::render_inventory;
 use crate::lock::UpdateLocks;
 use crate::plan;
+use crate::proxy::{ProxyClient, ProxyStatus};
 use crate::reconcile::{Reconciler, StepError};
 use crate::report;
 use crate::runtime::docker::DockerRuntime;
@@ -80,6 +81,15 @@ enum Command {
         /// Print the complete state report as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Hold the host ports of start-first services (the port proxy): what
+    /// fleet-agent-proxy.service runs; the daemon starts it itself when not under systemd. It
+    /// keeps serving while the daemon is stopped or being updated.
+    Proxy {
+        /// Serve this data directory instead of the configuration's (the configuration is
+        /// then not read).
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
     },
     /// Show this device's hardware (OS, CPUs, memory, serial ports, GPIO, I2C, SPI, cameras,
     /// CAN, GPUs, accelerators), with the x-fleet item that asks for each port and camera.
@@ -166,9 +176,13 @@ fn load_config(path: &Path, explicit: bool) -> Result<Config, Failure> {
     Config::load(path, explicit).map_err(|e| Failure::input(report(&e)))
 }
 
-fn init_logging(config: &Config, daemon: bool) {
+fn init_logging(config: Option<&Config>, daemon: bool) {
     // One-shot commands print their own results; their logs only matter when something is off.
-    let default = if daemon { config.log_level.as_str() } else { "warn" };
+    let default = match config {
+        Some(config) if daemon => config.log_level.as_str(),
+        None if daemon => "info",
+        _ => "warn",
+    };
     // `FLEET_LOG` takes `level` or `target=level,...` (tracing's `Targets` syntax, without the
     // span and field filters of `EnvFilter`, whose regex engine the agent does not carry).
     let from_env = std::env::var("FLEET_LOG").ok().and_then(|v| match config::log_filter(&v) {
@@ -182,7 +196,7 @@ fn init_logging(config: &Config, daemon: bool) {
         .or_else(|| config::log_filter(default).ok())
         .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
     let builder = tracing_subscriber::fmt().with_writer(std::io::stderr);
-    if config.log_json {
+    if config.is_some_and(|c| c.log_json) {
         builder.json().finish().with(filter).init();
     } else {
         let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -214,12 +228,18 @@ fn run(cli: Cli) -> Result<u8, Failure> {
             }
         };
         if let Some(config) = &config {
-            init_logging(config, false);
+            init_logging(Some(config), false);
         }
         return runtime()?.block_on(inventory(config.as_ref(), root, json));
     }
+    if let Command::Proxy { data_dir: Some(dir) } = &command {
+        // Started by the daemon, which names its data directory: a configuration edited since
+        // must not keep the ports from being served.
+        init_logging(None, true);
+        return runtime()?.block_on(proxy(dir));
+    }
     let config = load_config(&cli.config, explicit)?;
-    init_logging(&config, matches!(command, Command::Run));
+    init_logging(Some(&config), matches!(command, Command::Run | Command::Proxy { .. }));
     match command {
         Command::Run => {
             if config.device_id.as_str() == "CHANGE-ME" {
@@ -243,12 +263,21 @@ fn run(cli: Cli) -> Result<u8, Failure> {
             runtime()?.block_on(apply(&config, &file, json, force))
         }
         Command::Lock(cmd) => lock(&config, cmd),
+        Command::Proxy { .. } => runtime()?.block_on(proxy(&config.data_dir)),
         Command::Status { json } => runtime()?.block_on(status(&config, json)),
         // Handled above, before a configuration that fails to load ends the command.
         Command::Inventory { json, root } => {
             runtime()?.block_on(inventory(Some(&config), root, json))
         }
     }
+}
+
+async fn proxy(data_dir: &Path) -> Result<u8, Failure> {
+    let ended = crate::proxy::process::run(data_dir, shutdown_signal())
+        .await
+        .map_err(|e| Failure::input(report(&e)))?;
+    tracing::debug!(?ended, "port proxy ended");
+    Ok(0)
 }
 
 fn lock(config: &Config, cmd: LockCommand) -> Result<u8, Failure> {
@@ -375,11 +404,18 @@ async fn apply_here(
             .with_locks(UpdateLocks::new(&config.locks_dir, config.locks_default_ttl))
             .with_hardware(hardware, config.hardware.clone());
     reconciler.set_credentials(config.registries.clone());
+    // The port proxy outlives the daemon: while it runs it holds the host ports, so this
+    // update goes through it too (publishing those ports directly would clash with it).
+    let proxy = ProxyClient::new(&config.data_dir, None);
+    let proxy_runs = proxy.status_if_running().await.is_some();
+    if proxy_runs {
+        reconciler = reconciler.with_proxy(proxy);
+    }
     let proxied_ports = release
         .services
         .iter()
         .any(|s| plan::effective_strategy(s, false) != plan::effective_strategy(s, true));
-    if proxied_ports {
+    if proxied_ports && !proxy_runs {
         eprintln!("note: no fleet-agent daemon runs, so services publishing host ports update stop-first (the daemon switches them blue/green)");
     }
     let apply = reconciler.apply_forced(Origin::Local { seq }, Some(release.clone()), force);
@@ -483,8 +519,15 @@ async fn status(config: &Config, json: bool) -> Result<u8, Failure> {
             })?
         }
     };
+    // The proxy answers for itself: its table is what the host ports serve right now, even
+    // while the daemon is stopped.
+    let proxy = ProxyClient::new(&config.data_dir, None).status_if_running().await;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        let mut value = serde_json::to_value(&report).unwrap_or_default();
+        if let (Some(object), Some(proxy)) = (value.as_object_mut(), &proxy) {
+            object.insert("proxy".to_owned(), serde_json::to_value(proxy).unwrap_or_default());
+        }
+        println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
         return Ok(0);
     }
     println!("device       {}", report.device);
@@ -526,7 +569,34 @@ async fn status(config: &Config, json: bool) -> Result<u8, Failure> {
             s.last_error.as_deref().unwrap_or("")
         );
     }
+    print_proxy(proxy.as_ref());
     Ok(0)
+}
+
+fn print_proxy(proxy: Option<&ProxyStatus>) {
+    let Some(p) = proxy else {
+        println!("\nport proxy   not running");
+        return;
+    };
+    let age = fleet_proto::UnixMillis::now().0.saturating_sub(p.since.0) / 1000;
+    println!("\nport proxy   pid {}, fleet-agent {}, up {age} s", p.pid, p.version);
+    if p.routes.is_empty() {
+        return;
+    }
+    println!(
+        "{:<22} {:<16} {:<40} {:<22} {:>5}",
+        "LISTEN", "SERVICE", "CONTAINER", "BACKEND", "OPEN"
+    );
+    for r in &p.routes {
+        println!(
+            "{:<22} {:<16} {:<40} {:<22} {:>5}",
+            r.listen.to_string(),
+            r.service,
+            r.container,
+            r.backend.to_string(),
+            r.open
+        );
+    }
 }
 
 /// How long `inventory` waits for the container engine: it answers at once if it runs.

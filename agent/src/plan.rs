@@ -28,6 +28,7 @@ use std::time::Duration;
 use fleet_proto::release::{NetworkMode, Protocol, UpdateStrategy};
 use fleet_proto::report::{ContainerState, Health};
 use fleet_proto::{DeviceId, ImageRef, ReleaseSpec, ServiceName, ServiceSpec};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::hardware::HardwareMapping;
@@ -239,7 +240,8 @@ pub fn effective_strategy(spec: &ServiceSpec, proxy_available: bool) -> UpdateSt
 }
 
 /// One host port the proxy forwards: where it listens and the container's loopback port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// Also the shape on the proxy's control socket and in its route file (`crate::proxy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Forward {
     /// Host address the proxy listens on.
     pub listen: SocketAddr,
@@ -248,7 +250,7 @@ pub struct Forward {
 }
 
 /// Where the proxy sends a service's host ports now.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Route {
     /// The container receiving new connections.
     pub container: String,

@@ -368,85 +368,139 @@ fn get_version(port: u16) -> Result<String, String> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_start_first_update_behind_the_port_proxy_fails_no_request() {
-    let env = TestEnv::load();
-    let agent = Agent::new("bluegreen");
-    let port = fleet_e2e::free_port();
-    let web = |version: &str| {
-        let mut r = release(
-            version,
-            &env.image(&format!("web:{version}")).reference,
-            &env.image("web:1").reference,
-        );
-        r.services.truncate(1);
-        let s = &mut r.services[0];
-        s.ports = vec![PortMapping {
-            host_port: port,
-            container_port: 8080,
-            protocol: Protocol::Tcp,
-            loopback_only: true,
-        }];
-        // Judged by the agent's own HTTP probe (the image's HEALTHCHECK is switched off).
-        s.healthcheck = Some(HealthCheck {
-            probe: Probe::Http { port: 8080, path: "/health".into() },
-            interval: Duration::from_millis(200),
-            timeout: Duration::from_secs(1),
-            retries: 3,
-            start_period: Duration::from_secs(2),
+/// A client loop against a host port: one request per new connection, as fast as answered.
+struct Clients {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<ClientTally>,
+}
+
+/// What a [`Clients`] loop saw.
+#[derive(Debug)]
+struct ClientTally {
+    ok: u32,
+    failed: Vec<String>,
+    /// The versions answered, each change once.
+    versions: Vec<String>,
+    max_latency: Duration,
+}
+
+impl Clients {
+    fn start(port: u16) -> Clients {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let stop = stop.clone();
+            move || {
+                let mut t = ClientTally {
+                    ok: 0,
+                    failed: Vec::new(),
+                    versions: Vec::new(),
+                    max_latency: Duration::ZERO,
+                };
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let started = std::time::Instant::now();
+                    match get_version(port) {
+                        Ok(v) => {
+                            t.ok += 1;
+                            if t.versions.last() != Some(&v) {
+                                t.versions.push(v);
+                            }
+                        }
+                        Err(e) => t.failed.push(e),
+                    }
+                    t.max_latency = t.max_latency.max(started.elapsed());
+                }
+                t
+            }
         });
-        r
-    };
-    let (v1, v2) = (web("1"), web("2"));
-    let daemon = agent.daemon();
-    // `apply` hands the release to the daemon (which owns the port proxy) once its socket is up.
+        Clients { stop, thread }
+    }
+
+    fn finish(self) -> ClientTally {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.join().unwrap()
+    }
+}
+
+/// The `web` service alone at `version`, start-first, its port 8080 on host `port` (behind the
+/// port proxy when a daemon runs), judged by the agent's own HTTP probe.
+fn proxied_web(env: &TestEnv, version: &str, image: &str, port: u16) -> ReleaseSpec {
+    let reference = &env.image(&format!("web:{image}")).reference;
+    let mut r = release(version, reference, reference);
+    r.services.truncate(1);
+    let s = &mut r.services[0];
+    s.ports = vec![PortMapping {
+        host_port: port,
+        container_port: 8080,
+        protocol: Protocol::Tcp,
+        loopback_only: true,
+    }];
+    // The image's HEALTHCHECK is switched off; the agent probes.
+    s.healthcheck = Some(HealthCheck {
+        probe: Probe::Http { port: 8080, path: "/health".into() },
+        interval: Duration::from_millis(200),
+        timeout: Duration::from_secs(1),
+        retries: 3,
+        start_period: Duration::from_secs(2),
+    });
+    r
+}
+
+/// Waits for the daemon's admin socket (so `apply` goes through the daemon and its proxy).
+async fn admin_socket_up(agent: &Agent) {
     let socket = agent.dir.path().join("data/agent.sock");
     eventually("the daemon's admin socket", Duration::from_secs(10), || {
         let ready = socket.exists();
         async move { ready.then_some(()) }
     })
     .await;
+}
+
+/// The port proxy's table as `fleet-agent status --json` shows it.
+fn proxy_routes(agent: &Agent) -> Vec<serde_json::Value> {
+    let status = agent.status();
+    status["proxy"]["routes"].as_array().cloned().unwrap_or_default()
+}
+
+/// `fleet-agent proxy` processes serving this agent's data directory.
+fn proxy_processes(agent: &Agent) -> usize {
+    let data = agent.dir.path().join("data");
+    let out = Command::new("pgrep")
+        .args(["-f", &format!("fleet-agent proxy --data-dir {}", data.display())])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_first_update_behind_the_port_proxy_fails_no_request() {
+    let env = TestEnv::load();
+    let agent = Agent::new("bluegreen");
+    let port = fleet_e2e::free_port();
+    let (v1, v2) = (proxied_web(&env, "1", "1", port), proxied_web(&env, "2", "2", port));
+    let daemon = agent.daemon();
+    admin_socket_up(&agent).await;
     let out = agent.apply(&v1);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(get_version(port).as_deref(), Ok("1"), "the proxy serves v1 on the host port");
 
-    // A client loop through the whole update: each request on a new connection.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let client = std::thread::spawn({
-        let stop = stop.clone();
-        move || {
-            let (mut ok, mut failed, mut versions, mut max_latency) =
-                (0u32, Vec::new(), Vec::<String>::new(), Duration::ZERO);
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                let t = std::time::Instant::now();
-                match get_version(port) {
-                    Ok(v) => {
-                        ok += 1;
-                        if versions.last() != Some(&v) {
-                            versions.push(v);
-                        }
-                    }
-                    Err(e) => failed.push(e),
-                }
-                max_latency = max_latency.max(t.elapsed());
-            }
-            (ok, failed, versions, max_latency)
-        }
-    });
+    // A client loop through the whole update.
+    let clients = Clients::start(port);
     let started = std::time::Instant::now();
     let out = agent.apply(&v2);
     let update = started.elapsed();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let (ok, failed, versions, max_latency) = client.join().unwrap();
+    let t = clients.finish();
     eprintln!(
-        "blue/green: {ok} requests ok, {} failed, versions seen {versions:?}, max latency {max_latency:?}, update {update:?}",
-        failed.len()
+        "blue/green: {} requests ok, {} failed, versions seen {:?}, max latency {:?}, update {update:?}",
+        t.ok,
+        t.failed.len(),
+        t.versions,
+        t.max_latency
     );
-    assert!(failed.is_empty(), "failed requests during the update: {failed:?}");
-    assert_eq!(versions, ["1", "2"], "traffic moved from v1 to v2 once, never back");
-    assert!(ok > 10, "the client loop ran through the update ({ok} requests)");
+    assert!(t.failed.is_empty(), "failed requests during the update: {:?}", t.failed);
+    assert_eq!(t.versions, ["1", "2"], "traffic moved from v1 to v2 once, never back");
+    assert!(t.ok > 10, "the client loop ran through the update ({} requests)", t.ok);
 
     // The old container is gone; only v2 runs, published on loopback for the proxy alone.
     let device = fleet_proto::DeviceId::new(&agent.device).unwrap();
@@ -454,16 +508,94 @@ async fn a_start_first_update_behind_the_port_proxy_fails_no_request() {
     let all = agent.containers(&env).await;
     assert_eq!(all.keys().collect::<Vec<_>>(), [&v2_name], "{all:?}");
 
-    // The daemon restarting re-routes the adopted container without recreating it.
+    // The agent stopped for 30 s, then started again: the port answers all along (the proxy is
+    // a process of its own), and the restarted daemon adopts the route and the container.
     let id_before = all[&v2_name].0.clone();
+    let clients = Clients::start(port);
     daemon.stop();
+    std::thread::sleep(Duration::from_secs(30));
     let daemon = agent.daemon();
-    eventually("v2 served again after the agent restart", Duration::from_secs(20), || async {
-        (get_version(port).as_deref() == Ok("2")).then_some(())
-    })
-    .await;
+    admin_socket_up(&agent).await;
+    std::thread::sleep(Duration::from_secs(2));
+    let t = clients.finish();
+    eprintln!("agent stopped 30 s: {} requests ok, {} failed", t.ok, t.failed.len());
+    assert!(t.failed.is_empty(), "failed requests while the agent was down: {:?}", t.failed);
+    assert_eq!(t.versions, ["2"]);
+    assert!(t.ok > 100, "the client loop ran while the agent was down ({} requests)", t.ok);
     assert_eq!(agent.containers(&env).await[&v2_name].0, id_before, "adopted, not recreated");
+    let routes = proxy_routes(&agent);
+    assert_eq!(routes.len(), 1, "one route, not bound twice: {routes:?}");
+    assert_eq!(routes[0]["container"], v2_name.as_str());
+    assert_eq!(proxy_processes(&agent), 1, "one proxy for the data directory");
+
+    // The release without the service's port: the listener is closed.
+    let mut v3 = proxied_web(&env, "3", "2", port);
+    v3.services[0].ports.clear();
+    let out = agent.apply(&v3);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(proxy_routes(&agent).is_empty(), "the route left with the port");
+    assert!(get_version(port).is_err(), "nothing listens on the port any more");
     daemon.stop();
+    agent.cleanup(&env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_killed_during_a_blue_green_switch_fails_no_request_and_leaves_one_route() {
+    let env = TestEnv::load();
+    let agent = Agent::new("killswitch");
+    let port = fleet_e2e::free_port();
+    let daemon = agent.daemon();
+    admin_socket_up(&agent).await;
+    let out = agent.apply(&proxied_web(&env, "1", "1", port));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    daemon.stop();
+
+    let clients = Clients::start(port);
+    // Killed right before the switch (the new container healthy, traffic still on the old one),
+    // then right before the old container stops (traffic moved, the old one draining).
+    for (fault, version, image) in [("switch", "2", "2"), ("stop", "3", "1")] {
+        let mut doomed = fleet_e2e::agent::Daemon(
+            agent
+                .cmd()
+                .arg("run")
+                .env("FLEET_AGENT_FAULT", fault)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        admin_socket_up(&agent).await;
+        let out = agent.apply(&proxied_web(&env, version, image, port));
+        assert!(!out.status.success(), "fault {fault}: the daemon died before answering");
+        let status = doomed.0.wait().unwrap();
+        assert!(!status.success(), "fault {fault}: aborted, {status:?}");
+        // The daemon restarted as systemd would: it finishes the accepted release.
+        let daemon = agent.daemon();
+        eventually(
+            &format!("v{version} served after the restart (fault {fault})"),
+            Duration::from_secs(60),
+            || async { (get_version(port).as_deref() == Ok(image)).then_some(()) },
+        )
+        .await;
+        eventually("the update finished", Duration::from_secs(30), || async {
+            let names = agent.containers(&env).await;
+            (names.len() == 1).then_some(())
+        })
+        .await;
+        let routes = proxy_routes(&agent);
+        assert_eq!(routes.len(), 1, "fault {fault}: one route: {routes:?}");
+        assert_eq!(proxy_processes(&agent), 1, "fault {fault}: one proxy");
+        daemon.stop();
+    }
+    let t = clients.finish();
+    eprintln!(
+        "killed during switches: {} requests ok, {} failed, versions {:?}",
+        t.ok,
+        t.failed.len(),
+        t.versions
+    );
+    assert!(t.failed.is_empty(), "failed requests: {:?}", t.failed);
+    assert_eq!(t.versions, ["1", "2", "1"]);
     agent.cleanup(&env).await;
 }
 

@@ -21,8 +21,9 @@
 //! minutes on a pull keeps pinging; what it proves is that the runtime's one thread is not
 //! stuck, and every engine call is bounded by the engine timeout.
 //!
-//! The daemon owns the port proxy (see [`crate::proxy`]): host ports of start-first services
-//! are the agent's, so updates of those services switch without refusing a connection.
+//! The daemon steers the port proxy (see [`crate::proxy`]), a process of its own that holds the
+//! host ports of start-first services: updates of those services switch without refusing a
+//! connection, and the ports keep serving while the daemon is down.
 //!
 //! After each converge the daemon writes `status.json` into the data directory so
 //! `fleet-agent status` can answer while the daemon holds the state database.
@@ -52,7 +53,7 @@ use crate::hardware::{self, HostHardware};
 use crate::host::{Host, SystemHost};
 use crate::link::{Link, LinkError, LinkHandle};
 use crate::lock::UpdateLocks;
-use crate::proxy::PortProxy;
+use crate::proxy::ProxyClient;
 use crate::reconcile::{ExecOptions, Reconciler};
 use crate::runtime::docker::DockerRuntime;
 use crate::runtime::{ContainerRuntime, RuntimeError};
@@ -234,7 +235,7 @@ pub async fn run_with_options<R: ContainerRuntime>(
     let mut reconciler =
         Reconciler::new(Arc::clone(&runtime), config.device_id.clone(), state, options)
             .with_locks(locks.clone())
-            .with_proxy(PortProxy::new())
+            .with_proxy(ProxyClient::for_daemon(&config.data_dir))
             .with_hardware(hardware, config.hardware.clone());
     reconciler.set_credentials(config.registries.clone());
     // `fleet-agent apply` hands local releases to the daemon here; without the admin socket

@@ -24,7 +24,7 @@ use fleet_proto::{DeviceId, ImageRef, RegistryCredential, ReleaseSpec, ServiceNa
 use crate::hardware::{HardwarePolicy, HostHardware};
 use crate::lock::UpdateLocks;
 use crate::plan::{self, Mappings, Step};
-use crate::proxy::{PortProxy, SwitchError};
+use crate::proxy::{ProxyClient, ProxyError};
 use crate::runtime::{ContainerRuntime, RuntimeError};
 use crate::state::{Accepted, AgentState, JournalEntry, Origin, Proven, StateError};
 
@@ -116,9 +116,9 @@ pub enum StepError {
         /// Every problem, each naming its field.
         problems: Vec<String>,
     },
-    /// The port proxy cannot take a service's host port.
+    /// The port proxy cannot take a service's host port, or does not answer.
     #[error(transparent)]
-    Proxy(#[from] SwitchError),
+    Proxy(#[from] ProxyError),
     /// A container to switch to does not publish a port the service needs.
     #[error("service {service}: container {name} does not publish every port of the service; it may have stopped")]
     NotPublished {
@@ -147,7 +147,7 @@ pub struct Reconciler<R> {
     #[cfg(feature = "fault-injection")]
     fault_count: std::sync::atomic::AtomicU32,
     locks: Option<UpdateLocks>,
-    proxy: Option<PortProxy>,
+    proxy: Option<ProxyClient>,
     force: std::sync::atomic::AtomicBool,
     /// What the update machinery is doing now (phase, pull progress, deferral), for reports.
     status: tokio::sync::watch::Sender<UpdateStatus>,
@@ -214,7 +214,7 @@ impl<R: ContainerRuntime> Reconciler<R> {
 
     /// Publish the host ports of start-first services through this port proxy (blue/green
     /// switch). Without one, such services update stop-first.
-    pub fn with_proxy(mut self, proxy: PortProxy) -> Self {
+    pub fn with_proxy(mut self, proxy: ProxyClient) -> Self {
         self.proxy = Some(proxy);
         self
     }
@@ -446,7 +446,10 @@ impl<R: ContainerRuntime> Reconciler<R> {
         for spec in target.map(|t| t.services.iter()).into_iter().flatten() {
             present.insert(spec.image.pull_ref(), self.runtime.has_image(&spec.image).await?);
         }
-        let routes = self.proxy.as_ref().map(PortProxy::routes);
+        let routes = match &self.proxy {
+            Some(proxy) => Some(proxy.routes().await?),
+            None => None,
+        };
         let mut steps = plan::plan_with_hardware(
             &self.device,
             target,

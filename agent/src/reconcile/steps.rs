@@ -64,7 +64,10 @@ impl<R: ContainerRuntime> Reconciler<R> {
             Step::Stop { name, .. } => {
                 if let Some(proxy) = &self.proxy {
                     // Already switched away: let its open connections finish first.
-                    proxy.drain(name, self.opts.stop_grace).await;
+                    if let Err(e) = proxy.drain(name, self.opts.stop_grace).await {
+                        // Nothing to wait for through a proxy that does not answer.
+                        tracing::warn!(container = %name, error = %e, "cannot drain through the port proxy; stopping anyway");
+                    }
                 }
                 self.retry(|| self.runtime.stop(name, self.opts.stop_grace)).await?
             }
@@ -77,11 +80,11 @@ impl<R: ContainerRuntime> Reconciler<R> {
                     service: service.clone(),
                     name: name.clone(),
                 })?;
-                proxy.switch(service.as_str(), name, &forwards)?;
+                proxy.switch(service.as_str(), name, &forwards).await?;
             }
             Step::Unroute { service } => {
                 if let Some(proxy) = &self.proxy {
-                    proxy.unroute(service);
+                    proxy.unroute(service).await?;
                 }
             }
             Step::Remove { name, .. } => self.retry(|| self.runtime.remove(name)).await?,

@@ -1,7 +1,8 @@
-//! The blue/green port proxy: the agent owns the host ports of start-first services and
-//! forwards each TCP connection to the container currently in force, so an update switches
-//! traffic from the old container to the new one only once the new one is healthy, and without
-//! refusing a single connection.
+//! The blue/green port engine: listeners on the host ports of start-first services, each TCP
+//! connection forwarded to the container currently in force, so an update switches traffic
+//! from the old container to the new one only once the new one is healthy, and without
+//! refusing a single connection. It runs in the proxy process (see [`super`]), never in the
+//! agent's daemon.
 //!
 //! Invariants:
 //! * A connection is forwarded to the backend that was current when it was accepted, for its
@@ -9,10 +10,6 @@
 //! * Each container's open connections are counted, so stopping an old container first waits
 //!   for its connections to finish ([`PortProxy::drain`]), up to the stop grace period.
 //! * Listeners exist only for routed services; [`PortProxy::unroute`] closes them.
-//!
-//! The proxy lives in the daemon: while the agent itself restarts, proxied host ports are
-//! closed (connections are refused for that moment, open ones end). The containers and their
-//! loopback ports keep running, and the first converge after the restart routes them again.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
@@ -143,6 +140,11 @@ impl PortProxy {
     pub fn unroute(&self, service: &str) {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         inner.listeners.retain(|_, l| l.service != service);
+    }
+
+    /// Closes every listener (the proxy stopping). Open connections finish in their tasks.
+    pub fn close_all(&self) {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner).listeners.clear();
     }
 
     /// Connections open to `container` now.
