@@ -26,7 +26,7 @@ use crate::hardware;
 use crate::hardware::render::render_inventory;
 use crate::lock::UpdateLocks;
 use crate::plan;
-use crate::proxy::{ProxyClient, ProxyStatus};
+use crate::proxy::{ProxyClient, ProxyStatus, StartWith};
 use crate::reconcile::{Reconciler, StepError};
 use crate::report;
 use crate::runtime::docker::DockerRuntime;
@@ -406,7 +406,7 @@ async fn apply_here(
     reconciler.set_credentials(config.registries.clone());
     // The port proxy outlives the daemon: while it runs it holds the host ports, so this
     // update goes through it too (publishing those ports directly would clash with it).
-    let proxy = ProxyClient::new(&config.data_dir, None);
+    let proxy = ProxyClient::new(&config.data_dir, StartWith::Nothing);
     let proxy_runs = proxy.status_if_running().await.is_some();
     if proxy_runs {
         reconciler = reconciler.with_proxy(proxy);
@@ -521,7 +521,7 @@ async fn status(config: &Config, json: bool) -> Result<u8, Failure> {
     };
     // The proxy answers for itself: its table is what the host ports serve right now, even
     // while the daemon is stopped.
-    let proxy = ProxyClient::new(&config.data_dir, None).status_if_running().await;
+    let proxy = ProxyClient::new(&config.data_dir, StartWith::Nothing).status_if_running().await;
     if json {
         let mut value = serde_json::to_value(&report).unwrap_or_default();
         if let (Some(object), Some(proxy)) = (value.as_object_mut(), &proxy) {

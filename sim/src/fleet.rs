@@ -318,7 +318,11 @@ impl SimFleet {
         let rt = runtime.clone();
         let device = id.to_owned();
         let task = tokio::spawn(async move {
-            let options = RunOptions { host: Some(simulated_host()), ..Default::default() };
+            let options = RunOptions {
+                host: Some(simulated_host()),
+                proxy_in_process: true,
+                ..Default::default()
+            };
             let ran = fleet_agent::daemon::run_with_options(config, rt, options, async {
                 let _ = stopped.await;
             })
@@ -355,7 +359,11 @@ impl SimFleet {
             let ran = async {
                 let rt =
                     DockerRuntime::connect(&config.engine_socket, config.engine_timeout).await?;
-                let options = RunOptions { host: Some(simulated_host()), ..Default::default() };
+                let options = RunOptions {
+                    host: Some(simulated_host()),
+                    proxy_in_process: true,
+                    ..Default::default()
+                };
                 fleet_agent::daemon::run_with_options(config, Arc::new(rt), options, async {
                     let _ = stopped.await;
                 })

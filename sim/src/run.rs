@@ -305,6 +305,7 @@ fn start(slot: &mut Slot, args: &RunArgs) -> anyhow::Result<()> {
     let options = if args.device_storage {
         fleet_agent::daemon::RunOptions {
             host: Some(crate::fleet::simulated_host()),
+            proxy_in_process: true,
             ..Default::default()
         }
     } else {
@@ -316,6 +317,7 @@ fn start(slot: &mut Slot, args: &RunArgs) -> anyhow::Result<()> {
             fixed_hardware: true,
             no_local_sockets: true,
             host: Some(crate::fleet::simulated_host()),
+            proxy_in_process: true,
         }
     };
     let (stop, stopped) = oneshot::channel::<()>();

@@ -413,7 +413,13 @@ impl InProcessAgent {
         let task = tokio::spawn({
             let rt = rt.clone();
             async move {
-                fleet_agent::daemon::run_with(config, rt, async {
+                // The port proxy as a task: this executable is the test harness, not
+                // fleet-agent.
+                let options = fleet_agent::daemon::RunOptions {
+                    proxy_in_process: true,
+                    ..Default::default()
+                };
+                fleet_agent::daemon::run_with_options(config, rt, options, async {
                     let _ = stopped.await;
                 })
                 .await

@@ -53,7 +53,7 @@ use crate::hardware::{self, HostHardware};
 use crate::host::{Host, SystemHost};
 use crate::link::{Link, LinkError, LinkHandle};
 use crate::lock::UpdateLocks;
-use crate::proxy::ProxyClient;
+use crate::proxy::{ProxyClient, StartWith};
 use crate::reconcile::{ExecOptions, Reconciler};
 use crate::runtime::docker::DockerRuntime;
 use crate::runtime::{ContainerRuntime, RuntimeError};
@@ -158,6 +158,9 @@ pub struct RunOptions {
     pub no_local_sockets: bool,
     /// The machine's service manager and reboot, instead of the real ones ([`SystemHost`]).
     pub host: Option<Arc<dyn Host>>,
+    /// Run the port proxy, when a release needs one, as a task of this process instead of a
+    /// process of its own (whose program would be this executable, not `fleet-agent`).
+    pub proxy_in_process: bool,
 }
 
 impl std::fmt::Debug for RunOptions {
@@ -168,6 +171,7 @@ impl std::fmt::Debug for RunOptions {
             .field("fixed_hardware", &self.fixed_hardware)
             .field("no_local_sockets", &self.no_local_sockets)
             .field("host", &self.host)
+            .field("proxy_in_process", &self.proxy_in_process)
             .finish()
     }
 }
@@ -188,7 +192,14 @@ pub async fn run_with_options<R: ContainerRuntime>(
     options: RunOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
-    let RunOptions { state, telemetry_store, fixed_hardware, no_local_sockets, host } = options;
+    let RunOptions {
+        state,
+        telemetry_store,
+        fixed_hardware,
+        no_local_sockets,
+        host,
+        proxy_in_process,
+    } = options;
     let host = host.unwrap_or_else(|| Arc::new(SystemHost));
     // Certificate problems are reported before anything else starts.
     let link = match &config.link {
@@ -235,7 +246,11 @@ pub async fn run_with_options<R: ContainerRuntime>(
     let mut reconciler =
         Reconciler::new(Arc::clone(&runtime), config.device_id.clone(), state, options)
             .with_locks(locks.clone())
-            .with_proxy(ProxyClient::for_daemon(&config.data_dir))
+            .with_proxy(if proxy_in_process {
+                ProxyClient::new(&config.data_dir, StartWith::Task)
+            } else {
+                ProxyClient::for_daemon(&config.data_dir)
+            })
             .with_hardware(hardware, config.hardware.clone());
     reconciler.set_credentials(config.registries.clone());
     // `fleet-agent apply` hands local releases to the daemon here; without the admin socket

@@ -266,30 +266,42 @@ pub enum ProxyError {
     },
 }
 
+/// What the client does when no proxy answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartWith {
+    /// Nothing: under systemd the proxy is a unit of its own (started by the daemon, it would
+    /// live in the daemon's cgroup and be killed with it); `status` only looks.
+    Nothing,
+    /// Starts `<program> proxy --data-dir DIR` as a process of its own.
+    Program(PathBuf),
+    /// Runs the proxy as a task of this process (the simulator and in-process tests, whose
+    /// executable is not `fleet-agent`): same socket and code, but it ends with the process.
+    Task,
+}
+
 /// The daemon's side of the control socket.
 #[derive(Debug, Clone)]
 pub struct ProxyClient {
     data_dir: PathBuf,
     socket: PathBuf,
-    /// The program the daemon starts the proxy with when none answers; `None` under systemd,
-    /// where the proxy is a unit of its own (started by the daemon, it would live in the
-    /// daemon's cgroup and be killed with it).
-    start_with: Option<PathBuf>,
+    start_with: StartWith,
 }
 
 impl ProxyClient {
-    /// The client of the proxy serving `data_dir`; `start_with` is the `fleet-agent` binary the
-    /// daemon starts a proxy from when none answers.
-    pub fn new(data_dir: &Path, start_with: Option<PathBuf>) -> ProxyClient {
+    /// The client of the proxy serving `data_dir`.
+    pub fn new(data_dir: &Path, start_with: StartWith) -> ProxyClient {
         ProxyClient { data_dir: data_dir.to_path_buf(), socket: socket_path(data_dir), start_with }
     }
 
-    /// The client the daemon uses: under systemd (`INVOCATION_ID` set) the proxy is a unit of
-    /// its own; otherwise the daemon starts it from its own binary.
+    /// The client a device's daemon uses: under systemd (`INVOCATION_ID` set) the proxy is a
+    /// unit of its own; otherwise the daemon starts it from its own binary.
     pub fn for_daemon(data_dir: &Path) -> ProxyClient {
         let under_systemd = std::env::var_os("INVOCATION_ID").is_some();
-        let exe = (!under_systemd).then(|| std::env::current_exe().ok()).flatten();
-        ProxyClient::new(data_dir, exe)
+        let start = match std::env::current_exe() {
+            Ok(exe) if !under_systemd => StartWith::Program(exe),
+            _ => StartWith::Nothing,
+        };
+        ProxyClient::new(data_dir, start)
     }
 
     /// The proxy's table and counts.
@@ -366,10 +378,21 @@ impl ProxyClient {
         };
         let absent =
             matches!(first.kind(), io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused);
-        let Some(exe) = self.start_with.as_ref().filter(|_| absent) else {
-            return Err(self.unreachable(first));
-        };
-        start(exe, &self.data_dir).map_err(|e| self.unreachable(e))?;
+        match &self.start_with {
+            _ if !absent => return Err(self.unreachable(first)),
+            StartWith::Nothing => return Err(self.unreachable(first)),
+            StartWith::Program(exe) => {
+                start(exe, &self.data_dir).map_err(|e| self.unreachable(e))?
+            }
+            StartWith::Task => {
+                let dir = self.data_dir.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = super::process::run(&dir, std::future::pending()).await {
+                        tracing::error!(error = %e, "the in-process port proxy stopped");
+                    }
+                });
+            }
+        }
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
         loop {
             match UnixStream::connect(&self.socket).await {
@@ -383,7 +406,7 @@ impl ProxyClient {
     }
 
     fn unreachable(&self, source: io::Error) -> ProxyError {
-        let hint = if self.start_with.is_some() {
+        let hint = if self.start_with != StartWith::Nothing {
             ""
         } else {
             " (is fleet-agent-proxy.service running? `systemctl status fleet-agent-proxy`)"

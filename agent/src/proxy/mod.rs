@@ -37,5 +37,5 @@ pub mod control;
 pub mod ports;
 pub mod process;
 
-pub use control::{ProxyClient, ProxyError, ProxyStatus};
+pub use control::{ProxyClient, ProxyError, ProxyStatus, StartWith};
 pub use ports::{PortProxy, SwitchError};

@@ -187,7 +187,7 @@ mod tests {
 
     use super::*;
     use crate::plan::Forward;
-    use crate::proxy::control::ProxyClient;
+    use crate::proxy::control::{ProxyClient, StartWith};
 
     async fn backend(name: &'static str) -> SocketAddr {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -246,7 +246,7 @@ mod tests {
     #[tokio::test]
     async fn the_table_survives_a_restart_of_the_proxy_and_a_second_proxy_steps_aside() {
         let dir = tempfile::tempdir().unwrap();
-        let client = ProxyClient::new(dir.path(), None);
+        let client = ProxyClient::new(dir.path(), StartWith::Nothing);
         let (blue, green) = (backend("blue").await, backend("green").await);
         let listen = free_addr();
         let (stop, task) = spawn_proxy(dir.path());
@@ -290,7 +290,7 @@ mod tests {
     #[tokio::test]
     async fn a_taken_port_is_refused_by_name_and_the_proxy_leaves_when_its_socket_goes() {
         let dir = tempfile::tempdir().unwrap();
-        let client = ProxyClient::new(dir.path(), None);
+        let client = ProxyClient::new(dir.path(), StartWith::Nothing);
         let (_stop, task) = spawn_proxy(dir.path());
         ready(&client).await;
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -311,7 +311,7 @@ mod tests {
     #[tokio::test]
     async fn without_a_proxy_and_without_permission_to_start_one_the_error_says_where() {
         let dir = tempfile::tempdir().unwrap();
-        let client = ProxyClient::new(dir.path(), None);
+        let client = ProxyClient::new(dir.path(), StartWith::Nothing);
         let err = client.routes().await.unwrap_err();
         let text = err.to_string();
         assert!(text.contains("proxy.sock") && text.contains("fleet-agent-proxy"), "{text}");

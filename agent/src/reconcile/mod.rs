@@ -447,7 +447,7 @@ impl<R: ContainerRuntime> Reconciler<R> {
             present.insert(spec.image.pull_ref(), self.runtime.has_image(&spec.image).await?);
         }
         let routes = match &self.proxy {
-            Some(proxy) => Some(proxy.routes().await?),
+            Some(proxy) => Some(proxy_routes(proxy, target).await?),
             None => None,
         };
         let mut steps = plan::plan_with_hardware(
@@ -640,4 +640,18 @@ fn outcome(origin: Origin, result: UpdateResult) -> UpdateOutcome {
         Origin::Local { .. } => 0,
     };
     UpdateOutcome { generation, finished_at: UnixMillis::now(), result }
+}
+
+/// The proxy's routes. A release that proxies a port starts the proxy if none runs; one that
+/// proxies none only asks a proxy that runs already (its routes must be closed), so a device
+/// without start-first ports never runs a proxy process.
+async fn proxy_routes(
+    proxy: &ProxyClient,
+    target: Option<&ReleaseSpec>,
+) -> Result<plan::Routes, ProxyError> {
+    let needed = target.is_some_and(|t| t.services.iter().any(|s| plan::proxied(s, true)));
+    if needed {
+        return proxy.routes().await;
+    }
+    Ok(proxy.status_if_running().await.map(|s| s.routes()).unwrap_or_default())
 }
