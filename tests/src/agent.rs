@@ -26,15 +26,7 @@ pub struct Agent {
 // every later test and benchmark on this machine.
 impl Drop for Agent {
     fn drop(&mut self) {
-        let filter = format!("label=io.fleet.device={}", self.device);
-        let _ = Command::new("sh")
-            .args([
-                "-c",
-                // Then the networks and volumes the agent made for this device (volumes only
-                // once no container holds them).
-                &format!("docker ps -aq --filter {filter} | xargs -r docker rm -f >/dev/null 2>&1; docker network ls -q --filter {filter} | xargs -r docker network rm >/dev/null 2>&1; docker volume ls -q --filter {filter} | xargs -r docker volume rm >/dev/null 2>&1"),
-            ])
-            .status();
+        crate::remove_device_objects(&self.device);
     }
 }
 

@@ -32,13 +32,7 @@ pub struct Containers(pub String);
 
 impl Drop for Containers {
     fn drop(&mut self) {
-        let filter = format!("label=io.fleet.device={}", self.0);
-        let _ = Command::new("sh")
-            .args([
-                "-c",
-                &format!("docker ps -aq --filter {filter} | xargs -r docker rm -f >/dev/null 2>&1"),
-            ])
-            .status();
+        crate::remove_device_objects(&self.0);
     }
 }
 

@@ -103,6 +103,21 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// Removes what the agent of `device` made on the engine: its containers, then its networks
+/// and volumes (volumes only once no container holds them). Containers of a failed test must
+/// not linger (their health checks would load the engine for every later test), and networks
+/// must not either: Docker's address pools hold only about 30 bridge networks, and leaked ones
+/// made every later release on this machine fail to create its network.
+pub fn remove_device_objects(device: &str) {
+    let filter = format!("label=io.fleet.device={device}");
+    let _ = std::process::Command::new("sh")
+        .args([
+            "-c",
+            &format!("docker ps -aq --filter {filter} | xargs -r docker rm -f >/dev/null 2>&1; docker network ls -q --filter {filter} | xargs -r docker network rm >/dev/null 2>&1; docker volume ls -q --filter {filter} | xargs -r docker volume rm >/dev/null 2>&1"),
+        ])
+        .status();
+}
+
 /// A TCP port free on loopback right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
