@@ -37,6 +37,18 @@ pub enum Request {
         /// Ignore update locks.
         force: bool,
     },
+    /// Install another agent version and switch to it on trial (as `fleet-agent self-update`);
+    /// the daemon answers, then replaces itself with that version.
+    SelfUpdate {
+        /// The new binary (read by the daemon, which is root).
+        file: PathBuf,
+        /// Its version: the slot's name.
+        version: String,
+        /// Seconds the new version has to commit.
+        deadline_secs: u64,
+        /// Install it although it is not newer than the running version.
+        allow_downgrade: bool,
+    },
 }
 
 /// The daemon's answer.
@@ -56,6 +68,11 @@ pub enum Answer {
     Refused {
         /// Every problem, each naming its field.
         problems: Vec<String>,
+    },
+    /// The version is installed; the daemon now replaces itself with it, on trial.
+    Relaunching {
+        /// The version.
+        version: String,
     },
     /// The daemon could not carry the request out.
     Error {
@@ -100,7 +117,12 @@ pub async fn serve(
     }
     drop(listener);
     let _ = std::fs::remove_file(&path);
-    // Clients waiting for an update's answer get a closed connection: the daemon is stopping.
+    // Answers already given still reach their clients (a self-update is answered right before
+    // the daemon stops); clients waiting for an update's answer are told the daemon stopped.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
     connections.shutdown().await;
     Ok(())
 }
@@ -164,7 +186,7 @@ mod tests {
         // The "daemon loop": answers every apply with a refusal naming the release.
         tokio::spawn(async move {
             while let Some(call) = rx.recv().await {
-                let Request::Apply { release, force } = call.request;
+                let Request::Apply { release, force } = call.request else { continue };
                 let _ = call.reply.send(Answer::Refused {
                     problems: vec![format!("{} force={force}", release.id)],
                 });

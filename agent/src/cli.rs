@@ -82,6 +82,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Install another fleet-agent version on this device and switch to it on trial: it must
+    /// start, converge without restarting any container and (with a link) connect within the
+    /// deadline, or the previous version comes back by itself. The binary the package
+    /// installed is never replaced. Example: fleet-agent self-update ./fleet-agent --version 0.2.0
+    SelfUpdate {
+        /// The new fleet-agent binary (an executable for this device).
+        file: PathBuf,
+        /// Its version (newer than the running one).
+        #[arg(long)]
+        version: String,
+        /// Seconds the new version has to commit before it is reverted.
+        #[arg(long, value_name = "SECONDS", default_value_t = crate::slots::DEFAULT_TRIAL.as_secs())]
+        deadline: u64,
+        /// Install it although it is not newer than the running version.
+        #[arg(long)]
+        allow_downgrade: bool,
+    },
     /// Hold the host ports of start-first services (the port proxy): what
     /// fleet-agent-proxy.service runs; the daemon starts it itself when not under systemd. It
     /// keeps serving while the daemon is stopped or being updated.
@@ -248,27 +265,92 @@ fn run(cli: Cli) -> Result<u8, Failure> {
                     cli.config.display()
                 )));
             }
+            // Another version of the agent may be the one to run (see `slots`); this returns
+            // when it is this binary.
+            crate::slots::launch(&config.data_dir);
+            let data_dir = config.data_dir.clone();
             // `shutdown_signal()` runs inside the runtime (it needs one) and before the daemon
             // starts, so the handlers exist before READY=1.
             let rt = runtime()?;
-            rt.block_on(async { daemon::run(config, shutdown_signal()).await }).map_err(
-                |e| match e {
+            let stopped = rt
+                .block_on(async { daemon::run(config, shutdown_signal()).await })
+                .map_err(|e| match e {
                     daemon::DaemonError::Runtime(r) => Failure::from(r),
                     other => Failure::input(report(&other)),
-                },
-            )?;
+                })?;
+            if stopped == daemon::Stopped::Relaunch {
+                // Sockets, the state database and the link are closed with the runtime.
+                drop(rt);
+                crate::slots::relaunch(&data_dir);
+                return Err(Failure::input("cannot relaunch into the new agent version"));
+            }
             Ok(0)
         }
         Command::Apply { file, json, force } => {
             runtime()?.block_on(apply(&config, &file, json, force))
         }
         Command::Lock(cmd) => lock(&config, cmd),
+        Command::SelfUpdate { file, version, deadline, allow_downgrade } => {
+            runtime()?.block_on(self_update(&config, file, version, deadline, allow_downgrade))
+        }
         Command::Proxy { .. } => runtime()?.block_on(proxy(&config.data_dir)),
         Command::Status { json } => runtime()?.block_on(status(&config, json)),
         // Handled above, before a configuration that fails to load ends the command.
         Command::Inventory { json, root } => {
             runtime()?.block_on(inventory(Some(&config), root, json))
         }
+    }
+}
+
+async fn self_update(
+    config: &Config,
+    file: PathBuf,
+    version: String,
+    deadline_secs: u64,
+    allow_downgrade: bool,
+) -> Result<u8, Failure> {
+    // The daemon reads the file as root: hand it an absolute path.
+    let file = std::fs::canonicalize(&file)
+        .map_err(|e| Failure::input(format!("cannot read {}: {e}", file.display())))?;
+    let socket = admin::socket_path(&config.data_dir);
+    let request = admin::Request::SelfUpdate {
+        file: file.clone(),
+        version: version.clone(),
+        deadline_secs,
+        allow_downgrade,
+    };
+    let answer = match admin::call(&socket, &request).await {
+        Ok(answer) => answer,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            // No daemon: install now; the next `fleet-agent run` starts it on trial.
+            let trial = Duration::from_secs(deadline_secs);
+            crate::slots::install(&config.data_dir, &file, &version, trial, allow_downgrade)
+                .map_err(|e| Failure::input(report(&e)))?;
+            eprintln!("installed agent {version}; the next `fleet-agent run` starts it on trial");
+            return Ok(0);
+        }
+        Err(e) => {
+            return Err(Failure::input(format!(
+                "cannot reach the fleet-agent daemon on {}: {e}",
+                socket.display()
+            )))
+        }
+    };
+    match answer {
+        admin::Answer::Relaunching { version } => {
+            eprintln!(
+                "agent {version} installed; the daemon restarts into it on trial ({deadline_secs} s to commit; `fleet-agent status` shows the outcome)"
+            );
+            Ok(0)
+        }
+        admin::Answer::Refused { problems } => Err(Failure::input(problems.join("\n  "))),
+        admin::Answer::Error { message } => Err(Failure::input(message)),
+        other => Err(Failure::input(format!("unexpected answer from the daemon: {other:?}"))),
     }
 }
 
@@ -362,6 +444,9 @@ async fn apply(config: &Config, file: &Path, json: bool, force: bool) -> Result<
             return Err(Failure::input(format!("{}: {}", file.display(), problems.join("\n  "))))
         }
         admin::Answer::Error { message } => return Err(Failure { code: 3, message }),
+        admin::Answer::Relaunching { .. } => {
+            return Err(Failure::input("the daemon answered an apply with a relaunch"))
+        }
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&outcome).unwrap_or_default());
@@ -522,10 +607,15 @@ async fn status(config: &Config, json: bool) -> Result<u8, Failure> {
     // The proxy answers for itself: its table is what the host ports serve right now, even
     // while the daemon is stopped.
     let proxy = ProxyClient::new(&config.data_dir, StartWith::Nothing).status_if_running().await;
+    let slots = crate::slots::load(&config.data_dir).ok();
     if json {
         let mut value = serde_json::to_value(&report).unwrap_or_default();
         if let (Some(object), Some(proxy)) = (value.as_object_mut(), &proxy) {
             object.insert("proxy".to_owned(), serde_json::to_value(proxy).unwrap_or_default());
+        }
+        if let (Some(object), Some(slots)) = (value.as_object_mut(), &slots) {
+            object
+                .insert("agent_slots".to_owned(), serde_json::to_value(slots).unwrap_or_default());
         }
         println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
         return Ok(0);
@@ -570,7 +660,20 @@ async fn status(config: &Config, json: bool) -> Result<u8, Failure> {
         );
     }
     print_proxy(proxy.as_ref());
+    print_slots(slots.as_ref());
     Ok(0)
+}
+
+fn print_slots(slots: Option<&crate::slots::Slots>) {
+    let Some(s) = slots else { return };
+    let committed = s.committed.as_deref().unwrap_or("the installed binary");
+    println!("\nagent        {committed} (committed)");
+    if let Some(t) = &s.trial {
+        println!("agent trial  {} (started {} times)", t.version, t.starts);
+    }
+    if let Some(f) = &s.last_failure {
+        println!("agent update failed: {} ({})", f.version, f.reason);
+    }
 }
 
 fn print_proxy(proxy: Option<&ProxyStatus>) {

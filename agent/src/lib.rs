@@ -48,6 +48,7 @@ pub mod report;
 pub mod runtime;
 pub mod sd_notify;
 pub mod secrets;
+pub mod slots;
 pub mod state;
 pub mod telemetry;
 

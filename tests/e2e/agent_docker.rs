@@ -599,6 +599,129 @@ async fn the_agent_killed_during_a_blue_green_switch_fails_no_request_and_leaves
     agent.cleanup(&env).await;
 }
 
+/// The agent's slots as `fleet-agent status --json` shows them.
+fn agent_slots(agent: &Agent) -> serde_json::Value {
+    agent.status()["agent_slots"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_updates_itself_on_trial_reverts_a_broken_version_and_its_services_never_notice()
+{
+    let env = TestEnv::load();
+    let agent = Agent::new("selfupdate");
+    let port = fleet_e2e::free_port();
+    let daemon = agent.daemon();
+    let pid = daemon.0.id();
+    admin_socket_up(&agent).await;
+    let out = agent.apply(&proxied_web(&env, "1", "1", port));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let containers = agent.containers(&env).await;
+    let proxy_pid = agent.status()["proxy"]["pid"].clone();
+    let clients = Clients::start(port);
+
+    // A newer version (this build, installed under a newer version): the daemon installs it in
+    // its slot, replaces itself with it (same process id, as under systemd), and the new
+    // version commits once it has converged without touching a container.
+    let data = agent.dir.path().join("data");
+    // Stripped like the shipped binary: the debug build's symbols are 200 MB, over the size an
+    // agent binary may have.
+    let new_build = agent.dir.path().join("fleet-agent-99.0.0");
+    let stripped = Command::new("strip")
+        .arg("-o")
+        .arg(&new_build)
+        .arg(fleet_e2e::bin("fleet-agent"))
+        .status()
+        .unwrap();
+    assert!(stripped.success());
+    let started = std::time::Instant::now();
+    let out = agent
+        .cmd()
+        .args(["self-update", "--version", "99.0.0", "--deadline", "60"])
+        .arg(&new_build)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    eventually("99.0.0 committed", Duration::from_secs(30), || async {
+        (agent_slots(&agent)["committed"] == "99.0.0").then_some(())
+    })
+    .await;
+    let commit_time = started.elapsed();
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert_eq!(exe, data.join("bin/99.0.0/fleet-agent"), "the same process now runs the slot");
+    assert_eq!(agent.containers(&env).await, containers, "no container was touched");
+    assert_eq!(agent.status()["proxy"]["pid"], proxy_pid, "the port proxy was never restarted");
+
+    // A version that cannot run (/bin/false is an executable for this machine that exits at
+    // once): restarted as systemd would, it gets three starts, then the next start puts the
+    // committed version back by itself.
+    let out = agent
+        .cmd()
+        .args(["self-update", "--version", "99.1.0", "--deadline", "60", "/bin/false"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut daemon = daemon;
+    let mut restarts = 0;
+    loop {
+        let exited =
+            eventually("the agent process ends or serves", Duration::from_secs(20), || {
+                let exited = daemon.0.try_wait().unwrap();
+                let serving =
+                    agent_slots(&agent)["trial"].is_null() && data.join("agent.sock").exists();
+                async move {
+                    match exited {
+                        Some(status) => Some(Some(status)),
+                        None if serving => Some(None),
+                        None => None,
+                    }
+                }
+            })
+            .await;
+        let Some(status) = exited else { break };
+        assert!(!status.success(), "the broken version fails: {status:?}");
+        assert!(restarts < 5, "reverted within the start budget");
+        restarts += 1;
+        daemon = agent.daemon();
+    }
+    let slots = agent_slots(&agent);
+    assert_eq!(slots["committed"], "99.0.0", "{slots}");
+    assert_eq!(slots["last_failure"]["version"], "99.1.0", "{slots}");
+    assert_eq!(slots["last_failure"]["reason"], "it did not commit in 3 starts", "{slots}");
+    assert_eq!(
+        restarts, 3,
+        "the relaunch and two restarts start 99.1.0, the third restart reverts"
+    );
+    let pid = daemon.0.id();
+    eventually("99.0.0 runs again", Duration::from_secs(20), || {
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+        let want = data.join("bin/99.0.0/fleet-agent");
+        async move { (exe == Some(want)).then_some(()) }
+    })
+    .await;
+    assert!(!data.join("bin/99.1.0").exists() || slots["trial"].is_null());
+    assert_eq!(agent.containers(&env).await, containers, "no container was touched");
+
+    // An older version is refused, and the running one is untouched.
+    let out =
+        agent.cmd().args(["self-update", "--version", "1.0.0"]).arg(&new_build).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("not newer than the running 99.0.0"),
+        "{stderr}"
+    );
+
+    std::thread::sleep(Duration::from_millis(300));
+    let t = clients.finish();
+    eprintln!(
+        "agent self-update: committed in {commit_time:?}; {} requests ok, {} failed through the update and the revert",
+        t.ok,
+        t.failed.len()
+    );
+    assert!(t.failed.is_empty(), "failed requests: {:?}", t.failed);
+    daemon.stop();
+    agent.cleanup(&env).await;
+}
+
 /// What pulling `repo@digest` downloads, measured independently of the agent: the manifest's
 /// blobs' Content-Length as the registry serves them.
 fn registry_blob_bytes(env: &TestEnv, repo: &str, digest: &str) -> u64 {

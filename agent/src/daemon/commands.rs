@@ -252,6 +252,9 @@ mod tests {
             rescan_on_resync: false,
             seal_key: DeviceSealKey::generate().unwrap(),
             host,
+            trial: None,
+            converged_ok: Default::default(),
+            relaunch: Default::default(),
         };
         (daemon, dir)
     }

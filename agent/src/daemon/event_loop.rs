@@ -4,13 +4,14 @@
 
 use std::future::Future;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use fleet_proto::{Event, EventKind, Severity, UnixMillis};
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::{lease_end, scan_hardware, Daemon, DaemonError};
+use super::{lease_end, scan_hardware, Daemon, DaemonError, Stopped};
 use crate::accept::check_local_release;
 use crate::admin::{Answer, Call, Request};
 use crate::hardware;
@@ -19,6 +20,7 @@ use crate::link::{Inbound, Inbox, Outgoing};
 use crate::reconcile::StepError;
 use crate::report;
 use crate::runtime::ContainerRuntime;
+use crate::slots;
 use crate::state::Origin;
 
 /// Quiet period after an engine event before converging, so a burst of events (die, stop,
@@ -48,7 +50,7 @@ impl<R: ContainerRuntime> Daemon<R> {
         mut admin_calls: tokio::sync::mpsc::Receiver<Call>,
         mut inbox: Option<Inbox>,
         mut hotplug: Option<tokio::sync::mpsc::Receiver<()>>,
-    ) -> Result<(), DaemonError> {
+    ) -> Result<Stopped, DaemonError> {
         tokio::pin!(shutdown);
         let device = self.config.device_id.clone();
         tracing::info!(%device, "fleet-agent {} started", crate::AGENT_VERSION);
@@ -74,10 +76,22 @@ impl<R: ContainerRuntime> Daemon<R> {
         tokio::pin!(debounce);
         let mut pending = false;
 
+        // A version on trial checks every second whether it may commit, or must give up.
+        let mut trial_tick = tokio::time::interval(Duration::from_secs(1));
+        trial_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+
         // The first resync tick fires at once: that is the converge at start.
-        loop {
+        let stopped = loop {
             tokio::select! {
-                () = &mut shutdown => break,
+                () = &mut shutdown => break Stopped::Signal,
+                _ = trial_tick.tick(), if self.trial.is_some() => {
+                    if let Some(e) = self.check_trial() {
+                        if let Some(watchdog) = &watchdog {
+                            watchdog.abort();
+                        }
+                        return Err(e);
+                    }
+                }
                 // Every converge goes through the debounce timer below, so there is one place
                 // that converges and a burst of events right after a tick causes one converge.
                 _ = resync.tick() => {
@@ -116,7 +130,7 @@ impl<R: ContainerRuntime> Daemon<R> {
                 () = &mut debounce, if pending => {
                     pending = false;
                     tokio::select! {
-                        () = &mut shutdown => break,
+                        () = &mut shutdown => break Stopped::Signal,
                         retry = self.converge() => if let Some(at) = retry {
                             pending = true;
                             debounce.as_mut().reset(at);
@@ -125,17 +139,20 @@ impl<R: ContainerRuntime> Daemon<R> {
                 }
                 Some(call) = admin_calls.recv() => {
                     tokio::select! {
-                        () = &mut shutdown => break,
+                        () = &mut shutdown => break Stopped::Signal,
                         retry = self.admin(call) => if let Some(at) = retry {
                             pending = true;
                             debounce.as_mut().reset(at);
                         },
                     }
+                    if self.relaunch.load(Ordering::SeqCst) {
+                        break Stopped::Relaunch;
+                    }
                 }
                 inbound = next_inbound(&mut inbox) => match inbound {
                     Some(message) => {
                         tokio::select! {
-                            () = &mut shutdown => break,
+                            () = &mut shutdown => break Stopped::Signal,
                             retry = self.inbound(message) => if let Some(at) = retry {
                                 pending = true;
                                 debounce.as_mut().reset(at);
@@ -148,19 +165,22 @@ impl<R: ContainerRuntime> Daemon<R> {
                     }
                 },
             }
-        }
+        };
         if let Some(watchdog) = watchdog {
             watchdog.abort();
         }
-        self.host.notify(Notify::Stopping);
+        if stopped == Stopped::Signal {
+            self.host.notify(Notify::Stopping);
+        }
         tracing::info!("fleet-agent stopping; application containers keep running");
-        Ok(())
+        Ok(stopped)
     }
 
     /// Converges and records the outcome; errors are logged, never fatal. Returns when to try
     /// again if the update is deferred by a lock (right after the lease ends).
     async fn converge(&self) -> Option<Instant> {
         let result = self.with_live_status(self.reconciler.converge()).await;
+        self.converged_ok.store(result.is_ok(), Ordering::SeqCst);
         let retry = match result {
             Ok(Some(outcome)) => {
                 tracing::info!(result = ?outcome.result, "update finished");
@@ -183,7 +203,14 @@ impl<R: ContainerRuntime> Daemon<R> {
     /// Carries out a request from the admin socket and answers it. Returns when to converge
     /// again if an update lock defers the switch.
     async fn admin(&self, call: Call) -> Option<Instant> {
-        let Request::Apply { release, force } = call.request;
+        let (release, force) = match call.request {
+            Request::Apply { release, force } => (release, force),
+            Request::SelfUpdate { file, version, deadline_secs, allow_downgrade } => {
+                let answer = self.self_update(file, version, deadline_secs, allow_downgrade).await;
+                let _ = call.reply.send(answer);
+                return None;
+            }
+        };
         let mut retry = None;
         let answer = match check_local_release(&release, &self.config.allowed_host_paths) {
             Err(refused) => Answer::Refused { problems: refused.problems },
@@ -207,6 +234,59 @@ impl<R: ContainerRuntime> Daemon<R> {
         self.write_status().await;
         let _ = call.reply.send(answer);
         retry
+    }
+
+    /// Installs another agent version in its slot (see [`crate::slots`]); on success the loop
+    /// stops and the process replaces itself with that version, on trial.
+    async fn self_update(
+        &self,
+        file: std::path::PathBuf,
+        version: String,
+        deadline_secs: u64,
+        allow_downgrade: bool,
+    ) -> Answer {
+        let data_dir = self.config.data_dir.clone();
+        let deadline = Duration::from_secs(deadline_secs);
+        let v = version.clone();
+        let installed = tokio::task::spawn_blocking(move || {
+            slots::install(&data_dir, &file, &v, deadline, allow_downgrade)
+        })
+        .await;
+        match installed {
+            Ok(Ok(_)) => {
+                tracing::info!(%version, "agent update: relaunching into the new version");
+                self.relaunch.store(true, Ordering::SeqCst);
+                Answer::Relaunching { version }
+            }
+            Ok(Err(e)) => Answer::Refused { problems: vec![e.to_string()] },
+            Err(e) => Answer::Error { message: format!("the install task failed: {e}") },
+        }
+    }
+
+    /// On trial: commits once converged (and connected, with a link); past the deadline, the
+    /// error that stops this version so the next start reverts it.
+    fn check_trial(&mut self) -> Option<DaemonError> {
+        let (version, deadline) = self.trial.clone()?;
+        let connected = self.link.as_ref().is_none_or(|l| l.state().borrow().connected);
+        let converged = self.converged_ok.load(Ordering::SeqCst);
+        if converged && connected {
+            match slots::commit(&self.config.data_dir, &version) {
+                Ok(()) => {
+                    tracing::info!(%version, "agent update committed");
+                    self.trial = None;
+                }
+                Err(e) => {
+                    tracing::error!(%version, error = %e, "cannot commit the agent update; retrying")
+                }
+            }
+            return None;
+        }
+        if UnixMillis::now() < deadline {
+            return None;
+        }
+        let why =
+            if converged { "it did not connect to the server" } else { "it did not converge" };
+        Some(DaemonError::TrialExpired { version, why })
     }
 
     /// Runs `work` (an update) while keeping `status.json` current with its phase and pull

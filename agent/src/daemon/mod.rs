@@ -41,6 +41,7 @@ mod tasks;
 
 use std::future::Future;
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -79,6 +80,14 @@ pub enum DaemonError {
     /// The key secrets are sealed to cannot be read or made.
     #[error(transparent)]
     SealKey(#[from] crate::secrets::KeyError),
+    /// This agent version was on trial and did not commit in time; the next start reverts it.
+    #[error("agent {version} on trial did not commit before its deadline: {why}; the next start reverts to the previous version")]
+    TrialExpired {
+        /// The version on trial.
+        version: String,
+        /// What it did not do.
+        why: &'static str,
+    },
     /// The data directory cannot be created.
     #[error("cannot create data directory {path}")]
     DataDir {
@@ -133,8 +142,21 @@ async fn open_state_waiting(config: &Config) -> Result<AgentState, DaemonError> 
     }
 }
 
+/// Why the daemon's loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// The shutdown signal.
+    Signal,
+    /// Another agent version was installed: the process replaces itself with it
+    /// ([`crate::slots::relaunch`]).
+    Relaunch,
+}
+
 /// Runs the daemon on the Docker engine until `shutdown` completes.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Stopped, DaemonError> {
     let runtime =
         Arc::new(DockerRuntime::connect(&config.engine_socket, config.engine_timeout).await?);
     run_with(config, runtime, shutdown).await
@@ -181,7 +203,7 @@ pub async fn run_with<R: ContainerRuntime>(
     config: Config,
     runtime: Arc<R>,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), DaemonError> {
+) -> Result<Stopped, DaemonError> {
     run_with_options(config, runtime, RunOptions::default(), shutdown).await
 }
 
@@ -191,7 +213,7 @@ pub async fn run_with_options<R: ContainerRuntime>(
     runtime: Arc<R>,
     options: RunOptions,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), DaemonError> {
+) -> Result<Stopped, DaemonError> {
     let RunOptions {
         state,
         telemetry_store,
@@ -266,7 +288,23 @@ pub async fn run_with_options<R: ContainerRuntime>(
     let rescan_on_resync = hotplug.is_none() && !fixed_hardware;
     let seal_key =
         crate::secrets::load_or_create_key(&config.data_dir.join(crate::secrets::KEY_FILE))?;
-    let mut daemon = Daemon { config, reconciler, link, trusted, rescan_on_resync, seal_key, host };
+    // Set by `slots::launch` when this process is a version on trial.
+    let trial = crate::slots::this_trial(&config.data_dir);
+    if let Some((version, _)) = &trial {
+        tracing::info!(%version, "this agent version is on trial");
+    }
+    let mut daemon = Daemon {
+        config,
+        reconciler,
+        link,
+        trusted,
+        rescan_on_resync,
+        seal_key,
+        host,
+        trial,
+        converged_ok: AtomicBool::new(false),
+        relaunch: AtomicBool::new(false),
+    };
     let result = daemon.run(shutdown, admin_calls, inbox, hotplug).await;
     tasks.stop(daemon.link.take()).await;
     result
@@ -284,6 +322,12 @@ struct Daemon<R> {
     seal_key: fleet_proto::DeviceSealKey,
     /// systemd's notifications and the reboot.
     host: Arc<dyn Host>,
+    /// This process's version and its deadline, while it is on trial.
+    trial: Option<(String, UnixMillis)>,
+    /// Whether the last converge succeeded (a trial commits after one).
+    converged_ok: AtomicBool,
+    /// A self-update was installed: the loop ends and the process relaunches.
+    relaunch: AtomicBool,
 }
 
 /// Reads the host's hardware (blocking file reads, off the runtime's threads) and adds what

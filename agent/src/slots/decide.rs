@@ -1,0 +1,311 @@
+//! Which agent version runs: the pure rules of the A/B slots. The I/O around them is in
+//! [`super`].
+//!
+//! Invariants (the model test checks them over random event sequences):
+//! * There is always a version to fall back to: the committed one, or the installed binary
+//!   when nothing was ever committed. A trial never replaces it until it commits.
+//! * A trial runs at most `max_starts` times and never past its deadline; after that the next
+//!   start reverts to the committed version by itself, without the server, and records why.
+//! * Only the trial's own version can commit it.
+
+use fleet_proto::UnixMillis;
+use serde::{Deserialize, Serialize};
+
+/// The slots' state, saved as `<data_dir>/slots.json`. Read by every later agent version too:
+/// fields are only ever added, with defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Slots {
+    /// The version in force; `None`: the binary the package installed.
+    pub committed: Option<String>,
+    /// A version on trial, not committed yet.
+    pub trial: Option<Trial>,
+    /// The last trial that failed, and why (kept until the next trial commits).
+    pub last_failure: Option<Failure>,
+}
+
+/// A version on trial.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trial {
+    /// Its version (its slot's name).
+    pub version: String,
+    /// When it was installed.
+    pub installed: UnixMillis,
+    /// It must commit before this.
+    pub deadline: UnixMillis,
+    /// How often it was started.
+    pub starts: u32,
+}
+
+/// A trial that did not commit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// The version.
+    pub version: String,
+    /// Why it was reverted.
+    pub reason: String,
+    /// When.
+    pub at: UnixMillis,
+}
+
+/// Which binary a starting agent runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Run {
+    /// The binary the package installed.
+    Installed,
+    /// The binary in this version's slot.
+    Slot(String),
+}
+
+impl Slots {
+    /// The version that runs when nothing is on trial.
+    pub fn fallback(&self) -> Run {
+        self.committed.clone().map_or(Run::Installed, Run::Slot)
+    }
+
+    /// At a start of the agent: the binary to run and the state to save first. A trial gets
+    /// one more start while it has starts and time left; otherwise it is reverted.
+    pub fn at_start(&self, now: UnixMillis, max_starts: u32) -> (Run, Slots) {
+        let mut next = self.clone();
+        let Some(trial) = &mut next.trial else { return (self.fallback(), next) };
+        let reason = if trial.starts >= max_starts {
+            Some(format!("it did not commit in {} starts", trial.starts))
+        } else if now.0 >= trial.deadline.0 {
+            Some(format!(
+                "it did not commit within {} s",
+                trial.deadline.0.saturating_sub(trial.installed.0) / 1000
+            ))
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => {
+                let version = trial.version.clone();
+                (self.fallback(), next.reverted(&version, reason, now))
+            }
+            None => {
+                trial.starts += 1;
+                let run = Run::Slot(trial.version.clone());
+                (run, next)
+            }
+        }
+    }
+
+    /// The package installed `installed` (the binary deciding at start): a committed slot that
+    /// is not newer gives way to it, so upgrading the package is never undone by an older
+    /// slot.
+    pub fn under_package(&self, installed: &str) -> Slots {
+        let older = |v: &str| {
+            compare_versions(v, installed).is_some_and(|o| o != std::cmp::Ordering::Greater)
+        };
+        match &self.committed {
+            Some(v) if older(v) && self.trial.is_none() => {
+                Slots { committed: None, ..self.clone() }
+            }
+            _ => self.clone(),
+        }
+    }
+
+    /// `version` installed in its slot, to be tried next.
+    pub fn installed(&self, version: &str, now: UnixMillis, deadline: UnixMillis) -> Slots {
+        Slots {
+            trial: Some(Trial { version: version.to_owned(), installed: now, deadline, starts: 0 }),
+            ..self.clone()
+        }
+    }
+
+    /// The trial of `version` committed: it is the version in force from now on. Anything
+    /// else (no trial, another version on trial) changes nothing.
+    pub fn committed(&self, version: &str) -> Slots {
+        match &self.trial {
+            Some(t) if t.version == version => {
+                Slots { committed: Some(version.to_owned()), trial: None, last_failure: None }
+            }
+            _ => self.clone(),
+        }
+    }
+
+    /// The trial of `version` is given up (`reason`); the committed version stays.
+    pub fn reverted(&self, version: &str, reason: String, now: UnixMillis) -> Slots {
+        match &self.trial {
+            Some(t) if t.version == version => Slots {
+                trial: None,
+                last_failure: Some(Failure { version: version.to_owned(), reason, at: now }),
+                ..self.clone()
+            },
+            _ => self.clone(),
+        }
+    }
+
+    /// Versions whose slots must stay on disk: the committed one and the trial.
+    pub fn kept(&self) -> Vec<&str> {
+        self.committed
+            .iter()
+            .map(String::as_str)
+            .chain(self.trial.iter().map(|t| t.version.as_str()))
+            .collect()
+    }
+}
+
+/// Why a version string cannot name a slot.
+pub fn check_version(version: &str) -> Result<(), String> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+' | '_');
+    if version.is_empty() || version.len() > 64 {
+        return Err(format!("version {version:?}: 1 to 64 characters"));
+    }
+    if !version.chars().all(ok_char) || version.starts_with('.') {
+        return Err(format!(
+            "version {version:?}: only letters, digits, '.', '-', '+' and '_', not starting with '.'"
+        ));
+    }
+    Ok(())
+}
+
+/// Semantic-version order of `a` and `b` (`MAJOR.MINOR.PATCH[-PRE][+BUILD]`): numeric parts
+/// compared as numbers, a pre-release before its release. `None` if either is not of that form.
+pub fn compare_versions(a: &str, b: &str) -> Option<std::cmp::Ordering> {
+    fn parse(v: &str) -> Option<([u64; 3], Option<&str>)> {
+        let v = v.split('+').next()?;
+        let (core, pre) = match v.split_once('-') {
+            Some((core, pre)) => (core, Some(pre)),
+            None => (v, None),
+        };
+        let mut parts = core.split('.').map(|p| p.parse::<u64>().ok());
+        let n = [parts.next()??, parts.next()??, parts.next()??];
+        parts.next().is_none().then_some((n, pre))
+    }
+    let (na, pa) = parse(a)?;
+    let (nb, pb) = parse(b)?;
+    Some(na.cmp(&nb).then_with(|| match (pa, pb) {
+        (None, None) => std::cmp::Ordering::Equal,
+        (Some(_), None) => std::cmp::Ordering::Less,
+        (None, Some(_)) => std::cmp::Ordering::Greater,
+        (Some(x), Some(y)) => x.cmp(y),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const MAX: u32 = 3;
+
+    #[test]
+    fn a_trial_runs_until_its_starts_or_its_time_run_out_then_reverts_by_itself() {
+        let base = Slots { committed: Some("1.0.0".into()), ..Slots::default() };
+        let s = base.installed("1.1.0", UnixMillis(1_000), UnixMillis(121_000));
+        let (run, s) = s.at_start(UnixMillis(2_000), MAX);
+        assert_eq!(run, Run::Slot("1.1.0".into()));
+        let (_, s) = s.at_start(UnixMillis(3_000), MAX);
+        let (_, s) = s.at_start(UnixMillis(4_000), MAX);
+        let (run, s) = s.at_start(UnixMillis(5_000), MAX);
+        assert_eq!(run, Run::Slot("1.0.0".into()), "three starts used up");
+        assert_eq!(s.committed.as_deref(), Some("1.0.0"));
+        assert!(s.trial.is_none());
+        assert_eq!(s.last_failure.unwrap().reason, "it did not commit in 3 starts");
+
+        let s = Slots::default().installed("1.1.0", UnixMillis(0), UnixMillis(120_000));
+        let (run, s) = s.at_start(UnixMillis(120_000), MAX);
+        assert_eq!(run, Run::Installed, "never committed anything: the installed binary");
+        assert_eq!(s.last_failure.unwrap().reason, "it did not commit within 120 s");
+    }
+
+    #[test]
+    fn a_newer_package_wins_over_an_older_committed_slot() {
+        let s = Slots { committed: Some("0.2.0".into()), ..Slots::default() };
+        assert_eq!(s.under_package("0.3.0").fallback(), Run::Installed);
+        assert_eq!(s.under_package("0.2.0").fallback(), Run::Installed);
+        assert_eq!(s.under_package("0.1.0"), s, "an older package keeps the newer slot");
+    }
+
+    #[test]
+    fn only_the_trial_itself_commits() {
+        let s = Slots::default().installed("2.0.0", UnixMillis(0), UnixMillis(10));
+        assert_eq!(s.committed("1.9.0"), s, "another version cannot commit it");
+        let c = s.committed("2.0.0");
+        assert_eq!(c.committed.as_deref(), Some("2.0.0"));
+        assert_eq!(c.fallback(), Run::Slot("2.0.0".into()));
+        assert_eq!(c.kept(), ["2.0.0"]);
+    }
+
+    #[test]
+    fn versions_compare_as_semver_and_bad_names_are_refused() {
+        use std::cmp::Ordering::*;
+        assert_eq!(compare_versions("0.10.0", "0.9.9"), Some(Greater));
+        assert_eq!(compare_versions("1.0.0-rc.1", "1.0.0"), Some(Less));
+        assert_eq!(compare_versions("1.0.0+build5", "1.0.0"), Some(Equal));
+        assert_eq!(compare_versions("1.0", "1.0.0"), None);
+        assert!(check_version("0.2.0").is_ok());
+        assert!(check_version("../x").is_err());
+        assert!(check_version(".hidden").is_err());
+        assert!(check_version("").is_err());
+    }
+
+    #[derive(Debug, Clone)]
+    enum Event {
+        Install(u8),
+        Start,
+        Commit(u8),
+        Revert(u8),
+        Wait(u32),
+    }
+
+    fn event() -> impl Strategy<Value = Event> {
+        prop_oneof![
+            (0u8..4).prop_map(Event::Install),
+            Just(Event::Start),
+            (0u8..4).prop_map(Event::Commit),
+            (0u8..4).prop_map(Event::Revert),
+            (0u32..100_000).prop_map(Event::Wait),
+        ]
+    }
+
+    proptest! {
+        /// Whatever happens, a start runs a version that exists (committed, installed, or the
+        /// trial within its limits), and a trial never outlives its starts or its deadline.
+        #[test]
+        fn every_start_runs_a_version_that_may_run(events in proptest::collection::vec(event(), 1..60)) {
+            let mut s = Slots::default();
+            let mut now = 0u64;
+            for e in events {
+                match e {
+                    Event::Install(v) => {
+                        s = s.installed(&format!("1.{v}.0"), UnixMillis(now), UnixMillis(now + 120_000));
+                    }
+                    Event::Commit(v) => s = s.committed(&format!("1.{v}.0")),
+                    Event::Revert(v) => s = s.reverted(&format!("1.{v}.0"), "test".into(), UnixMillis(now)),
+                    Event::Wait(ms) => now += u64::from(ms),
+                    Event::Start => {
+                        let before = s.clone();
+                        let (run, next) = s.at_start(UnixMillis(now), MAX);
+                        match (&next.trial, &before.trial) {
+                            // The trial runs once more, within its limits.
+                            (Some(t), Some(b)) => {
+                                prop_assert!(b.starts < MAX && now < b.deadline.0);
+                                prop_assert_eq!(t.starts, b.starts + 1);
+                                prop_assert_eq!(&run, &Run::Slot(t.version.clone()));
+                            }
+                            (Some(_), None) => prop_assert!(false, "a start never begins a trial"),
+                            // The committed version (or the installed binary) runs; a trial
+                            // out of starts or time is gone, with its reason.
+                            (None, b) => {
+                                prop_assert_eq!(&run, &before.fallback());
+                                prop_assert_eq!(&next.committed, &before.committed);
+                                if let Some(b) = b {
+                                    prop_assert!(b.starts >= MAX || now >= b.deadline.0);
+                                    prop_assert_eq!(next.last_failure.as_ref().map(|f| &f.version), Some(&b.version));
+                                }
+                            }
+                        }
+                        s = next;
+                    }
+                }
+                if let Some(t) = &s.trial {
+                    prop_assert!(t.starts <= MAX);
+                }
+            }
+        }
+    }
+}
