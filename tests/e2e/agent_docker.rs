@@ -722,6 +722,104 @@ async fn the_agent_updates_itself_on_trial_reverts_a_broken_version_and_its_serv
     agent.cleanup(&env).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_update_killed_at_any_step_ends_with_one_working_version_and_the_apps_untouched() {
+    let env = TestEnv::load();
+    let agent = Agent::new("selfkill");
+    let port = fleet_e2e::free_port();
+    let data = agent.dir.path().join("data");
+    let daemon = agent.daemon();
+    admin_socket_up(&agent).await;
+    let out = agent.apply(&proxied_web(&env, "1", "1", port));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    daemon.stop();
+    let containers = agent.containers(&env).await;
+    let new_build = agent.dir.path().join("fleet-agent-new");
+    assert!(Command::new("strip")
+        .arg("-o")
+        .arg(&new_build)
+        .arg(fleet_e2e::bin("fleet-agent"))
+        .status()
+        .unwrap()
+        .success());
+    let clients = Clients::start(port);
+    // Each step of an update in turn: the binary copied but not in its slot; in its slot but
+    // not named by the state; named as the trial but not started; the trial's start counted
+    // but not run; started but not committed. The version each must end on: the one before, or
+    // the new one, never none and never half of one.
+    let mut committed = None::<String>;
+    for (n, (fault, ends_new)) in [
+        ("slot-copy", false),
+        ("slot-install", false),
+        ("slot-switch", true),
+        ("slot-start", true),
+        ("slot-commit", true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let version = format!("99.0.{n}");
+        eprintln!("agent update killed at {fault} ({version})");
+        let mut doomed = fleet_e2e::agent::Daemon(
+            agent
+                .cmd()
+                .arg("run")
+                .env("FLEET_AGENT_FAULT", fault)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        admin_socket_up(&agent).await;
+        let _ = agent
+            .cmd()
+            .args(["self-update", "--version", &version, "--deadline", "60"])
+            .arg(&new_build)
+            .output()
+            .unwrap();
+        let status = doomed.0.wait().unwrap();
+        assert!(!status.success(), "{fault}: the agent was killed there: {status:?}");
+
+        // Restarted as systemd would.
+        let daemon = agent.daemon();
+        let pid = daemon.0.id();
+        let expected = if ends_new { Some(version.clone()) } else { committed.clone() };
+        let want_exe = match &expected {
+            Some(v) => data.join(format!("bin/{v}/fleet-agent")),
+            None => fleet_e2e::bin("fleet-agent"),
+        };
+        eventually(
+            &format!("{fault}: one version runs, committed"),
+            Duration::from_secs(30),
+            || {
+                let slots = agent_slots(&agent);
+                let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+                let want = want_exe.clone();
+                let expected = expected.clone();
+                async move {
+                    let committed_ok = slots["trial"].is_null()
+                        && slots["committed"].as_str().map(str::to_owned) == expected;
+                    (committed_ok && exe == Some(want)).then_some(())
+                }
+            },
+        )
+        .await;
+        assert_eq!(agent.containers(&env).await, containers, "{fault}: no container touched");
+        committed = expected;
+        daemon.stop();
+    }
+    let t = clients.finish();
+    eprintln!("agent update killed at every step: {} requests ok, {} failed", t.ok, t.failed.len());
+    assert!(t.failed.is_empty(), "failed requests: {:?}", t.failed);
+    // Only the committed version's slot is left (the others were removed at its commit).
+    let slots: Vec<String> = std::fs::read_dir(data.join("bin"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(slots, [committed.unwrap()]);
+    agent.cleanup(&env).await;
+}
+
 /// What pulling `repo@digest` downloads, measured independently of the agent: the manifest's
 /// blobs' Content-Length as the registry serves them.
 fn registry_blob_bytes(env: &TestEnv, repo: &str, digest: &str) -> u64 {

@@ -175,6 +175,7 @@ pub fn launch(data_dir: &Path) {
 /// After the daemon stopped for a self-update: decides again (the new version's first start)
 /// and replaces this process with the version that wins.
 pub fn relaunch(data_dir: &Path) {
+    fault("slot-switch");
     decide_and_exec(data_dir, None);
 }
 
@@ -208,6 +209,9 @@ fn decide_and_exec(data_dir: &Path, package: Option<&str>) {
     let Run::Slot(version) = run else { return exec_installed() };
     let binary = slot_binary(data_dir, &version);
     let trial = next.trial.as_ref().filter(|t| t.version == version).map(|t| t.deadline);
+    if trial.is_some() {
+        fault("slot-start");
+    }
     tracing::info!(%version, binary = %binary.display(), trial = trial.is_some(), "running the agent's slot");
     let error = exec(&binary, &version);
     // Only reached when the exec failed: a trial that cannot even start is reverted now.
@@ -277,10 +281,12 @@ pub fn install(
     std::fs::create_dir_all(&slot_dir).map_err(io_err("create", &slot_dir))?;
     let part = target.with_extension("part");
     copy_synced(source, &part)?;
+    fault("slot-copy");
     std::fs::set_permissions(&part, std::fs::Permissions::from_mode(0o755))
         .map_err(io_err("make executable", &part))?;
     std::fs::rename(&part, &target).map_err(io_err("rename", &part))?;
     sync_dir(&slot_dir);
+    fault("slot-install");
     let now = UnixMillis::now();
     let deadline = UnixMillis(now.0 + u64::try_from(trial.as_millis()).unwrap_or(u64::MAX));
     let next = slots.installed(version, now, deadline);
@@ -291,6 +297,7 @@ pub fn install(
 
 /// Commits the trial of `version` (this process) and removes slots no longer kept.
 pub fn commit(data_dir: &Path, version: &str) -> Result<(), SlotError> {
+    fault("slot-commit");
     let slots = load(data_dir)?;
     let next = slots.committed(version);
     if next == slots {
@@ -307,6 +314,18 @@ pub fn commit(data_dir: &Path, version: &str) -> Result<(), SlotError> {
         }
     }
     Ok(())
+}
+
+/// Test-only: aborts the process at `step` when `FLEET_AGENT_FAULT` names it (builds with the
+/// `fault-injection` feature only), so the e2e tests kill an agent update at every step.
+fn fault(step: &str) {
+    #[cfg(feature = "fault-injection")]
+    if std::env::var("FLEET_AGENT_FAULT").is_ok_and(|f| f == step) {
+        eprintln!("fleet-agent: FLEET_AGENT_FAULT={step}: aborting");
+        std::process::abort();
+    }
+    #[cfg(not(feature = "fault-injection"))]
+    let _ = step;
 }
 
 fn copy_synced(from: &Path, to: &Path) -> Result<(), SlotError> {
