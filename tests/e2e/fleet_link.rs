@@ -6,6 +6,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use std::process::Command;
 use std::time::Duration;
 
 use fleet_e2e::fleet::{client, connected, start_agent, start_fleet, watch, Containers, Fleet};
@@ -153,5 +154,93 @@ async fn an_enrolled_agent_runs_what_the_server_publishes_and_refuses_forgeries(
     let d = device(&fleet, &id).await;
     assert_eq!(d["release"], "linked@1", "the forgery changed nothing: {d}");
     assert_eq!(d["accepted_generation"], generation);
+    drop(agent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linked_agent_updates_itself_reconnects_with_its_identity_and_then_commits() {
+    let env = TestEnv::load();
+    let fleet = start_fleet().await;
+    let id = format!("selflink-{}", std::process::id());
+    let _containers = Containers(id.clone());
+    let bundle = fleet.enroll(&id);
+    fleet_e2e::fleet::test_pacing(&bundle);
+    let agent = start_agent(&bundle, false);
+    let pid = agent.0.id();
+    let fleet_ref = &fleet;
+    let id_ref = id.as_str();
+    eventually("the agent to be online", Duration::from_secs(30), || async move {
+        (device(fleet_ref, id_ref).await["online"] == true).then_some(())
+    })
+    .await;
+    fleet
+        .assign(&id, &serde_json::to_value(release("1", &env.image("web:1").reference)).unwrap())
+        .await;
+    eventually("the release in force", Duration::from_secs(60), || async move {
+        (device(fleet_ref, id_ref).await["release"] == "linked@1").then_some(())
+    })
+    .await;
+    let containers_before = Command::new("docker")
+        .args(["ps", "-q", "--no-trunc", "--filter", &format!("label=io.fleet.device={id}")])
+        .output()
+        .unwrap()
+        .stdout;
+
+    // The same build as 99.0.0, stripped like a shipped binary, through the local command.
+    let new_build = bundle.join("fleet-agent-99.0.0");
+    assert!(Command::new("strip")
+        .arg("-o")
+        .arg(&new_build)
+        .arg(fleet_e2e::bin("fleet-agent"))
+        .status()
+        .unwrap()
+        .success());
+    let slots_file = bundle.join("data/slots.json");
+    let started = std::time::Instant::now();
+    let out = Command::new(fleet_e2e::bin("fleet-agent"))
+        .arg("--config")
+        .arg(bundle.join("config.toml"))
+        .args(["self-update", "--version", "99.0.0"])
+        .arg(&new_build)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The server's view of the link, every 20 ms, until the new version has committed: how
+    // long the device was offline, if the server noticed at all.
+    let (mut offline_since, mut downtime) = (None, Duration::ZERO);
+    let committed_after = loop {
+        let online = device(&fleet, &id).await["online"] == true;
+        match (online, offline_since) {
+            (false, None) => offline_since = Some(std::time::Instant::now()),
+            (true, Some(since)) => {
+                downtime += since.elapsed();
+                offline_since = None;
+            }
+            _ => {}
+        }
+        let slots: serde_json::Value = std::fs::read(&slots_file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        if slots["committed"] == "99.0.0" && online {
+            break started.elapsed();
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "not committed: {slots}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert_eq!(exe, bundle.join("data/bin/99.0.0/fleet-agent"));
+    let containers_after = Command::new("docker")
+        .args(["ps", "-q", "--no-trunc", "--filter", &format!("label=io.fleet.device={id}")])
+        .output()
+        .unwrap()
+        .stdout;
+    assert_eq!(containers_after, containers_before, "no container restarted");
+    // Still answering the server as itself.
+    let logs = fleet.fleetctl(&["device", "logs", &id, "web", "--tail", "1", "--json"]);
+    assert!(logs.status.success(), "{}", String::from_utf8_lossy(&logs.stderr));
+    eprintln!(
+        "linked agent self-update: committed {committed_after:?} after the command; offline as the server saw it: {downtime:?}"
+    );
     drop(agent);
 }
