@@ -246,6 +246,16 @@ impl ContainerRuntime for DockerRuntime {
         match self.docker.create_network(req).await {
             Ok(_) => Ok(()),
             Err(e) if status_of(&e) == Some(409) => Ok(()),
+            // Docker answers 404 when its address pools are exhausted ("could not find an
+            // available, non-overlapping IPv4 address pool"): that message is the reason, not
+            // "network not found".
+            Err(BollardError::DockerResponseServerError { status_code: 404, message }) => {
+                Err(RuntimeError::Engine {
+                    op: format!("create network {name}"),
+                    status: Some(404),
+                    message,
+                })
+            }
             Err(e) => Err(self.fail("create", &format!("network {name}"), e)),
         }
     }
