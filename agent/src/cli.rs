@@ -607,15 +607,15 @@ async fn status(config: &Config, json: bool) -> Result<u8, Failure> {
     // The proxy answers for itself: its table is what the host ports serve right now, even
     // while the daemon is stopped.
     let proxy = ProxyClient::new(&config.data_dir, StartWith::Nothing).status_if_running().await;
-    let slots = crate::slots::load(&config.data_dir).ok();
+    // The slots as they are now (the daemon's last report may predate a commit).
+    let running =
+        report.agent.as_ref().map_or(crate::AGENT_VERSION.to_owned(), |a| a.running.clone());
+    let mut report = report;
+    report.agent = Some(crate::slots::versions(&config.data_dir, running));
     if json {
         let mut value = serde_json::to_value(&report).unwrap_or_default();
         if let (Some(object), Some(proxy)) = (value.as_object_mut(), &proxy) {
             object.insert("proxy".to_owned(), serde_json::to_value(proxy).unwrap_or_default());
-        }
-        if let (Some(object), Some(slots)) = (value.as_object_mut(), &slots) {
-            object
-                .insert("agent_slots".to_owned(), serde_json::to_value(slots).unwrap_or_default());
         }
         println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
         return Ok(0);
@@ -660,18 +660,19 @@ async fn status(config: &Config, json: bool) -> Result<u8, Failure> {
         );
     }
     print_proxy(proxy.as_ref());
-    print_slots(slots.as_ref());
+    if let Some(agent) = &report.agent {
+        print_agent(agent);
+    }
     Ok(0)
 }
 
-fn print_slots(slots: Option<&crate::slots::Slots>) {
-    let Some(s) = slots else { return };
-    let committed = s.committed.as_deref().unwrap_or("the installed binary");
-    println!("\nagent        {committed} (committed)");
-    if let Some(t) = &s.trial {
-        println!("agent trial  {} (started {} times)", t.version, t.starts);
+fn print_agent(a: &fleet_proto::report::AgentVersions) {
+    let committed = a.committed.as_deref().unwrap_or("the installed binary");
+    println!("\nagent        {} running; committed: {committed}", a.running);
+    if let Some(t) = &a.trial {
+        println!("agent trial  {t}");
     }
-    if let Some(f) = &s.last_failure {
+    if let Some(f) = &a.failed {
         println!("agent update failed: {} ({})", f.version, f.reason);
     }
 }

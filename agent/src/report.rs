@@ -83,6 +83,7 @@ pub fn build(
         update: UpdateStatus { last_outcome: state.last_outcome()?, ..update },
         inventory,
         seal_key: None,
+        agent: None,
     })
 }
 

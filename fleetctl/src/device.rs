@@ -439,6 +439,20 @@ fn print_device(view: &DeviceView) {
         format!("{} (last seen {})", if d.online { "yes" } else { "no" }, ago(d.last_seen)),
     );
     field("agent", d.agent_version.clone().unwrap_or_else(|| "-".into()));
+    if let Some(a) = d.last_report.as_ref().and_then(|r| r.agent.as_ref()) {
+        let mut slots = format!(
+            "running {}, committed {}",
+            a.running,
+            a.committed.as_deref().unwrap_or("the packaged binary")
+        );
+        if let Some(t) = &a.trial {
+            slots += &format!(", {t} on trial");
+        }
+        field("agent slots", slots);
+        if let Some(f) = &a.failed {
+            field("agent update", format!("failed: {} ({}, {})", f.version, f.reason, ago(f.at)));
+        }
+    }
     field("release", d.release.clone().unwrap_or_else(|| "-".into()));
     field("assigned", d.assigned_release.clone().unwrap_or_else(|| "-".into()));
     field(

@@ -39,6 +39,40 @@ pub struct StateReport {
     /// The public key secrets are sealed to ([`crate::seal`]); the agent makes it on first
     /// start. Appended: `None` from older agents, which get no secrets.
     pub seal_key: Option<crate::SealKey>,
+    /// The agent's own versions on the device (its A/B slots). Appended: `None` from agents
+    /// that do not update themselves.
+    #[serde(with = "crate::codec::extensible_opt")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<AgentVersions>"))]
+    pub agent: Option<AgentVersions>,
+}
+
+/// Which agent versions a device has: the one running, the one committed, one on trial, and
+/// the last trial that failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct AgentVersions {
+    /// The version running now.
+    pub running: String,
+    /// The version in force; `None`: the binary the device's package installed.
+    pub committed: Option<String>,
+    /// A version on trial (not committed yet).
+    pub trial: Option<String>,
+    /// The last trial that did not commit and was reverted.
+    pub failed: Option<AgentUpdateFailure>,
+}
+
+/// An agent version that was tried and reverted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct AgentUpdateFailure {
+    /// The version.
+    pub version: String,
+    /// Why it was reverted, e.g. "it did not commit in 3 starts".
+    pub reason: String,
+    /// When.
+    pub at: UnixMillis,
 }
 
 /// The release in force and its origin.

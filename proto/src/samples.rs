@@ -277,6 +277,16 @@ pub fn report() -> StateReport {
         },
         inventory: Some(inventory()),
         seal_key: Some(SealKey([0x11; 32])),
+        agent: Some(AgentVersions {
+            running: s("0.2.0"),
+            committed: Some(s("0.2.0")),
+            trial: None,
+            failed: Some(AgentUpdateFailure {
+                version: s("0.3.0"),
+                reason: s("it did not commit in 3 starts"),
+                at: UnixMillis(T0.0 - 30_000),
+            }),
+        }),
     }
 }
 

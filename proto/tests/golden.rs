@@ -27,8 +27,9 @@ use fleet_proto::{samples, Command, DesiredState, Message, TrustedKeys};
 /// `ServiceSpec` grew `secrets` and `DesiredState` grew `secrets` and
 /// `sealed_registry_credentials`; those bytes decode with all three empty. `desired-6` is the
 /// current one. `report`: written before `StateReport` grew `seal_key`; it decodes with none.
+/// `report-2`: written before it grew `agent`; it decodes with none.
 const DECODE_ONLY: &[&str] =
-    &["desired", "desired-2", "desired-3", "desired-4", "desired-5", "report"];
+    &["desired", "desired-2", "desired-3", "desired-4", "desired-5", "report", "report-2"];
 
 fn cases() -> Vec<(&'static str, Message)> {
     vec![
@@ -40,6 +41,7 @@ fn cases() -> Vec<(&'static str, Message)> {
         ("desired-6", Message::Desired(samples::signed_desired())),
         ("report", Message::Report(samples::report())),
         ("report-2", Message::Report(samples::report())),
+        ("report-3", Message::Report(samples::report())),
         ("telemetry", Message::Telemetry(samples::telemetry())),
         ("telemetry-ack", Message::TelemetryAck(samples::telemetry_ack())),
         ("event", Message::Event(samples::event())),
@@ -148,7 +150,20 @@ fn a_report_from_before_seal_keys_decodes_without_one() {
     else {
         panic!("report fixture holds another kind");
     };
-    assert_eq!(report, fleet_proto::StateReport { seal_key: None, ..samples::report() });
+    assert_eq!(
+        report,
+        fleet_proto::StateReport { seal_key: None, agent: None, ..samples::report() }
+    );
+}
+
+#[test]
+fn a_report_from_before_agent_slots_decodes_without_them() {
+    let Message::Report(report) =
+        Message::decode(&std::fs::read(fixture("report-2")).unwrap()).unwrap()
+    else {
+        panic!("report-2 fixture holds another kind");
+    };
+    assert_eq!(report, fleet_proto::StateReport { agent: None, ..samples::report() });
 }
 
 #[test]

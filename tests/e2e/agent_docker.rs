@@ -599,9 +599,9 @@ async fn the_agent_killed_during_a_blue_green_switch_fails_no_request_and_leaves
     agent.cleanup(&env).await;
 }
 
-/// The agent's slots as `fleet-agent status --json` shows them.
+/// The agent's versions as `fleet-agent status --json` shows them (what it reports).
 fn agent_slots(agent: &Agent) -> serde_json::Value {
-    agent.status()["agent_slots"].clone()
+    agent.status()["agent"].clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -685,8 +685,8 @@ async fn the_agent_updates_itself_on_trial_reverts_a_broken_version_and_its_serv
     }
     let slots = agent_slots(&agent);
     assert_eq!(slots["committed"], "99.0.0", "{slots}");
-    assert_eq!(slots["last_failure"]["version"], "99.1.0", "{slots}");
-    assert_eq!(slots["last_failure"]["reason"], "it did not commit in 3 starts", "{slots}");
+    assert_eq!(slots["failed"]["version"], "99.1.0", "{slots}");
+    assert_eq!(slots["failed"]["reason"], "it did not commit in 3 starts", "{slots}");
     assert_eq!(
         restarts, 3,
         "the relaunch and two restarts start 99.1.0, the third restart reverts"

@@ -236,6 +236,15 @@ async fn a_linked_agent_updates_itself_reconnects_with_its_identity_and_then_com
         .unwrap()
         .stdout;
     assert_eq!(containers_after, containers_before, "no container restarted");
+    // The server learns the agent's versions from its report.
+    eventually("the server to see 99.0.0 committed", Duration::from_secs(30), || async move {
+        let d = device(fleet_ref, id_ref).await;
+        (d["last_report"]["agent"]["committed"] == "99.0.0").then_some(())
+    })
+    .await;
+    let show = fleet.fleetctl(&["device", "show", &id]);
+    let shown = String::from_utf8_lossy(&show.stdout);
+    assert!(shown.contains("committed 99.0.0"), "{shown}");
     // Still answering the server as itself.
     let logs = fleet.fleetctl(&["device", "logs", &id, "web", "--tail", "1", "--json"]);
     assert!(logs.status.success(), "{}", String::from_utf8_lossy(&logs.stderr));

@@ -286,6 +286,7 @@ fn applied(id: &DeviceId, desired: &DesiredState) -> StateReport {
         },
         inventory: None,
         seal_key: None,
+        agent: None,
     }
 }
 

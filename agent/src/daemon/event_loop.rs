@@ -85,7 +85,7 @@ impl<R: ContainerRuntime> Daemon<R> {
             tokio::select! {
                 () = &mut shutdown => break Stopped::Signal,
                 _ = trial_tick.tick(), if self.trial.is_some() => {
-                    if let Some(e) = self.check_trial() {
+                    if let Some(e) = self.check_trial().await {
                         if let Some(watchdog) = &watchdog {
                             watchdog.abort();
                         }
@@ -265,7 +265,7 @@ impl<R: ContainerRuntime> Daemon<R> {
 
     /// On trial: commits once converged (and connected, with a link); past the deadline, the
     /// error that stops this version so the next start reverts it.
-    fn check_trial(&mut self) -> Option<DaemonError> {
+    async fn check_trial(&mut self) -> Option<DaemonError> {
         let (version, deadline) = self.trial.clone()?;
         let connected = self.link.as_ref().is_none_or(|l| l.state().borrow().connected);
         let converged = self.converged_ok.load(Ordering::SeqCst);
@@ -274,6 +274,8 @@ impl<R: ContainerRuntime> Daemon<R> {
                 Ok(()) => {
                     tracing::info!(%version, "agent update committed");
                     self.trial = None;
+                    // The server learns it from the next report.
+                    self.write_status().await;
                 }
                 Err(e) => {
                     tracing::error!(%version, error = %e, "cannot commit the agent update; retrying")
@@ -369,6 +371,7 @@ impl<R: ContainerRuntime> Daemon<R> {
             return;
         };
         report.seal_key = Some(self.seal_key.public());
+        report.agent = Some(slots::versions(&self.config.data_dir, slots::running_version()));
         if let Err(e) = write_atomic(
             &self.config.data_dir.join("status.json"),
             &serde_json::to_vec_pretty(&report).unwrap_or_default(),

@@ -162,6 +162,21 @@ pub fn this_trial(data_dir: &Path) -> Option<(String, UnixMillis)> {
     (trial.version == me).then_some((trial.version, trial.deadline))
 }
 
+/// What the device reports about its agent versions, with `running` the version running.
+pub fn versions(data_dir: &Path, running: String) -> fleet_proto::report::AgentVersions {
+    let slots = load(data_dir).unwrap_or_default();
+    fleet_proto::report::AgentVersions {
+        running,
+        committed: slots.committed,
+        trial: slots.trial.map(|t| t.version),
+        failed: slots.last_failure.map(|f| fleet_proto::report::AgentUpdateFailure {
+            version: f.version,
+            reason: f.reason,
+            at: f.at,
+        }),
+    }
+}
+
 /// First thing `fleet-agent run` does: decides which version runs and, if that is another
 /// binary, replaces this process with it (returning only if that fails). A process that was
 /// launched this way does not decide again.
