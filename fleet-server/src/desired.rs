@@ -586,6 +586,8 @@ impl Publisher {
             registry_credentials,
             secrets: out.secrets,
             sealed_registry_credentials,
+            // Agent releases through rollouts are not served yet (issue 23, part 2).
+            agent: None,
         };
         let topic = topic(&state.device, TopicKind::Desired);
         (topic, Message::Desired(self.pki.signing_key().sign(&state)).encode())

@@ -36,6 +36,29 @@ pub struct DesiredState {
     /// The registry credentials as a postcard `Vec<RegistryCredential>` sealed to the device
     /// with [`crate::seal::registry_credentials_aad`]; empty: none. Appended.
     pub sealed_registry_credentials: Vec<u8>,
+    /// The agent version this device should run and where its binary is. Appended: `None`
+    /// from older servers and for devices no agent release targets (the agent stays as it is).
+    #[serde(with = "crate::codec::extensible_opt")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<AgentTarget>"))]
+    pub agent: Option<AgentTarget>,
+}
+
+/// An agent version for one device: the binary for its platform, by digest, so the signature
+/// over the desired state covers the exact bytes the device will run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct AgentTarget {
+    /// The version (the agent release is `fleet-agent@VERSION`).
+    pub version: String,
+    /// Registry and repository holding the binary as a blob, e.g. `registry.example:5000/fleet/agent`.
+    pub repository: String,
+    /// The binary's digest, `sha256:<64 hex>`.
+    pub digest: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Seconds the new version has to commit on the device before it reverts by itself.
+    pub deadline_secs: u64,
 }
 
 /// One secret's value, sealed to the device it is addressed to.

@@ -54,7 +54,7 @@ pub mod topic;
 mod roundtrip_tests;
 
 pub use command::{Command, CommandAction, CommandOutcome, CommandResult};
-pub use desired::{DesiredState, Pin, RegistryCredential, SealedSecret};
+pub use desired::{AgentTarget, DesiredState, Pin, RegistryCredential, SealedSecret};
 pub use envelope::{
     Compression, DecodeError, Message, MessageKind, TopicMismatch, MAX_MESSAGE_BYTES,
     MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,

@@ -184,6 +184,13 @@ pub fn desired() -> DesiredState {
             sealed: vec![0xa5; SEAL_OVERHEAD + 8],
         }],
         sealed_registry_credentials: vec![0x5a; SEAL_OVERHEAD + 40],
+        agent: Some(crate::desired::AgentTarget {
+            version: s("0.2.0"),
+            repository: s("registry.example.com/fleet/agent"),
+            digest: s("sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"),
+            size: 6_177_600,
+            deadline_secs: 120,
+        }),
     }
 }
 

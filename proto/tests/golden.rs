@@ -27,9 +27,18 @@ use fleet_proto::{samples, Command, DesiredState, Message, TrustedKeys};
 /// `ServiceSpec` grew `secrets` and `DesiredState` grew `secrets` and
 /// `sealed_registry_credentials`; those bytes decode with all three empty. `desired-6` is the
 /// current one. `report`: written before `StateReport` grew `seal_key`; it decodes with none.
-/// `report-2`: written before it grew `agent`; it decodes with none.
-const DECODE_ONLY: &[&str] =
-    &["desired", "desired-2", "desired-3", "desired-4", "desired-5", "report", "report-2"];
+/// `report-2`: written before it grew `agent`; it decodes with none. `desired-6`: written before
+/// `DesiredState` grew `agent`; it decodes with none (`desired-7` is the current one).
+const DECODE_ONLY: &[&str] = &[
+    "desired",
+    "desired-2",
+    "desired-3",
+    "desired-4",
+    "desired-5",
+    "desired-6",
+    "report",
+    "report-2",
+];
 
 fn cases() -> Vec<(&'static str, Message)> {
     vec![
@@ -39,6 +48,7 @@ fn cases() -> Vec<(&'static str, Message)> {
         ("desired-4", Message::Desired(samples::signed_desired())),
         ("desired-5", Message::Desired(samples::signed_desired())),
         ("desired-6", Message::Desired(samples::signed_desired())),
+        ("desired-7", Message::Desired(samples::signed_desired())),
         ("report", Message::Report(samples::report())),
         ("report-2", Message::Report(samples::report())),
         ("report-3", Message::Report(samples::report())),
@@ -112,14 +122,20 @@ fn golden_fixtures_still_decode_to_their_samples() {
 #[test]
 fn golden_signed_payloads_still_verify() {
     let trusted = TrustedKeys::new([samples::server_key().public()]);
-    for name in ["desired", "desired-2", "desired-3", "desired-4", "desired-5", "desired-6"] {
+    for name in
+        ["desired", "desired-2", "desired-3", "desired-4", "desired-5", "desired-6", "desired-7"]
+    {
         let Message::Desired(desired) =
             Message::decode(&std::fs::read(fixture(name)).unwrap()).unwrap()
         else {
             panic!("{name} fixture holds another kind");
         };
         let mut expected = samples::desired();
-        if name != "desired-6" {
+        if name != "desired-7" {
+            // Written before DesiredState grew `agent`: it decodes with none.
+            expected.agent = None;
+        }
+        if !matches!(name, "desired-6" | "desired-7") {
             // Written before secrets: they decode with none.
             expected.secrets.clear();
             expected.sealed_registry_credentials.clear();
@@ -127,7 +143,7 @@ fn golden_signed_payloads_still_verify() {
                 svc.secrets.clear();
             }
         }
-        if !matches!(name, "desired-5" | "desired-6") {
+        if !matches!(name, "desired-5" | "desired-6" | "desired-7") {
             // Written before ServiceSpec grew `networks`: it decodes with none.
             for svc in expected.release.iter_mut().flat_map(|r| r.services.iter_mut()) {
                 svc.networks.clear();

@@ -128,6 +128,7 @@ async fn an_enrolled_agent_runs_what_the_server_publishes_and_refuses_forgeries(
         registry_credentials: vec![],
         secrets: vec![],
         sealed_registry_credentials: vec![],
+        agent: None,
     };
     let signed = ServerKey::from_seed(&[7; 32]).sign(&forged);
     let device_id = DeviceId::new(&id).unwrap();

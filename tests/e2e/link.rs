@@ -384,6 +384,7 @@ fn desired(device: &DeviceId, generation: u64, release: ReleaseSpec) -> DesiredS
         registry_credentials: vec![],
         secrets: vec![],
         sealed_registry_credentials: vec![],
+        agent: None,
     }
 }
 

@@ -440,6 +440,7 @@ async fn main() {
                     registry_credentials: vec![],
                     secrets: vec![],
                     sealed_registry_credentials: vec![],
+                    agent: None,
                 },
             );
             r.accepted_generation = 0;
