@@ -97,6 +97,121 @@ impl RegistryClient {
         }
     }
 
+    /// Downloads blob `digest` of `repository` (`registry/path`, e.g.
+    /// `registry.example:5000/fleet/agent`) into `dest`, resuming what an earlier attempt
+    /// left there with an HTTP `Range` request, so a link that drops at 90 % does not start
+    /// over. Before returning it checks the size and the sha256; a file that turns out wrong
+    /// is deleted, so the next attempt starts afresh. `progress` gets the bytes on disk.
+    pub fn download_blob(
+        &self,
+        repository: &str,
+        digest: &str,
+        size: u64,
+        dest: &std::path::Path,
+        credential: Option<&RegistryCredential>,
+        progress: &dyn Fn(u64),
+    ) -> Result<(), RegistryError> {
+        use std::io::{Read, Write};
+        let (registry, path) =
+            repository.split_once('/').ok_or_else(|| RegistryError::Protocol {
+                registry: repository.to_owned(),
+                reason: format!("{repository:?} is not registry/repository"),
+            })?;
+        if !is_sha256_digest(digest) {
+            return Err(RegistryError::Protocol {
+                registry: registry.to_owned(),
+                reason: format!("{digest:?} is not a sha256 digest"),
+            });
+        }
+        let io = |source: std::io::Error| RegistryError::Io { path: dest.to_path_buf(), source };
+        let mut file =
+            std::fs::OpenOptions::new().create(true).append(true).open(dest).map_err(io)?;
+        let mut have = file.metadata().map_err(io)?.len();
+        if have > size {
+            file.set_len(0).map_err(io)?;
+            have = 0;
+        }
+        if have < size {
+            let target = Target::new(registry, path);
+            let mut session = Session::new(self, &target, credential)?;
+            let range = format!("bytes={have}-");
+            let headers: Vec<(&str, &str)> =
+                if have > 0 { vec![("Range", range.as_str())] } else { Vec::new() };
+            let mut response = session.authorized(&format!("blobs/{digest}"), &headers)?;
+            match response.status().as_u16() {
+                206 => tracing::debug!(from = have, "registry resumes the download"),
+                200 => {
+                    // The registry ignored the range: the body is the whole blob.
+                    file.set_len(0).map_err(io)?;
+                    have = 0;
+                }
+                401 | 403 => return Err(session.unauthorized("the credentials were refused")),
+                404 => {
+                    return Err(RegistryError::UnknownDigest {
+                        registry: registry.to_owned(),
+                        repository: path.to_owned(),
+                        digest: digest.to_owned(),
+                    })
+                }
+                status => {
+                    if status == 416 {
+                        // What is on disk does not fit the blob: start over next time.
+                        file.set_len(0).map_err(io)?;
+                    }
+                    return Err(session.protocol(format!("GET blob {digest} answered {status}")));
+                }
+            }
+            // One byte over the expected size, so a blob that is too long is told apart from
+            // one that is complete.
+            let mut body = response.body_mut().with_config().limit(size - have + 1).reader();
+            let mut buf = vec![0u8; 64 << 10];
+            loop {
+                let n = match body.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    // Cut off mid-way: what arrived stays on disk for the next attempt.
+                    Err(e) => {
+                        file.sync_data().map_err(io)?;
+                        return Err(RegistryError::Unreachable {
+                            registry: registry.to_owned(),
+                            source: Box::new(e),
+                        });
+                    }
+                };
+                file.write_all(&buf[..n]).map_err(io)?;
+                have += n as u64;
+                progress(have);
+            }
+            file.sync_all().map_err(io)?;
+        }
+        if have > size {
+            let _ = std::fs::remove_file(dest);
+            return Err(RegistryError::Protocol {
+                registry: registry.to_owned(),
+                reason: format!("blob {digest} is longer than the {size} bytes expected"),
+            });
+        }
+        if have != size {
+            return Err(RegistryError::Protocol {
+                registry: registry.to_owned(),
+                reason: format!(
+                    "blob {digest} ended after {have} of {size} bytes; resuming next time"
+                ),
+            });
+        }
+        let actual = sha256_file(dest).map_err(io)?;
+        if actual != digest {
+            let _ = std::fs::remove_file(dest);
+            return Err(RegistryError::DigestMismatch {
+                image: format!("{repository}@{digest}"),
+                expected: digest.to_owned(),
+                actual,
+                expected_by: "the signed desired state",
+            });
+        }
+        Ok(())
+    }
+
     /// Resolves `reference` to the digest of the manifest it names, verified, with the
     /// platforms it offers and what each downloads.
     ///
@@ -340,6 +455,56 @@ impl<'a> Session<'a> {
             .map(|c| format!("Basic {}", base64(&format!("{}:{}", c.username, c.password))))
     }
 
+    /// `GET {base}/v2/{repository}/{path}` with `headers`, authenticating as the registry asks
+    /// (anonymous first, then what its `401` challenge names). Returns the first answer that is
+    /// not a challenge.
+    fn authorized(
+        &mut self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<ureq::http::Response<ureq::Body>, RegistryError> {
+        let url = format!("{}/v2/{}/{path}", self.target.base, self.target.repository);
+        for attempt in 0..2 {
+            let auth = match &self.auth {
+                Auth::Anonymous => None,
+                Auth::Basic => self.basic(),
+                Auth::Bearer(token) => Some(format!("Bearer {token}")),
+            };
+            let mut request = self.client.agent.get(&url);
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            if let Some(auth) = &auth {
+                request = request.header("Authorization", auth);
+            }
+            let response =
+                request.call().map_err(|e| self.transport(e, self.target.registry.clone()))?;
+            let status = response.status().as_u16();
+            tracing::trace!(%url, status, "registry answered");
+            if status != 401 || attempt > 0 {
+                return Ok(response);
+            }
+            let header = response
+                .headers()
+                .get("www-authenticate")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            match parse_challenge(&header) {
+                Some(Challenge::Basic) if self.credential.is_some() => self.auth = Auth::Basic,
+                Some(Challenge::Basic) => {
+                    return Err(self
+                        .unauthorized("it needs a login and none is configured for this registry"))
+                }
+                Some(Challenge::Bearer { realm, service, scope }) => {
+                    self.auth = Auth::Bearer(self.fetch_token(&realm, service, scope)?);
+                }
+                None => return Err(self.unauthorized(format!("unsupported challenge {header:?}"))),
+            }
+        }
+        Err(self.unauthorized("the credentials were refused"))
+    }
+
     /// `GET {base}/v2/{repository}/{path}`, authenticating as the registry asks; the body is
     /// read up to `limit` bytes (`what` names it in errors).
     fn get(
@@ -349,86 +514,39 @@ impl<'a> Session<'a> {
         limit: u64,
         what: &str,
     ) -> Result<Answer, RegistryError> {
+        let headers: Vec<(&str, &str)> = accept.map(|a| ("Accept", a)).into_iter().collect();
+        let mut response = self.authorized(path, &headers)?;
         let url = format!("{}/v2/{}/{path}", self.target.base, self.target.repository);
-        for attempt in 0..2 {
-            let auth = match &self.auth {
-                Auth::Anonymous => None,
-                Auth::Basic => self.basic(),
-                Auth::Bearer(token) => Some(format!("Bearer {token}")),
-            };
-            let mut request = self.client.agent.get(&url);
-            if let Some(accept) = accept {
-                request = request.header("Accept", accept);
-            }
-            if let Some(auth) = &auth {
-                request = request.header("Authorization", auth);
-            }
-            let mut response =
-                request.call().map_err(|e| self.transport(e, self.target.registry.clone()))?;
-            let status = response.status().as_u16();
-            tracing::trace!(%url, status, "registry answered");
-            match status {
-                200 => {
-                    let header = |name: &str| {
-                        response
-                            .headers()
-                            .get(name)
-                            .and_then(|v| v.to_str().ok())
-                            .map(str::to_owned)
-                    };
-                    let (content_type, content_digest) =
-                        (header("content-type"), header("docker-content-digest"));
-                    let body = match response.body_mut().with_config().limit(limit).read_to_vec() {
-                        Ok(body) => body,
-                        Err(ureq::Error::BodyExceedsLimit(_)) => {
-                            return Err(self.protocol(format!(
-                                "the {what} at {url} is larger than {limit} bytes; refusing it"
-                            )))
-                        }
-                        Err(e) => return Err(self.transport(e, self.target.registry.clone())),
-                    };
-                    return Ok(Answer::Found(Fetched { body, content_type, content_digest }));
-                }
-                401 if attempt == 0 => {
-                    let header = response
-                        .headers()
-                        .get("www-authenticate")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or_default()
-                        .to_owned();
-                    match parse_challenge(&header) {
-                        Some(Challenge::Basic) if self.credential.is_some() => {
-                            self.auth = Auth::Basic;
-                        }
-                        Some(Challenge::Basic) => {
-                            return Err(self.unauthorized(
-                                "it needs a login and none is configured for this registry",
-                            ))
-                        }
-                        Some(Challenge::Bearer { realm, service, scope }) => {
-                            self.auth = Auth::Bearer(self.fetch_token(&realm, service, scope)?);
-                        }
-                        None => {
-                            return Err(
-                                self.unauthorized(format!("unsupported challenge {header:?}"))
-                            )
-                        }
+        match response.status().as_u16() {
+            200 => {
+                let header = |name: &str| {
+                    response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+                };
+                let (content_type, content_digest) =
+                    (header("content-type"), header("docker-content-digest"));
+                let body = match response.body_mut().with_config().limit(limit).read_to_vec() {
+                    Ok(body) => body,
+                    Err(ureq::Error::BodyExceedsLimit(_)) => {
+                        return Err(self.protocol(format!(
+                            "the {what} at {url} is larger than {limit} bytes; refusing it"
+                        )))
                     }
-                }
-                401 | 403 => return Err(self.unauthorized("the credentials were refused")),
-                404 => {
-                    let body = response
-                        .body_mut()
-                        .with_config()
-                        .limit(MAX_ERROR_BYTES)
-                        .read_to_vec()
-                        .unwrap_or_default();
-                    return Ok(Answer::NotFound(manifest::error_codes(&body)));
-                }
-                status => return Err(self.protocol(format!("GET {url} answered {status}"))),
+                    Err(e) => return Err(self.transport(e, self.target.registry.clone())),
+                };
+                Ok(Answer::Found(Fetched { body, content_type, content_digest }))
             }
+            401 | 403 => Err(self.unauthorized("the credentials were refused")),
+            404 => {
+                let body = response
+                    .body_mut()
+                    .with_config()
+                    .limit(MAX_ERROR_BYTES)
+                    .read_to_vec()
+                    .unwrap_or_default();
+                Ok(Answer::NotFound(manifest::error_codes(&body)))
+            }
+            status => Err(self.protocol(format!("GET {url} answered {status}"))),
         }
-        Err(self.unauthorized("the credentials were refused"))
     }
 
     /// The manifest `reference` (a tag or a digest) names, as the registry sent it.
@@ -630,6 +748,24 @@ fn system_roots() -> Vec<ureq::tls::Certificate<'static>> {
 fn base64(input: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(input)
+}
+
+/// `sha256:<hex>` of a file's content.
+fn sha256_file(path: &std::path::Path) -> std::io::Result<String> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    let hex: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!("sha256:{hex}"))
 }
 
 #[cfg(test)]

@@ -98,6 +98,15 @@ pub enum RegistryError {
         /// Who said what it should be.
         expected_by: &'static str,
     },
+    /// A downloaded blob cannot be written or read back.
+    #[error("cannot write the download {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The image's name is outside Docker's reference grammar, so no registry can be named.
     #[error("image {image} cannot be pulled: {source}")]
     BadImage {

@@ -1212,3 +1212,215 @@ async fn measure_reconnect_storm() {
         naive.peak_per_100ms as f64 / jittered.peak_per_100ms.max(1) as f64
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// (f) An agent version named by the desired state
+
+/// Pushes the file at `path` as a blob of `repository` on `registry`; returns (digest, size).
+fn push_blob(registry: &str, repository: &str, path: &Path) -> (String, u64) {
+    use sha2::Digest;
+    let bytes = std::fs::read(path).unwrap();
+    let digest = format!("sha256:{:x}", sha2::Sha256::digest(&bytes));
+    let started = ureq::post(format!("http://{registry}/v2/{repository}/blobs/uploads/"))
+        .send_empty()
+        .unwrap();
+    let location = started.headers().get("location").unwrap().to_str().unwrap().to_owned();
+    let location = if location.starts_with("http") {
+        location
+    } else {
+        format!("http://{registry}{location}")
+    };
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let put = ureq::put(format!("{location}{sep}digest={digest}"))
+        .header("Content-Type", "application/octet-stream")
+        .send(&bytes[..])
+        .unwrap();
+    assert_eq!(put.status().as_u16(), 201);
+    (digest, bytes.len() as u64)
+}
+
+/// What the registry proxy does to the next connection.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mischief {
+    /// Forwards faithfully.
+    None,
+    /// Closes the connection after this many bytes of the answer (a link dropping mid-way).
+    CutAfter(usize),
+    /// Flips one byte well inside the answer's body (a corrupted or tampered download).
+    Tamper,
+}
+
+/// A TCP proxy in front of the registry: it records each request's head and plays the
+/// mischief queued for each connection in turn.
+struct RegistryProxy {
+    port: u16,
+    heads: Arc<Mutex<Vec<String>>>,
+}
+
+impl RegistryProxy {
+    fn start(upstream: &str, plan: Vec<Mischief>) -> RegistryProxy {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let plan = Arc::new(Mutex::new(std::collections::VecDeque::from(plan)));
+        let upstream = upstream.to_owned();
+        let seen = heads.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let mischief = plan.lock().unwrap().pop_front().unwrap_or(Mischief::None);
+                let (upstream, seen) = (upstream.clone(), seen.clone());
+                std::thread::spawn(move || proxy_one(client, &upstream, mischief, &seen));
+            }
+        });
+        RegistryProxy { port, heads }
+    }
+
+    fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
+    }
+}
+
+fn proxy_one(mut client: TcpStream, upstream: &str, mischief: Mischief, seen: &Mutex<Vec<String>>) {
+    use std::io::{Read, Write};
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if client.read(&mut byte).unwrap_or(0) == 0 {
+            return;
+        }
+        head.push(byte[0]);
+    }
+    seen.lock().unwrap().push(String::from_utf8_lossy(&head).into_owned());
+    let mut server = TcpStream::connect(upstream).unwrap();
+    server.write_all(&head).unwrap();
+    let mut to_server = client.try_clone().unwrap();
+    let mut from_client = server.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut to_server, &mut from_client);
+    });
+    let mut sent = 0usize;
+    let mut buf = vec![0u8; 16 << 10];
+    loop {
+        let n = match server.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let chunk = &mut buf[..n];
+        if mischief == Mischief::Tamper && sent <= 8192 && 8192 < sent + n {
+            chunk[8192 - sent] ^= 0xff;
+        }
+        let keep = match mischief {
+            Mischief::CutAfter(limit) => n.min(limit.saturating_sub(sent)),
+            _ => n,
+        };
+        if client.write_all(&chunk[..keep]).is_err() {
+            break;
+        }
+        sent += keep;
+        if keep < n {
+            break;
+        }
+    }
+    let _ = client.shutdown(std::net::Shutdown::Both);
+    let _ = server.shutdown(std::net::Shutdown::Both);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_version_a_desired_state_names_is_downloaded_resumed_verified_and_committed() {
+    let env = fleet_e2e::TestEnv::load();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("fleet test CA");
+    let broker = Mosquitto::start(&ca, &dir.path().join("broker"), false);
+    let server = Server::connect(&broker, "f").await;
+    let id = unique("fetch");
+    let device = DeviceId::new(&id).unwrap();
+    let bundle = ca.bundle(&dir.path().join("bundle"), &id, &ca, false);
+    let config = write_config(&bundle, &id, &broker.tls_url(), &dir.path().join("data"));
+    std::fs::create_dir_all(bundle.join("config.d")).unwrap();
+    std::fs::write(bundle.join("config.d/10-test.toml"), "[update]\nresync_secs = 2\n").unwrap();
+
+    // The new version: this build, stripped as shipped, pushed as a blob to the real registry.
+    let new_build = dir.path().join("fleet-agent-new");
+    assert!(Command::new("strip")
+        .arg("-o")
+        .arg(&new_build)
+        .arg(bin("fleet-agent"))
+        .status()
+        .unwrap()
+        .success());
+    let repository = format!("fleet-test/agent-{}", std::process::id());
+    let (digest, size) = push_blob(&env.registry, &repository, &new_build);
+    // The first download is cut after 1 MiB; the one after 99.1.0 is named is tampered with.
+    let proxy = RegistryProxy::start(
+        &env.registry,
+        vec![Mischief::CutAfter(1 << 20), Mischief::None, Mischief::Tamper, Mischief::None],
+    );
+    let target = |version: &str| fleet_proto::AgentTarget {
+        version: version.to_owned(),
+        repository: format!("127.0.0.1:{}/{repository}", proxy.port),
+        digest: digest.clone(),
+        size,
+        deadline_secs: 60,
+    };
+
+    let agent = AgentProcess::start(&config, dir.path());
+    let pid = agent.child.id();
+    eventually("online", WAIT, || async {
+        server.presence(&device).contains(&(false, Presence::Online)).then_some(())
+    })
+    .await;
+    let committed = |version: &'static str| {
+        let server = &server;
+        let device = &device;
+        move || async move {
+            let report = server.latest_report(device)?;
+            let agent = report.agent?;
+            (agent.committed.as_deref() == Some(version) && agent.running == version).then_some(())
+        }
+    };
+
+    let mut state = desired(&device, 1, release("1", &SimRuntime::new()));
+    state.release = None;
+    state.agent = Some(target("99.0.0"));
+    let started = Instant::now();
+    server.publish_desired(&device, server_key().sign(&state)).await;
+    eventually("99.0.0 committed and reported", Duration::from_secs(60), committed("99.0.0")).await;
+    let took = started.elapsed();
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert_eq!(exe, dir.path().join("data/bin/99.0.0/fleet-agent"), "{}", agent.log());
+    let blob_gets: Vec<String> =
+        proxy.heads().into_iter().filter(|h| h.contains("/blobs/")).collect();
+    assert_eq!(blob_gets.len(), 2, "cut once, then resumed: {blob_gets:?}");
+    assert!(!blob_gets[0].to_ascii_lowercase().contains("range:"), "{}", blob_gets[0]);
+    let resumed = blob_gets[1].to_ascii_lowercase();
+    assert!(resumed.contains("range: bytes=") && !resumed.contains("range: bytes=0-"), "{resumed}");
+
+    // 99.1.0: the first download arrives corrupted, is refused by its digest and deleted, and
+    // the next one installs.
+    let mut state = state.clone();
+    state.generation = 2;
+    state.agent = Some(target("99.1.0"));
+    server.publish_desired(&device, server_key().sign(&state)).await;
+    eventually("99.1.0 committed and reported", Duration::from_secs(60), committed("99.1.0")).await;
+    let refused = server.seen().into_iter().find_map(|s| match s.message {
+        Message::Event(e)
+            if e.device == device
+                && e.kind == EventKind::UpdateFailed
+                && e.message.contains("99.1.0") =>
+        {
+            Some(e.message)
+        }
+        _ => None,
+    });
+    let refused = refused.expect("the corrupted download is reported");
+    assert!(refused.contains("99.1.0") && refused.contains("sha256"), "{refused}");
+    let slots: Vec<String> = std::fs::read_dir(dir.path().join("data/bin"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(slots, ["99.1.0"], "only the committed version stays on disk");
+    eprintln!(
+        "agent version from a desired state: {size} bytes, cut at 1 MiB and resumed, committed {took:?} after the desired state was published"
+    );
+}

@@ -255,6 +255,7 @@ mod tests {
             trial: None,
             converged_ok: Default::default(),
             relaunch: Default::default(),
+            agent_fetch: None,
         };
         (daemon, dir)
     }

@@ -68,6 +68,10 @@ impl<R: ContainerRuntime> Daemon<R> {
             tracing::error!(error = %e, "cannot record the accepted desired state; not applying it");
             return None;
         }
+        // The agent version it names (or none): downloaded after the release is applied.
+        if let Err(e) = crate::slots::set_target(&self.config.data_dir, desired.agent.clone()) {
+            tracing::error!(error = %e, "cannot record the agent version the server wants");
+        }
         let mut credentials = self.config.registries.clone();
         credentials.extend(desired.registry_credentials.iter().cloned());
         credentials.extend(delivered.registry_credentials);
@@ -128,6 +132,7 @@ impl<R: ContainerRuntime> Daemon<R> {
         }
         self.collect_secret_files();
         self.write_status().await;
+        self.start_agent_fetch();
         retry
     }
 }

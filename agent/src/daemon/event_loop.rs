@@ -11,7 +11,7 @@ use std::time::Duration;
 use fleet_proto::{Event, EventKind, Severity, UnixMillis};
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::{lease_end, scan_hardware, Daemon, DaemonError, Stopped};
+use super::{lease_end, scan_hardware, AgentFetch, Daemon, DaemonError, Stopped};
 use crate::accept::check_local_release;
 use crate::admin::{Answer, Call, Request};
 use crate::hardware;
@@ -33,6 +33,16 @@ async fn next_hotplug(hotplug: &mut Option<tokio::sync::mpsc::Receiver<()>>) -> 
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
+}
+
+/// The end of the agent download in progress, or never without one.
+async fn next_fetch(
+    fetch: &mut Option<tokio::task::JoinHandle<AgentFetch>>,
+) -> Result<AgentFetch, tokio::task::JoinError> {
+    let Some(handle) = fetch else { return std::future::pending().await };
+    let done = handle.await;
+    *fetch = None;
+    done
 }
 
 /// The next message from the server, or never without a link.
@@ -98,6 +108,8 @@ impl<R: ContainerRuntime> Daemon<R> {
                     if self.rescan_on_resync {
                         self.rescan_hardware().await;
                     }
+                    // A download the server asked for that failed or was cut off by a restart.
+                    self.start_agent_fetch();
                     pending = true;
                     debounce.as_mut().reset(Instant::now());
                 }
@@ -135,6 +147,11 @@ impl<R: ContainerRuntime> Daemon<R> {
                             pending = true;
                             debounce.as_mut().reset(at);
                         },
+                    }
+                }
+                fetched = next_fetch(&mut self.agent_fetch) => {
+                    if self.agent_fetched(fetched) {
+                        break Stopped::Relaunch;
                     }
                 }
                 Some(call) = admin_calls.recv() => {
@@ -260,6 +277,69 @@ impl<R: ContainerRuntime> Daemon<R> {
             }
             Ok(Err(e)) => Answer::Refused { problems: vec![e.to_string()] },
             Err(e) => Answer::Error { message: format!("the install task failed: {e}") },
+        }
+    }
+
+    /// Starts downloading the agent version the server wants, if this device should try it
+    /// and no download runs.
+    pub(super) fn start_agent_fetch(&mut self) {
+        if self.agent_fetch.is_some() || self.trial.is_some() {
+            return;
+        }
+        let data_dir = self.config.data_dir.clone();
+        let Ok(slots) = slots::load(&data_dir) else { return };
+        let Some(target) = slots.to_fetch(&slots::running_version()).cloned() else { return };
+        let registry = target.repository.split('/').next().unwrap_or_default().to_owned();
+        let credential = self.config.registries.iter().find(|c| c.registry == registry).cloned();
+        self.agent_fetch = Some(tokio::task::spawn_blocking(move || {
+            let done = slots::fetch_and_install(&data_dir, &target, credential.as_ref());
+            (target.version, done)
+        }));
+    }
+
+    /// A download ended: true when the new version is installed and the process should
+    /// relaunch into it; a failure is reported and retried on the next resync, except one
+    /// that would fail the same way again.
+    fn agent_fetched(&self, fetched: Result<AgentFetch, tokio::task::JoinError>) -> bool {
+        let (version, done) = match fetched {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(error = %e, "the agent download task failed");
+                return false;
+            }
+        };
+        match done {
+            Ok(()) => {
+                tracing::info!(%version, "agent version downloaded and verified; relaunching into it on trial");
+                self.event(
+                    Severity::Info,
+                    EventKind::UpdateStarted,
+                    format!("agent {version} downloaded; starting it on trial"),
+                    &[("agent_version", version.clone())],
+                );
+                true
+            }
+            Err(e) => {
+                let message = format!(
+                    "agent {version} cannot be installed: {}",
+                    fleet_proto::errors::report(&e)
+                );
+                let permanent = matches!(
+                    e,
+                    slots::SlotError::NotForThisDevice { .. } | slots::SlotError::BadVersion(_)
+                );
+                if permanent {
+                    let _ = slots::record_failure(&self.config.data_dir, &version, e.to_string());
+                }
+                tracing::warn!(%version, error = %e, permanent, "agent download failed");
+                self.event(
+                    Severity::Warning,
+                    EventKind::UpdateFailed,
+                    message,
+                    &[("agent_version", version)],
+                );
+                false
+            }
         }
     }
 

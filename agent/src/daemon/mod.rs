@@ -304,6 +304,7 @@ pub async fn run_with_options<R: ContainerRuntime>(
         trial,
         converged_ok: AtomicBool::new(false),
         relaunch: AtomicBool::new(false),
+        agent_fetch: None,
     };
     let result = daemon.run(shutdown, admin_calls, inbox, hotplug).await;
     tasks.stop(daemon.link.take()).await;
@@ -328,7 +329,12 @@ struct Daemon<R> {
     converged_ok: AtomicBool,
     /// A self-update was installed: the loop ends and the process relaunches.
     relaunch: AtomicBool,
+    /// The download of an agent version the server wants, while it runs.
+    agent_fetch: Option<tokio::task::JoinHandle<AgentFetch>>,
 }
+
+/// How a download of an agent version ended: its version and the outcome.
+type AgentFetch = (String, Result<(), crate::slots::SlotError>);
 
 /// Reads the host's hardware (blocking file reads, off the runtime's threads) and adds what
 /// only the agent knows: the engine and the disks that matter.

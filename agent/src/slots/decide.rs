@@ -8,7 +8,7 @@
 //!   start reverts to the committed version by itself, without the server, and records why.
 //! * Only the trial's own version can commit it.
 
-use fleet_proto::UnixMillis;
+use fleet_proto::{AgentTarget, UnixMillis};
 use serde::{Deserialize, Serialize};
 
 /// The slots' state, saved as `<data_dir>/slots.json`. Read by every later agent version too:
@@ -22,6 +22,12 @@ pub struct Slots {
     pub trial: Option<Trial>,
     /// The last trial that failed, and why (kept until the next trial commits).
     pub last_failure: Option<Failure>,
+    /// The version the package installed, as the installed binary last saw it: when it
+    /// changes, the package was upgraded ([`Slots::under_package`]).
+    pub package: Option<String>,
+    /// The agent version the server wants, from the last accepted desired state (kept here so
+    /// a download interrupted by a restart resumes).
+    pub target: Option<AgentTarget>,
 }
 
 /// A version on trial.
@@ -91,19 +97,32 @@ impl Slots {
         }
     }
 
-    /// The package installed `installed` (the binary deciding at start): a committed slot that
-    /// is not newer gives way to it, so upgrading the package is never undone by an older
-    /// slot.
+    /// The package installed `installed` (the binary deciding at start). When the package
+    /// changed since the last start and is at least as new as the committed slot, the slot
+    /// gives way to it: upgrading the package is never undone by an older slot. An unchanged
+    /// package keeps whatever the fleet committed, older versions included.
     pub fn under_package(&self, installed: &str) -> Slots {
-        let older = |v: &str| {
+        let mut next = self.clone();
+        if self.package.as_deref() == Some(installed) {
+            return next;
+        }
+        next.package = Some(installed.to_owned());
+        let not_newer = |v: &str| {
             compare_versions(v, installed).is_some_and(|o| o != std::cmp::Ordering::Greater)
         };
-        match &self.committed {
-            Some(v) if older(v) && self.trial.is_none() => {
-                Slots { committed: None, ..self.clone() }
-            }
-            _ => self.clone(),
+        if self.trial.is_none() && self.committed.as_deref().is_some_and(not_newer) {
+            next.committed = None;
         }
+        next
+    }
+
+    /// The version to download and try, if the server wants one this device neither runs,
+    /// nor is trying, nor has seen fail.
+    pub fn to_fetch(&self, running: &str) -> Option<&AgentTarget> {
+        let target = self.target.as_ref()?;
+        let failed_here = self.last_failure.as_ref().is_some_and(|f| f.version == target.version);
+        let settled = target.version == running || self.committed.as_ref() == Some(&target.version);
+        (!settled && !failed_here && self.trial.is_none()).then_some(target)
     }
 
     /// `version` installed in its slot, to be tried next.
@@ -118,9 +137,12 @@ impl Slots {
     /// else (no trial, another version on trial) changes nothing.
     pub fn committed(&self, version: &str) -> Slots {
         match &self.trial {
-            Some(t) if t.version == version => {
-                Slots { committed: Some(version.to_owned()), trial: None, last_failure: None }
-            }
+            Some(t) if t.version == version => Slots {
+                committed: Some(version.to_owned()),
+                trial: None,
+                last_failure: None,
+                ..self.clone()
+            },
             _ => self.clone(),
         }
     }
@@ -213,11 +235,41 @@ mod tests {
     }
 
     #[test]
-    fn a_newer_package_wins_over_an_older_committed_slot() {
-        let s = Slots { committed: Some("0.2.0".into()), ..Slots::default() };
-        assert_eq!(s.under_package("0.3.0").fallback(), Run::Installed);
+    fn a_package_upgrade_wins_over_an_older_slot_but_a_fleet_downgrade_stays() {
+        let s = Slots {
+            committed: Some("0.2.0".into()),
+            package: Some("0.1.0".into()),
+            ..Slots::default()
+        };
+        assert_eq!(s.under_package("0.3.0").fallback(), Run::Installed, "package upgraded");
         assert_eq!(s.under_package("0.2.0").fallback(), Run::Installed);
-        assert_eq!(s.under_package("0.1.0"), s, "an older package keeps the newer slot");
+        assert_eq!(s.under_package("0.1.0"), s, "package unchanged: the slot stays");
+        let down = Slots {
+            committed: Some("0.1.5".into()),
+            package: Some("0.2.0".into()),
+            ..Slots::default()
+        };
+        assert_eq!(down.under_package("0.2.0"), down, "the fleet chose an older version");
+    }
+
+    #[test]
+    fn a_target_is_fetched_once_and_never_after_it_failed_here() {
+        let target = |v: &str| AgentTarget {
+            version: v.into(),
+            repository: "r/a".into(),
+            digest: "sha256:00".into(),
+            size: 1,
+            deadline_secs: 120,
+        };
+        let s = Slots { target: Some(target("0.3.0")), ..Slots::default() };
+        assert_eq!(s.to_fetch("0.2.0").map(|t| t.version.as_str()), Some("0.3.0"));
+        assert!(s.to_fetch("0.3.0").is_none(), "already running it");
+        let trying = s.installed("0.3.0", UnixMillis(0), UnixMillis(10));
+        assert!(trying.to_fetch("0.2.0").is_none(), "on trial");
+        let failed = trying.reverted("0.3.0", "crashed".into(), UnixMillis(5));
+        assert!(failed.to_fetch("0.2.0").is_none(), "failed here: not again");
+        let next = Slots { target: Some(target("0.3.1")), ..failed };
+        assert!(next.to_fetch("0.2.0").is_some(), "a newer version is tried");
     }
 
     #[test]

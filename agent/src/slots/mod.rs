@@ -27,7 +27,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fleet_proto::UnixMillis;
+use fleet_proto::{AgentTarget, UnixMillis};
 
 pub use decide::{Run, Slots};
 
@@ -40,6 +40,8 @@ const MAX_BINARY_BYTES: u64 = 128 << 20;
 /// Set on the process a [`launch`] replaced itself with: the version it runs as (so it does not
 /// decide, and count a start, a second time).
 const LAUNCHED_ENV: &str = "FLEET_AGENT_SLOT";
+/// Longest single registry request of a download; a slower link resumes where it stopped.
+const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(600);
 /// Set on a slot's process: the installed binary's path, to fall back to.
 const INSTALLED_ENV: &str = "FLEET_AGENT_INSTALLED";
 
@@ -83,6 +85,9 @@ pub enum SlotError {
         /// Bytes free.
         free: u64,
     },
+    /// The binary could not be downloaded or did not match its digest.
+    #[error("agent download: {0}")]
+    Download(#[from] fleet_oci::RegistryError),
     /// A file could not be read or written.
     #[error("cannot {action} {}: {source}", path.display())]
     Io {
@@ -272,6 +277,80 @@ pub fn install(
     trial: Duration,
     allow_downgrade: bool,
 ) -> Result<Slots, SlotError> {
+    install_file(data_dir, source, version, trial, allow_downgrade, false)
+}
+
+/// Records the agent version the server wants (from an accepted desired state).
+pub fn set_target(data_dir: &Path, target: Option<AgentTarget>) -> Result<(), SlotError> {
+    let slots = load(data_dir)?;
+    if slots.target == target {
+        return Ok(());
+    }
+    save(data_dir, &Slots { target, ..slots })
+}
+
+/// Records that `version` cannot be installed here (e.g. a binary for another machine), so it
+/// is not downloaded again; the device reports it as a failed agent update.
+pub fn record_failure(data_dir: &Path, version: &str, reason: String) -> Result<(), SlotError> {
+    let slots = load(data_dir)?;
+    let failure = decide::Failure { version: version.to_owned(), reason, at: UnixMillis::now() };
+    let _ = std::fs::remove_dir_all(data_dir.join("bin").join(version));
+    save(data_dir, &Slots { last_failure: Some(failure), ..slots })
+}
+
+/// Downloads the wanted version's binary from the registry (resuming an earlier partial
+/// download), checks it against the digest the signed desired state names, and installs it
+/// on trial. Blocking: run it off the runtime's threads.
+pub fn fetch_and_install(
+    data_dir: &Path,
+    target: &AgentTarget,
+    credential: Option<&fleet_proto::RegistryCredential>,
+) -> Result<(), SlotError> {
+    decide::check_version(&target.version).map_err(SlotError::BadVersion)?;
+    if target.size > MAX_BINARY_BYTES {
+        return Err(SlotError::NotForThisDevice {
+            path: PathBuf::from(&target.repository),
+            why: format!("{} bytes, more than {MAX_BINARY_BYTES}", target.size),
+        });
+    }
+    let dir = data_dir.join("bin").join(&target.version);
+    std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+    let download = dir.join("fleet-agent.download");
+    let have = std::fs::metadata(&download).map(|m| m.len()).unwrap_or(0);
+    let free = free_bytes(&dir).map_err(io_err("inspect", &dir))?;
+    let need = target.size.saturating_sub(have) + (16 << 20);
+    if free < need {
+        return Err(SlotError::NoSpace { dir, version: target.version.clone(), need, free });
+    }
+    let client = fleet_oci::RegistryClient::new(
+        &format!("fleet-agent/{}", crate::AGENT_VERSION),
+        DOWNLOAD_TIMEOUT,
+    );
+    tracing::info!(version = %target.version, from = %target.repository, resume_at = have, "downloading an agent version");
+    client.download_blob(
+        &target.repository,
+        &target.digest,
+        target.size,
+        &download,
+        credential,
+        &|_| {},
+    )?;
+    let deadline = Duration::from_secs(target.deadline_secs);
+    // The server decided on the version (it refuses downgrades unless told): no local check.
+    install_file(data_dir, &download, &target.version, deadline, true, true)?;
+    Ok(())
+}
+
+/// [`install`]; with `take`, `source` is a verified download in the slot's directory, moved
+/// into place instead of copied.
+fn install_file(
+    data_dir: &Path,
+    source: &Path,
+    version: &str,
+    trial: Duration,
+    allow_downgrade: bool,
+    take: bool,
+) -> Result<Slots, SlotError> {
     decide::check_version(version).map_err(SlotError::BadVersion)?;
     let slots = load(data_dir)?;
     if let Some(t) = &slots.trial {
@@ -286,8 +365,9 @@ pub fn install(
     let dir = data_dir.join("bin");
     std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
     let free = free_bytes(&dir).map_err(io_err("inspect", &dir))?;
-    // The slot and a margin for the state and logs written while it runs.
-    let need = size + (16 << 20);
+    // The slot (unless the file is already there) and a margin for the state and logs written
+    // while it runs.
+    let need = if take { 0 } else { size } + (16 << 20);
     if free < need {
         return Err(SlotError::NoSpace { dir, version: version.to_owned(), need, free });
     }
@@ -295,7 +375,11 @@ pub fn install(
     let slot_dir = target.parent().unwrap_or(&dir).to_path_buf();
     std::fs::create_dir_all(&slot_dir).map_err(io_err("create", &slot_dir))?;
     let part = target.with_extension("part");
-    copy_synced(source, &part)?;
+    if take {
+        std::fs::rename(source, &part).map_err(io_err("move", source))?;
+    } else {
+        copy_synced(source, &part)?;
+    }
     fault("slot-copy");
     std::fs::set_permissions(&part, std::fs::Permissions::from_mode(0o755))
         .map_err(io_err("make executable", &part))?;
