@@ -508,8 +508,24 @@ mod tests {
         assert!(err.to_string().contains("not an ELF executable"), "{err}");
         let err = install(data, &script, "../x", DEFAULT_TRIAL, false).unwrap_err();
         assert!(matches!(err, SlotError::BadVersion(_)), "{err}");
-        // An executable for this machine, small (a debug test binary is over the size cap).
-        let me = Path::new("/bin/true");
+        // An ELF header for this build's machine (the tests also run for aarch64 under QEMU,
+        // where the host's /bin/true is for another machine), and one for another machine.
+        let elf = |machine: u16| {
+            let mut head = vec![0u8; 64];
+            head[..4].copy_from_slice(b"\x7fELF");
+            head[4] = if cfg!(target_pointer_width = "64") { 2 } else { 1 };
+            head[5] = 1;
+            head[16] = 2;
+            head[18..20].copy_from_slice(&machine.to_le_bytes());
+            head
+        };
+        let other = data.join("other");
+        std::fs::write(&other, elf(ELF_MACHINE.wrapping_add(1))).unwrap();
+        let err = install(data, &other, "99.0.0", DEFAULT_TRIAL, false).unwrap_err();
+        assert!(err.to_string().contains("built for ELF machine"), "{err}");
+        let mine = data.join("mine");
+        std::fs::write(&mine, elf(ELF_MACHINE)).unwrap();
+        let me = mine.as_path();
         let err = install(data, me, "0.0.1", DEFAULT_TRIAL, false).unwrap_err();
         assert!(matches!(err, SlotError::NotNewer { .. }), "{err}");
         assert!(!state_path(data).exists() && !data.join("bin/99.0.0").exists());
