@@ -554,16 +554,7 @@ async fn the_agent_killed_during_a_blue_green_switch_fails_no_request_and_leaves
     // Killed right before the switch (the new container healthy, traffic still on the old one),
     // then right before the old container stops (traffic moved, the old one draining).
     for (fault, version, image) in [("switch", "2", "2"), ("stop", "3", "1")] {
-        let mut doomed = fleet_e2e::agent::Daemon(
-            agent
-                .cmd()
-                .arg("run")
-                .env("FLEET_AGENT_FAULT", fault)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
+        let mut doomed = agent.daemon_with_fault(fault);
         admin_socket_up(&agent).await;
         let out = agent.apply(&proxied_web(&env, version, image, port));
         assert!(!out.status.success(), "fault {fault}: the daemon died before answering");
@@ -625,14 +616,7 @@ async fn the_agent_updates_itself_on_trial_reverts_a_broken_version_and_its_serv
     let data = agent.dir.path().join("data");
     // Stripped like the shipped binary: the debug build's symbols are 200 MB, over the size an
     // agent binary may have.
-    let new_build = agent.dir.path().join("fleet-agent-99.0.0");
-    let stripped = Command::new("strip")
-        .arg("-o")
-        .arg(&new_build)
-        .arg(fleet_e2e::bin("fleet-agent"))
-        .status()
-        .unwrap();
-    assert!(stripped.success());
+    let new_build = fleet_e2e::stripped_agent(&agent.dir.path().join("fleet-agent-99.0.0"));
     let started = std::time::Instant::now();
     let out = agent
         .cmd()
@@ -734,14 +718,7 @@ async fn an_agent_update_killed_at_any_step_ends_with_one_working_version_and_th
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     daemon.stop();
     let containers = agent.containers(&env).await;
-    let new_build = agent.dir.path().join("fleet-agent-new");
-    assert!(Command::new("strip")
-        .arg("-o")
-        .arg(&new_build)
-        .arg(fleet_e2e::bin("fleet-agent"))
-        .status()
-        .unwrap()
-        .success());
+    let new_build = fleet_e2e::stripped_agent(&agent.dir.path().join("fleet-agent-new"));
     let clients = Clients::start(port);
     // Each step of an update in turn: the binary copied but not in its slot; in its slot but
     // not named by the state; named as the trial but not started; the trial's start counted
@@ -760,16 +737,7 @@ async fn an_agent_update_killed_at_any_step_ends_with_one_working_version_and_th
     {
         let version = format!("99.0.{n}");
         eprintln!("agent update killed at {fault} ({version})");
-        let mut doomed = fleet_e2e::agent::Daemon(
-            agent
-                .cmd()
-                .arg("run")
-                .env("FLEET_AGENT_FAULT", fault)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
+        let mut doomed = agent.daemon_with_fault(fault);
         admin_socket_up(&agent).await;
         let _ = agent
             .cmd()

@@ -188,14 +188,7 @@ async fn a_linked_agent_updates_itself_reconnects_with_its_identity_and_then_com
         .stdout;
 
     // The same build as 99.0.0, stripped like a shipped binary, through the local command.
-    let new_build = bundle.join("fleet-agent-99.0.0");
-    assert!(Command::new("strip")
-        .arg("-o")
-        .arg(&new_build)
-        .arg(fleet_e2e::bin("fleet-agent"))
-        .status()
-        .unwrap()
-        .success());
+    let new_build = fleet_e2e::stripped_agent(&bundle.join("fleet-agent-99.0.0"));
     let slots_file = bundle.join("data/slots.json");
     let started = std::time::Instant::now();
     let out = Command::new(fleet_e2e::bin("fleet-agent"))

@@ -1341,14 +1341,7 @@ async fn the_agent_version_a_desired_state_names_is_downloaded_resumed_verified_
     std::fs::write(bundle.join("config.d/10-test.toml"), "[update]\nresync_secs = 2\n").unwrap();
 
     // The new version: this build, stripped as shipped, pushed as a blob to the real registry.
-    let new_build = dir.path().join("fleet-agent-new");
-    assert!(Command::new("strip")
-        .arg("-o")
-        .arg(&new_build)
-        .arg(bin("fleet-agent"))
-        .status()
-        .unwrap()
-        .success());
+    let new_build = fleet_e2e::stripped_agent(&dir.path().join("fleet-agent-new"));
     let repository = format!("fleet-test/agent-{}", std::process::id());
     let (digest, size) = push_blob(&env.registry, &repository, &new_build);
     // The first download is cut after 1 MiB; the one after 99.1.0 is named is tampered with.

@@ -56,6 +56,19 @@ impl Agent {
         Daemon(self.cmd().arg("run").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap())
     }
 
+    /// [`Self::daemon`] that aborts at the step `fault` names (`FLEET_AGENT_FAULT`).
+    pub fn daemon_with_fault(&self, fault: &str) -> Daemon {
+        Daemon(
+            self.cmd()
+                .arg("run")
+                .env("FLEET_AGENT_FAULT", fault)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    }
+
     /// An agent with test-friendly timings; a name starting with `disk` gets an impossible
     /// disk reserve.
     pub fn new(name: &str) -> Agent {

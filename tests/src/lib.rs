@@ -118,6 +118,19 @@ pub fn remove_device_objects(device: &str) {
         .status();
 }
 
+/// The built `fleet-agent`, stripped into `to` like a shipped binary: a newer version for the
+/// self-update tests (the debug build's symbols are over the size an agent binary may have).
+pub fn stripped_agent(to: &std::path::Path) -> PathBuf {
+    let done = std::process::Command::new("strip")
+        .arg("-o")
+        .arg(to)
+        .arg(bin("fleet-agent"))
+        .status()
+        .unwrap();
+    assert!(done.success(), "strip -o {}: {done}", to.display());
+    to.to_path_buf()
+}
+
 /// A TCP port free on loopback right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

@@ -267,14 +267,16 @@ async fn forward(mut client: TcpStream, peer: SocketAddr, container: &str, addr:
     }
 }
 
+/// Test backends the proxy's tests forward to (here and in `process`).
 #[cfg(test)]
-mod tests {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+pub(super) mod testing {
+    use std::net::SocketAddr;
 
-    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
 
     /// A backend answering each connection with its name, then closing.
-    async fn backend(name: &'static str) -> SocketAddr {
+    pub(crate) async fn backend(name: &'static str) -> SocketAddr {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         tokio::spawn(async move {
@@ -291,9 +293,18 @@ mod tests {
         addr
     }
 
-    fn free_addr() -> SocketAddr {
+    /// A loopback address nothing listens on right now.
+    pub(crate) fn free_addr() -> SocketAddr {
         std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::testing::{backend, free_addr};
+    use super::*;
 
     async fn ask(addr: SocketAddr) -> String {
         let mut s = TcpStream::connect(addr).await.unwrap();
