@@ -112,11 +112,7 @@ impl RegistryClient {
         progress: &dyn Fn(u64),
     ) -> Result<(), RegistryError> {
         use std::io::{Read, Write};
-        let (registry, path) =
-            repository.split_once('/').ok_or_else(|| RegistryError::Protocol {
-                registry: repository.to_owned(),
-                reason: format!("{repository:?} is not registry/repository"),
-            })?;
+        let (registry, path) = split_repository(repository)?;
         if !is_sha256_digest(digest) {
             return Err(RegistryError::Protocol {
                 registry: registry.to_owned(),
@@ -258,6 +254,14 @@ impl RegistryClient {
         tracing::debug!(reference = %name, %digest, media_type = %parsed.media_type, platforms = platforms.len(), "resolved");
         Ok(ResolvedImage { image, media_type: parsed.media_type, platforms })
     }
+}
+
+/// `registry/path` (e.g. `registry.example:5000/fleet/agent`) split at its first `/`.
+fn split_repository(repository: &str) -> Result<(&str, &str), RegistryError> {
+    repository.split_once('/').ok_or_else(|| RegistryError::Protocol {
+        registry: repository.to_owned(),
+        reason: format!("{repository:?} is not registry/repository"),
+    })
 }
 
 /// Refuses content whose digest is not what the registry or the asker said.
@@ -423,6 +427,11 @@ impl<'a> Session<'a> {
         Ok(Session { client, target, credential, auth: Auth::Anonymous })
     }
 
+    /// `{base}/v2/{repository}/{path}`.
+    fn url(&self, path: &str) -> String {
+        format!("{}/v2/{}/{path}", self.target.base, self.target.repository)
+    }
+
     fn protocol(&self, reason: impl Into<String>) -> RegistryError {
         RegistryError::Protocol { registry: self.target.registry.clone(), reason: reason.into() }
     }
@@ -455,32 +464,48 @@ impl<'a> Session<'a> {
             .map(|c| format!("Basic {}", base64(&format!("{}:{}", c.username, c.password))))
     }
 
-    /// `GET {base}/v2/{repository}/{path}` with `headers`, authenticating as the registry asks
-    /// (anonymous first, then what its `401` challenge names). Returns the first answer that is
-    /// not a challenge.
+    /// `GET {base}/v2/{repository}/{path}` with `headers`, authenticating as the registry asks.
     fn authorized(
         &mut self,
         path: &str,
         headers: &[(&str, &str)],
     ) -> Result<ureq::http::Response<ureq::Body>, RegistryError> {
-        let url = format!("{}/v2/{}/{path}", self.target.base, self.target.repository);
+        let url = self.url(path);
+        self.send(&ureq::http::Method::GET, &url, headers, None)
+    }
+
+    /// `method url` with `headers` and `body`, authenticating as the registry asks (anonymous
+    /// first, then what its `401` challenge names). Returns the first answer that is not a
+    /// challenge. `url` must be on this session's registry: the credentials go with it.
+    fn send(
+        &mut self,
+        method: &ureq::http::Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Result<ureq::http::Response<ureq::Body>, RegistryError> {
         for attempt in 0..2 {
             let auth = match &self.auth {
                 Auth::Anonymous => None,
                 Auth::Basic => self.basic(),
                 Auth::Bearer(token) => Some(format!("Bearer {token}")),
             };
-            let mut request = self.client.agent.get(&url);
+            let mut request = ureq::http::Request::builder().method(method.clone()).uri(url);
             for (name, value) in headers {
                 request = request.header(*name, *value);
             }
             if let Some(auth) = &auth {
                 request = request.header("Authorization", auth);
             }
-            let response =
-                request.call().map_err(|e| self.transport(e, self.target.registry.clone()))?;
+            let bad_request =
+                |e: ureq::http::Error| self.protocol(format!("cannot send {method} {url}: {e}"));
+            let sent = match body {
+                Some(body) => self.client.agent.run(request.body(body).map_err(bad_request)?),
+                None => self.client.agent.run(request.body(()).map_err(bad_request)?),
+            };
+            let response = sent.map_err(|e| self.transport(e, self.target.registry.clone()))?;
             let status = response.status().as_u16();
-            tracing::trace!(%url, status, "registry answered");
+            tracing::trace!(%method, %url, status, "registry answered");
             if status != 401 || attempt > 0 {
                 return Ok(response);
             }
@@ -516,7 +541,7 @@ impl<'a> Session<'a> {
     ) -> Result<Answer, RegistryError> {
         let headers: Vec<(&str, &str)> = accept.map(|a| ("Accept", a)).into_iter().collect();
         let mut response = self.authorized(path, &headers)?;
-        let url = format!("{}/v2/{}/{path}", self.target.base, self.target.repository);
+        let url = self.url(path);
         match response.status().as_u16() {
             200 => {
                 let header = |name: &str| {
