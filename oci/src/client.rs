@@ -25,7 +25,7 @@ const MAX_MANIFEST_BYTES: u64 = 4 << 20;
 const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
 /// An error body is read only for its error code.
-const MAX_ERROR_BYTES: u64 = 64 << 10;
+pub(crate) const MAX_ERROR_BYTES: u64 = 64 << 10;
 
 /// Talks to registries. Blocking: call from a blocking thread. Cheap to clone.
 #[derive(Clone)]
@@ -257,7 +257,7 @@ impl RegistryClient {
 }
 
 /// `registry/path` (e.g. `registry.example:5000/fleet/agent`) split at its first `/`.
-fn split_repository(repository: &str) -> Result<(&str, &str), RegistryError> {
+pub(crate) fn split_repository(repository: &str) -> Result<(&str, &str), RegistryError> {
     repository.split_once('/').ok_or_else(|| RegistryError::Protocol {
         registry: repository.to_owned(),
         reason: format!("{repository:?} is not registry/repository"),
@@ -291,17 +291,17 @@ fn pick_platform(entries: &[IndexEntry], platform: &Platform) -> Option<String> 
 
 /// Where an image lives: base URL and repository path on the registry.
 #[derive(Debug, PartialEq, Eq)]
-struct Target {
+pub(crate) struct Target {
     /// Registry host as in the image reference (credentials are keyed by it).
-    registry: String,
+    pub(crate) registry: String,
     /// `http(s)://host`.
-    base: String,
+    pub(crate) base: String,
     /// Repository path, e.g. `library/busybox`.
-    repository: String,
+    pub(crate) repository: String,
 }
 
 impl Target {
-    fn new(registry: &str, repository: &str) -> Target {
+    pub(crate) fn new(registry: &str, repository: &str) -> Target {
         let base = if registry == DOCKER_HUB {
             "https://registry-1.docker.io".to_owned()
         } else {
@@ -405,15 +405,18 @@ enum Answer {
 }
 
 /// One image's conversation with its registry, keeping what authentication worked.
-struct Session<'a> {
+pub(crate) struct Session<'a> {
     client: &'a RegistryClient,
     target: &'a Target,
     credential: Option<&'a RegistryCredential>,
     auth: Auth,
+    /// Whether the session uploads: its tokens are asked for `pull,push` and refusals say
+    /// that the login needs push rights.
+    push: bool,
 }
 
 impl<'a> Session<'a> {
-    fn new(
+    pub(crate) fn new(
         client: &'a RegistryClient,
         target: &'a Target,
         credential: Option<&'a RegistryCredential>,
@@ -424,20 +427,31 @@ impl<'a> Session<'a> {
                 credential_registry: c.registry.clone(),
             });
         }
-        Ok(Session { client, target, credential, auth: Auth::Anonymous })
+        Ok(Session { client, target, credential, auth: Auth::Anonymous, push: false })
+    }
+
+    /// A session that uploads to its repository. Its first token already has push rights, so
+    /// an upload is not sent with a pull-only token (taken on the HEAD before it) to be refused.
+    #[cfg(feature = "push")]
+    pub(crate) fn for_push(
+        client: &'a RegistryClient,
+        target: &'a Target,
+        credential: Option<&'a RegistryCredential>,
+    ) -> Result<Session<'a>, RegistryError> {
+        Ok(Session { push: true, ..Session::new(client, target, credential)? })
     }
 
     /// `{base}/v2/{repository}/{path}`.
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}/v2/{}/{path}", self.target.base, self.target.repository)
     }
 
-    fn protocol(&self, reason: impl Into<String>) -> RegistryError {
+    pub(crate) fn protocol(&self, reason: impl Into<String>) -> RegistryError {
         RegistryError::Protocol { registry: self.target.registry.clone(), reason: reason.into() }
     }
 
     /// A transport error: no answer (unreachable), or an answer outside HTTP's rules.
-    fn transport(&self, error: ureq::Error, registry: String) -> RegistryError {
+    pub(crate) fn transport(&self, error: ureq::Error, registry: String) -> RegistryError {
         match error {
             ureq::Error::TooManyRedirects
             | ureq::Error::RedirectFailed
@@ -451,11 +465,20 @@ impl<'a> Session<'a> {
         }
     }
 
-    fn unauthorized(&self, reason: impl Into<String>) -> RegistryError {
+    pub(crate) fn unauthorized(&self, reason: impl Into<String>) -> RegistryError {
+        let reason = reason.into();
+        let reason = if self.push {
+            format!(
+                "{reason} (pushing needs a login with push rights to {})",
+                self.target.repository
+            )
+        } else {
+            reason
+        };
         RegistryError::Unauthorized {
             registry: self.target.registry.clone(),
             repository: self.target.repository.clone(),
-            reason: reason.into(),
+            reason,
         }
     }
 
@@ -477,7 +500,7 @@ impl<'a> Session<'a> {
     /// `method url` with `headers` and `body`, authenticating as the registry asks (anonymous
     /// first, then what its `401` challenge names). Returns the first answer that is not a
     /// challenge. `url` must be on this session's registry: the credentials go with it.
-    fn send(
+    pub(crate) fn send(
         &mut self,
         method: &ureq::http::Method,
         url: &str,
@@ -719,7 +742,13 @@ impl<'a> Session<'a> {
             token: Option<String>,
             access_token: Option<String>,
         }
-        let scope = scope.unwrap_or_else(|| format!("repository:{}:pull", self.target.repository));
+        // A pushing session asks for push rights on its repository whatever the challenge of
+        // its first request (a HEAD or GET, which names only `pull`) says.
+        let scope = match scope {
+            _ if self.push => format!("repository:{}:pull,push", self.target.repository),
+            Some(scope) => scope,
+            None => format!("repository:{}:pull", self.target.repository),
+        };
         let mut request = self.client.agent.get(realm).query("scope", &scope);
         if let Some(service) = &service {
             request = request.query("service", service);

@@ -9,6 +9,10 @@
 //!   ([`RegistryClient::resolve`]), so releases pin images by digest (no floating tags on
 //!   devices) and can be checked against a device's architecture and disk.
 //!
+//! With feature `push` (the server's only, so it stays out of the agent's binary) it also
+//! uploads: blobs, manifests, and the builders for an artifact per platform under one index,
+//! which is how the server keeps agent binaries in the fleet's registry.
+//!
 //! Layout: [`reference`] parses Docker-style references; [`manifest`] reads manifest formats
 //! and checks digests; [`platform`] matches platforms; those three are pure and unit-tested
 //! without a network. [`client`] does the HTTP.
@@ -29,6 +33,8 @@ pub mod client;
 pub mod error;
 pub mod manifest;
 pub mod platform;
+#[cfg(feature = "push")]
+mod push;
 pub mod reference;
 
 pub use client::RegistryClient;
@@ -36,3 +42,6 @@ pub use error::RegistryError;
 pub use manifest::{DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST};
 pub use platform::{Platform, PlatformImage, ResolvedImage};
 pub use reference::{Reference, ReferenceError};
+
+#[cfg(feature = "push")]
+pub use push::Pushed;
