@@ -44,4 +44,6 @@ pub use platform::{Platform, PlatformImage, ResolvedImage};
 pub use reference::{Reference, ReferenceError};
 
 #[cfg(feature = "push")]
+pub use manifest::{artifact_manifest, platform_index, EMPTY_CONFIG, OCI_EMPTY};
+#[cfg(feature = "push")]
 pub use push::Pushed;

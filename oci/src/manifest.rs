@@ -198,6 +198,138 @@ pub(crate) fn check_digest(
     }
 }
 
+/// The media type of the OCI empty descriptor: the config of an artifact that has none.
+#[cfg(feature = "push")]
+pub const OCI_EMPTY: &str = "application/vnd.oci.empty.v1+json";
+
+/// The content of the OCI empty descriptor, `{}`: push it as a blob before an
+/// [`artifact_manifest`], whose config points at it.
+#[cfg(feature = "push")]
+pub const EMPTY_CONFIG: &[u8] = b"{}";
+
+/// The sha256 of [`EMPTY_CONFIG`], as the OCI image spec gives it.
+#[cfg(feature = "push")]
+const EMPTY_CONFIG_DIGEST: &str =
+    "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
+
+/// A descriptor as written into a manifest or index.
+#[cfg(feature = "push")]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct OutDescriptor<'a> {
+    media_type: &'a str,
+    digest: &'a str,
+    size: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    platform: Option<OutPlatform<'a>>,
+}
+
+/// The platform of an index entry, as written.
+#[cfg(feature = "push")]
+#[derive(serde::Serialize)]
+struct OutPlatform<'a> {
+    architecture: &'a str,
+    os: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    variant: Option<&'a str>,
+}
+
+/// An OCI image manifest or index, as written: `config`, `layers` and `artifactType` for a
+/// manifest, `manifests` for an index.
+#[cfg(feature = "push")]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct OutManifest<'a> {
+    schema_version: u32,
+    media_type: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    artifact_type: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    config: Option<OutDescriptor<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    layers: Option<Vec<OutDescriptor<'a>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    manifests: Option<Vec<OutDescriptor<'a>>>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    annotations: BTreeMap<&'a str, &'a str>,
+}
+
+#[cfg(feature = "push")]
+impl OutManifest<'_> {
+    /// Compact JSON, its keys in a fixed order: the same arguments always give the same bytes,
+    /// so pushing the same content again gives the same digest.
+    fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("strings, numbers and string maps always serialise to JSON")
+    }
+}
+
+/// An OCI image manifest for an artifact of type `artifact_type` (e.g.
+/// `application/vnd.fleet.agent.v1`) whose one layer is `layer`, of `layer_media_type`, with
+/// the OCI empty config ([`EMPTY_CONFIG`], which must be pushed too) and `annotations`.
+///
+/// The config is not an image configuration, so the engine cannot run it and
+/// [`RegistryClient::resolve`](crate::RegistryClient::resolve) refuses it as a release image.
+#[cfg(feature = "push")]
+pub fn artifact_manifest(
+    artifact_type: &str,
+    layer_media_type: &str,
+    layer: &crate::Pushed,
+    annotations: &BTreeMap<String, String>,
+) -> Vec<u8> {
+    OutManifest {
+        schema_version: 2,
+        media_type: OCI_MANIFEST,
+        artifact_type: Some(artifact_type),
+        config: Some(OutDescriptor {
+            media_type: OCI_EMPTY,
+            digest: EMPTY_CONFIG_DIGEST,
+            size: EMPTY_CONFIG.len() as u64,
+            platform: None,
+        }),
+        layers: Some(vec![OutDescriptor {
+            media_type: layer_media_type,
+            digest: &layer.digest,
+            size: layer.size,
+            platform: None,
+        }]),
+        manifests: None,
+        annotations: annotations.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
+    }
+    .to_bytes()
+}
+
+/// An OCI image index of one image manifest per Linux platform, e.g. an
+/// [`artifact_manifest`] per architecture, so each device picks its own by platform.
+#[cfg(feature = "push")]
+pub fn platform_index(
+    entries: &[(crate::Pushed, crate::Platform)],
+    annotations: &BTreeMap<String, String>,
+) -> Vec<u8> {
+    let manifests = entries
+        .iter()
+        .map(|(manifest, platform)| OutDescriptor {
+            media_type: OCI_MANIFEST,
+            digest: &manifest.digest,
+            size: manifest.size,
+            platform: Some(OutPlatform {
+                architecture: &platform.architecture,
+                os: "linux",
+                variant: platform.variant.as_deref(),
+            }),
+        })
+        .collect();
+    OutManifest {
+        schema_version: 2,
+        media_type: OCI_INDEX,
+        artifact_type: None,
+        config: None,
+        layers: None,
+        manifests: Some(manifests),
+        annotations: annotations.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
+    }
+    .to_bytes()
+}
+
 /// Lists the `code`s of a distribution error body (`{"errors":[{"code":"NAME_UNKNOWN"}]}`).
 pub(crate) fn error_codes(body: &[u8]) -> Vec<String> {
     #[derive(Deserialize)]
@@ -366,6 +498,105 @@ mod tests {
             Err(Mismatch { expected: other.clone(), expected_by: "the index" })
         );
         assert_eq!(check_digest(&actual, Some("sha512:abcd"), None), Ok(()), "not comparable");
+    }
+
+    #[cfg(feature = "push")]
+    fn pushed(content: &[u8]) -> crate::Pushed {
+        crate::Pushed { digest: sha256_digest(content), size: content.len() as u64 }
+    }
+
+    #[cfg(feature = "push")]
+    #[test]
+    fn the_empty_config_is_the_oci_empty_descriptor() {
+        assert_eq!(sha256_digest(EMPTY_CONFIG), EMPTY_CONFIG_DIGEST);
+    }
+
+    #[cfg(feature = "push")]
+    #[test]
+    fn an_artifact_manifest_is_canonical_json_with_the_empty_config() {
+        let layer = pushed(b"binary");
+        let annotations =
+            BTreeMap::from([("org.opencontainers.image.version".to_owned(), "1.2.3".to_owned())]);
+        let body = artifact_manifest(
+            "application/vnd.fleet.agent.v1",
+            "application/octet-stream",
+            &layer,
+            &annotations,
+        );
+        let expected = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","artifactType":"application/vnd.fleet.agent.v1","config":{{"mediaType":"application/vnd.oci.empty.v1+json","digest":"{EMPTY_CONFIG_DIGEST}","size":2}},"layers":[{{"mediaType":"application/octet-stream","digest":"{}","size":6}}],"annotations":{{"org.opencontainers.image.version":"1.2.3"}}}}"#,
+            layer.digest
+        );
+        assert_eq!(String::from_utf8(body.clone()).unwrap(), expected);
+        assert_eq!(
+            artifact_manifest(
+                "application/vnd.fleet.agent.v1",
+                "application/octet-stream",
+                &layer,
+                &annotations
+            ),
+            body,
+            "the same arguments give the same bytes, so the same digest"
+        );
+        let bare = artifact_manifest("a/b", "c/d", &layer, &BTreeMap::new());
+        assert!(!String::from_utf8(bare).unwrap().contains("annotations"), "none, not empty");
+
+        // The download size path reads it; resolve, which vets release images, refuses it.
+        let read: Manifest = serde_json::from_slice(&body).unwrap();
+        let (config, layers) = (read.config.unwrap(), read.layers.unwrap());
+        assert_eq!(download_bytes(&config, &layers), 2 + 6);
+        let err = parse(&body, Some(OCI_MANIFEST)).unwrap_err();
+        assert!(err.contains("an artifact, not a container image"), "{err}");
+    }
+
+    #[cfg(feature = "push")]
+    #[test]
+    fn a_platform_index_reads_back_with_each_platform() {
+        let amd64 = pushed(b"amd64 manifest");
+        let arm64 = pushed(b"arm64 manifest");
+        let arm = |v: &str| crate::Platform { architecture: "arm".into(), variant: Some(v.into()) };
+        let armv7 = pushed(b"armv7 manifest");
+        let entries = [
+            (amd64.clone(), crate::Platform::for_rust_arch("x86_64")),
+            (arm64.clone(), crate::Platform::for_rust_arch("aarch64")),
+            (armv7.clone(), arm("v7")),
+        ];
+        let annotations =
+            BTreeMap::from([("org.opencontainers.image.version".to_owned(), "1.2.3".to_owned())]);
+        let body = platform_index(&entries, &annotations);
+        let text = String::from_utf8(body.clone()).unwrap();
+        assert!(
+            text.starts_with(r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:"#),
+            "{text}"
+        );
+        assert!(text.contains(r#""platform":{"architecture":"amd64","os":"linux"}}"#), "{text}");
+        assert!(
+            text.contains(r#""platform":{"architecture":"arm","os":"linux","variant":"v7"}}"#),
+            "{text}"
+        );
+
+        // As resolve reads an index: every entry a platform image, in order, with its digest.
+        let parsed = parse(&body, Some(OCI_INDEX)).unwrap();
+        assert_eq!(parsed.media_type, OCI_INDEX);
+        let Kind::Index(read) = parsed.kind else { panic!("not an index") };
+        assert!(read.iter().all(is_platform_image));
+        let seen: Vec<(&str, &str, Option<&str>)> = read
+            .iter()
+            .map(|e| {
+                let p = e.platform.as_ref().unwrap();
+                (e.digest.as_str(), p.architecture.as_str(), p.variant.as_deref())
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (amd64.digest.as_str(), "amd64", None),
+                (arm64.digest.as_str(), "arm64", None),
+                (armv7.digest.as_str(), "arm", Some("v7")),
+            ]
+        );
+        assert!(read.iter().all(|e| e.platform.as_ref().unwrap().os == "linux"));
+        assert!(platform_index(&[], &BTreeMap::new()).ends_with(br#""manifests":[]}"#));
     }
 
     #[test]
