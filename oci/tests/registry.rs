@@ -475,3 +475,271 @@ fn content_that_is_not_what_its_digest_says_is_refused() {
     );
     println!("{err}");
 }
+
+/// Uploads (feature `push`, which this crate's dev-dependency on itself turns on for tests).
+#[cfg(feature = "push")]
+mod push {
+    use std::sync::Mutex;
+
+    use fleet_oci::{artifact_manifest, platform_index, Pushed, EMPTY_CONFIG, OCI_EMPTY};
+
+    use super::*;
+
+    /// What the agent's binary artifact is called here; the server picks its own.
+    const ARTIFACT_TYPE: &str = "application/vnd.fleet.agent.v1";
+
+    /// `len` bytes no registry has seen: an xorshift stream seeded by the clock.
+    fn random_bytes(len: usize) -> Vec<u8> {
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+        let mut x = (nanos as u64) ^ 0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id());
+        let mut out = Vec::with_capacity(len + 8);
+        while out.len() < len {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+        out.truncate(len);
+        out
+    }
+
+    /// The messages of the `tracing` events emitted while `f` runs on this thread: how a test
+    /// sees which requests a push made, with nothing between client and registry.
+    ///
+    /// The recorder is the global default, set once: a scoped one (`with_default`) misses events
+    /// whose call sites another test's thread saw first, because their interest is then cached
+    /// from that thread's (absent) subscriber.
+    fn events<T>(f: impl FnOnce() -> T) -> (T, Vec<String>) {
+        use std::thread::ThreadId;
+
+        use tracing::field::{Field, Visit};
+        use tracing::span::{Attributes, Id, Record};
+
+        /// The threads listening, each with the messages of its events so far.
+        static LISTENING: Mutex<Vec<(ThreadId, Vec<String>)>> = Mutex::new(Vec::new());
+        static INSTALL: std::sync::Once = std::sync::Once::new();
+
+        struct Recorder;
+        struct Message(String);
+        impl Visit for Message {
+            fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.0 = format!("{value:?}");
+                }
+            }
+        }
+        impl tracing::Subscriber for Recorder {
+            fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+                true
+            }
+            fn new_span(&self, _: &Attributes<'_>) -> Id {
+                Id::from_u64(1)
+            }
+            fn record(&self, _: &Id, _: &Record<'_>) {}
+            fn record_follows_from(&self, _: &Id, _: &Id) {}
+            fn event(&self, event: &tracing::Event<'_>) {
+                let me = std::thread::current().id();
+                let mut listening = LISTENING.lock().unwrap();
+                if let Some((_, seen)) = listening.iter_mut().find(|(id, _)| *id == me) {
+                    let mut message = Message(String::new());
+                    event.record(&mut message);
+                    seen.push(message.0);
+                }
+            }
+            fn enter(&self, _: &Id) {}
+            fn exit(&self, _: &Id) {}
+        }
+
+        INSTALL.call_once(|| tracing::subscriber::set_global_default(Recorder).unwrap());
+        // Call sites registered while the recorder was being installed may have cached "never".
+        tracing::callsite::rebuild_interest_cache();
+        let me = std::thread::current().id();
+        LISTENING.lock().unwrap().push((me, Vec::new()));
+        let result = f();
+        let mut listening = LISTENING.lock().unwrap();
+        let at = listening.iter().position(|(id, _)| *id == me).unwrap();
+        (result, listening.remove(at).1)
+    }
+
+    #[test]
+    fn a_pushed_blob_downloads_back_and_is_not_uploaded_twice() {
+        let env = TestEnv::load();
+        let repository = format!("{}/{}", env.registry, fresh_repository("blob"));
+        let data = random_bytes((1 << 20) + 17);
+        let client = client();
+
+        let (first, log) = events(|| client.push_blob(&repository, &data, None).unwrap());
+        assert_eq!(first, Pushed { digest: sha256(&data), size: data.len() as u64 });
+        assert!(log.iter().any(|m| m == "blob uploaded"), "{log:?}");
+
+        let dest = std::env::temp_dir().join(format!("fleet-oci-push-{}", std::process::id()));
+        let _ = std::fs::remove_file(&dest);
+        client.download_blob(&repository, &first.digest, first.size, &dest, None, &|_| {}).unwrap();
+        let back = std::fs::read(&dest).unwrap();
+        std::fs::remove_file(&dest).unwrap();
+        assert!(back == data, "the blob downloads back byte for byte");
+
+        let (again, log) = events(|| client.push_blob(&repository, &data, None).unwrap());
+        assert_eq!(again, first);
+        assert!(
+            log.iter().any(|m| m == "the registry has the blob already; not uploading it"),
+            "{log:?}"
+        );
+        assert!(!log.iter().any(|m| m == "blob uploaded"), "sent again: {log:?}");
+    }
+
+    /// The digest the registry serves for `repository:reference` as an OCI index, by HEAD.
+    fn index_digest(env: &TestEnv, repository: &str, reference: &str) -> String {
+        let head = ureq::head(&format!("{}/manifests/{reference}", env.base(repository)))
+            .header("Accept", OCI_INDEX)
+            .call()
+            .unwrap();
+        head.headers()["docker-content-digest"].to_str().unwrap().to_owned()
+    }
+
+    /// The layout the server uses for agent binaries: the empty config, one artifact manifest
+    /// per platform over its binary, and a platform index under the version's tag.
+    #[test]
+    fn an_artifact_per_platform_under_a_tagged_index_reads_back_by_platform() {
+        let env = TestEnv::load();
+        let path = fresh_repository("agent");
+        let repository = format!("{}/{path}", env.registry);
+        let client = client();
+        let version =
+            BTreeMap::from([("org.opencontainers.image.version".to_owned(), "1.2.3".to_owned())]);
+
+        assert_eq!(
+            client.push_blob(&repository, EMPTY_CONFIG, None).unwrap(),
+            Pushed { digest: sha256(b"{}"), size: 2 }
+        );
+        let mut binaries = Vec::new();
+        let mut entries = Vec::new();
+        for (arch, len) in [("x86_64", 70_000), ("aarch64", 60_000)] {
+            let binary = client.push_blob(&repository, &random_bytes(len), None).unwrap();
+            let body =
+                artifact_manifest(ARTIFACT_TYPE, "application/octet-stream", &binary, &version);
+            let digest = sha256(&body);
+            let manifest =
+                client.push_manifest(&repository, &digest, OCI_MANIFEST, &body, None).unwrap();
+            assert_eq!(manifest, Pushed { digest, size: body.len() as u64 });
+            binaries.push(binary);
+            entries.push((manifest, Platform::for_rust_arch(arch)));
+        }
+        let index = platform_index(&entries, &version);
+        let pushed = client.push_manifest(&repository, "1.2.3", OCI_INDEX, &index, None).unwrap();
+        assert_eq!(pushed, Pushed { digest: sha256(&index), size: index.len() as u64 });
+        assert_eq!(index_digest(&env, &path, "1.2.3"), pushed.digest, "the tag names the index");
+
+        // The crate's read path picks each platform's manifest from the index, by digest.
+        let image = ImageRef::parse(&format!("{repository}@{}", pushed.digest)).unwrap();
+        let size = |arch: &str| client.download_size(&image, &Platform::for_rust_arch(arch), None);
+        assert_eq!(size("x86_64").unwrap(), 2 + binaries[0].size);
+        assert_eq!(size("aarch64").unwrap(), 2 + binaries[1].size);
+        assert!(matches!(size("arm"), Err(RegistryError::NoPlatform { count: 2, .. })));
+
+        // resolve vets release images: an artifact is not one, so the index is refused, naming
+        // the first platform's manifest. (A release naming the agent's binaries must fail.)
+        let err = resolve(&format!("{repository}:1.2.3")).unwrap_err();
+        assert!(
+            matches!(&err, RegistryError::NotAManifest { image, reason }
+                if *image == format!("{repository}@{}", entries[0].0.digest)
+                && reason.contains("an artifact, not a container image (its config is application/vnd.oci.empty.v1+json)")),
+            "{err:?}"
+        );
+
+        // The same index over image manifests is what resolve reads: the index's digest and
+        // both platforms with their manifests' digests.
+        let (mut images, mut config_sizes) = (Vec::new(), Vec::new());
+        for (binary, (_, platform)) in binaries.iter().zip(&entries) {
+            let config = serde_json::to_vec(&json!({
+                "architecture": platform.architecture, "os": "linux",
+                "rootfs": {"type": "layers", "diff_ids": []},
+            }))
+            .unwrap();
+            let config = client.push_blob(&repository, &config, None).unwrap();
+            let body = serde_json::to_vec(&json!({
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config.digest, "size": config.size},
+                "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": binary.digest, "size": binary.size}],
+            }))
+            .unwrap();
+            let digest = sha256(&body);
+            let manifest =
+                client.push_manifest(&repository, &digest, OCI_MANIFEST, &body, None).unwrap();
+            images.push((manifest, platform.clone()));
+            config_sizes.push(config.size);
+        }
+        let index = platform_index(&images, &version);
+        let pushed =
+            client.push_manifest(&repository, "1.2.3-image", OCI_INDEX, &index, None).unwrap();
+        let resolved = resolve(&format!("{repository}:1.2.3-image")).unwrap();
+        assert_eq!(resolved.image.digest(), pushed.digest);
+        assert_eq!(resolved.media_type, OCI_INDEX);
+        let platforms: Vec<(&str, Option<&str>, &str, u64)> = resolved
+            .platforms
+            .iter()
+            .map(|p| {
+                (p.architecture.as_str(), p.variant.as_deref(), p.digest.as_str(), p.download_bytes)
+            })
+            .collect();
+        assert_eq!(
+            platforms,
+            [
+                ("amd64", None, images[0].0.digest.as_str(), config_sizes[0] + binaries[0].size),
+                ("arm64", None, images[1].0.digest.as_str(), config_sizes[1] + binaries[1].size),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_manifest_the_registry_rejects_is_a_protocol_error_naming_the_status() {
+        let env = TestEnv::load();
+        let path = fresh_repository("rejected");
+        let repository = format!("{}/{path}", env.registry);
+        let client = client();
+        let empty = client.push_blob(&repository, EMPTY_CONFIG, None).unwrap();
+        let body = artifact_manifest(ARTIFACT_TYPE, OCI_EMPTY, &empty, &BTreeMap::new());
+        let url = format!("{}/manifests", env.base(&path));
+
+        // A media type distribution does not know.
+        let err = client
+            .push_manifest(&repository, "t1", "application/x-not-a-manifest", &body, None)
+            .unwrap_err();
+        assert!(matches!(err, RegistryError::Protocol { .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            format!("registry {}: PUT {url}/t1 answered 400 (MANIFEST_INVALID)", env.registry)
+        );
+
+        // A manifest whose layer was never pushed.
+        let missing = Pushed { digest: sha256(b"never pushed"), size: 12 };
+        let dangling = artifact_manifest(ARTIFACT_TYPE, OCI_EMPTY, &missing, &BTreeMap::new());
+        let err =
+            client.push_manifest(&repository, "t2", OCI_MANIFEST, &dangling, None).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("registry {}: PUT {url}/t2 answered 400 (MANIFEST_BLOB_UNKNOWN)", env.registry)
+        );
+
+        // Malformed references never reach the registry (they would change the URL).
+        for reference in ["-bad", "a/../b", "x?y", &format!("sha256:{}", "0".repeat(64))] {
+            let err = client
+                .push_manifest(&repository, reference, OCI_MANIFEST, &body, None)
+                .unwrap_err();
+            assert!(
+                matches!(&err, RegistryError::Protocol { reason, .. } if reason.contains("neither a tag")),
+                "{reference}: {err:?}"
+            );
+        }
+
+        // A login for another registry is not sent.
+        let other = fleet_proto::RegistryCredential {
+            registry: "registry.example.com".into(),
+            username: "u".into(),
+            password: "p".into(),
+        };
+        let err = client.push_blob(&repository, b"x", Some(&other)).unwrap_err();
+        assert!(matches!(err, RegistryError::WrongCredential { .. }), "{err:?}");
+    }
+}
