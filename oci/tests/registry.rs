@@ -576,8 +576,16 @@ mod push {
         let _ = std::fs::remove_file(&dest);
         client.download_blob(&repository, &first.digest, first.size, &dest, None, &|_| {}).unwrap();
         let back = std::fs::read(&dest).unwrap();
-        std::fs::remove_file(&dest).unwrap();
         assert!(back == data, "the blob downloads back byte for byte");
+        // Resumed from half-way (a Range request, answered 206), it is the same.
+        std::fs::write(&dest, &data[..data.len() / 2]).unwrap();
+        let (resumed, log) = events(|| {
+            client.download_blob(&repository, &first.digest, first.size, &dest, None, &|_| {})
+        });
+        resumed.unwrap();
+        assert!(log.iter().any(|m| m == "registry resumes the download"), "{log:?}");
+        assert!(std::fs::read(&dest).unwrap() == data, "the resumed blob is whole");
+        std::fs::remove_file(&dest).unwrap();
 
         let (again, log) = events(|| client.push_blob(&repository, &data, None).unwrap());
         assert_eq!(again, first);
