@@ -30,6 +30,7 @@
 //!   on loopback are spoken to over plain HTTP, as the Docker engine does.
 
 pub mod client;
+pub mod elf;
 pub mod error;
 pub mod manifest;
 pub mod platform;

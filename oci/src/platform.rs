@@ -43,6 +43,44 @@ impl Platform {
     }
 }
 
+impl std::fmt::Display for Platform {
+    /// `linux/arm64`, `linux/arm/v7`: how Docker and OCI tools write a platform.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "linux/{}", self.architecture)?;
+        match &self.variant {
+            Some(v) => write!(f, "/{v}"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::str::FromStr for Platform {
+    type Err = String;
+
+    /// `linux/arm64`, `linux/arm/v7`, `linux/amd64` (the `linux/` may be left out).
+    fn from_str(text: &str) -> Result<Platform, String> {
+        let rest = text.strip_prefix("linux/").unwrap_or(text);
+        let mut parts = rest.split('/');
+        let architecture = parts.next().filter(|a| !a.is_empty());
+        let variant = parts.next();
+        let known = matches!(
+            (architecture, variant),
+            (Some("amd64" | "arm64" | "386"), None)
+                | (Some("arm64"), Some("v8"))
+                | (Some("arm"), Some("v7"))
+        );
+        if parts.next().is_some() || !known {
+            return Err(format!(
+                "platform {text:?}: give linux/amd64, linux/arm64 or linux/arm/v7"
+            ));
+        }
+        let architecture = architecture.unwrap_or_default().to_owned();
+        // `arm64/v8` is how some tools write plain arm64.
+        let variant = variant.filter(|v| *v != "v8").map(str::to_owned);
+        Ok(Platform { architecture, variant })
+    }
+}
+
 /// An image resolved to a content digest, with what each of its platforms downloads.
 ///
 /// Stored with a release: devices pull `image` (by digest), each its own platform from it.

@@ -49,6 +49,7 @@ pub mod status;
 pub mod telemetry;
 pub mod time;
 pub mod topic;
+pub mod version;
 
 #[cfg(test)]
 mod roundtrip_tests;

@@ -108,7 +108,8 @@ impl Slots {
         }
         next.package = Some(installed.to_owned());
         let not_newer = |v: &str| {
-            compare_versions(v, installed).is_some_and(|o| o != std::cmp::Ordering::Greater)
+            fleet_proto::version::compare(v, installed)
+                .is_some_and(|o| o != std::cmp::Ordering::Greater)
         };
         if self.trial.is_none() && self.committed.as_deref().is_some_and(not_newer) {
             next.committed = None;
@@ -167,43 +168,6 @@ impl Slots {
             .chain(self.trial.iter().map(|t| t.version.as_str()))
             .collect()
     }
-}
-
-/// Why a version string cannot name a slot.
-pub fn check_version(version: &str) -> Result<(), String> {
-    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+' | '_');
-    if version.is_empty() || version.len() > 64 {
-        return Err(format!("version {version:?}: 1 to 64 characters"));
-    }
-    if !version.chars().all(ok_char) || version.starts_with('.') {
-        return Err(format!(
-            "version {version:?}: only letters, digits, '.', '-', '+' and '_', not starting with '.'"
-        ));
-    }
-    Ok(())
-}
-
-/// Semantic-version order of `a` and `b` (`MAJOR.MINOR.PATCH[-PRE][+BUILD]`): numeric parts
-/// compared as numbers, a pre-release before its release. `None` if either is not of that form.
-pub fn compare_versions(a: &str, b: &str) -> Option<std::cmp::Ordering> {
-    fn parse(v: &str) -> Option<([u64; 3], Option<&str>)> {
-        let v = v.split('+').next()?;
-        let (core, pre) = match v.split_once('-') {
-            Some((core, pre)) => (core, Some(pre)),
-            None => (v, None),
-        };
-        let mut parts = core.split('.').map(|p| p.parse::<u64>().ok());
-        let n = [parts.next()??, parts.next()??, parts.next()??];
-        parts.next().is_none().then_some((n, pre))
-    }
-    let (na, pa) = parse(a)?;
-    let (nb, pb) = parse(b)?;
-    Some(na.cmp(&nb).then_with(|| match (pa, pb) {
-        (None, None) => std::cmp::Ordering::Equal,
-        (Some(_), None) => std::cmp::Ordering::Less,
-        (None, Some(_)) => std::cmp::Ordering::Greater,
-        (Some(x), Some(y)) => x.cmp(y),
-    }))
 }
 
 #[cfg(test)]
@@ -280,19 +244,6 @@ mod tests {
         assert_eq!(c.committed.as_deref(), Some("2.0.0"));
         assert_eq!(c.fallback(), Run::Slot("2.0.0".into()));
         assert_eq!(c.kept(), ["2.0.0"]);
-    }
-
-    #[test]
-    fn versions_compare_as_semver_and_bad_names_are_refused() {
-        use std::cmp::Ordering::*;
-        assert_eq!(compare_versions("0.10.0", "0.9.9"), Some(Greater));
-        assert_eq!(compare_versions("1.0.0-rc.1", "1.0.0"), Some(Less));
-        assert_eq!(compare_versions("1.0.0+build5", "1.0.0"), Some(Equal));
-        assert_eq!(compare_versions("1.0", "1.0.0"), None);
-        assert!(check_version("0.2.0").is_ok());
-        assert!(check_version("../x").is_err());
-        assert!(check_version(".hidden").is_err());
-        assert!(check_version("").is_err());
     }
 
     #[derive(Debug, Clone)]

@@ -306,7 +306,7 @@ pub fn fetch_and_install(
     target: &AgentTarget,
     credential: Option<&fleet_proto::RegistryCredential>,
 ) -> Result<(), SlotError> {
-    decide::check_version(&target.version).map_err(SlotError::BadVersion)?;
+    fleet_proto::version::check(&target.version).map_err(SlotError::BadVersion)?;
     if target.size > MAX_BINARY_BYTES {
         return Err(SlotError::NotForThisDevice {
             path: PathBuf::from(&target.repository),
@@ -351,13 +351,14 @@ fn install_file(
     allow_downgrade: bool,
     take: bool,
 ) -> Result<Slots, SlotError> {
-    decide::check_version(version).map_err(SlotError::BadVersion)?;
+    fleet_proto::version::check(version).map_err(SlotError::BadVersion)?;
     let slots = load(data_dir)?;
     if let Some(t) = &slots.trial {
         return Err(SlotError::TrialInProgress { version: t.version.clone() });
     }
     let running = running_version();
-    let newer = decide::compare_versions(version, &running) == Some(std::cmp::Ordering::Greater);
+    let newer =
+        fleet_proto::version::compare(version, &running) == Some(std::cmp::Ordering::Greater);
     if !newer && !allow_downgrade {
         return Err(SlotError::NotNewer { version: version.to_owned(), running });
     }
@@ -441,17 +442,6 @@ fn free_bytes(dir: &Path) -> io::Result<u64> {
     Ok(u64::from(st.blocks_available()) * u64::from(st.fragment_size()))
 }
 
-/// The ELF machine of this build.
-const ELF_MACHINE: u16 = if cfg!(target_arch = "x86_64") {
-    62
-} else if cfg!(target_arch = "aarch64") {
-    183
-} else if cfg!(target_arch = "arm") {
-    40
-} else {
-    0
-};
-
 /// Checks that `path` is an ELF executable for this device's architecture; returns its size.
 pub fn check_executable(path: &Path) -> Result<u64, SlotError> {
     let bad = |why: String| SlotError::NotForThisDevice { path: path.to_path_buf(), why };
@@ -460,34 +450,18 @@ pub fn check_executable(path: &Path) -> Result<u64, SlotError> {
     if size > MAX_BINARY_BYTES {
         return Err(bad(format!("{size} bytes, more than {MAX_BINARY_BYTES}")));
     }
-    let mut head = Vec::with_capacity(20);
-    (&mut file).take(20).read_to_end(&mut head).map_err(io_err("read", path))?;
-    if !head.starts_with(b"\x7fELF") {
-        return Err(bad("not an ELF executable".into()));
-    }
-    if head.len() < 20 {
-        return Err(bad("too short for an ELF executable".into()));
-    }
-    let class64 = head[4] == 2;
-    if class64 != cfg!(target_pointer_width = "64") {
+    let mut head = Vec::with_capacity(fleet_oci::elf::ELF_HEAD_BYTES);
+    (&mut file)
+        .take(fleet_oci::elf::ELF_HEAD_BYTES as u64)
+        .read_to_end(&mut head)
+        .map_err(io_err("read", path))?;
+    let platform = fleet_oci::elf::platform_of(&head).map_err(bad)?;
+    let here = fleet_oci::Platform::current();
+    if platform != here {
         return Err(bad(format!(
-            "an ELF{} file on a {}-bit device",
-            if class64 { 64 } else { 32 },
-            usize::BITS
-        )));
-    }
-    if head[5] != 1 {
-        return Err(bad("a big-endian ELF file".into()));
-    }
-    let kind = u16::from_le_bytes([head[16], head[17]]);
-    // 2: executable; 3: position-independent executable (static-pie).
-    if kind != 2 && kind != 3 {
-        return Err(bad(format!("ELF type {kind}, not an executable")));
-    }
-    let machine = u16::from_le_bytes([head[18], head[19]]);
-    if machine != ELF_MACHINE {
-        return Err(bad(format!(
-            "built for ELF machine {machine}, this device is {ELF_MACHINE} ({})",
+            "built for {}, this device is {} ({})",
+            platform,
+            here,
             std::env::consts::ARCH
         )));
     }
@@ -510,6 +484,11 @@ mod tests {
         assert!(matches!(err, SlotError::BadVersion(_)), "{err}");
         // An ELF header for this build's machine (the tests also run for aarch64 under QEMU,
         // where the host's /bin/true is for another machine), and one for another machine.
+        let machine = match std::env::consts::ARCH {
+            "x86_64" => 62,
+            "aarch64" => 183,
+            _ => 40,
+        };
         let elf = |machine: u16| {
             let mut head = vec![0u8; 64];
             head[..4].copy_from_slice(b"\x7fELF");
@@ -520,11 +499,14 @@ mod tests {
             head
         };
         let other = data.join("other");
-        std::fs::write(&other, elf(ELF_MACHINE.wrapping_add(1))).unwrap();
+        std::fs::write(&other, elf(if machine == 183 { 62 } else { 183 })).unwrap();
         let err = install(data, &other, "99.0.0", DEFAULT_TRIAL, false).unwrap_err();
-        assert!(err.to_string().contains("built for ELF machine"), "{err}");
+        assert!(
+            err.to_string().contains("for machine") || err.to_string().contains("built for linux/"),
+            "{err}"
+        );
         let mine = data.join("mine");
-        std::fs::write(&mine, elf(ELF_MACHINE)).unwrap();
+        std::fs::write(&mine, elf(machine)).unwrap();
         let me = mine.as_path();
         let err = install(data, me, "0.0.1", DEFAULT_TRIAL, false).unwrap_err();
         assert!(matches!(err, SlotError::NotNewer { .. }), "{err}");
