@@ -43,7 +43,7 @@ use crate::state::Origin;
 ///   fleet-agent inventory                         this device's hardware, and how to ask for it
 ///   fleet-agent --print-default-config > /etc/fleet-agent/config.toml
 #[derive(Debug, Parser)]
-#[command(name = "fleet-agent", version, about, long_about, verbatim_doc_comment)]
+#[command(name = "fleet-agent", version = crate::AGENT_VERSION, about, long_about, verbatim_doc_comment)]
 struct Cli {
     /// Configuration file; `config.d/*.toml` next to it is merged on top.
     #[arg(long, global = true, env = "FLEET_AGENT_CONFIG", default_value = DEFAULT_PATH)]

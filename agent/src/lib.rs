@@ -52,5 +52,10 @@ pub mod slots;
 pub mod state;
 pub mod telemetry;
 
-/// The agent's version, reported in its status message.
-pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The agent's version, reported in its status message: `FLEET_AGENT_VERSION` at build time
+/// if set (a packager's own version, or the second build the e2e tests roll out), else the
+/// crate's.
+pub const AGENT_VERSION: &str = match option_env!("FLEET_AGENT_VERSION") {
+    Some(v) => v,
+    None => env!("CARGO_PKG_VERSION"),
+};

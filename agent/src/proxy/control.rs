@@ -154,12 +154,7 @@ pub(super) fn status_of(proxy: &PortProxy, since: UnixMillis) -> ProxyStatus {
             });
         }
     }
-    ProxyStatus {
-        pid: std::process::id(),
-        version: env!("CARGO_PKG_VERSION").to_owned(),
-        since,
-        routes,
-    }
+    ProxyStatus { pid: std::process::id(), version: crate::AGENT_VERSION.to_owned(), since, routes }
 }
 
 /// Serves one control connection: reads the request, carries it out, answers. `changed` runs

@@ -91,7 +91,7 @@ pub async fn run(
     tracing::info!(
         socket = %socket.display(),
         routes = proxy.routes().len(),
-        version = env!("CARGO_PKG_VERSION"),
+        version = crate::AGENT_VERSION,
         "port proxy serving"
     );
     let changed: Arc<dyn Fn(&PortProxy) + Send + Sync> =
