@@ -102,6 +102,16 @@ pub struct Device {
     /// The device's public sealing key (X25519, hex); `None`: an agent that predates sealing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seal_key: Option<String>,
+    /// The agent version the fleet wants on it when its agent is not pinned (set by agent
+    /// rollouts; `None`: it keeps what it runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assigned_agent: Option<String>,
+    /// The pin holding its agent on an agent release, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_pin: Option<Pin>,
+    /// The agent version in the last desired state sent to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_agent: Option<String>,
 }
 
 impl Device {
@@ -237,6 +247,16 @@ pub struct PinRequest {
     /// Pin even though pre-flight says the device cannot run the release.
     #[serde(default)]
     pub force: bool,
+}
+
+/// `?agent=true` of `DELETE /api/v1/devices/{id}/pin`: lift the agent pin instead.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct UnpinQuery {
+    /// Lift the agent pin (a pin to a `fleet-agent@VERSION` release), not the application's.
+    #[serde(default)]
+    pub agent: bool,
 }
 
 /// A device's telemetry at a glance (`GET /api/v1/devices/{id}/metrics`).

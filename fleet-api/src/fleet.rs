@@ -128,6 +128,67 @@ pub struct Release {
     pub created_at: UnixMillis,
     /// Which token created it.
     pub created_by: String,
+    /// For an agent release (`fleet-agent@VERSION`): its binaries, signed apart from the
+    /// (empty) spec. Absent for application releases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentBinaries>,
+}
+
+/// The app name of agent releases: `fleet-agent@VERSION` is a version of the agent itself,
+/// rolled out and pinned like an application release, but never run as one.
+pub const AGENT_APP: &str = "fleet-agent";
+
+/// What an agent release holds: one binary per platform, stored as an OCI artifact in the
+/// fleet's registry (an index tagged VERSION, one manifest per platform, the binary its
+/// layer), each named by digest so the signed desired state covers the exact bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct AgentBinaries {
+    /// The agent version.
+    pub version: String,
+    /// Registry and repository holding the binaries, e.g. `registry.example:5000/fleet/agent`.
+    pub repository: String,
+    /// Digest of the index tagged VERSION there.
+    pub index: String,
+    /// Seconds a device has to commit the new version before it reverts by itself.
+    pub deadline_secs: u64,
+    /// One per platform.
+    pub binaries: Vec<AgentBinary>,
+}
+
+/// One platform's agent binary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct AgentBinary {
+    /// `linux/arm64`, `linux/arm/v7`, `linux/amd64`.
+    pub platform: String,
+    /// The binary's digest (`sha256:…`): the blob devices download.
+    pub digest: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// An agent release to create (`POST /api/v1/agent-releases`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct AgentReleaseRequest {
+    /// The version; it must be newer (semver) than every agent release.
+    pub version: String,
+    /// The binaries, one per platform.
+    pub binaries: Vec<AgentBinaryUpload>,
+    /// How long a device has to commit the new version, e.g. `120s` (the default).
+    #[serde(default)]
+    pub deadline: Option<String>,
+}
+
+/// One binary of an agent release to create.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct AgentBinaryUpload {
+    /// `linux/arm64`, `linux/arm/v7` or `linux/amd64`.
+    pub platform: String,
+    /// The ELF executable, base64 (standard alphabet, padded).
+    pub base64: String,
 }
 
 impl Release {

@@ -31,11 +31,12 @@ pub use admin::{AuditEntry, Role, Token, TokenRequest, TokenResponse, WhoAmI};
 pub use devices::{
     Certificate, CommandRequest, DesiredRequest, DesiredResponse, Device, DeviceChange,
     DeviceChanged, DeviceView, EnrollRequest, EnrollResponse, MetricsView, Pin, PinRequest,
-    PointView, RevokedCertificate,
+    PointView, RevokedCertificate, UnpinQuery,
 };
 pub use fleet::{
-    Group, GroupChange, GroupRequest, GroupSummary, GroupView, ImageInfo, PlatformImage, Release,
-    ReleaseRequest, ResolvedImage,
+    AgentBinaries, AgentBinary, AgentBinaryUpload, AgentReleaseRequest, Group, GroupChange,
+    GroupRequest, GroupSummary, GroupView, ImageInfo, PlatformImage, Release, ReleaseRequest,
+    ResolvedImage, AGENT_APP,
 };
 pub use rollouts::{
     CommandReason, PauseReason, Plan, RollbackReason, RolloutRequest, RolloutStatus, RolloutView,

@@ -40,6 +40,10 @@ mqtt_listen = "127.0.0.1:1883"
 # registry = "registry.example.com"
 # username = "fleet"
 # password_file = "/etc/fleet-server/registry-password"
+
+# Where agent releases (`fleetctl release create-agent`) push their binaries, as OCI
+# artifacts; devices download them from here (a login above applies to its registry).
+# agent_repository = "registry.example.com/fleet/agent"
 "#;
 
 /// The file's shape.
@@ -55,6 +59,7 @@ struct File {
     device_broker: Option<String>,
     #[serde(default)]
     registries: Vec<RegistryLogin>,
+    agent_repository: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -80,6 +85,8 @@ pub struct Overrides {
     pub broker_files: Option<PathBuf>,
     /// `--device-broker` / `FLEET_DEVICE_BROKER`.
     pub device_broker: Option<String>,
+    /// `--agent-repository` / `FLEET_AGENT_REPOSITORY`.
+    pub agent_repository: Option<String>,
 }
 
 /// Why the configuration was refused.
@@ -148,6 +155,7 @@ pub fn load(path: Option<&Path>, overrides: Overrides) -> Result<ServeOptions, C
         broker_files: overrides.broker_files.or(file.broker_files.map(relative)),
         external_broker: overrides.broker.or(file.broker),
         registries,
+        agent_repository: overrides.agent_repository.or(file.agent_repository),
     })
 }
 

@@ -19,6 +19,12 @@
 //! go sealed to devices with a key, in the clear (inside the signed state, over mutual TLS)
 //! only to agents that predate sealing.
 //!
+//! Agent releases (`fleet-agent@VERSION`, [`crate::releases::ReleaseRecord::agent`]) ride in
+//! the same desired state: a device's wanted agent version ([`DeviceRecord::wanted_agent`]:
+//! its agent pin's, else the one a rollout assigned) becomes [`AgentTarget`], the binary for
+//! the platform its inventory reports, by digest. A device whose platform has no binary is
+//! refused like one whose variables do not fit ([`DesiredError::AgentBinary`]).
+//!
 //! A state that could not be published (broker down) is not lost: the device's record says
 //! what it should run, and [`Publisher::republish_unconfirmed`] sends it again at start and
 //! whenever the driver finds devices behind.
@@ -28,15 +34,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleet_proto::{
-    topic, DesiredState, DeviceId, Message, Pin, RegistryCredential, ReleaseSpec, SealKey,
-    SealedSecret, TopicKind, UnixMillis,
+    topic, AgentTarget, DesiredState, DeviceId, Inventory, Message, Pin, RegistryCredential,
+    ReleaseSpec, SealKey, SealedSecret, TopicKind, UnixMillis,
 };
 use rumqttc::{AsyncClient, QoS};
 
 use crate::devices::DeviceRecord;
 use crate::groups::Group;
 use crate::pki::Pki;
-use crate::releases::ReleaseRecord;
+use crate::releases::{agent_binary_for, ReleaseRecord, AGENT_APP};
 use crate::secrets::{self, SecretError, SecretIndex, SecretRecord};
 use crate::store::{Store, StoreError, Tx};
 use crate::variables::{self, DeviceVars, VarIndex, VariableRecord};
@@ -56,6 +62,8 @@ pub struct Outgoing {
     pub seal_key: Option<SealKey>,
     /// The secrets the release mounts, sealed to `seal_key` (empty without a key).
     pub secrets: Vec<SealedSecret>,
+    /// The agent version to run (`None`: the agent stays as it is).
+    pub agent: Option<AgentTarget>,
 }
 
 /// Why a desired state cannot be decided.
@@ -97,6 +105,16 @@ pub enum DesiredError {
     /// A stored secret cannot be opened or sealed.
     #[error(transparent)]
     Secret(#[from] SecretError),
+    /// The wanted agent release has no binary this device can run.
+    #[error("agent release {release} cannot go to device {device}: {reason}")]
+    AgentBinary {
+        /// The device.
+        device: DeviceId,
+        /// The agent release.
+        release: String,
+        /// Why: its platform has no binary, or is not known yet.
+        reason: String,
+    },
 }
 
 impl DesiredError {
@@ -104,7 +122,12 @@ impl DesiredError {
     /// its release), as opposed to a failure of the server: callers skip or refuse that
     /// device, they do not fail everything.
     pub fn refuses_device(&self) -> bool {
-        matches!(self, DesiredError::Render { .. } | DesiredError::MissingSecret { .. })
+        matches!(
+            self,
+            DesiredError::Render { .. }
+                | DesiredError::MissingSecret { .. }
+                | DesiredError::AgentBinary { .. }
+        )
     }
 
     /// The refusal's problems as (path, reason), for a problem+json answer.
@@ -124,6 +147,7 @@ impl DesiredError {
                     )
                 })
                 .collect(),
+            DesiredError::AgentBinary { reason, .. } => vec![("agent".to_owned(), reason.clone())],
             _ => Vec::new(),
         }
     }
@@ -140,6 +164,8 @@ pub trait Source {
     fn groups(&self) -> Result<Vec<Group>, StoreError>;
     /// Every secret (encrypted).
     fn secrets(&self) -> Result<Vec<SecretRecord>, StoreError>;
+    /// A device's inventory (its platform decides which agent binary it gets).
+    fn inventory(&self, id: &DeviceId) -> Result<Option<Inventory>, StoreError>;
 }
 
 impl Source for Tx<'_> {
@@ -155,6 +181,9 @@ impl Source for Tx<'_> {
     fn secrets(&self) -> Result<Vec<SecretRecord>, StoreError> {
         Tx::secrets(self)
     }
+    fn inventory(&self, id: &DeviceId) -> Result<Option<Inventory>, StoreError> {
+        Tx::inventory(self, id)
+    }
 }
 
 impl Source for Store {
@@ -169,6 +198,9 @@ impl Source for Store {
     }
     fn secrets(&self) -> Result<Vec<SecretRecord>, StoreError> {
         Store::secrets(self)
+    }
+    fn inventory(&self, id: &DeviceId) -> Result<Option<Inventory>, StoreError> {
+        Store::inventory(self, id)
     }
 }
 
@@ -320,6 +352,48 @@ impl Releases {
             .into_iter()
             .map(|r| pki.vault().seal_for(r, id, &key))
             .collect::<Result<_, _>>()?)
+    }
+
+    /// Agent `version` for `record`'s device: the binary of release `fleet-agent@VERSION` for
+    /// the platform its inventory reports. `None` for `None`.
+    pub fn agent_target(
+        &mut self,
+        src: &dyn Source,
+        pki: &Pki,
+        version: Option<&str>,
+        record: &DeviceRecord,
+    ) -> Result<Option<AgentTarget>, DesiredError> {
+        let Some(version) = version else { return Ok(None) };
+        let id = format!("{AGENT_APP}@{version}");
+        let verified = self.verified(src, pki, &id)?;
+        let refuse = |reason: String| DesiredError::AgentBinary {
+            device: record.id.clone(),
+            release: id.clone(),
+            reason,
+        };
+        let binaries = verified
+            .record
+            .verify_agent(&pki.trusted_keys())?
+            .ok_or_else(|| refuse(format!("{id} is not an agent release")))?;
+        let inventory = src.inventory(&record.id)?.ok_or_else(|| {
+            refuse("it has not reported its platform yet (no inventory)".to_owned())
+        })?;
+        let binary = agent_binary_for(binaries, &inventory.arch).ok_or_else(|| {
+            let has: Vec<&str> = binaries.binaries.iter().map(|b| b.platform.as_str()).collect();
+            refuse(format!(
+                "it is {} ({}), the release has binaries for {} only",
+                fleet_oci::Platform::for_rust_arch(&inventory.arch),
+                inventory.arch,
+                has.join(", ")
+            ))
+        })?;
+        Ok(Some(AgentTarget {
+            version: version.to_owned(),
+            repository: binaries.repository.clone(),
+            digest: binary.digest.clone(),
+            size: binary.size,
+            deadline_secs: binaries.deadline_secs,
+        }))
     }
 
     /// The release `id` as `record`'s device runs it: rendered with its variables
@@ -501,9 +575,12 @@ pub fn retarget(
     force: bool,
 ) -> Result<Option<Outgoing>, DesiredError> {
     let wanted = record.wanted_release(now).cloned();
+    let wanted_agent = record.wanted_agent(now).map(str::to_owned);
     let pin = record.pin_at(now).map(wire_pin);
-    let unchanged = wanted == record.desired_release && record.desired_generation > 0;
-    let nothing_ever = wanted.is_none() && record.desired_generation == 0;
+    let unchanged = wanted == record.desired_release
+        && wanted_agent == record.desired_agent
+        && record.desired_generation > 0;
+    let nothing_ever = wanted.is_none() && wanted_agent.is_none() && record.desired_generation == 0;
     if !force && (unchanged || nothing_ever) {
         return Ok(None);
     }
@@ -515,9 +592,11 @@ pub fn retarget(
         (Some(id), Some(spec)) => releases.sealed_secrets(tx, pki, id.as_str(), spec, record)?,
         _ => Vec::new(),
     };
+    let agent = releases.agent_target(tx, pki, wanted_agent.as_deref(), record)?;
     // Never reused: the agent refuses anything not newer than what it accepted.
     record.desired_generation = record.desired_generation.max(record.accepted_generation) + 1;
     record.desired_release = wanted;
+    record.desired_agent = wanted_agent;
     Ok(Some(Outgoing {
         device: record.id.clone(),
         generation: record.desired_generation,
@@ -525,6 +604,7 @@ pub fn retarget(
         pin,
         seal_key: record.seal_key(),
         secrets,
+        agent,
     }))
 }
 
@@ -586,8 +666,7 @@ impl Publisher {
             registry_credentials,
             secrets: out.secrets,
             sealed_registry_credentials,
-            // Agent releases through rollouts are not served yet (issue 23, part 2).
-            agent: None,
+            agent: out.agent,
         };
         let topic = topic(&state.device, TopicKind::Desired);
         (topic, Message::Desired(self.pki.signing_key().sign(&state)).encode())
@@ -698,7 +777,16 @@ impl Publisher {
                 }
                 None => Ok((None, Vec::new())),
             };
-            let (release, secrets) = match decided {
+            let decided = decided.and_then(|(release, secrets)| {
+                let agent = releases.agent_target(
+                    store,
+                    &self.pki,
+                    record.desired_agent.as_deref(),
+                    &record,
+                )?;
+                Ok((release, secrets, agent))
+            });
+            let (release, secrets, agent) = match decided {
                 Ok(d) => d,
                 // One device's variables or secrets must not stop the others' states; it is
                 // sent again once they fit its release.
@@ -716,6 +804,7 @@ impl Publisher {
                 pin,
                 seal_key: record.seal_key(),
                 secrets,
+                agent,
             });
         }
         Ok(self.send_all(outgoing, now, Duration::from_secs(5)).await)

@@ -77,6 +77,18 @@ pub struct DeviceRecord {
     /// registry logins are sealed to it. `None`: an agent that predates sealing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seal_key: Option<String>,
+    /// The agent version the fleet wants on this device when its agent is not pinned: set by
+    /// rollouts of agent releases. `None`: the agent stays as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assigned_agent: Option<String>,
+    /// A pin holding the device's agent on one agent release (`fleet-agent@VERSION`), apart
+    /// from the application pin: a bench robot can hold its app and take agent fixes, or the
+    /// reverse.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_pin: Option<PinRecord>,
+    /// The agent version in the last desired state published to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_agent: Option<String>,
 }
 
 /// A pin: an operator holds this device on one release, with a reason.
@@ -128,6 +140,9 @@ impl DeviceRecord {
             assigned_release: None,
             last_report: None,
             seal_key: None,
+            assigned_agent: None,
+            agent_pin: None,
+            desired_agent: None,
         }
     }
 
@@ -143,6 +158,25 @@ impl DeviceRecord {
             Some(pin) => Some(&pin.release),
             None => self.assigned_release.as_ref(),
         }
+    }
+
+    /// The agent pin, if it holds at `now`.
+    pub fn agent_pin_at(&self, now: UnixMillis) -> Option<&PinRecord> {
+        self.agent_pin.as_ref().filter(|p| p.holds(now))
+    }
+
+    /// The agent version the server wants on the device at `now`: its agent pin's if pinned,
+    /// otherwise the assigned one (`None`: whatever it runs).
+    pub fn wanted_agent(&self, now: UnixMillis) -> Option<&str> {
+        match self.agent_pin_at(now) {
+            Some(pin) => pin.release.as_str().split_once('@').map(|(_, v)| v),
+            None => self.assigned_agent.as_deref(),
+        }
+    }
+
+    /// The agent versions it reported last (`None`: an agent that predates self-update).
+    pub fn agent_versions(&self) -> Option<&fleet_proto::report::AgentVersions> {
+        self.last_report.as_ref().and_then(|r| r.agent.as_ref())
     }
 
     /// The device's sealing key, if it reported a valid one.
@@ -198,6 +232,9 @@ impl DeviceRecord {
             assigned_release: None,
             last_report: None,
             seal_key: None,
+            assigned_agent: None,
+            agent_pin: None,
+            desired_agent: None,
         });
         match msg {
             Message::Status(s) => {

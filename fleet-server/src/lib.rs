@@ -73,6 +73,10 @@ pub struct ServeOptions {
     /// Logins for private registries: used to resolve image tags, and sent to devices (inside
     /// signed desired state, over mutual TLS) so they can pull.
     pub registries: Vec<fleet_proto::RegistryCredential>,
+    /// Where agent releases' binaries are pushed (`registry/repository`, e.g.
+    /// `registry.example.com/fleet/agent`); a login for its registry, if it needs one, is in
+    /// `registries`. `None`: agent releases cannot be created.
+    pub agent_repository: Option<String>,
 }
 
 impl Default for ServeOptions {
@@ -85,6 +89,7 @@ impl Default for ServeOptions {
             broker_files: None,
             external_broker: None,
             registries: Vec::new(),
+            agent_repository: None,
         }
     }
 }
@@ -208,6 +213,8 @@ pub async fn serve(
     let api_addr = listener.local_addr().map_err(ServeError::Api)?;
     let rollouts = tokio::spawn(driver.clone().run());
     ready(api_addr);
+    let registry =
+        Arc::new(registry::RegistryResolver::new(opts.registries.clone(), opts.agent_repository));
     let api = api::Api {
         store,
         pki,
@@ -218,7 +225,8 @@ pub async fn serve(
         publisher,
         waiters,
         driver,
-        resolver: Arc::new(registry::RegistryResolver::new(opts.registries.clone())),
+        resolver: registry.clone(),
+        agent_pusher: registry,
         data_dir: opts.data_dir.clone(),
     };
     let result = axum::serve(listener, api::router(api)).with_graceful_shutdown(shutdown).await;

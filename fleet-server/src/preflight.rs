@@ -32,6 +32,34 @@ impl DeviceCheck {
 /// Where the engine keeps images, to find the disk they land on.
 const ENGINE_ROOT: &str = "/var/lib/docker";
 
+/// An agent release: the device's platform needs a binary, and its agent must be one that
+/// updates itself (it reports its agent versions).
+fn check_agent(
+    record: &DeviceRecord,
+    inv: &Inventory,
+    binaries: &crate::releases::AgentBinaries,
+) -> DeviceCheck {
+    let mut out = DeviceCheck::default();
+    if crate::releases::agent_binary_for(binaries, &inv.arch).is_none() {
+        let has: Vec<&str> = binaries.binaries.iter().map(|b| b.platform.as_str()).collect();
+        out.unsatisfiable.push(format!(
+            "no agent binary for its platform {} ({}); the release has {}",
+            fleet_oci::Platform::for_rust_arch(&inv.arch),
+            inv.arch,
+            has.join(", ")
+        ));
+    }
+    match record.agent_versions() {
+        None if record.last_report.is_some() => out.unsatisfiable.push(format!(
+            "its agent ({}) predates self-update: upgrade its package once",
+            record.agent_version.as_deref().unwrap_or("unknown version")
+        )),
+        None => out.unchecked.push("it has not reported its agent versions yet".to_owned()),
+        Some(_) => {}
+    }
+    out
+}
+
 /// Checks `release` against what the server knows of the device.
 pub fn check(
     record: &DeviceRecord,
@@ -47,11 +75,10 @@ pub fn check(
         ));
         return out;
     };
-    let wanted = fleet_oci::Platform::for_rust_arch(&inv.arch);
-    let platform = match &wanted.variant {
-        Some(v) => format!("linux/{}/{v}", wanted.architecture),
-        None => format!("linux/{}", wanted.architecture),
-    };
+    if let Some(binaries) = &release.agent {
+        return check_agent(record, inv, binaries);
+    }
+    let platform = fleet_oci::Platform::for_rust_arch(&inv.arch).to_string();
     if release.images.is_empty() && !release.spec.services.is_empty() {
         out.unchecked.push(
             "the release was given as JSON, so its images' platforms and sizes are unknown"

@@ -6,8 +6,10 @@
 //! checks both), so a record edited in the store or a backup is refused before it reaches a
 //! device; every image is pinned by digest (the spec's own validation).
 
+pub use fleet_api::{AgentBinaries, AgentBinary, AGENT_APP};
+use fleet_oci::Platform;
 pub use fleet_oci::{PlatformImage, ResolvedImage};
-use fleet_proto::{ReleaseId, ReleaseSpec, ServerKey, Signed, TrustedKeys, UnixMillis};
+use fleet_proto::{ReleaseId, ReleaseSpec, ServerKey, Signable, Signed, TrustedKeys, UnixMillis};
 use serde::{Deserialize, Serialize};
 
 /// What the server learned about one image of the release when it resolved it.
@@ -30,6 +32,31 @@ pub trait ImageResolver: Send + Sync + 'static {
     fn resolve(&self, reference: &str) -> Result<ResolvedImage, String>;
 }
 
+/// Stores an agent release's binaries where devices download them: the fleet's registry
+/// ([`crate::registry`]), a map in tests. Blocking: called from a blocking thread.
+pub trait AgentPusher: Send + Sync + 'static {
+    /// Pushes `binaries` of agent `version` (each checked to be an executable for its
+    /// platform) and says where they are; the error says what is wrong and what to do.
+    fn push_agent(
+        &self,
+        version: &str,
+        binaries: &[(Platform, Vec<u8>)],
+        deadline_secs: u64,
+    ) -> Result<AgentBinaries, String>;
+}
+
+/// What the server signs for an agent release: its id and its binaries, so a digest edited in
+/// the store or a backup is refused like an edited spec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct SignedAgent {
+    id: ReleaseId,
+    binaries: AgentBinaries,
+}
+
+impl Signable for SignedAgent {
+    const CONTEXT: &'static [u8] = b"fleet/v1 agent-release";
+}
+
 /// A stored release.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReleaseRecord {
@@ -45,6 +72,12 @@ pub struct ReleaseRecord {
     pub created_at: UnixMillis,
     /// Which token created it.
     pub created_by: String,
+    /// An agent release's binaries (`None` for application releases).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentBinaries>,
+    /// The server's signature over the id and [`ReleaseRecord::agent`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_signed: Option<Signed>,
 }
 
 /// Why a stored release cannot be trusted.
@@ -78,7 +111,66 @@ impl ReleaseRecord {
         created_by: &str,
     ) -> ReleaseRecord {
         let signed = key.sign(&spec);
-        ReleaseRecord { spec, signed, compose, images, created_at, created_by: created_by.into() }
+        ReleaseRecord {
+            spec,
+            signed,
+            compose,
+            images,
+            created_at,
+            created_by: created_by.into(),
+            agent: None,
+            agent_signed: None,
+        }
+    }
+
+    /// A new agent release `fleet-agent@VERSION` for `binaries`, signed with `key`. Its spec
+    /// has no services: a device never runs it as an application.
+    pub fn agent(
+        binaries: AgentBinaries,
+        key: &ServerKey,
+        created_at: UnixMillis,
+        created_by: &str,
+    ) -> Result<ReleaseRecord, fleet_proto::IdError> {
+        let id = ReleaseId::new(format!("{AGENT_APP}@{}", binaries.version))?;
+        let spec = ReleaseSpec {
+            id: id.clone(),
+            app: AGENT_APP.to_owned(),
+            version: binaries.version.clone(),
+            services: Vec::new(),
+        };
+        let signed_agent = key.sign(&SignedAgent { id, binaries: binaries.clone() });
+        Ok(ReleaseRecord {
+            agent: Some(binaries),
+            agent_signed: Some(signed_agent),
+            ..ReleaseRecord::new(spec, key, None, Vec::new(), created_at, created_by)
+        })
+    }
+
+    /// Whether this is an agent release (`fleet-agent@VERSION`).
+    pub fn is_agent(&self) -> bool {
+        is_agent_release(&self.spec.id)
+    }
+
+    /// An agent release's binaries, after checking the signature over them (and the spec's).
+    pub fn verify_agent(
+        &self,
+        trusted: &TrustedKeys,
+    ) -> Result<Option<&AgentBinaries>, ReleaseIntegrityError> {
+        self.verify(trusted)?;
+        let id = self.spec.id.to_string();
+        match (&self.agent, &self.agent_signed) {
+            (None, None) if !self.is_agent() => Ok(None),
+            (Some(binaries), Some(signed)) => {
+                let opened: SignedAgent = signed.open(trusted).map_err(|source| {
+                    ReleaseIntegrityError::Signature { id: id.clone(), source }
+                })?;
+                if opened.id != self.spec.id || &opened.binaries != binaries {
+                    return Err(ReleaseIntegrityError::Mismatch { id });
+                }
+                Ok(Some(binaries))
+            }
+            _ => Err(ReleaseIntegrityError::Mismatch { id }),
+        }
     }
 
     /// The release's id.
@@ -103,6 +195,18 @@ impl ReleaseRecord {
     pub fn download_bytes(&self, arch: &str) -> Option<u64> {
         self.images.iter().map(|i| i.resolved.platform_for(arch).map(|p| p.download_bytes)).sum()
     }
+}
+
+/// Whether `id` names an agent release (`fleet-agent@VERSION`).
+pub fn is_agent_release(id: &ReleaseId) -> bool {
+    id.as_str().strip_prefix(AGENT_APP).is_some_and(|rest| rest.starts_with('@'))
+}
+
+/// The binary of agent release `binaries` a device of Rust architecture `arch` (`x86_64`,
+/// `aarch64`, `arm`, as inventories report it) runs, if the release has one.
+pub fn agent_binary_for<'a>(binaries: &'a AgentBinaries, arch: &str) -> Option<&'a AgentBinary> {
+    let wanted = Platform::for_rust_arch(arch);
+    binaries.binaries.iter().find(|b| b.platform.parse::<Platform>().is_ok_and(|p| p == wanted))
 }
 
 #[cfg(test)]

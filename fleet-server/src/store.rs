@@ -675,6 +675,11 @@ impl Tx<'_> {
         self.put(Collection::Devices, record.id.as_str().as_bytes(), record);
     }
 
+    /// A device's inventory, as this change sees it.
+    pub fn inventory(&self, id: &DeviceId) -> Result<Option<Inventory>, StoreError> {
+        self.get(Collection::Inventories, id.as_str().as_bytes())
+    }
+
     /// Replaces a device's inventory.
     pub fn put_inventory(&mut self, id: &DeviceId, inventory: &Inventory) {
         self.put(Collection::Inventories, id.as_str().as_bytes(), inventory);

@@ -25,6 +25,7 @@ async fn start_server(data: &std::path::Path) -> (SocketAddr, SocketAddr) {
         broker_files: None,
         external_broker: None,
         registries: Vec::new(),
+        agent_repository: None,
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
@@ -183,6 +184,7 @@ async fn the_embedded_broker_refuses_to_listen_beyond_loopback() {
         broker_files: None,
         external_broker: None,
         registries: Vec::new(),
+        agent_repository: None,
     };
     let err = fleet_server::serve(opts, std::future::pending(), |_| {}).await.unwrap_err();
     assert!(err.to_string().contains("only listens on loopback"), "{err}");

@@ -185,9 +185,11 @@ pub(super) async fn unpin(
     State(api): State<Api>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
+    Query(query): Query<fleet_api::UnpinQuery>,
 ) -> Result<Json<Device>, Problem> {
     let id = device_id(&id)?;
-    Ok(Json(ops::devices::unpin(&api.fleet(), &caller, id, UnixMillis::now()).await?.into()))
+    let fleet = api.fleet();
+    Ok(Json(ops::devices::unpin(&fleet, &caller, id, query.agent, UnixMillis::now()).await?.into()))
 }
 
 pub(super) async fn command(

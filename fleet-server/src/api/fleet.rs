@@ -74,6 +74,18 @@ pub(super) async fn show_release(
     Ok(Json(ops::releases::show(&api.store, &id)?.into()))
 }
 
+pub(super) async fn create_agent_release(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    Body(request): Body<fleet_api::AgentReleaseRequest>,
+) -> Result<Response, Problem> {
+    let fleet = api.fleet();
+    let record =
+        ops::agent_releases::create(&fleet, &api.agent_pusher, &caller, request, UnixMillis::now())
+            .await?;
+    Ok((StatusCode::CREATED, Json(Release::from(record))).into_response())
+}
+
 pub(super) async fn create_release(
     State(api): State<Api>,
     Extension(caller): Extension<Caller>,

@@ -70,6 +70,8 @@ pub struct Api {
     pub driver: Driver,
     /// Resolves image tags to digests when releases are created.
     pub resolver: Arc<dyn ImageResolver>,
+    /// Stores agent releases' binaries in the fleet's registry.
+    pub agent_pusher: Arc<dyn crate::releases::AgentPusher>,
     /// The data directory (backups include its key files).
     pub data_dir: std::path::PathBuf,
 }
@@ -98,6 +100,12 @@ pub fn router(api: Api) -> Router {
         .route("/api/v1/groups/{name}", get(fleet::show_group).delete(fleet::remove_group))
         .route("/api/v1/releases", get(fleet::list_releases).post(fleet::create_release))
         .route("/api/v1/releases/{id}", get(fleet::show_release))
+        .route(
+            "/api/v1/agent-releases",
+            post(fleet::create_agent_release).layer(axum::extract::DefaultBodyLimit::max(
+                crate::ops::agent_releases::MAX_REQUEST_BYTES,
+            )),
+        )
         .route("/api/v1/rollouts/plan", post(rollouts::plan))
         .route("/api/v1/rollouts", get(rollouts::list).post(rollouts::create))
         .route("/api/v1/rollouts/{id}", get(rollouts::show))

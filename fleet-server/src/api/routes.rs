@@ -136,8 +136,8 @@ routes! {
         "Assign a release given as JSON (stored as a release if new).";
     "PUT" "/api/v1/devices/{id}/pin" O, ["id": DeviceId,] json PinRequest, => OK, Device,
         "Pin a device to a release, with a reason and an optional expiry.";
-    "DELETE" "/api/v1/devices/{id}/pin" O, ["id": DeviceId,] => OK, Device,
-        "Unpin a device: it returns to its assigned release.";
+    "DELETE" "/api/v1/devices/{id}/pin" O, ["id": DeviceId,] query fleet_api::UnpinQuery, => OK, Device,
+        "Unpin a device: it returns to its assigned release (?agent=true: lift its agent pin; its agent returns to its assigned version).";
     "POST" "/api/v1/devices/{id}/commands" O, ["id": DeviceId,] json CommandRequest, => OK, CommandResult,
         "Send a signed command and wait for its result.";
     "GET" "/api/v1/devices/{id}/events" V, ["id": DeviceId,] => OK, Vec<Event>,
@@ -156,6 +156,8 @@ routes! {
     "POST" "/api/v1/releases" O, [] json ReleaseRequest, => CREATED, Release,
         "Create a release from a Compose file; tags are resolved to digests.";
     "GET" "/api/v1/releases/{id}" V, ["id": ReleaseId,] => OK, Release, "One release.";
+    "POST" "/api/v1/agent-releases" O, [] json fleet_api::AgentReleaseRequest, => CREATED, Release,
+        "Create agent release fleet-agent@VERSION: one ELF binary per platform (base64), pushed to the fleet's registry and signed; roll it out like any release.";
     "POST" "/api/v1/rollouts/plan" O, [] json RolloutRequest, => OK, Plan,
         "Pre-flight: the waves, pinned, offline and unsatisfiable devices; sends nothing.";
     "GET" "/api/v1/rollouts" V, [] => OK, Vec<RolloutView>, "Every rollout, newest first.";

@@ -24,6 +24,7 @@ impl From<Error> for Problem {
             Error::BrokerUnavailable { .. } => {
                 Problem::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
             }
+            Error::RegistryFailed(_) => Problem::new(StatusCode::BAD_GATEWAY, e.to_string()),
             Error::NoAnswer { .. } => Problem::new(StatusCode::GATEWAY_TIMEOUT, e.to_string()),
             Error::TooLarge { .. } => Problem::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
             Error::Plan(e) => plan_problem(e),
@@ -72,7 +73,7 @@ fn desired_problem(e: DesiredError) -> Problem {
             format!("{e}; nothing was changed (`fleetctl var ls --device ID` shows its variables)"),
             problems(&e),
         ),
-        DesiredError::MissingSecret { .. } => {
+        DesiredError::MissingSecret { .. } | DesiredError::AgentBinary { .. } => {
             Problem::invalid(format!("{e}; nothing was changed"), problems(&e))
         }
         DesiredError::Secret(e) => Problem::internal(e),

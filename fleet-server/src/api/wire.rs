@@ -72,6 +72,9 @@ impl From<DeviceRecord> for wire::Device {
             assigned_release: d.assigned_release.map(|r| r.to_string()),
             last_report: d.last_report,
             seal_key: d.seal_key,
+            assigned_agent: d.assigned_agent,
+            agent_pin: d.agent_pin.map(Into::into),
+            desired_agent: d.desired_agent,
         }
     }
 }
@@ -126,6 +129,7 @@ impl From<ReleaseRecord> for wire::Release {
             images: all(r.images),
             created_at: r.created_at,
             created_by: r.created_by,
+            agent: r.agent,
         }
     }
 }

@@ -118,6 +118,10 @@ struct ServeArgs {
     /// packaging/mosquitto/) instead of the embedded one; needs --broker-files.
     #[arg(long, env = "FLEET_BROKER")]
     broker: Option<String>,
+    /// Push agent releases' binaries to this registry repository, e.g.
+    /// registry.example.com/fleet/agent (devices download them from there).
+    #[arg(long, env = "FLEET_AGENT_REPOSITORY")]
+    agent_repository: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -160,6 +164,7 @@ fn main() -> ExitCode {
         broker: args.broker,
         broker_files: args.broker_files,
         device_broker: args.device_broker,
+        agent_repository: args.agent_repository,
     };
     let opts = match fleet_server::config::load(args.config.as_deref(), overrides) {
         Ok(o) => o,

@@ -175,6 +175,12 @@ pub async fn assign(
         move || fleet.store.update_durable(|tx| {
             let mut record = active(tx.device(&id)?, &id)?;
             if let Some(release) = &release {
+                if crate::releases::is_agent_release(&release.id) {
+                    return Err(Error::BadRequest(format!(
+                        "{} is an agent release: agents move through `fleetctl rollout create {}` or `fleetctl device pin`",
+                        release.id, release.id
+                    )));
+                }
                 match tx.release(release.id.as_str())? {
                     Some(stored) if stored.spec != *release => {
                         return Err(Error::conflict(format!(
@@ -260,13 +266,19 @@ pub async fn pin(
                     )));
                     }
                 }
-                record.pin = Some(PinRecord {
+                let pin = PinRecord {
                     release: release.clone(),
                     reason: reason.clone(),
                     pinned_by: caller.name.clone(),
                     pinned_at: now,
                     until: request.until.map(UnixMillis),
-                });
+                };
+                // An agent release pins the agent, apart from the application's pin.
+                if stored.is_agent() {
+                    record.agent_pin = Some(pin);
+                } else {
+                    record.pin = Some(pin);
+                }
                 let outgoing = desired::retarget(
                     tx,
                     &fleet.pki,
@@ -297,11 +309,13 @@ pub async fn pin(
     Ok(record)
 }
 
-/// Lifts device `id`'s pin, if it has one; it returns to its assigned release.
+/// Lifts device `id`'s pin (its agent pin with `agent`), if it has one; it returns to its
+/// assigned release (agent version).
 pub async fn unpin(
     fleet: &Fleet,
     caller: &Caller,
     id: DeviceId,
+    agent: bool,
     now: UnixMillis,
 ) -> Result<DeviceRecord, Error> {
     let (record, outgoing) = blocking({
@@ -309,7 +323,8 @@ pub async fn unpin(
         move || {
             fleet.store.update_durable(|tx| {
                 let mut record = active(tx.device(&id)?, &id)?;
-                let Some(pin) = record.pin.take() else {
+                let held = if agent { &mut record.agent_pin } else { &mut record.pin };
+                let Some(pin) = held.take() else {
                     return Ok((record, None));
                 };
                 let outgoing = desired::retarget(

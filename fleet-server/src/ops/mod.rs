@@ -23,6 +23,7 @@ use crate::rollout::driver::{CommandError, Driver, PlanError};
 use crate::store::{Store, StoreError};
 
 pub mod admin;
+pub mod agent_releases;
 pub mod devices;
 pub mod groups;
 pub mod publish;
@@ -98,6 +99,10 @@ pub enum Error {
         /// What the client said.
         reason: String,
     },
+    /// A registry the operation needs refused or failed (storing an agent release's
+    /// binaries).
+    #[error("{0}")]
+    RegistryFailed(String),
     /// A device did not answer a command in time.
     #[error("device {device} did not answer command {command} within {secs} s (is it online? `fleetctl device show {device}`); it will not run it after that")]
     NoAnswer {

@@ -76,6 +76,18 @@ pub async fn create(
             vec![FieldProblem { path: "app, version".into(), reason: e.to_string() }],
         )
     })?;
+    if request.app == crate::releases::AGENT_APP {
+        return Err(refused(
+            "the release was refused",
+            vec![FieldProblem {
+                path: "app".into(),
+                reason: format!(
+                    "{} is the agent's own name: make agent releases with `fleetctl release create-agent VERSION --binary PLATFORM=FILE`",
+                    crate::releases::AGENT_APP
+                ),
+            }],
+        ));
+    }
     let (spec, images) = match (&request.compose, &request.spec) {
         (Some(compose), None) => {
             from_compose(&fleet.store, resolver, &request.app, &request.version, compose).await?

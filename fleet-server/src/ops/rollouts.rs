@@ -12,8 +12,8 @@ use crate::auth::Caller;
 use crate::keyfile;
 use crate::records::{RolloutRecord, Target};
 use crate::rollout::driver::{
-    busy_devices, carry_out, plan as make_plan, spec_of, Plan, PlanError, PlanInputs,
-    RolloutCommand, RolloutRequest, TxObserver,
+    agent_version, busy_devices, carry_out, plan as make_plan, spec_of, Plan, PlanError,
+    PlanInputs, RolloutCommand, RolloutRequest, TxObserver,
 };
 use crate::rollout::{Rollout, RolloutId};
 use crate::store::{Store, Tx};
@@ -147,7 +147,8 @@ fn create_in(
         });
     }
     // The first step runs now, so wave 1 goes out with the answer.
-    let actions = rollout.step(now, &TxObserver { tx, now });
+    let release = rollout.spec().release.clone();
+    let actions = rollout.step(now, &TxObserver::new(tx, now, &release));
     let record = RolloutRecord {
         rollout,
         target: plan.target.clone(),
@@ -172,7 +173,8 @@ fn create_in(
             plan.pinned.len()
         ),
     ));
-    let outgoing = carry_out(tx, &fleet.pki, id, &actions, &caller.name, now)
+    let agent = agent_version(&release);
+    let outgoing = carry_out(tx, &fleet.pki, id, agent, &actions, &caller.name, now)
         .map_err(|e| PlanError::Field { field: "release", reason: e.to_string() })?;
     tx.put_rollout(&record);
     Ok((record, outgoing))

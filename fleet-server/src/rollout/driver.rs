@@ -241,6 +241,7 @@ pub fn plan(
     if chosen.is_empty() {
         return Err(PlanError::NoDevices { target: target.to_string() });
     }
+    let agent = release.is_agent();
     let mut pinned = Vec::new();
     let mut offline = Vec::new();
     let mut unsatisfiable = Vec::new();
@@ -251,7 +252,8 @@ pub fn plan(
         if let Some(rollout) = inputs.busy.get(&d.id) {
             busy.push((d.id.clone(), *rollout));
         }
-        let pin = d.pin_at(now);
+        // An agent rollout moves agents: the agent pin holds a device out of it.
+        let pin = if agent { d.agent_pin_at(now) } else { d.pin_at(now) };
         if let Some(pin) = pin {
             pinned.push((d.id.clone(), pin.release.to_string(), pin.reason.clone()));
         } else {
@@ -273,7 +275,11 @@ pub fn plan(
         targets.push(TargetDevice {
             id: d.id.clone(),
             pinned: pin.is_some(),
-            previous_release: previous_release(d, inputs.releases),
+            previous_release: if agent {
+                previous_agent_release(d, inputs.releases)
+            } else {
+                previous_release(d, inputs.releases)
+            },
         });
     }
     let rollout = Rollout::new(spec.clone(), targets, now, seed)?;
@@ -302,6 +308,15 @@ fn previous_release(d: &DeviceRecord, known: &BTreeSet<String>) -> Option<Releas
         .cloned()
 }
 
+/// Where a rollback of an agent rollout returns a device: the agent release it runs now, if
+/// the server has one (`None`: it keeps the version it has; the version its package installed
+/// has no release to return to).
+fn previous_agent_release(d: &DeviceRecord, known: &BTreeSet<String>) -> Option<ReleaseId> {
+    let running = &d.agent_versions()?.running;
+    let id = format!("{}@{running}", crate::releases::AGENT_APP);
+    known.contains(&id).then(|| ReleaseId::new(id).ok()).flatten()
+}
+
 /// Which devices active rollouts hold.
 pub fn busy_devices(rollouts: &[RolloutRecord]) -> BTreeMap<DeviceId, RolloutId> {
     let mut busy = BTreeMap::new();
@@ -319,6 +334,24 @@ pub struct TxObserver<'t, 'a> {
     pub tx: &'t Tx<'a>,
     /// The time of the step.
     pub now: UnixMillis,
+    /// The agent version the rollout installs, for a rollout of an agent release.
+    pub agent: Option<&'t str>,
+}
+
+impl<'t, 'a> TxObserver<'t, 'a> {
+    /// The view for a rollout of `release`.
+    pub fn new(tx: &'t Tx<'a>, now: UnixMillis, release: &'t ReleaseId) -> TxObserver<'t, 'a> {
+        let agent = agent_version(release);
+        TxObserver { tx, now, agent }
+    }
+}
+
+/// The version an agent release installs (`fleet-agent@1.2.0`: `1.2.0`); `None` for an
+/// application release.
+pub fn agent_version(release: &ReleaseId) -> Option<&str> {
+    crate::releases::is_agent_release(release)
+        .then(|| release.as_str().split_once('@').map(|(_, v)| v))
+        .flatten()
 }
 
 impl std::fmt::Debug for TxObserver<'_, '_> {
@@ -330,9 +363,10 @@ impl std::fmt::Debug for TxObserver<'_, '_> {
 impl Observe for TxObserver<'_, '_> {
     fn observe(&self, device: &DeviceId) -> Option<DeviceObservation> {
         match self.tx.device(device) {
-            Ok(Some(record)) if record.refusal().is_none() => {
-                Some(DeviceObservation::from_record(&record, self.now))
-            }
+            Ok(Some(record)) if record.refusal().is_none() => Some(match self.agent {
+                Some(version) => DeviceObservation::for_agent(&record, version, self.now),
+                None => DeviceObservation::from_record(&record, self.now),
+            }),
             Ok(_) => None,
             Err(e) => {
                 tracing::error!(%device, error = %e, "cannot read device record for the rollout");
@@ -349,12 +383,14 @@ pub fn carry_out(
     tx: &mut Tx<'_>,
     pki: &Pki,
     rollout: RolloutId,
+    agent: Option<&str>,
     actions: &[Action],
     actor: &str,
     now: UnixMillis,
 ) -> Result<Vec<Outgoing>, DesiredError> {
     let mut releases = Releases::default();
     let mut outgoing = Vec::new();
+    let agent_rollout = agent.is_some();
     for action in actions {
         let (device, assign, force) = match action {
             Action::Target { device, release } => (Some(device), Some(Some(release)), true),
@@ -381,7 +417,14 @@ pub fn carry_out(
         let (Some(device), Some(release)) = (device, assign) else { continue };
         let Some(mut record) = tx.device(device)? else { continue };
         let before = record.clone();
-        record.assigned_release = release.cloned();
+        match release {
+            Some(r) if crate::releases::is_agent_release(r) => {
+                record.assigned_agent = agent_version(r).map(str::to_owned);
+            }
+            // A rollback to "no agent release": the device keeps the version it runs.
+            None if agent_rollout => record.assigned_agent = None,
+            _ => record.assigned_release = release.cloned(),
+        }
         match desired::retarget(tx, pki, &mut releases, &mut record, now, force) {
             Ok(Some(out)) => outgoing.push(out),
             Ok(None) => {}
@@ -576,7 +619,8 @@ impl Driver {
     fn step_one(&self, id: u64, now: UnixMillis) -> Result<Vec<Outgoing>, DesiredError> {
         self.store.update_durable(|tx| {
             let Some(mut record) = tx.rollout(id)? else { return Ok(Vec::new()) };
-            let actions = record.rollout.step(now, &TxObserver { tx, now });
+            let release = record.rollout.spec().release.clone();
+            let actions = record.rollout.step(now, &TxObserver::new(tx, now, &release));
             if actions.is_empty() {
                 return Ok(Vec::new());
             }
@@ -584,7 +628,8 @@ impl Driver {
                 tracing::info!(rollout = id, "{a}");
             }
             let rollout_id = record.rollout.spec().id;
-            let outgoing = carry_out(tx, &self.pki, rollout_id, &actions, SYSTEM, now)?;
+            let agent = agent_version(&release);
+            let outgoing = carry_out(tx, &self.pki, rollout_id, agent, &actions, SYSTEM, now)?;
             tx.put_rollout(&record);
             Ok(outgoing)
         })
@@ -601,6 +646,7 @@ impl Driver {
         let now = UnixMillis::now();
         let (record, outgoing) = self.store.update_durable(|tx| {
             let mut record = tx.rollout(id)?.ok_or(CommandError::NotFound(id))?;
+            let release = record.rollout.spec().release.clone();
             let actions = match command {
                 RolloutCommand::Pause => record
                     .rollout
@@ -608,11 +654,11 @@ impl Driver {
                 RolloutCommand::Resume => record.rollout.resume(now)?,
                 RolloutCommand::Abort => record.rollout.abort(now)?,
                 RolloutCommand::Rollback => {
-                    record.rollout.rollback(now, &TxObserver { tx, now })?
+                    record.rollout.rollback(now, &TxObserver::new(tx, now, &release))?
                 }
             };
-            let outgoing =
-                carry_out(tx, &self.pki, record.rollout.spec().id, &actions, actor, now)?;
+            let (rollout_id, agent) = (record.rollout.spec().id, agent_version(&release));
+            let outgoing = carry_out(tx, &self.pki, rollout_id, agent, &actions, actor, now)?;
             tx.put_rollout(&record);
             Ok::<_, CommandError>((record, outgoing))
         })?;
@@ -633,7 +679,7 @@ impl Driver {
         let lapsed: Vec<DeviceId> = match self.store.devices() {
             Ok(all) => all
                 .into_iter()
-                .filter(|d| d.pin.as_ref().is_some_and(|p| !p.holds(now)))
+                .filter(|d| [&d.pin, &d.agent_pin].into_iter().flatten().any(|p| !p.holds(now)))
                 .map(|d| d.id)
                 .collect(),
             Err(e) => return tracing::error!(error = %e, "cannot read devices for pin expiry"),
@@ -646,21 +692,24 @@ impl Driver {
             let mut outgoing = Vec::new();
             for id in &lapsed {
                 let Some(mut record) = tx.device(id)? else { continue };
-                let Some(pin) = record.pin.take() else { continue };
-                if pin.holds(now) {
-                    record.pin = Some(pin);
+                let mut lapsed_any = false;
+                for held in [&mut record.pin, &mut record.agent_pin] {
+                    let Some(pin) = held.take_if(|p| !p.holds(now)) else { continue };
+                    lapsed_any = true;
+                    tx.audit(AuditEntry::new(
+                        now,
+                        SYSTEM,
+                        "device.unpin",
+                        id.to_string(),
+                        format!(
+                            "pin to {} by {} expired (reason was: {})",
+                            pin.release, pin.pinned_by, pin.reason
+                        ),
+                    ));
+                }
+                if !lapsed_any {
                     continue;
                 }
-                tx.audit(AuditEntry::new(
-                    now,
-                    SYSTEM,
-                    "device.unpin",
-                    id.to_string(),
-                    format!(
-                        "pin to {} by {} expired (reason was: {})",
-                        pin.release, pin.pinned_by, pin.reason
-                    ),
-                ));
                 if let Some(out) =
                     desired::retarget(tx, &self.pki, &mut releases, &mut record, now, false)?
                 {

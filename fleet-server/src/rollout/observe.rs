@@ -98,6 +98,35 @@ impl DeviceObservation {
     }
 }
 
+impl DeviceObservation {
+    /// The observation for a rollout of agent `version`: the "release" in force is the agent
+    /// version running, healthy once that version runs committed (it started, connected,
+    /// converged), rolled back when the device reverted that version by itself, failed when
+    /// the desired state naming it was refused. Pinned means the agent pin.
+    pub fn for_agent(record: &DeviceRecord, version: &str, now: UnixMillis) -> DeviceObservation {
+        let mut o = DeviceObservation::from_record(record, now);
+        let agent = record.agent_versions();
+        o.release = agent.and_then(|a| {
+            ReleaseId::new(format!("{}@{}", crate::releases::AGENT_APP, a.running)).ok()
+        });
+        o.pinned = record.agent_pin_at(now).is_some();
+        o.outcome = match (agent, o.outcome.take()) {
+            (_, Some(failed @ Outcome::Failed { .. })) => Some(failed),
+            (Some(a), _) => match &a.failed {
+                Some(f) if f.version == version => Some(Outcome::RolledBack {
+                    reason: format!("agent update failed: {}", f.reason),
+                }),
+                _ if a.running == version && a.committed.as_deref() == Some(version) => {
+                    Some(Outcome::Healthy)
+                }
+                _ => None,
+            },
+            (None, _) => None,
+        };
+        o
+    }
+}
+
 /// Where the engine looks up a device's observed state: a map in tests, the store in the
 /// server. Only the devices a step needs are looked up (those updating, due, or re-checked), so
 /// a step's cost does not grow with the fleet.
