@@ -85,9 +85,13 @@ pub enum DeviceVerb {
         force: bool,
     },
     /// Release a pin; the device returns to its assigned release (example: fleetctl device unpin robot-7).
+    /// A pin to an agent release (fleet-agent@VERSION) holds the agent apart: lift it with --agent.
     Unpin {
         /// Device id.
         id: String,
+        /// Lift the agent pin instead of the application's.
+        #[arg(long)]
+        agent: bool,
     },
     /// Restart one service's container on a device (example: fleetctl device restart robot-7 lidar).
     Restart {
@@ -168,6 +172,7 @@ pub fn device(json: bool, client: &Client, verb: &DeviceVerb) -> Result<(), Fail
                             d.id.to_string(),
                             if d.online { "yes" } else { "no" }.to_owned(),
                             d.release.clone().unwrap_or_else(|| "-".into()),
+                            agent_column(d),
                             health(d),
                             d.pin_at(now).map_or_else(
                                 || "-".into(),
@@ -177,7 +182,10 @@ pub fn device(json: bool, client: &Client, verb: &DeviceVerb) -> Result<(), Fail
                         ]
                     })
                     .collect();
-                table(&["DEVICE", "ONLINE", "RELEASE", "HEALTH", "PIN", "LAST SEEN"], &rows);
+                table(
+                    &["DEVICE", "ONLINE", "RELEASE", "AGENT", "HEALTH", "PIN", "LAST SEEN"],
+                    &rows,
+                );
             }
         }
         DeviceVerb::Show { id } => {
@@ -258,11 +266,22 @@ pub fn device(json: bool, client: &Client, verb: &DeviceVerb) -> Result<(), Fail
                 eprintln!("rollouts leave it alone; `fleetctl device unpin {id}` returns it to its assigned release");
             }
         }
-        DeviceVerb::Unpin { id } => {
-            let d: Device =
-                client.send::<(), _>("DELETE", &format!("/api/v1/devices/{id}/pin"), None)?;
+        DeviceVerb::Unpin { id, agent } => {
+            let query = if *agent { "?agent=true" } else { "" };
+            let d: Device = client.send::<(), _>(
+                "DELETE",
+                &format!("/api/v1/devices/{id}/pin{query}"),
+                None,
+            )?;
             if json {
                 print_json(&d);
+            } else if *agent {
+                println!(
+                    "unpinned {id}'s agent; it runs {} next",
+                    d.assigned_agent
+                        .as_deref()
+                        .map_or("the version it has".to_owned(), |v| format!("fleet-agent {v}"))
+                );
             } else {
                 println!(
                     "unpinned {id}; it runs {} next",
@@ -453,6 +472,13 @@ fn print_device(view: &DeviceView) {
             field("agent update", format!("failed: {} ({}, {})", f.version, f.reason, ago(f.at)));
         }
     }
+    if let Some(v) = &d.desired_agent {
+        let how = match &d.agent_pin {
+            Some(p) => format!("pinned by {}: {}", p.pinned_by, p.reason),
+            None => "assigned by a rollout".to_owned(),
+        };
+        field("agent want", format!("{v} ({how})"));
+    }
     field("release", d.release.clone().unwrap_or_else(|| "-".into()));
     field("assigned", d.assigned_release.clone().unwrap_or_else(|| "-".into()));
     field(
@@ -543,5 +569,21 @@ fn command(json: bool, client: &Client, id: &str, action: CommandAction) -> Resu
         CommandOutcome::Refused { reason } => {
             Err(Failure { code: 2, message: format!("{id} refused the command: {reason}") })
         }
+    }
+}
+
+/// The agent column of `device ls`: the version running, with a trial or a failed update.
+fn agent_column(d: &Device) -> String {
+    let versions = d.last_report.as_ref().and_then(|r| r.agent.as_ref());
+    let Some(v) = versions else {
+        return d.agent_version.clone().unwrap_or_else(|| "-".into());
+    };
+    match (&v.trial, &v.failed) {
+        (Some(trial), _) if *trial != v.running => format!("{} (trying {trial})", v.running),
+        (Some(_), _) => format!("{} (trial)", v.running),
+        (None, Some(f)) if d.desired_agent.as_deref() == Some(f.version.as_str()) => {
+            format!("{} ({} failed)", v.running, f.version)
+        }
+        _ => v.running.clone(),
     }
 }

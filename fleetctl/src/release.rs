@@ -1,10 +1,12 @@
-//! `fleetctl release`: create (from a Compose file or canonical JSON), list and show releases.
+//! `fleetctl release`: create (from a Compose file or canonical JSON), create agent releases
+//! (one binary per platform), list and show releases.
 
 use std::path::PathBuf;
 
+use base64::Engine as _;
 use clap::Subcommand;
 use fleet_api::client::encode_component;
-use fleet_api::{Release, ReleaseRequest};
+use fleet_api::{AgentBinaryUpload, AgentReleaseRequest, Release, ReleaseRequest};
 
 use crate::client::{all_pages, print_json, Client, Failure};
 use crate::show::{table, utc};
@@ -23,6 +25,22 @@ pub enum ReleaseVerb {
         /// The Compose file (see fleet-server/COMPOSE.md for the supported subset).
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
+    },
+    /// Create agent release fleet-agent@VERSION from one binary per platform: the server checks
+    /// each is an executable for its platform and VERSION is newer than every agent release,
+    /// pushes them to the fleet's registry and signs the release. Roll it out like any release.
+    ///
+    /// Example: fleetctl release create-agent 0.2.0 --binary linux/arm64=dist/arm64/fleet-agent
+    /// --binary linux/arm/v7=dist/armv7/fleet-agent --binary linux/amd64=dist/amd64/fleet-agent
+    CreateAgent {
+        /// The agent version (semver, newer than every agent release).
+        version: String,
+        /// PLATFORM=PATH: linux/arm64, linux/arm/v7 or linux/amd64 and its fleet-agent binary.
+        #[arg(long = "binary", value_name = "PLATFORM=PATH", required = true)]
+        binaries: Vec<String>,
+        /// How long a device has to commit the new version before it reverts by itself.
+        #[arg(long, value_name = "DURATION", default_value = "120s")]
+        deadline: String,
     },
     /// List releases (example: fleetctl release ls --app robot-stack).
     Ls {
@@ -97,6 +115,51 @@ pub fn release(json: bool, client: &Client, verb: &ReleaseVerb) -> Result<(), Fa
                 eprintln!("next: `fleetctl rollout plan {} --target GROUP`", r.id());
             }
         }
+        ReleaseVerb::CreateAgent { version, binaries, deadline } => {
+            let mut uploads = Vec::new();
+            let mut total = 0;
+            for arg in binaries {
+                let (platform, path) = arg.split_once('=').ok_or_else(|| {
+                    Failure::usage(format!(
+                        "--binary {arg}: give PLATFORM=PATH, e.g. linux/arm64=dist/fleet-agent"
+                    ))
+                })?;
+                let bytes = std::fs::read(path).map_err(|e| {
+                    Failure::usage(format!("--binary {arg}: cannot read {path}: {e}"))
+                })?;
+                total += bytes.len();
+                uploads.push(AgentBinaryUpload {
+                    platform: platform.to_owned(),
+                    base64: base64::engine::general_purpose::STANDARD.encode(bytes),
+                });
+            }
+            let request = AgentReleaseRequest {
+                version: version.clone(),
+                binaries: uploads,
+                deadline: Some(deadline.clone()),
+            };
+            eprintln!(
+                "uploading {} binaries ({:.1} MB); the server checks them and pushes them to its registry...",
+                binaries.len(),
+                total as f64 / 1e6
+            );
+            let r: Release = client.post("/api/v1/agent-releases", &request)?;
+            if json {
+                print_json(&r);
+            } else {
+                println!("created agent release {}", r.id());
+                if let Some(agent) = &r.agent {
+                    for b in &agent.binaries {
+                        println!("  {:<14} {}  {} B", b.platform, b.digest, b.size);
+                    }
+                    println!("  in {} (index {})", agent.repository, agent.index);
+                }
+                eprintln!(
+                    "next: `fleetctl rollout plan {} --target GROUP --waves 1,10%,100%`",
+                    r.id()
+                );
+            }
+        }
         ReleaseVerb::Ls { app } => {
             let query: Vec<String> =
                 app.iter().map(|a| format!("app={}", encode_component(a))).collect();
@@ -109,8 +172,12 @@ pub fn release(json: bool, client: &Client, verb: &ReleaseVerb) -> Result<(), Fa
                 let rows: Vec<Vec<String>> = releases
                     .iter()
                     .map(|r| {
-                        let services: Vec<String> =
-                            r.spec.services.iter().map(|s| s.name.to_string()).collect();
+                        let services: Vec<String> = match &r.agent {
+                            Some(agent) => {
+                                agent.binaries.iter().map(|b| b.platform.clone()).collect()
+                            }
+                            None => r.spec.services.iter().map(|s| s.name.to_string()).collect(),
+                        };
                         vec![
                             r.id().to_string(),
                             utc(r.created_at),
@@ -119,7 +186,7 @@ pub fn release(json: bool, client: &Client, verb: &ReleaseVerb) -> Result<(), Fa
                         ]
                     })
                     .collect();
-                table(&["RELEASE", "CREATED", "BY", "SERVICES"], &rows);
+                table(&["RELEASE", "CREATED", "BY", "SERVICES / PLATFORMS"], &rows);
             }
         }
         ReleaseVerb::Show { id, compose } => {
@@ -142,6 +209,15 @@ pub fn release(json: bool, client: &Client, verb: &ReleaseVerb) -> Result<(), Fa
                 );
                 for s in &r.spec.services {
                     println!("  {:<16} {}", s.name.to_string(), s.image);
+                }
+                if let Some(agent) = &r.agent {
+                    println!(
+                        "  agent binaries in {} (index {}), trial deadline {} s",
+                        agent.repository, agent.index, agent.deadline_secs
+                    );
+                    for b in &agent.binaries {
+                        println!("  {:<16} {}  {} B", b.platform, b.digest, b.size);
+                    }
                 }
             }
         }
