@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bollard::query_parameters::InspectContainerOptions;
 use fleet_e2e::agent::Agent;
+use fleet_e2e::traffic::{get_version, Clients};
 use fleet_e2e::{eventually, TestEnv};
 use fleet_proto::release::*;
 use fleet_proto::{ImageRef, ReleaseId, ReleaseSpec, ServiceName, ServiceSpec};
@@ -350,77 +351,6 @@ async fn an_update_below_the_disk_reserve_is_refused_with_the_numbers_and_v1_unt
 }
 
 /// One HTTP/1.0 request on a new connection: the body, or why it failed.
-fn get_version(port: u16) -> Result<String, String> {
-    use std::io::{Read, Write};
-    let mut s =
-        std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET /version HTTP/1.0\r\n\r\n").map_err(|e| format!("send: {e}"))?;
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).map_err(|e| format!("read: {e}"))?;
-    match answer.split_once("\r\n\r\n") {
-        Some((head, body))
-            if head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200") =>
-        {
-            Ok(body.trim().to_owned())
-        }
-        _ => Err(format!("answer: {answer:?}")),
-    }
-}
-
-/// A client loop against a host port: one request per new connection, as fast as answered.
-struct Clients {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: std::thread::JoinHandle<ClientTally>,
-}
-
-/// What a [`Clients`] loop saw.
-#[derive(Debug)]
-struct ClientTally {
-    ok: u32,
-    failed: Vec<String>,
-    /// The versions answered, each change once.
-    versions: Vec<String>,
-    max_latency: Duration,
-}
-
-impl Clients {
-    fn start(port: u16) -> Clients {
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let thread = std::thread::spawn({
-            let stop = stop.clone();
-            move || {
-                let mut t = ClientTally {
-                    ok: 0,
-                    failed: Vec::new(),
-                    versions: Vec::new(),
-                    max_latency: Duration::ZERO,
-                };
-                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                    let started = std::time::Instant::now();
-                    match get_version(port) {
-                        Ok(v) => {
-                            t.ok += 1;
-                            if t.versions.last() != Some(&v) {
-                                t.versions.push(v);
-                            }
-                        }
-                        Err(e) => t.failed.push(e),
-                    }
-                    t.max_latency = t.max_latency.max(started.elapsed());
-                }
-                t
-            }
-        });
-        Clients { stop, thread }
-    }
-
-    fn finish(self) -> ClientTally {
-        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        self.thread.join().unwrap()
-    }
-}
-
 /// The `web` service alone at `version`, start-first, its port 8080 on host `port` (behind the
 /// port proxy when a daemon runs), judged by the agent's own HTTP probe.
 fn proxied_web(env: &TestEnv, version: &str, image: &str, port: u16) -> ReleaseSpec {

@@ -16,6 +16,7 @@ use bollard::Docker;
 pub mod agent;
 pub mod fleet;
 pub mod simfleet;
+pub mod traffic;
 use serde::Deserialize;
 
 /// What `tests/env/up` wrote to `env.json`.
@@ -121,13 +122,29 @@ pub fn remove_device_objects(device: &str) {
 /// The built `fleet-agent`, stripped into `to` like a shipped binary: a newer version for the
 /// self-update tests (the debug build's symbols are over the size an agent binary may have).
 pub fn stripped_agent(to: &std::path::Path) -> PathBuf {
-    let done = std::process::Command::new("strip")
-        .arg("-o")
-        .arg(to)
-        .arg(bin("fleet-agent"))
-        .status()
-        .unwrap();
-    assert!(done.success(), "strip -o {}: {done}", to.display());
+    strip(&bin("fleet-agent"), to)
+}
+
+/// The second agent build (`tests/run` makes it: the same source with the next patch version
+/// compiled in, profile `e2e-next`), stripped into `to`, and its version.
+pub fn next_agent(to: &std::path::Path) -> (PathBuf, String) {
+    // target/debug/fleet-agent → target/e2e-next/fleet-agent
+    let built = bin("fleet-agent").parent().unwrap().with_file_name("e2e-next").join("fleet-agent");
+    assert!(
+        built.exists(),
+        "{} does not exist; build it as tests/run does (FLEET_AGENT_VERSION=NEXT cargo build -p fleet-agent --profile e2e-next)",
+        built.display()
+    );
+    let out = std::process::Command::new(&built).arg("--version").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = text.split_whitespace().nth(1).unwrap().to_owned();
+    assert_ne!(version, env!("CARGO_PKG_VERSION"), "the second build has another version");
+    (strip(&built, to), version)
+}
+
+fn strip(from: &std::path::Path, to: &std::path::Path) -> PathBuf {
+    let done = std::process::Command::new("strip").arg("-o").arg(to).arg(from).status().unwrap();
+    assert!(done.success(), "strip -o {} {}: {done}", to.display(), from.display());
     to.to_path_buf()
 }
 
