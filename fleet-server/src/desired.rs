@@ -888,6 +888,100 @@ mod tests {
         })
     }
 
+    /// Agent release `fleet-agent@2.0.0` with binaries for arm64 and amd64, stored in `s`.
+    fn agent_release(s: &Setup) -> ReleaseRecord {
+        let binary = |platform: &str, n: u8| crate::releases::AgentBinary {
+            platform: platform.into(),
+            digest: format!("sha256:{}", format!("{n:02x}").repeat(32)),
+            size: 1000 + u64::from(n),
+        };
+        let binaries = crate::releases::AgentBinaries {
+            version: "2.0.0".into(),
+            repository: "registry.test:5000/fleet/agent".into(),
+            index: format!("sha256:{}", "00".repeat(32)),
+            deadline_secs: 90,
+            binaries: vec![binary("linux/arm64", 1), binary("linux/amd64", 2)],
+        };
+        let record =
+            ReleaseRecord::agent(binaries, s.pki.signing_key(), UnixMillis(1), "t").unwrap();
+        s.store
+            .update(|tx| {
+                tx.put_release(&record);
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        record
+    }
+
+    fn set_agent(s: &Setup, version: Option<&str>, arch: Option<&str>) {
+        s.store
+            .update(|tx| {
+                let id = DeviceId::new("r1").unwrap();
+                let mut record = tx.device(&id)?.unwrap();
+                record.assigned_agent = version.map(str::to_owned);
+                tx.put_device(&record);
+                if let Some(arch) = arch {
+                    let inventory =
+                        Inventory { arch: arch.into(), ..fleet_proto::samples::inventory() };
+                    tx.put_inventory(&id, &inventory);
+                }
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn an_agent_version_goes_as_the_binary_for_the_platform_the_device_reported() {
+        let s = setup(false, None, None);
+        agent_release(&s);
+        set_agent(&s, Some("2.0.0"), Some("aarch64"));
+        let out = s
+            .store
+            .update(|tx| {
+                let mut r = tx.device(&DeviceId::new("r1").unwrap())?.unwrap();
+                let out =
+                    retarget(tx, &s.pki, &mut Releases::default(), &mut r, UnixMillis(2), false);
+                tx.put_device(&r);
+                out
+            })
+            .unwrap()
+            .unwrap();
+        let target = out.agent.unwrap();
+        assert_eq!(target.version, "2.0.0");
+        assert_eq!(target.digest, format!("sha256:{}", "01".repeat(32)), "the arm64 binary");
+        assert_eq!((target.size, target.deadline_secs), (1001, 90));
+        assert_eq!(target.repository, "registry.test:5000/fleet/agent");
+        assert!(out.release.is_some(), "the app release goes along unchanged");
+
+        // Unchanged wants: no new generation. A new wanted version: one.
+        let record = s.store.device(&DeviceId::new("r1").unwrap()).unwrap().unwrap();
+        assert_eq!(record.desired_agent.as_deref(), Some("2.0.0"));
+        let again = s
+            .store
+            .update(|tx| {
+                let mut r = tx.device(&record.id)?.unwrap();
+                retarget(tx, &s.pki, &mut Releases::default(), &mut r, UnixMillis(3), false)
+            })
+            .unwrap();
+        assert!(again.is_none(), "nothing changed, nothing sent");
+    }
+
+    #[test]
+    fn a_device_whose_platform_has_no_binary_or_is_unknown_is_refused_by_name() {
+        let s = setup(false, None, None);
+        agent_release(&s);
+        set_agent(&s, Some("2.0.0"), None);
+        let err = decide(&s).unwrap_err();
+        assert!(err.refuses_device(), "{err}");
+        assert!(err.to_string().contains("has not reported its platform yet"), "{err}");
+        set_agent(&s, Some("2.0.0"), Some("arm"));
+        let err = decide(&s).unwrap_err().to_string();
+        assert!(err.contains("it is linux/arm/v7 (arm)"), "{err}");
+        assert!(err.contains("binaries for linux/arm64, linux/amd64 only"), "{err}");
+        set_agent(&s, Some("3.0.0"), Some("aarch64"));
+        assert!(matches!(decide(&s), Err(DesiredError::UnknownRelease { .. })));
+    }
+
     #[test]
     fn a_mounted_secret_is_sealed_to_the_device_and_opens_with_its_key() {
         let device_key = DeviceSealKey::generate().unwrap();

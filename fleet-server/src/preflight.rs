@@ -231,6 +231,42 @@ mod tests {
     }
 
     #[test]
+    fn an_agent_release_needs_a_binary_for_the_platform_and_an_agent_that_updates_itself() {
+        let binaries = crate::releases::AgentBinaries {
+            version: "2.0.0".into(),
+            repository: "r/fleet/agent".into(),
+            index: format!("sha256:{}", "0".repeat(64)),
+            deadline_secs: 120,
+            binaries: vec![crate::releases::AgentBinary {
+                platform: "linux/arm64".into(),
+                digest: format!("sha256:{}", "1".repeat(64)),
+                size: 1,
+            }],
+        };
+        let key = ServerKey::from_seed(&[1; 32]);
+        let agent = ReleaseRecord::agent(binaries, &key, UnixMillis(0), "t").unwrap();
+        let mut d = device();
+        let inv = inventory("aarch64", 1 << 30, 1 << 30);
+        let fresh = check(&d, Some(&inv), &agent, UnixMillis(0));
+        assert!(fresh.satisfiable() && fresh.unchecked.len() == 1, "{fresh:?}");
+        // An old agent: it reports, but no agent versions.
+        d.last_report = Some(fleet_proto::StateReport { agent: None, ..samples::report() });
+        d.agent_version = Some("0.0.9".into());
+        let old = check(&d, Some(&inv), &agent, UnixMillis(0));
+        assert_eq!(
+            old.unsatisfiable,
+            ["its agent (0.0.9) predates self-update: upgrade its package once"]
+        );
+        let armv7 = check(&d, Some(&inventory("arm", 1 << 30, 1 << 30)), &agent, UnixMillis(0));
+        assert!(
+            armv7.unsatisfiable[0].starts_with(
+                "no agent binary for its platform linux/arm/v7 (arm); the release has linux/arm64"
+            ),
+            "{armv7:?}"
+        );
+    }
+
+    #[test]
     fn without_an_inventory_nothing_is_refused_and_the_gap_is_said() {
         let check = check(&device(), None, &release(&["amd64"], 1), UnixMillis(0));
         assert!(check.satisfiable());

@@ -230,6 +230,42 @@ mod tests {
     }
 
     #[test]
+    fn an_agent_release_verifies_and_an_edited_binary_does_not() {
+        let key = ServerKey::from_seed(&[3; 32]);
+        let trusted = TrustedKeys::new([key.public()]);
+        let binaries = AgentBinaries {
+            version: "1.1.0".into(),
+            repository: "r.test/fleet/agent".into(),
+            index: format!("sha256:{}", "0".repeat(64)),
+            deadline_secs: 120,
+            binaries: vec![AgentBinary {
+                platform: "linux/amd64".into(),
+                digest: format!("sha256:{}", "1".repeat(64)),
+                size: 7,
+            }],
+        };
+        let record = ReleaseRecord::agent(binaries.clone(), &key, UnixMillis(1), "admin").unwrap();
+        assert!(record.is_agent() && record.spec.services.is_empty());
+        assert_eq!(record.id().as_str(), "fleet-agent@1.1.0");
+        assert_eq!(record.verify_agent(&trusted).unwrap(), Some(&binaries));
+        assert_eq!(agent_binary_for(&binaries, "x86_64").map(|b| b.size), Some(7));
+        assert!(agent_binary_for(&binaries, "aarch64").is_none());
+
+        let mut edited = record.clone();
+        edited.agent.as_mut().unwrap().binaries[0].digest = format!("sha256:{}", "2".repeat(64));
+        assert!(matches!(
+            edited.verify_agent(&trusted),
+            Err(ReleaseIntegrityError::Mismatch { .. })
+        ));
+        let mut unsigned = record.clone();
+        unsigned.agent_signed = None;
+        assert!(unsigned.verify_agent(&trusted).is_err(), "an agent release must be signed");
+        let app = ReleaseRecord::new(samples::release(), &key, None, vec![], UnixMillis(1), "t");
+        assert_eq!(app.verify_agent(&trusted).unwrap(), None);
+        assert!(!app.is_agent());
+    }
+
+    #[test]
     fn the_download_is_known_only_when_every_image_has_the_devices_platform() {
         let platform = |arch: &str, bytes| PlatformImage {
             os: "linux".into(),

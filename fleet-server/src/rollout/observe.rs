@@ -219,3 +219,95 @@ impl fmt::Display for SkipReason {
 pub(super) fn human(ms: u64) -> String {
     crate::units::human_duration(Duration::from_millis(ms))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use fleet_proto::report::{AgentUpdateFailure, AgentVersions, UpdateOutcome};
+    use fleet_proto::{samples, Message, StateReport};
+
+    use super::*;
+
+    fn reporting(agent: Option<AgentVersions>, result: UpdateResult) -> DeviceRecord {
+        let report = StateReport {
+            agent,
+            update: fleet_proto::report::UpdateStatus {
+                last_outcome: Some(UpdateOutcome {
+                    generation: 5,
+                    finished_at: UnixMillis(1),
+                    result,
+                }),
+                ..fleet_proto::report::UpdateStatus::default()
+            },
+            ..samples::report()
+        };
+        let mut record =
+            DeviceRecord::observe_at(None, &Message::Report(report), UnixMillis(1)).unwrap();
+        record.desired_generation = 5;
+        record
+    }
+
+    fn versions(running: &str, committed: Option<&str>, failed: Option<&str>) -> AgentVersions {
+        AgentVersions {
+            running: running.into(),
+            committed: committed.map(str::to_owned),
+            trial: None,
+            failed: failed.map(|v| AgentUpdateFailure {
+                version: v.into(),
+                reason: "it did not commit in 3 starts".into(),
+                at: UnixMillis(1),
+            }),
+        }
+    }
+
+    #[test]
+    fn an_agent_rollout_sees_the_agent_version_not_the_app_update() {
+        let now = UnixMillis(2);
+        let o =
+            |agent, result| DeviceObservation::for_agent(&reporting(agent, result), "2.0.0", now);
+        // The old agent applied the (unchanged) app release: not healthy for the agent yet.
+        let waiting = o(Some(versions("1.0.0", None, None)), UpdateResult::Applied);
+        assert_eq!(waiting.outcome, None);
+        assert_eq!(waiting.release.unwrap().as_str(), "fleet-agent@1.0.0");
+        // On trial: still waiting.
+        let mut trial = versions("2.0.0", None, None);
+        trial.trial = Some("2.0.0".into());
+        assert_eq!(o(Some(trial), UpdateResult::Applied).outcome, None);
+        // Committed: healthy, and the release in force is the agent release.
+        let done = o(Some(versions("2.0.0", Some("2.0.0"), None)), UpdateResult::Applied);
+        assert_eq!(done.outcome, Some(Outcome::Healthy));
+        assert_eq!(done.release.unwrap().as_str(), "fleet-agent@2.0.0");
+        // Reverted on the device: rolled back, with the device's reason.
+        let reverted = o(Some(versions("1.0.0", None, Some("2.0.0"))), UpdateResult::Applied);
+        let Some(Outcome::RolledBack { reason }) = reverted.outcome else { panic!() };
+        assert_eq!(reason, "agent update failed: it did not commit in 3 starts");
+        // Another version's old failure is not this rollout's.
+        let old = o(Some(versions("1.0.0", None, Some("1.5.0"))), UpdateResult::Applied);
+        assert_eq!(old.outcome, None);
+        // The desired state refused: failed.
+        let refused = UpdateResult::Rejected { reason: "bad".into() };
+        assert!(matches!(
+            o(Some(versions("1.0.0", None, None)), refused).outcome,
+            Some(Outcome::Failed { .. })
+        ));
+        // An agent that predates self-update never reports versions: never healthy.
+        let old_agent = o(None, UpdateResult::Applied);
+        assert_eq!((old_agent.outcome, old_agent.release), (None, None));
+    }
+
+    #[test]
+    fn the_agent_pin_holds_a_device_out_of_agent_rollouts_only() {
+        let mut record = reporting(Some(versions("1.0.0", None, None)), UpdateResult::Applied);
+        record.agent_pin = Some(crate::devices::PinRecord {
+            release: ReleaseId::new("fleet-agent@1.0.0").unwrap(),
+            reason: "bench".into(),
+            pinned_by: "t".into(),
+            pinned_at: UnixMillis(1),
+            until: None,
+        });
+        assert!(DeviceObservation::for_agent(&record, "2.0.0", UnixMillis(2)).pinned);
+        assert!(!DeviceObservation::from_record(&record, UnixMillis(2)).pinned);
+        assert_eq!(record.wanted_agent(UnixMillis(2)), Some("1.0.0"));
+    }
+}
