@@ -175,6 +175,7 @@ pub struct AgentReleaseRequest {
     /// The version; it must be newer (semver) than every agent release.
     pub version: String,
     /// The binaries, one per platform.
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 4)))]
     pub binaries: Vec<AgentBinaryUpload>,
     /// How long a device has to commit the new version, e.g. `120s` (the default).
     #[serde(default)]
@@ -186,8 +187,13 @@ pub struct AgentReleaseRequest {
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AgentBinaryUpload {
     /// `linux/arm64`, `linux/arm/v7` or `linux/amd64`.
+    #[cfg_attr(
+        feature = "schema",
+        schemars(regex(pattern = "^(linux/)?(amd64|arm64(/v8)?|arm/v7|386)$"))
+    )]
     pub platform: String,
     /// The ELF executable, base64 (standard alphabet, padded).
+    #[cfg_attr(feature = "schema", schemars(length(min = 28)))]
     pub base64: String,
 }
 
