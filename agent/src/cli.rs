@@ -212,13 +212,39 @@ fn init_logging(config: Option<&Config>, daemon: bool) {
     let filter = from_env
         .or_else(|| config::log_filter(default).ok())
         .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
+    // A version on trial also logs into its slot, so that if it is reverted the device can
+    // report why (slots::trial_log); a panic is logged first, so it lands there too.
+    let trial = config
+        .filter(|_| daemon)
+        .and_then(|c| crate::slots::this_trial(&c.data_dir).map(|(v, _)| (c, v)))
+        .and_then(|(c, version)| {
+            crate::slots::trial_log::TrialLog::open(&c.data_dir, &version).ok()
+        });
+    if trial.is_some() {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            tracing::error!("panic: {info}");
+            previous(info);
+        }));
+    }
     let builder = tracing_subscriber::fmt().with_writer(std::io::stderr);
     if config.is_some_and(|c| c.log_json) {
-        builder.json().finish().with(filter).init();
+        builder.json().finish().with(trial_layer(trial.as_ref())).with(filter).init();
     } else {
         let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-        builder.with_ansi(ansi).finish().with(filter).init();
+        builder.with_ansi(ansi).finish().with(trial_layer(trial.as_ref())).with(filter).init();
     }
+}
+
+/// The log layer writing into a trial's slot, for a subscriber `S`.
+fn trial_layer<S>(
+    log: Option<&crate::slots::trial_log::TrialLog>,
+) -> Option<impl tracing_subscriber::Layer<S>>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    let log = log?.clone();
+    Some(tracing_subscriber::fmt::layer().with_ansi(false).with_writer(move || log.clone()))
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Failure> {

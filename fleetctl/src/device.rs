@@ -470,6 +470,12 @@ fn print_device(view: &DeviceView) {
         field("agent slots", slots);
         if let Some(f) = &a.failed {
             field("agent update", format!("failed: {} ({}, {})", f.version, f.reason, ago(f.at)));
+            if !a.failed_log.is_empty() {
+                println!("{:<12}its last log lines:", "");
+                for line in &a.failed_log {
+                    println!("{:<14}{line}", "");
+                }
+            }
         }
     }
     if let Some(v) = &d.desired_agent {

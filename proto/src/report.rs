@@ -60,6 +60,9 @@ pub struct AgentVersions {
     pub trial: Option<String>,
     /// The last trial that did not commit and was reverted.
     pub failed: Option<AgentUpdateFailure>,
+    /// The last lines that failed trial logged (at most 20, oldest first); empty when it
+    /// logged nothing (it could not start at all). Appended: empty from older agents.
+    pub failed_log: Vec<String>,
 }
 
 /// An agent version that was tried and reverted.

@@ -293,6 +293,9 @@ pub fn report() -> StateReport {
                 reason: s("it did not commit in 3 starts"),
                 at: UnixMillis(T0.0 - 30_000),
             }),
+            failed_log: vec![s(
+                "ERROR fleet_agent::link: cannot connect: broker refused the certificate",
+            )],
         }),
     }
 }

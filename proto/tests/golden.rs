@@ -29,6 +29,8 @@ use fleet_proto::{samples, Command, DesiredState, Message, TrustedKeys};
 /// current one. `report`: written before `StateReport` grew `seal_key`; it decodes with none.
 /// `report-2`: written before it grew `agent`; it decodes with none. `desired-6`: written before
 /// `DesiredState` grew `agent`; it decodes with none (`desired-7` is the current one).
+/// `report-3`: written before `AgentVersions` grew `failed_log`; it decodes with none
+/// (`report_fixtures_decode_with_appended_fields_empty`).
 const DECODE_ONLY: &[&str] = &[
     "desired",
     "desired-2",
@@ -38,6 +40,7 @@ const DECODE_ONLY: &[&str] = &[
     "desired-6",
     "report",
     "report-2",
+    "report-3",
 ];
 
 fn cases() -> Vec<(&'static str, Message)> {
@@ -52,6 +55,7 @@ fn cases() -> Vec<(&'static str, Message)> {
         ("report", Message::Report(samples::report())),
         ("report-2", Message::Report(samples::report())),
         ("report-3", Message::Report(samples::report())),
+        ("report-4", Message::Report(samples::report())),
         ("telemetry", Message::Telemetry(samples::telemetry())),
         ("telemetry-ack", Message::TelemetryAck(samples::telemetry_ack())),
         ("event", Message::Event(samples::event())),
@@ -190,4 +194,16 @@ fn golden_fixture_header_layout_is_stable() {
         assert_eq!(bytes[0], 1, "{name}: protocol version");
         assert_eq!(bytes[1], msg.kind() as u8, "{name}: kind");
     }
+}
+
+#[test]
+fn report_fixtures_decode_with_appended_fields_empty() {
+    let Message::Report(report) =
+        Message::decode(&std::fs::read(fixture("report-3")).unwrap()).unwrap()
+    else {
+        panic!("report-3 holds another kind");
+    };
+    let mut expected = samples::report();
+    expected.agent.as_mut().unwrap().failed_log.clear();
+    assert_eq!(report, expected, "report-3 decodes with no failed_log");
 }

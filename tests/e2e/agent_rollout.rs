@@ -30,12 +30,21 @@ struct Supervised {
 
 impl Supervised {
     fn start(bundle: &Path) -> Supervised {
+        Supervised::start_with(bundle, None)
+    }
+
+    /// With `FLEET_AGENT_FAULT=fault` in its environment (every version it runs inherits it).
+    fn start_with(bundle: &Path, fault: Option<&'static str>) -> Supervised {
         let stop = Arc::new(AtomicBool::new(false));
         let restarts = Arc::new(std::sync::atomic::AtomicU32::new(0));
         let spawn = {
             let config = bundle.join("config.toml");
             move || -> Child {
-                Command::new(bin("fleet-agent"))
+                let mut command = Command::new(bin("fleet-agent"));
+                if let Some(fault) = fault {
+                    command.env("FLEET_AGENT_FAULT", fault);
+                }
+                command
                     .arg("--config")
                     .arg(&config)
                     .arg("run")
@@ -357,4 +366,66 @@ async fn an_agent_that_cannot_start_is_reverted_by_the_canary_and_the_rollout_pa
         "broken agent release: canary {} reverted by itself, rollout paused {paused_after:?} after it was created",
         ids[canary]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_never_commits_is_reverted_and_the_device_reports_what_it_logged() {
+    let env = TestEnv::load();
+    let fleet = fleet_with_agent_registry(&env, "uncommitted-agent").await;
+    let id = format!("nc-{}", std::process::id());
+    let bundle = fleet.enroll(&id);
+    test_pacing(&bundle);
+    // The second build aborts right before it would commit (its fault injection), every start.
+    let agent = Supervised::start_with(&bundle, Some("slot-commit"));
+    let fleet_ref = &fleet;
+    let id_ref = id.as_str();
+    eventually("the agent to report its versions", Duration::from_secs(60), || async move {
+        let d = device(fleet_ref, id_ref).await;
+        d["last_report"]["agent"]["running"].is_string().then_some(())
+    })
+    .await;
+    let (binary, version) = fleet_e2e::next_agent(&fleet.dir.path().join("fleet-agent-next"));
+    ok(&fleet.fleetctl(&[
+        "release",
+        "create-agent",
+        &version,
+        "--binary",
+        &format!("linux/amd64={}", binary.display()),
+    ]));
+    let out = ok(&fleet.fleetctl(&[
+        "--json",
+        "rollout",
+        "create",
+        &format!("fleet-agent@{version}"),
+        "--target",
+        &format!("devices:{id}"),
+        "--waves",
+        "100%",
+    ]));
+    let rollout: Value = serde_json::from_str(&out).unwrap();
+    let rollout_id = rollout["id"].as_u64().unwrap();
+    eventually("the rollout to pause", Duration::from_secs(120), || async move {
+        let (state, _) = rollout_state(fleet_ref, rollout_id).await;
+        (state == "Paused").then_some(())
+    })
+    .await;
+    let d = device(&fleet, &id).await;
+    let agent_report = &d["last_report"]["agent"];
+    assert_eq!(agent_report["running"], env!("CARGO_PKG_VERSION"), "{agent_report}");
+    assert_eq!(agent_report["failed"]["version"], version.as_str(), "{agent_report}");
+    let log: Vec<&str> = agent_report["failed_log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    assert!(
+        log.iter().any(|l| l.contains(&format!("fleet-agent {version} started"))),
+        "the trial's own log lines come back with the failure: {log:?}"
+    );
+    let shown = ok(&fleet.fleetctl(&["device", "show", &id]));
+    assert!(shown.contains("its last log lines:"), "{shown}");
+    let audit = ok(&fleet.fleetctl(&["audit"]));
+    assert!(audit.contains("it logged:"), "{audit}");
+    drop(agent);
 }

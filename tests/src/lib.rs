@@ -126,7 +126,8 @@ pub fn stripped_agent(to: &std::path::Path) -> PathBuf {
 }
 
 /// The second agent build (`tests/run` makes it: the same source with the next patch version
-/// compiled in, profile `e2e-next`), stripped into `to`, and its version.
+/// compiled in and fault injection on, profile `e2e-next`), stripped into `to`, and its
+/// version.
 pub fn next_agent(to: &std::path::Path) -> (PathBuf, String) {
     // target/debug/fleet-agent → target/e2e-next/fleet-agent
     let built = bin("fleet-agent").parent().unwrap().with_file_name("e2e-next").join("fleet-agent");

@@ -52,6 +52,10 @@ pub struct Failure {
     pub reason: String,
     /// When.
     pub at: UnixMillis,
+    /// The last lines it logged ([`super::trial_log`]), filled in by the I/O around these
+    /// rules when it is reverted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log: Vec<String>,
 }
 
 /// Which binary a starting agent runs.
@@ -153,7 +157,12 @@ impl Slots {
         match &self.trial {
             Some(t) if t.version == version => Slots {
                 trial: None,
-                last_failure: Some(Failure { version: version.to_owned(), reason, at: now }),
+                last_failure: Some(Failure {
+                    version: version.to_owned(),
+                    reason,
+                    at: now,
+                    log: Vec::new(),
+                }),
                 ..self.clone()
             },
             _ => self.clone(),

@@ -21,6 +21,7 @@
 //! commit) or the trial, which runs or is reverted by the rules above.
 
 pub mod decide;
+pub mod trial_log;
 
 use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -174,6 +175,7 @@ pub fn versions(data_dir: &Path, running: String) -> fleet_proto::report::AgentV
         running,
         committed: slots.committed,
         trial: slots.trial.map(|t| t.version),
+        failed_log: slots.last_failure.as_ref().map(|f| f.log.clone()).unwrap_or_default(),
         failed: slots.last_failure.map(|f| fleet_proto::report::AgentUpdateFailure {
             version: f.version,
             reason: f.reason,
@@ -214,7 +216,13 @@ fn decide_and_exec(data_dir: &Path, package: Option<&str>) {
         None => slots,
     };
     let now = UnixMillis::now();
-    let (run, next) = slots.at_start(now, MAX_STARTS);
+    let (run, mut next) = slots.at_start(now, MAX_STARTS);
+    if let (Some(failure), Some(trial)) = (&mut next.last_failure, &slots.trial) {
+        if next.trial.is_none() && failure.version == trial.version {
+            // Reverted just now: what the trial logged says why.
+            failure.log = trial_log::tail(data_dir, &trial.version);
+        }
+    }
     if next != slots {
         if let Err(e) = save(data_dir, &next) {
             tracing::error!(error = %e, "cannot record the agent's start; running the installed binary");
@@ -293,7 +301,12 @@ pub fn set_target(data_dir: &Path, target: Option<AgentTarget>) -> Result<(), Sl
 /// is not downloaded again; the device reports it as a failed agent update.
 pub fn record_failure(data_dir: &Path, version: &str, reason: String) -> Result<(), SlotError> {
     let slots = load(data_dir)?;
-    let failure = decide::Failure { version: version.to_owned(), reason, at: UnixMillis::now() };
+    let failure = decide::Failure {
+        version: version.to_owned(),
+        reason,
+        at: UnixMillis::now(),
+        log: Vec::new(),
+    };
     let _ = std::fs::remove_dir_all(data_dir.join("bin").join(version));
     save(data_dir, &Slots { last_failure: Some(failure), ..slots })
 }

@@ -113,9 +113,14 @@ impl DeviceObservation {
         o.outcome = match (agent, o.outcome.take()) {
             (_, Some(failed @ Outcome::Failed { .. })) => Some(failed),
             (Some(a), _) => match &a.failed {
-                Some(f) if f.version == version => Some(Outcome::RolledBack {
-                    reason: format!("agent update failed: {}", f.reason),
-                }),
+                Some(f) if f.version == version => {
+                    // Its last log line usually says why (fleetctl device show has them all).
+                    let last =
+                        a.failed_log.last().map_or(String::new(), |l| format!("; it logged: {l}"));
+                    Some(Outcome::RolledBack {
+                        reason: format!("agent update failed: {}{last}", f.reason),
+                    })
+                }
                 _ if a.running == version && a.committed.as_deref() == Some(version) => {
                     Some(Outcome::Healthy)
                 }
@@ -258,6 +263,7 @@ mod tests {
                 reason: "it did not commit in 3 starts".into(),
                 at: UnixMillis(1),
             }),
+            failed_log: Vec::new(),
         }
     }
 
@@ -278,10 +284,15 @@ mod tests {
         let done = o(Some(versions("2.0.0", Some("2.0.0"), None)), UpdateResult::Applied);
         assert_eq!(done.outcome, Some(Outcome::Healthy));
         assert_eq!(done.release.unwrap().as_str(), "fleet-agent@2.0.0");
-        // Reverted on the device: rolled back, with the device's reason.
-        let reverted = o(Some(versions("1.0.0", None, Some("2.0.0"))), UpdateResult::Applied);
+        // Reverted on the device: rolled back, with the device's reason and its last log line.
+        let mut failed = versions("1.0.0", None, Some("2.0.0"));
+        let reverted = o(Some(failed.clone()), UpdateResult::Applied);
         let Some(Outcome::RolledBack { reason }) = reverted.outcome else { panic!() };
         assert_eq!(reason, "agent update failed: it did not commit in 3 starts");
+        failed.failed_log = vec!["INFO started".into(), "ERROR cannot connect: refused".into()];
+        let logged = o(Some(failed), UpdateResult::Applied).outcome;
+        let Some(Outcome::RolledBack { reason }) = logged else { panic!() };
+        assert!(reason.ends_with("; it logged: ERROR cannot connect: refused"), "{reason}");
         // Another version's old failure is not this rollout's.
         let old = o(Some(versions("1.0.0", None, Some("1.5.0"))), UpdateResult::Applied);
         assert_eq!(old.outcome, None);
