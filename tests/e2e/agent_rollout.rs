@@ -267,6 +267,28 @@ async fn a_second_agent_build_rolls_out_in_waves_and_the_proxied_ports_never_fai
         assert!(t.failed.is_empty(), "failed requests during the agent rollout: {:?}", t.failed);
     }
     assert!(requests > 100, "the client loops ran through the rollout ({requests} requests)");
+    // An agent pin holds a device's agent apart from its app: shown, skipped by agent
+    // rollouts, lifted with --agent.
+    let pinned = ok(&fleet.fleetctl(&[
+        "device",
+        "pin",
+        &ids[0],
+        &release,
+        "--reason",
+        "bench: lidar driver",
+    ]));
+    assert!(pinned.contains(&format!("pinned {} to {release}", ids[0])), "{pinned}");
+    let shown = ok(&fleet.fleetctl(&["device", "show", &ids[0]]));
+    assert!(
+        shown.contains(&format!("{version} (pinned by admin: bench: lidar driver)")),
+        "{shown}"
+    );
+    let plan = ok(&fleet.fleetctl(&["--json", "rollout", "plan", &release, "--target", &target]));
+    let plan: Value = serde_json::from_str(&plan).unwrap();
+    assert_eq!(plan["pinned"][0][0], ids[0].as_str(), "{plan}");
+    let unpinned = ok(&fleet.fleetctl(&["device", "unpin", &ids[0], "--agent"]));
+    assert!(unpinned.contains("agent"), "{unpinned}");
+    assert!(device(&fleet, &ids[0]).await["agent_pin"].is_null());
     let restarts: u32 = agents.iter().map(|a| a.restarts.load(Ordering::SeqCst)).sum();
     assert_eq!(restarts, 0, "every agent relaunched itself in place; none exited");
     eprintln!(
