@@ -195,6 +195,8 @@ async fn a_second_agent_build_rolls_out_in_waves_and_the_proxied_ports_never_fai
 
     // The second build (same source, the next patch version compiled in), for this machine.
     let (binary, version) = fleet_e2e::next_agent(&fleet.dir.path().join("fleet-agent-next"));
+    let binary_size = std::fs::metadata(&binary).unwrap().len();
+    let creating = Instant::now();
     let created = ok(&fleet.fleetctl(&[
         "release",
         "create-agent",
@@ -204,6 +206,7 @@ async fn a_second_agent_build_rolls_out_in_waves_and_the_proxied_ports_never_fai
         "--deadline",
         "60s",
     ]));
+    let create_took = creating.elapsed();
     assert!(created.contains(&format!("created agent release fleet-agent@{version}")), "{created}");
     let listed = ok(&fleet.fleetctl(&["release", "ls"]));
     assert!(listed.contains(&format!("fleet-agent@{version}")) && listed.contains("linux/amd64"));
@@ -292,7 +295,7 @@ async fn a_second_agent_build_rolls_out_in_waves_and_the_proxied_ports_never_fai
     let restarts: u32 = agents.iter().map(|a| a.restarts.load(Ordering::SeqCst)).sum();
     assert_eq!(restarts, 0, "every agent relaunched itself in place; none exited");
     eprintln!(
-        "agent rollout to {version} over 3 devices (waves 1,100%, bake 2s): completed in {took:?}; {requests} requests through the proxied ports, 0 failed; {}",
+        "agent release of a {binary_size} B binary created (upload, checks, registry push) in {create_took:?}; rollout to {version} over 3 devices (waves 1,100%, bake 2s): completed in {took:?}; {requests} requests through the proxied ports, 0 failed; {}",
         view["status"]["waves"]
     );
 }
