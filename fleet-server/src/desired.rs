@@ -355,7 +355,9 @@ impl Releases {
     }
 
     /// Agent `version` for `record`'s device: the binary of release `fleet-agent@VERSION` for
-    /// the platform its inventory reports. `None` for `None`.
+    /// the platform its inventory reports; or, when no such release exists and `version` is
+    /// the one its package installed (a rollback past every release), that binary, which it
+    /// has already. `None` for `None`.
     pub fn agent_target(
         &mut self,
         src: &dyn Source,
@@ -365,6 +367,17 @@ impl Releases {
     ) -> Result<Option<AgentTarget>, DesiredError> {
         let Some(version) = version else { return Ok(None) };
         let id = format!("{AGENT_APP}@{version}");
+        let installed = record.agent_versions().and_then(|a| a.installed.as_deref());
+        if installed == Some(version) && src.release(&id)?.is_none() {
+            return Ok(Some(AgentTarget {
+                version: version.to_owned(),
+                repository: String::new(),
+                digest: String::new(),
+                size: 0,
+                deadline_secs: 0,
+                installed: true,
+            }));
+        }
         let verified = self.verified(src, pki, &id)?;
         let refuse = |reason: String| DesiredError::AgentBinary {
             device: record.id.clone(),
@@ -393,6 +406,7 @@ impl Releases {
             digest: binary.digest.clone(),
             size: binary.size,
             deadline_secs: binaries.deadline_secs,
+            installed: false,
         }))
     }
 

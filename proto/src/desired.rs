@@ -59,6 +59,10 @@ pub struct AgentTarget {
     pub size: u64,
     /// Seconds the new version has to commit on the device before it reverts by itself.
     pub deadline_secs: u64,
+    /// Go back to the binary the device's package installed, whose version is `version`
+    /// (a rollback to a version the fleet never released): nothing to download, so
+    /// `repository`, `digest` and `size` are empty. Appended: false from older servers.
+    pub installed: bool,
 }
 
 /// One secret's value, sealed to the device it is addressed to.

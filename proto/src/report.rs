@@ -63,6 +63,9 @@ pub struct AgentVersions {
     /// The last lines that failed trial logged (at most 20, oldest first); empty when it
     /// logged nothing (it could not start at all). Appended: empty from older agents.
     pub failed_log: Vec<String>,
+    /// The version of the binary the device's package installed (the floor it falls back
+    /// to; a rollback can return it there). Appended: `None` from older agents.
+    pub installed: Option<String>,
 }
 
 /// An agent version that was tried and reverted.

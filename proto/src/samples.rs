@@ -190,6 +190,7 @@ pub fn desired() -> DesiredState {
             digest: s("sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"),
             size: 6_177_600,
             deadline_secs: 120,
+            installed: false,
         }),
     }
 }
@@ -296,6 +297,7 @@ pub fn report() -> StateReport {
             failed_log: vec![s(
                 "ERROR fleet_agent::link: cannot connect: broker refused the certificate",
             )],
+            installed: Some(s("0.1.0")),
         }),
     }
 }

@@ -30,7 +30,9 @@ use fleet_proto::{samples, Command, DesiredState, Message, TrustedKeys};
 /// `report-2`: written before it grew `agent`; it decodes with none. `desired-6`: written before
 /// `DesiredState` grew `agent`; it decodes with none (`desired-7` is the current one).
 /// `report-3`: written before `AgentVersions` grew `failed_log`; it decodes with none
-/// (`report_fixtures_decode_with_appended_fields_empty`).
+/// (`report_fixtures_decode_with_appended_fields_empty`). `report-4`: written before it grew
+/// `installed`, `desired-7` before `AgentTarget` grew `installed`: they decode with none and
+/// false (`desired-8` and `report-5` are the current ones).
 const DECODE_ONLY: &[&str] = &[
     "desired",
     "desired-2",
@@ -41,6 +43,8 @@ const DECODE_ONLY: &[&str] = &[
     "report",
     "report-2",
     "report-3",
+    "desired-7",
+    "report-4",
 ];
 
 fn cases() -> Vec<(&'static str, Message)> {
@@ -52,10 +56,12 @@ fn cases() -> Vec<(&'static str, Message)> {
         ("desired-5", Message::Desired(samples::signed_desired())),
         ("desired-6", Message::Desired(samples::signed_desired())),
         ("desired-7", Message::Desired(samples::signed_desired())),
+        ("desired-8", Message::Desired(samples::signed_desired())),
         ("report", Message::Report(samples::report())),
         ("report-2", Message::Report(samples::report())),
         ("report-3", Message::Report(samples::report())),
         ("report-4", Message::Report(samples::report())),
+        ("report-5", Message::Report(samples::report())),
         ("telemetry", Message::Telemetry(samples::telemetry())),
         ("telemetry-ack", Message::TelemetryAck(samples::telemetry_ack())),
         ("event", Message::Event(samples::event())),
@@ -126,20 +132,27 @@ fn golden_fixtures_still_decode_to_their_samples() {
 #[test]
 fn golden_signed_payloads_still_verify() {
     let trusted = TrustedKeys::new([samples::server_key().public()]);
-    for name in
-        ["desired", "desired-2", "desired-3", "desired-4", "desired-5", "desired-6", "desired-7"]
-    {
+    for name in [
+        "desired",
+        "desired-2",
+        "desired-3",
+        "desired-4",
+        "desired-5",
+        "desired-6",
+        "desired-7",
+        "desired-8",
+    ] {
         let Message::Desired(desired) =
             Message::decode(&std::fs::read(fixture(name)).unwrap()).unwrap()
         else {
             panic!("{name} fixture holds another kind");
         };
         let mut expected = samples::desired();
-        if name != "desired-7" {
+        if !matches!(name, "desired-7" | "desired-8") {
             // Written before DesiredState grew `agent`: it decodes with none.
             expected.agent = None;
         }
-        if !matches!(name, "desired-6" | "desired-7") {
+        if !matches!(name, "desired-6" | "desired-7" | "desired-8") {
             // Written before secrets: they decode with none.
             expected.secrets.clear();
             expected.sealed_registry_credentials.clear();
@@ -147,7 +160,7 @@ fn golden_signed_payloads_still_verify() {
                 svc.secrets.clear();
             }
         }
-        if !matches!(name, "desired-5" | "desired-6" | "desired-7") {
+        if !matches!(name, "desired-5" | "desired-6" | "desired-7" | "desired-8") {
             // Written before ServiceSpec grew `networks`: it decodes with none.
             for svc in expected.release.iter_mut().flat_map(|r| r.services.iter_mut()) {
                 svc.networks.clear();
@@ -204,6 +217,13 @@ fn report_fixtures_decode_with_appended_fields_empty() {
         panic!("report-3 holds another kind");
     };
     let mut expected = samples::report();
+    let agent = expected.agent.as_mut().unwrap();
+    agent.installed = None;
+    let report_4 = |name| match Message::decode(&std::fs::read(fixture(name)).unwrap()).unwrap() {
+        Message::Report(r) => r,
+        _ => panic!("{name} holds another kind"),
+    };
+    assert_eq!(report_4("report-4"), expected, "report-4 decodes with no installed version");
     expected.agent.as_mut().unwrap().failed_log.clear();
     assert_eq!(report, expected, "report-3 decodes with no failed_log");
 }

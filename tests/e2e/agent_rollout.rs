@@ -292,6 +292,37 @@ async fn a_second_agent_build_rolls_out_in_waves_and_the_proxied_ports_never_fai
     let unpinned = ok(&fleet.fleetctl(&["device", "unpin", &ids[0], "--agent"]));
     assert!(unpinned.contains("agent"), "{unpinned}");
     assert!(device(&fleet, &ids[0]).await["agent_pin"].is_null());
+    // Rolled back: the devices go back to the version their package installed (no release
+    // of it exists, and nothing is downloaded), still without a failed request.
+    let clients: Vec<Clients> = ports.iter().map(|p| Clients::start(*p)).collect();
+    let back = Instant::now();
+    ok(&fleet.fleetctl(&["rollout", "rollback", &rollout_id.to_string()]));
+    for id in &ids {
+        eventually(
+            "the device back on its packaged agent",
+            Duration::from_secs(60),
+            || async move {
+                let d = device(fleet_ref, id).await;
+                let agent = &d["last_report"]["agent"];
+                (agent["running"] == env!("CARGO_PKG_VERSION") && agent["committed"].is_null())
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+    let back_took = back.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    for (t, id) in clients.into_iter().map(Clients::finish).zip(&ids) {
+        assert!(t.failed.is_empty(), "failed requests during the rollback: {:?}", t.failed);
+        assert!(t.ok > 10, "{id}: the client loop ran through the rollback");
+    }
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(container_ids(id), before[i], "{id}: no container was restarted");
+    }
+    eprintln!(
+        "agent rollout rolled back to the packaged {} on 3 devices in {back_took:?}",
+        env!("CARGO_PKG_VERSION")
+    );
     let restarts: u32 = agents.iter().map(|a| a.restarts.load(Ordering::SeqCst)).sum();
     assert_eq!(restarts, 0, "every agent relaunched itself in place; none exited");
     eprintln!(

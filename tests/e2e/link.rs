@@ -1355,6 +1355,7 @@ async fn the_agent_version_a_desired_state_names_is_downloaded_resumed_verified_
         digest: digest.clone(),
         size,
         deadline_secs: 60,
+        installed: false,
     };
 
     let agent = AgentProcess::start(&config, dir.path());

@@ -288,12 +288,21 @@ impl<R: ContainerRuntime> Daemon<R> {
         }
         let data_dir = self.config.data_dir.clone();
         let Ok(slots) = slots::load(&data_dir) else { return };
+        if slots.to_return() {
+            // Back to the installed binary (a rollback past every release): nothing to fetch.
+            let version = slots.target.map(|t| t.version).unwrap_or_default();
+            self.agent_fetch = Some(tokio::task::spawn_blocking(move || {
+                let done = slots::return_to_installed(&data_dir).map(|_| ());
+                (version, true, done)
+            }));
+            return;
+        }
         let Some(target) = slots.to_fetch(&slots::running_version()).cloned() else { return };
         let registry = target.repository.split('/').next().unwrap_or_default().to_owned();
         let credential = self.config.registries.iter().find(|c| c.registry == registry).cloned();
         self.agent_fetch = Some(tokio::task::spawn_blocking(move || {
             let done = slots::fetch_and_install(&data_dir, &target, credential.as_ref());
-            (target.version, done)
+            (target.version, false, done)
         }));
     }
 
@@ -301,7 +310,7 @@ impl<R: ContainerRuntime> Daemon<R> {
     /// relaunch into it; a failure is reported and retried on the next resync, except one
     /// that would fail the same way again.
     fn agent_fetched(&self, fetched: Result<AgentFetch, tokio::task::JoinError>) -> bool {
-        let (version, done) = match fetched {
+        let (version, returning, done) = match fetched {
             Ok(f) => f,
             Err(e) => {
                 tracing::error!(error = %e, "the agent download task failed");
@@ -309,6 +318,16 @@ impl<R: ContainerRuntime> Daemon<R> {
             }
         };
         match done {
+            Ok(()) if returning => {
+                tracing::info!(%version, "going back to the agent the package installed; relaunching into it");
+                self.event(
+                    Severity::Info,
+                    EventKind::UpdateStarted,
+                    format!("agent back to {version}, the version its package installed"),
+                    &[("agent_version", version.clone())],
+                );
+                true
+            }
             Ok(()) => {
                 tracing::info!(%version, "agent version downloaded and verified; relaunching into it on trial");
                 self.event(

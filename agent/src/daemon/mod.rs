@@ -333,8 +333,9 @@ struct Daemon<R> {
     agent_fetch: Option<tokio::task::JoinHandle<AgentFetch>>,
 }
 
-/// How a download of an agent version ended: its version and the outcome.
-type AgentFetch = (String, Result<(), crate::slots::SlotError>);
+/// How a download of an agent version ended: its version, whether it was the return to the
+/// installed binary (nothing downloaded), and the outcome.
+type AgentFetch = (String, bool, Result<(), crate::slots::SlotError>);
 
 /// Reads the host's hardware (blocking file reads, off the runtime's threads) and adds what
 /// only the agent knows: the engine and the disks that matter.

@@ -121,10 +121,27 @@ impl Slots {
         next
     }
 
+    /// Whether the server wants the device back on the binary its package installed (a
+    /// rollback to a version the fleet never released) and it runs a committed slot now.
+    /// That binary is the floor: no download and no trial, it runs as soon as the slot is let
+    /// go ([`Slots::returned`]).
+    pub fn to_return(&self) -> bool {
+        self.target
+            .as_ref()
+            .is_some_and(|t| t.installed && self.package.as_deref() == Some(t.version.as_str()))
+            && self.committed.is_some()
+            && self.trial.is_none()
+    }
+
+    /// Back on the installed binary: nothing committed.
+    pub fn returned(&self) -> Slots {
+        Slots { committed: None, ..self.clone() }
+    }
+
     /// The version to download and try, if the server wants one this device neither runs,
     /// nor is trying, nor has seen fail.
     pub fn to_fetch(&self, running: &str) -> Option<&AgentTarget> {
-        let target = self.target.as_ref()?;
+        let target = self.target.as_ref().filter(|t| !t.installed)?;
         let failed_here = self.last_failure.as_ref().is_some_and(|f| f.version == target.version);
         let settled = target.version == running || self.committed.as_ref() == Some(&target.version);
         (!settled && !failed_here && self.trial.is_none()).then_some(target)
@@ -233,6 +250,7 @@ mod tests {
             digest: "sha256:00".into(),
             size: 1,
             deadline_secs: 120,
+            installed: false,
         };
         let s = Slots { target: Some(target("0.3.0")), ..Slots::default() };
         assert_eq!(s.to_fetch("0.2.0").map(|t| t.version.as_str()), Some("0.3.0"));
@@ -243,6 +261,35 @@ mod tests {
         assert!(failed.to_fetch("0.2.0").is_none(), "failed here: not again");
         let next = Slots { target: Some(target("0.3.1")), ..failed };
         assert!(next.to_fetch("0.2.0").is_some(), "a newer version is tried");
+    }
+
+    #[test]
+    fn a_rollback_to_the_packaged_version_lets_the_slot_go_without_a_download() {
+        let back = AgentTarget {
+            version: "0.1.0".into(),
+            repository: String::new(),
+            digest: String::new(),
+            size: 0,
+            deadline_secs: 0,
+            installed: true,
+        };
+        let on_slot = Slots {
+            committed: Some("0.2.0".into()),
+            package: Some("0.1.0".into()),
+            target: Some(back.clone()),
+            ..Slots::default()
+        };
+        assert!(on_slot.to_return());
+        assert!(on_slot.to_fetch("0.2.0").is_none(), "nothing to download");
+        let back_home = on_slot.returned();
+        assert_eq!(back_home.fallback(), Run::Installed);
+        assert!(!back_home.to_return(), "once there, nothing more to do");
+        // Another package version than the one named: not the floor the server meant.
+        let other = Slots { package: Some("0.1.5".into()), ..on_slot.clone() };
+        assert!(!other.to_return());
+        // Never in the middle of a trial.
+        let trying = on_slot.installed("0.3.0", UnixMillis(0), UnixMillis(10));
+        assert!(!trying.to_return());
     }
 
     #[test]

@@ -133,6 +133,8 @@ pub fn load(data_dir: &Path) -> Result<Slots, SlotError> {
 
 /// Saves the state: written aside, synced, renamed over the old one, directory synced.
 pub fn save(data_dir: &Path, slots: &Slots) -> Result<(), SlotError> {
+    // The very first start decides before the daemon made its data directory.
+    std::fs::create_dir_all(data_dir).map_err(io_err("create", data_dir))?;
     let path = state_path(data_dir);
     let tmp = path.with_extension("json.tmp");
     let bytes = serde_json::to_vec_pretty(slots).map_err(|e| SlotError::Io {
@@ -176,6 +178,7 @@ pub fn versions(data_dir: &Path, running: String) -> fleet_proto::report::AgentV
         committed: slots.committed,
         trial: slots.trial.map(|t| t.version),
         failed_log: slots.last_failure.as_ref().map(|f| f.log.clone()).unwrap_or_default(),
+        installed: slots.package.clone(),
         failed: slots.last_failure.map(|f| fleet_proto::report::AgentUpdateFailure {
             version: f.version,
             reason: f.reason,
@@ -211,6 +214,7 @@ fn decide_and_exec(data_dir: &Path, package: Option<&str>) {
             return exec_installed();
         }
     };
+    let loaded = slots.clone();
     let slots = match package {
         Some(installed) => slots.under_package(installed),
         None => slots,
@@ -223,7 +227,9 @@ fn decide_and_exec(data_dir: &Path, package: Option<&str>) {
             failure.log = trial_log::tail(data_dir, &trial.version);
         }
     }
-    if next != slots {
+    // Compared with what was read, so that the package's version is saved too (it is how a
+    // later start knows the package changed, and what the device reports as its floor).
+    if next != loaded {
         if let Err(e) = save(data_dir, &next) {
             tracing::error!(error = %e, "cannot record the agent's start; running the installed binary");
             return exec_installed();
@@ -417,7 +423,27 @@ pub fn commit(data_dir: &Path, version: &str) -> Result<(), SlotError> {
         return Ok(());
     }
     save(data_dir, &next)?;
-    let keep = next.kept();
+    remove_unkept(data_dir, &next);
+    Ok(())
+}
+
+/// Lets the committed slot go when the server wants the installed binary back
+/// ([`Slots::to_return`]); the caller relaunches, and the installed binary runs. Nothing is
+/// done (`Ok(false)`) otherwise.
+pub fn return_to_installed(data_dir: &Path) -> Result<bool, SlotError> {
+    let slots = load(data_dir)?;
+    if !slots.to_return() {
+        return Ok(false);
+    }
+    let next = slots.returned();
+    save(data_dir, &next)?;
+    remove_unkept(data_dir, &next);
+    Ok(true)
+}
+
+/// Removes the slots `slots` does not keep.
+fn remove_unkept(data_dir: &Path, slots: &Slots) {
+    let keep = slots.kept();
     if let Ok(entries) = std::fs::read_dir(data_dir.join("bin")) {
         for entry in entries.flatten() {
             let name = entry.file_name();
@@ -426,7 +452,6 @@ pub fn commit(data_dir: &Path, version: &str) -> Result<(), SlotError> {
             }
         }
     }
-    Ok(())
 }
 
 /// Test-only: aborts the process at `step` when `FLEET_AGENT_FAULT` names it (builds with the

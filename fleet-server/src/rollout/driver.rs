@@ -308,13 +308,16 @@ fn previous_release(d: &DeviceRecord, known: &BTreeSet<String>) -> Option<Releas
         .cloned()
 }
 
-/// Where a rollback of an agent rollout returns a device: the agent release it runs now, if
-/// the server has one (`None`: it keeps the version it has; the version its package installed
-/// has no release to return to).
+/// Where a rollback of an agent rollout returns a device: the agent version it runs now, if
+/// the server has its release or it is the version the device's package installed (the
+/// device has that binary already; [`crate::desired::Releases::agent_target`]). `None`: it
+/// keeps the version it has.
 fn previous_agent_release(d: &DeviceRecord, known: &BTreeSet<String>) -> Option<ReleaseId> {
-    let running = &d.agent_versions()?.running;
+    let versions = d.agent_versions()?;
+    let running = &versions.running;
     let id = format!("{}@{running}", crate::releases::AGENT_APP);
-    known.contains(&id).then(|| ReleaseId::new(id).ok()).flatten()
+    let returnable = known.contains(&id) || versions.installed.as_ref() == Some(running);
+    returnable.then(|| ReleaseId::new(id).ok()).flatten()
 }
 
 /// Which devices active rollouts hold.

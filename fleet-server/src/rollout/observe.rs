@@ -264,6 +264,7 @@ mod tests {
                 at: UnixMillis(1),
             }),
             failed_log: Vec::new(),
+            installed: Some("1.0.0".into()),
         }
     }
 
