@@ -14,6 +14,10 @@
 //!   It stops itself at its deadline otherwise, so the next start reverts it.
 //! * An update never stops application containers and never touches the port proxy, a process
 //!   of its own: the services keep serving through the swap.
+//! * A rollback to the version the package installed (the server's [`AgentTarget::installed`])
+//!   lets the committed slot go and relaunches: the floor needs no download and no trial.
+//! * A version on trial logs into its slot too ([`trial_log`]); when it is reverted, its last
+//!   lines are reported with the reason.
 //!
 //! Crash safety: the binary is written aside, synced and renamed into its slot before the
 //! state names it; the state names a trial before anything runs it; a kill between any two
