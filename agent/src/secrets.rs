@@ -126,6 +126,16 @@ pub fn deliver(
     let mut problems = Vec::new();
     let mut delivered = Delivered::default();
     for s in &desired.secrets {
+        // Both become part of a file name under the secrets directory (`file_path`).
+        let digest_ok = (1..=128).contains(&s.digest.len())
+            && s.digest.bytes().all(|b| b.is_ascii_alphanumeric());
+        if !fleet_proto::release::is_object_name(&s.name) || !digest_ok {
+            problems.push(format!(
+                "secret {:?}: its name or digest {:?} cannot name a file; refused",
+                s.name, s.digest
+            ));
+            continue;
+        }
         match key.open(&s.sealed, &secret_aad(device.as_str(), &s.name, &s.digest)) {
             Ok(value) => {
                 delivered.secrets.insert(
@@ -462,6 +472,17 @@ mod tests {
         let problems = deliver(&key, &device, &other).unwrap_err();
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(problems[0].contains("does not open"), "{problems:?}");
+
+        // A digest or name that would climb out of the secrets directory as a file name, even
+        // sealed properly: refused before anything is opened or written.
+        for (name, digest) in [("db", "../../../etc/cron.d/x"), ("../db", "d1"), ("db", "")] {
+            let bad = desired_with(
+                vec![sealed(&key, device.as_str(), name, digest, b"pw")],
+                vec![mount("db", "db", 0)],
+            );
+            let problems = deliver(&key, &device, &bad).unwrap_err();
+            assert!(problems[0].contains("cannot name a file"), "{name} {digest}: {problems:?}");
+        }
     }
 
     #[test]

@@ -716,11 +716,31 @@ pub struct SpecError {
 }
 
 impl ReleaseSpec {
-    /// Checks what the types cannot: unique service names, no host-port clash, known
-    /// dependencies, plausible limits. Returns every problem found, not just the first.
+    /// Checks what the types cannot: an app name that is safe as a path component and an
+    /// object name (agents make directories, networks and volumes of it, as root), an id that
+    /// is `app@version`, unique service names, no host-port clash, known dependencies,
+    /// plausible limits. Returns every problem found, not just the first.
     pub fn validate(&self) -> Result<(), Vec<SpecError>> {
         let mut errors = Vec::new();
         let mut err = |path: String, reason: String| errors.push(SpecError { path, reason });
+        if !is_object_name(&self.app) {
+            err(
+                "app".to_owned(),
+                format!(
+                    "app name {:?}: 1 to 64 ASCII letters, digits, '_', '.' and '-', starting with a letter or digit",
+                    self.app
+                ),
+            );
+        }
+        if self.version.is_empty() || self.id.as_str() != format!("{}@{}", self.app, self.version) {
+            err(
+                "id".to_owned(),
+                format!(
+                    "release id {} is not app@version ({}@{})",
+                    self.id, self.app, self.version
+                ),
+            );
+        }
         let names: BTreeSet<&ServiceName> = self.services.iter().map(|s| &s.name).collect();
         let mut seen_names = BTreeSet::new();
         let mut host_ports: BTreeMap<(u16, Protocol), usize> = BTreeMap::new();
@@ -1022,6 +1042,23 @@ mod tests {
         assert_eq!(mount("a", "db", 0).container_path(), "/run/secrets/db");
         assert_eq!(mount("a", "db", 0).file_mode(), 0o444);
         assert_eq!(mount("a", "/etc/x", 0o400).container_path(), "/etc/x");
+    }
+
+    #[test]
+    fn an_app_name_that_could_leave_its_directory_or_an_id_of_another_app_is_refused() {
+        for app in ["../../etc", "a/b", "", ".hidden", "x y"] {
+            let mut r = crate::samples::release();
+            r.app = app.to_owned();
+            r.id = crate::ReleaseId::new(format!("x@{}", r.version)).unwrap();
+            let errors = r.validate().unwrap_err();
+            assert!(errors.iter().any(|e| e.path == "app"), "{app:?}: {errors:?}");
+        }
+        let mut r = crate::samples::release();
+        r.id = crate::ReleaseId::new("other-app@1.4.2").unwrap();
+        let errors = r.validate().unwrap_err();
+        assert_eq!(errors[0].path, "id", "{errors:?}");
+        assert!(errors[0].reason.contains("is not app@version (robot-stack@1.4.2)"), "{errors:?}");
+        assert!(crate::samples::release().validate().is_ok());
     }
 
     #[test]
