@@ -546,6 +546,7 @@ impl Config {
                 allow_privileged: raw.hardware.allow_privileged,
                 allow_realtime: raw.hardware.allow_realtime,
                 memory_reserve_bytes: raw.hardware.memory_reserve_mb.saturating_mul(1 << 20),
+                allowed_host_paths: raw.volumes.allowed_host_paths.clone(),
             },
             hardware_settle: Duration::from_millis(raw.hardware.settle_ms.clamp(10, 10_000)),
             allowed_host_paths: raw.volumes.allowed_host_paths,

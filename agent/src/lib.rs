@@ -31,6 +31,7 @@
 pub mod accept;
 pub mod admin;
 pub mod backoff;
+pub mod binds;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -242,5 +242,21 @@ async fn host_paths_bind_only_under_the_configured_directories() {
     assert_eq!(outcome(&ok)["result"], "Applied");
     let (_, (id, _)) = agent.containers(&env).await.into_iter().next().unwrap();
     assert!(docker(&["logs", &id]).contains("site=a"));
+
+    // The running app writes into its allowed directory; a link to / planted there must not
+    // give the next release the host's root. Refused at admission, and v2 keeps running.
+    std::os::unix::fs::symlink("/", allowed.path().join("x")).unwrap();
+    let planted = allowed.path().join("x").join("etc");
+    let refused =
+        agent.apply(&from_compose(&env, "binds", "3", &compose(&planted.display().to_string())));
+    assert_ne!(refused.status.code(), Some(0), "{refused:?}");
+    let why = format!(
+        "{}{}",
+        String::from_utf8_lossy(&refused.stdout),
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(why.contains("passes through the symbolic link"), "{why}");
+    let (_, (still, _)) = agent.containers(&env).await.into_iter().next().unwrap();
+    assert_eq!(still, id, "the running release was not touched");
     agent.cleanup(&env).await;
 }

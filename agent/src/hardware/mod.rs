@@ -69,6 +69,10 @@ pub struct HardwarePolicy {
     /// Memory kept for the OS and the agent: the sum of the release's memory limits plus this
     /// must fit the device's memory.
     pub memory_reserve_bytes: u64,
+    /// The host directories services may bind (`[volumes] allowed_host_paths`): admission
+    /// refuses a bind that passes through a symbolic link below one of them
+    /// ([`crate::binds`]).
+    pub allowed_host_paths: Vec<std::path::PathBuf>,
 }
 
 impl Default for HardwarePolicy {
@@ -78,6 +82,7 @@ impl Default for HardwarePolicy {
             allow_privileged: false,
             allow_realtime: true,
             memory_reserve_bytes: 256 << 20,
+            allowed_host_paths: Vec::new(),
         }
     }
 }

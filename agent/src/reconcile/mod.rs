@@ -199,11 +199,17 @@ impl<R: ContainerRuntime> Reconciler<R> {
     /// Each service's hardware mapped on this host, or why the release cannot run here.
     pub fn admit(&self, target: Option<&ReleaseSpec>) -> Result<Mappings, StepError> {
         let Some(release) = target else { return Ok(Mappings::new()) };
-        crate::hardware::admit::admit(release, &self.hardware(), &self.hardware_policy).map_err(
-            |errors| StepError::Unsatisfiable {
-                problems: errors.iter().map(ToString::to_string).collect(),
-            },
-        )
+        let admitted =
+            crate::hardware::admit::admit(release, &self.hardware(), &self.hardware_policy);
+        let links =
+            crate::binds::symlinked_binds(release, &self.hardware_policy.allowed_host_paths);
+        match admitted {
+            Ok(mappings) if links.is_empty() => Ok(mappings),
+            Ok(_) => Err(StepError::Unsatisfiable { problems: links }),
+            Err(errors) => Err(StepError::Unsatisfiable {
+                problems: errors.iter().map(ToString::to_string).chain(links).collect(),
+            }),
+        }
     }
 
     /// Honour update locks in this directory (see [`crate::lock`]).
