@@ -1049,12 +1049,12 @@ mod tests {
         for app in ["../../etc", "a/b", "", ".hidden", "x y"] {
             let mut r = crate::samples::release();
             r.app = app.to_owned();
-            r.id = crate::ReleaseId::new(format!("x@{}", r.version)).unwrap();
+            r.id = ReleaseId::new(format!("x@{}", r.version)).unwrap();
             let errors = r.validate().unwrap_err();
             assert!(errors.iter().any(|e| e.path == "app"), "{app:?}: {errors:?}");
         }
         let mut r = crate::samples::release();
-        r.id = crate::ReleaseId::new("other-app@1.4.2").unwrap();
+        r.id = ReleaseId::new("other-app@1.4.2").unwrap();
         let errors = r.validate().unwrap_err();
         assert_eq!(errors[0].path, "id", "{errors:?}");
         assert!(errors[0].reason.contains("is not app@version (robot-stack@1.4.2)"), "{errors:?}");
