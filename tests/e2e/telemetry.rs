@@ -429,3 +429,33 @@ async fn a_container_posts_through_the_mounted_socket_and_its_points_carry_its_s
     assert_eq!(die["labels"]["exit_code"], "137", "{die}");
     assert_eq!(die["labels"]["service"], "sensor", "{die}");
 }
+
+/// The agent's peak resident memory so far (`VmHWM`), in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_that_would_multiply_its_tags_is_refused_before_it_costs_memory() {
+    let fleet = start_fleet().await;
+    let id = format!("tele-amp-{}", std::process::id());
+    let bundle = fleet.enroll(&id);
+    let socket = configure(&bundle, "");
+    let agent = start_agent(&bundle, false);
+    socket_up(&socket).await;
+    let pid = agent.0.id();
+    let before = peak_rss_kib(pid);
+    // 8 tags of 4 KB on one line of 40,000 fields: 381 KB on the wire, and 1.3 GB of labels
+    // if every point copied the line's tags (it raised the agent's peak to 1.25 GiB).
+    let tags: String = (0..8).map(|i| format!(",t{i}={}", "v".repeat(4000))).collect();
+    let fields: Vec<String> = (0..40_000).map(|i| format!("f{i}=1")).collect();
+    let body = format!("amp{tags} {}\n", fields.join(","));
+    assert_eq!(post(&socket, "/write", &body), 413);
+    let after = peak_rss_kib(pid);
+    eprintln!("amplifying post: agent peak RSS {before} KiB before, {after} KiB after");
+    assert!(after < before + 16 * 1024, "peak RSS grew from {before} to {after} KiB");
+    // Still serving.
+    assert_eq!(post(&socket, "/write", "ok value=1\n"), 204);
+}

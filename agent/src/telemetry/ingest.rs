@@ -415,10 +415,18 @@ async fn handle(
             None => Ok(Precision::Nanos),
             Some(p) => p,
         };
+        let budget = line_protocol::Budget {
+            max_points: cfg.max_points,
+            max_label_bytes: line_protocol::MAX_LABEL_BYTES,
+        };
         match (precision, std::str::from_utf8(&body)) {
             (Err(e), _) => Err(e),
             (_, Err(_)) => Err("body is not valid UTF-8".to_owned()),
-            (Ok(p), Ok(text)) => line_protocol::parse_lines(text, p, now),
+            (Ok(p), Ok(text)) => match line_protocol::parse_lines(text, p, now, budget) {
+                Ok(points) => Ok(points),
+                Err(r) if r.too_large => return Response::error(413, r.message),
+                Err(r) => Err(r.message),
+            },
         }
     };
     let mut points: Vec<Point> = match parsed {

@@ -23,6 +23,42 @@ pub const MAX_METRIC: usize = 200;
 pub const MAX_LABELS: usize = 32;
 /// Longest label key or value, or string field.
 pub const MAX_TEXT: usize = 4096;
+/// Most label bytes one request may add up to across its points. Every field of a line
+/// becomes a point carrying the line's tags, so 8 tags of 4 KB on a line of 40,000 fields
+/// would copy 1.3 GB out of a 381 KB body; the budget stops that while parsing.
+pub const MAX_LABEL_BYTES: usize = 1 << 20;
+
+/// What one request may make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// Most points.
+    pub max_points: usize,
+    /// Most label bytes, summed over every point ([`MAX_LABEL_BYTES`]).
+    pub max_label_bytes: usize,
+}
+
+/// Why a body was refused: malformed (`too_large` false: 400), or over its [`Budget`]
+/// (413), found while parsing, before the excess is built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Refusal {
+    /// Over the budget rather than malformed.
+    pub too_large: bool,
+    /// What is wrong, naming the line.
+    pub message: String,
+}
+
+impl From<String> for Refusal {
+    fn from(message: String) -> Refusal {
+        Refusal { too_large: false, message }
+    }
+}
+
+impl From<&str> for Refusal {
+    fn from(message: &str) -> Refusal {
+        Refusal::from(message.to_owned())
+    }
+}
 
 /// Units of line protocol timestamps (`?precision=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,21 +95,28 @@ impl Precision {
     }
 }
 
-/// Parses a line protocol body into points; `now` stamps points without a timestamp.
+/// Parses a line protocol body into points; `now` stamps points without a timestamp. Stops
+/// at the first point over `budget`.
 pub fn parse_lines(
     body: &str,
     precision: Precision,
     now: UnixMillis,
-) -> Result<Vec<Point>, String> {
+    budget: Budget,
+) -> Result<Vec<Point>, Refusal> {
     let mut out = vec![];
+    let mut label_bytes = 0;
     for (i, line) in body.lines().enumerate() {
         let line = line.trim_end_matches('\r');
         let trimmed = line.trim_start();
         if trimmed.is_empty() || trimmed.starts_with('#') {
             continue;
         }
-        parse_line(trimmed, precision, now, &mut out)
-            .map_err(|e| format!("line {}: {e}", i + 1))?;
+        parse_line(trimmed, precision, now, budget, &mut label_bytes, &mut out).map_err(
+            |mut r: Refusal| {
+                r.message = format!("line {}: {}", i + 1, r.message);
+                r
+            },
+        )?;
     }
     Ok(out)
 }
@@ -133,8 +176,10 @@ fn parse_line(
     line: &str,
     precision: Precision,
     now: UnixMillis,
+    budget: Budget,
+    label_bytes: &mut usize,
     out: &mut Vec<Point>,
-) -> Result<(), String> {
+) -> Result<(), Refusal> {
     let (series, rest) = split_unescaped(line, ' ', false);
     let rest =
         rest.ok_or("no fields: expected `measurement[,tag=value] field=value [timestamp]`")?;
@@ -150,40 +195,56 @@ fn parse_line(
         let v = v.ok_or_else(|| format!("tag {tag:?} has no `=value`"))?;
         let (k, v) = (unescape(k), unescape(v));
         if k.is_empty() || v.is_empty() {
-            return Err(format!("tag {tag:?} has an empty key or value"));
+            return Err(format!("tag {tag:?} has an empty key or value").into());
         }
         check_text("tag", &k)?;
         check_text("tag value", &v)?;
         labels.insert(k, v);
     }
     if labels.len() > MAX_LABELS {
-        return Err(format!("{} tags, more than {MAX_LABELS}", labels.len()));
+        return Err(format!("{} tags, more than {MAX_LABELS}", labels.len()).into());
     }
+    let line_label_bytes: usize = labels.iter().map(|(k, v)| k.len() + v.len()).sum();
     let at = match timestamp.map(str::trim).filter(|t| !t.is_empty()) {
         None => now,
         Some(t) => {
             let n: i64 = t.parse().map_err(|_| format!("timestamp {t:?} is not an integer"))?;
             if n < 0 {
-                return Err(format!("timestamp {t} is before 1970"));
+                return Err(format!("timestamp {t} is before 1970").into());
             }
             UnixMillis(precision.to_millis(n).unsigned_abs())
         }
     };
     let fields: Vec<&str> = split_all(fields, ',', true);
     if fields.iter().all(|f| f.is_empty()) {
-        return Err("no fields".into());
+        return Err("no fields".to_owned().into());
     }
     for field in fields {
         let (k, v) = split_unescaped(field, '=', true);
         let v = v.ok_or_else(|| format!("field {field:?} has no `=value`"))?;
         let key = unescape(k);
         if key.is_empty() {
-            return Err(format!("field {field:?} has an empty name"));
+            return Err(format!("field {field:?} has an empty name").into());
         }
         let value = field_value(v).map_err(|e| format!("field {key:?}: {e}"))?;
         let metric =
             if key == "value" { measurement.clone() } else { format!("{measurement}.{key}") };
         check_metric(&metric)?;
+        *label_bytes += line_label_bytes;
+        if out.len() >= budget.max_points || *label_bytes > budget.max_label_bytes {
+            let message = if out.len() >= budget.max_points {
+                format!(
+                    "more than {} points in one request; send smaller batches",
+                    budget.max_points
+                )
+            } else {
+                format!(
+                    "the points' labels add up to more than {} bytes in one request (each field of a line carries its tags); send fewer fields per line or smaller batches",
+                    budget.max_label_bytes
+                )
+            };
+            return Err(Refusal { too_large: true, message });
+        }
         out.push(Point { at, metric, value, labels: labels.clone() });
     }
     Ok(())
@@ -301,9 +362,10 @@ mod tests {
     use super::*;
 
     const NOW: UnixMillis = UnixMillis(5_000);
+    const AMPLE: Budget = Budget { max_points: 10_000, max_label_bytes: MAX_LABEL_BYTES };
 
     fn one(line: &str) -> Vec<Point> {
-        parse_lines(line, Precision::Nanos, NOW).unwrap()
+        parse_lines(line, Precision::Nanos, NOW, AMPLE).unwrap()
     }
 
     #[test]
@@ -322,16 +384,38 @@ mod tests {
         assert_eq!((q[0].metric.as_str(), q[0].at), ("battery", NOW));
         // Escapes, comments, blank lines, CRLF.
         let r =
-            parse_lines("# hi\n\nmy\\ metric,a\\,b=c\\=d f=1u\r\n", Precision::Secs, NOW).unwrap();
+            parse_lines("# hi\n\nmy\\ metric,a\\,b=c\\=d f=1u\r\n", Precision::Secs, NOW, AMPLE)
+                .unwrap();
         assert_eq!(r[0].metric, "my metric.f");
         assert_eq!(r[0].labels["a,b"], "c=d");
-        let s = parse_lines("m f=1 1700000000", Precision::Secs, NOW).unwrap();
+        let s = parse_lines("m f=1 1700000000", Precision::Secs, NOW, AMPLE).unwrap();
         assert_eq!(s[0].at, UnixMillis(1_700_000_000_000));
     }
 
     #[test]
+    fn a_body_that_would_multiply_its_tags_stops_at_the_budget_while_parsing() {
+        // 8 tags of 4 KB and 40,000 fields: 381 KB that would copy 1.3 GB of labels.
+        let tags: String = (0..8).map(|i| format!(",t{i}={}", "v".repeat(4000))).collect();
+        let fields: Vec<String> = (0..40_000).map(|i| format!("f{i}=1")).collect();
+        let body = format!("m{tags} {}", fields.join(","));
+        let refused = parse_lines(&body, Precision::Nanos, NOW, AMPLE).unwrap_err();
+        assert!(refused.too_large, "{refused:?}");
+        assert!(refused.message.starts_with("line 1: the points' labels add up to more than"));
+        // The point count is a budget too, checked as points are made.
+        let many = (0..50).map(|i| format!("m f={i}")).collect::<Vec<_>>().join("\n");
+        let small = Budget { max_points: 10, max_label_bytes: MAX_LABEL_BYTES };
+        let refused = parse_lines(&many, Precision::Nanos, NOW, small).unwrap_err();
+        assert_eq!(
+            (refused.too_large, refused.message.as_str()),
+            (true, "line 11: more than 10 points in one request; send smaller batches")
+        );
+        // A malformed body is not "too large".
+        assert!(!parse_lines("bad", Precision::Nanos, NOW, small).unwrap_err().too_large);
+    }
+
+    #[test]
     fn refusals_name_the_line_and_the_problem() {
-        let err = |body: &str| parse_lines(body, Precision::Nanos, NOW).unwrap_err();
+        let err = |body: &str| parse_lines(body, Precision::Nanos, NOW, AMPLE).unwrap_err().message;
         assert_eq!(
             err("ok f=1\nbad"),
             "line 2: no fields: expected `measurement[,tag=value] field=value [timestamp]`"
