@@ -178,8 +178,10 @@ pub struct EnrollRequest {
     #[serde(default)]
     #[cfg_attr(feature = "schema", schemars(extend("propertyNames" = {"pattern": crate::patterns::LABEL_KEY}, "additionalProperties" = {"type": "string", "pattern": crate::patterns::LABEL_VALUE})))]
     pub labels: BTreeMap<String, String>,
-    /// Certificate validity in days (default five years).
+    /// Certificate validity in days (default five years; at most
+    /// [`crate::enroll::MAX_DEVICE_VALIDITY_DAYS`], which the fleet CA outlives).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = crate::enroll::MAX_DEVICE_VALIDITY_DAYS)))]
     pub valid_days: Option<u32>,
 }
 

@@ -13,6 +13,10 @@ pub const ENROLL_PROOF_CONTEXT: &[u8] = b"fleet/v1 enroll\0";
 /// How long a device certificate is valid by default: devices stay in the field for years and
 /// cannot always be reached to renew; revocation handles a lost device.
 pub const DEFAULT_DEVICE_VALIDITY_DAYS: u32 = 5 * 365;
+/// The longest device certificate the server issues: ten years, well inside the fleet CA's
+/// twenty (a longer one would outlive the CA that vouches for it, and an unbounded number of
+/// days overflowed the date arithmetic).
+pub const MAX_DEVICE_VALIDITY_DAYS: u32 = 3650;
 
 /// What the device key signs to prove possession when `device` is enrolled.
 pub fn proof_message(device: &DeviceId) -> Vec<u8> {

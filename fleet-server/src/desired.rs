@@ -608,7 +608,9 @@ pub fn retarget(
     };
     let agent = releases.agent_target(tx, pki, wanted_agent.as_deref(), record)?;
     // Never reused: the agent refuses anything not newer than what it accepted.
-    record.desired_generation = record.desired_generation.max(record.accepted_generation) + 1;
+    // Saturating: `accepted_generation` is what a device reported.
+    record.desired_generation =
+        record.desired_generation.max(record.accepted_generation).saturating_add(1);
     record.desired_release = wanted;
     record.desired_agent = wanted_agent;
     Ok(Some(Outgoing {
@@ -978,6 +980,20 @@ mod tests {
             })
             .unwrap();
         assert!(again.is_none(), "nothing changed, nothing sent");
+    }
+
+    #[test]
+    fn a_reported_generation_at_the_top_of_the_range_does_not_wrap() {
+        let s = setup(false, None, None);
+        s.store
+            .update(|tx| {
+                let mut r = tx.device(&DeviceId::new("r1").unwrap())?.unwrap();
+                r.accepted_generation = u64::MAX;
+                tx.put_device(&r);
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        assert_eq!(decide(&s).unwrap().unwrap().generation, u64::MAX, "saturated, not 0");
     }
 
     #[test]

@@ -260,7 +260,9 @@ fn rekey(store: &Store, device: &DeviceId, sealed_credentials: bool) -> Result<b
             return Ok(false);
         }
         // Never reused: the agent refuses anything not newer than what it accepted.
-        record.desired_generation = record.desired_generation.max(record.accepted_generation) + 1;
+        // Saturating: `accepted_generation` is what the device reported.
+        record.desired_generation =
+            record.desired_generation.max(record.accepted_generation).saturating_add(1);
         tx.put_device(&record);
         Ok(true)
     })

@@ -345,7 +345,9 @@ fn leaf_params(common_name: &str, valid_days: u32) -> Result<CertificateParams, 
     params.distinguished_name.push(DnType::CommonName, common_name);
     // An hour of slack for devices whose clock runs behind the server's.
     params.not_before = now - Duration::hours(1);
-    params.not_after = now + Duration::days(i64::from(valid_days.max(1)));
+    // Bounded here too: `time` panics on a date past its range.
+    let days = valid_days.clamp(1, fleet_api::enroll::MAX_DEVICE_VALIDITY_DAYS);
+    params.not_after = now + Duration::days(i64::from(days));
     params.serial_number = Some(SerialNumber::from_slice(&random::<16>()?));
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.use_authority_key_identifier_extension = true;
@@ -445,6 +447,10 @@ mod tests {
         let key = EnrollKey::verify(&id, &public, &proof).expect("proof");
         let issued = pki.issue_device(&id, &key, 30).expect("issue");
         verify_client(&pki, &issued.cert_pem, vec![]).expect("a fresh device certificate verifies");
+        // Any number of days is bounded (an unbounded one overflowed the date arithmetic).
+        let longest = pki.issue_device(&id, &key, u32::MAX).expect("issue, clamped");
+        let ten_years = UnixMillis::now().0 + 3651 * 86_400_000;
+        assert!(longest.not_after.0 < ten_years, "{:?}", longest.not_after);
 
         let crl = pki
             .write_crl(&[Revoked { serial: issued.serial.clone(), at: UnixMillis::now() }], 1)

@@ -54,6 +54,14 @@ pub async fn enroll(
     }
     let key = EnrollKey::verify(&id, &request.public_key, &request.proof)
         .map_err(|e| Error::BadRequest(e.to_string()))?;
+    let max_days = fleet_api::enroll::MAX_DEVICE_VALIDITY_DAYS;
+    if request.valid_days.is_some_and(|d| d == 0 || d > max_days) {
+        return Err(Error::field(
+            "the enrollment was refused; nothing was issued",
+            "valid_days",
+            format!("1 to {max_days} days (the fleet CA must outlive the certificate)"),
+        ));
+    }
     let (fleet, caller) = (fleet.clone(), caller.clone());
     let enrolled = blocking(move || {
         fleet.store.update(|tx| {
