@@ -42,6 +42,18 @@ pub fn profile_path() -> Option<PathBuf> {
     Some(base.join("fleet").join("config.toml"))
 }
 
+/// Whether `url` names a server on this machine (`localhost`, `127.x.x.x`, `[::1]`).
+pub fn is_loopback_url(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Reads the profile, if there is one.
 pub fn read_profile() -> Profile {
     profile_path()
@@ -63,13 +75,23 @@ impl Client {
     /// A client for `server` (flag/env) and `token` (flag/env), falling back to the profile.
     pub fn new(server: Option<String>, token: Option<String>) -> Client {
         let profile = read_profile();
+        let normalize = |s: String| s.trim_end_matches('/').to_owned();
+        let profile_server = profile.server.map(normalize);
         let server = server
-            .or(profile.server)
-            .unwrap_or_else(|| "http://127.0.0.1:8080".to_owned())
-            .trim_end_matches('/')
-            .to_owned();
-        let token = token.or(profile.token).or_else(|| {
-            std::fs::read_to_string("fleet-data/admin-token").ok().map(|t| t.trim().to_owned())
+            .map(normalize)
+            .or_else(|| profile_server.clone())
+            .unwrap_or_else(|| "http://127.0.0.1:8080".to_owned());
+        let token = token.or_else(|| {
+            // A stored token goes only where it came from: the profile's to the profile's
+            // server, the local server's admin token to a server on this machine.
+            let profile_token =
+                profile.token.filter(|_| profile_server.as_deref() == Some(server.as_str()));
+            profile_token.or_else(|| {
+                is_loopback_url(&server)
+                    .then(|| std::fs::read_to_string("fleet-data/admin-token").ok())
+                    .flatten()
+                    .map(|t| t.trim().to_owned())
+            })
         });
         Client { api: ApiClient::new(&server, token), server }
     }
@@ -169,4 +191,30 @@ pub fn all_pages<T: DeserializeOwned>(
 /// How many devices a change re-targeted (its answer's `retargeted` list).
 pub fn retargeted(answer: &serde_json::Value) -> usize {
     answer["retargeted"].as_array().map_or(0, Vec::len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_servers_on_this_machine_count_as_loopback() {
+        for url in [
+            "http://127.0.0.1:8080",
+            "http://localhost:9000/",
+            "https://[::1]:8443",
+            "127.0.0.2:80",
+        ] {
+            assert!(is_loopback_url(url), "{url}");
+        }
+        for url in [
+            "https://fleet.example.com",
+            "http://127.0.0.1.evil.example:8080",
+            "http://localhost.example",
+            "http://10.0.0.5:8080",
+            "http://[2001:db8::1]:80",
+        ] {
+            assert!(!is_loopback_url(url), "{url}");
+        }
+    }
 }
