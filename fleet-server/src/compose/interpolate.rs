@@ -10,6 +10,10 @@ use std::collections::BTreeMap;
 
 /// Nested `${A:-${B:-...}}` deeper than this is refused (it is never needed, and bounds work).
 const MAX_NESTING: usize = 8;
+/// The most one Compose file may grow to by interpolation, per string and in total: `$A`
+/// repeated through a 1 MiB file with a long value of `A` would otherwise expand to gigabytes
+/// in the server (and again per device variable set).
+pub(crate) const MAX_EXPANDED_BYTES: usize = 4 << 20;
 
 /// Why a string could not be interpolated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +43,9 @@ fn expand(
     let mut out = String::with_capacity(input.len());
     let mut rest = input;
     while let Some(at) = rest.find('$') {
+        if out.len() > MAX_EXPANDED_BYTES {
+            return Err(too_large());
+        }
         out.push_str(&rest[..at]);
         let after = &rest[at + 1..];
         if let Some(tail) = after.strip_prefix('$') {
@@ -65,7 +72,17 @@ fn expand(
         }
     }
     out.push_str(rest);
+    if out.len() > MAX_EXPANDED_BYTES {
+        return Err(too_large());
+    }
     Ok(out)
+}
+
+pub(crate) fn too_large() -> InterpolationError {
+    InterpolationError(format!(
+        "interpolation makes the file larger than {} MiB; use shorter values or fewer references",
+        MAX_EXPANDED_BYTES >> 20
+    ))
 }
 
 /// The index of the `}` that closes a `${`, counting nested `${...}` in defaults.

@@ -304,8 +304,18 @@ fn interpolate_tree(
 ) {
     let line = node.line;
     match &mut node.value {
+        // Over the budget already: refused once (below), the rest stays as written.
+        Value::Str(_) if p.expanded > interpolate::MAX_EXPANDED_BYTES => {}
         Value::Str(s) => match interpolate::interpolate(s, vars) {
-            Ok(done) => *s = done,
+            Ok(done) if p.expanded + done.len() > interpolate::MAX_EXPANDED_BYTES => {
+                p.add_line(path, Some(line), interpolate::too_large().0);
+                p.poisoned.push(path.to_owned());
+                p.expanded = usize::MAX / 2;
+            }
+            Ok(done) => {
+                p.expanded += done.len();
+                *s = done;
+            }
             Err(e) => {
                 p.add_line(path, Some(line), e.0);
                 p.poisoned.push(path.to_owned());

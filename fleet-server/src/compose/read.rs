@@ -15,6 +15,9 @@ pub(crate) struct Problems {
     /// Paths whose strings could not be interpolated: problems at or below them would only
     /// repeat the interpolation problem, so they are dropped.
     pub(crate) poisoned: Vec<String>,
+    /// Bytes of the strings interpolated so far (bounded by
+    /// [`super::interpolate::MAX_EXPANDED_BYTES`]).
+    pub(crate) expanded: usize,
 }
 
 impl Problems {

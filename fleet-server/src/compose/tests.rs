@@ -922,6 +922,24 @@ fn interpolation_applies_to_every_string_value() {
 }
 
 #[test]
+fn interpolation_that_would_blow_the_file_up_is_refused_once_with_its_path() {
+    // 64 KiB of value referenced 100 times in one string, and in many strings: both refused
+    // without building gigabytes.
+    let vars: BTreeMap<String, String> =
+        [("A".to_owned(), "a".repeat(64 << 10))].into_iter().collect();
+    let one =
+        format!("services:\n  s:\n    image: app:1\n    command: [\"{}\"]\n", "$A".repeat(100));
+    let found = Compose::parse(one.as_bytes(), &vars).unwrap_err();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].reason.contains("larger than 4 MiB"), "{found:?}");
+    let env: String = (0..100).map(|i| format!("      V{i}: $A\n")).collect();
+    let many = format!("services:\n  s:\n    image: app:1\n    environment:\n{env}");
+    let found = Compose::parse(many.as_bytes(), &vars).unwrap_err();
+    assert_eq!(found.len(), 1, "refused once, not per string: {found:?}");
+    assert!(found[0].path.starts_with("services.s.environment.V"), "{found:?}");
+}
+
+#[test]
 fn an_unset_variable_is_a_problem_with_its_path_and_name() {
     let found = problems("services:\n  s:\n    image: app:${TAG}\n    environment:\n      SITE: ${SITE}\n    ports: [\"${PORT}:80\"]\n");
     let reasons: Vec<String> = found.iter().map(ToString::to_string).collect();
