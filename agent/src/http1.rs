@@ -169,24 +169,36 @@ pub(crate) fn find_head_end(buf: &[u8]) -> Option<usize> {
     })
 }
 
-/// Parses the request line and the headers.
+/// Most headers a request may have.
+const MAX_HEADERS: usize = 32;
+
+/// Parses the request line and the headers with `httparse` (strict about the grammar), then
+/// refuses what it lets through but we must not guess at: a header that is not UTF-8, and a
+/// `Content-Length` given twice or not plain digits (`+5` parses as 5 in Rust).
 pub(crate) fn parse_request(head: &[u8]) -> Result<Request, Response> {
-    let head = std::str::from_utf8(head)
-        .map_err(|_| Response::error(400, "request head is not valid UTF-8"))?;
-    let line = head.lines().next().unwrap_or_default();
-    let parts: Vec<&str> = line.split_whitespace().collect();
-    let [method, target, version] = parts[..] else {
-        return Err(Response::error(
-            400,
-            format!("malformed request line {line:?}; expected METHOD /path HTTP/1.1"),
-        ));
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut slots);
+    match req.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => {
+            return Err(Response::error(400, "the request head is incomplete"))
+        }
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(Response::error(431, format!("more than {MAX_HEADERS} headers")))
+        }
+        Err(httparse::Error::Version) => {
+            return Err(Response::error(505, "only HTTP/1.1 and HTTP/1.0 are supported"))
+        }
+        Err(e) => {
+            return Err(Response::error(
+                400,
+                format!("malformed request head ({e}); expected METHOD /path HTTP/1.1 and Name: value lines"),
+            ))
+        }
+    }
+    let (Some(method), Some(target)) = (req.method, req.path) else {
+        return Err(Response::error(400, "the request line is incomplete"));
     };
-    if !version.starts_with("HTTP/") {
-        return Err(Response::error(400, format!("malformed HTTP version {version:?}")));
-    }
-    if version != "HTTP/1.1" && version != "HTTP/1.0" {
-        return Err(Response::error(505, format!("{version} is not supported; use HTTP/1.1")));
-    }
     if !target.starts_with('/') {
         return Err(Response::error(400, format!("request target {target:?} must start with /")));
     }
@@ -194,11 +206,59 @@ pub(crate) fn parse_request(head: &[u8]) -> Result<Request, Response> {
         Some((path, query)) => (path, (!query.is_empty()).then(|| query.to_owned())),
         None => (target, None),
     };
-    let headers = head
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
+    let mut headers = Vec::with_capacity(req.headers.len());
+    for h in req.headers.iter() {
+        let value = std::str::from_utf8(h.value)
+            .map_err(|_| Response::error(400, format!("header {} is not UTF-8", h.name)))?;
+        headers.push((h.name.to_ascii_lowercase(), value.trim().to_owned()));
+    }
+    let lengths: Vec<&str> =
+        headers.iter().filter(|(k, _)| k == "content-length").map(|(_, v)| v.as_str()).collect();
+    if lengths.len() > 1 {
+        return Err(Response::error(400, "Content-Length is given more than once"));
+    }
+    if let Some(len) =
+        lengths.first().filter(|l| l.is_empty() || !l.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(Response::error(400, format!("Content-Length {len:?} is not a number")));
+    }
     Ok(Request { method: method.to_owned(), path: path.to_owned(), query, headers })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(head: &str) -> (u16, String) {
+        let r = parse_request(head.as_bytes()).unwrap_err();
+        (r.status, r.body.map(|b| b["error"].to_string()).unwrap_or_default())
+    }
+
+    #[test]
+    fn a_well_formed_head_parses_and_every_ambiguity_is_refused() {
+        let ok = parse_request(
+            b"POST /write?precision=s HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!((ok.method.as_str(), ok.path.as_str()), ("POST", "/write"));
+        assert_eq!(ok.query.as_deref(), Some("precision=s"));
+        assert_eq!(ok.header("CONTENT-LENGTH"), Some("12"));
+        // Lenient clients end lines with LF alone.
+        assert_eq!(
+            parse_request(b"GET /v1/locks HTTP/1.0\nHost: a\n\n").unwrap().path,
+            "/v1/locks"
+        );
+
+        let twice = "POST /w HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 500\r\n\r\n";
+        assert_eq!(refused(twice).0, 400);
+        assert!(refused(twice).1.contains("more than once"));
+        assert!(refused("POST /w HTTP/1.1\r\nContent-Length: +5\r\n\r\n")
+            .1
+            .contains("not a number"));
+        assert_eq!(refused("POST /w HTTP/1.1\r\nno colon here\r\n\r\n").0, 400);
+        assert_eq!(refused("GET /w HTTP/2.0\r\n\r\n").0, 505);
+        assert_eq!(refused("GET http://x/ HTTP/1.1\r\n\r\n").0, 400);
+        let many: String = (0..40).map(|i| format!("X-{i}: y\r\n")).collect();
+        assert_eq!(refused(&format!("GET / HTTP/1.1\r\n{many}\r\n")).0, 431);
+    }
 }

@@ -875,7 +875,7 @@ mod tests {
         }
         let (status, body) = send(socket, "hello\r\n\r\n").await;
         assert_eq!(status, 400);
-        assert!(error_of(&body).contains("malformed request line"), "{body}");
+        assert!(error_of(&body).contains("malformed request head"), "{body}");
         let (status, _) = send(socket, "GET /v1/locks HTTP/2.0\r\n\r\n").await;
         assert_eq!(status, 505);
         let (status, body) = call(socket, "GET", "/v1/locks").await;

@@ -458,4 +458,18 @@ async fn a_post_that_would_multiply_its_tags_is_refused_before_it_costs_memory()
     assert!(after < before + 16 * 1024, "peak RSS grew from {before} to {after} KiB");
     // Still serving.
     assert_eq!(post(&socket, "/write", "ok value=1\n"), 204);
+
+    // A head a proxy and the agent could read differently is refused, not guessed at.
+    for head in [
+        "POST /write HTTP/1.1\r\nContent-Length: 11\r\nContent-Length: 500\r\n\r\nok value=1\n",
+        "POST /write HTTP/1.1\r\nContent-Length: +11\r\n\r\nok value=1\n",
+        "POST /write HTTP/1.1\r\nnot a header\r\nContent-Length: 11\r\n\r\nok value=1\n",
+    ] {
+        let mut s = UnixStream::connect(&socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(head.as_bytes()).unwrap();
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.1 400"), "{head:?}: {answer}");
+    }
 }
