@@ -217,15 +217,18 @@ impl UpdateLocks {
         std::fs::create_dir_all(&self.dir)
             .map_err(LockError::io("create lock directory", &self.dir))?;
         // The temporary name does not end in `.lock`, so a concurrent `active` never reads it.
+        // The directory is shared with containers: the name is unpredictable and the file is
+        // created new (O_EXCL, never through a link a container planted), and the rename
+        // replaces whatever sits at the lock's name without following it.
         let temp = self.dir.join(format!(
-            ".{holder}.{}.{}.tmp",
-            std::process::id(),
-            TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+            ".{holder}.{}.{:016x}.tmp",
+            TEMP_COUNTER.fetch_add(1, Ordering::Relaxed),
+            fastrand::u64(..)
         ));
         let path = self.lock_path(holder);
         // No fsync: a file torn by a power cut reads as the mtime form, which is still a lock,
         // and locks are short-lived; syncing would only wear the robot's flash.
-        let written = std::fs::write(&temp, &json)
+        let written = write_new(&temp, &json)
             .map_err(LockError::io("write temporary lock file", &temp))
             .and_then(|()| {
                 std::fs::rename(&temp, &path).map_err(LockError::io("write lock file", &path))
@@ -279,11 +282,16 @@ impl UpdateLocks {
     /// When the lease in the lock file at `path` ends, or `None` if the file is gone (released
     /// while we were listing) or is not a regular file.
     fn lease_end(&self, path: &Path) -> Result<Option<UnixMillis>, LockError> {
-        let meta = match std::fs::metadata(path) {
-            Ok(meta) => meta,
+        // Opened without following a link and without blocking (a container may have swapped
+        // the file for a link or a FIFO), then judged by what was opened.
+        let file = match open_no_follow(path) {
+            Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(LockError::io("read lock file metadata of", path)(e)),
+            // A symbolic link (ELOOP) or something else that is not a lock file.
+            Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => return Ok(None),
+            Err(e) => return Err(LockError::io("open lock file", path)(e)),
         };
+        let meta = file.metadata().map_err(LockError::io("read lock file metadata of", path))?;
         if !meta.is_file() {
             return Ok(None);
         }
@@ -292,7 +300,7 @@ impl UpdateLocks {
         // However the file got its content, it cannot count for longer than MAX_TTL after it
         // was last written: a crashed application's `until` in the year 3000 must still lapse.
         let latest = written.saturating_add(MAX_TTL);
-        let until = match read_json_until(path) {
+        let until = match read_json_until(file) {
             Some(until) => until.min(latest),
             None => written.saturating_add(self.default_ttl),
         };
@@ -386,13 +394,33 @@ fn validate_holder(holder: &str) -> Result<(), LockError> {
     }
 }
 
+/// Creates `path` new (never through an existing file or link) with `bytes`.
+fn write_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)?;
+    file.write_all(bytes)
+}
+
+/// Opens `path` for reading without following a symbolic link and without blocking on a FIFO.
+fn open_no_follow(path: &Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)
+}
+
 /// The `until` of a lock file holding the agent's JSON; `None` for any other content, including
 /// a file that cannot be read (it still counts, from its modification time).
-fn read_json_until(path: &Path) -> Option<UnixMillis> {
+fn read_json_until(file: std::fs::File) -> Option<UnixMillis> {
     let mut content = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|file| file.take(MAX_LOCK_FILE_BYTES + 1).read_to_end(&mut content))
-        .ok()?;
+    file.take(MAX_LOCK_FILE_BYTES + 1).read_to_end(&mut content).ok()?;
     if content.len() as u64 > MAX_LOCK_FILE_BYTES {
         return None;
     }
@@ -719,6 +747,29 @@ mod tests {
         // Touching the file again renews it.
         write_app_file(&locks, "empty.lock", b"", until);
         assert_eq!(holders(until), ["empty"]);
+    }
+
+    #[test]
+    fn what_a_container_plants_in_the_shared_directory_is_neither_followed_nor_waited_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let locks = locks(&dir);
+        let outside = tempfile::tempdir().unwrap();
+        let target = outside.path().join("important");
+        std::fs::write(&target, b"keep me").unwrap();
+        std::fs::create_dir_all(locks.dir()).unwrap();
+        // A link where the agent will write a lock: the rename replaces the link itself.
+        std::os::unix::fs::symlink(&target, locks.dir().join("arm.lock")).unwrap();
+        let now = UnixMillis::now();
+        locks.acquire("arm", Some(Duration::from_secs(60)), now).unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep me", "the link was not followed");
+        assert!(!std::fs::symlink_metadata(locks.dir().join("arm.lock")).unwrap().is_symlink());
+        // A link and a FIFO posing as lock files: not read through, not blocked on.
+        std::os::unix::fs::symlink(&target, locks.dir().join("leak.lock")).unwrap();
+        nix::unistd::mkfifo(&locks.dir().join("stall.lock"), nix::sys::stat::Mode::S_IRWXU)
+            .unwrap();
+        let holders: Vec<String> =
+            locks.active(now).unwrap().into_iter().map(|l| l.holder).collect();
+        assert_eq!(holders, ["arm"]);
     }
 
     #[test]
