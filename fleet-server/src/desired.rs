@@ -624,6 +624,19 @@ pub fn retarget(
     }))
 }
 
+/// The registries `release` and `agent` pull from (registry hosts as logins name them).
+fn registries_used(
+    release: Option<&ReleaseSpec>,
+    agent: Option<&AgentTarget>,
+) -> std::collections::BTreeSet<String> {
+    let images = release.iter().flat_map(|r| r.services.iter()).map(|s| s.image.to_string());
+    let agent = agent.filter(|a| !a.installed).map(|a| format!("{}@{}", a.repository, a.digest));
+    images
+        .chain(agent)
+        .filter_map(|r| fleet_oci::Reference::parse(&r).ok().map(|r| r.registry().to_owned()))
+        .collect()
+}
+
 /// The pin as the device sees it (so `fleet-agent status` can say why it is where it is).
 fn wire_pin(p: &crate::devices::PinRecord) -> Pin {
     Pin {
@@ -671,8 +684,9 @@ impl Publisher {
     }
 
     fn payload(&self, out: Outgoing, now: UnixMillis) -> (String, Vec<u8>) {
+        let used = registries_used(out.release.as_ref(), out.agent.as_ref());
         let (registry_credentials, sealed_registry_credentials) =
-            self.credentials_for(&out.device, out.seal_key.as_ref());
+            self.credentials_for(&out.device, out.seal_key.as_ref(), &used);
         let state = DesiredState {
             device: out.device,
             generation: out.generation,
@@ -688,26 +702,32 @@ impl Publisher {
         (topic, Message::Desired(self.pki.signing_key().sign(&state)).encode())
     }
 
-    /// The registry logins for `device`: (in the clear, sealed). Sealed only when it has a
-    /// key; in the clear only when it has none (an agent that predates sealing).
+    /// The registry logins for `device`: (in the clear, sealed). Only the logins of `used`
+    /// (the registries its release and agent version pull from), and only sealed to its key:
+    /// never in the clear (the state is retained on the broker), so an agent that predates
+    /// sealing gets none and pulls anonymously until it is upgraded. The first element stays
+    /// for the wire format's sake and is always empty.
     fn credentials_for(
         &self,
         device: &DeviceId,
         key: Option<&SealKey>,
+        used: &std::collections::BTreeSet<String>,
     ) -> (Vec<RegistryCredential>, Vec<u8>) {
-        if self.credentials.is_empty() {
+        let wanted: Vec<&RegistryCredential> =
+            self.credentials.iter().filter(|c| used.contains(&c.registry)).collect();
+        if wanted.is_empty() {
             return (Vec::new(), Vec::new());
         }
         let Some(key) = key else {
             let mut warned =
                 self.warned_clear.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if warned.insert(device.clone()) {
-                tracing::warn!(%device, "device reported no sealing key (an older agent): its registry logins go inside the signed state, unsealed; upgrade its fleet-agent");
+                tracing::warn!(%device, "device reported no sealing key (an older agent): it gets no registry logins, never any in the clear; upgrade its fleet-agent");
             }
-            return (self.credentials.to_vec(), Vec::new());
+            return (Vec::new(), Vec::new());
         };
         let aad = fleet_proto::seal::registry_credentials_aad(device.as_str());
-        let plain = postcard::to_allocvec(&*self.credentials);
+        let plain = postcard::to_allocvec(&wanted);
         match plain
             .map_err(|e| e.to_string())
             .and_then(|p| fleet_proto::seal::seal(key, &p, &aad).map_err(|e| e.to_string()))
@@ -1178,24 +1198,40 @@ mod tests {
     }
 
     #[test]
-    fn registry_logins_go_sealed_to_a_keyed_device_and_in_the_clear_only_without_a_key() {
+    fn registry_logins_go_sealed_only_and_only_for_the_registries_the_device_pulls_from() {
         let s = setup(false, None, None);
-        let creds = vec![RegistryCredential {
-            registry: "reg.example".into(),
+        let login = |registry: &str| RegistryCredential {
+            registry: registry.into(),
             username: "bot".into(),
-            password: "registry-pass".into(),
-        }];
+            password: format!("pass-for-{registry}"),
+        };
+        let creds = vec![login("reg.example"), login("other.example:5000")];
         let p = publisher(s.pki, creds.clone());
         let device = DeviceId::new("r1").unwrap();
         let device_key = DeviceSealKey::generate().unwrap();
-        let (clear, sealed) = p.credentials_for(&device, Some(&device_key.public()));
+        let used: std::collections::BTreeSet<String> = ["reg.example".to_owned()].into();
+        let (clear, sealed) = p.credentials_for(&device, Some(&device_key.public()), &used);
         assert!(clear.is_empty());
         let aad = fleet_proto::seal::registry_credentials_aad("r1");
         let opened: Vec<RegistryCredential> =
             postcard::from_bytes(&device_key.open(&sealed, &aad).unwrap()).unwrap();
-        assert_eq!(opened, creds);
-        let (clear, sealed) = p.credentials_for(&device, None);
-        assert_eq!(clear, creds);
-        assert!(sealed.is_empty());
+        assert_eq!(opened, [creds[0].clone()], "only the registry its release uses");
+        // Without a key: nothing at all, never the clear.
+        assert_eq!(p.credentials_for(&device, None, &used), (Vec::new(), Vec::new()));
+        // No registry used that has a login: nothing sealed either.
+        assert_eq!(
+            p.credentials_for(&device, Some(&device_key.public()), &Default::default()),
+            (Vec::new(), Vec::new())
+        );
+    }
+
+    #[test]
+    fn the_registries_used_are_those_of_the_images_and_the_agent_binary() {
+        let release = fleet_proto::samples::release();
+        let agent = fleet_proto::samples::desired().agent.unwrap();
+        let used = registries_used(Some(&release), Some(&agent));
+        assert!(used.contains("registry.example.com"), "{used:?}");
+        let back_home = AgentTarget { installed: true, ..agent };
+        assert!(registries_used(None, Some(&back_home)).is_empty(), "nothing to pull");
     }
 }
