@@ -402,6 +402,35 @@ fn proxy_processes(agent: &Agent) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_idle_connections_on_a_proxied_port_starve_nothing() {
+    let env = TestEnv::load();
+    let agent = Agent::new("parked");
+    let port = fleet_e2e::free_port();
+    let v1 = proxied_web(&env, "1", "1", port);
+    let daemon = agent.daemon();
+    admin_socket_up(&agent).await;
+    let out = agent.apply(&v1);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Clients from the network that connect and say nothing.
+    let parked: Vec<std::net::TcpStream> =
+        (0..500).map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(get_version(port).as_deref(), Ok("1"), "the port still serves");
+    let status = agent.status();
+    assert_eq!(status["in_force"]["release"], "e2e@1", "the daemon still answers: {status}");
+    let out = agent.apply(&proxied_web(&env, "2", "2", port));
+    assert!(
+        out.status.success(),
+        "an update still goes through: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(get_version(port).as_deref(), Ok("2"));
+    drop(parked);
+    daemon.stop();
+    agent.cleanup(&env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_first_update_behind_the_port_proxy_fails_no_request() {
     let env = TestEnv::load();
     let agent = Agent::new("bluegreen");

@@ -10,6 +10,10 @@
 //! * Each container's open connections are counted, so stopping an old container first waits
 //!   for its connections to finish ([`PortProxy::drain`]), up to the stop grace period.
 //! * Listeners exist only for routed services; [`PortProxy::unroute`] closes them.
+//! * Bounded against clients from the network ([`Limits`]): each listener serves at most
+//!   `max_connections` at once (past that, new clients wait in the listen backlog: no
+//!   descriptor is spent on them), and a connection idle both ways for `idle` is closed, so
+//!   parked connections cannot pile up to the cap. The unit's `LimitNOFILE` fits the caps.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
@@ -17,9 +21,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::io::copy_bidirectional_with_sizes;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use tokio::io::{copy_bidirectional_with_sizes, AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::plan::{Forward, Route, Routes};
@@ -33,9 +41,28 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// plane"); it costs 128 KiB per open connection, allocated when the connection opens.
 const COPY_BUFFER: usize = 64 << 10;
 
+/// What one listener serves at most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections open at once per listener (each holds two descriptors).
+    pub max_connections: usize,
+    /// A connection with no bytes either way for this long is closed.
+    pub idle: Duration,
+}
+
+impl Default for Limits {
+    /// 4,096 connections per port (8,192 descriptors; the proxy unit's `LimitNOFILE=65536`
+    /// holds seven such ports at their cap) and 10 minutes idle, longer than any HTTP
+    /// keep-alive or WebSocket ping interval a robot's service would use.
+    fn default() -> Limits {
+        Limits { max_connections: 4096, idle: Duration::from_secs(600) }
+    }
+}
+
 /// The agent's port proxy. Cheap to clone; clones share the listeners.
 #[derive(Debug, Clone, Default)]
 pub struct PortProxy {
+    limits: Limits,
     inner: Arc<Mutex<Inner>>,
     /// Open connections per container name.
     open: Arc<Mutex<HashMap<String, usize>>>,
@@ -81,6 +108,11 @@ impl PortProxy {
     /// A proxy with no routes.
     pub fn new() -> PortProxy {
         PortProxy::default()
+    }
+
+    /// A proxy with no routes and these limits.
+    pub fn with_limits(limits: Limits) -> PortProxy {
+        PortProxy { limits, ..PortProxy::default() }
     }
 
     /// The current routes by service, as the planner compares them.
@@ -225,7 +257,10 @@ async fn accept_loop(
     backend: Arc<Mutex<(String, SocketAddr)>>,
     proxy: PortProxy,
 ) {
+    let slots = Arc::new(Semaphore::new(proxy.limits.max_connections));
     loop {
+        // A slot first: at the cap, clients wait in the backlog instead of costing descriptors.
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
         let (client, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
@@ -240,13 +275,20 @@ async fn accept_loop(
         proxy.connection_opened(&container);
         let proxy = proxy.clone();
         tokio::spawn(async move {
-            forward(client, peer, &container, addr).await;
+            forward(client, peer, &container, addr, proxy.limits.idle).await;
             proxy.connection_closed(&container);
+            drop(slot);
         });
     }
 }
 
-async fn forward(mut client: TcpStream, peer: SocketAddr, container: &str, addr: SocketAddr) {
+async fn forward(
+    mut client: TcpStream,
+    peer: SocketAddr,
+    container: &str,
+    addr: SocketAddr,
+    idle: Duration,
+) {
     let _ = client.set_nodelay(true);
     let mut upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
@@ -260,10 +302,74 @@ async fn forward(mut client: TcpStream, peer: SocketAddr, container: &str, addr:
         }
     };
     let _ = upstream.set_nodelay(true);
-    if let Err(e) =
-        copy_bidirectional_with_sizes(&mut client, &mut upstream, COPY_BUFFER, COPY_BUFFER).await
-    {
-        tracing::debug!(container, %peer, error = %e, "proxied connection ended with an error");
+    let started = tokio::time::Instant::now();
+    let last = AtomicU64::new(0);
+    let (mut a, mut b) = (
+        Watched { io: &mut client, last: &last, started },
+        Watched { io: &mut upstream, last: &last, started },
+    );
+    let copy = copy_bidirectional_with_sizes(&mut a, &mut b, COPY_BUFFER, COPY_BUFFER);
+    tokio::pin!(copy);
+    let check = (idle / 4).max(Duration::from_millis(10));
+    loop {
+        tokio::select! {
+            done = &mut copy => {
+                if let Err(e) = done {
+                    tracing::debug!(container, %peer, error = %e, "proxied connection ended with an error");
+                }
+                return;
+            }
+            () = tokio::time::sleep(check) => {
+                let quiet = started.elapsed().saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
+                if quiet >= idle {
+                    tracing::debug!(container, %peer, ?idle, "closing a connection idle both ways");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A stream that notes when bytes last arrived on it (milliseconds after `started`), so the
+/// forwarder can tell a connection idle both ways from a long one that streams.
+struct Watched<'a> {
+    io: &'a mut TcpStream,
+    last: &'a AtomicU64,
+    started: tokio::time::Instant,
+}
+
+impl AsyncRead for Watched<'_> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut *this.io).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            let at = u64::try_from(this.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            this.last.store(at, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched<'_> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.get_mut().io).poll_shutdown(cx)
     }
 }
 
@@ -346,6 +452,40 @@ mod tests {
         assert_eq!(out, "blue");
         drop(held);
         assert_eq!(drained.await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_listener_serves_at_most_its_cap_and_closes_connections_idle_both_ways() {
+        let blue = backend("blue").await;
+        let listen = free_addr();
+        let limits = Limits { max_connections: 2, idle: Duration::from_millis(300) };
+        let proxy = PortProxy::with_limits(limits);
+        proxy.switch("web", "c-blue", &fwd(listen, blue)).unwrap();
+        // Two parked connections take both slots; a third waits in the backlog, unserved.
+        let _one = TcpStream::connect(listen).await.unwrap();
+        let mut two = TcpStream::connect(listen).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(proxy.open_connections("c-blue"), 2);
+        let third = tokio::spawn(ask(listen));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!third.is_finished(), "the third client waits while the cap is reached");
+        assert_eq!(proxy.open_connections("c-blue"), 2);
+        // Idle both ways past 300 ms: the proxy closes them, the third is served.
+        assert_eq!(
+            tokio::time::timeout(Duration::from_secs(5), third).await.unwrap().unwrap(),
+            "blue"
+        );
+        let mut out = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(2), two.read_to_end(&mut out)).await;
+        assert!(closed.is_ok(), "an idle connection is closed by the proxy");
+        // The count drops as each forwarding task ends.
+        for _ in 0..100 {
+            if proxy.open_connections("c-blue") == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(proxy.open_connections("c-blue"), 0);
     }
 
     #[tokio::test]

@@ -56,6 +56,22 @@ pub fn routes_path(data_dir: &Path) -> PathBuf {
     data_dir.join("proxy-routes.json")
 }
 
+/// Raises the soft limit on open descriptors to the hard one: each proxied connection holds
+/// two, and the listeners' caps ([`super::ports::Limits`]) are sized for the unit's
+/// `LimitNOFILE`; started by the daemon without systemd, the soft limit is often 1,024.
+fn raise_descriptor_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(soft, hard, error = %e, "cannot raise the open-file limit");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
+    }
+}
+
 /// Runs the proxy for `data_dir` until `shutdown`.
 pub async fn run(
     data_dir: &Path,
@@ -66,6 +82,7 @@ pub async fn run(
         move |source| ProcessError::Io { action, path, source }
     };
     std::fs::create_dir_all(data_dir).map_err(io("create", data_dir))?;
+    raise_descriptor_limit();
     let lock_path = data_dir.join("proxy.lock");
     let lock_file = std::fs::OpenOptions::new()
         .create(true)
