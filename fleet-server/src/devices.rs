@@ -5,6 +5,10 @@ use std::collections::BTreeMap;
 use fleet_proto::{DeviceId, Message, Presence, ReleaseId, SealKey, StateReport, UnixMillis};
 use serde::{Deserialize, Serialize};
 
+/// The shortest time between two sealing-key changes the server takes from a device that has
+/// one (10 minutes, in milliseconds).
+pub const SEAL_KEY_MIN_INTERVAL: UnixMillis = UnixMillis(10 * 60 * 1000);
+
 /// A device's client certificate, as the registry remembers it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CertificateInfo {
@@ -81,6 +85,10 @@ pub struct DeviceRecord {
     /// rollouts of agent releases. `None`: the agent stays as it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assigned_agent: Option<String>,
+    /// When the server last took a new sealing key from the device's reports
+    /// ([`SEAL_KEY_MIN_INTERVAL`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal_key_changed_at: Option<UnixMillis>,
     /// A pin holding the device's agent on one agent release (`fleet-agent@VERSION`), apart
     /// from the application pin: a bench robot can hold its app and take agent fixes, or the
     /// reverse.
@@ -143,6 +151,7 @@ impl DeviceRecord {
             assigned_agent: None,
             agent_pin: None,
             desired_agent: None,
+            seal_key_changed_at: None,
         }
     }
 
@@ -235,6 +244,7 @@ impl DeviceRecord {
             assigned_agent: None,
             agent_pin: None,
             desired_agent: None,
+            seal_key_changed_at: None,
         });
         match msg {
             Message::Status(s) => {
@@ -246,8 +256,18 @@ impl DeviceRecord {
                 rec.accepted_generation = r.accepted_generation;
                 rec.release = r.in_force.as_ref().map(|f| f.release.clone());
                 rec.last_report = Some(StateReport { inventory: None, ..r.clone() });
-                // Every report carries the key; one without it comes from an older agent.
-                rec.seal_key = r.seal_key.as_ref().map(SealKey::to_hex);
+                // Every report carries the key; one without it comes from an older agent. A
+                // change re-seals and republishes the device's secrets, so a device that has a
+                // key takes another at most once per SEAL_KEY_MIN_INTERVAL (a report can be
+                // forged where the broker does not authenticate, and every change costs work).
+                let reported = r.seal_key.as_ref().map(SealKey::to_hex);
+                let recently = rec
+                    .seal_key_changed_at
+                    .is_some_and(|t| now.0.saturating_sub(t.0) < SEAL_KEY_MIN_INTERVAL.0);
+                if reported != rec.seal_key && (rec.seal_key.is_none() || !recently) {
+                    rec.seal_key = reported;
+                    rec.seal_key_changed_at = Some(now);
+                }
             }
             _ => return None,
         }
@@ -283,7 +303,12 @@ mod tests {
         assert_eq!(rec.agent_version.as_deref(), Some("0.1.0"), "a report keeps the agent version");
         assert_eq!(rec.seal_key(), samples::report().seal_key, "the report's sealing key is kept");
         let older = StateReport { seal_key: None, ..samples::report() };
-        let rec = DeviceRecord::observe_at(Some(rec), &Message::Report(older), UnixMillis(10));
+        let soon =
+            DeviceRecord::observe_at(Some(rec), &Message::Report(older.clone()), UnixMillis(10));
+        let soon = soon.unwrap();
+        assert!(soon.seal_key.is_some(), "a key change within 10 minutes is not taken");
+        let later = UnixMillis(SEAL_KEY_MIN_INTERVAL.0 + 10);
+        let rec = DeviceRecord::observe_at(Some(soon), &Message::Report(older), later);
         assert_eq!(rec.unwrap().seal_key, None, "an older agent's report has none");
     }
 
