@@ -143,6 +143,9 @@ root = "/"
 # Services may run privileged (every device, every capability) only when true; request the
 # hardware by name instead (x-fleet hardware in the Compose file).
 allow_privileged = false
+# Capabilities services may add beyond Docker's default set (e.g. ["NET_ADMIN"] for a service
+# that configures a CAN or Wi-Fi interface). Any other cap_add is refused, naming this key.
+allowed_capabilities = []
 # Services may use real-time scheduling (realtime_priority, CAP_SYS_NICE) for control loops.
 allow_realtime = true
 # Memory (MB) kept for the OS and the agent: a release whose services' memory limits add up to
@@ -304,6 +307,7 @@ struct RawSecrets {
 struct RawHardware {
     root: PathBuf,
     allow_privileged: bool,
+    allowed_capabilities: Vec<String>,
     allow_realtime: bool,
     memory_reserve_mb: u64,
     settle_ms: u64,
@@ -544,6 +548,7 @@ impl Config {
             hardware: crate::hardware::HardwarePolicy {
                 root: raw.hardware.root,
                 allow_privileged: raw.hardware.allow_privileged,
+                allowed_capabilities: raw.hardware.allowed_capabilities,
                 allow_realtime: raw.hardware.allow_realtime,
                 memory_reserve_bytes: raw.hardware.memory_reserve_mb.saturating_mul(1 << 20),
                 allowed_host_paths: raw.volumes.allowed_host_paths.clone(),

@@ -258,5 +258,22 @@ async fn host_paths_bind_only_under_the_configured_directories() {
     assert!(why.contains("passes through the symbolic link"), "{why}");
     let (_, (still, _)) = agent.containers(&env).await.into_iter().next().unwrap();
     assert_eq!(still, id, "the running release was not touched");
+
+    // A capability that gives a container the host, on a default-configured device.
+    let admin = format!(
+        "services:\n  app:\n    image: {}\n    cap_add: [SYS_ADMIN]\n",
+        env.image("web:1").tag
+    );
+    let refused = agent.apply(&from_compose(&env, "binds", "4", &admin));
+    assert_ne!(refused.status.code(), Some(0), "{refused:?}");
+    let why = format!(
+        "{}{}",
+        String::from_utf8_lossy(&refused.stdout),
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(why.contains("CAP_SYS_ADMIN is beyond Docker's default set"), "{why}");
+    assert!(why.contains("[hardware] allowed_capabilities"), "{why}");
+    let (_, (still, _)) = agent.containers(&env).await.into_iter().next().unwrap();
+    assert_eq!(still, id, "the running release was not touched");
     agent.cleanup(&env).await;
 }

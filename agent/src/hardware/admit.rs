@@ -213,7 +213,29 @@ fn realtime_budget(
 const NOT_PRIVILEGED: &str =
     "privileged containers are not allowed by this agent's configuration ([hardware] allow_privileged); request the hardware by name instead";
 
-/// `privileged`, or `cap_add: [ALL]` (the same in all but name), only where allowed.
+/// The capabilities Docker grants every container (moby's default set): adding one of them
+/// changes nothing.
+const DOCKER_DEFAULT_CAPABILITIES: &[&str] = &[
+    "AUDIT_WRITE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "MKNOD",
+    "NET_BIND_SERVICE",
+    "NET_RAW",
+    "SETFCAP",
+    "SETGID",
+    "SETPCAP",
+    "SETUID",
+    "SYS_CHROOT",
+];
+
+/// `privileged`, `cap_add: [ALL]` (the same in all but name), and any capability beyond
+/// Docker's default set, only where allowed: `SYS_ADMIN`, `SYS_MODULE`, `SYS_RAWIO`,
+/// `DAC_READ_SEARCH` and the like each give a container the host. `SYS_NICE` is judged with
+/// real-time scheduling ([`realtime_allowed`]).
 fn privileges_allowed(svc: &ServiceSpec, policy: &HardwarePolicy, at: &str) -> Vec<SpecError> {
     if policy.allow_privileged {
         return vec![];
@@ -222,11 +244,25 @@ fn privileges_allowed(svc: &ServiceSpec, policy: &HardwarePolicy, at: &str) -> V
     if svc.security.privileged {
         errors.push(error(format!("{at}.security.privileged"), NOT_PRIVILEGED.to_owned()));
     }
+    let allowed: Vec<String> = policy.allowed_capabilities.iter().map(|c| capability(c)).collect();
     for (j, cap) in svc.security.cap_add.iter().enumerate() {
-        if capability(cap) == "ALL" {
+        let name = capability(cap);
+        let name = name.as_str();
+        if name == "ALL" {
             errors.push(error(
                 format!("{at}.security.cap_add[{j}]"),
                 format!("ALL grants every capability, as privileged does: {NOT_PRIVILEGED}"),
+            ));
+        } else if name != "SYS_NICE"
+            && !DOCKER_DEFAULT_CAPABILITIES.contains(&name)
+            && !allowed.iter().any(|a| a == name)
+            && CAPABILITIES.contains(&name)
+        {
+            errors.push(error(
+                format!("{at}.security.cap_add[{j}]"),
+                format!(
+                    "CAP_{name} is beyond Docker's default set and this agent's configuration does not allow it; add \"{name}\" to [hardware] allowed_capabilities on the devices that need it (or allow_privileged)"
+                ),
             ));
         }
     }
@@ -778,7 +814,11 @@ mod tests {
 
     #[test]
     fn realtime_is_refused_where_not_allowed() {
-        let strict = HardwarePolicy { allow_realtime: false, ..policy() };
+        let strict = HardwarePolicy {
+            allow_realtime: false,
+            allowed_capabilities: vec!["NET_ADMIN".into()],
+            ..policy()
+        };
         let rt = ResourceLimits { realtime_priority: Some(80), ..ResourceLimits::default() };
         let r = release(vec![with_resources("ctl", rt)]);
         refused(
@@ -833,11 +873,45 @@ mod tests {
             cap_drop: vec!["ALL".into(), "drop tables".into()],
             ..Default::default()
         };
+        let allowing = HardwarePolicy {
+            allowed_capabilities: vec!["NET_ADMIN".into(), "CAP_SYS_RAWIO".into()],
+            ..policy()
+        };
         let errors =
-            admit(&release(vec![with_security("s", sec)]), &rpi5(), &policy()).unwrap_err();
+            admit(&release(vec![with_security("s", sec)]), &rpi5(), &allowing).unwrap_err();
         let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, ["services[0].security.cap_add[2]", "services[0].security.cap_drop[1]"]);
         assert!(errors[0].reason.contains("\"SYS_NICENESS\" is not a Linux capability"));
+    }
+
+    #[test]
+    fn capabilities_beyond_dockers_default_set_need_the_configuration_to_allow_them() {
+        let asking = |caps: &[&str]| {
+            let sec = SecurityOptions {
+                cap_add: caps.iter().map(|c| (*c).to_owned()).collect(),
+                ..Default::default()
+            };
+            release(vec![with_security("s", sec)])
+        };
+        // Each of these gives a container the host.
+        for cap in ["SYS_ADMIN", "SYS_MODULE", "cap_dac_read_search", "SYS_RAWIO", "NET_ADMIN"] {
+            let reason = refused(
+                admit(&asking(&[cap]), &rpi5(), &policy()),
+                "services[0].security.cap_add[0]",
+                "[hardware] allowed_capabilities",
+            );
+            assert!(reason.starts_with("CAP_"), "{reason}");
+        }
+        // Docker grants its default set anyway; the configuration and allow_privileged open the rest.
+        assert!(
+            admit(&asking(&["CHOWN", "NET_BIND_SERVICE", "cap_kill"]), &rpi5(), &policy()).is_ok()
+        );
+        let allowing =
+            HardwarePolicy { allowed_capabilities: vec!["net_admin".into()], ..policy() };
+        assert!(admit(&asking(&["CAP_NET_ADMIN"]), &rpi5(), &allowing).is_ok());
+        assert!(admit(&asking(&["SYS_ADMIN"]), &rpi5(), &allowing).is_err());
+        let privileged = HardwarePolicy { allow_privileged: true, ..policy() };
+        assert!(admit(&asking(&["SYS_ADMIN"]), &rpi5(), &privileged).is_ok());
     }
 
     #[test]

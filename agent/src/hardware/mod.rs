@@ -64,6 +64,9 @@ pub struct HardwarePolicy {
     pub root: std::path::PathBuf,
     /// Whether services may run privileged.
     pub allow_privileged: bool,
+    /// Capabilities services may add beyond Docker's default set (`[hardware]
+    /// allowed_capabilities`), with or without `CAP_`.
+    pub allowed_capabilities: Vec<String>,
     /// Whether services may ask for real-time scheduling (`realtime_priority`, `SYS_NICE`).
     pub allow_realtime: bool,
     /// Memory kept for the OS and the agent: the sum of the release's memory limits plus this
@@ -80,6 +83,7 @@ impl Default for HardwarePolicy {
         HardwarePolicy {
             root: "/".into(),
             allow_privileged: false,
+            allowed_capabilities: Vec::new(),
             allow_realtime: true,
             memory_reserve_bytes: 256 << 20,
             allowed_host_paths: Vec::new(),
