@@ -146,6 +146,9 @@ allow_privileged = false
 # Capabilities services may add beyond Docker's default set (e.g. ["NET_ADMIN"] for a service
 # that configures a CAN or Wi-Fi interface). Any other cap_add is refused, naming this key.
 allowed_capabilities = []
+# Device nodes that give a container the host (/dev/mem, /dev/kmem, /dev/port, /dev/kmsg, raw
+# flash /dev/mtd*, terminals and consoles) are mapped only when listed here by host path.
+allowed_devices = []
 # Services may use real-time scheduling (realtime_priority, CAP_SYS_NICE) for control loops.
 allow_realtime = true
 # Memory (MB) kept for the OS and the agent: a release whose services' memory limits add up to
@@ -308,6 +311,7 @@ struct RawHardware {
     root: PathBuf,
     allow_privileged: bool,
     allowed_capabilities: Vec<String>,
+    allowed_devices: Vec<String>,
     allow_realtime: bool,
     memory_reserve_mb: u64,
     settle_ms: u64,
@@ -549,6 +553,7 @@ impl Config {
                 root: raw.hardware.root,
                 allow_privileged: raw.hardware.allow_privileged,
                 allowed_capabilities: raw.hardware.allowed_capabilities,
+                allowed_devices: raw.hardware.allowed_devices,
                 allow_realtime: raw.hardware.allow_realtime,
                 memory_reserve_bytes: raw.hardware.memory_reserve_mb.saturating_mul(1 << 20),
                 allowed_host_paths: raw.volumes.allowed_host_paths.clone(),

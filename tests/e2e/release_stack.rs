@@ -273,6 +273,21 @@ async fn host_paths_bind_only_under_the_configured_directories() {
     );
     assert!(why.contains("CAP_SYS_ADMIN is beyond Docker's default set"), "{why}");
     assert!(why.contains("[hardware] allowed_capabilities"), "{why}");
+
+    // A device node that gives a container the host: the kernel log, writable (the issue's
+    // own example; /dev/mem does not exist on every machine these tests run on).
+    let mem = format!(
+        "services:\n  app:\n    image: {}\n    devices: [\"/dev/kmsg:/dev/kmsg\"]\n",
+        env.image("web:1").tag
+    );
+    let refused = agent.apply(&from_compose(&env, "binds", "5", &mem));
+    assert_ne!(refused.status.code(), Some(0), "{refused:?}");
+    let why = format!(
+        "{}{}",
+        String::from_utf8_lossy(&refused.stdout),
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(why.contains("/dev/kmsg is the kernel log, writable"), "{why}");
     let (_, (still, _)) = agent.containers(&env).await.into_iter().next().unwrap();
     assert_eq!(still, id, "the running release was not touched");
     agent.cleanup(&env).await;

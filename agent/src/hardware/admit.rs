@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use fleet_proto::release::{ReleaseSpec, ServiceSpec, SpecError};
+use fleet_proto::release::{HardwareRequest, ReleaseSpec, ServiceSpec, SpecError};
 use fleet_proto::ServiceName;
 
 use super::{HardwareMapping, HardwarePolicy, HostHardware};
@@ -36,6 +36,7 @@ pub fn admit(
         errors.extend(cpuset_online(svc, hw, &at));
         errors.extend(realtime_allowed(svc, policy, &at));
         errors.extend(privileges_allowed(svc, policy, &at));
+        errors.extend(devices_allowed(svc, hw, policy, &at));
         errors.extend(capability_names(svc, &at));
         errors.extend(ulimits_valid(svc, policy, &at));
         errors.extend(pids_limit(svc, &at));
@@ -212,6 +213,54 @@ fn realtime_budget(
 
 const NOT_PRIVILEGED: &str =
     "privileged containers are not allowed by this agent's configuration ([hardware] allow_privileged); request the hardware by name instead";
+
+/// What a character device node gives a container, if it gives it the host: by major and
+/// minor number (`devices.txt`), so a link or a renamed node cannot hide it.
+fn host_granting(major: u32, minor: u32) -> Option<&'static str> {
+    match (major, minor) {
+        (1, 1) => Some("all physical memory (/dev/mem)"),
+        (1, 2) => Some("kernel memory (/dev/kmem)"),
+        (1, 4) => Some("the I/O ports (/dev/port)"),
+        (1, 11) => Some("the kernel log, writable (/dev/kmsg)"),
+        (90, _) => Some("raw flash (an MTD device)"),
+        (4, 0..=63) => Some("a virtual console"),
+        (5, _) => Some("the controlling terminal, the console or the pty multiplexer"),
+        (136..=143, _) => Some("a pseudo-terminal"),
+        _ => None,
+    }
+}
+
+/// Device nodes asked for by path (`devices:` in Compose) that give a container the host,
+/// only where `[hardware] allowed_devices` lists them. Serial ports (`ttyS*`, `ttyUSB*`, ...)
+/// and what the inventory classifies are not among them.
+fn devices_allowed(
+    svc: &ServiceSpec,
+    hw: &HostHardware,
+    policy: &HardwarePolicy,
+    at: &str,
+) -> Vec<SpecError> {
+    let lists = [("hardware", &svc.hardware), ("optional_hardware", &svc.optional_hardware)];
+    let mut errors = Vec::new();
+    for (field, list) in lists {
+        for (i, req) in list.iter().enumerate() {
+            let HardwareRequest::Device { host_path, .. } = req else { continue };
+            if policy.allowed_devices.iter().any(|d| d == host_path) {
+                continue;
+            }
+            let node_path = hw.links.get(host_path).unwrap_or(host_path);
+            let Some(node) = hw.nodes.get(node_path) else { continue };
+            if let Some(what) = host_granting(node.major, node.minor) {
+                errors.push(error(
+                    format!("{at}.{field}[{i}]"),
+                    format!(
+                        "{host_path} is {what}, which gives a container the host; refused unless [hardware] allowed_devices lists \"{host_path}\" on this device"
+                    ),
+                ));
+            }
+        }
+    }
+    errors
+}
 
 /// The capabilities Docker grants every container (moby's default set): adding one of them
 /// changes nothing.
@@ -882,6 +931,44 @@ mod tests {
         let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, ["services[0].security.cap_add[2]", "services[0].security.cap_drop[1]"]);
         assert!(errors[0].reason.contains("\"SYS_NICENESS\" is not a Linux capability"));
+    }
+
+    #[test]
+    fn device_nodes_that_give_the_host_away_need_the_configuration_to_list_them() {
+        let mut hw = rpi5();
+        for (path, major, minor) in
+            [("/dev/mem", 1, 1), ("/dev/kmsg", 1, 11), ("/dev/mtd0", 90, 0), ("/dev/tty1", 4, 1)]
+        {
+            hw.nodes.insert(path.into(), super::super::DeviceNode { major, minor, gid: 0 });
+        }
+        hw.nodes
+            .insert("/dev/ttyS0".into(), super::super::DeviceNode { major: 4, minor: 64, gid: 20 });
+        let asking = |path: &str| {
+            let raw = HardwareRequest::Device {
+                host_path: path.into(),
+                container_path: String::new(),
+                permissions: "rw".into(),
+            };
+            release(vec![ServiceSpec { hardware: vec![raw], ..svc("s") }])
+        };
+        for (path, what) in [
+            ("/dev/mem", "all physical memory"),
+            ("/dev/kmsg", "the kernel log"),
+            ("/dev/mtd0", "raw flash"),
+            ("/dev/tty1", "a virtual console"),
+        ] {
+            let reason =
+                refused(admit(&asking(path), &hw, &policy()), "services[0].hardware[0]", what);
+            assert!(
+                reason.contains(&format!("[hardware] allowed_devices lists \"{path}\"")),
+                "{reason}"
+            );
+        }
+        // A serial port on the same major is not a console; a listed node is mapped.
+        assert!(admit(&asking("/dev/ttyS0"), &hw, &policy()).is_ok());
+        assert!(admit(&asking("/dev/ttyUSB0"), &hw, &policy()).is_ok());
+        let listing = HardwarePolicy { allowed_devices: vec!["/dev/kmsg".into()], ..policy() };
+        assert!(admit(&asking("/dev/kmsg"), &hw, &listing).is_ok());
     }
 
     #[test]

@@ -67,6 +67,9 @@ pub struct HardwarePolicy {
     /// Capabilities services may add beyond Docker's default set (`[hardware]
     /// allowed_capabilities`), with or without `CAP_`.
     pub allowed_capabilities: Vec<String>,
+    /// Host paths of device nodes that give a container the host, mapped anyway (`[hardware]
+    /// allowed_devices`; see [`admit`]).
+    pub allowed_devices: Vec<String>,
     /// Whether services may ask for real-time scheduling (`realtime_priority`, `SYS_NICE`).
     pub allow_realtime: bool,
     /// Memory kept for the OS and the agent: the sum of the release's memory limits plus this
@@ -84,6 +87,7 @@ impl Default for HardwarePolicy {
             root: "/".into(),
             allow_privileged: false,
             allowed_capabilities: Vec::new(),
+            allowed_devices: Vec::new(),
             allow_realtime: true,
             memory_reserve_bytes: 256 << 20,
             allowed_host_paths: Vec::new(),
