@@ -40,6 +40,9 @@ pub struct Ingested {
     pub stored: u64,
     /// Points that were already stored.
     pub duplicates: u64,
+    /// Points beyond the limits every point keeps ([`Point::problem`]): dropped, acknowledged
+    /// (so the device does not send them again), counted.
+    pub rejected: u64,
 }
 
 /// Stores the new points of `batch` in `tx`. `None` for an empty batch (nothing to ack).
@@ -51,9 +54,18 @@ pub fn ingest(
     let Some((first, last)) = batch.seq_range() else { return Ok(None) };
     let id = &batch.device;
     let mut st = tx.telemetry_state(id)?.unwrap_or_default();
-    let (mut stored, mut duplicates) = (0, 0);
+    let (mut stored, mut duplicates, mut rejected) = (0, 0, 0);
     for (i, p) in batch.points.iter().enumerate() {
         let seq = first + i as u64;
+        if let Some(why) = p.problem() {
+            // An agent keeps these limits where points enter; a point past them was not
+            // sent by one, so it is not stored (its labels would be copied into the series).
+            if rejected == 0 {
+                tracing::warn!(device = %id, seq, why, "telemetry point beyond the limits dropped");
+            }
+            rejected += 1;
+            continue;
+        }
         let dup = seq < st.oldest_kept || (seq < st.high && tx.has_point(id, seq)?);
         if dup {
             duplicates += 1;
@@ -90,7 +102,7 @@ pub fn ingest(
         st.kept = TELEMETRY_KEPT;
     }
     tx.put_telemetry_state(id, &st);
-    Ok(Some(Ingested { ack: TelemetryAck { first, last }, stored, duplicates }))
+    Ok(Some(Ingested { ack: TelemetryAck { first, last }, stored, duplicates, rejected }))
 }
 
 /// A value as JSON: numbers, booleans and strings as themselves.
@@ -154,6 +166,20 @@ mod tests {
         // Paging from a cursor.
         let tail = store.telemetry_points(&id, Some(22), 100).unwrap();
         assert_eq!(tail.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![23, 24]);
+    }
+
+    #[test]
+    fn points_beyond_the_limits_are_dropped_but_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut b = batch(0, 3);
+        b.points[1].labels = (0..40).map(|i| (format!("k{i}"), "v".into())).collect();
+        b.points[2].value = Value::Str("x".repeat(5000));
+        let got = store.update(|tx| ingest(tx, &b, UnixMillis(1))).unwrap().unwrap();
+        assert_eq!((got.stored, got.rejected), (1, 2));
+        assert_eq!(got.ack, TelemetryAck { first: 0, last: 2 }, "the device may forget them");
+        let id = DeviceId::new("robot-1").unwrap();
+        assert_eq!(store.telemetry_points(&id, None, 100).unwrap().len(), 1);
     }
 
     #[test]

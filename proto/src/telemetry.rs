@@ -49,6 +49,36 @@ pub struct Point {
     pub labels: BTreeMap<String, String>,
 }
 
+/// Longest metric name (measurement plus field).
+pub const MAX_METRIC: usize = 200;
+/// Most labels on one point.
+pub const MAX_LABELS: usize = 32;
+/// Longest label key or value, or string value.
+pub const MAX_TEXT: usize = 4096;
+
+impl Point {
+    /// Why this point is beyond the limits every point must keep (the agent refuses such a
+    /// point where an application posts it; the server drops one that arrives anyway).
+    pub fn problem(&self) -> Option<String> {
+        if self.metric.is_empty() || self.metric.len() > MAX_METRIC {
+            return Some(format!("metric name of {} bytes (1 to {MAX_METRIC})", self.metric.len()));
+        }
+        if self.labels.len() > MAX_LABELS {
+            return Some(format!("{} labels, more than {MAX_LABELS}", self.labels.len()));
+        }
+        let long = self.labels.iter().flat_map(|(k, v)| [k, v]).find(|t| t.len() > MAX_TEXT);
+        if let Some(text) = long {
+            return Some(format!("a label of {} bytes, more than {MAX_TEXT}", text.len()));
+        }
+        match &self.value {
+            Value::Str(s) if s.len() > MAX_TEXT => {
+                Some(format!("a string value of {} bytes, more than {MAX_TEXT}", s.len()))
+            }
+            _ => None,
+        }
+    }
+}
+
 /// A measured value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]

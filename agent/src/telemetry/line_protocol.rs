@@ -17,12 +17,8 @@ use std::collections::BTreeMap;
 use fleet_proto::telemetry::{Point, Value};
 use fleet_proto::UnixMillis;
 
-/// Longest metric name (measurement plus field).
-pub const MAX_METRIC: usize = 200;
-/// Most labels on one point.
-pub const MAX_LABELS: usize = 32;
-/// Longest label key or value, or string field.
-pub const MAX_TEXT: usize = 4096;
+// One set of limits for every point, agent and server alike.
+pub use fleet_proto::telemetry::{MAX_LABELS, MAX_METRIC, MAX_TEXT};
 /// Most label bytes one request may add up to across its points. Every field of a line
 /// becomes a point carrying the line's tags, so 8 tags of 4 KB on a line of 40,000 fields
 /// would copy 1.3 GB out of a 381 KB body; the budget stops that while parsing.
