@@ -353,6 +353,7 @@ fn unique(name: &str) -> String {
 fn release(version: &str, rt: &SimRuntime) -> ReleaseSpec {
     let mut r = samples::release();
     r.id = ReleaseId::new(format!("app@{version}")).unwrap();
+    r.app = "app".into();
     r.version = version.into();
     for s in &mut r.services {
         s.secrets.clear(); // secrets come sealed from a server, not in these tests
