@@ -749,11 +749,17 @@ impl<'a> Session<'a> {
             Some(scope) => scope,
             None => format!("repository:{}:pull", self.target.repository),
         };
+        let basic = self.basic();
+        if basic.is_some() && !realm_may_get_login(realm, &self.target.base) {
+            return Err(self.unauthorized(format!(
+                "it names the token service {realm:?}, which is not HTTPS: its login is not sent there"
+            )));
+        }
         let mut request = self.client.agent.get(realm).query("scope", &scope);
         if let Some(service) = &service {
             request = request.query("service", service);
         }
-        if let Some(basic) = self.basic() {
+        if let Some(basic) = basic {
             request = request.header("Authorization", &basic);
         }
         let token_service = || format!("{} (its token service {realm})", self.target.registry);
@@ -822,10 +828,46 @@ fn sha256_file(path: &std::path::Path) -> std::io::Result<String> {
     Ok(format!("sha256:{hex}"))
 }
 
+/// Whether a registry's login may go to the token service `realm` its challenge names: over
+/// HTTPS always (Docker Hub's is another host, as the protocol allows), over plain HTTP only
+/// from a registry on loopback to a token service on loopback (test setups). Anything else
+/// would hand the password to whoever the challenge points at, in the clear.
+fn realm_may_get_login(realm: &str, registry_base: &str) -> bool {
+    if realm.starts_with("https://") {
+        return true;
+    }
+    let Some(rest) = realm.strip_prefix("http://") else { return false };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let (host, _) = split_port(authority);
+    let loopback = host == "localhost"
+        || host == "[::1]"
+        || host.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| ip.is_loopback());
+    loopback && registry_base.starts_with("http://")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::manifest::EntryPlatform;
+
+    #[test]
+    fn a_login_goes_only_to_a_token_service_over_https_or_between_loopback_ends() {
+        assert!(realm_may_get_login(
+            "https://auth.docker.io/token",
+            "https://registry-1.docker.io"
+        ));
+        assert!(realm_may_get_login("http://127.0.0.1:5001/auth", "http://127.0.0.1:5000"));
+        assert!(!realm_may_get_login(
+            "http://auth.example.com/token",
+            "https://registry.example.com"
+        ));
+        assert!(!realm_may_get_login("http://127.0.0.1:5001/auth", "https://registry.example.com"));
+        assert!(!realm_may_get_login("ftp://x/token", "http://127.0.0.1:5000"));
+        assert!(!realm_may_get_login(
+            "http://127.0.0.1.evil.example/auth",
+            "http://127.0.0.1:5000"
+        ));
+    }
 
     #[test]
     fn bearer_and_basic_challenges_are_parsed_with_commas_inside_quotes() {
