@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use fleet_e2e::fleet::{start_fleet_with, test_pacing, Containers, Fleet};
 use fleet_e2e::traffic::{get_version, Clients};
-use fleet_e2e::{bin, eventually, TestEnv};
+use fleet_e2e::{bin, eventually, ok, TestEnv};
 use serde_json::Value;
 
 /// An agent kept running as systemd would: restarted 200 ms after it exits, killed on drop.
@@ -103,16 +103,6 @@ async fn rollout_state(fleet: &Fleet, id: u64) -> (String, Value) {
     let state = &view["status"]["state"];
     let name = state.as_object().and_then(|o| o.keys().next().cloned());
     (name.or_else(|| state.as_str().map(str::to_owned)).unwrap_or_default(), view)
-}
-
-fn ok(out: &std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn container_ids(device: &str) -> Vec<u8> {

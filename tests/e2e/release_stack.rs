@@ -250,11 +250,7 @@ async fn host_paths_bind_only_under_the_configured_directories() {
     let refused =
         agent.apply(&from_compose(&env, "binds", "3", &compose(&planted.display().to_string())));
     assert_ne!(refused.status.code(), Some(0), "{refused:?}");
-    let why = format!(
-        "{}{}",
-        String::from_utf8_lossy(&refused.stdout),
-        String::from_utf8_lossy(&refused.stderr)
-    );
+    let why = fleet_e2e::all_output(&refused);
     assert!(why.contains("passes through the symbolic link"), "{why}");
     let (_, (still, _)) = agent.containers(&env).await.into_iter().next().unwrap();
     assert_eq!(still, id, "the running release was not touched");
@@ -266,11 +262,7 @@ async fn host_paths_bind_only_under_the_configured_directories() {
     );
     let refused = agent.apply(&from_compose(&env, "binds", "4", &admin));
     assert_ne!(refused.status.code(), Some(0), "{refused:?}");
-    let why = format!(
-        "{}{}",
-        String::from_utf8_lossy(&refused.stdout),
-        String::from_utf8_lossy(&refused.stderr)
-    );
+    let why = fleet_e2e::all_output(&refused);
     assert!(why.contains("CAP_SYS_ADMIN is beyond Docker's default set"), "{why}");
     assert!(why.contains("[hardware] allowed_capabilities"), "{why}");
 
@@ -282,11 +274,7 @@ async fn host_paths_bind_only_under_the_configured_directories() {
     );
     let refused = agent.apply(&from_compose(&env, "binds", "5", &mem));
     assert_ne!(refused.status.code(), Some(0), "{refused:?}");
-    let why = format!(
-        "{}{}",
-        String::from_utf8_lossy(&refused.stdout),
-        String::from_utf8_lossy(&refused.stderr)
-    );
+    let why = fleet_e2e::all_output(&refused);
     assert!(why.contains("/dev/kmsg is the kernel log, writable"), "{why}");
     let (_, (still, _)) = agent.containers(&env).await.into_iter().next().unwrap();
     assert_eq!(still, id, "the running release was not touched");

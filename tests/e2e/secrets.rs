@@ -22,7 +22,7 @@ use fleet_e2e::fleet::{
     client, connected, receive, start_agent_logging_to, start_fleet_with, watch, Containers, Fleet,
     Killed,
 };
-use fleet_e2e::{bin, eventually, TestEnv};
+use fleet_e2e::{bin, eventually, ok, TestEnv};
 use fleet_proto::{topic, DesiredState, DeviceId, DeviceSealKey, Message, TopicKind};
 use rumqttc::QoS;
 
@@ -53,16 +53,6 @@ async fn running(env: &TestEnv, device: &str, service: &str) -> Option<(String, 
 fn exec(id: &str, script: &str) -> String {
     let out = Command::new("docker").args(["exec", id, "sh", "-c", script]).output().unwrap();
     assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn ok(out: &std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bollard::query_parameters::ListContainersOptionsBuilder;
 use fleet_e2e::fleet::{start_agent, start_fleet, Containers, Fleet, Killed};
-use fleet_e2e::{eventually, free_port, TestEnv};
+use fleet_e2e::{eventually, free_port, ok, TestEnv};
 use serde_json::{json, Value};
 
 /// The running container of `service` on `device`: (id, environment), if exactly one runs.
@@ -50,16 +50,6 @@ async fn running(
         .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
         .collect();
     Some((id, vars))
-}
-
-fn ok(out: &std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Enrolls `id` with `labels` and starts its agent with test pacing.

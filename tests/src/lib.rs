@@ -149,6 +149,23 @@ fn strip(from: &std::path::Path, to: &std::path::Path) -> PathBuf {
     to.to_path_buf()
 }
 
+/// The standard output of a command that must have succeeded (the test fails with both
+/// outputs otherwise).
+pub fn ok(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Standard output and error of a command, together (what a refusal said, wherever it said it).
+pub fn all_output(out: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
 /// A TCP port free on loopback right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
