@@ -6,7 +6,7 @@
 //!   anywhere. Whether one fits this device's hardware is decided when it is applied
 //!   ([`crate::hardware::admit`]), since devices come and go.
 //!   Bind mounts of host paths are allowed only under the directories the configuration
-//!   lists (`[volumes] allowed_host_paths`).
+//!   lists (`[policy] allowed_host_paths`).
 //! * **Desired states** ([`delivery`], then [`accept`]): a copy of what is already on record
 //!   (the broker's retained message, on every reconnect) is ignored, not refused; one recorded
 //!   but never applied (power loss in between) is taken again; anything else must verify, be
@@ -19,9 +19,6 @@
 //!
 //! This module does no I/O and imports no other module of the agent.
 
-use std::path::{Component, Path, PathBuf};
-
-use fleet_proto::release::VolumeSource;
 use fleet_proto::{
     Command, CommandAction, DesiredState, DeviceId, ReleaseSpec, Signed, TrustedKeys, UnixMillis,
     VerifyError,
@@ -40,8 +37,8 @@ pub struct Refused {
 /// what the agent does not support. Whether it fits this device's hardware is decided when it
 /// is applied ([`crate::hardware::admit`]), since devices come and go.
 /// `allowed_host_paths` are the directories services may bind-mount
-/// (`[volumes] allowed_host_paths`).
-pub fn check_release(release: &ReleaseSpec, allowed_host_paths: &[PathBuf]) -> Result<(), Refused> {
+/// (`[policy] allowed_host_paths`).
+pub fn check_release(release: &ReleaseSpec, allowed_host_paths: &[String]) -> Result<(), Refused> {
     let mut problems: Vec<String> = match release.validate() {
         Ok(()) => vec![],
         Err(errors) => errors.iter().map(ToString::to_string).collect(),
@@ -55,46 +52,23 @@ pub fn check_release(release: &ReleaseSpec, allowed_host_paths: &[PathBuf]) -> R
 }
 
 /// The bind mounts of host paths in `release` that no allowed directory covers, as problems
-/// naming the field and the path.
-pub fn disallowed_binds(release: &ReleaseSpec, allowed: &[PathBuf]) -> Vec<String> {
+/// naming the field and the path ([`fleet_proto::policy::host_paths`], the server's rule too).
+pub fn disallowed_binds(release: &ReleaseSpec, allowed: &[String]) -> Vec<String> {
     let mut problems = Vec::new();
     for (i, svc) in release.services.iter().enumerate() {
-        for (v, vol) in svc.volumes.iter().enumerate() {
-            let VolumeSource::HostPath(p) = &vol.source else { continue };
-            if !bind_allowed(Path::new(p), allowed) {
-                let hint = if allowed.is_empty() {
-                    "this agent allows no host paths ([volumes] allowed_host_paths is empty); use a named volume, or add the directory to allowed_host_paths".to_owned()
-                } else {
-                    format!(
-                        "it is not under {} ([volumes] allowed_host_paths)",
-                        allowed
-                            .iter()
-                            .map(|a| a.display().to_string())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
-                };
-                problems.push(format!(
-                    "services[{i}].volumes[{v}].source: bind mount of host path {p:?} is not allowed: {hint}"
-                ));
-            }
-        }
+        let at = format!("services[{i}]");
+        problems.extend(
+            fleet_proto::policy::host_paths(svc, allowed, &at).iter().map(ToString::to_string),
+        );
     }
     problems
-}
-
-/// Whether `path` is one of `allowed` or under one, compared by components. A path with `.` or
-/// `..` is never allowed: `/srv/maps/../../etc` must not pass as being under `/srv/maps`.
-fn bind_allowed(path: &Path, allowed: &[PathBuf]) -> bool {
-    let plain = path.components().all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
-    plain && path.is_absolute() && allowed.iter().any(|root| path.starts_with(root))
 }
 
 /// [`check_release`] for a release applied locally (`fleet-agent apply`), which has no server
 /// to deliver secrets: a service that mounts one is refused too.
 pub fn check_local_release(
     release: &ReleaseSpec,
-    allowed_host_paths: &[PathBuf],
+    allowed_host_paths: &[String],
 ) -> Result<(), Refused> {
     let mut problems = match check_release(release, allowed_host_paths) {
         Ok(()) => vec![],
@@ -164,7 +138,7 @@ pub fn accept(
     trusted: &TrustedKeys,
     device: &DeviceId,
     accepted: Option<u64>,
-    allowed_host_paths: &[PathBuf],
+    allowed_host_paths: &[String],
 ) -> Result<DesiredState, Rejection> {
     let desired: DesiredState = signed.open(trusted)?;
     if desired.device != *device {
@@ -591,7 +565,7 @@ mod tests {
     #[test]
     fn host_paths_are_allowed_only_under_the_configured_directories() {
         let bind = |p: &str| fleet_proto::release::VolumeMount {
-            source: VolumeSource::HostPath(p.to_owned()),
+            source: fleet_proto::release::VolumeSource::HostPath(p.to_owned()),
             target: "/x".to_owned(),
             read_only: true,
         };
@@ -604,7 +578,7 @@ mod tests {
             bind("/srv/maps/../../etc"),
             bind("/etc"),
         ];
-        let allowed = [PathBuf::from("/srv/maps")];
+        let allowed = ["/srv/maps".to_owned()];
         let problems = disallowed_binds(&r, &allowed);
         assert_eq!(problems.len(), 3, "{problems:?}");
         assert!(problems[0].starts_with("services[0].volumes[2].source"));

@@ -1,7 +1,7 @@
 //! Bind mounts of host paths, checked on the host right before a release is admitted.
 //!
-//! Accepting a release compares its host paths with `[volumes] allowed_host_paths` as text
-//! ([`crate::accept::disallowed_binds`]). That is not enough: an allowed directory is one a
+//! Accepting a release compares its host paths with `[policy] allowed_host_paths` as text
+//! ([`fleet_proto::policy::host_paths`]). That is not enough: an allowed directory is one a
 //! container of an earlier release may write into, and one that plants `x -> /` there makes a
 //! later bind of `<allowed>/x` give a container the host's root, read-write (the engine follows
 //! the link when it mounts). So every component *below* the allowed directory is looked at
@@ -21,7 +21,8 @@ use fleet_proto::ReleaseSpec;
 /// on this host, as problems naming the field, the path and the link. Binds under no allowed
 /// directory are not this check's (acceptance refuses them; the agent's own secret files live
 /// elsewhere).
-pub fn symlinked_binds(release: &ReleaseSpec, allowed: &[PathBuf]) -> Vec<String> {
+pub fn symlinked_binds(release: &ReleaseSpec, allowed: &[String]) -> Vec<String> {
+    let allowed: Vec<PathBuf> = allowed.iter().map(PathBuf::from).collect();
     let mut problems = Vec::new();
     for (i, svc) in release.services.iter().enumerate() {
         for (v, vol) in svc.volumes.iter().enumerate() {
@@ -34,7 +35,7 @@ pub fn symlinked_binds(release: &ReleaseSpec, allowed: &[PathBuf]) -> Vec<String
             };
             if let Some(link) = first_link_below(root, path) {
                 problems.push(format!(
-                    "services[{i}].volumes[{v}].source: host path {p:?} passes through the symbolic link {} below {} ([volumes] allowed_host_paths); a container may have planted it, so it is not followed: bind the real directory",
+                    "services[{i}].volumes[{v}].source: host path {p:?} passes through the symbolic link {} below {} ([policy] allowed_host_paths); a container may have planted it, so it is not followed: bind the real directory",
                     link.display(),
                     root.display()
                 ));
@@ -96,7 +97,7 @@ mod tests {
             &p("site-a/etc"),
             &p("new-dir"),
         ]);
-        let problems = symlinked_binds(&release, std::slice::from_ref(&allowed));
+        let problems = symlinked_binds(&release, &[allowed.display().to_string()]);
         assert_eq!(problems.len(), 3, "{problems:?}");
         assert!(problems[0].starts_with("services[0].volumes[1].source"), "{problems:?}");
         assert!(problems[0].contains(&format!("symbolic link {}", allowed.join("x").display())));
@@ -108,6 +109,6 @@ mod tests {
         let linked_root = dir.path().join("maps-link");
         std::os::unix::fs::symlink(&allowed, &linked_root).unwrap();
         let release = binding(&[&linked_root.join("site-a").display().to_string(), "/elsewhere/x"]);
-        assert!(symlinked_binds(&release, &[linked_root]).is_empty());
+        assert!(symlinked_binds(&release, &[linked_root.display().to_string()]).is_empty());
     }
 }

@@ -423,7 +423,7 @@ async fn apply(config: &Config, file: &Path, json: bool, force: bool) -> Result<
     let release: ReleaseSpec = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         Failure::input(format!("{}: field `{}`: {}", file.display(), e.path(), e.inner()))
     })?;
-    check_local_release(&release, &config.allowed_host_paths)
+    check_local_release(&release, &config.hardware.policy.allowed_host_paths)
         .map_err(|r| Failure::input(format!("{}: {}", file.display(), r.problems.join("\n  "))))?;
     eprintln!(
         "applying {} ({} services) on {}…",
@@ -753,6 +753,8 @@ async fn inventory(
         .into_iter()
         .map(|d| Disk { mount: "/".to_owned(), ..d })
         .collect();
+    // What the server's pre-flight judges releases by (the JSON form; the text is hardware).
+    inv.policy = config.map(|c| c.hardware.policy.clone());
     let socket = config.map_or(DEFAULT_ENGINE_SOCKET, |c| c.engine_socket.as_str());
     let engine_note = match engine_info(socket).await {
         Ok(engine) => {

@@ -140,17 +140,6 @@ service_burst_points = 10000
 # Where /dev, /sys, /proc and /etc are read for the inventory and device mapping (a container
 # running the agent may mount the host's here). `fleet-agent inventory` shows what is found.
 root = "/"
-# Services may run privileged (every device, every capability) only when true; request the
-# hardware by name instead (x-fleet hardware in the Compose file).
-allow_privileged = false
-# Capabilities services may add beyond Docker's default set (e.g. ["NET_ADMIN"] for a service
-# that configures a CAN or Wi-Fi interface). Any other cap_add is refused, naming this key.
-allowed_capabilities = []
-# Device nodes that give a container the host (/dev/mem, /dev/kmem, /dev/port, /dev/kmsg, raw
-# flash /dev/mtd*, terminals and consoles) are mapped only when listed here by host path.
-allowed_devices = []
-# Services may use real-time scheduling (realtime_priority, CAP_SYS_NICE) for control loops.
-allow_realtime = true
 # Memory (MB) kept for the OS and the agent: a release whose services' memory limits add up to
 # more than the device's memory minus this is refused before anything stops.
 memory_reserve_mb = 256
@@ -158,11 +147,33 @@ memory_reserve_mb = 256
 # under a new node is re-created with it. Rescans wait this long for udev to settle.
 settle_ms = 250
 
-[volumes]
+[policy]
+# What a release may do on this device beyond an ordinary container. A release that asks for
+# more is refused before anything stops, each refusal naming the field and the key below. The
+# agent reports this section to the server, so `fleetctl rollout plan` shows a refusal before
+# the rollout starts. (allowed_host_paths was read from [volumes], the others from [hardware];
+# they still are, but a file may not set a key in both places.)
+#
+# Services may run privileged (every device, every capability, every namespace) only when
+# true; request the hardware by name instead (x-fleet hardware in the Compose file).
+allow_privileged = false
+# Capabilities services may add beyond Docker's default set (e.g. ["NET_ADMIN"] for a service
+# that configures a CAN or Wi-Fi interface). Any other cap_add is refused, naming this key.
+allowed_capabilities = []
+# Device nodes that give a container the host (/dev/mem, /dev/kmem, /dev/port, /dev/kmsg, raw
+# flash /dev/mtd*, block devices, terminals and consoles) are mapped only when listed here by
+# host path. Serial ports and what `fleet-agent inventory` classifies need no entry.
+allowed_devices = []
+# Services may use real-time scheduling (realtime_priority, CAP_SYS_NICE) for control loops.
+allow_realtime = true
+# Host namespaces services may share: "network" (network_mode: host; ROS 2 and DDS discovery
+# need it), "pid" (the container sees and can signal every host process), "ipc", "uts".
+allow_host_namespaces = ["network"]
 # Host directories services may bind-mount (a Compose `volumes: ["/srv/maps:/maps"]`), each
 # with everything under it. Empty: none, besides what the agent mounts itself (its telemetry
-# socket). A release that mounts any other host path is refused with the path. Named volumes
-# need no entry: the agent creates them, and they survive updates and rollbacks.
+# socket). A release that mounts any other host path is refused with the path; so is a path
+# that passes through a symbolic link below one of these (a container may have planted it).
+# Named volumes need no entry: the agent creates them, and they survive updates and rollbacks.
 allowed_host_paths = []
 
 [secrets]
@@ -268,8 +279,6 @@ pub struct Config {
     pub hardware: crate::hardware::HardwarePolicy,
     /// How long hot-plug rescans wait for udev to settle.
     pub hardware_settle: Duration,
-    /// Host directories services may bind-mount (each with everything under it).
-    pub allowed_host_paths: Vec<PathBuf>,
     /// Where secret files are written (`[secrets] dir`, a tmpfs).
     pub secrets_dir: PathBuf,
 }
@@ -287,7 +296,7 @@ struct Raw {
     link: RawLink,
     commands: RawCommands,
     hardware: RawHardware,
-    volumes: RawVolumes,
+    policy: RawPolicy,
     secrets: RawSecrets,
     telemetry: RawTelemetry,
     log: RawLog,
@@ -295,8 +304,13 @@ struct Raw {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawVolumes {
-    allowed_host_paths: Vec<PathBuf>,
+struct RawPolicy {
+    allow_privileged: bool,
+    allowed_capabilities: Vec<String>,
+    allowed_devices: Vec<String>,
+    allow_realtime: bool,
+    allow_host_namespaces: Vec<String>,
+    allowed_host_paths: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -309,10 +323,6 @@ struct RawSecrets {
 #[serde(deny_unknown_fields)]
 struct RawHardware {
     root: PathBuf,
-    allow_privileged: bool,
-    allowed_capabilities: Vec<String>,
-    allowed_devices: Vec<String>,
-    allow_realtime: bool,
     memory_reserve_mb: u64,
     settle_ms: u64,
 }
@@ -424,6 +434,79 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
     }
 }
 
+/// Keys of `[policy]` that older configurations set elsewhere: (section, key).
+const MOVED_TO_POLICY: &[(&str, &str)] = &[
+    ("hardware", "allow_privileged"),
+    ("hardware", "allowed_capabilities"),
+    ("hardware", "allowed_devices"),
+    ("hardware", "allow_realtime"),
+    ("volumes", "allowed_host_paths"),
+];
+
+/// One file's table with the policy keys it sets in their old places moved into `[policy]`,
+/// so configurations written before `[policy]` keep their meaning. A file that sets a key in
+/// both places is refused: which one it meant cannot be known.
+fn moved_policy_keys(file: &str, mut table: toml::Table) -> Result<toml::Table, ConfigError> {
+    for (section, key) in MOVED_TO_POLICY {
+        let Some(toml::Value::Table(old)) = table.get_mut(*section) else { continue };
+        let Some(value) = old.remove(*key) else { continue };
+        if old.is_empty() && *section == "volumes" {
+            table.remove(*section);
+        }
+        let policy =
+            table.entry("policy").or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let toml::Value::Table(policy) = policy else { continue };
+        if policy.contains_key(*key) {
+            return Err(ConfigError::Invalid {
+                key: format!("{section}.{key}"),
+                message: format!("set in both [{section}] and [policy]; keep it in [policy] only"),
+                files: file.to_owned(),
+            });
+        }
+        policy.insert((*key).to_owned(), value);
+    }
+    Ok(table)
+}
+
+/// `[policy]` checked: host paths absolute, plain, not `/`; namespaces known.
+fn check_policy(
+    raw: RawPolicy,
+    files: &str,
+) -> Result<fleet_proto::policy::DevicePolicy, ConfigError> {
+    let invalid = |key: String, message: String| ConfigError::Invalid {
+        key,
+        message,
+        files: files.to_owned(),
+    };
+    for (i, p) in raw.allowed_host_paths.iter().enumerate() {
+        let path = Path::new(p);
+        let normal = path
+            .components()
+            .all(|c| matches!(c, std::path::Component::RootDir | std::path::Component::Normal(_)));
+        if !path.is_absolute() || !normal || path == Path::new("/") {
+            return Err(invalid(
+                format!("policy.allowed_host_paths[{i}]"),
+                format!("{p} must be an absolute directory without . or .. (and not / itself, which would allow the whole host)"),
+            ));
+        }
+    }
+    let mut namespaces = Vec::new();
+    for (i, n) in raw.allow_host_namespaces.iter().enumerate() {
+        let ns = n.parse().map_err(|m| invalid(format!("policy.allow_host_namespaces[{i}]"), m))?;
+        if !namespaces.contains(&ns) {
+            namespaces.push(ns);
+        }
+    }
+    Ok(fleet_proto::policy::DevicePolicy {
+        allow_privileged: raw.allow_privileged,
+        allowed_capabilities: raw.allowed_capabilities,
+        allowed_devices: raw.allowed_devices,
+        allow_realtime: raw.allow_realtime,
+        allow_host_namespaces: namespaces,
+        allowed_host_paths: raw.allowed_host_paths,
+    })
+}
+
 impl Config {
     /// Loads the defaults, then `path` (if it exists or was named explicitly), then
     /// `config.d/*.toml` next to it.
@@ -433,8 +516,9 @@ impl Config {
         let mut read = |p: &Path, table: &mut toml::Table| -> Result<(), ConfigError> {
             let text = std::fs::read_to_string(p)
                 .map_err(|source| ConfigError::Read { path: p.display().to_string(), source })?;
-            merge(table, parse(&p.display().to_string(), &text)?);
-            files.push(p.display().to_string());
+            let name = p.display().to_string();
+            merge(table, moved_policy_keys(&name, parse(&name, &text)?)?);
+            files.push(name);
             Ok(())
         };
         if must_exist || path.exists() {
@@ -463,14 +547,14 @@ impl Config {
     /// Parses one TOML document on top of the defaults (for tests and `--print-default-config`).
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
         let mut table = parse("built-in defaults", DEFAULT_CONFIG)?;
-        merge(&mut table, parse("<string>", text)?);
+        merge(&mut table, moved_policy_keys("<string>", parse("<string>", text)?)?);
         Config::check(table, "<string>", Path::new("."))
     }
 
     /// Like [`Self::from_toml`], with relative link file paths resolved against `base`.
     pub fn from_toml_in(text: &str, base: &Path) -> Result<Config, ConfigError> {
         let mut table = parse("built-in defaults", DEFAULT_CONFIG)?;
-        merge(&mut table, parse("<string>", text)?);
+        merge(&mut table, moved_policy_keys("<string>", parse("<string>", text)?)?);
         Config::check(table, "<string>", base)
     }
 
@@ -512,18 +596,7 @@ impl Config {
                 password: password.trim_end_matches(['\n', '\r']).to_owned(),
             });
         }
-        for (i, p) in raw.volumes.allowed_host_paths.iter().enumerate() {
-            let normal = p.components().all(|c| {
-                matches!(c, std::path::Component::RootDir | std::path::Component::Normal(_))
-            });
-            if !p.is_absolute() || !normal || p == Path::new("/") {
-                return Err(ConfigError::Invalid {
-                    key: format!("volumes.allowed_host_paths[{i}]"),
-                    message: format!("{} must be an absolute directory without . or .. (and not / itself, which would allow the whole host)", p.display()),
-                    files: files.to_owned(),
-                });
-            }
-        }
+        let policy = check_policy(raw.policy, files)?;
         let secrets_dir = raw.secrets.dir;
         if !secrets_dir.is_absolute() || secrets_dir == Path::new("/") {
             return Err(ConfigError::Invalid {
@@ -551,15 +624,10 @@ impl Config {
             allow_reboot: raw.commands.allow_reboot,
             hardware: crate::hardware::HardwarePolicy {
                 root: raw.hardware.root,
-                allow_privileged: raw.hardware.allow_privileged,
-                allowed_capabilities: raw.hardware.allowed_capabilities,
-                allowed_devices: raw.hardware.allowed_devices,
-                allow_realtime: raw.hardware.allow_realtime,
                 memory_reserve_bytes: raw.hardware.memory_reserve_mb.saturating_mul(1 << 20),
-                allowed_host_paths: raw.volumes.allowed_host_paths.clone(),
+                policy,
             },
             hardware_settle: Duration::from_millis(raw.hardware.settle_ms.clamp(10, 10_000)),
-            allowed_host_paths: raw.volumes.allowed_host_paths,
             secrets_dir,
             telemetry,
             device_id,
@@ -1075,5 +1143,45 @@ mod tests {
         assert_eq!(link.key_file, dir.path().join("device.key"));
         assert_eq!(link.keep_alive, Duration::from_secs(5));
         assert_eq!(link.backoff_initial, Duration::from_millis(500), "unset keys keep defaults");
+    }
+
+    #[test]
+    fn the_policy_is_read_from_its_section_and_from_where_older_files_set_it() {
+        use fleet_proto::policy::{DevicePolicy, Namespace};
+        let c = Config::from_toml("device_id = \"d\"").unwrap();
+        assert_eq!(c.hardware.policy, DevicePolicy::default());
+        assert_eq!(c.hardware.policy.allow_host_namespaces, [Namespace::Network]);
+        let c = Config::from_toml(
+            "device_id = \"d\"\n[policy]\nallowed_capabilities = [\"NET_ADMIN\"]\nallow_host_namespaces = [\"network\", \"pid\", \"pid\"]\nallowed_host_paths = [\"/srv/maps\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.hardware.policy.allowed_capabilities, ["NET_ADMIN"]);
+        assert_eq!(c.hardware.policy.allow_host_namespaces, [Namespace::Network, Namespace::Pid]);
+        assert_eq!(c.hardware.policy.allowed_host_paths, ["/srv/maps"]);
+        // Written before [policy]: the same meaning.
+        let old = Config::from_toml(
+            "device_id = \"d\"\n[hardware]\nallow_privileged = true\nallowed_devices = [\"/dev/kmsg\"]\nallow_realtime = false\n[volumes]\nallowed_host_paths = [\"/srv/maps\"]\n",
+        )
+        .unwrap();
+        assert!(old.hardware.policy.allow_privileged && !old.hardware.policy.allow_realtime);
+        assert_eq!(old.hardware.policy.allowed_devices, ["/dev/kmsg"]);
+        assert_eq!(old.hardware.policy.allowed_host_paths, ["/srv/maps"]);
+    }
+
+    #[test]
+    fn a_policy_key_set_twice_or_wrong_is_refused_by_name() {
+        let key = |toml: &str| match Config::from_toml(toml) {
+            Err(ConfigError::Invalid { key, message, .. }) => format!("{key}: {message}"),
+            other => panic!("{other:?}"),
+        };
+        let both = key("device_id = \"d\"\n[hardware]\nallow_privileged = true\n[policy]\nallow_privileged = false\n");
+        assert!(both.starts_with("hardware.allow_privileged: set in both"), "{both}");
+        let ns = key("device_id = \"d\"\n[policy]\nallow_host_namespaces = [\"user\"]\n");
+        assert!(ns.starts_with("policy.allow_host_namespaces[0]: \"user\" is not"), "{ns}");
+        for path in ["/", "srv", "/srv/../etc"] {
+            let bad =
+                key(&format!("device_id = \"d\"\n[policy]\nallowed_host_paths = [\"{path}\"]\n"));
+            assert!(bad.starts_with("policy.allowed_host_paths[0]"), "{bad}");
+        }
     }
 }

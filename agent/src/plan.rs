@@ -153,6 +153,12 @@ impl std::fmt::Display for Step {
 pub fn config_hash(spec: &ServiceSpec, proxied: bool, hardware: &HardwareMapping) -> String {
     // JSON of the spec is deterministic: maps are BTreeMaps and fields keep declaration order.
     let mut json = serde_json::to_vec(spec).unwrap_or_default();
+    // Appended fields, newest first: each is left out while empty (see below).
+    const UNUSED_NAMESPACES: &[u8] = br#","host_namespaces":[]}"#;
+    if json.ends_with(UNUSED_NAMESPACES) {
+        json.truncate(json.len() - UNUSED_NAMESPACES.len());
+        json.push(b'}');
+    }
     // Secret mounts reach the hash as the read-only binds they become (named by the secret's
     // digest, see crate::secrets), so a rotation re-creates exactly the services that read it.
     const UNUSED_SECRETS: &[u8] = br#","secrets":[]}"#;
@@ -857,7 +863,7 @@ mod tests {
         let old_hash = |spec: &ServiceSpec| {
             let json = serde_json::to_string(spec).unwrap();
             let before =
-                json.replace(r#","group_add":[],"optional_hardware":[],"telemetry":false,"no_new_privileges":false,"cpu_shares":null,"networks":[],"secrets":[]"#, "");
+                json.replace(r#","group_add":[],"optional_hardware":[],"telemetry":false,"no_new_privileges":false,"cpu_shares":null,"networks":[],"secrets":[],"host_namespaces":[]"#, "");
             assert!(before.ends_with(r#""depends_on":[]}"#), "{before}");
             let digest = Sha256::digest(before.as_bytes());
             fleet_proto::hex::encode(&digest[..6])
@@ -869,7 +875,9 @@ mod tests {
         assert_ne!(config_hash(&on_release, false, &NO_HARDWARE), old_hash(&on_release));
         // Secrets came after networks: a release-network service hashes as it did before them.
         let before_secrets = {
-            let json = serde_json::to_string(&on_release).unwrap().replace(r#","secrets":[]"#, "");
+            let json = serde_json::to_string(&on_release)
+                .unwrap()
+                .replace(r#","secrets":[],"host_namespaces":[]"#, "");
             let digest = Sha256::digest(json.as_bytes());
             fleet_proto::hex::encode(&digest[..6])
         };
@@ -884,6 +892,9 @@ mod tests {
         let telemetry = ServiceSpec { telemetry: true, ..base() };
         assert_ne!(config_hash(&telemetry, false, &NO_HARDWARE), old);
         let hardened = ServiceSpec { no_new_privileges: true, ..base() };
+        let host_pid =
+            ServiceSpec { host_namespaces: vec![fleet_proto::policy::Namespace::Pid], ..base() };
+        assert_ne!(config_hash(&host_pid, false, &NO_HARDWARE), old);
         assert_ne!(config_hash(&hardened, false, &NO_HARDWARE), old);
         let weighted = ServiceSpec { cpu_shares: Some(512), ..base() };
         assert_ne!(config_hash(&weighted, false, &NO_HARDWARE), old);

@@ -2,8 +2,10 @@
 //! sends anything, so a fleet manager fixes the plan instead of discovering failures in wave 3.
 //!
 //! A device *cannot satisfy* a release when its architecture has no image, its inventory lacks
-//! hardware a service requests, the services' memory limits add up to more than it has, or the
-//! images do not fit its engine's disk. Without an inventory (an agent that has not reported
+//! hardware a service requests, its `[policy]` refuses what a service asks (privileges, host
+//! namespaces, device nodes, host paths: [`fleet_proto::policy`], the rule its agent applies),
+//! the services' memory limits add up to more than it has, or the images do not fit its
+//! engine's disk. Without an inventory (an agent that has not reported
 //! one) only what is known is checked, and the gap is said.
 
 use fleet_proto::{Inventory, UnixMillis};
@@ -60,6 +62,17 @@ fn check_agent(
     out
 }
 
+/// A refusal by the device's `[policy]`, naming the service instead of its index:
+/// `service tools: security.cap_add[0]: CAP_SYS_ADMIN is beyond ...`.
+fn policy_refusal(spec: &fleet_proto::ReleaseSpec, e: &fleet_proto::SpecError) -> String {
+    let named = e.path.strip_prefix("services[").and_then(|rest| {
+        let (index, field) = rest.split_once("].")?;
+        let svc = spec.services.get(index.parse::<usize>().ok()?)?;
+        Some(format!("service {}: {field}", svc.name))
+    });
+    format!("{}: {}", named.unwrap_or_else(|| e.path.clone()), e.reason)
+}
+
 /// Checks `release` against what the server knows of the device.
 pub fn check(
     record: &DeviceRecord,
@@ -110,6 +123,16 @@ pub fn check(
                 out.unsatisfiable.push(format!("service {}: {why}", service.name));
             }
         }
+    }
+    match &inv.policy {
+        Some(policy) => out.unsatisfiable.extend(
+            policy.refusals(&release.spec).iter().map(|e| policy_refusal(&release.spec, e)),
+        ),
+        None if release.spec.services.is_empty() => {}
+        None => out.unchecked.push(
+            "its agent does not report its [policy] (an older version): privileges, host namespaces, device nodes and host paths are judged on the device"
+                .to_owned(),
+        ),
     }
     let memory: u64 = release.spec.services.iter().filter_map(|s| s.resources.memory_bytes).sum();
     if inv.memory_bytes > 0 && memory > inv.memory_bytes {
@@ -195,6 +218,7 @@ mod tests {
                 Disk { mount: "/".into(), total_bytes: free * 2, available_bytes: free },
                 Disk { mount: "/boot".into(), total_bytes: 1 << 30, available_bytes: 1 << 30 },
             ],
+            policy: Some(fleet_proto::policy::DevicePolicy::default()),
             ..Inventory::default()
         }
     }
@@ -264,6 +288,34 @@ mod tests {
             ),
             "{armv7:?}"
         );
+    }
+
+    #[test]
+    fn the_devices_policy_is_applied_as_its_agent_will_and_named_by_service() {
+        use fleet_proto::policy::{DevicePolicy, Namespace};
+        let mut escaping = release(&["arm64"], 1);
+        let svc = &mut escaping.spec.services[0];
+        svc.hardware.clear();
+        svc.security.cap_add = vec!["SYS_ADMIN".into()];
+        svc.host_namespaces = vec![Namespace::Pid];
+        let mut inv = inventory("aarch64", 8 << 30, 1 << 30);
+        let refused = check(&device(), Some(&inv), &escaping, UnixMillis(0));
+        let name = &escaping.spec.services[0].name;
+        assert_eq!(refused.unsatisfiable.len(), 2, "{refused:?}");
+        assert!(refused.unsatisfiable[0].starts_with(&format!(
+            "service {name}: security.cap_add[0]: CAP_SYS_ADMIN is beyond Docker's default set"
+        )));
+        assert!(refused.unsatisfiable[1].contains("add \"pid\" to [policy] allow_host_namespaces"));
+        inv.policy = Some(DevicePolicy {
+            allowed_capabilities: vec!["SYS_ADMIN".into()],
+            allow_host_namespaces: vec![Namespace::Pid],
+            ..DevicePolicy::default()
+        });
+        assert!(check(&device(), Some(&inv), &escaping, UnixMillis(0)).satisfiable());
+        // An agent from before [policy] reported: the device judges alone, and that is said.
+        inv.policy = None;
+        let old = check(&device(), Some(&inv), &escaping, UnixMillis(0));
+        assert!(old.satisfiable() && old.unchecked[0].contains("does not report its [policy]"));
     }
 
     #[test]

@@ -40,6 +40,12 @@ pub struct Inventory {
     pub gpus: Vec<Gpu>,
     /// AI accelerators recognised by their device nodes (e.g. Hailo, Coral, NPU).
     pub accelerators: Vec<Accelerator>,
+    /// What the device lets a release do beyond an ordinary container (its agent's `[policy]`),
+    /// so `rollout plan` judges a release as the device will. Appended: `None` from older
+    /// agents.
+    #[serde(default, with = "crate::codec::extensible_opt")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<crate::policy::DevicePolicy>"))]
+    pub policy: Option<crate::policy::DevicePolicy>,
 }
 
 impl Inventory {

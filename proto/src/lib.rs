@@ -39,6 +39,7 @@ pub mod event;
 pub mod hex;
 pub mod ids;
 pub mod inventory;
+pub mod policy;
 pub mod release;
 pub mod report;
 #[cfg(any(test, feature = "samples"))]

@@ -113,6 +113,12 @@ pub struct ServiceSpec {
     /// mounts each read-only from a tmpfs. Appended: empty in bytes from older builds.
     #[serde(default)]
     pub secrets: Vec<SecretMount>,
+    /// Host namespaces besides the network the service shares (Compose `pid: host`, `ipc:
+    /// host`, `uts: host`; the host network is [`NetworkMode::Host`]). Each needs the device's
+    /// `[policy] allow_host_namespaces` ([`crate::policy`]). Appended: empty in bytes from
+    /// older builds.
+    #[serde(default)]
+    pub host_namespaces: Vec<crate::policy::Namespace>,
 }
 
 /// One secret a service reads, and where.
@@ -233,6 +239,7 @@ impl ServiceSpec {
             cpu_shares: None,
             networks: vec![],
             secrets: vec![],
+            host_namespaces: vec![],
         }
     }
 }
@@ -746,6 +753,17 @@ impl ReleaseSpec {
         let mut host_ports: BTreeMap<(u16, Protocol), usize> = BTreeMap::new();
         for (i, svc) in self.services.iter().enumerate() {
             let at = format!("services[{i}]");
+            for (j, ns) in svc.host_namespaces.iter().enumerate() {
+                if *ns == crate::policy::Namespace::Network {
+                    err(
+                        format!("{at}.host_namespaces[{j}]"),
+                        "the host network is network_mode Host, not a host namespace entry"
+                            .to_owned(),
+                    );
+                } else if svc.host_namespaces[..j].contains(ns) {
+                    err(format!("{at}.host_namespaces[{j}]"), format!("{ns} is listed twice"));
+                }
+            }
             if !seen_names.insert(&svc.name) {
                 err(
                     format!("{at}.name"),

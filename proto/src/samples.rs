@@ -10,6 +10,7 @@ use crate::desired::{DesiredState, Pin, RegistryCredential, SealedSecret};
 use crate::event::{Event, EventKind, Severity};
 use crate::ids::{DeviceId, ReleaseId, ServiceName};
 use crate::inventory::*;
+use crate::policy::{DevicePolicy, Namespace};
 use crate::release::*;
 use crate::report::*;
 use crate::seal::{SealKey, SEAL_OVERHEAD};
@@ -97,6 +98,7 @@ pub fn release() -> ReleaseSpec {
         cpu_shares: None,
         networks: vec![NetworkAttachment { name: s("default"), aliases: vec![s("ui")] }],
         secrets: vec![SecretMount { source: s("tls-key"), target: s("server.key"), uid: Some(1000), gid: None, mode: 0o400 }],
+        host_namespaces: vec![],
     };
     let lidar = ServiceSpec {
         name: service("lidar"),
@@ -150,6 +152,7 @@ pub fn release() -> ReleaseSpec {
         cpu_shares: None,
         networks: vec![],
         secrets: vec![],
+        host_namespaces: vec![],
     };
     ReleaseSpec {
         id: release_id(),
@@ -242,6 +245,13 @@ pub fn inventory() -> Inventory {
         can: vec![s("can0")],
         gpus: vec![],
         accelerators: vec![Accelerator { kind: s("hailo"), dev_path: s("/dev/hailo0") }],
+        policy: Some(DevicePolicy {
+            allowed_capabilities: vec![s("NET_ADMIN")],
+            allowed_devices: vec![s("/dev/mtd0")],
+            allow_host_namespaces: vec![Namespace::Network, Namespace::Ipc],
+            allowed_host_paths: vec![s("/srv/maps")],
+            ..DevicePolicy::default()
+        }),
     }
 }
 

@@ -32,7 +32,9 @@ use fleet_proto::{samples, Command, DesiredState, Message, TrustedKeys};
 /// `report-3`: written before `AgentVersions` grew `failed_log`; it decodes with none
 /// (`report_fixtures_decode_with_appended_fields_empty`). `report-4`: written before it grew
 /// `installed`, `desired-7` before `AgentTarget` grew `installed`: they decode with none and
-/// false (`desired-8` and `report-5` are the current ones).
+/// false. `desired-8` was written before `ServiceSpec` grew `host_namespaces`, `report-5`
+/// before `Inventory` grew `policy`: they decode with none (`desired-9` and `report-6` are the
+/// current ones).
 const DECODE_ONLY: &[&str] = &[
     "desired",
     "desired-2",
@@ -45,6 +47,8 @@ const DECODE_ONLY: &[&str] = &[
     "report-3",
     "desired-7",
     "report-4",
+    "desired-8",
+    "report-5",
 ];
 
 fn cases() -> Vec<(&'static str, Message)> {
@@ -57,11 +61,13 @@ fn cases() -> Vec<(&'static str, Message)> {
         ("desired-6", Message::Desired(samples::signed_desired())),
         ("desired-7", Message::Desired(samples::signed_desired())),
         ("desired-8", Message::Desired(samples::signed_desired())),
+        ("desired-9", Message::Desired(samples::signed_desired())),
         ("report", Message::Report(samples::report())),
         ("report-2", Message::Report(samples::report())),
         ("report-3", Message::Report(samples::report())),
         ("report-4", Message::Report(samples::report())),
         ("report-5", Message::Report(samples::report())),
+        ("report-6", Message::Report(samples::report())),
         ("telemetry", Message::Telemetry(samples::telemetry())),
         ("telemetry-ack", Message::TelemetryAck(samples::telemetry_ack())),
         ("event", Message::Event(samples::event())),
@@ -141,6 +147,7 @@ fn golden_signed_payloads_still_verify() {
         "desired-6",
         "desired-7",
         "desired-8",
+        "desired-9",
     ] {
         let Message::Desired(desired) =
             Message::decode(&std::fs::read(fixture(name)).unwrap()).unwrap()
@@ -148,11 +155,11 @@ fn golden_signed_payloads_still_verify() {
             panic!("{name} fixture holds another kind");
         };
         let mut expected = samples::desired();
-        if !matches!(name, "desired-7" | "desired-8") {
+        if !matches!(name, "desired-7" | "desired-8" | "desired-9") {
             // Written before DesiredState grew `agent`: it decodes with none.
             expected.agent = None;
         }
-        if !matches!(name, "desired-6" | "desired-7" | "desired-8") {
+        if !matches!(name, "desired-6" | "desired-7" | "desired-8" | "desired-9") {
             // Written before secrets: they decode with none.
             expected.secrets.clear();
             expected.sealed_registry_credentials.clear();
@@ -160,7 +167,7 @@ fn golden_signed_payloads_still_verify() {
                 svc.secrets.clear();
             }
         }
-        if !matches!(name, "desired-5" | "desired-6" | "desired-7" | "desired-8") {
+        if !matches!(name, "desired-5" | "desired-6" | "desired-7" | "desired-8" | "desired-9") {
             // Written before ServiceSpec grew `networks`: it decodes with none.
             for svc in expected.release.iter_mut().flat_map(|r| r.services.iter_mut()) {
                 svc.networks.clear();
@@ -185,7 +192,7 @@ fn a_report_from_before_seal_keys_decodes_without_one() {
     };
     assert_eq!(
         report,
-        fleet_proto::StateReport { seal_key: None, agent: None, ..samples::report() }
+        fleet_proto::StateReport { seal_key: None, agent: None, ..report_before_policy() }
     );
 }
 
@@ -196,7 +203,14 @@ fn a_report_from_before_agent_slots_decodes_without_them() {
     else {
         panic!("report-2 fixture holds another kind");
     };
-    assert_eq!(report, fleet_proto::StateReport { agent: None, ..samples::report() });
+    assert_eq!(report, fleet_proto::StateReport { agent: None, ..report_before_policy() });
+}
+
+/// The sample report as bytes from before `Inventory` grew `policy` decode.
+fn report_before_policy() -> fleet_proto::StateReport {
+    let mut report = samples::report();
+    report.inventory.as_mut().unwrap().policy = None;
+    report
 }
 
 #[test]
@@ -216,13 +230,14 @@ fn report_fixtures_decode_with_appended_fields_empty() {
     else {
         panic!("report-3 holds another kind");
     };
-    let mut expected = samples::report();
-    let agent = expected.agent.as_mut().unwrap();
-    agent.installed = None;
     let report_4 = |name| match Message::decode(&std::fs::read(fixture(name)).unwrap()).unwrap() {
         Message::Report(r) => r,
         _ => panic!("{name} holds another kind"),
     };
+    let mut expected = report_before_policy();
+    assert_eq!(report_4("report-5"), expected, "report-5 decodes with no policy");
+    let agent = expected.agent.as_mut().unwrap();
+    agent.installed = None;
     assert_eq!(report_4("report-4"), expected, "report-4 decodes with no installed version");
     expected.agent.as_mut().unwrap().failed_log.clear();
     assert_eq!(report, expected, "report-3 decodes with no failed_log");

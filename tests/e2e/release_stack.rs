@@ -218,7 +218,7 @@ async fn host_paths_bind_only_under_the_configured_directories() {
     std::fs::write(allowed.path().join("site.conf"), "site=a\n").unwrap();
     let agent = Agent::with_config(
         "binds",
-        &format!("[volumes]\nallowed_host_paths = [\"{}\"]\n", allowed.path().display()),
+        &format!("[policy]\nallowed_host_paths = [\"{}\"]\n", allowed.path().display()),
     );
     let compose = |source: &str| {
         format!(
@@ -264,7 +264,7 @@ async fn host_paths_bind_only_under_the_configured_directories() {
     assert_ne!(refused.status.code(), Some(0), "{refused:?}");
     let why = fleet_e2e::all_output(&refused);
     assert!(why.contains("CAP_SYS_ADMIN is beyond Docker's default set"), "{why}");
-    assert!(why.contains("[hardware] allowed_capabilities"), "{why}");
+    assert!(why.contains("[policy] allowed_capabilities"), "{why}");
 
     // A device node that gives a container the host: the kernel log, writable (the issue's
     // own example; /dev/mem does not exist on every machine these tests run on).

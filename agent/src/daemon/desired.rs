@@ -43,7 +43,7 @@ impl<R: ContainerRuntime> Daemon<R> {
             &self.trusted,
             &self.config.device_id,
             accepted,
-            &self.config.allowed_host_paths,
+            &self.config.hardware.policy.allowed_host_paths,
         )
         .and_then(|d| self.materialize_secrets(d));
         let (desired, delivered, effective) = match accepted_state {

@@ -229,7 +229,10 @@ impl<R: ContainerRuntime> Daemon<R> {
             }
         };
         let mut retry = None;
-        let answer = match check_local_release(&release, &self.config.allowed_host_paths) {
+        let answer = match check_local_release(
+            &release,
+            &self.config.hardware.policy.allowed_host_paths,
+        ) {
             Err(refused) => Answer::Refused { problems: refused.problems },
             Ok(()) => match self.reconciler.state().next_local_seq() {
                 Err(e) => Answer::Error { message: e.to_string() },

@@ -338,13 +338,14 @@ struct Daemon<R> {
 type AgentFetch = (String, bool, Result<(), crate::slots::SlotError>);
 
 /// Reads the host's hardware (blocking file reads, off the runtime's threads) and adds what
-/// only the agent knows: the engine and the disks that matter.
+/// only the agent knows: the engine, the disks that matter and its `[policy]`.
 pub async fn scan_hardware<R: ContainerRuntime>(config: &Config, runtime: &R) -> HostHardware {
     let root = config.hardware.root.clone();
     let mut hw =
         tokio::task::spawn_blocking(move || hardware::scan::scan(&root)).await.unwrap_or_default();
     hw.inventory.engine = runtime.engine().await;
     hw.inventory.disks = hardware::disks(&[Path::new("/"), &config.data_dir]);
+    hw.inventory.policy = Some(config.hardware.policy.clone());
     hw
 }
 

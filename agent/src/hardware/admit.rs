@@ -9,13 +9,15 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use fleet_proto::policy::{self, capability, DevicePolicy, CAPABILITIES};
 use fleet_proto::release::{HardwareRequest, ReleaseSpec, ServiceSpec, SpecError};
 use fleet_proto::ServiceName;
 
 use super::{HardwareMapping, HardwarePolicy, HostHardware};
 
 /// Admission control: every service's hardware maps, the memory limits fit, cpusets name
-/// online CPUs, privileges are allowed. Returns each service's mapping, or every problem.
+/// online CPUs, privileges, host namespaces and device nodes are allowed by `[policy]`
+/// ([`fleet_proto::policy`], the rule the server's pre-flight check applies too). Returns each service's mapping, or every problem.
 pub fn admit(
     release: &ReleaseSpec,
     hw: &HostHardware,
@@ -34,11 +36,12 @@ pub fn admit(
         errors.extend(memory_minimums(svc, &at));
         errors.extend(shm_fits(svc, hw, &at));
         errors.extend(cpuset_online(svc, hw, &at));
-        errors.extend(realtime_allowed(svc, policy, &at));
-        errors.extend(privileges_allowed(svc, policy, &at));
-        errors.extend(devices_allowed(svc, hw, policy, &at));
+        errors.extend(realtime_allowed(svc, &policy.policy, &at));
+        errors.extend(policy::privileges(svc, &policy.policy, &at));
+        errors.extend(policy::host_namespaces(svc, &policy.policy, &at));
+        errors.extend(devices_allowed(svc, hw, &policy.policy, &at));
         errors.extend(capability_names(svc, &at));
-        errors.extend(ulimits_valid(svc, policy, &at));
+        errors.extend(ulimits_valid(svc, &policy.policy, &at));
         errors.extend(pids_limit(svc, &at));
         errors.extend(user_valid(svc, &at));
     }
@@ -153,10 +156,10 @@ fn cpuset_online(svc: &ServiceSpec, hw: &HostHardware, at: &str) -> Option<SpecE
 }
 
 const NOT_REALTIME: &str =
-    "real-time scheduling is not allowed by this agent's configuration ([hardware] allow_realtime = false)";
+    "real-time scheduling is not allowed by this device's configuration ([policy] allow_realtime = false)";
 
 /// Real-time priority, `SYS_NICE` or an `rtprio` ulimit only where the agent allows real-time.
-fn realtime_allowed(svc: &ServiceSpec, policy: &HardwarePolicy, at: &str) -> Vec<SpecError> {
+fn realtime_allowed(svc: &ServiceSpec, policy: &DevicePolicy, at: &str) -> Vec<SpecError> {
     if policy.allow_realtime {
         return vec![];
     }
@@ -211,9 +214,6 @@ fn realtime_budget(
     vec![]
 }
 
-const NOT_PRIVILEGED: &str =
-    "privileged containers are not allowed by this agent's configuration ([hardware] allow_privileged); request the hardware by name instead";
-
 /// What a character device node gives a container, if it gives it the host: by major and
 /// minor number (`devices.txt`), so a link or a renamed node cannot hide it.
 fn host_granting(major: u32, minor: u32) -> Option<&'static str> {
@@ -231,14 +231,17 @@ fn host_granting(major: u32, minor: u32) -> Option<&'static str> {
 }
 
 /// Device nodes asked for by path (`devices:` in Compose) that give a container the host,
-/// only where `[hardware] allowed_devices` lists them. Serial ports (`ttyS*`, `ttyUSB*`, ...)
-/// and what the inventory classifies are not among them.
+/// only where `[policy] allowed_devices` lists them (or privileged containers are allowed).
+/// Serial ports (`ttyS*`, `ttyUSB*`, ...) and what the inventory classifies are not among them.
 fn devices_allowed(
     svc: &ServiceSpec,
     hw: &HostHardware,
-    policy: &HardwarePolicy,
+    policy: &DevicePolicy,
     at: &str,
 ) -> Vec<SpecError> {
+    if policy.allow_privileged {
+        return vec![];
+    }
     let lists = [("hardware", &svc.hardware), ("optional_hardware", &svc.optional_hardware)];
     let mut errors = Vec::new();
     for (field, list) in lists {
@@ -248,128 +251,18 @@ fn devices_allowed(
                 continue;
             }
             let node_path = hw.links.get(host_path).unwrap_or(host_path);
-            let Some(node) = hw.nodes.get(node_path) else { continue };
-            if let Some(what) = host_granting(node.major, node.minor) {
-                errors.push(error(
-                    format!("{at}.{field}[{i}]"),
-                    format!(
-                        "{host_path} is {what}, which gives a container the host; refused unless [hardware] allowed_devices lists \"{host_path}\" on this device"
-                    ),
-                ));
+            // By number where the node exists, so a link or a new name cannot hide it; by name
+            // otherwise, as the server judged it.
+            let what = match hw.nodes.get(node_path) {
+                Some(node) => host_granting(node.major, node.minor),
+                None => policy::host_granting_path(host_path),
+            };
+            if let Some(what) = what {
+                errors.push(policy::device_refusal(format!("{at}.{field}[{i}]"), host_path, what));
             }
         }
     }
     errors
-}
-
-/// The capabilities Docker grants every container (moby's default set): adding one of them
-/// changes nothing.
-const DOCKER_DEFAULT_CAPABILITIES: &[&str] = &[
-    "AUDIT_WRITE",
-    "CHOWN",
-    "DAC_OVERRIDE",
-    "FOWNER",
-    "FSETID",
-    "KILL",
-    "MKNOD",
-    "NET_BIND_SERVICE",
-    "NET_RAW",
-    "SETFCAP",
-    "SETGID",
-    "SETPCAP",
-    "SETUID",
-    "SYS_CHROOT",
-];
-
-/// `privileged`, `cap_add: [ALL]` (the same in all but name), and any capability beyond
-/// Docker's default set, only where allowed: `SYS_ADMIN`, `SYS_MODULE`, `SYS_RAWIO`,
-/// `DAC_READ_SEARCH` and the like each give a container the host. `SYS_NICE` is judged with
-/// real-time scheduling ([`realtime_allowed`]).
-fn privileges_allowed(svc: &ServiceSpec, policy: &HardwarePolicy, at: &str) -> Vec<SpecError> {
-    if policy.allow_privileged {
-        return vec![];
-    }
-    let mut errors = Vec::new();
-    if svc.security.privileged {
-        errors.push(error(format!("{at}.security.privileged"), NOT_PRIVILEGED.to_owned()));
-    }
-    let allowed: Vec<String> = policy.allowed_capabilities.iter().map(|c| capability(c)).collect();
-    for (j, cap) in svc.security.cap_add.iter().enumerate() {
-        let name = capability(cap);
-        let name = name.as_str();
-        if name == "ALL" {
-            errors.push(error(
-                format!("{at}.security.cap_add[{j}]"),
-                format!("ALL grants every capability, as privileged does: {NOT_PRIVILEGED}"),
-            ));
-        } else if name != "SYS_NICE"
-            && !DOCKER_DEFAULT_CAPABILITIES.contains(&name)
-            && !allowed.iter().any(|a| a == name)
-            && CAPABILITIES.contains(&name)
-        {
-            errors.push(error(
-                format!("{at}.security.cap_add[{j}]"),
-                format!(
-                    "CAP_{name} is beyond Docker's default set and this agent's configuration does not allow it; add \"{name}\" to [hardware] allowed_capabilities on the devices that need it (or allow_privileged)"
-                ),
-            ));
-        }
-    }
-    errors
-}
-
-/// Linux capabilities (`capabilities(7)`, up to `CAP_CHECKPOINT_RESTORE`, Linux 5.9).
-const CAPABILITIES: &[&str] = &[
-    "AUDIT_CONTROL",
-    "AUDIT_READ",
-    "AUDIT_WRITE",
-    "BLOCK_SUSPEND",
-    "BPF",
-    "CHECKPOINT_RESTORE",
-    "CHOWN",
-    "DAC_OVERRIDE",
-    "DAC_READ_SEARCH",
-    "FOWNER",
-    "FSETID",
-    "IPC_LOCK",
-    "IPC_OWNER",
-    "KILL",
-    "LEASE",
-    "LINUX_IMMUTABLE",
-    "MAC_ADMIN",
-    "MAC_OVERRIDE",
-    "MKNOD",
-    "NET_ADMIN",
-    "NET_BIND_SERVICE",
-    "NET_BROADCAST",
-    "NET_RAW",
-    "PERFMON",
-    "SETFCAP",
-    "SETGID",
-    "SETPCAP",
-    "SETUID",
-    "SYSLOG",
-    "SYS_ADMIN",
-    "SYS_BOOT",
-    "SYS_CHROOT",
-    "SYS_MODULE",
-    "SYS_NICE",
-    "SYS_PACCT",
-    "SYS_PTRACE",
-    "SYS_RAWIO",
-    "SYS_RESOURCE",
-    "SYS_TIME",
-    "SYS_TTY_CONFIG",
-    "WAKE_ALARM",
-];
-
-/// A capability as the engine reads it: upper-cased, without `CAP_`.
-fn capability(name: &str) -> String {
-    let upper = name.to_ascii_uppercase();
-    match upper.strip_prefix("CAP_") {
-        Some(rest) => rest.to_owned(),
-        None => upper,
-    }
 }
 
 /// Every name in `cap_add` and `cap_drop` is a Linux capability (or `ALL`).
@@ -416,7 +309,7 @@ const MAX_RTPRIO: i64 = 99;
 
 /// Known names, each once; -1 (unlimited) or more; soft ≤ hard; `rtprio` ≤ 99, and none at
 /// all where real-time is not allowed (it lets a process take SCHED_FIFO without SYS_NICE).
-fn ulimits_valid(svc: &ServiceSpec, policy: &HardwarePolicy, at: &str) -> Vec<SpecError> {
+fn ulimits_valid(svc: &ServiceSpec, policy: &DevicePolicy, at: &str) -> Vec<SpecError> {
     let mut errors = Vec::new();
     let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
     for (j, u) in svc.resources.ulimits.iter().enumerate() {
@@ -656,6 +549,11 @@ mod tests {
         HardwarePolicy::default()
     }
 
+    /// The default configuration with `[policy]` changed.
+    fn allowing(policy: DevicePolicy) -> HardwarePolicy {
+        HardwarePolicy { policy, ..HardwarePolicy::default() }
+    }
+
     /// The single error, asserting its path and that its reason holds `part`.
     #[track_caller]
     fn refused(
@@ -863,17 +761,17 @@ mod tests {
 
     #[test]
     fn realtime_is_refused_where_not_allowed() {
-        let strict = HardwarePolicy {
+        let strict = allowing(DevicePolicy {
             allow_realtime: false,
             allowed_capabilities: vec!["NET_ADMIN".into()],
-            ..policy()
-        };
+            ..DevicePolicy::default()
+        });
         let rt = ResourceLimits { realtime_priority: Some(80), ..ResourceLimits::default() };
         let r = release(vec![with_resources("ctl", rt)]);
         refused(
             admit(&r, &rpi5(), &strict),
             "services[0].resources.realtime_priority",
-            "real-time scheduling is not allowed by this agent's configuration ([hardware] allow_realtime = false)",
+            "real-time scheduling is not allowed by this device's configuration ([policy] allow_realtime = false)",
         );
         assert!(admit(&r, &rpi5(), &policy()).is_ok());
         for cap in ["SYS_NICE", "CAP_SYS_NICE", "cap_sys_nice"] {
@@ -899,15 +797,48 @@ mod tests {
     }
 
     #[test]
+    fn host_namespaces_need_the_policy_to_list_them() {
+        use fleet_proto::policy::Namespace;
+        use fleet_proto::release::NetworkMode;
+        let sharing = |ns: Vec<Namespace>| {
+            release(vec![ServiceSpec {
+                host_namespaces: ns,
+                network_mode: NetworkMode::Host,
+                ..svc("tools")
+            }])
+        };
+        // The host network by default (ROS 2 / DDS); pid, ipc and uts only when listed.
+        assert!(admit(&sharing(vec![]), &rpi5(), &policy()).is_ok());
+        refused(
+            admit(&sharing(vec![Namespace::Pid]), &rpi5(), &policy()),
+            "services[0].host_namespaces[0]",
+            "add \"pid\" to [policy] allow_host_namespaces",
+        );
+        let no_network =
+            allowing(DevicePolicy { allow_host_namespaces: vec![], ..DevicePolicy::default() });
+        refused(
+            admit(&sharing(vec![]), &rpi5(), &no_network),
+            "services[0].network_mode",
+            "\"network\"",
+        );
+        let pid = allowing(DevicePolicy {
+            allow_host_namespaces: vec![Namespace::Network, Namespace::Pid],
+            ..DevicePolicy::default()
+        });
+        assert!(admit(&sharing(vec![Namespace::Pid]), &rpi5(), &pid).is_ok());
+        assert!(admit(&sharing(vec![Namespace::Ipc]), &rpi5(), &pid).is_err());
+    }
+
+    #[test]
     fn privileged_is_refused_where_not_allowed() {
         let privileged = SecurityOptions { privileged: true, ..Default::default() };
         let r = release(vec![with_security("root", privileged)]);
         refused(
             admit(&r, &rpi5(), &policy()),
             "services[0].security.privileged",
-            "privileged containers are not allowed by this agent's configuration ([hardware] allow_privileged); request the hardware by name instead",
+            "privileged containers are not allowed by this device's configuration ([policy] allow_privileged); request the hardware by name instead",
         );
-        let lenient = HardwarePolicy { allow_privileged: true, ..policy() };
+        let lenient = allowing(DevicePolicy { allow_privileged: true, ..DevicePolicy::default() });
         assert!(admit(&r, &rpi5(), &lenient).is_ok());
         let all = SecurityOptions { cap_add: vec!["ALL".into()], ..Default::default() };
         let r = release(vec![with_security("root", all)]);
@@ -922,10 +853,10 @@ mod tests {
             cap_drop: vec!["ALL".into(), "drop tables".into()],
             ..Default::default()
         };
-        let allowing = HardwarePolicy {
+        let allowing = allowing(DevicePolicy {
             allowed_capabilities: vec!["NET_ADMIN".into(), "CAP_SYS_RAWIO".into()],
-            ..policy()
-        };
+            ..DevicePolicy::default()
+        });
         let errors =
             admit(&release(vec![with_security("s", sec)]), &rpi5(), &allowing).unwrap_err();
         let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
@@ -960,14 +891,17 @@ mod tests {
             let reason =
                 refused(admit(&asking(path), &hw, &policy()), "services[0].hardware[0]", what);
             assert!(
-                reason.contains(&format!("[hardware] allowed_devices lists \"{path}\"")),
+                reason.contains(&format!("[policy] allowed_devices lists \"{path}\"")),
                 "{reason}"
             );
         }
         // A serial port on the same major is not a console; a listed node is mapped.
         assert!(admit(&asking("/dev/ttyS0"), &hw, &policy()).is_ok());
         assert!(admit(&asking("/dev/ttyUSB0"), &hw, &policy()).is_ok());
-        let listing = HardwarePolicy { allowed_devices: vec!["/dev/kmsg".into()], ..policy() };
+        let listing = allowing(DevicePolicy {
+            allowed_devices: vec!["/dev/kmsg".into()],
+            ..DevicePolicy::default()
+        });
         assert!(admit(&asking("/dev/kmsg"), &hw, &listing).is_ok());
     }
 
@@ -985,7 +919,7 @@ mod tests {
             let reason = refused(
                 admit(&asking(&[cap]), &rpi5(), &policy()),
                 "services[0].security.cap_add[0]",
-                "[hardware] allowed_capabilities",
+                "[policy] allowed_capabilities",
             );
             assert!(reason.starts_with("CAP_"), "{reason}");
         }
@@ -993,11 +927,14 @@ mod tests {
         assert!(
             admit(&asking(&["CHOWN", "NET_BIND_SERVICE", "cap_kill"]), &rpi5(), &policy()).is_ok()
         );
-        let allowing =
-            HardwarePolicy { allowed_capabilities: vec!["net_admin".into()], ..policy() };
-        assert!(admit(&asking(&["CAP_NET_ADMIN"]), &rpi5(), &allowing).is_ok());
-        assert!(admit(&asking(&["SYS_ADMIN"]), &rpi5(), &allowing).is_err());
-        let privileged = HardwarePolicy { allow_privileged: true, ..policy() };
+        let net_admin = allowing(DevicePolicy {
+            allowed_capabilities: vec!["net_admin".into()],
+            ..DevicePolicy::default()
+        });
+        assert!(admit(&asking(&["CAP_NET_ADMIN"]), &rpi5(), &net_admin).is_ok());
+        assert!(admit(&asking(&["SYS_ADMIN"]), &rpi5(), &net_admin).is_err());
+        let privileged =
+            allowing(DevicePolicy { allow_privileged: true, ..DevicePolicy::default() });
         assert!(admit(&asking(&["SYS_ADMIN"]), &rpi5(), &privileged).is_ok());
     }
 

@@ -118,6 +118,7 @@ pub(crate) fn rpi5() -> HostHardware {
                 driver_version: None,
             }],
             accelerators: vec![],
+            policy: None,
         },
         nodes: nodes(&[
             ("/dev/dri/renderD128", node(226, 128, 992)),
@@ -174,6 +175,7 @@ pub(crate) fn jetson_orin() -> HostHardware {
                 driver_version: Some(s("R36.3.0")),
             }],
             accelerators: vec![],
+            policy: None,
         },
         nodes: nodes(&[
             ("/dev/nvgpu/igpu0/ctrl", node(498, 1, 44)),
@@ -232,6 +234,7 @@ pub(crate) fn x86_nvidia() -> HostHardware {
                 },
             ],
             accelerators: vec![Accelerator { kind: s("hailo"), dev_path: s("/dev/hailo0") }],
+            policy: None,
         },
         nodes: nodes(&[
             ("/dev/dri/renderD128", node(226, 128, 109)),

@@ -57,40 +57,25 @@ pub struct DeviceNode {
 // which maps onto them) and are named here too, where `map` produces them.
 pub use crate::runtime::{DeviceBind, GpuRequest, HardwareMapping};
 
-/// What this device's configuration allows (`[hardware]` in the agent's config).
+/// What this device's configuration allows (`[hardware]` and `[policy]` in the agent's config).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HardwarePolicy {
     /// Where `/dev`, `/sys`, `/proc` and `/etc` are read from (`/`; tests use fixture trees).
     pub root: std::path::PathBuf,
-    /// Whether services may run privileged.
-    pub allow_privileged: bool,
-    /// Capabilities services may add beyond Docker's default set (`[hardware]
-    /// allowed_capabilities`), with or without `CAP_`.
-    pub allowed_capabilities: Vec<String>,
-    /// Host paths of device nodes that give a container the host, mapped anyway (`[hardware]
-    /// allowed_devices`; see [`admit`]).
-    pub allowed_devices: Vec<String>,
-    /// Whether services may ask for real-time scheduling (`realtime_priority`, `SYS_NICE`).
-    pub allow_realtime: bool,
     /// Memory kept for the OS and the agent: the sum of the release's memory limits plus this
     /// must fit the device's memory.
     pub memory_reserve_bytes: u64,
-    /// The host directories services may bind (`[volumes] allowed_host_paths`): admission
-    /// refuses a bind that passes through a symbolic link below one of them
-    /// ([`crate::binds`]).
-    pub allowed_host_paths: Vec<std::path::PathBuf>,
+    /// What a release may do beyond an ordinary container (`[policy]`, see
+    /// [`fleet_proto::policy`]): judged at admission, and reported with the inventory.
+    pub policy: fleet_proto::policy::DevicePolicy,
 }
 
 impl Default for HardwarePolicy {
     fn default() -> Self {
         HardwarePolicy {
             root: "/".into(),
-            allow_privileged: false,
-            allowed_capabilities: Vec::new(),
-            allowed_devices: Vec::new(),
-            allow_realtime: true,
             memory_reserve_bytes: 256 << 20,
-            allowed_host_paths: Vec::new(),
+            policy: fleet_proto::policy::DevicePolicy::default(),
         }
     }
 }

@@ -51,7 +51,8 @@ const ARPHRD_CAN: &str = "280";
 
 /// Scans `root` (`/` on a device) into the inventory and the node table. Parts that are
 /// missing or unreadable are left empty: a host without GPIO simply has no GPIO chips.
-/// `inventory.disks` and `inventory.engine` are left for the caller (statvfs, the engine).
+/// `inventory.disks`, `inventory.engine` and `inventory.policy` are left for the caller
+/// (statvfs, the engine, the configuration).
 pub fn scan(root: &Path) -> HostHardware {
     let fs = Root { root, lstat: RefCell::default() };
     let (nodes, link_paths) = walk_dev(&fs);
@@ -73,6 +74,7 @@ pub fn scan(root: &Path) -> HostHardware {
         can: can_interfaces(&fs),
         gpus: gpus(&fs, &nodes, &drm),
         accelerators: accelerators(&nodes, &drm),
+        policy: None,
     };
     let engine_rt_runtime_us = engine_rt_runtime(&fs);
     HostHardware { inventory, nodes, links, engine_rt_runtime_us }

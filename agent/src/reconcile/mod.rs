@@ -202,7 +202,7 @@ impl<R: ContainerRuntime> Reconciler<R> {
         let admitted =
             crate::hardware::admit::admit(release, &self.hardware(), &self.hardware_policy);
         let links =
-            crate::binds::symlinked_binds(release, &self.hardware_policy.allowed_host_paths);
+            crate::binds::symlinked_binds(release, &self.hardware_policy.policy.allowed_host_paths);
         match admitted {
             Ok(mappings) if links.is_empty() => Ok(mappings),
             Ok(_) => Err(StepError::Unsatisfiable { problems: links }),

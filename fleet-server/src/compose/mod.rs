@@ -110,6 +110,7 @@ struct Parts {
     cpu_shares: Option<u32>,
     networks: Vec<NetworkAttachment>,
     secrets: Vec<fleet_proto::SecretMount>,
+    host_namespaces: Vec<fleet_proto::policy::Namespace>,
 }
 
 /// The Compose path each converted element came from, to translate
@@ -260,6 +261,7 @@ impl Parts {
             cpu_shares: self.cpu_shares,
             networks: self.networks,
             secrets: self.secrets,
+            host_namespaces: self.host_namespaces,
         }
     }
 }

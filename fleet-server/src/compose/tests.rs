@@ -522,6 +522,19 @@ fn the_same_host_port_in_two_services_is_reported_at_the_compose_path() {
 }
 
 #[test]
+fn host_namespaces_are_carried_for_the_device_to_judge() {
+    use fleet_proto::policy::Namespace;
+    assert_eq!(
+        svc("pid: host\nipc: host\nuts: host").host_namespaces,
+        [Namespace::Pid, Namespace::Ipc, Namespace::Uts]
+    );
+    assert_eq!(svc("ipc: private").host_namespaces, []);
+    assert!(refused("pid: \"service:db\"", "services.s.pid").contains("not supported yet"));
+    assert!(refused("ipc: shareable", "services.s.ipc").contains("use host or private"));
+    assert!(refused("uts: private", "services.s.uts").contains("use host,"));
+}
+
+#[test]
 fn network_modes_map_and_shared_namespaces_are_refused() {
     assert_eq!(svc("network_mode: host").network_mode, NetworkMode::Host);
     assert_eq!(svc("network_mode: none").network_mode, NetworkMode::None);

@@ -14,6 +14,7 @@ use bollard::models::{
     ResourcesUlimits, RestartPolicy as EngineRestart, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::CreateContainerOptionsBuilder;
+use fleet_proto::policy::Namespace;
 use fleet_proto::release::{
     NetworkMode, Probe, Protocol, RestartPolicy, VolumeMount, VolumeSource,
 };
@@ -277,6 +278,8 @@ fn container_body(req: &CreateRequest) -> ContainerCreateBody {
         })
         .collect();
 
+    // Host namespaces besides the network, as admission allowed them ([policy]).
+    let host_namespace = |ns| spec.host_namespaces.contains(&ns).then(|| "host".to_owned());
     let network_mode = match (spec.network_mode, req.networks.first()) {
         (NetworkMode::Release, Some(first)) => first.network.as_str(),
         // A request built without its networks (never by the reconciler): the engine's bridge.
@@ -313,6 +316,9 @@ fn container_body(req: &CreateRequest) -> ContainerCreateBody {
         runtime: hw.runtime.clone(),
         cpu_realtime_runtime: hw.cpu_rt_runtime_us,
         group_add: (!group_add.is_empty()).then_some(group_add),
+        pid_mode: host_namespace(Namespace::Pid),
+        ipc_mode: host_namespace(Namespace::Ipc),
+        uts_mode: host_namespace(Namespace::Uts),
         ..Default::default()
     };
 
@@ -478,6 +484,18 @@ mod tests {
             pty.mounts.unwrap().into_iter().find(|m| m.typ == Some(MountType::BIND)).unwrap();
         assert_eq!(bind.source.as_deref(), Some("/dev/pts/7"));
         assert_eq!(bind.target.as_deref(), Some("/dev/ttyUSB0"));
+    }
+
+    #[test]
+    fn host_namespaces_reach_the_engine_and_only_those_asked_for() {
+        let mut req = request();
+        let host = container_body(&req).host_config.unwrap();
+        assert_eq!((host.pid_mode, host.ipc_mode, host.uts_mode), (None, None, None));
+        req.spec.host_namespaces = vec![Namespace::Pid, Namespace::Uts];
+        let host = container_body(&req).host_config.unwrap();
+        assert_eq!(host.pid_mode.as_deref(), Some("host"));
+        assert_eq!(host.ipc_mode, None);
+        assert_eq!(host.uts_mode.as_deref(), Some("host"));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use fleet_proto::policy::Namespace;
 use fleet_proto::release::{
     Dependency, GpuKind, GpuSelect, HardwareRequest, NetworkAttachment, NetworkMode, PortMapping,
     ResourceLimits, RestartPolicy, SecretMount, SecurityOptions, Ulimit, UpdateStrategy,
@@ -27,7 +28,7 @@ mod volumes;
 use environment::{environment, labels, words};
 use health::{combine_health, healthcheck, Healthcheck};
 use lifecycle::{depends_on, restart};
-use networking::{network_mode, networks, ports};
+use networking::{host_namespace, network_mode, networks, ports};
 use resources::{devices, pids, reserved_devices, ulimits};
 use secrets::secrets;
 use security::{capabilities, security_opt};
@@ -72,7 +73,7 @@ fn refusal(key: &str) -> Option<&'static str> {
         "stop_grace_period" => "not supported yet: the agent stops containers with its configured grace period (10 s by default)",
         "stop_signal" => "not supported yet: containers are stopped with SIGTERM, then SIGKILL after the grace period",
         "hostname" | "domainname" | "dns" | "dns_search" | "dns_opt" | "extra_hosts" | "mac_address" => "not supported yet: name resolution comes from the release network (service names) and the device",
-        "sysctls" | "ipc" | "pid" | "uts" | "userns_mode" | "cgroup" | "cgroup_parent" | "init" | "isolation" | "runtime" | "storage_opt" | "device_cgroup_rules" => "not supported yet by the agent",
+        "sysctls" | "userns_mode" | "cgroup" | "cgroup_parent" | "init" | "isolation" | "runtime" | "storage_opt" | "device_cgroup_rules" => "not supported yet by the agent",
         "cpu_quota" | "cpu_period" | "cpu_count" | "cpu_percent" | "cpu_rt_runtime" | "cpu_rt_period" | "mem_swappiness" | "oom_kill_disable" | "oom_score_adj" | "blkio_config" => "not supported yet: use cpus, cpu_shares, cpuset, mem_limit, mem_reservation, memswap_limit and pids_limit",
         "stdin_open" | "tty" | "attach" => "services on a device run unattended: there is no terminal to attach",
         "annotations" | "develop" | "credential_spec" | "volumes_from" | "provider" | "use_api_socket" | "post_start" | "pre_stop" | "label_file" | "models" => "not supported",
@@ -149,6 +150,7 @@ struct Converter<'p, 't> {
     networks: Vec<NetworkAttachment>,
     networks_path: Option<String>,
     secrets: Vec<(SecretMount, String)>,
+    host_namespaces: Vec<Namespace>,
     fleet: FleetKeys,
 }
 
@@ -188,6 +190,7 @@ impl<'p, 't> Converter<'p, 't> {
             networks: vec![],
             networks_path: None,
             secrets: vec![],
+            host_namespaces: vec![],
             fleet: FleetKeys::default(),
         }
     }
@@ -242,6 +245,11 @@ impl<'p, 't> Converter<'p, 't> {
             "networks" => {
                 self.networks = networks(p, &at, v, self.top.networks);
                 self.networks_path = Some(at);
+            }
+            "pid" | "ipc" | "uts" => {
+                if let Some(ns) = host_namespace(p, &at, key, v) {
+                    self.host_namespaces.push(ns);
+                }
             }
             "network_mode" => {
                 if let Some(mode) = network_mode(p, &at, v) {
@@ -514,6 +522,7 @@ impl<'p, 't> Converter<'p, 't> {
             cpu_shares: self.cpu_shares,
             networks: self.networks,
             secrets: self.secrets.into_iter().map(|(m, _)| m).collect(),
+            host_namespaces: self.host_namespaces,
         };
         (image, parts, sources)
     }

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeSet;
 
+use fleet_proto::policy::Namespace;
 use fleet_proto::release::{NetworkAttachment, NetworkMode, PortMapping, Protocol};
 
 use super::MAX_PORTS_PER_SERVICE;
@@ -208,6 +209,32 @@ pub(super) fn network_mode(p: &mut Problems, path: &str, node: &Node) -> Option<
         }
         other => {
             p.add(path, Some(node), format!("network_mode {other:?} is not supported; use host, none or bridge (the release network, the default)"));
+            None
+        }
+    }
+}
+
+/// `pid`, `ipc` or `uts` (`key`): `host` shares the host's namespace, which the device's
+/// `[policy] allow_host_namespaces` must allow (the agent judges, and `rollout plan` shows
+/// it); `private` (ipc) is the default. Sharing another container's namespace is not
+/// supported yet.
+pub(super) fn host_namespace(
+    p: &mut Problems,
+    path: &str,
+    key: &str,
+    node: &Node,
+) -> Option<Namespace> {
+    let mode = read::string(p, path, node)?;
+    match (key, mode.as_str()) {
+        (_, "host") => key.parse().ok(),
+        ("ipc", "private") => None,
+        (_, m) if m.starts_with("service:") || m.starts_with("container:") => {
+            p.add(path, Some(node), format!("sharing another container's {key} namespace is not supported yet; use host (if the device allows it) or leave {key} out"));
+            None
+        }
+        (_, other) => {
+            let allowed = if key == "ipc" { "host or private" } else { "host" };
+            p.add(path, Some(node), format!("{key} {other:?} is not supported; use {allowed}, or leave {key} out for the container's own"));
             None
         }
     }
