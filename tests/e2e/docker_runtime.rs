@@ -462,6 +462,26 @@ async fn resource_limits_and_security_options_land_in_the_engine() {
 }
 
 #[tokio::test]
+async fn a_host_pid_namespace_the_policy_allowed_is_the_hosts() {
+    let dev = Device::new("hostpid").await;
+    let mut spec = dev.spec("web:1");
+    spec.host_namespaces = vec![fleet_proto::policy::Namespace::Pid];
+    let id = dev.run("tools", spec).await;
+    let docker = dev.env.docker().await;
+    let inspect = docker.inspect_container(&id, None::<InspectContainerOptions>).await.unwrap();
+    let host = inspect.host_config.unwrap();
+    assert_eq!(host.pid_mode.as_deref(), Some("host"));
+    assert_eq!(host.ipc_mode.as_deref(), Some("private"), "only what was asked for");
+    // The container sees the host's process 1, not its own.
+    let seen = std::process::Command::new("docker")
+        .args(["exec", &id, "cat", "/proc/1/comm"])
+        .output()
+        .unwrap();
+    let host_init = std::fs::read_to_string("/proc/1/comm").unwrap();
+    assert_eq!(String::from_utf8_lossy(&seen.stdout), host_init, "{seen:?}");
+}
+
+#[tokio::test]
 async fn realtime_priority_becomes_an_rtprio_ulimit() {
     let dev = Device::new("rtprio").await;
     let mut spec = dev.spec("crash:1");

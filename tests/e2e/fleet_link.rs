@@ -247,3 +247,112 @@ async fn a_linked_agent_updates_itself_reconnects_with_its_identity_and_then_com
     );
     drop(agent);
 }
+
+/// Issue 24's fleet-level case: on a device with the default `[policy]` (and one directory it
+/// lets services bind, where a container planted `x -> /`), a release asking for
+/// `CAP_SYS_ADMIN`, `/dev/mem`, the host's pid namespace and a bind through that link is shown
+/// as unsatisfiable by `rollout plan` (the three reasons the server can know from the policy
+/// the agent reported), and, published anyway, refused by the device with all four reasons
+/// while nothing starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_beyond_the_devices_policy_is_shown_by_rollout_plan_and_refused_with_every_reason(
+) {
+    let env = TestEnv::load();
+    let fleet = start_fleet().await;
+    let id = format!("policy-{}", std::process::id());
+    let _containers = Containers(id.clone());
+    let bundle = fleet.enroll(&id);
+    fleet_e2e::fleet::test_pacing(&bundle);
+    let maps = bundle.join("maps");
+    std::fs::create_dir_all(&maps).unwrap();
+    std::os::unix::fs::symlink("/", maps.join("x")).unwrap();
+    std::fs::write(
+        bundle.join("config.d/20-policy.toml"),
+        format!("[policy]\nallowed_host_paths = [\"{}\"]\n", maps.display()),
+    )
+    .unwrap();
+    let _agent = start_agent(&bundle, true);
+
+    // The agent reports its policy with its inventory.
+    let (fleet_ref, id_ref) = (&fleet, id.as_str());
+    let policy = eventually("the policy on the server", Duration::from_secs(30), || async move {
+        let d = device(fleet_ref, id_ref).await;
+        let policy = &d["inventory"]["policy"];
+        (!policy.is_null()).then(|| policy.clone())
+    })
+    .await;
+    assert_eq!(policy["allow_host_namespaces"], serde_json::json!(["network"]), "{policy}");
+    assert_eq!(policy["allow_privileged"], false, "{policy}");
+
+    let compose = format!(
+        "services:\n  tools:\n    image: {}\n    cap_add: [SYS_ADMIN]\n    devices: [\"/dev/mem:/dev/mem\"]\n    pid: host\n    volumes: [\"{}/x/etc:/host-etc:ro\"]\n",
+        env.image("web:1").tag,
+        maps.display()
+    );
+    let file = fleet.dir.path().join("policy.yaml");
+    std::fs::write(&file, compose).unwrap();
+    fleet_e2e::ok(&fleet.fleetctl(&[
+        "release",
+        "create",
+        "escape",
+        "1",
+        "-f",
+        file.to_str().unwrap(),
+    ]));
+
+    // Pre-flight shows the device cannot run it, and why, before anything is sent.
+    let target = format!("devices:{id}");
+    let plan = fleet_e2e::ok(
+        &fleet.fleetctl(&["--json", "rollout", "plan", "escape@1", "--target", &target]),
+    );
+    let plan: serde_json::Value = serde_json::from_str(&plan).unwrap();
+    assert_eq!(plan["unsatisfiable"][0][0], id.as_str(), "{plan}");
+    let reasons: Vec<&str> = plan["unsatisfiable"][0][1]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    let expected = [
+        "service tools: security.cap_add[0]: CAP_SYS_ADMIN is beyond Docker's default set",
+        "service tools: host_namespaces[0]: the host's pid namespace is not shared",
+        "service tools: hardware[0]: /dev/mem is all physical memory (/dev/mem)",
+    ];
+    assert_eq!(reasons.len(), expected.len(), "{reasons:#?}");
+    for want in expected {
+        assert!(reasons.iter().any(|r| r.starts_with(want)), "{want}: {reasons:#?}");
+    }
+    let refused = fleet.fleetctl(&["rollout", "create", "escape@1", "--target", &target]);
+    assert!(!refused.status.success(), "a rollout does not start on it: {refused:?}");
+
+    // Published to the device directly, the device judges for itself: the three, and the link
+    // only it can see. Nothing starts.
+    let (code, release) = fleet.api("GET", "/api/v1/releases/escape@1", None).await;
+    assert_eq!(code, 200, "{release}");
+    fleet.assign(&id, &release["spec"]).await;
+    let reason = eventually("the device's refusal", Duration::from_secs(60), || async move {
+        let d = device(fleet_ref, id_ref).await;
+        let failed = &d["last_report"]["update"]["last_outcome"]["result"]["Failed"]["reason"];
+        failed.as_str().map(str::to_owned)
+    })
+    .await;
+    assert!(reason.starts_with("unsatisfiable on this device"), "{reason}");
+    for want in [
+        "services[0].security.cap_add[0]: CAP_SYS_ADMIN is beyond Docker's default set",
+        "[policy] allowed_capabilities",
+        "services[0].host_namespaces[0]: the host's pid namespace is not shared",
+        "[policy] allow_host_namespaces",
+        "services[0].hardware[0]: /dev/mem is all physical memory",
+        "[policy] allowed_devices",
+        "services[0].volumes[0].source: host path",
+        "passes through the symbolic link",
+    ] {
+        assert!(reason.contains(want), "{want}: {reason}");
+    }
+    let running = Command::new("docker")
+        .args(["ps", "-aq", "--filter", &format!("label=io.fleet.device={id}")])
+        .output()
+        .unwrap()
+        .stdout;
+    assert!(running.is_empty(), "no container was created");
+}
