@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use fleet_oci::guard::Allowlist;
 use fleet_proto::RegistryCredential;
 use serde::Deserialize;
 
@@ -33,6 +34,13 @@ mqtt_listen = "127.0.0.1:1883"
 
 # The broker URL written into enrollment bundles (default: the broker above).
 # device_broker = "mqtts://mqtt.example.com:8883"
+
+# The registries whose tags the server resolves, as image references name them (host[:port],
+# compared exactly, letters in any case; Docker Hub is "docker.io"). Empty: any registry, but
+# only at public addresses; a registry on loopback, a private network, link-local or a cloud's
+# metadata address must be listed. The agent_repository's registry is reached in any case.
+# allowed_registries = ["registry.example.com", "docker.io", "localhost:5000"]
+allowed_registries = []
 
 # Private registries: used to resolve image tags when releases are created, and sent to
 # devices inside their signed desired state so they can pull.
@@ -60,6 +68,8 @@ struct File {
     #[serde(default)]
     registries: Vec<RegistryLogin>,
     agent_repository: Option<String>,
+    #[serde(default)]
+    allowed_registries: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -87,6 +97,9 @@ pub struct Overrides {
     pub device_broker: Option<String>,
     /// `--agent-repository` / `FLEET_AGENT_REPOSITORY`.
     pub agent_repository: Option<String>,
+    /// `--allowed-registry` (repeated) / `FLEET_ALLOWED_REGISTRIES` (comma-separated): the
+    /// whole list, replacing the file's.
+    pub allowed_registries: Option<Vec<String>>,
 }
 
 /// Why the configuration was refused.
@@ -146,6 +159,14 @@ pub fn load(path: Option<&Path>, overrides: Overrides) -> Result<ServeOptions, C
             password: password.trim().to_owned(),
         });
     }
+    let allowed = overrides.allowed_registries.unwrap_or(file.allowed_registries);
+    let allowed_registries = Allowlist::new(&allowed).map_err(|e| {
+        let at = allowed.iter().position(|a| *a == e.entry).unwrap_or_default();
+        ConfigError::Invalid {
+            path: path.as_deref().map(|p| p.display().to_string()).unwrap_or_default(),
+            reason: format!("allowed_registries[{at}]: {e}"),
+        }
+    })?;
     let relative = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
     Ok(ServeOptions {
         data_dir: overrides.data.or(file.data.map(relative)).unwrap_or(defaults.data_dir),
@@ -156,6 +177,7 @@ pub fn load(path: Option<&Path>, overrides: Overrides) -> Result<ServeOptions, C
         external_broker: overrides.broker.or(file.broker),
         registries,
         agent_repository: overrides.agent_repository.or(file.agent_repository),
+        allowed_registries,
     })
 }
 
@@ -186,6 +208,7 @@ mod tests {
         assert_eq!(opts.api_listen, defaults.api_listen);
         assert_eq!(opts.mqtt_listen, defaults.mqtt_listen);
         assert_eq!(opts.data_dir, dir.path().join("fleet-data"), "relative to the file");
+        assert_eq!(opts.allowed_registries, defaults.allowed_registries);
     }
 
     #[test]
@@ -205,6 +228,39 @@ mod tests {
         let opts = load(Some(&path), overrides).unwrap();
         assert_eq!(opts.api_listen.port(), 9999);
         assert_eq!(opts.registries[0].password, "s3cret");
+    }
+
+    #[test]
+    fn allowed_registries_come_from_the_file_or_whole_from_the_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(
+            &path,
+            "version = 1\nallowed_registries = [\"Registry.Example.com\", \"localhost:5000\"]\n",
+        )
+        .unwrap();
+        let opts = load(Some(&path), Overrides::default()).unwrap();
+        assert_eq!(opts.allowed_registries.allowed(), ["registry.example.com", "localhost:5000"]);
+        let overrides = Overrides {
+            allowed_registries: Some(vec!["127.0.0.1:5000".into()]),
+            ..Overrides::default()
+        };
+        let opts = load(Some(&path), overrides).unwrap();
+        assert_eq!(opts.allowed_registries.allowed(), ["127.0.0.1:5000"]);
+        assert!(ServeOptions::default().allowed_registries.allowed().is_empty());
+    }
+
+    #[test]
+    fn an_allowed_registry_that_is_not_a_host_is_refused_with_its_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(
+            &path,
+            "version = 1\nallowed_registries = [\"docker.io\", \"https://registry.example.com\"]\n",
+        )
+        .unwrap();
+        let err = load(Some(&path), Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains("allowed_registries[1]") && err.contains("host[:port]"), "{err}");
     }
 
     #[test]

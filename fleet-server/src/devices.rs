@@ -2,12 +2,23 @@
 
 use std::collections::BTreeMap;
 
+use fleet_proto::report::{AgentUpdateFailure, AgentVersions};
 use fleet_proto::{DeviceId, Message, Presence, ReleaseId, SealKey, StateReport, UnixMillis};
 use serde::{Deserialize, Serialize};
 
 /// The shortest time between two sealing-key changes the server takes from a device that has
 /// one (10 minutes, in milliseconds).
 pub const SEAL_KEY_MIN_INTERVAL: UnixMillis = UnixMillis(10 * 60 * 1000);
+
+/// Lines of a failed agent trial's log the server keeps: the agent sends its last 20
+/// (`agent/src/slots/trial_log.rs`), a forged report could send a megabyte of them.
+pub const MAX_FAILED_LOG_LINES: usize = 20;
+/// Characters per log line: the agent cuts its lines at 300 and adds `…`.
+pub const MAX_LOG_LINE_CHARS: usize = 301;
+/// Characters of the reason a trial failed (the agent's are one error message).
+pub const MAX_REASON_CHARS: usize = 1024;
+/// Characters of a reported agent version (a release id holds at most 128).
+pub const MAX_VERSION_CHARS: usize = 128;
 
 /// A device's client certificate, as the registry remembers it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -184,7 +195,7 @@ impl DeviceRecord {
     }
 
     /// The agent versions it reported last (`None`: an agent that predates self-update).
-    pub fn agent_versions(&self) -> Option<&fleet_proto::report::AgentVersions> {
+    pub fn agent_versions(&self) -> Option<&AgentVersions> {
         self.last_report.as_ref().and_then(|r| r.agent.as_ref())
     }
 
@@ -255,7 +266,8 @@ impl DeviceRecord {
                 rec.online = true;
                 rec.accepted_generation = r.accepted_generation;
                 rec.release = r.in_force.as_ref().map(|f| f.release.clone());
-                rec.last_report = Some(StateReport { inventory: None, ..r.clone() });
+                let agent = r.agent.clone().map(bounded_agent_versions);
+                rec.last_report = Some(StateReport { inventory: None, agent, ..r.clone() });
                 // Every report carries the key; one without it comes from an older agent. A
                 // change re-seals and republishes the device's secrets, so a device that has a
                 // key takes another at most once per SEAL_KEY_MIN_INTERVAL (a report can be
@@ -278,6 +290,43 @@ impl DeviceRecord {
     /// [`DeviceRecord::observe_at`] with the current time.
     pub fn observe(previous: Option<DeviceRecord>, msg: &Message) -> Option<DeviceRecord> {
         DeviceRecord::observe_at(previous, msg, UnixMillis::now())
+    }
+}
+
+/// `agent` as the server keeps it: every free-text field within its bound above, so a device
+/// cannot make its record (rewritten on every report, shown by the API and in rollout
+/// outcomes) as large as a message may be. What an honest agent sends passes unchanged.
+pub fn bounded_agent_versions(agent: AgentVersions) -> AgentVersions {
+    let version = |v: String| cut(v, MAX_VERSION_CHARS);
+    // The newest lines say most: a log longer than the bound loses its oldest.
+    let skip = agent.failed_log.len().saturating_sub(MAX_FAILED_LOG_LINES);
+    AgentVersions {
+        running: version(agent.running),
+        committed: agent.committed.map(version),
+        trial: agent.trial.map(version),
+        failed: agent.failed.map(|f| AgentUpdateFailure {
+            version: version(f.version),
+            reason: cut(f.reason, MAX_REASON_CHARS),
+            at: f.at,
+        }),
+        failed_log: agent
+            .failed_log
+            .into_iter()
+            .skip(skip)
+            .map(|line| cut(line, MAX_LOG_LINE_CHARS))
+            .collect(),
+        installed: agent.installed.map(version),
+    }
+}
+
+/// `text` if it has at most `max` characters, else its first `max - 1` and `…`.
+fn cut(text: String, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text,
+        Some(_) => {
+            let end = text.char_indices().nth(max.saturating_sub(1)).map_or(0, |(i, _)| i);
+            format!("{}…", &text[..end])
+        }
     }
 }
 
@@ -310,6 +359,66 @@ mod tests {
         let later = UnixMillis(SEAL_KEY_MIN_INTERVAL.0 + 10);
         let rec = DeviceRecord::observe_at(Some(soon), &Message::Report(older), later);
         assert_eq!(rec.unwrap().seal_key, None, "an older agent's report has none");
+    }
+
+    #[test]
+    fn an_honest_agents_report_is_kept_as_it_came() {
+        let agent = samples::report().agent.expect("the sample reports agent versions");
+        assert_eq!(bounded_agent_versions(agent.clone()), agent);
+        // The agent's longest line: 300 characters and its `…`, multi-byte ones included.
+        let line = format!("{}…", "é".repeat(300));
+        let full = AgentVersions { failed_log: vec![line; 20], ..agent };
+        assert_eq!(bounded_agent_versions(full.clone()), full);
+    }
+
+    #[test]
+    fn a_forged_report_is_cut_to_the_bounds_on_character_boundaries() {
+        let huge = "ü".repeat(5_000);
+        let forged = AgentVersions {
+            running: huge.clone(),
+            committed: Some(huge.clone()),
+            trial: Some(huge.clone()),
+            failed: Some(AgentUpdateFailure {
+                version: huge.clone(),
+                reason: huge.clone(),
+                at: UnixMillis(1),
+            }),
+            failed_log: (0..1_000).map(|i| format!("{i} {huge}")).collect(),
+            installed: Some(huge.clone()),
+        };
+        let kept = bounded_agent_versions(forged);
+        let chars = |s: &str| s.chars().count();
+        assert_eq!(chars(&kept.running), MAX_VERSION_CHARS);
+        assert!(kept.running.ends_with('…'));
+        for v in [&kept.committed, &kept.trial, &kept.installed] {
+            assert_eq!(v.as_deref().map(chars), Some(MAX_VERSION_CHARS));
+        }
+        let failed = kept.failed.unwrap();
+        assert_eq!(chars(&failed.version), MAX_VERSION_CHARS);
+        assert_eq!(chars(&failed.reason), MAX_REASON_CHARS);
+        assert_eq!(kept.failed_log.len(), MAX_FAILED_LOG_LINES);
+        assert!(kept.failed_log[0].starts_with("980 "), "the newest lines are kept");
+        assert!(kept.failed_log[19].starts_with("999 "));
+        assert!(kept.failed_log.iter().all(|l| chars(l) == MAX_LOG_LINE_CHARS && l.ends_with('…')));
+    }
+
+    #[test]
+    fn a_reports_agent_versions_are_stored_bounded() {
+        let mut report = samples::report();
+        let agent = report.agent.as_mut().unwrap();
+        agent.failed_log = vec!["x".repeat(1 << 20); 3];
+        let rec = DeviceRecord::observe_at(None, &Message::Report(report), UnixMillis(1)).unwrap();
+        let stored = rec.agent_versions().unwrap();
+        assert_eq!(stored.failed_log.len(), 3);
+        assert!(stored.failed_log.iter().all(|l| l.len() == 300 + '…'.len_utf8()));
+    }
+
+    #[test]
+    fn text_is_cut_with_a_marker_only_past_its_bound() {
+        assert_eq!(cut("abc".into(), 3), "abc");
+        assert_eq!(cut("abcd".into(), 3), "ab…");
+        assert_eq!(cut("ßßßß".into(), 3), "ßß…", "on a character boundary");
+        assert_eq!(cut(String::new(), 3), "");
     }
 
     #[test]

@@ -77,6 +77,10 @@ pub struct ServeOptions {
     /// `registry.example.com/fleet/agent`); a login for its registry, if it needs one, is in
     /// `registries`. `None`: agent releases cannot be created.
     pub agent_repository: Option<String>,
+    /// The registries the server resolves tags in (`allowed_registries`): when any are
+    /// listed, only those; when none, any at a public address. Listed hosts may have any
+    /// address ([`fleet_oci::guard`]).
+    pub allowed_registries: fleet_oci::guard::Allowlist,
 }
 
 impl Default for ServeOptions {
@@ -90,6 +94,7 @@ impl Default for ServeOptions {
             external_broker: None,
             registries: Vec::new(),
             agent_repository: None,
+            allowed_registries: fleet_oci::guard::Allowlist::default(),
         }
     }
 }
@@ -213,8 +218,11 @@ pub async fn serve(
     let api_addr = listener.local_addr().map_err(ServeError::Api)?;
     let rollouts = tokio::spawn(driver.clone().run());
     ready(api_addr);
-    let registry =
-        Arc::new(registry::RegistryResolver::new(opts.registries.clone(), opts.agent_repository));
+    let registry = Arc::new(registry::RegistryResolver::new(
+        opts.registries.clone(),
+        opts.agent_repository,
+        opts.allowed_registries,
+    ));
     let api = api::Api {
         store,
         pki,

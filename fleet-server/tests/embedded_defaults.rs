@@ -26,6 +26,7 @@ async fn start_server(data: &std::path::Path) -> (SocketAddr, SocketAddr) {
         external_broker: None,
         registries: Vec::new(),
         agent_repository: None,
+        allowed_registries: Default::default(),
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
@@ -185,6 +186,7 @@ async fn the_embedded_broker_refuses_to_listen_beyond_loopback() {
         external_broker: None,
         registries: Vec::new(),
         agent_repository: None,
+        allowed_registries: Default::default(),
     };
     let err = fleet_server::serve(opts, std::future::pending(), |_| {}).await.unwrap_err();
     assert!(err.to_string().contains("only listens on loopback"), "{err}");

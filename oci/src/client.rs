@@ -11,9 +11,13 @@ use std::time::Duration;
 
 use fleet_proto::{ImageRef, RegistryCredential};
 use serde::Deserialize;
+use ureq::config::RedirectAuthHeaders;
 use ureq::tls::{RootCerts, TlsConfig};
+use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
 use crate::error::RegistryError;
+use crate::guard::{Allowlist, Refusal};
 use crate::manifest::{self, IndexEntry, Kind, Manifest, ACCEPT};
 use crate::platform::{best_fit, Platform, PlatformImage, ResolvedImage};
 use crate::reference::{is_sha256_digest, split_port, Reference, DOCKER_HUB};
@@ -43,17 +47,24 @@ impl RegistryClient {
     /// A client trusting the system's CA bundle; `timeout` bounds each request, `user_agent`
     /// names the caller to registries (e.g. `fleet-agent/0.1.0`).
     pub fn new(user_agent: &str, timeout: Duration) -> RegistryClient {
-        let tls = TlsConfig::builder()
-            .root_certs(RootCerts::Specific(Arc::new(system_roots())))
-            .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .build();
-        let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(timeout))
-            .http_status_as_error(false)
-            .tls_config(tls)
-            .user_agent(user_agent)
-            .build()
-            .into();
+        RegistryClient { agent: ureq::Agent::new_with_config(config(user_agent, timeout)) }
+    }
+
+    /// [`RegistryClient::new`] for the server, which reaches registries that Compose files name:
+    /// it connects only to public addresses, unless `allowlist` lists the host, and this holds
+    /// for every connection (token services and redirects too), checked on the addresses it
+    /// connects to ([`crate::guard`]). A refused connection is [`RegistryError::Refused`].
+    ///
+    /// Behind a proxy named by `HTTPS_PROXY`/`HTTP_PROXY` the proxy resolves names and
+    /// connects, so no address but the proxy's own reaches this check: the proxy must refuse
+    /// internal destinations. ([`Allowlist::check_registry`] still refuses listed-out
+    /// registries and those written as non-public addresses before anything is sent.)
+    pub fn guarded(user_agent: &str, timeout: Duration, allowlist: Allowlist) -> RegistryClient {
+        let agent = ureq::Agent::with_parts(
+            config(user_agent, timeout),
+            DefaultConnector::new(),
+            GuardedResolver { allowlist },
+        );
         RegistryClient { agent }
     }
 
@@ -256,6 +267,57 @@ impl RegistryClient {
     }
 }
 
+/// What every client is configured with: the system's CA certificates, `timeout` per request,
+/// statuses as answers (not errors), and no login on a redirect, even to the same host.
+fn config(user_agent: &str, timeout: Duration) -> ureq::config::Config {
+    let tls = TlsConfig::builder()
+        .root_certs(RootCerts::Specific(Arc::new(system_roots())))
+        .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .build();
+    ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .tls_config(tls)
+        .user_agent(user_agent)
+        // ureq's default, stated: a registry redirects blob downloads to storage on other
+        // hosts, which must never see the registry's password or token.
+        .redirect_auth_headers(RedirectAuthHeaders::Never)
+        .build()
+}
+
+/// The guarded client's resolver: ureq's own, then [`Allowlist::check_connection`] on every
+/// address, so the connector only ever gets addresses that passed. ureq asks it again for
+/// each new host a redirect names. (ureq's resolver interface is outside its semver promise:
+/// an update of ureq may need this adapted.)
+#[derive(Debug)]
+struct GuardedResolver {
+    allowlist: Allowlist,
+}
+
+impl Resolver for GuardedResolver {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let addresses = DefaultResolver::default().resolve(uri, config, timeout)?;
+        // A proxy from the environment is the server's own configuration, not a Compose file's.
+        if config.proxy().is_some_and(|p| p.uri() == uri) {
+            return Ok(addresses);
+        }
+        let host = uri.authority().map_or_else(String::new, |a| match a.port() {
+            Some(port) => format!("{}:{port}", a.host()),
+            None => a.host().to_owned(),
+        });
+        let ips: Vec<std::net::IpAddr> = addresses.iter().map(std::net::SocketAddr::ip).collect();
+        self.allowlist
+            .check_connection(&host, &ips)
+            .map_err(|refusal| ureq::Error::Other(Box::new(refusal)))?;
+        Ok(addresses)
+    }
+}
+
 /// `registry/path` (e.g. `registry.example:5000/fleet/agent`) split at its first `/`.
 pub(crate) fn split_repository(repository: &str) -> Result<(&str, &str), RegistryError> {
     repository.split_once('/').ok_or_else(|| RegistryError::Protocol {
@@ -453,6 +515,10 @@ impl<'a> Session<'a> {
     /// A transport error: no answer (unreachable), or an answer outside HTTP's rules.
     pub(crate) fn transport(&self, error: ureq::Error, registry: String) -> RegistryError {
         match error {
+            ureq::Error::Other(e) if e.is::<Refusal>() => match e.downcast::<Refusal>() {
+                Ok(refusal) => RegistryError::Refused { registry, refusal: *refusal },
+                Err(e) => RegistryError::Unreachable { registry, source: e },
+            },
             ureq::Error::TooManyRedirects
             | ureq::Error::RedirectFailed
             | ureq::Error::BadUri(_)
@@ -848,6 +914,7 @@ fn realm_may_get_login(realm: &str, registry_base: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::guard::AddressKind;
     use crate::manifest::EntryPlatform;
 
     #[test]
@@ -988,6 +1055,149 @@ mod tests {
         assert_eq!(pick_platform(&entries, &p("arm", Some("v7"))).as_deref(), Some("v7"));
         assert_eq!(pick_platform(&entries, &p("arm64", None)).as_deref(), Some("arm64"));
         assert_eq!(pick_platform(&entries, &p("riscv64", None)), None);
+    }
+
+    /// A stand-in on loopback: answers its connections with `answers` in turn (then 500) and
+    /// records each request's head, lowercase.
+    fn scripted(answers: Vec<String>) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let heads = seen.clone();
+        std::thread::spawn(move || {
+            let mut answers = answers.into_iter();
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                heads.lock().unwrap().push(String::from_utf8_lossy(&request).to_lowercase());
+                let answer = answers.next().unwrap_or_else(|| answer("500 Scripted", "", ""));
+                let _ = stream.write_all(answer.as_bytes());
+            }
+        });
+        (address, seen)
+    }
+
+    fn answer(status: &str, headers: &str, body: &str) -> String {
+        format!(
+            "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n{headers}\r\n{body}",
+            body.len()
+        )
+    }
+
+    /// Downloads `BLOB` from `registry` with `client` into a fresh file.
+    fn download(
+        client: &RegistryClient,
+        registry: &str,
+        login: Option<&RegistryCredential>,
+    ) -> Result<(), RegistryError> {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dest = std::env::temp_dir().join(format!("fleet-oci-{}-{n}", std::process::id()));
+        let digest = manifest::sha256_digest(BLOB.as_bytes());
+        let size = BLOB.len() as u64;
+        let result =
+            client.download_blob(&format!("{registry}/x"), &digest, size, &dest, login, &|_| ());
+        let _ = std::fs::remove_file(&dest);
+        result
+    }
+
+    const BLOB: &str = "an agent binary";
+
+    fn guarded(allowed: &[&str]) -> RegistryClient {
+        RegistryClient::guarded("fleet-oci-tests", TIMEOUT, Allowlist::new(allowed).unwrap())
+    }
+
+    const TIMEOUT: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn a_login_goes_along_no_redirect() {
+        let (storage, storage_saw) = scripted(vec![answer("200 OK", "", BLOB)]);
+        let (registry, registry_saw) = scripted(vec![
+            answer("401 Unauthorized", "WWW-Authenticate: Basic realm=\"r\"\r\n", ""),
+            answer("307 Temporary Redirect", &format!("Location: http://{storage}/blob\r\n"), ""),
+        ]);
+        let login = RegistryCredential {
+            registry: registry.clone(),
+            username: "fleet".into(),
+            password: "s3cret".into(),
+        };
+        let client = RegistryClient::new("fleet-oci-tests", TIMEOUT);
+        download(&client, &registry, Some(&login)).unwrap();
+        let registry_saw = registry_saw.lock().unwrap();
+        assert!(registry_saw[1].contains("authorization: basic"), "{registry_saw:?}");
+        let storage_saw = storage_saw.lock().unwrap();
+        assert_eq!(storage_saw.len(), 1);
+        assert!(!storage_saw[0].contains("authorization"), "{storage_saw:?}");
+    }
+
+    #[test]
+    fn the_guarded_client_follows_no_redirect_to_an_unlisted_private_host() {
+        let (storage, storage_saw) = scripted(vec![answer("200 OK", "", BLOB)]);
+        let (registry, _) = scripted(vec![
+            answer("200 OK", "", BLOB),
+            answer("307 Temporary Redirect", &format!("Location: http://{storage}/blob\r\n"), ""),
+        ]);
+        let client = guarded(&[&registry]);
+        download(&client, &registry, None).expect("a listed registry on loopback is reached");
+        let err = download(&client, &registry, None).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                RegistryError::Refused {
+                    refusal: Refusal::NonPublic { host, kind: AddressKind::Loopback, .. },
+                    ..
+                } if *host == storage
+            ),
+            "{err:?}"
+        );
+        assert!(storage_saw.lock().unwrap().is_empty(), "nothing was sent to {storage}");
+    }
+
+    #[test]
+    fn the_guarded_client_asks_no_token_service_on_an_unlisted_private_host() {
+        let (auth, auth_saw) = scripted(vec![answer("200 OK", "", r#"{"token":"t"}"#)]);
+        let challenge = format!("WWW-Authenticate: Bearer realm=\"http://{auth}/token\"\r\n");
+        let (registry, _) = scripted(vec![answer("401 Unauthorized", &challenge, "")]);
+        let err = download(&guarded(&[&registry]), &registry, None).unwrap_err();
+        assert!(
+            matches!(&err, RegistryError::Refused { refusal: Refusal::NonPublic { host, .. }, .. } if *host == auth),
+            "{err:?}"
+        );
+        assert!(auth_saw.lock().unwrap().is_empty());
+    }
+
+    /// The check is on what a name resolves to, not on how it is spelled: `127.1` is
+    /// 127.0.0.1 to the system's resolver, and no text rule has to know that.
+    #[test]
+    fn the_guarded_client_judges_a_name_by_the_addresses_it_resolves_to() {
+        let (listening, saw) = scripted(vec![answer("200 OK", "", BLOB)]);
+        let port = listening.rsplit_once(':').unwrap().1;
+        for host in [format!("localhost:{port}"), format!("127.1:{port}")] {
+            let err = download(&guarded(&[]), &host, None).unwrap_err();
+            assert!(
+                matches!(
+                    &err,
+                    RegistryError::Refused {
+                        refusal: Refusal::NonPublic { host: h, kind: AddressKind::Loopback, .. },
+                        ..
+                    } if *h == host
+                ),
+                "{host}: {err:?}"
+            );
+            let chain = fleet_proto::errors::chain(&err);
+            assert!(chain.contains(&format!("{host} is a loopback address")), "{chain}");
+        }
+        assert!(saw.lock().unwrap().is_empty(), "nothing was sent");
+        download(&guarded(&[&format!("localhost:{port}")]), &format!("localhost:{port}"), None)
+            .expect("listed, the same host is reached");
     }
 
     #[test]

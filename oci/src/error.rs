@@ -59,6 +59,16 @@ pub enum RegistryError {
         /// The digest asked for.
         digest: String,
     },
+    /// The registry, or a host it sent the client to (its token service, a redirect), is one
+    /// this client may not contact ([`RegistryClient::guarded`](crate::RegistryClient::guarded)).
+    #[error("registry {registry} is not contacted")]
+    Refused {
+        /// Registry host of the image.
+        registry: String,
+        /// Which host, and why.
+        #[source]
+        refusal: crate::guard::Refusal,
+    },
     /// The registry has no such repository.
     #[error("repository {repository} not found in {registry}: push the image or check the name")]
     UnknownRepository {

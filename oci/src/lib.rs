@@ -14,8 +14,8 @@
 //! which is how the server keeps agent binaries in the fleet's registry.
 //!
 //! Layout: [`reference`] parses Docker-style references; [`manifest`] reads manifest formats
-//! and checks digests; [`platform`] matches platforms; those three are pure and unit-tested
-//! without a network. [`client`] does the HTTP.
+//! and checks digests; [`platform`] matches platforms; [`guard`] decides which registries and
+//! addresses the server may reach; those four are pure and unit-tested without a network. [`client`] does the HTTP.
 //!
 //! Invariants:
 //! * a resolved digest is the sha256 of the exact manifest bytes received, and content that
@@ -24,7 +24,10 @@
 //! * the digest of a multi-platform image is the index's, never one platform's;
 //! * every body is read with a bound (manifests 4 MiB, image configs 1 MiB) and every request
 //!   under the client's timeout;
-//! * a credential is only ever sent to the registry it is for;
+//! * a credential is only ever sent to the registry it is for, and never along a redirect;
+//! * the server's client ([`RegistryClient::guarded`]) connects only to public addresses or
+//!   to hosts its configuration lists, checked on the resolved addresses it connects to
+//!   ([`guard`]);
 //! * blocking I/O and no async runtime: callers use `spawn_blocking`. TLS is rustls with the
 //!   ring provider (it cross-compiles with plain gcc) against the system's CA bundle; registries
 //!   on loopback are spoken to over plain HTTP, as the Docker engine does.
@@ -32,6 +35,7 @@
 pub mod client;
 pub mod elf;
 pub mod error;
+pub mod guard;
 pub mod manifest;
 pub mod platform;
 #[cfg(feature = "push")]

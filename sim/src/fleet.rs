@@ -474,12 +474,24 @@ impl Drop for SimFleet {
     }
 }
 
+/// The local registry `tests/env/up` starts (on `FLEET_TEST_REGISTRY_PORT`, 5000 unless set),
+/// which holds the demo's and the tests' images. The server is told to allow it: a registry on
+/// loopback is reached only when it is listed.
+pub fn test_registry() -> String {
+    let port = std::env::var("FLEET_TEST_REGISTRY_PORT").unwrap_or_else(|_| "5000".to_owned());
+    format!("127.0.0.1:{port}")
+}
+
 /// fleet-server as a task of this process; answers its API base URL.
 async fn start_in_process(dir: &Path, mqtt: SocketAddr) -> Result<(String, ServerHandle), Error> {
+    let registry = test_registry();
+    let allowed_registries = fleet_oci::guard::Allowlist::new(&[&registry])
+        .map_err(|e| Error::Server(format!("FLEET_TEST_REGISTRY_PORT: {e}")))?;
     let opts = fleet_server::ServeOptions {
         data_dir: dir.join("server"),
         api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         mqtt_listen: mqtt,
+        allowed_registries,
         ..fleet_server::ServeOptions::default()
     };
     let (ready_tx, ready) = oneshot::channel();
@@ -567,6 +579,7 @@ async fn start_processes(
     let api_port = free_port()?;
     let mut server = Command::new(&bin);
     server.arg("--data").arg(&data).args(["--api-listen", &format!("127.0.0.1:{api_port}")]);
+    server.args(["--allowed-registry", &test_registry()]);
     let broker = if mosquitto {
         let files = dir.join("broker");
         let made = Command::new(&bin)

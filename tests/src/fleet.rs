@@ -246,6 +246,9 @@ pub async fn start_fleet_with(log_to_file: bool, config: Option<&str>) -> Fleet 
     // The broker first: the server reports ready only once its subscriptions stand.
     fleet.start_mosquitto().await;
     let mut server = Command::new(bin("fleet-server"));
+    // The test registry is on loopback, which the server reaches only when it is listed (this
+    // replaces any `allowed_registries` of `config`).
+    server.args(["--allowed-registry", &crate::TestEnv::load().registry]);
     if let Some(text) = config {
         let path = fleet.dir.path().join("server.toml");
         std::fs::write(&path, text).unwrap();

@@ -122,6 +122,10 @@ struct ServeArgs {
     /// registry.example.com/fleet/agent (devices download them from there).
     #[arg(long, env = "FLEET_AGENT_REPOSITORY")]
     agent_repository: Option<String>,
+    /// Resolve image tags only in this registry (host[:port]; repeat for more). Replaces the
+    /// configuration's `allowed_registries`. Without any, registries at public addresses only.
+    #[arg(long = "allowed-registry", env = "FLEET_ALLOWED_REGISTRIES", value_delimiter = ',')]
+    allowed_registries: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -165,6 +169,8 @@ fn main() -> ExitCode {
         broker_files: args.broker_files,
         device_broker: args.device_broker,
         agent_repository: args.agent_repository,
+        allowed_registries: (!args.allowed_registries.is_empty())
+            .then_some(args.allowed_registries),
     };
     let opts = match fleet_server::config::load(args.config.as_deref(), overrides) {
         Ok(o) => o,

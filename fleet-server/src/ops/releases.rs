@@ -261,3 +261,35 @@ fn unset_variable(reason: &str) -> Option<&str> {
     let (name, tail) = rest.split_once(' ')?;
     tail.starts_with("is not set; give a default").then_some(name)
 }
+
+#[cfg(test)]
+mod tests {
+    use fleet_oci::guard::Allowlist;
+
+    use super::*;
+    use crate::registry::RegistryResolver;
+
+    /// The refusal reaches the operator as a problem on the image's field, naming the key
+    /// that would allow it.
+    #[tokio::test]
+    async fn a_compose_file_naming_a_registry_off_the_list_is_refused_by_its_image_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let allowlist = Allowlist::new(&["registry.example.com"]).unwrap();
+        let resolver: Arc<dyn ImageResolver> =
+            Arc::new(RegistryResolver::new(Vec::new(), None, allowlist));
+        let compose = "services:\n  web:\n    image: 169.254.169.254/latest/meta-data:1\n";
+        let err = from_compose(&store, &resolver, "site", "1", compose).await.unwrap_err();
+        let Error::Invalid { problems, .. } = err else { panic!("{err:?}") };
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].path, "services.web.image");
+        assert!(
+            problems[0]
+                .reason
+                .contains("registry 169.254.169.254 is not one of the allowed registries")
+                && problems[0].reason.contains("allowed_registries"),
+            "{}",
+            problems[0].reason
+        );
+    }
+}
