@@ -31,6 +31,9 @@ mqtt_listen = "127.0.0.1:1883"
 # packaging/mosquitto/ and `fleet-server broker-files`:
 # broker = "mqtts://mqtt.example.com:8883"
 # broker_files = "/etc/mosquitto/fleet"
+# This process's identity on that broker: "fleet-server" (server.pem), or "fleet-server-NAME"
+# (NAME.pem, from `broker-files --server-identity`) for each further server process.
+# broker_identity = "fleet-server"
 
 # The broker URL written into enrollment bundles (default: the broker above).
 # device_broker = "mqtts://mqtt.example.com:8883"
@@ -64,6 +67,7 @@ struct File {
     mqtt_listen: Option<SocketAddr>,
     broker: Option<String>,
     broker_files: Option<PathBuf>,
+    broker_identity: Option<String>,
     device_broker: Option<String>,
     #[serde(default)]
     registries: Vec<RegistryLogin>,
@@ -93,6 +97,8 @@ pub struct Overrides {
     pub broker: Option<String>,
     /// `--broker-files` / `FLEET_BROKER_FILES`.
     pub broker_files: Option<PathBuf>,
+    /// `--broker-identity` / `FLEET_BROKER_IDENTITY`.
+    pub broker_identity: Option<String>,
     /// `--device-broker` / `FLEET_DEVICE_BROKER`.
     pub device_broker: Option<String>,
     /// `--agent-repository` / `FLEET_AGENT_REPOSITORY`.
@@ -167,6 +173,16 @@ pub fn load(path: Option<&Path>, overrides: Overrides) -> Result<ServeOptions, C
             reason: format!("allowed_registries[{at}]: {e}"),
         }
     })?;
+    let broker_identity =
+        overrides.broker_identity.or(file.broker_identity).unwrap_or(defaults.broker_identity);
+    if !crate::pki::is_server_identity(&broker_identity) {
+        return Err(ConfigError::Invalid {
+            path: path.as_deref().map(|p| p.display().to_string()).unwrap_or_default(),
+            reason: format!(
+                "broker_identity: {broker_identity:?} is not a server identity: \"fleet-server\", or \"fleet-server-\" and a name issued with `fleet-server broker-files --server-identity`"
+            ),
+        });
+    }
     let relative = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
     Ok(ServeOptions {
         data_dir: overrides.data.or(file.data.map(relative)).unwrap_or(defaults.data_dir),
@@ -175,6 +191,7 @@ pub fn load(path: Option<&Path>, overrides: Overrides) -> Result<ServeOptions, C
         device_broker: overrides.device_broker.or(file.device_broker),
         broker_files: overrides.broker_files.or(file.broker_files.map(relative)),
         external_broker: overrides.broker.or(file.broker),
+        broker_identity,
         registries,
         agent_repository: overrides.agent_repository.or(file.agent_repository),
         allowed_registries,
@@ -228,6 +245,19 @@ mod tests {
         let opts = load(Some(&path), overrides).unwrap();
         assert_eq!(opts.api_listen.port(), 9999);
         assert_eq!(opts.registries[0].password, "s3cret");
+    }
+
+    #[test]
+    fn the_broker_identity_is_a_server_identity() {
+        assert_eq!(load(None, Overrides::default()).unwrap().broker_identity, "fleet-server");
+        let named = |name: &str| {
+            load(None, Overrides { broker_identity: Some(name.into()), ..Overrides::default() })
+        };
+        assert_eq!(named("fleet-server-2").unwrap().broker_identity, "fleet-server-2");
+        for bad in ["robot-7", "fleet-server-", "fleet-serverx"] {
+            let err = named(bad).unwrap_err().to_string();
+            assert!(err.contains("broker_identity") && err.contains("--server-identity"), "{err}");
+        }
     }
 
     #[test]

@@ -70,6 +70,9 @@ pub struct ServeOptions {
     /// An external broker to use instead of the embedded one (`mqtts://host:port`); the
     /// server connects with its identity from `broker_files`.
     pub external_broker: Option<String>,
+    /// This process's identity on the external broker (`broker_identity`): `fleet-server`, or
+    /// `fleet-server-NAME` for each further process ([`pki::is_server_identity`]).
+    pub broker_identity: String,
     /// Logins for private registries: used to resolve image tags, and sent to devices (inside
     /// signed desired state, over mutual TLS) so they can pull.
     pub registries: Vec<fleet_proto::RegistryCredential>,
@@ -92,6 +95,7 @@ impl Default for ServeOptions {
             device_broker: None,
             broker_files: None,
             external_broker: None,
+            broker_identity: pki::SERVER_IDENTITY.to_owned(),
             registries: Vec::new(),
             agent_repository: None,
             allowed_registries: fleet_oci::guard::Allowlist::default(),
@@ -175,9 +179,11 @@ pub async fn serve(
     let crl_changed = crl_publisher(pki.crl_path(), opts.broker_files.clone());
     crl_changed();
     let choice = match (&opts.external_broker, &opts.broker_files) {
-        (Some(url), Some(files)) => {
-            mqtt::BrokerChoice::External { url: url.clone(), files: files.clone() }
-        }
+        (Some(url), Some(files)) => mqtt::BrokerChoice::External {
+            url: url.clone(),
+            files: files.clone(),
+            identity: opts.broker_identity.clone(),
+        },
         (Some(_), None) => return Err(ServeError::NoIdentity),
         (None, _) => {
             broker::start(opts.mqtt_listen, fleet_proto::MAX_MESSAGE_BYTES + 1024)?;

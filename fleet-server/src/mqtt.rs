@@ -17,12 +17,16 @@ pub enum BrokerChoice {
     /// The in-process broker, listening here (loopback only).
     Embedded(std::net::SocketAddr),
     /// An external broker at `url` (`mqtts://host:port`); the server's identity and the
-    /// fleet CA are read from `files` (`server.pem`, `server.key`, `ca.pem`).
+    /// fleet CA are read from `files` (`ca.pem`, and `server.pem`/`server.key` or
+    /// `IDENTITY.pem`/`IDENTITY.key`, [`crate::pki::identity_files`]).
     External {
         /// Broker URL.
         url: String,
         /// The directory `fleet-server broker-files` wrote.
         files: PathBuf,
+        /// This process's identity: its certificate's common name, which the broker takes as
+        /// its client id (`use_identity_as_username`, `use_username_as_clientid`).
+        identity: String,
     },
 }
 
@@ -90,19 +94,20 @@ impl BrokerUrl {
     }
 }
 
-/// Connection options for the server's client. Each server replica needs its own client id, or
-/// replicas disconnect each other in a loop.
+/// Connection options for the server's client. Each server process needs its own client id, or
+/// they disconnect each other in a loop: on an external broker that is its identity (the broker
+/// replaces whatever id a client sends with its certificate's name, so no device can take it).
 pub fn options(choice: &BrokerChoice) -> Result<MqttOptions, MqttConfigError> {
-    let client_id = format!("fleet-server-{}", std::process::id());
     let mut options = match choice {
         BrokerChoice::Embedded(addr) => {
+            let client_id = format!("fleet-server-{}", std::process::id());
             MqttOptions::new(client_id, addr.ip().to_string(), addr.port())
         }
-        BrokerChoice::External { url, files } => {
+        BrokerChoice::External { url, files, identity } => {
             let parsed = BrokerUrl::parse(url)?;
-            let mut options = MqttOptions::new(client_id, parsed.host.clone(), parsed.port);
+            let mut options = MqttOptions::new(identity.clone(), parsed.host.clone(), parsed.port);
             if parsed.tls {
-                let config = tls_config(files)?;
+                let config = tls_config(files, identity)?;
                 options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
                     Arc::new(config),
                 )));
@@ -124,7 +129,7 @@ pub fn options(choice: &BrokerChoice) -> Result<MqttOptions, MqttConfigError> {
 }
 
 /// rustls client config: trust only the fleet CA, present the server's identity.
-fn tls_config(files: &Path) -> Result<rustls::ClientConfig, MqttConfigError> {
+fn tls_config(files: &Path, identity: &str) -> Result<rustls::ClientConfig, MqttConfigError> {
     let bad =
         |path: &Path, why: String| MqttConfigError::File { path: path.display().to_string(), why };
     let ca = files.join("ca.pem");
@@ -134,12 +139,13 @@ fn tls_config(files: &Path) -> Result<rustls::ClientConfig, MqttConfigError> {
         let cert = cert.map_err(|e| bad(&ca, e.to_string()))?;
         roots.add(cert).map_err(|e| bad(&ca, e.to_string()))?;
     }
-    let cert_path = files.join("server.pem");
+    let (cert, key) = crate::pki::identity_files(identity);
+    let cert_path = files.join(cert);
     let certs = CertificateDer::pem_file_iter(&cert_path)
         .map_err(|e| bad(&cert_path, e.to_string()))?
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| bad(&cert_path, e.to_string()))?;
-    let key_path = files.join("server.key");
+    let key_path = files.join(key);
     let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| bad(&key_path, e.to_string()))?;
     rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
@@ -171,9 +177,22 @@ mod tests {
 
     #[test]
     fn plain_mqtt_beyond_loopback_is_refused() {
-        let choice =
-            BrokerChoice::External { url: "mqtt://10.0.0.5:1883".into(), files: PathBuf::new() };
+        let choice = BrokerChoice::External {
+            url: "mqtt://10.0.0.5:1883".into(),
+            files: PathBuf::new(),
+            identity: crate::pki::SERVER_IDENTITY.into(),
+        };
         let err = options(&choice).unwrap_err();
         assert!(err.to_string().contains("use mqtts://"), "{err}");
+    }
+
+    #[test]
+    fn on_an_external_broker_the_client_id_is_the_identity() {
+        let choice = BrokerChoice::External {
+            url: "mqtt://127.0.0.1:1883".into(),
+            files: PathBuf::new(),
+            identity: "fleet-server-2".into(),
+        };
+        assert_eq!(options(&choice).unwrap().client_id(), "fleet-server-2");
     }
 }

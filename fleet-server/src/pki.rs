@@ -31,6 +31,24 @@ use crate::keyfile::{random, read_secret, write_file, KeyFileError};
 /// shipped broker ACL gives this identity every device's topics.
 pub const SERVER_IDENTITY: &str = "fleet-server";
 
+/// Whether `name` is a server identity: [`SERVER_IDENTITY`], or `fleet-server-` and a suffix
+/// (one per server process, so that with the broker taking the certificate's name as the
+/// client id, two processes never take over each other's session). No device may be enrolled
+/// under such a name.
+pub fn is_server_identity(name: &str) -> bool {
+    name == SERVER_IDENTITY || name.strip_prefix("fleet-server-").is_some_and(|s| !s.is_empty())
+}
+
+/// The certificate and key file names of server identity `name` in a broker-files directory:
+/// `server.pem`/`server.key` for [`SERVER_IDENTITY`], `NAME.pem`/`NAME.key` for the others.
+pub fn identity_files(name: &str) -> (String, String) {
+    if name == SERVER_IDENTITY {
+        ("server.pem".to_owned(), "server.key".to_owned())
+    } else {
+        (format!("{name}.pem"), format!("{name}.key"))
+    }
+}
+
 pub use fleet_api::enroll::{proof_message, DEFAULT_DEVICE_VALIDITY_DAYS, ENROLL_PROOF_CONTEXT};
 
 /// Why a PKI operation failed.
@@ -308,15 +326,28 @@ impl Pki {
     /// and the server's own MQTT identity (`server.pem`, `server.key`), for the configuration
     /// in `packaging/mosquitto/`. `names` are the broker's host names or IPs. The revocation
     /// list (`crl.pem`) is the caller's: it comes from the registry.
-    pub fn write_broker_files(&self, dir: &Path, names: &[String]) -> Result<(), PkiError> {
+    /// `identities`: further server identities to issue ([`is_server_identity`]), one per
+    /// extra server process, as `NAME.pem`/`NAME.key` ([`identity_files`]).
+    pub fn write_broker_files(
+        &self,
+        dir: &Path,
+        names: &[String],
+        identities: &[String],
+    ) -> Result<(), PkiError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let (broker, broker_key) = self.issue_broker(names, 825)?;
-        let (server, server_key) = self.issue_client(SERVER_IDENTITY, 825)?;
         write_file(&dir.join("ca.pem"), self.ca_pem.as_bytes(), 0o644)?;
         write_file(&dir.join("broker.pem"), broker.cert_pem.as_bytes(), 0o644)?;
         write_file(&dir.join("broker.key"), broker_key.as_bytes(), 0o600)?;
-        write_file(&dir.join("server.pem"), server.cert_pem.as_bytes(), 0o644)?;
-        Ok(write_file(&dir.join("server.key"), server_key.as_bytes(), 0o600)?)
+        for identity in
+            std::iter::once(SERVER_IDENTITY).chain(identities.iter().map(String::as_str))
+        {
+            let (server, server_key) = self.issue_client(identity, 825)?;
+            let (cert, key) = identity_files(identity);
+            write_file(&dir.join(cert), server.cert_pem.as_bytes(), 0o644)?;
+            write_file(&dir.join(key), server_key.as_bytes(), 0o600)?;
+        }
+        Ok(())
     }
 }
 
@@ -413,6 +444,30 @@ mod tests {
                 .expect("verifier");
         let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes()).expect("cert pem");
         verifier.verify_client_cert(&cert, &[], UnixTime::now()).map(|_| ())
+    }
+
+    #[test]
+    fn server_identities_are_the_name_and_its_suffixed_forms_each_in_its_own_files() {
+        assert!(is_server_identity("fleet-server") && is_server_identity("fleet-server-2"));
+        for other in ["fleet-server-", "fleet-serverx", "robot-7", "xfleet-server"] {
+            assert!(!is_server_identity(other), "{other}");
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (pki, _) =
+            Pki::open_or_create(dir.path(), &dir.path().join("secrets.key")).expect("create");
+        let out = dir.path().join("broker");
+        pki.write_broker_files(&out, &["127.0.0.1".to_owned()], &["fleet-server-2".to_owned()])
+            .expect("write");
+        for (name, files) in [
+            ("fleet-server", ("server.pem", "server.key")),
+            ("fleet-server-2", ("fleet-server-2.pem", "fleet-server-2.key")),
+        ] {
+            assert_eq!(identity_files(name), (files.0.to_owned(), files.1.to_owned()));
+            let pem = std::fs::read_to_string(out.join(files.0)).expect("cert");
+            assert!(verify_client(&pki, &pem, vec![]).is_ok(), "{name}");
+            let mode = std::fs::metadata(out.join(files.1)).expect("key").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{name}");
+        }
     }
 
     #[test]

@@ -27,6 +27,7 @@ async fn start_server(data: &std::path::Path) -> (SocketAddr, SocketAddr) {
         registries: Vec::new(),
         agent_repository: None,
         allowed_registries: Default::default(),
+        ..ServeOptions::default()
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
@@ -187,6 +188,7 @@ async fn the_embedded_broker_refuses_to_listen_beyond_loopback() {
         registries: Vec::new(),
         agent_repository: None,
         allowed_registries: Default::default(),
+        ..ServeOptions::default()
     };
     let err = fleet_server::serve(opts, std::future::pending(), |_| {}).await.unwrap_err();
     assert!(err.to_string().contains("only listens on loopback"), "{err}");
@@ -254,9 +256,11 @@ async fn enrollment_refusals_name_the_problem() {
     assert_eq!(code, 409, "{body}");
     assert!(body["detail"].as_str().unwrap().contains("revoke it first"), "{body}");
 
-    let (code, body) = enroll(api, &token, "fleet-server").await;
-    assert_eq!(code, 400, "{body}");
-    assert!(body["detail"].as_str().unwrap().contains("reserved"), "{body}");
+    for reserved in ["fleet-server", "fleet-server-2"] {
+        let (code, body) = enroll(api, &token, reserved).await;
+        assert_eq!(code, 400, "{body}");
+        assert!(body["detail"].as_str().unwrap().contains("reserved"), "{body}");
+    }
 
     // A proof made for another id (someone replaying robot-2's request as robot-3).
     let (code, body) = post(

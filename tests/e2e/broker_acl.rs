@@ -27,8 +27,8 @@ async fn devices_are_confined_to_their_own_topics_and_revoked_devices_are_shut_o
         "fleet-server-test",
         port,
         &broker.join("ca.pem"),
-        &broker.join("server.pem"),
-        &broker.join("server.key"),
+        &fleet.server_identity_files().0,
+        &fleet.server_identity_files().1,
     );
     let mut server_rx = watch(events);
     connected(&mut server_rx, "the server identity").await;
@@ -127,4 +127,38 @@ async fn a_client_without_a_fleet_certificate_is_refused() {
         Seen::Failed(reason) => eprintln!("stranger refused: {reason}"),
         other => panic!("a certificate from another fleet connected: {other:?}"),
     }
+}
+
+/// The broker takes a client's id from its certificate (`use_username_as_clientid`), so a
+/// device that connects under another device's client id, or the server's, takes over nobody's
+/// session: it is itself, and only its own earlier session is replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_cannot_take_over_another_devices_or_the_servers_session() {
+    let fleet = start_fleet().await;
+    let port = fleet.mqtt_port;
+    let (a, b) = (fleet.enroll("robot-a"), fleet.enroll("robot-b"));
+    let (_dev_a, events) = device_client(&a, "robot-a", port);
+    let mut a_rx = watch(events);
+    connected(&mut a_rx, "robot-a").await;
+    let mut thieves = Vec::new();
+    for stolen in ["robot-a", "fleet-server"] {
+        let (thief, events) = device_client(&b, stolen, port);
+        let mut rx = watch(events);
+        connected(&mut rx, &format!("robot-b under the client id {stolen}")).await;
+        thieves.push((thief, rx));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    while let Ok(seen) = a_rx.try_recv() {
+        assert!(!matches!(seen, Seen::Failed(_)), "robot-a was knocked off: {seen:?}");
+    }
+    let log = std::fs::read_to_string(fleet.dir.path().join("mosquitto.log")).unwrap();
+    for victim in ["robot-a", "fleet-server"] {
+        let taken = format!("Client {victim} already connected, closing old connection");
+        assert!(!log.contains(&taken), "{taken}:\n{log}");
+    }
+    // The second robot-b connection replaced the first: both were robot-b.
+    assert!(log.contains("Client robot-b already connected, closing old connection"), "{log}");
+    // The server still answers through its session: robot-a's enrollment shows it online.
+    let online = fleet.fleetctl(&["--json", "device", "show", "robot-a"]);
+    assert!(online.status.success(), "{online:?}");
 }

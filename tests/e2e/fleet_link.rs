@@ -114,8 +114,8 @@ async fn an_enrolled_agent_runs_what_the_server_publishes_and_refuses_forgeries(
         "intruder",
         fleet.mqtt_port,
         &broker.join("ca.pem"),
-        &broker.join("server.pem"),
-        &broker.join("server.key"),
+        &fleet.server_identity_files().0,
+        &fleet.server_identity_files().1,
     );
     let mut seen = watch(events);
     connected(&mut seen, "the intruder").await;

@@ -200,8 +200,8 @@ async fn secrets_reach_services_as_files_only_sealed_and_rotation_recreates_only
         &format!("secret-reader-{pid}"),
         fleet.mqtt_port,
         &broker.join("ca.pem"),
-        &broker.join("server.pem"),
-        &broker.join("server.key"),
+        &fleet.server_identity_files().0,
+        &fleet.server_identity_files().1,
     );
     let mut seen = watch(events);
     connected(&mut seen, "the privileged reader").await;

@@ -391,8 +391,8 @@ async fn a_container_posts_through_the_mounted_socket_and_its_points_carry_its_s
         &format!("telemetry-tap-{}", std::process::id()),
         fleet.mqtt_port,
         &broker.join("ca.pem"),
-        &broker.join("server.pem"),
-        &broker.join("server.key"),
+        &fleet.server_identity_files().0,
+        &fleet.server_identity_files().1,
     );
     let mut seen = fleet_e2e::fleet::watch(events);
     fleet_e2e::fleet::connected(&mut seen, "the telemetry tap").await;

@@ -103,6 +103,16 @@ impl Fleet {
         self.dir.path().join("broker")
     }
 
+    /// The certificate and key of [`TEST_SERVER_IDENTITY`], for a test client that acts as a
+    /// server would without taking over the running server's session.
+    pub fn server_identity_files(&self) -> (PathBuf, PathBuf) {
+        let dir = self.broker_dir();
+        (
+            dir.join(format!("{TEST_SERVER_IDENTITY}.pem")),
+            dir.join(format!("{TEST_SERVER_IDENTITY}.key")),
+        )
+    }
+
     /// Runs `fleetctl` against this server with its admin token.
     pub fn fleetctl(&self, args: &[&str]) -> std::process::Output {
         let token = std::fs::read_to_string(self.data().join("admin-token")).unwrap();
@@ -177,8 +187,9 @@ impl Fleet {
             // Started as root, Mosquitto would drop to user mosquitto, which cannot read this
             // test's 0600 keys; production chowns the directory to mosquitto instead.
             + "user root\n";
-        std::fs::copy(repo().join("packaging/mosquitto/acl"), self.broker_dir().join("acl"))
-            .unwrap();
+        let acl = std::fs::read_to_string(repo().join("packaging/mosquitto/acl")).unwrap()
+            + &format!("\nuser {TEST_SERVER_IDENTITY}\ntopic readwrite fleet/v1/#\n");
+        std::fs::write(self.broker_dir().join("acl"), acl).unwrap();
         let path = self.dir.path().join("mosquitto.conf");
         std::fs::write(&path, conf).unwrap();
         let log = std::fs::File::create(self.dir.path().join("mosquitto.log")).unwrap();
@@ -217,6 +228,11 @@ pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
 }
 
+/// A second server identity, issued with the broker files and allowed what the server is:
+/// test clients that read or forge traffic as a server would use it
+/// ([`Fleet::server_identity_files`]).
+pub const TEST_SERVER_IDENTITY: &str = "fleet-server-test";
+
 /// Starts a fleet: broker files, the server using Mosquitto, Mosquitto.
 pub async fn start_fleet() -> Fleet {
     start_fleet_with(false, None).await
@@ -235,7 +251,10 @@ pub async fn start_fleet_with(log_to_file: bool, config: Option<&str>) -> Fleet 
         .arg("broker-files")
         .arg("--data")
         .arg(&data)
-        .args(["--name", "127.0.0.1", "--name", "localhost", "--out"])
+        .args(["--name", "127.0.0.1", "--name", "localhost"])
+        // The identity test clients use to read and write as a server would: the server's own
+        // would take over its session (the broker makes the identity the client id).
+        .args(["--server-identity", TEST_SERVER_IDENTITY, "--out"])
         .arg(&broker)
         .output()
         .unwrap();

@@ -55,6 +55,12 @@ enum Command {
         /// Directory to write into.
         #[arg(long)]
         out: PathBuf,
+        /// Also issue this server identity (`fleet-server-NAME`, repeatable) as NAME.pem and
+        /// NAME.key: one per further server process, which runs with --broker-identity NAME.
+        /// The broker takes a certificate's name as the client id, so two processes with one
+        /// identity would take over each other's session.
+        #[arg(long = "server-identity", value_name = "NAME")]
+        identities: Vec<String>,
     },
     /// Write a backup of the whole store and the fleet's keys to FILE (mode 0600: it holds the
     /// CA and signing keys). Works on a stopped server's data directory, or asks the running
@@ -118,6 +124,10 @@ struct ServeArgs {
     /// packaging/mosquitto/) instead of the embedded one; needs --broker-files.
     #[arg(long, env = "FLEET_BROKER")]
     broker: Option<String>,
+    /// This process's identity on the external broker [default: fleet-server]; a further
+    /// server process uses its own, issued with `broker-files --server-identity`.
+    #[arg(long, env = "FLEET_BROKER_IDENTITY", value_name = "NAME")]
+    broker_identity: Option<String>,
     /// Push agent releases' binaries to this registry repository, e.g.
     /// registry.example.com/fleet/agent (devices download them from there).
     #[arg(long, env = "FLEET_AGENT_REPOSITORY")]
@@ -146,8 +156,8 @@ fn main() -> ExitCode {
     let args = match cli.command {
         Some(Command::Serve(a)) => a,
         None => cli.serve,
-        Some(Command::BrokerFiles { data, names, out }) => {
-            return broker_files(&data, &names, &out)
+        Some(Command::BrokerFiles { data, names, out, identities }) => {
+            return broker_files(&data, &names, &out, &identities)
         }
         Some(Command::Backup { file, data, server }) => return backup(&file, &data, &server),
         Some(Command::Restore { file, data, force }) => return restore(&file, &data, force),
@@ -167,6 +177,7 @@ fn main() -> ExitCode {
         mqtt_listen: args.mqtt_listen,
         broker: args.broker,
         broker_files: args.broker_files,
+        broker_identity: args.broker_identity,
         device_broker: args.device_broker,
         agent_repository: args.agent_repository,
         allowed_registries: (!args.allowed_registries.is_empty())
@@ -244,7 +255,18 @@ fn restore(file: &std::path::Path, data: &std::path::Path, force: bool) -> ExitC
 }
 
 /// `fleet-server broker-files`: the TLS files for an external Mosquitto.
-fn broker_files(data: &std::path::Path, names: &[String], out: &std::path::Path) -> ExitCode {
+fn broker_files(
+    data: &std::path::Path,
+    names: &[String],
+    out: &std::path::Path,
+    identities: &[String],
+) -> ExitCode {
+    if let Some(bad) = identities.iter().find(|i| {
+        !fleet_server::pki::is_server_identity(i) || *i == fleet_server::pki::SERVER_IDENTITY
+    }) {
+        eprintln!("fleet-server: error: --server-identity {bad:?}: a further server identity is \"fleet-server-\" and a name, e.g. fleet-server-2");
+        return ExitCode::FAILURE;
+    }
     let result = (|| -> Result<(), Box<dyn std::error::Error>> {
         std::fs::create_dir_all(data)?;
         let keys = fleet_server::open_keys(data)?;
@@ -255,7 +277,7 @@ fn broker_files(data: &std::path::Path, names: &[String], out: &std::path::Path)
             Err(_) if keys.pki.crl_path().exists() => {}
             Err(e) => return Err(e.into()),
         }
-        keys.pki.write_broker_files(out, names)?;
+        keys.pki.write_broker_files(out, names, identities)?;
         let crl = std::fs::read(keys.pki.crl_path())?;
         fleet_server::keyfile::write_file(&out.join("crl.pem"), &crl, 0o644)?;
         Ok(())
@@ -267,6 +289,11 @@ fn broker_files(data: &std::path::Path, names: &[String], out: &std::path::Path)
                 out.display(),
                 out.display()
             );
+            for identity in identities {
+                eprintln!(
+                    "wrote {identity}.pem, {identity}.key: run that server process with --broker-identity {identity}, and add to the broker's acl:\n  user {identity}\n  topic readwrite fleet/v1/#"
+                );
+            }
             ExitCode::SUCCESS
         }
         Err(e) => fail(&*e),

@@ -42,9 +42,9 @@ pub async fn enroll(
     request: EnrollRequest,
     now: UnixMillis,
 ) -> Result<Enrolled, Error> {
-    if id.as_str() == SERVER_IDENTITY {
+    if crate::pki::is_server_identity(id.as_str()) {
         return Err(Error::BadRequest(format!(
-            "device id: `{SERVER_IDENTITY}` is reserved for the server's own broker identity; pick another id"
+            "device id: `{id}` is reserved: `{SERVER_IDENTITY}` and `{SERVER_IDENTITY}-*` are the servers' own broker identities; pick another id"
         )));
     }
     for (k, v) in &request.labels {
