@@ -52,6 +52,10 @@ pub async fn run(
     let mut acks: Vec<(DeviceId, TelemetryAck)> = vec![];
     let ack_timer = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(ack_timer);
+    let mut budgets = crate::telemetry::ByteBudgets::new(
+        crate::telemetry::DEVICE_BYTES_PER_SEC,
+        crate::telemetry::DEVICE_BURST_BYTES,
+    );
     loop {
         let event = tokio::select! {
             event = events.poll() => event,
@@ -85,6 +89,11 @@ pub async fn run(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
+                if let Some(device) = over_budget(&mut budgets, &p.topic, p.payload.len()) {
+                    // Not stored and not acknowledged: the device sends it again later.
+                    tracing::debug!(%device, bytes = p.payload.len(), "telemetry over the device's byte budget; left for a resend");
+                    continue;
+                }
                 match handle(&store, &waiters, &p.topic, &p.payload) {
                     Heard::Report => reported(None),
                     Heard::Rekeyed(device) => match rekey(&store, &device, sealed_credentials) {
@@ -117,6 +126,17 @@ pub async fn run(
             }
         }
     }
+}
+
+/// The device of a telemetry publish that is over its byte budget, if it is.
+fn over_budget(
+    budgets: &mut crate::telemetry::ByteBudgets,
+    topic: &str,
+    bytes: usize,
+) -> Option<DeviceId> {
+    let topic = Topic::parse(topic).ok().filter(|t| t.kind == TopicKind::Telemetry)?;
+    let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
+    (!budgets.take(&topic.device, bytes, std::time::Instant::now())).then_some(topic.device)
 }
 
 /// Makes the stored telemetry durable, then acknowledges it. If the flush fails nothing is

@@ -11,7 +11,7 @@
 //! ingest loop flushes a group of batches, then sends their acks).
 
 use fleet_proto::telemetry::{Point, TelemetryAck, TelemetryBatch, Value};
-use fleet_proto::UnixMillis;
+use fleet_proto::{DeviceId, UnixMillis};
 
 use crate::records::Latest;
 use crate::store::{StoreError, Tx};
@@ -105,6 +105,62 @@ pub fn ingest(
     Ok(Some(Ingested { ack: TelemetryAck { first, last }, stored, duplicates, rejected }))
 }
 
+/// Telemetry bytes one device may send per second, sustained. An honest agent drains a backlog
+/// at `drain_points_per_sec` (1,000 by default), a few tens of KiB/s; this is several times that.
+pub const DEVICE_BYTES_PER_SEC: u64 = 256 << 10;
+/// Telemetry bytes one device may send at once, above the sustained rate.
+pub const DEVICE_BURST_BYTES: u64 = 8 << 20;
+/// Devices whose budgets are tracked at once; past it, the budgets of devices that have been
+/// quiet long enough to be full again are forgotten (a full budget is the default anyway).
+const BUDGETS_TRACKED: usize = 65_536;
+
+/// Per-device token buckets on telemetry bytes, so one device (or a client publishing under
+/// its name) cannot make the server store and flush without end. A batch over budget is
+/// neither stored nor acknowledged: the device keeps it and sends it again later, so an honest
+/// device that bursts loses nothing. Pure: the caller passes the clock.
+#[derive(Debug)]
+pub struct ByteBudgets {
+    rate: u64,
+    burst: u64,
+    buckets: std::collections::HashMap<DeviceId, (u64, std::time::Instant)>,
+}
+
+impl ByteBudgets {
+    /// Budgets of `rate` bytes per second with bursts of `burst` bytes.
+    pub fn new(rate: u64, burst: u64) -> Self {
+        ByteBudgets { rate, burst, buckets: std::collections::HashMap::new() }
+    }
+
+    /// Whether `device` may send `bytes` now; if so they are taken from its budget.
+    pub fn take(&mut self, device: &DeviceId, bytes: u64, now: std::time::Instant) -> bool {
+        if self.buckets.len() >= BUDGETS_TRACKED && !self.buckets.contains_key(device) {
+            let (rate, burst) = (self.rate, self.burst);
+            self.buckets.retain(|_, b| refill(*b, now, rate, burst) < burst);
+        }
+        let bucket = self.buckets.entry(device.clone()).or_insert((self.burst, now));
+        let tokens = refill(*bucket, now, self.rate, self.burst);
+        if bytes > tokens {
+            *bucket = (tokens, now);
+            return false;
+        }
+        *bucket = (tokens - bytes, now);
+        true
+    }
+}
+
+/// The tokens of a bucket that held `tokens` at `at`, refilled at `rate` per second up to
+/// `burst`.
+fn refill(
+    (tokens, at): (u64, std::time::Instant),
+    now: std::time::Instant,
+    rate: u64,
+    burst: u64,
+) -> u64 {
+    let earned =
+        now.saturating_duration_since(at).as_millis().saturating_mul(u128::from(rate)) / 1000;
+    u64::try_from(u128::from(tokens).saturating_add(earned)).unwrap_or(u64::MAX).min(burst)
+}
+
 /// A value as JSON: numbers, booleans and strings as themselves.
 pub fn value_json(v: &Value) -> serde_json::Value {
     match v {
@@ -123,7 +179,46 @@ mod tests {
 
     use super::*;
     use crate::store::Store;
-    use fleet_proto::DeviceId;
+
+    #[test]
+    fn a_devices_telemetry_bytes_are_budgeted_and_the_budget_refills() {
+        use std::time::{Duration, Instant};
+        let t0 = Instant::now();
+        let (a, b) = (DeviceId::new("robot-a").unwrap(), DeviceId::new("robot-b").unwrap());
+        let mut budgets = ByteBudgets::new(1_000, 10_000);
+        // The burst goes at once; one byte more waits.
+        assert!(budgets.take(&a, 10_000, t0));
+        assert!(!budgets.take(&a, 1, t0));
+        // Another device has its own budget.
+        assert!(budgets.take(&b, 10_000, t0));
+        // Half a second earns 500 bytes: 500 fit, 501 do not.
+        assert!(!budgets.take(&a, 501, t0 + Duration::from_millis(500)));
+        assert!(budgets.take(&a, 500, t0 + Duration::from_millis(500)));
+        // A long pause refills to the burst, not beyond; a batch larger than the burst never fits.
+        let later = t0 + Duration::from_secs(3600);
+        assert!(!budgets.take(&a, 10_001, later));
+        assert!(budgets.take(&a, 10_000, later));
+        // Time that runs backwards (another thread's Instant) earns nothing and panics nowhere.
+        assert!(!budgets.take(&a, 1, t0));
+    }
+
+    #[test]
+    fn budgets_of_quiet_devices_are_forgotten_past_the_tracking_bound() {
+        use std::time::{Duration, Instant};
+        let t0 = Instant::now();
+        let mut budgets = ByteBudgets::new(1_000, 1_000);
+        for i in 0..BUDGETS_TRACKED {
+            let id = DeviceId::new(format!("d-{i}")).unwrap();
+            assert!(budgets.take(&id, 1_000, t0));
+        }
+        assert_eq!(budgets.buckets.len(), BUDGETS_TRACKED);
+        // Still empty at t0: nothing is forgotten, the map grows by one.
+        assert!(budgets.take(&DeviceId::new("late").unwrap(), 1, t0));
+        assert_eq!(budgets.buckets.len(), BUDGETS_TRACKED + 1);
+        // A second later every earlier bucket is full again: they go.
+        assert!(budgets.take(&DeviceId::new("later").unwrap(), 1, t0 + Duration::from_secs(1)));
+        assert!(budgets.buckets.len() <= 3, "{}", budgets.buckets.len());
+    }
 
     fn batch(first_seq: u64, n: u64) -> TelemetryBatch {
         TelemetryBatch {
