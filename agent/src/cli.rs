@@ -141,7 +141,7 @@ enum LockCommand {
     },
     /// Release a lease.
     Release {
-        /// The holder.
+        /// The holder (`APP/HOLDER` for a lease in an application's directory, with --force).
         holder: String,
         /// The token the lease was taken with.
         #[arg(long)]
@@ -433,6 +433,12 @@ fn lock(config: &Config, cmd: LockCommand) -> Result<u8, Failure> {
             locks.release_forced(&holder).map_err(fail)?;
         }
         LockCommand::Release { holder, token, force: false } => {
+            if holder.contains('/') {
+                return Err(Failure::input(format!(
+                    "{holder} is in an application's lock directory: its application releases \
+                     it, or root with --force"
+                )));
+            }
             let token = token.map(|t| t.parse()).transpose().map_err(fail)?;
             locks.release(&holder, token.as_ref(), now).map_err(fail)?;
         }

@@ -37,6 +37,15 @@
 //! Holder names are 1 to 64 characters of `[A-Za-z0-9._-]` starting with a letter or digit: they
 //! become file names, so they can never contain `/` or be `..`.
 //!
+//! **Per-application directories.** Leases are also read one level down, from
+//! `<dir>/<app>/<holder>.lock`, and are named `<app>/<holder>`. An operator mounts
+//! `/run/fleet-agent/locks/<app>` into one application's containers instead of the whole
+//! directory, so one application cannot delete or overwrite another's lock files. `<app>` follows
+//! the holder name rule; a symbolic link in place of a directory is not followed (the directory
+//! is opened `O_DIRECTORY|O_NOFOLLOW` and its files relative to it). At most [`MAX_SUBDIRS`]
+//! directories and [`MAX_LOCK_FILES`] lock files in all are read; the rest are ignored with a
+//! warning, so a directory full of files cannot make the agent's every check slow.
+//!
 //! A `.lock` file may contain:
 //! * the JSON the agent writes, `{"holder":"navigation","until":1767225600000,
 //!   "token_sha256":"<64 hex digits>"}`: the lease ends at `until` (a past `until` means
@@ -66,7 +75,7 @@
 //! Malformed requests (a token that is not 32 hex digits among them) get 400 with
 //! `{"error": "..."}` saying what is wrong, unknown paths 404, a wrong method 405, a request that
 //! does not arrive within 5 s 408, one over 8 KiB 431, and a lock directory that cannot be read
-//! or written 500.
+//! or written 500. The socket serves the top directory's leases only.
 //!
 //! ```text
 //! curl --unix-socket /run/fleet-agent/locks.sock -X POST \
@@ -86,6 +95,8 @@ use std::time::{Duration, SystemTime};
 
 use crate::http1::{parse_request, read_head, ReadError, Request, Response};
 use fleet_proto::UnixMillis;
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{UnixListener, UnixStream};
@@ -96,6 +107,11 @@ pub const MIN_TTL: Duration = Duration::from_secs(1);
 /// The longest lease that can be taken, and the longest any lock file counts after it was written.
 pub const MAX_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
+/// Per-application lock directories read, at most; further ones are ignored with a warning.
+pub const MAX_SUBDIRS: usize = 256;
+/// Lock files read in all (top directory and per-application ones), at most; further ones are
+/// ignored with a warning.
+pub const MAX_LOCK_FILES: usize = 1024;
 /// The request header that carries a lease's token when renewing or releasing it.
 pub const TOKEN_HEADER: &str = "Fleet-Lock-Token";
 
@@ -374,6 +390,34 @@ fn may_change(in_force: Option<&FileLease>, token: Option<&Token>) -> Result<(),
 /// Makes temporary file names unique when the same holder is renewed concurrently.
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// How many more directories and lock files [`UpdateLocks::active`] reads, and how many it
+/// skipped.
+struct Budget {
+    subdirs: usize,
+    files: usize,
+    skipped_subdirs: usize,
+    skipped_files: usize,
+}
+
+impl Budget {
+    fn take_subdir(&mut self) -> bool {
+        take(&mut self.subdirs, &mut self.skipped_subdirs)
+    }
+
+    fn take_file(&mut self) -> bool {
+        take(&mut self.files, &mut self.skipped_files)
+    }
+}
+
+fn take(left: &mut usize, skipped: &mut usize) -> bool {
+    if *left == 0 {
+        *skipped += 1;
+        return false;
+    }
+    *left -= 1;
+    true
+}
+
 impl UpdateLocks {
     /// Locks kept in `dir` (created on first acquire). `default_ttl` is the lease length when none
     /// is asked for and for lock files without a JSON `until`; it is clamped to
@@ -477,15 +521,36 @@ impl UpdateLocks {
         remove_if_present(&path)
     }
 
-    /// Deletes `holder`'s lock file whoever wrote it: the operator's override
-    /// (`fleet-agent lock release --force`, root only). The socket never offers it.
-    pub fn release_forced(&self, holder: &str) -> Result<(), LockError> {
+    /// Deletes the lock file `name` (`holder` or `app/holder`) whoever wrote it: the operator's
+    /// override (`fleet-agent lock release --force`, root only). The socket never offers it.
+    pub fn release_forced(&self, name: &str) -> Result<(), LockError> {
+        let (app, holder) = match name.split_once('/') {
+            Some((app, holder)) => (Some(app), holder),
+            None => (None, name),
+        };
         validate_holder(holder)?;
-        let _serial = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
-        remove_if_present(&self.lock_path(holder))
+        let Some(app) = app else {
+            let _serial = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
+            return remove_if_present(&self.lock_path(holder));
+        };
+        validate_holder(app)?;
+        // The application may have swapped its directory for a link: delete relative to the
+        // directory opened without following one, never through the link.
+        let path = self.dir.join(app);
+        let dir = match open_dir_no_follow(&path) {
+            Ok(dir) => dir,
+            Err(e) if not_a_lock_dir(&e) => return Ok(()),
+            Err(e) => return Err(LockError::io("open lock directory", &path)(e)),
+        };
+        let file = format!("{holder}{LOCK_SUFFIX}");
+        match nix::unistd::unlinkat(&dir, file.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(nix::errno::Errno::ENOENT) => Ok(()),
+            Err(e) => Err(LockError::io("remove lock file", &path.join(file))(e.into())),
+        }
     }
 
-    /// Leases in force at `now`, the one that ends last first (ties by holder name). Expired lock
+    /// Leases in force at `now`, the one that ends last first (ties by name): those of the
+    /// directory and of its per-application directories (named `<app>/<holder>`). Expired lock
     /// files are skipped and left in place; a missing directory means no locks.
     ///
     /// Any `*.lock` file counts, even one whose name is not a valid holder name: an application
@@ -496,20 +561,88 @@ impl UpdateLocks {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(LockError::io("read lock directory", &self.dir)(e)),
         };
+        let mut budget = Budget {
+            subdirs: MAX_SUBDIRS,
+            files: MAX_LOCK_FILES,
+            skipped_subdirs: 0,
+            skipped_files: 0,
+        };
         let mut leases = Vec::new();
         for entry in entries {
             let entry = entry.map_err(LockError::io("read lock directory", &self.dir))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(holder) = holder_of(&name) else { continue };
-            let path = entry.path();
-            if let Some(lease) = self.read_lock_file(open_no_follow(&path), &path)? {
-                if now < lease.until {
-                    leases.push(Lease { holder, until: lease.until });
+            if let Some(holder) = holder_of(&name) {
+                if !budget.take_file() {
+                    continue;
+                }
+                let path = entry.path();
+                if let Some(lease) = self.read_lock_file(open_no_follow(&path), &path)? {
+                    if now < lease.until {
+                        leases.push(Lease { holder, until: lease.until });
+                    }
+                }
+            } else if entry.file_type().is_ok_and(|t| t.is_dir()) && validate_holder(&name).is_ok()
+            {
+                // `file_type` does not follow links: a linked directory is not read.
+                if budget.take_subdir() {
+                    self.read_app_dir(&name, now, &mut budget, &mut leases)?;
                 }
             }
         }
+        if budget.skipped_subdirs > 0 || budget.skipped_files > 0 {
+            tracing::warn!(
+                dir = %self.dir.display(),
+                skipped_dirs = budget.skipped_subdirs,
+                skipped_files = budget.skipped_files,
+                "too many update lock directories or files; only the first \
+                 {MAX_SUBDIRS} directories and {MAX_LOCK_FILES} lock files count"
+            );
+        }
         leases.sort_by(|a, b| b.until.cmp(&a.until).then_with(|| a.holder.cmp(&b.holder)));
         Ok(leases)
+    }
+
+    /// Adds the leases in force of the per-application directory `app` to `leases`.
+    fn read_app_dir(
+        &self,
+        app: &str,
+        now: UnixMillis,
+        budget: &mut Budget,
+        leases: &mut Vec<Lease>,
+    ) -> Result<(), LockError> {
+        let path = self.dir.join(app);
+        // Opened without following a link (the application may have swapped its directory for
+        // one since it was listed), then read and its files opened relative to what was opened.
+        let dir = match open_dir_no_follow(&path) {
+            Ok(dir) => dir,
+            Err(e) if not_a_lock_dir(&e) => return Ok(()),
+            Err(e) => return Err(LockError::io("open lock directory", &path)(e)),
+        };
+        let listing = dir
+            .try_clone()
+            .map_err(LockError::io("read lock directory", &path))
+            .and_then(|fd| {
+                nix::dir::Dir::from_fd(fd.into())
+                    .map_err(|e| LockError::io("read lock directory", &path)(e.into()))
+            })?;
+        for entry in listing {
+            let entry = entry.map_err(|e| LockError::io("read lock directory", &path)(e.into()))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(holder) = holder_of(&name) else { continue };
+            if !budget.take_file() {
+                continue;
+            }
+            let opened =
+                nix::fcntl::openat(&dir, entry.file_name(), no_follow_flags(), Mode::empty())
+                    .map(std::fs::File::from)
+                    .map_err(io::Error::from);
+            if let Some(lease) = self.read_lock_file(opened, &path.join(&name))? {
+                if now < lease.until {
+                    leases.push(Lease { holder: format!("{app}/{holder}"), until: lease.until });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The lease of the lock file at `path` if it is in force at `now`.
@@ -682,6 +815,26 @@ fn open_no_follow(path: &Path) -> io::Result<std::fs::File> {
         .read(true)
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
         .open(path)
+}
+
+/// [`open_no_follow`]'s flags, for a file opened relative to a directory.
+fn no_follow_flags() -> OFlag {
+    OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC
+}
+
+/// Opens the directory `path`, failing (ELOOP or ENOTDIR) if it is a link or not a directory.
+fn open_dir_no_follow(path: &Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_DIRECTORY | nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)
+}
+
+/// An error that means "no per-application lock directory here": gone, a link, or a file.
+fn not_a_lock_dir(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound
+        || matches!(e.raw_os_error(), Some(nix::libc::ELOOP | nix::libc::ENOTDIR))
 }
 
 /// A lock file's content as the agent's JSON; `None` for any other content, including a file
@@ -983,8 +1136,11 @@ mod tests {
             assert!(err.to_string().contains("starting with a letter or digit"), "{err}");
             let released = locks.release(bad, None, UnixMillis(0));
             assert!(matches!(released, Err(LockError::InvalidHolder { .. })));
-            let forced = locks.release_forced(bad);
-            assert!(matches!(forced, Err(LockError::InvalidHolder { .. })), "{bad}");
+            if bad != "a/b" {
+                // (`a/b` is holder `b` of application directory `a` to a forced release.)
+                let forced = locks.release_forced(bad);
+                assert!(matches!(forced, Err(LockError::InvalidHolder { .. })), "{bad}");
+            }
         }
         assert_eq!(locks.active(UnixMillis(0)).unwrap(), vec![]);
         for good in ["a".repeat(64).as_str(), "nav-2.main_loop", "9lives"] {
@@ -1049,8 +1205,7 @@ mod tests {
         assert!(!std::fs::symlink_metadata(locks.dir().join("arm.lock")).unwrap().is_symlink());
         // A link and a FIFO posing as lock files: not read through, not blocked on.
         std::os::unix::fs::symlink(&target, locks.dir().join("leak.lock")).unwrap();
-        nix::unistd::mkfifo(&locks.dir().join("stall.lock"), nix::sys::stat::Mode::S_IRWXU)
-            .unwrap();
+        nix::unistd::mkfifo(&locks.dir().join("stall.lock"), Mode::S_IRWXU).unwrap();
         let holders: Vec<String> =
             locks.active(now).unwrap().into_iter().map(|l| l.holder).collect();
         assert_eq!(holders, ["arm"]);
@@ -1225,6 +1380,96 @@ mod tests {
         locks.release_forced("json").unwrap();
         locks.release_forced("json").unwrap();
         assert_eq!(locks.active(now).unwrap(), vec![]);
+    }
+
+    // ---- per-application directories ----
+
+    fn write_in_app_dir(locks: &UpdateLocks, app: &str, name: &str, now: UnixMillis) {
+        write_app_file(locks, &format!("{app}/{name}"), b"", now);
+    }
+
+    fn holders(locks: &UpdateLocks, now: UnixMillis) -> Vec<String> {
+        locks.active(now).unwrap().into_iter().map(|l| l.holder).collect()
+    }
+
+    #[test]
+    fn leases_in_application_directories_count_and_are_named_app_slash_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let locks = locks(&dir);
+        let now = UnixMillis(1_700_000_000_000);
+        std::fs::create_dir_all(locks.dir().join("nav")).unwrap();
+        std::fs::create_dir_all(locks.dir().join("arm")).unwrap();
+        write_in_app_dir(&locks, "nav", "mission.lock", now);
+        write_in_app_dir(&locks, "arm", "grip.lock", now.saturating_add(MINUTE));
+        write_in_app_dir(&locks, "arm", "notes.txt", now);
+        write_app_file(&locks, "top.lock", b"", now);
+        assert_eq!(holders(&locks, now), ["arm/grip", "nav/mission", "top"]);
+        // The default TTL and MAX_TTL apply there as at the top.
+        assert_eq!(holders(&locks, now.saturating_add(MINUTE)), ["arm/grip"]);
+    }
+
+    #[test]
+    fn linked_badly_named_or_nested_application_directories_are_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let locks = locks(&dir);
+        let now = UnixMillis(1_700_000_000_000);
+        let outside = tempfile::tempdir().unwrap();
+        write_app_file(&UpdateLocks::new(outside.path(), MINUTE), "elsewhere.lock", b"", now);
+        std::fs::create_dir_all(locks.dir()).unwrap();
+        std::os::unix::fs::symlink(outside.path(), locks.dir().join("linked")).unwrap();
+        for odd in [".hidden", "a b", "nav/deeper"] {
+            std::fs::create_dir_all(locks.dir().join(odd)).unwrap();
+            write_in_app_dir(&locks, odd, "x.lock", now);
+        }
+        write_app_file(&locks, "plainfile", b"", now);
+        // Inside an application directory, links and FIFOs are not followed or waited on.
+        std::os::unix::fs::symlink(
+            outside.path().join("elsewhere.lock"),
+            locks.dir().join("nav/leak.lock"),
+        )
+        .unwrap();
+        nix::unistd::mkfifo(&locks.dir().join("nav/stall.lock"), Mode::S_IRWXU).unwrap();
+        assert_eq!(holders(&locks, now), Vec::<String>::new());
+    }
+
+    #[test]
+    fn at_most_256_directories_and_1024_lock_files_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let locks = locks(&dir);
+        let now = UnixMillis(1_700_000_000_000);
+        for i in 0..MAX_SUBDIRS + 10 {
+            std::fs::create_dir_all(locks.dir().join(format!("app{i}"))).unwrap();
+            write_in_app_dir(&locks, &format!("app{i}"), "x.lock", now);
+        }
+        assert_eq!(locks.active(now).unwrap().len(), MAX_SUBDIRS);
+        for i in 0..MAX_LOCK_FILES {
+            write_app_file(&locks, &format!("top{i}.lock"), b"", now);
+        }
+        assert_eq!(locks.active(now).unwrap().len(), MAX_LOCK_FILES);
+    }
+
+    #[test]
+    fn forced_release_reaches_application_directories_but_never_through_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let locks = locks(&dir);
+        let now = UnixMillis(1_700_000_000_000);
+        std::fs::create_dir_all(locks.dir().join("nav")).unwrap();
+        write_in_app_dir(&locks, "nav", "mission.lock", now);
+        locks.release_forced("nav/mission").unwrap();
+        assert_eq!(holders(&locks, now), Vec::<String>::new());
+        locks.release_forced("nav/mission").unwrap();
+        locks.release_forced("gone/mission").unwrap();
+
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("mission.lock"), b"keep me").unwrap();
+        std::fs::remove_dir(locks.dir().join("nav")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), locks.dir().join("nav")).unwrap();
+        locks.release_forced("nav/mission").unwrap();
+        assert!(outside.path().join("mission.lock").exists(), "the link was not followed");
+        for bad in ["../x/mission", "nav/../x", "nav/a/b", "/abs"] {
+            let err = locks.release_forced(bad).unwrap_err();
+            assert!(matches!(err, LockError::InvalidHolder { .. }), "{bad}: {err}");
+        }
     }
 
     // ---- socket API ----
