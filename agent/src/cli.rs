@@ -124,18 +124,31 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum LockCommand {
-    /// Take or renew a lease.
+    /// Take or renew a lease. Prints its token on standard output: renewing or releasing the
+    /// lease while it is in force needs it.
     Acquire {
         /// Who holds it, e.g. the service name.
         holder: String,
         /// Lease length in seconds (default: the configured default).
         #[arg(long)]
         ttl: Option<u64>,
+        /// The token of the lease in force, to renew it.
+        #[arg(long)]
+        token: Option<String>,
+        /// Print the lease and its token as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Release a lease.
     Release {
-        /// The holder.
+        /// The holder (`APP/HOLDER` for a lease in an application's directory, with --force).
         holder: String,
+        /// The token the lease was taken with.
+        #[arg(long)]
+        token: Option<String>,
+        /// Delete the lock file whoever holds it (root only).
+        #[arg(long, conflicts_with = "token")]
+        force: bool,
     },
     /// List leases in force.
     Ls {
@@ -393,15 +406,42 @@ fn lock(config: &Config, cmd: LockCommand) -> Result<u8, Failure> {
     let now = fleet_proto::UnixMillis::now();
     let fail = |e: crate::lock::LockError| Failure::input(report(&e));
     match cmd {
-        LockCommand::Acquire { holder, ttl } => {
-            let lease = locks.acquire(&holder, ttl.map(Duration::from_secs), now).map_err(fail)?;
-            eprintln!(
-                "locked by {} for {} s",
-                lease.holder,
-                (lease.until.0.saturating_sub(now.0)) / 1000
-            );
+        LockCommand::Acquire { holder, ttl, token, json } => {
+            let token = token.map(|t| t.parse()).transpose().map_err(fail)?;
+            let taken = locks
+                .acquire(&holder, ttl.map(Duration::from_secs), token.as_ref(), now)
+                .map_err(fail)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&taken).unwrap_or_default());
+            } else {
+                // The token alone on stdout, so `TOKEN=$(fleet-agent lock acquire ...)` works.
+                println!("{}", taken.token.as_str());
+                eprintln!(
+                    "locked by {} for {} s; renew or release it with --token",
+                    taken.lease.holder,
+                    (taken.lease.until.0.saturating_sub(now.0)) / 1000
+                );
+            }
         }
-        LockCommand::Release { holder } => locks.release(&holder).map_err(fail)?,
+        LockCommand::Release { holder, force: true, .. } => {
+            // Acts on the files directly, which only root may write; the socket has no such mode.
+            if !nix::unistd::geteuid().is_root() {
+                return Err(Failure::input(
+                    "lock release --force deletes the lock file and needs root",
+                ));
+            }
+            locks.release_forced(&holder).map_err(fail)?;
+        }
+        LockCommand::Release { holder, token, force: false } => {
+            if holder.contains('/') {
+                return Err(Failure::input(format!(
+                    "{holder} is in an application's lock directory: its application releases \
+                     it, or root with --force"
+                )));
+            }
+            let token = token.map(|t| t.parse()).transpose().map_err(fail)?;
+            locks.release(&holder, token.as_ref(), now).map_err(fail)?;
+        }
         LockCommand::Ls { json } => {
             let leases = locks.active(now).map_err(fail)?;
             if json {

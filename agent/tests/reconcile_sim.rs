@@ -263,7 +263,8 @@ async fn a_held_lock_defers_the_switch_but_not_the_download_and_force_overrides_
     let v2 = release("2", &image("web", 2), &image("worker", 2));
     rec.apply(Origin::Server { generation: 1 }, Some(v1.clone())).await.unwrap();
 
-    locks.acquire("mission", Some(Duration::from_secs(60)), UnixMillis::now()).unwrap();
+    let taken =
+        locks.acquire("mission", Some(Duration::from_secs(60)), None, UnixMillis::now()).unwrap();
     let err = rec.apply(Origin::Server { generation: 2 }, Some(v2.clone())).await.unwrap_err();
     assert!(matches!(&err, StepError::Deferred { holder, .. } if holder == "mission"), "{err}");
     assert!(
@@ -276,17 +277,16 @@ async fn a_held_lock_defers_the_switch_but_not_the_download_and_force_overrides_
     assert_eq!(status.phase, UpdatePhase::Deferred);
     assert_eq!(status.deferred.as_ref().map(|d| d.holder.as_str()), Some("mission"));
 
-    // An expired lease no longer defers.
-    locks
-        .acquire("mission", Some(Duration::from_secs(1)), UnixMillis(UnixMillis::now().0 - 5_000))
-        .unwrap();
+    // An expired lease no longer defers (its holder renews it into the past).
+    let past = UnixMillis(UnixMillis::now().0 - 5_000);
+    locks.acquire("mission", Some(Duration::from_secs(1)), Some(&taken.token), past).unwrap();
     rec.converge().await.unwrap();
     assert_eq!(running_names(&rt).await, names_of(&v2));
     assert_eq!(rec.status().phase, UpdatePhase::Idle);
     assert_eq!(rec.status().deferred, None);
 
     // Force goes past a held lock.
-    locks.acquire("mission", Some(Duration::from_secs(60)), UnixMillis::now()).unwrap();
+    locks.acquire("mission", Some(Duration::from_secs(60)), None, UnixMillis::now()).unwrap();
     rec.apply_forced(Origin::Server { generation: 3 }, Some(v1.clone()), true).await.unwrap();
     assert_eq!(running_names(&rt).await, names_of(&v1));
 }

@@ -253,6 +253,9 @@ async fn an_update_lock_defers_the_switch_until_its_lease_ends_or_force() {
     // Held lock: deferred (exit 4), images downloaded, v1 still running untouched.
     let lock = agent.cmd().args(["lock", "acquire", "mission", "--ttl", "600"]).output().unwrap();
     assert!(lock.status.success(), "{}", String::from_utf8_lossy(&lock.stderr));
+    // The lease's token is all of stdout; only it renews or releases the lease.
+    let token = String::from_utf8(lock.stdout).unwrap().trim().to_owned();
+    assert_eq!(token.len(), 32, "{token:?}");
     let before = agent.containers(&env).await;
     let out = agent.apply(&v2);
     assert_eq!(out.status.code(), Some(4));
@@ -279,11 +282,17 @@ async fn an_update_lock_defers_the_switch_until_its_lease_ends_or_force() {
     .await;
     assert_eq!(agent.containers(&env).await, before, "nothing switched while locked");
 
+    // Someone else can neither shorten nor release the lease.
+    for args in [&["acquire", "mission", "--ttl", "1"][..], &["release", "mission"]] {
+        let out = agent.cmd().arg("lock").args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("pass its token"), "{args:?}");
+    }
     // The holder renews with a short lease and then stops renewing (as a crashed app would):
     // the daemon finishes the deferred update by itself once the lease lapses.
     assert!(agent
         .cmd()
-        .args(["lock", "acquire", "mission", "--ttl", "1"])
+        .args(["lock", "acquire", "mission", "--ttl", "1", "--token", token.as_str()])
         .status()
         .unwrap()
         .success());
@@ -309,6 +318,11 @@ async fn an_update_lock_defers_the_switch_until_its_lease_ends_or_force() {
         agent.cmd().arg("apply").arg(agent.release_file(&v3)).arg("--force").output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(running(&agent, &env).await, expected_names(&agent, &v3));
+    // Root on the host releases any lease with --force.
+    let out = agent.cmd().args(["lock", "release", "mission", "--force"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = agent.cmd().args(["lock", "ls", "--json"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
     agent.cleanup(&env).await;
 }
 
