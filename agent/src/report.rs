@@ -84,6 +84,7 @@ pub fn build(
         inventory,
         seal_key: None,
         agent: None,
+        seal_key_proof: None,
     })
 }
 

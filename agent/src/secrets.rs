@@ -60,6 +60,29 @@ pub enum KeyError {
     Random(#[from] fleet_proto::SealError),
 }
 
+/// The device's proof that `key` is its sealing key ([`fleet_proto::StateReport::seal_key_proof`]):
+/// the signature of [`fleet_proto::seal::seal_key_proof_message`] with the private key of its
+/// certificate (`key_file`, PKCS#8 PEM as enrollment writes it), in hex. The server knows the
+/// certificate's public key from enrollment and takes a sealing key only with this proof.
+pub fn seal_key_proof(
+    key_file: &Path,
+    device: &DeviceId,
+    key: &fleet_proto::SealKey,
+) -> Result<String, String> {
+    use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::PrivatePkcs8KeyDer;
+    let der = PrivatePkcs8KeyDer::from_pem_file(key_file)
+        .map_err(|e| format!("{}: not a PKCS#8 PEM private key: {e}", key_file.display()))?;
+    let rng = ring::rand::SystemRandom::new();
+    let pair =
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, der.secret_pkcs8_der(), &rng)
+            .map_err(|e| format!("{}: not a P-256 key: {e}", key_file.display()))?;
+    let message = fleet_proto::seal::seal_key_proof_message(device, key);
+    let signature = pair.sign(&rng, &message).map_err(|e| format!("cannot sign: {e}"))?;
+    Ok(fleet_proto::hex::encode(signature.as_ref()))
+}
+
 /// The device's sealing key from `path`, made (0600) when there is none yet.
 pub fn load_or_create_key(path: &Path) -> Result<DeviceSealKey, KeyError> {
     let io = |source| KeyError::Io { path: path.display().to_string(), source };
@@ -403,6 +426,30 @@ fn sweep(d: &Path, wanted: &BTreeSet<PathBuf>) -> usize {
 mod tests {
     use super::*;
     use fleet_proto::release::ServiceSpec;
+
+    #[test]
+    fn the_sealing_key_is_proven_with_the_certificates_key_as_enrollment_wrote_it() {
+        let device = DeviceId::new("robot-7").unwrap();
+        let (cert_key, public, _) = fleet_api::enroll::new_device_key(&device).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("device.key");
+        std::fs::write(&key_file, cert_key.serialize_pem()).unwrap();
+        let seal = DeviceSealKey::generate().unwrap().public();
+        let proof = seal_key_proof(&key_file, &device, &seal).unwrap();
+        let point = fleet_proto::hex::decode(&public).unwrap();
+        let verify = |message: &[u8]| {
+            ring::signature::UnparsedPublicKey::new(
+                &ring::signature::ECDSA_P256_SHA256_ASN1,
+                &point,
+            )
+            .verify(message, &fleet_proto::hex::decode(&proof).unwrap())
+        };
+        assert!(verify(&fleet_proto::seal::seal_key_proof_message(&device, &seal)).is_ok());
+        let other = DeviceId::new("robot-8").unwrap();
+        assert!(verify(&fleet_proto::seal::seal_key_proof_message(&other, &seal)).is_err());
+        std::fs::write(&key_file, "not a key").unwrap();
+        assert!(seal_key_proof(&key_file, &device, &seal).unwrap_err().contains("PKCS#8"));
+    }
     use fleet_proto::seal::seal;
     use fleet_proto::{samples, SealedSecret};
 

@@ -108,6 +108,12 @@ pub struct DeviceRecord {
     /// The agent version in the last desired state published to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub desired_agent: Option<String>,
+    /// The public key of its certificate (an uncompressed P-256 point, hex), kept at
+    /// enrollment: a sealing key is taken only with a proof signed by it
+    /// ([`fleet_proto::StateReport::seal_key_proof`]). `None` for devices enrolled before it
+    /// was kept, which take a key as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_key: Option<String>,
 }
 
 /// A pin: an operator holds this device on one release, with a reason.
@@ -163,6 +169,7 @@ impl DeviceRecord {
             agent_pin: None,
             desired_agent: None,
             seal_key_changed_at: None,
+            device_key: None,
         }
     }
 
@@ -256,6 +263,7 @@ impl DeviceRecord {
             agent_pin: None,
             desired_agent: None,
             seal_key_changed_at: None,
+            device_key: None,
         });
         match msg {
             Message::Status(s) => {
@@ -276,7 +284,21 @@ impl DeviceRecord {
                 let recently = rec
                     .seal_key_changed_at
                     .is_some_and(|t| now.0.saturating_sub(t.0) < SEAL_KEY_MIN_INTERVAL.0);
-                if reported != rec.seal_key && (rec.seal_key.is_none() || !recently) {
+                // Where the certificate's key is known, a key is taken only with its proof, so a
+                // forged report can neither redirect the secrets nor remove the key.
+                let proven = match (&rec.device_key, &r.seal_key) {
+                    (None, _) => true,
+                    (Some(device_key), Some(key)) => {
+                        r.seal_key_proof.as_deref().is_some_and(|proof| {
+                            crate::pki::seal_key_proof_verifies(device_key, &rec.id, key, proof)
+                        })
+                    }
+                    (Some(_), None) => false,
+                };
+                if reported != rec.seal_key && !proven {
+                    tracing::warn!(device = %rec.id, "a report's sealing key has no valid proof by the device's certificate key; kept the recorded one");
+                }
+                if reported != rec.seal_key && proven && (rec.seal_key.is_none() || !recently) {
                     rec.seal_key = reported;
                     rec.seal_key_changed_at = Some(now);
                 }
@@ -359,6 +381,53 @@ mod tests {
         let later = UnixMillis(SEAL_KEY_MIN_INTERVAL.0 + 10);
         let rec = DeviceRecord::observe_at(Some(soon), &Message::Report(older), later);
         assert_eq!(rec.unwrap().seal_key, None, "an older agent's report has none");
+    }
+
+    #[test]
+    fn where_the_certificate_key_is_known_a_sealing_key_is_taken_only_with_its_proof() {
+        let id = DeviceId::new("robot-7").unwrap();
+        let (cert_key, public, _) = fleet_api::enroll::new_device_key(&id).unwrap();
+        let prove = |key: &SealKey| {
+            let message = fleet_proto::seal::seal_key_proof_message(&id, key);
+            fleet_proto::hex::encode(&rcgen::SigningKey::sign(&cert_key, &message).unwrap())
+        };
+        let mut rec = DeviceRecord::enrolled(
+            id.clone(),
+            BTreeMap::new(),
+            CertificateInfo { serial: "01".into(), not_after: UnixMillis(0) },
+            UnixMillis(0),
+        );
+        rec.device_key = Some(public);
+        let report = |key: Option<SealKey>, proof: Option<String>| {
+            Message::Report(StateReport {
+                device: id.clone(),
+                seal_key: key,
+                seal_key_proof: proof,
+                ..samples::report()
+            })
+        };
+        let (honest, forged) = (SealKey([0x11; 32]), SealKey([0x66; 32]));
+        // Without a proof, or with the proof of another key, nothing is taken.
+        let rec = DeviceRecord::observe_at(Some(rec), &report(Some(honest), None), UnixMillis(1));
+        assert_eq!(rec.as_ref().unwrap().seal_key, None);
+        let stolen = Some(prove(&honest));
+        let rec = DeviceRecord::observe_at(rec, &report(Some(forged), stolen), UnixMillis(2));
+        assert_eq!(rec.as_ref().unwrap().seal_key, None);
+        // With its own proof it is taken.
+        let rec = DeviceRecord::observe_at(
+            rec,
+            &report(Some(honest), Some(prove(&honest))),
+            UnixMillis(3),
+        );
+        assert_eq!(rec.as_ref().unwrap().seal_key(), Some(honest));
+        // Later, a forged report can neither replace it nor remove it.
+        let later = UnixMillis(SEAL_KEY_MIN_INTERVAL.0 + 10);
+        let rec = DeviceRecord::observe_at(rec, &report(Some(forged), Some("30".into())), later);
+        let rec = DeviceRecord::observe_at(rec, &report(None, None), later);
+        assert_eq!(rec.as_ref().unwrap().seal_key(), Some(honest));
+        // A new key of the device's own (a re-installed agent) is taken with its proof.
+        let rec = DeviceRecord::observe_at(rec, &report(Some(forged), Some(prove(&forged))), later);
+        assert_eq!(rec.unwrap().seal_key(), Some(forged));
     }
 
     #[test]

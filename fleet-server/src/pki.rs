@@ -120,6 +120,32 @@ impl EnrollKey {
     }
 }
 
+impl EnrollKey {
+    /// The point in hex, as [`crate::devices::DeviceRecord::device_key`] keeps it.
+    pub fn to_hex(&self) -> String {
+        fleet_proto::hex::encode(&self.point)
+    }
+}
+
+/// Whether `proof_hex` is the signature of device `device`'s sealing key `key` by its
+/// certificate's key `device_key_hex` ([`fleet_proto::StateReport::seal_key_proof`]).
+pub fn seal_key_proof_verifies(
+    device_key_hex: &str,
+    device: &DeviceId,
+    key: &fleet_proto::SealKey,
+    proof_hex: &str,
+) -> bool {
+    let (Some(point), Some(proof)) =
+        (fleet_proto::hex::decode(device_key_hex), fleet_proto::hex::decode(proof_hex))
+    else {
+        return false;
+    };
+    let message = fleet_proto::seal::seal_key_proof_message(device, key);
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_ASN1, &point)
+        .verify(&message, &proof)
+        .is_ok()
+}
+
 impl PublicKeyData for EnrollKey {
     fn der_bytes(&self) -> &[u8] {
         &self.point

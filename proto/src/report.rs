@@ -44,6 +44,13 @@ pub struct StateReport {
     #[serde(with = "crate::codec::extensible_opt")]
     #[cfg_attr(feature = "schema", schemars(with = "Option<AgentVersions>"))]
     pub agent: Option<AgentVersions>,
+    /// The device's proof that `seal_key` is its own: the ECDSA P-256 SHA-256 signature (DER,
+    /// hex) of [`crate::seal::seal_key_proof_message`] by the key of the device's certificate.
+    /// A server that knows the device's public key takes a sealing key only with a valid
+    /// proof, so a report forged on a broker that authenticates nobody cannot redirect the
+    /// device's secrets. Appended: `None` from older agents and in local mode.
+    #[serde(default)]
+    pub seal_key_proof: Option<String>,
 }
 
 /// Which agent versions a device has: the one running, the one committed, one on trial, and

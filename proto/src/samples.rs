@@ -309,6 +309,7 @@ pub fn report() -> StateReport {
             )],
             installed: Some(s("0.1.0")),
         }),
+        seal_key_proof: Some(format!("3045022100{}0220{}", "ab".repeat(32), "cd".repeat(32))),
     }
 }
 

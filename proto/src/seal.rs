@@ -39,6 +39,17 @@ const SALT: &[u8] = b"fleet-seal-v1";
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct SealKey(pub [u8; 32]);
 
+/// What a device signs with its certificate's key to vouch for its sealing key
+/// ([`crate::StateReport::seal_key_proof`]): a context string, the device id and the key, so a
+/// proof is good for this key of this device only.
+pub fn seal_key_proof_message(device: &crate::DeviceId, key: &SealKey) -> Vec<u8> {
+    let mut m = b"fleet seal-key proof v1\0".to_vec();
+    m.extend_from_slice(device.as_str().as_bytes());
+    m.push(0);
+    m.extend_from_slice(&key.0);
+    m
+}
+
 impl SealKey {
     /// Lower-case hex, as `fleetctl device show` prints it.
     pub fn to_hex(&self) -> String {

@@ -33,8 +33,9 @@ use fleet_proto::{samples, Command, DesiredState, Message, TrustedKeys};
 /// (`report_fixtures_decode_with_appended_fields_empty`). `report-4`: written before it grew
 /// `installed`, `desired-7` before `AgentTarget` grew `installed`: they decode with none and
 /// false. `desired-8` was written before `ServiceSpec` grew `host_namespaces`, `report-5`
-/// before `Inventory` grew `policy`: they decode with none (`desired-9` and `report-6` are the
-/// current ones).
+/// before `Inventory` grew `policy`: they decode with none. `report-6` was written before
+/// `StateReport` grew `seal_key_proof`; it decodes with none (`desired-9` and `report-7` are
+/// the current ones).
 const DECODE_ONLY: &[&str] = &[
     "desired",
     "desired-2",
@@ -49,6 +50,7 @@ const DECODE_ONLY: &[&str] = &[
     "report-4",
     "desired-8",
     "report-5",
+    "report-6",
 ];
 
 fn cases() -> Vec<(&'static str, Message)> {
@@ -68,6 +70,7 @@ fn cases() -> Vec<(&'static str, Message)> {
         ("report-4", Message::Report(samples::report())),
         ("report-5", Message::Report(samples::report())),
         ("report-6", Message::Report(samples::report())),
+        ("report-7", Message::Report(samples::report())),
         ("telemetry", Message::Telemetry(samples::telemetry())),
         ("telemetry-ack", Message::TelemetryAck(samples::telemetry_ack())),
         ("event", Message::Event(samples::event())),
@@ -208,9 +211,14 @@ fn a_report_from_before_agent_slots_decodes_without_them() {
 
 /// The sample report as bytes from before `Inventory` grew `policy` decode.
 fn report_before_policy() -> fleet_proto::StateReport {
-    let mut report = samples::report();
+    let mut report = report_before_proofs();
     report.inventory.as_mut().unwrap().policy = None;
     report
+}
+
+/// The sample report as bytes from before `StateReport` grew `seal_key_proof` decode.
+fn report_before_proofs() -> fleet_proto::StateReport {
+    fleet_proto::StateReport { seal_key_proof: None, ..samples::report() }
 }
 
 #[test]
@@ -234,6 +242,7 @@ fn report_fixtures_decode_with_appended_fields_empty() {
         Message::Report(r) => r,
         _ => panic!("{name} holds another kind"),
     };
+    assert_eq!(report_4("report-6"), report_before_proofs(), "report-6 decodes with no proof");
     let mut expected = report_before_policy();
     assert_eq!(report_4("report-5"), expected, "report-5 decodes with no policy");
     let agent = expected.agent.as_mut().unwrap();

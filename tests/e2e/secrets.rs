@@ -246,6 +246,53 @@ async fn secrets_reach_services_as_files_only_sealed_and_rotation_recreates_only
         assert!(other.open(&state.secrets[0].sealed, b"").is_err());
     }
 
+    // A report forged for an enrolled device whose agent has not reported yet (by anyone who
+    // can publish on its topic: here the privileged client; on the embedded broker, any local
+    // process), with the forger's sealing key: without a proof by the device's certificate key
+    // the server takes no key, so nothing is ever sealed to the forger. (A device that has a
+    // key is also protected by the 10-minute limit on key changes; this one has none.)
+    let c = format!("secrets-c-{pid}");
+    fleet.enroll(&c);
+    let device_c = DeviceId::new(c.as_str()).unwrap();
+    let forger = DeviceSealKey::generate().unwrap();
+    for proof in [None, Some("3006020101020101".to_owned())] {
+        let forged = fleet_proto::StateReport {
+            device: device_c.clone(),
+            reported_at: fleet_proto::UnixMillis::now(),
+            accepted_generation: 0,
+            in_force: None,
+            services: vec![],
+            update: Default::default(),
+            inventory: None,
+            seal_key: Some(forger.public()),
+            agent: None,
+            seal_key_proof: proof,
+        };
+        reader
+            .publish(
+                topic(&device_c, TopicKind::Report),
+                QoS::AtLeastOnce,
+                false,
+                Message::Report(forged).encode(),
+            )
+            .await
+            .unwrap();
+    }
+    let fleet_ref = &fleet;
+    let c_ref = c.as_str();
+    let seen = eventually("the forged reports heard", Duration::from_secs(10), || async move {
+        let (code, d) = fleet_ref.api("GET", &format!("/api/v1/devices/{c_ref}"), None).await;
+        assert_eq!(code, 200, "{d}");
+        (d["online"] == true).then_some(d)
+    })
+    .await;
+    assert!(seen["seal_key"].is_null(), "the forger's key was taken: {seen}");
+    let log = std::fs::read_to_string(fleet.dir.path().join("server.log")).unwrap();
+    assert!(
+        log.contains("has no valid proof by the device's certificate key"),
+        "the server said nothing"
+    );
+
     // Rotation: the token changes, only worker is re-created, on both devices.
     let said = set_secret(&fleet, "api-token", &[], token_v2.as_bytes());
     assert!(said.contains("2 device(s) re-targeted"), "{said}");

@@ -287,6 +287,7 @@ fn applied(id: &DeviceId, desired: &DesiredState) -> StateReport {
         inventory: None,
         seal_key: None,
         agent: None,
+        seal_key_proof: None,
     }
 }
 

@@ -251,6 +251,7 @@ mod tests {
             trusted: TrustedKeys::new([samples::server_key().public()]),
             rescan_on_resync: false,
             seal_key: DeviceSealKey::generate().unwrap(),
+            seal_key_proof: None,
             host,
             trial: None,
             converged_ok: Default::default(),

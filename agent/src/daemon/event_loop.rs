@@ -473,6 +473,7 @@ impl<R: ContainerRuntime> Daemon<R> {
             return;
         };
         report.seal_key = Some(self.seal_key.public());
+        report.seal_key_proof.clone_from(&self.seal_key_proof);
         report.agent = Some(slots::versions(&self.config.data_dir, slots::running_version()));
         if let Err(e) = write_atomic(
             &self.config.data_dir.join("status.json"),

@@ -288,6 +288,12 @@ pub async fn run_with_options<R: ContainerRuntime>(
     let rescan_on_resync = hotplug.is_none() && !fixed_hardware;
     let seal_key =
         crate::secrets::load_or_create_key(&config.data_dir.join(crate::secrets::KEY_FILE))?;
+    // Made once: the sealing key and the certificate's key do not change while this runs.
+    let seal_key_proof = config.link.as_ref().and_then(|l| {
+        crate::secrets::seal_key_proof(&l.key_file, &l.device, &seal_key.public())
+            .map_err(|e| tracing::warn!(error = %e, "no proof of the sealing key: a server that checks proofs seals nothing to this device"))
+            .ok()
+    });
     // Set by `slots::launch` when this process is a version on trial.
     let trial = crate::slots::this_trial(&config.data_dir);
     if let Some((version, _)) = &trial {
@@ -300,6 +306,7 @@ pub async fn run_with_options<R: ContainerRuntime>(
         trusted,
         rescan_on_resync,
         seal_key,
+        seal_key_proof,
         host,
         trial,
         converged_ok: AtomicBool::new(false),
@@ -321,6 +328,9 @@ struct Daemon<R> {
     rescan_on_resync: bool,
     /// What the server seals this device's secrets to; its public half goes in every report.
     seal_key: fleet_proto::DeviceSealKey,
+    /// The certificate key's signature of the sealing key, sent with it (`None` in local mode,
+    /// or when the key file cannot sign).
+    seal_key_proof: Option<String>,
     /// systemd's notifications and the reboot.
     host: Arc<dyn Host>,
     /// This process's version and its deadline, while it is on trial.

@@ -78,6 +78,8 @@ pub async fn enroll(
             let certificate =
                 CertificateInfo { serial: issued.serial.clone(), not_after: issued.not_after };
             let mut record = DeviceRecord::enrolled(id.clone(), request.labels.clone(), certificate, now);
+            // Its sealing keys are taken only with proofs by this key.
+            record.device_key = Some(key.to_hex());
             // A re-enrolled device keeps the history of its revoked certificates.
             if let Some(previous) = previous {
                 record.revoked_certificates = previous.revoked_certificates;
