@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use fleet_proto::report::{AgentUpdateFailure, AgentVersions};
+use fleet_proto::report::{AgentUpdateFailure, AgentVersions, ServiceStatus};
 use fleet_proto::{DeviceId, Message, Presence, ReleaseId, SealKey, StateReport, UnixMillis};
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +19,13 @@ pub const MAX_LOG_LINE_CHARS: usize = 301;
 pub const MAX_REASON_CHARS: usize = 1024;
 /// Characters of a reported agent version (a release id holds at most 128).
 pub const MAX_VERSION_CHARS: usize = 128;
+/// Service entries of a report the server keeps: one per service of the release in force and
+/// of one being switched to.
+pub const MAX_REPORTED_SERVICES: usize = 256;
+/// Characters of a service's last error (the agent's are one engine message or exit reason).
+pub const MAX_SERVICE_ERROR_CHARS: usize = 1024;
+/// Characters of an image digest or container id as reported (`sha256:` and 64 hex digits).
+pub const MAX_ID_CHARS: usize = 128;
 
 /// A device's client certificate, as the registry remembers it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -268,14 +275,22 @@ impl DeviceRecord {
         match msg {
             Message::Status(s) => {
                 rec.online = s.presence == Presence::Online;
-                rec.agent_version = Some(s.agent_version.clone());
+                rec.agent_version = Some(cut(s.agent_version.clone(), MAX_VERSION_CHARS));
             }
             Message::Report(r) => {
                 rec.online = true;
                 rec.accepted_generation = r.accepted_generation;
                 rec.release = r.in_force.as_ref().map(|f| f.release.clone());
                 let agent = r.agent.clone().map(bounded_agent_versions);
-                rec.last_report = Some(StateReport { inventory: None, agent, ..r.clone() });
+                let services = bounded_services(&r.services);
+                let seal_key_proof = r.seal_key_proof.clone().map(|p| cut(p, MAX_ID_CHARS * 2));
+                rec.last_report = Some(StateReport {
+                    inventory: None,
+                    agent,
+                    services,
+                    seal_key_proof,
+                    ..r.clone()
+                });
                 // Every report carries the key; one without it comes from an older agent. A
                 // change re-seals and republishes the device's secrets, so a device that has a
                 // key takes another at most once per SEAL_KEY_MIN_INTERVAL (a report can be
@@ -339,6 +354,21 @@ pub fn bounded_agent_versions(agent: AgentVersions) -> AgentVersions {
             .collect(),
         installed: agent.installed.map(version),
     }
+}
+
+/// A report's services as the server keeps them: at most [`MAX_REPORTED_SERVICES`], each
+/// free-text field within its bound. What an honest agent sends passes unchanged.
+pub fn bounded_services(services: &[ServiceStatus]) -> Vec<ServiceStatus> {
+    services
+        .iter()
+        .take(MAX_REPORTED_SERVICES)
+        .map(|s| ServiceStatus {
+            image_digest: cut(s.image_digest.clone(), MAX_ID_CHARS),
+            container_id: s.container_id.clone().map(|c| cut(c, MAX_ID_CHARS)),
+            last_error: s.last_error.clone().map(|e| cut(e, MAX_SERVICE_ERROR_CHARS)),
+            ..s.clone()
+        })
+        .collect()
 }
 
 /// `text` if it has at most `max` characters, else its first `max - 1` and `…`.
@@ -428,6 +458,28 @@ mod tests {
         // A new key of the device's own (a re-installed agent) is taken with its proof.
         let rec = DeviceRecord::observe_at(rec, &report(Some(forged), Some(prove(&forged))), later);
         assert_eq!(rec.unwrap().seal_key(), Some(forged));
+    }
+
+    #[test]
+    fn a_reports_services_and_status_are_kept_within_their_bounds() {
+        let honest = samples::report();
+        assert_eq!(bounded_services(&honest.services), honest.services);
+        let huge = "x".repeat(1 << 20);
+        let forged = ServiceStatus {
+            image_digest: huge.clone(),
+            container_id: Some(huge.clone()),
+            last_error: Some(huge.clone()),
+            ..honest.services[0].clone()
+        };
+        let kept = bounded_services(&vec![forged; MAX_REPORTED_SERVICES + 10]);
+        assert_eq!(kept.len(), MAX_REPORTED_SERVICES);
+        assert_eq!(kept[0].image_digest.chars().count(), MAX_ID_CHARS);
+        assert_eq!(kept[0].container_id.as_deref().map(|c| c.chars().count()), Some(MAX_ID_CHARS));
+        let error = kept[0].last_error.as_deref().unwrap();
+        assert!(error.chars().count() == MAX_SERVICE_ERROR_CHARS && error.ends_with('…'));
+        let status = Message::Status(Status { agent_version: huge, ..samples::status() });
+        let rec = DeviceRecord::observe_at(None, &status, UnixMillis(1)).unwrap();
+        assert_eq!(rec.agent_version.map(|v| v.chars().count()), Some(MAX_VERSION_CHARS));
     }
 
     #[test]
