@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -472,4 +473,38 @@ async fn a_post_that_would_multiply_its_tags_is_refused_before_it_costs_memory()
         let _ = s.read_to_string(&mut answer);
         assert!(answer.starts_with("HTTP/1.1 400"), "{head:?}: {answer}");
     }
+}
+
+/// The socket's directory is open to every user, so that containers' own users reach it; on
+/// the host only root may post (issue 24). A user's request is refused by its credentials
+/// before its body is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_host_only_root_posts_to_the_telemetry_socket() {
+    let fleet = start_fleet().await;
+    let id = format!("tele-uid-{}", std::process::id());
+    let bundle = fleet.enroll(&id);
+    let socket = configure(&bundle, "");
+    let _agent = start_agent(&bundle, true);
+    socket_up(&socket).await;
+    // Let another user reach the socket at all (test directories are 0700).
+    for dir in [fleet.dir.path(), bundle.as_path(), socket.parent().unwrap()] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    assert_eq!(post(&socket, "/write", "uid_check value=1 1"), 204, "root posts");
+    let nobody = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "curl", "-s", "-o", "/dev/null"])
+        .args(["-w", "%{http_code}", "--unix-socket"])
+        .arg(&socket)
+        .args([
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: text/plain",
+            "--data-binary",
+            "uid_check value=2 2",
+        ])
+        .arg("http://agent/write")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&nobody.stdout), "403", "{nobody:?}");
 }

@@ -203,7 +203,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), String> {
     let path = cfg.socket_dir.join(SOCKET_NAME);
-    // Any user in a container that has the mount may post: the mount is the permission.
+    // Any user in a container that has the mount may post: the mount is the permission. On
+    // the host the directory is reachable by every user, so host processes other than root
+    // are refused by their credentials ([`admitted`]).
     let listener = crate::lock::bind(&path, 0o666).await.map_err(|e| e.to_string())?;
     tracing::info!(socket = %path.display(), "telemetry ingestion listening");
     let tcp = match cfg.tcp {
@@ -225,8 +227,8 @@ pub async fn serve(
         let accepted: std::io::Result<Stream> = tokio::select! {
             () = &mut shutdown => break,
             a = listener.accept() => a.map(|(s, _)| {
-                let pid = s.peer_cred().ok().and_then(|c| c.pid());
-                Stream::Unix(s, pid)
+                let peer = s.peer_cred().ok().map(|c| Peer { pid: c.pid(), uid: c.uid() });
+                Stream::Unix(s, peer)
             }),
             a = async { tcp.as_ref().expect("guarded").accept().await }, if tcp.is_some() => {
                 a.map(|(s, _)| Stream::Tcp(s))
@@ -256,8 +258,8 @@ pub async fn serve(
             (cfg.clone(), telemetry.clone(), identity.clone(), counters.clone(), limits.clone());
         connections.spawn(async move {
             match stream {
-                Stream::Unix(s, pid) => {
-                    connection(s, pid, &cfg, &telemetry, &*identity, &counters, &limits).await;
+                Stream::Unix(s, peer) => {
+                    connection(s, peer, &cfg, &telemetry, &*identity, &counters, &limits).await;
                 }
                 Stream::Tcp(s) => {
                     connection(s, None, &cfg, &telemetry, &*identity, &counters, &limits).await;
@@ -271,11 +273,32 @@ pub async fn serve(
     Ok(())
 }
 
-/// An accepted connection: a Unix socket peer with its process id (which leads to its
-/// service), or a loopback TCP peer (the host).
+/// An accepted connection: a Unix socket peer with its credentials (its process id leads to
+/// its service), or a loopback TCP peer (the host).
 enum Stream {
-    Unix(UnixStream, Option<i32>),
+    Unix(UnixStream, Option<Peer>),
     Tcp(tokio::net::TcpStream),
+}
+
+/// A Unix socket peer's credentials, as the kernel gives them (`SO_PEERCRED`).
+#[derive(Debug, Clone, Copy)]
+struct Peer {
+    pid: Option<i32>,
+    uid: u32,
+}
+
+/// Whether a socket peer may post: a process of one of this device's service containers (only
+/// those that opted in have the socket mounted), or root on the host. Any other host user is
+/// refused, since the socket's directory is open to every user so that containers' own users
+/// reach it. Loopback TCP (`tcp_listen`) is an operator's explicit opening and not judged here.
+fn admitted(service: Option<&str>, peer: Option<Peer>) -> Result<(), String> {
+    match (service, peer) {
+        (Some(_), _) | (None, None) => Ok(()),
+        (None, Some(Peer { uid: 0, .. })) => Ok(()),
+        (None, Some(Peer { uid, .. })) => Err(format!(
+            "uid {uid} on the host may not post telemetry here: only this device's services that send telemetry, and root"
+        )),
+    }
 }
 
 impl Stream {
@@ -292,7 +315,7 @@ const MAX_HEAD: usize = 16 * 1024;
 
 async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
-    pid: Option<i32>,
+    peer: Option<Peer>,
     cfg: &IngestConfig,
     telemetry: &TelemetryHandle,
     identity: &impl Identify,
@@ -306,7 +329,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         Ok(Ok((head, start))) => match parse_request(&head) {
             Err(r) => r,
             Ok(req) => {
-                handle(&mut stream, req, start, pid, cfg, telemetry, identity, counters, limits)
+                handle(&mut stream, req, start, peer, cfg, telemetry, identity, counters, limits)
                     .await
             }
         },
@@ -330,7 +353,7 @@ async fn handle(
     stream: &mut (impl AsyncRead + Unpin),
     req: Request,
     start: Vec<u8>,
-    pid: Option<i32>,
+    peer: Option<Peer>,
     cfg: &IngestConfig,
     telemetry: &TelemetryHandle,
     identity: &impl Identify,
@@ -354,6 +377,14 @@ async fn handle(
             )
         }
     };
+    // Who posts is judged before the body is read.
+    let service = match peer.and_then(|p| p.pid) {
+        Some(pid) => identity.service_of(pid).await,
+        None => None,
+    };
+    if let Err(why) = admitted(service.as_deref(), peer) {
+        return Response::error(403, why);
+    }
     let content_type = req
         .header("content-type")
         .unwrap_or("")
@@ -446,10 +477,7 @@ async fn handle(
     if points.is_empty() {
         return Response::no_content();
     }
-    let service = match pid {
-        Some(pid) => identity.service_of(pid).await,
-        None => None,
-    };
+
     let who = service.clone().unwrap_or_else(|| "host".to_owned());
     if let Err(wait) = limits.take(&who, points.len(), Instant::now()) {
         let secs = wait.as_secs().max(1);
@@ -494,6 +522,19 @@ fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn services_and_root_may_post_other_host_users_may_not() {
+        let user = Some(Peer { pid: Some(4242), uid: 1000 });
+        let root = Some(Peer { pid: Some(1), uid: 0 });
+        // A service's process, whatever its uid (its container's users are its own).
+        assert_eq!(admitted(Some("camera"), user), Ok(()));
+        assert_eq!(admitted(None, root), Ok(()));
+        // No credentials: loopback TCP, which the operator opened explicitly.
+        assert_eq!(admitted(None, None), Ok(()));
+        let refused = admitted(None, user).unwrap_err();
+        assert!(refused.starts_with("uid 1000 on the host may not post"), "{refused}");
+    }
 
     #[test]
     fn finds_the_container_of_a_process() {
