@@ -28,6 +28,15 @@ const SUBSCRIBED: [TopicKind; 5] = [
     TopicKind::Telemetry,
 ];
 
+/// The largest inventory the server records, as stored (JSON). A robot with every kind of
+/// hardware reports a few KiB; a report may be a MiB, and the record is read by every plan.
+pub const MAX_INVENTORY_BYTES: usize = 64 << 10;
+
+/// Whether `inventory` is small enough to record.
+fn inventory_fits(inventory: &fleet_proto::Inventory) -> bool {
+    serde_json::to_vec(inventory).is_ok_and(|json| json.len() <= MAX_INVENTORY_BYTES)
+}
+
 /// How long telemetry acks wait for more batches to share their flush.
 const ACK_GROUP: Duration = Duration::from_millis(20);
 
@@ -228,8 +237,12 @@ fn handle(store: &Store, waiters: &Waiters, topic: &str, payload: &[u8]) -> Hear
                 tx.add_event(event)?;
             }
             Message::Report(report) => {
-                if let Some(inventory) = &report.inventory {
-                    tx.put_inventory(&topic.device, inventory);
+                match &report.inventory {
+                    Some(inventory) if !inventory_fits(inventory) => {
+                        tracing::warn!(device = %topic.device, max = MAX_INVENTORY_BYTES, "reported inventory larger than any real host's; the recorded one is kept");
+                    }
+                    Some(inventory) => tx.put_inventory(&topic.device, inventory),
+                    None => {}
                 }
             }
             Message::Telemetry(batch) => {
@@ -286,4 +299,17 @@ fn rekey(store: &Store, device: &DeviceId, sealed_credentials: bool) -> Result<b
         tx.put_device(&record);
         Ok(true)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_real_inventory_fits_and_a_padded_one_does_not() {
+        let mut inventory = fleet_proto::samples::inventory();
+        assert!(inventory_fits(&inventory));
+        inventory.kernel = "x".repeat(MAX_INVENTORY_BYTES);
+        assert!(!inventory_fits(&inventory));
+    }
 }
