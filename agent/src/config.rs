@@ -77,6 +77,10 @@ ca_file = "ca.pem"
 cert_file = "device.pem"
 # Its private key (PEM, PKCS#8); must be mode 0600.
 key_file = "device.key"
+# A file (mode 0600) with this device's password on the server's embedded broker, which logs
+# devices in by name and password (enrollment writes it when the server uses that broker).
+# Empty: no password (Mosquitto knows devices by their certificates).
+password_file = ""
 # Hex Ed25519 public keys trusted for desired state and commands (several during a rotation).
 server_keys = []
 keep_alive_secs = 30
@@ -358,6 +362,7 @@ struct RawLink {
     ca_file: PathBuf,
     cert_file: PathBuf,
     key_file: PathBuf,
+    password_file: PathBuf,
     server_keys: Vec<String>,
     keep_alive_secs: u64,
     backoff_initial_ms: u64,
@@ -842,6 +847,30 @@ fn check_link(
             ));
         }
     }
+    let password = if raw.password_file.as_os_str().is_empty() {
+        None
+    } else {
+        let path = resolve(raw.password_file);
+        let read = |e: std::io::Error| {
+            invalid("password_file", format!("cannot read {}: {e}", path.display()))
+        };
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&path).map_err(read)?.permissions(),
+        );
+        if mode & 0o077 != 0 {
+            return Err(invalid(
+                "password_file",
+                format!(
+                    "{} is readable by group or others (mode {:o}); chmod 600 {}",
+                    path.display(),
+                    mode & 0o777,
+                    path.display()
+                ),
+            ));
+        }
+        let text = std::fs::read_to_string(&path).map_err(read)?;
+        Some(text.trim().to_owned())
+    };
     if raw.keep_alive_secs < 5 {
         return Err(invalid(
             "keep_alive_secs",
@@ -858,6 +887,7 @@ fn check_link(
         cert_file,
         key_file,
         server_keys: TrustedKeys::new(keys),
+        password,
         keep_alive: Duration::from_secs(raw.keep_alive_secs),
         backoff_initial: Duration::from_millis(raw.backoff_initial_ms),
         backoff_max: Duration::from_secs(raw.backoff_max_secs)

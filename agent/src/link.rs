@@ -114,6 +114,8 @@ pub struct LinkConfig {
     pub key_file: PathBuf,
     /// Keys trusted for desired state and commands.
     pub server_keys: TrustedKeys,
+    /// Its password on the server's embedded broker (the login name is the device id).
+    pub password: Option<String>,
     /// MQTT keep-alive.
     pub keep_alive: Duration,
     /// First reconnect backoff window.
@@ -351,6 +353,9 @@ fn mqtt_options(
 ) -> MqttOptions {
     let mut opts = MqttOptions::new(cfg.device.as_str(), cfg.broker.host.clone(), cfg.broker.port);
     opts.set_keep_alive(cfg.keep_alive);
+    if let Some(password) = &cfg.password {
+        opts.set_credentials(cfg.device.as_str(), password.as_str());
+    }
     // Persistent session: QoS 1 commands sent while the device is away are delivered later.
     opts.set_clean_session(false);
     opts.set_max_packet_size(MAX_MESSAGE_BYTES + PACKET_SLACK, MAX_MESSAGE_BYTES + PACKET_SLACK);
@@ -667,6 +672,7 @@ mod tests {
             cert_file: dir.path().join("missing.pem"),
             key_file: dir.path().join("missing.key"),
             server_keys: TrustedKeys::default(),
+            password: None,
             keep_alive: Duration::from_secs(30),
             backoff_initial: 500 * MS,
             backoff_max: Duration::from_secs(60),

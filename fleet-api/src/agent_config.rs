@@ -88,6 +88,9 @@ pub struct AgentLink {
     /// The device's private key (PEM).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_file: Option<PathBuf>,
+    /// Its password on the server's embedded broker (a file holding it, mode 0600).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
     /// Hex Ed25519 keys trusted for desired state and commands.
     pub server_keys: Vec<String>,
     /// MQTT keep-alive, when not the agent's default.

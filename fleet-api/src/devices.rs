@@ -200,6 +200,10 @@ pub struct EnrollResponse {
     pub server_keys: Vec<String>,
     /// The broker URL the device connects to.
     pub broker: String,
+    /// The device's password on the server's embedded broker (its login name is its id);
+    /// absent when devices connect to a broker that authenticates them by certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker_password: Option<String>,
 }
 
 /// A release given as JSON for one device (`PUT /api/v1/devices/{id}/desired`): stored as a

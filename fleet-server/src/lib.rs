@@ -186,12 +186,25 @@ pub async fn serve(
         },
         (Some(_), None) => return Err(ServeError::NoIdentity),
         (None, _) => {
-            broker::start(opts.mqtt_listen, fleet_proto::MAX_MESSAGE_BYTES + 1024)?;
-            mqtt::BrokerChoice::Embedded(opts.mqtt_listen)
+            let logins = broker::BrokerLogins::open(&opts.data_dir).map_err(|e| {
+                ServeError::Pki { path: opts.data_dir.display().to_string(), source: e.into() }
+            })?;
+            let (check, enrolled_in) = (logins.clone(), store.clone());
+            let admits = move |client_id: &str, user: &str, password: &str| {
+                check.admits(client_id, user, password, |device| {
+                    matches!(enrolled_in.device(device), Ok(Some(d)) if d.refusal().is_none())
+                })
+            };
+            broker::start(
+                opts.mqtt_listen,
+                fleet_proto::MAX_MESSAGE_BYTES + 1024,
+                Arc::new(admits),
+            )?;
+            mqtt::BrokerChoice::Embedded { addr: opts.mqtt_listen, logins }
         }
     };
     let broker_name = match &choice {
-        mqtt::BrokerChoice::Embedded(addr) => format!("mqtt://{addr}"),
+        mqtt::BrokerChoice::Embedded { addr, .. } => format!("mqtt://{addr}"),
         mqtt::BrokerChoice::External { url, .. } => url.clone(),
     };
     // Room for a burst of desired states and commands while the connection is re-made.
@@ -234,6 +247,10 @@ pub async fn serve(
         pki,
         bootstrap: Arc::new(auth::bootstrap(&keys.admin_token)),
         device_broker: opts.device_broker.or(opts.external_broker).unwrap_or(broker_name).into(),
+        broker_logins: match &choice {
+            mqtt::BrokerChoice::Embedded { logins, .. } => Some(logins.clone()),
+            mqtt::BrokerChoice::External { .. } => None,
+        },
         crl_changed: Arc::new(crl_changed),
         mqtt: mqtt_client,
         publisher,

@@ -14,8 +14,14 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 /// Which broker the server talks to.
 #[derive(Debug, Clone)]
 pub enum BrokerChoice {
-    /// The in-process broker, listening here (loopback only).
-    Embedded(std::net::SocketAddr),
+    /// The in-process broker, listening at `addr` (loopback only); the server logs in with
+    /// its password from `logins`.
+    Embedded {
+        /// Where it listens.
+        addr: std::net::SocketAddr,
+        /// Its logins.
+        logins: crate::broker::BrokerLogins,
+    },
     /// An external broker at `url` (`mqtts://host:port`); the server's identity and the
     /// fleet CA are read from `files` (`ca.pem`, and `server.pem`/`server.key` or
     /// `IDENTITY.pem`/`IDENTITY.key`, [`crate::pki::identity_files`]).
@@ -99,9 +105,12 @@ impl BrokerUrl {
 /// replaces whatever id a client sends with its certificate's name, so no device can take it).
 pub fn options(choice: &BrokerChoice) -> Result<MqttOptions, MqttConfigError> {
     let mut options = match choice {
-        BrokerChoice::Embedded(addr) => {
+        BrokerChoice::Embedded { addr, logins } => {
             let client_id = format!("fleet-server-{}", std::process::id());
-            MqttOptions::new(client_id, addr.ip().to_string(), addr.port())
+            let mut options = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+            let server = crate::pki::SERVER_IDENTITY;
+            options.set_credentials(server, logins.password_for(server));
+            options
         }
         BrokerChoice::External { url, files, identity } => {
             let parsed = BrokerUrl::parse(url)?;

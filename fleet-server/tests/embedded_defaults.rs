@@ -90,15 +90,42 @@ async fn enroll(api: SocketAddr, token: &str, id: &str) -> (u16, serde_json::Val
     post(api, token.to_owned(), format!("/api/v1/devices/{id}/enroll"), enroll_request(id)).await
 }
 
+/// A client logged in to the embedded broker with the server's rights (it may publish under
+/// any device's topics, as only the server could): these tests check what the server itself
+/// drops, behind the broker's logins.
+fn privileged_client(data: &std::path::Path, mqtt: SocketAddr, name: &str) -> AsyncClient {
+    let logins = fleet_server::broker::BrokerLogins::open(data).unwrap();
+    let server = fleet_server::pki::SERVER_IDENTITY;
+    let mut opts =
+        MqttOptions::new(format!("{server}-test-{name}"), mqtt.ip().to_string(), mqtt.port());
+    opts.set_credentials(server, logins.password_for(server));
+    let (client, mut events) = AsyncClient::new(opts, 10);
+    tokio::spawn(async move { while events.poll().await.is_ok() {} });
+    client
+}
+
+/// Whether the embedded broker accepts a connection with these settings.
+async fn connects(opts: MqttOptions) -> bool {
+    let (_client, mut events) = AsyncClient::new(opts, 10);
+    matches!(
+        tokio::time::timeout(Duration::from_secs(10), events.poll()).await,
+        Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))))
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_status_published_to_the_embedded_broker_shows_up_in_the_api() {
     let data = tempfile::tempdir().unwrap();
     let (api, mqtt) = start_server(data.path()).await;
     let token = token(data.path());
-    assert_eq!(enroll(api, &token, "robot-7").await.0, 201);
+    let (code, enrolled) = enroll(api, &token, "robot-7").await;
+    assert_eq!(code, 201, "{enrolled}");
+    // The enrollment answer carries the device's login on the embedded broker.
+    let password = enrolled["broker_password"].as_str().unwrap().to_owned();
 
     let mut opts = MqttOptions::new("robot-7", mqtt.ip().to_string(), mqtt.port());
     opts.set_keep_alive(Duration::from_secs(5));
+    opts.set_credentials("robot-7", password);
     let (client, mut events) = AsyncClient::new(opts, 10);
     tokio::spawn(async move { while events.poll().await.is_ok() {} });
     let status = Message::Status(Status { presence: Presence::Online, ..samples::status() });
@@ -132,9 +159,7 @@ async fn messages_that_lie_about_their_device_are_dropped() {
     for id in ["victim", "honest"] {
         assert_eq!(enroll(api, &token, id).await.0, 201);
     }
-    let (client, mut events) =
-        AsyncClient::new(MqttOptions::new("intruder", mqtt.ip().to_string(), mqtt.port()), 10);
-    tokio::spawn(async move { while events.poll().await.is_ok() {} });
+    let client = privileged_client(data.path(), mqtt, "liar");
     // robot-7's status on another device's topic: must not create or change either record.
     let other = fleet_proto::DeviceId::new("victim").unwrap();
     client
@@ -208,9 +233,14 @@ async fn unenrolled_and_revoked_devices_are_not_heard() {
     let crl = std::fs::read_to_string(data.path().join("pki/crl.pem")).unwrap();
     assert!(crl.contains("BEGIN X509 CRL"));
 
-    let (client, mut events) =
-        AsyncClient::new(MqttOptions::new("anyone", mqtt.ip().to_string(), mqtt.port()), 10);
-    tokio::spawn(async move { while events.poll().await.is_ok() {} });
+    // The broker itself admits neither a client without a login nor a revoked device's.
+    assert!(!connects(MqttOptions::new("anyone", mqtt.ip().to_string(), mqtt.port())).await);
+    let logins = fleet_server::broker::BrokerLogins::open(data.path()).unwrap();
+    let mut revoked_login = MqttOptions::new("revoked-1", mqtt.ip().to_string(), mqtt.port());
+    revoked_login.set_credentials("revoked-1", logins.password_for("revoked-1"));
+    assert!(!connects(revoked_login).await, "a revoked device logged in");
+    // What the server drops if such messages come anyway (through a broker that let them).
+    let client = privileged_client(data.path(), mqtt, "anyone");
     for id in ["stranger", "revoked-1"] {
         let device = fleet_proto::DeviceId::new(id).unwrap();
         let status = Message::Status(Status { device: device.clone(), ..samples::status() });

@@ -71,6 +71,7 @@ fn write_bundle(
         ca_file: Some("ca.pem".into()),
         cert_file: Some("device.pem".into()),
         key_file: Some("device.key".into()),
+        password_file: enrolled.broker_password.as_ref().map(|_| "broker-password".into()),
         server_keys: enrolled.server_keys.clone(),
         ..AgentLink::default()
     };
@@ -85,6 +86,9 @@ fn write_bundle(
     enroll::write_file(&out.join("device.key"), key_pem.as_bytes(), 0o600)?;
     enroll::write_file(&out.join("device.pem"), enrolled.certificate_pem.as_bytes(), 0o644)?;
     enroll::write_file(&out.join("ca.pem"), enrolled.ca_pem.as_bytes(), 0o644)?;
+    if let Some(password) = &enrolled.broker_password {
+        enroll::write_file(&out.join("broker-password"), password.as_bytes(), 0o600)?;
+    }
     enroll::write_file(&out.join("config.toml"), config.as_bytes(), 0o644)?;
     Ok(())
 }

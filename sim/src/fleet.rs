@@ -285,7 +285,23 @@ impl SimFleet {
             fleet_api::enroll::write_file(&path, text.as_bytes(), mode)
                 .map_err(|e| agent_err(format!("writing {}: {e}", path.display())))?;
         }
+        if let Some(password) = &enrolled.broker_password {
+            let path = dir.join("broker-password");
+            fleet_api::enroll::write_file(&path, password.as_bytes(), 0o600)
+                .map_err(|e| agent_err(format!("writing {}: {e}", path.display())))?;
+        }
         Ok(key.clone())
+    }
+
+    /// A login on the embedded broker with the server's rights: (user name, password), for a
+    /// test client that reads what only the server may. Its client id must begin with
+    /// `fleet-server`.
+    pub fn server_login(&self) -> (String, String) {
+        let data = self.dir.path().join("server");
+        let logins = fleet_server::broker::BrokerLogins::open(&data)
+            .unwrap_or_else(|e| panic!("the server's broker logins in {}: {e}", data.display()));
+        let server = fleet_server::pki::SERVER_IDENTITY;
+        (server.to_owned(), logins.password_for(server))
     }
 
     /// Where the agent of `id` keeps its configuration, certificate and data.
@@ -724,8 +740,11 @@ pub fn write_agent_config(
 /// again: thousands of agents retrying every 2 s keep a busy broker busy (the agent's defaults
 /// are a 30 s keep-alive and reconnects spread over up to 60 s).
 pub fn test_agent_config(device: &str, broker: &str, key: &str, data: &Path) -> AgentConfig {
+    // The embedded broker's login, where enrollment wrote one next to the key.
+    let password = data.join("broker-password");
     let link = AgentLink {
         broker: broker.to_owned(),
+        password_file: password.exists().then_some(password),
         server_keys: vec![key.to_owned()],
         keep_alive_secs: Some(5),
         backoff_initial_ms: Some(200),

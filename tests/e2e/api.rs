@@ -752,10 +752,12 @@ async fn retained_desired(fleet: &SimFleet, id: &str) -> Vec<u8> {
     static READERS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = READERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut opts = rumqttc::MqttOptions::new(
-        format!("desired-reader-{}-{n}", std::process::id()),
+        format!("fleet-server-desired-reader-{}-{n}", std::process::id()),
         fleet.mqtt.ip().to_string(),
         fleet.mqtt.port(),
     );
+    let (user, password) = fleet.server_login();
+    opts.set_credentials(user, password);
     opts.set_keep_alive(Duration::from_secs(5));
     let (client, events) = rumqttc::AsyncClient::new(opts, 10);
     let mut seen = fleet_e2e::fleet::watch(events);

@@ -83,7 +83,7 @@ async fn fleetctl_enrolls_a_device_and_lists_it_once_it_reports() {
         out.to_str().unwrap(),
     ]);
     assert!(enrolled.status.success(), "{}", String::from_utf8_lossy(&enrolled.stderr));
-    for file in ["config.toml", "ca.pem", "device.pem", "device.key"] {
+    for file in ["config.toml", "ca.pem", "device.pem", "device.key", "broker-password"] {
         assert!(out.join(file).exists(), "bundle lacks {file}");
     }
     use std::os::unix::fs::PermissionsExt;
@@ -108,8 +108,21 @@ async fn fleetctl_enrolls_a_device_and_lists_it_once_it_reports() {
     ]);
     assert_eq!(conflict.status.code(), Some(2), "{}", String::from_utf8_lossy(&conflict.stderr));
 
-    let (client, mut events) =
-        AsyncClient::new(MqttOptions::new("robot-7", "127.0.0.1", server.mqtt_port), 10);
+    // The embedded broker logs a device in with the password its bundle holds.
+    let password = std::fs::read_to_string(out.join("broker-password")).unwrap();
+    let mut options = MqttOptions::new("robot-7", "127.0.0.1", server.mqtt_port);
+    options.set_credentials("robot-7", password.clone());
+    // Without the password, or with it under another client id, the broker refuses.
+    for (client_id, password) in [("robot-7", None), ("robot-8", Some(password.clone()))] {
+        let mut refused = MqttOptions::new(client_id, "127.0.0.1", server.mqtt_port);
+        if let Some(p) = password {
+            refused.set_credentials("robot-7", p);
+        }
+        let (_c, mut events) = AsyncClient::new(refused, 10);
+        let answer = tokio::time::timeout(Duration::from_secs(10), events.poll()).await.unwrap();
+        assert!(answer.is_err(), "{client_id} connected without its login: {answer:?}");
+    }
+    let (client, mut events) = AsyncClient::new(options, 10);
     tokio::spawn(async move { while events.poll().await.is_ok() {} });
     client
         .publish(

@@ -485,6 +485,7 @@ fn link_config(device: &str, bundle: &Path, broker: &str) -> LinkConfig {
         cert_file: bundle.join("device.pem"),
         key_file: bundle.join("device.key"),
         server_keys: TrustedKeys::new([server_key().public()]),
+        password: None,
         keep_alive: Duration::from_secs(5),
         backoff_initial: Duration::from_millis(200),
         backoff_max: Duration::from_secs(2),

@@ -164,8 +164,12 @@ fn enroll_all(server: &Server, n: usize) -> TrustedKey {
                     .send_json(body)
                     .unwrap();
                 let v: serde_json::Value = answer.body_mut().read_json().unwrap();
+                let dir = server.dir.join("devices").join(id.as_str());
+                if let Some(password) = v["broker_password"].as_str() {
+                    std::fs::create_dir_all(&dir).unwrap();
+                    std::fs::write(dir.join("broker-password"), password).unwrap();
+                }
                 if matches!(server.broker, Broker::Mosquitto(_)) {
-                    let dir = server.dir.join("devices").join(id.as_str());
                     std::fs::create_dir_all(&dir).unwrap();
                     std::fs::write(dir.join("device.pem"), v["certificate_pem"].as_str().unwrap()).unwrap();
                     std::fs::write(dir.join("device.key"), device_key.serialize_pem()).unwrap();
@@ -193,6 +197,9 @@ fn spawn_device(
     let (client, mut events) = match &server.broker {
         Broker::Embedded(addr) => {
             let mut opts = MqttOptions::new(id.as_str(), addr.ip().to_string(), addr.port());
+            // The embedded broker logs devices in with the password enrollment gave them.
+            let password = server.dir.join("devices").join(id.as_str()).join("broker-password");
+            opts.set_credentials(id.as_str(), std::fs::read_to_string(password).unwrap());
             opts.set_keep_alive(Duration::from_secs(60));
             opts.set_max_packet_size(256 << 10, 256 << 10);
             opts.set_clean_session(false);

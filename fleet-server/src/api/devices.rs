@@ -132,6 +132,7 @@ pub(super) async fn enroll(
     Body(request): Body<EnrollRequest>,
 ) -> Result<Response, Problem> {
     let id = device_id(&id)?;
+    let id_text = id.to_string();
     let enrolled =
         ops::devices::enroll(&api.fleet(), &caller, id, request, UnixMillis::now()).await?;
     Ok((
@@ -142,6 +143,7 @@ pub(super) async fn enroll(
             ca_pem: api.pki.ca_pem().to_owned(),
             server_keys: vec![api.pki.signing_key().public().to_hex()],
             broker: api.device_broker.to_string(),
+            broker_password: api.broker_logins.as_ref().map(|l| l.password_for(id_text.as_str())),
         }),
     )
         .into_response())

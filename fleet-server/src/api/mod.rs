@@ -57,6 +57,9 @@ pub struct Api {
     pub bootstrap: Arc<TokenRecord>,
     /// The broker URL written into enrollment bundles.
     pub device_broker: Arc<str>,
+    /// The embedded broker's logins, when it is the broker: each bundle gets its device's
+    /// password.
+    pub broker_logins: Option<crate::broker::BrokerLogins>,
     /// Called after the revocation list changed (the server republishes it to the broker's
     /// files); the path of the new list is in [`Pki::crl_path`].
     pub crl_changed: Arc<dyn Fn() + Send + Sync>,
