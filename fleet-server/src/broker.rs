@@ -105,12 +105,11 @@ pub enum BrokerError {
 /// Callers learn it is up when their own client connects (the registry's ingest does, and the
 /// server reports ready only after that); probing with a bare TCP connect would make rumqttd
 /// log an error for the aborted handshake.
-/// `admits(client_id, username, password)` decides each connection ([`BrokerLogins::admits`]).
-pub fn start(
-    addr: SocketAddr,
-    max_packet_bytes: usize,
-    admits: Arc<dyn Fn(&str, &str, &str) -> bool + Send + Sync>,
-) -> Result<(), BrokerError> {
+/// Decides a connection from its (client id, user name, password) ([`BrokerLogins::admits`]).
+pub type Admits = Arc<dyn Fn(&str, &str, &str) -> bool + Send + Sync>;
+
+/// `admits` decides each connection.
+pub fn start(addr: SocketAddr, max_packet_bytes: usize, admits: Admits) -> Result<(), BrokerError> {
     if !addr.ip().is_loopback() {
         return Err(BrokerError::NotLoopback { addr });
     }
