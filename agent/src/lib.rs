@@ -35,6 +35,8 @@ pub mod binds;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hardware;
 pub mod host;
 pub(crate) mod http1;

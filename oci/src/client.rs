@@ -401,15 +401,20 @@ fn same_registry(credential: &str, registry: &str) -> bool {
     normal(credential) == normal(registry)
 }
 
-/// A challenge from `WWW-Authenticate`.
+/// A challenge from `WWW-Authenticate`. Public only for the fuzz target ([`crate::fuzzing`]).
+#[doc(hidden)]
 #[derive(Debug, PartialEq, Eq)]
-enum Challenge {
+pub enum Challenge {
+    /// `Basic`: send the credential as it is.
     Basic,
+    /// `Bearer`: get a token from `realm` for `service` and `scope`.
     Bearer { realm: String, service: Option<String>, scope: Option<String> },
 }
 
 /// Parses `Bearer realm="…",service="…",scope="…"` or `Basic realm="…"`.
-fn parse_challenge(header: &str) -> Option<Challenge> {
+/// Public only for the fuzz target ([`crate::fuzzing`]).
+#[doc(hidden)]
+pub fn parse_challenge(header: &str) -> Option<Challenge> {
     let (scheme, params) = header.trim().split_once(' ').unwrap_or((header.trim(), ""));
     if scheme.eq_ignore_ascii_case("basic") {
         return Some(Challenge::Basic);

@@ -36,6 +36,11 @@ pub mod client;
 pub mod elf;
 pub mod error;
 pub mod guard;
+/// What the fuzz targets in `fuzz/` (`tests/fuzz`) reach that is otherwise private. Not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::client::{parse_challenge, Challenge};
+}
 pub mod manifest;
 pub mod platform;
 #[cfg(feature = "push")]
