@@ -3,7 +3,8 @@
 //! Invariants:
 //! * every path in the result is host-absolute (`/dev/ttyUSB0`), never `<root>/dev/ttyUSB0`;
 //! * symlinks are resolved inside `root`, like `openat2(RESOLVE_IN_ROOT)`: an absolute target
-//!   starts again at `root`, and `..` stops there;
+//!   starts again at `root`, and `..` stops there; every file read and directory listed goes
+//!   through that resolution (`Root::inside`), never the kernel's;
 //! * `nodes` holds only what a walk of `/dev` finds (never following a symlinked directory),
 //!   and a link is in `links` only if it ends at one of those nodes, so nothing outside `/dev`
 //!   can be mapped through a link;
@@ -138,8 +139,14 @@ impl Root<'_> {
         self.root.join(host.trim_start_matches('/'))
     }
 
+    /// Where `host` is under the root with its symlinks resolved by [`Root::resolve`], so
+    /// that the kernel, handed the path, follows none: it would follow links out of the root.
+    fn inside(&self, host: &str) -> Option<PathBuf> {
+        self.resolve(host, SYSFS_LINK_HOPS).map(|resolved| self.path(&resolved))
+    }
+
     fn read(&self, host: &str) -> Option<String> {
-        std::fs::read_to_string(self.path(host)).ok()
+        std::fs::read_to_string(self.inside(host)?).ok()
     }
 
     /// The file's text trimmed (device-tree strings end in NUL), `None` if missing or empty.
@@ -151,7 +158,7 @@ impl Root<'_> {
 
     /// Names in directory `host`, sorted; those that are not UTF-8 are left out.
     fn names(&self, host: &str) -> Vec<String> {
-        let Ok(entries) = std::fs::read_dir(self.path(host)) else {
+        let Some(Ok(entries)) = self.inside(host).map(std::fs::read_dir) else {
             return Vec::new();
         };
         let mut names: Vec<String> =
@@ -162,7 +169,8 @@ impl Root<'_> {
 
     /// Whether `host` exists, not following a final symlink.
     fn exists(&self, host: &str) -> bool {
-        std::fs::symlink_metadata(self.path(host)).is_ok()
+        let (parent, name) = host.rsplit_once('/').unwrap_or(("", host));
+        self.inside(parent).is_some_and(|p| std::fs::symlink_metadata(p.join(name)).is_ok())
     }
 
     /// `host` with every symlink resolved inside the root (an absolute target starts again at
@@ -267,7 +275,8 @@ fn walk_dev(fs: &Root<'_>) -> (BTreeMap<String, DeviceNode>, Vec<String>) {
     let mut devnames: Option<HashMap<String, (u32, u32)>> = None;
     let mut dirs = vec![("/dev".to_owned(), 0usize)];
     while let Some((dir, depth)) = dirs.pop() {
-        let Ok(entries) = std::fs::read_dir(fs.path(&dir)) else {
+        // Only `/dev` itself may be a link: the walk never descends into one below it.
+        let Some(Ok(entries)) = fs.inside(&dir).map(std::fs::read_dir) else {
             continue;
         };
         for entry in entries.flatten() {
@@ -860,6 +869,55 @@ mod tests {
 
     fn s(text: &str) -> String {
         text.to_owned()
+    }
+
+    /// Found by the `hardware_scan` fuzz target (tests/fuzz): files and directories were read
+    /// through the kernel's own symlink resolution, so a link in the tree (`online` here) led
+    /// outside the root.
+    #[test]
+    fn links_out_of_the_root_are_not_followed_when_reading_files_or_listing_directories() {
+        let tree = Tree::new();
+        let outside = tempfile::tempdir().unwrap();
+        let out = |rel: &str, text: &str| {
+            let path = outside.path().join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        };
+        out("online", "0-7");
+        out("isolated", "3");
+        out("os-release", "ID=escaped\n");
+        out("net/can0/type", ARPHRD_CAN);
+        out("dev/ttyOUT", "");
+        let absolute = |rel: &str| outside.path().join(rel).to_str().unwrap().to_owned();
+        // Up to the root's parent, where both temporary directories are.
+        let up = |depth: usize, rel: &str| {
+            let name = outside.path().file_name().unwrap().to_str().unwrap();
+            format!("{}{name}/{rel}", "../".repeat(depth))
+        };
+        tree.link("sys/devices/system/cpu/online", &absolute("online"))
+            .link("sys/devices/system/cpu/isolated", &up(5, "isolated"))
+            .link("etc/os-release", &up(2, "os-release"))
+            .link("sys/class/net", &absolute("net"))
+            .link("dev", &absolute("dev"))
+            // An absolute link inside the tree starts again at the root.
+            .file("proc/meminfo.real", "MemTotal: 2048 kB\n")
+            .link("proc/meminfo", "/proc/meminfo.real");
+
+        // Not a vacuous test: the same links read from outside when followed by the kernel.
+        let cpu = tree.root().join("sys/devices/system/cpu");
+        assert_eq!(std::fs::read_to_string(cpu.join("isolated")).unwrap(), "3");
+        let os = std::fs::read_to_string(tree.root().join("etc/os-release")).unwrap();
+        assert_eq!(os, "ID=escaped\n");
+
+        let hw = scan(tree.root());
+        assert_eq!(
+            (hw.inventory.cpus.online.as_str(), hw.inventory.cpus.isolated.as_str()),
+            ("", "")
+        );
+        assert_eq!(hw.inventory.os.id, "");
+        assert_eq!(hw.inventory.can, Vec::<String>::new());
+        assert_eq!(hw.nodes, BTreeMap::new());
+        assert_eq!(hw.inventory.memory_bytes, 2048 * 1024);
     }
 
     /// The node's numbers, and its gid being the fixture file's own.
