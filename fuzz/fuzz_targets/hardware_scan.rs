@@ -138,13 +138,11 @@ fuzz_target!(|entries: Vec<Entry>| {
 /// A tree outside the root that looks like what the scanner wants, every value `ESCAPED`.
 fn decoy(outside: &Path) {
     fs::create_dir_all(outside.join("dir")).expect("decoy");
+    let text = "ESCAPED\nDEVNAME=ESCAPED\nMAJOR=188\nMINOR=0\nNAME=ESCAPED\nID=ESCAPED\n\
+                MemTotal: 12345 kB\nmodel name\t: ESCAPED\nprocessor\t: 0\n";
     for name in NAMES {
-        let text = format!(
-            "ESCAPED\nDEVNAME=ESCAPED\nMAJOR=188\nMINOR=0\nNAME=ESCAPED\nID=ESCAPED\n\
-             MemTotal: 12345 kB\nmodel name\t: ESCAPED\nprocessor\t: 0\n"
-        );
-        let _ = fs::write(outside.join(name), &text);
-        let _ = fs::write(outside.join("dir").join(name), &text);
+        let _ = fs::write(outside.join(name), text);
+        let _ = fs::write(outside.join("dir").join(name), text);
     }
 }
 
