@@ -43,8 +43,10 @@
 //! directory, so one application cannot delete or overwrite another's lock files. `<app>` follows
 //! the holder name rule; a symbolic link in place of a directory is not followed (the directory
 //! is opened `O_DIRECTORY|O_NOFOLLOW` and its files relative to it). At most [`MAX_SUBDIRS`]
-//! directories and [`MAX_LOCK_FILES`] lock files in all are read; the rest are ignored with a
-//! warning, so a directory full of files cannot make the agent's every check slow.
+//! directories and [`MAX_LOCK_FILES`] lock files in all are read, the top directory's first and
+//! at most [`MAX_LOCK_FILES_PER_APP`] from each application's; the rest are ignored with a
+//! warning, so a directory full of files cannot make the agent's every check slow, and one
+//! application flooding its own directory crowds out no other lock.
 //!
 //! A `.lock` file may contain:
 //! * the JSON the agent writes, `{"holder":"navigation","until":1767225600000,
@@ -112,6 +114,13 @@ pub const MAX_SUBDIRS: usize = 256;
 /// Lock files read in all (top directory and per-application ones), at most; further ones are
 /// ignored with a warning.
 pub const MAX_LOCK_FILES: usize = 1024;
+/// Lock files read from one per-application directory, at most: an application that floods its
+/// own directory cannot push the other applications' locks (or the top directory's) out of
+/// [`MAX_LOCK_FILES`].
+pub const MAX_LOCK_FILES_PER_APP: usize = 64;
+/// Entries of the top directory looked at, at most (lock files, application directories and
+/// anything else).
+const MAX_TOP_ENTRIES: usize = 8192;
 /// The request header that carries a lease's token when renewing or releasing it.
 pub const TOKEN_HEADER: &str = "Fleet-Lock-Token";
 
@@ -567,26 +576,38 @@ impl UpdateLocks {
             skipped_subdirs: 0,
             skipped_files: 0,
         };
-        let mut leases = Vec::new();
-        for entry in entries {
+        // In name order, the top directory's own lock files first: the same entries always
+        // count, and no application directory can crowd out the operator's locks.
+        let mut files = Vec::new();
+        let mut apps = Vec::new();
+        for entry in entries.take(MAX_TOP_ENTRIES) {
             let entry = entry.map_err(LockError::io("read lock directory", &self.dir))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             if let Some(holder) = holder_of(&name) {
-                if !budget.take_file() {
-                    continue;
-                }
-                let path = entry.path();
-                if let Some(lease) = self.read_lock_file(open_no_follow(&path), &path)? {
-                    if now < lease.until {
-                        leases.push(Lease { holder, until: lease.until });
-                    }
-                }
+                files.push((name, holder));
             } else if entry.file_type().is_ok_and(|t| t.is_dir()) && validate_holder(&name).is_ok()
             {
                 // `file_type` does not follow links: a linked directory is not read.
-                if budget.take_subdir() {
-                    self.read_app_dir(&name, now, &mut budget, &mut leases)?;
+                apps.push(name);
+            }
+        }
+        files.sort();
+        apps.sort();
+        let mut leases = Vec::new();
+        for (name, holder) in files {
+            if !budget.take_file() {
+                continue;
+            }
+            let path = self.dir.join(&name);
+            if let Some(lease) = self.read_lock_file(open_no_follow(&path), &path)? {
+                if now < lease.until {
+                    leases.push(Lease { holder, until: lease.until });
                 }
+            }
+        }
+        for app in apps {
+            if budget.take_subdir() {
+                self.read_app_dir(&app, now, &mut budget, &mut leases)?;
             }
         }
         if budget.skipped_subdirs > 0 || budget.skipped_files > 0 {
@@ -625,11 +646,12 @@ impl UpdateLocks {
                 nix::dir::Dir::from_fd(fd.into())
                     .map_err(|e| LockError::io("read lock directory", &path)(e.into()))
             })?;
+        let mut left_here = MAX_LOCK_FILES_PER_APP;
         for entry in listing {
             let entry = entry.map_err(|e| LockError::io("read lock directory", &path)(e.into()))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             let Some(holder) = holder_of(&name) else { continue };
-            if !budget.take_file() {
+            if !take(&mut left_here, &mut budget.skipped_files) || !budget.take_file() {
                 continue;
             }
             let opened =
@@ -1446,6 +1468,28 @@ mod tests {
             write_app_file(&locks, &format!("top{i}.lock"), b"", now);
         }
         assert_eq!(locks.active(now).unwrap().len(), MAX_LOCK_FILES);
+    }
+
+    #[test]
+    fn an_application_flooding_its_directory_crowds_out_no_other_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let locks = locks(&dir);
+        let now = UnixMillis(1_700_000_000_000);
+        write_app_file(&locks, "operator.lock", b"", now);
+        // "a-flood" sorts first and writes more lock files than all apps may have together.
+        std::fs::create_dir_all(locks.dir().join("a-flood")).unwrap();
+        for i in 0..MAX_LOCK_FILES + 10 {
+            write_in_app_dir(&locks, "a-flood", &format!("f{i}.lock"), now);
+        }
+        std::fs::create_dir_all(locks.dir().join("z-arm")).unwrap();
+        write_in_app_dir(&locks, "z-arm", "grip.lock", now);
+        let held = holders(&locks, now);
+        assert_eq!(
+            held.iter().filter(|h| h.starts_with("a-flood/")).count(),
+            MAX_LOCK_FILES_PER_APP
+        );
+        assert!(held.contains(&"z-arm/grip".to_owned()), "{held:?}");
+        assert!(held.contains(&"operator".to_owned()), "{held:?}");
     }
 
     #[test]
