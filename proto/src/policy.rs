@@ -294,6 +294,19 @@ pub fn host_granting_path(path: &str) -> Option<&'static str> {
 /// Device nodes asked for by path that give a container the host, judged by name, only where
 /// `[policy] allowed_devices` lists them.
 pub fn device_names(svc: &ServiceSpec, policy: &DevicePolicy, at: &str) -> Vec<SpecError> {
+    devices_judged(svc, policy, at, host_granting_path)
+}
+
+/// Device nodes asked for by path (`hardware` and `optional_hardware`) that `grants` says give a
+/// container the host, refused unless `[policy] allowed_devices` lists them or privileged
+/// containers are allowed. The server judges by name ([`device_names`]); the agent by the
+/// node's numbers where it exists.
+pub fn devices_judged(
+    svc: &ServiceSpec,
+    policy: &DevicePolicy,
+    at: &str,
+    grants: impl Fn(&str) -> Option<&'static str>,
+) -> Vec<SpecError> {
     if policy.allow_privileged {
         return vec![];
     }
@@ -305,7 +318,7 @@ pub fn device_names(svc: &ServiceSpec, policy: &DevicePolicy, at: &str) -> Vec<S
             if policy.allowed_devices.iter().any(|d| d == host_path) {
                 continue;
             }
-            if let Some(what) = host_granting_path(host_path) {
+            if let Some(what) = grants(host_path) {
                 errors.push(device_refusal(format!("{at}.{field}[{i}]"), host_path, what));
             }
         }
@@ -314,7 +327,7 @@ pub fn device_names(svc: &ServiceSpec, policy: &DevicePolicy, at: &str) -> Vec<S
 }
 
 /// The refusal of device node `host_path`, which gives a container `what`.
-pub fn device_refusal(path: String, host_path: &str, what: &str) -> SpecError {
+fn device_refusal(path: String, host_path: &str, what: &str) -> SpecError {
     error(
         path,
         format!(

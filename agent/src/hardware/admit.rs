@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use fleet_proto::policy::{self, capability, DevicePolicy, CAPABILITIES};
-use fleet_proto::release::{HardwareRequest, ReleaseSpec, ServiceSpec, SpecError};
+use fleet_proto::release::{ReleaseSpec, ServiceSpec, SpecError};
 use fleet_proto::ServiceName;
 
 use super::{HardwareMapping, HardwarePolicy, HostHardware};
@@ -239,30 +239,15 @@ fn devices_allowed(
     policy: &DevicePolicy,
     at: &str,
 ) -> Vec<SpecError> {
-    if policy.allow_privileged {
-        return vec![];
-    }
-    let lists = [("hardware", &svc.hardware), ("optional_hardware", &svc.optional_hardware)];
-    let mut errors = Vec::new();
-    for (field, list) in lists {
-        for (i, req) in list.iter().enumerate() {
-            let HardwareRequest::Device { host_path, .. } = req else { continue };
-            if policy.allowed_devices.iter().any(|d| d == host_path) {
-                continue;
-            }
-            let node_path = hw.links.get(host_path).unwrap_or(host_path);
-            // By number where the node exists, so a link or a new name cannot hide it; by name
-            // otherwise, as the server judged it.
-            let what = match hw.nodes.get(node_path) {
-                Some(node) => host_granting(node.major, node.minor),
-                None => policy::host_granting_path(host_path),
-            };
-            if let Some(what) = what {
-                errors.push(policy::device_refusal(format!("{at}.{field}[{i}]"), host_path, what));
-            }
+    // By number where the node exists, so a link or a new name cannot hide it; by name
+    // otherwise, as the server judged it.
+    policy::devices_judged(svc, policy, at, |host_path| {
+        let node_path = hw.links.get(host_path).map_or(host_path, String::as_str);
+        match hw.nodes.get(node_path) {
+            Some(node) => host_granting(node.major, node.minor),
+            None => policy::host_granting_path(host_path),
         }
-    }
-    errors
+    })
 }
 
 /// Every name in `cap_add` and `cap_drop` is a Linux capability (or `ALL`).
