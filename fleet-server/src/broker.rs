@@ -34,17 +34,7 @@ impl BrokerLogins {
     /// The logins of the server with data directory `data_dir`; the key is made (0600) on
     /// first use.
     pub fn open(data_dir: &Path) -> Result<BrokerLogins, KeyFileError> {
-        let path = data_dir.join("broker-login.key");
-        if !path.exists() {
-            let key = fleet_proto::hex::encode(&keyfile::random::<32>()?);
-            keyfile::write_file(&path, format!("{key}\n").as_bytes(), 0o600)?;
-        }
-        let hex = keyfile::read_secret(&path)?;
-        let bytes = fleet_proto::hex::decode(hex.trim()).ok_or_else(|| KeyFileError::Io {
-            path: path.display().to_string(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidData, "not a hex key"),
-        })?;
-        Ok(BrokerLogins { key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &bytes) })
+        Ok(BrokerLogins { key: keyfile::hmac_key(&data_dir.join("broker-login.key"))? })
     }
 
     /// The password of login `name` (a device id, or [`SERVER_IDENTITY`]).

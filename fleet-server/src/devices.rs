@@ -154,29 +154,10 @@ impl DeviceRecord {
         now: UnixMillis,
     ) -> DeviceRecord {
         DeviceRecord {
-            id,
-            online: false,
-            agent_version: None,
-            last_seen: now,
-            accepted_generation: 0,
-            release: None,
             enrolled_at: Some(now),
             labels,
             certificate: Some(certificate),
-            revoked_at: None,
-            revoked_certificates: Vec::new(),
-            desired_generation: 0,
-            desired_release: None,
-            notes: String::new(),
-            pin: None,
-            assigned_release: None,
-            last_report: None,
-            seal_key: None,
-            assigned_agent: None,
-            agent_pin: None,
-            desired_agent: None,
-            seal_key_changed_at: None,
-            device_key: None,
+            ..DeviceRecord::bare(id, now)
         }
     }
 
@@ -239,15 +220,9 @@ impl DeviceRecord {
         self
     }
 
-    /// The record after `msg` from the device arrived at `now`, or `None` if the message does
-    /// not concern the registry (telemetry, events, ...) or names no device.
-    pub fn observe_at(
-        previous: Option<DeviceRecord>,
-        msg: &Message,
-        now: UnixMillis,
-    ) -> Option<DeviceRecord> {
-        let id = msg.device()?.clone();
-        let mut rec = previous.unwrap_or(DeviceRecord {
+    /// A record of a device the server never enrolled, first heard of at `now`.
+    pub fn bare(id: DeviceId, now: UnixMillis) -> DeviceRecord {
+        DeviceRecord {
             id,
             online: false,
             agent_version: None,
@@ -271,7 +246,18 @@ impl DeviceRecord {
             desired_agent: None,
             seal_key_changed_at: None,
             device_key: None,
-        });
+        }
+    }
+
+    /// The record after `msg` from the device arrived at `now`, or `None` if the message does
+    /// not concern the registry (telemetry, events, ...) or names no device.
+    pub fn observe_at(
+        previous: Option<DeviceRecord>,
+        msg: &Message,
+        now: UnixMillis,
+    ) -> Option<DeviceRecord> {
+        let id = msg.device()?.clone();
+        let mut rec = previous.unwrap_or_else(|| DeviceRecord::bare(id, now));
         match msg {
             Message::Status(s) => {
                 rec.online = s.presence == Presence::Online;

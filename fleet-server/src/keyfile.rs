@@ -45,6 +45,21 @@ pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), KeyFileErr
         .map_err(|e| KeyFileError::Io { path: e.path.display().to_string(), source: e.source })
 }
 
+/// The HMAC-SHA256 key in the file at `path` (32 random bytes, hex), made with mode 0600 on
+/// first use: the server's keys for logins and sessions, which nothing else needs to read.
+pub fn hmac_key(path: &Path) -> Result<ring::hmac::Key, KeyFileError> {
+    if !path.exists() {
+        let key = fleet_proto::hex::encode(&random::<32>()?);
+        write_file(path, format!("{key}\n").as_bytes(), 0o600)?;
+    }
+    let hex = read_secret(path)?;
+    let bytes = fleet_proto::hex::decode(hex.trim()).ok_or_else(|| KeyFileError::Io {
+        path: path.display().to_string(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, "not a hex key"),
+    })?;
+    Ok(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &bytes))
+}
+
 /// Reads a private key file, refusing one that others can read.
 pub fn read_secret(path: &Path) -> Result<String, KeyFileError> {
     let io = |source| KeyFileError::Io { path: path.display().to_string(), source };

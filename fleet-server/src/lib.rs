@@ -51,6 +51,7 @@ pub mod store;
 pub mod telemetry;
 pub use fleet_api::units;
 pub mod variables;
+pub mod web;
 
 /// How to run the server.
 #[derive(Debug, Clone)]
@@ -258,6 +259,11 @@ pub async fn serve(
         driver,
         resolver: registry.clone(),
         agent_pusher: registry,
+        sessions: Arc::new(web::SessionKey::new(
+            keyfile::hmac_key(&opts.data_dir.join("web-session.key")).map_err(|e| {
+                ServeError::Pki { path: opts.data_dir.display().to_string(), source: e.into() }
+            })?,
+        )),
         data_dir: opts.data_dir.clone(),
     };
     let result = axum::serve(listener, api::router(api)).with_graceful_shutdown(shutdown).await;

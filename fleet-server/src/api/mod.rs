@@ -75,6 +75,8 @@ pub struct Api {
     pub resolver: Arc<dyn ImageResolver>,
     /// Stores agent releases' binaries in the fleet's registry.
     pub agent_pusher: Arc<dyn crate::releases::AgentPusher>,
+    /// Signs the dashboard's session cookies and CSRF tokens.
+    pub sessions: Arc<crate::web::SessionKey>,
     /// The data directory (backups include its key files).
     pub data_dir: std::path::PathBuf,
 }
@@ -126,6 +128,7 @@ pub fn router(api: Api) -> Router {
         .route("/healthz", get(healthz))
         .route("/api/openapi.json", get(openapi::document))
         .merge(v1)
+        .merge(crate::web::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(api)
@@ -268,17 +271,26 @@ fn identify(api: &Api, request: &Request) -> Result<Caller, AuthError> {
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .ok_or(AuthError::Missing)?;
+    caller_of(api, presented)
+}
+
+/// Who presents the token `NAME.SECRET` (the API's bearer tokens, the dashboard's login).
+pub(crate) fn caller_of(api: &Api, presented: &str) -> Result<Caller, AuthError> {
     let (name, secret) = auth::split_token(presented);
-    let now = UnixMillis::now();
+    let record = token_record(api, name).ok_or(AuthError::Unknown)?;
+    auth::check(&record, secret, UnixMillis::now())
+}
+
+/// The token record called `name`: the bootstrap admin's, or one from the store.
+pub(crate) fn token_record(api: &Api, name: &str) -> Option<TokenRecord> {
     if name == auth::BOOTSTRAP_NAME {
-        return auth::check(&api.bootstrap, secret, now);
+        return Some((*api.bootstrap).clone());
     }
     match api.store.token(name) {
-        Ok(Some(record)) => auth::check(&record, secret, now),
-        Ok(None) => Err(AuthError::Unknown),
+        Ok(record) => record,
         Err(e) => {
             tracing::error!(error = %e, "cannot read tokens");
-            Err(AuthError::Unknown)
+            None
         }
     }
 }

@@ -82,7 +82,7 @@ fn desired_problem(e: DesiredError) -> Problem {
 
 impl Api {
     /// What operations that change desired state need.
-    pub(super) fn fleet(&self) -> ops::Fleet {
+    pub(crate) fn fleet(&self) -> ops::Fleet {
         ops::Fleet {
             store: self.store.clone(),
             pki: self.pki.clone(),

@@ -1,0 +1,414 @@
+//! `/rollouts`: the list, and the rollout page. Waves as stacked bars with their counts in
+//! words, the failure gate, the failed devices with their reasons, and the commands, each
+//! behind a page that states its consequence. The page follows the rollout live over
+//! Server-Sent Events (`/rollouts/{id}/live`), coalesced to a few updates a second.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Redirect, Response};
+use fleet_proto::UnixMillis;
+use maud::{html, Markup};
+
+use super::layout::{self, ago, badge, cli, notice, Section};
+use super::{error_page, problem_page, query_pairs, Form, Refusal, Session};
+use crate::api::Api;
+use crate::ops;
+use crate::records::rollout::RolloutRecord;
+use crate::rollout::driver::RolloutCommand;
+use crate::rollout::{DeviceState, RunState, WavePhase, WaveStatus};
+
+/// The most failed devices listed on a rollout page (the rest are counted).
+const MAX_FAILED_LISTED: usize = 200;
+/// How often a live page looks at its rollout, and so the most updates it gets per second.
+const LIVE_EVERY: Duration = Duration::from_millis(500);
+
+/// `GET /rollouts`.
+pub async fn list(State(api): State<Api>, session: Session) -> Response {
+    let rollouts = match ops::rollouts::list(&api.store) {
+        Ok(r) => r,
+        Err(e) => return problem_page(&session, e),
+    };
+    let now = UnixMillis::now();
+    let body = html! {
+        @if rollouts.is_empty() {
+            p { "No rollouts yet." }
+            (cli("fleetctl rollout create RELEASE --target group:NAME --waves 1,10%,100%"))
+        } @else {
+            table {
+                caption { (rollouts.len()) " rollouts, newest first" }
+                thead { tr {
+                    th scope="col" { "Rollout" } th scope="col" { "Release" } th scope="col" { "Target" }
+                    th scope="col" { "State" } th scope="col" { "Progress" } th scope="col" { "Created" }
+                } }
+                tbody {
+                    @for r in &rollouts {
+                        @let status = r.rollout.status();
+                        tr {
+                            td { a href={ "/rollouts/" (r.id()) } { (r.id()) } }
+                            td { (r.rollout.spec().release) }
+                            td { code { (r.target) } }
+                            td { (run_state_badge(r.rollout.state())) }
+                            td { (progress_words(&status.waves)) }
+                            td { (ago(r.rollout.created_at(), now)) " by " (r.created_by) }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    layout::page(&session, Section::Rollouts, "Rollouts", body)
+}
+
+/// `GET /rollouts/{id}`.
+pub async fn show(
+    State(api): State<Api>,
+    session: Session,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let record = match find(&api, &id) {
+        Ok(r) => r,
+        Err(refusal) => return refusal.page(Some(&session)),
+    };
+    let done = query_pairs(query.as_deref()).into_iter().find(|(k, _)| k == "done").map(|(_, v)| v);
+    let now = UnixMillis::now();
+    let live = record.rollout.state().is_active();
+    let body = html! {
+        (notice(done.as_deref()))
+        dl.facts {
+            dt { "Release" } dd { (record.rollout.spec().release) }
+            dt { "Target" } dd { code { (record.target) } }
+            dt { "Created" } dd { (ago(record.rollout.created_at(), now)) " by " (record.created_by) }
+            dt { "Waves" } dd { (record.rollout.spec().waves.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")) }
+            dt { "Bake" } dd { (crate::units::human_duration(record.rollout.spec().bake)) }
+            dt { "On failure" } dd {
+                "more than " (record.rollout.spec().failure_threshold) " failed → " (on_failure_words(record.rollout.spec().on_failure))
+            }
+        }
+        @if !record.excluded.is_empty() {
+            details {
+                summary { (record.excluded.len()) " devices left out at creation" }
+                ul { @for (d, why) in &record.excluded { li { a href={ "/devices/" (d) } { (d) } ": " (why.join("; ")) } } }
+            }
+        }
+        @if live {
+            div #rollout-live data-live={ "/rollouts/" (record.id()) "/live" } { (live_region(&record, &session, now)) }
+        } @else {
+            div #rollout-live { (live_region(&record, &session, now)) }
+        }
+        (cli(&format!("fleetctl rollout status {}", record.id())))
+    };
+    layout::page(&session, Section::Rollouts, &format!("Rollout {}", record.id()), body)
+}
+
+fn find(api: &Api, id: &str) -> Result<RolloutRecord, Refusal> {
+    let Ok(id) = id.parse::<u64>() else {
+        return Err(Refusal::new(
+            StatusCode::NOT_FOUND,
+            "No such rollout",
+            format!("{id:?} is not a rollout id (a number; the list is at /rollouts)."),
+        ));
+    };
+    Ok(ops::rollouts::show(&api.store, id)?)
+}
+
+/// The part of the rollout page that changes while it runs.
+fn live_region(record: &RolloutRecord, session: &Session, now: UnixMillis) -> Markup {
+    let status = record.rollout.status();
+    let failed: Vec<_> = record
+        .rollout
+        .devices()
+        .filter_map(|d| match record.rollout.device_state(d) {
+            Some(DeviceState::Failed { at, reason }) => Some((d, *at, reason)),
+            _ => None,
+        })
+        .collect();
+    html! {
+        p { "State: " (run_state_badge(record.rollout.state())) " " (state_detail(record.rollout.state(), now)) }
+        p.gate {
+            strong { "Failure gate: " }
+            (status.failed) " of " (status.allowed_failures) " failures allowed used"
+            @if status.failed > status.allowed_failures { " — threshold crossed" }
+            "."
+            @if let Some(until) = status.bake_until { " Current wave bakes until " (ago(until, now)) "." }
+        }
+        (wave_bars(&status))
+        h2 { "Failed devices" }
+        @if failed.is_empty() {
+            p { "None." }
+        } @else {
+            table {
+                caption { (failed.len()) " failed" @if failed.len() > MAX_FAILED_LISTED { ", the first " (MAX_FAILED_LISTED) " listed" } }
+                thead { tr { th scope="col" { "Device" } th scope="col" { "Why" } th scope="col" { "Since" } } }
+                tbody {
+                    @for (device, at, reason) in failed.iter().take(MAX_FAILED_LISTED) {
+                        tr {
+                            td { a href={ "/devices/" (device) } { (device) } }
+                            td { (reason) }
+                            td { (ago(*at, now)) }
+                        }
+                    }
+                }
+            }
+        }
+        @if session.operates() {
+            (actions(record))
+        }
+    }
+}
+
+fn actions(record: &RolloutRecord) -> Markup {
+    let id = record.id();
+    let state = record.rollout.state();
+    let commands: Vec<(&str, &str, bool)> = vec![
+        ("pause", "Pause", matches!(state, RunState::Running)),
+        ("resume", "Resume", matches!(state, RunState::Paused { .. })),
+        ("abort", "Abort", state.is_active()),
+        ("rollback", "Roll back", state.is_active() || matches!(state, RunState::Completed { .. })),
+    ];
+    html! {
+        h2 { "Actions" }
+        div.actions {
+            @for (command, label, offered) in commands {
+                @if offered {
+                    a.button href={ "/rollouts/" (id) "/confirm/" (command) } { (label) "…" }
+                }
+            }
+        }
+    }
+}
+
+fn state_detail(state: &RunState, now: UnixMillis) -> Markup {
+    html! {
+        @match state {
+            RunState::Running => {},
+            RunState::Paused { reason, at } => { "since " (ago(*at, now)) ": " (reason.to_string()) },
+            RunState::Completed { at } | RunState::Aborted { at } => { (ago(*at, now)) },
+            RunState::RolledBack { reason, at } => { (ago(*at, now)) ": " (reason.to_string()) },
+        }
+    }
+}
+
+fn on_failure_words(on_failure: crate::rollout::OnFailure) -> &'static str {
+    match on_failure {
+        crate::rollout::OnFailure::Pause => "pause",
+        crate::rollout::OnFailure::Rollback => "roll back",
+    }
+}
+
+/// A rollout's state in a word and a mark.
+pub fn run_state_badge(state: &RunState) -> Markup {
+    let kind = match state {
+        RunState::Running => "busy",
+        RunState::Paused { .. } => "warn",
+        RunState::Completed { .. } => "ok",
+        RunState::Aborted { .. } => "none",
+        RunState::RolledBack { .. } => "bad",
+    };
+    badge(kind, state.name())
+}
+
+/// `3 of 5 waves done`.
+fn progress_words(waves: &[WaveStatus]) -> String {
+    let done = waves.iter().filter(|w| w.phase == WavePhase::Done).count();
+    format!("{done} of {} waves done", waves.len())
+}
+
+/// Every wave as a stacked bar, its counts written out beside it (never colour alone).
+pub fn wave_bars(status: &crate::rollout::RolloutStatus) -> Markup {
+    html! {
+        @for w in &status.waves {
+            @let c = w.counts;
+            @let parts = [
+                ("healthy", c.healthy), ("failed", c.failed), ("updating", c.updating),
+                ("rolled_back", c.rolled_back), ("skipped", c.skipped), ("pending", c.pending),
+            ];
+            @let total = c.total().max(1);
+            div.wave {
+                strong { "Wave " (w.wave) } " — " (phase_words(&w.phase)) ", " (w.devices) " devices"
+                svg role="img" aria-label={ "wave " (w.wave) ": " (counts_words(&parts)) } viewBox="0 0 1000 20" preserveAspectRatio="none" {
+                    @for (name, x, width) in segments(&parts, total) {
+                        rect class={ "seg-" (name) } x=(x) y="0" width=(width) height="20" {}
+                    }
+                }
+                div.counts { (counts_words(&parts)) }
+            }
+        }
+    }
+}
+
+/// `(name, x, width)` of each non-empty part on a 1000-wide bar.
+fn segments<'a>(parts: &[(&'a str, usize)], total: usize) -> Vec<(&'a str, usize, usize)> {
+    let mut x = 0;
+    let mut out = Vec::new();
+    for (name, n) in parts.iter().filter(|(_, n)| *n > 0) {
+        let width = (n * 1000 / total).max(1);
+        out.push((*name, x, width));
+        x += width;
+    }
+    out
+}
+
+fn counts_words(parts: &[(&str, usize)]) -> String {
+    let words: Vec<String> = parts
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(name, n)| format!("{n} {}", name.replace('_', " ")))
+        .collect();
+    if words.is_empty() {
+        "no devices".to_owned()
+    } else {
+        words.join(", ")
+    }
+}
+
+fn phase_words(phase: &WavePhase) -> &'static str {
+    match phase {
+        WavePhase::Waiting => "waiting",
+        WavePhase::Active { stagger_base: None, .. } => "waiting for its window",
+        WavePhase::Active { .. } => "updating",
+        WavePhase::Baking { .. } => "baking",
+        WavePhase::Done => "done",
+    }
+}
+
+/// `GET /rollouts/{id}/live`: the live region again whenever the rollout changes; ends when
+/// the rollout does.
+pub async fn live(State(api): State<Api>, session: Session, Path(id): Path<String>) -> Response {
+    let Ok(id) = id.parse::<u64>() else {
+        return (StatusCode::NOT_FOUND, "no such rollout").into_response();
+    };
+    let stream = futures_util::stream::unfold(
+        (api, session, None::<RolloutRecord>, false),
+        move |(api, session, last, ended)| async move {
+            if ended {
+                return None;
+            }
+            loop {
+                if last.is_some() {
+                    tokio::time::sleep(LIVE_EVERY).await;
+                }
+                let record = match ops::rollouts::show(&api.store, id) {
+                    Ok(r) => r,
+                    Err(_) => {
+                        let end = Event::default().event("end").data("gone");
+                        return Some((Ok::<_, Infallible>(end), (api, session, last, true)));
+                    }
+                };
+                if last.as_ref() == Some(&record) {
+                    continue;
+                }
+                let html = live_region(&record, &session, UnixMillis::now()).into_string();
+                let finished = !record.rollout.state().is_active();
+                let event = Event::default().event("region").data(html);
+                return Some((Ok(event), (api, session, Some(record), finished)));
+            }
+        },
+    );
+    Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
+}
+
+fn parse_command(command: &str) -> Option<(RolloutCommand, &'static str, &'static str)> {
+    Some(match command {
+        "pause" => (RolloutCommand::Pause, "paused", "Pause"),
+        "resume" => (RolloutCommand::Resume, "resumed", "Resume"),
+        "abort" => (RolloutCommand::Abort, "aborted", "Abort"),
+        "rollback" => (RolloutCommand::Rollback, "rolled-back", "Roll back"),
+        _ => return None,
+    })
+}
+
+fn consequence(command: RolloutCommand) -> &'static str {
+    match command {
+        RolloutCommand::Pause => "No further device is targeted until the rollout is resumed. Devices already updating finish their update.",
+        RolloutCommand::Resume => "The rollout carries on from where it stopped: the current wave targets its remaining devices, and the failure gate applies again.",
+        RolloutCommand::Abort => "The rollout ends for good. Devices keep the release they run now, whether the old one or the new; nothing is sent back.",
+        RolloutCommand::Rollback => "Every device this rollout targeted is sent back to the release it ran before. The rollout ends.",
+    }
+}
+
+/// `GET /rollouts/{id}/confirm/{command}`: what the command will do, and the button that does it.
+pub async fn confirm(
+    State(api): State<Api>,
+    session: Session,
+    Path((id, command)): Path<(String, String)>,
+) -> Response {
+    let record = match find(&api, &id) {
+        Ok(r) => r,
+        Err(refusal) => return refusal.page(Some(&session)),
+    };
+    let Some((parsed, _, label)) = parse_command(&command) else {
+        return error_page(
+            Some(&session),
+            StatusCode::NOT_FOUND,
+            "No such command",
+            "Rollouts take pause, resume, abort and rollback.",
+        );
+    };
+    if !session.operates() {
+        return error_page(
+            Some(&session),
+            StatusCode::FORBIDDEN,
+            "Not allowed",
+            "Commands on rollouts need the operator role.",
+        );
+    }
+    let id = record.id();
+    let body = html! {
+        p { strong { "What happens: " } (consequence(parsed)) }
+        p { "Rollout " (id) " of " (record.rollout.spec().release) " is " (run_state_badge(record.rollout.state())) "." }
+        form.stacked method="post" action={ "/rollouts/" (id) "/" (command) } {
+            (session.csrf_field())
+            @if matches!(parsed, RolloutCommand::Pause) {
+                label for="reason" { "Reason (kept in the audit log)" }
+                input #reason name="reason" type="text" maxlength="500";
+            }
+            div.actions {
+                button type="submit" class=[matches!(parsed, RolloutCommand::Abort | RolloutCommand::Rollback).then_some("danger")] { (label) " rollout " (id) }
+                a href={ "/rollouts/" (id) } { "Cancel" }
+            }
+        }
+        (cli(&format!("fleetctl rollout {command} {id}")))
+    };
+    layout::page(&session, Section::Rollouts, &format!("{label} rollout {id}?"), body)
+}
+
+/// `POST /rollouts/{id}/{command}`.
+pub async fn command(
+    State(api): State<Api>,
+    session: Session,
+    Path((id, command)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let form = match Form::checked(&api, &session, &headers, &body) {
+        Ok(f) => f,
+        Err(refusal) => return refusal.page(Some(&session)),
+    };
+    let Some((parsed, done, _)) = parse_command(&command) else {
+        return error_page(
+            Some(&session),
+            StatusCode::NOT_FOUND,
+            "No such command",
+            "Rollouts take pause, resume, abort and rollback.",
+        );
+    };
+    let Ok(id) = id.parse::<u64>() else {
+        return error_page(
+            Some(&session),
+            StatusCode::NOT_FOUND,
+            "No such rollout",
+            "Rollout ids are numbers.",
+        );
+    };
+    let reason = Some(form.get("reason").to_owned()).filter(|r| !r.is_empty());
+    match ops::rollouts::command(&api.fleet(), &session.caller, id, parsed, reason).await {
+        Ok(_) => Redirect::to(&format!("/rollouts/{id}?done={done}")).into_response(),
+        Err(e) => problem_page(&session, e),
+    }
+}

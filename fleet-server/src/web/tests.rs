@@ -1,0 +1,431 @@
+//! The dashboard against its router in-process: sessions, roles, CSRF, escaping, the headers,
+//! and forms that post and redirect without JavaScript. (The browser tests are in the e2e
+//! suite.)
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use axum::Router;
+use fleet_api::{Role, RolloutRequest};
+use fleet_proto::{DeviceId, UnixMillis};
+use tower::ServiceExt;
+
+use crate::api::{self, Api};
+use crate::auth::{self, Caller};
+use crate::devices::DeviceRecord;
+use crate::groups::{Group, Selector};
+use crate::releases::ReleaseRecord;
+use crate::web::SessionKey;
+
+struct Harness {
+    api: Api,
+    admin_token: String,
+    _events: rumqttc::EventLoop,
+    _dir: tempfile::TempDir,
+}
+
+fn harness() -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(crate::store::Store::open(&dir.path().join("store")).unwrap());
+    let keys = crate::open_keys(dir.path()).unwrap();
+    let pki = Arc::new(keys.pki);
+    // Never polled: what the operations publish waits in the client's queue.
+    let (mqtt, events) =
+        rumqttc::AsyncClient::new(rumqttc::MqttOptions::new("web-test", "127.0.0.1", 1), 1024);
+    let publisher = crate::desired::Publisher::new(mqtt.clone(), pki.clone(), vec![]);
+    let driver = crate::rollout::driver::Driver::new(store.clone(), pki.clone(), publisher.clone());
+    let registry = Arc::new(crate::registry::RegistryResolver::new(
+        vec![],
+        None,
+        fleet_oci::guard::Allowlist::default(),
+    ));
+    let api = Api {
+        store,
+        pki,
+        bootstrap: Arc::new(auth::bootstrap(&keys.admin_token)),
+        device_broker: "mqtt://127.0.0.1:1883".into(),
+        broker_logins: None,
+        crl_changed: Arc::new(|| {}),
+        mqtt,
+        publisher,
+        waiters: crate::commands::Waiters::default(),
+        driver,
+        resolver: registry.clone(),
+        agent_pusher: registry,
+        sessions: Arc::new(SessionKey::new(ring::hmac::Key::new(
+            ring::hmac::HMAC_SHA256,
+            &[9; 32],
+        ))),
+        data_dir: dir.path().to_owned(),
+    };
+    Harness { api, admin_token: keys.admin_token, _events: events, _dir: dir }
+}
+
+impl Harness {
+    fn router(&self) -> Router {
+        api::router(self.api.clone())
+    }
+
+    /// A token of `role`, as `fleetctl token create` makes it.
+    fn token(&self, name: &str, role: Role) -> String {
+        let (record, presented) =
+            auth::issue(name, role, "admin", UnixMillis::now(), None, &[name.len() as u8; 32]);
+        self.api
+            .store
+            .update(|tx| -> Result<(), crate::store::StoreError> {
+                tx.put_token(&record);
+                Ok(())
+            })
+            .unwrap();
+        presented
+    }
+
+    /// Logs in with `token` through the form; the session cookie.
+    async fn login(&self, token: &str) -> String {
+        let body = form(&[("token", token), ("next", "/devices")]);
+        let response = self.router().oneshot(post("/login", None, body)).await.unwrap();
+        assert_eq!(response.status(), StatusCode::SEE_OTHER);
+        assert_eq!(response.headers()[header::LOCATION], "/devices");
+        let set = response.headers()[header::SET_COOKIE].to_str().unwrap().to_owned();
+        set.split(';').next().unwrap().to_owned()
+    }
+
+    async fn get(
+        &self,
+        path: &str,
+        cookie: Option<&str>,
+    ) -> (StatusCode, String, axum::http::HeaderMap) {
+        let mut request = Request::get(path);
+        if let Some(c) = cookie {
+            request = request.header(header::COOKIE, c);
+        }
+        let response = self.router().oneshot(request.body(Body::empty()).unwrap()).await.unwrap();
+        let (status, headers) = (response.status(), response.headers().clone());
+        let body = axum::body::to_bytes(response.into_body(), 1 << 24).await.unwrap();
+        (status, String::from_utf8(body.to_vec()).unwrap(), headers)
+    }
+
+    async fn post(
+        &self,
+        path: &str,
+        cookie: &str,
+        body: String,
+    ) -> (StatusCode, String, axum::http::HeaderMap) {
+        let response = self.router().oneshot(post(path, Some(cookie), body)).await.unwrap();
+        let (status, headers) = (response.status(), response.headers().clone());
+        let body = axum::body::to_bytes(response.into_body(), 1 << 24).await.unwrap();
+        (status, String::from_utf8(body.to_vec()).unwrap(), headers)
+    }
+
+    /// The CSRF token of the forms on `path` for `cookie`.
+    async fn csrf(&self, path: &str, cookie: &str) -> String {
+        let (_, html, _) = self.get(path, Some(cookie)).await;
+        let at = html.find("name=\"_csrf\" value=\"").expect("a form with a CSRF field");
+        let rest = &html[at + "name=\"_csrf\" value=\"".len()..];
+        rest[..rest.find('"').unwrap()].to_owned()
+    }
+
+    fn put_device(&self, id: &str, labels: &[(&str, &str)]) {
+        let mut d = DeviceRecord::bare(DeviceId::new(id).unwrap(), UnixMillis::now());
+        d.labels = labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        d.online = true;
+        d.enrolled_at = Some(UnixMillis(0));
+        d.release = Some(fleet_proto::samples::release_id());
+        self.api
+            .store
+            .update(|tx| -> Result<(), crate::store::StoreError> {
+                tx.put_device(&d);
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    fn put_release(&self) {
+        // The sample without its secret mount: a pin needs every secret to have a value.
+        let mut spec = fleet_proto::samples::release();
+        for service in &mut spec.services {
+            service.secrets.clear();
+        }
+        let record = ReleaseRecord::new(
+            spec,
+            self.api.pki.signing_key(),
+            None,
+            vec![],
+            UnixMillis::now(),
+            "admin",
+        );
+        self.api
+            .store
+            .update(|tx| -> Result<(), crate::store::StoreError> {
+                tx.put_release(&record);
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    fn device(&self, id: &str) -> DeviceRecord {
+        self.api.store.device(&DeviceId::new(id).unwrap()).unwrap().unwrap()
+    }
+}
+
+fn post(path: &str, cookie: Option<&str>, body: String) -> Request<Body> {
+    let mut request = Request::post(path)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(header::HOST, "fleet.example:8080")
+        .header(header::ORIGIN, "http://fleet.example:8080");
+    if let Some(c) = cookie {
+        request = request.header(header::COOKIE, c);
+    }
+    request.body(Body::from(body)).unwrap()
+}
+
+fn form(fields: &[(&str, &str)]) -> String {
+    let mut out = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in fields {
+        out.append_pair(k, v);
+    }
+    out.finish()
+}
+
+#[tokio::test]
+async fn pages_need_a_session_and_a_token_starts_one() {
+    let h = harness();
+    let (status, _, headers) = h.get("/devices?state=failed", None).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(headers[header::LOCATION], "/login?next=%2Fdevices%3Fstate%3Dfailed");
+
+    let (status, html, _) = h.get("/login?next=/devices", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains("type=\"password\" name=\"token\""), "{html}");
+
+    // A wrong token: refused with the API's words, no cookie.
+    let response =
+        h.router().oneshot(post("/login", None, form(&[("token", "nobody.0000")]))).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert!(response.headers().get(header::SET_COOKIE).is_none());
+
+    // The admin token: a strict cookie that holds no secret, and it opens the pages.
+    let response = h
+        .router()
+        .oneshot(post(
+            "/login",
+            None,
+            form(&[("token", &h.admin_token), ("next", "//evil.example")]),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(response.headers()[header::LOCATION], "/", "never off-site after login");
+    let set = response.headers()[header::SET_COOKIE].to_str().unwrap();
+    for part in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(set.contains(part), "{set}");
+    }
+    assert!(!set.contains(&h.admin_token), "the token itself is not in the cookie");
+    let cookie = set.split(';').next().unwrap();
+    for page in ["/", "/devices", "/rollouts", "/releases", "/groups", "/audit", "/tokens"] {
+        let (status, html, headers) = h.get(page, Some(cookie)).await;
+        assert_eq!(status, StatusCode::OK, "{page}: {html}");
+        let csp = headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+        assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"), "{csp}");
+        // Scripts only from our own file: no inline script at all.
+        assert_eq!(
+            html.matches("<script").count(),
+            html.matches("<script src=\"/static/").count(),
+            "{page}"
+        );
+        assert!(html.contains("Signed in as <strong>admin</strong>"), "{page}");
+    }
+}
+
+#[tokio::test]
+async fn a_revoked_token_ends_its_sessions() {
+    let h = harness();
+    let token = h.token("ops", Role::Operator);
+    let cookie = h.login(&token).await;
+    assert_eq!(h.get("/", Some(&cookie)).await.0, StatusCode::OK);
+    let mut record = h.api.store.token("ops").unwrap().unwrap();
+    record.revoked_at = Some(UnixMillis::now());
+    h.api
+        .store
+        .update(|tx| -> Result<(), crate::store::StoreError> {
+            tx.put_token(&record);
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(h.get("/", Some(&cookie)).await.0, StatusCode::SEE_OTHER);
+}
+
+#[tokio::test]
+async fn every_value_is_escaped() {
+    let h = harness();
+    h.put_device("r1", &[("note", "<script>alert(1)</script>")]);
+    let cookie = h.login(&h.admin_token).await;
+    for page in ["/devices", "/devices/r1", "/devices?q=%3Cscript%3E"] {
+        let (_, html, _) = h.get(page, Some(&cookie)).await;
+        assert!(!html.contains("<script>alert"), "{page}");
+        assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "{page}");
+    }
+}
+
+#[tokio::test]
+async fn pinning_from_the_device_page_needs_the_csrf_token_and_is_audited() {
+    let h = harness();
+    h.put_release();
+    h.put_device("r1", &[]);
+    let token = h.token("alice", Role::Operator);
+    let cookie = h.login(&token).await;
+    let release = fleet_proto::samples::release_id().to_string();
+    let fields = |csrf: &str| {
+        form(&[("_csrf", csrf), ("release", &release), ("reason", "bench <debugging>")])
+    };
+
+    // No token, another session's token, a cross-site origin: refused, nothing changes.
+    let other = h.login(&h.admin_token).await;
+    let other_csrf = h.csrf("/devices/r1", &other).await;
+    for body in [fields(""), fields(&other_csrf)] {
+        let (status, html, _) = h.post("/devices/r1/pin", &cookie, body).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{html}");
+        assert!(h.device("r1").pin.is_none());
+    }
+    let csrf = h.csrf("/devices/r1", &cookie).await;
+    let mut cross = post("/devices/r1/pin", Some(&cookie), fields(&csrf));
+    cross.headers_mut().insert(header::ORIGIN, "https://evil.example".parse().unwrap());
+    assert_eq!(h.router().oneshot(cross).await.unwrap().status(), StatusCode::FORBIDDEN);
+    assert!(h.device("r1").pin.is_none());
+
+    // The page's own form: pinned, redirected to the device page that says so.
+    let (status, html, headers) = h.post("/devices/r1/pin", &cookie, fields(&csrf)).await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{html}");
+    assert_eq!(headers[header::LOCATION], "/devices/r1?done=pinned");
+    let pin = h.device("r1").pin.unwrap();
+    assert_eq!((pin.pinned_by.as_str(), pin.reason.as_str()), ("alice", "bench <debugging>"));
+    let (_, html, _) = h.get("/devices/r1?done=pinned", Some(&cookie)).await;
+    assert!(html.contains("Pinned.") && html.contains("bench &lt;debugging&gt;"), "{html}");
+    assert!(html.contains("fleetctl device unpin r1"), "the equivalent command is shown");
+    let audit = h.api.store.audit(UnixMillis(0), 10).unwrap();
+    assert!(audit.iter().any(|e| e.actor == "alice" && e.action == "device.pin"), "{audit:?}");
+
+    // A pin without a reason is refused with the API's words.
+    let (_, html, _) = h.get("/devices/r1", Some(&cookie)).await;
+    assert!(html.contains("Unpin"));
+    let (status, _, _) = h.post("/devices/r1/unpin", &cookie, form(&[("_csrf", &csrf)])).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let body = form(&[("_csrf", &csrf), ("release", &release), ("reason", " ")]);
+    let (status, html, _) = h.post("/devices/r1/pin", &cookie, body).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(html.contains("a pin needs a reason"), "{html}");
+    assert!(h.device("r1").pin.is_none());
+}
+
+#[tokio::test]
+async fn a_viewer_sees_no_controls_and_cannot_post() {
+    let h = harness();
+    h.put_release();
+    h.put_device("r1", &[]);
+    let token = h.token("watcher", Role::Viewer);
+    let cookie = h.login(&token).await;
+    for page in ["/", "/devices", "/devices/r1", "/rollouts"] {
+        let (_, html, _) = h.get(page, Some(&cookie)).await;
+        // The only form that posts is logging out.
+        assert_eq!(html.matches("method=\"post\"").count(), 1, "{page}: {html}");
+        assert!(!html.contains("href=\"/tokens\""), "{page}: admins only");
+    }
+    assert_eq!(h.get("/tokens", Some(&cookie)).await.0, StatusCode::FORBIDDEN);
+    let csrf = h.csrf("/", &cookie).await;
+    let body = form(&[("_csrf", &csrf), ("release", "x@1"), ("reason", "r")]);
+    let (status, html, _) = h.post("/devices/r1/pin", &cookie, body).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(html.contains("needs the operator role"), "{html}");
+    assert!(h.device("r1").pin.is_none());
+}
+
+#[tokio::test]
+async fn the_devices_list_filters_sorts_and_pages_in_the_url() {
+    let h = harness();
+    for i in 0..30 {
+        let site = if i % 3 == 0 { "lab" } else { "depot" };
+        h.put_device(&format!("r{i:02}"), &[("site", site)]);
+    }
+    h.api
+        .store
+        .update(|tx| -> Result<(), crate::store::StoreError> {
+            tx.put_group(&Group {
+                name: "lab".into(),
+                selector: Selector::parse("site=lab").unwrap(),
+                description: String::new(),
+                created_at: UnixMillis(0),
+                created_by: "admin".into(),
+            });
+            Ok(())
+        })
+        .unwrap();
+    let cookie = h.login(&h.admin_token).await;
+    let rows = |html: &str| html.matches("<th scope=\"row\"><a href=\"/devices/").count();
+
+    let (_, html, _) = h.get("/devices?group=lab", Some(&cookie)).await;
+    assert!(html.contains("10 devices match"), "{html}");
+    assert_eq!(rows(&html), 10);
+    let (_, html, _) = h.get("/devices?per=4&sort=id&dir=desc", Some(&cookie)).await;
+    assert!(html.contains("30 devices match; page 1 of 8"), "{html}");
+    assert_eq!(rows(&html), 4, "the page holds its page size, not the fleet");
+    assert!(html.find("/devices/r29").unwrap() < html.find("/devices/r28").unwrap());
+    assert!(html.contains("href=\"/devices?dir=desc&amp;per=4&amp;page=2\""), "{html}");
+    assert!(html.contains("aria-sort=\"descending\""));
+    let (status, html, _) = h.get("/devices?state=sleepy", Some(&cookie)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(html.contains("state: &quot;sleepy&quot; is not one of"), "{html}");
+    let (_, html, _) = h.get("/devices?group=nope", Some(&cookie)).await;
+    assert!(html.contains("no group &quot;nope&quot;"), "{html}");
+}
+
+#[tokio::test]
+async fn a_rollout_page_shows_its_waves_and_pauses_after_confirmation() {
+    let h = harness();
+    h.put_release();
+    for i in 0..4 {
+        h.put_device(&format!("r{i}"), &[("site", "lab")]);
+    }
+    let admin = Caller { name: "admin".into(), role: Role::Admin };
+    let request = RolloutRequest {
+        release: fleet_proto::samples::release_id().to_string(),
+        target: "selector:site=lab".into(),
+        waves: Some("1,100%".into()),
+        bake: None,
+        max_parallel: None,
+        failure_threshold: None,
+        on_failure: None,
+        window: None,
+        device_timeout: None,
+        update_deadline: None,
+        stagger: None,
+        exclude_unsatisfiable: false,
+        seed: None,
+    };
+    let record = crate::ops::rollouts::create(&h.api.fleet(), &admin, request, UnixMillis::now())
+        .await
+        .unwrap();
+    let id = record.id();
+    let cookie = h.login(&h.admin_token).await;
+    let (_, html, _) = h.get(&format!("/rollouts/{id}"), Some(&cookie)).await;
+    assert!(html.contains("Wave 1") && html.contains("Wave 2"), "{html}");
+    assert!(html.contains("1 updating") && html.contains("3 pending"), "counts in words: {html}");
+    assert!(html.contains("0 of 0 failures allowed used"), "{html}");
+    assert!(html.contains(&format!("data-live=\"/rollouts/{id}/live\"")), "{html}");
+    assert!(html.contains(&format!("href=\"/rollouts/{id}/confirm/pause\"")), "{html}");
+
+    let (_, html, _) = h.get(&format!("/rollouts/{id}/confirm/abort"), Some(&cookie)).await;
+    assert!(html.contains("nothing is sent back"), "the consequence is stated: {html}");
+    let csrf = h.csrf(&format!("/rollouts/{id}/confirm/pause"), &cookie).await;
+    let body = form(&[("_csrf", &csrf), ("reason", "canary looks odd")]);
+    let (status, _, headers) = h.post(&format!("/rollouts/{id}/pause"), &cookie, body).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(headers[header::LOCATION], format!("/rollouts/{id}?done=paused"));
+    let (_, html, _) = h.get(&format!("/rollouts/{id}?done=paused"), Some(&cookie)).await;
+    assert!(html.contains("canary looks odd") && html.contains("paused"), "{html}");
+    let (_, html, _) = h.get("/", Some(&cookie)).await;
+    assert!(html.contains("Needs attention"), "a paused rollout needs attention: {html}");
+    // Pausing twice is refused with the engine's words.
+    let body = form(&[("_csrf", &csrf)]);
+    let (status, html, _) = h.post(&format!("/rollouts/{id}/pause"), &cookie, body).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{html}");
+}
