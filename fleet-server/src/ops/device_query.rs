@@ -13,7 +13,7 @@ use std::fmt;
 use fleet_proto::report::{UpdatePhase, UpdateResult};
 use fleet_proto::UnixMillis;
 
-use crate::devices::DeviceRecord;
+use crate::devices::DeviceSummary;
 use crate::groups::Selector;
 
 /// How long without a word before a device counts as not seen.
@@ -82,7 +82,7 @@ impl Condition {
     }
 
     /// Whether `device` is in this condition at `now`.
-    pub fn holds(self, device: &DeviceRecord, now: UnixMillis) -> bool {
+    pub fn holds(self, device: &DeviceSummary, now: UnixMillis) -> bool {
         match self {
             Condition::Online => device.online,
             Condition::Offline => !device.online,
@@ -100,12 +100,12 @@ impl fmt::Display for Condition {
     }
 }
 
-fn updating(device: &DeviceRecord) -> bool {
+fn updating(device: &DeviceSummary) -> bool {
     let working = device.last_report.as_ref().is_some_and(|r| r.update.phase != UpdatePhase::Idle);
     working || (device.desired_generation > device.accepted_generation && !failed(device))
 }
 
-fn failed(device: &DeviceRecord) -> bool {
+fn failed(device: &DeviceSummary) -> bool {
     let Some(outcome) = device.last_report.as_ref().and_then(|r| r.update.last_outcome.as_ref())
     else {
         return false;
@@ -115,7 +115,7 @@ fn failed(device: &DeviceRecord) -> bool {
 }
 
 /// Why a device's last update failed, in one line, if it did.
-pub fn failure_reason(device: &DeviceRecord) -> Option<&str> {
+pub fn failure_reason(device: &DeviceSummary) -> Option<&str> {
     if !failed(device) {
         return None;
     }
@@ -329,7 +329,7 @@ impl<'q> Matcher<'q> {
     }
 
     /// Whether `device` is in the list.
-    pub fn matches(&self, device: &DeviceRecord) -> bool {
+    pub fn matches(&self, device: &DeviceSummary) -> bool {
         let q = self.query;
         (q.release.is_empty() || device.release.as_ref().is_some_and(|r| r.as_str() == q.release))
             && (q.agent.is_empty() || device.agent_version.as_deref() == Some(q.agent.as_str()))
@@ -339,7 +339,7 @@ impl<'q> Matcher<'q> {
     }
 }
 
-fn mentions(device: &DeviceRecord, lowercase: &str) -> bool {
+fn mentions(device: &DeviceSummary, lowercase: &str) -> bool {
     let has = |s: &str| s.to_lowercase().contains(lowercase);
     has(device.id.as_str())
         || device.labels.iter().any(|(k, v)| has(k) || has(v))
@@ -350,7 +350,7 @@ fn mentions(device: &DeviceRecord, lowercase: &str) -> bool {
 #[derive(Debug)]
 pub struct DevicePage {
     /// The rows of this page.
-    pub rows: Vec<DeviceRecord>,
+    pub rows: Vec<DeviceSummary>,
     /// How many devices match in all.
     pub matched: usize,
     /// How many pages there are (at least 1).
@@ -358,9 +358,9 @@ pub struct DevicePage {
 }
 
 /// Filters, sorts and cuts one page out of `devices`.
-pub fn page(devices: Vec<DeviceRecord>, matcher: &Matcher<'_>) -> DevicePage {
+pub fn page(devices: Vec<DeviceSummary>, matcher: &Matcher<'_>) -> DevicePage {
     let q = matcher.query;
-    let mut rows: Vec<DeviceRecord> = devices.into_iter().filter(|d| matcher.matches(d)).collect();
+    let mut rows: Vec<DeviceSummary> = devices.into_iter().filter(|d| matcher.matches(d)).collect();
     let matched = rows.len();
     rows.sort_by(|a, b| {
         let by = match q.sort {
@@ -383,7 +383,7 @@ pub fn page(devices: Vec<DeviceRecord>, matcher: &Matcher<'_>) -> DevicePage {
 }
 
 /// How many devices are in each condition (the overview's counts).
-pub fn census(devices: &[DeviceRecord], now: UnixMillis) -> Vec<(Condition, usize)> {
+pub fn census(devices: &[DeviceSummary], now: UnixMillis) -> Vec<(Condition, usize)> {
     Condition::ALL
         .into_iter()
         .map(|c| (c, devices.iter().filter(|d| c.holds(d, now)).count()))
@@ -396,15 +396,21 @@ mod tests {
 
     use fleet_proto::DeviceId;
 
+    use crate::devices::DeviceRecord;
+
     use super::*;
 
-    fn device(id: &str, labels: &[(&str, &str)], last_seen: u64) -> DeviceRecord {
+    fn record(id: &str, labels: &[(&str, &str)], last_seen: u64) -> DeviceRecord {
         let mut d = DeviceRecord::bare(DeviceId::new(id).unwrap(), UnixMillis(last_seen));
         d.labels = labels
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect::<BTreeMap<_, _>>();
         d
+    }
+
+    fn device(id: &str, labels: &[(&str, &str)], last_seen: u64) -> DeviceSummary {
+        DeviceSummary::from(&record(id, labels, last_seen))
     }
 
     fn query(pairs: &[(&str, &str)]) -> DeviceQuery {
@@ -469,7 +475,7 @@ mod tests {
                 log_tail: vec![],
             },
         });
-        d.last_report = Some(report);
+        d.last_report = Some(crate::devices::ReportSummary { update: report.update });
         assert!(Condition::Failed.holds(&d, now) && !Condition::Updating.holds(&d, now));
         assert_eq!(failure_reason(&d), Some("web unhealthy"));
         // A newer desired state: the old failure no longer counts, the device is updating.
@@ -479,7 +485,7 @@ mod tests {
 
     #[test]
     fn pages_cut_after_filter_and_sort_with_ties_by_id() {
-        let devices: Vec<DeviceRecord> = (0..25)
+        let devices: Vec<DeviceSummary> = (0..25)
             .map(|i| {
                 let site = if i % 2 == 0 { "lab" } else { "depot" };
                 device(&format!("r{i:02}"), &[("site", site)], 1000 + (i % 3))

@@ -35,7 +35,7 @@ fn not_found(name: &str) -> Error {
 
 /// Every group with how many devices it matches now.
 pub fn list(store: &Store) -> Result<Vec<(Group, usize)>, Error> {
-    let devices = store.devices()?;
+    let devices = store.device_summaries()?;
     Ok(store
         .groups()?
         .into_iter()

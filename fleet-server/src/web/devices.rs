@@ -16,7 +16,7 @@ use maud::{html, Markup};
 use super::layout::{self, ago, badge, cli, notice, Section};
 use super::{error_page, problem_page, query_pairs, Form, Session};
 use crate::api::Api;
-use crate::devices::DeviceRecord;
+use crate::devices::{DeviceRecord, DeviceSummary};
 use crate::ops;
 use crate::ops::device_query::{self, Condition, DeviceQuery, Matcher, SortKey};
 
@@ -40,7 +40,7 @@ pub async fn list(State(api): State<Api>, session: Session, RawQuery(raw): RawQu
     let now = UnixMillis::now();
     let read = (|| -> Result<_, ops::Error> {
         let groups = api.store.groups()?;
-        let devices = api.store.devices()?;
+        let devices = api.store.device_summaries()?;
         Ok((groups, devices))
     })();
     let (groups, devices) = match read {
@@ -55,7 +55,7 @@ pub async fn list(State(api): State<Api>, session: Session, RawQuery(raw): RawQu
 pub fn render_list(
     query: &DeviceQuery,
     groups: &[crate::groups::Group],
-    devices: Vec<DeviceRecord>,
+    devices: Vec<DeviceSummary>,
     now: UnixMillis,
 ) -> Markup {
     let group_selector = if query.group.is_empty() {
@@ -132,7 +132,7 @@ fn table(q: &DeviceQuery, page: &device_query::DevicePage, now: UnixMillis) -> M
                             td { (d.wanted_release(now).map_or("—", |r| r.as_str())) }
                             td { (d.agent_version.as_deref().unwrap_or("—")) }
                             td { (ago(d.last_seen, now)) }
-                            td { (labels(d)) }
+                            td { (labels(&d.labels)) }
                         }
                     }
                 }
@@ -161,7 +161,7 @@ fn sortable(q: &DeviceQuery, key: SortKey, label: &str) -> Markup {
 }
 
 /// A device's conditions as badges, each in words.
-pub fn conditions(d: &DeviceRecord, now: UnixMillis) -> Markup {
+pub fn conditions(d: &DeviceSummary, now: UnixMillis) -> Markup {
     html! {
         @if d.online { (badge("ok", "online")) } @else { (badge("none", "offline")) }
         @for c in [Condition::Updating, Condition::Failed, Condition::Pinned, Condition::Stale] {
@@ -173,8 +173,8 @@ pub fn conditions(d: &DeviceRecord, now: UnixMillis) -> Markup {
     }
 }
 
-fn labels(d: &DeviceRecord) -> Markup {
-    html! { @for (k, v) in &d.labels { code { (k) "=" (v) } " " } }
+fn labels(labels: &std::collections::BTreeMap<String, String>) -> Markup {
+    html! { @for (k, v) in labels { code { (k) "=" (v) } " " } }
 }
 
 /// `GET /devices/{id}`.
@@ -220,18 +220,19 @@ fn render_device(
     now: UnixMillis,
 ) -> Markup {
     let report = d.last_report.as_ref();
+    let summary = DeviceSummary::from(d);
     html! {
-        p { (conditions(d, now)) " — last heard from " (ago(d.last_seen, now)) }
+        p { (conditions(&summary, now)) " — last heard from " (ago(d.last_seen, now)) }
         h2 { "Release" }
         dl.facts {
             dt { "Running" } dd { (d.release.as_ref().map_or("none", |r| r.as_str())) }
             dt { "Desired" } dd { (d.wanted_release(now).map_or("none", |r| r.as_str())) }
-            @if let Some(why) = why_different(d, now) { dt { "Why they differ" } dd { (why) } }
+            @if let Some(why) = why_different(&summary, now) { dt { "Why they differ" } dd { (why) } }
             dt { "Agent" } dd {
                 (d.agent_version.as_deref().unwrap_or("unknown"))
                 @if let Some(want) = &d.desired_agent { @if Some(want) != d.agent_version.as_ref() { " (desired " (want) ")" } }
             }
-            @if !d.labels.is_empty() { dt { "Labels" } dd { (labels(d)) } }
+            @if !d.labels.is_empty() { dt { "Labels" } dd { (labels(&d.labels)) } }
             @if !d.notes.is_empty() { dt { "Notes" } dd { (d.notes) } }
         }
         h2 { "Pin" }
@@ -277,7 +278,7 @@ fn render_device(
                         @if let Some(total) = pull.bytes_total.filter(|t| *t > 0) { " of " (mib(total)) " (" (pull.bytes_done * 100 / total) " %)" }
                     }
                 }
-                @if let Some(reason) = device_query::failure_reason(d) { " Last update failed: " (reason) }
+                @if let Some(reason) = device_query::failure_reason(&summary) { " Last update failed: " (reason) }
             }
             h2 { "Services" }
             @if r.services.is_empty() { p { "No services run." } } @else {
@@ -314,7 +315,7 @@ fn render_device(
 }
 
 /// Why the running release is not the desired one, in words, if it is not.
-fn why_different(d: &DeviceRecord, now: UnixMillis) -> Option<String> {
+fn why_different(d: &DeviceSummary, now: UnixMillis) -> Option<String> {
     let want = d.wanted_release(now)?;
     if d.release.as_ref() == Some(want) {
         return None;

@@ -255,4 +255,6 @@ pub fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
 pub type Shared = State<Api>;
 
 #[cfg(test)]
+mod bench;
+#[cfg(test)]
 mod tests;

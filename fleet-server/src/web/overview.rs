@@ -12,7 +12,7 @@ use super::layout::{self, ago, Section};
 use super::rollouts::{run_state_badge, wave_bars};
 use super::{problem_page, Session};
 use crate::api::Api;
-use crate::devices::DeviceRecord;
+use crate::devices::DeviceSummary;
 use crate::groups::Group;
 use crate::ops;
 use crate::ops::device_query::{census, DeviceQuery};
@@ -21,12 +21,14 @@ use crate::rollout::RunState;
 
 /// How many audit entries the overview shows.
 const RECENT_EVENTS: usize = 15;
+/// How many active rollouts the overview draws (paused ones first); the rest are a link away.
+const ROLLOUTS_DRAWN: usize = 10;
 
 /// `GET /`.
 pub async fn show(State(api): State<Api>, session: Session) -> Response {
     let now = UnixMillis::now();
     let read = (|| -> Result<_, ops::Error> {
-        let devices = api.store.devices()?;
+        let devices = api.store.device_summaries()?;
         let rollouts = ops::rollouts::list(&api.store)?;
         let groups = api.store.groups()?;
         let events = api.store.audit(UnixMillis(0), RECENT_EVENTS)?;
@@ -42,7 +44,7 @@ pub async fn show(State(api): State<Api>, session: Session) -> Response {
 
 /// The page's body (pure: the bench and the tests render it without a server).
 pub fn render(
-    devices: &[DeviceRecord],
+    devices: &[DeviceSummary],
     rollouts: &[RolloutRecord],
     groups: &[Group],
     events: &[crate::audit::AuditEntry],
@@ -56,6 +58,9 @@ pub fn render(
         .copied()
         .filter(|r| matches!(r.rollout.state(), RunState::Paused { .. }))
         .collect();
+    let running = active.iter().filter(|r| matches!(r.rollout.state(), RunState::Running));
+    let drawn: Vec<&RolloutRecord> =
+        attention.iter().chain(running).copied().take(ROLLOUTS_DRAWN).collect();
     html! {
         @if !attention.is_empty() {
             section.attention aria-labelledby="attention" {
@@ -94,7 +99,10 @@ pub fn render(
             @if active.is_empty() {
                 p { "No rollout is running. " a href="/rollouts" { "All rollouts" } }
             }
-            @for r in &active {
+            @if active.len() > ROLLOUTS_DRAWN {
+                p { (active.len()) " active; " (ROLLOUTS_DRAWN) " drawn here, paused ones first. " a href="/rollouts" { "All rollouts" } }
+            }
+            @for r in &drawn {
                 article.rollout {
                     h3 {
                         a href={ "/rollouts/" (r.id()) } { "Rollout " (r.id()) }
@@ -129,7 +137,7 @@ pub fn render(
     }
 }
 
-fn releases_per_group(devices: &[DeviceRecord], groups: &[Group]) -> Markup {
+fn releases_per_group(devices: &[DeviceSummary], groups: &[Group]) -> Markup {
     html! {
         @if groups.is_empty() {
             p { "No groups yet (" code { "fleetctl group create NAME --selector k=v" } ")." }
@@ -163,7 +171,7 @@ fn releases_per_group(devices: &[DeviceRecord], groups: &[Group]) -> Markup {
     }
 }
 
-fn in_force(devices: &[DeviceRecord], group: &Group) -> BTreeMap<Option<String>, usize> {
+fn in_force(devices: &[DeviceSummary], group: &Group) -> BTreeMap<Option<String>, usize> {
     let mut counts = BTreeMap::new();
     for d in devices.iter().filter(|d| group.selector.matches(&d.labels)) {
         *counts.entry(d.release.as_ref().map(ToString::to_string)).or_insert(0) += 1;

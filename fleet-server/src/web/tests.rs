@@ -18,14 +18,14 @@ use crate::groups::{Group, Selector};
 use crate::releases::ReleaseRecord;
 use crate::web::SessionKey;
 
-struct Harness {
-    api: Api,
-    admin_token: String,
+pub(super) struct Harness {
+    pub(super) api: Api,
+    pub(super) admin_token: String,
     _events: rumqttc::EventLoop,
     _dir: tempfile::TempDir,
 }
 
-fn harness() -> Harness {
+pub(super) fn harness() -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(crate::store::Store::open(&dir.path().join("store")).unwrap());
     let keys = crate::open_keys(dir.path()).unwrap();
@@ -63,7 +63,7 @@ fn harness() -> Harness {
 }
 
 impl Harness {
-    fn router(&self) -> Router {
+    pub(super) fn router(&self) -> Router {
         api::router(self.api.clone())
     }
 
@@ -82,7 +82,7 @@ impl Harness {
     }
 
     /// Logs in with `token` through the form; the session cookie.
-    async fn login(&self, token: &str) -> String {
+    pub(super) async fn login(&self, token: &str) -> String {
         let body = form(&[("token", token), ("next", "/devices")]);
         let response = self.router().oneshot(post("/login", None, body)).await.unwrap();
         assert_eq!(response.status(), StatusCode::SEE_OTHER);
@@ -141,7 +141,7 @@ impl Harness {
             .unwrap();
     }
 
-    fn put_release(&self) {
+    pub(super) fn put_release(&self) {
         // The sample without its secret mount: a pin needs every secret to have a value.
         let mut spec = fleet_proto::samples::release();
         for service in &mut spec.services {
