@@ -126,6 +126,19 @@ pub enum RolloutVerb {
         /// Rollout id.
         id: u64,
     },
+    /// End the current wave's bake now; the gate still applies before the next wave starts (example: fleetctl rollout promote 12).
+    Promote {
+        /// Rollout id.
+        id: u64,
+    },
+    /// Target the failed devices again, in place, with fresh deadlines; a rollout paused by its failure gate runs again (example: fleetctl rollout retry 12 --failed).
+    Retry {
+        /// Rollout id.
+        id: u64,
+        /// Retry the devices that failed (required: the one kind of retry there is, said out loud).
+        #[arg(long, required = true)]
+        failed: bool,
+    },
 }
 
 pub fn rollout(json: bool, client: &Client, verb: &RolloutVerb) -> Result<(), Failure> {
@@ -232,6 +245,8 @@ pub fn rollout(json: bool, client: &Client, verb: &RolloutVerb) -> Result<(), Fa
         RolloutVerb::Resume { id } => rollout_command(json, client, *id, "resume", None)?,
         RolloutVerb::Abort { id } => rollout_command(json, client, *id, "abort", None)?,
         RolloutVerb::Rollback { id } => rollout_command(json, client, *id, "rollback", None)?,
+        RolloutVerb::Promote { id } => rollout_command(json, client, *id, "promote", None)?,
+        RolloutVerb::Retry { id, failed: _ } => rollout_command(json, client, *id, "retry", None)?,
     }
     Ok(())
 }

@@ -58,6 +58,8 @@ pub(super) async fn command(
         "resume" => RolloutCommand::Resume,
         "abort" => RolloutCommand::Abort,
         "rollback" => RolloutCommand::Rollback,
+        "promote" => RolloutCommand::Promote,
+        "retry" => RolloutCommand::RetryFailed,
         other => return Err(Problem::not_found(format!("no rollout command {other:?}"))),
     };
     let reason = body.and_then(|b| b.reason);

@@ -168,6 +168,10 @@ routes! {
     "POST" "/api/v1/rollouts/{id}/abort" O, ["id": u64,] optional CommandReason, => OK, RolloutView, "End a rollout where it stands.";
     "POST" "/api/v1/rollouts/{id}/rollback" O, ["id": u64,] optional CommandReason, => OK, RolloutView,
         "Send a rollout's devices back to their previous release.";
+    "POST" "/api/v1/rollouts/{id}/promote" O, ["id": u64,] optional CommandReason, => OK, RolloutView,
+        "End the current wave's bake now; the gate still applies before the next wave starts.";
+    "POST" "/api/v1/rollouts/{id}/retry" O, ["id": u64,] optional CommandReason, => OK, RolloutView,
+        "Target the rollout's failed devices again, in place; a rollout paused by its failure gate runs again.";
     "GET" "/api/v1/variables" V, [] query VariableFilter, => OK, VariableList,
         "Variables, paged; ?group=, ?service= filter; ?device=ID gives its resolved values and where each came from.";
     "PUT" "/api/v1/variables/{name}" O, ["name": VariableName,] json VariableRequest, => OK, VariableChange,

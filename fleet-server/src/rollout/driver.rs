@@ -415,6 +415,8 @@ pub fn carry_out(
             Action::RollbackStarted { .. } | Action::Rollback { .. } => "rollout.rollback",
             Action::Completed => "rollout.complete",
             Action::Aborted => "rollout.abort",
+            Action::Promoted { .. } => "rollout.promote",
+            Action::Retried { .. } => "rollout.retry",
         };
         tx.audit(AuditEntry::new(now, actor, verb, target, format!("rollout {rollout}: {action}")));
         let (Some(device), Some(release)) = (device, assign) else { continue };
@@ -479,6 +481,10 @@ pub enum RolloutCommand {
     Abort,
     /// Send its devices back to their previous releases.
     Rollback,
+    /// End the current wave's bake now.
+    Promote,
+    /// Target the failed devices again, in place.
+    RetryFailed,
 }
 
 /// Why a command on a rollout did not happen.
@@ -658,6 +664,10 @@ impl Driver {
                 RolloutCommand::Abort => record.rollout.abort(now)?,
                 RolloutCommand::Rollback => {
                     record.rollout.rollback(now, &TxObserver::new(tx, now, &release))?
+                }
+                RolloutCommand::Promote => record.rollout.promote(now)?,
+                RolloutCommand::RetryFailed => {
+                    record.rollout.retry_failed(now, &TxObserver::new(tx, now, &release))?
                 }
             };
             let (rollout_id, agent) = (record.rollout.spec().id, agent_version(&release));

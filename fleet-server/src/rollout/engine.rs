@@ -265,6 +265,76 @@ impl Rollout {
         Ok(vec![Action::Resumed])
     }
 
+    /// Ends the current wave's bake now. The gate still holds: every healthy device of the
+    /// wave is re-checked and the failure threshold applied at the next step, and only then
+    /// does the next wave start. Refused unless the rollout runs and its wave is baking:
+    /// promoting ends a wait, it never skips devices.
+    pub fn promote(&mut self, now: UnixMillis) -> Result<Vec<Action>, CommandError> {
+        let w = self.current;
+        let baking =
+            matches!(self.waves.get(w).map(|wave| wave.phase), Some(WavePhase::Baking { .. }));
+        if self.state != RunState::Running || !baking {
+            let mut refusal = self.refuse("promote");
+            if self.state == RunState::Running {
+                refusal.state = format!("running wave {}, which is not baking yet", w + 1);
+            }
+            return Err(refusal);
+        }
+        let since = UnixMillis(now.0.saturating_sub(millis(self.spec.bake)));
+        self.waves[w].phase = WavePhase::Baking { since };
+        Ok(vec![Action::Promoted { wave: w + 1 }])
+    }
+
+    /// Targets every failed device again, in place (pinned ones excepted): each gets the
+    /// release once more with fresh clocks and counts as failed only if it fails again. A
+    /// rollout paused by the failure threshold runs again, and a completed one reopens until
+    /// the retried devices have their verdicts. Refused while paused by an operator (resume
+    /// first), after an abort or a rollback, and when no device failed.
+    pub fn retry_failed(
+        &mut self,
+        now: UnixMillis,
+        observed: &dyn Observe,
+    ) -> Result<Vec<Action>, CommandError> {
+        let retryable = matches!(
+            self.state,
+            RunState::Running
+                | RunState::Completed { .. }
+                | RunState::Paused { reason: PauseReason::Threshold { .. }, .. }
+        );
+        if !retryable {
+            return Err(self.refuse("retry the failed devices of"));
+        }
+        let failed: Vec<usize> = (0..self.devices.len())
+            .filter(|&i| matches!(self.devices[i].state, DeviceState::Failed { .. }))
+            .collect();
+        let mut out = Vec::new();
+        for i in failed {
+            if let Some(o) = observed.observe(&self.devices[i].id) {
+                self.devices[i].pinned = o.pinned;
+            }
+            if self.devices[i].pinned {
+                continue;
+            }
+            out.push(Action::Target {
+                device: self.devices[i].id.clone(),
+                release: self.spec.release.clone(),
+            });
+            let progress = Progress::Working { since: now };
+            self.set_state(i, DeviceState::Updating { targeted_at: now, progress });
+            self.failed -= 1;
+        }
+        if out.is_empty() {
+            let mut refusal = self.refuse("retry the failed devices of");
+            refusal.state =
+                format!("{} with no failed device that is not pinned", self.state.name());
+            return Err(refusal);
+        }
+        self.accepted_failures = self.accepted_failures.min(self.failed);
+        self.state = RunState::Running;
+        out.insert(0, Action::Retried { devices: out.len() });
+        Ok(out)
+    }
+
     /// Ends a running or paused rollout where it stands.
     pub fn abort(&mut self, now: UnixMillis) -> Result<Vec<Action>, CommandError> {
         if !self.state.is_active() {
@@ -564,6 +634,10 @@ impl Rollout {
                 }
                 WavePhase::Done => self.current += 1,
             }
+        }
+        // Retried devices of earlier waves still have their verdicts to come.
+        if !self.updating.is_empty() {
+            return;
         }
         self.state = RunState::Completed { at: now };
         out.push(Action::Completed);

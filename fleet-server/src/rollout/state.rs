@@ -229,6 +229,16 @@ pub enum Action {
     Completed,
     /// An operator aborted the rollout.
     Aborted,
+    /// An operator ended the current wave's bake early.
+    Promoted {
+        /// Which wave (from 1).
+        wave: usize,
+    },
+    /// An operator gave the failed devices another try; their [`Action::Target`]s follow.
+    Retried {
+        /// How many.
+        devices: usize,
+    },
 }
 
 impl fmt::Display for Action {
@@ -252,6 +262,8 @@ impl fmt::Display for Action {
             }
             Action::Completed => f.write_str("completed"),
             Action::Aborted => f.write_str("aborted"),
+            Action::Promoted { wave } => write!(f, "wave {wave} promoted: its bake ended early"),
+            Action::Retried { devices } => write!(f, "retrying {devices} failed devices"),
         }
     }
 }

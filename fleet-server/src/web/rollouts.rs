@@ -165,7 +165,21 @@ fn live_region(record: &RolloutRecord, session: &Session, now: UnixMillis) -> Ma
 fn actions(record: &RolloutRecord) -> Markup {
     let id = record.id();
     let state = record.rollout.state();
+    let status = record.rollout.status();
+    let baking = status
+        .current_wave
+        .and_then(|w| status.waves.get(w - 1))
+        .is_some_and(|w| matches!(w.phase, WavePhase::Baking { .. }));
+    let retryable = status.waves.iter().any(|w| w.counts.failed > 0)
+        && matches!(
+            state,
+            RunState::Running
+                | RunState::Completed { .. }
+                | RunState::Paused { reason: crate::rollout::PauseReason::Threshold { .. }, .. }
+        );
     let commands: Vec<(&str, &str, bool)> = vec![
+        ("promote", "Promote", matches!(state, RunState::Running) && baking),
+        ("retry", "Retry failed devices", retryable),
         ("pause", "Pause", matches!(state, RunState::Running)),
         ("resume", "Resume", matches!(state, RunState::Paused { .. })),
         ("abort", "Abort", state.is_active()),
@@ -319,6 +333,8 @@ fn parse_command(command: &str) -> Option<(RolloutCommand, &'static str, &'stati
         "resume" => (RolloutCommand::Resume, "resumed", "Resume"),
         "abort" => (RolloutCommand::Abort, "aborted", "Abort"),
         "rollback" => (RolloutCommand::Rollback, "rolled-back", "Roll back"),
+        "promote" => (RolloutCommand::Promote, "promoted", "Promote"),
+        "retry" => (RolloutCommand::RetryFailed, "retried", "Retry the failed devices of"),
         _ => return None,
     })
 }
@@ -329,6 +345,8 @@ fn consequence(command: RolloutCommand) -> &'static str {
         RolloutCommand::Resume => "The rollout carries on from where it stopped: the current wave targets its remaining devices, and the failure gate applies again.",
         RolloutCommand::Abort => "The rollout ends for good. Devices keep the release they run now, whether the old one or the new; nothing is sent back.",
         RolloutCommand::Rollback => "Every device this rollout targeted is sent back to the release it ran before. The rollout ends.",
+        RolloutCommand::Promote => "The current wave's bake ends now. Its healthy devices are checked once more and the failure gate applies; if both hold, the next wave starts.",
+        RolloutCommand::RetryFailed => "Every failed device (pinned ones excepted) gets the release again, with fresh deadlines, and counts as failed only if it fails again. A rollout paused by its failure gate runs again; a completed one reopens until the retried devices have their verdicts.",
     }
 }
 
@@ -347,7 +365,7 @@ pub async fn confirm(
             Some(&session),
             StatusCode::NOT_FOUND,
             "No such command",
-            "Rollouts take pause, resume, abort and rollback.",
+            "Rollouts take pause, resume, abort, rollback, promote and retry.",
         );
     };
     if !session.operates() {
@@ -395,7 +413,7 @@ pub async fn command(
             Some(&session),
             StatusCode::NOT_FOUND,
             "No such command",
-            "Rollouts take pause, resume, abort and rollback.",
+            "Rollouts take pause, resume, abort, rollback, promote and retry.",
         );
     };
     let Ok(id) = id.parse::<u64>() else {

@@ -518,3 +518,118 @@ fn a_device_the_registry_no_longer_knows_is_skipped_at_its_turn() {
     assert!(actions.contains(&Action::DeviceSkipped { device: id(1), reason: SkipReason::Unknown }));
     assert_eq!(targeted(&actions), vec![id(0)]);
 }
+
+#[test]
+fn promoting_ends_a_bake_but_never_skips_devices_or_the_gate() {
+    let mut fleet = fleet(5);
+    let mut rollout = Rollout::new(spec("1,100%"), targets(5), at(0), 3).unwrap();
+    let wave1 = rollout.step(at(0), &fleet);
+    let refused = rollout.promote(at(MIN)).unwrap_err().to_string();
+    assert_eq!(refused, "cannot promote rollout 1: it is running wave 1, which is not baking yet");
+    all_healthy(&mut fleet, &wave1);
+    rollout.step(at(MIN), &fleet);
+    assert_eq!(rollout.status().bake_until, Some(at(11 * MIN)));
+    assert_eq!(rollout.promote(at(2 * MIN)).unwrap(), vec![Action::Promoted { wave: 1 }]);
+    assert_eq!(rollout.status().bake_until, Some(at(2 * MIN)), "the bake ends now");
+    // The gate still applies: a device that regressed meanwhile fails it.
+    let canary = targeted(&wave1)[0].clone();
+    fleet.get_mut(&canary).unwrap().outcome = Some(Outcome::Failed { reason: "oom".into() });
+    let actions = rollout.step(at(2 * MIN), &fleet);
+    assert!(matches!(actions.last(), Some(Action::Paused { .. })), "{actions:?}");
+    assert_eq!(
+        rollout.promote(at(3 * MIN)).unwrap_err().to_string(),
+        "cannot promote rollout 1: it is paused"
+    );
+}
+
+#[test]
+fn promoting_a_healthy_baking_wave_starts_the_next_one_at_the_next_step() {
+    let mut fleet = fleet(5);
+    let mut rollout = Rollout::new(spec("1,100%"), targets(5), at(0), 3).unwrap();
+    let wave1 = rollout.step(at(0), &fleet);
+    all_healthy(&mut fleet, &wave1);
+    rollout.step(at(MIN), &fleet);
+    rollout.promote(at(2 * MIN)).unwrap();
+    let actions = rollout.step(at(2 * MIN), &fleet);
+    assert_eq!(actions[0], Action::WaveStarted { wave: 2, devices: 4 });
+}
+
+#[test]
+fn retrying_failed_devices_targets_them_again_and_lifts_a_threshold_pause() {
+    let mut fleet = fleet(10);
+    let mut s = spec("100%");
+    s.failure_threshold = Threshold::Count(1);
+    let mut rollout = Rollout::new(s, targets(10), at(0), 3).unwrap();
+    let all = targeted(&rollout.step(at(0), &fleet));
+    for device in &all[..2] {
+        fleet.get_mut(device).unwrap().outcome =
+            Some(Outcome::Failed { reason: "disk full".into() });
+    }
+    assert!(matches!(rollout.step(at(MIN), &fleet).last(), Some(Action::Paused { .. })));
+    assert_eq!(rollout.status().failed, 2);
+
+    // One of the two is pinned by now: only the other is retried.
+    fleet.get_mut(&all[1]).unwrap().pinned = true;
+    let actions = rollout.retry_failed(at(2 * MIN), &fleet).unwrap();
+    assert_eq!(
+        actions,
+        vec![
+            Action::Retried { devices: 1 },
+            Action::Target { device: all[0].clone(), release: rel("app@2") }
+        ]
+    );
+    assert_eq!(rollout.state(), &RunState::Running);
+    assert_eq!(rollout.status().failed, 1, "a retried device no longer counts as failed");
+    // The new desired state supersedes the old outcome; this time it works.
+    healthy(&mut fleet, &all[0]);
+    for device in &all[2..] {
+        healthy(&mut fleet, device);
+    }
+    let actions = rollout.step(at(3 * MIN), &fleet);
+    assert!(actions.contains(&Action::DeviceHealthy { device: all[0].clone() }), "{actions:?}");
+    assert!(!actions.iter().any(|a| matches!(a, Action::Paused { .. })), "{actions:?}");
+}
+
+#[test]
+fn retrying_reopens_a_completed_rollout_until_the_retried_devices_have_their_verdict() {
+    let mut fleet = fleet(4);
+    let mut s = spec("100%");
+    s.failure_threshold = Threshold::Count(1);
+    let mut rollout = Rollout::new(s, targets(4), at(0), 3).unwrap();
+    let all = targeted(&rollout.step(at(0), &fleet));
+    fleet.get_mut(&all[0]).unwrap().outcome = Some(Outcome::Failed { reason: "x".into() });
+    for device in &all[1..] {
+        healthy(&mut fleet, device);
+    }
+    rollout.step(at(MIN), &fleet);
+    rollout.step(at(20 * MIN), &fleet);
+    assert!(matches!(rollout.state(), RunState::Completed { .. }), "one failure is allowed");
+
+    let actions = rollout.retry_failed(at(21 * MIN), &fleet).unwrap();
+    assert_eq!(targeted(&actions), vec![all[0].clone()]);
+    fleet.get_mut(&all[0]).unwrap().outcome = None;
+    assert_eq!(rollout.step(at(22 * MIN), &fleet), vec![], "still waiting for its verdict");
+    assert_eq!(rollout.state(), &RunState::Running);
+    healthy(&mut fleet, &all[0]);
+    let actions = rollout.step(at(23 * MIN), &fleet);
+    assert_eq!(actions, vec![Action::DeviceHealthy { device: all[0].clone() }, Action::Completed]);
+    assert_eq!(rollout.status().failed, 0);
+}
+
+#[test]
+fn retrying_is_refused_when_it_cannot_mean_anything() {
+    let fleet = fleet(3);
+    let mut rollout = Rollout::new(spec("100%"), targets(3), at(0), 3).unwrap();
+    rollout.step(at(0), &fleet);
+    assert_eq!(
+        rollout.retry_failed(at(MIN), &fleet).unwrap_err().to_string(),
+        "cannot retry the failed devices of rollout 1: it is running with no failed device that is not pinned"
+    );
+    rollout.pause(at(MIN), "lunch".into()).unwrap();
+    assert_eq!(
+        rollout.retry_failed(at(2 * MIN), &fleet).unwrap_err().to_string(),
+        "cannot retry the failed devices of rollout 1: it is paused"
+    );
+    rollout.abort(at(3 * MIN)).unwrap();
+    assert!(rollout.retry_failed(at(4 * MIN), &fleet).is_err());
+}
