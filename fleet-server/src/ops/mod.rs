@@ -24,6 +24,7 @@ use crate::store::{Store, StoreError};
 
 pub mod admin;
 pub mod agent_releases;
+pub mod bulk;
 pub mod device_query;
 pub mod devices;
 pub mod groups;

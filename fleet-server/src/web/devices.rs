@@ -47,7 +47,7 @@ pub async fn list(State(api): State<Api>, session: Session, RawQuery(raw): RawQu
         Ok(r) => r,
         Err(e) => return problem_page(&session, e),
     };
-    let body = render_list(&query, &groups, devices, now);
+    let body = render_list(&query, &groups, devices, session.operates(), now);
     layout::page(&session, Section::Devices, "Devices", body)
 }
 
@@ -56,19 +56,10 @@ pub fn render_list(
     query: &DeviceQuery,
     groups: &[crate::groups::Group],
     devices: Vec<DeviceSummary>,
+    operates: bool,
     now: UnixMillis,
 ) -> Markup {
-    let group_selector = if query.group.is_empty() {
-        Ok(None)
-    } else {
-        groups
-            .iter()
-            .find(|g| g.name == query.group)
-            .map(|g| Some(g.selector.clone()))
-            .ok_or_else(|| format!("group: no group {:?} (the groups are at /groups)", query.group))
-    };
-    let matcher =
-        group_selector.and_then(|sel| Matcher::new(query, sel, now).map_err(|e| e.to_string()));
+    let matcher = matcher_for(query, groups, now);
     html! {
         (filters(query, groups))
         @match matcher {
@@ -76,9 +67,27 @@ pub fn render_list(
             Ok(matcher) => {
                 @let page = device_query::page(devices, &matcher);
                 (table(query, &page, now))
+                @if operates && page.matched > 0 { (super::bulk::form(query, page.matched)) }
             },
         }
     }
+}
+
+/// The query made ready to run; a group it names must exist.
+pub fn matcher_for<'q>(
+    query: &'q DeviceQuery,
+    groups: &[crate::groups::Group],
+    now: UnixMillis,
+) -> Result<Matcher<'q>, String> {
+    let group_selector = if query.group.is_empty() {
+        None
+    } else {
+        let group = groups.iter().find(|g| g.name == query.group).ok_or_else(|| {
+            format!("group: no group {:?} (the groups are at /groups)", query.group)
+        })?;
+        Some(group.selector.clone())
+    };
+    Matcher::new(query, group_selector, now).map_err(|e| e.to_string())
 }
 
 fn filters(q: &DeviceQuery, groups: &[crate::groups::Group]) -> Markup {

@@ -30,6 +30,7 @@ use crate::api::{Api, Problem};
 use crate::auth::{Caller, Role};
 
 mod assets;
+mod bulk;
 mod devices;
 mod layout;
 mod login;
@@ -48,6 +49,7 @@ pub fn router() -> Router<Api> {
         .route("/logout", post(login::logout))
         .route("/static/{file}", get(assets::serve))
         .route("/devices", get(devices::list))
+        .route("/bulk/devices", get(bulk::show).post(bulk::apply))
         .route("/devices/{id}", get(devices::show))
         .route("/devices/{id}/pin", post(devices::pin))
         .route("/devices/{id}/unpin", post(devices::unpin))

@@ -429,3 +429,59 @@ async fn a_rollout_page_shows_its_waves_and_pauses_after_confirmation() {
     let (status, html, _) = h.post(&format!("/rollouts/{id}/pause"), &cookie, body).await;
     assert_eq!(status, StatusCode::CONFLICT, "{html}");
 }
+
+#[tokio::test]
+async fn a_bulk_pin_previews_exactly_which_devices_change_and_applies_only_that() {
+    let h = harness();
+    h.put_release();
+    for i in 0..6 {
+        let site = if i < 4 { "lab" } else { "depot" };
+        h.put_device(&format!("r{i}"), &[("site", site)]);
+    }
+    let release = fleet_proto::samples::release_id().to_string();
+    let token = h.token("alice", Role::Operator);
+    let cookie = h.login(&token).await;
+    let (_, html, _) = h.get("/devices?selector=site%3Dlab", Some(&cookie)).await;
+    assert!(html.contains("Change all 4 matching devices"), "{html}");
+
+    let query = form(&[
+        ("selector", "site=lab"),
+        ("action", "pin"),
+        ("pin_release", &release),
+        ("reason", "freeze for the demo"),
+    ]);
+    let (status, html, _) = h.get(&format!("/bulk/devices?{query}"), Some(&cookie)).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(html.contains("4 devices change"), "{html}");
+    for i in 0..4 {
+        assert!(html.contains(&format!("href=\"/devices/r{i}\"")), "r{i} is listed: {html}");
+    }
+    assert!(!html.contains("href=\"/devices/r4\""), "a device outside the filter is not");
+    let at = html.find("name=\"fingerprint\" value=\"").unwrap() + 26;
+    let fingerprint = html[at..at + 32].to_owned();
+    let csrf = h.csrf(&format!("/bulk/devices?{query}"), &cookie).await;
+    let apply = format!("{query}&{}", form(&[("_csrf", &csrf), ("fingerprint", &fingerprint)]));
+
+    // Another device joins the filter after the preview: nothing is applied.
+    h.put_device("r9", &[("site", "lab")]);
+    let (status, html, _) = h.post("/bulk/devices", &cookie, apply.clone()).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{html}");
+    assert!((0..4).all(|i| h.device(&format!("r{i}")).pin.is_none()));
+
+    // Reviewed again, applied: exactly the previewed devices, each audited as alice.
+    h.put_device("r9", &[("site", "depot")]);
+    let (status, html, _) = h.post("/bulk/devices", &cookie, apply).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(html.contains("4 devices changed"), "{html}");
+    assert!((0..4).all(|i| h.device(&format!("r{i}")).pin.is_some()));
+    assert!((4..6).all(|i| h.device(&format!("r{i}")).pin.is_none()));
+    let audit = h.api.store.audit(UnixMillis(0), 100).unwrap();
+    assert_eq!(audit.iter().filter(|e| e.actor == "alice" && e.action == "device.pin").count(), 4);
+
+    // A bad action names its field.
+    let (status, html, _) = h
+        .get("/bulk/devices?selector=site%3Dlab&action=pin&pin_release=x%401", Some(&cookie))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(html.contains("pin_release and reason"), "{html}");
+}
