@@ -8,9 +8,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use fleet_api::units::{parse_time, FromNow};
 use fleet_api::PinRequest;
+use fleet_proto::command::{CommandAction, CommandOutcome};
 use fleet_proto::inventory::Inventory;
 use fleet_proto::report::{ContainerState, Health, UpdatePhase};
-use fleet_proto::{DeviceId, UnixMillis};
+use fleet_proto::{DeviceId, ServiceName, UnixMillis};
 use maud::{html, Markup};
 
 use super::layout::{self, ago, badge, cli, notice, Section};
@@ -308,6 +309,7 @@ fn render_device(
                 }
             }
         }
+        @if session.operates() && d.refusal().is_none() { (commands(d, session)) }
         @if let Some(inv) = inventory { (render_inventory(inv)) }
         h2 { "Events" }
         @if events.is_empty() { p { "None recorded." } } @else {
@@ -320,6 +322,37 @@ fn render_device(
                 }
             }
         }
+    }
+}
+
+/// The commands an operator can send the device; each waits for the device's answer.
+fn commands(d: &DeviceRecord, session: &Session) -> Markup {
+    let services: Vec<String> =
+        d.last_report.iter().flat_map(|r| r.services.iter().map(|s| s.name.to_string())).collect();
+    let action = format!("/devices/{}/command", d.id);
+    html! {
+        h2 { "Commands" }
+        p.help { "Each waits up to 30 s for the device's answer; an offline device does not answer." }
+        @if !services.is_empty() {
+            form.actions method="post" action=(action) {
+                (session.csrf_field())
+                label for="cmd-service" { "Service" }
+                select #cmd-service name="service" { @for s in &services { option value=(s) { (s) } } }
+                button type="submit" name="action" value="restart" { "Restart service" }
+                button.secondary type="submit" name="action" value="logs" { "Show its last log lines" }
+            }
+        }
+        div.actions {
+            form method="post" action=(action) {
+                (session.csrf_field())
+                button.secondary type="submit" name="action" value="refresh-inventory" { "Refresh inventory" }
+            }
+            form method="post" action=(action) {
+                (session.csrf_field())
+                button.danger type="submit" name="action" value="reboot" { "Reboot…" }
+            }
+        }
+        (cli(&format!("fleetctl device restart {} SERVICE · fleetctl device logs {} SERVICE · fleetctl device reboot {}", d.id, d.id, d.id)))
     }
 }
 
@@ -410,6 +443,85 @@ fn hardware_rows(inv: &Inventory) -> Vec<(&'static str, String, String)> {
         inv.accelerators.iter().map(|a| ("accelerator", a.dev_path.clone(), a.kind.clone())),
     );
     rows
+}
+
+/// `POST /devices/{id}/command`: sends one command and shows the device's answer. A reboot
+/// asks for confirmation first (`confirm=yes` in the form).
+pub async fn command(
+    State(api): State<Api>,
+    session: Session,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let form = match Form::checked(&api, &session, &headers, &body) {
+        Ok(f) => f,
+        Err(refusal) => return refusal.page(Some(&session)),
+    };
+    let Ok(id) = DeviceId::new(&id) else {
+        return error_page(
+            Some(&session),
+            StatusCode::NOT_FOUND,
+            "No such device",
+            "That is not a device id.",
+        );
+    };
+    let service = || ServiceName::new(form.get("service")).map_err(|e| format!("service: {e}"));
+    let action = match form.get("action") {
+        "restart" => service().map(|service| CommandAction::RestartService { service }),
+        "logs" => service().map(|service| CommandAction::FetchLogs { service, tail: 50 }),
+        "refresh-inventory" => Ok(CommandAction::RefreshInventory),
+        "reboot" if form.get("confirm") == "yes" => Ok(CommandAction::Reboot),
+        "reboot" => {
+            let body = html! {
+                p { strong { "What happens: " } "the device restarts through its init system, if its agent's configuration allows reboots. Its services stop and start again with it; a robot in motion stops." }
+                form.actions method="post" action={ "/devices/" (id) "/command" } {
+                    (session.csrf_field())
+                    input type="hidden" name="action" value="reboot";
+                    input type="hidden" name="confirm" value="yes";
+                    button.danger type="submit" { "Reboot " (id) }
+                    a href={ "/devices/" (id) } { "Cancel" }
+                }
+                (cli(&format!("fleetctl device reboot {id}")))
+            };
+            return layout::page(&session, Section::Devices, &format!("Reboot {id}?"), body);
+        }
+        other => {
+            Err(format!("action: {other:?} is not restart, logs, refresh-inventory or reboot"))
+        }
+    };
+    let action = match action {
+        Ok(a) => a,
+        Err(e) => return error_page(Some(&session), StatusCode::BAD_REQUEST, "Not sent", &e),
+    };
+    let what = format!("{action:?}");
+    let messaging = ops::devices::Messaging { mqtt: &api.mqtt, waiters: &api.waiters };
+    let request = fleet_api::CommandRequest { action, timeout_secs: Some(30) };
+    let result = ops::devices::command(
+        &api.fleet(),
+        messaging,
+        &session.caller,
+        id.clone(),
+        request,
+        UnixMillis::now(),
+    )
+    .await;
+    let result = match result {
+        Ok(r) => r,
+        Err(e) => return problem_page(&session, e),
+    };
+    let body = html! {
+        @match &result.outcome {
+            CommandOutcome::Done { output } => {
+                p.notice role="status" { "Done." }
+                @if !output.is_empty() { pre.output { @for line in output { (line) "\n" } } }
+            },
+            CommandOutcome::Failed { reason } => { div.problems role="alert" { p { "It ran and failed: " (reason) } } },
+            CommandOutcome::Refused { reason } => { div.problems role="alert" { p { "The device refused it: " (reason) } } },
+        }
+        p { a href={ "/devices/" (id) } { "Back to " (id) } }
+    };
+    layout::page(&session, Section::Devices, &format!("{what} on {id}"), body)
 }
 
 /// `POST /devices/{id}/pin`.

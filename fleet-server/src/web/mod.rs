@@ -53,7 +53,9 @@ pub fn router() -> Router<Api> {
         .route("/devices/{id}", get(devices::show))
         .route("/devices/{id}/pin", post(devices::pin))
         .route("/devices/{id}/unpin", post(devices::unpin))
-        .route("/rollouts", get(rollouts::list))
+        .route("/devices/{id}/command", post(devices::command))
+        .route("/rollouts", get(rollouts::list).post(rollouts::create))
+        .route("/rollouts/new", get(rollouts::new))
         .route("/rollouts/{id}", get(rollouts::show))
         .route("/rollouts/{id}/live", get(rollouts::live))
         .route("/rollouts/{id}/confirm/{command}", get(rollouts::confirm))
@@ -200,15 +202,22 @@ impl Refusal {
         Refusal { status, title: title.to_owned(), detail: detail.into(), fields: Vec::new() }
     }
 
-    /// The page: inside the shell when signed in.
-    pub fn page(self, session: Option<&Session>) -> Response {
-        let body = html! {
+    /// The refusal as a block inside another page (a form shown again with its problem).
+    pub fn markup(&self) -> Markup {
+        html! {
             div.problems role="alert" {
-                p { (self.detail) }
+                p { strong { (self.title) ": " } (self.detail) }
                 @if !self.fields.is_empty() {
                     ul { @for (path, reason) in &self.fields { li { code { (path) } ": " (reason) } } }
                 }
             }
+        }
+    }
+
+    /// The page: inside the shell when signed in.
+    pub fn page(self, session: Option<&Session>) -> Response {
+        let body = html! {
+            (self.markup())
             p { a href="/" { "Back to the overview" } }
         };
         let mut response = match session {

@@ -21,6 +21,7 @@ use crate::ops;
 use crate::records::rollout::RolloutRecord;
 use crate::rollout::driver::RolloutCommand;
 use crate::rollout::{DeviceState, RunState, WavePhase, WaveStatus};
+use fleet_api::RolloutRequest;
 
 /// The most failed devices listed on a rollout page (the rest are counted).
 const MAX_FAILED_LISTED: usize = 200;
@@ -35,6 +36,7 @@ pub async fn list(State(api): State<Api>, session: Session) -> Response {
     };
     let now = UnixMillis::now();
     let body = html! {
+        @if session.operates() { p { a.button href="/rollouts/new" { "New rollout…" } } }
         @if rollouts.is_empty() {
             p { "No rollouts yet." }
             (cli("fleetctl rollout create RELEASE --target group:NAME --waves 1,10%,100%"))
@@ -427,6 +429,183 @@ pub async fn command(
     let reason = Some(form.get("reason").to_owned()).filter(|r| !r.is_empty());
     match ops::rollouts::command(&api.fleet(), &session.caller, id, parsed, reason).await {
         Ok(_) => Redirect::to(&format!("/rollouts/{id}?done={done}")).into_response(),
+        Err(e) => problem_page(&session, e),
+    }
+}
+
+/// The fields of a rollout request, as the create form names them.
+const REQUEST_FIELDS: [&str; 9] = [
+    "release",
+    "target",
+    "waves",
+    "bake",
+    "failure_threshold",
+    "on_failure",
+    "update_deadline",
+    "device_timeout",
+    "max_parallel",
+];
+
+fn request_of(get: &dyn Fn(&str) -> String) -> Result<RolloutRequest, Refusal> {
+    let opt = |name: &str| Some(get(name)).filter(|v| !v.is_empty());
+    let max_parallel = match opt("max_parallel") {
+        None => None,
+        Some(v) => Some(v.parse::<u32>().map_err(|_| {
+            Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "Not a rollout",
+                format!("max_parallel: {v:?} is not a whole number"),
+            )
+        })?),
+    };
+    Ok(RolloutRequest {
+        release: get("release"),
+        target: get("target"),
+        waves: opt("waves"),
+        bake: opt("bake"),
+        max_parallel,
+        failure_threshold: opt("failure_threshold"),
+        on_failure: opt("on_failure"),
+        window: None,
+        device_timeout: opt("device_timeout"),
+        update_deadline: opt("update_deadline"),
+        stagger: None,
+        exclude_unsatisfiable: false,
+        seed: opt("seed").and_then(|s| s.parse().ok()),
+    })
+}
+
+/// `GET /rollouts/new`: the form, and with `preview=1` the plan it would make (sends nothing).
+pub async fn new(State(api): State<Api>, session: Session, RawQuery(raw): RawQuery) -> Response {
+    if !session.operates() {
+        return error_page(
+            Some(&session),
+            StatusCode::FORBIDDEN,
+            "Not allowed",
+            "Creating rollouts needs the operator role.",
+        );
+    }
+    let pairs = query_pairs(raw.as_deref());
+    let get = |name: &str| {
+        pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.trim().to_owned()).unwrap_or_default()
+    };
+    let releases = ops::releases::list(
+        &api.store,
+        &ops::releases::ReleaseFilter { app: None, limit: Some(1000), after: None },
+    )
+    .map(|p| p.items)
+    .unwrap_or_default();
+    let groups = api.store.groups().unwrap_or_default();
+    let value = |name: &str, default: &str| {
+        let v = get(name);
+        if v.is_empty() {
+            default.to_owned()
+        } else {
+            v
+        }
+    };
+    let plan = if get("preview") == "1" {
+        Some(match request_of(&get) {
+            Ok(request) => ops::rollouts::plan(&api.store, request, UnixMillis::now())
+                .await
+                .map_err(Refusal::from),
+            Err(refusal) => Err(refusal),
+        })
+    } else {
+        None
+    };
+    let body = html! {
+        form.stacked method="get" action="/rollouts/new" {
+            input type="hidden" name="preview" value="1";
+            div {
+                label for="r-release" { "Release" }
+                select #r-release name="release" required {
+                    @for r in releases.iter().rev() {
+                        option value=(r.id()) selected[r.id().as_str() == get("release")] { (r.id()) }
+                    }
+                }
+            }
+            div {
+                label for="r-target" { "Target" }
+                input #r-target name="target" type="text" required list="r-groups" value=(get("target")) aria-describedby="r-target-help";
+                datalist #r-groups { @for g in &groups { option value={ "group:" (g.name) } {} } }
+                p #r-target-help .help { code { "group:NAME" } ", " code { "selector:k=v" } " or " code { "devices:a,b" } }
+            }
+            div { label for="r-waves" { "Waves (cumulative)" } input #r-waves name="waves" type="text" value=(value("waves", fleet_api::rollouts::DEFAULT_WAVES)); }
+            div { label for="r-bake" { "Bake after each wave" } input #r-bake name="bake" type="text" value=(value("bake", fleet_api::rollouts::DEFAULT_BAKE)); }
+            div { label for="r-threshold" { "Failures tolerated (count or %)" } input #r-threshold name="failure_threshold" type="text" value=(value("failure_threshold", "0")); }
+            div {
+                label for="r-onfail" { "When more fail" }
+                select #r-onfail name="on_failure" {
+                    option value="pause" selected[get("on_failure") != "rollback"] { "pause" }
+                    option value="rollback" selected[get("on_failure") == "rollback"] { "roll back" }
+                }
+            }
+            div { label for="r-deadline" { "Update deadline" } input #r-deadline name="update_deadline" type="text" value=(value("update_deadline", fleet_api::rollouts::DEFAULT_UPDATE_DEADLINE)); }
+            div { label for="r-timeout" { "Offline timeout" } input #r-timeout name="device_timeout" type="text" value=(value("device_timeout", fleet_api::rollouts::DEFAULT_DEVICE_TIMEOUT)); }
+            div { label for="r-parallel" { "At most updating at once (optional)" } input #r-parallel name="max_parallel" type="text" inputmode="numeric" value=(get("max_parallel")); }
+            div.actions { button type="submit" { "Preview the plan" } }
+        }
+        @match &plan {
+            None => {},
+            Some(Err(refusal)) => { (refusal.markup()) },
+            Some(Ok(plan)) => {
+                h2 { "Plan" }
+                (plan_markup(plan))
+                form.actions method="post" action="/rollouts" {
+                    (session.csrf_field())
+                    @for name in REQUEST_FIELDS { @let v = get(name); @if !v.is_empty() { input type="hidden" name=(name) value=(v); } }
+                    input type="hidden" name="seed" value=(plan.seed);
+                    button type="submit" { "Create this rollout" }
+                }
+                (cli(&format!("fleetctl rollout create {} --target {} --waves {} --seed {}", plan.release, get("target"), value("waves", fleet_api::rollouts::DEFAULT_WAVES), plan.seed)))
+            },
+        }
+    };
+    layout::page(&session, Section::Rollouts, "New rollout", body)
+}
+
+fn plan_markup(plan: &crate::rollout::driver::Plan) -> Markup {
+    let total: usize = plan.waves.iter().map(Vec::len).sum();
+    html! {
+        p { (plan.release) " to " code { (plan.target.to_string()) } ": " (total) " devices in " (plan.waves.len()) " waves." }
+        ol {
+            @for wave in &plan.waves {
+                li { (wave.len()) " devices: " (wave.iter().take(20).map(ToString::to_string).collect::<Vec<_>>().join(", ")) @if wave.len() > 20 { ", …" } }
+            }
+        }
+        @if !plan.pinned.is_empty() {
+            p { strong { "Left out, pinned: " } @for (d, release, why) in &plan.pinned { a href={ "/devices/" (d) } { (d) } " (on " (release) ": " (why) ") " } }
+        }
+        @if !plan.offline.is_empty() { p { strong { "Offline now" } " (they update when they return): " (plan.offline.len()) } }
+        @if !plan.busy.is_empty() {
+            div.problems role="alert" { p { "In another active rollout: " @for (d, r) in &plan.busy { (d) " (rollout " a href={ "/rollouts/" (r) } { (r) } ") " } } }
+        }
+        @if !plan.unsatisfiable.is_empty() {
+            div.problems role="alert" { p { "Cannot run the release:" } ul { @for (d, why) in &plan.unsatisfiable { li { a href={ "/devices/" (d) } { (d) } ": " (why.join("; ")) } } } }
+        }
+    }
+}
+
+/// `POST /rollouts`: creates the previewed rollout.
+pub async fn create(
+    State(api): State<Api>,
+    session: Session,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let form = match Form::checked(&api, &session, &headers, &body) {
+        Ok(f) => f,
+        Err(refusal) => return refusal.page(Some(&session)),
+    };
+    let request = match request_of(&|name| form.get(name).to_owned()) {
+        Ok(r) => r,
+        Err(refusal) => return refusal.page(Some(&session)),
+    };
+    match ops::rollouts::create(&api.fleet(), &session.caller, request, UnixMillis::now()).await {
+        Ok(record) => {
+            Redirect::to(&format!("/rollouts/{}?done=created", record.id())).into_response()
+        }
         Err(e) => problem_page(&session, e),
     }
 }

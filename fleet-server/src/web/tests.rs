@@ -457,7 +457,8 @@ async fn a_bulk_pin_previews_exactly_which_devices_change_and_applies_only_that(
         assert!(html.contains(&format!("href=\"/devices/r{i}\"")), "r{i} is listed: {html}");
     }
     assert!(!html.contains("href=\"/devices/r4\""), "a device outside the filter is not");
-    let at = html.find("name=\"fingerprint\" value=\"").unwrap() + 26;
+    let marker = "name=\"fingerprint\" value=\"";
+    let at = html.find(marker).unwrap() + marker.len();
     let fingerprint = html[at..at + 32].to_owned();
     let csrf = h.csrf(&format!("/bulk/devices?{query}"), &cookie).await;
     let apply = format!("{query}&{}", form(&[("_csrf", &csrf), ("fingerprint", &fingerprint)]));
@@ -484,4 +485,67 @@ async fn a_bulk_pin_previews_exactly_which_devices_change_and_applies_only_that(
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(html.contains("pin_release and reason"), "{html}");
+}
+
+#[tokio::test]
+async fn a_rollout_is_created_from_its_previewed_plan() {
+    let h = harness();
+    h.put_release();
+    for i in 0..5 {
+        h.put_device(&format!("r{i}"), &[("site", "lab")]);
+    }
+    let cookie = h.login(&h.admin_token).await;
+    let release = fleet_proto::samples::release_id().to_string();
+    let query = form(&[
+        ("preview", "1"),
+        ("release", &release),
+        ("target", "selector:site=lab"),
+        ("waves", "1,100%"),
+        ("bake", "1m"),
+    ]);
+    let (status, html, _) = h.get(&format!("/rollouts/new?{query}"), Some(&cookie)).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(html.contains("5 devices in 2 waves"), "{html}");
+    assert!(h.api.store.rollouts().unwrap().is_empty(), "a preview sends nothing");
+    let marker = "name=\"seed\" value=\"";
+    let at = html.find(marker).unwrap() + marker.len();
+    let seed: String = html[at..].chars().take_while(char::is_ascii_digit).collect();
+
+    let csrf = h.csrf("/rollouts", &cookie).await;
+    let body = form(&[
+        ("_csrf", &csrf),
+        ("release", &release),
+        ("target", "selector:site=lab"),
+        ("waves", "1,100%"),
+        ("bake", "1m"),
+        ("seed", &seed),
+    ]);
+    let (status, html, headers) = h.post("/rollouts", &cookie, body).await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{html}");
+    let rollouts = h.api.store.rollouts().unwrap();
+    assert_eq!(rollouts.len(), 1);
+    assert_eq!(rollouts[0].rollout.seed().to_string(), seed, "the previewed waves");
+    assert_eq!(headers[header::LOCATION], format!("/rollouts/{}?done=created", rollouts[0].id()));
+
+    // A bad request comes back with the API's words next to the form.
+    let query = form(&[("preview", "1"), ("release", "nope@1"), ("target", "selector:site=lab")]);
+    let (_, html, _) = h.get(&format!("/rollouts/new?{query}"), Some(&cookie)).await;
+    assert!(html.contains("class=\"problems\"") && html.contains("nope@1"), "{html}");
+}
+
+#[tokio::test]
+async fn a_reboot_asks_first() {
+    let h = harness();
+    h.put_device("r1", &[]);
+    let cookie = h.login(&h.admin_token).await;
+    let csrf = h.csrf("/devices/r1", &cookie).await;
+    let (_, html, _) = h.get("/devices/r1", Some(&cookie)).await;
+    assert!(html.contains("Refresh inventory") && html.contains("Reboot"), "{html}");
+    let body = form(&[("_csrf", &csrf), ("action", "reboot")]);
+    let (status, html, _) = h.post("/devices/r1/command", &cookie, body).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        html.contains("Reboot r1?") && html.contains("name=\"confirm\" value=\"yes\""),
+        "{html}"
+    );
 }
