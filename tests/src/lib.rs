@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use bollard::Docker;
 
 pub mod agent;
+pub mod browser;
 pub mod fleet;
 pub mod simfleet;
 pub mod traffic;

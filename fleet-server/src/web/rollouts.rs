@@ -12,6 +12,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Redirect, Response};
 use fleet_proto::UnixMillis;
+use futures_util::StreamExt;
 use maud::{html, Markup};
 
 use super::layout::{self, ago, badge, cli, notice, Section};
@@ -139,6 +140,15 @@ fn live_region(record: &RolloutRecord, session: &Session, now: UnixMillis) -> Ma
             "."
             @if let Some(until) = status.bake_until { " Current wave bakes until " (ago(until, now)) "." }
         }
+        @if matches!(record.rollout.state(), RunState::Paused { reason: crate::rollout::PauseReason::Threshold { .. }, .. }) {
+            p.attention {
+                strong { "What now: " }
+                "the failed devices and why are listed below. Fix the cause and retry them, resume to accept the failures so far, or roll back."
+            }
+        }
+        @if session.operates() {
+            (actions(record))
+        }
         (wave_bars(&status))
         h2 { "Failed devices" }
         @if failed.is_empty() {
@@ -157,9 +167,6 @@ fn live_region(record: &RolloutRecord, session: &Session, now: UnixMillis) -> Ma
                     }
                 }
             }
-        }
-        @if session.operates() {
-            (actions(record))
         }
     }
 }
@@ -309,23 +316,29 @@ pub async fn live(State(api): State<Api>, session: Session, Path(id): Path<Strin
                 if last.is_some() {
                     tokio::time::sleep(LIVE_EVERY).await;
                 }
-                let record = match ops::rollouts::show(&api.store, id) {
-                    Ok(r) => r,
-                    Err(_) => {
-                        let end = Event::default().event("end").data("gone");
-                        return Some((Ok::<_, Infallible>(end), (api, session, last, true)));
-                    }
+                let Ok(record) = ops::rollouts::show(&api.store, id) else {
+                    let end = vec![Ok::<_, Infallible>(Event::default().event("end").data("gone"))];
+                    return Some((end, (api, session, last, true)));
                 };
                 if last.as_ref() == Some(&record) {
                     continue;
                 }
                 let html = live_region(&record, &session, UnixMillis::now()).into_string();
-                let finished = !record.rollout.state().is_active();
-                let event = Event::default().event("region").data(html);
-                return Some((Ok(event), (api, session, Some(record), finished)));
+                let mut events = vec![Ok(Event::default().event("region").data(html))];
+                let state = record.rollout.state();
+                if last.as_ref().is_some_and(|l| l.rollout.state().name() != state.name()) {
+                    let said = format!("Rollout {id} is now {}.", state.name());
+                    events.push(Ok(Event::default().event("status").data(said)));
+                }
+                let finished = !state.is_active();
+                if finished {
+                    events.push(Ok(Event::default().event("end").data("done")));
+                }
+                return Some((events, (api, session, Some(record), finished)));
             }
         },
-    );
+    )
+    .flat_map(futures_util::stream::iter);
     Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
 }
 

@@ -4,6 +4,9 @@
 (function () {
   'use strict';
 
+  // Styles may tell pages with this script from pages without it.
+  document.documentElement.classList.add('js');
+
   // One polite announcement at a time, in the page's live region (never the whole table).
   function announce(text) {
     var el = document.getElementById('announce');
