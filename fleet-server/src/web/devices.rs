@@ -14,12 +14,14 @@ use fleet_proto::report::{ContainerState, Health, UpdatePhase};
 use fleet_proto::{DeviceId, ServiceName, UnixMillis};
 use maud::{html, Markup};
 
+use super::chart;
 use super::layout::{self, ago, badge, cli, notice, Section};
 use super::{error_page, problem_page, query_pairs, Form, Session};
 use crate::api::Api;
 use crate::devices::{DeviceRecord, DeviceSummary};
 use crate::ops;
 use crate::ops::device_query::{self, Condition, DeviceQuery, Matcher, SortKey};
+use crate::telemetry::TELEMETRY_KEPT;
 
 /// How many of a device's events its page shows.
 const EVENTS_SHOWN: usize = 20;
@@ -208,16 +210,21 @@ pub async fn show(
             api.store.device(&id)?.ok_or_else(|| ops::Error::UnknownDevice { id: id.clone() })?;
         let inventory = api.store.inventory(&id)?;
         let events = api.store.events(&id, EVENTS_SHOWN)?;
-        Ok((record, inventory, events))
+        let points = api.store.telemetry_points(&id, None, TELEMETRY_KEPT as usize)?;
+        Ok((record, inventory, events, points))
     })();
-    let (record, inventory, events) = match read {
+    let (record, inventory, events, points) = match read {
         Ok(r) => r,
         Err(e) => return problem_page(&session, e),
     };
-    let done = query_pairs(raw.as_deref()).into_iter().find(|(k, _)| k == "done").map(|(_, v)| v);
+    let pairs = query_pairs(raw.as_deref());
+    let param = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let range = chart::range(&param("range").unwrap_or_default());
+    let points: Vec<_> = points.into_iter().map(|(_, p)| p).collect();
     let body = html! {
-        (notice(done.as_deref()))
+        (notice(param("done").as_deref()))
         (render_device(&record, inventory.as_ref(), &events, &session, now))
+        (telemetry(&record.id, &points, range, now))
     };
     layout::page(&session, Section::Devices, &format!("Device {id}"), body)
 }
@@ -353,6 +360,35 @@ fn commands(d: &DeviceRecord, session: &Session) -> Markup {
             }
         }
         (cli(&format!("fleetctl device restart {} SERVICE · fleetctl device logs {} SERVICE · fleetctl device reboot {}", d.id, d.id, d.id)))
+    }
+}
+
+/// The device's telemetry over `range`: one chart per numeric series, numbers alongside.
+fn telemetry(
+    id: &DeviceId,
+    points: &[fleet_proto::telemetry::Point],
+    range: chart::Range,
+    now: UnixMillis,
+) -> Markup {
+    let series = chart::bucket(points, range, now);
+    html! {
+        h2 #telemetry { "Telemetry" }
+        nav.ranges aria-label="Time range" {
+            @for r in chart::RANGES {
+                @if r == range {
+                    a href={ "/devices/" (id) "?range=" (r.name) "#telemetry" } aria-current="true" { strong { (r.name) } }
+                } @else {
+                    a href={ "/devices/" (id) "?range=" (r.name) "#telemetry" } { (r.name) }
+                }
+                " "
+            }
+        }
+        @if series.is_empty() {
+            p { "No numbers reported in the last " (range.name) "." }
+        } @else {
+            div.charts { @for s in &series { (chart::chart(s, range, now)) } }
+        }
+        (cli(&format!("fleetctl device metrics {id} --metric host.cpu.percent")))
     }
 }
 

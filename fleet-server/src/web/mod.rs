@@ -31,6 +31,7 @@ use crate::auth::{Caller, Role};
 
 mod assets;
 mod bulk;
+mod chart;
 mod devices;
 mod layout;
 mod login;

@@ -2,6 +2,7 @@
 //! and forms that post and redirect without JavaScript. (The browser tests are in the e2e
 //! suite.)
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -548,4 +549,35 @@ async fn a_reboot_asks_first() {
         html.contains("Reboot r1?") && html.contains("name=\"confirm\" value=\"yes\""),
         "{html}"
     );
+}
+
+#[tokio::test]
+async fn the_device_page_charts_its_telemetry_over_the_chosen_range() {
+    use fleet_proto::telemetry::{Point, TelemetryBatch, Value};
+    let h = harness();
+    h.put_device("r1", &[]);
+    let now = UnixMillis::now();
+    let points = (0..60u64)
+        .map(|i| Point {
+            at: UnixMillis(now.0 - 3_000_000 + i * 50_000),
+            metric: "host.cpu.percent".into(),
+            value: Value::F64(i as f64),
+            labels: BTreeMap::new(),
+        })
+        .collect();
+    let batch = TelemetryBatch {
+        device: DeviceId::new("r1").unwrap(),
+        first_seq: 1,
+        dropped_total: 0,
+        points,
+    };
+    h.api.store.update(|tx| crate::telemetry::ingest(tx, &batch, now).map(drop)).unwrap();
+    let cookie = h.login(&h.admin_token).await;
+    let (_, html, _) = h.get("/devices/r1?range=1h", Some(&cookie)).await;
+    assert!(html.contains("<figure class=\"chart\">"), "{html}");
+    assert!(html.contains("host.cpu.percent: from 0.00 to 59.00 over 1h, last 59.00"), "{html}");
+    assert!(html.contains("<summary>The numbers</summary>"), "a table alternative: {html}");
+    assert!(html.contains("aria-current=\"true\"><strong>1h</strong>"), "{html}");
+    let (_, html, _) = h.get("/devices/r1", Some(&cookie)).await;
+    assert!(html.contains("over 24h"), "24 h by default: {html}");
 }
