@@ -23,6 +23,8 @@ pub enum Section {
     Rollouts,
     /// `/groups`.
     Groups,
+    /// `/config` (variables and secrets).
+    Config,
     /// `/audit`.
     Audit,
     /// `/tokens` (admins).
@@ -31,12 +33,13 @@ pub enum Section {
     Other,
 }
 
-const SECTIONS: [(Section, &str, &str); 7] = [
+const SECTIONS: [(Section, &str, &str); 8] = [
     (Section::Overview, "/", "Overview"),
     (Section::Devices, "/devices", "Devices"),
     (Section::Releases, "/releases", "Releases"),
     (Section::Rollouts, "/rollouts", "Rollouts"),
     (Section::Groups, "/groups", "Groups"),
+    (Section::Config, "/config", "Variables and secrets"),
     (Section::Audit, "/audit", "Audit log"),
     (Section::Tokens, "/tokens", "Tokens"),
 ];

@@ -36,6 +36,7 @@ mod devices;
 mod layout;
 mod login;
 mod overview;
+mod releases;
 mod rollouts;
 pub mod session;
 mod tables;
@@ -61,8 +62,11 @@ pub fn router() -> Router<Api> {
         .route("/rollouts/{id}/live", get(rollouts::live))
         .route("/rollouts/{id}/confirm/{command}", get(rollouts::confirm))
         .route("/rollouts/{id}/{command}", post(rollouts::command))
-        .route("/releases", get(tables::releases))
+        .route("/releases", get(releases::list).post(releases::create))
+        .route("/releases/new", get(releases::new))
+        .route("/releases/{id}", get(releases::show))
         .route("/groups", get(tables::groups))
+        .route("/config", get(tables::config))
         .route("/audit", get(tables::audit))
         .route("/tokens", get(tables::tokens))
 }
@@ -147,27 +151,37 @@ impl Form {
         body: &[u8],
     ) -> Result<Form, Refusal> {
         let form = Form::parse(body);
-        if !same_origin(headers)
-            || !api.sessions.csrf_ok(&session.cookie, form.get(session::CSRF_FIELD))
-        {
-            return Err(Refusal::new(
-                StatusCode::FORBIDDEN,
-                "Refused",
-                "The form did not come from this dashboard's page (its security token is missing or belongs to another session). Nothing was changed; go back, reload the page and try again.",
-            ));
-        }
-        if !session.operates() {
-            return Err(Refusal::new(
-                StatusCode::FORBIDDEN,
-                "Not allowed",
-                format!(
-                    "Token {:?} is a {}; changing the fleet needs the operator role (ask an admin: `fleetctl token create NAME --role operator`).",
-                    session.caller.name, session.caller.role
-                ),
-            ));
-        }
+        check_change(api, session, headers, form.get(session::CSRF_FIELD))?;
         Ok(form)
     }
+}
+
+/// A change may go ahead: its form carries the session's CSRF token (`csrf`), it comes from
+/// this site, and the session may change the fleet.
+pub fn check_change(
+    api: &Api,
+    session: &Session,
+    headers: &HeaderMap,
+    csrf: &str,
+) -> Result<(), Refusal> {
+    if !same_origin(headers) || !api.sessions.csrf_ok(&session.cookie, csrf) {
+        return Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            "Refused",
+            "The form did not come from this dashboard's page (its security token is missing or belongs to another session). Nothing was changed; go back, reload the page and try again.",
+        ));
+    }
+    if !session.operates() {
+        return Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            "Not allowed",
+            format!(
+                "Token {:?} is a {}; changing the fleet needs the operator role (ask an admin: `fleetctl token create NAME --role operator`).",
+                session.caller.name, session.caller.role
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Whether a post comes from this site: its `Origin` (sent by browsers on every post) names
@@ -201,6 +215,11 @@ impl Refusal {
     /// A refusal with `status`, a short `title` and what to do next in `detail`.
     pub fn new(status: StatusCode, title: &str, detail: impl Into<String>) -> Refusal {
         Refusal { status, title: title.to_owned(), detail: detail.into(), fields: Vec::new() }
+    }
+
+    /// Its HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
     }
 
     /// The refusal as a block inside another page (a form shown again with its problem).

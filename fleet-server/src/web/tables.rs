@@ -1,4 +1,4 @@
-//! The plain lists: releases, groups, the audit log and (for admins) tokens. Each reads
+//! The plain lists: groups, variables and secrets, the audit log and (for admins) tokens. Each reads
 //! through the same operation as its API route.
 
 use axum::extract::{RawQuery, State};
@@ -16,45 +16,6 @@ use crate::ops::device_query::DeviceQuery;
 
 /// Rows of the audit page.
 const AUDIT_ROWS: usize = 200;
-
-/// `GET /releases` (`?after=` pages on).
-pub async fn releases(
-    State(api): State<Api>,
-    session: Session,
-    RawQuery(raw): RawQuery,
-) -> Response {
-    let after = query_pairs(raw.as_deref()).into_iter().find(|(k, _)| k == "after").map(|(_, v)| v);
-    let filter = ops::releases::ReleaseFilter { app: None, limit: Some(100), after };
-    let page = match ops::releases::list(&api.store, &filter) {
-        Ok(p) => p,
-        Err(e) => return problem_page(&session, e),
-    };
-    let now = UnixMillis::now();
-    let body = html! {
-        @if page.items.is_empty() { p { "No releases yet." } }
-        @else {
-            table {
-                thead { tr { th scope="col" { "Release" } th scope="col" { "Services" } th scope="col" { "Images" } th scope="col" { "Created" } th scope="col" { "Devices" } } }
-                tbody {
-                    @for r in &page.items {
-                        tr {
-                            th scope="row" { (r.id()) }
-                            td { (r.spec.services.iter().map(|s| s.name.to_string()).collect::<Vec<_>>().join(", ")) }
-                            td { @for i in &r.images { (i.service) ": " code { (i.resolved.image.to_string()) } br; } }
-                            td { (ago(r.created_at, now)) " by " (r.created_by) }
-                            td { a href={ "/devices?" (DeviceQuery { release: r.id().to_string(), ..DeviceQuery::default() }.to_query()) } { "running it" } }
-                        }
-                    }
-                }
-            }
-            @if let Some(next) = &page.next {
-                nav.pages aria-label="Pages" { a rel="next" href={ "/releases?" (form_urlencoded::Serializer::new(String::new()).append_pair("after", next).finish()) } { "Next →" } }
-            }
-        }
-        (cli("fleetctl release create APP compose.yaml"))
-    };
-    layout::page(&session, Section::Releases, "Releases", body)
-}
 
 /// `GET /groups`.
 pub async fn groups(State(api): State<Api>, session: Session) -> Response {
@@ -162,4 +123,57 @@ pub async fn tokens(State(api): State<Api>, session: Session) -> Response {
         (cli("fleetctl token create NAME --role viewer"))
     };
     layout::page(&session, Section::Tokens, "Tokens", body)
+}
+
+/// `GET /config`: variables (name, scope, value) and secrets (name, scope, digest, size; never
+/// the value, which the server holds only sealed).
+pub async fn config(State(api): State<Api>, session: Session) -> Response {
+    let read = (|| -> Result<_, ops::Error> {
+        let filter = ops::variables::Filter { limit: Some(1000), ..Default::default() };
+        let variables = match ops::variables::list(&api.store, &filter)? {
+            ops::variables::Listed::Stored(items, _) => items,
+            ops::variables::Listed::Resolved(_) => Vec::new(),
+        };
+        Ok((variables, ops::secrets::list(&api.store)?))
+    })();
+    let (variables, secrets) = match read {
+        Ok(r) => r,
+        Err(e) => return problem_page(&session, e),
+    };
+    let now = UnixMillis::now();
+    let body = html! {
+        h2 { "Variables" }
+        @if variables.is_empty() { p { "None set." } } @else {
+            table {
+                caption { "The most specific scope wins: device, then group, then fleet; a service's value over the common one." }
+                thead { tr { th scope="col" { "Name" } th scope="col" { "Scope" } th scope="col" { "Value" } th scope="col" { "Set" } } }
+                tbody {
+                    @for v in &variables {
+                        tr { th scope="row" { code { (v.name) } } td { (v.scope.to_string()) } td { code { (v.value) } } td { (ago(v.updated_at, now)) " by " (v.updated_by) } }
+                    }
+                }
+            }
+        }
+        (cli("fleetctl var set NAME VALUE [--group G | --device ID] [--service S]"))
+        h2 { "Secrets" }
+        @if secrets.is_empty() { p { "None set." } } @else {
+            table {
+                caption { "Values are never shown: the server keeps them sealed and sends each device only its own, sealed to its key." }
+                thead { tr { th scope="col" { "Name" } th scope="col" { "Scope" } th scope="col" { "Digest" } th scope="col" .num { "Bytes" } th scope="col" { "Set" } } }
+                tbody {
+                    @for s in &secrets {
+                        tr {
+                            th scope="row" { code { (s.name) } }
+                            td { (s.scope.to_string()) }
+                            td { code { (s.digest.get(..19).unwrap_or(&s.digest)) "…" } }
+                            td.num { (s.bytes) }
+                            td { (ago(s.set_at, now)) " by " (s.set_by) }
+                        }
+                    }
+                }
+            }
+        }
+        (cli("fleetctl secret set NAME [--group G | --device ID] < file"))
+    };
+    layout::page(&session, Section::Config, "Variables and secrets", body)
 }

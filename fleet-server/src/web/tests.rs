@@ -26,6 +26,26 @@ pub(super) struct Harness {
     _dir: tempfile::TempDir,
 }
 
+/// Resolves every reference to itself, one amd64 image: the unit tests have no registry.
+struct Offline;
+
+impl crate::releases::ImageResolver for Offline {
+    fn resolve(&self, reference: &str) -> Result<fleet_oci::platform::ResolvedImage, String> {
+        let image = fleet_proto::ImageRef::parse(reference).map_err(|e| e.to_string())?;
+        Ok(fleet_oci::platform::ResolvedImage {
+            image,
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            platforms: vec![fleet_oci::platform::PlatformImage {
+                os: "linux".into(),
+                architecture: "amd64".into(),
+                variant: None,
+                digest: format!("sha256:{}", "b".repeat(64)),
+                download_bytes: 1,
+            }],
+        })
+    }
+}
+
 pub(super) fn harness() -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(crate::store::Store::open(&dir.path().join("store")).unwrap());
@@ -52,7 +72,7 @@ pub(super) fn harness() -> Harness {
         publisher,
         waiters: crate::commands::Waiters::default(),
         driver,
-        resolver: registry.clone(),
+        resolver: Arc::new(Offline),
         agent_pusher: registry,
         sessions: Arc::new(SessionKey::new(ring::hmac::Key::new(
             ring::hmac::HMAC_SHA256,
@@ -580,4 +600,84 @@ async fn the_device_page_charts_its_telemetry_over_the_chosen_range() {
     assert!(html.contains("aria-current=\"true\"><strong>1h</strong>"), "{html}");
     let (_, html, _) = h.get("/devices/r1", Some(&cookie)).await;
     assert!(html.contains("over 24h"), "24 h by default: {html}");
+}
+
+#[tokio::test]
+async fn secrets_show_their_digest_never_their_value() {
+    let h = harness();
+    let admin = Caller { name: "admin".into(), role: Role::Admin };
+    let at = crate::ops::secrets::SecretScope::default();
+    let value = b"hunter2-very-secret".to_vec();
+    crate::ops::secrets::set(
+        &h.api.fleet(),
+        &admin,
+        "tls-key".into(),
+        &at,
+        value,
+        UnixMillis::now(),
+    )
+    .await
+    .unwrap();
+    let cookie = h.login(&h.admin_token).await;
+    let (status, html, _) = h.get("/config", Some(&cookie)).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(html.contains("<code>tls-key</code>") && html.contains("19</td>"), "{html}");
+    assert!(!html.contains("hunter2"), "the value is never on the page");
+}
+
+/// A multipart form as a browser sends it.
+fn multipart(fields: &[(&str, &str)]) -> (String, String) {
+    let boundary = "----fleet-test-boundary";
+    let mut body = String::new();
+    for (name, value) in fields {
+        let file = if *name == "compose" { "; filename=\"compose.yaml\"" } else { "" };
+        body.push_str(&format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"{file}\r\n\r\n{value}\r\n"
+        ));
+    }
+    body.push_str(&format!("--{boundary}--\r\n"));
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+#[tokio::test]
+async fn a_release_is_uploaded_as_a_compose_file_and_refusals_name_the_key() {
+    let h = harness();
+    let token = h.token("alice", Role::Operator);
+    let cookie = h.login(&token).await;
+    let csrf = h.csrf("/releases/new", &cookie).await;
+    let upload = |fields: &[(&str, &str)]| {
+        let (kind, body) = multipart(fields);
+        let mut request = post("/releases", Some(&cookie), body);
+        request.headers_mut().insert(header::CONTENT_TYPE, kind.parse().unwrap());
+        request
+    };
+
+    let compose = "services:\n  web:\n    build: .\n";
+    let request =
+        upload(&[("_csrf", &csrf), ("app", "shop"), ("version", "1"), ("compose", compose)]);
+    let response = h.router().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let html = String::from_utf8(
+        axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap().to_vec(),
+    )
+    .unwrap();
+    assert!(html.contains("services.web.build"), "the refusal names the key: {html}");
+    assert!(html.contains("value=\"shop\""), "the form keeps what was typed: {html}");
+
+    let digest = format!("127.0.0.1:5000/demo/web@sha256:{}", "a".repeat(64));
+    let compose = format!("services:\n  web:\n    image: {digest}\n");
+    let request =
+        upload(&[("_csrf", "forged"), ("app", "shop"), ("version", "1"), ("compose", &compose)]);
+    assert_eq!(h.router().oneshot(request).await.unwrap().status(), StatusCode::FORBIDDEN);
+    assert!(h.api.store.release("shop@1").unwrap().is_none());
+    let request =
+        upload(&[("_csrf", &csrf), ("app", "shop"), ("version", "1"), ("compose", &compose)]);
+    let response = h.router().oneshot(request).await.unwrap();
+    let status = response.status();
+    let location = response.headers().get(header::LOCATION).cloned();
+    let html = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+    assert_eq!(status, StatusCode::SEE_OTHER, "{}", String::from_utf8_lossy(&html));
+    assert_eq!(location.unwrap(), "/releases/shop@1?done=created");
+    let (_, html, _) = h.get("/releases/shop@1", Some(&cookie)).await;
+    assert!(html.contains(&digest) && html.contains("The Compose file it was made from"), "{html}");
 }
