@@ -264,6 +264,7 @@ pub async fn serve(
                 ServeError::Pki { path: opts.data_dir.display().to_string(), source: e.into() }
             })?,
         )),
+        live: web::LiveHub::default(),
         data_dir: opts.data_dir.clone(),
     };
     let result = axum::serve(listener, api::router(api)).with_graceful_shutdown(shutdown).await;

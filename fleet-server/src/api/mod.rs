@@ -77,6 +77,8 @@ pub struct Api {
     pub agent_pusher: Arc<dyn crate::releases::AgentPusher>,
     /// Signs the dashboard's session cookies and CSRF tokens.
     pub sessions: Arc<crate::web::SessionKey>,
+    /// The dashboard's live views: one store reader per followed rollout.
+    pub live: crate::web::LiveHub,
     /// The data directory (backups include its key files).
     pub data_dir: std::path::PathBuf,
 }

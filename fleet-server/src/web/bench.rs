@@ -128,3 +128,90 @@ async fn dashboard_pages_at_fleet_scale() {
         }
     }
 }
+
+/// This process's CPU time so far (user + system), from /proc/self/stat.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
+}
+
+/// `pages` open rollout pages on one rollout of 10,000 devices for `secs`, the rollout
+/// changing every second: CPU time per second and live updates delivered.
+async fn followers(
+    h: &Harness,
+    cookie: &str,
+    id: u64,
+    pages: usize,
+    secs: u64,
+) -> (Duration, usize) {
+    use futures_util::StreamExt;
+    let delivered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut readers = Vec::new();
+    for _ in 0..pages {
+        let request = Request::get(format!("/rollouts/{id}/live"))
+            .header(header::COOKIE, cookie)
+            .body(Body::empty())
+            .unwrap();
+        let response = h.router().oneshot(request).await.unwrap();
+        let delivered = delivered.clone();
+        readers.push(tokio::spawn(async move {
+            let mut body = response.into_body().into_data_stream();
+            while let Some(Ok(chunk)) = body.next().await {
+                let n = chunk.windows(13).filter(|w| w == b"event: region").count();
+                delivered.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            }
+        }));
+    }
+    let admin = Caller { name: "admin".into(), role: Role::Admin };
+    let started = (Instant::now(), cpu_time());
+    for i in 0..secs {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let command = if i % 2 == 0 {
+            crate::rollout::driver::RolloutCommand::Pause
+        } else {
+            crate::rollout::driver::RolloutCommand::Resume
+        };
+        crate::ops::rollouts::command(&h.api.fleet(), &admin, id, command, None).await.unwrap();
+    }
+    let cpu = cpu_time() - started.1;
+    let wall = started.0.elapsed();
+    for r in readers {
+        r.abort();
+    }
+    (cpu.div_f64(wall.as_secs_f64()), delivered.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run it with --ignored --nocapture (release build)"]
+async fn live_rollout_pages_fan_out() {
+    let h = harness();
+    h.put_release();
+    fill(&h, 10_000);
+    let admin = Caller { name: "admin".into(), role: Role::Admin };
+    let request: RolloutRequest = serde_json::from_value(serde_json::json!({
+        "release": fleet_proto::samples::release_id().to_string(),
+        "target": "selector:model=ur5",
+        "waves": "1,10%,50%,100%",
+    }))
+    .unwrap();
+    let id = crate::ops::rollouts::create(&h.api.fleet(), &admin, request, UnixMillis::now())
+        .await
+        .unwrap()
+        .id();
+    let cookie = h.login(&h.admin_token).await;
+    let started = Instant::now();
+    let record = h.api.store.rollout(id).unwrap().unwrap();
+    println!(
+        "\nrollout of 5,000 devices: read once in {:.2} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    let _ = record;
+    println!("pages, CPU per second (ms), region updates delivered in 10 s");
+    for pages in [0, 1, 50] {
+        let (cpu, delivered) = followers(&h, &cookie, id, pages, 10).await;
+        println!("  {pages:>3} {:>8.1} {delivered:>6}", cpu.as_secs_f64() * 1e3);
+    }
+}

@@ -34,6 +34,7 @@ mod bulk;
 mod chart;
 mod devices;
 mod layout;
+pub(crate) mod live;
 mod login;
 mod overview;
 mod releases;
@@ -41,6 +42,7 @@ mod rollouts;
 pub mod session;
 mod tables;
 
+pub use live::LiveHub;
 pub use session::SessionKey;
 
 /// The dashboard's routes (state: the API's).

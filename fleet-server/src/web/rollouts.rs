@@ -4,7 +4,6 @@
 //! Server-Sent Events (`/rollouts/{id}/live`), coalesced to a few updates a second.
 
 use std::convert::Infallible;
-use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
@@ -26,8 +25,6 @@ use fleet_api::RolloutRequest;
 
 /// The most failed devices listed on a rollout page (the rest are counted).
 const MAX_FAILED_LISTED: usize = 200;
-/// How often a live page looks at its rollout, and so the most updates it gets per second.
-const LIVE_EVERY: Duration = Duration::from_millis(500);
 
 /// `GET /rollouts`.
 pub async fn list(State(api): State<Api>, session: Session) -> Response {
@@ -300,42 +297,41 @@ fn phase_words(phase: &WavePhase) -> &'static str {
     }
 }
 
-/// `GET /rollouts/{id}/live`: the live region again whenever the rollout changes; ends when
-/// the rollout does.
+/// `GET /rollouts/{id}/live`: the live region again whenever the rollout changes (at most
+/// every [`super::live::EVERY`], read once for all pages that follow it); ends when the rollout does.
 pub async fn live(State(api): State<Api>, session: Session, Path(id): Path<String>) -> Response {
     let Ok(id) = id.parse::<u64>() else {
         return (StatusCode::NOT_FOUND, "no such rollout").into_response();
     };
+    let followed = api.live.follow(&api.store, id);
     let stream = futures_util::stream::unfold(
-        (api, session, None::<RolloutRecord>, false),
-        move |(api, session, last, ended)| async move {
+        (api, session, followed, None::<&'static str>, false),
+        move |(api, session, mut followed, shown_state, ended)| async move {
             if ended {
                 return None;
             }
-            loop {
-                if last.is_some() {
-                    tokio::time::sleep(LIVE_EVERY).await;
-                }
-                let Ok(record) = ops::rollouts::show(&api.store, id) else {
-                    let end = vec![Ok::<_, Infallible>(Event::default().event("end").data("gone"))];
-                    return Some((end, (api, session, last, true)));
-                };
-                if last.as_ref() == Some(&record) {
-                    continue;
-                }
-                let html = live_region(&record, &session, UnixMillis::now()).into_string();
-                let mut events = vec![Ok(Event::default().event("region").data(html))];
-                let state = record.rollout.state();
-                if last.as_ref().is_some_and(|l| l.rollout.state().name() != state.name()) {
-                    let said = format!("Rollout {id} is now {}.", state.name());
-                    events.push(Ok(Event::default().event("status").data(said)));
-                }
-                let finished = !state.is_active();
-                if finished {
-                    events.push(Ok(Event::default().event("end").data("done")));
-                }
-                return Some((events, (api, session, Some(record), finished)));
+            if shown_state.is_some() && followed.changed().await.is_err() {
+                // The reader stopped between our follow and now: follow it afresh.
+                followed = api.live.follow(&api.store, id);
+                followed.changed().await.ok()?;
             }
+            let record = followed.borrow_and_update().clone();
+            let Some(record) = record else {
+                let end = vec![Ok::<_, Infallible>(Event::default().event("end").data("gone"))];
+                return Some((end, (api, session, followed, shown_state, true)));
+            };
+            let html = live_region(&record, &session, UnixMillis::now()).into_string();
+            let mut events = vec![Ok(Event::default().event("region").data(html))];
+            let state = record.rollout.state();
+            if shown_state.is_some_and(|shown| shown != state.name()) {
+                let said = format!("Rollout {id} is now {}.", state.name());
+                events.push(Ok(Event::default().event("status").data(said)));
+            }
+            let finished = !state.is_active();
+            if finished {
+                events.push(Ok(Event::default().event("end").data("done")));
+            }
+            Some((events, (api, session, followed, Some(state.name()), finished)))
         },
     )
     .flat_map(futures_util::stream::iter);

@@ -78,6 +78,7 @@ pub(super) fn harness() -> Harness {
             ring::hmac::HMAC_SHA256,
             &[9; 32],
         ))),
+        live: crate::web::LiveHub::default(),
         data_dir: dir.path().to_owned(),
     };
     Harness { api, admin_token: keys.admin_token, _events: events, _dir: dir }
@@ -680,4 +681,44 @@ async fn a_release_is_uploaded_as_a_compose_file_and_refusals_name_the_key() {
     assert_eq!(location.unwrap(), "/releases/shop@1?done=created");
     let (_, html, _) = h.get("/releases/shop@1", Some(&cookie)).await;
     assert!(html.contains(&digest) && html.contains("The Compose file it was made from"), "{html}");
+}
+
+#[tokio::test]
+async fn pages_following_a_rollout_share_one_reader_that_ends_with_the_last() {
+    let h = harness();
+    h.put_release();
+    for i in 0..3 {
+        h.put_device(&format!("r{i}"), &[("site", "lab")]);
+    }
+    let admin = Caller { name: "admin".into(), role: Role::Admin };
+    let request: RolloutRequest = serde_json::from_value(serde_json::json!({
+        "release": fleet_proto::samples::release_id().to_string(),
+        "target": "selector:site=lab",
+    }))
+    .unwrap();
+    let id = crate::ops::rollouts::create(&h.api.fleet(), &admin, request, UnixMillis::now())
+        .await
+        .unwrap()
+        .id();
+    let mut a = h.api.live.follow(&h.api.store, id);
+    let b = h.api.live.follow(&h.api.store, id);
+    assert_eq!(h.api.live.readers(), 1, "one reader for both pages");
+    assert!(a.borrow().is_some());
+    crate::ops::rollouts::command(
+        &h.api.fleet(),
+        &admin,
+        id,
+        crate::rollout::driver::RolloutCommand::Pause,
+        None,
+    )
+    .await
+    .unwrap();
+    tokio::time::timeout(crate::web::live::EVERY * 3, a.changed()).await.unwrap().unwrap();
+    assert!(matches!(
+        a.borrow().as_ref().unwrap().rollout.state(),
+        crate::rollout::RunState::Paused { .. }
+    ));
+    drop((a, b));
+    tokio::time::sleep(crate::web::live::EVERY * 3).await;
+    assert_eq!(h.api.live.readers(), 0, "the reader ends with its last page");
 }
