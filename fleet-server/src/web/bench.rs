@@ -54,6 +54,30 @@ fn fill(h: &Harness, devices: usize) {
             Ok(())
         })
         .unwrap();
+    // One device with a full telemetry history: the most the server keeps, 20,000 points
+    // (five series, a point every 12 s, the last 66 hours).
+    let series = [
+        "host.cpu.percent",
+        "host.mem.available_bytes",
+        "host.disk.free_bytes",
+        "host.temp.celsius",
+        "app.queue",
+    ];
+    let points: Vec<fleet_proto::telemetry::Point> = (0..20_000u64)
+        .map(|i| fleet_proto::telemetry::Point {
+            at: UnixMillis(now.0 - (20_000 - i) * 12_000),
+            metric: series[(i % 5) as usize].to_owned(),
+            value: fleet_proto::telemetry::Value::F64((i % 100) as f64),
+            labels: std::collections::BTreeMap::new(),
+        })
+        .collect();
+    let batch = fleet_proto::telemetry::TelemetryBatch {
+        device: DeviceId::new("robot-00042").unwrap(),
+        first_seq: 1,
+        dropped_total: 0,
+        points,
+    };
+    h.api.store.update(|tx| crate::telemetry::ingest(tx, &batch, now).map(drop)).unwrap();
 }
 
 async fn rollouts(h: &Harness, n: usize) {
@@ -113,6 +137,7 @@ async fn dashboard_pages_at_fleet_scale() {
             "/devices?state=offline&sort=last-seen&dir=desc",
             "/devices?selector=model%3Dur5&q=robot-0&page=3",
             "/devices/robot-00042",
+            "/devices/robot-00042?range=7d",
             "/rollouts",
             "/rollouts/50",
             "/releases",
