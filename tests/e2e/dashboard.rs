@@ -208,8 +208,12 @@ async fn a_fleet_manager_runs_rollouts_from_the_dashboard() {
         ("/", "overview"),
         ("/rollouts", "rollouts"),
         ("/releases", "releases"),
+        ("/releases/app@2", "release"),
+        ("/releases/new", "release-new"),
         ("/groups", "groups"),
-        ("/audit", "audit"),
+        ("/config", "variables-and-secrets"),
+        ("/devices/robot-0?range=1h", "device-telemetry"),
+        ("/audit?since=1h", "audit"),
     ] {
         browser.goto(&format!("{base}{page}")).await;
         browser.screenshot(name).await;

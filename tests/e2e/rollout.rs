@@ -249,3 +249,73 @@ async fn a_staged_rollout_over_fifty_agents_completes_stops_on_a_bad_canary_and_
     assert!(lines.iter().any(|l| l.starts_with("system rollout.rollback robot-")), "{lines:?}");
     fleet.stop().await;
 }
+
+/// `fleetctl rollout promote` ends a long bake; `fleetctl rollout retry --failed` gives a
+/// crashed canary another try, and the gate pauses the rollout again when it crashes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fleetctl_promotes_a_baking_wave_and_retries_the_failed_devices() {
+    let mut fleet = SimFleet::start().await;
+    let images = [(image(1), ImageBehavior::Healthy), (image(3), ImageBehavior::CrashAtStart)];
+    for i in 0..4 {
+        fleet.enroll(&id(i), &[("fleet", "demo")]).await;
+        fleet.start_agent(&id(i), &images);
+    }
+    let fleet_ref = &fleet;
+    eventually("every agent online", Duration::from_secs(60), || async move {
+        let all = devices(fleet_ref).await;
+        (all.values().filter(|d| d["online"] == true).count() == 4).then_some(())
+    })
+    .await;
+    for (v, n) in [("1", 1), ("3", 3)] {
+        let body = json!({ "app": "app", "version": v, "spec": release(v, image(n)) });
+        let (code, body) = fleet.api("POST", "/api/v1/releases", Some(body)).await;
+        assert_eq!(code, 201, "{body}");
+    }
+    let target = "selector:fleet=demo";
+    let (code, created) = fleet
+        .api(
+            "POST",
+            "/api/v1/rollouts",
+            Some(json!({ "release": "app@1", "target": target, "waves": "1,100%", "bake": "1h" })),
+        )
+        .await;
+    assert_eq!(code, 201, "{created}");
+    let first = created["id"].as_u64().unwrap();
+    // Each wave bakes for an hour; each promote ends a bake (the last wave's too).
+    for wave in [1, 2] {
+        let fleet_ref = &fleet;
+        eventually(&format!("wave {wave} to bake"), Duration::from_secs(60), || async move {
+            let status = rollout(fleet_ref, first).await["status"].clone();
+            (status["current_wave"] == wave && status["bake_until"].is_u64()).then_some(())
+        })
+        .await;
+        let promoted = fleetctl(&fleet, &["rollout", "promote", &first.to_string()]);
+        assert!(promoted.status.success(), "{}", String::from_utf8_lossy(&promoted.stderr));
+    }
+    let done = rollout_ends(&fleet, first, "Completed", Duration::from_secs(60)).await;
+    assert_eq!(done["status"]["failed"], 0, "{done}");
+    let again = fleetctl(&fleet, &["rollout", "promote", &first.to_string()]);
+    assert_eq!(again.status.code(), Some(2), "refused: a finished rollout has no bake to end");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("cannot promote"), "{again:?}");
+
+    let (code, created) = fleet
+        .api("POST", "/api/v1/rollouts", Some(json!({ "release": "app@3", "target": target, "waves": "1,100%", "bake": "1s", "update_deadline": "30s" })))
+        .await;
+    assert_eq!(code, 201, "{created}");
+    let second = created["id"].as_u64().unwrap();
+    rollout_ends(&fleet, second, "Paused", Duration::from_secs(60)).await;
+    let missing = fleetctl(&fleet, &["rollout", "retry", &second.to_string()]);
+    assert_eq!(missing.status.code(), Some(1), "a usage error: --failed is required: {missing:?}");
+    let generations = |all: &BTreeMap<String, Value>| -> u64 {
+        all.values().map(|d| d["desired_generation"].as_u64().unwrap()).sum()
+    };
+    let before = generations(&devices(&fleet).await);
+    let retried = fleetctl(&fleet, &["rollout", "retry", &second.to_string(), "--failed"]);
+    assert!(retried.status.success(), "{}", String::from_utf8_lossy(&retried.stderr));
+    let (_, audit) = fleet.api("GET", "/api/v1/audit", None).await;
+    assert!(audit.as_array().unwrap().iter().any(|e| e["action"] == "rollout.retry"), "{audit}");
+    let paused = rollout_ends(&fleet, second, "Paused", Duration::from_secs(60)).await;
+    assert_eq!(paused["status"]["failed"], 1, "the retried canary failed again: {paused}");
+    assert_eq!(generations(&devices(&fleet).await), before + 1, "the canary got the release again");
+    fleet.stop().await;
+}

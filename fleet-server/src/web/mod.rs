@@ -88,6 +88,12 @@ impl Session {
         html! { input type="hidden" name=(session::CSRF_FIELD) value=(self.csrf); }
     }
 
+    /// Whether the session still holds now (its token not revoked or expired meanwhile).
+    pub fn still_valid(&self, api: &Api) -> bool {
+        let now = UnixMillis::now();
+        api.sessions.verify(&self.cookie, |name| token_record(api, name), now).is_ok()
+    }
+
     /// Whether the session may change the fleet (an operator or admin).
     pub fn operates(&self) -> bool {
         self.caller.role >= Role::Operator

@@ -316,7 +316,8 @@ pub async fn live(State(api): State<Api>, session: Session, Path(id): Path<Strin
                 followed.changed().await.ok()?;
             }
             let record = followed.borrow_and_update().clone();
-            let Some(record) = record else {
+            // A revoked or expired token stops seeing updates, like its next page load would.
+            let Some(record) = record.filter(|_| session.still_valid(&api)) else {
                 let end = vec![Ok::<_, Infallible>(Event::default().event("end").data("gone"))];
                 return Some((end, (api, session, followed, shown_state, true)));
             };

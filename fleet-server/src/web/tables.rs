@@ -4,6 +4,7 @@
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::Response;
+use fleet_api::units::{parse_time, FromNow};
 use fleet_proto::UnixMillis;
 use maud::html;
 
@@ -16,6 +17,8 @@ use crate::ops::device_query::DeviceQuery;
 
 /// Rows of the audit page.
 const AUDIT_ROWS: usize = 200;
+/// Entries the audit page filters, newest first (`fleetctl audit` reads further back).
+const AUDIT_SCANNED: usize = 20_000;
 
 /// `GET /groups`.
 pub async fn groups(State(api): State<Api>, session: Session) -> Response {
@@ -56,11 +59,18 @@ pub async fn audit(State(api): State<Api>, session: Session, RawQuery(raw): RawQ
             .filter(|v| !v.is_empty())
     };
     let (actor, target, action) = (want("actor"), want("target"), want("action"));
-    let entries = match ops::admin::audit(&api.store, None, Some(100_000)) {
+    let now = UnixMillis::now();
+    let since = match want("since").map(|t| parse_time("since", &t, now, FromNow::Back)) {
+        None => None,
+        Some(Ok(t)) => Some(t.0),
+        Some(Err(e)) => {
+            return error_page(Some(&session), StatusCode::BAD_REQUEST, "Bad filter", &e)
+        }
+    };
+    let entries = match ops::admin::audit(&api.store, since, Some(AUDIT_SCANNED)) {
         Ok(e) => e,
         Err(e) => return problem_page(&session, e),
     };
-    let now = UnixMillis::now();
     let shown: Vec<_> = entries
         .iter()
         .rev()
@@ -74,10 +84,11 @@ pub async fn audit(State(api): State<Api>, session: Session, RawQuery(raw): RawQ
             div { label for="a-actor" { "Who (token)" } input #a-actor name="actor" type="text" value=[actor.as_deref()]; }
             div { label for="a-action" { "What" } input #a-action name="action" type="text" placeholder="device.pin" value=[action.as_deref()]; }
             div { label for="a-target" { "Target" } input #a-target name="target" type="text" value=[target.as_deref()]; }
+            div { label for="a-since" { "Since" } input #a-since name="since" type="text" placeholder="1h, 2d or 2026-12-01T00:00:00Z" value=[want("since")]; }
             div { button type="submit" { "Filter" } }
         }
         table {
-            caption { "Newest first, at most " (AUDIT_ROWS) }
+            caption { "Newest first, at most " (AUDIT_ROWS) ", among the newest " (AUDIT_SCANNED) " entries" }
             thead { tr { th scope="col" { "When" } th scope="col" { "Who" } th scope="col" { "What" } th scope="col" { "Target" } th scope="col" { "Detail" } } }
             tbody {
                 @for e in &shown {
