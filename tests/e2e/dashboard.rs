@@ -93,6 +93,37 @@ async fn log_in(browser: &Browser, base: &str, token: &str) {
     assert_eq!(path, "/devices", "back where the visitor wanted to go: {}", browser.html().await);
 }
 
+/// Creates a rollout of `release` to the demo group through the form and its preview; the
+/// rollout page's path.
+async fn rollout_from_form(browser: &Browser, base: &str, release: &str) -> String {
+    browser.goto(&format!("{base}/rollouts/new")).await;
+    browser.click(&format!("#r-release option[value='{release}']")).await;
+    browser.fill("#r-target", "group:demo").await;
+    browser.fill("#r-waves", "1,100%").await;
+    browser.fill("#r-bake", "1s").await;
+    browser.follow("form[action='/rollouts/new'] button[type=submit]").await;
+    browser.follow("form[action='/rollouts'] button[type=submit]").await;
+    let path = browser.path().await;
+    assert!(path.ends_with("?done=created"), "{path}: {}", browser.html().await);
+    path.trim_end_matches("?done=created").to_owned()
+}
+
+/// Reloads `url` until its HTML holds `mark` (how a page without JavaScript follows a rollout).
+async fn reload_until(browser: &Browser, url: &str, mark: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        browser.goto(url).await;
+        if browser.html().await.contains(mark) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{url} shows no {mark:?} after 60 s of reloads"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// No serious or critical accessibility violation on the page as it is now.
 async fn accessible(browser: &Browser, page: &str) {
     let violations = browser.axe().await;
@@ -246,20 +277,40 @@ async fn a_fleet_manager_runs_rollouts_from_the_dashboard() {
     }
     watcher.close().await;
 
-    // With JavaScript off, the forms still post and redirect.
+    // The whole flow once more with JavaScript off: every form posts and redirects, and a
+    // reload shows what the live view would have.
     let plain = Browser::start(false, &shots()).await.unwrap();
     log_in(&plain, &base, &operator).await;
     assert_eq!(plain.js("return document.documentElement.className").await, "", "no script ran");
-    plain.goto(&format!("{base}/devices/robot-5")).await;
-    plain.follow("form[action='/devices/robot-5/unpin'] button[type=submit]").await;
-    assert_eq!(plain.path().await, "/devices/robot-5?done=unpinned");
-    assert!(plain.html().await.contains("Not pinned: rollouts move it."));
     plain.goto(&format!("{base}/rollouts/{id}")).await;
+    assert!(!plain.html().await.contains("class=\"js\""));
     plain.follow(&format!("a[href='/rollouts/{id}/confirm/abort']")).await;
     plain.follow(&format!("form[action='/rollouts/{id}/abort'] button[type=submit]")).await;
     assert_eq!(plain.path().await, format!("/rollouts/{id}?done=aborted"));
-    assert!(plain.html().await.contains("aborted"));
     plain.screenshot("rollout-aborted-without-javascript").await;
+
+    // Filter, select all matching, unpin them with a preview.
+    plain.goto(&format!("{base}/devices?selector=site%3Db")).await;
+    plain.click("details.bulk summary").await;
+    plain.click("details.bulk input[value=unpin]").await;
+    plain.follow("details.bulk button[type=submit]").await;
+    assert!(plain.html().await.contains("2 devices change"));
+    plain.follow("form[action='/bulk/devices'] button[type=submit]").await;
+    assert!(plain.html().await.contains("2 devices changed"));
+    plain.goto(&format!("{base}/devices/robot-5")).await;
+    assert!(plain.html().await.contains("Not pinned: rollouts move it."));
+
+    // A rollout from its preview; reloads show it complete.
+    let page = rollout_from_form(&plain, &base, "app@1").await;
+    reload_until(&plain, &format!("{base}{page}"), "✓</span> completed").await;
+    // A failing canary pauses the next one; retry its failed device from the page.
+    let page = rollout_from_form(&plain, &base, "app@2").await;
+    reload_until(&plain, &format!("{base}{page}"), "!</span> paused").await;
+    let retry = format!("{page}/confirm/retry");
+    plain.follow(&format!("a[href='{retry}']")).await;
+    plain.follow(&format!("form[action='{page}/retry'] button[type=submit]")).await;
+    assert!(plain.html().await.contains("The failed devices were given another try."));
+    plain.screenshot("rollout-retried-without-javascript").await;
     plain.close().await;
     fleet.stop().await;
 }

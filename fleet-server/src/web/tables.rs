@@ -136,7 +136,13 @@ pub async fn tokens(State(api): State<Api>, session: Session) -> Response {
     layout::page(&session, Section::Tokens, "Tokens", body)
 }
 
-/// `GET /config`: variables (name, scope, value) and secrets (name, scope, digest, size; never
+/// The first 12 hex digits of a value's SHA-256: enough to tell values apart, never the value.
+fn short_digest(value: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, value.as_bytes());
+    format!("sha256:{}…", &fleet_proto::hex::encode(digest.as_ref())[..12])
+}
+
+/// `GET /config`: variables (name, scope, value digest) and secrets (name, scope, digest, size; never
 /// the value, which the server holds only sealed).
 pub async fn config(State(api): State<Api>, session: Session) -> Response {
     let read = (|| -> Result<_, ops::Error> {
@@ -156,16 +162,22 @@ pub async fn config(State(api): State<Api>, session: Session) -> Response {
         h2 { "Variables" }
         @if variables.is_empty() { p { "None set." } } @else {
             table {
-                caption { "The most specific scope wins: device, then group, then fleet; a service's value over the common one." }
-                thead { tr { th scope="col" { "Name" } th scope="col" { "Scope" } th scope="col" { "Value" } th scope="col" { "Set" } } }
+                caption { "The most specific scope wins: device, then group, then fleet; a service's value over the common one. Values are not shown here (a wall screen is not a terminal): compare digests, read values with fleetctl var ls." }
+                thead { tr { th scope="col" { "Name" } th scope="col" { "Scope" } th scope="col" { "Value digest" } th scope="col" .num { "Bytes" } th scope="col" { "Set" } } }
                 tbody {
                     @for v in &variables {
-                        tr { th scope="row" { code { (v.name) } } td { (v.scope.to_string()) } td { code { (v.value) } } td { (ago(v.updated_at, now)) " by " (v.updated_by) } }
+                        tr {
+                            th scope="row" { code { (v.name) } }
+                            td { (v.scope.to_string()) }
+                            td { code { (short_digest(&v.value)) } }
+                            td.num { (v.value.len()) }
+                            td { (ago(v.updated_at, now)) " by " (v.updated_by) }
+                        }
                     }
                 }
             }
         }
-        (cli("fleetctl var set NAME VALUE [--group G | --device ID] [--service S]"))
+        (cli("fleetctl var ls [--group G | --device ID] · fleetctl var set NAME VALUE [--group G | --device ID] [--service S]"))
         h2 { "Secrets" }
         @if secrets.is_empty() { p { "None set." } } @else {
             table {

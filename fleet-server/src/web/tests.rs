@@ -604,9 +604,21 @@ async fn the_device_page_charts_its_telemetry_over_the_chosen_range() {
 }
 
 #[tokio::test]
-async fn secrets_show_their_digest_never_their_value() {
+async fn secrets_and_variables_show_their_digest_never_their_value() {
     let h = harness();
     let admin = Caller { name: "admin".into(), role: Role::Admin };
+    let request: fleet_api::VariableRequest =
+        serde_json::from_value(serde_json::json!({ "value": "https://inventory.internal/api" }))
+            .unwrap();
+    crate::ops::variables::set(
+        &h.api.fleet(),
+        &admin,
+        "INVENTORY_URL".into(),
+        request,
+        UnixMillis::now(),
+    )
+    .await
+    .unwrap();
     let at = crate::ops::secrets::SecretScope::default();
     let value = b"hunter2-very-secret".to_vec();
     crate::ops::secrets::set(
@@ -624,6 +636,8 @@ async fn secrets_show_their_digest_never_their_value() {
     assert_eq!(status, StatusCode::OK, "{html}");
     assert!(html.contains("<code>tls-key</code>") && html.contains("19</td>"), "{html}");
     assert!(!html.contains("hunter2"), "the value is never on the page");
+    assert!(html.contains("<code>INVENTORY_URL</code>") && html.contains("sha256:"), "{html}");
+    assert!(!html.contains("inventory.internal"), "nor a variable's");
 }
 
 /// A multipart form as a browser sends it.
