@@ -156,6 +156,9 @@ pub struct DeviceSummary {
     /// The pin, if any.
     #[serde(default)]
     pub pin: Option<PinRecord>,
+    /// The agent pin, if any.
+    #[serde(default)]
+    pub agent_pin: Option<PinRecord>,
     /// The release the fleet wants on it when it is not pinned.
     #[serde(default)]
     pub assigned_release: Option<ReleaseId>,
@@ -195,6 +198,7 @@ impl From<&DeviceRecord> for DeviceSummary {
             desired_generation: d.desired_generation,
             notes: d.notes.clone(),
             pin: d.pin.clone(),
+            agent_pin: d.agent_pin.clone(),
             assigned_release: d.assigned_release.clone(),
             last_report: d.last_report.as_ref().map(|r| ReportSummary { update: r.update.clone() }),
         }

@@ -53,6 +53,9 @@ pub use fleet_api::units;
 pub mod variables;
 pub mod web;
 
+#[cfg(test)]
+mod test_support;
+
 /// How to run the server.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {

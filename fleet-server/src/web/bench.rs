@@ -17,9 +17,9 @@ use fleet_api::{Role, RolloutRequest};
 use fleet_proto::{DeviceId, UnixMillis};
 use tower::ServiceExt;
 
-use super::tests::{harness, Harness};
 use crate::auth::Caller;
 use crate::devices::DeviceRecord;
+use crate::test_support::{harness, Harness};
 
 const RUNS: usize = 15;
 
