@@ -935,11 +935,64 @@ impl ReleaseSpec {
                 }
             }
         }
+        if let Some((i, cycle)) = self.dependency_cycle() {
+            err(format!("services[{i}].depends_on"), format!("dependency cycle: {cycle}"));
+        }
         if errors.is_empty() {
             Ok(())
         } else {
             Err(errors)
         }
+    }
+
+    /// The first `depends_on` cycle, if any: the index of the service it starts at and the
+    /// cycle in words (`a → b → c → a`). No order could start such services, and the agent's
+    /// planner relies on there being none. Dependencies on unknown services and on the service
+    /// itself are left to [`ReleaseSpec::validate`]'s own messages.
+    pub fn dependency_cycle(&self) -> Option<(usize, String)> {
+        let index: BTreeMap<&ServiceName, usize> =
+            self.services.iter().enumerate().map(|(i, s)| (&s.name, i)).collect();
+        // 0: not visited, 1: on the current path, 2: done (no cycle through it).
+        let mut mark = vec![0u8; self.services.len()];
+        let mut path = Vec::new();
+        fn visit(
+            spec: &ReleaseSpec,
+            index: &BTreeMap<&ServiceName, usize>,
+            i: usize,
+            mark: &mut [u8],
+            path: &mut Vec<usize>,
+        ) -> Option<Vec<usize>> {
+            mark[i] = 1;
+            path.push(i);
+            for dep in &spec.services[i].depends_on {
+                let Some(&j) = index.get(&dep.service) else { continue };
+                if j == i {
+                    continue;
+                }
+                if mark[j] == 1 {
+                    let from = path.iter().position(|&p| p == j).unwrap_or(0);
+                    let mut cycle = path[from..].to_vec();
+                    cycle.push(j);
+                    return Some(cycle);
+                }
+                if mark[j] == 0 {
+                    if let Some(cycle) = visit(spec, index, j, mark, path) {
+                        return Some(cycle);
+                    }
+                }
+            }
+            path.pop();
+            mark[i] = 2;
+            None
+        }
+        (0..self.services.len()).find_map(|i| {
+            if mark[i] != 0 {
+                return None;
+            }
+            let cycle = visit(self, &index, i, &mut mark, &mut path)?;
+            let names: Vec<&str> = cycle.iter().map(|&k| self.services[k].name.as_str()).collect();
+            Some((cycle[0], names.join(" → ")))
+        })
     }
 }
 
@@ -1077,6 +1130,43 @@ mod tests {
         assert_eq!(errors[0].path, "id", "{errors:?}");
         assert!(errors[0].reason.contains("is not app@version (robot-stack@1.4.2)"), "{errors:?}");
         assert!(crate::samples::release().validate().is_ok());
+    }
+
+    #[test]
+    fn a_dependency_cycle_is_refused_and_named() {
+        let mut release = crate::samples::release();
+        let web = release.services[0].clone();
+        let names = ["service1", "service2", "service3", "standalone"];
+        release.services = names
+            .iter()
+            .map(|n| ServiceSpec {
+                name: ServiceName::new(*n).unwrap(),
+                depends_on: vec![],
+                ..web.clone()
+            })
+            .collect();
+        for s in &mut release.services {
+            s.ports.clear();
+            s.secrets.clear();
+        }
+        let on = |name: &str| Dependency {
+            service: ServiceName::new(name).unwrap(),
+            condition: DependencyCondition::Started,
+        };
+        release.services[0].depends_on.push(on("service2"));
+        release.services[1].depends_on.push(on("service3"));
+        assert_eq!(release.validate(), Ok(()), "a chain is fine");
+        assert_eq!(release.dependency_cycle(), None);
+        release.services[2].depends_on.push(on("service1"));
+        release.services[3].depends_on.push(on("service1"));
+        let errors = release.validate().unwrap_err();
+        assert_eq!(
+            errors,
+            vec![SpecError {
+                path: "services[0].depends_on".into(),
+                reason: "dependency cycle: service1 → service2 → service3 → service1".into()
+            }]
+        );
     }
 
     #[test]

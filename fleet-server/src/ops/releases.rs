@@ -292,4 +292,32 @@ mod tests {
             problems[0].reason
         );
     }
+
+    /// The Compose reference implementation's own cycle (service1 → service2 → service3 →
+    /// service1) is refused, the cycle named; nothing is stored.
+    #[tokio::test]
+    async fn a_compose_file_with_a_dependency_cycle_is_refused_naming_the_cycle() {
+        let h = crate::test_support::harness();
+        let image = format!("127.0.0.1:5000/demo/app@sha256:{}", "c".repeat(64));
+        let compose = format!(
+            "services:\n  service1:\n    image: {image}\n    depends_on: [service2]\n  service2:\n    image: {image}\n    depends_on: [service3]\n  service3:\n    image: {image}\n    depends_on: [service1]\n"
+        );
+        let request = ReleaseRequest {
+            app: "cyclic".into(),
+            version: "1".into(),
+            compose: Some(compose),
+            spec: None,
+        };
+        let admin = Caller { name: "admin".into(), role: fleet_api::Role::Admin };
+        let err = create(&h.api.fleet(), &h.api.resolver, &admin, request, UnixMillis::now())
+            .await
+            .unwrap_err();
+        let Error::Invalid { problems, .. } = err else { panic!("{err:?}") };
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(
+            problems[0].reason,
+            "dependency cycle: service1 → service2 → service3 → service1"
+        );
+        assert!(h.api.store.release("cyclic@1").unwrap().is_none());
+    }
 }
