@@ -1051,3 +1051,14 @@ fn no_new_privileges_and_cpu_shares_are_taken_other_security_options_refused() {
     let reason = refused("cpu_shares: 1000000", "services.s.cpu_shares");
     assert!(reason.contains("262144"), "{reason}");
 }
+
+#[test]
+fn expose_is_checked_then_dropped_and_one_replicated_replica_is_what_a_device_runs() {
+    let s = svc("expose: [\"80\", 443, \"8000-8010/tcp\", \"53/udp\"]");
+    assert!(s.ports.is_empty(), "expose publishes nothing");
+    assert!(refused("expose: [\"http\"]", "services.s.expose[0]").contains("container port"));
+    assert!(refused("expose: [\"90-80\"]", "services.s.expose[0]").contains("range"));
+    assert_eq!(svc("deploy: {mode: replicated, replicas: 1}").name.as_str(), "s");
+    assert!(refused("deploy: {mode: global}", "services.s.deploy.mode")
+        .contains("one container per service"));
+}

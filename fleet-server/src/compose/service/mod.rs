@@ -64,7 +64,6 @@ fn refusal(key: &str) -> Option<&'static str> {
         "configs" => "configs as files are not supported yet; bake the file into the image or use environment",
         "logging" => "logging drivers are not configurable: the agent reads container logs itself (fleetctl logs)",
         "links" | "external_links" => "links are obsolete: services reach each other by service name on the release network; remove it",
-        "expose" => "expose is informational in Compose, and services on the release network reach every port of each other anyway; remove it",
         "extends" => "extends is not supported: share blocks with YAML anchors instead (x-common: &common, then <<: *common in the service)",
         "platform" => "the agent pulls the image variant for the device's own architecture from the multi-arch index; remove platform",
         "pull_policy" => "devices always run the image by the digest the server resolved; remove pull_policy",
@@ -79,6 +78,28 @@ fn refusal(key: &str) -> Option<&'static str> {
         "annotations" | "develop" | "credential_spec" | "volumes_from" | "provider" | "use_api_socket" | "post_start" | "pre_stop" | "label_file" | "models" => "not supported",
         _ => return None,
     })
+}
+
+/// `expose: ["80", 443, "8000-8010/tcp"]`: ports or ranges, each checked, none mapped.
+fn expose(p: &mut Problems, at: &str, v: &Node) {
+    let Some(items) = read::strings(p, at, v) else { return };
+    for (i, text) in items.iter().enumerate() {
+        let ports = text.strip_suffix("/tcp").or_else(|| text.strip_suffix("/udp")).unwrap_or(text);
+        let mut ends = ports.splitn(2, '-').map(str::parse::<u16>);
+        let ok = match (ends.next(), ends.next()) {
+            (Some(Ok(a)), None) => a > 0,
+            (Some(Ok(a)), Some(Ok(b))) => a > 0 && a <= b,
+            _ => false,
+        };
+        if !ok {
+            let node = v.as_seq().and_then(|s| s.get(i));
+            p.add(
+                &read::item(at, i),
+                node,
+                format!("{text:?} is not a container port 1-65535 or a range like 8000-8010 (optionally /tcp or /udp)"),
+            );
+        }
+    }
 }
 
 /// Converts `services.<name>`; `None` after recording why when it cannot be.
@@ -203,6 +224,9 @@ impl<'p, 't> Converter<'p, 't> {
         let at = self.at(key);
         let p = &mut *self.p;
         match key {
+            // Informational in Compose (Docker publishes nothing for it), and services on the
+            // release network reach every port of each other anyway: checked, then dropped.
+            "expose" => expose(p, &at, v),
             "image" => {
                 if let Some(s) = read::nonempty(p, &at, v) {
                     if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -358,6 +382,7 @@ impl<'p, 't> Converter<'p, 't> {
                     }
                 }
                 "replicas" if read::integer(&mut Problems::default(), &at, v) == Some(1) => {}
+                "mode" if v.as_str() == Some("replicated") => {}
                 "replicas" | "mode" => p.add(&at, Some(v), "one container per service per device: replicas and modes do not apply (roll the release out to more devices instead)"),
                 "update_config" | "rollback_config" => p.add(&at, Some(v), "Fleet's rollouts replace update_config: set the update strategy with x-fleet.update and the waves in the rollout"),
                 "restart_policy" => p.add(&at, Some(v), "use the service's restart key (no, always, on-failure[:N], unless-stopped)"),
