@@ -219,4 +219,12 @@ pub struct ReleaseRequest {
     /// The canonical release (images by digest), instead of a Compose file.
     #[serde(default)]
     pub spec: Option<ReleaseSpec>,
+    /// Compose profiles to run: services with a `profiles` key run only if one of theirs is
+    /// here; services without one always run (`fleetctl release create --profile NAME`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(inner(regex(pattern = "^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")))
+    )]
+    pub profiles: Vec<String>,
 }

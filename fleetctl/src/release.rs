@@ -25,6 +25,10 @@ pub enum ReleaseVerb {
         /// The Compose file (see fleet-server/COMPOSE.md for the supported subset).
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
+        /// A Compose profile to run (repeatable): services with `profiles` run only when one of
+        /// theirs is given; services without always run (example: --profile lidar).
+        #[arg(long = "profile", value_name = "NAME")]
+        profiles: Vec<String>,
     },
     /// Create agent release fleet-agent@VERSION from one binary per platform: the server checks
     /// each is an executable for its platform and VERSION is newer than every agent release,
@@ -60,7 +64,7 @@ pub enum ReleaseVerb {
 
 pub fn release(json: bool, client: &Client, verb: &ReleaseVerb) -> Result<(), Failure> {
     match verb {
-        ReleaseVerb::Create { app, version, file } => {
+        ReleaseVerb::Create { app, version, file, profiles } => {
             let text = if file.as_os_str() == "-" {
                 let mut s = String::new();
                 std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
@@ -74,11 +78,15 @@ pub fn release(json: bool, client: &Client, verb: &ReleaseVerb) -> Result<(), Fa
                 let spec = serde_json::from_str(&text).map_err(|e| {
                     Failure::usage(format!("{}: not a release as JSON: {e}", file.display()))
                 })?;
+                if !profiles.is_empty() {
+                    return Err(Failure::usage("--profile selects services of a Compose file; a release as JSON lists its services already"));
+                }
                 ReleaseRequest {
                     app: app.clone(),
                     version: version.clone(),
                     compose: None,
                     spec: Some(spec),
+                    profiles: Vec::new(),
                 }
             } else {
                 ReleaseRequest {
@@ -86,6 +94,7 @@ pub fn release(json: bool, client: &Client, verb: &ReleaseVerb) -> Result<(), Fa
                     version: version.clone(),
                     compose: Some(text),
                     spec: None,
+                    profiles: profiles.clone(),
                 }
             };
             eprintln!("resolving image tags to digests...");

@@ -211,3 +211,33 @@ async fn variables_reach_containers_by_precedence_and_a_group_change_recreates_o
         assert_eq!(now_id != *old_id, should_change, "{s} on {d}: recreated {}", now_id != *old_id);
     }
 }
+
+/// `fleetctl release create --profile` runs the selected profiles' services with those
+/// without a profile, against the real registry; a profile no service has is refused (exit 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleetctl_release_create_runs_the_selected_profiles() {
+    let env = TestEnv::load();
+    let fleet = start_fleet().await;
+    let tag = &env.image("web:1").tag;
+    let compose = format!(
+        "services:\n  core:\n    image: {tag}\n  lidar:\n    image: {tag}\n    profiles: [sensors]\n  debug:\n    image: {tag}\n    profiles: [debug]\n"
+    );
+    let file = fleet.dir.path().join("compose.yaml");
+    std::fs::write(&file, compose).unwrap();
+    let file = file.to_str().unwrap();
+    ok(&fleet.fleetctl(&["release", "create", "robot", "1", "-f", file, "--profile", "sensors"]));
+    let (code, release) = fleet.api("GET", "/api/v1/releases/robot@1", None).await;
+    assert_eq!(code, 200, "{release}");
+    let names: Vec<&str> = release["spec"]["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["core", "lidar"], "{release}");
+    let typo =
+        fleet.fleetctl(&["release", "create", "robot", "2", "-f", file, "--profile", "sensor"]);
+    assert_eq!(typo.status.code(), Some(2), "{typo:?}");
+    let said = String::from_utf8_lossy(&typo.stderr);
+    assert!(said.contains("no service has profile \"sensor\""), "{said}");
+}

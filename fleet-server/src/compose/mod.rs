@@ -133,6 +133,18 @@ impl Compose {
         bytes: &[u8],
         vars: &BTreeMap<String, String>,
     ) -> Result<Compose, Vec<ComposeProblem>> {
+        Compose::parse_for(bytes, vars, &[])
+    }
+
+    /// [`Compose::parse`] with the Compose `profiles` to run: a service with a `profiles` key
+    /// is part of the release only if one of its profiles is selected; a service without one
+    /// always is. A selected profile no service has is refused (a typo would silently drop
+    /// services otherwise).
+    pub fn parse_for(
+        bytes: &[u8],
+        vars: &BTreeMap<String, String>,
+        profiles: &[String],
+    ) -> Result<Compose, Vec<ComposeProblem>> {
         if bytes.len() > MAX_COMPOSE_BYTES {
             return Err(vec![ComposeProblem {
                 path: "(file)".to_owned(),
@@ -152,7 +164,7 @@ impl Compose {
         })?;
         let mut p = Problems::default();
         interpolate_tree(&mut p, "", &mut root, vars, true);
-        let (services, volumes) = top_level(&mut p, &root);
+        let (services, volumes) = top_level(&mut p, &root, profiles);
         if p.is_empty() {
             Ok(Compose { services, volumes })
         } else {
@@ -357,7 +369,7 @@ fn top_level_refusal(key: &str) -> Option<&'static str> {
 
 type TopLevelOut = (Vec<Draft>, BTreeMap<String, Option<String>>);
 
-fn top_level(p: &mut Problems, root: &Node) -> TopLevelOut {
+fn top_level(p: &mut Problems, root: &Node, profiles: &[String]) -> TopLevelOut {
     let Some(entries) = root.as_map() else {
         p.add(
             "(file)",
@@ -409,8 +421,15 @@ fn top_level(p: &mut Problems, root: &Node) -> TopLevelOut {
     if services.is_empty() {
         p.add("services", Some(services_node), "no services: a release needs at least one service");
     }
+    let selected = select_profiles(p, services, profiles);
+    let services: Vec<&(String, Node)> =
+        services.iter().filter(|(name, _)| !selected.inactive.contains_key(name)).collect();
+    if services.is_empty() {
+        p.add("services", Some(services_node), "no service runs with the selected profiles: services without profiles always run, the others when one of theirs is selected (--profile NAME)");
+    }
     let names: BTreeSet<&str> = services.iter().map(|(k, _)| k.as_str()).collect();
     let top = service::TopLevel {
+        inactive: &selected.inactive,
         volumes: &volumes,
         networks: &networks,
         secrets: &secrets,
@@ -420,6 +439,50 @@ fn top_level(p: &mut Problems, root: &Node) -> TopLevelOut {
     let drafts =
         services.iter().filter_map(|(name, node)| service::service(p, name, node, &top)).collect();
     (drafts, volumes)
+}
+
+/// Which services the selected profiles leave out.
+struct Selected {
+    /// Service → its profiles, for the services that do not run.
+    inactive: BTreeMap<String, Vec<String>>,
+}
+
+/// Reads every service's `profiles` and decides which run with `selected`; refuses a selected
+/// profile no service has.
+fn select_profiles(p: &mut Problems, services: &[(String, Node)], selected: &[String]) -> Selected {
+    let mut known = BTreeSet::new();
+    let mut inactive = BTreeMap::new();
+    for (name, node) in services {
+        let Some(value) = node.as_map().and_then(|m| m.iter().find(|(k, _)| k == "profiles"))
+        else {
+            continue;
+        };
+        let at = child(&child("services", name), "profiles");
+        let Some(theirs) = read::strings(p, &at, &value.1) else { continue };
+        for (i, profile) in theirs.iter().enumerate() {
+            let ok = profile.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+                && profile.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+            if !ok {
+                p.add(&read::item(&at, i), Some(&value.1), format!("{profile:?} is not a profile name (letters, digits, _, . and -, starting with a letter or digit)"));
+            }
+            known.insert(profile.clone());
+        }
+        if !theirs.is_empty() && !theirs.iter().any(|t| selected.contains(t)) {
+            inactive.insert(name.clone(), theirs);
+        }
+    }
+    for profile in selected {
+        if !known.contains(profile) {
+            let have: Vec<&str> = known.iter().map(String::as_str).collect();
+            let have = if have.is_empty() { "none".to_owned() } else { have.join(", ") };
+            p.add(
+                "profiles",
+                None,
+                format!("no service has profile {profile:?} (the file's profiles: {have})"),
+            );
+        }
+    }
+    Selected { inactive }
 }
 
 /// Why a secret's value never comes from the Compose file.

@@ -1062,3 +1062,41 @@ fn expose_is_checked_then_dropped_and_one_replicated_replica_is_what_a_device_ru
     assert!(refused("deploy: {mode: global}", "services.s.deploy.mode")
         .contains("one container per service"));
 }
+
+#[test]
+fn profiles_select_which_services_run_and_services_without_one_always_do() {
+    let yaml = "services:\n  core:\n    image: busybox:1.36\n  lidar:\n    image: busybox:1.36\n    profiles: [lidar, sensors]\n  debug:\n    image: busybox:1.36\n    profiles: [debug]\n    depends_on: [lidar]\n";
+    let names = |profiles: &[&str]| -> Vec<String> {
+        let profiles: Vec<String> = profiles.iter().map(|p| (*p).to_owned()).collect();
+        let compose = Compose::parse_for(yaml.as_bytes(), &BTreeMap::new(), &profiles)
+            .unwrap_or_else(|e| panic!("{profiles:?}: {e:#?}"));
+        let images = fake_images(&compose);
+        let spec = compose.into_release("app", "1.0", &images).unwrap();
+        spec.services.iter().map(|s| s.name.to_string()).collect()
+    };
+    assert_eq!(names(&[]), ["core"], "services with profiles need one selected");
+    assert_eq!(names(&["sensors"]), ["core", "lidar"]);
+    assert_eq!(names(&["lidar", "debug"]), ["core", "lidar", "debug"], "in file order");
+
+    // debug depends on lidar, which its profile alone does not bring: refused, saying which.
+    let problems = Compose::parse_for(yaml.as_bytes(), &BTreeMap::new(), &["debug".to_owned()])
+        .map(drop)
+        .unwrap_err();
+    let reason =
+        &problems.iter().find(|p| p.path == "services.debug.depends_on[0]").unwrap().reason;
+    assert!(
+        reason.contains("runs only with profile lidar or sensors")
+            && reason.contains("--profile lidar"),
+        "{reason}"
+    );
+    // A typo in a selected profile is refused rather than silently running less.
+    let problems = Compose::parse_for(yaml.as_bytes(), &BTreeMap::new(), &["lidr".to_owned()])
+        .map(drop)
+        .unwrap_err();
+    let reason = &problems.iter().find(|p| p.path == "profiles").unwrap().reason;
+    assert_eq!(
+        reason,
+        "no service has profile \"lidr\" (the file's profiles: debug, lidar, sensors)"
+    );
+    assert!(refused("profiles: [\"-x\"]", "services.s.profiles[0]").contains("not a profile name"));
+}

@@ -90,7 +90,8 @@ pub async fn create(
     }
     let (spec, images) = match (&request.compose, &request.spec) {
         (Some(compose), None) => {
-            from_compose(&fleet.store, resolver, &request.app, &request.version, compose).await?
+            let names = (request.app.as_str(), request.version.as_str());
+            from_compose(&fleet.store, resolver, names, compose, &request.profiles).await?
         }
         (None, Some(spec)) => {
             if spec.id != id || spec.app != request.app || spec.version != request.version {
@@ -172,9 +173,9 @@ pub async fn create(
 async fn from_compose(
     store: &Store,
     resolver: &Arc<dyn ImageResolver>,
-    app: &str,
-    version: &str,
+    (app, version): (&str, &str),
     compose: &str,
+    profiles: &[String],
 ) -> Result<(ReleaseSpec, Vec<ImageInfo>), Error> {
     let to_problems = |problems: Vec<ComposeProblem>| {
         problems.into_iter().map(|p| FieldProblem { path: p.path, reason: p.reason }).collect()
@@ -189,7 +190,7 @@ async fn from_compose(
     // The stored release is the fleet-wide render; devices get theirs from their variables
     // (crate::variables), so a reference must resolve with the fleet's values alone.
     let fleet_vars = VarIndex::new(store.variables()?, &[]).fleet_common();
-    let parsed = compose::Compose::parse(compose.as_bytes(), &fleet_vars).map_err(|p| {
+    let parsed = compose::Compose::parse_for(compose.as_bytes(), &fleet_vars, profiles).map_err(|p| {
         let hinted = p
             .into_iter()
             .map(|mut p| {
@@ -279,7 +280,7 @@ mod tests {
         let resolver: Arc<dyn ImageResolver> =
             Arc::new(RegistryResolver::new(Vec::new(), None, allowlist));
         let compose = "services:\n  web:\n    image: 169.254.169.254/latest/meta-data:1\n";
-        let err = from_compose(&store, &resolver, "site", "1", compose).await.unwrap_err();
+        let err = from_compose(&store, &resolver, ("site", "1"), compose, &[]).await.unwrap_err();
         let Error::Invalid { problems, .. } = err else { panic!("{err:?}") };
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert_eq!(problems[0].path, "services.web.image");
@@ -307,6 +308,7 @@ mod tests {
             version: "1".into(),
             compose: Some(compose),
             spec: None,
+            profiles: Vec::new(),
         };
         let admin = Caller { name: "admin".into(), role: fleet_api::Role::Admin };
         let err = create(&h.api.fleet(), &h.api.resolver, &admin, request, UnixMillis::now())

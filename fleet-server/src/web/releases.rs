@@ -47,7 +47,7 @@ pub async fn list(State(api): State<Api>, session: Session, RawQuery(raw): RawQu
             }
         }
         @if session.operates() { p { a.button href="/releases/new" { "New release from a Compose file…" } } }
-        (cli("fleetctl release create APP VERSION --compose compose.yaml"))
+        (cli("fleetctl release create APP VERSION -f compose.yaml [--profile NAME]"))
     };
     layout::page(&session, Section::Releases, "Releases", body)
 }
@@ -139,9 +139,11 @@ fn upload_form(
                 input #rel-compose name="compose" type="file" required accept=".yaml,.yml,application/yaml,text/yaml" aria-describedby="rel-compose-help";
                 p #rel-compose-help .help { "Image tags are resolved to digests now; the release is signed and never changes. At most " (MAX_COMPOSE_BYTES / 1024) " KiB." }
             }
+            div { label for="rel-profiles" { "Profiles to run (optional)" } input #rel-profiles name="profiles" type="text" placeholder="lidar, debug" aria-describedby="rel-profiles-help";
+                p #rel-profiles-help .help { "Services with a profiles key run only if one of theirs is listed here; services without one always run." } }
             div.actions { button type="submit" { "Create the release" } }
         }
-        (cli("fleetctl release create APP VERSION --compose compose.yaml"))
+        (cli("fleetctl release create APP VERSION -f compose.yaml [--profile NAME]"))
     }
 }
 
@@ -194,6 +196,11 @@ pub async fn create(
         version: get("version"),
         compose: Some(fields.get("compose").cloned().unwrap_or_default()),
         spec: None,
+        profiles: get("profiles")
+            .split([',', ' '])
+            .filter(|p| !p.is_empty())
+            .map(str::to_owned)
+            .collect(),
     };
     let (app, version) = (request.app.clone(), request.version.clone());
     match ops::releases::create(

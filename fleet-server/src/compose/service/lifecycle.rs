@@ -1,6 +1,6 @@
 //! When the service runs: `restart` and `depends_on`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use fleet_proto::release::{Dependency, DependencyCondition, RestartPolicy};
 use fleet_proto::ServiceName;
@@ -33,13 +33,23 @@ pub(super) fn depends_on(
     p: &mut Problems,
     path: &str,
     node: &Node,
-    services: &BTreeSet<&str>,
+    (services, inactive): (&BTreeSet<&str>, &BTreeMap<String, Vec<String>>),
     own: &str,
 ) -> Vec<(Dependency, String)> {
     let mut out = Vec::new();
     let mut add =
         |p: &mut Problems, at: &str, n: &Node, name: &str, condition: DependencyCondition| {
-            if !services.contains(name) {
+            if let Some(profiles) = inactive.get(name) {
+                p.add(
+                    at,
+                    Some(n),
+                    format!(
+                        "{name:?} runs only with profile {}, which is not selected (--profile {})",
+                        profiles.join(" or "),
+                        profiles[0]
+                    ),
+                );
+            } else if !services.contains(name) {
                 p.add(at, Some(n), format!("no service named {name:?} in this file"));
             } else if child("services", name) == own {
                 p.add(at, Some(n), "a service cannot depend on itself");

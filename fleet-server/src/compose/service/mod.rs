@@ -49,8 +49,10 @@ pub(crate) struct TopLevel<'a> {
     pub(crate) networks: &'a BTreeSet<String>,
     /// Declared secrets: Compose key → name in the Fleet secret store.
     pub(crate) secrets: &'a BTreeMap<String, String>,
-    /// Every service name in the file, for depends_on.
+    /// Every service name in the file that runs with the selected profiles, for depends_on.
     pub(crate) services: &'a BTreeSet<&'a str>,
+    /// Services the selected profiles leave out, with their profiles.
+    pub(crate) inactive: &'a BTreeMap<String, Vec<String>>,
     /// Top-level `x-fleet` defaults.
     pub(crate) defaults: &'a FleetKeys,
 }
@@ -67,7 +69,6 @@ fn refusal(key: &str) -> Option<&'static str> {
         "extends" => "extends is not supported: share blocks with YAML anchors instead (x-common: &common, then <<: *common in the service)",
         "platform" => "the agent pulls the image variant for the device's own architecture from the multi-arch index; remove platform",
         "pull_policy" => "devices always run the image by the digest the server resolved; remove pull_policy",
-        "profiles" => "every service of a release runs; put optional services into another release",
         "scale" => "one container per service per device; remove scale",
         "stop_grace_period" => "not supported yet: the agent stops containers with its configured grace period (10 s by default)",
         "stop_signal" => "not supported yet: containers are stopped with SIGTERM, then SIGKILL after the grace period",
@@ -227,6 +228,8 @@ impl<'p, 't> Converter<'p, 't> {
             // Informational in Compose (Docker publishes nothing for it), and services on the
             // release network reach every port of each other anyway: checked, then dropped.
             "expose" => expose(p, &at, v),
+            // Read when the file was parsed: it decided whether this service runs at all.
+            "profiles" => {}
             "image" => {
                 if let Some(s) = read::nonempty(p, &at, v) {
                     if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -305,7 +308,10 @@ impl<'p, 't> Converter<'p, 't> {
                 }
             }
             "group_add" => self.group_add = read::strings(p, &at, v).unwrap_or_default(),
-            "depends_on" => self.depends_on = depends_on(p, &at, v, self.top.services, &self.path),
+            "depends_on" => {
+                self.depends_on =
+                    depends_on(p, &at, v, (self.top.services, self.top.inactive), &self.path);
+            }
             "deploy" => self.deploy(&at, v),
             "cpus" => self.cpus[0] = read::cpus(p, &at, v).map(|c| Sourced::new(c, &at, v)),
             "cpuset" => self.cpuset = read::nonempty(p, &at, v).map(|c| Sourced::new(c, &at, v)),
