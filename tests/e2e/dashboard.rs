@@ -252,6 +252,13 @@ async fn a_fleet_manager_runs_rollouts_from_the_dashboard() {
     }
     let html = browser.html().await;
     assert!(html.contains("rollout.retry"), "the audit page lists it: {html}");
+    // Every number on the overview is a link to the list behind it.
+    browser.goto(&format!("{base}/")).await;
+    browser.follow("a[href='/devices?state=online']").await;
+    assert_eq!(browser.text("#count").await, "6 devices match.");
+    browser.goto(&format!("{base}/groups")).await;
+    browser.follow("a[href='/devices?group=demo']").await;
+    assert_eq!(browser.text("#count").await, "6 devices match.");
     browser.close().await;
 
     // An admin sees the tokens; a viewer sees no control anywhere.
@@ -268,7 +275,9 @@ async fn a_fleet_manager_runs_rollouts_from_the_dashboard() {
     admin.close().await;
     let watcher = Browser::start(true, &shots()).await.unwrap();
     log_in(&watcher, &base, &viewer).await;
-    for page in ["/", "/devices", "/devices/robot-5", "/rollouts", &format!("/rollouts/{id}")] {
+    for page in
+        ["/", "/devices", "/devices/robot-5", "/rollouts", &format!("/rollouts/{id}"), "/groups"]
+    {
         watcher.goto(&format!("{base}{page}")).await;
         let html = watcher.html().await;
         assert_eq!(html.matches("method=\"post\"").count(), 1, "{page}: only logging out posts");

@@ -161,7 +161,7 @@ impl SortKey {
 }
 
 /// The filter, sort and page of a devices list, as read from a URL's query.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceQuery {
     /// Text found in the id, a label (key or value) or the notes.
     pub text: String,
@@ -185,6 +185,24 @@ pub struct DeviceQuery {
     pub per_page: usize,
 }
 
+/// Everything, by id, the first page: what `/devices` shows without a query.
+impl Default for DeviceQuery {
+    fn default() -> DeviceQuery {
+        DeviceQuery {
+            text: String::new(),
+            selector: String::new(),
+            group: String::new(),
+            release: String::new(),
+            agent: String::new(),
+            condition: None,
+            sort: SortKey::Id,
+            descending: false,
+            page: 1,
+            per_page: DEFAULT_PER_PAGE,
+        }
+    }
+}
+
 /// A query parameter that does not parse, named.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{param}: {reason}")]
@@ -201,7 +219,7 @@ impl DeviceQuery {
     pub fn from_pairs<'a>(
         pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> Result<DeviceQuery, QueryError> {
-        let mut q = DeviceQuery { page: 1, per_page: DEFAULT_PER_PAGE, ..DeviceQuery::default() };
+        let mut q = DeviceQuery::default();
         for (name, value) in pairs {
             let value = value.trim();
             let text = |param: &'static str| {
@@ -436,6 +454,9 @@ mod tests {
             DeviceQuery::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))).unwrap();
         assert_eq!(again, q);
         assert_eq!(query(&[]).to_query(), "", "defaults are left out");
+        assert_eq!(DeviceQuery::default(), query(&[]), "a link built from the default reads back");
+        let linked = DeviceQuery { group: "lab".into(), ..DeviceQuery::default() };
+        assert_eq!(linked.to_query(), "group=lab");
         assert!(!query(&[]).filters());
     }
 

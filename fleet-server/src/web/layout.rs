@@ -198,6 +198,7 @@ pub fn notice(done: Option<&str>) -> Markup {
         Some("promoted") => "The next wave started.",
         Some("retried") => "The failed devices were given another try.",
         Some("created") => "Created.",
+        Some("saved") => "Saved.",
         _ => return html! {},
     };
     html! { p.notice role="status" { (text) } }

@@ -67,7 +67,7 @@ pub fn router() -> Router<Api> {
         .route("/releases", get(releases::list).post(releases::create))
         .route("/releases/new", get(releases::new))
         .route("/releases/{id}", get(releases::show))
-        .route("/groups", get(tables::groups))
+        .route("/groups", get(tables::groups).post(tables::put_group))
         .route("/config", get(tables::config))
         .route("/audit", get(tables::audit))
         .route("/tokens", get(tables::tokens))

@@ -1,15 +1,16 @@
 //! The plain lists: groups, variables and secrets, the audit log and (for admins) tokens. Each reads
 //! through the same operation as its API route.
 
+use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
-use axum::http::StatusCode;
-use axum::response::Response;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
 use fleet_api::units::{parse_time, FromNow};
 use fleet_proto::UnixMillis;
 use maud::html;
 
-use super::layout::{self, ago, cli, Section};
-use super::{error_page, problem_page, query_pairs, Session};
+use super::layout::{self, ago, cli, notice, Section};
+use super::{error_page, problem_page, query_pairs, Form, Session};
 use crate::api::Api;
 use crate::auth::Role;
 use crate::ops;
@@ -21,12 +22,14 @@ const AUDIT_ROWS: usize = 200;
 const AUDIT_SCANNED: usize = 20_000;
 
 /// `GET /groups`.
-pub async fn groups(State(api): State<Api>, session: Session) -> Response {
+pub async fn groups(State(api): State<Api>, session: Session, RawQuery(raw): RawQuery) -> Response {
+    let done = query_pairs(raw.as_deref()).into_iter().find(|(k, _)| k == "done").map(|(_, v)| v);
     let groups = match ops::groups::list(&api.store) {
         Ok(g) => g,
         Err(e) => return problem_page(&session, e),
     };
     let body = html! {
+        (notice(done.as_deref()))
         @if groups.is_empty() { p { "No groups yet." } }
         @else {
             table {
@@ -43,9 +46,42 @@ pub async fn groups(State(api): State<Api>, session: Session) -> Response {
                 }
             }
         }
+        @if session.operates() {
+            h2 { "Create or change a group" }
+            form.stacked method="post" action="/groups" {
+                (session.csrf_field())
+                div { label for="g-name" { "Name" } input #g-name name="name" type="text" required; }
+                div { label for="g-selector" { "Label selector" } input #g-selector name="selector" type="text" required placeholder="site=lab,!retired" aria-describedby="g-selector-help";
+                    p #g-selector-help .help { "A group with this name already? Its selector and description change, and devices whose variables or secrets change with it get a new desired state." } }
+                div { label for="g-description" { "What it is for (optional)" } input #g-description name="description" type="text"; }
+                div.actions { button type="submit" { "Save the group" } }
+            }
+        }
         (cli("fleetctl group create NAME --selector k=v"))
     };
     layout::page(&session, Section::Groups, "Groups", body)
+}
+
+/// `POST /groups`: creates a group or changes one, through the same operation as the API.
+pub async fn put_group(
+    State(api): State<Api>,
+    session: Session,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let form = match Form::checked(&api, &session, &headers, &body) {
+        Ok(f) => f,
+        Err(refusal) => return refusal.page(Some(&session)),
+    };
+    let request = fleet_api::GroupRequest {
+        name: form.get("name").to_owned(),
+        selector: form.get("selector").to_owned(),
+        description: form.get("description").to_owned(),
+    };
+    match ops::groups::put(&api.fleet(), &session.caller, request, UnixMillis::now()).await {
+        Ok(_) => Redirect::to("/groups?done=saved").into_response(),
+        Err(e) => problem_page(&session, e),
+    }
 }
 
 /// `GET /audit` (`?actor=`, `?target=`, `?action=`: exact matches).

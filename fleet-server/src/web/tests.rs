@@ -149,7 +149,7 @@ async fn a_viewer_sees_no_controls_and_cannot_post() {
     h.put_device("r1", &[]);
     let token = h.token("watcher", Role::Viewer);
     let cookie = h.login(&token).await;
-    for page in ["/", "/devices", "/devices/r1", "/rollouts"] {
+    for page in ["/", "/devices", "/devices/r1", "/rollouts", "/groups", "/releases", "/config"] {
         let (_, html, _) = h.get(page, Some(&cookie)).await;
         // The only form that posts is logging out.
         assert_eq!(html.matches("method=\"post\"").count(), 1, "{page}: {html}");
@@ -538,4 +538,26 @@ async fn pages_following_a_rollout_share_one_reader_that_ends_with_the_last() {
     drop((a, b));
     tokio::time::sleep(crate::web::live::EVERY * 3).await;
     assert_eq!(h.api.live.readers(), 0, "the reader ends with its last page");
+}
+
+#[tokio::test]
+async fn an_operator_creates_a_group_and_a_bad_selector_is_refused_by_field() {
+    let h = harness();
+    h.put_device("r1", &[("site", "lab")]);
+    let token = h.token("alice", Role::Operator);
+    let cookie = h.login(&token).await;
+    let csrf = h.csrf("/groups", &cookie).await;
+    let body = form(&[("_csrf", &csrf), ("name", "lab"), ("selector", "site=lab")]);
+    let (status, _, headers) = h.post("/groups", &cookie, body).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(headers[header::LOCATION], "/groups?done=saved");
+    assert!(h.api.store.group("lab").unwrap().is_some());
+    let (_, html, _) = h.get("/groups?done=saved", Some(&cookie)).await;
+    assert!(html.contains("Saved.") && html.contains("/devices?group=lab\">1</a>"), "{html}");
+    let body = form(&[("_csrf", &csrf), ("name", "depot"), ("selector", "Bad Key=1")]);
+    let (status, html, _) = h.post("/groups", &cookie, body).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{html}");
+    assert!(h.api.store.group("depot").unwrap().is_none());
+    let audit = h.api.store.audit(UnixMillis(0), 10).unwrap();
+    assert!(audit.iter().any(|e| e.actor == "alice" && e.target == "lab"), "{audit:?}");
 }
