@@ -209,3 +209,13 @@ pub(crate) fn form(fields: &[(&str, &str)]) -> String {
     }
     out.finish()
 }
+
+/// A rollout request of the sample release to `target` in `waves`, the rest defaults.
+pub(crate) fn rollout_request(target: &str, waves: &str) -> fleet_api::RolloutRequest {
+    serde_json::from_value(serde_json::json!({
+        "release": fleet_proto::samples::release_id().to_string(),
+        "target": target,
+        "waves": waves,
+    }))
+    .unwrap()
+}

@@ -11,27 +11,18 @@ use std::time::Duration;
 use fleet_agent::runtime::sim::ImageBehavior;
 use fleet_e2e::simfleet::SimFleet;
 use fleet_e2e::{bin, eventually};
-use fleet_proto::{ImageRef, ReleaseId, ReleaseSpec, ServiceName, ServiceSpec};
+use fleet_proto::{ImageRef, ReleaseSpec};
 use serde_json::{json, Value};
 
 const DEVICES: usize = 50;
 const PINNED: &str = "robot-07";
 
 fn image(n: u8) -> ImageRef {
-    ImageRef::parse(&format!("127.0.0.1:5000/demo/app@sha256:{}", format!("{n:x}").repeat(64)))
-        .unwrap()
+    fleet_e2e::simfleet::app_image(n)
 }
 
 fn release(version: &str, image: ImageRef) -> ReleaseSpec {
-    ReleaseSpec {
-        id: ReleaseId::new(format!("app@{version}")).unwrap(),
-        app: "app".into(),
-        version: version.into(),
-        services: vec![ServiceSpec {
-            health_deadline: Duration::from_secs(10),
-            ..ServiceSpec::new(ServiceName::new("web").unwrap(), image)
-        }],
-    }
+    fleet_e2e::simfleet::app_release(version, image, Duration::from_secs(10))
 }
 
 fn id(i: usize) -> String {

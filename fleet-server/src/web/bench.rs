@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
-use fleet_api::{Role, RolloutRequest};
+use fleet_api::Role;
 use fleet_proto::{DeviceId, UnixMillis};
 use tower::ServiceExt;
 
@@ -83,21 +83,8 @@ fn fill(h: &Harness, devices: usize) {
 async fn rollouts(h: &Harness, n: usize) {
     let admin = Caller { name: "admin".into(), role: Role::Admin };
     for batch in 0..n {
-        let request = RolloutRequest {
-            release: fleet_proto::samples::release_id().to_string(),
-            target: format!("selector:batch={batch}"),
-            waves: Some("1,10%,100%".into()),
-            bake: None,
-            max_parallel: None,
-            failure_threshold: None,
-            on_failure: None,
-            window: None,
-            device_timeout: None,
-            update_deadline: None,
-            stagger: None,
-            exclude_unsatisfiable: false,
-            seed: None,
-        };
+        let request =
+            crate::test_support::rollout_request(&format!("selector:batch={batch}"), "1,10%,100%");
         crate::ops::rollouts::create(&h.api.fleet(), &admin, request, UnixMillis::now())
             .await
             .unwrap();
@@ -216,12 +203,7 @@ async fn live_rollout_pages_fan_out() {
     h.put_release();
     fill(&h, 10_000);
     let admin = Caller { name: "admin".into(), role: Role::Admin };
-    let request: RolloutRequest = serde_json::from_value(serde_json::json!({
-        "release": fleet_proto::samples::release_id().to_string(),
-        "target": "selector:model=ur5",
-        "waves": "1,10%,50%,100%",
-    }))
-    .unwrap();
+    let request = crate::test_support::rollout_request("selector:model=ur5", "1,10%,50%,100%");
     let id = crate::ops::rollouts::create(&h.api.fleet(), &admin, request, UnixMillis::now())
         .await
         .unwrap()

@@ -16,7 +16,7 @@ use maud::{html, Markup};
 
 use super::chart;
 use super::layout::{self, ago, badge, cli, notice, Section};
-use super::{error_page, problem_page, query_pairs, Form, Session};
+use super::{error_page, problem_page, query_pairs, Form, Refusal, Session};
 use crate::api::Api;
 use crate::devices::{DeviceRecord, DeviceSummary};
 use crate::ops;
@@ -189,6 +189,13 @@ fn labels(labels: &std::collections::BTreeMap<String, String>) -> Markup {
     html! { @for (k, v) in labels { code { (k) "=" (v) } " " } }
 }
 
+/// The device id in a path, or the page that says it is none.
+fn device_id(text: &str) -> Result<DeviceId, Refusal> {
+    DeviceId::new(text).map_err(|_| {
+        Refusal::new(StatusCode::NOT_FOUND, "No such device", "That is not a device id.")
+    })
+}
+
 /// `GET /devices/{id}`.
 pub async fn show(
     State(api): State<Api>,
@@ -196,13 +203,9 @@ pub async fn show(
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    let Ok(id) = DeviceId::new(&id) else {
-        return error_page(
-            Some(&session),
-            StatusCode::NOT_FOUND,
-            "No such device",
-            "That is not a device id.",
-        );
+    let id = match device_id(&id) {
+        Ok(id) => id,
+        Err(refusal) => return refusal.page(Some(&session)),
     };
     let now = UnixMillis::now();
     let read = (|| -> Result<_, ops::Error> {
@@ -494,13 +497,9 @@ pub async fn command(
         Ok(f) => f,
         Err(refusal) => return refusal.page(Some(&session)),
     };
-    let Ok(id) = DeviceId::new(&id) else {
-        return error_page(
-            Some(&session),
-            StatusCode::NOT_FOUND,
-            "No such device",
-            "That is not a device id.",
-        );
+    let id = match device_id(&id) {
+        Ok(id) => id,
+        Err(refusal) => return refusal.page(Some(&session)),
     };
     let service = || ServiceName::new(form.get("service")).map_err(|e| format!("service: {e}"));
     let action = match form.get("action") {
@@ -572,13 +571,9 @@ pub async fn pin(
         Ok(f) => f,
         Err(refusal) => return refusal.page(Some(&session)),
     };
-    let Ok(id) = DeviceId::new(&id) else {
-        return error_page(
-            Some(&session),
-            StatusCode::NOT_FOUND,
-            "No such device",
-            "That is not a device id.",
-        );
+    let id = match device_id(&id) {
+        Ok(id) => id,
+        Err(refusal) => return refusal.page(Some(&session)),
     };
     let now = UnixMillis::now();
     let until = match form.get("until") {
@@ -611,13 +606,9 @@ pub async fn unpin(
     if let Err(refusal) = Form::checked(&api, &session, &headers, &body) {
         return refusal.page(Some(&session));
     }
-    let Ok(id) = DeviceId::new(&id) else {
-        return error_page(
-            Some(&session),
-            StatusCode::NOT_FOUND,
-            "No such device",
-            "That is not a device id.",
-        );
+    let id = match device_id(&id) {
+        Ok(id) => id,
+        Err(refusal) => return refusal.page(Some(&session)),
     };
     match ops::devices::unpin(&api.fleet(), &session.caller, id.clone(), false, UnixMillis::now())
         .await

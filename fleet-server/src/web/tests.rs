@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use axum::http::{header, StatusCode};
-use fleet_api::{Role, RolloutRequest};
+use fleet_api::Role;
 use fleet_proto::{DeviceId, UnixMillis};
 use tower::ServiceExt;
 
@@ -211,21 +211,7 @@ async fn a_rollout_page_shows_its_waves_and_pauses_after_confirmation() {
         h.put_device(&format!("r{i}"), &[("site", "lab")]);
     }
     let admin = Caller { name: "admin".into(), role: Role::Admin };
-    let request = RolloutRequest {
-        release: fleet_proto::samples::release_id().to_string(),
-        target: "selector:site=lab".into(),
-        waves: Some("1,100%".into()),
-        bake: None,
-        max_parallel: None,
-        failure_threshold: None,
-        on_failure: None,
-        window: None,
-        device_timeout: None,
-        update_deadline: None,
-        stagger: None,
-        exclude_unsatisfiable: false,
-        seed: None,
-    };
+    let request = crate::test_support::rollout_request("selector:site=lab", "1,100%");
     let record = crate::ops::rollouts::create(&h.api.fleet(), &admin, request, UnixMillis::now())
         .await
         .unwrap();
@@ -508,11 +494,8 @@ async fn pages_following_a_rollout_share_one_reader_that_ends_with_the_last() {
         h.put_device(&format!("r{i}"), &[("site", "lab")]);
     }
     let admin = Caller { name: "admin".into(), role: Role::Admin };
-    let request: RolloutRequest = serde_json::from_value(serde_json::json!({
-        "release": fleet_proto::samples::release_id().to_string(),
-        "target": "selector:site=lab",
-    }))
-    .unwrap();
+    let waves = fleet_api::rollouts::DEFAULT_WAVES;
+    let request = crate::test_support::rollout_request("selector:site=lab", waves);
     let id = crate::ops::rollouts::create(&h.api.fleet(), &admin, request, UnixMillis::now())
         .await
         .unwrap()
