@@ -472,8 +472,9 @@ pub async fn command(
     request: CommandRequest,
     now: UnixMillis,
 ) -> Result<CommandResult, Error> {
+    let timeout = command_timeout(request.timeout_secs)?;
     let record = active(fleet.store.device(&id)?, &id)?;
-    let timeout = Duration::from_secs(request.timeout_secs.unwrap_or(30).clamp(1, 3600));
+    require_online(&record, now)?;
     let command_id = u64::from_be_bytes(keyfile::random::<8>().map_err(Error::internal)?);
     let command = Command {
         id: command_id,
@@ -513,6 +514,37 @@ pub async fn command(
     }
 }
 
+/// The longest a command may wait for its device: an hour.
+pub const MAX_COMMAND_TIMEOUT_SECS: u64 = 3600;
+
+/// How long a command waits: `timeout_secs` if it is 1 s to 1 h, 30 s if absent. Out of range
+/// is refused rather than clamped, so the caller learns their deadline is not the one kept.
+fn command_timeout(timeout_secs: Option<u64>) -> Result<Duration, Error> {
+    match timeout_secs.unwrap_or(30) {
+        secs @ 1..=MAX_COMMAND_TIMEOUT_SECS => Ok(Duration::from_secs(secs)),
+        secs => Err(Error::field(
+            "the command was refused; nothing was sent",
+            "timeout_secs",
+            format!("{secs} is outside 1 to {MAX_COMMAND_TIMEOUT_SECS} seconds"),
+        )),
+    }
+}
+
+/// A command goes only to a device whose retained status says online: an offline one would
+/// hold the request until the deadline for an answer that cannot come, so it is refused at once.
+fn require_online(record: &DeviceRecord, now: UnixMillis) -> Result<(), Error> {
+    if record.online {
+        return Ok(());
+    }
+    let ago = Duration::from_millis(now.0.saturating_sub(record.last_seen.0));
+    Err(Error::conflict(format!(
+        "device {id} is offline (last heard from {ago} ago): a command needs it online, so nothing \
+         was sent; `fleetctl device show {id}` shows its state",
+        id = record.id,
+        ago = fleet_api::units::human_duration(ago),
+    )))
+}
+
 /// Writes the revocation list from every revoked certificate in the registry.
 pub fn write_crl(store: &Store, pki: &Pki) -> Result<(), Box<dyn std::error::Error>> {
     let revoked: Vec<Revoked> = store
@@ -524,4 +556,42 @@ pub fn write_crl(store: &Store, pki: &Pki) -> Result<(), Box<dyn std::error::Err
     // The time in milliseconds grows with every list, as a CRL number must.
     pki.write_crl(&revoked, UnixMillis::now().0)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_waits_thirty_seconds_by_default_and_refuses_a_timeout_outside_one_hour() {
+        assert_eq!(command_timeout(None).unwrap(), Duration::from_secs(30));
+        assert_eq!(command_timeout(Some(1)).unwrap(), Duration::from_secs(1));
+        assert_eq!(command_timeout(Some(3600)).unwrap(), Duration::from_secs(3600));
+        for secs in [0, 3601, u64::MAX] {
+            match command_timeout(Some(secs)) {
+                Err(Error::Invalid { problems, .. }) => {
+                    assert_eq!(problems[0].path, "timeout_secs");
+                    assert!(problems[0].reason.contains(&secs.to_string()), "{problems:?}");
+                }
+                other => panic!("{secs}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_command_to_an_offline_device_is_refused_at_once_saying_when_it_was_last_heard_from() {
+        let id = DeviceId::new("robot-1").unwrap();
+        let mut record = DeviceRecord::bare(id, UnixMillis(1_000));
+        record.online = true;
+        assert!(require_online(&record, UnixMillis(5_000)).is_ok());
+        record.online = false;
+        match require_online(&record, UnixMillis(1_000 + 90_000)) {
+            Err(Error::Conflict { detail, .. }) => {
+                assert!(detail.contains("robot-1 is offline"), "{detail}");
+                assert!(detail.contains("1m 30s ago"), "{detail}");
+                assert!(detail.contains("nothing was sent"), "{detail}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }

@@ -106,7 +106,7 @@ pub enum Error {
     #[error("{0}")]
     RegistryFailed(String),
     /// A device did not answer a command in time.
-    #[error("device {device} did not answer command {command} within {secs} s (is it online? `fleetctl device show {device}`); it will not run it after that")]
+    #[error("device {device} did not answer command {command} within {secs} s (it went offline or is busy: `fleetctl device show {device}`); it will not run it after that")]
     NoAnswer {
         /// The device.
         device: fleet_proto::DeviceId,
