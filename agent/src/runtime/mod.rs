@@ -1,7 +1,7 @@
 //! The container engine, behind [`ContainerRuntime`].
 //!
 //! The agent only ever sees containers through this trait: the Docker implementation
-//! ([`docker::DockerRuntime`], over bollard) for devices, and an in-memory simulation
+//! ([`docker::DockerRuntime`], over the engine's unix socket) for devices, and an in-memory simulation
 //! ([`sim::SimRuntime`]) for the fleet simulator and fast tests.
 //!
 //! Invariants every implementation keeps:

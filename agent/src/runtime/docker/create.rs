@@ -6,20 +6,19 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use bollard::errors::Error as BollardError;
-use bollard::models::{
-    ContainerCreateBody, DeviceMapping as EngineDevice, DeviceRequest, EndpointSettings,
-    HealthConfig, HostConfig, Mount, MountTmpfsOptions, MountType, MountVolumeOptions,
-    NetworkConnectRequest, NetworkingConfig, PortBinding as EngineBinding, PortMap,
-    ResourcesUlimits, RestartPolicy as EngineRestart, RestartPolicyNameEnum,
-};
-use bollard::query_parameters::CreateContainerOptionsBuilder;
 use fleet_proto::policy::Namespace;
 use fleet_proto::release::{
     NetworkMode, Probe, Protocol, RestartPolicy, VolumeMount, VolumeSource,
 };
 
-use super::DockerRuntime;
+use super::engine::{encode, encode_name, EngineError, Request};
+use super::model::{
+    ContainerCreateBody, Created, DeviceMapping as EngineDevice, DeviceRequest, EndpointSettings,
+    HealthConfig, HostConfig, Mount, MountTmpfsOptions, MountType, MountVolumeOptions,
+    NetworkConnect, NetworkingConfig, PortBinding as EngineBinding, PortMap,
+    RestartPolicy as EngineRestart, RestartPolicyName, Ulimit,
+};
+use super::{DockerRuntime, ANSWER_LIMIT};
 use crate::runtime::{ContainerRuntime, CreateRequest, NetworkJoin, RuntimeError};
 
 impl DockerRuntime {
@@ -27,29 +26,30 @@ impl DockerRuntime {
         &self,
         req: &CreateRequest,
     ) -> Result<String, RuntimeError> {
-        let opts = CreateContainerOptionsBuilder::default().name(&req.name).build();
         let image = req.spec.image.pull_ref();
-        let created = self.docker.create_container(Some(opts), container_body(req)).await.map_err(
-            |e| match e {
+        let request = Request::post(format!("/containers/create?name={}", encode(&req.name)))
+            .json(&container_body(req));
+        let created: Created =
+            self.engine.call(request, ANSWER_LIMIT).await.map_err(|e| match e {
                 // The only object a create refers to that can be missing is the image (named
                 // volumes are created on demand): say which, so the caller pulls it again.
-                BollardError::DockerResponseServerError { status_code: 404, .. } => {
+                EngineError::Status { status: 404, .. } => {
                     RuntimeError::NotFound { what: format!("image {image}") }
                 }
                 e => self.fail("create", &format!("container {}", req.name), e),
-            },
-        )?;
-        for warning in created.warnings.iter().filter(|w| !w.is_empty()) {
+            })?;
+        for warning in created.warnings.iter().flatten().filter(|w| !w.is_empty()) {
             tracing::warn!(container = %req.name, %warning, "engine warned on create");
         }
         // Engine API 1.41 (Docker 20.10) joins one network at create; the others are joined
         // before the container starts, so it never runs with only part of its networks.
         for join in req.networks.iter().skip(1) {
-            let connect = NetworkConnectRequest {
-                container: created.id.clone(),
-                endpoint_config: Some(endpoint(join)),
-            };
-            if let Err(e) = self.docker.connect_network(&join.network, connect).await {
+            let connect =
+                NetworkConnect { container: &created.id, endpoint_config: endpoint(join) };
+            let request =
+                Request::post(format!("/networks/{}/connect", encode_name(&join.network)))
+                    .json(&connect);
+            if let Err(e) = self.engine.call::<()>(request, ANSWER_LIMIT).await {
                 let _ = self.remove(&created.id).await;
                 return Err(self.fail(
                     "connect",
@@ -121,7 +121,7 @@ fn port_map(req: &CreateRequest) -> BTreeMap<String, Vec<EngineBinding>> {
 
 /// The endpoint of a container on one network: the names it answers to there.
 fn endpoint(join: &NetworkJoin) -> EndpointSettings {
-    EndpointSettings { aliases: Some(join.aliases.clone()), ..Default::default() }
+    EndpointSettings { aliases: Some(join.aliases.clone()) }
 }
 
 fn mount(v: &VolumeMount, req: &CreateRequest) -> Mount {
@@ -132,27 +132,24 @@ fn mount(v: &VolumeMount, req: &CreateRequest) -> Mount {
     };
     match &v.source {
         VolumeSource::Named(name) => Mount {
-            typ: Some(MountType::VOLUME),
+            typ: Some(MountType::Volume),
             source: Some(name.clone()),
             // Applied only when the engine creates the volume: marks it as the agent's, the
             // app's and the device's, which purges and clash checks read.
             volume_options: Some(MountVolumeOptions {
                 labels: Some(crate::runtime::volume_labels(req, name).into_iter().collect()),
-                ..Default::default()
             }),
             ..base
         },
         // A mount (not a `Binds` entry): a missing host path is an error instead of an empty
         // root-owned directory the engine would create in its place.
         VolumeSource::HostPath(path) => {
-            Mount { typ: Some(MountType::BIND), source: Some(path.clone()), ..base }
+            Mount { typ: Some(MountType::Bind), source: Some(path.clone()), ..base }
         }
         VolumeSource::Tmpfs { size_bytes } => Mount {
-            typ: Some(MountType::TMPFS),
-            tmpfs_options: (*size_bytes > 0).then(|| MountTmpfsOptions {
-                size_bytes: Some(bytes_i64(*size_bytes)),
-                ..Default::default()
-            }),
+            typ: Some(MountType::Tmpfs),
+            tmpfs_options: (*size_bytes > 0)
+                .then(|| MountTmpfsOptions { size_bytes: Some(bytes_i64(*size_bytes)) }),
             ..base
         },
     }
@@ -175,7 +172,7 @@ fn container_body(req: &CreateRequest) -> ContainerCreateBody {
     mounts.extend(hw.binds.iter().map(|b| Mount {
         target: Some(b.container_path.clone()),
         source: Some(b.host_path.clone()),
-        typ: Some(MountType::BIND),
+        typ: Some(MountType::Bind),
         ..Default::default()
     }));
     // Real-time control loops need CAP_SYS_NICE besides the rtprio ulimit to switch to
@@ -198,7 +195,6 @@ fn container_body(req: &CreateRequest) -> ContainerCreateBody {
             count: g.device_ids.is_empty().then_some(g.count),
             device_ids: (!g.device_ids.is_empty()).then(|| g.device_ids.clone()),
             capabilities: Some(vec![g.capabilities.clone()]),
-            options: None,
         }]
     });
     let mut env = spec.env.clone();
@@ -228,40 +224,35 @@ fn container_body(req: &CreateRequest) -> ContainerCreateBody {
             timeout: Some(nanos(h.timeout)),
             retries: Some(i64::from(h.retries)),
             start_period: Some(nanos(h.start_period)),
-            ..Default::default()
         })
     });
 
     let restart_policy = match spec.restart {
         RestartPolicy::No => {
-            EngineRestart { name: Some(RestartPolicyNameEnum::NO), maximum_retry_count: None }
+            EngineRestart { name: Some(RestartPolicyName::No), maximum_retry_count: None }
         }
         RestartPolicy::Always => {
-            EngineRestart { name: Some(RestartPolicyNameEnum::ALWAYS), maximum_retry_count: None }
+            EngineRestart { name: Some(RestartPolicyName::Always), maximum_retry_count: None }
         }
         RestartPolicy::OnFailure { max_retries } => EngineRestart {
-            name: Some(RestartPolicyNameEnum::ON_FAILURE),
+            name: Some(RestartPolicyName::OnFailure),
             maximum_retry_count: Some(i64::from(max_retries)),
         },
         RestartPolicy::UnlessStopped => EngineRestart {
-            name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+            name: Some(RestartPolicyName::UnlessStopped),
             maximum_retry_count: None,
         },
     };
 
-    let mut ulimits: Vec<ResourcesUlimits> = res
+    let mut ulimits: Vec<Ulimit> = res
         .ulimits
         .iter()
         // realtime_priority is the dedicated field for rtprio; it wins over a stray ulimit.
         .filter(|u| !(res.realtime_priority.is_some() && u.name == "rtprio"))
-        .map(|u| ResourcesUlimits {
-            name: Some(u.name.clone()),
-            soft: Some(u.soft),
-            hard: Some(u.hard),
-        })
+        .map(|u| Ulimit { name: Some(u.name.clone()), soft: Some(u.soft), hard: Some(u.hard) })
         .collect();
     if let Some(p) = res.realtime_priority {
-        ulimits.push(ResourcesUlimits {
+        ulimits.push(Ulimit {
             name: Some("rtprio".to_owned()),
             soft: Some(i64::from(p)),
             hard: Some(i64::from(p)),
@@ -319,7 +310,6 @@ fn container_body(req: &CreateRequest) -> ContainerCreateBody {
         pid_mode: host_namespace(Namespace::Pid),
         ipc_mode: host_namespace(Namespace::Ipc),
         uts_mode: host_namespace(Namespace::Uts),
-        ..Default::default()
     };
 
     ContainerCreateBody {
@@ -334,7 +324,6 @@ fn container_body(req: &CreateRequest) -> ContainerCreateBody {
         healthcheck,
         host_config: Some(host_config),
         networking_config,
-        ..Default::default()
     }
 }
 
@@ -421,7 +410,6 @@ mod tests {
                 count: Some(-1),
                 device_ids: None,
                 capabilities: caps.clone(),
-                options: None,
             }])
         );
         assert_eq!(all.devices, None, "the toolkit maps the nodes itself");
@@ -434,7 +422,6 @@ mod tests {
                 count: None,
                 device_ids: Some(vec!["0".to_owned()]),
                 capabilities: caps,
-                options: None,
             }])
         );
         // Jetson: `--runtime nvidia` and the toolkit's variables.
@@ -481,7 +468,7 @@ mod tests {
         assert_eq!(pty.devices, None);
         assert_eq!(pty.device_cgroup_rules, Some(vec!["c 136:7 rwm".to_owned()]));
         let bind =
-            pty.mounts.unwrap().into_iter().find(|m| m.typ == Some(MountType::BIND)).unwrap();
+            pty.mounts.unwrap().into_iter().find(|m| m.typ == Some(MountType::Bind)).unwrap();
         assert_eq!(bind.source.as_deref(), Some("/dev/pts/7"));
         assert_eq!(bind.target.as_deref(), Some("/dev/ttyUSB0"));
     }
@@ -548,16 +535,16 @@ mod tests {
         assert_eq!(host.pids_limit, Some(200));
         assert_eq!(host.shm_size, Some(64 << 20));
         assert_eq!(host.network_mode.as_deref(), Some("bridge"));
-        assert_eq!(host.restart_policy.unwrap().name, Some(RestartPolicyNameEnum::ALWAYS));
+        assert_eq!(host.restart_policy.unwrap().name, Some(RestartPolicyName::Always));
         let dev = &host.devices.unwrap()[0];
         assert_eq!(dev.path_on_host.as_deref(), Some("/dev/ttyUSB0"));
         assert_eq!(dev.path_in_container.as_deref(), Some("/dev/lidar"));
         let mounts = host.mounts.unwrap();
-        assert_eq!(mounts[0].typ, Some(MountType::VOLUME));
+        assert_eq!(mounts[0].typ, Some(MountType::Volume));
         assert_eq!(mounts[0].source.as_deref(), Some("maps"));
         let vol_labels = mounts[0].volume_options.as_ref().unwrap().labels.clone().unwrap();
         assert_eq!(vol_labels[labels::DEVICE], "robot-7");
-        assert_eq!(mounts[1].typ, Some(MountType::TMPFS));
+        assert_eq!(mounts[1].typ, Some(MountType::Tmpfs));
         assert_eq!(mounts[1].tmpfs_options.as_ref().unwrap().size_bytes, Some(16 << 20));
         let bindings = host.port_bindings.unwrap();
         let b = bindings["8080/tcp"].as_ref().unwrap();
@@ -660,7 +647,7 @@ mod tests {
         };
         let host = container_body(&req).host_config.unwrap();
         let policy = host.restart_policy.unwrap();
-        assert_eq!(policy.name, Some(RestartPolicyNameEnum::ON_FAILURE));
+        assert_eq!(policy.name, Some(RestartPolicyName::OnFailure));
         assert_eq!(policy.maximum_retry_count, Some(5));
         let ulimits = host.ulimits.unwrap();
         let rtprio: Vec<_> =

@@ -1,8 +1,10 @@
-//! The Docker Engine behind [`ContainerRuntime`], over bollard.
+//! The Docker Engine (or Podman's Docker-compatible API) behind [`ContainerRuntime`].
 //!
 //! This module owns every call the agent makes to the Docker Engine API. This file holds the
 //! connection, the mapping of engine errors, container lifecycle (start, stop, remove) and
 //! engine objects (networks, volumes); the rest is by job:
+//! * `engine.rs` — HTTP/1.1 over the unix socket, bounded in time and size;
+//! * `model.rs` — the API's JSON, only the fields the agent sends or reads;
 //! * `create.rs` — a [`CreateRequest`] (a planned service) becomes the engine's container config;
 //! * `observe.rs` — inspect, list, stats, logs and events become what runs
 //!   ([`ObservedContainer`], [`RuntimeEvent`]);
@@ -17,30 +19,26 @@
 //! * The API version is negotiated at `connect` and never assumed newer than the engine's (the
 //!   oldest engine tested is Docker 20.10, API 1.41); nothing here relies on a newer field.
 //! * Every request has one long timeout, set at `connect`, bounding how long the engine may take
-//!   to *answer* (bollard's 120 s default is too short for slow links); streamed bodies (pull
-//!   progress, events) are not cut by it. `stop` stretches it by the grace period.
+//!   to *answer* (minutes: a pull is answered only once the registry answers); streamed
+//!   bodies (pull progress, events) are not cut by it. `stop` stretches it by the grace period.
 //! * Errors keep the engine's HTTP status: a 404 is [`RuntimeError::NotFound`], never a message
 //!   match; a dead socket is [`RuntimeError::Unreachable`].
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use bollard::errors::Error as BollardError;
-use bollard::models::NetworkCreateRequest;
-use bollard::query_parameters::{
-    RemoveContainerOptionsBuilder, RestartContainerOptionsBuilder, StartContainerOptions,
-    StopContainerOptionsBuilder,
-};
-use bollard::Docker;
 use fleet_proto::{DeviceId, ImageRef, RegistryCredential};
 use tokio::sync::mpsc;
 
+use self::engine::{encode_name, Engine, EngineError, Request};
 use super::{
     ContainerRuntime, ContainerStats, CreateRequest, EngineObject, ObservedContainer, ProgressFn,
     RuntimeError, RuntimeEvent,
 };
 
 mod create;
+mod engine;
+mod model;
 mod observe;
 mod pull;
 
@@ -48,10 +46,16 @@ mod pull;
 /// after the container is gone, and killing it after the grace period takes a moment.
 const STOP_SLACK: Duration = Duration::from_secs(30);
 
+/// The newest API version the agent speaks; an older engine's own version is used instead.
+const NEWEST_API: (u32, u32) = (1, 53);
+
+/// The most bytes of an answer read whole (lists, inspects): far above any real one.
+const ANSWER_LIMIT: usize = 16 << 20;
+
 /// A Docker Engine reached over its unix socket.
 #[derive(Debug, Clone)]
 pub struct DockerRuntime {
-    docker: Docker,
+    engine: Engine,
     endpoint: String,
     request_timeout: Duration,
 }
@@ -72,60 +76,69 @@ impl DockerRuntime {
                 message: "only unix sockets are supported (a path or unix:///path)".to_owned(),
             });
         }
-        let unreachable = |source: BollardError| RuntimeError::Unreachable {
-            endpoint: endpoint.to_owned(),
-            source: Box::new(source),
-        };
-        let docker = Docker::connect_with_unix(
-            path,
-            whole_seconds(request_timeout).max(1),
-            bollard::API_DEFAULT_VERSION,
-        )
-        .map_err(unreachable)?;
-        // Downgrades the client to the engine's API version when the engine is older, so URLs
-        // are `/v1.41/...` on Docker 20.10.
-        let docker = docker.negotiate_version().await.map_err(|e| match e {
-            e if is_connection_error(&e) => unreachable(e),
-            e => RuntimeError::Engine {
-                op: format!("negotiate the API version with {endpoint}"),
-                status: status_of(&e),
-                message: e.to_string(),
-            },
+        let unversioned = Engine::new(path, request_timeout.max(Duration::from_secs(1)));
+        let version: model::Version =
+            unversioned.call(Request::get("/version"), ANSWER_LIMIT).await.map_err(|e| {
+                if e.is_connection() {
+                    RuntimeError::Unreachable { endpoint: endpoint.to_owned(), source: Box::new(e) }
+                } else {
+                    RuntimeError::Engine {
+                        op: format!("negotiate the API version with {endpoint}"),
+                        status: e.status(),
+                        message: e.to_string(),
+                    }
+                }
+            })?;
+        let engine_api = version.api_version.as_deref().unwrap_or_default();
+        let api = negotiate(engine_api).ok_or_else(|| RuntimeError::Engine {
+            op: format!("negotiate the API version with {endpoint}"),
+            status: None,
+            message: format!("the engine's API version {engine_api:?} is not MAJOR.MINOR"),
         })?;
-        let version = docker.client_version();
-        tracing::info!(endpoint, api = %version, "connected to the Docker engine");
-        Ok(DockerRuntime { docker, endpoint: endpoint.to_owned(), request_timeout })
+        tracing::info!(endpoint, %api, "connected to the Docker engine");
+        Ok(DockerRuntime {
+            engine: unversioned.at_version(api),
+            endpoint: endpoint.to_owned(),
+            request_timeout,
+        })
+    }
+
+    /// The API version requests are made at (`1.41` on Docker 20.10): never newer than the
+    /// engine's.
+    pub fn api_version(&self) -> &str {
+        self.engine.version()
     }
 
     /// The engine's version and API version, e.g. `("20.10.24", "1.41")`.
     pub async fn engine_info(&self) -> Result<(String, String), RuntimeError> {
-        let v = self
-            .docker
-            .version()
+        let v: model::Version = self
+            .engine
+            .call(Request::get("/version"), ANSWER_LIMIT)
             .await
             .map_err(|e| self.fail("read the version of", "engine", e))?;
         Ok((v.version.unwrap_or_default(), v.api_version.unwrap_or_default()))
     }
 
-    /// The bollard client, for what the trait does not cover (tests, diagnostics).
-    pub fn client(&self) -> &Docker {
-        &self.docker
+    /// Sends a request whose answer the caller needs whole, mapping failures to `op` on `what`.
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        request: Request<'_>,
+        op: &str,
+        what: &str,
+    ) -> Result<T, RuntimeError> {
+        self.engine.call(request, ANSWER_LIMIT).await.map_err(|e| self.fail(op, what, e))
     }
 
-    /// Maps a bollard error of operation `op` on `what` (e.g. `stop`, `container web`).
-    fn fail(&self, op: &str, what: &str, err: BollardError) -> RuntimeError {
+    /// Maps an engine error of operation `op` on `what` (e.g. `stop`, `container web`).
+    fn fail(&self, op: &str, what: &str, err: EngineError) -> RuntimeError {
         match err {
-            BollardError::DockerResponseServerError { status_code: 404, .. } => {
+            EngineError::Status { status: 404, .. } => {
                 RuntimeError::NotFound { what: what.to_owned() }
             }
-            BollardError::DockerResponseServerError { status_code, message } => {
-                RuntimeError::Engine {
-                    op: format!("{op} {what}"),
-                    status: Some(status_code),
-                    message,
-                }
+            EngineError::Status { status, message } => {
+                RuntimeError::Engine { op: format!("{op} {what}"), status: Some(status), message }
             }
-            e if is_connection_error(&e) => {
+            e if e.is_connection() => {
                 RuntimeError::Unreachable { endpoint: self.endpoint.clone(), source: Box::new(e) }
             }
             e => RuntimeError::Engine {
@@ -135,20 +148,21 @@ impl DockerRuntime {
             },
         }
     }
+
+    /// The time a stop or restart with `grace` may take to be answered: the engine answers only
+    /// once the container has stopped, so a grace period longer than the request timeout must
+    /// not turn a clean stop into a timeout.
+    fn waiting_out(&self, grace: Duration) -> Duration {
+        self.request_timeout.max(grace.saturating_add(STOP_SLACK))
+    }
 }
 
-impl DockerRuntime {
-    /// The engine client for a stop or restart with `grace`: the engine answers only once the
-    /// container has stopped, so a grace period longer than the request timeout must not turn a
-    /// clean stop into a timeout.
-    fn waiting_out(&self, grace: Duration) -> Docker {
-        let needed = grace.saturating_add(STOP_SLACK);
-        if needed > self.request_timeout {
-            self.docker.clone().with_timeout(needed)
-        } else {
-            self.docker.clone()
-        }
-    }
+/// The API version to speak with an engine at `engine_api`: its own, or ours if it is newer.
+fn negotiate(engine_api: &str) -> Option<String> {
+    let (major, minor) = engine_api.split_once('.')?;
+    let theirs: (u32, u32) = (major.parse().ok()?, minor.parse().ok()?);
+    let (major, minor) = theirs.min(NEWEST_API);
+    Some(format!("{major}.{minor}"))
 }
 
 /// The trait's calls, each answered by the file that owns its job.
@@ -192,8 +206,8 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn free_disk(&self) -> Result<Option<u64>, RuntimeError> {
-        let info =
-            self.docker.info().await.map_err(|e| self.fail("read the info of", "engine", e))?;
+        let info: model::Info =
+            self.call(Request::get("/info"), "read the info of", "engine").await?;
         let Some(root) = info.docker_root_dir else { return Ok(None) };
         // The engine may run in another mount namespace (a remote socket): then the path is not
         // ours to measure, and the check is skipped rather than guessed.
@@ -219,17 +233,9 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn networks(&self) -> Result<Vec<EngineObject>, RuntimeError> {
-        let found =
-            self.docker.list_networks(None).await.map_err(|e| self.fail("list", "networks", e))?;
-        Ok(found
-            .into_iter()
-            .filter_map(|n| {
-                Some(EngineObject {
-                    name: n.name?,
-                    labels: n.labels.unwrap_or_default().into_iter().collect(),
-                })
-            })
-            .collect())
+        let found: Vec<model::NamedObject> =
+            self.call(Request::get("/networks"), "list", "networks").await?;
+        Ok(found.into_iter().filter_map(engine_object).collect())
     }
 
     async fn create_network(
@@ -237,103 +243,79 @@ impl ContainerRuntime for DockerRuntime {
         name: &str,
         labels: &BTreeMap<String, String>,
     ) -> Result<(), RuntimeError> {
-        let req = NetworkCreateRequest {
-            name: name.to_owned(),
-            driver: Some("bridge".to_owned()),
-            labels: Some(labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
-            ..Default::default()
-        };
-        match self.docker.create_network(req).await {
+        let body = model::NetworkCreate { name, driver: "bridge", check_duplicate: true, labels };
+        let request = Request::post("/networks/create").json(&body);
+        match self.engine.call::<serde::de::IgnoredAny>(request, ANSWER_LIMIT).await {
             Ok(_) => Ok(()),
-            Err(e) if status_of(&e) == Some(409) => Ok(()),
+            Err(e) if e.status() == Some(409) => Ok(()),
             // Docker answers 404 when its address pools are exhausted ("could not find an
             // available, non-overlapping IPv4 address pool"): that message is the reason, not
             // "network not found".
-            Err(BollardError::DockerResponseServerError { status_code: 404, message }) => {
-                Err(RuntimeError::Engine {
-                    op: format!("create network {name}"),
-                    status: Some(404),
-                    message,
-                })
-            }
+            Err(EngineError::Status { status: 404, message }) => Err(RuntimeError::Engine {
+                op: format!("create network {name}"),
+                status: Some(404),
+                message,
+            }),
             Err(e) => Err(self.fail("create", &format!("network {name}"), e)),
         }
     }
 
     async fn remove_network(&self, name: &str) -> Result<(), RuntimeError> {
-        match self.docker.remove_network(name).await {
-            Ok(()) => Ok(()),
-            Err(e) if status_of(&e) == Some(404) => Ok(()),
-            Err(e) => Err(self.fail("remove", &format!("network {name}"), e)),
+        let request = Request::delete(format!("/networks/{}", encode_name(name)));
+        match self.call::<()>(request, "remove", &format!("network {name}")).await {
+            Err(RuntimeError::NotFound { .. }) => Ok(()),
+            other => other,
         }
     }
 
     async fn volumes(&self) -> Result<Vec<EngineObject>, RuntimeError> {
-        let found = self
-            .docker
-            .list_volumes(None::<bollard::query_parameters::ListVolumesOptions>)
-            .await
-            .map_err(|e| self.fail("list", "volumes", e))?;
-        Ok(found
-            .volumes
-            .unwrap_or_default()
-            .into_iter()
-            .map(|v| EngineObject { name: v.name, labels: v.labels.into_iter().collect() })
-            .collect())
+        let found: model::VolumeList =
+            self.call(Request::get("/volumes"), "list", "volumes").await?;
+        Ok(found.volumes.unwrap_or_default().into_iter().filter_map(engine_object).collect())
     }
 
     async fn remove_volume(&self, name: &str) -> Result<(), RuntimeError> {
-        match self
-            .docker
-            .remove_volume(name, None::<bollard::query_parameters::RemoveVolumeOptions>)
-            .await
-        {
-            Ok(()) => Ok(()),
-            Err(e) if status_of(&e) == Some(404) => Ok(()),
-            Err(e) => Err(self.fail("remove", &format!("volume {name}"), e)),
+        let request = Request::delete(format!("/volumes/{}", encode_name(name)));
+        match self.call::<()>(request, "remove", &format!("volume {name}")).await {
+            Err(RuntimeError::NotFound { .. }) => Ok(()),
+            other => other,
         }
     }
 
     async fn start(&self, id: &str) -> Result<(), RuntimeError> {
-        // 304 (already running) is a success for bollard.
-        self.docker
-            .start_container(id, None::<StartContainerOptions>)
-            .await
-            .map_err(|e| self.fail("start", &format!("container {id}"), e))
+        // 304 (already running) is a success.
+        let request = Request::post(format!("/containers/{}/start", encode_name(id)));
+        self.call(request, "start", &format!("container {id}")).await
     }
 
     async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
-        let grace_secs = whole_seconds(grace);
-        let opts = StopContainerOptionsBuilder::default()
-            .t(i32::try_from(grace_secs).unwrap_or(i32::MAX))
-            .build();
-        let docker = self.waiting_out(grace);
-        // 304 (not running) is a success for bollard.
-        docker
-            .stop_container(id, Some(opts))
-            .await
-            .map_err(|e| self.fail("stop", &format!("container {id}"), e))
+        // 304 (not running) is a success.
+        let request = Request::post(format!(
+            "/containers/{}/stop?t={}",
+            encode_name(id),
+            whole_seconds(grace)
+        ))
+        .timeout(self.waiting_out(grace));
+        self.call(request, "stop", &format!("container {id}")).await
     }
 
     async fn restart(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
-        let opts = RestartContainerOptionsBuilder::default()
-            .t(i32::try_from(whole_seconds(grace)).unwrap_or(i32::MAX))
-            .build();
-        self.waiting_out(grace)
-            .restart_container(id, Some(opts))
-            .await
-            .map_err(|e| self.fail("restart", &format!("container {id}"), e))
+        let request = Request::post(format!(
+            "/containers/{}/restart?t={}",
+            encode_name(id),
+            whole_seconds(grace)
+        ))
+        .timeout(self.waiting_out(grace));
+        self.call(request, "restart", &format!("container {id}")).await
     }
 
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
         // v=false: a named volume holds data that must outlive any one container.
-        let opts = RemoveContainerOptionsBuilder::default().force(true).v(false).build();
-        match self.docker.remove_container(id, Some(opts)).await {
-            Ok(()) => Ok(()),
-            Err(e) => match self.fail("remove", &format!("container {id}"), e) {
-                RuntimeError::NotFound { .. } => Ok(()),
-                e => Err(e),
-            },
+        let request =
+            Request::delete(format!("/containers/{}?force=true&v=false", encode_name(id)));
+        match self.call::<()>(request, "remove", &format!("container {id}")).await {
+            Err(RuntimeError::NotFound { .. }) => Ok(()),
+            other => other,
         }
     }
 
@@ -350,23 +332,9 @@ impl ContainerRuntime for DockerRuntime {
     }
 }
 
-/// Connection-level failures: the engine did not answer at all.
-fn is_connection_error(e: &BollardError) -> bool {
-    matches!(
-        e,
-        BollardError::IOError { .. }
-            | BollardError::HyperResponseError { .. }
-            | BollardError::HyperLegacyError { .. }
-            | BollardError::RequestTimeoutError
-            | BollardError::SocketNotFoundError(_)
-    )
-}
-
-fn status_of(e: &BollardError) -> Option<u16> {
-    match e {
-        BollardError::DockerResponseServerError { status_code, .. } => Some(*status_code),
-        _ => None,
-    }
+/// A network or volume by name with its labels; `None` for one without a name.
+fn engine_object(o: model::NamedObject) -> Option<EngineObject> {
+    Some(EngineObject { name: o.name?, labels: o.labels.unwrap_or_default().into_iter().collect() })
 }
 
 /// Seconds, rounded up: a grace of 1.5 s must not become 1 s.
@@ -377,6 +345,17 @@ fn whole_seconds(d: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_api_version_is_the_engines_unless_it_is_newer_than_ours() {
+        assert_eq!(negotiate("1.41").as_deref(), Some("1.41"));
+        assert_eq!(negotiate("1.53").as_deref(), Some("1.53"));
+        assert_eq!(negotiate("1.60").as_deref(), Some("1.53"));
+        assert_eq!(negotiate("2.0").as_deref(), Some("1.53"));
+        assert_eq!(negotiate("1.9").as_deref(), Some("1.9"));
+        assert_eq!(negotiate("latest"), None);
+        assert_eq!(negotiate(""), None);
+    }
 
     #[test]
     fn grace_periods_round_up_to_whole_seconds() {

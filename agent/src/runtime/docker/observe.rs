@@ -2,21 +2,16 @@
 //! stats become [`ContainerStats`], log frames become lines, and engine events become
 //! [`RuntimeEvent`]s. The conversions are pure and unit-tested; the calls are thin.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bollard::models::{ContainerInspectResponse, ContainerStateStatusEnum, HealthStatusEnum};
-use bollard::query_parameters::{
-    EventsOptionsBuilder, InspectContainerOptions, ListContainersOptionsBuilder,
-    LogsOptionsBuilder, StatsOptionsBuilder,
-};
 use fleet_proto::report::{ContainerState, Health};
 use fleet_proto::DeviceId;
-use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use super::DockerRuntime;
+use super::engine::{encode, encode_name, Request};
+use super::model::{ContainerInspect, ContainerStatsResponse, ContainerSummary, EventMessage};
+use super::{DockerRuntime, ANSWER_LIMIT};
 use crate::runtime::{
     labels, ContainerStats, ObservedContainer, PortBinding, RuntimeError, RuntimeEvent,
 };
@@ -30,16 +25,14 @@ impl DockerRuntime {
         &self,
         device: &DeviceId,
     ) -> Result<Vec<ObservedContainer>, RuntimeError> {
-        let filters = HashMap::from([(
-            "label".to_owned(),
-            vec![format!("{}={}", labels::DEVICE, device.as_str())],
-        )]);
-        let opts = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
-        let summaries = self
-            .docker
-            .list_containers(Some(opts))
-            .await
-            .map_err(|e| self.fail("list containers of", &format!("device {device:?}"), e))?;
+        let filters =
+            serde_json::json!({ "label": [format!("{}={}", labels::DEVICE, device.as_str())] });
+        let request = Request::get(format!(
+            "/containers/json?all=true&filters={}",
+            encode(&filters.to_string())
+        ));
+        let summaries: Vec<ContainerSummary> =
+            self.call(request, "list containers of", &format!("device {device:?}")).await?;
         let mut observed = Vec::with_capacity(summaries.len());
         for id in summaries.into_iter().filter_map(|s| s.id) {
             match self.inspect_container(&id).await {
@@ -57,28 +50,22 @@ impl DockerRuntime {
         &self,
         id: &str,
     ) -> Result<ObservedContainer, RuntimeError> {
-        let resp = self
-            .docker
-            .inspect_container(id, None::<InspectContainerOptions>)
-            .await
-            .map_err(|e| self.fail("inspect", &format!("container {id}"), e))?;
+        let request = Request::get(format!("/containers/{}/json", encode_name(id)));
+        let resp: ContainerInspect =
+            self.call(request, "inspect", &format!("container {id}")).await?;
         Ok(observed_from(resp))
     }
 
     pub(super) async fn container_stats(&self, id: &str) -> Result<ContainerStats, RuntimeError> {
         // `one-shot` (API 1.41) answers at once instead of sampling for a second to fill
         // `precpu_stats`; CPU shares are computed from consecutive samples by the caller.
-        let opts = StatsOptionsBuilder::default().stream(false).one_shot(true).build();
-        let mut stream = self.docker.stats(id, Some(opts));
-        match stream.next().await {
-            Some(Ok(resp)) => Ok(stats_from(resp)),
-            Some(Err(e)) => Err(self.fail("read the stats of", &format!("container {id}"), e)),
-            None => Err(RuntimeError::Engine {
-                op: format!("read the stats of container {id}"),
-                status: None,
-                message: "the engine sent no stats".to_owned(),
-            }),
-        }
+        let request = Request::get(format!(
+            "/containers/{}/stats?stream=false&one-shot=true",
+            encode_name(id)
+        ));
+        let resp: ContainerStatsResponse =
+            self.call(request, "read the stats of", &format!("container {id}")).await?;
+        Ok(stats_from(resp))
     }
 
     pub(super) async fn container_logs(
@@ -89,39 +76,44 @@ impl DockerRuntime {
         if tail == 0 {
             return Ok(Vec::new());
         }
-        let opts =
-            LogsOptionsBuilder::default().stdout(true).stderr(true).tail(&tail.to_string()).build();
-        let mut stream = self.docker.logs(id, Some(opts));
-        // Frames of stdout and stderr arrive interleaved in order; a long line may span frames.
-        let mut bytes = Vec::new();
-        while let Some(frame) = stream.next().await {
-            let frame =
-                frame.map_err(|e| self.fail("read the logs of", &format!("container {id}"), e))?;
-            bytes.extend_from_slice(frame.as_ref());
-        }
-        Ok(log_lines(&bytes, tail))
+        let request = Request::get(format!(
+            "/containers/{}/logs?stdout=true&stderr=true&tail={tail}",
+            encode_name(id)
+        ));
+        let fail = |e| self.fail("read the logs of", &format!("container {id}"), e);
+        let mut answer = self.engine.stream(request).await.map_err(fail)?;
+        let bytes = answer.body.read_to_end(ANSWER_LIMIT).await.map_err(fail)?;
+        // A container without a terminal has its stdout and stderr framed (multiplexed); one with
+        // a terminal sends them raw.
+        let raw = answer.content_type.as_deref() == Some("application/vnd.docker.raw-stream")
+            && !looks_multiplexed(&bytes);
+        let text = if raw { bytes } else { demultiplex(&bytes) };
+        Ok(log_lines(&text, tail))
     }
 
     pub(super) fn watch_events(&self, device: &DeviceId) -> mpsc::Receiver<RuntimeEvent> {
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
-        let docker = self.docker.clone();
+        let engine = self.engine.clone();
         let device = device.as_str().to_owned();
         // Events from this instant on: the engine replays those that happen before the stream is
         // established, so a container started right after `events` returns is not missed.
         let since = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map(|t| format!("{}.{:09}", t.as_secs(), t.subsec_nanos()))
-            .ok();
+            .map(|t| format!("&since={}.{:09}", t.as_secs(), t.subsec_nanos()))
+            .unwrap_or_default();
+        let filters = serde_json::json!({
+            "type": ["container"],
+            "label": [format!("{}={device}", labels::DEVICE)],
+        });
+        let path = format!("/events?filters={}{since}", encode(&filters.to_string()));
         tokio::spawn(async move {
-            let filters = HashMap::from([
-                ("type".to_owned(), vec!["container".to_owned()]),
-                ("label".to_owned(), vec![format!("{}={device}", labels::DEVICE)]),
-            ]);
-            let mut opts = EventsOptionsBuilder::default().filters(&filters);
-            if let Some(since) = &since {
-                opts = opts.since(since);
-            }
-            let mut stream = docker.events(Some(opts.build()));
+            let mut stream = match engine.stream(Request::get(path)).await {
+                Ok(answer) => answer.body.json_values::<EventMessage>(),
+                Err(e) => {
+                    tracing::warn!(%device, error = %e, "engine event stream failed");
+                    return;
+                }
+            };
             loop {
                 let item = tokio::select! {
                     // Nobody listens any more: end now, not at the next event.
@@ -154,7 +146,7 @@ impl DockerRuntime {
 /// An engine event as the agent sees it; `None` for events without an actor and for exec events
 /// (every health check is an exec: create, start, die, three events per check per container,
 /// and they say nothing about the container's state).
-fn event_from(message: bollard::models::EventMessage) -> Option<RuntimeEvent> {
+fn event_from(message: EventMessage) -> Option<RuntimeEvent> {
     let action = message.action?;
     let actor = message.actor?;
     let id = actor.id?;
@@ -178,14 +170,14 @@ fn event_from(message: bollard::models::EventMessage) -> Option<RuntimeEvent> {
 /// The agent's view of one stats answer. Memory is usage minus the reclaimable file cache, as
 /// `docker stats` computes it (`total_inactive_file` on cgroup v1, where `inactive_file` is not
 /// hierarchical; `inactive_file` on v2).
-fn stats_from(resp: bollard::models::ContainerStatsResponse) -> ContainerStats {
+fn stats_from(resp: ContainerStatsResponse) -> ContainerStats {
     let memory = resp.memory_stats.as_ref();
     let cache = memory
         .and_then(|m| m.stats.as_ref())
         .and_then(|s| s.get("total_inactive_file").or_else(|| s.get("inactive_file")).copied());
     let memory_bytes = memory.and_then(|m| m.usage).map(|u| u.saturating_sub(cache.unwrap_or(0)));
     let networks = resp.networks.as_ref();
-    let sum = |f: fn(&bollard::models::ContainerNetworkStats) -> Option<u64>| {
+    let sum = |f: fn(&super::model::NetworkStats) -> Option<u64>| {
         networks.map(|n| n.values().filter_map(f).sum::<u64>())
     };
     ContainerStats {
@@ -196,6 +188,26 @@ fn stats_from(resp: bollard::models::ContainerStatsResponse) -> ContainerStats {
         net_rx_bytes: sum(|n| n.rx_bytes),
         net_tx_bytes: sum(|n| n.tx_bytes),
     }
+}
+
+/// Whether `bytes` begin with a multiplexed frame header: stream 0, 1 or 2, three zero bytes,
+/// a length. (Engines before API 1.42 label framed logs as raw too.)
+fn looks_multiplexed(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && bytes[0] <= 2 && bytes[1..4] == [0, 0, 0]
+}
+
+/// The payloads of multiplexed log frames (8-byte header: stream, 3 zero bytes, big-endian
+/// length), in order; bytes that are not a frame are kept as they are.
+fn demultiplex(mut bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    while looks_multiplexed(bytes) {
+        let len = u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
+        let end = (8 + len).min(bytes.len());
+        out.extend_from_slice(&bytes[8..end]);
+        bytes = &bytes[end..];
+    }
+    out.extend_from_slice(bytes);
+    out
 }
 
 /// The last `tail` lines of a log, without their line endings.
@@ -215,21 +227,19 @@ fn log_lines(bytes: &[u8], tail: usize) -> Vec<String> {
 }
 
 /// The engine's view of a container, as the agent sees it.
-fn observed_from(resp: ContainerInspectResponse) -> ObservedContainer {
+fn observed_from(resp: ContainerInspect) -> ObservedContainer {
     let state = resp.state.unwrap_or_default();
-    let container_state = match state.status {
-        Some(ContainerStateStatusEnum::CREATED) => ContainerState::Created,
-        Some(ContainerStateStatusEnum::RUNNING) => ContainerState::Running,
-        // Newer engines only: still running until the stop completes.
-        Some(ContainerStateStatusEnum::STOPPING) => ContainerState::Running,
-        Some(ContainerStateStatusEnum::PAUSED) => ContainerState::Paused,
-        Some(ContainerStateStatusEnum::RESTARTING) => ContainerState::Restarting,
+    let container_state = match state.status.as_deref() {
+        Some("created") => ContainerState::Created,
+        // `stopping` (newer engines): still running until the stop completes.
+        Some("running" | "stopping") => ContainerState::Running,
+        Some("paused") => ContainerState::Paused,
+        Some("restarting") => ContainerState::Restarting,
         // On its way out: no longer running, and about to be gone.
-        Some(ContainerStateStatusEnum::EXITED | ContainerStateStatusEnum::REMOVING) => {
-            ContainerState::Exited
-        }
-        Some(ContainerStateStatusEnum::DEAD) => ContainerState::Dead,
-        Some(ContainerStateStatusEnum::EMPTY) | None => {
+        Some("exited" | "removing") => ContainerState::Exited,
+        Some("dead") => ContainerState::Dead,
+        // Old engines, and anything new: the booleans say it.
+        _ => {
             if state.restarting == Some(true) {
                 ContainerState::Restarting
             } else if state.paused == Some(true) {
@@ -245,11 +255,11 @@ fn observed_from(resp: ContainerInspectResponse) -> ObservedContainer {
             }
         }
     };
-    let health = match state.health.as_ref().and_then(|h| h.status) {
-        Some(HealthStatusEnum::STARTING) => Health::Starting,
-        Some(HealthStatusEnum::HEALTHY) => Health::Healthy,
-        Some(HealthStatusEnum::UNHEALTHY) => Health::Unhealthy,
-        Some(HealthStatusEnum::NONE | HealthStatusEnum::EMPTY) | None => Health::NoCheck,
+    let health = match state.health.as_ref().and_then(|h| h.status.as_deref()) {
+        Some("starting") => Health::Starting,
+        Some("healthy") => Health::Healthy,
+        Some("unhealthy") => Health::Unhealthy,
+        _ => Health::NoCheck,
     };
     // The engine resets ExitCode to 0 when a container starts, so it means "last exit" only once
     // the container has exited (or is being restarted after an exit).
@@ -312,47 +322,26 @@ fn observed_from(resp: ContainerInspectResponse) -> ObservedContainer {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use bollard::models::{
-        ContainerConfig, ContainerState as EngineState, NetworkSettings,
-        PortBinding as EngineBinding,
-    };
+    use std::collections::HashMap;
 
+    use super::super::model::{
+        ContainerConfigView, ContainerStateView, CpuStats, CpuUsage, MemoryStats, NetworkSettings,
+        NetworkStats, PortBinding as EngineBinding,
+    };
     use super::*;
 
     #[test]
     fn stats_subtract_the_page_cache_per_cgroup_version_and_sum_networks() {
-        use bollard::models::{
-            ContainerCpuStats, ContainerCpuUsage, ContainerMemoryStats, ContainerNetworkStats,
-            ContainerStatsResponse,
-        };
         let resp = |stats: &[(&str, u64)]| ContainerStatsResponse {
-            cpu_stats: Some(ContainerCpuStats {
-                cpu_usage: Some(ContainerCpuUsage { total_usage: Some(42), ..Default::default() }),
-                ..Default::default()
-            }),
-            memory_stats: Some(ContainerMemoryStats {
+            cpu_stats: Some(CpuStats { cpu_usage: Some(CpuUsage { total_usage: Some(42) }) }),
+            memory_stats: Some(MemoryStats {
                 usage: Some(1000),
                 limit: Some(4096),
                 stats: Some(stats.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()),
-                ..Default::default()
             }),
             networks: Some(HashMap::from([
-                (
-                    "eth0".to_owned(),
-                    ContainerNetworkStats {
-                        rx_bytes: Some(10),
-                        tx_bytes: Some(1),
-                        ..Default::default()
-                    },
-                ),
-                (
-                    "eth1".to_owned(),
-                    ContainerNetworkStats {
-                        rx_bytes: Some(5),
-                        tx_bytes: Some(2),
-                        ..Default::default()
-                    },
-                ),
+                ("eth0".to_owned(), NetworkStats { rx_bytes: Some(10), tx_bytes: Some(1) }),
+                ("eth1".to_owned(), NetworkStats { rx_bytes: Some(5), tx_bytes: Some(2) }),
             ])),
             ..Default::default()
         };
@@ -365,22 +354,21 @@ mod tests {
         assert_eq!(stats_from(ContainerStatsResponse::default()), ContainerStats::default());
     }
 
-    fn inspected(status: ContainerStateStatusEnum, exit: i64) -> ContainerInspectResponse {
-        ContainerInspectResponse {
+    fn inspected(status: &str, exit: i64) -> ContainerInspect {
+        ContainerInspect {
             id: Some("abc".to_owned()),
             name: Some("/web".to_owned()),
             image: Some("sha256:local-id".to_owned()),
             restart_count: Some(2),
-            state: Some(EngineState {
-                status: Some(status),
+            state: Some(ContainerStateView {
+                status: Some(status.to_owned()),
                 exit_code: Some(exit),
                 oom_killed: Some(true),
                 ..Default::default()
             }),
-            config: Some(ContainerConfig {
+            config: Some(ContainerConfigView {
                 image: Some("reg/web@sha256:x".to_owned()),
                 labels: Some(HashMap::from([(labels::DEVICE.to_owned(), "d".to_owned())])),
-                ..Default::default()
             }),
             network_settings: Some(NetworkSettings {
                 ports: Some(HashMap::from([
@@ -395,13 +383,12 @@ mod tests {
                 ])),
                 ..Default::default()
             }),
-            ..Default::default()
         }
     }
 
     #[test]
     fn inspect_maps_state_exit_code_and_published_ports() {
-        let c = observed_from(inspected(ContainerStateStatusEnum::EXITED, 137));
+        let c = observed_from(inspected("exited", 137));
         assert_eq!(c.name, "web");
         assert_eq!(c.image, "reg/web@sha256:x");
         assert_eq!(c.state, ContainerState::Exited);
@@ -418,9 +405,35 @@ mod tests {
                 host_port: 49153
             }]
         );
-        let running = observed_from(inspected(ContainerStateStatusEnum::RUNNING, 0));
+        let running = observed_from(inspected("running", 0));
         assert_eq!(running.state, ContainerState::Running);
         assert_eq!(running.exit_code, None, "a running container has not exited");
+    }
+
+    #[test]
+    fn multiplexed_log_frames_are_joined_in_order_and_raw_text_kept() {
+        let frame = |stream: u8, text: &str| {
+            let mut f = vec![stream, 0, 0, 0];
+            f.extend_from_slice(&(text.len() as u32).to_be_bytes());
+            f.extend_from_slice(text.as_bytes());
+            f
+        };
+        let framed = [frame(1, "out 1\nout "), frame(2, "err\n"), frame(1, "2\n")].concat();
+        assert!(looks_multiplexed(&framed));
+        assert_eq!(demultiplex(&framed), b"out 1\nout err\n2\n");
+        assert!(!looks_multiplexed(b"plain text\n"));
+        assert_eq!(demultiplex(b"plain text\n"), b"plain text\n");
+        // A frame cut short keeps what arrived.
+        assert_eq!(demultiplex(&frame(1, "abcdef")[..10]), b"ab");
+    }
+
+    #[test]
+    fn a_state_old_engines_leave_empty_is_read_from_the_booleans() {
+        let mut c = inspected("", 0);
+        c.state.as_mut().unwrap().restarting = Some(true);
+        assert_eq!(observed_from(c).state, ContainerState::Restarting);
+        let c = inspected("", 0);
+        assert_eq!(observed_from(c).state, ContainerState::Created);
     }
 
     #[test]

@@ -5,17 +5,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use bollard::auth::DockerCredentials;
-use bollard::errors::Error as BollardError;
-use bollard::models::CreateImageInfo;
-use bollard::query_parameters::{
-    CreateImageOptionsBuilder, ListImagesOptionsBuilder, RemoveImageOptions,
-};
+use base64::Engine as _;
 use fleet_oci::{Platform, RegistryClient};
 use fleet_proto::{ImageRef, RegistryCredential};
-use futures_util::StreamExt;
 
-use super::{is_connection_error, DockerRuntime};
+use super::engine::{encode, encode_name, EngineError, Request};
+use super::model::{CreateImageInfo, ImageSummary};
+use super::DockerRuntime;
 use crate::lock::error_chain;
 use crate::runtime::{ProgressFn, RuntimeError};
 
@@ -28,12 +24,14 @@ const USER_AGENT: &str = concat!("fleet-agent/", env!("CARGO_PKG_VERSION"));
 impl DockerRuntime {
     pub(super) async fn image_present(&self, image: &ImageRef) -> Result<bool, RuntimeError> {
         let reference = image.pull_ref();
-        match self.docker.inspect_image(&reference).await {
+        let request = Request::get(format!("/images/{}/json", encode_name(&reference)));
+        match self
+            .call::<serde::de::IgnoredAny>(request, "inspect", &format!("image {reference}"))
+            .await
+        {
             Ok(_) => Ok(true),
-            Err(e) => match self.fail("inspect", &format!("image {reference}"), e) {
-                RuntimeError::NotFound { .. } => Ok(false),
-                e => Err(e),
-            },
+            Err(RuntimeError::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
         }
     }
 
@@ -57,19 +55,28 @@ impl DockerRuntime {
                     ),
                 });
             }
-            Some(c) => Some(DockerCredentials {
-                username: Some(c.username.clone()),
-                password: Some(c.password.clone()),
-                serveraddress: Some(c.registry.clone()),
-                ..Default::default()
-            }),
+            Some(c) => Some(registry_auth(c)),
             None => None,
         };
-        let opts = CreateImageOptionsBuilder::default().from_image(&reference).build();
-        let mut stream = self.docker.create_image(Some(opts), None, credentials);
+        let mut request = Request::post(format!("/images/create?fromImage={}", encode(&reference)));
+        if let Some(auth) = &credentials {
+            request = request.registry_auth(auth);
+        }
+        let answer =
+            self.engine.stream(request).await.map_err(|e| self.pull_failed(&reference, e))?;
+        let mut stream = answer.body.json_values::<CreateImageInfo>();
         let mut tally = PullTally::default();
         while let Some(item) = stream.next().await {
             let info = item.map_err(|e| self.pull_failed(&reference, e))?;
+            // A pull that fails part-way says so in the stream, with a 200 status.
+            if let Some(reason) = info
+                .error_detail
+                .as_ref()
+                .and_then(|d| d.message.clone())
+                .or_else(|| info.error.clone())
+            {
+                return Err(RuntimeError::Pull { image: reference, reason });
+            }
             if let Some((done, total)) = tally.update(&info) {
                 progress(done, total);
             }
@@ -81,25 +88,20 @@ impl DockerRuntime {
     }
 
     pub(super) async fn remove_local_image(&self, image: &str) -> Result<(), RuntimeError> {
-        match self.docker.remove_image(image, None::<RemoveImageOptions>, None).await {
-            Ok(_) => Ok(()),
-            Err(e) => match self.fail("remove", &format!("image {image}"), e) {
-                RuntimeError::NotFound { .. } => Ok(()),
-                e => Err(e),
-            },
+        let request = Request::delete(format!("/images/{}", encode_name(image)));
+        match self.call::<serde::de::IgnoredAny>(request, "remove", &format!("image {image}")).await
+        {
+            Ok(_) | Err(RuntimeError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
         }
     }
 
     pub(super) async fn pulled_images(&self) -> Result<Vec<String>, RuntimeError> {
-        let opts = ListImagesOptionsBuilder::default().build();
-        let images = self
-            .docker
-            .list_images(Some(opts))
-            .await
-            .map_err(|e| self.fail("list", "images", e))?;
+        let images: Vec<ImageSummary> =
+            self.call(Request::get("/images/json"), "list", "images").await?;
         let digests: BTreeSet<String> = images
             .into_iter()
-            .flat_map(|i| i.repo_digests)
+            .flat_map(|i| i.repo_digests.unwrap_or_default())
             // Docker 20.10 lists `<none>@<none>` for images it lost the registry name of.
             .filter(|d| !d.starts_with("<none>"))
             .collect();
@@ -136,20 +138,27 @@ impl DockerRuntime {
 
     /// Maps an error of a pull: everything the engine or registry says is a [`RuntimeError::Pull`]
     /// (a 404 here is the registry's "manifest unknown", not a missing local object).
-    fn pull_failed(&self, image: &str, err: BollardError) -> RuntimeError {
+    fn pull_failed(&self, image: &str, err: EngineError) -> RuntimeError {
         match err {
-            e if is_connection_error(&e) => {
+            e if e.is_connection() => {
                 RuntimeError::Unreachable { endpoint: self.endpoint.clone(), source: Box::new(e) }
             }
-            BollardError::DockerStreamError { error } => {
-                RuntimeError::Pull { image: image.to_owned(), reason: error }
-            }
-            BollardError::DockerResponseServerError { message, .. } => {
+            EngineError::Status { message, .. } => {
                 RuntimeError::Pull { image: image.to_owned(), reason: message }
             }
             e => RuntimeError::Pull { image: image.to_owned(), reason: e.to_string() },
         }
     }
+}
+
+/// The `X-Registry-Auth` header for a credential: its JSON, base64url-encoded.
+fn registry_auth(c: &RegistryCredential) -> String {
+    let json = serde_json::json!({
+        "username": c.username,
+        "password": c.password,
+        "serveraddress": c.registry,
+    });
+    base64::engine::general_purpose::URL_SAFE.encode(json.to_string())
 }
 
 /// Aggregates the per-layer pull progress the engine streams into one byte count.
@@ -231,8 +240,7 @@ impl PullTally {
 
 #[cfg(test)]
 mod tests {
-    use bollard::models::ProgressDetail;
-
+    use super::super::model::ProgressDetail;
     use super::*;
 
     fn info(id: &str, status: &str, progress: Option<(i64, i64)>) -> CreateImageInfo {
@@ -245,6 +253,21 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_registry_credential_travels_as_base64url_json() {
+        let c = RegistryCredential {
+            registry: "reg.example:5000".to_owned(),
+            username: "robot".to_owned(),
+            password: "p?>s".to_owned(),
+        };
+        let decoded = base64::engine::general_purpose::URL_SAFE.decode(registry_auth(&c)).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&decoded).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({ "username": "robot", "password": "p?>s", "serveraddress": "reg.example:5000" })
+        );
     }
 
     #[test]
