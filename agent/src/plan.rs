@@ -154,6 +154,15 @@ pub fn config_hash(spec: &ServiceSpec, proxied: bool, hardware: &HardwareMapping
     // JSON of the spec is deterministic: maps are BTreeMaps and fields keep declaration order.
     let mut json = serde_json::to_vec(spec).unwrap_or_default();
     // Appended fields, newest first: each is left out while empty (see below).
+    let unused_options = format!(
+        r#","options":{}}}"#,
+        serde_json::to_string(&fleet_proto::release::ContainerOptions::default())
+            .unwrap_or_default()
+    );
+    if json.ends_with(unused_options.as_bytes()) {
+        json.truncate(json.len() - unused_options.len());
+        json.push(b'}');
+    }
     const UNUSED_NAMESPACES: &[u8] = br#","host_namespaces":[]}"#;
     if json.ends_with(UNUSED_NAMESPACES) {
         json.truncate(json.len() - UNUSED_NAMESPACES.len());
@@ -556,6 +565,7 @@ mod tests {
                 oom_killed: false,
                 ports: vec![],
                 ip: None,
+                stop_grace: None,
             })
             .collect()
     }
@@ -860,8 +870,13 @@ mod tests {
         spec.network_mode = NetworkMode::Host;
         spec.ports.clear();
         // The hash of this spec as computed before group_add and optional_hardware existed.
+        let without_options = |spec: &ServiceSpec| {
+            let options =
+                format!(r#","options":{}"#, serde_json::to_string(&spec.options).unwrap());
+            serde_json::to_string(spec).unwrap().replace(&options, "")
+        };
         let old_hash = |spec: &ServiceSpec| {
-            let json = serde_json::to_string(spec).unwrap();
+            let json = without_options(spec);
             let before =
                 json.replace(r#","group_add":[],"optional_hardware":[],"telemetry":false,"no_new_privileges":false,"cpu_shares":null,"networks":[],"secrets":[],"host_namespaces":[]"#, "");
             assert!(before.ends_with(r#""depends_on":[]}"#), "{before}");
@@ -875,9 +890,8 @@ mod tests {
         assert_ne!(config_hash(&on_release, false, &NO_HARDWARE), old_hash(&on_release));
         // Secrets came after networks: a release-network service hashes as it did before them.
         let before_secrets = {
-            let json = serde_json::to_string(&on_release)
-                .unwrap()
-                .replace(r#","secrets":[],"host_namespaces":[]"#, "");
+            let json =
+                without_options(&on_release).replace(r#","secrets":[],"host_namespaces":[]"#, "");
             let digest = Sha256::digest(json.as_bytes());
             fleet_proto::hex::encode(&digest[..6])
         };
@@ -906,6 +920,9 @@ mod tests {
             ..base()
         };
         assert_ne!(config_hash(&joined, false, &NO_HARDWARE), old);
+        let mut graceful = base();
+        graceful.options.stop_grace = Some(Duration::from_secs(30));
+        assert_ne!(config_hash(&graceful, false, &NO_HARDWARE), old);
     }
 
     #[test]

@@ -99,6 +99,7 @@ mod tests {
             oom_killed: false,
             ports,
             ip,
+            stop_grace: None,
         }
     }
 

@@ -172,6 +172,7 @@ mod tests {
             oom_killed: false,
             ports: vec![],
             ip: None,
+            stop_grace: None,
         }
     }
 

@@ -175,6 +175,33 @@ pub(crate) mod extensible_opt {
     }
 }
 
+/// Serde helpers: a value encoded as a length-prefixed, tolerantly decoded body, so fields can
+/// be appended to it; bytes from before the value existed decode as its zero value (every
+/// field absent), so it can itself be appended to a body.
+pub(crate) mod extensible {
+    use serde::de::{DeserializeOwned, Deserializer};
+    use serde::ser::Serializer;
+    use serde::{Deserialize, Serialize};
+
+    use super::Blob;
+
+    pub(crate) fn serialize<S: Serializer, T: Serialize>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            return v.serialize(s);
+        }
+        Blob::encode(v).serialize(s)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>, T: DeserializeOwned>(
+        d: D,
+    ) -> Result<T, D::Error> {
+        if d.is_human_readable() {
+            return T::deserialize(d);
+        }
+        Blob::deserialize(d)?.decode()
+    }
+}
+
 /// The encoded bytes of one extensible value.
 struct Blob(Vec<u8>);
 

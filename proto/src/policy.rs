@@ -198,7 +198,8 @@ pub fn capability(name: &str) -> String {
 /// `privileged`, `cap_add: [ALL]` (the same in all but name), and any capability beyond
 /// Docker's default set, only where allowed: `SYS_ADMIN`, `SYS_MODULE`, `SYS_RAWIO`,
 /// `DAC_READ_SEARCH` and the like each give a container the host. `SYS_NICE` is judged with
-/// real-time scheduling, and unknown names are the agent's to refuse as such.
+/// real-time scheduling, and unknown names are the agent's to refuse as such. A negative
+/// `oom_score_adj` is judged here too: it puts the host's processes before the container.
 pub fn privileges(svc: &ServiceSpec, policy: &DevicePolicy, at: &str) -> Vec<SpecError> {
     if policy.allow_privileged {
         return vec![];
@@ -206,6 +207,12 @@ pub fn privileges(svc: &ServiceSpec, policy: &DevicePolicy, at: &str) -> Vec<Spe
     let mut errors = Vec::new();
     if svc.security.privileged {
         errors.push(error(format!("{at}.security.privileged"), NOT_PRIVILEGED.to_owned()));
+    }
+    if let Some(adj) = svc.options.oom_score_adj.filter(|a| *a < 0) {
+        errors.push(error(
+            format!("{at}.options.oom_score_adj"),
+            format!("{adj} makes the kernel kill other processes, the agent included, before this one when memory runs out; this device's configuration does not allow it ([policy] allow_privileged). Use 0 or more")),
+        );
     }
     let allowed: Vec<String> = policy.allowed_capabilities.iter().map(|c| capability(c)).collect();
     for (j, cap) in svc.security.cap_add.iter().enumerate() {
@@ -405,6 +412,7 @@ mod tests {
         let mut svc = service();
         svc.security.privileged = true;
         svc.security.cap_add = vec!["sys_admin".into(), "ALL".into()];
+        svc.options.oom_score_adj = Some(-900);
         svc.host_namespaces = vec![Namespace::Pid];
         svc.hardware = vec![HardwareRequest::Device {
             host_path: "/dev/mem".into(),
@@ -420,6 +428,7 @@ mod tests {
         let got = reasons(&DevicePolicy::default().refusals(&release));
         let expect = [
             ("services[0].security.privileged", "[policy] allow_privileged"),
+            ("services[0].options.oom_score_adj", "the agent included"),
             (
                 "services[0].security.cap_add[0]",
                 "add \"SYS_ADMIN\" to [policy] allowed_capabilities",

@@ -99,6 +99,7 @@ pub fn release() -> ReleaseSpec {
         networks: vec![NetworkAttachment { name: s("default"), aliases: vec![s("ui")] }],
         secrets: vec![SecretMount { source: s("tls-key"), target: s("server.key"), uid: Some(1000), gid: None, mode: 0o400 }],
         host_namespaces: vec![],
+        options: Default::default(),
     };
     let lidar = ServiceSpec {
         name: service("lidar"),
@@ -153,6 +154,17 @@ pub fn release() -> ReleaseSpec {
         networks: vec![],
         secrets: vec![],
         host_namespaces: vec![],
+        // A driver that parks the sensor on SIGINT and needs time to do it.
+        options: ContainerOptions {
+            init: true,
+            stop_signal: Some("SIGINT".to_owned()),
+            stop_grace: Some(Duration::from_secs(20)),
+            extra_hosts: vec![HostEntry {
+                name: "plc".to_owned(),
+                address: "192.168.1.20".to_owned(),
+            }],
+            ..Default::default()
+        },
     };
     ReleaseSpec {
         id: release_id(),

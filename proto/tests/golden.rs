@@ -34,8 +34,9 @@ use fleet_proto::{samples, Command, DesiredState, Message, TrustedKeys};
 /// `installed`, `desired-7` before `AgentTarget` grew `installed`: they decode with none and
 /// false. `desired-8` was written before `ServiceSpec` grew `host_namespaces`, `report-5`
 /// before `Inventory` grew `policy`: they decode with none. `report-6` was written before
-/// `StateReport` grew `seal_key_proof`; it decodes with none (`desired-9` and `report-7` are
-/// the current ones).
+/// `StateReport` grew `seal_key_proof`; it decodes with none. `desired-9` was written before
+/// `ServiceSpec` grew `options`; it decodes with none set (`desired-10` and `report-7` are the
+/// current ones).
 const DECODE_ONLY: &[&str] = &[
     "desired",
     "desired-2",
@@ -51,6 +52,7 @@ const DECODE_ONLY: &[&str] = &[
     "desired-8",
     "report-5",
     "report-6",
+    "desired-9",
 ];
 
 fn cases() -> Vec<(&'static str, Message)> {
@@ -64,6 +66,7 @@ fn cases() -> Vec<(&'static str, Message)> {
         ("desired-7", Message::Desired(samples::signed_desired())),
         ("desired-8", Message::Desired(samples::signed_desired())),
         ("desired-9", Message::Desired(samples::signed_desired())),
+        ("desired-10", Message::Desired(samples::signed_desired())),
         ("report", Message::Report(samples::report())),
         ("report-2", Message::Report(samples::report())),
         ("report-3", Message::Report(samples::report())),
@@ -151,6 +154,7 @@ fn golden_signed_payloads_still_verify() {
         "desired-7",
         "desired-8",
         "desired-9",
+        "desired-10",
     ] {
         let Message::Desired(desired) =
             Message::decode(&std::fs::read(fixture(name)).unwrap()).unwrap()
@@ -158,11 +162,17 @@ fn golden_signed_payloads_still_verify() {
             panic!("{name} fixture holds another kind");
         };
         let mut expected = samples::desired();
-        if !matches!(name, "desired-7" | "desired-8" | "desired-9") {
+        if name != "desired-10" {
+            // Written before ServiceSpec grew `options`: they decode with none set.
+            for svc in expected.release.iter_mut().flat_map(|r| r.services.iter_mut()) {
+                svc.options = Default::default();
+            }
+        }
+        if !matches!(name, "desired-7" | "desired-8" | "desired-9" | "desired-10") {
             // Written before DesiredState grew `agent`: it decodes with none.
             expected.agent = None;
         }
-        if !matches!(name, "desired-6" | "desired-7" | "desired-8" | "desired-9") {
+        if !matches!(name, "desired-6" | "desired-7" | "desired-8" | "desired-9" | "desired-10") {
             // Written before secrets: they decode with none.
             expected.secrets.clear();
             expected.sealed_registry_credentials.clear();
@@ -170,7 +180,10 @@ fn golden_signed_payloads_still_verify() {
                 svc.secrets.clear();
             }
         }
-        if !matches!(name, "desired-5" | "desired-6" | "desired-7" | "desired-8" | "desired-9") {
+        if !matches!(
+            name,
+            "desired-5" | "desired-6" | "desired-7" | "desired-8" | "desired-9" | "desired-10"
+        ) {
             // Written before ServiceSpec grew `networks`: it decodes with none.
             for svc in expected.release.iter_mut().flat_map(|r| r.services.iter_mut()) {
                 svc.networks.clear();

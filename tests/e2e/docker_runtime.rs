@@ -23,7 +23,9 @@ use fleet_agent::runtime::{
     RuntimeEvent,
 };
 use fleet_e2e::{eventually, free_port, TestEnv};
-use fleet_proto::release::{ResourceLimits, RestartPolicy, Ulimit, VolumeMount, VolumeSource};
+use fleet_proto::release::{
+    ContainerOptions, HostEntry, ResourceLimits, RestartPolicy, Ulimit, VolumeMount, VolumeSource,
+};
 use fleet_proto::report::{ContainerState, Health};
 use fleet_proto::{DeviceId, ImageRef, RegistryCredential, ServiceName, ServiceSpec};
 use futures_util::TryStreamExt;
@@ -459,6 +461,55 @@ async fn resource_limits_and_security_options_land_in_the_engine() {
         Some(1),
         "it ran under those limits (and crashed as it always does)"
     );
+}
+
+/// Compose's process, naming and kernel keys reach the engine, runc accepts them (the container
+/// starts), and a stop sends the service's own signal: the script exits 0 only on SIGINT.
+#[tokio::test]
+async fn container_options_land_in_the_engine_and_a_stop_sends_the_services_own_signal() {
+    let dev = Device::new("options").await;
+    let mut spec = dev.spec("crash:1");
+    spec.command =
+        sh("trap 'echo got-int; exit 0' INT; trap 'echo got-term; exit 7' TERM; sleep 3600 & wait");
+    spec.options = ContainerOptions {
+        init: true,
+        stop_signal: Some("SIGINT".to_owned()),
+        stop_grace: Some(Duration::from_secs(5)),
+        hostname: Some("robot-7".to_owned()),
+        extra_hosts: vec![HostEntry { name: "plc".to_owned(), address: "192.168.1.20".to_owned() }],
+        dns: vec!["10.0.0.53".to_owned()],
+        dns_search: vec!["lab.example".to_owned()],
+        dns_options: vec!["ndots:2".to_owned()],
+        sysctls: BTreeMap::from([("net.core.somaxconn".to_owned(), "1024".to_owned())]),
+        cpu_period_us: Some(100_000),
+        cpu_quota_us: Some(50_000),
+        oom_score_adj: Some(300),
+        ..ContainerOptions::default()
+    };
+    let id = dev.run("svc", spec).await;
+    let running = dev.wait(&id, "the script to run", |c| c.state == ContainerState::Running).await;
+    assert_eq!(running.stop_grace, Some(Duration::from_secs(5)), "read back from the engine");
+
+    let docker = dev.env.docker().await;
+    let inspect = docker.inspect_container(&id, None::<InspectContainerOptions>).await.unwrap();
+    let config = inspect.config.unwrap();
+    assert_eq!(config.hostname.as_deref(), Some("robot-7"));
+    assert_eq!(config.stop_signal.as_deref(), Some("SIGINT"));
+    assert_eq!(config.stop_timeout, Some(5));
+    let host = inspect.host_config.unwrap();
+    assert_eq!(host.init, Some(true));
+    assert_eq!(host.extra_hosts, Some(vec!["plc:192.168.1.20".to_owned()]));
+    assert_eq!(host.dns, Some(vec!["10.0.0.53".to_owned()]));
+    assert_eq!(host.dns_search, Some(vec!["lab.example".to_owned()]));
+    assert_eq!(host.dns_options, Some(vec!["ndots:2".to_owned()]));
+    assert_eq!(host.sysctls.unwrap()["net.core.somaxconn"], "1024");
+    assert_eq!((host.cpu_period, host.cpu_quota), (Some(100_000), Some(50_000)));
+    assert_eq!(host.oom_score_adj, Some(300));
+
+    dev.rt.stop(&id, running.stop_grace_or(Duration::from_secs(10))).await.unwrap();
+    let stopped = dev.wait(&id, "the stop", |c| c.state == ContainerState::Exited).await;
+    let lines = dev.rt.logs(&id, 10).await.unwrap();
+    assert_eq!((stopped.exit_code, lines.as_slice()), (Some(0), ["got-int".to_owned()].as_slice()));
 }
 
 #[tokio::test]

@@ -126,8 +126,10 @@ impl<R: ContainerRuntime> Daemon<R> {
             CommandAction::RestartService { service } => {
                 match self.service_container(service).await {
                     Err(outcome) => outcome,
-                    Ok(id) => {
-                        match self.reconciler.runtime().restart(&id, self.config.stop_grace).await {
+                    Ok(c) => {
+                        // The service's own stop_grace_period, as the engine's restart uses it.
+                        let grace = c.stop_grace_or(self.config.stop_grace);
+                        match self.reconciler.runtime().restart(&c.id, grace).await {
                             Ok(()) => CommandOutcome::Done {
                                 output: vec![format!("restarted {service}")],
                             },
@@ -139,9 +141,9 @@ impl<R: ContainerRuntime> Daemon<R> {
             CommandAction::FetchLogs { service, tail } => {
                 match self.service_container(service).await {
                     Err(outcome) => outcome,
-                    Ok(id) => {
+                    Ok(c) => {
                         let tail = (*tail).min(MAX_LOG_LINES) as usize;
-                        match self.reconciler.runtime().logs(&id, tail).await {
+                        match self.reconciler.runtime().logs(&c.id, tail).await {
                             Ok(lines) => {
                                 CommandOutcome::Done { output: cap_lines(lines, MAX_LOG_BYTES) }
                             }
@@ -157,7 +159,7 @@ impl<R: ContainerRuntime> Daemon<R> {
     async fn service_container(
         &self,
         service: &fleet_proto::ServiceName,
-    ) -> Result<String, CommandOutcome> {
+    ) -> Result<crate::runtime::ObservedContainer, CommandOutcome> {
         let observed = self
             .reconciler
             .runtime()
@@ -184,7 +186,7 @@ impl<R: ContainerRuntime> Daemon<R> {
         });
         candidates
             .first()
-            .map(|c| c.id.clone())
+            .map(|c| (*c).clone())
             .ok_or_else(|| refused(format!("no container for service {service} on this device")))
     }
 }

@@ -69,7 +69,13 @@ impl<R: ContainerRuntime> Reconciler<R> {
                         tracing::warn!(container = %name, error = %e, "cannot drain through the port proxy; stopping anyway");
                     }
                 }
-                self.retry(|| self.runtime.stop(name, self.opts.stop_grace)).await?
+                // The container's own stop_grace_period (any release's, a rollback's old one
+                // too), else the agent's.
+                let grace = match self.runtime.inspect(name).await {
+                    Ok(c) => c.stop_grace_or(self.opts.stop_grace),
+                    Err(_) => self.opts.stop_grace,
+                };
+                self.retry(|| self.runtime.stop(name, grace)).await?
             }
             Step::Switch { service, name } => {
                 let (Some(proxy), Some(spec)) = (&self.proxy, spec_of(service)) else {

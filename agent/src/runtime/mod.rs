@@ -145,9 +145,17 @@ pub struct ObservedContainer {
     pub ports: Vec<PortBinding>,
     /// The container's address on its network (none on the host network or when stopped).
     pub ip: Option<std::net::IpAddr>,
+    /// How long a stop waits before SIGKILL by the container's own configuration (Compose
+    /// `stop_grace_period`, the engine's `StopTimeout`); `None`: the agent's default.
+    pub stop_grace: Option<Duration>,
 }
 
 impl ObservedContainer {
+    /// The grace period a stop of this container gives it: its own, else `default`.
+    pub fn stop_grace_or(&self, default: Duration) -> Duration {
+        self.stop_grace.unwrap_or(default)
+    }
+
     /// A label's value.
     pub fn label(&self, key: &str) -> Option<&str> {
         self.labels.get(key).map(String::as_str)

@@ -285,6 +285,7 @@ impl ContainerRuntime for SimRuntime {
             oom_killed: false,
             ports: req.port_override.clone().unwrap_or_default(),
             ip: None,
+            stop_grace: req.spec.options.stop_grace,
         };
         s.calls.push(format!("create {}", req.name));
         let hardware = req.hardware.clone();

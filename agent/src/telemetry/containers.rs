@@ -244,6 +244,7 @@ mod tests {
             oom_killed: false,
             ports: vec![],
             ip: None,
+            stop_grace: None,
         }
     }
 

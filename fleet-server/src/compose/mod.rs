@@ -111,6 +111,7 @@ struct Parts {
     networks: Vec<NetworkAttachment>,
     secrets: Vec<fleet_proto::SecretMount>,
     host_namespaces: Vec<fleet_proto::policy::Namespace>,
+    options: fleet_proto::release::ContainerOptions,
 }
 
 /// The Compose path each converted element came from, to translate
@@ -274,6 +275,7 @@ impl Parts {
             networks: self.networks,
             secrets: self.secrets,
             host_namespaces: self.host_namespaces,
+            options: self.options,
         }
     }
 }

@@ -13,6 +13,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{ReleaseId, ServiceName};
 
+mod options;
+
+pub use options::{ContainerOptions, HostEntry, MAX_STOP_GRACE};
+
 /// One release of one application: the complete set of services a device runs for it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -119,6 +123,12 @@ pub struct ServiceSpec {
     /// older builds.
     #[serde(default)]
     pub host_namespaces: Vec<crate::policy::Namespace>,
+    /// Container options beyond the core spec: init, terminal, stop signal and grace, names
+    /// and resolver, namespaced sysctls, finer CPU, I/O and OOM controls. Encoded extensibly
+    /// so options can be appended. Appended: none set in bytes from older builds.
+    #[serde(default, with = "crate::codec::extensible")]
+    #[cfg_attr(feature = "schema", schemars(with = "ContainerOptions"))]
+    pub options: ContainerOptions,
 }
 
 /// One secret a service reads, and where.
@@ -240,6 +250,7 @@ impl ServiceSpec {
             networks: vec![],
             secrets: vec![],
             host_namespaces: vec![],
+            options: ContainerOptions::default(),
         }
     }
 }
@@ -892,6 +903,7 @@ impl ReleaseSpec {
                     }
                 }
             }
+            options::check(svc, &at, &mut err);
             if svc.health_deadline.is_zero() {
                 err(format!("{at}.health_deadline"), "must be longer than zero".to_owned());
             }

@@ -66,6 +66,11 @@ fn nanos(d: Duration) -> i64 {
     i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
 }
 
+/// `None` for an empty list: the engine's default, not "none at all".
+fn nonempty(list: Vec<String>) -> Option<Vec<String>> {
+    (!list.is_empty()).then_some(list)
+}
+
 fn bytes_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
@@ -160,6 +165,7 @@ fn container_body(req: &CreateRequest) -> ContainerCreateBody {
     let spec = &req.spec;
     let res = &spec.resources;
     let sec = &spec.security;
+    let opts = &spec.options;
     let hw = &req.hardware;
 
     let ports = port_map(req);
@@ -310,6 +316,19 @@ fn container_body(req: &CreateRequest) -> ContainerCreateBody {
         pid_mode: host_namespace(Namespace::Pid),
         ipc_mode: host_namespace(Namespace::Ipc),
         uts_mode: host_namespace(Namespace::Uts),
+        init: opts.init.then_some(true),
+        extra_hosts: nonempty(
+            opts.extra_hosts.iter().map(|h| format!("{}:{}", h.name, h.address)).collect(),
+        ),
+        dns: nonempty(opts.dns.clone()),
+        dns_search: nonempty(opts.dns_search.clone()),
+        dns_options: nonempty(opts.dns_options.clone()),
+        sysctls: (!opts.sysctls.is_empty())
+            .then(|| opts.sysctls.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+        cpu_period: opts.cpu_period_us.map(i64::from),
+        cpu_quota: opts.cpu_quota_us.map(i64::from),
+        oom_score_adj: opts.oom_score_adj.map(i64::from),
+        blkio_weight: opts.blkio_weight,
     };
 
     ContainerCreateBody {
@@ -320,6 +339,16 @@ fn container_body(req: &CreateRequest) -> ContainerCreateBody {
         env: (!env.is_empty()).then(|| env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
         working_dir: spec.working_dir.clone(),
         user: sec.user.clone(),
+        hostname: opts.hostname.clone(),
+        domainname: opts.domainname.clone(),
+        tty: opts.tty.then_some(true),
+        open_stdin: opts.stdin_open.then_some(true),
+        stop_signal: opts.stop_signal.clone(),
+        // Whole seconds, rounded up: the engine's own stops and restarts give the same grace
+        // as the agent's.
+        stop_timeout: opts
+            .stop_grace
+            .map(|g| i64::try_from(super::whole_seconds(g)).unwrap_or(i64::MAX)),
         exposed_ports: (!exposed.is_empty()).then_some(exposed),
         healthcheck,
         host_config: Some(host_config),
@@ -620,6 +649,56 @@ mod tests {
             Some(vec!["NONE".to_owned()]),
             "a disabled check switches the image's HEALTHCHECK off"
         );
+    }
+
+    #[test]
+    fn container_options_reach_the_engine_fields_and_unset_ones_stay_out() {
+        use fleet_proto::release::{ContainerOptions, HostEntry};
+        let mut req = request();
+        let plain = container_body(&req);
+        let json = serde_json::to_value(&plain).unwrap();
+        for absent in ["Hostname", "Tty", "OpenStdin", "StopSignal", "StopTimeout"] {
+            assert!(json.get(absent).is_none(), "{absent} in {json}");
+        }
+        for absent in ["Init", "ExtraHosts", "Dns", "Sysctls", "CpuQuota", "OomScoreAdj"] {
+            assert!(json["HostConfig"].get(absent).is_none(), "{absent} in {json}");
+        }
+        req.spec.options = ContainerOptions {
+            init: true,
+            tty: true,
+            stdin_open: true,
+            stop_signal: Some("SIGINT".to_owned()),
+            stop_grace: Some(Duration::from_millis(2500)),
+            hostname: Some("robot-7".to_owned()),
+            domainname: Some("fleet.example".to_owned()),
+            extra_hosts: vec![HostEntry {
+                name: "plc".to_owned(),
+                address: "192.168.1.20".to_owned(),
+            }],
+            dns: vec!["10.0.0.53".to_owned()],
+            dns_search: vec!["lab.example".to_owned()],
+            dns_options: vec!["ndots:2".to_owned()],
+            sysctls: BTreeMap::from([("net.core.somaxconn".to_owned(), "1024".to_owned())]),
+            cpu_period_us: Some(100_000),
+            cpu_quota_us: Some(50_000),
+            oom_score_adj: Some(300),
+            blkio_weight: Some(200),
+        };
+        let body = container_body(&req);
+        assert_eq!(body.hostname.as_deref(), Some("robot-7"));
+        assert_eq!(body.domainname.as_deref(), Some("fleet.example"));
+        assert_eq!((body.tty, body.open_stdin), (Some(true), Some(true)));
+        assert_eq!(body.stop_signal.as_deref(), Some("SIGINT"));
+        assert_eq!(body.stop_timeout, Some(3), "2.5 s rounds up, never down");
+        let host = body.host_config.unwrap();
+        assert_eq!(host.init, Some(true));
+        assert_eq!(host.extra_hosts, Some(vec!["plc:192.168.1.20".to_owned()]));
+        assert_eq!(host.dns, Some(vec!["10.0.0.53".to_owned()]));
+        assert_eq!(host.dns_search, Some(vec!["lab.example".to_owned()]));
+        assert_eq!(host.dns_options, Some(vec!["ndots:2".to_owned()]));
+        assert_eq!(host.sysctls.unwrap()["net.core.somaxconn"], "1024");
+        assert_eq!((host.cpu_period, host.cpu_quota), (Some(100_000), Some(50_000)));
+        assert_eq!((host.oom_score_adj, host.blkio_weight), (Some(300), Some(200)));
     }
 
     #[test]

@@ -30,6 +30,19 @@ pub struct ContainerCreateBody {
     pub working_dir: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domainname: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tty: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub open_stdin: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+    /// Seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_timeout: Option<i64>,
     /// `port/proto` keys; the API wants them as an object of empty objects.
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "as_empty_objects")]
     pub exposed_ports: Option<Vec<String>>,
@@ -133,6 +146,27 @@ pub struct HostConfig {
     pub ipc_mode: Option<String>,
     #[serde(rename = "UTSMode", skip_serializing_if = "Option::is_none")]
     pub uts_mode: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init: Option<bool>,
+    /// `name:address` lines for `/etc/hosts`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub extra_hosts: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns_search: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns_options: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sysctls: Option<HashMap<String, String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_period: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_quota: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oom_score_adj: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blkio_weight: Option<u16>,
 }
 
 /// A volume, bind or tmpfs mount.
@@ -345,6 +379,8 @@ pub struct ContainerConfigView {
     /// The reference given at create.
     pub image: Option<String>,
     pub labels: Option<HashMap<String, String>>,
+    /// Seconds a stop waits before SIGKILL, if the container was created with its own.
+    pub stop_timeout: Option<i64>,
 }
 
 /// Where the container is reachable.

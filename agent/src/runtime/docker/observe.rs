@@ -315,6 +315,10 @@ fn observed_from(resp: ContainerInspect) -> ObservedContainer {
         oom_killed: state.oom_killed.unwrap_or(false),
         ports,
         ip,
+        stop_grace: config
+            .stop_timeout
+            .and_then(|s| u64::try_from(s).ok())
+            .map(std::time::Duration::from_secs),
     }
 }
 
@@ -369,6 +373,7 @@ mod tests {
             config: Some(ContainerConfigView {
                 image: Some("reg/web@sha256:x".to_owned()),
                 labels: Some(HashMap::from([(labels::DEVICE.to_owned(), "d".to_owned())])),
+                stop_timeout: Some(20),
             }),
             network_settings: Some(NetworkSettings {
                 ports: Some(HashMap::from([
@@ -396,6 +401,7 @@ mod tests {
         assert_eq!(c.exit_code, Some(137));
         assert_eq!(c.restart_count, 2);
         assert!(c.oom_killed);
+        assert_eq!(c.stop_grace, Some(std::time::Duration::from_secs(20)));
         assert_eq!(c.label(labels::DEVICE), Some("d"));
         assert_eq!(
             c.ports,

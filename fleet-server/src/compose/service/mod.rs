@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use fleet_proto::policy::Namespace;
 use fleet_proto::release::{
-    Dependency, GpuKind, GpuSelect, HardwareRequest, NetworkAttachment, NetworkMode, PortMapping,
-    ResourceLimits, RestartPolicy, SecretMount, SecurityOptions, Ulimit, UpdateStrategy,
-    VolumeMount,
+    ContainerOptions, Dependency, GpuKind, GpuSelect, HardwareRequest, NetworkAttachment,
+    NetworkMode, PortMapping, ResourceLimits, RestartPolicy, SecretMount, SecurityOptions, Ulimit,
+    UpdateStrategy, VolumeMount,
 };
 use fleet_proto::ServiceName;
 
@@ -20,6 +20,7 @@ mod environment;
 mod health;
 mod lifecycle;
 mod networking;
+mod options;
 mod resources;
 mod secrets;
 mod security;
@@ -70,12 +71,12 @@ fn refusal(key: &str) -> Option<&'static str> {
         "platform" => "the agent pulls the image variant for the device's own architecture from the multi-arch index; remove platform",
         "pull_policy" => "devices always run the image by the digest the server resolved; remove pull_policy",
         "scale" => "one container per service per device; remove scale",
-        "stop_grace_period" => "not supported yet: the agent stops containers with its configured grace period (10 s by default)",
-        "stop_signal" => "not supported yet: containers are stopped with SIGTERM, then SIGKILL after the grace period",
-        "hostname" | "domainname" | "dns" | "dns_search" | "dns_opt" | "extra_hosts" | "mac_address" => "not supported yet: name resolution comes from the release network (service names) and the device",
-        "sysctls" | "userns_mode" | "cgroup" | "cgroup_parent" | "init" | "isolation" | "runtime" | "storage_opt" | "device_cgroup_rules" => "not supported yet by the agent",
-        "cpu_quota" | "cpu_period" | "cpu_count" | "cpu_percent" | "cpu_rt_runtime" | "cpu_rt_period" | "mem_swappiness" | "oom_kill_disable" | "oom_score_adj" | "blkio_config" => "not supported yet: use cpus, cpu_shares, cpuset, mem_limit, mem_reservation, memswap_limit and pids_limit",
-        "stdin_open" | "tty" | "attach" => "services on a device run unattended: there is no terminal to attach",
+        "mac_address" => "not supported: a container's address comes from the release network",
+        "userns_mode" | "cgroup" | "cgroup_parent" | "isolation" | "runtime" | "storage_opt" | "device_cgroup_rules" => "not supported yet by the agent",
+        "cpu_count" | "cpu_percent" => "a Windows container setting; on Linux use cpus, or cpu_quota with cpu_period",
+        "cpu_rt_runtime" | "cpu_rt_period" => "not supported yet: ask for real-time scheduling with x-fleet.realtime_priority, and the agent gives the service a real-time budget where the kernel has one",
+        "mem_swappiness" | "oom_kill_disable" => "not supported: use mem_limit and memswap_limit, and oom_score_adj to order what the kernel kills",
+        "attach" => "services on a device run unattended: there is no terminal to attach",
         "annotations" | "develop" | "credential_spec" | "volumes_from" | "provider" | "use_api_socket" | "post_start" | "pre_stop" | "label_file" | "models" => "not supported",
         _ => return None,
     })
@@ -173,6 +174,9 @@ struct Converter<'p, 't> {
     networks_path: Option<String>,
     secrets: Vec<(SecretMount, String)>,
     host_namespaces: Vec<Namespace>,
+    options: ContainerOptions,
+    /// Each option's spec field and the Compose path it was set at.
+    option_sources: Vec<(&'static str, String)>,
     fleet: FleetKeys,
 }
 
@@ -213,6 +217,8 @@ impl<'p, 't> Converter<'p, 't> {
             networks_path: None,
             secrets: vec![],
             host_namespaces: vec![],
+            options: ContainerOptions::default(),
+            option_sources: vec![],
             fleet: FleetKeys::default(),
         }
     }
@@ -349,6 +355,7 @@ impl<'p, 't> Converter<'p, 't> {
             }
             "x-fleet" => self.fleet = fleet::fleet_keys(p, &at, v, false),
             k if k.starts_with("x-") => {}
+            k if options::option(p, &at, k, v, &mut self.options, &mut self.option_sources) => {}
             k => match refusal(k) {
                 Some(why) => p.add(&at, Some(v), why),
                 None => p.add(
@@ -429,6 +436,9 @@ impl<'p, 't> Converter<'p, 't> {
         record("resources.memory_reservation_bytes", reservation.as_ref().map(|s| &s.path));
         record("resources.memory_swap_bytes", self.swap.as_ref().map(|s| &s.path));
         record("resources.cpuset", self.cpuset.as_ref().map(|s| &s.path));
+        for (field, at) in &self.option_sources {
+            record(field, Some(at));
+        }
         record(
             "resources.realtime_priority",
             self.fleet.realtime_priority.as_ref().map(|s| &s.path),
@@ -554,6 +564,7 @@ impl<'p, 't> Converter<'p, 't> {
             networks: self.networks,
             secrets: self.secrets.into_iter().map(|(m, _)| m).collect(),
             host_namespaces: self.host_namespaces,
+            options: self.options,
         };
         (image, parts, sources)
     }

@@ -1100,3 +1100,5 @@ fn profiles_select_which_services_run_and_services_without_one_always_do() {
     );
     assert!(refused("profiles: [\"-x\"]", "services.s.profiles[0]").contains("not a profile name"));
 }
+
+mod options;
