@@ -12,7 +12,7 @@ use fleet_agent::reconcile::{ExecOptions, Reconciler};
 use fleet_agent::runtime::sim::{ImageBehavior, SimRuntime};
 use fleet_agent::runtime::ContainerRuntime;
 use fleet_agent::state::{AgentState, Origin};
-use fleet_proto::release::{Probe, UpdateStrategy};
+use fleet_proto::release::{Dependency, DependencyCondition, Probe, UpdateStrategy};
 use fleet_proto::report::{ContainerState, UpdatePhase, UpdateResult};
 use fleet_proto::{samples, DeviceId, ImageRef, ReleaseId, ReleaseSpec};
 
@@ -140,6 +140,33 @@ async fn rollback_when_new_release_never_healthy() {
     let calls = f.rt.calls().len();
     assert_eq!(f.rec.converge().await.unwrap(), None);
     assert_eq!(f.rt.calls().len(), calls, "no engine call for a rolled-back generation");
+}
+
+/// Services that do not depend on each other are created and started together: one that never
+/// turns healthy does not hold back the other. A dependent still waits for what it depends on.
+#[tokio::test(start_paused = true)]
+async fn independent_services_start_together_and_a_dependent_waits_for_its_dependency() {
+    let started = |calls: &[String], name: &str| {
+        calls.iter().any(|c| c.starts_with("start ") && c.contains(name))
+    };
+    let f = fixture();
+    // web stays "starting" until its deadline; lidar does not depend on it.
+    let v1 = release("1", &image("slow", 5), &image("worker", 1));
+    let lidar = container_name(&device(), &v1.services[1], false);
+    let out = f.rec.apply(Origin::Server { generation: 1 }, Some(v1.clone())).await.unwrap();
+    assert!(matches!(out.result, UpdateResult::RolledBack { .. }), "{out:?}");
+    assert!(started(&f.rt.calls(), &lidar), "started beside web: {:?}", f.rt.calls());
+
+    let f = fixture();
+    let mut v1 = v1;
+    v1.services[1].depends_on = vec![Dependency {
+        service: v1.services[0].name.clone(),
+        condition: DependencyCondition::Healthy,
+    }];
+    let out = f.rec.apply(Origin::Server { generation: 1 }, Some(v1)).await.unwrap();
+    assert!(matches!(out.result, UpdateResult::RolledBack { .. }), "{out:?}");
+    let calls = f.rt.calls();
+    assert!(!calls.iter().any(|c| c.contains(&lidar)), "lidar waits for web: {calls:?}");
 }
 
 #[tokio::test(start_paused = true)]

@@ -29,6 +29,7 @@ use crate::runtime::{ContainerRuntime, RuntimeError};
 use crate::state::{Accepted, AgentState, JournalEntry, Origin, Proven, StateError};
 
 mod health;
+mod levels;
 mod steps;
 
 /// Tunables of the executor.
@@ -495,6 +496,25 @@ impl<R: ContainerRuntime> Reconciler<R> {
                     return Err(e);
                 }
             }
+            // Services that do not depend on each other are created, started and judged
+            // together, a level at a time (levels.rs).
+            let (run, levels) = levels::concurrent_run(&steps[i..], target);
+            if run > 0 {
+                for level in &levels {
+                    let chains = level.iter().map(|chain| {
+                        let chain: Vec<&Step> = chain.iter().map(|&k| &steps[i + k]).collect();
+                        self.run_chain(update, target, &hardware, chain, repair)
+                    });
+                    let results = futures_util::future::join_all(chains).await;
+                    // Every chain of the level has ended (done or failed); the first failure
+                    // fails the update.
+                    if let Some(e) = results.into_iter().find_map(Result::err) {
+                        return Err(e);
+                    }
+                }
+                i += run;
+                continue;
+            }
             // Consecutive stops run together: each may wait out its grace period, and nothing
             // depends on the order in which old containers go down.
             let batch = if step.kind() == "stop" {
@@ -546,6 +566,37 @@ impl<R: ContainerRuntime> Reconciler<R> {
             self.remove_stale_networks(target).await;
         }
         Ok(steps.len())
+    }
+
+    /// Runs one service's steps of a concurrent level in order, each journaled; stops at the
+    /// first that fails.
+    async fn run_chain(
+        &self,
+        update: &str,
+        target: Option<&ReleaseSpec>,
+        hardware: &Mappings,
+        chain: Vec<&Step>,
+        repair: bool,
+    ) -> Result<(), StepError> {
+        for step in chain {
+            if !repair && !update.ends_with("rollback") {
+                self.set_phase(match step {
+                    Step::WaitHealthy { .. } => UpdatePhase::WaitingHealthy,
+                    _ => UpdatePhase::Starting,
+                });
+            }
+            self.journal(update, step, "begin")?;
+            #[cfg(feature = "fault-injection")]
+            self.fault_hook(step);
+            match self.run_step(target, hardware, step, (0, (0, 0))).await {
+                Ok(()) => self.journal(update, step, "done")?,
+                Err(e) => {
+                    self.journal(update, step, &format!("failed: {e}"))?;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Refuses to start downloading when the images (compressed, as the registries' manifests
