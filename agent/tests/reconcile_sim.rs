@@ -169,6 +169,34 @@ async fn independent_services_start_together_and_a_dependent_waits_for_its_depen
     assert!(!calls.iter().any(|c| c.contains(&lidar)), "lidar waits for web: {calls:?}");
 }
 
+/// A runtime the engine does not list is refused before anything changes, naming what it has.
+#[tokio::test(start_paused = true)]
+async fn a_runtime_the_engine_lacks_is_refused_before_anything_changes() {
+    let f = fixture();
+    f.rt.set_runtimes(&["runc"]);
+    let v1 = release("1", &image("web", 1), &image("worker", 1));
+    f.rec.apply(Origin::Server { generation: 1 }, Some(v1.clone())).await.unwrap();
+    let mut v2 = release("2", &image("web", 2), &image("worker", 2));
+    v2.services[1].options.runtime = Some("nvidia".to_owned());
+    let calls = f.rt.calls().len();
+    let out = f.rec.apply(Origin::Server { generation: 2 }, Some(v2.clone())).await.unwrap();
+    let UpdateResult::Failed { reason } = out.result else { panic!("{out:?}") };
+    assert!(
+        reason.starts_with("unsatisfiable on this device: services[1].options.runtime"),
+        "{reason}"
+    );
+    assert!(reason.contains("has no runtime nvidia (it has runc)"), "{reason}");
+    assert_eq!(running_names(&f.rt).await, names_of(&v1), "v1 untouched");
+    assert!(
+        f.rt.calls()[calls..].iter().all(|c| !c.starts_with("create") && !c.starts_with("stop")),
+        "{:?}",
+        &f.rt.calls()[calls..]
+    );
+    f.rt.set_runtimes(&["nvidia", "runc"]);
+    let out = f.rec.apply(Origin::Server { generation: 3 }, Some(v2.clone())).await.unwrap();
+    assert_eq!(out.result, UpdateResult::Applied);
+}
+
 #[tokio::test(start_paused = true)]
 async fn rollback_when_new_release_crashes_at_start() {
     let f = fixture();

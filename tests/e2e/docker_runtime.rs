@@ -221,7 +221,7 @@ async fn delete_from_registry(registry: &str, image: &ImageRef) {
 }
 
 #[tokio::test]
-async fn engine_info_reports_the_negotiated_engine_api() {
+async fn engine_info_reports_the_negotiated_engine_api_and_its_runtimes() {
     let env = TestEnv::load();
     let rt = connect(&env).await;
     let (version, api) = rt.engine_info().await.unwrap();
@@ -229,6 +229,9 @@ async fn engine_info_reports_the_negotiated_engine_api() {
     assert_eq!(api, env.docker_api_version);
     assert!(!version.is_empty());
     assert_eq!(rt.api_version(), env.docker_api_version, "never newer");
+    // What admission checks a release's `runtime` against (docker info's Runtimes).
+    let runtimes = rt.runtimes().await.unwrap().expect("the engine lists its runtimes");
+    assert!(runtimes.iter().any(|r| r == "runc"), "{runtimes:?}");
 }
 
 #[tokio::test]

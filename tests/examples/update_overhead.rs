@@ -110,6 +110,9 @@ impl ContainerRuntime for Stopwatch {
     async fn free_disk(&self) -> Result<Option<u64>, RuntimeError> {
         self.time(self.inner.free_disk()).await
     }
+    async fn runtimes(&self) -> Result<Option<Vec<String>>, RuntimeError> {
+        self.time(self.inner.runtimes()).await
+    }
     async fn engine(&self) -> Option<fleet_proto::inventory::EngineInfo> {
         self.inner.engine().await
     }

@@ -213,6 +213,29 @@ impl<R: ContainerRuntime> Reconciler<R> {
         }
     }
 
+    /// Refuses a release whose services need a runtime the engine lacks (asking the engine
+    /// only when a service names one, or its hardware does).
+    async fn admit_runtimes(
+        &self,
+        target: Option<&ReleaseSpec>,
+        hardware: &Mappings,
+    ) -> Result<(), StepError> {
+        let Some(release) = target else { return Ok(()) };
+        let wanted = release.services.iter().any(|s| s.options.runtime.is_some())
+            || hardware.values().any(|m| m.runtime.is_some());
+        if !wanted {
+            return Ok(());
+        }
+        let available = self.runtime.runtimes().await?;
+        let problems =
+            crate::runtime::admit::runtime_problems(release, hardware, available.as_deref());
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(StepError::Unsatisfiable { problems })
+        }
+    }
+
     /// Honour update locks in this directory (see [`crate::lock`]).
     pub fn with_locks(mut self, locks: UpdateLocks) -> Self {
         self.locks = Some(locks);
@@ -448,6 +471,7 @@ impl<R: ContainerRuntime> Reconciler<R> {
         repair: bool,
     ) -> Result<usize, StepError> {
         let hardware = self.admit(target)?;
+        self.admit_runtimes(target, &hardware).await?;
         let observed = self.runtime.list(&self.device).await?;
         let mut present = BTreeMap::new();
         for spec in target.map(|t| t.services.iter()).into_iter().flatten() {

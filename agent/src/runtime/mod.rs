@@ -18,6 +18,7 @@ use std::time::Duration;
 use fleet_proto::report::{ContainerState, Health};
 use fleet_proto::{DeviceId, ImageRef, RegistryCredential, ServiceSpec};
 
+pub mod admit;
 mod devices;
 pub mod docker;
 pub mod sim;
@@ -290,6 +291,9 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     ) -> impl Future<Output = Option<u64>> + Send;
     /// Bytes available on the filesystem that holds the engine's images, if known.
     fn free_disk(&self) -> impl Future<Output = Result<Option<u64>, RuntimeError>> + Send;
+    /// The runtimes the engine can run containers with (`runc`, `nvidia`, …); `None` if it
+    /// does not say.
+    fn runtimes(&self) -> impl Future<Output = Result<Option<Vec<String>>, RuntimeError>> + Send;
     /// The engine's name and versions for the inventory; `None` if it does not answer.
     fn engine(&self) -> impl Future<Output = Option<fleet_proto::inventory::EngineInfo>> + Send;
     /// Creates a container; returns its id.

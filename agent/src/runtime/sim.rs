@@ -64,6 +64,9 @@ struct SimState {
     subscribers: Vec<(String, mpsc::Sender<RuntimeEvent>)>,
     calls: Vec<String>,
     free_disk: Option<u64>,
+    /// The runtimes the engine lists; `None` (the default): it does not say, so a release
+    /// naming any runtime is admitted.
+    runtimes: Option<Vec<String>>,
     unreachable: bool,
     /// Networks and volumes by name, with their labels.
     networks: BTreeMap<String, BTreeMap<String, String>>,
@@ -120,6 +123,11 @@ impl SimRuntime {
     /// Sets the free disk space the engine reports (`None`: unknown).
     pub fn set_free_disk(&self, bytes: Option<u64>) {
         self.lock().free_disk = bytes;
+    }
+
+    /// Makes the engine list exactly these runtimes (`runc`, `nvidia` on a simulated Jetson).
+    pub fn set_runtimes(&self, names: &[&str]) {
+        self.lock().runtimes = Some(names.iter().map(|n| (*n).to_owned()).collect());
     }
 
     /// The hardware a container (by name) was created with.
@@ -232,6 +240,10 @@ impl ContainerRuntime for SimRuntime {
 
     async fn free_disk(&self) -> Result<Option<u64>, RuntimeError> {
         Ok(self.lock().free_disk)
+    }
+
+    async fn runtimes(&self) -> Result<Option<Vec<String>>, RuntimeError> {
+        Ok(self.lock().runtimes.clone())
     }
 
     async fn engine(&self) -> Option<fleet_proto::inventory::EngineInfo> {

@@ -2,7 +2,7 @@
 //! names it resolves, its namespaced kernel parameters, and finer CPU, block I/O and OOM
 //! controls (Compose's `init`, `tty`, `stdin_open`, `stop_signal`, `stop_grace_period`,
 //! `hostname`, `domainname`, `extra_hosts`, `dns`, `dns_search`, `dns_opt`, `sysctls`,
-//! `cpu_period`, `cpu_quota`, `oom_score_adj`, `blkio_config.weight`).
+//! `cpu_period`, `cpu_quota`, `oom_score_adj`, `blkio_config.weight`, `runtime`).
 //!
 //! [`check`] holds their rules; [`super::ReleaseSpec::validate`] calls it for every service.
 //! Every value is bounded here, before it reaches a device: names and addresses by their
@@ -67,6 +67,9 @@ pub struct ContainerOptions {
     pub oom_score_adj: Option<i16>,
     /// Relative block I/O weight, 10 to 1000.
     pub blkio_weight: Option<u16>,
+    /// The engine's runtime for the container (`nvidia` on a Jetson, `runsc`), instead of its
+    /// default. The device admits it only if its engine has that runtime.
+    pub runtime: Option<String>,
 }
 
 /// One extra `/etc/hosts` line: a name and its address (or `host-gateway`, the engine's
@@ -259,6 +262,15 @@ pub(super) fn check(svc: &ServiceSpec, at: &str, err: &mut impl FnMut(String, St
             err(format!("{at}.oom_score_adj"), format!("{adj} is outside -1000 to 1000"));
         }
     }
+    if let Some(runtime) = &o.runtime {
+        let ok = (1..=64).contains(&runtime.len())
+            && runtime
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !ok {
+            err(format!("{at}.runtime"), format!("{runtime:?} is not a runtime name (letters, digits, '.', '_' and '-', like nvidia or io.containerd.runc.v2)"));
+        }
+    }
     if let Some(weight) = o.blkio_weight {
         if !(10..=1000).contains(&weight) {
             err(format!("{at}.blkio_weight"), format!("{weight} is outside 10 to 1000"));
@@ -316,6 +328,7 @@ mod tests {
             cpu_quota_us: Some(50_000),
             oom_score_adj: Some(500),
             blkio_weight: Some(300),
+            runtime: Some("io.containerd.runc.v2".into()),
         };
         assert_eq!(problems(good.clone(), |s| s.resources.cpu_millis = None), Vec::<String>::new());
         let bad = ContainerOptions {
@@ -328,6 +341,7 @@ mod tests {
             cpu_period_us: Some(10),
             oom_score_adj: Some(2000),
             blkio_weight: Some(5),
+            runtime: Some("nvidia --debug".into()),
             ..ContainerOptions::default()
         };
         let got = problems(bad, |_| {});
@@ -342,6 +356,7 @@ mod tests {
             "options.cpu_quota_us: cpu_quota and cpu_period cannot be set with cpus",
             "options.oom_score_adj: 2000 is outside",
             "options.blkio_weight: 5 is outside",
+            "options.runtime: \"nvidia --debug\" is not a runtime name",
         ];
         for words in expect {
             assert!(got.iter().any(|g| g.contains(words)), "{words:?} not in {got:#?}");

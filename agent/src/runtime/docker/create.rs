@@ -310,7 +310,8 @@ fn container_body(req: &CreateRequest) -> ContainerCreateBody {
         devices: (!devices.is_empty()).then_some(devices),
         device_cgroup_rules: (!hw.cgroup_rules.is_empty()).then(|| hw.cgroup_rules.clone()),
         device_requests,
-        runtime: hw.runtime.clone(),
+        // Admission refused a service whose own runtime differs from its hardware's.
+        runtime: opts.runtime.clone().or_else(|| hw.runtime.clone()),
         cpu_realtime_runtime: hw.cpu_rt_runtime_us,
         group_add: (!group_add.is_empty()).then_some(group_add),
         pid_mode: host_namespace(Namespace::Pid),
@@ -683,6 +684,7 @@ mod tests {
             cpu_quota_us: Some(50_000),
             oom_score_adj: Some(300),
             blkio_weight: Some(200),
+            runtime: Some("runsc".to_owned()),
         };
         let body = container_body(&req);
         assert_eq!(body.hostname.as_deref(), Some("robot-7"));
@@ -699,6 +701,7 @@ mod tests {
         assert_eq!(host.sysctls.unwrap()["net.core.somaxconn"], "1024");
         assert_eq!((host.cpu_period, host.cpu_quota), (Some(100_000), Some(50_000)));
         assert_eq!((host.oom_score_adj, host.blkio_weight), (Some(300), Some(200)));
+        assert_eq!(host.runtime.as_deref(), Some("runsc"));
     }
 
     #[test]

@@ -224,6 +224,16 @@ impl ContainerRuntime for DockerRuntime {
         }
     }
 
+    async fn runtimes(&self) -> Result<Option<Vec<String>>, RuntimeError> {
+        let info: model::Info =
+            self.call(Request::get("/info"), "read the info of", "engine").await?;
+        Ok(info.runtimes.map(|r| {
+            let mut names: Vec<String> = r.into_keys().collect();
+            names.sort();
+            names
+        }))
+    }
+
     async fn images(&self) -> Result<Vec<String>, RuntimeError> {
         self.pulled_images().await
     }

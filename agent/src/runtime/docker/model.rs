@@ -310,11 +310,13 @@ pub struct Version {
     pub api_version: Option<String>,
 }
 
-/// `GET /info`: where the engine keeps its data.
+/// `GET /info`: where the engine keeps its data, and the runtimes it has.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct Info {
     pub docker_root_dir: Option<String>,
+    /// By name; what each holds (its path, options) is not read.
+    pub runtimes: Option<HashMap<String, serde::de::IgnoredAny>>,
 }
 
 /// `POST /containers/create`'s answer.

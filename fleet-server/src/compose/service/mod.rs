@@ -72,7 +72,7 @@ fn refusal(key: &str) -> Option<&'static str> {
         "pull_policy" => "devices always run the image by the digest the server resolved; remove pull_policy",
         "scale" => "one container per service per device; remove scale",
         "mac_address" => "not supported: a container's address comes from the release network",
-        "userns_mode" | "cgroup" | "cgroup_parent" | "isolation" | "runtime" | "storage_opt" | "device_cgroup_rules" => "not supported yet by the agent",
+        "userns_mode" | "cgroup" | "cgroup_parent" | "isolation" | "storage_opt" | "device_cgroup_rules" => "not supported yet by the agent",
         "cpu_count" | "cpu_percent" => "a Windows container setting; on Linux use cpus, or cpu_quota with cpu_period",
         "cpu_rt_runtime" | "cpu_rt_period" => "not supported yet: ask for real-time scheduling with x-fleet.realtime_priority, and the agent gives the service a real-time budget where the kernel has one",
         "mem_swappiness" | "oom_kill_disable" => "not supported: use mem_limit and memswap_limit, and oom_score_adj to order what the kernel kills",

@@ -1,7 +1,7 @@
 //! The keys that become a service's [`ContainerOptions`]: `init`, `tty`, `stdin_open`,
 //! `stop_signal`, `stop_grace_period`, `hostname`, `domainname`, `extra_hosts`, `dns`,
-//! `dns_search`, `dns_opt`, `sysctls`, `cpu_period`, `cpu_quota`, `oom_score_adj` and
-//! `blkio_config.weight`.
+//! `dns_search`, `dns_opt`, `sysctls`, `cpu_period`, `cpu_quota`, `oom_score_adj`,
+//! `blkio_config.weight` and `runtime`.
 //!
 //! Here each key's Compose forms are read (a string or a list, a list or a map); the values'
 //! own rules (signal names, addresses, namespaced sysctls, ranges) are
@@ -92,6 +92,10 @@ pub(super) fn option(
         "blkio_config" => {
             options.blkio_weight = blkio_weight(p, at, v);
             "options.blkio_weight"
+        }
+        "runtime" => {
+            options.runtime = read::nonempty(p, at, v);
+            "options.runtime"
         }
         _ => return false,
     };

@@ -33,6 +33,7 @@ cpu_quota: 50000
 oom_score_adj: 500
 blkio_config:
   weight: 300
+runtime: nvidia
 "#);
     let host = |name: &str, address: &str| HostEntry { name: name.into(), address: address.into() };
     assert_eq!(
@@ -62,6 +63,7 @@ blkio_config:
             cpu_quota_us: Some(50_000),
             oom_score_adj: Some(500),
             blkio_weight: Some(300),
+            runtime: Some("nvidia".into()),
         }
     );
 }
