@@ -169,6 +169,19 @@ async fn independent_services_start_together_and_a_dependent_waits_for_its_depen
     assert!(!calls.iter().any(|c| c.contains(&lidar)), "lidar waits for web: {calls:?}");
 }
 
+/// A service that crashes fails the update at once, not after a sibling's health wait.
+#[tokio::test(start_paused = true)]
+async fn a_crash_fails_the_update_without_waiting_out_a_siblings_health_deadline() {
+    let f = fixture();
+    let mut v1 = release("1", &image("crash", 4), &image("slow", 5));
+    v1.services[1].health_deadline = Duration::from_secs(600);
+    let t0 = tokio::time::Instant::now();
+    let out = f.rec.apply(Origin::Server { generation: 1 }, Some(v1)).await.unwrap();
+    let UpdateResult::RolledBack { reason, .. } = out.result else { panic!("{out:?}") };
+    assert!(reason.contains("exited with code 1"), "{reason}");
+    assert!(t0.elapsed() < Duration::from_secs(60), "took {:?}", t0.elapsed());
+}
+
 /// A runtime the engine does not list is refused before anything changes, naming what it has.
 #[tokio::test(start_paused = true)]
 async fn a_runtime_the_engine_lacks_is_refused_before_anything_changes() {

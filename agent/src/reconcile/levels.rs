@@ -8,7 +8,8 @@
 //! * a service's chain is in a later level than the chain of every service it depends on
 //!   (`depends_on`) in the same run, so a dependency is healthy before its dependents start —
 //!   the guarantee the sequential order gave;
-//! * the chains of one level run concurrently; a level starts when the one before has ended.
+//! * the chains of one level run concurrently; a level starts when the one before has ended,
+//!   and the first chain that fails ends its level (the executor drops the others).
 //!
 //! Any other step (pull, stop, switch, unroute, remove) ends the run: those keep the plan's
 //! order (stops are batched by the executor on their own).

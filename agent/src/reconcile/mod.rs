@@ -529,12 +529,11 @@ impl<R: ContainerRuntime> Reconciler<R> {
                         let chain: Vec<&Step> = chain.iter().map(|&k| &steps[i + k]).collect();
                         self.run_chain(update, target, &hardware, chain, repair)
                     });
-                    let results = futures_util::future::join_all(chains).await;
-                    // Every chain of the level has ended (done or failed); the first failure
-                    // fails the update.
-                    if let Some(e) = results.into_iter().find_map(Result::err) {
-                        return Err(e);
-                    }
+                    // The first failure fails the update at once: the level's other chains
+                    // are dropped where they are (every runtime call is cancel-safe, and the
+                    // rollback plans from what the engine then reports), so a crash is not
+                    // held up by a sibling's health wait.
+                    futures_util::future::try_join_all(chains).await?;
                 }
                 i += run;
                 continue;
