@@ -365,6 +365,29 @@ mod tests {
     }
 
     #[test]
+    fn oversized_lists_and_values_are_refused() {
+        let huge = ContainerOptions {
+            dns: vec!["10.0.0.53".into(); MAX_ENTRIES + 1],
+            sysctls: BTreeMap::from([(
+                "net.core.somaxconn".into(),
+                "9".repeat(MAX_SYSCTL_VALUE + 1),
+            )]),
+            hostname: Some("a".repeat(300)),
+            stop_signal: Some("SIG".to_owned() + &"X".repeat(10_000)),
+            ..ContainerOptions::default()
+        };
+        let got = problems(huge, |_| {});
+        for words in [
+            "options.dns: 65 entries; at most 64",
+            "options.sysctls.net.core.somaxconn: the value must be 1 to 256",
+            "options.hostname",
+            "options.stop_signal",
+        ] {
+            assert!(got.iter().any(|g| g.contains(words)), "{words:?} not in {got:#?}");
+        }
+    }
+
+    #[test]
     fn a_sysctl_of_a_namespace_shared_with_the_host_is_refused() {
         let opts = |key: &str| ContainerOptions {
             sysctls: BTreeMap::from([(key.to_owned(), "1".to_owned())]),
